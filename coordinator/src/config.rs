@@ -1,0 +1,191 @@
+//! The coordinator's settings: every flag of DESIGN.md, each also read from an environment
+//! variable `FLAMEGRID_<FLAG_IN_CAPS>` and from an optional TOML file (`--config FILE`).
+//!
+//! Precedence is command line > environment > config file > default. The file is applied by
+//! [`apply_config_file`], which turns each of its keys into the matching environment variable
+//! when that variable is not already set, before clap parses the command line; so one code path
+//! (clap's) validates every value, wherever it came from.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Serves flame graphs of native worker threads in Apache Flink's REST dialect.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "flamegrid-coordinator", version, about, long_about = None)]
+pub struct CoordinatorConfig {
+    /// Address of the REST API and the dashboard.
+    #[arg(long, env = "FLAMEGRID_REST_ADDR", default_value = "127.0.0.1:8081")]
+    pub rest_addr: SocketAddr,
+
+    /// Address of the registry gRPC service that agents register with.
+    #[arg(long, env = "FLAMEGRID_RPC_ADDR", default_value = "127.0.0.1:6123")]
+    pub rpc_addr: SocketAddr,
+
+    /// Directory of the embedded registry database (created if missing).
+    #[arg(long, env = "FLAMEGRID_DATA_DIR", default_value = "./flamegrid-data")]
+    pub data_dir: PathBuf,
+
+    /// Also start a local agent and a demo workload registered as a running job, and print the
+    /// dashboard URL: the quickest way to see everything work.
+    #[arg(long, env = "FLAMEGRID_DEMO")]
+    pub demo: bool,
+
+    /// TOML file with any of these settings, keyed by flag name (`rest-addr = "0.0.0.0:8081"`).
+    #[arg(long, env = "FLAMEGRID_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Serve flame graphs (Flink's rest.flamegraph.enabled; when false the endpoint answers
+    /// {"endTimestamp":-2}).
+    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flamegraph_enabled: bool,
+
+    /// Samples per thread in a flame graph run (rest.flamegraph.num-samples), 1..=1000.
+    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_NUM_SAMPLES", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub flamegraph_num_samples: u32,
+
+    /// Delay between samples in ms (rest.flamegraph.delay-between-samples), 1..=10000.
+    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_DELAY_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub flamegraph_delay_ms: u32,
+
+    /// Frames kept per stack (rest.flamegraph.stack-depth), 1..=1024.
+    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_MAX_DEPTH", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub flamegraph_max_depth: u32,
+
+    /// Seconds after which a cached flame graph is stale and the next request starts a new run
+    /// (rest.flamegraph.refresh-interval).
+    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_REFRESH_INTERVAL_S", default_value_t = 60)]
+    pub flamegraph_refresh_interval_s: u64,
+
+    /// Seconds after which a flame graph nobody asked for is dropped from the cache
+    /// (rest.flamegraph.cleanup-interval).
+    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_CLEANUP_INTERVAL_S", default_value_t = 600)]
+    pub flamegraph_cleanup_interval_s: u64,
+
+    /// Extra time, beyond samples x delay, that an agent has to answer a flame graph run before
+    /// its subtasks are reported missing.
+    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_RPC_GRACE_MS", default_value_t = 10000)]
+    pub flamegraph_rpc_grace_ms: u64,
+
+    /// Past runs kept per vertex for history and differential graphs.
+    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_HISTORY", default_value_t = 10)]
+    pub flamegraph_history: usize,
+
+    /// The dashboard's polling period in ms (/config's refresh-interval, Flink's
+    /// web.refresh-interval).
+    #[arg(long, env = "FLAMEGRID_REFRESH_INTERVAL_MS", default_value_t = 3000)]
+    pub refresh_interval_ms: u64,
+
+    /// Seconds without a heartbeat after which an agent counts as lost.
+    #[arg(long, env = "FLAMEGRID_HEARTBEAT_TIMEOUT_S", default_value_t = 30)]
+    pub heartbeat_timeout_s: u64,
+
+    /// File holding the shared token agents and the coordinator present to each other over gRPC.
+    #[arg(long, env = "FLAMEGRID_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// TLS certificate (PEM) for the gRPC services.
+    #[arg(long, env = "FLAMEGRID_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for the gRPC services.
+    #[arg(long, env = "FLAMEGRID_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that peers' certificates must chain to; turns on mutual TLS.
+    #[arg(long, env = "FLAMEGRID_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// File holding the bearer token REST writes (POST, PATCH, DELETE) must present.
+    #[arg(long, env = "FLAMEGRID_REST_TOKEN_FILE", value_name = "FILE")]
+    pub rest_token_file: Option<PathBuf>,
+
+    /// Refuse every REST write.
+    #[arg(long, env = "FLAMEGRID_READ_ONLY")]
+    pub read_only: bool,
+}
+
+/// Error reading the `--config` file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a value is not a string, number or boolean.
+    #[error("config file {path}: {msg}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// Finds `--config FILE` (or `FLAMEGRID_CONFIG`) in `args` and exports each of the file's keys
+/// as `FLAMEGRID_<KEY>` unless that variable is already set. Call before any thread starts.
+pub fn apply_config_file(args: &[String]) -> Result<(), ConfigFileError> {
+    let mut path = std::env::var_os("FLAMEGRID_CONFIG").map(PathBuf::from);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            path = it.next().map(PathBuf::from);
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(PathBuf::from(p));
+        }
+    }
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|source| ConfigFileError::Read { path: path.clone(), source })?;
+    let table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| ConfigFileError::Parse { path: path.clone(), msg: e.to_string() })?;
+    for (key, value) in table {
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(ConfigFileError::Parse {
+                    path,
+                    msg: format!("key {key:?}: expected a string, number or boolean, got {}", other.type_str()),
+                });
+            }
+        };
+        let var = format!("FLAMEGRID_{}", key.replace('-', "_").to_ascii_uppercase());
+        if std::env::var_os(&var).is_none() {
+            // SAFETY: called from main before the runtime or any other thread starts.
+            unsafe { std::env::set_var(var, value) };
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_design() {
+        let c = CoordinatorConfig::parse_from(["flamegrid-coordinator"]);
+        assert_eq!(c.rest_addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.rpc_addr.to_string(), "127.0.0.1:6123");
+        assert!(c.flamegraph_enabled);
+        assert_eq!((c.flamegraph_num_samples, c.flamegraph_delay_ms, c.flamegraph_max_depth), (100, 50, 100));
+        assert_eq!((c.flamegraph_refresh_interval_s, c.flamegraph_cleanup_interval_s), (60, 600));
+        assert_eq!(c.refresh_interval_ms, 3000);
+    }
+
+    #[test]
+    fn bounds_are_enforced() {
+        assert!(CoordinatorConfig::try_parse_from(["x", "--flamegraph-num-samples", "1001"]).is_err());
+        assert!(CoordinatorConfig::try_parse_from(["x", "--flamegraph-enabled", "false"]).is_ok());
+    }
+}

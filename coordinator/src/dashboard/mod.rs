@@ -1,0 +1,1 @@
+//! Embedded dashboard (to be written).

@@ -1,0 +1,21 @@
+//! `flamegrid-coordinator`: CLI and wiring only; everything else lives in the library.
+
+use clap::Parser;
+use flamegrid_coordinator::config::{CoordinatorConfig, apply_config_file};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Err(e) = apply_config_file(&args) {
+        eprintln!("flamegrid-coordinator: {e}");
+        return ExitCode::FAILURE;
+    }
+    let config = CoordinatorConfig::parse();
+    match flamegrid_coordinator::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flamegrid-coordinator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Compiles `proto/flamegrid/v1/*.proto` with protox (a pure-Rust protobuf compiler), so building
+//! flamegrid never needs a system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/flamegrid/v1/samples.proto",
+        "proto/flamegrid/v1/agent.proto",
+        "proto/flamegrid/v1/registry.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Workloads with known call chains (to be written).
