@@ -1,1 +1,428 @@
-//! (to be written)
+//! Registration with the coordinator, then a heartbeat every few seconds.
+//!
+//! The agent is the client here: it calls the coordinator's `flamegrid.v1.Registry` service.
+//! The loop is a small state machine:
+//!
+//! ```text
+//!            ┌────────── reregister = true ──────────┐
+//!            ▼                                        │
+//!   ┌──────────────┐  ok   ┌───────────────────────────┴─┐
+//!   │   Register   │──────▶│ Heartbeat every interval_ms │◀─┐
+//!   └──────────────┘       └─────────────────────────────┘  │ ok (watch list updated)
+//!        │ error                     │ error                 │
+//!        ▼                           ▼                       │
+//!   backoff 0.5 s → 10 s       backoff 0.5 s → 10 s ─────────┘
+//! ```
+//!
+//! * **Register** sends who the agent is (id, the address where the coordinator reaches its
+//!   sampling service, host facts from sysinfo, its own pid) and learns the heartbeat interval.
+//! * **Heartbeat** reports host metrics (CPU, load, memory, threads) and the *liveness* of the
+//!   selectors the coordinator asked about in its previous answer (`watch`): does the process
+//!   (and do its selected threads) still exist? That is how the coordinator marks a subtask
+//!   FINISHED when its worker exits. A coordinator that restarted answers `reregister = true`, and
+//!   the agent registers again at once.
+//! * **While the coordinator is away** every failure is logged and retried with exponential
+//!   backoff (capped), so a dead coordinator costs a log line every few seconds, not a busy loop.
+//!   The sampling service runs independently of this loop and keeps answering meanwhile.
+//!
+//! Liveness and metrics read `/proc`, which is blocking, so they are gathered on tokio's blocking
+//! pool.
+
+use crate::selection::{self, AccessPolicy, ThreadSelector};
+use flamegrid_proto::v1::{self, registry_client::RegistryClient};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use sysinfo::{MemoryRefreshKind, System};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+/// The heartbeat interval when the coordinator's answer leaves it at 0.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
+/// The shortest heartbeat interval the agent accepts from a coordinator; a smaller value (a bug,
+/// or a hostile coordinator) would turn the heartbeat into a busy loop.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest heartbeat interval the agent accepts; beyond it the coordinator would time the
+/// agent out anyway.
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(300);
+/// First retry delay after a failed call to the coordinator.
+pub const BACKOFF_START: Duration = Duration::from_millis(500);
+/// Longest retry delay while the coordinator is unreachable.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Who the agent is and where its coordinator lives.
+#[derive(Debug, Clone)]
+pub struct RegistrationConfig {
+    /// The agent's id (32 hex by default).
+    pub agent_id: String,
+    /// Where the coordinator reaches the sampling service, e.g. `http://10.0.0.5:6122`.
+    pub advertised_address: String,
+    /// Sent as `authorization: Bearer <token>` on every registry call when set.
+    pub token: Option<String>,
+}
+
+/// Adds `authorization: Bearer <token>` to every outgoing registry call.
+#[derive(Debug, Clone)]
+pub struct BearerTokenSender {
+    header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl BearerTokenSender {
+    /// A sender of `token`; fails for a token that cannot travel in an HTTP header.
+    pub fn new(token: Option<&str>) -> Result<Self, crate::AgentError> {
+        let header = match token {
+            None => None,
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                crate::AgentError::InvalidArgument(
+                    "the token must be printable ASCII without spaces or control characters".into(),
+                )
+            })?),
+        };
+        Ok(BearerTokenSender { header })
+    }
+}
+
+impl tonic::service::Interceptor for BearerTokenSender {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(h) = &self.header {
+            request.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The registry client the loop uses.
+pub type Client = RegistryClient<InterceptedService<Channel, BearerTokenSender>>;
+
+/// Registers and heartbeats until `shutdown` completes. `channel` should be lazy (see
+/// [`tonic::transport::Endpoint::connect_lazy`]) so that an absent coordinator is a failed call,
+/// retried with backoff, rather than a failed start.
+pub async fn run(
+    config: RegistrationConfig,
+    channel: Channel,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), crate::AgentError> {
+    let auth = BearerTokenSender::new(config.token.as_deref())?;
+    let client = RegistryClient::with_interceptor(channel, auth);
+    let probe = Arc::new(Mutex::new(HostProbe::new()));
+    tokio::select! {
+        () = heartbeat_loop(config, client, probe) => {}
+        () = shutdown => { tracing::debug!("registration loop stopped"); }
+    }
+    Ok(())
+}
+
+/// Where the loop is.
+enum State {
+    /// Must (re-)register before heartbeating.
+    Unregistered,
+    /// Registered: heartbeat every `interval`, reporting liveness of `watch`.
+    Registered { interval: Duration, watch: Vec<v1::ThreadSelector> },
+}
+
+async fn heartbeat_loop(config: RegistrationConfig, mut client: Client, probe: Arc<Mutex<HostProbe>>) {
+    let mut state = State::Unregistered;
+    let mut backoff = Backoff::new();
+    loop {
+        match state {
+            State::Unregistered => {
+                let req = register_request(&config, &probe).await;
+                match client.register(req).await {
+                    Ok(resp) => {
+                        let interval = clamp_interval(resp.get_ref().heartbeat_interval_ms);
+                        if backoff.failures > 0 {
+                            tracing::info!("coordinator reachable again");
+                        }
+                        tracing::info!(
+                            agent_id = %config.agent_id,
+                            address = %config.advertised_address,
+                            interval_ms = interval.as_millis() as u64,
+                            "registered with the coordinator"
+                        );
+                        backoff.reset();
+                        state = State::Registered { interval, watch: Vec::new() };
+                        // The first heartbeat follows at once so that the coordinator learns
+                        // host metrics (and its watch list reaches the agent) without a delay.
+                        continue;
+                    }
+                    Err(status) => {
+                        let delay = backoff.next_delay();
+                        log_failure("register", &status, delay, backoff.failures);
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+            State::Registered { interval, ref watch } => {
+                let req = heartbeat_request(&config.agent_id, watch, &probe).await;
+                match client.heartbeat(req).await {
+                    Ok(resp) => {
+                        if backoff.failures > 0 {
+                            tracing::info!("coordinator reachable again");
+                        }
+                        backoff.reset();
+                        let resp = resp.into_inner();
+                        if resp.reregister {
+                            tracing::info!("the coordinator does not know this agent; registering again");
+                            state = State::Unregistered;
+                            continue;
+                        }
+                        state = State::Registered { interval, watch: resp.watch };
+                        tokio::time::sleep(interval).await;
+                    }
+                    Err(status) => {
+                        let delay = backoff.next_delay().min(interval.max(BACKOFF_START));
+                        log_failure("heartbeat", &status, delay, backoff.failures);
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn log_failure(what: &str, status: &Status, retry_in: Duration, failures: u32) {
+    let code = status.code();
+    let message = status.message();
+    tracing::warn!(
+        failures,
+        retry_in_ms = retry_in.as_millis() as u64,
+        "{what} failed ({code:?}: {message}); sampling continues, retrying"
+    );
+}
+
+/// The interval the coordinator asked for, clamped to sane bounds.
+fn clamp_interval(ms: u64) -> Duration {
+    if ms == 0 {
+        return DEFAULT_HEARTBEAT_INTERVAL;
+    }
+    Duration::from_millis(ms).clamp(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL)
+}
+
+/// Exponential backoff: 0.5 s, 1 s, 2 s, ... capped at [`BACKOFF_MAX`].
+#[derive(Debug)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { failures: 0 }
+    }
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+    fn next_delay(&mut self) -> Duration {
+        let delay = BACKOFF_START.saturating_mul(1u32 << self.failures.min(16)).min(BACKOFF_MAX);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+}
+
+async fn register_request(config: &RegistrationConfig, probe: &Arc<Mutex<HostProbe>>) -> v1::RegisterRequest {
+    let probe = Arc::clone(probe);
+    let host = tokio::task::spawn_blocking(move || lock(&probe).host_info())
+        .await
+        .unwrap_or_default();
+    v1::RegisterRequest {
+        agent_id: config.agent_id.clone(),
+        address: config.advertised_address.clone(),
+        host: Some(host),
+        pid: std::process::id(),
+    }
+}
+
+async fn heartbeat_request(
+    agent_id: &str,
+    watch: &[v1::ThreadSelector],
+    probe: &Arc<Mutex<HostProbe>>,
+) -> v1::HeartbeatRequest {
+    let probe = Arc::clone(probe);
+    let watch = watch.to_vec();
+    let gathered = tokio::task::spawn_blocking(move || {
+        let liveness = watch.iter().map(liveness_of).collect::<Vec<_>>();
+        let mut probe = lock(&probe);
+        let metrics = probe.metrics();
+        (liveness, metrics, probe.free_memory())
+    })
+    .await;
+    let (liveness, metrics, free_memory) = gathered.unwrap_or_default();
+    v1::HeartbeatRequest { agent_id: agent_id.to_string(), liveness, metrics, free_memory }
+}
+
+fn lock(probe: &Mutex<HostProbe>) -> std::sync::MutexGuard<'_, HostProbe> {
+    // A panic while probing leaves nothing half-updated that matters: keep going.
+    probe.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether the process (and selected threads) of one watched selector exist now.
+///
+/// Liveness only says whether a process exists and how many threads match; it never stops or
+/// reads a thread. It is therefore checked without the allow-list, so a subtask pointing at a
+/// process the agent may not sample still shows RUNNING (its flame graphs say why they are
+/// empty) instead of a misleading FINISHED.
+pub fn liveness_of(sel: &v1::ThreadSelector) -> v1::SubtaskLiveness {
+    let dead = |key: &str| v1::SubtaskLiveness { subtask_key: key.to_string(), alive: false, pid: 0, threads: 0 };
+    let Ok(converted) = ThreadSelector::from_wire(sel) else {
+        return dead(&sel.subtask_key);
+    };
+    match selection::resolve(&converted, &AccessPolicy::unrestricted()) {
+        Ok(target) => v1::SubtaskLiveness {
+            subtask_key: sel.subtask_key.clone(),
+            alive: !target.threads.is_empty(),
+            pid: target.pid,
+            threads: target.threads.len() as u32,
+        },
+        Err(_) => dead(&sel.subtask_key),
+    }
+}
+
+/// Host facts and metrics from sysinfo and `/proc`. Kept between heartbeats because CPU usage
+/// is a difference between two readings.
+#[derive(Debug)]
+pub struct HostProbe {
+    system: Option<System>,
+}
+
+impl Default for HostProbe {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HostProbe {
+    /// Takes the first readings (CPU usage needs a previous one to compare with).
+    pub fn new() -> Self {
+        let system = match System::new() {
+            Ok(mut s) => {
+                s.refresh_cpu_all();
+                s.refresh_memory();
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sysinfo is unavailable; host facts will be partial");
+                None
+            }
+        };
+        HostProbe { system }
+    }
+
+    /// What the registration says about the host.
+    pub fn host_info(&mut self) -> v1::HostInfo {
+        let logical_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let (physical_memory, free_memory, cpu_cores) = match &mut self.system {
+            Some(s) => {
+                s.refresh_memory();
+                let cores = if s.cpus().is_empty() { logical_cpus } else { s.cpus().len() as u32 };
+                (s.total_memory(), s.available_memory(), cores)
+            }
+            None => (0, 0, logical_cpus),
+        };
+        let os = match (System::name(), System::os_version()) {
+            (Ok(name), Ok(version)) => format!("{name} {version}"),
+            (Ok(name), Err(_)) => name,
+            _ => std::env::consts::OS.to_string(),
+        };
+        v1::HostInfo {
+            hostname: host_name(),
+            cpu_cores,
+            physical_memory,
+            free_memory,
+            os,
+            kernel: System::kernel_version().unwrap_or_default(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Memory the host can still give out, in bytes ("available", which counts reclaimable
+    /// cache: `MemFree` alone makes every busy Linux host look full).
+    pub fn free_memory(&mut self) -> u64 {
+        match &mut self.system {
+            Some(s) => {
+                s.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
+                s.available_memory()
+            }
+            None => 0,
+        }
+    }
+
+    /// Host metrics by Flink-style dotted name.
+    pub fn metrics(&mut self) -> HashMap<String, f64> {
+        let mut m = HashMap::new();
+        if let Some(s) = &mut self.system {
+            s.refresh_cpu_usage();
+            s.refresh_memory();
+            m.insert("System.CPU.Usage".into(), f64::from(s.global_cpu_usage()));
+            m.insert("System.CPU.Cores".into(), s.cpus().len() as f64);
+            m.insert("System.Memory.Total".into(), s.total_memory() as f64);
+            m.insert("System.Memory.Used".into(), s.used_memory() as f64);
+            m.insert("System.Memory.Free".into(), s.free_memory() as f64);
+            m.insert("System.Memory.Available".into(), s.available_memory() as f64);
+            m.insert("System.Swap.Total".into(), s.total_swap() as f64);
+            m.insert("System.Swap.Used".into(), s.used_swap() as f64);
+        }
+        if let Ok(load) = System::load_average() {
+            m.insert("System.CPU.Load1".into(), load.one);
+            m.insert("System.CPU.Load5".into(), load.five);
+            m.insert("System.CPU.Load15".into(), load.fifteen);
+        }
+        if let Some((running, total)) = scheduling_entities() {
+            m.insert("System.Threads.Running".into(), running as f64);
+            m.insert("System.Threads.Count".into(), total as f64);
+        }
+        if let Ok(uptime) = System::uptime() {
+            m.insert("System.Uptime".into(), uptime as f64);
+        }
+        m
+    }
+}
+
+/// Runnable and total threads on the host, from `/proc/loadavg` (`0.10 0.20 0.30 2/345 6789`).
+fn scheduling_entities() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let field = text.split_whitespace().nth(3)?;
+    let (running, total) = field.split_once('/')?;
+    Some((running.parse().ok()?, total.parse().ok()?))
+}
+
+/// The host's name, or `localhost` when the system will not say.
+pub fn host_name() -> String {
+    System::host_name().ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let mut b = Backoff::new();
+        let delays: Vec<_> = (0..8).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000]);
+        b.reset();
+        assert_eq!(b.next_delay(), BACKOFF_START);
+    }
+
+    #[test]
+    fn intervals_are_clamped() {
+        assert_eq!(clamp_interval(0), DEFAULT_HEARTBEAT_INTERVAL);
+        assert_eq!(clamp_interval(1), MIN_HEARTBEAT_INTERVAL);
+        assert_eq!(clamp_interval(u64::MAX), MAX_HEARTBEAT_INTERVAL);
+        assert_eq!(clamp_interval(2500), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn host_facts_and_metrics_are_filled() {
+        let mut p = HostProbe::new();
+        let info = p.host_info();
+        assert!(!info.hostname.is_empty());
+        assert!(info.cpu_cores >= 1);
+        assert!(info.physical_memory > 0);
+        assert!(!info.kernel.is_empty());
+        let m = p.metrics();
+        for name in ["System.CPU.Usage", "System.CPU.Load1", "System.Memory.Total", "System.Threads.Count"] {
+            assert!(m.contains_key(name), "missing {name}: {m:?}");
+        }
+    }
+}

@@ -1,7 +1,38 @@
-//! Fan-out of sampling requests to agents (to be written). The types below are the contract
-//! between the registry (which knows where each subtask runs) and the flame graph service.
+//! Fan-out of sampling requests to agents: one RPC per agent, all at once, one deadline.
+//!
+//! A flame graph of a vertex needs samples of every RUNNING subtask, and those subtasks are spread
+//! over many task managers (agents). Flink first sent one RPC per subtask and fell over at high
+//! parallelism (FLINK-26074); then one RPC per task manager, but a single slow or dead task
+//! manager discarded the whole run. flamegrid keeps the good half and fixes the other:
+//!
+//! 1. The registry describes the vertex as a [`VertexSampling`]: per subtask, where it runs
+//!    ([`SubtaskTarget`]: agent address + thread selector).
+//! 2. [`FanOut::sample`] groups the targets by agent and sends **one** `Sample` RPC per agent,
+//!    all concurrently. Each selector carries a `subtask_key` (`<prefix>/<index>`) so the answer
+//!    can be attributed to subtask indexes without trusting the agent's view of the job.
+//! 3. Every RPC shares one deadline: `num_samples × delay + grace`. An agent that errors or misses
+//!    it costs only its own subtasks, which come back in [`FanOutOutcome::missing`]; so does a
+//!    subtask the agent answered with a per-subtask `error`, or whose samples do not hold together
+//!    (bad indexes are an error, never a panic). An answer arriving after the deadline is simply
+//!    dropped with its task, and an answer echoing the wrong `request_id` is refused.
+//!
+//! Channels to agents are created lazily and kept per address, so a run does not pay a TCP (or
+//! TLS) handshake to an agent it talked to before. The shared token (`--token-file`) travels as
+//! `authorization: Bearer <token>` metadata, as the agent expects.
 
-use flamegrid_proto::v1::ThreadSelector;
+use flamegrid_model::SampleSet;
+use flamegrid_proto::convert::subtask_sample_set;
+use flamegrid_proto::v1::{self, ThreadSelector, sampling_client::SamplingClient};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// Largest sampling answer accepted from an agent. 1000 samples × 64 threads × 100 frames is about
+/// 10 MB of varints; tonic's default of 4 MiB would reject big but legitimate runs.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Where and what to sample for one subtask.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +62,28 @@ pub struct VertexSampling {
     pub subtasks: Vec<SubtaskSampling>,
 }
 
+impl VertexSampling {
+    /// The subtasks that can be sampled now: all of them, or only `subtask` when given. Subtasks
+    /// without a target (not RUNNING/INITIALIZING, or their agent is gone) are left out, as Flink
+    /// leaves out executions that are not running.
+    pub fn targets(&self, subtask: Option<u32>) -> Vec<SubtaskTarget> {
+        self.subtasks
+            .iter()
+            .filter(|s| subtask.is_none_or(|i| s.index == i))
+            .filter_map(|s| s.target.clone())
+            .collect()
+    }
+
+    /// Whether the answer for the whole vertex (`None`) or one subtask is "terminated" (-1):
+    /// Flink checks the vertex's aggregate state, or that one subtask's state.
+    pub fn is_terminal(&self, subtask: Option<u32>) -> bool {
+        match subtask {
+            None => self.vertex_terminal,
+            Some(i) => self.subtasks.iter().find(|s| s.index == i).is_some_and(|s| s.terminal),
+        }
+    }
+}
+
 /// One subtask, as the flame graph service sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubtaskSampling {
@@ -40,4 +93,504 @@ pub struct SubtaskSampling {
     pub terminal: bool,
     /// Where to sample it: `Some` only while it is RUNNING or INITIALIZING on a live agent.
     pub target: Option<SubtaskTarget>,
+}
+
+/// The knobs of one sampling run (Flink's `rest.flamegraph.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SamplingParams {
+    /// Samples per thread.
+    pub num_samples: u32,
+    /// Delay between two samples of a thread, in ms.
+    pub delay_ms: u32,
+    /// Frames kept per stack (the innermost ones).
+    pub max_depth: u32,
+}
+
+impl SamplingParams {
+    /// How long the agents need at least: `num_samples × delay`.
+    pub fn sampling_window(&self) -> Duration {
+        Duration::from_millis(u64::from(self.num_samples) * u64::from(self.delay_ms))
+    }
+}
+
+/// How the coordinator authenticates to agents; mirrors the agent's `--token-file` and `--tls-*`.
+#[derive(Debug, Clone, Default)]
+pub struct AgentAuth {
+    /// Sent as `authorization: Bearer <token>` on every call.
+    pub bearer: Option<AsciiMetadataValue>,
+    /// TLS settings for `https://` agent addresses.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl AgentAuth {
+    /// Auth carrying a shared token. Fails for a token that cannot travel in a header.
+    pub fn with_token(mut self, token: &str) -> Result<Self, FanOutError> {
+        let value = MetadataValue::try_from(format!("Bearer {}", token.trim()))
+            .map_err(|_| FanOutError::BadToken)?;
+        self.bearer = Some(value);
+        Ok(self)
+    }
+}
+
+/// Why one agent contributed nothing to a run, or why a thread dump failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FanOutError {
+    /// The registered address is not a URI tonic can connect to.
+    #[error("bad agent address {address:?}: {reason}")]
+    BadAddress {
+        /// The address as registered.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The agent answered with a gRPC error (or could not be reached).
+    #[error("agent {address} failed: {code:?}: {message}")]
+    Status {
+        /// The agent's address.
+        address: String,
+        /// gRPC status code.
+        code: tonic::Code,
+        /// The status message.
+        message: String,
+    },
+    /// The agent did not answer before the run's deadline.
+    #[error("agent {address} did not answer within {millis} ms")]
+    DeadlineExceeded {
+        /// The agent's address.
+        address: String,
+        /// The deadline that passed.
+        millis: u128,
+    },
+    /// The agent answered another request than the one asked.
+    #[error("agent {address} answered request {got}, expected {expected}")]
+    WrongRequest {
+        /// The agent's address.
+        address: String,
+        /// The request id sent.
+        expected: u64,
+        /// The request id echoed.
+        got: u64,
+    },
+    /// The shared token holds characters that cannot be sent as gRPC metadata.
+    #[error("the shared token contains characters that cannot be sent in a gRPC header")]
+    BadToken,
+}
+
+/// What one fan-out brought back.
+#[derive(Debug, Default)]
+pub struct FanOutOutcome {
+    /// The id sent to (and echoed by) every agent.
+    pub request_id: u64,
+    /// Samples per subtask index, for every subtask that delivered.
+    pub sets: BTreeMap<u32, SampleSet>,
+    /// Subtasks asked for that delivered nothing (agent failed or late, per-subtask error, bad
+    /// answer).
+    pub missing: BTreeSet<u32>,
+    /// One line per failed agent or subtask, for logs.
+    pub failures: Vec<String>,
+    /// Agents that answered in time.
+    pub agents_answered: usize,
+    /// Agents that failed or missed the deadline.
+    pub agents_failed: usize,
+    /// Coordinator wall clock (ms since the epoch) when the first RPC went out.
+    pub start_ms: i64,
+    /// Coordinator wall clock (ms since the epoch) when the last answer was in (Flink's
+    /// `endTime`, which becomes the JSON `endTimestamp`).
+    pub end_ms: i64,
+}
+
+/// Sends sampling and thread-dump RPCs to agents; see the module docs. Shared by all runs.
+#[derive(Debug)]
+pub struct FanOut {
+    channels: Mutex<HashMap<String, Channel>>,
+    auth: AgentAuth,
+    grace: Duration,
+    next_request_id: AtomicU64,
+}
+
+/// One agent's share of a run.
+struct AgentCall {
+    address: String,
+    subtasks: BTreeSet<u32>,
+    request: v1::SampleRequest,
+}
+
+impl FanOut {
+    /// A fan-out whose agents get `grace` beyond the sampling window to answer.
+    pub fn new(grace: Duration, auth: AgentAuth) -> Self {
+        FanOut { channels: Mutex::new(HashMap::new()), auth, grace, next_request_id: AtomicU64::new(1) }
+    }
+
+    /// The deadline of a run with `params`: sampling window + grace.
+    pub fn deadline(&self, params: SamplingParams) -> Duration {
+        params.sampling_window() + self.grace
+    }
+
+    /// The key a subtask's selector carries: `<prefix>/<index>`.
+    pub fn subtask_key(prefix: &str, index: u32) -> String {
+        format!("{prefix}/{index}")
+    }
+
+    /// Samples `targets`, one RPC per agent, and gathers what came back by the deadline.
+    /// `key_prefix` names the run's scope (e.g. `job/vertex`) in each selector's `subtask_key`.
+    pub async fn sample(&self, key_prefix: &str, targets: &[SubtaskTarget], params: SamplingParams) -> FanOutOutcome {
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let deadline_after = self.deadline(params);
+        let deadline = tokio::time::Instant::now() + deadline_after;
+        let mut outcome = FanOutOutcome { request_id, start_ms: now_ms(), ..Default::default() };
+
+        // Group selectors by agent address (one agent serves one address).
+        let mut calls: BTreeMap<&str, AgentCall> = BTreeMap::new();
+        for t in targets {
+            let call = calls.entry(t.agent_address.as_str()).or_insert_with(|| AgentCall {
+                address: t.agent_address.clone(),
+                subtasks: BTreeSet::new(),
+                request: v1::SampleRequest {
+                    request_id,
+                    selectors: Vec::new(),
+                    num_samples: params.num_samples,
+                    delay_ms: params.delay_ms,
+                    max_depth: params.max_depth,
+                },
+            });
+            if call.subtasks.insert(t.subtask_index) {
+                let mut selector = t.selector.clone();
+                selector.subtask_key = Self::subtask_key(key_prefix, t.subtask_index);
+                call.request.selectors.push(selector);
+            }
+        }
+
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut asked: HashMap<String, BTreeSet<u32>> = HashMap::new();
+        for (_, call) in calls {
+            asked.insert(call.address.clone(), call.subtasks.clone());
+            let channel = match self.channel(&call.address) {
+                Ok(c) => c,
+                Err(e) => {
+                    outcome.agents_failed += 1;
+                    outcome.failures.push(e.to_string());
+                    outcome.missing.extend(&call.subtasks);
+                    continue;
+                }
+            };
+            let bearer = self.auth.bearer.clone();
+            tasks.spawn(async move {
+                let address = call.address.clone();
+                let mut request = tonic::Request::new(call.request);
+                request.set_timeout(deadline_after);
+                if let Some(b) = bearer {
+                    request.metadata_mut().insert("authorization", b);
+                }
+                let mut client = SamplingClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
+                let result = match tokio::time::timeout_at(deadline, client.sample(request)).await {
+                    Err(_) => Err(FanOutError::DeadlineExceeded {
+                        address: address.clone(),
+                        millis: deadline_after.as_millis(),
+                    }),
+                    // The grpc-timeout header lets either side give up at the deadline too.
+                    Ok(Err(status)) if is_timeout(&status) => Err(FanOutError::DeadlineExceeded {
+                        address: address.clone(),
+                        millis: deadline_after.as_millis(),
+                    }),
+                    Ok(Err(status)) => Err(status_error(&address, status)),
+                    Ok(Ok(resp)) => Ok(resp.into_inner()),
+                };
+                (address, result)
+            });
+        }
+
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((address, result)) = joined else { continue };
+            let subtasks = asked.remove(&address).unwrap_or_default();
+            match result.and_then(|resp| check_request_id(&address, request_id, resp)) {
+                Err(e) => {
+                    tracing::warn!(agent = %address, error = %e, "agent failed; its subtasks are missing");
+                    outcome.agents_failed += 1;
+                    outcome.failures.push(e.to_string());
+                    outcome.missing.extend(subtasks);
+                }
+                Ok(resp) => {
+                    outcome.agents_answered += 1;
+                    absorb_answer(&mut outcome, key_prefix, &address, &subtasks, &resp);
+                }
+            }
+        }
+        // A task that panicked (it cannot, but a JoinError is not worth a panic here) leaves its
+        // subtasks in `asked`: they are missing too.
+        for (_, subtasks) in asked {
+            outcome.missing.extend(subtasks);
+        }
+        outcome.end_ms = now_ms();
+        outcome
+    }
+
+    /// One `ThreadDump` RPC to the agent at `address` over `selectors`.
+    pub async fn thread_dump(
+        &self,
+        address: &str,
+        selectors: Vec<ThreadSelector>,
+        max_depth: u32,
+        timeout: Duration,
+    ) -> Result<v1::SampleResponse, FanOutError> {
+        let channel = self.channel(address)?;
+        let mut request = tonic::Request::new(v1::ThreadDumpRequest { selectors, max_depth });
+        request.set_timeout(timeout);
+        if let Some(b) = self.auth.bearer.clone() {
+            request.metadata_mut().insert("authorization", b);
+        }
+        let mut client = SamplingClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
+        match tokio::time::timeout(timeout, client.thread_dump(request)).await {
+            Err(_) => Err(FanOutError::DeadlineExceeded { address: address.to_string(), millis: timeout.as_millis() }),
+            Ok(Err(status)) => Err(status_error(address, status)),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+        }
+    }
+
+    /// The (lazily connecting) channel to `address`, created on first use.
+    fn channel(&self, address: &str) -> Result<Channel, FanOutError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+        let bad = |e: &dyn std::fmt::Display| FanOutError::BadAddress { address: address.to_string(), reason: e.to_string() };
+        let mut endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| bad(&e))?.connect_timeout(self.grace);
+        if let (Some(tls), true) = (&self.auth.tls, uri.starts_with("https://")) {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(&e))?;
+        }
+        let channel = endpoint.connect_lazy();
+        // Bounded: one channel per agent address ever registered; agents are few and long-lived.
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+fn is_timeout(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::DeadlineExceeded
+        || (status.code() == tonic::Code::Cancelled && status.message().contains("Timeout"))
+}
+
+fn status_error(address: &str, status: tonic::Status) -> FanOutError {
+    FanOutError::Status { address: address.to_string(), code: status.code(), message: status.message().to_string() }
+}
+
+fn check_request_id(address: &str, expected: u64, resp: v1::SampleResponse) -> Result<v1::SampleResponse, FanOutError> {
+    if resp.request_id == expected {
+        Ok(resp)
+    } else {
+        Err(FanOutError::WrongRequest { address: address.to_string(), expected, got: resp.request_id })
+    }
+}
+
+/// Files one agent's answer into `outcome`: samples of the subtasks it was asked for, and
+/// everything else it was asked for as missing.
+fn absorb_answer(
+    outcome: &mut FanOutOutcome,
+    key_prefix: &str,
+    address: &str,
+    asked: &BTreeSet<u32>,
+    resp: &v1::SampleResponse,
+) {
+    let mut delivered = BTreeSet::new();
+    for sub in &resp.subtasks {
+        let index = sub
+            .subtask_key
+            .strip_prefix(key_prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|i| i.parse::<u32>().ok())
+            .filter(|i| asked.contains(i) && !delivered.contains(i));
+        let Some(index) = index else {
+            tracing::warn!(agent = %address, key = %sub.subtask_key, "answer names a subtask that was not asked for; ignored");
+            continue;
+        };
+        delivered.insert(index);
+        if !sub.error.is_empty() {
+            outcome.failures.push(format!("subtask {index} on {address}: {}", sub.error));
+            outcome.missing.insert(index);
+            continue;
+        }
+        match subtask_sample_set(resp, sub) {
+            Ok(set) => {
+                outcome.sets.insert(index, set);
+            }
+            Err(e) => {
+                outcome.failures.push(format!("subtask {index} on {address}: bad answer: {e}"));
+                outcome.missing.insert(index);
+            }
+        }
+    }
+    outcome.missing.extend(asked.difference(&delivered));
+}
+
+/// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The fan-out against small in-test Sampling servers that answer canned samples, hang, or
+    //! misbehave: real gRPC over loopback, no sampler needed.
+
+    use super::*;
+    use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};
+    use flamegrid_proto::SampleResponseBuilder;
+    use flamegrid_proto::v1::sampling_server::{Sampling, SamplingServer};
+    use std::sync::Arc;
+
+    #[derive(Clone, Copy, PartialEq)]
+    pub(crate) enum Behaviour {
+        /// Answers every selector with one sample `main;<key>`, or an error for tid 999.
+        Answer,
+        /// Never answers.
+        Hang,
+        /// Answers with another request id.
+        WrongId,
+    }
+
+    #[derive(Clone)]
+    struct CannedAgent {
+        behaviour: Behaviour,
+        /// Per request: the selectors' keys and the authorization header.
+        seen: Arc<Mutex<Vec<(Vec<String>, Option<String>)>>>,
+    }
+
+    #[tonic::async_trait]
+    impl Sampling for CannedAgent {
+        async fn sample(&self, request: tonic::Request<v1::SampleRequest>) -> Result<tonic::Response<v1::SampleResponse>, tonic::Status> {
+            let auth = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
+            let req = request.into_inner();
+            self.seen.lock().unwrap().push((req.selectors.iter().map(|s| s.subtask_key.clone()).collect(), auth));
+            match self.behaviour {
+                Behaviour::Hang => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Err(tonic::Status::internal("unreachable"))
+                }
+                Behaviour::Answer | Behaviour::WrongId => {
+                    let mut b = SampleResponseBuilder::new(if self.behaviour == Behaviour::WrongId {
+                        req.request_id + 100
+                    } else {
+                        req.request_id
+                    });
+                    for sel in &req.selectors {
+                        if sel.tids.contains(&999) {
+                            b.add_error(&sel.subtask_key, "process 999 is gone");
+                            continue;
+                        }
+                        let t = SampledThread { pid: 1, tid: 2, name: "t".into() };
+                        let mut s = SampleSetBuilder::new();
+                        s.push(&t, 1, ThreadState::Runnable, [Frame::named("main"), Frame::named(sel.subtask_key.clone())], false);
+                        b.add_subtask(&sel.subtask_key, &s.finish());
+                    }
+                    Ok(tonic::Response::new(b.finish(1, 2)))
+                }
+            }
+        }
+
+        async fn thread_dump(&self, _: tonic::Request<v1::ThreadDumpRequest>) -> Result<tonic::Response<v1::SampleResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+    }
+
+    /// Starts a canned agent on a loopback port; it lives as long as the test's runtime.
+    pub(crate) async fn agent(behaviour: Behaviour) -> (String, Arc<Mutex<Vec<(Vec<String>, Option<String>)>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = CannedAgent { behaviour, seen: Arc::clone(&seen) };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(SamplingServer::new(svc))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (format!("http://{addr}"), seen)
+    }
+
+    pub(crate) fn target(index: u32, address: &str, tid: u32) -> SubtaskTarget {
+        SubtaskTarget {
+            subtask_index: index,
+            taskmanager_id: address.to_string(),
+            agent_address: address.to_string(),
+            selector: ThreadSelector {
+                subtask_key: "overwritten".into(),
+                process: Some(v1::thread_selector::Process::Pid(1)),
+                tids: vec![tid],
+                thread_name: String::new(),
+            },
+        }
+    }
+
+    const PARAMS: SamplingParams = SamplingParams { num_samples: 1, delay_ms: 1, max_depth: 10 };
+
+    fn fanout() -> FanOut {
+        FanOut::new(Duration::from_millis(500), AgentAuth::default().with_token("s3cret").unwrap())
+    }
+
+    #[tokio::test]
+    async fn one_rpc_per_agent_and_answers_map_back_to_subtasks() {
+        let (a, seen_a) = agent(Behaviour::Answer).await;
+        let (b, seen_b) = agent(Behaviour::Answer).await;
+        let targets = [target(0, &a, 1), target(1, &b, 1), target(2, &a, 1)];
+        let out = fanout().sample("job/vertex", &targets, PARAMS).await;
+        assert_eq!(out.sets.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(out.missing.is_empty(), "{:?}", out.failures);
+        assert_eq!((out.agents_answered, out.agents_failed), (2, 0));
+        // Each subtask's samples are its own (the frame carries the key the agent saw).
+        assert_eq!(out.sets[&2].frames[1].name, "job/vertex/2");
+        let seen_a = seen_a.lock().unwrap().clone();
+        assert_eq!(seen_a.len(), 1, "one RPC for both of agent a's subtasks");
+        assert_eq!(seen_a[0].0, ["job/vertex/0", "job/vertex/2"]);
+        assert_eq!(seen_a[0].1.as_deref(), Some("Bearer s3cret"));
+        assert_eq!(seen_b.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_hanging_agent_costs_only_its_own_subtasks() {
+        let (good, _) = agent(Behaviour::Answer).await;
+        let (slow, seen_slow) = agent(Behaviour::Hang).await;
+        let targets = [target(0, &good, 1), target(1, &slow, 1), target(2, &good, 1)];
+        let out = fanout().sample("j/v", &targets, PARAMS).await;
+        assert_eq!(out.sets.keys().copied().collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(out.missing.iter().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!((out.agents_answered, out.agents_failed), (1, 1));
+        assert!(out.failures[0].contains("did not answer"), "{:?}", out.failures);
+        assert_eq!(seen_slow.lock().unwrap().len(), 1, "the slow agent was asked");
+    }
+
+    #[tokio::test]
+    async fn subtask_errors_dead_agents_and_wrong_ids_are_missing() {
+        let (good, _) = agent(Behaviour::Answer).await;
+        let (liar, _) = agent(Behaviour::WrongId).await;
+        // Nothing listens on port 1 of loopback.
+        let dead = "http://127.0.0.1:1".to_string();
+        let targets = [target(0, &good, 1), target(1, &good, 999), target(2, &dead, 1), target(3, &liar, 1)];
+        let out = fanout().sample("j/v", &targets, PARAMS).await;
+        assert_eq!(out.sets.keys().copied().collect::<Vec<_>>(), [0]);
+        assert_eq!(out.missing.iter().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        let failures = out.failures.join("\n");
+        assert!(failures.contains("process 999 is gone"), "{failures}");
+        assert!(failures.contains("expected"), "{failures}");
+        let bad = fanout().sample("j/v", &[target(0, "not a uri \u{7f}", 1)], PARAMS).await;
+        assert_eq!(bad.missing.iter().copied().collect::<Vec<_>>(), [0]);
+    }
+
+    #[test]
+    fn targets_and_terminal_flags() {
+        let v = VertexSampling {
+            job_name: "j".into(),
+            vertex_name: "v".into(),
+            parallelism: 3,
+            vertex_terminal: false,
+            subtasks: vec![
+                SubtaskSampling { index: 0, terminal: false, target: Some(target(0, "http://a", 1)) },
+                SubtaskSampling { index: 1, terminal: true, target: None },
+                SubtaskSampling { index: 2, terminal: false, target: Some(target(2, "http://b", 1)) },
+            ],
+        };
+        assert_eq!(v.targets(None).len(), 2);
+        assert_eq!(v.targets(Some(2))[0].subtask_index, 2);
+        assert!(v.targets(Some(1)).is_empty());
+        assert!(v.is_terminal(Some(1)) && !v.is_terminal(None) && !v.is_terminal(Some(0)));
+        assert!(AgentAuth::default().with_token("bad\ntoken").is_err());
+    }
 }

@@ -8,18 +8,269 @@
 //! * [`dashboard`]: the embedded web page.
 //!
 //! Arrows point one way: rest → flamegraph/registry → fanout → proto.
+//!
+//! Starting a coordinator is [`start`] (or [`start_on`] with listeners the caller bound): it
+//! opens the registry, serves REST and gRPC, runs the liveness sweeper, and returns a
+//! [`Coordinator`] handle with the bound addresses and a graceful [`Coordinator::shutdown`].
+//! Tests and the demo start one on port 0 in-process this way; [`run`] is the binary's loop
+//! around it.
 
 pub mod config;
 pub mod dashboard;
+pub mod demo;
 pub mod fanout;
 pub mod flamegraph;
 pub mod registry;
 pub mod rest;
 
 use config::CoordinatorConfig;
+use registry::grpc::{RegistryService, TokenCheck};
+use registry::{Registry, RegistryError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why the coordinator could not start or stopped with a fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// Binding or reading a listener address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The registry (data directory, database, token file) failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A TLS file could not be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A server task failed.
+    #[error("{0}")]
+    Server(String),
+}
+
+/// A running coordinator. Dropping it without [`Coordinator::shutdown`] leaves the servers
+/// running until the runtime ends.
+pub struct Coordinator {
+    rest_addr: SocketAddr,
+    rpc_addr: SocketAddr,
+    registry: Arc<Registry>,
+    state: rest::state::AppState,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), CoordinatorError>>>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").field("rest_addr", &self.rest_addr).field("rpc_addr", &self.rpc_addr).finish()
+    }
+}
+
+impl Coordinator {
+    /// Where the REST API (and dashboard) listens.
+    pub fn rest_addr(&self) -> SocketAddr {
+        self.rest_addr
+    }
+
+    /// Where the registry gRPC service listens.
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.rpc_addr
+    }
+
+    /// The registry, e.g. for the demo to register a job directly.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The state shared by the REST handlers.
+    pub fn app_state(&self) -> &rest::state::AppState {
+        &self.state
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, and waits for the servers.
+    pub async fn shutdown(self) -> Result<(), CoordinatorError> {
+        let _ = self.shutdown.send(true);
+        self.join().await
+    }
+
+    /// Waits until the servers stop (after [`Coordinator::shutdown`] elsewhere, or a fault).
+    async fn join(self) -> Result<(), CoordinatorError> {
+        let mut result = Ok(());
+        for task in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(CoordinatorError::Server(format!("server task failed: {e}"))),
+            }
+        }
+        result
+    }
+}
+
+/// Binds `--rest-addr` and `--rpc-addr` and starts everything (see [`start_on`]).
+pub async fn start(config: CoordinatorConfig) -> Result<Coordinator, CoordinatorError> {
+    let rest = TcpListener::bind(config.rest_addr)
+        .await
+        .map_err(|source| CoordinatorError::Listen { addr: config.rest_addr, source })?;
+    let rpc = TcpListener::bind(config.rpc_addr)
+        .await
+        .map_err(|source| CoordinatorError::Listen { addr: config.rpc_addr, source })?;
+    start_on(config, rest, rpc).await
+}
+
+/// Starts the coordinator on listeners the caller bound: opens the registry under
+/// `--data-dir`, serves REST on `rest` and the registry gRPC service on `rpc`, and sweeps for
+/// lost agents every quarter of the heartbeat timeout.
+pub async fn start_on(
+    config: CoordinatorConfig,
+    rest: TcpListener,
+    rpc: TcpListener,
+) -> Result<Coordinator, CoordinatorError> {
+    let rest_addr = rest.local_addr().map_err(|source| CoordinatorError::Listen { addr: config.rest_addr, source })?;
+    let rpc_addr = rpc.local_addr().map_err(|source| CoordinatorError::Listen { addr: config.rpc_addr, source })?;
+    let timeout = Duration::from_secs(config.heartbeat_timeout_s.max(1));
+    let data_dir = config.data_dir.clone();
+    let registry =
+        Arc::new(tokio::task::spawn_blocking(move || Registry::open(&data_dir, timeout)).await.map_err(|e| {
+            CoordinatorError::Server(format!("opening the registry failed: {e}"))
+        })??);
+    let token = match &config.token_file {
+        Some(path) => TokenCheck::from_file(path)?,
+        None => TokenCheck::disabled(),
+    };
+    let tls = grpc_tls(&config)?;
+    let config = Arc::new(config);
+    let state = rest::state::AppState {
+        registry: registry.clone(),
+        flamegraphs: Arc::new(flamegraph::FlameGraphService::new(&config)),
+        config: config.clone(),
+    };
+    let (shutdown, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // REST.
+    let app = rest::router(state.clone());
+    let mut stop = stopped.clone();
+    tasks.push(tokio::spawn(async move {
+        axum::serve(rest, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|e| CoordinatorError::Server(format!("REST server: {e}")))
+    }));
+
+    // gRPC registry.
+    let service = RegistryService::new(registry.clone()).into_server(token);
+    let mut stop = stopped.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+        }
+        builder
+            .add_service(service)
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(rpc), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|e| CoordinatorError::Server(format!("registry gRPC server: {e}")))
+    }));
+
+    // Liveness sweeper.
+    let sweeper_registry = registry.clone();
+    let mut stop = stopped;
+    let period = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    tasks.push(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+            let registry = sweeper_registry.clone();
+            match tokio::task::spawn_blocking(move || registry.expire()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "liveness sweep failed"),
+                Err(e) => tracing::error!(error = %e, "liveness sweep panicked"),
+            }
+        }
+    }));
+
+    tracing::info!(%rest_addr, %rpc_addr, "coordinator started");
+    Ok(Coordinator { rest_addr, rpc_addr, registry, state, shutdown, tasks })
+}
+
+/// The gRPC server's TLS settings from `--tls-cert`/`--tls-key` (and `--tls-ca` for mutual TLS).
+fn grpc_tls(config: &CoordinatorConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, CoordinatorError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("cannot read {}: {e}", p.display())))
+    };
+    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &config.tls_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}
 
 /// Runs the coordinator until SIGINT/SIGTERM.
 pub fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(rest::serve(config))
+    rt.block_on(async move {
+        let demo = config.demo;
+        let coordinator = start(config).await?;
+        println!("flamegrid dashboard: http://{}/", coordinator.rest_addr());
+        println!("flamegrid registry (gRPC): http://{}", coordinator.rpc_addr());
+        let demo = if demo {
+            let handle = demo::start(&coordinator).await?;
+            let rest = coordinator.rest_addr();
+            println!(
+                "flamegrid demo: agent {} samples workload pid {}; job {}",
+                handle.agent_id, handle.workload_pid, handle.job_id
+            );
+            println!("flamegrid demo job: http://{rest}/#/jobs/{}", handle.job_id);
+            println!("Open the dashboard URL above in a browser; Ctrl-C stops everything.");
+            Some(handle)
+        } else {
+            None
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        if let Some(handle) = demo {
+            handle.stop().await;
+        }
+        coordinator.shutdown().await?;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

@@ -11,6 +11,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let config = CoordinatorConfig::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match flamegrid_coordinator::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

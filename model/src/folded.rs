@@ -42,6 +42,38 @@ pub fn to_folded<'a>(sets: impl IntoIterator<Item = &'a SampleSet>, ty: GraphTyp
     out
 }
 
+/// Appends one folded line (`a;b;c COUNT\n`) for `frames`, outermost first, sanitising each
+/// name. Used by views that fold pre-aggregated stacks without going through a [`SampleSet`].
+pub fn push_line<'a>(out: &mut String, frames: impl IntoIterator<Item = &'a str>, count: u64) {
+    for (i, f) in frames.into_iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        if f.contains([';', '\n', '\r']) {
+            out.push_str(&sanitize(f));
+        } else {
+            out.push_str(f);
+        }
+    }
+    let _ = writeln!(out, " {count}");
+}
+
+/// Parses one folded line into its frames (outermost first) and count. `None` for a line that is
+/// not a stack: blank, a `#` comment (flamegrid's endpoints explain an empty answer that way,
+/// and inferno skips such lines), or malformed. The inverse of [`push_line`].
+pub fn parse_line(line: &str) -> Option<(Vec<&str>, u64)> {
+    let line = line.trim_end_matches(['\n', '\r']);
+    if line.trim().is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (stack, count) = line.rsplit_once(' ')?;
+    let count = count.parse().ok()?;
+    if stack.is_empty() {
+        return None;
+    }
+    Some((stack.split(';').collect(), count))
+}
+
 /// Makes a frame name safe for one field of a folded line.
 pub fn sanitize(name: &str) -> String {
     if name.contains([';', '\n', '\r']) {
@@ -68,5 +100,15 @@ mod tests {
         let set = b.finish();
         assert_eq!(to_folded([&set], GraphType::Full), "main;a:b 1\nmain;spin 2\n");
         assert_eq!(to_folded([&set], GraphType::OnCpu), "main;spin 2\n");
+    }
+
+    #[test]
+    fn push_and_parse_round_trip() {
+        let mut out = String::new();
+        push_line(&mut out, ["main", "a;b", "demo::Worker<unsigned long>::recurse"], 7);
+        assert_eq!(out, "main;a:b;demo::Worker<unsigned long>::recurse 7\n");
+        assert_eq!(parse_line(&out), Some((vec!["main", "a:b", "demo::Worker<unsigned long>::recurse"], 7)));
+        assert_eq!(parse_line("# no samples"), None);
+        assert_eq!(parse_line("main;x notanumber"), None);
     }
 }

@@ -174,6 +174,11 @@ KEEP void churn_work(void) {
 }
 
 KEEP void *churn_thread(void *arg) {
+    /* The creator names the first thread of a slot; successors inherit the name, and setting
+     * it here too closes the window before the creator's pthread_setname_np lands. */
+    char name[32];
+    snprintf(name, sizeof name, "churn-%lu", (unsigned long)arg - 1);
+    pthread_setname_np(pthread_self(), name);
     churn_work();
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -217,7 +222,7 @@ static void start_role(unsigned count, const char *prefix, void *(*entry)(void *
             fprintf(stderr, "pthread_create(%s-%u): %s\n", prefix, i, strerror(rc));
             exit(1);
         }
-        char name[16];
+        char name[32];
         snprintf(name, sizeof name, "%s-%u", prefix, i);
         pthread_setname_np(t, name);
     }
@@ -246,19 +251,8 @@ int main(int argc, char **argv) {
     start_role(sleepers, "sleep", sleep_thread, 0);
     start_role(waiters, "wait", wait_thread, 0);
     start_role(lockers, "lock", lock_thread, 0);
-    /* Churn threads are started with their name already set by the creator below, and
-     * every successor inherits it from its parent. */
-    for (unsigned i = 0; i < churn; i++) {
-        char name[16];
-        snprintf(name, sizeof name, "churn-%u", i);
-        char own[16] = {0};
-        pthread_getname_np(pthread_self(), own, sizeof own);
-        /* Name main temporarily so the first churn thread inherits the right name
-         * before it can start a successor. */
-        pthread_setname_np(pthread_self(), name);
-        start_role(1, "churn", churn_thread, 1);
-        pthread_setname_np(pthread_self(), own);
-    }
+    /* Churn slot i starts as one thread named churn-<i>; each successor inherits the name. */
+    start_role(churn, "churn", churn_thread, 1);
 
     printf("ready\n");
     fflush(stdout);

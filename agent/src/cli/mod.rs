@@ -16,6 +16,8 @@ pub struct Cli {
 }
 
 /// The agent's subcommands.
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Sample threads of a local process once and print the stacks (no coordinator needed).

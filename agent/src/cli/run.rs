@@ -1,17 +1,514 @@
 //! `flamegrid-agent run`: the long-running agent.
+//!
+//! Three things run side by side once [`serve`] returns:
+//!
+//! * the **sampling server** ([`crate::service::SamplingService`] behind tonic, optionally TLS,
+//!   optionally checking a shared token) on `--listen`;
+//! * the **registration loop** ([`crate::registration`]) that registers with `--coordinator` and
+//!   heartbeats; it never blocks the server, so sampling goes on while the coordinator is away;
+//! * a **supervisor** task that waits for the shutdown signal, then (in this order) cancels the
+//!   sampling runs in flight so they return what they have, stops the registration loop and lets
+//!   the server drain its connections.
+//!
+//! [`serve`] is a library function so that `flamegrid-coordinator --demo` can start an agent in
+//! its own process: it binds first and only then returns, so the caller learns the real address
+//! (`--listen 127.0.0.1:0` picks a free port). [`main`] is the CLI around it, with SIGTERM and
+//! SIGINT as the shutdown signal.
+//!
+//! Defaults that need a decision, documented on the flags too:
+//! * `--advertise`: listening on a concrete IP advertises that IP; listening on `0.0.0.0`/`::`
+//!   advertises the local IP of the interface that routes to the coordinator (found by
+//!   "connecting" a UDP socket, which sends nothing), so an agent on loopback next to its
+//!   coordinator advertises `127.0.0.1` and one on a LAN its LAN address; if even that fails, the
+//!   host name. The scheme is `https` with `--tls-cert`, else `http`.
+//! * `--id`: 32 hex digits of a 128-bit FNV-1a hash of the host name and the *bound* listen
+//!   address, so restarts of the same agent keep their id while two agents on one host (or two
+//!   `:0` ports) never share one.
 
+use crate::registration::{self, RegistrationConfig, host_name};
+use crate::sampler::Sampler;
+use crate::selection::AccessPolicy;
+use crate::service::{BearerTokenCheck, SamplingService, ServiceSettings};
+use anyhow::{Context, bail, ensure};
 use clap::Args;
+use flamegrid_proto::v1::sampling_server::SamplingServer;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 
-/// Flags of `flamegrid-agent run` (DESIGN.md).
-#[derive(Debug, Args)]
+/// Most concurrent sampling runs `--max-concurrent-runs` accepts.
+pub const MAX_CONCURRENT_RUNS_LIMIT: usize = 256;
+
+/// Flags of `flamegrid-agent run` (DESIGN.md). Every flag also reads `FLAMEGRID_<FLAG>`.
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// The coordinator's registry address.
-    #[arg(long, env = "FLAMEGRID_COORDINATOR")]
+    /// The coordinator's registry address, e.g. http://coordinator:6123 (https:// with TLS).
+    #[arg(long, env = "FLAMEGRID_COORDINATOR", value_name = "URL")]
     pub coordinator: String,
+
+    /// Where to serve the sampling gRPC service (port 0 picks a free port).
+    #[arg(long, env = "FLAMEGRID_LISTEN", default_value = "0.0.0.0:6122", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// The address the coordinator uses to reach this agent, e.g. http://10.0.0.5:6122.
+    /// Default: the listen IP; for 0.0.0.0/:: the local IP that routes to the coordinator
+    /// (127.0.0.1 when the coordinator is on loopback), else the host name; https with TLS.
+    #[arg(long, env = "FLAMEGRID_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
+
+    /// This agent's id as shown in /taskmanagers: 1 to 128 characters of [A-Za-z0-9._:-].
+    /// Default: 32 hex digits derived from the host name and the bound listen address.
+    #[arg(long, env = "FLAMEGRID_ID", value_name = "ID")]
+    pub id: Option<String>,
+
+    /// Allow sampling processes of this user (name or uid); repeatable or comma-separated.
+    /// Without --allow-user and --allow-comm only processes of the agent's own user are allowed.
+    #[arg(long = "allow-user", env = "FLAMEGRID_ALLOW_USER", value_name = "NAME", value_delimiter = ',')]
+    pub allow_user: Vec<String>,
+
+    /// Allow sampling processes with this kernel name (comm); repeatable or comma-separated.
+    #[arg(long = "allow-comm", env = "FLAMEGRID_ALLOW_COMM", value_name = "NAME", value_delimiter = ',')]
+    pub allow_comm: Vec<String>,
+
+    /// File holding the shared token: sent on registry calls, required on sampling calls.
+    #[arg(long, env = "FLAMEGRID_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// PEM certificate chain of this agent (TLS server, and client identity for mutual TLS).
+    #[arg(long, env = "FLAMEGRID_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key matching --tls-cert.
+    #[arg(long, env = "FLAMEGRID_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA: callers of the sampling service must present a certificate it signed (mutual
+    /// TLS), and an https coordinator is verified against it. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "FLAMEGRID_TLS_CA", value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// The coordinator's heartbeat timeout; accepted for symmetry with the coordinator.
+    #[arg(long, env = "FLAMEGRID_HEARTBEAT_TIMEOUT_S", default_value_t = 30, value_name = "S",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub heartbeat_timeout_s: u64,
+
+    /// Sampling runs served at once; more are refused with RESOURCE_EXHAUSTED (1..=256).
+    #[arg(long, env = "FLAMEGRID_MAX_CONCURRENT_RUNS", default_value_t = crate::service::DEFAULT_MAX_CONCURRENT_RUNS,
+          value_name = "N", value_parser = parse_max_runs)]
+    pub max_concurrent_runs: usize,
+
+    /// Append the kernel stacks of off-CPU threads (needs root).
+    #[arg(long, env = "FLAMEGRID_KERNEL_STACKS")]
+    pub kernel_stacks: bool,
 }
 
-/// Runs the subcommand.
-pub fn main(_args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("run is not implemented yet")
+fn parse_max_runs(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (1..=MAX_CONCURRENT_RUNS_LIMIT).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be between 1 and {MAX_CONCURRENT_RUNS_LIMIT}"))
+    }
+}
+
+impl RunArgs {
+    /// The flags' defaults with `coordinator` set, for callers that start an agent in-process
+    /// (e.g. the coordinator's `--demo`); adjust fields such as `listen` before calling [`serve`].
+    pub fn new(coordinator: impl Into<String>) -> Self {
+        RunArgs {
+            coordinator: coordinator.into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 6122)),
+            advertise: None,
+            id: None,
+            allow_user: Vec::new(),
+            allow_comm: Vec::new(),
+            token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            heartbeat_timeout_s: 30,
+            max_concurrent_runs: crate::service::DEFAULT_MAX_CONCURRENT_RUNS,
+            kernel_stacks: false,
+        }
+    }
+}
+
+/// A started agent: where it listens and who it says it is. Dropping it does not stop the agent;
+/// the shutdown future given to [`serve`] does.
+#[derive(Debug)]
+pub struct RunningAgent {
+    /// The address the sampling server is bound to (the real port when `listen` had port 0).
+    pub local_addr: SocketAddr,
+    /// The address registered with the coordinator.
+    pub advertised_address: String,
+    /// The id registered with the coordinator.
+    pub agent_id: String,
+    supervisor: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningAgent {
+    /// Waits until the agent has shut down (after the shutdown future completed and the server
+    /// drained), or failed.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.supervisor.await.context("the agent's supervisor task failed")?
+    }
+}
+
+/// Everything [`serve`] needs, checked and loaded from the flags before anything starts, so a bad
+/// flag changes nothing.
+struct Checked {
+    coordinator: Endpoint,
+    token: Option<String>,
+    server_tls: Option<ServerTlsConfig>,
+    policy: AccessPolicy,
+}
+
+fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
+    let coordinator = coordinator_endpoint(&args.coordinator)?;
+    if let Some(id) = &args.id {
+        check_id(id)?;
+    }
+    if let Some(a) = &args.advertise {
+        check_url("--advertise", a)?;
+    }
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
+
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Identity::from_pem(read_file(cert, "--tls-cert")?, read_file(key, "--tls-key")?)),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    let ca = match &args.tls_ca {
+        Some(path) => {
+            ensure!(identity.is_some(), "--tls-ca needs --tls-cert and --tls-key");
+            Some(Certificate::from_pem(read_file(path, "--tls-ca")?))
+        }
+        None => None,
+    };
+    let server_tls = identity.as_ref().map(|id| {
+        let tls = ServerTlsConfig::new().identity(id.clone());
+        match &ca {
+            Some(ca) => tls.client_ca_root(ca.clone()),
+            None => tls,
+        }
+    });
+    let coordinator = if args.coordinator.starts_with("https://") {
+        let Some(ca) = &ca else {
+            bail!("an https:// coordinator needs --tls-ca (the CA that signed its certificate)");
+        };
+        let mut tls = ClientTlsConfig::new().ca_certificate(ca.clone());
+        if let Some(id) = identity {
+            tls = tls.identity(id);
+        }
+        coordinator.tls_config(tls).context("configuring TLS towards the coordinator")?
+    } else {
+        coordinator
+    };
+
+    let policy = if args.allow_user.is_empty() && args.allow_comm.is_empty() {
+        AccessPolicy::own_user()
+    } else {
+        AccessPolicy::new(&args.allow_user, &args.allow_comm).context("--allow-user / --allow-comm")?
+    };
+    ensure!(
+        (1..=MAX_CONCURRENT_RUNS_LIMIT).contains(&args.max_concurrent_runs),
+        "--max-concurrent-runs must be between 1 and {MAX_CONCURRENT_RUNS_LIMIT}"
+    );
+    ensure!(args.heartbeat_timeout_s >= 1, "--heartbeat-timeout-s must be at least 1");
+    Ok(Checked { coordinator, token, server_tls, policy })
+}
+
+fn check_url(flag: &str, url: &str) -> anyhow::Result<Endpoint> {
+    ensure!(
+        url.starts_with("http://") || url.starts_with("https://"),
+        "{flag} must be an http:// or https:// URL, got {url:?}"
+    );
+    let endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("{flag} {url:?} is not a valid URL"))?;
+    ensure!(endpoint.uri().host().is_some_and(|h| !h.is_empty()), "{flag} {url:?} has no host");
+    Ok(endpoint)
+}
+
+fn coordinator_endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    Ok(check_url("--coordinator", url)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10)))
+}
+
+/// Checks a user-given agent id: it appears in REST paths and logs, so only a safe alphabet.
+pub fn check_id(id: &str) -> anyhow::Result<()> {
+    ensure!(!id.is_empty(), "--id must not be empty");
+    ensure!(id.len() <= 128, "--id must be at most 128 characters");
+    ensure!(
+        id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')),
+        "--id may only contain letters, digits and . _ : -, got {id:?}"
+    );
+    Ok(())
+}
+
+fn read_file(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
+}
+
+/// Reads the shared token: the file's content without surrounding whitespace. It must be usable
+/// as an HTTP header value, and is never logged.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let raw = read_file(path, "--token-file")?;
+    let text = String::from_utf8(raw).map_err(|_| anyhow::anyhow!("--token-file {}: not UTF-8 text", path.display()))?;
+    let token = text.trim();
+    ensure!(!token.is_empty(), "--token-file {}: the file is empty", path.display());
+    ensure!(
+        token.bytes().all(|b| b.is_ascii_graphic()),
+        "--token-file {}: the token must be printable ASCII without spaces",
+        path.display()
+    );
+    if token.len() < 16 {
+        tracing::warn!("the shared token is shorter than 16 characters; use a long random one");
+    }
+    Ok(token.to_string())
+}
+
+/// The default id: 32 hex digits of FNV-1a-128 over `host|addr`. FNV is not a secure hash, and
+/// need not be: the id only has to be stable and unlikely to collide.
+pub fn derive_id(host: &str, addr: &SocketAddr) -> String {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let input = format!("{host}|{addr}");
+    let hash = input.bytes().fold(OFFSET, |h, b| (h ^ u128::from(b)).wrapping_mul(PRIME));
+    format!("{hash:032x}")
+}
+
+/// The default advertised address (see the module comment).
+async fn default_advertise(local: SocketAddr, coordinator: &Endpoint, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let ip = local.ip();
+    if !ip.is_unspecified() {
+        return format!("{scheme}://{local}");
+    }
+    if let Some(routed) = route_towards(coordinator).await {
+        return format!("{scheme}://{}", SocketAddr::new(routed, local.port()));
+    }
+    format!("{scheme}://{}:{}", host_name(), local.port())
+}
+
+/// The local IP the kernel would use to reach the coordinator. A UDP `connect` only picks a
+/// route; no packet is sent.
+async fn route_towards(coordinator: &Endpoint) -> Option<IpAddr> {
+    let uri = coordinator.uri();
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(6123);
+    let target = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
+    let bind: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    socket.connect(target).await.ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// Starts the agent: checks the flags, binds `--listen`, starts the sampling server and the
+/// registration loop, and returns once the server is listening. The agent runs until `shutdown`
+/// completes; then in-flight runs are cancelled (they answer with what they have) and the server
+/// drains. Await [`RunningAgent::wait`] to know when that is over.
+pub async fn serve(
+    args: RunArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningAgent> {
+    let checked = check_args(&args)?;
+    let sampler = Sampler::new().context("starting the sampler")?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    let local_addr = listener.local_addr().context("reading the bound address")?;
+    let tls = checked.server_tls.is_some();
+    let advertised_address = match &args.advertise {
+        Some(a) => a.clone(),
+        None => default_advertise(local_addr, &checked.coordinator, tls).await,
+    };
+    let agent_id = args.id.clone().unwrap_or_else(|| derive_id(&host_name(), &local_addr));
+
+    let service = SamplingService::new(
+        sampler,
+        ServiceSettings {
+            policy: checked.policy.clone(),
+            max_concurrent_runs: args.max_concurrent_runs,
+            kernel_stacks: args.kernel_stacks,
+        },
+    );
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(tls_config) = checked.server_tls {
+        builder = builder.tls_config(tls_config).context("configuring TLS for the sampling service")?;
+    }
+    let router = builder.add_service(SamplingServer::with_interceptor(
+        service.clone(),
+        BearerTokenCheck::new(checked.token.as_deref()),
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            // Answers are single messages; don't let Nagle hold back their last segment.
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
+
+    let registration_config = RegistrationConfig {
+        agent_id: agent_id.clone(),
+        advertised_address: advertised_address.clone(),
+        token: checked.token.clone(),
+    };
+    let channel = checked.coordinator.connect_lazy();
+    let registration = tokio::spawn(registration::run(registration_config, channel, stopped(stop_rx)));
+
+    tracing::info!(
+        id = %agent_id,
+        advertise = %advertised_address,
+        coordinator = %args.coordinator,
+        tls,
+        token = checked.token.is_some(),
+        max_concurrent_runs = args.max_concurrent_runs,
+        policy = ?checked.policy,
+        "sampling service listening on {local_addr}"
+    );
+
+    let supervisor = tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown => {}
+            served = &mut server => {
+                // The server ended without being asked to: report why.
+                stop_tx.send_replace(true);
+                let _ = registration.await;
+                return match served {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the sampling server stopped unexpectedly")),
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("the sampling server failed")),
+                    Err(e) => Err(anyhow::Error::new(e).context("the sampling server task failed")),
+                };
+            }
+        }
+        tracing::info!(runs_in_flight = service.runs_in_flight(), "shutting down: ending sampling runs in flight");
+        service.cancel_in_flight();
+        stop_tx.send_replace(true);
+        let served = server.await.context("the sampling server task failed")?;
+        if let Ok(Err(e)) = registration.await {
+            tracing::warn!(error = %e, "the registration loop ended with an error");
+        }
+        served.context("the sampling server failed")?;
+        tracing::info!("stopped");
+        Ok(())
+    });
+
+    Ok(RunningAgent { local_addr, advertised_address, agent_id, supervisor })
+}
+
+/// Completes once the watch value is `true` (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|&stop| stop).await;
+}
+
+/// Runs the subcommand: logs to stderr, serves until SIGTERM or SIGINT, exits 0 after a clean
+/// shutdown.
+pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("flamegrid-agent")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        };
+        let agent = serve(args, shutdown).await?;
+        agent.wait().await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// tracing to stderr, `RUST_LOG` honoured, `info` by default; colours only on a terminal.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn derived_ids_are_stable_32_hex_and_distinct() {
+        let a: SocketAddr = "0.0.0.0:6122".parse().unwrap();
+        let b: SocketAddr = "0.0.0.0:6124".parse().unwrap();
+        let id = derive_id("host-1", &a);
+        assert_eq!(id.len(), 32);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(id, derive_id("host-1", &a));
+        assert_ne!(id, derive_id("host-1", &b));
+        assert_ne!(id, derive_id("host-2", &a));
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(check_id("tm-1:6122").is_ok());
+        assert!(check_id("").is_err());
+        assert!(check_id("a/b").is_err());
+        assert!(check_id("with space").is_err());
+        assert!(check_id(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        let w = Wrapper::try_parse_from(["x", "--coordinator", "http://127.0.0.1:6123"]).unwrap();
+        assert_eq!(w.run.listen, "0.0.0.0:6122".parse().unwrap());
+        assert_eq!(w.run.max_concurrent_runs, 4);
+        assert_eq!(w.run.heartbeat_timeout_s, 30);
+        let w = Wrapper::try_parse_from([
+            "x", "--coordinator", "http://c:1", "--allow-user", "a,b", "--allow-comm", "w", "--allow-comm", "v",
+        ])
+        .unwrap();
+        assert_eq!(w.run.allow_user, ["a", "b"]);
+        assert_eq!(w.run.allow_comm, ["w", "v"]);
+        assert!(Wrapper::try_parse_from(["x", "--coordinator", "http://c:1", "--max-concurrent-runs", "0"]).is_err());
+        assert!(Wrapper::try_parse_from(["x", "--coordinator", "http://c:1", "--tls-cert", "a"]).is_err());
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        assert!(check_args(&RunArgs::new("ftp://x:1")).is_err());
+        assert!(check_args(&RunArgs::new("not a url")).is_err());
+        let mut args = RunArgs::new("http://127.0.0.1:6123");
+        args.advertise = Some("10.0.0.1:6122".into());
+        assert!(check_args(&args).is_err());
+        assert!(check_args(&RunArgs::new("https://127.0.0.1:6123")).is_err(), "https needs --tls-ca");
+    }
 }

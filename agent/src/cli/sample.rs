@@ -1,17 +1,219 @@
-//! `flamegrid-agent sample`: one-shot local sampling.
+//! `flamegrid-agent sample`: one-shot local sampling, like `eu-stack -p` or `py-spy dump` but
+//! N samples, folded or JSON output. No coordinator, no allow-list: the kernel's own ptrace
+//! permission checks apply, and a refusal is explained in one line.
+//!
+//! ```text
+//! flamegrid-agent sample --pid 4242 --samples 100 --interval-ms 10 --type on-cpu > cpu.folded
+//! inferno-flamegraph < cpu.folded > cpu.svg
+//! ```
 
-use clap::Args;
+use crate::sampler::{RunStats, Sampler, SamplerOptions};
+use crate::selection::{AccessPolicy, ProcessRef, ThreadSelector};
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use flamegrid_model::{GraphType, SampleSet};
+use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-/// Flags of `flamegrid-agent sample` (DESIGN.md).
+/// Most samples one CLI run takes (100 000 samples at 0 ms is a few seconds to minutes).
+pub const MAX_SAMPLES: u32 = 100_000;
+/// Longest interval between samples, ms.
+pub const MAX_INTERVAL_MS: u64 = 60_000;
+/// Deepest stack kept.
+pub const MAX_DEPTH: u32 = 1024;
+
+/// Which samples to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "kebab-case")]
+pub enum TypeArg {
+    /// Every sample.
+    #[value(alias = "FULL")]
+    Full,
+    /// Samples of running/runnable threads (state RUNNABLE).
+    #[value(alias = "on_cpu", alias = "ON_CPU")]
+    OnCpu,
+    /// Samples of waiting threads (WAITING, TIMED_WAITING, BLOCKED).
+    #[value(alias = "off_cpu", alias = "OFF_CPU")]
+    OffCpu,
+}
+
+impl From<TypeArg> for GraphType {
+    fn from(t: TypeArg) -> GraphType {
+        match t {
+            TypeArg::Full => GraphType::Full,
+            TypeArg::OnCpu => GraphType::OnCpu,
+            TypeArg::OffCpu => GraphType::OffCpu,
+        }
+    }
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// `frame;frame;...;frame COUNT` per distinct stack, root first (inferno/flamegraph.pl input).
+    Folded,
+    /// Every sample with thread, state, timestamp and frames.
+    Json,
+}
+
+/// Flags of `flamegrid-agent sample` (DESIGN.md). Every flag also reads `FLAMEGRID_<FLAG>`.
 #[derive(Debug, Args)]
 pub struct SampleArgs {
     /// Process to sample.
-    #[arg(long, env = "FLAMEGRID_PID")]
+    #[arg(long, env = "FLAMEGRID_PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: u32,
+
+    /// Sample only this thread id (repeatable; with --thread-name, threads must match both).
+    #[arg(long = "tid", env = "FLAMEGRID_TID", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub tids: Vec<u32>,
+
+    /// Sample only threads whose name (/proc/PID/task/TID/comm) matches this regex as a whole.
+    #[arg(long, env = "FLAMEGRID_THREAD_NAME")]
+    pub thread_name: Option<String>,
+
+    /// Samples per thread, 1..=100000.
+    #[arg(long, env = "FLAMEGRID_SAMPLES", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_SAMPLES as i64))]
+    pub samples: u32,
+
+    /// Milliseconds between samples, 0..=60000 (0: back to back).
+    #[arg(long, env = "FLAMEGRID_INTERVAL_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_INTERVAL_MS))]
+    pub interval_ms: u64,
+
+    /// Frames kept per stack (the innermost ones), 1..=1024.
+    #[arg(long, env = "FLAMEGRID_MAX_DEPTH", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_DEPTH as i64))]
+    pub max_depth: u32,
+
+    /// Which samples to print: full (all), on-cpu (RUNNABLE), off-cpu (waiting/blocked).
+    #[arg(long = "type", env = "FLAMEGRID_TYPE", value_enum, ignore_case = true, default_value_t = TypeArg::Full)]
+    pub graph_type: TypeArg,
+
+    /// Output format.
+    #[arg(long, env = "FLAMEGRID_FORMAT", value_enum, ignore_case = true, default_value_t = FormatArg::Folded)]
+    pub format: FormatArg,
+
+    /// Print timings to stderr: threads, per-thread stop time (median/p99 µs), snapshot time per
+    /// round, unwind and symbolization time.
+    #[arg(long, env = "FLAMEGRID_STATS")]
+    pub stats: bool,
 }
 
 /// Runs the subcommand.
-pub fn main(_args: SampleArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("sample is not implemented yet")
+pub fn main(args: SampleArgs) -> anyhow::Result<ExitCode> {
+    // Logs (off unless RUST_LOG asks) go to stderr; stdout carries only the samples.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let thread_name = match &args.thread_name {
+        Some(p) if !p.is_empty() => Some(ThreadSelector::compile_thread_name(p)?),
+        _ => None,
+    };
+    let mut tids = args.tids.clone();
+    tids.sort_unstable();
+    tids.dedup();
+    let selector = ThreadSelector { process: ProcessRef::Pid(args.pid), tids, thread_name };
+    let sampler = Sampler::new()?;
+    let opts = SamplerOptions {
+        num_samples: args.samples,
+        delay: Duration::from_millis(args.interval_ms),
+        max_depth: args.max_depth,
+        kernel_stacks: false,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let (run, stats) =
+        sampler.sample_with_stats(&[("cli".to_string(), selector)], &AccessPolicy::unrestricted(), &opts);
+    let Some((_, result)) = run.subtasks.into_iter().next() else {
+        anyhow::bail!("the sampler returned no result");
+    };
+    let set = result?;
+    if args.stats {
+        print_stats(&stats, &set);
+    }
+    let ty: GraphType = args.graph_type.into();
+    let text = match args.format {
+        FormatArg::Folded => flamegrid_model::folded::to_folded([&set], ty),
+        FormatArg::Json => json_output(&set, ty, args.pid, run.start_ms, run.end_ms)?,
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // `| head` closing the pipe is not an error worth a message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e).context("writing the output"),
+    }
+}
+
+fn json_output(set: &SampleSet, ty: GraphType, pid: u32, start_ms: i64, end_ms: i64) -> anyhow::Result<String> {
+    let samples: Vec<serde_json::Value> = set
+        .samples
+        .iter()
+        .filter(|s| ty.accepts(s.state))
+        .map(|s| {
+            let thread = set.thread_of(s);
+            serde_json::json!({
+                "tid": thread.map(|t| t.tid),
+                "thread": thread.map(|t| t.name.as_str()),
+                "state": s.state,
+                "timestamp_ms": s.timestamp_ms,
+                "truncated": s.truncated,
+                "frames": set.stack_frames(s).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "pid": pid,
+        "type": ty.as_str(),
+        "start_ms": start_ms,
+        "end_ms": end_ms,
+        "samples": samples,
+    });
+    let mut text = serde_json::to_string_pretty(&doc)?;
+    text.push('\n');
+    Ok(text)
+}
+
+fn print_stats(stats: &RunStats, set: &SampleSet) {
+    let mean = |d: &[Duration]| {
+        if d.is_empty() { 0.0 } else { d.iter().map(|d| d.as_secs_f64()).sum::<f64>() / d.len() as f64 * 1e3 }
+    };
+    let median_ms = |d: &[Duration]| {
+        let mut v: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    eprintln!("threads: {}", stats.threads);
+    eprintln!("rounds: {}", stats.rounds);
+    eprintln!("samples: {}", set.samples.len());
+    eprintln!(
+        "stop_us: median {:.1} p90 {:.1} p99 {:.1} max {:.1} (n={})",
+        stats.stop_quantile_us(0.5),
+        stats.stop_quantile_us(0.9),
+        stats.stop_quantile_us(0.99),
+        stats.stop_quantile_us(1.0),
+        stats.stop_ns.len()
+    );
+    eprintln!(
+        "snapshot_ms: median {:.3} mean {:.3} first {:.3}",
+        median_ms(&stats.snapshot_time),
+        mean(&stats.snapshot_time),
+        stats.snapshot_time.first().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    );
+    eprintln!(
+        "round_ms: median {:.3} mean {:.3} (incl. /proc reads)",
+        median_ms(&stats.round_time),
+        mean(&stats.round_time)
+    );
+    eprintln!("module_load_ms: {:.3}", stats.module_load.as_secs_f64() * 1e3);
+    eprintln!("unwind_ms: {:.3}", stats.unwind.as_secs_f64() * 1e3);
+    eprintln!("symbolize_ms: {:.3}", stats.symbolize.as_secs_f64() * 1e3);
+    eprintln!("not_stopped: {}", stats.not_stopped);
 }

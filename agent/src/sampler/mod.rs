@@ -1,18 +1,59 @@
-//! The native stack sampler. (API fixed; implementation to be written.)
+//! The native stack sampler: N samples of the stacks and states of selected threads of
+//! processes on this host.
+//!
+//! A sampling run is a loop of *rounds*, one per sample, paced at a fixed rate:
+//!
+//! ```text
+//!  caller thread (sample())                 tracer thread (ptrace.rs)        symbolizer thread
+//!  ─────────────────────────                ─────────────────────────        ─────────────────
+//!  resolve selectors, read /proc states ──▶ seize+interrupt each thread,
+//!  (stat, syscall) outside any stop          read regs + stack, unwind,
+//!                                    ◀────── detach; addresses per thread
+//!  ... N rounds, `delay` apart ...
+//!  distinct addresses per process ─────────────────────────────────────────▶ blazesym, demangle
+//!  build SampleSets (outermost first) ◀───────────────────────────────────── frames per address
+//! ```
+//!
+//! * [`proc`]: `/proc` parsing (state after the last `)`, timed waits from `syscall`, comm).
+//! * `ptrace`: the one OS thread that owns every ptrace call, and the overlapped round.
+//! * `stack`: registers and the page-split `process_vm_readv` stack copy.
+//! * `unwind`: framehop modules per process, cached per file identity.
+//! * `symbolize`: blazesym on its own thread, demangling and name cleanup.
+//! * `permission`: which of the possible causes an `EPERM` is.
+//!
+//! Symbolization happens once per distinct address *after* all samples were taken, so the
+//! sample loop never waits for DWARF parsing and each round stays short.
+
+pub mod proc;
+
+mod elf;
+mod maps;
+mod permission;
+mod ptrace;
+mod stack;
+mod symbolize;
+mod unwind;
+
+pub use permission::explain_denied;
+pub use symbolize::clean_name;
 
 use crate::AgentError;
-use crate::selection::{AccessPolicy, ThreadSelector};
-use flamegrid_model::SampleSet;
+use crate::selection::{self, AccessPolicy, ProcessRef, ThreadSelector};
+use flamegrid_model::{Frame, SampleSet, SampleSetBuilder, SampledThread, ThreadState};
+use ptrace::{ReadOutcome, TargetJob, ThreadJob, Tracer};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use symbolize::SymbolizerThread;
+use unwind::RawStack;
 
 /// How to sample.
 #[derive(Debug, Clone)]
 pub struct SamplerOptions {
     /// Samples per thread (>= 1).
     pub num_samples: u32,
-    /// Delay between samples.
+    /// Delay between samples (rounds start `delay` apart; zero: back to back).
     pub delay: Duration,
     /// Frames kept per stack (innermost ones).
     pub max_depth: u32,
@@ -20,6 +61,19 @@ pub struct SamplerOptions {
     pub kernel_stacks: bool,
     /// Set to end a run early (graceful shutdown); the run returns what it has.
     pub cancel: Arc<AtomicBool>,
+}
+
+impl Default for SamplerOptions {
+    /// One sample, 50 ms delay, 100 frames: the CLI's and Flink's defaults.
+    fn default() -> Self {
+        SamplerOptions {
+            num_samples: 1,
+            delay: Duration::from_millis(50),
+            max_depth: 100,
+            kernel_stacks: false,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 /// The result of one sampling run over several targets.
@@ -33,32 +87,390 @@ pub struct SamplingRun {
     pub subtasks: Vec<(String, Result<SampleSet, AgentError>)>,
 }
 
-/// A handle on the sampler; cheap to clone, safe to share between threads.
+/// Measurements of one run, for `flamegrid-agent sample --stats` and the benchmarks.
 #[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    /// Distinct threads that were sampled at least once.
+    pub threads: usize,
+    /// Rounds taken.
+    pub rounds: u32,
+    /// How long each read thread was stopped (upper bound), ns, one entry per thread and round.
+    pub stop_ns: Vec<u64>,
+    /// Whole round (including `/proc` reads), per round.
+    pub round_time: Vec<Duration>,
+    /// The ptrace part of each round (first interrupt to last detach).
+    pub snapshot_time: Vec<Duration>,
+    /// Loading unwind information (cold caches).
+    pub module_load: Duration,
+    /// Time spent unwinding.
+    pub unwind: Duration,
+    /// Time spent symbolizing (after sampling).
+    pub symbolize: Duration,
+    /// Threads that did not stop within their deadline.
+    pub not_stopped: u32,
+}
+
+impl RunStats {
+    /// The `q` quantile (0..=1) of the stop times, in µs.
+    pub fn stop_quantile_us(&self, q: f64) -> f64 {
+        quantile(&self.stop_ns, q) / 1000.0
+    }
+}
+
+fn quantile(values: &[u64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let idx = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    v[idx] as f64
+}
+
+/// A handle on the sampler; cheap to clone, safe to share between threads.
+///
+/// It owns the tracer thread (every ptrace call), the symbolizer thread (blazesym) and, through
+/// them, the unwind and symbol caches that make the second snapshot of a process cheap.
+#[derive(Clone)]
 pub struct Sampler {
-    _private: (),
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tracer: Tracer,
+    symbolizer: SymbolizerThread,
+}
+
+impl std::fmt::Debug for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampler").finish_non_exhaustive()
+    }
+}
+
+/// One observation before symbolization.
+struct RawSample {
+    tid: u32,
+    time_ms: i64,
+    state: ThreadState,
+    stack: Option<RawStack>,
+    kernel: Vec<String>,
+}
+
+/// The state of one target during a run.
+struct TargetRun {
+    key: String,
+    sel: ThreadSelector,
+    pid: u32,
+    starttime: u64,
+    names: HashMap<u32, String>,
+    samples: Vec<RawSample>,
+    /// Why this target has no (more) samples; set on the first round's failure.
+    error: Option<AgentError>,
+    /// The process went away after some samples: stop sampling it, keep what we have.
+    finished: bool,
+    /// A thread the kernel refused to let us trace.
+    denied: Option<u32>,
+    /// Some round selected at least one thread.
+    selected_any: bool,
 }
 
 impl Sampler {
-    /// Starts the sampler.
+    /// Starts the sampler (its tracer and symbolizer threads).
     pub fn new() -> Result<Sampler, AgentError> {
-        Ok(Sampler::default())
+        let tracer = Tracer::spawn().map_err(|e| AgentError::io("starting the tracer thread", e))?;
+        let symbolizer =
+            SymbolizerThread::spawn().map_err(|e| AgentError::io("starting the symbolizer thread", e))?;
+        Ok(Sampler { inner: Arc::new(Inner { tracer, symbolizer }) })
     }
 
-    /// Samples `targets` (key, selector) — blocking.
+    /// Samples `targets` (key, selector) — blocking (call from `spawn_blocking`). Several calls
+    /// may run at once from different threads; their rounds interleave on the tracer thread, so
+    /// a thread is never traced by two runs at once.
     pub fn sample(
         &self,
         targets: &[(String, ThreadSelector)],
-        _policy: &AccessPolicy,
-        _opts: &SamplerOptions,
+        policy: &AccessPolicy,
+        opts: &SamplerOptions,
     ) -> SamplingRun {
-        SamplingRun {
-            start_ms: 0,
-            end_ms: 0,
-            subtasks: targets
-                .iter()
-                .map(|(k, _)| (k.clone(), Err(AgentError::Other("sampler not implemented yet".into()))))
-                .collect(),
-        }
+        self.sample_with_stats(targets, policy, opts).0
     }
+
+    /// [`Sampler::sample`], plus timings of the run.
+    pub fn sample_with_stats(
+        &self,
+        targets: &[(String, ThreadSelector)],
+        policy: &AccessPolicy,
+        opts: &SamplerOptions,
+    ) -> (SamplingRun, RunStats) {
+        let mut stats = RunStats::default();
+        let mut runs: Vec<TargetRun> = targets
+            .iter()
+            .map(|(key, sel)| TargetRun {
+                key: key.clone(),
+                sel: sel.clone(),
+                pid: 0,
+                starttime: 0,
+                names: HashMap::new(),
+                samples: Vec::new(),
+                error: None,
+                finished: false,
+                denied: None,
+                selected_any: false,
+            })
+            .collect();
+        let max_depth = opts.max_depth.max(1) as usize;
+        let began = Instant::now();
+        for round in 0..opts.num_samples.max(1) {
+            if opts.cancel.load(Ordering::SeqCst) {
+                break;
+            }
+            if round > 0 && !wait_until(began + opts.delay * round, &opts.cancel) {
+                break;
+            }
+            let round_start = Instant::now();
+            let mut jobs = Vec::new();
+            let mut meta: Vec<(usize, Vec<(ThreadState, Vec<String>)>)> = Vec::new();
+            for (i, run) in runs.iter_mut().enumerate() {
+                if run.error.is_some() || run.finished {
+                    continue;
+                }
+                match prepare_round(run, round == 0, policy, opts.kernel_stacks) {
+                    Ok((job, states)) => {
+                        if !job.threads.is_empty() {
+                            jobs.push(job);
+                            meta.push((i, states));
+                        }
+                    }
+                    Err(e) if run.samples.is_empty() => run.error = Some(e),
+                    Err(e) => {
+                        tracing::debug!(key = %run.key, error = %e, "target ended during the run");
+                        run.finished = true;
+                    }
+                }
+            }
+            if jobs.is_empty() {
+                if runs.iter().all(|r| r.error.is_some() || r.finished) {
+                    break;
+                }
+                continue;
+            }
+            let result = match self.inner.tracer.round(jobs, max_depth) {
+                Ok(r) => r,
+                Err(e) => {
+                    for (i, _) in &meta {
+                        runs[*i].error.get_or_insert_with(|| AgentError::Other(e.clone()));
+                    }
+                    break;
+                }
+            };
+            stats.rounds += 1;
+            stats.snapshot_time.push(result.timings.snapshot);
+            stats.module_load += result.timings.module_load;
+            stats.unwind += result.timings.unwind;
+            for ((i, states), reads) in meta.into_iter().zip(result.targets) {
+                let run = &mut runs[i];
+                for ((state, kernel), read) in states.into_iter().zip(reads) {
+                    let stack = match read.outcome {
+                        ReadOutcome::Stack(raw) => {
+                            stats.stop_ns.push(read.stopped_ns);
+                            Some(raw)
+                        }
+                        ReadOutcome::NotStopped => {
+                            stats.not_stopped += 1;
+                            None
+                        }
+                        ReadOutcome::Gone => continue,
+                        ReadOutcome::Denied(errno) => {
+                            tracing::debug!(tid = read.tid, %errno, "ptrace refused");
+                            run.denied.get_or_insert(read.tid);
+                            continue;
+                        }
+                    };
+                    run.samples.push(RawSample { tid: read.tid, time_ms: read.time_ms, state, stack, kernel });
+                }
+            }
+            stats.round_time.push(round_start.elapsed());
+        }
+
+        // Symbolize once per distinct address and process, after all samples were taken.
+        let sym_start = Instant::now();
+        let mut per_pid: HashMap<u32, HashSet<u64>> = HashMap::new();
+        for run in &runs {
+            let addrs = per_pid.entry(run.pid).or_default();
+            for s in &run.samples {
+                if let Some(stack) = &s.stack {
+                    addrs.extend(stack.addrs.iter().copied());
+                }
+            }
+        }
+        let tables: HashMap<u32, HashMap<u64, Vec<Frame>>> = per_pid
+            .into_iter()
+            .filter(|(_, addrs)| !addrs.is_empty())
+            .map(|(pid, addrs)| (pid, symbolize::table(&self.inner.symbolizer, pid, addrs)))
+            .collect();
+        stats.symbolize = sym_start.elapsed();
+
+        let mut start_ms = i64::MAX;
+        let mut end_ms = i64::MIN;
+        let mut threads_seen: HashSet<(u32, u32)> = HashSet::new();
+        let empty = HashMap::new();
+        let subtasks = runs
+            .into_iter()
+            .map(|run| {
+                for s in &run.samples {
+                    start_ms = start_ms.min(s.time_ms);
+                    end_ms = end_ms.max(s.time_ms);
+                    threads_seen.insert((run.pid, s.tid));
+                }
+                let table = tables.get(&run.pid).unwrap_or(&empty);
+                let key = run.key.clone();
+                (key, finish_target(run, table, max_depth, &opts.cancel))
+            })
+            .collect();
+        stats.threads = threads_seen.len();
+        if start_ms > end_ms {
+            start_ms = now_ms();
+            end_ms = start_ms;
+        }
+        (SamplingRun { start_ms, end_ms, subtasks }, stats)
+    }
+}
+
+/// Resolves a target's threads for this round and reads their states from `/proc` (outside any
+/// stop). The first round resolves the selector (process by name included); later rounds keep
+/// the pid, check it is still the same process and still allowed, and pick up new threads.
+fn prepare_round(
+    run: &mut TargetRun,
+    first: bool,
+    policy: &AccessPolicy,
+    kernel_stacks: bool,
+) -> Result<(TargetJob, Vec<(ThreadState, Vec<String>)>), AgentError> {
+    let threads: Vec<(u32, String)> = if first {
+        let resolved = selection::resolve(&run.sel, policy)?;
+        run.pid = resolved.pid;
+        run.starttime = proc::process_stat(run.pid).map_err(|e| selection::gone_or_io(run.pid, e))?.starttime;
+        for (tid, name) in &resolved.threads {
+            run.names.insert(*tid, name.clone());
+        }
+        resolved.threads
+    } else {
+        let pid = run.pid;
+        let stat = proc::process_stat(pid).map_err(|e| selection::gone_or_io(pid, e))?;
+        if stat.starttime != run.starttime {
+            return Err(AgentError::NoSuchProcess(format!("pid {pid} (it was restarted)")));
+        }
+        policy.check(pid)?;
+        let tids = proc::list_tids(pid).map_err(|e| selection::gone_or_io(pid, e))?;
+        let mut out = Vec::with_capacity(tids.len());
+        for tid in tids {
+            if !run.sel.tids.is_empty() && !run.sel.tids.contains(&tid) {
+                continue;
+            }
+            let name = match run.names.get(&tid) {
+                Some(n) => n.clone(),
+                None => match proc::task_comm(pid, tid) {
+                    Ok(n) => {
+                        run.names.insert(tid, n.clone());
+                        n
+                    }
+                    Err(_) => continue,
+                },
+            };
+            if run.sel.selects(tid, &name) {
+                out.push((tid, name));
+            }
+        }
+        out
+    };
+    let pid = run.pid;
+    let mut job = TargetJob { pid, starttime: run.starttime, threads: Vec::with_capacity(threads.len()) };
+    let mut states = Vec::with_capacity(threads.len());
+    for (tid, _) in threads {
+        run.selected_any = true;
+        // A thread that vanished since the listing is simply not sampled this round.
+        let Ok(stat) = proc::task_stat(pid, tid) else { continue };
+        if matches!(stat.state, 'Z' | 'X' | 'x') {
+            continue;
+        }
+        let timed = stat.state == 'S' && proc::task_waits_with_timeout(pid, tid);
+        let state = ThreadState::from_proc_state(stat.state, timed);
+        let kernel =
+            if kernel_stacks && stat.state != 'R' { proc::task_kernel_stack(pid, tid) } else { Vec::new() };
+        job.threads.push(ThreadJob { tid, blocked: stat.state == 'D' });
+        states.push((state, kernel));
+    }
+    Ok((job, states))
+}
+
+/// Turns a target's raw samples into its [`SampleSet`], or the reason it has none.
+fn finish_target(
+    run: TargetRun,
+    table: &HashMap<u64, Vec<Frame>>,
+    max_depth: usize,
+    cancel: &AtomicBool,
+) -> Result<SampleSet, AgentError> {
+    if let Some(e) = run.error {
+        return Err(e);
+    }
+    if run.samples.is_empty() {
+        if let Some(tid) = run.denied {
+            return Err(AgentError::PermissionDenied { pid: run.pid, reason: permission::explain_denied(run.pid, tid) });
+        }
+        if cancel.load(Ordering::SeqCst) {
+            return Ok(SampleSet::default());
+        }
+        let what = match &run.sel.process {
+            ProcessRef::Pid(pid) => format!("pid {pid}"),
+            ProcessRef::Name(name) => format!("process named {name:?} (pid {})", run.pid),
+        };
+        return Err(AgentError::NoSuchProcess(if run.selected_any {
+            format!("{what}: every selected thread exited before it could be sampled")
+        } else {
+            format!("{what} has no thread that matches the selection")
+        }));
+    }
+    let mut builder = SampleSetBuilder::new();
+    for s in run.samples {
+        let name = run.names.get(&s.tid).cloned().unwrap_or_default();
+        let thread = SampledThread { pid: run.pid, tid: s.tid, name };
+        let mut frames: Vec<Frame> = Vec::new();
+        let mut truncated = false;
+        if let Some(stack) = &s.stack {
+            truncated = stack.truncated;
+            for addr in stack.addrs.iter().rev() {
+                match table.get(addr) {
+                    Some(fs) => frames.extend(fs.iter().cloned()),
+                    None => frames.push(Frame::named("[unknown]")),
+                }
+            }
+        }
+        // /proc lists the kernel stack innermost first; it continues the user stack inwards.
+        for k in s.kernel.iter().rev() {
+            frames.push(Frame { name: k.clone(), module: "[kernel]".into(), inlined: false });
+        }
+        if frames.len() > max_depth {
+            frames.drain(..frames.len() - max_depth);
+            truncated = true;
+        }
+        builder.push(&thread, s.time_ms, s.state, frames, truncated);
+    }
+    Ok(builder.finish())
+}
+
+/// Sleeps until `deadline`, waking now and then to honour `cancel`. False when cancelled.
+fn wait_until(deadline: Instant, cancel: &AtomicBool) -> bool {
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -1,16 +1,375 @@
-//! Flame graphs (to be written).
+//! Flame graphs: sampling runs, the cache that coalesces them, and the views over their results.
+//!
+//! The flow of one request, e.g. Flink's dashboard polling `GET .../flamegraph?type=on_cpu`:
+//!
+//! 1. The REST handler parses the ids and query, asks the registry for the vertex
+//!    ([`VertexSampling`]) and calls [`FlameGraphService::answer`].
+//! 2. The service answers from the [`cache`] at once: terminated (-1), nothing yet (-3), or the
+//!    last snapshot (even stale). When there is none or it is stale, and no run that would fill it
+//!    is in flight, it starts one [`run`] on a background task: the [`crate::fanout`] sends one RPC
+//!    per agent and the answers are folded into a [`profile::Snapshot`].
+//! 3. The handler renders the answer for the requested type: [`json`] (Flink's shape), [`svg`]
+//!    (inferno) or [`folded`] (collapsed stacks). The state filter is applied here, so one run
+//!    serves all three types.
+//!
+//! The SVG and folded views use [`FlameGraphService::answer_waiting`] instead, which waits for a
+//! run in flight (at most the run's deadline) when nothing is cached yet, so that the first
+//! request from a browser or `curl` shows a real graph. Thread dumps ([`dump`]) go straight to one
+//! agent and are not cached.
+//!
+//! Runs are counted ([`FlameGraphService::runs`]); each start is logged with the running total
+//! (`flamegraph run started runs_started=N`), which is how tests and operators can see that two
+//! concurrent requests caused one run.
+
+pub mod cache;
+pub mod dump;
+pub mod folded;
+pub mod json;
+pub mod profile;
+pub mod run;
+pub mod svg;
 
 use crate::config::CoordinatorConfig;
+use crate::fanout::{AgentAuth, FanOut, FanOutError, SamplingParams, VertexSampling};
+use cache::{CacheLimits, GraphCache, GraphKey};
+use profile::Snapshot;
+use run::RunCounters;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-/// The flame graph service: cache, coalescing, runs (stub).
+/// Errors of the flame graph service.
+#[derive(Debug, thiserror::Error)]
+pub enum FlameGraphError {
+    /// A file named by `--token-file` or `--tls-*` could not be read.
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The agent could not be asked (thread dumps), or the token cannot be sent.
+    #[error(transparent)]
+    Agent(#[from] FanOutError),
+    /// The TLS settings were refused.
+    #[error("TLS settings for agent connections: {0}")]
+    Tls(String),
+    /// inferno failed to write the SVG.
+    #[error("cannot render the flame graph SVG: {0}")]
+    Render(String),
+}
+
+/// What the service knows for one key right now; every view renders one of these.
+#[derive(Debug, Clone)]
+pub enum GraphAnswer {
+    /// `--flamegraph-enabled false` (-2).
+    Disabled,
+    /// The vertex (or the chosen subtask) is FINISHED, CANCELED or FAILED (-1).
+    Terminated,
+    /// Nothing cached yet; a run was started or is in flight (-3).
+    Waiting,
+    /// The latest snapshot (possibly stale; a refresh may be running).
+    Ready(Arc<Snapshot>),
+}
+
+impl GraphAnswer {
+    /// Flink's `endTimestamp`: the sentinel, or when the run ended.
+    pub fn end_timestamp(&self) -> i64 {
+        match self {
+            GraphAnswer::Disabled => -2,
+            GraphAnswer::Terminated => -1,
+            GraphAnswer::Waiting => -3,
+            GraphAnswer::Ready(s) => s.end_ms,
+        }
+    }
+
+    /// A human sentence for views that cannot show a graph.
+    pub fn explain(&self) -> String {
+        match self {
+            GraphAnswer::Disabled => {
+                "flame graphs are disabled (start the coordinator with --flamegraph-enabled true)".to_string()
+            }
+            GraphAnswer::Terminated => "no samples: the vertex or subtask has already terminated".to_string(),
+            GraphAnswer::Waiting => {
+                "no samples yet: no sampling run has finished (nothing running to sample, or every agent failed); retry"
+                    .to_string()
+            }
+            GraphAnswer::Ready(s) => format!("sampled until {}", svg::utc(s.end_ms)),
+        }
+    }
+}
+
+/// The settings the service runs with (the `--flamegraph-*` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlameGraphSettings {
+    /// `--flamegraph-enabled`.
+    pub enabled: bool,
+    /// Samples, delay and depth of every run.
+    pub params: SamplingParams,
+    /// Cache timing and bounds.
+    pub limits: CacheLimits,
+    /// `--flamegraph-rpc-grace-ms`.
+    pub rpc_grace: Duration,
+}
+
+impl FlameGraphSettings {
+    /// The settings `config` asks for.
+    pub fn from_config(config: &CoordinatorConfig) -> Self {
+        FlameGraphSettings {
+            enabled: config.flamegraph_enabled,
+            params: SamplingParams {
+                num_samples: config.flamegraph_num_samples,
+                delay_ms: config.flamegraph_delay_ms,
+                max_depth: config.flamegraph_max_depth,
+            },
+            limits: CacheLimits::new(
+                Duration::from_secs(config.flamegraph_refresh_interval_s),
+                Duration::from_secs(config.flamegraph_cleanup_interval_s),
+            ),
+            rpc_grace: Duration::from_millis(config.flamegraph_rpc_grace_ms),
+        }
+    }
+}
+
+/// The flame graph service: cache, coalescing, runs, thread dumps. Shared as `Arc`.
 #[derive(Debug)]
 pub struct FlameGraphService {
-    _private: (),
+    settings: FlameGraphSettings,
+    cache: Arc<GraphCache>,
+    fanout: Arc<FanOut>,
+    counters: Arc<RunCounters>,
 }
 
 impl FlameGraphService {
-    /// A service configured by the `--flamegraph-*` flags.
-    pub fn new(_config: &CoordinatorConfig) -> Self {
-        FlameGraphService { _private: () }
+    /// A service configured by the `--flamegraph-*` flags. If the token or TLS files cannot be
+    /// read, the error is logged and agents are called without them (they will refuse with
+    /// UNAUTHENTICATED, which shows up as missing subtasks); use [`FlameGraphService::try_new`] to
+    /// fail instead.
+    pub fn new(config: &CoordinatorConfig) -> Self {
+        match Self::try_new(config) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "agent credentials unusable; calling agents without them");
+                Self::with_settings(FlameGraphSettings::from_config(config), AgentAuth::default())
+            }
+        }
+    }
+
+    /// Like [`FlameGraphService::new`], but a token or TLS file that cannot be used is an error.
+    pub fn try_new(config: &CoordinatorConfig) -> Result<Self, FlameGraphError> {
+        Ok(Self::with_settings(FlameGraphSettings::from_config(config), agent_auth(config)?))
+    }
+
+    /// A service with explicit settings and credentials (tests, embedding).
+    pub fn with_settings(settings: FlameGraphSettings, auth: AgentAuth) -> Self {
+        FlameGraphService {
+            settings,
+            cache: GraphCache::new(settings.limits),
+            fanout: Arc::new(FanOut::new(settings.rpc_grace, auth)),
+            counters: Arc::new(RunCounters::default()),
+        }
+    }
+
+    /// Whether flame graphs are switched on.
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &FlameGraphSettings {
+        &self.settings
+    }
+
+    /// How long a run may take at most: sampling window + grace.
+    pub fn run_deadline(&self) -> Duration {
+        self.fanout.deadline(self.settings.params)
+    }
+
+    /// Runs started so far (`flamegrid.flamegraph.runs`).
+    pub fn runs_started(&self) -> u64 {
+        self.counters.started.load(Ordering::Relaxed)
+    }
+
+    /// Run counters: (started, completed, failed).
+    pub fn runs(&self) -> (u64, u64, u64) {
+        self.counters.get()
+    }
+
+    /// The cache (for inspection).
+    pub fn cache(&self) -> &Arc<GraphCache> {
+        &self.cache
+    }
+
+    /// What to answer for `key` right now; never waits. Starts a run when nothing fresh is
+    /// cached and none is in flight. `vertex` is the registry's current view of `key`'s vertex;
+    /// the caller has checked that the subtask index is in range. Must be called within a tokio
+    /// runtime (runs are spawned on it).
+    pub fn answer(&self, key: &GraphKey, vertex: &VertexSampling) -> GraphAnswer {
+        if !self.settings.enabled {
+            return GraphAnswer::Disabled;
+        }
+        if vertex.is_terminal(key.subtask) {
+            return GraphAnswer::Terminated;
+        }
+        let lookup = self.cache.lookup(key);
+        if let Some(ticket) = lookup.ticket {
+            let targets = vertex.targets(key.subtask);
+            if targets.is_empty() {
+                // Flink's "No tasks to sample": nothing cached, the next request tries again.
+                tracing::debug!(?key, "no running subtask to sample");
+            } else if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let n = self.counters.started.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(
+                    runs_started = n, job = %key.job_id, vertex = %key.vertex_id, subtask = ?key.subtask,
+                    subtasks = targets.len(), "flamegraph run started"
+                );
+                handle.spawn(run::execute(
+                    Arc::clone(&self.fanout),
+                    Arc::clone(&self.counters),
+                    self.settings.params,
+                    ticket,
+                    targets,
+                ));
+            } else {
+                tracing::error!(?key, "no async runtime to run the sampling on");
+            }
+        }
+        match lookup.cached {
+            Some(s) => GraphAnswer::Ready(s),
+            None => GraphAnswer::Waiting,
+        }
+    }
+
+    /// Like [`FlameGraphService::answer`], but when nothing is cached yet it waits for the run in
+    /// flight to end (at most the run deadline plus a second) and answers with its result.
+    pub async fn answer_waiting(&self, key: &GraphKey, vertex: &VertexSampling) -> GraphAnswer {
+        let first = self.answer(key, vertex);
+        if !matches!(first, GraphAnswer::Waiting) {
+            return first;
+        }
+        if let Some(mut done) = self.cache.pending_run(key) {
+            // `changed()` errs when the run's sender is dropped, i.e. the run ended either way.
+            let _ = tokio::time::timeout(self.run_deadline() + Duration::from_secs(1), done.changed()).await;
+        }
+        match self.cache.peek(key) {
+            Some(s) => GraphAnswer::Ready(s),
+            None => GraphAnswer::Waiting,
+        }
+    }
+
+    /// A thread dump of the threads `selectors` name on the agent at `address`.
+    pub async fn thread_dump(
+        &self,
+        address: &str,
+        selectors: Vec<flamegrid_proto::v1::ThreadSelector>,
+    ) -> Result<dump::ThreadDumpInfo, FlameGraphError> {
+        let timeout = self.settings.rpc_grace.max(Duration::from_secs(1));
+        let resp = self.fanout.thread_dump(address, selectors, self.settings.params.max_depth, timeout).await?;
+        Ok(dump::thread_dump_info(&resp))
+    }
+}
+
+/// Token and TLS settings for calling agents, from `--token-file` and `--tls-*`.
+fn agent_auth(config: &CoordinatorConfig) -> Result<AgentAuth, FlameGraphError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| FlameGraphError::ReadFile { path: path.clone(), source })
+    };
+    let mut auth = AgentAuth::default();
+    if let Some(path) = &config.token_file {
+        let token = String::from_utf8_lossy(&read(path)?).trim().to_string();
+        auth = auth.with_token(&token)?;
+    }
+    if config.tls_ca.is_some() || config.tls_cert.is_some() {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut tls = ClientTlsConfig::new();
+        // Agents present certificates of the cluster's own CA (`--tls-ca`); there are no
+        // public roots to fall back on.
+        if let Some(ca) = &config.tls_ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        auth.tls = Some(tls);
+    }
+    Ok(auth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::{SubtaskSampling, SubtaskTarget};
+    use flamegrid_proto::v1::ThreadSelector;
+
+    fn service() -> FlameGraphService {
+        FlameGraphService::with_settings(
+            FlameGraphSettings {
+                enabled: true,
+                params: SamplingParams { num_samples: 1, delay_ms: 1, max_depth: 10 },
+                limits: CacheLimits::new(Duration::from_secs(60), Duration::from_secs(600)),
+                rpc_grace: Duration::from_millis(200),
+            },
+            AgentAuth::default(),
+        )
+    }
+
+    fn vertex(terminal: bool, with_target: bool) -> VertexSampling {
+        let target = with_target.then(|| SubtaskTarget {
+            subtask_index: 0,
+            taskmanager_id: "tm".into(),
+            // Nothing listens on port 1: the run fails fast.
+            agent_address: "http://127.0.0.1:1".into(),
+            selector: ThreadSelector::default(),
+        });
+        VertexSampling {
+            job_name: "j".into(),
+            vertex_name: "v".into(),
+            parallelism: 1,
+            vertex_terminal: terminal,
+            subtasks: vec![SubtaskSampling { index: 0, terminal, target }],
+        }
+    }
+
+    fn key() -> GraphKey {
+        GraphKey { job_id: "a".repeat(32), vertex_id: "b".repeat(32), subtask: None }
+    }
+
+    #[tokio::test]
+    async fn sentinels_and_failed_runs() {
+        let s = service();
+        assert_eq!(s.answer(&key(), &vertex(true, false)).end_timestamp(), -1);
+        assert_eq!(s.answer(&key(), &vertex(false, false)).end_timestamp(), -3);
+        assert_eq!(s.runs_started(), 0, "nothing running: no run");
+        // A run against a dead agent: -3, then after it fails nothing is cached and the next
+        // request starts another run.
+        assert_eq!(s.answer_waiting(&key(), &vertex(false, true)).await.end_timestamp(), -3);
+        assert_eq!(s.runs(), (1, 0, 1));
+        assert_eq!(s.answer(&key(), &vertex(false, true)).end_timestamp(), -3);
+        assert_eq!(s.runs_started(), 2);
+        let mut off = *s.settings();
+        off.enabled = false;
+        let s = FlameGraphService::with_settings(off, AgentAuth::default());
+        assert_eq!(s.answer(&key(), &vertex(false, true)).end_timestamp(), -2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_cause_one_run_and_waiters_get_its_result() {
+        use crate::fanout::tests::{Behaviour, agent, target};
+        let (address, seen) = agent(Behaviour::Answer).await;
+        let s = service();
+        let mut v = vertex(false, false);
+        v.subtasks[0].target = Some(target(0, &address, 1));
+        let k = key();
+        let (a, b) = tokio::join!(s.answer_waiting(&k, &v), s.answer_waiting(&k, &v));
+        assert_eq!(s.runs_started(), 1);
+        assert_eq!(seen.lock().unwrap().len(), 1, "one RPC");
+        let (GraphAnswer::Ready(a), GraphAnswer::Ready(b)) = (a, b) else { panic!("both wait for the run") };
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.tree(flamegrid_model::GraphType::Full).value, 1);
+        // The vertex run filled subtask 0's entry: no new run for it.
+        assert!(matches!(s.answer(&key().subtask(0), &v), GraphAnswer::Ready(_)));
+        assert_eq!(s.runs_started(), 1);
     }
 }

@@ -1,9 +1,200 @@
-//! Flame graph endpoints (to be written).
+//! Flame graph endpoints and task manager thread dumps. Handlers only translate HTTP ↔ domain:
+//! parse and check the request (Flink's 400/404 rules, in Flink's order), ask the registry for the
+//! vertex and the [`FlameGraphService`](crate::flamegraph::FlameGraphService) for the answer, and
+//! render it with the view the path names.
+//!
+//! | path | view |
+//! |---|---|
+//! | `GET /jobs/:jobid/vertices/:vertexid/flamegraph` | Flink's JSON (never waits) |
+//! | `GET .../flamegraph.svg` | interactive SVG (waits for a run in flight) |
+//! | `GET .../flamegraph.folded` | collapsed stacks as text (waits likewise) |
+//! | `GET /taskmanagers/:tmid/thread-dump` | Flink's `ThreadDumpInfo` from the agent |
+//!
+//! All three flame graph paths take the same query: `type` (FULL, ON_CPU, OFF_CPU in any case;
+//! a comma list or repeated key uses the first value; default FULL) and `subtaskindex` (a
+//! non-negative integer below the parallelism). The order of checks follows Flink's handler: ids
+//! and query parse first (400), then the job and vertex must exist (404), then the subtask index
+//! must be in range (404), then the terminated check (-1).
 
+use super::error::ApiError;
+use super::params;
 use super::state::AppState;
+use crate::fanout::VertexSampling;
+use crate::flamegraph::cache::GraphKey;
+use crate::flamegraph::svg::SvgLabels;
+use crate::flamegraph::{GraphAnswer, folded, json, svg};
 use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use flamegrid_model::GraphType;
 
 /// Routes of `/jobs/:jobid/vertices/:vertexid/flamegraph*` and `/taskmanagers/:tmid/thread-dump`.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/jobs/{jobid}/vertices/{vertexid}/flamegraph", get(flamegraph_json))
+        .route("/jobs/{jobid}/vertices/{vertexid}/flamegraph.svg", get(flamegraph_svg))
+        .route("/jobs/{jobid}/vertices/{vertexid}/flamegraph.folded", get(flamegraph_folded))
+        .route("/taskmanagers/{tmid}/thread-dump", get(thread_dump))
+}
+
+/// The parsed query of the three flame graph paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraphQuery {
+    /// Which samples to show.
+    pub ty: GraphType,
+    /// One subtask, or all.
+    pub subtask: Option<u32>,
+}
+
+impl GraphQuery {
+    /// Parses `type` and `subtaskindex` Flink's way (first value of a comma list or repeated
+    /// key); anything else in the query is ignored, as Flink does.
+    pub fn parse(pairs: &[(String, String)]) -> Result<GraphQuery, ApiError> {
+        let lists = params::query_lists(pairs);
+        let first = |name: &str| lists.get(name).and_then(|v| v.first()).map(String::as_str);
+        let ty = match first("type") {
+            None => GraphType::Full,
+            Some(raw) => parse_type(raw).ok_or_else(|| ApiError::bad_query_param("type", raw))?,
+        };
+        let subtask = match first("subtaskindex") {
+            None => None,
+            Some(raw) => Some(raw.parse::<u32>().map_err(|_| ApiError::bad_query_param("subtaskindex", raw))?),
+        };
+        Ok(GraphQuery { ty, subtask })
+    }
+}
+
+/// Flink upper-cases the value and maps it onto the enum: `on_cpu` works, `on-cpu` does not.
+fn parse_type(raw: &str) -> Option<GraphType> {
+    GraphType::ALL.into_iter().find(|t| t.as_str().eq_ignore_ascii_case(raw))
+}
+
+/// Everything a flame graph handler needs once the request is known to be valid.
+struct Resolved {
+    key: GraphKey,
+    query: GraphQuery,
+    /// `None` when flame graphs are disabled (the registry is not consulted, as in Flink).
+    vertex: Option<VertexSampling>,
+}
+
+fn resolve(state: &AppState, jobid: &str, vertexid: &str, query: &[(String, String)]) -> Result<Resolved, ApiError> {
+    let job_id = params::job_id(jobid)?;
+    let vertex_id = params::vertex_id(vertexid)?;
+    let query = GraphQuery::parse(query)?;
+    let key = GraphKey { job_id, vertex_id, subtask: query.subtask };
+    if !state.flamegraphs.enabled() {
+        return Ok(Resolved { key, query, vertex: None });
+    }
+    let vertex = state.registry.vertex_sampling(&key.job_id, &key.vertex_id)?;
+    if let Some(i) = query.subtask
+        && i >= vertex.parallelism
+    {
+        return Err(ApiError::not_found(format!("Invalid subtask index for vertex {}", key.vertex_id)));
+    }
+    Ok(Resolved { key, query, vertex: Some(vertex) })
+}
+
+/// `GET .../flamegraph`: Flink's JSON; always 200 once the request is valid; never waits.
+async fn flamegraph_json(
+    State(state): State<AppState>,
+    Path((jobid, vertexid)): Path<(String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let r = resolve(&state, &jobid, &vertexid, &query)?;
+    let answer = match &r.vertex {
+        None => GraphAnswer::Disabled,
+        Some(v) => state.flamegraphs.answer(&r.key, v),
+    };
+    let body = json::render(&answer, r.query.ty);
+    Ok(([(header::CONTENT_TYPE, "application/json; charset=UTF-8")], body).into_response())
+}
+
+/// `GET .../flamegraph.svg`: inferno's interactive SVG.
+async fn flamegraph_svg(
+    State(state): State<AppState>,
+    Path((jobid, vertexid)): Path<(String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let r = resolve(&state, &jobid, &vertexid, &query)?;
+    let answer = match &r.vertex {
+        None => GraphAnswer::Disabled,
+        Some(v) => state.flamegraphs.answer_waiting(&r.key, v).await,
+    };
+    let (job_name, vertex_name) = match &r.vertex {
+        Some(v) => (v.job_name.clone(), v.vertex_name.clone()),
+        None => ("?".to_string(), "?".to_string()),
+    };
+    let (key, ty) = (r.key, r.query.ty);
+    // Rendering 10 k stacks takes milliseconds of CPU: keep it off the async workers.
+    let svg = tokio::task::spawn_blocking(move || {
+        let labels = SvgLabels {
+            job_id: &key.job_id,
+            job_name: &job_name,
+            vertex_id: &key.vertex_id,
+            vertex_name: &vertex_name,
+            subtask: key.subtask,
+            ty,
+        };
+        svg::render(&answer, &labels)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
+/// `GET .../flamegraph.folded`: collapsed stacks, `a;b;c COUNT` per line.
+async fn flamegraph_folded(
+    State(state): State<AppState>,
+    Path((jobid, vertexid)): Path<(String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let r = resolve(&state, &jobid, &vertexid, &query)?;
+    let answer = match &r.vertex {
+        None => GraphAnswer::Disabled,
+        Some(v) => state.flamegraphs.answer_waiting(&r.key, v).await,
+    };
+    let body = folded::render(&answer, r.query.ty);
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response())
+}
+
+/// `GET /taskmanagers/:tmid/thread-dump`: one deep sample of every thread the agent watches.
+async fn thread_dump(State(state): State<AppState>, Path(tmid): Path<String>) -> Result<Response, ApiError> {
+    let (address, selectors) = state.registry.taskmanager_dump_targets(&tmid)?;
+    if selectors.is_empty() {
+        return Ok(axum::Json(crate::flamegraph::dump::ThreadDumpInfo { thread_infos: Vec::new() }).into_response());
+    }
+    match state.flamegraphs.thread_dump(&address, selectors).await {
+        Ok(dump) => Ok(axum::Json(dump).into_response()),
+        Err(e) => {
+            tracing::warn!(taskmanager = %tmid, error = %e, "thread dump failed");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("Thread dump of TaskExecutor {tmid} failed: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Result<GraphQuery, ApiError> {
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        GraphQuery::parse(&pairs)
+    }
+
+    #[test]
+    fn query_follows_flink() {
+        assert_eq!(q(&[]).unwrap(), GraphQuery { ty: GraphType::Full, subtask: None });
+        assert_eq!(q(&[("type", "on_cpu")]).unwrap().ty, GraphType::OnCpu);
+        assert_eq!(q(&[("type", "Off_Cpu,full")]).unwrap().ty, GraphType::OffCpu);
+        assert_eq!(q(&[("type", "full"), ("type", "on_cpu")]).unwrap().ty, GraphType::Full);
+        assert_eq!(q(&[("subtaskindex", "3")]).unwrap().subtask, Some(3));
+        for bad in [("type", "cpu"), ("type", "on-cpu"), ("subtaskindex", "-1"), ("subtaskindex", "x")] {
+            let e = q(&[bad]).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.errors[0].contains(&format!("({})", bad.0)), "{e:?}");
+        }
+    }
 }

@@ -1,21 +1,170 @@
-//! REST API (to be written). For now: a placeholder server so the demo command runs.
+//! The REST API, in Apache Flink's dialect (paths, shapes, status codes: `flink-rest.md`).
+//!
+//! One module per resource; handlers only translate between HTTP and the registry:
+//!
+//! | module | paths |
+//! |---|---|
+//! | [`cluster`] | `/config`, `/overview`, `/jobmanager/...` |
+//! | [`jobs`] | `/jobs`, `/jobs/overview`, `/jobs/metrics`, `/jobs/:jobid[/...]` |
+//! | [`vertices`] | `/jobs/:jobid/vertices/:vertexid[/...]` |
+//! | [`taskmanagers`] | `/taskmanagers[/...]` |
+//! | [`flamegraph`] | flame graphs and task manager thread dumps (separate owner) |
+//! | [`unsupported`] | the rest of Flink's API: a JSON error saying flamegrid does not do it |
+//!
+//! Conventions every response follows, enforced in one place ([`finish_response`]) rather than
+//! in each handler:
+//! * every path is served bare and under `/v1`; any other prefix is an unknown path;
+//! * errors are `{"errors": [...]}`: 404 for unknown paths (`File not found.` for a GET, as
+//!   Flink's static-file handler says, `Not found: <uri>` otherwise), 405 for a method a path
+//!   does not serve (TRACE and made-up methods included), 413 for bodies over 1 MiB;
+//! * JSON is sent as `application/json; charset=UTF-8`, with `Access-Control-Allow-Origin: *`.
 
+pub mod cluster;
+pub mod error;
 pub mod flamegraph;
+pub mod jobs;
+pub mod metrics;
+pub mod params;
+pub mod shapes;
 pub mod state;
+pub mod taskmanagers;
+pub mod unsupported;
+pub mod vertices;
 
-use crate::config::CoordinatorConfig;
-use axum::{Json, Router, routing::get};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::map_response;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use error::ApiError;
+use state::AppState;
+use tower_http::cors::{Any, CorsLayer};
 
-/// Serves the REST API until Ctrl-C.
-pub async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
-    let refresh = config.refresh_interval_ms;
-    let app = Router::new().route("/config", get(move || async move { Json(serde_json::json!({"refresh-interval": refresh})) }));
-    let listener = tokio::net::TcpListener::bind(config.rest_addr).await?;
-    println!("flamegrid dashboard: http://{}/", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    Ok(())
+/// The routes of one API version (mounted bare and under `/v1`).
+fn api_routes() -> Router<AppState> {
+    Router::new()
+        // cluster
+        .route("/config", get(cluster::config))
+        .route("/overview", get(cluster::overview))
+        .route("/jobmanager/config", get(cluster::jobmanager_config))
+        .route("/jobmanager/environment", get(cluster::jobmanager_environment))
+        .route("/jobmanager/metrics", get(cluster::jobmanager_metrics))
+        .route("/jobmanager/logs", get(cluster::jobmanager_logs))
+        .route("/jobmanager/logs/{name}", get(cluster::no_log_file))
+        .route("/jobmanager/log", get(cluster::no_log_file))
+        .route("/jobmanager/stdout", get(cluster::no_log_file))
+        .route("/jobmanager/thread-dump", get(cluster::jobmanager_thread_dump))
+        // jobs
+        .route("/jobs", get(jobs::list).post(jobs::register))
+        .route("/jobs/overview", get(jobs::overview))
+        .route("/jobs/metrics", get(jobs::aggregated_metrics))
+        .route("/jobs/{jobid}", get(jobs::details).patch(jobs::cancel))
+        .route("/jobs/{jobid}/status", get(jobs::status))
+        .route("/jobs/{jobid}/plan", get(jobs::job_plan))
+        .route("/jobs/{jobid}/exceptions", get(jobs::exceptions))
+        .route("/jobs/{jobid}/config", get(jobs::config))
+        .route("/jobs/{jobid}/accumulators", get(jobs::accumulators))
+        .route("/jobs/{jobid}/metrics", get(jobs::metrics))
+        .route("/jobs/{jobid}/execution-result", get(jobs::execution_result))
+        .route("/jobs/{jobid}/checkpoints", get(jobs::checkpoints).post(unsupported::checkpoint_trigger))
+        .route("/jobs/{jobid}/checkpoints/config", get(jobs::checkpoints_config))
+        .route("/jobs/{jobid}/checkpoints/details/{checkpointid}", get(jobs::checkpoint_details))
+        .route("/jobs/{jobid}/jobmanager/config", get(cluster::jobmanager_config))
+        .route("/jobs/{jobid}/jobmanager/environment", get(cluster::jobmanager_environment))
+        // vertices
+        .route("/jobs/{jobid}/vertices/{vertexid}", get(vertices::details))
+        .route("/jobs/{jobid}/vertices/{vertexid}/taskmanagers", get(vertices::taskmanagers))
+        .route("/jobs/{jobid}/vertices/{vertexid}/subtasktimes", get(vertices::subtask_times))
+        .route("/jobs/{jobid}/vertices/{vertexid}/accumulators", get(vertices::accumulators))
+        .route("/jobs/{jobid}/vertices/{vertexid}/backpressure", get(vertices::backpressure))
+        .route("/jobs/{jobid}/vertices/{vertexid}/watermarks", get(vertices::no_metrics))
+        .route("/jobs/{jobid}/vertices/{vertexid}/metrics", get(vertices::no_metrics))
+        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/metrics", get(vertices::no_metrics))
+        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/accumulators", get(vertices::subtasks_accumulators))
+        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}", get(vertices::subtask))
+        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/metrics", get(vertices::no_metrics))
+        .route(
+            "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/accumulators",
+            get(vertices::subtask_accumulators),
+        )
+        .route(
+            "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/attempts/{attempt}",
+            get(vertices::subtask_attempt),
+        )
+        .route(
+            "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/attempts/{attempt}/accumulators",
+            get(vertices::subtask_accumulators),
+        )
+        // task managers
+        .route("/taskmanagers", get(taskmanagers::list))
+        .route("/taskmanagers/metrics", get(taskmanagers::aggregated_metrics))
+        .route("/taskmanagers/{tmid}", get(taskmanagers::details))
+        .route("/taskmanagers/{tmid}/metrics", get(taskmanagers::metrics))
+        .route("/taskmanagers/{tmid}/logs", get(taskmanagers::logs))
+        .route("/taskmanagers/{tmid}/logs/{name}", get(taskmanagers::no_log_file))
+        .route("/taskmanagers/{tmid}/log", get(taskmanagers::no_log_file))
+        .route("/taskmanagers/{tmid}/stdout", get(taskmanagers::no_log_file))
+        .merge(unsupported::routes())
+        .merge(flamegraph::routes())
+        .merge(crate::dashboard::routes())
+}
+
+/// The whole REST router: every route bare and under `/v1`, the conventions of the module docs.
+pub fn router(state: AppState) -> Router {
+    let api = api_routes();
+    Router::new()
+        .merge(api.clone())
+        .nest("/v1", api)
+        .fallback(unknown_path)
+        .layer(DefaultBodyLimit::max(jobs::MAX_BODY_BYTES))
+        .layer(map_response(finish_response))
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+                .allow_headers(Any),
+        )
+        .with_state(state)
+}
+
+/// Unknown paths, as Flink's router answers them.
+async fn unknown_path(method: Method, request: Request) -> ApiError {
+    if method == Method::GET || method == Method::HEAD {
+        ApiError::not_found("File not found.")
+    } else {
+        ApiError::not_found(format!("Not found: {}", request.uri().path()))
+    }
+}
+
+/// Gives every response the API's conventions: JSON errors (the framework's own rejections, such
+/// as 405 and 413, come as empty or plain-text bodies), the charset Flink writes, and CORS.
+async fn finish_response(response: Response) -> Response {
+    let status = response.status();
+    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let is_json = content_type.starts_with("application/json");
+    let mut response = if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let (parts, body) = response.into_parts();
+        let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&text).trim().to_string();
+        let message = match status {
+            StatusCode::METHOD_NOT_ALLOWED => "Method not allowed for this path.".to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE => "Request body too large (the limit is 1 MiB).".to_string(),
+            _ if !text.is_empty() => text,
+            _ => status.canonical_reason().unwrap_or("Error").to_string(),
+        };
+        let mut rebuilt = ApiError::new(status, message).into_response();
+        if let Some(allow) = parts.headers.get(header::ALLOW) {
+            rebuilt.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        rebuilt
+    } else {
+        response
+    };
+    let headers = response.headers_mut();
+    if headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/json") {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"));
+    }
+    headers.entry(header::ACCESS_CONTROL_ALLOW_ORIGIN).or_insert(HeaderValue::from_static("*"));
+    response
 }

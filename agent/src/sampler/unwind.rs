@@ -1,0 +1,341 @@
+//! Turning registers + stack memory into a list of return addresses, with DWARF CFI.
+//!
+//! [framehop] does the unwinding proper: for each address it finds the module, looks the address
+//! up in `.eh_frame_hdr`/`.eh_frame` (or `.debug_frame`), and applies the CFI rule to recover
+//! the caller's registers, falling back to the frame-pointer chain where no CFI is known. That
+//! is what makes code without frame pointers (Debian's glibc, `-fomit-frame-pointer`, Rust
+//! release builds) come out whole.
+//!
+//! What framehop leaves to us, and this module does:
+//!
+//! * **Knowing the modules.** For each process, every executable file mapping becomes a framehop
+//!   [`Module`] with its address range and *bias* (where the file's addresses landed, PIE/ASLR).
+//!   Files are opened through `/proc/<pid>/map_files/` (falling back to `/proc/<pid>/root/PATH`)
+//!   so processes in other mount namespaces, and files deleted since they were mapped, work.
+//!   The vDSO has no file; its image is copied out of the process.
+//! * **Caching.** Section data is cached per file *identity* (device, inode, size, mtime), so a
+//!   library shared by many processes is read once, and a binary replaced on disk (new inode or
+//!   new mtime) is read again. Each process keeps its framehop unwinder (and so its modules)
+//!   across samples and requests, keyed by pid and start time so a reused pid starts afresh.
+//!   framehop's own rule cache (one per tracer thread) makes repeated addresses nearly free.
+//! * **Noticing new code.** When an address falls outside every known module (a library was
+//!   `dlopen`ed since the maps were read), the sample is flagged so the caller re-reads the maps
+//!   and unwinds the copied stack again.
+
+use super::elf::{self, UnwindSections};
+use super::maps::{self, MapEntry};
+use super::stack::Regs;
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+/// Section bytes as framehop holds them: shared, immutable.
+type Bytes = Arc<[u8]>;
+
+#[cfg(target_arch = "x86_64")]
+type NativeUnwinder = framehop::x86_64::UnwinderX86_64<Bytes>;
+#[cfg(target_arch = "x86_64")]
+type NativeCache = framehop::x86_64::CacheX86_64;
+#[cfg(target_arch = "aarch64")]
+type NativeUnwinder = framehop::aarch64::UnwinderAarch64<Bytes>;
+#[cfg(target_arch = "aarch64")]
+type NativeCache = framehop::aarch64::CacheAarch64;
+
+/// How many processes' unwinders are kept; beyond this the least recently used is dropped.
+const MAX_PROCESSES: usize = 256;
+/// How many distinct files' sections are kept.
+const MAX_FILES: usize = 1024;
+
+/// Identity of a file's contents as far as we can tell without hashing it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+/// A module known in one process: where it is and what it is called.
+#[derive(Debug, Clone)]
+pub struct KnownModule {
+    /// Address range of the file's mappings.
+    pub range: Range<u64>,
+    /// File name (`libc.so.6`, `[vdso]`).
+    pub name: Arc<str>,
+}
+
+/// The signature of the executable mappings, to tell whether a re-read maps file changed.
+type MapsSignature = Vec<(u64, u64, u64, u64)>;
+
+/// One process's unwinder and modules.
+pub struct ProcessUnwinder {
+    starttime: u64,
+    unwinder: NativeUnwinder,
+    modules: Vec<KnownModule>,
+    signature: MapsSignature,
+    last_used: u64,
+}
+
+impl ProcessUnwinder {
+    /// Whether `addr` lies in a known module.
+    pub fn knows(&self, addr: u64) -> bool {
+        let i = self.modules.partition_point(|m| m.range.start <= addr);
+        i > 0 && self.modules[i - 1].range.contains(&addr)
+    }
+
+    /// The modules, sorted by address.
+    pub fn modules(&self) -> &[KnownModule] {
+        &self.modules
+    }
+}
+
+/// A stack as return addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawStack {
+    /// Lookup addresses, innermost first: the pc, then each return address minus one (so that
+    /// symbolization and inline information describe the call site, not the next statement).
+    pub addrs: Vec<u64>,
+    /// The unwind went deeper than the frame limit (only the innermost frames are kept).
+    pub truncated: bool,
+    /// Some address lay outside every known module: the maps may be stale.
+    pub outside_modules: bool,
+}
+
+/// Per-tracer-thread unwinding state: file cache, per-process unwinders, framehop's rule cache.
+pub struct UnwindCache {
+    files: HashMap<FileKey, Arc<UnwindSections>>,
+    file_use: u64,
+    vdso: Option<(Vec<u8>, Arc<UnwindSections>)>,
+    processes: HashMap<u32, ProcessUnwinder>,
+    rules: NativeCache,
+    clock: u64,
+}
+
+impl Default for UnwindCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UnwindCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        UnwindCache {
+            files: HashMap::new(),
+            file_use: 0,
+            vdso: None,
+            processes: HashMap::new(),
+            rules: NativeCache::new(),
+            clock: 0,
+        }
+    }
+
+    /// The unwinder of `pid` (started at `starttime`), loading its modules if they are not
+    /// known yet. Fails only when the maps can not be read at all (process gone).
+    pub fn process(&mut self, pid: u32, starttime: u64) -> std::io::Result<&mut ProcessUnwinder> {
+        self.clock += 1;
+        let fresh = self.processes.get(&pid).is_some_and(|p| p.starttime == starttime);
+        if !fresh {
+            let loaded = self.load(pid, starttime)?;
+            if self.processes.len() >= MAX_PROCESSES {
+                if let Some((&oldest, _)) = self.processes.iter().min_by_key(|(_, p)| p.last_used) {
+                    self.processes.remove(&oldest);
+                }
+            }
+            self.processes.insert(pid, loaded);
+        }
+        let clock = self.clock;
+        let p = self.processes.get_mut(&pid).ok_or_else(|| std::io::Error::other("process vanished from cache"))?;
+        p.last_used = clock;
+        Ok(p)
+    }
+
+    /// Re-reads the maps of `pid` and rebuilds its modules if the executable mappings changed.
+    /// Returns true when something changed (callers then unwind again).
+    pub fn refresh(&mut self, pid: u32) -> bool {
+        let Some(old) = self.processes.get(&pid) else { return false };
+        let starttime = old.starttime;
+        let Ok(entries) = maps::read_maps(pid) else { return false };
+        if signature(&entries) == old.signature {
+            return false;
+        }
+        let loaded = self.load_from(pid, starttime, &entries);
+        self.processes.insert(pid, loaded);
+        true
+    }
+
+    /// Forgets a process (it exited).
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
+    fn load(&mut self, pid: u32, starttime: u64) -> std::io::Result<ProcessUnwinder> {
+        let entries = maps::read_maps(pid)?;
+        Ok(self.load_from(pid, starttime, &entries))
+    }
+
+    fn load_from(&mut self, pid: u32, starttime: u64, entries: &[MapEntry]) -> ProcessUnwinder {
+        let mut unwinder = NativeUnwinder::new();
+        let mut modules = Vec::new();
+        let mut seen: Vec<(String, u64)> = Vec::new();
+        for exec in entries.iter().filter(|e| e.exec) {
+            let loaded = if exec.path == "[vdso]" {
+                self.vdso_sections(pid, exec).map(|s| (s, "[vdso]".to_string(), exec.start..exec.end))
+            } else if exec.is_file() {
+                if seen.iter().any(|(p, i)| *p == exec.path && *i == exec.inode) {
+                    continue;
+                }
+                seen.push((exec.path.clone(), exec.inode));
+                // The module spans every mapping of the same file.
+                let same = |e: &&MapEntry| e.inode == exec.inode && e.dev == exec.dev && e.path == exec.path;
+                let start = entries.iter().filter(same).map(|e| e.start).min().unwrap_or(exec.start);
+                let end = entries.iter().filter(same).map(|e| e.end).max().unwrap_or(exec.end);
+                self.file_sections(pid, exec)
+                    .map(|s| (s, maps::basename(&exec.path).to_string(), start..end))
+            } else {
+                None
+            };
+            let Some((sections, name, range)) = loaded else { continue };
+            let Some(bias) = sections.bias(exec.start, exec.offset) else { continue };
+            tracing::trace!(
+                pid,
+                module = %name,
+                range = format_args!("{:#x}..{:#x}", range.start, range.end),
+                bias = format_args!("{bias:#x}"),
+                eh_frame = sections.eh_frame.data.as_ref().map_or(0, |d| d.len()),
+                eh_frame_hdr = sections.eh_frame_hdr.data.as_ref().map_or(0, |d| d.len()),
+                debug_frame = sections.debug_frame.data.as_ref().map_or(0, |d| d.len()),
+                "module"
+            );
+            if sections.has_cfi() {
+                let info = ExplicitModuleSectionInfo {
+                    base_svma: 0,
+                    text_svma: sections.text.svma.clone(),
+                    got_svma: sections.got.svma.clone(),
+                    eh_frame_svma: sections.eh_frame.svma.clone(),
+                    eh_frame: sections.eh_frame.data.clone(),
+                    eh_frame_hdr_svma: sections.eh_frame_hdr.svma.clone(),
+                    eh_frame_hdr: sections.eh_frame_hdr.data.clone(),
+                    debug_frame: sections.debug_frame.data.clone(),
+                    ..Default::default()
+                };
+                unwinder.add_module(Module::new(name.clone(), range.clone(), bias, info));
+            }
+            modules.push(KnownModule { range, name: name.into() });
+        }
+        modules.sort_by_key(|m| m.range.start);
+        // Overlapping ranges (should not happen) would confuse the binary search; drop them.
+        modules.dedup_by(|later, earlier| later.range.start < earlier.range.end);
+        ProcessUnwinder { starttime, unwinder, modules, signature: signature(entries), last_used: self.clock }
+    }
+
+    fn file_sections(&mut self, pid: u32, e: &MapEntry) -> Option<Arc<UnwindSections>> {
+        let file = open_mapped_file(pid, e)?;
+        let meta = file.metadata().ok()?;
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        };
+        if let Some(s) = self.files.get(&key) {
+            return Some(Arc::clone(s));
+        }
+        let sections = match elf::read_unwind_sections(&file) {
+            Ok(s) => Arc::new(s),
+            Err(err) => {
+                tracing::debug!(path = %e.path, %err, "no unwind data");
+                Arc::new(UnwindSections::default())
+            }
+        };
+        if self.files.len() >= MAX_FILES {
+            self.files.clear();
+        }
+        self.file_use += 1;
+        self.files.insert(key, Arc::clone(&sections));
+        Some(sections)
+    }
+
+    fn vdso_sections(&mut self, pid: u32, e: &MapEntry) -> Option<Arc<UnwindSections>> {
+        let len = usize::try_from(e.end - e.start).ok()?.min(1 << 20);
+        let image = super::stack::read_memory(nix::unistd::Pid::from_raw(pid as i32), e.start, len);
+        if image.is_empty() {
+            return None;
+        }
+        if let Some((cached_image, s)) = &self.vdso {
+            if *cached_image == image {
+                return Some(Arc::clone(s));
+            }
+        }
+        let sections = Arc::new(elf::read_unwind_sections(&image[..]).ok()?);
+        self.vdso = Some((image, Arc::clone(&sections)));
+        Some(sections)
+    }
+
+    /// Unwinds one stack. `read` answers 8-byte reads of stack memory. At most `max_frames`
+    /// addresses are returned (innermost first); `truncated` says whether there were more.
+    pub fn unwind(
+        &mut self,
+        pid: u32,
+        regs: Regs,
+        max_frames: usize,
+        read: &mut dyn FnMut(u64) -> Result<u64, ()>,
+    ) -> RawStack {
+        let mut out = RawStack::default();
+        let Some(process) = self.processes.get(&pid) else {
+            out.addrs.push(regs.pc);
+            return out;
+        };
+        #[cfg(target_arch = "x86_64")]
+        let unwind_regs = framehop::x86_64::UnwindRegsX86_64::new(regs.pc, regs.sp, regs.fp);
+        #[cfg(target_arch = "aarch64")]
+        let unwind_regs = framehop::aarch64::UnwindRegsAarch64::new(regs.lr, regs.sp, regs.fp);
+        let mut read_stack = |addr: u64| read(addr);
+        let mut frames = process.unwinder.iter_frames(regs.pc, unwind_regs, &mut self.rules, &mut read_stack);
+        loop {
+            match frames.next() {
+                Ok(Some(frame)) => {
+                    if out.addrs.len() >= max_frames {
+                        out.truncated = true;
+                        break;
+                    }
+                    let addr = match frame {
+                        FrameAddress::InstructionPointer(pc) => pc,
+                        FrameAddress::ReturnAddress(_) => frame.address_for_lookup(),
+                    };
+                    if !process.knows(addr) {
+                        out.outside_modules = true;
+                    }
+                    tracing::trace!(pid, addr = format_args!("{addr:#x}"), "frame");
+                    out.addrs.push(addr);
+                }
+                // Ok(None): the root was found. Err: the chain broke (unreadable memory, bad
+                // CFI); what was found so far is still the best answer.
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::trace!(pid, %err, "unwinding stopped");
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn signature(entries: &[MapEntry]) -> MapsSignature {
+    entries.iter().filter(|e| e.exec).map(|e| (e.start, e.end, e.offset, e.inode)).collect()
+}
+
+/// Opens the file behind a mapping as the target process sees it: through `map_files` (works
+/// for deleted files and other mount namespaces, needs CAP_SYS_ADMIN), else through the
+/// process's root directory.
+pub fn open_mapped_file(pid: u32, e: &MapEntry) -> Option<File> {
+    File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end))
+        .or_else(|_| File::open(format!("/proc/{pid}/root{}", e.path)))
+        .ok()
+}

@@ -1,0 +1,559 @@
+//! `flamegrid-compare`: flamegrid side by side with eu-stack and gdb, on the same processes, in
+//! one run. `benches/compare.sh` builds everything and runs this; it prints a Markdown report.
+//!
+//! Shared 2-vCPU machines are noisy, so every comparison here follows the same discipline:
+//! all tools run against the *same* target process, in alternating rounds (the order rotates
+//! every round so no tool always runs right after another one), and the report gives medians
+//! and ratios between tools measured side by side, never a lone absolute time.
+//!
+//! What it measures:
+//! 1. snapshot latency of whole 16/64/256-thread processes: `flamegrid-agent sample --samples 1`
+//!    (cold one-shot), a warm snapshot (per-round time from `--samples N --interval-ms 0
+//!    --stats`, and a whole `Sampler::sample` call on a warm in-process sampler, which is what a
+//!    running agent does per request), `eu-stack -p`, `eu-stack -i -p`, `gdb -batch -p PID -ex
+//!    'thread apply all bt'`;
+//! 2. how long each thread is stopped (median, p90, p99) from `--stats`;
+//! 3. throughput a spinning target loses while sampled at 20 Hz and 100 Hz.
+
+use anyhow::{Context as _, bail};
+use flamegrid_agent::sampler::{Sampler, SamplerOptions};
+use flamegrid_agent::selection::AccessPolicy;
+use flamegrid_benches::{SNAPSHOT_SIZES, median, quantile, snapshot_mix, throughput_mix, whole_process};
+use flamegrid_workloads::{Mix, RunningWorkload, Workload, spawn};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The workload every comparison samples: C built without frame pointers, so every tool has
+/// to unwind through DWARF CFI (the common case for distribution-built code).
+const TARGET: Workload = Workload::CNoFramePointers;
+
+/// Command-line settings.
+struct Settings {
+    agent: PathBuf,
+    /// Alternating rounds per snapshot comparison.
+    rounds: usize,
+    /// Rounds of the throughput comparison (each: unsampled, 20 Hz, 100 Hz).
+    throughput_rounds: usize,
+    /// Rate readings (seconds) per throughput window.
+    window_secs: usize,
+}
+
+fn parse_args() -> anyhow::Result<Settings> {
+    let mut settings = Settings {
+        agent: PathBuf::from("target/release/flamegrid-agent"),
+        rounds: 7,
+        throughput_rounds: 4,
+        window_secs: 5,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--agent" => settings.agent = PathBuf::from(value("--agent")?),
+            "--rounds" => settings.rounds = value("--rounds")?.parse().context("--rounds")?,
+            "--throughput-rounds" => {
+                settings.throughput_rounds = value("--throughput-rounds")?.parse().context("--throughput-rounds")?
+            }
+            "--window-secs" => settings.window_secs = value("--window-secs")?.parse().context("--window-secs")?,
+            "--quick" => {
+                settings.rounds = 3;
+                settings.throughput_rounds = 2;
+                settings.window_secs = 3;
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: flamegrid-compare [--agent PATH] [--rounds N] [--throughput-rounds N] \
+                     [--window-secs S] [--quick]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if settings.rounds == 0 || settings.throughput_rounds == 0 || settings.window_secs == 0 {
+        bail!("--rounds, --throughput-rounds and --window-secs must be at least 1");
+    }
+    if !settings.agent.is_file() {
+        bail!(
+            "{} does not exist: build it with `cargo build --release -p flamegrid-agent`",
+            settings.agent.display()
+        );
+    }
+    Ok(settings)
+}
+
+fn main() -> anyhow::Result<()> {
+    let settings = parse_args()?;
+    let mut report = String::new();
+    let started = Instant::now();
+    machine_section(&mut report, &settings)?;
+    eprintln!("[compare] snapshot latency ...");
+    snapshot_section(&mut report, &settings)?;
+    eprintln!("[compare] stop times ...");
+    stop_time_section(&mut report, &settings)?;
+    eprintln!("[compare] throughput ...");
+    throughput_section(&mut report, &settings)?;
+    writeln!(
+        report,
+        "\n_Whole run: {:.0} s; load average at the end: {}._",
+        started.elapsed().as_secs_f64(),
+        load_average()
+    )?;
+    print!("{report}");
+    Ok(())
+}
+
+// ---- helpers -------------------------------------------------------------------------------
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// First line of `cmd --version`, or "not installed".
+fn tool_version(cmd: &str) -> String {
+    Command::new(cmd)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "not installed".to_owned())
+}
+
+/// A command to time: stdout discarded, stderr captured (the agent's `--stats` go there).
+/// debuginfod is switched off so no tool waits on the network.
+fn command(program: &std::path::Path, args: &[String]) -> Command {
+    let mut c = Command::new(program);
+    c.args(args)
+        .env("DEBUGINFOD_URLS", "")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Runs `c` to completion: (wall time, stderr). A failing tool is an error: its time would
+/// measure the failure.
+fn timed(c: &mut Command) -> anyhow::Result<(Duration, String)> {
+    let start = Instant::now();
+    let out = c.output().with_context(|| format!("running {c:?}"))?;
+    let wall = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("{c:?} failed ({}): {}", out.status, stderr.trim());
+    }
+    Ok((wall, stderr))
+}
+
+/// Finds `key: median X` style values in the agent's `--stats` output.
+fn stat_value(stats: &str, line_key: &str, field: &str) -> Option<f64> {
+    let line = stats.lines().find(|l| l.starts_with(line_key))?;
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == field {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v.is_nan() {
+        "–".to_owned()
+    } else if v < 1.0 {
+        format!("{v:.3}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn fmt_ratio(v: f64) -> String {
+    if v.is_nan() || v.is_infinite() {
+        "–".to_owned()
+    } else if v >= 10.0 {
+        format!("{v:.0}×")
+    } else {
+        format!("{v:.1}×")
+    }
+}
+
+// ---- machine -------------------------------------------------------------------------------
+
+fn machine_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    writeln!(report, "# flamegrid sampler: side-by-side comparison\n")?;
+    writeln!(report, "| | |\n|---|---|")?;
+    writeln!(report, "| machine | {cpus} vCPU, {cpu}, Linux {} |", kernel.trim())?;
+    writeln!(report, "| load average at start | {} |", load_average())?;
+    writeln!(report, "| flamegrid-agent | `{}` |", settings.agent.display())?;
+    writeln!(report, "| eu-stack | {} |", tool_version("eu-stack"))?;
+    writeln!(report, "| gdb | {} |", tool_version("gdb"))?;
+    writeln!(
+        report,
+        "| target | `{}` (C, `-O2 -fomit-frame-pointer`): 1 spinning thread, the rest sleeping, \
+         waiting on a condition variable or blocked on a mutex |",
+        TARGET.path().file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    )?;
+    writeln!(
+        report,
+        "| method | {} alternating rounds per size (order rotated each round); medians; \
+         ratios = other tool's median / flamegrid's median |",
+        settings.rounds
+    )?;
+    Ok(())
+}
+
+// ---- 1. snapshot latency -------------------------------------------------------------------
+
+/// The contenders of the snapshot comparison, in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tool {
+    FlamegridCold,
+    FlamegridWarmRound,
+    FlamegridWarmCall,
+    EuStack,
+    EuStackInline,
+    Gdb,
+}
+
+impl Tool {
+    const ALL: [Tool; 6] = [
+        Tool::FlamegridCold,
+        Tool::FlamegridWarmRound,
+        Tool::FlamegridWarmCall,
+        Tool::EuStack,
+        Tool::EuStackInline,
+        Tool::Gdb,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Tool::FlamegridCold => "`flamegrid-agent sample --samples 1` (cold one-shot)",
+            Tool::FlamegridWarmRound => "flamegrid warm round (`--samples 20 --interval-ms 0 --stats`, round median)",
+            Tool::FlamegridWarmCall => "flamegrid warm `Sampler::sample` (1 sample, cached symbols, as in the agent)",
+            Tool::EuStack => "`eu-stack -p PID`",
+            Tool::EuStackInline => "`eu-stack -i -p PID`",
+            Tool::Gdb => "`gdb -batch -p PID -ex 'thread apply all bt'`",
+        }
+    }
+}
+
+/// Measures one tool once against `pid`, in milliseconds.
+fn measure(tool: Tool, pid: u32, settings: &Settings, warm: &Sampler) -> anyhow::Result<f64> {
+    let pid_s = pid.to_string();
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    match tool {
+        Tool::FlamegridCold => {
+            let (wall, _) = timed(&mut command(&settings.agent, &s(&["sample", "--pid", &pid_s, "--samples", "1"])))?;
+            Ok(ms(wall))
+        }
+        Tool::FlamegridWarmRound => {
+            let (_, stats) = timed(&mut command(
+                &settings.agent,
+                &s(&["sample", "--pid", &pid_s, "--samples", "20", "--interval-ms", "0", "--stats"]),
+            ))?;
+            stat_value(&stats, "round_ms:", "median").context("no round_ms in the agent's --stats output")
+        }
+        Tool::FlamegridWarmCall => {
+            let opts = SamplerOptions {
+                num_samples: 1,
+                ..SamplerOptions::default()
+            };
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let start = Instant::now();
+                let run = warm.sample(&whole_process(pid), &AccessPolicy::unrestricted(), &opts);
+                times.push(ms(start.elapsed()));
+                if let Some((_, Err(e))) = run.subtasks.first() {
+                    bail!("in-process sampling of {pid} failed: {e}");
+                }
+            }
+            Ok(median(&times))
+        }
+        Tool::EuStack => Ok(ms(timed(&mut command("eu-stack".as_ref(), &s(&["-p", &pid_s])))?.0)),
+        Tool::EuStackInline => Ok(ms(timed(&mut command("eu-stack".as_ref(), &s(&["-i", "-p", &pid_s])))?.0)),
+        Tool::Gdb => Ok(ms(timed(&mut command(
+            "gdb".as_ref(),
+            &s(&["-batch", "-p", &pid_s, "-ex", "thread apply all bt"]),
+        ))?
+        .0)),
+    }
+}
+
+fn snapshot_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
+    writeln!(report, "\n## 1. Snapshot latency (whole process, ms, median)\n")?;
+    let warm = Sampler::new().context("starting the in-process sampler")?;
+    let mut results: BTreeMap<(u32, Tool), Vec<f64>> = BTreeMap::new();
+    let mut stopped_after = Vec::new();
+    for threads in SNAPSHOT_SIZES {
+        let target = spawn(TARGET, &snapshot_mix(threads)).context("starting the target")?;
+        let pid = target.pid();
+        eprintln!("[compare]   {threads} threads (pid {pid})");
+        // One untimed pass: page cache, and the warm sampler's caches.
+        for tool in Tool::ALL {
+            measure(tool, pid, settings, &warm)?;
+        }
+        for round in 0..settings.rounds {
+            for k in 0..Tool::ALL.len() {
+                let tool = Tool::ALL[(k + round) % Tool::ALL.len()];
+                let v = measure(tool, pid, settings, &warm)?;
+                results.entry((threads, tool)).or_default().push(v);
+            }
+        }
+        stopped_after.extend(target.stopped_threads());
+    }
+
+    write!(report, "| tool |")?;
+    for threads in SNAPSHOT_SIZES {
+        write!(report, " {threads} threads |")?;
+    }
+    writeln!(report, "\n|---|{}", "---|".repeat(SNAPSHOT_SIZES.len()))?;
+    let med = |threads: u32, tool: Tool| results.get(&(threads, tool)).map_or(f64::NAN, |v| median(v));
+    for tool in Tool::ALL {
+        write!(report, "| {} |", tool.label())?;
+        for threads in SNAPSHOT_SIZES {
+            write!(report, " {} |", fmt_ms(med(threads, tool)))?;
+        }
+        writeln!(report)?;
+    }
+
+    writeln!(report, "\nRatios (how many times faster flamegrid is, medians of the same run):\n")?;
+    write!(report, "| comparison |")?;
+    for threads in SNAPSHOT_SIZES {
+        write!(report, " {threads} threads |")?;
+    }
+    writeln!(report, "\n|---|{}", "---|".repeat(SNAPSHOT_SIZES.len()))?;
+    let ratios: [(&str, Tool, Tool); 6] = [
+        ("`eu-stack -p` / flamegrid warm call (goal ≥ 20×)", Tool::EuStack, Tool::FlamegridWarmCall),
+        ("`eu-stack -p` / flamegrid warm round", Tool::EuStack, Tool::FlamegridWarmRound),
+        ("gdb / flamegrid warm call (goal ≥ 100×)", Tool::Gdb, Tool::FlamegridWarmCall),
+        ("`eu-stack -i -p` / flamegrid cold one-shot (goal ≥ 1×)", Tool::EuStackInline, Tool::FlamegridCold),
+        ("`eu-stack -p` / flamegrid cold one-shot", Tool::EuStack, Tool::FlamegridCold),
+        ("gdb / flamegrid cold one-shot", Tool::Gdb, Tool::FlamegridCold),
+    ];
+    for (label, other, ours) in ratios {
+        write!(report, "| {label} |")?;
+        for threads in SNAPSHOT_SIZES {
+            write!(report, " {} |", fmt_ratio(med(threads, other) / med(threads, ours)))?;
+        }
+        writeln!(report)?;
+    }
+    writeln!(
+        report,
+        "\nThe cold one-shot includes process start, loading unwind tables and symbolizing \
+         (with inlined frames, like `eu-stack -i`). The warm call is what a running agent pays \
+         per single-sample request; the warm round excludes symbolization (done once per run). \
+         Threads left stopped after all tools ran: {}.",
+        if stopped_after.is_empty() { "none".to_owned() } else { format!("{stopped_after:?}") }
+    )?;
+    Ok(())
+}
+
+// ---- 2. stop times -------------------------------------------------------------------------
+
+fn stop_time_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
+    writeln!(report, "\n## 2. Time each thread is stopped (µs, from `--stats`)\n")?;
+    writeln!(
+        report,
+        "`flamegrid-agent sample --pid PID --samples 200 --interval-ms 10 --stats`, 3 runs per \
+         target; each cell is the median over the runs of that run's statistic.\n"
+    )?;
+    writeln!(report, "| target | threads | median | p90 | p99 | max | not stopped in time |")?;
+    writeln!(report, "|---|---|---|---|---|---|---|")?;
+    let quiet = Mix {
+        report_rate: false,
+        ..throughput_mix()
+    };
+    let targets: [(&str, Mix); 3] = [
+        ("quiet: 1 spinning + 7 blocked", quiet),
+        ("64 threads (1 spinning)", snapshot_mix(64)),
+        (
+            "busy: 3 spinning + 5 blocked on 2 vCPUs",
+            Mix {
+                spin: 3,
+                sleep: 2,
+                wait: 2,
+                lock: 1,
+                churn: 0,
+                report_rate: false,
+            },
+        ),
+    ];
+    for (label, mix) in targets {
+        let target = spawn(TARGET, &mix)?;
+        let pid = target.pid().to_string();
+        let mut cols: [Vec<f64>; 5] = Default::default();
+        for _ in 0..3 {
+            let args: Vec<String> = ["sample", "--pid", &pid, "--samples", "200", "--interval-ms", "10", "--stats"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            let (_, stats) = timed(&mut command(&settings.agent, &args))?;
+            for (i, field) in ["median", "p90", "p99", "max"].iter().enumerate() {
+                cols[i].push(stat_value(&stats, "stop_us:", field).context("no stop_us in --stats")?);
+            }
+            cols[4].push(stat_value(&stats, "not_stopped:", "not_stopped:").unwrap_or(f64::NAN));
+        }
+        writeln!(
+            report,
+            "| {label} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |",
+            mix.steady_threads(),
+            median(&cols[0]),
+            median(&cols[1]),
+            median(&cols[2]),
+            median(&cols[3]),
+            median(&cols[4]),
+        )?;
+        let stopped = target.stopped_threads();
+        if !stopped.is_empty() {
+            writeln!(report, "\n**threads left stopped: {stopped:?}**\n")?;
+        }
+    }
+    Ok(())
+}
+
+// ---- 3. throughput -------------------------------------------------------------------------
+
+/// Reads `secs` rate lines after discarding the one in progress (it straddles the change of
+/// condition).
+fn read_window(target: &mut RunningWorkload, secs: usize) -> anyhow::Result<Vec<f64>> {
+    target.next_rate().context("the target stopped reporting its rate")?;
+    let mut rates = Vec::with_capacity(secs);
+    for _ in 0..secs {
+        rates.push(target.next_rate().context("the target stopped reporting its rate")? as f64);
+    }
+    Ok(rates)
+}
+
+/// Samples every thread of `pid` at `hz` on a background thread while `during` runs.
+fn while_sampling<T>(
+    sampler: &Sampler,
+    pid: u32,
+    hz: u32,
+    during: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, u32)> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let opts = SamplerOptions {
+        num_samples: 100_000,
+        delay: Duration::from_micros(1_000_000 / u64::from(hz)),
+        max_depth: 100,
+        kernel_stacks: false,
+        cancel: Arc::clone(&cancel),
+    };
+    let worker = {
+        let sampler = sampler.clone();
+        std::thread::spawn(move || sampler.sample_with_stats(&whole_process(pid), &AccessPolicy::unrestricted(), &opts))
+    };
+    let result = during();
+    cancel.store(true, Ordering::SeqCst);
+    let (run, stats) = match worker.join() {
+        Ok(r) => r,
+        Err(_) => bail!("the sampling thread panicked"),
+    };
+    if let Some((_, Err(e))) = run.subtasks.first() {
+        bail!("sampling at {hz} Hz failed: {e}");
+    }
+    Ok((result?, stats.rounds))
+}
+
+fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
+    writeln!(report, "\n## 3. Cost to the target: spinner throughput while sampled\n")?;
+    let mut target = spawn(TARGET, &throughput_mix())?;
+    let pid = target.pid();
+    let sampler = Sampler::new()?;
+    // Conditions: 0 = unsampled, else the sampling rate in Hz.
+    let conditions = [0u32, 20, 100];
+    let mut rates: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    let mut per_round_base = Vec::new();
+    let mut rounds_taken: BTreeMap<u32, u32> = BTreeMap::new();
+    for round in 0..settings.throughput_rounds {
+        for k in 0..conditions.len() {
+            let hz = conditions[(k + round) % conditions.len()];
+            let window = if hz == 0 {
+                read_window(&mut target, settings.window_secs)?
+            } else {
+                let (w, n) = while_sampling(&sampler, pid, hz, || read_window(&mut target, settings.window_secs))?;
+                *rounds_taken.entry(hz).or_default() += n;
+                w
+            };
+            if hz == 0 {
+                per_round_base.push(median(&window));
+            }
+            rates.entry(hz).or_default().extend(window);
+        }
+    }
+    let base = median(&rates[&0]);
+    writeln!(
+        report,
+        "Target: 1 spinning thread reporting its loop iterations per second, plus 7 blocked \
+         threads; all {} threads sampled in-process (`Sampler`, as the agent does) at 20 Hz and \
+         100 Hz. {} rounds × (unsampled, 20 Hz, 100 Hz, order rotated) × {} one-second readings.\n",
+        throughput_mix().steady_threads(),
+        settings.throughput_rounds,
+        settings.window_secs
+    )?;
+    writeln!(report, "| condition | median iterations/s | p10 | p90 | change vs unsampled | goal |")?;
+    writeln!(report, "|---|---|---|---|---|---|")?;
+    for hz in conditions {
+        let v = &rates[&hz];
+        let m = median(v);
+        let (label, goal) = match hz {
+            0 => ("unsampled".to_owned(), "".to_owned()),
+            20 => ("sampled at 20 Hz".to_owned(), "loss < 1 %".to_owned()),
+            _ => (format!("sampled at {hz} Hz"), "loss < 3 %".to_owned()),
+        };
+        let change = if hz == 0 {
+            "–".to_owned()
+        } else {
+            format!("{:+.2} %", (m / base - 1.0) * 100.0)
+        };
+        writeln!(
+            report,
+            "| {label} | {:.0} | {:.0} | {:.0} | {change} | {goal} |",
+            m,
+            quantile(v, 0.1),
+            quantile(v, 0.9)
+        )?;
+    }
+    let lo = per_round_base.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = per_round_base.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    writeln!(
+        report,
+        "\nNoise floor: the unsampled per-round medians spread {:.1} % (min–max over rounds); \
+         changes smaller than that are not measurable here. Sampling rounds taken: {}.",
+        (hi - lo) / base * 100.0,
+        rounds_taken
+            .iter()
+            .map(|(hz, n)| format!("{n} at {hz} Hz"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    let stopped = target.stopped_threads();
+    if !stopped.is_empty() {
+        writeln!(report, "\n**threads left stopped: {stopped:?}**")?;
+    }
+    Ok(())
+}

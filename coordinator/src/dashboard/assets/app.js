@@ -1,0 +1,734 @@
+// flamegrid dashboard: a hash router, a tiny fetch wrapper, and one function per page.
+//
+// How it fits together:
+// * The location after '#' picks the page: '#/', '#/jobs/<jid>',
+//   '#/jobs/<jid>/vertices/<vid>[?type=on_cpu&subtask=0]', '#/taskmanagers/<tmid>'.
+// * A page is a function that fills the <main> element and returns nothing; whatever it
+//   starts (polls, timers, requests) it registers on the `Page` object it is given, and the
+//   router stops all of it when the location changes. No request outlives its page.
+// * Every URL is relative ('jobs/overview', never '/jobs/overview'), so the page works
+//   behind a reverse proxy under any path prefix.
+// * The DOM is built with `h()`, which sets text with textContent: names coming from the API
+//   (job names, function names of sampled programs) are never parsed as HTML.
+
+import { FlameGraph } from './flame.js';
+import { drawPlan } from './plan.js';
+
+// ---------------------------------------------------------------------------------------------
+// DOM and formatting helpers
+
+/** Creates an element: h('a', {href: '#/'}, 'text', childNode, [more, children]). */
+export function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === 'class') el.className = value;
+    else if (key.startsWith('on') && typeof value === 'function') el.addEventListener(key.slice(2), value);
+    else if (value === true) el.setAttribute(key, '');
+    else el.setAttribute(key, String(value));
+  }
+  append(el, children);
+  return el;
+}
+
+/** Replaces an element's children; like replaceChildren, but skips null/false and flattens arrays. */
+export function fill(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+}
+
+function append(el, children) {
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    if (Array.isArray(child)) append(el, child);
+    else el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+}
+
+function pad2(n) {
+  return String(n).padStart(2, '0');
+}
+
+/** A wall-clock time in the browser's zone, 'YYYY-MM-DD HH:MM:SS'; '–' for Flink's -1/0. */
+export function fmtTime(ms) {
+  if (typeof ms !== 'number' || ms <= 0) return '–';
+  const d = new Date(ms);
+  return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ` +
+    `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
+}
+
+/** A duration, two units at most: '850 ms', '42 s', '3 min 5 s', '2 h 10 min', '3 d 4 h'. */
+export function fmtDuration(ms) {
+  if (typeof ms !== 'number' || ms < 0) return '–';
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  let s = Math.floor(ms / 1000);
+  const d = Math.floor(s / 86400); s -= d * 86400;
+  const hr = Math.floor(s / 3600); s -= hr * 3600;
+  const min = Math.floor(s / 60); s -= min * 60;
+  if (d) return `${d} d ${hr} h`;
+  if (hr) return `${hr} h ${min} min`;
+  if (min) return `${min} min ${s} s`;
+  return `${s} s`;
+}
+
+/** Bytes in binary units: '15.6 GiB'. */
+export function fmtBytes(bytes) {
+  if (typeof bytes !== 'number' || bytes < 0) return '–';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i++; }
+  return `${bytes.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+/** Age of an event that happened at epoch-ms `then`: '3 s ago'. */
+export function fmtAgo(then) {
+  return `${fmtDuration(Math.max(0, Date.now() - then))} ago`;
+}
+
+/**
+ * How long ago a task manager's last heartbeat was. Flink's field `timeSinceLastHeartbeat` is,
+ * despite its name, the epoch-ms time of the last heartbeat; a small value is taken as an age.
+ */
+function heartbeatAge(value) {
+  if (typeof value !== 'number' || value < 0) return null;
+  return value > 1e12 ? Math.max(0, Date.now() - value) : value;
+}
+
+function statusBadge(status) {
+  const s = String(status || 'UNKNOWN');
+  return h('span', { class: `badge status-${s.toLowerCase()}` }, s);
+}
+
+function enc(id) {
+  return encodeURIComponent(id);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API
+
+/** A failed API call: the HTTP status (0 when the coordinator could not be reached) and the
+ *  message to show, from Flink's error body {"errors": ["..."]} when there is one. */
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** GETs a relative API path and returns the parsed JSON, or throws ApiError. */
+export async function api(path, signal) {
+  let response;
+  try {
+    response = await fetch(path, { signal, headers: { Accept: 'application/json' }, cache: 'no-store' });
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+    throw new ApiError(0, `Cannot reach the coordinator (${e.message}).`);
+  }
+  const text = await response.text();
+  let body = null;
+  try {
+    body = text ? JSON.parse(text) : null;
+  } catch {
+    body = null;
+  }
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`.trim();
+    if (body && Array.isArray(body.errors) && body.errors.length) {
+      // Flink's errors[0] may carry a Java-style stack trace after the message: keep the message.
+      message = String(body.errors[0]).split('\n')[0];
+    }
+    throw new ApiError(response.status, message);
+  }
+  if (body === null) throw new ApiError(response.status, `The answer to ${path} is not JSON.`);
+  return body;
+}
+
+/** An inline error box: what failed and why. */
+function errorBox(what, error) {
+  return h('div', { class: 'error', role: 'alert' },
+    h('strong', {}, what), ' ', error && error.message ? error.message : String(error));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pages and their lifetime
+
+/** Everything a page starts, so that the router can stop it all when the location changes. */
+class Page {
+  constructor() {
+    this.controller = new AbortController();
+    this.timers = new Set();
+    this.cleanups = [];
+    this.stopped = false;
+  }
+
+  get signal() {
+    return this.controller.signal;
+  }
+
+  /** Runs fn after ms unless the page was left. */
+  later(ms, fn) {
+    if (this.stopped) return;
+    const id = setTimeout(() => {
+      this.timers.delete(id);
+      if (!this.stopped) fn();
+    }, ms);
+    this.timers.add(id);
+  }
+
+  /**
+   * Calls `tick` now and again after each answer: after `delay()` ms (re-read every time, so
+   * a poll can speed up while waiting for data). A hidden tab does not poll; it resumes when
+   * shown again. `poke()` on the returned object polls at once.
+   */
+  poll(tick, delay) {
+    let pending = null;
+    let running = false;
+    let again = false;
+    const run = async () => {
+      if (this.stopped) return;
+      if (running) { again = true; return; }
+      if (pending !== null) { clearTimeout(pending); this.timers.delete(pending); pending = null; }
+      if (document.hidden) { schedule(); return; }
+      running = true;
+      try {
+        await tick();
+      } catch (e) {
+        if (e.name !== 'AbortError') console.error(e);
+      } finally {
+        running = false;
+      }
+      if (again) { again = false; run(); } else schedule();
+    };
+    const schedule = () => {
+      if (this.stopped) return;
+      pending = setTimeout(() => { this.timers.delete(pending); pending = null; run(); }, delay());
+      this.timers.add(pending);
+    };
+    const onVisible = () => { if (!document.hidden) run(); };
+    document.addEventListener('visibilitychange', onVisible);
+    this.cleanups.push(() => document.removeEventListener('visibilitychange', onVisible));
+    run();
+    return { poke: run };
+  }
+
+  onStop(fn) {
+    this.cleanups.push(fn);
+  }
+
+  stop() {
+    this.stopped = true;
+    this.controller.abort();
+    for (const id of this.timers) clearTimeout(id);
+    this.timers.clear();
+    for (const fn of this.cleanups) fn();
+  }
+}
+
+/** /config's answer; the polling period is its `refresh-interval` (Flink's web.refresh-interval). */
+let config = { 'refresh-interval': 3000 };
+
+function refreshInterval() {
+  const ms = Number(config['refresh-interval']);
+  return Number.isFinite(ms) && ms >= 500 ? ms : 3000;
+}
+
+/** Sets the page title and the visible heading, and moves focus there for screen readers. */
+function pageHeading(title, ...extra) {
+  document.title = `${title} · flamegrid`;
+  return h('h1', { tabindex: '-1', id: 'page-title' }, title, ...extra);
+}
+
+function breadcrumbs(...items) {
+  return h('nav', { 'aria-label': 'Breadcrumb', class: 'breadcrumbs' },
+    h('ol', {}, items.map((item, i) => h('li', {},
+      i === items.length - 1 ? h('span', { 'aria-current': 'page' }, item.label) : h('a', { href: item.href }, item.label)))));
+}
+
+function table(caption, headers, rowsBody) {
+  return h('div', { class: 'table-wrap' },
+    h('table', {},
+      h('caption', { class: 'visually-hidden' }, caption),
+      h('thead', {}, h('tr', {}, headers.map((x) => h('th', { scope: 'col' }, x)))),
+      rowsBody));
+}
+
+function emptyRow(columns, text) {
+  return h('tr', {}, h('td', { colspan: String(columns), class: 'empty' }, text));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overview: task managers and jobs
+
+function overviewPage(root, page) {
+  const summary = h('p', { class: 'summary' });
+  const tmBody = h('tbody', {}, emptyRow(5, 'Loading…'));
+  const tmError = h('div');
+  const jobBody = h('tbody', {}, emptyRow(5, 'Loading…'));
+  const jobError = h('div');
+  root.append(
+    pageHeading('Overview'),
+    summary,
+    h('section', { 'aria-labelledby': 'jobs-h' },
+      h('h2', { id: 'jobs-h' }, 'Jobs'),
+      jobError,
+      table('Jobs', ['Name', 'State', 'Start', 'Duration', 'Tasks'], jobBody)),
+    h('section', { 'aria-labelledby': 'tms-h' },
+      h('h2', { id: 'tms-h' }, 'Task managers'),
+      tmError,
+      table('Task managers', ['Host / id', 'Cores', 'Memory', 'Last heartbeat', 'Slots'], tmBody)),
+  );
+
+  page.poll(async () => {
+    const [overview, tms, jobs] = await Promise.allSettled([
+      api('overview', page.signal), api('taskmanagers', page.signal), api('jobs/overview', page.signal)]);
+    if (page.stopped) return;
+
+    if (overview.status === 'fulfilled') {
+      const o = overview.value;
+      fill(summary, 
+        `${o.taskmanagers ?? 0} task manager${o.taskmanagers === 1 ? '' : 's'} · ` +
+        `${o['jobs-running'] ?? 0} running, ${o['jobs-finished'] ?? 0} finished, ` +
+        `${o['jobs-cancelled'] ?? 0} canceled, ${o['jobs-failed'] ?? 0} failed job(s)`);
+    }
+
+    if (tms.status === 'fulfilled') {
+      fill(tmError);
+      const list = Array.isArray(tms.value.taskmanagers) ? tms.value.taskmanagers : [];
+      fill(tmBody, ...(list.length ? list.map(tmRow) : [emptyRow(5, 'No task manager has registered yet. Start one with: flamegrid-agent run --coordinator http://HOST:6123')]));
+    } else {
+      fill(tmError, errorBox('Task managers could not be loaded:', tms.reason));
+    }
+
+    if (jobs.status === 'fulfilled') {
+      fill(jobError);
+      const list = Array.isArray(jobs.value.jobs) ? [...jobs.value.jobs] : [];
+      list.sort((a, b) => (b['start-time'] ?? 0) - (a['start-time'] ?? 0));
+      fill(jobBody, ...(list.length ? list.map(jobRow) : [emptyRow(5, 'No job is registered. Register one with POST jobs (see the README).')]));
+    } else {
+      fill(jobError, errorBox('Jobs could not be loaded:', jobs.reason));
+    }
+  }, refreshInterval);
+}
+
+function hostOf(tm) {
+  if (tm.host) return String(tm.host);
+  if (tm.hostname) return String(tm.hostname);
+  // Flink's `path` is an RPC address like 'pekko.tcp://flink@host:port/user/...' or 'host:port'.
+  const path = String(tm.path || '');
+  const m = path.match(/@([^/:]+)/) || path.match(/^(?:[a-z]+:\/\/)?([^/:]+)/i);
+  return m ? m[1] : '';
+}
+
+function tmRow(tm) {
+  const hw = tm.hardware || {};
+  const age = heartbeatAge(tm.timeSinceLastHeartbeat);
+  const host = hostOf(tm);
+  return h('tr', {},
+    h('td', {}, h('a', { href: `#/taskmanagers/${enc(tm.id)}` }, host || tm.id),
+      host && host !== tm.id ? h('div', { class: 'sub mono' }, tm.id) : null),
+    h('td', { class: 'num' }, hw.cpuCores ?? '–'),
+    h('td', { class: 'num' }, fmtBytes(hw.physicalMemory),
+      typeof hw.freeMemory === 'number' && hw.freeMemory > 0 ? h('div', { class: 'sub' }, `${fmtBytes(hw.freeMemory)} free`) : null),
+    h('td', {}, age === null ? '–' : `${fmtDuration(age)} ago`),
+    h('td', { class: 'num' }, tm.slotsNumber ?? '–'));
+}
+
+function jobRow(job) {
+  const tasks = job.tasks || {};
+  return h('tr', {},
+    h('td', {}, h('a', { href: `#/jobs/${enc(job.jid)}` }, job.name || job.jid)),
+    h('td', {}, statusBadge(job.state)),
+    h('td', {}, fmtTime(job['start-time'])),
+    h('td', {}, fmtDuration(job.duration)),
+    h('td', { class: 'num' }, `${tasks.running ?? 0} / ${tasks.total ?? 0} running`));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Job page: details and the plan as a graph
+
+function jobPage(root, page, jid) {
+  const title = pageHeading('Job');
+  const crumbs = h('div', {}, breadcrumbs({ label: 'Overview', href: '#/' }, { label: jid }));
+  const meta = h('dl', { class: 'meta' });
+  const error = h('div');
+  const planBox = h('div', { class: 'plan', role: 'group', 'aria-label': 'Job plan: vertices and their inputs' });
+  const vertexBody = h('tbody', {}, emptyRow(5, 'Loading…'));
+  root.append(crumbs, title, error, meta,
+    h('section', { 'aria-labelledby': 'plan-h' },
+      h('h2', { id: 'plan-h' }, 'Plan'),
+      h('p', { class: 'hint' }, 'Each box is a vertex (an operator); choose one to see its flame graph.'),
+      planBox),
+    h('section', { 'aria-labelledby': 'vertices-h' },
+      h('h2', { id: 'vertices-h' }, 'Vertices'),
+      table('Vertices', ['Name', 'Status', 'Parallelism', 'Start', 'Duration'], vertexBody)));
+
+  let drawn = '';
+  page.poll(async () => {
+    let job;
+    try {
+      job = await api(`jobs/${enc(jid)}`, page.signal);
+    } catch (e) {
+      if (e.name === 'AbortError') throw e;
+      fill(error, errorBox('The job could not be loaded:', e));
+      return;
+    }
+    if (page.stopped) return;
+    fill(error);
+    document.title = `${job.name} · flamegrid`;
+    fill(title, job.name || jid, ' ', statusBadge(job.state));
+    fill(crumbs, breadcrumbs({ label: 'Overview', href: '#/' }, { label: job.name || jid }));
+    fill(meta, 
+      h('dt', {}, 'Job id'), h('dd', { class: 'mono' }, job.jid),
+      h('dt', {}, 'Started'), h('dd', {}, fmtTime(job['start-time'])),
+      h('dt', {}, 'Duration'), h('dd', {}, fmtDuration(job.duration)),
+      job['end-time'] > 0 ? [h('dt', {}, 'Ended'), h('dd', {}, fmtTime(job['end-time']))] : null);
+    const vertices = Array.isArray(job.vertices) ? job.vertices : [];
+    fill(vertexBody, ...(vertices.length ? vertices.map((v) => h('tr', {},
+      h('td', {}, h('a', { href: `#/jobs/${enc(jid)}/vertices/${enc(v.id)}` }, v.name || v.id)),
+      h('td', {}, statusBadge(v.status)),
+      h('td', { class: 'num' }, v.parallelism ?? '–'),
+      h('td', {}, fmtTime(v['start-time'])),
+      h('td', {}, fmtDuration(v.duration)))) : [emptyRow(5, 'This job has no vertices.')]));
+    // Redraw the graph only when something it shows changed, so keyboard focus on a box survives polls.
+    const signature = JSON.stringify([job.plan, vertices.map((v) => [v.id, v.name, v.status, v.parallelism])]);
+    if (signature !== drawn) {
+      drawn = signature;
+      const hadFocus = planBox.contains(document.activeElement) ? document.activeElement.getAttribute('href') : null;
+      fill(planBox, drawPlan(job, (vid) => `#/jobs/${enc(jid)}/vertices/${enc(vid)}`));
+      if (hadFocus) {
+        const again = [...planBox.querySelectorAll('a')].find((a) => a.getAttribute('href') === hadFocus);
+        if (again) again.focus();
+      }
+    }
+  }, refreshInterval);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vertex page: the flame graph
+
+const TYPES = [
+  { value: 'on_cpu', label: 'On-CPU', help: 'threads running or runnable' },
+  { value: 'off_cpu', label: 'Off-CPU', help: 'threads waiting, sleeping or blocked' },
+  { value: 'full', label: 'Mixed', help: 'all samples (FULL)' },
+];
+
+/** Flink's messages for the flame graph sentinels (flink-rest.md §4). */
+const SENTINELS = {
+  '-1': 'The task has already been terminated: there is nothing to sample.',
+  '-2': 'The flame graph feature is currently disabled (start the coordinator with --flamegraph-enabled true; Flink: rest.flamegraph.enabled: true).',
+  '-3': 'Sampling… We are waiting for the first samples to create a flame graph.',
+};
+
+function vertexPage(root, page, jid, vid, params) {
+  const state = {
+    type: TYPES.some((t) => t.value === (params.get('type') || '').toLowerCase()) ? params.get('type').toLowerCase() : 'on_cpu',
+    subtask: /^\d+$/.test(params.get('subtask') || '') ? params.get('subtask') : '',
+    endTimestamp: null, // of the graph on screen
+    generation: 0, // bumped when type or subtask changes; answers to older requests are dropped
+  };
+
+  const crumbs = h('div', {}, breadcrumbs({ label: 'Overview', href: '#/' }, { label: jid, href: `#/jobs/${enc(jid)}` }, { label: vid }));
+  const title = pageHeading('Vertex');
+  const meta = h('p', { class: 'summary' });
+  const banner = h('div');
+  const infoError = h('div');
+
+  const typeRadios = TYPES.map((t) => h('label', { class: 'radio' },
+    h('input', { type: 'radio', name: 'fg-type', value: t.value, checked: t.value === state.type, 'aria-describedby': `fg-type-${t.value}` }),
+    ' ', t.label, h('span', { class: 'visually-hidden', id: `fg-type-${t.value}` }, `: ${t.help}`)));
+  const typeSet = h('fieldset', { class: 'types' }, h('legend', {}, 'Thread state'), typeRadios);
+  const subtaskSelect = h('select', { id: 'fg-subtask', name: 'subtask' }, h('option', { value: '' }, 'All subtasks'));
+  const refreshButton = h('button', { type: 'button', class: 'button' }, 'Refresh');
+  const search = h('input', { type: 'search', id: 'fg-search', placeholder: 'function name or regex', autocomplete: 'off', spellcheck: 'false' });
+  const resetZoom = h('button', { type: 'button', class: 'button secondary', disabled: true }, 'Reset zoom');
+  const links = h('p', { class: 'views' });
+  const status = h('p', { class: 'fg-status', role: 'status', 'aria-live': 'polite' }, 'Loading…');
+  const age = h('span', { class: 'fg-age' });
+  const missing = h('div');
+  const matchInfo = h('p', { class: 'fg-match', 'aria-live': 'polite' });
+  const fgError = h('div');
+  const chartBox = h('div', { class: 'flamegraph', id: 'flamegraph' });
+
+  root.append(crumbs, title, meta, banner, infoError,
+    h('section', { 'aria-labelledby': 'fg-h', class: 'fg-section' },
+      h('h2', { id: 'fg-h' }, 'Flame graph'),
+      h('form', { class: 'controls', onsubmit: (e) => e.preventDefault() },
+        typeSet,
+        h('div', { class: 'field' }, h('label', { for: 'fg-subtask' }, 'Subtask'), subtaskSelect),
+        h('div', { class: 'field' }, h('label', { for: 'fg-search' }, 'Highlight'), search),
+        h('div', { class: 'field buttons' }, refreshButton, resetZoom)),
+      h('div', { class: 'fg-head' }, status, age),
+      fgError, missing, matchInfo, links,
+      chartBox,
+      h('p', { class: 'hint' }, 'Root at the top, callees below; width is the share of samples. ',
+        'Click a frame (or press Enter on it) to zoom in, Escape to zoom out. ',
+        'Arrow keys move between frames: up to the caller, down to the busiest callee, left and right to neighbours.')));
+
+  const chart = new FlameGraph(chartBox, {
+    onZoom: (zoomed) => { resetZoom.disabled = !zoomed; },
+    onMatch: (text) => { matchInfo.textContent = text; },
+  });
+  page.onStop(() => chart.destroy());
+  resetZoom.addEventListener('click', () => chart.resetZoom());
+  search.addEventListener('input', () => chart.highlight(search.value));
+
+  const query = () => {
+    const q = new URLSearchParams({ type: state.type });
+    if (state.subtask !== '') q.set('subtaskindex', state.subtask);
+    return q.toString();
+  };
+  const base = `jobs/${enc(jid)}/vertices/${enc(vid)}/flamegraph`;
+  const updateLinks = () => {
+    const q = query();
+    fill(links, 'Other views of this graph: ',
+      h('a', { href: `${base}.svg?${q}`, target: '_blank', rel: 'noopener' }, 'SVG'), ' · ',
+      h('a', { href: `${base}.folded?${q}`, target: '_blank', rel: 'noopener' }, 'folded stacks'), ' · ',
+      h('a', { href: `${base}?${q}`, target: '_blank', rel: 'noopener' }, 'JSON'));
+    // Keep the choice in the location so a reload or a shared link shows the same graph.
+    const hashQuery = new URLSearchParams({ type: state.type });
+    if (state.subtask !== '') hashQuery.set('subtask', state.subtask);
+    history.replaceState(null, '', `#/jobs/${enc(jid)}/vertices/${enc(vid)}?${hashQuery}`);
+  };
+  updateLinks();
+
+  // The age line ticks every second without asking the server.
+  const tickAge = () => {
+    age.textContent = state.endTimestamp > 0 ? `measured ${fmtAgo(state.endTimestamp)}` : '';
+    page.later(1000, tickAge);
+  };
+  tickAge();
+
+  let lastAnswer = null;
+  const flamePoll = page.poll(async () => {
+    const generation = state.generation;
+    let graph;
+    try {
+      graph = await api(`${base}?${query()}`, page.signal);
+    } catch (e) {
+      if (e.name === 'AbortError') throw e;
+      if (generation !== state.generation) return;
+      lastAnswer = null;
+      fill(fgError, errorBox('The flame graph could not be loaded:', e));
+      status.textContent = '';
+      chartBox.classList.remove('sampling');
+      return;
+    }
+    if (page.stopped || generation !== state.generation) return;
+    fill(fgError);
+    lastAnswer = graph;
+    const ts = Number(graph.endTimestamp);
+    if (ts < 0 || !graph.data) {
+      state.endTimestamp = null;
+      age.textContent = '';
+      status.textContent = SENTINELS[String(ts)] || `No graph (endTimestamp ${ts}).`;
+      chartBox.classList.toggle('sampling', ts === -3);
+      chartBox.dataset.state = ts === -3 ? 'sampling' : 'none';
+      fill(missing);
+      chart.clear(ts === -3 ? 'Sampling…' : '');
+      return;
+    }
+    chartBox.classList.remove('sampling');
+    chartBox.dataset.state = 'ready';
+    // Like Flink's UI: redraw only when a new run landed (endTimestamp changed).
+    if (ts !== state.endTimestamp) {
+      state.endTimestamp = ts;
+      chart.setData(graph.data, state.type);
+      const total = Number(graph.data.value) || 0;
+      status.textContent = `${total} sample${total === 1 ? '' : 's'} (${TYPES.find((t) => t.value === state.type).label}).`;
+      age.textContent = `measured ${fmtAgo(ts)}`;
+      const gone = Array.isArray(graph.missing) ? graph.missing : [];
+      fill(missing, ...(gone.length ? [h('div', { class: 'warning', role: 'note' },
+        h('strong', {}, 'Incomplete: '),
+        `no samples from subtask${gone.length === 1 ? '' : 's'} `,
+        gone.map((m) => (typeof m === 'object' ? JSON.stringify(m) : String(m))).join(', '),
+        ' (their agents failed or did not answer in time); the graph shows the others.')] : []));
+    }
+  }, () => (lastAnswer && Number(lastAnswer.endTimestamp) === -3 ? 1000 : refreshInterval()));
+
+  const restart = () => {
+    state.generation++;
+    state.endTimestamp = null;
+    lastAnswer = null;
+    status.textContent = 'Loading…';
+    age.textContent = '';
+    updateLinks();
+    flamePoll.poke();
+  };
+  typeSet.addEventListener('change', (e) => {
+    if (e.target.name === 'fg-type') { state.type = e.target.value; restart(); }
+  });
+  subtaskSelect.addEventListener('change', () => { state.subtask = subtaskSelect.value; restart(); });
+  refreshButton.addEventListener('click', () => {
+    status.textContent = state.endTimestamp ? 'Checking for a newer graph…' : 'Loading…';
+    // A new run starts on the server when the cached graph is older than its refresh interval.
+    flamePoll.poke();
+  });
+
+  // Vertex name, status and subtasks, polled at the dashboard's refresh interval.
+  let subtaskSignature = '';
+  page.poll(async () => {
+    const [job, vertex] = await Promise.allSettled([
+      api(`jobs/${enc(jid)}`, page.signal), api(`jobs/${enc(jid)}/vertices/${enc(vid)}`, page.signal)]);
+    if (page.stopped) return;
+    const problems = [job, vertex].filter((r) => r.status === 'rejected' && r.reason.name !== 'AbortError');
+    fill(infoError, ...problems.map((r) => errorBox('Vertex details could not be loaded:', r.reason)));
+    let name = vid;
+    let vstatus = null;
+    let parallelism = null;
+    if (job.status === 'fulfilled') {
+      const v = (job.value.vertices || []).find((x) => x.id === vid);
+      fill(crumbs, breadcrumbs({ label: 'Overview', href: '#/' },
+        { label: job.value.name || jid, href: `#/jobs/${enc(jid)}` }, { label: v ? v.name : vid }));
+      if (v) { name = v.name || vid; vstatus = v.status; parallelism = v.parallelism; }
+    }
+    if (vertex.status === 'fulfilled') {
+      name = vertex.value.name || name;
+      parallelism = vertex.value.parallelism ?? parallelism;
+      const subtasks = Array.isArray(vertex.value.subtasks) ? vertex.value.subtasks : [];
+      const signature = JSON.stringify(subtasks.map((s) => [s.subtask, s.status, s['taskmanager-id']]));
+      if (signature !== subtaskSignature) {
+        subtaskSignature = signature;
+        const keep = subtaskSelect.value;
+        fill(subtaskSelect, h('option', { value: '' }, 'All subtasks'),
+          ...subtasks.map((s) => h('option', { value: String(s.subtask) },
+            `#${s.subtask} · ${s.status}${s['taskmanager-id'] ? ` · ${s['taskmanager-id']}` : ''}`)));
+        subtaskSelect.value = subtasks.some((s) => String(s.subtask) === keep) ? keep : '';
+        if (subtaskSelect.value !== state.subtask) { state.subtask = subtaskSelect.value; restart(); }
+      }
+    }
+    document.title = `${name} · flamegrid`;
+    fill(title, name, ' ', vstatus ? statusBadge(vstatus) : '');
+    fill(meta, parallelism !== null ? `Parallelism ${parallelism}` : '', ' · ',
+      h('span', { class: 'mono' }, vid));
+    const running = vstatus === null || vstatus === 'RUNNING' || vstatus === 'INITIALIZING';
+    fill(banner, ...(running ? [] : [h('div', { class: 'warning', role: 'note' },
+      'Operator is not running or initializing. Cannot sample flame graph.')]));
+  }, refreshInterval);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Task manager page: details and thread dump
+
+function taskManagerPage(root, page, tmid) {
+  const title = pageHeading(tmid);
+  const error = h('div');
+  const meta = h('dl', { class: 'meta' });
+  const dumpError = h('div');
+  const dumpInfo = h('p', { class: 'summary', role: 'status' }, 'Loading thread dump…');
+  const dump = h('pre', { class: 'thread-dump', tabindex: '0', 'aria-label': 'Thread dump' });
+  const reload = h('button', { type: 'button', class: 'button' }, 'Take a new thread dump');
+  root.append(breadcrumbs({ label: 'Overview', href: '#/' }, { label: `Task manager ${tmid}` }), title, error, meta,
+    h('section', { 'aria-labelledby': 'dump-h' },
+      h('h2', { id: 'dump-h' }, 'Thread dump'),
+      h('p', { class: 'hint' }, 'The stacks of the threads this agent watches for registered jobs, read once per request.'),
+      reload, dumpError, dumpInfo, dump));
+
+  page.poll(async () => {
+    let tm;
+    try {
+      tm = await api(`taskmanagers/${enc(tmid)}`, page.signal);
+    } catch (e) {
+      if (e.name === 'AbortError') throw e;
+      fill(error, errorBox('The task manager could not be loaded:', e));
+      return;
+    }
+    if (page.stopped) return;
+    fill(error);
+    const hw = tm.hardware || {};
+    const host = hostOf(tm);
+    const hb = heartbeatAge(tm.timeSinceLastHeartbeat);
+    fill(title, host || tm.id);
+    document.title = `${host || tm.id} · flamegrid`;
+    fill(meta, 
+      h('dt', {}, 'Id'), h('dd', { class: 'mono' }, tm.id),
+      h('dt', {}, 'Address'), h('dd', { class: 'mono' }, tm.path || '–'),
+      h('dt', {}, 'Cores'), h('dd', {}, hw.cpuCores ?? '–'),
+      h('dt', {}, 'Memory'), h('dd', {}, `${fmtBytes(hw.physicalMemory)}${hw.freeMemory > 0 ? ` (${fmtBytes(hw.freeMemory)} free)` : ''}`),
+      h('dt', {}, 'Last heartbeat'), h('dd', {}, hb === null ? '–' : `${fmtDuration(hb)} ago`),
+      h('dt', {}, 'Slots'), h('dd', {}, `${tm.slotsNumber ?? '–'} (${tm.freeSlots ?? '–'} free)`));
+  }, refreshInterval);
+
+  const loadDump = async () => {
+    reload.disabled = true;
+    dumpInfo.textContent = 'Loading thread dump…';
+    try {
+      const answer = await api(`taskmanagers/${enc(tmid)}/thread-dump`, page.signal);
+      if (page.stopped) return;
+      const threads = Array.isArray(answer.threadInfos) ? answer.threadInfos : [];
+      fill(dumpError);
+      dumpInfo.textContent = `${threads.length} thread${threads.length === 1 ? '' : 's'}, taken ${fmtTime(Date.now())}.`;
+      dump.textContent = threads.map((t) => String(t.stringifiedThreadInfo ?? t.threadName ?? '')).join('\n') || '(no threads)';
+    } catch (e) {
+      if (e.name === 'AbortError') return;
+      dumpInfo.textContent = '';
+      fill(dumpError, errorBox('The thread dump could not be taken:', e));
+    } finally {
+      reload.disabled = false;
+    }
+  };
+  reload.addEventListener('click', loadDump);
+  loadDump();
+}
+
+function notFoundPage(root) {
+  root.append(pageHeading('Not found'),
+    h('p', {}, 'The dashboard has no page at this address. ', h('a', { href: '#/' }, 'Go to the overview.')));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The router
+
+let current = null;
+
+function route() {
+  const raw = location.hash.replace(/^#/, '');
+  // Only '#/…' locations are routes; '#main' (the skip link) and the like are left alone.
+  if (raw !== '' && !raw.startsWith('/')) return;
+  const [path, queryString = ''] = raw.split('?');
+  let parts;
+  try {
+    parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  } catch {
+    parts = null;
+  }
+  const params = new URLSearchParams(queryString);
+
+  if (current) current.stop();
+  const page = new Page();
+  current = page;
+  const root = document.getElementById('app');
+  fill(root);
+
+  if (parts && parts.length === 0) overviewPage(root, page);
+  else if (parts && parts.length === 2 && parts[0] === 'jobs') jobPage(root, page, parts[1]);
+  else if (parts && parts.length === 4 && parts[0] === 'jobs' && parts[2] === 'vertices') vertexPage(root, page, parts[1], parts[3], params);
+  else if (parts && parts.length === 2 && parts[0] === 'taskmanagers') taskManagerPage(root, page, parts[1]);
+  else notFoundPage(root);
+
+  for (const link of document.querySelectorAll('.topbar nav a')) {
+    link.toggleAttribute('aria-current', link.getAttribute('href') === '#/' && (parts || []).length === 0);
+  }
+  // Move focus to the new page's heading so keyboard and screen reader users start there.
+  const heading = document.getElementById('page-title');
+  if (heading && document.activeElement !== document.body) heading.focus({ preventScroll: true });
+}
+
+async function start() {
+  document.getElementById('skip-link').addEventListener('click', (e) => {
+    e.preventDefault();
+    const heading = document.getElementById('page-title');
+    (heading || document.getElementById('main')).focus();
+  });
+  const conn = document.getElementById('conn');
+  try {
+    config = await api('config');
+    conn.textContent = config['flink-version'] ? `REST ${config['flink-version']}` : '';
+  } catch (e) {
+    conn.textContent = `Coordinator unreachable: ${e.message}`;
+    conn.classList.add('bad');
+  }
+  window.addEventListener('hashchange', route);
+  route();
+}
+
+start();

@@ -1,0 +1,145 @@
+//! `flamegrid-coordinator --demo`: everything on one machine, in one command.
+//!
+//! The demo is the shortest path from a fresh clone to a live flame graph of real threads. Next
+//! to the coordinator it starts:
+//!
+//! 1. an agent, in-process (the same code as `flamegrid-agent run`, listening on a free loopback
+//!    port and registering over real gRPC like any remote agent would);
+//! 2. a small native pipeline program (`flamegrid-demo`, built by the workloads crate) whose named
+//!    threads compute through recognisable call chains, sleep, or wait on a condition variable;
+//! 3. a job registered through the same validation as `POST /jobs`, with one vertex per pipeline
+//!    stage, so the dashboard has something to show.
+//!
+//! On Ctrl-C (or SIGTERM) it stops the agent, the coordinator and the workload, in that order,
+//! so no sampled thread is ever left behind.
+
+use crate::Coordinator;
+use flamegrid_workloads::{Mix, RunningWorkload, Workload};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// How long the in-process agent has to register before the demo gives up.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the demo started; [`DemoHandle::stop`] takes it down again.
+#[derive(Debug)]
+pub struct DemoHandle {
+    /// The demo job's id.
+    pub job_id: String,
+    /// The in-process agent's id.
+    pub agent_id: String,
+    /// The workload's pid.
+    pub workload_pid: u32,
+    workload: RunningWorkload,
+    agent_stop: oneshot::Sender<()>,
+    agent: flamegrid_agent::cli::run::RunningAgent,
+}
+
+impl DemoHandle {
+    /// Stops the agent (ending any run in flight, which releases every thread it had stopped),
+    /// then kills the workload.
+    pub async fn stop(self) {
+        let _ = self.agent_stop.send(());
+        if let Err(e) = self.agent.wait().await {
+            tracing::warn!(error = %e, "demo agent stopped with an error");
+        }
+        drop(self.workload);
+    }
+}
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The workload program could not be started.
+    #[error("cannot start the demo workload {path}: {source}")]
+    Workload {
+        /// The program.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The in-process agent could not start.
+    #[error("cannot start the demo agent: {0:#}")]
+    Agent(anyhow::Error),
+    /// The agent did not register in time.
+    #[error("the demo agent did not register within {0:?}; is the registry port reachable?")]
+    NotRegistered(Duration),
+    /// The demo job was refused (a bug: the demo builds its own body).
+    #[error("cannot register the demo job: {0}")]
+    Job(String),
+}
+
+/// Starts the demo next to a running coordinator.
+pub async fn start(coordinator: &Coordinator) -> Result<DemoHandle, DemoError> {
+    let workload = flamegrid_workloads::spawn(Workload::Demo, &Mix::default()).map_err(|source| {
+        DemoError::Workload { path: Workload::Demo.path().display().to_string(), source }
+    })?;
+    let workload_pid = workload.pid();
+
+    let mut args =
+        flamegrid_agent::cli::run::RunArgs::new(format!("http://{}", coordinator.rpc_addr()));
+    args.listen = ([127, 0, 0, 1], 0).into();
+    let (agent_stop, stop_rx) = oneshot::channel::<()>();
+    let agent = flamegrid_agent::cli::run::serve(args, async move {
+        let _ = stop_rx.await;
+    })
+    .await
+    .map_err(DemoError::Agent)?;
+    let agent_id = agent.agent_id.clone();
+
+    let registry = coordinator.registry();
+    let deadline = Instant::now() + REGISTRATION_TIMEOUT;
+    while registry.taskmanager(&agent_id).is_err() {
+        if Instant::now() > deadline {
+            let _ = agent_stop.send(());
+            return Err(DemoError::NotRegistered(REGISTRATION_TIMEOUT));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let body = demo_job_body(&agent_id, workload_pid);
+    let job_id = match registry.register_job(body.to_string().as_bytes()) {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = agent_stop.send(());
+            return Err(DemoError::Job(e.to_string()));
+        }
+    };
+    Ok(DemoHandle { job_id, agent_id, workload_pid, workload, agent_stop, agent })
+}
+
+/// The `POST /jobs` body of the demo job.
+fn demo_job_body(agent_id: &str, pid: u32) -> serde_json::Value {
+    // The vertex layout lives with the demo program, so the two cannot drift apart.
+    let vertices: Vec<serde_json::Value> = flamegrid_workloads::demo_vertices()
+        .iter()
+        .map(|v| {
+            let subtasks: Vec<serde_json::Value> = v
+                .subtask_thread_names
+                .iter()
+                .map(|t| serde_json::json!({ "taskmanager": agent_id, "pid": pid, "thread_name": t }))
+                .collect();
+            serde_json::json!({
+                "name": v.name,
+                "parallelism": subtasks.len(),
+                "inputs": v.inputs,
+                "subtasks": subtasks,
+            })
+        })
+        .collect();
+    serde_json::json!({ "name": "flamegrid-demo pipeline", "vertices": vertices })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_body_names_every_thread_once() {
+        let body = demo_job_body("tm", 42);
+        let vertices = body["vertices"].as_array().map(Vec::len);
+        assert_eq!(vertices, Some(flamegrid_workloads::demo_vertices().len()));
+        assert_eq!(body["vertices"][2]["subtasks"][1]["thread_name"], "sink-1");
+        assert_eq!(body["vertices"][1]["inputs"][0], 0);
+    }
+}

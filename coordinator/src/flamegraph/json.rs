@@ -1,0 +1,69 @@
+//! The JSON view: Flink's `VertexFlameGraph` (flink-rest.md §3.1), byte for byte.
+//!
+//! `{"endTimestamp":-1|-2|-3}` for the sentinels (no `data` key), else
+//! `{"endTimestamp":MS,"data":NODE}`. flamegrid adds one field on purpose: `"missing"`, the
+//! subtask indexes whose agent failed or was late, present only when non-empty so that a complete
+//! answer is exactly what Flink would send.
+
+use super::GraphAnswer;
+use flamegrid_model::{FlameNode, GraphType};
+use serde::Serialize;
+
+/// The wire shape (field order as Jackson writes it).
+#[derive(Debug, Serialize)]
+pub struct VertexFlameGraph {
+    /// Sentinel (-1 terminated, -2 disabled, -3 waiting) or the run's end, ms since the epoch.
+    #[serde(rename = "endTimestamp")]
+    pub end_timestamp: i64,
+    /// The tree; absent for sentinels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<FlameNode>,
+    /// Subtasks missing from this graph; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<u32>,
+}
+
+impl VertexFlameGraph {
+    /// The answer for `ty`.
+    pub fn new(answer: &GraphAnswer, ty: GraphType) -> VertexFlameGraph {
+        match answer {
+            GraphAnswer::Ready(s) => {
+                VertexFlameGraph { end_timestamp: s.end_ms, data: Some(s.tree(ty)), missing: s.missing.clone() }
+            }
+            other => VertexFlameGraph { end_timestamp: other.end_timestamp(), data: None, missing: Vec::new() },
+        }
+    }
+}
+
+/// The compact JSON text of the answer for `ty`.
+pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
+    // Serialising plain structs of strings and integers cannot fail.
+    serde_json::to_string(&VertexFlameGraph::new(answer, ty)).unwrap_or_else(|_| r#"{"endTimestamp":-3}"#.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::profile::tests::{snapshot, spin_and_sleep};
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn sentinels_have_no_data_key() {
+        assert_eq!(render(&GraphAnswer::Waiting, GraphType::Full), r#"{"endTimestamp":-3}"#);
+        assert_eq!(render(&GraphAnswer::Terminated, GraphType::Full), r#"{"endTimestamp":-1}"#);
+        assert_eq!(render(&GraphAnswer::Disabled, GraphType::OnCpu), r#"{"endTimestamp":-2}"#);
+    }
+
+    #[test]
+    fn graph_is_flink_shaped_and_missing_only_when_partial() {
+        let complete = GraphAnswer::Ready(Arc::new(snapshot(1, &[(0, spin_and_sleep(2))], &[])));
+        assert_eq!(
+            render(&complete, GraphType::OnCpu),
+            r#"{"endTimestamp":1001,"data":{"name":"root","value":2,"children":[{"name":"main","value":2,"children":[{"name":"spin","value":2,"children":[]}]}]}}"#
+        );
+        let partial = GraphAnswer::Ready(Arc::new(snapshot(2, &[(0, spin_and_sleep(1))], &[1, 3])));
+        let v: serde_json::Value = serde_json::from_str(&render(&partial, GraphType::OffCpu)).unwrap();
+        assert_eq!(v["missing"], serde_json::json!([1, 3]));
+        assert_eq!(v["data"]["value"], 1);
+    }
+}

@@ -1,0 +1,293 @@
+//! What a sampling run leaves in the cache: per subtask, its samples folded by distinct stack.
+//!
+//! Flink keeps every sample of a run and rebuilds the tree on each request. flamegrid folds each
+//! subtask's samples once, on arrival, into [`SubtaskProfile`]: a table of distinct
+//! `(state, truncated, stack)` triples with a count, over a table of distinct frame names. A
+//! spinning thread sampled 1000 times is one row with count 1000, so cached memory grows with the
+//! number of distinct stacks, not with the number of samples, and every view (FULL / ON_CPU /
+//! OFF_CPU tree, folded text, SVG) is a quick pass over a few rows. The state stays in the row,
+//! so one run serves all three types: the filter is applied when answering, as in Flink.
+//!
+//! A [`Snapshot`] is one run's result: the profiles of the subtasks that delivered, the ones that
+//! are missing, and when the run ended. It is immutable and shared (`Arc`) between the cache
+//! entry of the vertex and those of its subtasks.
+
+use flamegrid_model::tree::TreeBuilder;
+use flamegrid_model::{FlameNode, GraphType, SampleSet, ThreadState, folded};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// `count` samples that had the same state and stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackCount {
+    /// The threads' state in those samples.
+    pub state: ThreadState,
+    /// The stack was cut at the depth limit (drawn under `[truncated]`).
+    pub truncated: bool,
+    /// Indexes into [`SubtaskProfile::names`], outermost frame first.
+    pub frames: Box<[u32]>,
+    /// How many samples.
+    pub count: u64,
+}
+
+/// One subtask's samples of one run, folded by distinct stack; see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubtaskProfile {
+    /// Distinct frame names.
+    pub names: Vec<String>,
+    /// Distinct stacks with their counts, sorted by frames so that building a tree walks shared
+    /// prefixes back to back.
+    pub stacks: Vec<StackCount>,
+    /// Distinct threads with at least one sample accepted by each type (FULL, ON_CPU, OFF_CPU).
+    thread_counts: [usize; 3],
+}
+
+fn type_slot(ty: GraphType) -> usize {
+    match ty {
+        GraphType::Full => 0,
+        GraphType::OnCpu => 1,
+        GraphType::OffCpu => 2,
+    }
+}
+
+impl SubtaskProfile {
+    /// Folds a subtask's sample set.
+    pub fn from_set(set: &SampleSet) -> SubtaskProfile {
+        let mut names: Vec<String> = Vec::new();
+        let mut name_ids: HashMap<&str, u32> = HashMap::new();
+        let frame_to_name: Vec<u32> = set
+            .frames
+            .iter()
+            .map(|f| {
+                *name_ids.entry(f.name.as_str()).or_insert_with(|| {
+                    names.push(f.name.clone());
+                    (names.len() - 1) as u32
+                })
+            })
+            .collect();
+        let mut counts: HashMap<(ThreadState, bool, Box<[u32]>), u64> = HashMap::new();
+        for s in &set.samples {
+            if s.state == ThreadState::Terminated {
+                continue; // in no view
+            }
+            let frames: Box<[u32]> = s.stack.iter().filter_map(|&f| frame_to_name.get(f as usize).copied()).collect();
+            *counts.entry((s.state, s.truncated, frames)).or_insert(0) += 1;
+        }
+        let mut stacks: Vec<StackCount> = counts
+            .into_iter()
+            .map(|((state, truncated, frames), count)| StackCount { state, truncated, frames, count })
+            .collect();
+        stacks.sort_by(|a, b| (a.truncated, &a.frames, a.state).cmp(&(b.truncated, &b.frames, b.state)));
+        let thread_counts = GraphType::ALL.map(|ty| set.thread_count(ty));
+        SubtaskProfile { names, stacks, thread_counts }
+    }
+
+    /// Samples accepted by `ty`.
+    pub fn sample_count(&self, ty: GraphType) -> u64 {
+        self.stacks.iter().filter(|s| ty.accepts(s.state)).map(|s| s.count).sum()
+    }
+
+    /// Threads with at least one sample accepted by `ty`.
+    pub fn thread_count(&self, ty: GraphType) -> usize {
+        self.thread_counts[type_slot(ty)]
+    }
+
+    /// Rough heap footprint in bytes, for the cache's memory bound. Over-estimates rather than
+    /// under-estimates.
+    pub fn approx_bytes(&self) -> usize {
+        let names: usize = self.names.iter().map(|n| n.capacity() + 24).sum();
+        let stacks: usize = self.stacks.iter().map(|s| s.frames.len() * 4 + std::mem::size_of::<StackCount>()).sum();
+        names + stacks + std::mem::size_of::<Self>()
+    }
+}
+
+/// The result of one sampling run; see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The run's request id (increasing): a per-subtask cache entry is only replaced by a newer
+    /// run's data.
+    pub run_id: u64,
+    /// When the run started, ms since the epoch (coordinator clock).
+    pub start_ms: i64,
+    /// When the last agent answered, ms since the epoch: the JSON `endTimestamp`.
+    pub end_ms: i64,
+    /// Profiles of the subtasks that delivered, by index.
+    pub subtasks: BTreeMap<u32, Arc<SubtaskProfile>>,
+    /// Subtasks that were asked for and delivered nothing (failed or late agent, per-subtask
+    /// error), ascending.
+    pub missing: Vec<u32>,
+}
+
+impl Snapshot {
+    /// Flink's tree for `ty` over every subtask of the snapshot.
+    pub fn tree(&self, ty: GraphType) -> FlameNode {
+        let mut b = TreeBuilder::new();
+        let mut scratch: Vec<u32> = Vec::new();
+        for profile in self.subtasks.values() {
+            let ids: Vec<u32> = profile.names.iter().map(|n| b.name_id(n)).collect();
+            for s in profile.stacks.iter().filter(|s| ty.accepts(s.state)) {
+                scratch.clear();
+                if s.truncated {
+                    scratch.push(b.truncated_id());
+                }
+                scratch.extend(s.frames.iter().filter_map(|&f| ids.get(f as usize).copied()));
+                b.add_stack(&scratch, s.count);
+            }
+        }
+        b.finish()
+    }
+
+    /// Distinct stacks for `ty` as folded lines (frame names sanitised, `[truncated]` first for
+    /// cut stacks) with their counts, merged across subtasks, sorted. Empty stacks are left out:
+    /// a folded line needs at least one frame.
+    pub fn folded_lines(&self, ty: GraphType) -> BTreeMap<String, u64> {
+        let mut lines: BTreeMap<String, u64> = BTreeMap::new();
+        let mut line = String::new();
+        for profile in self.subtasks.values() {
+            for s in profile.stacks.iter().filter(|s| ty.accepts(s.state) && !s.frames.is_empty()) {
+                line.clear();
+                let frames = s.frames.iter().filter_map(|&f| profile.names.get(f as usize).map(String::as_str));
+                let marker = s.truncated.then_some(flamegrid_model::TRUNCATED_FRAME);
+                for (i, name) in marker.into_iter().chain(frames).enumerate() {
+                    if i > 0 {
+                        line.push(';');
+                    }
+                    if name.contains([';', '\n', '\r']) {
+                        line.push_str(&folded::sanitize(name));
+                    } else {
+                        line.push_str(name);
+                    }
+                }
+                let stack = line.as_str();
+                *lines.entry(stack.to_string()).or_insert(0) += s.count;
+            }
+        }
+        lines
+    }
+
+    /// The collapsed-stack text for `ty`: one `a;b;c COUNT` line per distinct stack.
+    pub fn folded(&self, ty: GraphType) -> String {
+        let mut out = String::new();
+        for (stack, count) in self.folded_lines(ty) {
+            out.push_str(&stack);
+            out.push(' ');
+            out.push_str(&count.to_string());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Samples accepted by `ty`, over all subtasks.
+    pub fn sample_count(&self, ty: GraphType) -> u64 {
+        self.subtasks.values().map(|p| p.sample_count(ty)).sum()
+    }
+
+    /// Threads with samples accepted by `ty`, over all subtasks.
+    pub fn thread_count(&self, ty: GraphType) -> usize {
+        self.subtasks.values().map(|p| p.thread_count(ty)).sum()
+    }
+
+    /// Names of frames that appear only in off-CPU samples: the SVG colours them cool.
+    pub fn off_cpu_only_names(&self) -> Vec<&str> {
+        let mut on: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut off: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for p in self.subtasks.values() {
+            for s in &p.stacks {
+                let set = if GraphType::OffCpu.accepts(s.state) { &mut off } else { &mut on };
+                set.extend(s.frames.iter().filter_map(|&f| p.names.get(f as usize).map(String::as_str)));
+            }
+        }
+        let mut only: Vec<&str> = off.difference(&on).copied().collect();
+        only.sort_unstable();
+        only
+    }
+
+    /// The snapshot of one subtask of this run, sharing its profile: what a whole-vertex run
+    /// leaves in the per-subtask entries. `None` when that subtask delivered nothing.
+    pub fn subtask_part(&self, index: u32) -> Option<Snapshot> {
+        let profile = self.subtasks.get(&index)?;
+        Some(Snapshot {
+            run_id: self.run_id,
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            subtasks: BTreeMap::from([(index, Arc::clone(profile))]),
+            missing: Vec::new(),
+        })
+    }
+
+    /// Rough heap footprint in bytes (shared profiles counted in full, so the cache's bound is
+    /// conservative).
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.missing.len() * 4
+            + self.subtasks.values().map(|p| p.approx_bytes() + 48).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use flamegrid_model::{Frame, SampleSetBuilder, SampledThread};
+
+    /// A set with two threads: one spinning (`main;spin`), one sleeping (`main;sleep`).
+    pub(crate) fn spin_and_sleep(samples: u32) -> SampleSet {
+        let spin = SampledThread { pid: 1, tid: 2, name: "spin-0".into() };
+        let sleep = SampledThread { pid: 1, tid: 3, name: "sleep-0".into() };
+        let mut b = SampleSetBuilder::new();
+        for i in 0..samples {
+            let f = |n: &[&str]| n.iter().map(|x| Frame::named(*x)).collect::<Vec<_>>();
+            b.push(&spin, i as i64, ThreadState::Runnable, f(&["main", "spin"]), false);
+            b.push(&sleep, i as i64, ThreadState::TimedWaiting, f(&["main", "sleep"]), false);
+        }
+        b.finish()
+    }
+
+    pub(crate) fn snapshot(run_id: u64, sets: &[(u32, SampleSet)], missing: &[u32]) -> Snapshot {
+        Snapshot {
+            run_id,
+            start_ms: 1,
+            end_ms: 1000 + run_id as i64,
+            subtasks: sets.iter().map(|(i, s)| (*i, Arc::new(SubtaskProfile::from_set(s)))).collect(),
+            missing: missing.to_vec(),
+        }
+    }
+
+    #[test]
+    fn folding_keeps_counts_and_serves_all_types() {
+        let snap = snapshot(1, &[(0, spin_and_sleep(10)), (1, spin_and_sleep(5))], &[2]);
+        assert_eq!(snap.subtasks[&0].stacks.len(), 2, "20 samples fold into 2 rows");
+        let full = snap.tree(GraphType::Full);
+        assert_eq!(full.value, 30);
+        assert_eq!(full.find_path(&["main", "spin"]).map(|n| n.value), Some(15));
+        let on = snap.tree(GraphType::OnCpu);
+        assert_eq!(on.value, 15);
+        assert!(!on.contains("sleep"));
+        let off = snap.tree(GraphType::OffCpu);
+        assert!(off.contains("sleep") && !off.contains("spin"));
+        assert_eq!(snap.folded(GraphType::Full), "main;sleep 15\nmain;spin 15\n");
+        assert_eq!(snap.sample_count(GraphType::OnCpu), 15);
+        assert_eq!(snap.thread_count(GraphType::Full), 4);
+        assert_eq!(snap.thread_count(GraphType::OffCpu), 2);
+        assert_eq!(snap.off_cpu_only_names(), ["sleep"]);
+    }
+
+    #[test]
+    fn tree_matches_the_model_fold_of_the_raw_samples() {
+        let set = spin_and_sleep(7);
+        let snap = snapshot(1, &[(0, set.clone())], &[]);
+        for ty in GraphType::ALL {
+            assert_eq!(snap.tree(ty), FlameNode::build([&set], ty));
+            assert_eq!(snap.folded(ty), folded::to_folded([&set], ty));
+        }
+    }
+
+    #[test]
+    fn subtask_part_shares_the_profile() {
+        let snap = snapshot(3, &[(0, spin_and_sleep(2)), (1, spin_and_sleep(3))], &[]);
+        let part = snap.subtask_part(1).unwrap();
+        assert_eq!(part.end_ms, snap.end_ms);
+        assert_eq!(part.tree(GraphType::Full).value, 6);
+        assert!(Arc::ptr_eq(&part.subtasks[&1], &snap.subtasks[&1]));
+        assert!(snap.subtask_part(5).is_none());
+    }
+}

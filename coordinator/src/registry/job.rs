@@ -1,0 +1,278 @@
+//! A registered job: what the user asked for ([`JobSpec`], immutable once accepted) and what
+//! flamegrid has observed since ([`JobRuntime`], [`SubtaskRuntime`]).
+//!
+//! The split matters for the store: the spec is written once, in the same transaction that
+//! acknowledges `POST /jobs`; the runtime part is rewritten on every state transition. Both are
+//! plain serde types so that the SQLite row is the JSON of these structs and nothing else.
+
+use super::state::{ExecutionState, JobStatus, aggregate_execution_states};
+use serde::{Deserialize, Serialize};
+
+/// How a subtask names its process: by pid, or by the kernel's name for it (`comm`), which is
+/// re-resolved at sampling time so a restarted worker is found again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessRef {
+    /// `/proc/<pid>`.
+    Pid(u32),
+    /// `/proc/*/comm` equal to this.
+    ProcessName(String),
+}
+
+/// One parallel instance of a vertex: which threads of which process on which task manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskSpec {
+    /// The task manager (agent) id that runs it.
+    pub taskmanager: String,
+    /// The process.
+    pub process: ProcessRef,
+    /// Threads by id; empty means "not selected by id".
+    pub tids: Vec<u32>,
+    /// Threads whose name matches this regex as a whole; `None` means "not selected by name".
+    pub thread_name: Option<String>,
+}
+
+/// One operator of the job graph.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VertexSpec {
+    /// 32 lower-case hex digits, like Flink's `JobVertexID`; also the plan node id.
+    pub id: String,
+    /// Display name (`"Source: spinner"`).
+    pub name: String,
+    /// Indexes of upstream vertices (always earlier in `JobSpec::vertices`): the plan's edges.
+    pub inputs: Vec<usize>,
+    /// One entry per subtask; its length is the parallelism.
+    pub subtasks: Vec<SubtaskSpec>,
+}
+
+impl VertexSpec {
+    /// Flink's parallelism: the number of subtasks.
+    pub fn parallelism(&self) -> usize {
+        self.subtasks.len()
+    }
+}
+
+/// What `POST /jobs` registered, after validation. Vertices are in topological order because
+/// `inputs` may only name earlier vertices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// 32 lower-case hex digits, like Flink's `JobID`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The vertices, upstream first.
+    pub vertices: Vec<VertexSpec>,
+}
+
+/// What flamegrid knows about one subtask now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubtaskRuntime {
+    /// Current state.
+    pub status: ExecutionState,
+    /// When each state was entered (ms since the epoch), indexed by [`ExecutionState::index`];
+    /// 0 for states never reached, as Flink writes them.
+    pub timestamps: [i64; 10],
+    /// `host:port` of its task manager when the job was registered (Flink's `endpoint`).
+    pub endpoint: String,
+    /// Why it failed, for `/jobs/:jobid/exceptions`.
+    pub failure: Option<String>,
+    /// The pid the agent last resolved (0 before the first report).
+    pub pid: u32,
+    /// How many threads its selector matched at the last report.
+    pub threads: u32,
+}
+
+impl SubtaskRuntime {
+    /// A subtask just placed on a live task manager: CREATED, SCHEDULED and DEPLOYING at `now`.
+    pub fn placed(endpoint: String, now: i64) -> Self {
+        let mut timestamps = [0; 10];
+        for s in [ExecutionState::Created, ExecutionState::Scheduled, ExecutionState::Deploying] {
+            timestamps[s.index()] = now;
+        }
+        SubtaskRuntime { status: ExecutionState::Deploying, timestamps, endpoint, failure: None, pid: 0, threads: 0 }
+    }
+
+    /// Moves to `to` at `now`, unless already terminal or already there. Returns whether the
+    /// state changed (so the caller knows to persist).
+    pub fn transition(&mut self, to: ExecutionState, now: i64) -> bool {
+        if self.status.is_terminal() || self.status == to {
+            return false;
+        }
+        self.status = to;
+        self.timestamps[to.index()] = now;
+        true
+    }
+
+    /// When the state was entered, 0 if never.
+    pub fn timestamp(&self, s: ExecutionState) -> i64 {
+        self.timestamps[s.index()]
+    }
+
+    /// Flink's `start-time`: the DEPLOYING timestamp, or -1.
+    pub fn start_time(&self) -> i64 {
+        match self.timestamp(ExecutionState::Deploying) {
+            0 => -1,
+            t => t,
+        }
+    }
+
+    /// Flink's `end-time`: the terminal state's timestamp, or -1 while not terminal.
+    pub fn end_time(&self) -> i64 {
+        if self.status.is_terminal() { self.timestamp(self.status) } else { -1 }
+    }
+
+    /// Flink's `duration`: end (or now) minus start, -1 if never started.
+    pub fn duration(&self, now: i64) -> i64 {
+        let start = self.start_time();
+        if start < 0 {
+            return -1;
+        }
+        let end = self.end_time();
+        (if end < 0 { now } else { end }) - start
+    }
+
+    /// Time spent in `state` (Flink's `status-duration` entry): from entering it to entering
+    /// the next state reached, or to `now` while still in it; 0 if never reached.
+    pub fn time_in(&self, state: ExecutionState, now: i64) -> i64 {
+        let entered = self.timestamp(state);
+        if entered == 0 {
+            return 0;
+        }
+        if self.status == state {
+            return (now - entered).max(0);
+        }
+        let left = ExecutionState::ALL
+            .iter()
+            .map(|s| self.timestamp(*s))
+            .filter(|t| *t > entered)
+            .min();
+        // States stamped at the same instant (CREATED, SCHEDULED, DEPLOYING at placement) have
+        // no measurable duration.
+        match left {
+            Some(t) => t - entered,
+            None => 0,
+        }
+    }
+}
+
+/// What flamegrid knows about a job as a whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRuntime {
+    /// Current status (derived from the subtasks, or CANCELED).
+    pub status: JobStatus,
+    /// When each status was entered, indexed by [`JobStatus::index`]; 0 if never.
+    pub timestamps: [i64; 11],
+    /// When the last change happened (Flink's `last-modification`).
+    pub last_modification: i64,
+    /// Per vertex, per subtask.
+    pub subtasks: Vec<Vec<SubtaskRuntime>>,
+}
+
+/// A registered job: spec plus runtime. Cloned out of the registry for the REST layer, so that
+/// handlers never hold the registry's lock while they build JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// What was registered.
+    pub spec: JobSpec,
+    /// What was observed since.
+    pub runtime: JobRuntime,
+}
+
+impl Job {
+    /// A job accepted at `now`: INITIALIZING, CREATED and RUNNING (scheduled), every subtask
+    /// placed on its task manager, whose endpoints `endpoint_of` gives.
+    pub fn accepted(spec: JobSpec, now: i64, endpoint_of: impl Fn(&str) -> String) -> Self {
+        let subtasks = spec
+            .vertices
+            .iter()
+            .map(|v| v.subtasks.iter().map(|s| SubtaskRuntime::placed(endpoint_of(&s.taskmanager), now)).collect())
+            .collect();
+        let mut timestamps = [0; 11];
+        for s in [JobStatus::Initializing, JobStatus::Created, JobStatus::Running] {
+            timestamps[s.index()] = now;
+        }
+        Job {
+            spec,
+            runtime: JobRuntime { status: JobStatus::Running, timestamps, last_modification: now, subtasks },
+        }
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    /// Index of the vertex with this id.
+    pub fn vertex_index(&self, vertex_id: &str) -> Option<usize> {
+        self.spec.vertices.iter().position(|v| v.id == vertex_id)
+    }
+
+    /// A vertex's aggregate state (Flink's rule).
+    pub fn vertex_status(&self, vertex: usize) -> ExecutionState {
+        aggregate_execution_states(self.runtime.subtasks[vertex].iter().map(|s| s.status))
+    }
+
+    /// Flink's job `start-time`: the INITIALIZING timestamp.
+    pub fn start_time(&self) -> i64 {
+        self.runtime.timestamps[JobStatus::Initializing.index()]
+    }
+
+    /// Flink's job `end-time`: -1 unless globally terminal.
+    pub fn end_time(&self) -> i64 {
+        if self.runtime.status.is_terminal() { self.runtime.timestamps[self.runtime.status.index()] } else { -1 }
+    }
+
+    /// Flink's job `duration`: (end or now) minus start.
+    pub fn duration(&self, now: i64) -> i64 {
+        let end = self.end_time();
+        (if end < 0 { now } else { end }) - self.start_time()
+    }
+
+    /// Re-derives the job status from the subtasks after a change and stamps a new status.
+    /// A CANCELED job stays CANCELED. Returns whether the status changed.
+    pub fn refresh_status(&mut self, now: i64) -> bool {
+        self.runtime.last_modification = now;
+        if self.runtime.status.is_terminal() {
+            return false;
+        }
+        let aggregate = aggregate_execution_states(self.runtime.subtasks.iter().flatten().map(|s| s.status));
+        let status = JobStatus::from_vertex_aggregate(aggregate);
+        if status == self.runtime.status {
+            return false;
+        }
+        self.runtime.status = status;
+        self.runtime.timestamps[status.index()] = now;
+        true
+    }
+
+    /// Cancels every subtask that is not terminal yet and marks the job CANCELED.
+    pub fn cancel(&mut self, now: i64) {
+        for s in self.runtime.subtasks.iter_mut().flatten() {
+            s.transition(ExecutionState::Canceled, now);
+        }
+        self.runtime.timestamps[JobStatus::Cancelling.index()] = now;
+        self.runtime.timestamps[JobStatus::Canceled.index()] = now;
+        self.runtime.status = JobStatus::Canceled;
+        self.runtime.last_modification = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtask_times_follow_transitions() {
+        let mut s = SubtaskRuntime::placed("h:1".into(), 1000);
+        assert_eq!(s.start_time(), 1000);
+        assert!(s.transition(ExecutionState::Initializing, 1100));
+        assert!(s.transition(ExecutionState::Running, 1300));
+        assert!(!s.transition(ExecutionState::Running, 1400));
+        assert_eq!(s.time_in(ExecutionState::Initializing, 2000), 200);
+        assert_eq!(s.time_in(ExecutionState::Running, 2000), 700);
+        assert!(s.transition(ExecutionState::Finished, 1500));
+        assert!(!s.transition(ExecutionState::Running, 1600), "terminal states are final");
+        assert_eq!((s.end_time(), s.duration(9999)), (1500, 500));
+        assert_eq!(s.time_in(ExecutionState::Running, 9999), 200);
+    }
+}

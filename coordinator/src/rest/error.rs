@@ -1,0 +1,83 @@
+//! Errors as Flink writes them: `{"errors": ["..."]}` with Flink's status codes and wording.
+//!
+//! Every handler returns `Result<_, ApiError>`; [`ApiError`] knows its status and messages, and
+//! `From<RegistryError>` gives each registry failure the status Flink would use (404 for unknown
+//! ids, 409 for a cancel that came too late, 500 only for real faults).
+
+use crate::registry::RegistryError;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// An error response: an HTTP status and the strings of Flink's `errors` array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The `errors` array.
+    pub errors: Vec<String>,
+}
+
+impl ApiError {
+    /// An error with one message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, errors: vec![message.into()] }
+    }
+
+    /// 400 with a free-text message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404 with a free-text message.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 400 for a path parameter that does not parse, in Flink's words.
+    pub fn bad_path_param(name: &str, value: &str) -> Self {
+        ApiError::bad_request(format!(
+            "Bad request, could not parse parameters: Cannot resolve path parameter ({name}) from value \"{value}\"."
+        ))
+    }
+
+    /// 400 for a query parameter that does not parse, in Flink's words.
+    pub fn bad_query_param(name: &str, value: &str) -> Self {
+        ApiError::bad_request(format!(
+            "Bad request, could not parse parameters: Cannot resolve query parameter ({name}) from value \"{value}\"."
+        ))
+    }
+
+    /// 500 for a fault of the coordinator itself (logged; the client sees Flink's generic text).
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "request failed");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            errors: vec![
+                "Internal server error.".into(),
+                format!("<Exception on server side:\n{detail}\nEnd of exception on server side>"),
+            ],
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::JobNotFound(_)
+            | RegistryError::VertexNotFound(_)
+            | RegistryError::TaskManagerNotFound(_)
+            | RegistryError::SubtaskNotFound(_) => ApiError::not_found(e.to_string()),
+            RegistryError::BadRequest(msg) => ApiError::bad_request(msg),
+            RegistryError::InvalidJob(problems) => ApiError { status: StatusCode::BAD_REQUEST, errors: problems },
+            RegistryError::AlreadyTerminal(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            RegistryError::Storage(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(serde_json::json!({ "errors": self.errors }))).into_response()
+    }
+}

@@ -1,0 +1,61 @@
+//! The rest of Flink's REST API: paths flamegrid knows about but does not serve, because they
+//! act on Flink jobs it does not run (jars, savepoints, stop-with-savepoint, rescaling, cluster
+//! datasets, checkpoint triggers, cluster shutdown, Flink's async-profiler).
+//!
+//! Each answers a JSON error that says so, with the status Flink's router gives a route that is
+//! not registered (404, for every method), rather than a plain-text page or a hang.
+
+use super::error::ApiError;
+use super::state::AppState;
+use axum::Router;
+use axum::routing::any;
+
+fn unsupported(what: &'static str) -> ApiError {
+    ApiError::not_found(format!(
+        "flamegrid does not support {what}: it profiles running native processes and runs no Flink jobs. \
+         See the README's REST API section for what it serves."
+    ))
+}
+
+/// Routes for every unsupported Flink path, any method.
+pub fn routes() -> Router<AppState> {
+    let table: &[(&str, &'static str)] = &[
+        ("/jars", "jar uploads"),
+        ("/jars/upload", "jar uploads"),
+        ("/jars/{jarid}", "jar uploads"),
+        ("/jars/{jarid}/plan", "jar uploads"),
+        ("/jars/{jarid}/run", "running jars"),
+        ("/jobs/{jobid}/savepoints", "savepoints"),
+        ("/jobs/{jobid}/savepoints/{triggerid}", "savepoints"),
+        ("/savepoint-disposal", "savepoints"),
+        ("/savepoint-disposal/{triggerid}", "savepoints"),
+        ("/jobs/{jobid}/stop", "stop-with-savepoint (cancel with PATCH /jobs/:jobid instead)"),
+        ("/jobs/{jobid}/rescaling", "rescaling"),
+        ("/jobs/{jobid}/rescaling/{triggerid}", "rescaling"),
+        ("/jobs/{jobid}/resource-requirements", "resource requirements"),
+        ("/jobs/{jobid}/clientHeartbeat", "client heartbeats"),
+        ("/jobs/{jobid}/checkpoints/{triggerid}", "checkpoint triggers"),
+        ("/jobs/{jobid}/vertices/{vertexid}/jm-operator-metrics", "operator coordinator metrics"),
+        ("/datasets", "cluster datasets"),
+        ("/datasets/{datasetid}", "cluster datasets"),
+        ("/datasets/delete/{triggerid}", "cluster datasets"),
+        ("/cluster", "cluster shutdown"),
+        ("/jobmanager/profiler", "Flink's profiler (use the flame graph endpoints)"),
+        ("/jobmanager/profiler/{filename}", "Flink's profiler (use the flame graph endpoints)"),
+        ("/taskmanagers/{tmid}/profiler", "Flink's profiler (use the flame graph endpoints)"),
+        ("/taskmanagers/{tmid}/profiler/{filename}", "Flink's profiler (use the flame graph endpoints)"),
+        ("/taskmanagers/{tmid}/profilers", "Flink's profiler (use the flame graph endpoints)"),
+    ];
+    let mut router = Router::new();
+    for (path, what) in table {
+        let what: &'static str = what;
+        router = router.route(path, any(move || async move { unsupported(what) }));
+    }
+    router
+}
+
+/// The handler for a method that is unsupported on a path that flamegrid otherwise serves
+/// (`POST /jobs/:jobid/checkpoints` triggers a checkpoint in Flink).
+pub async fn checkpoint_trigger() -> ApiError {
+    unsupported("checkpoint triggers")
+}

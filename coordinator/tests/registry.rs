@@ -1,0 +1,277 @@
+//! The registry over real gRPC and its store: registration and re-registration, the watch list,
+//! what the flame graph fan-out gets, liveness (a lost agent fails its subtasks and is dropped),
+//! the shared token, and persistence across a graceful restart and a `kill -9` of the real
+//! binary.
+
+#[path = "rest_support.rs"]
+mod support;
+
+use flamegrid_coordinator::registry::subtask_key;
+use flamegrid_proto::v1;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use support::*;
+
+const TM: &str = "agent-1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_agents_reregister_and_bad_registrations_are_refused() {
+    let c = TestCoordinator::start(&["--heartbeat-timeout-s", "9"]).await;
+    let mut agent = TestAgent::connect(&c.rpc, TM).await;
+    let answer = agent.heartbeat().await;
+    assert!(answer.reregister, "a heartbeat before Register asks to register");
+    let registered = agent.register().await;
+    assert_eq!(registered.heartbeat_interval_ms, 3000, "a third of the timeout");
+    assert!(!agent.heartbeat().await.reregister);
+
+    let mut bad = TestAgent::connect(&c.rpc, "").await;
+    let err = bad.try_register().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let mut bad = TestAgent::connect(&c.rpc, "x").await;
+    bad.address = "not a url".into();
+    let err = bad.try_register().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("address"), "{}", err.message());
+    let tms = c.get_ok("/taskmanagers").await;
+    assert_eq!(tms["taskmanagers"].as_array().unwrap().len(), 1, "refused registrations change nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_list_and_sampling_targets_follow_subtask_states() {
+    let c = TestCoordinator::start(&[]).await;
+    let mut agent = TestAgent::connect(&c.rpc, TM).await;
+    agent.register().await;
+    let worker = sleeper();
+    let pid = worker.pid();
+    let jobid = c.register_job(&two_vertex_job(TM, pid)).await;
+    let registry = c.coordinator.as_ref().unwrap().registry().clone();
+    let job = registry.job(&jobid).unwrap();
+    let source = job.spec.vertices[0].id.clone();
+
+    // Before any heartbeat: DEPLOYING, nothing to sample yet.
+    let vertex = c.get_ok(&format!("/jobs/{jobid}/vertices/{source}")).await;
+    assert_eq!(vertex["subtasks"][0]["status"], "DEPLOYING");
+    let sampling = registry.vertex_sampling(&jobid, &source).unwrap();
+    assert_eq!((sampling.parallelism, sampling.vertex_terminal), (2, false));
+    assert!(sampling.subtasks.iter().all(|s| s.target.is_none() && !s.terminal));
+
+    // The first heartbeat hands out the watch list: every subtask, keyed so it maps back.
+    let answer = agent.heartbeat().await;
+    assert_eq!(answer.watch.len(), 3);
+    let first = &answer.watch[0];
+    assert_eq!(first.subtask_key, subtask_key(&jobid, &source, 0));
+    assert_eq!(first.process, Some(v1::thread_selector::Process::Pid(pid)));
+    assert_eq!(first.thread_name, "sleep");
+    assert_eq!(answer.watch[1].tids, vec![pid]);
+    let vertex = c.get_ok(&format!("/jobs/{jobid}/vertices/{source}")).await;
+    assert_eq!(vertex["subtasks"][0]["status"], "INITIALIZING");
+
+    // INITIALIZING is sampleable (as in Flink); RUNNING after the liveness report.
+    let sampling = registry.vertex_sampling(&jobid, &source).unwrap();
+    let target = sampling.subtasks[1].target.as_ref().unwrap();
+    assert_eq!((target.subtask_index, target.taskmanager_id.as_str()), (1, TM));
+    assert_eq!(target.agent_address, "http://127.0.0.1:6122");
+    agent.heartbeat().await;
+    let vertex = c.get_ok(&format!("/jobs/{jobid}/vertices/{source}")).await;
+    assert_eq!(vertex["subtasks"][0]["status"], "RUNNING");
+    let (address, selectors) = registry.taskmanager_dump_targets(TM).unwrap();
+    assert_eq!((address.as_str(), selectors.len()), ("http://127.0.0.1:6122", 3));
+    assert!(registry.taskmanager_dump_targets("nobody").is_err());
+    assert!(registry.vertex_sampling(&jobid, &"0".repeat(32)).is_err());
+
+    // One subtask's threads vanish: that subtask FINISHES, the vertex stays RUNNING (Flink's
+    // aggregate), and it is no longer a sampling target.
+    agent.force_dead.push(subtask_key(&jobid, &source, 1));
+    agent.heartbeat().await;
+    let vertex = c.get_ok(&format!("/jobs/{jobid}/vertices/{source}")).await;
+    assert_eq!((vertex["subtasks"][0]["status"].as_str(), vertex["subtasks"][1]["status"].as_str()), (Some("RUNNING"), Some("FINISHED")));
+    let sampling = registry.vertex_sampling(&jobid, &source).unwrap();
+    assert!(sampling.subtasks[1].terminal && sampling.subtasks[1].target.is_none());
+    assert!(!sampling.vertex_terminal);
+    assert_eq!(c.get_ok(&format!("/jobs/{jobid}")).await["vertices"][0]["status"], "RUNNING");
+
+    // A process that never existed: FAILED at the first report, with the reason in exceptions.
+    let ghost = json!({"name": "ghost", "vertices": [{"name": "v", "parallelism": 1,
+        "subtasks": [{"taskmanager": TM, "pid": 4_194_300}]}]});
+    let ghost_id = c.register_job(&ghost).await;
+    agent.heartbeat().await;
+    agent.heartbeat().await;
+    assert_eq!(c.get_ok(&format!("/jobs/{ghost_id}/status")).await["status"], "FAILED");
+    let exceptions = c.get_ok(&format!("/jobs/{ghost_id}/exceptions")).await;
+    let entry = &exceptions["exceptionHistory"]["entries"][0];
+    assert!(entry["stacktrace"].as_str().unwrap().contains("pid 4194300"), "{exceptions}");
+    assert_eq!(entry["taskManagerId"], TM);
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_agent_fails_its_subtasks_and_is_dropped() {
+    let c = TestCoordinator::start(&["--heartbeat-timeout-s", "1"]).await;
+    let mut agent = TestAgent::connect(&c.rpc, TM).await;
+    agent.register().await;
+    let worker = sleeper();
+    let jobid = c.register_job(&two_vertex_job(TM, worker.pid())).await;
+    agent.heartbeat().await;
+    agent.heartbeat().await;
+    assert_eq!(c.get_ok(&format!("/jobs/{jobid}/status")).await["status"], "RUNNING");
+
+    // The agent stops heartbeating.
+    let tms = poll("the silent agent to be dropped", || async {
+        let tms = c.get_ok("/taskmanagers").await;
+        tms["taskmanagers"].as_array().unwrap().is_empty().then_some(tms)
+    })
+    .await;
+    assert_eq!(tms, json!({"taskmanagers": []}));
+    let job = c.get_ok(&format!("/jobs/{jobid}")).await;
+    assert_eq!(job["state"], "FAILED");
+    assert!(job["timestamps"]["FAILED"].as_i64().unwrap() > 0);
+    for v in job["vertices"].as_array().unwrap() {
+        assert_eq!(v["status"], "FAILED");
+    }
+    let exceptions = c.get_ok(&format!("/jobs/{jobid}/exceptions")).await;
+    let entries = exceptions["exceptionHistory"]["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    assert!(entries[0]["stacktrace"].as_str().unwrap().contains("was lost"), "{exceptions}");
+    let (status, _) = c.get(&format!("/taskmanagers/{TM}")).await;
+    assert_eq!(status, 404);
+    assert_eq!(c.get_ok("/overview").await["jobs-failed"], 1);
+
+    // It comes back: it must register again, and its old subtasks stay FAILED.
+    assert!(agent.heartbeat().await.reregister);
+    agent.register().await;
+    assert!(agent.heartbeat().await.watch.is_empty());
+    assert_eq!(c.get_ok(&format!("/jobs/{jobid}/status")).await["status"], "FAILED");
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_required_when_configured() {
+    let dir = TempDir::new("token");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let c = TestCoordinator::start(&["--token-file", token_file.to_str().unwrap()]).await;
+
+    let mut none = TestAgent::connect(&c.rpc, TM).await;
+    assert_eq!(none.try_register().await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let mut wrong = TestAgent::connect_with_token(&c.rpc, TM, Some("s3cret-tokeN")).await;
+    assert_eq!(wrong.try_register().await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(c.get_ok("/taskmanagers").await, json!({"taskmanagers": []}));
+
+    let mut right = TestAgent::connect_with_token(&c.rpc, TM, Some("s3cret-token")).await;
+    right.register().await;
+    assert!(!right.heartbeat().await.reregister);
+    assert_eq!(c.get_ok("/taskmanagers").await["taskmanagers"].as_array().unwrap().len(), 1);
+
+    // An empty token file is refused at start.
+    std::fs::write(&token_file, "  \n").unwrap();
+    let other = TempDir::new("token-empty");
+    let err = flamegrid_coordinator::start(config(other.path(), &["--token-file", token_file.to_str().unwrap()]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_and_states_survive_a_graceful_restart() {
+    let dir = TempDir::new("restart");
+    let coordinator = flamegrid_coordinator::start(config(dir.path(), &[])).await.unwrap();
+    let rpc = format!("http://{}", coordinator.rpc_addr());
+    let base = format!("http://{}", coordinator.rest_addr());
+    let http = reqwest::Client::new();
+    let mut agent = TestAgent::connect(&rpc, TM).await;
+    agent.register().await;
+    let worker = sleeper();
+    let (_, answer) = send(http.post(format!("{base}/jobs")).body(two_vertex_job(TM, worker.pid()).to_string())).await;
+    let running = answer["jobid"].as_str().unwrap().to_string();
+    let (_, answer) = send(http.post(format!("{base}/jobs")).body(two_vertex_job(TM, worker.pid()).to_string())).await;
+    let canceled = answer["jobid"].as_str().unwrap().to_string();
+    agent.heartbeat().await;
+    agent.heartbeat().await;
+    assert_eq!(send(http.patch(format!("{base}/jobs/{canceled}"))).await.0, 202);
+    let (_, before) = send(http.get(format!("{base}/jobs/{running}"))).await;
+    coordinator.shutdown().await.unwrap();
+
+    let coordinator = flamegrid_coordinator::start(config(dir.path(), &[])).await.unwrap();
+    let base = format!("http://{}", coordinator.rest_addr());
+    let (_, jobs) = send(http.get(format!("{base}/jobs"))).await;
+    assert_eq!(jobs, json!({"jobs": [{"id": running, "status": "RUNNING"}, {"id": canceled, "status": "CANCELED"}]}));
+    let (_, after) = send(http.get(format!("{base}/jobs/{running}"))).await;
+    for key in ["name", "timestamps", "plan", "start-time"] {
+        assert_eq!(before[key], after[key], "{key} survives the restart");
+    }
+    // The agent is unknown to the new coordinator until it registers again.
+    let mut agent = TestAgent::connect(&format!("http://{}", coordinator.rpc_addr()), TM).await;
+    assert!(agent.heartbeat().await.reregister);
+    agent.register().await;
+    assert_eq!(agent.heartbeat().await.watch.len(), 3, "the running job's subtasks are watched again");
+    coordinator.shutdown().await.unwrap();
+    drop(worker);
+}
+
+/// The real binary on port 0; reads the bound addresses from its first two stdout lines.
+fn spawn_binary(data_dir: &std::path::Path) -> (KillOnDrop, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flamegrid-coordinator"))
+        .args(["--rest-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = KillOnDrop(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let mut rest = None;
+    let mut rpc = None;
+    while rest.is_none() || rpc.is_none() {
+        let line = lines.next().expect("the coordinator printed its addresses").unwrap();
+        if let Some(url) = line.strip_prefix("flamegrid dashboard: ") {
+            rest = Some(url.trim_end_matches('/').to_string());
+        } else if let Some(url) = line.strip_prefix("flamegrid registry (gRPC): ") {
+            rpc = Some(url.to_string());
+        }
+    }
+    (child, rest.unwrap(), rpc.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_jobs_survive_kill_9_of_the_binary() {
+    let dir = TempDir::new("kill9");
+    let http = reqwest::Client::new();
+    let worker = sleeper();
+    let mut acknowledged: Vec<(String, String)> = Vec::new();
+    for round in 0..2 {
+        let (mut child, base, rpc) = spawn_binary(dir.path());
+        let mut agent = TestAgent::connect(&rpc, TM).await;
+        agent.register().await;
+        // Every job acknowledged in earlier rounds is there, with its name.
+        let (_, jobs) = send(http.get(format!("{base}/jobs/overview"))).await;
+        let listed: Vec<(String, String)> = jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| (j["jid"].as_str().unwrap().to_string(), j["name"].as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(listed, acknowledged, "round {round}");
+        // Register a burst of jobs and kill -9 right after the last acknowledgement.
+        for i in 0..5 {
+            let mut body = two_vertex_job(TM, worker.pid());
+            body["name"] = Value::from(format!("job-{round}-{i}"));
+            let (status, answer) = send(http.post(format!("{base}/jobs")).body(body.to_string())).await;
+            assert_eq!(status, 202, "{answer}");
+            acknowledged.push((answer["jobid"].as_str().unwrap().to_string(), format!("job-{round}-{i}")));
+        }
+        agent.heartbeat().await;
+        child.kill();
+    }
+    let (_child, base, _) = spawn_binary(dir.path());
+    let (_, jobs) = send(http.get(format!("{base}/jobs"))).await;
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), acknowledged.len());
+    for (id, _) in &acknowledged {
+        let (status, job) = send(http.get(format!("{base}/jobs/{id}"))).await;
+        assert_eq!(status, 200, "{job}");
+        assert_eq!(job["vertices"].as_array().unwrap().len(), 2);
+    }
+}

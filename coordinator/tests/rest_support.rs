@@ -1,0 +1,308 @@
+//! Shared by `rest.rs` and `registry.rs` (included with `#[path]`): a coordinator started
+//! in-process on port 0, a registry client that plays an agent over real gRPC, real child
+//! processes to watch, and polling. Everything a test starts is stopped when it is dropped.
+#![allow(dead_code)]
+
+use clap::Parser;
+use flamegrid_coordinator::Coordinator;
+use flamegrid_coordinator::config::CoordinatorConfig;
+use flamegrid_proto::v1;
+use flamegrid_proto::v1::registry_client::RegistryClient;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "flamegrid-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Kills and reaps the process now, so `/proc/<pid>` disappears.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A real process to register as a subtask: `sleep` for a long time.
+pub fn sleeper() -> KillOnDrop {
+    KillOnDrop(Command::new("sleep").arg("100000").stdin(Stdio::null()).spawn().unwrap())
+}
+
+/// A coordinator configuration for tests: loopback port 0, a temp data dir, extra flags.
+pub fn config(data_dir: &Path, extra: &[&str]) -> CoordinatorConfig {
+    let mut args = vec![
+        "flamegrid-coordinator".to_string(),
+        "--rest-addr".into(),
+        "127.0.0.1:0".into(),
+        "--rpc-addr".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    CoordinatorConfig::parse_from(args)
+}
+
+/// A coordinator running in this test's runtime, plus an HTTP client for it.
+pub struct TestCoordinator {
+    pub coordinator: Option<Coordinator>,
+    pub http: reqwest::Client,
+    pub base: String,
+    pub rpc: String,
+    pub _dir: TempDir,
+}
+
+impl TestCoordinator {
+    pub async fn start(extra: &[&str]) -> Self {
+        let dir = TempDir::new("coord");
+        let coordinator = flamegrid_coordinator::start(config(dir.path(), extra)).await.unwrap();
+        let base = format!("http://{}", coordinator.rest_addr());
+        let rpc = format!("http://{}", coordinator.rpc_addr());
+        TestCoordinator { coordinator: Some(coordinator), http: reqwest::Client::new(), base, rpc, _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// GET → (status, JSON body).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        send(self.http.post(self.url(path)).header("content-type", "application/json").body(body.to_string())).await
+    }
+
+    pub async fn patch(&self, path: &str) -> (u16, Value) {
+        send(self.http.patch(self.url(path))).await
+    }
+
+    pub async fn register_job(&self, body: &Value) -> String {
+        let (status, answer) = self.post("/jobs", body).await;
+        assert_eq!(status, 202, "{answer}");
+        answer["jobid"].as_str().unwrap().to_string()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(c) = self.coordinator.take() {
+            c.shutdown().await.unwrap();
+        }
+    }
+}
+
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(json!({"raw": text})) };
+    (status, body)
+}
+
+/// Plays an agent against the registry over real gRPC: registers, heartbeats, and reports the
+/// liveness of the processes it is told to watch by looking at `/proc` like the agent does.
+pub struct TestAgent {
+    pub id: String,
+    pub address: String,
+    client: RegistryClient<Channel>,
+    token: Option<String>,
+    /// The last watch list.
+    pub watch: Vec<v1::ThreadSelector>,
+    /// Keys reported dead regardless of `/proc` (to simulate vanished threads).
+    pub force_dead: Vec<String>,
+}
+
+impl TestAgent {
+    pub async fn connect(rpc: &str, id: &str) -> Self {
+        Self::connect_with_token(rpc, id, None).await
+    }
+
+    pub async fn connect_with_token(rpc: &str, id: &str, token: Option<&str>) -> Self {
+        let client = RegistryClient::connect(rpc.to_string()).await.unwrap();
+        TestAgent {
+            id: id.to_string(),
+            address: "http://127.0.0.1:6122".to_string(),
+            client,
+            token: token.map(String::from),
+            watch: Vec::new(),
+            force_dead: Vec::new(),
+        }
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        if let Some(t) = &self.token {
+            req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        req
+    }
+
+    pub async fn try_register(&mut self) -> Result<v1::RegisterResponse, tonic::Status> {
+        let req = self.request(v1::RegisterRequest {
+            agent_id: self.id.clone(),
+            address: self.address.clone(),
+            host: Some(v1::HostInfo {
+                hostname: "test-host".into(),
+                cpu_cores: 4,
+                physical_memory: 8 << 30,
+                free_memory: 2 << 30,
+                os: "Linux".into(),
+                kernel: "6.1".into(),
+                agent_version: "0.1.0".into(),
+            }),
+            pid: std::process::id(),
+        });
+        self.client.register(req).await.map(|r| r.into_inner())
+    }
+
+    pub async fn register(&mut self) -> v1::RegisterResponse {
+        self.try_register().await.unwrap()
+    }
+
+    /// One heartbeat reporting on the previous watch list; remembers the new one.
+    pub async fn heartbeat(&mut self) -> v1::HeartbeatResponse {
+        let liveness = self
+            .watch
+            .iter()
+            .map(|sel| {
+                let pid = match &sel.process {
+                    Some(v1::thread_selector::Process::Pid(p)) => *p,
+                    _ => 0,
+                };
+                let alive = pid != 0
+                    && Path::new(&format!("/proc/{pid}")).exists()
+                    && !self.force_dead.contains(&sel.subtask_key);
+                v1::SubtaskLiveness { subtask_key: sel.subtask_key.clone(), alive, pid, threads: u32::from(alive) }
+            })
+            .collect();
+        let req = self.request(v1::HeartbeatRequest {
+            agent_id: self.id.clone(),
+            liveness,
+            metrics: HashMap::from([("System.CPU.Usage".to_string(), 12.5), ("System.Load.1".to_string(), 0.5)]),
+            free_memory: 1 << 30,
+        });
+        let answer = self.client.heartbeat(req).await.unwrap().into_inner();
+        self.watch = answer.watch.clone();
+        answer
+    }
+}
+
+/// Polls `check` until it returns `Some`, panicking with `what` if that never happens within a
+/// generous bound (a hang guard, not a speed assertion).
+pub async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..600 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting for: {what}");
+}
+
+/// A two-vertex job on one task manager: a source of `parallelism` subtasks on `pid` (by thread
+/// name) and a sink on `pid` (all threads).
+pub fn two_vertex_job(tm: &str, pid: u32) -> Value {
+    json!({
+        "name": "test-pipeline",
+        "vertices": [
+            {"name": "Source: spinner", "parallelism": 2, "subtasks": [
+                {"taskmanager": tm, "pid": pid, "thread_name": "sleep"},
+                {"taskmanager": tm, "pid": pid, "tids": [pid]}]},
+            {"name": "Sink: <sleeper>", "parallelism": 1, "inputs": [0], "subtasks": [
+                {"taskmanager": tm, "pid": pid}]}
+        ]
+    })
+}
+
+/// Asserts `value` is an object with exactly these keys (order-free), each of the given JSON
+/// type: `s` string, `i` integer, `f` number, `b` bool, `a` array, `o` object, `n` null.
+pub fn assert_shape(what: &str, value: &Value, keys: &[(&str, char)]) {
+    let obj = value.as_object().unwrap_or_else(|| panic!("{what}: not an object: {value}"));
+    for (key, ty) in keys {
+        let v = obj.get(*key).unwrap_or_else(|| panic!("{what}: missing key {key:?} in {value}"));
+        let ok = match ty {
+            's' => v.is_string(),
+            'i' => v.is_i64() || v.is_u64(),
+            'f' => v.is_number(),
+            'b' => v.is_boolean(),
+            'a' => v.is_array(),
+            'o' => v.is_object(),
+            'n' => v.is_null(),
+            _ => unreachable!(),
+        };
+        assert!(ok, "{what}: key {key:?} should be of type {ty}, is {v}");
+    }
+    let expected: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+    for key in obj.keys() {
+        assert!(expected.contains(&key.as_str()), "{what}: unexpected key {key:?}");
+    }
+}
+
+/// Asserts a map of every execution state (upper-case) to an integer.
+pub fn assert_state_counts(what: &str, value: &Value) {
+    let keys = [
+        "CREATED",
+        "SCHEDULED",
+        "DEPLOYING",
+        "RUNNING",
+        "FINISHED",
+        "CANCELING",
+        "CANCELED",
+        "FAILED",
+        "RECONCILING",
+        "INITIALIZING",
+    ];
+    let shape: Vec<(&str, char)> = keys.iter().map(|k| (*k, 'i')).collect();
+    assert_shape(what, value, &shape);
+}

@@ -1,0 +1,99 @@
+//! Builds the native workload programs into `OUT_DIR` and tells the library where they are.
+//!
+//! The programs are ordinary executables, not libraries linked into Rust: the sampler must see
+//! them as foreign processes with their own binaries, shared libraries and unwind tables. `cc`
+//! is used only to find the C and C++ compilers the same way every other `-sys` crate does; the
+//! command lines are written out here because each program needs exact flags (frame pointers on
+//! or off, `-g` for inline records) and must be linked as an executable.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Flags every C/C++ program gets: `-O2` like real code, and no identical-code folding, which
+/// would merge look-alike functions (`sleep_outer`/`wait_outer`) under one name.
+const COMMON_FLAGS: &[&str] = &["-O2", "-fno-ipa-icf", "-pthread", "-Wall", "-Wextra"];
+
+fn main() {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let native =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("native");
+    for file in ["workload.c", "workload.cpp", "rust_workload.rs", "demo.c"] {
+        println!("cargo:rerun-if-changed=native/{file}");
+    }
+    println!("cargo:rerun-if-env-changed=RUSTC");
+
+    let c = cc::Build::new().cargo_metadata(false).get_compiler();
+    let cxx = cc::Build::new()
+        .cargo_metadata(false)
+        .cpp(true)
+        .get_compiler();
+
+    let c_fp = out_dir.join("workload-c-fp");
+    compile(
+        c.path(),
+        &native.join("workload.c"),
+        &c_fp,
+        &["-fno-omit-frame-pointer"],
+    );
+    let c_nofp = out_dir.join("workload-c-nofp");
+    compile(
+        c.path(),
+        &native.join("workload.c"),
+        &c_nofp,
+        &["-fomit-frame-pointer"],
+    );
+    let cpp = out_dir.join("workload-cpp");
+    compile(
+        cxx.path(),
+        &native.join("workload.cpp"),
+        &cpp,
+        &["-g", "-std=c++17"],
+    );
+    let demo = out_dir.join("flamegrid-demo");
+    compile(c.path(), &native.join("demo.c"), &demo, &["-g"]);
+
+    let rust = out_dir.join("workload-rust");
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    run(Command::new(rustc)
+        .args([
+            "--edition",
+            "2021",
+            "--crate-name",
+            "rust_workload",
+            "--crate-type",
+            "bin",
+        ])
+        .args(["-C", "opt-level=2", "-g"])
+        .arg("-o")
+        .arg(&rust)
+        .arg(native.join("rust_workload.rs")));
+
+    for (var, path) in [
+        ("FLAMEGRID_WORKLOAD_C_FP", &c_fp),
+        ("FLAMEGRID_WORKLOAD_C_NOFP", &c_nofp),
+        ("FLAMEGRID_WORKLOAD_CPP", &cpp),
+        ("FLAMEGRID_WORKLOAD_RUST", &rust),
+        ("FLAMEGRID_WORKLOAD_DEMO", &demo),
+    ] {
+        println!("cargo:rustc-env={var}={}", path.display());
+    }
+}
+
+fn compile(compiler: &Path, source: &Path, output: &Path, extra: &[&str]) {
+    run(Command::new(compiler)
+        .args(COMMON_FLAGS)
+        .args(extra)
+        .arg("-o")
+        .arg(output)
+        .arg(source));
+}
+
+/// Runs a compiler; a failure stops the build with the compiler's own message.
+fn run(command: &mut Command) {
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(status.success(), "{command:?} failed with {status}");
+}
