@@ -119,10 +119,17 @@ enum State {
     /// Must (re-)register before heartbeating.
     Unregistered,
     /// Registered: heartbeat every `interval`, reporting liveness of `watch`.
-    Registered { interval: Duration, watch: Vec<v1::ThreadSelector> },
+    Registered {
+        interval: Duration,
+        watch: Vec<v1::ThreadSelector>,
+    },
 }
 
-async fn heartbeat_loop(config: RegistrationConfig, mut client: Client, probe: Arc<Mutex<HostProbe>>) {
+async fn heartbeat_loop(
+    config: RegistrationConfig,
+    mut client: Client,
+    probe: Arc<Mutex<HostProbe>>,
+) {
     let mut state = State::Unregistered;
     let mut backoff = Backoff::new();
     loop {
@@ -142,7 +149,10 @@ async fn heartbeat_loop(config: RegistrationConfig, mut client: Client, probe: A
                             "registered with the coordinator"
                         );
                         backoff.reset();
-                        state = State::Registered { interval, watch: Vec::new() };
+                        state = State::Registered {
+                            interval,
+                            watch: Vec::new(),
+                        };
                         // The first heartbeat follows at once so that the coordinator learns
                         // host metrics (and its watch list reaches the agent) without a delay.
                         continue;
@@ -154,7 +164,10 @@ async fn heartbeat_loop(config: RegistrationConfig, mut client: Client, probe: A
                     }
                 }
             }
-            State::Registered { interval, ref watch } => {
+            State::Registered {
+                interval,
+                ref watch,
+            } => {
                 let req = heartbeat_request(&config.agent_id, watch, &probe).await;
                 match client.heartbeat(req).await {
                     Ok(resp) => {
@@ -164,15 +177,20 @@ async fn heartbeat_loop(config: RegistrationConfig, mut client: Client, probe: A
                         backoff.reset();
                         let resp = resp.into_inner();
                         if resp.reregister {
-                            tracing::info!("the coordinator does not know this agent; registering again");
+                            tracing::info!(
+                                "the coordinator does not know this agent; registering again"
+                            );
                             state = State::Unregistered;
                             continue;
                         }
-                        state = State::Registered { interval, watch: resp.watch };
+                        state = State::Registered {
+                            interval,
+                            watch: resp.watch,
+                        };
                         tokio::time::sleep(interval).await;
                     }
                     Err(status) => {
-                        let delay = backoff.next_delay().min(interval.max(BACKOFF_START));
+                        let delay = backoff.next_delay();
                         log_failure("heartbeat", &status, delay, backoff.failures);
                         tokio::time::sleep(delay).await;
                     }
@@ -214,13 +232,18 @@ impl Backoff {
         self.failures = 0;
     }
     fn next_delay(&mut self) -> Duration {
-        let delay = BACKOFF_START.saturating_mul(1u32 << self.failures.min(16)).min(BACKOFF_MAX);
+        let delay = BACKOFF_START
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(BACKOFF_MAX);
         self.failures = self.failures.saturating_add(1);
         delay
     }
 }
 
-async fn register_request(config: &RegistrationConfig, probe: &Arc<Mutex<HostProbe>>) -> v1::RegisterRequest {
+async fn register_request(
+    config: &RegistrationConfig,
+    probe: &Arc<Mutex<HostProbe>>,
+) -> v1::RegisterRequest {
     let probe = Arc::clone(probe);
     let host = tokio::task::spawn_blocking(move || lock(&probe).host_info())
         .await
@@ -248,12 +271,19 @@ async fn heartbeat_request(
     })
     .await;
     let (liveness, metrics, free_memory) = gathered.unwrap_or_default();
-    v1::HeartbeatRequest { agent_id: agent_id.to_string(), liveness, metrics, free_memory }
+    v1::HeartbeatRequest {
+        agent_id: agent_id.to_string(),
+        liveness,
+        metrics,
+        free_memory,
+    }
 }
 
 fn lock(probe: &Mutex<HostProbe>) -> std::sync::MutexGuard<'_, HostProbe> {
     // A panic while probing leaves nothing half-updated that matters: keep going.
-    probe.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    probe
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Whether the process (and selected threads) of one watched selector exist now.
@@ -263,7 +293,12 @@ fn lock(probe: &Mutex<HostProbe>) -> std::sync::MutexGuard<'_, HostProbe> {
 /// process the agent may not sample still shows RUNNING (its flame graphs say why they are
 /// empty) instead of a misleading FINISHED.
 pub fn liveness_of(sel: &v1::ThreadSelector) -> v1::SubtaskLiveness {
-    let dead = |key: &str| v1::SubtaskLiveness { subtask_key: key.to_string(), alive: false, pid: 0, threads: 0 };
+    let dead = |key: &str| v1::SubtaskLiveness {
+        subtask_key: key.to_string(),
+        alive: false,
+        pid: 0,
+        threads: 0,
+    };
     let Ok(converted) = ThreadSelector::from_wire(sel) else {
         return dead(&sel.subtask_key);
     };
@@ -314,7 +349,11 @@ impl HostProbe {
         let (physical_memory, free_memory, cpu_cores) = match &mut self.system {
             Some(s) => {
                 s.refresh_memory();
-                let cores = if s.cpus().is_empty() { logical_cpus } else { s.cpus().len() as u32 };
+                let cores = if s.cpus().is_empty() {
+                    logical_cpus
+                } else {
+                    s.cpus().len() as u32
+                };
                 (s.total_memory(), s.available_memory(), cores)
             }
             None => (0, 0, logical_cpus),
@@ -358,7 +397,10 @@ impl HostProbe {
             m.insert("System.Memory.Total".into(), s.total_memory() as f64);
             m.insert("System.Memory.Used".into(), s.used_memory() as f64);
             m.insert("System.Memory.Free".into(), s.free_memory() as f64);
-            m.insert("System.Memory.Available".into(), s.available_memory() as f64);
+            m.insert(
+                "System.Memory.Available".into(),
+                s.available_memory() as f64,
+            );
             m.insert("System.Swap.Total".into(), s.total_swap() as f64);
             m.insert("System.Swap.Used".into(), s.used_swap() as f64);
         }
@@ -388,7 +430,10 @@ fn scheduling_entities() -> Option<(u64, u64)> {
 
 /// The host's name, or `localhost` when the system will not say.
 pub fn host_name() -> String {
-    System::host_name().ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".to_string())
+    System::host_name()
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[cfg(test)]
@@ -399,7 +444,10 @@ mod tests {
     fn backoff_doubles_and_caps() {
         let mut b = Backoff::new();
         let delays: Vec<_> = (0..8).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000]);
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000]
+        );
         b.reset();
         assert_eq!(b.next_delay(), BACKOFF_START);
     }
@@ -421,7 +469,12 @@ mod tests {
         assert!(info.physical_memory > 0);
         assert!(!info.kernel.is_empty());
         let m = p.metrics();
-        for name in ["System.CPU.Usage", "System.CPU.Load1", "System.Memory.Total", "System.Threads.Count"] {
+        for name in [
+            "System.CPU.Usage",
+            "System.CPU.Load1",
+            "System.Memory.Total",
+            "System.Threads.Count",
+        ] {
             assert!(m.contains_key(name), "missing {name}: {m:?}");
         }
     }

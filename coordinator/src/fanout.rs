@@ -34,6 +34,9 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 /// 10 MB of varints; tonic's default of 4 MiB would reject big but legitimate runs.
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
+/// Most agent channels kept open at once (see [`FanOut::channel`]).
+const MAX_CHANNELS: usize = 4096;
+
 /// Where and what to sample for one subtask.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubtaskTarget {
@@ -79,7 +82,11 @@ impl VertexSampling {
     pub fn is_terminal(&self, subtask: Option<u32>) -> bool {
         match subtask {
             None => self.vertex_terminal,
-            Some(i) => self.subtasks.iter().find(|s| s.index == i).is_some_and(|s| s.terminal),
+            Some(i) => self
+                .subtasks
+                .iter()
+                .find(|s| s.index == i)
+                .is_some_and(|s| s.terminal),
         }
     }
 }
@@ -218,7 +225,12 @@ struct AgentCall {
 impl FanOut {
     /// A fan-out whose agents get `grace` beyond the sampling window to answer.
     pub fn new(grace: Duration, auth: AgentAuth) -> Self {
-        FanOut { channels: Mutex::new(HashMap::new()), auth, grace, next_request_id: AtomicU64::new(1) }
+        FanOut {
+            channels: Mutex::new(HashMap::new()),
+            auth,
+            grace,
+            next_request_id: AtomicU64::new(1),
+        }
     }
 
     /// The deadline of a run with `params`: sampling window + grace.
@@ -233,26 +245,37 @@ impl FanOut {
 
     /// Samples `targets`, one RPC per agent, and gathers what came back by the deadline.
     /// `key_prefix` names the run's scope (e.g. `job/vertex`) in each selector's `subtask_key`.
-    pub async fn sample(&self, key_prefix: &str, targets: &[SubtaskTarget], params: SamplingParams) -> FanOutOutcome {
+    pub async fn sample(
+        &self,
+        key_prefix: &str,
+        targets: &[SubtaskTarget],
+        params: SamplingParams,
+    ) -> FanOutOutcome {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let deadline_after = self.deadline(params);
         let deadline = tokio::time::Instant::now() + deadline_after;
-        let mut outcome = FanOutOutcome { request_id, start_ms: now_ms(), ..Default::default() };
+        let mut outcome = FanOutOutcome {
+            request_id,
+            start_ms: now_ms(),
+            ..Default::default()
+        };
 
         // Group selectors by agent address (one agent serves one address).
         let mut calls: BTreeMap<&str, AgentCall> = BTreeMap::new();
         for t in targets {
-            let call = calls.entry(t.agent_address.as_str()).or_insert_with(|| AgentCall {
-                address: t.agent_address.clone(),
-                subtasks: BTreeSet::new(),
-                request: v1::SampleRequest {
-                    request_id,
-                    selectors: Vec::new(),
-                    num_samples: params.num_samples,
-                    delay_ms: params.delay_ms,
-                    max_depth: params.max_depth,
-                },
-            });
+            let call = calls
+                .entry(t.agent_address.as_str())
+                .or_insert_with(|| AgentCall {
+                    address: t.agent_address.clone(),
+                    subtasks: BTreeSet::new(),
+                    request: v1::SampleRequest {
+                        request_id,
+                        selectors: Vec::new(),
+                        num_samples: params.num_samples,
+                        delay_ms: params.delay_ms,
+                        max_depth: params.max_depth,
+                    },
+                });
             if call.subtasks.insert(t.subtask_index) {
                 let mut selector = t.selector.clone();
                 selector.subtask_key = Self::subtask_key(key_prefix, t.subtask_index);
@@ -281,7 +304,8 @@ impl FanOut {
                 if let Some(b) = bearer {
                     request.metadata_mut().insert("authorization", b);
                 }
-                let mut client = SamplingClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
+                let mut client =
+                    SamplingClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
                 let result = match tokio::time::timeout_at(deadline, client.sample(request)).await {
                     Err(_) => Err(FanOutError::DeadlineExceeded {
                         address: address.clone(),
@@ -300,7 +324,9 @@ impl FanOut {
         }
 
         while let Some(joined) = tasks.join_next().await {
-            let Ok((address, result)) = joined else { continue };
+            let Ok((address, result)) = joined else {
+                continue;
+            };
             let subtasks = asked.remove(&address).unwrap_or_default();
             match result.and_then(|resp| check_request_id(&address, request_id, resp)) {
                 Err(e) => {
@@ -310,6 +336,12 @@ impl FanOut {
                     outcome.missing.extend(subtasks);
                 }
                 Ok(resp) => {
+                    tracing::debug!(
+                        agent = %address, request = request_id,
+                        agent_sampling_ms = resp.end_ms - resp.start_ms,
+                        since_start_ms = now_ms() - outcome.start_ms,
+                        "agent answered"
+                    );
                     outcome.agents_answered += 1;
                     absorb_answer(&mut outcome, key_prefix, &address, &subtasks, &resp);
                 }
@@ -333,14 +365,20 @@ impl FanOut {
         timeout: Duration,
     ) -> Result<v1::SampleResponse, FanOutError> {
         let channel = self.channel(address)?;
-        let mut request = tonic::Request::new(v1::ThreadDumpRequest { selectors, max_depth });
+        let mut request = tonic::Request::new(v1::ThreadDumpRequest {
+            selectors,
+            max_depth,
+        });
         request.set_timeout(timeout);
         if let Some(b) = self.auth.bearer.clone() {
             request.metadata_mut().insert("authorization", b);
         }
         let mut client = SamplingClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
         match tokio::time::timeout(timeout, client.thread_dump(request)).await {
-            Err(_) => Err(FanOutError::DeadlineExceeded { address: address.to_string(), millis: timeout.as_millis() }),
+            Err(_) => Err(FanOutError::DeadlineExceeded {
+                address: address.to_string(),
+                millis: timeout.as_millis(),
+            }),
             Ok(Err(status)) => Err(status_error(address, status)),
             Ok(Ok(resp)) => Ok(resp.into_inner()),
         }
@@ -352,14 +390,28 @@ impl FanOut {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-        let bad = |e: &dyn std::fmt::Display| FanOutError::BadAddress { address: address.to_string(), reason: e.to_string() };
-        let mut endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| bad(&e))?.connect_timeout(self.grace);
+        let uri = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("http://{address}")
+        };
+        let bad = |e: &dyn std::fmt::Display| FanOutError::BadAddress {
+            address: address.to_string(),
+            reason: e.to_string(),
+        };
+        let mut endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|e| bad(&e))?
+            .connect_timeout(self.grace);
         if let (Some(tls), true) = (&self.auth.tls, uri.starts_with("https://")) {
             endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(&e))?;
         }
         let channel = endpoint.connect_lazy();
-        // Bounded: one channel per agent address ever registered; agents are few and long-lived.
+        // One channel per agent address. Agents are few and long-lived, but one that restarts on
+        // a new port leaves its old channel behind: past a bound, start over (channels are cheap
+        // to recreate and reconnect lazily).
+        if channels.len() >= MAX_CHANNELS {
+            channels.clear();
+        }
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
@@ -371,14 +423,26 @@ fn is_timeout(status: &tonic::Status) -> bool {
 }
 
 fn status_error(address: &str, status: tonic::Status) -> FanOutError {
-    FanOutError::Status { address: address.to_string(), code: status.code(), message: status.message().to_string() }
+    FanOutError::Status {
+        address: address.to_string(),
+        code: status.code(),
+        message: status.message().to_string(),
+    }
 }
 
-fn check_request_id(address: &str, expected: u64, resp: v1::SampleResponse) -> Result<v1::SampleResponse, FanOutError> {
+fn check_request_id(
+    address: &str,
+    expected: u64,
+    resp: v1::SampleResponse,
+) -> Result<v1::SampleResponse, FanOutError> {
     if resp.request_id == expected {
         Ok(resp)
     } else {
-        Err(FanOutError::WrongRequest { address: address.to_string(), expected, got: resp.request_id })
+        Err(FanOutError::WrongRequest {
+            address: address.to_string(),
+            expected,
+            got: resp.request_id,
+        })
     }
 }
 
@@ -405,7 +469,9 @@ fn absorb_answer(
         };
         delivered.insert(index);
         if !sub.error.is_empty() {
-            outcome.failures.push(format!("subtask {index} on {address}: {}", sub.error));
+            outcome
+                .failures
+                .push(format!("subtask {index} on {address}: {}", sub.error));
             outcome.missing.insert(index);
             continue;
         }
@@ -414,7 +480,9 @@ fn absorb_answer(
                 outcome.sets.insert(index, set);
             }
             Err(e) => {
-                outcome.failures.push(format!("subtask {index} on {address}: bad answer: {e}"));
+                outcome
+                    .failures
+                    .push(format!("subtask {index} on {address}: bad answer: {e}"));
                 outcome.missing.insert(index);
             }
         }
@@ -424,7 +492,10 @@ fn absorb_answer(
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -437,6 +508,9 @@ pub(crate) mod tests {
     use flamegrid_proto::SampleResponseBuilder;
     use flamegrid_proto::v1::sampling_server::{Sampling, SamplingServer};
     use std::sync::Arc;
+
+    /// Per request an agent received: the selectors' keys and the authorization header.
+    pub(crate) type Seen = Arc<Mutex<Vec<(Vec<String>, Option<String>)>>>;
 
     #[derive(Clone, Copy, PartialEq)]
     pub(crate) enum Behaviour {
@@ -452,34 +526,58 @@ pub(crate) mod tests {
     struct CannedAgent {
         behaviour: Behaviour,
         /// Per request: the selectors' keys and the authorization header.
-        seen: Arc<Mutex<Vec<(Vec<String>, Option<String>)>>>,
+        seen: Seen,
     }
 
     #[tonic::async_trait]
     impl Sampling for CannedAgent {
-        async fn sample(&self, request: tonic::Request<v1::SampleRequest>) -> Result<tonic::Response<v1::SampleResponse>, tonic::Status> {
-            let auth = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
+        async fn sample(
+            &self,
+            request: tonic::Request<v1::SampleRequest>,
+        ) -> Result<tonic::Response<v1::SampleResponse>, tonic::Status> {
+            let auth = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
             let req = request.into_inner();
-            self.seen.lock().unwrap().push((req.selectors.iter().map(|s| s.subtask_key.clone()).collect(), auth));
+            self.seen.lock().unwrap().push((
+                req.selectors
+                    .iter()
+                    .map(|s| s.subtask_key.clone())
+                    .collect(),
+                auth,
+            ));
             match self.behaviour {
                 Behaviour::Hang => {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     Err(tonic::Status::internal("unreachable"))
                 }
                 Behaviour::Answer | Behaviour::WrongId => {
-                    let mut b = SampleResponseBuilder::new(if self.behaviour == Behaviour::WrongId {
-                        req.request_id + 100
-                    } else {
-                        req.request_id
-                    });
+                    let mut b =
+                        SampleResponseBuilder::new(if self.behaviour == Behaviour::WrongId {
+                            req.request_id + 100
+                        } else {
+                            req.request_id
+                        });
                     for sel in &req.selectors {
                         if sel.tids.contains(&999) {
                             b.add_error(&sel.subtask_key, "process 999 is gone");
                             continue;
                         }
-                        let t = SampledThread { pid: 1, tid: 2, name: "t".into() };
+                        let t = SampledThread {
+                            pid: 1,
+                            tid: 2,
+                            name: "t".into(),
+                        };
                         let mut s = SampleSetBuilder::new();
-                        s.push(&t, 1, ThreadState::Runnable, [Frame::named("main"), Frame::named(sel.subtask_key.clone())], false);
+                        s.push(
+                            &t,
+                            1,
+                            ThreadState::Runnable,
+                            [Frame::named("main"), Frame::named(sel.subtask_key.clone())],
+                            false,
+                        );
                         b.add_subtask(&sel.subtask_key, &s.finish());
                     }
                     Ok(tonic::Response::new(b.finish(1, 2)))
@@ -487,17 +585,23 @@ pub(crate) mod tests {
             }
         }
 
-        async fn thread_dump(&self, _: tonic::Request<v1::ThreadDumpRequest>) -> Result<tonic::Response<v1::SampleResponse>, tonic::Status> {
+        async fn thread_dump(
+            &self,
+            _: tonic::Request<v1::ThreadDumpRequest>,
+        ) -> Result<tonic::Response<v1::SampleResponse>, tonic::Status> {
             Err(tonic::Status::unimplemented("not in this test"))
         }
     }
 
     /// Starts a canned agent on a loopback port; it lives as long as the test's runtime.
-    pub(crate) async fn agent(behaviour: Behaviour) -> (String, Arc<Mutex<Vec<(Vec<String>, Option<String>)>>>) {
+    pub(crate) async fn agent(behaviour: Behaviour) -> (String, Seen) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let svc = CannedAgent { behaviour, seen: Arc::clone(&seen) };
+        let svc = CannedAgent {
+            behaviour,
+            seen: Arc::clone(&seen),
+        };
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(SamplingServer::new(svc))
@@ -520,10 +624,17 @@ pub(crate) mod tests {
         }
     }
 
-    const PARAMS: SamplingParams = SamplingParams { num_samples: 1, delay_ms: 1, max_depth: 10 };
+    const PARAMS: SamplingParams = SamplingParams {
+        num_samples: 1,
+        delay_ms: 1,
+        max_depth: 10,
+    };
 
     fn fanout() -> FanOut {
-        FanOut::new(Duration::from_millis(500), AgentAuth::default().with_token("s3cret").unwrap())
+        FanOut::new(
+            Duration::from_millis(500),
+            AgentAuth::default().with_token("s3cret").unwrap(),
+        )
     }
 
     #[tokio::test]
@@ -548,13 +659,25 @@ pub(crate) mod tests {
     async fn a_hanging_agent_costs_only_its_own_subtasks() {
         let (good, _) = agent(Behaviour::Answer).await;
         let (slow, seen_slow) = agent(Behaviour::Hang).await;
-        let targets = [target(0, &good, 1), target(1, &slow, 1), target(2, &good, 1)];
+        let targets = [
+            target(0, &good, 1),
+            target(1, &slow, 1),
+            target(2, &good, 1),
+        ];
         let out = fanout().sample("j/v", &targets, PARAMS).await;
         assert_eq!(out.sets.keys().copied().collect::<Vec<_>>(), [0, 2]);
         assert_eq!(out.missing.iter().copied().collect::<Vec<_>>(), [1]);
         assert_eq!((out.agents_answered, out.agents_failed), (1, 1));
-        assert!(out.failures[0].contains("did not answer"), "{:?}", out.failures);
-        assert_eq!(seen_slow.lock().unwrap().len(), 1, "the slow agent was asked");
+        assert!(
+            out.failures[0].contains("did not answer"),
+            "{:?}",
+            out.failures
+        );
+        assert_eq!(
+            seen_slow.lock().unwrap().len(),
+            1,
+            "the slow agent was asked"
+        );
     }
 
     #[tokio::test]
@@ -563,14 +686,21 @@ pub(crate) mod tests {
         let (liar, _) = agent(Behaviour::WrongId).await;
         // Nothing listens on port 1 of loopback.
         let dead = "http://127.0.0.1:1".to_string();
-        let targets = [target(0, &good, 1), target(1, &good, 999), target(2, &dead, 1), target(3, &liar, 1)];
+        let targets = [
+            target(0, &good, 1),
+            target(1, &good, 999),
+            target(2, &dead, 1),
+            target(3, &liar, 1),
+        ];
         let out = fanout().sample("j/v", &targets, PARAMS).await;
         assert_eq!(out.sets.keys().copied().collect::<Vec<_>>(), [0]);
         assert_eq!(out.missing.iter().copied().collect::<Vec<_>>(), [1, 2, 3]);
         let failures = out.failures.join("\n");
         assert!(failures.contains("process 999 is gone"), "{failures}");
         assert!(failures.contains("expected"), "{failures}");
-        let bad = fanout().sample("j/v", &[target(0, "not a uri \u{7f}", 1)], PARAMS).await;
+        let bad = fanout()
+            .sample("j/v", &[target(0, "not a uri \u{7f}", 1)], PARAMS)
+            .await;
         assert_eq!(bad.missing.iter().copied().collect::<Vec<_>>(), [0]);
     }
 
@@ -582,9 +712,21 @@ pub(crate) mod tests {
             parallelism: 3,
             vertex_terminal: false,
             subtasks: vec![
-                SubtaskSampling { index: 0, terminal: false, target: Some(target(0, "http://a", 1)) },
-                SubtaskSampling { index: 1, terminal: true, target: None },
-                SubtaskSampling { index: 2, terminal: false, target: Some(target(2, "http://b", 1)) },
+                SubtaskSampling {
+                    index: 0,
+                    terminal: false,
+                    target: Some(target(0, "http://a", 1)),
+                },
+                SubtaskSampling {
+                    index: 1,
+                    terminal: true,
+                    target: None,
+                },
+                SubtaskSampling {
+                    index: 2,
+                    terminal: false,
+                    target: Some(target(2, "http://b", 1)),
+                },
             ],
         };
         assert_eq!(v.targets(None).len(), 2);

@@ -68,7 +68,10 @@ pub struct Coordinator {
 
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Coordinator").field("rest_addr", &self.rest_addr).field("rpc_addr", &self.rpc_addr).finish()
+        f.debug_struct("Coordinator")
+            .field("rest_addr", &self.rest_addr)
+            .field("rpc_addr", &self.rpc_addr)
+            .finish()
     }
 }
 
@@ -106,7 +109,9 @@ impl Coordinator {
             match task.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => result = Err(e),
-                Err(e) => result = Err(CoordinatorError::Server(format!("server task failed: {e}"))),
+                Err(e) => {
+                    result = Err(CoordinatorError::Server(format!("server task failed: {e}")))
+                }
             }
         }
         result
@@ -117,10 +122,17 @@ impl Coordinator {
 pub async fn start(config: CoordinatorConfig) -> Result<Coordinator, CoordinatorError> {
     let rest = TcpListener::bind(config.rest_addr)
         .await
-        .map_err(|source| CoordinatorError::Listen { addr: config.rest_addr, source })?;
-    let rpc = TcpListener::bind(config.rpc_addr)
-        .await
-        .map_err(|source| CoordinatorError::Listen { addr: config.rpc_addr, source })?;
+        .map_err(|source| CoordinatorError::Listen {
+            addr: config.rest_addr,
+            source,
+        })?;
+    let rpc =
+        TcpListener::bind(config.rpc_addr)
+            .await
+            .map_err(|source| CoordinatorError::Listen {
+                addr: config.rpc_addr,
+                source,
+            })?;
     start_on(config, rest, rpc).await
 }
 
@@ -132,19 +144,31 @@ pub async fn start_on(
     rest: TcpListener,
     rpc: TcpListener,
 ) -> Result<Coordinator, CoordinatorError> {
-    let rest_addr = rest.local_addr().map_err(|source| CoordinatorError::Listen { addr: config.rest_addr, source })?;
-    let rpc_addr = rpc.local_addr().map_err(|source| CoordinatorError::Listen { addr: config.rpc_addr, source })?;
+    let rest_addr = rest
+        .local_addr()
+        .map_err(|source| CoordinatorError::Listen {
+            addr: config.rest_addr,
+            source,
+        })?;
+    let rpc_addr = rpc
+        .local_addr()
+        .map_err(|source| CoordinatorError::Listen {
+            addr: config.rpc_addr,
+            source,
+        })?;
     let timeout = Duration::from_secs(config.heartbeat_timeout_s.max(1));
     let data_dir = config.data_dir.clone();
-    let registry =
-        Arc::new(tokio::task::spawn_blocking(move || Registry::open(&data_dir, timeout)).await.map_err(|e| {
-            CoordinatorError::Server(format!("opening the registry failed: {e}"))
-        })??);
+    let registry = Arc::new(
+        tokio::task::spawn_blocking(move || Registry::open(&data_dir, timeout))
+            .await
+            .map_err(|e| CoordinatorError::Server(format!("opening the registry failed: {e}")))??,
+    );
     let token = match &config.token_file {
         Some(path) => TokenCheck::from_file(path)?,
         None => TokenCheck::disabled(),
     };
     let tls = grpc_tls(&config)?;
+    let write_guard = rest::auth::WriteGuard::from_config(&config)?;
     let config = Arc::new(config);
     let state = rest::state::AppState {
         registry: registry.clone(),
@@ -155,7 +179,7 @@ pub async fn start_on(
     let mut tasks = Vec::new();
 
     // REST.
-    let app = rest::router(state.clone());
+    let app = rest::router(state.clone(), write_guard);
     let mut stop = stopped.clone();
     tasks.push(tokio::spawn(async move {
         axum::serve(rest, app)
@@ -172,13 +196,18 @@ pub async fn start_on(
     tasks.push(tokio::spawn(async move {
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = tls {
-            builder = builder.tls_config(tls).map_err(|e| CoordinatorError::Tls(e.to_string()))?;
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
         }
         builder
             .add_service(service)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(rpc), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(rpc),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )
             .await
             .map_err(|e| CoordinatorError::Server(format!("registry gRPC server: {e}")))
     }));
@@ -204,14 +233,26 @@ pub async fn start_on(
     }));
 
     tracing::info!(%rest_addr, %rpc_addr, "coordinator started");
-    Ok(Coordinator { rest_addr, rpc_addr, registry, state, shutdown, tasks })
+    Ok(Coordinator {
+        rest_addr,
+        rpc_addr,
+        registry,
+        state,
+        shutdown,
+        tasks,
+    })
 }
 
 /// The gRPC server's TLS settings from `--tls-cert`/`--tls-key` (and `--tls-ca` for mutual TLS).
-fn grpc_tls(config: &CoordinatorConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, CoordinatorError> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+fn grpc_tls(
+    config: &CoordinatorConfig,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, CoordinatorError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
     let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| CoordinatorError::Tls(format!("cannot read {}: {e}", p.display())))
+        std::fs::read(p)
+            .map_err(|e| CoordinatorError::Tls(format!("cannot read {}: {e}", p.display())))
     };
     let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
     let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
@@ -228,7 +269,10 @@ pub fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         let demo = config.demo;
         let coordinator = start(config).await?;
         println!("flamegrid dashboard: http://{}/", coordinator.rest_addr());
-        println!("flamegrid registry (gRPC): http://{}", coordinator.rpc_addr());
+        println!(
+            "flamegrid registry (gRPC): http://{}",
+            coordinator.rpc_addr()
+        );
         let demo = if demo {
             let handle = demo::start(&coordinator).await?;
             let rest = coordinator.rest_addr();
@@ -256,7 +300,9 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");

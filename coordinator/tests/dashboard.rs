@@ -46,7 +46,11 @@ impl Drop for KillOnDrop {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `probe` until it returns `Some`, panicking with `what` after [`PATIENCE`].
@@ -67,7 +71,12 @@ fn chromium() -> PathBuf {
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
-        for name in ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"] {
+        for name in [
+            "chromium",
+            "chromium-browser",
+            "google-chrome",
+            "google-chrome-stable",
+        ] {
             let candidate = dir.join(name);
             if candidate.is_file() {
                 return candidate;
@@ -87,8 +96,14 @@ struct Http {
 impl Http {
     fn new(base: String) -> Self {
         Http {
-            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
-            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
             base,
         }
     }
@@ -96,7 +111,12 @@ impl Http {
     /// GET a path relative to the dashboard's URL; `None` while the server is not answering.
     fn get(&self, path: &str) -> Option<(u16, String)> {
         self.runtime.block_on(async {
-            let response = self.client.get(format!("{}{path}", self.base)).send().await.ok()?;
+            let response = self
+                .client
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .ok()?;
             let status = response.status().as_u16();
             Some((status, response.text().await.ok()?))
         })
@@ -132,8 +152,16 @@ fn dump_dom(browser: &Path, profile: &Path, url: &str, screenshot: Option<&Path>
         Some(file) => command.arg(format!("--screenshot={}", file.display())),
         None => command.arg("--dump-dom"),
     };
-    command.arg(url).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut child = KillOnDrop(command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", browser.display())));
+    command
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = KillOnDrop(
+        command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", browser.display())),
+    );
     let mut stdout = child.0.stdout.take().unwrap();
     // Read on a thread so that a browser that never exits cannot hang the test.
     let (tx, rx) = mpsc::channel();
@@ -142,7 +170,9 @@ fn dump_dom(browser: &Path, profile: &Path, url: &str, screenshot: Option<&Path>
         let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
         let _ = tx.send(text);
     });
-    let dom = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| panic!("Chromium did not finish with {url}"));
+    let dom = rx
+        .recv_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("Chromium did not finish with {url}"));
     let _ = child.0.wait();
     dom
 }
@@ -154,7 +184,11 @@ fn frame_names(dom: &str) -> Vec<String> {
 }
 
 fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&")
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
 }
 
 /// Every node name in a Flink flame graph tree.
@@ -181,7 +215,12 @@ fn demo_flame_graph_renders_in_headless_chromium() {
         .arg("--data-dir")
         .arg(scratch.path().join("data"))
         // Small, quick runs: the test is about the page, not about sampling statistics.
-        .args(["--flamegraph-num-samples", "30", "--flamegraph-delay-ms", "10"])
+        .args([
+            "--flamegraph-num-samples",
+            "30",
+            "--flamegraph-delay-ms",
+            "10",
+        ])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -203,8 +242,15 @@ fn demo_flame_graph_renders_in_headless_chromium() {
         let line = rx.recv_timeout(Duration::from_millis(100)).ok()?;
         url_pattern.find(&line).map(|m| m.as_str().to_string())
     });
-    let base = if url.ends_with('/') { url.clone() } else { format!("{url}/") };
-    assert!(base.contains(&format!(":{rest}/")), "the printed URL {url} is not on --rest-addr {rest}");
+    let base = if url.ends_with('/') {
+        url.clone()
+    } else {
+        format!("{url}/")
+    };
+    assert!(
+        base.contains(&format!(":{rest}/")),
+        "the printed URL {url} is not on --rest-addr {rest}"
+    );
     let http = Http::new(base.clone());
 
     // The page itself and its assets, as a browser would fetch them.
@@ -221,23 +267,32 @@ fn demo_flame_graph_renders_in_headless_chromium() {
     let job_name = job["name"].as_str().unwrap().to_string();
     let details = http.json(&format!("jobs/{jid}")).unwrap();
     let vertices = details["vertices"].as_array().unwrap().clone();
-    assert!(vertices.len() >= 2, "the demo job has at least two vertices");
+    assert!(
+        vertices.len() >= 2,
+        "the demo job has at least two vertices"
+    );
     let source = vertices
         .iter()
         .find(|v| v["name"].as_str().is_some_and(|n| n.starts_with("Source")))
         .unwrap_or(&vertices[0]);
     let vid = source["id"].as_str().unwrap().to_string();
     let graph_path = format!("jobs/{jid}/vertices/{vid}/flamegraph?type=on_cpu");
-    let tree = wait_for("a flame graph of the source vertex with the demo's CPU chain", || {
-        let graph = http.json(&graph_path)?;
-        let mut names = Vec::new();
-        tree_names(&graph["data"], &mut names);
-        names.iter().any(|n| n == "hash_field").then_some(names)
-    });
+    let tree = wait_for(
+        "a flame graph of the source vertex with the demo's CPU chain",
+        || {
+            let graph = http.json(&graph_path)?;
+            let mut names = Vec::new();
+            tree_names(&graph["data"], &mut names);
+            names.iter().any(|n| n == "hash_field").then_some(names)
+        },
+    );
     // The demo's sources compute through parse_records -> tokenize -> hash_field.
     let expected = ["parse_records", "tokenize", "hash_field"];
     for name in expected {
-        assert!(tree.iter().any(|n| n == name), "the JSON graph lacks {name}: {tree:?}");
+        assert!(
+            tree.iter().any(|n| n == name),
+            "the JSON graph lacks {name}: {tree:?}"
+        );
     }
 
     let screenshots = std::env::var_os("FLAMEGRID_SCREENSHOT_DIR").map(PathBuf::from);
@@ -248,43 +303,86 @@ fn demo_flame_graph_renders_in_headless_chromium() {
         if let Some(dir) = &screenshots {
             std::fs::create_dir_all(dir).unwrap();
             let profile = tempfile::tempdir().unwrap();
-            dump_dom(&browser, profile.path(), &page_url, Some(&dir.join(format!("{label}.png"))));
+            dump_dom(
+                &browser,
+                profile.path(),
+                &page_url,
+                Some(&dir.join(format!("{label}.png"))),
+            );
         }
         dom
     };
 
     // Overview: the job (linked) and the demo's task manager.
     let overview = open("#/", "overview");
-    assert!(overview.contains(&format!(r##"href="#/jobs/{jid}""##)), "the overview links the job:\n{overview}");
+    assert!(
+        overview.contains(&format!(r##"href="#/jobs/{jid}""##)),
+        "the overview links the job:\n{overview}"
+    );
     assert!(overview.contains(&job_name), "the overview names the job");
-    assert!(overview.contains(r##"href="#/taskmanagers/"##), "the overview lists a task manager");
+    assert!(
+        overview.contains(r##"href="#/taskmanagers/"##),
+        "the overview lists a task manager"
+    );
 
     // Job page: the plan as an SVG graph whose boxes link to every vertex's page.
     let job_page = open(&format!("#/jobs/{jid}"), "job");
     assert!(job_page.contains("<svg"), "the job page draws the plan");
     for vertex in &vertices {
-        let link = format!(r##"href="#/jobs/{jid}/vertices/{}""##, vertex["id"].as_str().unwrap());
-        assert!(job_page.matches(&link).count() >= 2, "the plan box and the table both link {link}");
+        let link = format!(
+            r##"href="#/jobs/{jid}/vertices/{}""##,
+            vertex["id"].as_str().unwrap()
+        );
+        assert!(
+            job_page.matches(&link).count() >= 2,
+            "the plan box and the table both link {link}"
+        );
     }
-    assert!(job_page.contains("plan-edge"), "the plan draws the demo's edges");
+    assert!(
+        job_page.contains("plan-edge"),
+        "the plan draws the demo's edges"
+    );
 
     // Vertex page: the flame graph, drawn by the page from the JSON, with the demo's functions.
     let vertex_page = open(&format!("#/jobs/{jid}/vertices/{vid}"), "vertex");
-    assert!(vertex_page.contains(r#"data-state="ready""#), "the flame graph is drawn:\n{vertex_page}");
+    assert!(
+        vertex_page.contains(r#"data-state="ready""#),
+        "the flame graph is drawn:\n{vertex_page}"
+    );
     let frames = frame_names(&vertex_page);
-    assert!(frames.first().is_some_and(|f| f == "root"), "the first frame is the root: {frames:?}");
+    assert!(
+        frames.first().is_some_and(|f| f == "root"),
+        "the first frame is the root: {frames:?}"
+    );
     for name in expected {
-        assert!(frames.iter().any(|f| f == name), "no frame {name} on the page; frames: {frames:?}");
+        assert!(
+            frames.iter().any(|f| f == name),
+            "no frame {name} on the page; frames: {frames:?}"
+        );
     }
-    assert!(vertex_page.contains("measured"), "the page shows the graph's age");
+    assert!(
+        vertex_page.contains("measured"),
+        "the page shows the graph's age"
+    );
     for view in ["flamegraph.svg?", "flamegraph.folded?", "flamegraph?"] {
-        assert!(vertex_page.contains(&format!("vertices/{vid}/{view}")), "no link to the {view} view");
+        assert!(
+            vertex_page.contains(&format!("vertices/{vid}/{view}")),
+            "no link to the {view} view"
+        );
     }
-    assert!(vertex_page.contains(r#"value="on_cpu" checked"#), "On-CPU is the default view");
-    assert!(!vertex_page.contains(r#"class="error""#), "an error is shown:\n{vertex_page}");
+    assert!(
+        vertex_page.contains(r#"value="on_cpu" checked"#),
+        "On-CPU is the default view"
+    );
+    assert!(
+        !vertex_page.contains(r#"class="error""#),
+        "an error is shown:\n{vertex_page}"
+    );
 
     // The same page in the off-CPU view: the sinks' waits, not the sources' computing.
-    let sink = vertices.iter().find(|v| v["name"].as_str().is_some_and(|n| n.starts_with("Sink")));
+    let sink = vertices
+        .iter()
+        .find(|v| v["name"].as_str().is_some_and(|n| n.starts_with("Sink")));
     if let Some(sink) = sink {
         let sink_id = sink["id"].as_str().unwrap();
         let off_path = format!("jobs/{jid}/vertices/{sink_id}/flamegraph?type=off_cpu");
@@ -292,12 +390,20 @@ fn demo_flame_graph_renders_in_headless_chromium() {
             let graph = http.json(&off_path)?;
             let mut names = Vec::new();
             tree_names(&graph["data"], &mut names);
-            names.iter().any(|n| n == "flush_batch" || n == "await_commit").then_some(())
+            names
+                .iter()
+                .any(|n| n == "flush_batch" || n == "await_commit")
+                .then_some(())
         });
-        let sink_page = open(&format!("#/jobs/{jid}/vertices/{sink_id}?type=off_cpu"), "sink-off-cpu");
+        let sink_page = open(
+            &format!("#/jobs/{jid}/vertices/{sink_id}?type=off_cpu"),
+            "sink-off-cpu",
+        );
         let frames = frame_names(&sink_page);
         assert!(
-            frames.iter().any(|f| f == "flush_batch" || f == "await_commit"),
+            frames
+                .iter()
+                .any(|f| f == "flush_batch" || f == "await_commit"),
             "the off-CPU page lacks the sinks' waits; frames: {frames:?}"
         );
         assert!(sink_page.contains(r#"value="off_cpu" checked"#));

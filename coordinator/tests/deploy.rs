@@ -51,29 +51,60 @@ fn manifests() -> Vec<(String, Value)> {
 }
 
 fn kind<'a>(documents: &'a [(String, Value)], kind: &str) -> Vec<&'a Value> {
-    documents.iter().filter(|(_, d)| d["kind"].as_str() == Some(kind)).map(|(_, d)| d).collect()
+    documents
+        .iter()
+        .filter(|(_, d)| d["kind"].as_str() == Some(kind))
+        .map(|(_, d)| d)
+        .collect()
 }
 
 fn strings(value: &Value) -> Vec<String> {
-    value.as_sequence().map(|s| s.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default()
+    value
+        .as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The value that follows `flag` in an argument list.
 fn arg_after(args: &[String], flag: &str) -> Option<String> {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 #[test]
 fn every_manifest_document_parses_and_names_itself() {
     let documents = manifests();
     for (file, d) in &documents {
-        assert!(d["apiVersion"].as_str().is_some_and(|s| !s.is_empty()), "{file}: a document without apiVersion");
-        assert!(d["kind"].as_str().is_some_and(|s| !s.is_empty()), "{file}: a document without kind");
+        assert!(
+            d["apiVersion"].as_str().is_some_and(|s| !s.is_empty()),
+            "{file}: a document without apiVersion"
+        );
+        assert!(
+            d["kind"].as_str().is_some_and(|s| !s.is_empty()),
+            "{file}: a document without kind"
+        );
         if d["kind"].as_str() != Some("Kustomization") {
-            assert!(d["metadata"]["name"].as_str().is_some_and(|s| !s.is_empty()), "{file}: a document without metadata.name");
+            assert!(
+                d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "{file}: a document without metadata.name"
+            );
         }
     }
-    for wanted in ["Namespace", "DaemonSet", "Deployment", "Service", "PersistentVolumeClaim"] {
+    for wanted in [
+        "Namespace",
+        "DaemonSet",
+        "Deployment",
+        "Service",
+        "PersistentVolumeClaim",
+    ] {
         assert_eq!(kind(&documents, wanted).len(), 1, "exactly one {wanted}");
     }
     // The kustomization lists every other manifest, so `kubectl apply -k` deploys everything.
@@ -81,7 +112,10 @@ fn every_manifest_document_parses_and_names_itself() {
     let listed = strings(&kustomization[0]["resources"]);
     for (file, d) in &documents {
         if d["kind"].as_str() != Some("Kustomization") {
-            assert!(listed.contains(file), "kustomization.yaml does not list {file}");
+            assert!(
+                listed.contains(file),
+                "kustomization.yaml does not list {file}"
+            );
         }
     }
 }
@@ -91,18 +125,35 @@ fn agent_daemonset_sees_and_may_trace_host_processes() {
     let documents = manifests();
     let daemonset = kind(&documents, "DaemonSet")[0];
     let pod = &daemonset["spec"]["template"]["spec"];
-    assert_eq!(pod["hostPID"].as_bool(), Some(true), "the agent must see the node's processes");
+    assert_eq!(
+        pod["hostPID"].as_bool(),
+        Some(true),
+        "the agent must see the node's processes"
+    );
     let containers = pod["containers"].as_sequence().unwrap();
     assert_eq!(containers.len(), 1);
     let agent = &containers[0];
     let capabilities = &agent["securityContext"]["capabilities"];
-    assert_eq!(strings(&capabilities["add"]), ["SYS_PTRACE"], "SYS_PTRACE and nothing more");
+    assert_eq!(
+        strings(&capabilities["add"]),
+        ["SYS_PTRACE"],
+        "SYS_PTRACE and nothing more"
+    );
     assert_eq!(strings(&capabilities["drop"]), ["ALL"]);
-    assert_eq!(agent["securityContext"]["allowPrivilegeEscalation"].as_bool(), Some(false));
-    assert!(agent["securityContext"]["privileged"].as_bool() != Some(true), "never privileged");
+    assert_eq!(
+        agent["securityContext"]["allowPrivilegeEscalation"].as_bool(),
+        Some(false)
+    );
+    assert!(
+        agent["securityContext"]["privileged"].as_bool() != Some(true),
+        "never privileged"
+    );
 
     let args = [strings(&agent["command"]), strings(&agent["args"])].concat();
-    assert!(args.iter().any(|a| a == "run"), "the agent runs `flamegrid-agent run`");
+    assert!(
+        args.iter().any(|a| a == "run"),
+        "the agent runs `flamegrid-agent run`"
+    );
     let env = agent["env"].as_sequence().unwrap();
     let field_of = |variable: &str| {
         env.iter()
@@ -113,22 +164,44 @@ fn agent_daemonset_sees_and_may_trace_host_processes() {
     // --id is the node's name, --advertise the pod's IP, both from the downward API.
     let id = arg_after(&args, "--id").expect("--id");
     let id_var = id.trim_start_matches("$(").trim_end_matches(')');
-    assert_eq!(field_of(id_var).as_deref(), Some("spec.nodeName"), "--id {id}");
+    assert_eq!(
+        field_of(id_var).as_deref(),
+        Some("spec.nodeName"),
+        "--id {id}"
+    );
     let advertise = arg_after(&args, "--advertise").expect("--advertise");
-    let ip_var = advertise.split("$(").nth(1).and_then(|s| s.split(')').next()).expect("--advertise uses a variable");
-    assert_eq!(field_of(ip_var).as_deref(), Some("status.podIP"), "--advertise {advertise}");
+    let ip_var = advertise
+        .split("$(")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("--advertise uses a variable");
+    assert_eq!(
+        field_of(ip_var).as_deref(),
+        Some("status.podIP"),
+        "--advertise {advertise}"
+    );
     // The coordinator address points at the Service.
     let service = kind(&documents, "Service")[0];
     let coordinator = arg_after(&args, "--coordinator").expect("--coordinator");
-    assert!(coordinator.contains(service["metadata"]["name"].as_str().unwrap()), "--coordinator {coordinator}");
+    assert!(
+        coordinator.contains(service["metadata"]["name"].as_str().unwrap()),
+        "--coordinator {coordinator}"
+    );
 }
 
 #[test]
 fn coordinator_keeps_its_data_on_a_volume_behind_a_service() {
     let documents = manifests();
     let deployment = kind(&documents, "Deployment")[0];
-    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(1), "one writer per database");
-    assert_eq!(deployment["spec"]["strategy"]["type"].as_str(), Some("Recreate"));
+    assert_eq!(
+        deployment["spec"]["replicas"].as_u64(),
+        Some(1),
+        "one writer per database"
+    );
+    assert_eq!(
+        deployment["spec"]["strategy"]["type"].as_str(),
+        Some("Recreate")
+    );
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let args = [strings(&container["command"]), strings(&container["args"])].concat();
@@ -141,14 +214,26 @@ fn coordinator_keeps_its_data_on_a_volume_behind_a_service() {
         .iter()
         .find(|m| m["mountPath"].as_str() == Some(data_dir.as_str()))
         .expect("--data-dir is a volume mount");
-    let volume = pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == mount["name"]).expect("the mounted volume");
-    let claim = volume["persistentVolumeClaim"]["claimName"].as_str().expect("a PersistentVolumeClaim volume");
-    assert_eq!(kind(&documents, "PersistentVolumeClaim")[0]["metadata"]["name"].as_str(), Some(claim));
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    let claim = volume["persistentVolumeClaim"]["claimName"]
+        .as_str()
+        .expect("a PersistentVolumeClaim volume");
+    assert_eq!(
+        kind(&documents, "PersistentVolumeClaim")[0]["metadata"]["name"].as_str(),
+        Some(claim)
+    );
 
     // The Service selects these pods and exposes the ports the flags bind.
     let service = kind(&documents, "Service")[0];
     let selector = service["spec"]["selector"].as_mapping().unwrap();
-    let labels = deployment["spec"]["template"]["metadata"]["labels"].as_mapping().unwrap();
+    let labels = deployment["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .unwrap();
     for (k, v) in selector {
         assert_eq!(labels.get(k), Some(v), "Service selector {k:?}");
     }
@@ -156,16 +241,32 @@ fn coordinator_keeps_its_data_on_a_volume_behind_a_service() {
         .as_sequence()
         .unwrap()
         .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_u64().unwrap()))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
         .collect();
     for flag in ["--rest-addr", "--rpc-addr"] {
         let addr = arg_after(&args, flag).unwrap_or_else(|| panic!("{flag}"));
-        assert!(addr.starts_with("0.0.0.0:"), "{flag} {addr} must listen on the pod's interfaces");
+        assert!(
+            addr.starts_with("0.0.0.0:"),
+            "{flag} {addr} must listen on the pod's interfaces"
+        );
         let port: u64 = addr.rsplit(':').next().unwrap().parse().unwrap();
-        let (name, _) = container_ports.iter().find(|(_, p)| *p == port).unwrap_or_else(|| panic!("{flag}: no containerPort {port}"));
-        let exposed = service["spec"]["ports"].as_sequence().unwrap().iter().any(|p| {
-            p["targetPort"].as_str() == Some(name.as_str()) || p["targetPort"].as_u64() == Some(port)
-        });
+        let (name, _) = container_ports
+            .iter()
+            .find(|(_, p)| *p == port)
+            .unwrap_or_else(|| panic!("{flag}: no containerPort {port}"));
+        let exposed = service["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| {
+                p["targetPort"].as_str() == Some(name.as_str())
+                    || p["targetPort"].as_u64() == Some(port)
+            });
         assert!(exposed, "the Service does not expose {flag} (port {port})");
     }
 }
@@ -177,8 +278,11 @@ fn unit_service_settings(unit: &str) -> Vec<(String, String)> {
     for line in unit.lines().map(str::trim) {
         if line.starts_with('[') {
             in_service = line == "[Service]";
-        } else if in_service && !line.is_empty() && !line.starts_with('#') && !line.starts_with(';') {
-            let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("not key=value: {line}"));
+        } else if in_service && !line.is_empty() && !line.starts_with('#') && !line.starts_with(';')
+        {
+            let (key, value) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not key=value: {line}"));
             settings.push((key.trim().to_string(), value.trim().to_string()));
         }
     }
@@ -186,7 +290,11 @@ fn unit_service_settings(unit: &str) -> Vec<(String, String)> {
 }
 
 fn setting<'a>(settings: &'a [(String, String)], key: &str) -> Vec<&'a str> {
-    settings.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+    settings
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 #[test]
@@ -195,21 +303,49 @@ fn systemd_units_grant_the_agent_ptrace_and_nothing_more() {
     assert_eq!(setting(&agent, "AmbientCapabilities"), ["CAP_SYS_PTRACE"]);
     assert_eq!(setting(&agent, "CapabilityBoundingSet"), ["CAP_SYS_PTRACE"]);
     assert_eq!(setting(&agent, "NoNewPrivileges"), ["yes"]);
-    assert!(setting(&agent, "User").iter().all(|u| *u != "root"), "the agent does not run as root");
-    assert_eq!(setting(&agent, "EnvironmentFile").len(), 1, "settings come from an EnvironmentFile");
+    assert!(
+        setting(&agent, "User").iter().all(|u| *u != "root"),
+        "the agent does not run as root"
+    );
+    assert_eq!(
+        setting(&agent, "EnvironmentFile").len(),
+        1,
+        "settings come from an EnvironmentFile"
+    );
     assert!(setting(&agent, "ExecStart")[0].starts_with("/usr/local/bin/flamegrid-agent run"));
     // Options that would silently break sampling.
-    for (key, forbidden) in [("ProtectProc", "invisible"), ("ProtectProc", "noaccess"), ("ProcSubset", "pid"), ("PrivateUsers", "yes")] {
-        assert!(!setting(&agent, key).contains(&forbidden), "{key}={forbidden} breaks ptrace or /proc reading");
+    for (key, forbidden) in [
+        ("ProtectProc", "invisible"),
+        ("ProtectProc", "noaccess"),
+        ("ProcSubset", "pid"),
+        ("PrivateUsers", "yes"),
+    ] {
+        assert!(
+            !setting(&agent, key).contains(&forbidden),
+            "{key}={forbidden} breaks ptrace or /proc reading"
+        );
     }
     let filters = setting(&agent, "SystemCallFilter").join(" ");
-    assert!(filters.is_empty() || filters.contains("@debug") || filters.contains("ptrace"), "the syscall filter must allow ptrace");
+    assert!(
+        filters.is_empty() || filters.contains("@debug") || filters.contains("ptrace"),
+        "the syscall filter must allow ptrace"
+    );
 
     let coordinator = unit_service_settings(&read("systemd/flamegrid-coordinator.service"));
-    assert_eq!(setting(&coordinator, "CapabilityBoundingSet"), [""], "the coordinator needs no capability");
-    assert!(setting(&coordinator, "AmbientCapabilities").iter().all(|c| c.is_empty()));
+    assert_eq!(
+        setting(&coordinator, "CapabilityBoundingSet"),
+        [""],
+        "the coordinator needs no capability"
+    );
+    assert!(
+        setting(&coordinator, "AmbientCapabilities")
+            .iter()
+            .all(|c| c.is_empty())
+    );
     assert_eq!(setting(&coordinator, "EnvironmentFile").len(), 1);
-    assert!(setting(&coordinator, "ExecStart")[0].starts_with("/usr/local/bin/flamegrid-coordinator"));
+    assert!(
+        setting(&coordinator, "ExecStart")[0].starts_with("/usr/local/bin/flamegrid-coordinator")
+    );
 }
 
 /// When systemd's own checker is installed, it must accept both units apart from the binaries
@@ -227,14 +363,21 @@ fn systemd_analyze_accepts_the_units_when_available() {
             .arg(deploy_dir().join("systemd").join(unit))
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+        let text = String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout);
         let problems: Vec<&str> = text
             .lines()
             .filter(|l| !l.trim().is_empty())
             .filter(|l| !l.contains("is not executable: No such file or directory"))
-            .filter(|l| !l.contains("bus") && !l.contains("System has not been booted with systemd"))
+            .filter(|l| {
+                !l.contains("bus") && !l.contains("System has not been booted with systemd")
+            })
             .collect();
-        assert!(problems.is_empty(), "systemd-analyze verify {unit}:\n{}", problems.join("\n"));
+        assert!(
+            problems.is_empty(),
+            "systemd-analyze verify {unit}:\n{}",
+            problems.join("\n")
+        );
     }
 }
 
@@ -251,7 +394,10 @@ fn agent_binary() -> PathBuf {
         if dir.ends_with("release") {
             build.arg("--release");
         }
-        let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
+        let status = build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
         assert!(status.success(), "building flamegrid-agent failed");
     }
     assert!(agent.exists(), "no agent binary at {}", agent.display());
@@ -259,8 +405,17 @@ fn agent_binary() -> PathBuf {
 }
 
 fn help(binary: &Path, args: &[&str]) -> String {
-    let output = Command::new(binary).args(args).arg("--help").output().unwrap();
-    assert!(output.status.success(), "{} {args:?} --help failed: {}", binary.display(), String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(binary)
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{} {args:?} --help failed: {}",
+        binary.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -270,14 +425,21 @@ fn flags_in(text: &str) -> BTreeSet<String> {
     let flag = regex::Regex::new(r"(?:^|[\s\[\x22'])(--[a-z][a-z0-9-]*)").unwrap();
     text.lines()
         .filter(|line| !line.trim_start().starts_with('#'))
-        .flat_map(|line| flag.captures_iter(line).map(|c| c[1].to_string()).collect::<Vec<_>>())
+        .flat_map(|line| {
+            flag.captures_iter(line)
+                .map(|c| c[1].to_string())
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
 /// Every `FLAMEGRID_*` variable in `text`, commented-out examples included.
 fn variables_in(text: &str) -> BTreeSet<String> {
     let variable = regex::Regex::new(r"\bFLAMEGRID_[A-Z0-9_]+\b").unwrap();
-    variable.find_iter(text).map(|m| m.as_str().to_string()).collect()
+    variable
+        .find_iter(text)
+        .map(|m| m.as_str().to_string())
+        .collect()
 }
 
 #[test]
@@ -300,21 +462,31 @@ fn every_flag_and_variable_in_deploy_exists_in_the_binaries_help() {
     let mut checked = 0;
     for (file, binary) in files {
         let text = read(file);
-        let help_text = if binary == "agent" { &agent_help } else { &coordinator_help };
+        let help_text = if binary == "agent" {
+            &agent_help
+        } else {
+            &coordinator_help
+        };
         for flag in flags_in(&text) {
             assert!(
-                help_text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).any(|w| w == flag),
+                help_text
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                    .any(|w| w == flag),
                 "{file} uses {flag}, which `flamegrid-{binary} --help` does not list"
             );
             checked += 1;
         }
         for variable in variables_in(&text) {
             assert!(
-                help_text.contains(&format!("env: {variable}=")) || help_text.contains(&format!("env: {variable}]")),
+                help_text.contains(&format!("env: {variable}="))
+                    || help_text.contains(&format!("env: {variable}]")),
                 "{file} sets {variable}, which `flamegrid-{binary} --help` does not list as a flag's variable"
             );
             checked += 1;
         }
     }
-    assert!(checked >= 15, "only {checked} flags and variables found: is the parsing broken?");
+    assert!(
+        checked >= 15,
+        "only {checked} flags and variables found: is the parsing broken?"
+    );
 }

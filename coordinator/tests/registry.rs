@@ -20,9 +20,15 @@ async fn unknown_agents_reregister_and_bad_registrations_are_refused() {
     let c = TestCoordinator::start(&["--heartbeat-timeout-s", "9"]).await;
     let mut agent = TestAgent::connect(&c.rpc, TM).await;
     let answer = agent.heartbeat().await;
-    assert!(answer.reregister, "a heartbeat before Register asks to register");
+    assert!(
+        answer.reregister,
+        "a heartbeat before Register asks to register"
+    );
     let registered = agent.register().await;
-    assert_eq!(registered.heartbeat_interval_ms, 3000, "a third of the timeout");
+    assert_eq!(
+        registered.heartbeat_interval_ms, 3000,
+        "a third of the timeout"
+    );
     assert!(!agent.heartbeat().await.reregister);
 
     let mut bad = TestAgent::connect(&c.rpc, "").await;
@@ -34,7 +40,11 @@ async fn unknown_agents_reregister_and_bad_registrations_are_refused() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("address"), "{}", err.message());
     let tms = c.get_ok("/taskmanagers").await;
-    assert_eq!(tms["taskmanagers"].as_array().unwrap().len(), 1, "refused registrations change nothing");
+    assert_eq!(
+        tms["taskmanagers"].as_array().unwrap().len(),
+        1,
+        "refused registrations change nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,7 +64,12 @@ async fn watch_list_and_sampling_targets_follow_subtask_states() {
     assert_eq!(vertex["subtasks"][0]["status"], "DEPLOYING");
     let sampling = registry.vertex_sampling(&jobid, &source).unwrap();
     assert_eq!((sampling.parallelism, sampling.vertex_terminal), (2, false));
-    assert!(sampling.subtasks.iter().all(|s| s.target.is_none() && !s.terminal));
+    assert!(
+        sampling
+            .subtasks
+            .iter()
+            .all(|s| s.target.is_none() && !s.terminal)
+    );
 
     // The first heartbeat hands out the watch list: every subtask, keyed so it maps back.
     let answer = agent.heartbeat().await;
@@ -70,13 +85,19 @@ async fn watch_list_and_sampling_targets_follow_subtask_states() {
     // INITIALIZING is sampleable (as in Flink); RUNNING after the liveness report.
     let sampling = registry.vertex_sampling(&jobid, &source).unwrap();
     let target = sampling.subtasks[1].target.as_ref().unwrap();
-    assert_eq!((target.subtask_index, target.taskmanager_id.as_str()), (1, TM));
+    assert_eq!(
+        (target.subtask_index, target.taskmanager_id.as_str()),
+        (1, TM)
+    );
     assert_eq!(target.agent_address, "http://127.0.0.1:6122");
     agent.heartbeat().await;
     let vertex = c.get_ok(&format!("/jobs/{jobid}/vertices/{source}")).await;
     assert_eq!(vertex["subtasks"][0]["status"], "RUNNING");
     let (address, selectors) = registry.taskmanager_dump_targets(TM).unwrap();
-    assert_eq!((address.as_str(), selectors.len()), ("http://127.0.0.1:6122", 3));
+    assert_eq!(
+        (address.as_str(), selectors.len()),
+        ("http://127.0.0.1:6122", 3)
+    );
     assert!(registry.taskmanager_dump_targets("nobody").is_err());
     assert!(registry.vertex_sampling(&jobid, &"0".repeat(32)).is_err());
 
@@ -85,11 +106,20 @@ async fn watch_list_and_sampling_targets_follow_subtask_states() {
     agent.force_dead.push(subtask_key(&jobid, &source, 1));
     agent.heartbeat().await;
     let vertex = c.get_ok(&format!("/jobs/{jobid}/vertices/{source}")).await;
-    assert_eq!((vertex["subtasks"][0]["status"].as_str(), vertex["subtasks"][1]["status"].as_str()), (Some("RUNNING"), Some("FINISHED")));
+    assert_eq!(
+        (
+            vertex["subtasks"][0]["status"].as_str(),
+            vertex["subtasks"][1]["status"].as_str()
+        ),
+        (Some("RUNNING"), Some("FINISHED"))
+    );
     let sampling = registry.vertex_sampling(&jobid, &source).unwrap();
     assert!(sampling.subtasks[1].terminal && sampling.subtasks[1].target.is_none());
     assert!(!sampling.vertex_terminal);
-    assert_eq!(c.get_ok(&format!("/jobs/{jobid}")).await["vertices"][0]["status"], "RUNNING");
+    assert_eq!(
+        c.get_ok(&format!("/jobs/{jobid}")).await["vertices"][0]["status"],
+        "RUNNING"
+    );
 
     // A process that never existed: FAILED at the first report, with the reason in exceptions.
     let ghost = json!({"name": "ghost", "vertices": [{"name": "v", "parallelism": 1,
@@ -97,10 +127,19 @@ async fn watch_list_and_sampling_targets_follow_subtask_states() {
     let ghost_id = c.register_job(&ghost).await;
     agent.heartbeat().await;
     agent.heartbeat().await;
-    assert_eq!(c.get_ok(&format!("/jobs/{ghost_id}/status")).await["status"], "FAILED");
+    assert_eq!(
+        c.get_ok(&format!("/jobs/{ghost_id}/status")).await["status"],
+        "FAILED"
+    );
     let exceptions = c.get_ok(&format!("/jobs/{ghost_id}/exceptions")).await;
     let entry = &exceptions["exceptionHistory"]["entries"][0];
-    assert!(entry["stacktrace"].as_str().unwrap().contains("pid 4194300"), "{exceptions}");
+    assert!(
+        entry["stacktrace"]
+            .as_str()
+            .unwrap()
+            .contains("pid 4194300"),
+        "{exceptions}"
+    );
     assert_eq!(entry["taskManagerId"], TM);
     drop(worker);
 }
@@ -114,12 +153,19 @@ async fn a_lost_agent_fails_its_subtasks_and_is_dropped() {
     let jobid = c.register_job(&two_vertex_job(TM, worker.pid())).await;
     agent.heartbeat().await;
     agent.heartbeat().await;
-    assert_eq!(c.get_ok(&format!("/jobs/{jobid}/status")).await["status"], "RUNNING");
+    assert_eq!(
+        c.get_ok(&format!("/jobs/{jobid}/status")).await["status"],
+        "RUNNING"
+    );
 
     // The agent stops heartbeating.
     let tms = poll("the silent agent to be dropped", || async {
         let tms = c.get_ok("/taskmanagers").await;
-        tms["taskmanagers"].as_array().unwrap().is_empty().then_some(tms)
+        tms["taskmanagers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(tms)
     })
     .await;
     assert_eq!(tms, json!({"taskmanagers": []}));
@@ -130,9 +176,17 @@ async fn a_lost_agent_fails_its_subtasks_and_is_dropped() {
         assert_eq!(v["status"], "FAILED");
     }
     let exceptions = c.get_ok(&format!("/jobs/{jobid}/exceptions")).await;
-    let entries = exceptions["exceptionHistory"]["entries"].as_array().unwrap();
+    let entries = exceptions["exceptionHistory"]["entries"]
+        .as_array()
+        .unwrap();
     assert_eq!(entries.len(), 3);
-    assert!(entries[0]["stacktrace"].as_str().unwrap().contains("was lost"), "{exceptions}");
+    assert!(
+        entries[0]["stacktrace"]
+            .as_str()
+            .unwrap()
+            .contains("was lost"),
+        "{exceptions}"
+    );
     let (status, _) = c.get(&format!("/taskmanagers/{TM}")).await;
     assert_eq!(status, 404);
     assert_eq!(c.get_ok("/overview").await["jobs-failed"], 1);
@@ -141,7 +195,10 @@ async fn a_lost_agent_fails_its_subtasks_and_is_dropped() {
     assert!(agent.heartbeat().await.reregister);
     agent.register().await;
     assert!(agent.heartbeat().await.watch.is_empty());
-    assert_eq!(c.get_ok(&format!("/jobs/{jobid}/status")).await["status"], "FAILED");
+    assert_eq!(
+        c.get_ok(&format!("/jobs/{jobid}/status")).await["status"],
+        "FAILED"
+    );
     drop(worker);
 }
 
@@ -153,49 +210,82 @@ async fn the_token_is_required_when_configured() {
     let c = TestCoordinator::start(&["--token-file", token_file.to_str().unwrap()]).await;
 
     let mut none = TestAgent::connect(&c.rpc, TM).await;
-    assert_eq!(none.try_register().await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        none.try_register().await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
     let mut wrong = TestAgent::connect_with_token(&c.rpc, TM, Some("s3cret-tokeN")).await;
-    assert_eq!(wrong.try_register().await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        wrong.try_register().await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
     assert_eq!(c.get_ok("/taskmanagers").await, json!({"taskmanagers": []}));
 
     let mut right = TestAgent::connect_with_token(&c.rpc, TM, Some("s3cret-token")).await;
     right.register().await;
     assert!(!right.heartbeat().await.reregister);
-    assert_eq!(c.get_ok("/taskmanagers").await["taskmanagers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        c.get_ok("/taskmanagers").await["taskmanagers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // An empty token file is refused at start.
     std::fs::write(&token_file, "  \n").unwrap();
     let other = TempDir::new("token-empty");
-    let err = flamegrid_coordinator::start(config(other.path(), &["--token-file", token_file.to_str().unwrap()]))
-        .await
-        .unwrap_err();
+    let err = flamegrid_coordinator::start(config(
+        other.path(),
+        &["--token-file", token_file.to_str().unwrap()],
+    ))
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_and_states_survive_a_graceful_restart() {
     let dir = TempDir::new("restart");
-    let coordinator = flamegrid_coordinator::start(config(dir.path(), &[])).await.unwrap();
+    let coordinator = flamegrid_coordinator::start(config(dir.path(), &[]))
+        .await
+        .unwrap();
     let rpc = format!("http://{}", coordinator.rpc_addr());
     let base = format!("http://{}", coordinator.rest_addr());
     let http = reqwest::Client::new();
     let mut agent = TestAgent::connect(&rpc, TM).await;
     agent.register().await;
     let worker = sleeper();
-    let (_, answer) = send(http.post(format!("{base}/jobs")).body(two_vertex_job(TM, worker.pid()).to_string())).await;
+    let (_, answer) = send(
+        http.post(format!("{base}/jobs"))
+            .body(two_vertex_job(TM, worker.pid()).to_string()),
+    )
+    .await;
     let running = answer["jobid"].as_str().unwrap().to_string();
-    let (_, answer) = send(http.post(format!("{base}/jobs")).body(two_vertex_job(TM, worker.pid()).to_string())).await;
+    let (_, answer) = send(
+        http.post(format!("{base}/jobs"))
+            .body(two_vertex_job(TM, worker.pid()).to_string()),
+    )
+    .await;
     let canceled = answer["jobid"].as_str().unwrap().to_string();
     agent.heartbeat().await;
     agent.heartbeat().await;
-    assert_eq!(send(http.patch(format!("{base}/jobs/{canceled}"))).await.0, 202);
+    assert_eq!(
+        send(http.patch(format!("{base}/jobs/{canceled}"))).await.0,
+        202
+    );
     let (_, before) = send(http.get(format!("{base}/jobs/{running}"))).await;
     coordinator.shutdown().await.unwrap();
 
-    let coordinator = flamegrid_coordinator::start(config(dir.path(), &[])).await.unwrap();
+    let coordinator = flamegrid_coordinator::start(config(dir.path(), &[]))
+        .await
+        .unwrap();
     let base = format!("http://{}", coordinator.rest_addr());
     let (_, jobs) = send(http.get(format!("{base}/jobs"))).await;
-    assert_eq!(jobs, json!({"jobs": [{"id": running, "status": "RUNNING"}, {"id": canceled, "status": "CANCELED"}]}));
+    assert_eq!(
+        jobs,
+        json!({"jobs": [{"id": running, "status": "RUNNING"}, {"id": canceled, "status": "CANCELED"}]})
+    );
     let (_, after) = send(http.get(format!("{base}/jobs/{running}"))).await;
     for key in ["name", "timestamps", "plan", "start-time"] {
         assert_eq!(before[key], after[key], "{key} survives the restart");
@@ -204,7 +294,11 @@ async fn jobs_and_states_survive_a_graceful_restart() {
     let mut agent = TestAgent::connect(&format!("http://{}", coordinator.rpc_addr()), TM).await;
     assert!(agent.heartbeat().await.reregister);
     agent.register().await;
-    assert_eq!(agent.heartbeat().await.watch.len(), 3, "the running job's subtasks are watched again");
+    assert_eq!(
+        agent.heartbeat().await.watch.len(),
+        3,
+        "the running job's subtasks are watched again"
+    );
     coordinator.shutdown().await.unwrap();
     drop(worker);
 }
@@ -212,7 +306,13 @@ async fn jobs_and_states_survive_a_graceful_restart() {
 /// The real binary on port 0; reads the bound addresses from its first two stdout lines.
 fn spawn_binary(data_dir: &std::path::Path) -> (KillOnDrop, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flamegrid-coordinator"))
-        .args(["--rest-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--rest-addr",
+            "127.0.0.1:0",
+            "--rpc-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -226,7 +326,10 @@ fn spawn_binary(data_dir: &std::path::Path) -> (KillOnDrop, String, String) {
     let mut rest = None;
     let mut rpc = None;
     while rest.is_none() || rpc.is_none() {
-        let line = lines.next().expect("the coordinator printed its addresses").unwrap();
+        let line = lines
+            .next()
+            .expect("the coordinator printed its addresses")
+            .unwrap();
         if let Some(url) = line.strip_prefix("flamegrid dashboard: ") {
             rest = Some(url.trim_end_matches('/').to_string());
         } else if let Some(url) = line.strip_prefix("flamegrid registry (gRPC): ") {
@@ -252,16 +355,25 @@ async fn acknowledged_jobs_survive_kill_9_of_the_binary() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|j| (j["jid"].as_str().unwrap().to_string(), j["name"].as_str().unwrap().to_string()))
+            .map(|j| {
+                (
+                    j["jid"].as_str().unwrap().to_string(),
+                    j["name"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
         assert_eq!(listed, acknowledged, "round {round}");
         // Register a burst of jobs and kill -9 right after the last acknowledgement.
         for i in 0..5 {
             let mut body = two_vertex_job(TM, worker.pid());
             body["name"] = Value::from(format!("job-{round}-{i}"));
-            let (status, answer) = send(http.post(format!("{base}/jobs")).body(body.to_string())).await;
+            let (status, answer) =
+                send(http.post(format!("{base}/jobs")).body(body.to_string())).await;
             assert_eq!(status, 202, "{answer}");
-            acknowledged.push((answer["jobid"].as_str().unwrap().to_string(), format!("job-{round}-{i}")));
+            acknowledged.push((
+                answer["jobid"].as_str().unwrap().to_string(),
+                format!("job-{round}-{i}"),
+            ));
         }
         agent.heartbeat().await;
         child.kill();
@@ -274,4 +386,40 @@ async fn acknowledged_jobs_survive_kill_9_of_the_binary() {
         assert_eq!(status, 200, "{job}");
         assert_eq!(job["vertices"].as_array().unwrap().len(), 2);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_subtasks_of_agents_that_never_return_fail() {
+    let dir = TempDir::new("restart-lost");
+    let args = ["--heartbeat-timeout-s", "1"];
+    let coordinator = flamegrid_coordinator::start(config(dir.path(), &args))
+        .await
+        .unwrap();
+    let mut agent = TestAgent::connect(&format!("http://{}", coordinator.rpc_addr()), TM).await;
+    agent.register().await;
+    let worker = sleeper();
+    let jobid = coordinator
+        .registry()
+        .register_job(two_vertex_job(TM, worker.pid()).to_string().as_bytes())
+        .unwrap();
+    agent.heartbeat().await;
+    agent.heartbeat().await;
+    coordinator.shutdown().await.unwrap();
+
+    // Restarted; the agent never heartbeats again. RUNNING survives the restart, and after one
+    // heartbeat timeout of grace the subtasks count as lost.
+    let coordinator = flamegrid_coordinator::start(config(dir.path(), &args))
+        .await
+        .unwrap();
+    let registry = coordinator.registry().clone();
+    assert_eq!(
+        registry.job(&jobid).unwrap().runtime.status.name(),
+        "RUNNING"
+    );
+    poll("the job to fail once the grace period is over", || async {
+        (registry.job(&jobid).unwrap().runtime.status.name() == "FAILED").then_some(())
+    })
+    .await;
+    coordinator.shutdown().await.unwrap();
+    drop(worker);
 }

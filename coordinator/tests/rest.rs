@@ -66,7 +66,12 @@ async fn cluster_endpoints_have_flinks_shape() {
     assert_shape(
         "features",
         &config["features"],
-        &[("web-submit", 'b'), ("web-cancel", 'b'), ("web-rescale", 'b'), ("web-history", 'b')],
+        &[
+            ("web-submit", 'b'),
+            ("web-cancel", 'b'),
+            ("web-rescale", 'b'),
+            ("web-history", 'b'),
+        ],
     );
 
     let overview = c.get_ok("/overview").await;
@@ -87,26 +92,61 @@ async fn cluster_endpoints_have_flinks_shape() {
             ("flink-commit", 's'),
         ],
     );
-    assert_eq!((overview["taskmanagers"].as_u64(), overview["jobs-running"].as_u64()), (Some(1), Some(1)));
-    assert_eq!((overview["slots-total"].as_u64(), overview["slots-available"].as_u64()), (Some(4), Some(1)));
-    assert_eq!(c.get_ok("/v1/overview").await["taskmanagers"], overview["taskmanagers"]);
+    assert_eq!(
+        (
+            overview["taskmanagers"].as_u64(),
+            overview["jobs-running"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        (
+            overview["slots-total"].as_u64(),
+            overview["slots-available"].as_u64()
+        ),
+        (Some(4), Some(1))
+    );
+    assert_eq!(
+        c.get_ok("/v1/overview").await["taskmanagers"],
+        overview["taskmanagers"]
+    );
 
     let jm_config = c.get_ok("/jobmanager/config").await;
     let entries = jm_config.as_array().unwrap();
-    assert!(entries.iter().any(|e| e["key"] == "rest.flamegraph.num-samples" && e["value"] == "100"));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["key"] == "rest.flamegraph.num-samples" && e["value"] == "100")
+    );
     for e in entries {
-        assert_shape("jobmanager config entry", e, &[("key", 's'), ("value", 's')]);
+        assert_shape(
+            "jobmanager config entry",
+            e,
+            &[("key", 's'), ("value", 's')],
+        );
     }
     let env = c.get_ok("/jobmanager/environment").await;
     assert_shape("environment", &env, &[("jvm", 'o'), ("classpath", 'a')]);
-    assert_shape("jvm", &env["jvm"], &[("version", 's'), ("arch", 's'), ("options", 'a')]);
+    assert_shape(
+        "jvm",
+        &env["jvm"],
+        &[("version", 's'), ("arch", 's'), ("options", 'a')],
+    );
     assert_eq!(c.get_ok("/jobmanager/logs").await, json!({"logs": []}));
     let (status, body) = c.get("/jobmanager/logs/..%2F..%2Fetc%2Fpasswd").await;
     assert_eq!(status, 404, "{body}");
 
     let list = c.get_ok("/jobmanager/metrics").await;
-    assert!(list.as_array().unwrap().iter().any(|m| m == &json!({"id": "numRegisteredTaskManagers"})), "{list}");
-    let values = c.get_ok("/jobmanager/metrics?get=numRegisteredTaskManagers,numRunningJobs,nope").await;
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == &json!({"id": "numRegisteredTaskManagers"})),
+        "{list}"
+    );
+    let values = c
+        .get_ok("/jobmanager/metrics?get=numRegisteredTaskManagers,numRunningJobs,nope")
+        .await;
     assert_eq!(
         values,
         json!([{"id": "numRegisteredTaskManagers", "value": "1"}, {"id": "numRunningJobs", "value": "1"}])
@@ -116,7 +156,11 @@ async fn cluster_endpoints_have_flinks_shape() {
     let infos = dump["threadInfos"].as_array().unwrap();
     assert!(!infos.is_empty());
     for t in infos {
-        assert_shape("thread info", t, &[("threadName", 's'), ("stringifiedThreadInfo", 's')]);
+        assert_shape(
+            "thread info",
+            t,
+            &[("threadName", 's'), ("stringifiedThreadInfo", 's')],
+        );
     }
 }
 
@@ -146,7 +190,10 @@ async fn job_endpoints_have_flinks_shape_and_values() {
             ("pending-operators", 'i'),
         ],
     );
-    assert_eq!((entry["end-time"].as_i64(), entry["tasks"]["total"].as_u64()), (Some(-1), Some(3)));
+    assert_eq!(
+        (entry["end-time"].as_i64(), entry["tasks"]["total"].as_u64()),
+        (Some(-1), Some(3))
+    );
     assert_eq!(entry["tasks"]["running"], 3);
     assert_eq!(entry["tasks"].as_object().unwrap().len(), 11);
 
@@ -209,7 +256,11 @@ async fn job_endpoints_have_flinks_shape_and_values() {
     // The plan's node ids are the vertex ids, and the sink's input is the source.
     let plan = c.get_ok(&format!("/jobs/{jobid}/plan")).await;
     assert_eq!(plan["plan"], job["plan"]);
-    assert_shape("plan", &plan["plan"], &[("jid", 's'), ("name", 's'), ("type", 's'), ("nodes", 'a')]);
+    assert_shape(
+        "plan",
+        &plan["plan"],
+        &[("jid", 's'), ("name", 's'), ("type", 's'), ("nodes", 'a')],
+    );
     let nodes = plan["plan"]["nodes"].as_array().unwrap();
     let node_ids: Vec<&Value> = nodes.iter().map(|n| &n["id"]).collect();
     let vertex_ids: Vec<&Value> = vertices.iter().map(|v| &v["id"]).collect();
@@ -227,11 +278,27 @@ async fn job_endpoints_have_flinks_shape_and_values() {
         ],
     );
     assert_eq!(nodes[1]["description"], "Sink: &lt;sleeper&gt;");
-    assert_shape("edge", &nodes[1]["inputs"][0], &[("num", 'i'), ("id", 's'), ("ship_strategy", 's'), ("exchange", 's')]);
+    assert_shape(
+        "edge",
+        &nodes[1]["inputs"][0],
+        &[
+            ("num", 'i'),
+            ("id", 's'),
+            ("ship_strategy", 's'),
+            ("exchange", 's'),
+        ],
+    );
     assert_eq!(nodes[1]["inputs"][0]["id"], vertices[0]["id"]);
 
-    assert_eq!(c.get_ok(&format!("/jobs/{jobid}/status")).await, json!({"status": "RUNNING"}));
-    assert_eq!(c.get_ok(&format!("/v1/jobs/{}/status", jobid.to_uppercase())).await, json!({"status": "RUNNING"}));
+    assert_eq!(
+        c.get_ok(&format!("/jobs/{jobid}/status")).await,
+        json!({"status": "RUNNING"})
+    );
+    assert_eq!(
+        c.get_ok(&format!("/v1/jobs/{}/status", jobid.to_uppercase()))
+            .await,
+        json!({"status": "RUNNING"})
+    );
 
     // The neutral job-level paths.
     assert_eq!(
@@ -239,22 +306,51 @@ async fn job_endpoints_have_flinks_shape_and_values() {
         json!({"exceptionHistory": {"entries": [], "truncated": false}})
     );
     let config = c.get_ok(&format!("/jobs/{jobid}/config")).await;
-    assert_shape("job config", &config, &[("jid", 's'), ("name", 's'), ("execution-config", 'o')]);
+    assert_shape(
+        "job config",
+        &config,
+        &[("jid", 's'), ("name", 's'), ("execution-config", 'o')],
+    );
     assert_shape(
         "execution-config",
         &config["execution-config"],
-        &[("restart-strategy", 's'), ("job-parallelism", 'i'), ("object-reuse-mode", 'b'), ("user-config", 'o')],
+        &[
+            ("restart-strategy", 's'),
+            ("job-parallelism", 'i'),
+            ("object-reuse-mode", 'b'),
+            ("user-config", 'o'),
+        ],
     );
     let checkpoints = c.get_ok(&format!("/jobs/{jobid}/checkpoints")).await;
-    assert_shape("checkpoints", &checkpoints, &[("counts", 'o'), ("summary", 'o'), ("latest", 'o'), ("history", 'a')]);
+    assert_shape(
+        "checkpoints",
+        &checkpoints,
+        &[
+            ("counts", 'o'),
+            ("summary", 'o'),
+            ("latest", 'o'),
+            ("history", 'a'),
+        ],
+    );
     assert_shape(
         "counts",
         &checkpoints["counts"],
-        &[("restored", 'i'), ("total", 'i'), ("in_progress", 'i'), ("completed", 'i'), ("failed", 'i')],
+        &[
+            ("restored", 'i'),
+            ("total", 'i'),
+            ("in_progress", 'i'),
+            ("completed", 'i'),
+            ("failed", 'i'),
+        ],
     );
-    for key in
-        ["checkpointed_size", "state_size", "end_to_end_duration", "alignment_buffered", "processed_data", "persisted_data"]
-    {
+    for key in [
+        "checkpointed_size",
+        "state_size",
+        "end_to_end_duration",
+        "alignment_buffered",
+        "processed_data",
+        "persisted_data",
+    ] {
         assert_shape(
             key,
             &checkpoints["summary"][key],
@@ -276,14 +372,29 @@ async fn job_endpoints_have_flinks_shape_and_values() {
         c.get_ok(&format!("/jobs/{jobid}/accumulators")).await,
         json!({"job-accumulators": [], "user-task-accumulators": [], "serialized-user-task-accumulators": {}})
     );
-    assert_eq!(c.get_ok(&format!("/jobs/{jobid}/execution-result")).await, json!({"status": {"id": "IN_PROGRESS"}}));
+    assert_eq!(
+        c.get_ok(&format!("/jobs/{jobid}/execution-result")).await,
+        json!({"status": {"id": "IN_PROGRESS"}})
+    );
     let metrics = c.get_ok(&format!("/jobs/{jobid}/metrics")).await;
-    assert!(metrics.as_array().unwrap().contains(&json!({"id": "uptime"})), "{metrics}");
+    assert!(
+        metrics
+            .as_array()
+            .unwrap()
+            .contains(&json!({"id": "uptime"})),
+        "{metrics}"
+    );
     let agg = c.get_ok("/jobs/metrics?get=numRestarts&agg=sum,max").await;
     assert_eq!(agg, json!([{"id": "numRestarts", "sum": 0.0, "max": 0.0}]));
     let (status, body) = c.get("/jobs/metrics?get=numRestarts&agg=median").await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["errors"][0].as_str().unwrap().contains("Cannot resolve query parameter (agg)"), "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("Cannot resolve query parameter (agg)"),
+        "{body}"
+    );
     drop(worker);
 }
 
@@ -325,12 +436,24 @@ async fn vertex_endpoints_have_flinks_shape_and_values() {
     ];
     for (i, s) in subtasks.iter().enumerate() {
         assert_shape("subtask", s, &subtask_shape);
-        assert_eq!((s["subtask"].as_u64(), s["status"].as_str()), (Some(i as u64), Some("RUNNING")));
-        assert_eq!((s["taskmanager-id"].as_str(), s["endpoint"].as_str()), (Some(TM), Some("127.0.0.1:6122")));
+        assert_eq!(
+            (s["subtask"].as_u64(), s["status"].as_str()),
+            (Some(i as u64), Some("RUNNING"))
+        );
+        assert_eq!(
+            (s["taskmanager-id"].as_str(), s["endpoint"].as_str()),
+            (Some(TM), Some("127.0.0.1:6122"))
+        );
         assert_shape(
             "status-duration",
             &s["status-duration"],
-            &[("CREATED", 'i'), ("SCHEDULED", 'i'), ("DEPLOYING", 'i'), ("INITIALIZING", 'i'), ("RUNNING", 'i')],
+            &[
+                ("CREATED", 'i'),
+                ("SCHEDULED", 'i'),
+                ("DEPLOYING", 'i'),
+                ("INITIALIZING", 'i'),
+                ("RUNNING", 'i'),
+            ],
         );
         assert!(s["start-time"].as_i64().unwrap() > 0);
         assert_eq!(s["end-time"], -1);
@@ -345,14 +468,30 @@ async fn vertex_endpoints_have_flinks_shape_and_values() {
         ("p75", 'i'),
         ("p95", 'i'),
     ];
-    assert_shape("aggregated", &vertex["aggregated"], &[("metrics", 'o'), ("status-duration", 'o')]);
-    assert_eq!(vertex["aggregated"]["metrics"].as_object().unwrap().len(), 7);
+    assert_shape(
+        "aggregated",
+        &vertex["aggregated"],
+        &[("metrics", 'o'), ("status-duration", 'o')],
+    );
+    assert_eq!(
+        vertex["aggregated"]["metrics"].as_object().unwrap().len(),
+        7
+    );
     for (_, stats) in vertex["aggregated"]["status-duration"].as_object().unwrap() {
         assert_shape("stats", stats, &stats_shape);
     }
 
     let tms = c.get_ok(&format!("{base}/taskmanagers")).await;
-    assert_shape("vertex taskmanagers", &tms, &[("id", 's'), ("name", 's'), ("now", 'i'), ("taskmanagers", 'a')]);
+    assert_shape(
+        "vertex taskmanagers",
+        &tms,
+        &[
+            ("id", 's'),
+            ("name", 's'),
+            ("now", 'i'),
+            ("taskmanagers", 'a'),
+        ],
+    );
     let tm = &tms["taskmanagers"][0];
     assert_shape(
         "vertex taskmanager",
@@ -369,14 +508,36 @@ async fn vertex_endpoints_have_flinks_shape_and_values() {
             ("aggregated", 'o'),
         ],
     );
-    assert_eq!((tm["taskmanager-id"].as_str(), tm["status-counts"]["RUNNING"].as_u64()), (Some(TM), Some(2)));
+    assert_eq!(
+        (
+            tm["taskmanager-id"].as_str(),
+            tm["status-counts"]["RUNNING"].as_u64()
+        ),
+        (Some(TM), Some(2))
+    );
 
     let times = c.get_ok(&format!("{base}/subtasktimes")).await;
-    assert_shape("subtasktimes", &times, &[("id", 's'), ("name", 's'), ("now", 'i'), ("subtasks", 'a')]);
+    assert_shape(
+        "subtasktimes",
+        &times,
+        &[("id", 's'), ("name", 's'), ("now", 'i'), ("subtasks", 'a')],
+    );
     let t0 = &times["subtasks"][0];
-    assert_shape("subtask times", t0, &[("subtask", 'i'), ("endpoint", 's'), ("duration", 'i'), ("timestamps", 'o')]);
+    assert_shape(
+        "subtask times",
+        t0,
+        &[
+            ("subtask", 'i'),
+            ("endpoint", 's'),
+            ("duration", 'i'),
+            ("timestamps", 'o'),
+        ],
+    );
     assert_state_counts("timestamps", &t0["timestamps"]);
-    assert!(t0["timestamps"]["RUNNING"].as_i64().unwrap() >= t0["timestamps"]["INITIALIZING"].as_i64().unwrap());
+    assert!(
+        t0["timestamps"]["RUNNING"].as_i64().unwrap()
+            >= t0["timestamps"]["INITIALIZING"].as_i64().unwrap()
+    );
     assert_eq!(t0["timestamps"]["FINISHED"], 0);
 
     let accs = c.get_ok(&format!("{base}/subtasks/accumulators")).await;
@@ -385,32 +546,69 @@ async fn vertex_endpoints_have_flinks_shape_and_values() {
     let one = c.get_ok(&format!("{base}/subtasks/1")).await;
     assert_shape("subtask 1", &one, &subtask_shape);
     assert_eq!(one["subtask"], 1);
-    assert_eq!(c.get_ok(&format!("{base}/subtasks/1/attempts/0")).await["subtask"], 1);
+    assert_eq!(
+        c.get_ok(&format!("{base}/subtasks/1/attempts/0")).await["subtask"],
+        1
+    );
     let (status, body) = c.get(&format!("{base}/subtasks/2")).await;
     assert_eq!(status, 404, "{body}");
-    assert!(body["errors"][0].as_str().unwrap().starts_with("Invalid subtask index"), "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid subtask index"),
+        "{body}"
+    );
     let (status, _) = c.get(&format!("{base}/subtasks/-1")).await;
     assert_eq!(status, 400);
 
     assert_eq!(c.get_ok(&format!("{base}/watermarks")).await, json!([]));
-    assert_eq!(c.get_ok(&format!("{base}/subtasks/metrics")).await, json!([]));
-    assert_eq!(c.get_ok(&format!("{base}/metrics?get=numRecordsIn")).await, json!([]));
-    assert_eq!(c.get_ok(&format!("{base}/accumulators")).await, json!({"id": vid, "user-accumulators": []}));
+    assert_eq!(
+        c.get_ok(&format!("{base}/subtasks/metrics")).await,
+        json!([])
+    );
+    assert_eq!(
+        c.get_ok(&format!("{base}/metrics?get=numRecordsIn")).await,
+        json!([])
+    );
+    assert_eq!(
+        c.get_ok(&format!("{base}/accumulators")).await,
+        json!({"id": vid, "user-accumulators": []})
+    );
     let bp = c.get_ok(&format!("{base}/backpressure")).await;
     assert_shape(
         "backpressure",
         &bp,
-        &[("status", 's'), ("backpressure-level", 's'), ("end-timestamp", 'i'), ("subtasks", 'a')],
+        &[
+            ("status", 's'),
+            ("backpressure-level", 's'),
+            ("end-timestamp", 'i'),
+            ("subtasks", 'a'),
+        ],
     );
     assert_eq!(bp["subtasks"].as_array().unwrap().len(), 2);
 
     // Unknown and malformed vertex ids.
-    let (status, body) = c.get(&format!("/jobs/{jobid}/vertices/{}", "0".repeat(32))).await;
+    let (status, body) = c
+        .get(&format!("/jobs/{jobid}/vertices/{}", "0".repeat(32)))
+        .await;
     assert_eq!(status, 404);
-    assert!(body["errors"][0].as_str().unwrap().contains("No vertex with ID"), "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("No vertex with ID"),
+        "{body}"
+    );
     let (status, body) = c.get(&format!("/jobs/{jobid}/vertices/nothex")).await;
     assert_eq!(status, 400);
-    assert!(body["errors"][0].as_str().unwrap().contains("Cannot resolve path parameter (vertexid)"), "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("Cannot resolve path parameter (vertexid)"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,8 +632,14 @@ async fn taskmanager_endpoints_have_flinks_shape_and_values() {
         ("memoryConfiguration", 'o'),
     ];
     assert_shape("taskmanager", &tms[0], &info_shape);
-    assert_eq!((tms[0]["id"].as_str(), tms[0]["dataPort"].as_i64()), (Some(TM), Some(6122)));
-    assert_eq!(tms[0]["hardware"], json!({"cpuCores": 4, "physicalMemory": 8u64 << 30, "freeMemory": 1u64 << 30, "managedMemory": 0}));
+    assert_eq!(
+        (tms[0]["id"].as_str(), tms[0]["dataPort"].as_i64()),
+        (Some(TM), Some(6122))
+    );
+    assert_eq!(
+        tms[0]["hardware"],
+        json!({"cpuCores": 4, "physicalMemory": 8u64 << 30, "freeMemory": 1u64 << 30, "managedMemory": 0})
+    );
     assert_shape(
         "resource",
         &tms[0]["totalResource"],
@@ -459,21 +663,46 @@ async fn taskmanager_endpoints_have_flinks_shape_and_values() {
     assert_eq!(details["metrics"]["garbageCollectors"], json!([]));
 
     let metrics = c.get_ok(&format!("/taskmanagers/{TM}/metrics")).await;
-    assert!(metrics.as_array().unwrap().contains(&json!({"id": "System.CPU.Usage"})), "{metrics}");
-    let values = c.get_ok(&format!("/taskmanagers/{TM}/metrics?get=System.CPU.Usage,System.Memory.Total")).await;
+    assert!(
+        metrics
+            .as_array()
+            .unwrap()
+            .contains(&json!({"id": "System.CPU.Usage"})),
+        "{metrics}"
+    );
+    let values = c
+        .get_ok(&format!(
+            "/taskmanagers/{TM}/metrics?get=System.CPU.Usage,System.Memory.Total"
+        ))
+        .await;
     assert_eq!(
         values,
         json!([{"id": "System.CPU.Usage", "value": "12.5"}, {"id": "System.Memory.Total", "value": (8u64 << 30).to_string()}])
     );
-    let agg = c.get_ok("/taskmanagers/metrics?get=System.CPU.Usage&agg=min,avg").await;
-    assert_eq!(agg, json!([{"id": "System.CPU.Usage", "min": 12.5, "avg": 12.5}]));
+    let agg = c
+        .get_ok("/taskmanagers/metrics?get=System.CPU.Usage&agg=min,avg")
+        .await;
+    assert_eq!(
+        agg,
+        json!([{"id": "System.CPU.Usage", "min": 12.5, "avg": 12.5}])
+    );
     let all = c.get_ok("/taskmanagers/metrics").await;
-    assert!(all.as_array().unwrap().contains(&json!({"id": "System.Load.1"})));
-    assert_eq!(c.get_ok(&format!("/taskmanagers/{TM}/logs")).await, json!({"logs": []}));
+    assert!(
+        all.as_array()
+            .unwrap()
+            .contains(&json!({"id": "System.Load.1"}))
+    );
+    assert_eq!(
+        c.get_ok(&format!("/taskmanagers/{TM}/logs")).await,
+        json!({"logs": []})
+    );
 
     let (status, body) = c.get("/taskmanagers/nope:1").await;
     assert_eq!(status, 404);
-    assert_eq!(body, json!({"errors": ["Could not find TaskExecutor nope:1."]}));
+    assert_eq!(
+        body,
+        json!({"errors": ["Could not find TaskExecutor nope:1."]})
+    );
     let (status, _) = c.get("/taskmanagers/nope:1/metrics").await;
     assert_eq!(status, 404);
 }
@@ -485,7 +714,10 @@ async fn process_exit_finishes_and_cancel_cancels() {
     let other = c.register_job(&two_vertex_job(TM, worker.pid())).await;
     agent.heartbeat().await;
     agent.heartbeat().await;
-    assert_eq!(c.get_ok(&format!("/jobs/{other}/status")).await["status"], "RUNNING");
+    assert_eq!(
+        c.get_ok(&format!("/jobs/{other}/status")).await["status"],
+        "RUNNING"
+    );
 
     let (status, body) = c.patch(&format!("/jobs/{other}?mode=cancel")).await;
     assert_eq!((status, body), (202, json!({})));
@@ -496,7 +728,10 @@ async fn process_exit_finishes_and_cancel_cancels() {
     assert_eq!(job["vertices"][0]["status"], "CANCELED");
     let (status, body) = c.patch(&format!("/jobs/{other}")).await;
     assert_eq!(status, 409, "{body}");
-    assert!(body["errors"][0].as_str().unwrap().contains("(CANCELED)"), "{body}");
+    assert!(
+        body["errors"][0].as_str().unwrap().contains("(CANCELED)"),
+        "{body}"
+    );
     assert_eq!(
         c.get_ok(&format!("/jobs/{other}/execution-result")).await["job-execution-result"]["application-status"],
         "CANCELED"
@@ -513,15 +748,32 @@ async fn process_exit_finishes_and_cancel_cancels() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(job["state"], "FINISHED", "job should finish after its process exited");
+    assert_eq!(
+        job["state"], "FINISHED",
+        "job should finish after its process exited"
+    );
     assert_eq!(job["vertices"][1]["status"], "FINISHED");
-    assert!(job["timestamps"]["FINISHED"].as_i64().unwrap() >= job["timestamps"]["RUNNING"].as_i64().unwrap());
-    let vertex = c.get_ok(&format!("/jobs/{jobid}/vertices/{}", job["vertices"][0]["id"].as_str().unwrap())).await;
+    assert!(
+        job["timestamps"]["FINISHED"].as_i64().unwrap()
+            >= job["timestamps"]["RUNNING"].as_i64().unwrap()
+    );
+    let vertex = c
+        .get_ok(&format!(
+            "/jobs/{jobid}/vertices/{}",
+            job["vertices"][0]["id"].as_str().unwrap()
+        ))
+        .await;
     assert!(vertex["subtasks"][0]["end-time"].as_i64().unwrap() > 0);
     let (status, _) = c.patch(&format!("/jobs/{jobid}")).await;
     assert_eq!(status, 409);
     let overview = c.get_ok("/overview").await;
-    assert_eq!((overview["jobs-finished"].as_u64(), overview["jobs-cancelled"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (
+            overview["jobs-finished"].as_u64(),
+            overview["jobs-cancelled"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
     // Terminal subtasks are no longer watched.
     assert!(agent.heartbeat().await.watch.is_empty());
 }
@@ -531,22 +783,45 @@ async fn cancel_modes_and_unknown_jobs() {
     let (c, _agent, _worker, jobid) = running_job().await;
     let (status, body) = c.patch(&format!("/jobs/{jobid}?mode=stop")).await;
     assert_eq!(status, 308, "{body}");
-    assert!(body["errors"][0].as_str().unwrap().contains("\"stop\" has been removed"));
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("\"stop\" has been removed")
+    );
     let (status, body) = c.patch(&format!("/jobs/{jobid}?mode=explode")).await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(c.get_ok(&format!("/jobs/{jobid}/status")).await["status"], "RUNNING", "nothing changed");
+    assert_eq!(
+        c.get_ok(&format!("/jobs/{jobid}/status")).await["status"],
+        "RUNNING",
+        "nothing changed"
+    );
     let unknown = "0123456789abcdef0123456789abcdef";
-    assert_eq!(c.patch(&format!("/jobs/{unknown}")).await, (404, json!({"errors": ["Job could not be found."]})));
+    assert_eq!(
+        c.patch(&format!("/jobs/{unknown}")).await,
+        (404, json!({"errors": ["Job could not be found."]}))
+    );
     let (status, body) = c.get(&format!("/jobs/{unknown}")).await;
     assert_eq!(status, 404);
     assert_eq!(body["errors"][0], format!("Job {unknown} not found"));
     for path in ["/jobs/xyz", "/jobs/xyz/plan", "/jobs/0123/status"] {
         let (status, body) = c.get(path).await;
         assert_eq!(status, 400, "{path}");
-        assert!(body["errors"][0].as_str().unwrap().contains("Cannot resolve path parameter (jobid)"), "{body}");
+        assert!(
+            body["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("Cannot resolve path parameter (jobid)"),
+            "{body}"
+        );
     }
     // Cancel with an upper-case id and mode.
-    assert_eq!(c.patch(&format!("/jobs/{}?mode=CANCEL", jobid.to_uppercase())).await.0, 202);
+    assert_eq!(
+        c.patch(&format!("/jobs/{}?mode=CANCEL", jobid.to_uppercase()))
+            .await
+            .0,
+        202
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,9 +831,18 @@ async fn bad_job_bodies_get_400_naming_the_field_and_store_nothing() {
     agent.register().await;
     let ok_subtask = json!({"taskmanager": TM, "pid": 1});
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"vertices": [{"name": "a", "parallelism": 1, "subtasks": [ok_subtask]}]}), "name: missing"),
-        (json!({"name": "j", "vertices": []}), "vertices: must not be empty"),
-        (json!({"name": "j", "vertices": [{"name": "a", "parallelism": 2, "subtasks": [ok_subtask]}]}), "vertices[0].parallelism"),
+        (
+            json!({"vertices": [{"name": "a", "parallelism": 1, "subtasks": [ok_subtask]}]}),
+            "name: missing",
+        ),
+        (
+            json!({"name": "j", "vertices": []}),
+            "vertices: must not be empty",
+        ),
+        (
+            json!({"name": "j", "vertices": [{"name": "a", "parallelism": 2, "subtasks": [ok_subtask]}]}),
+            "vertices[0].parallelism",
+        ),
         (
             json!({"name": "j", "vertices": [{"name": "a", "parallelism": 1, "subtasks": [{"taskmanager": TM}]}]}),
             "vertices[0].subtasks[0]: give exactly one of \"pid\" and \"process_name\"",
@@ -593,22 +877,39 @@ async fn bad_job_bodies_get_400_naming_the_field_and_store_nothing() {
                    "subtasks": [{"taskmanager": TM, "process_name": "a-much-too-long-name"}]}]}),
             "vertices[0].subtasks[0].process_name",
         ),
-        (json!({"name": "x".repeat(300), "vertices": []}), "name: at most 256 characters"),
-        (json!({"name": "j", "vertices": [{"name": "a", "parallelism": 1, "subtasks": [ok_subtask], "typo": 1}]}), "vertices[0].typo: unknown field"),
+        (
+            json!({"name": "x".repeat(300), "vertices": []}),
+            "name: at most 256 characters",
+        ),
+        (
+            json!({"name": "j", "vertices": [{"name": "a", "parallelism": 1, "subtasks": [ok_subtask], "typo": 1}]}),
+            "vertices[0].typo: unknown field",
+        ),
         (json!([1, 2]), "body: expected a JSON object"),
     ];
     for (body, needle) in cases {
         let (status, answer) = c.post("/jobs", &body).await;
         assert_eq!(status, 400, "{body} → {answer}");
         let errors = answer["errors"].as_array().unwrap();
-        assert!(errors.iter().any(|e| e.as_str().unwrap().contains(needle)), "expected {needle:?} in {answer}");
+        assert!(
+            errors.iter().any(|e| e.as_str().unwrap().contains(needle)),
+            "expected {needle:?} in {answer}"
+        );
     }
     // Not JSON at all.
-    let (status, answer) =
-        send(c.http.post(c.url("/jobs")).header("content-type", "application/json").body("{\"name\":")).await;
+    let (status, answer) = send(
+        c.http
+            .post(c.url("/jobs"))
+            .header("content-type", "application/json")
+            .body("{\"name\":"),
+    )
+    .await;
     assert_eq!(status, 400, "{answer}");
     // Over 1 MiB.
-    let huge = format!("{{\"name\": \"{}\", \"vertices\": []}}", "x".repeat(1 << 20));
+    let huge = format!(
+        "{{\"name\": \"{}\", \"vertices\": []}}",
+        "x".repeat(1 << 20)
+    );
     let (status, answer) = send(c.http.post(c.url("/jobs")).body(huge)).await;
     assert_eq!(status, 413, "{answer}");
     assert!(answer["errors"][0].as_str().unwrap().contains("1 MiB"));
@@ -623,13 +924,30 @@ async fn conventions_versions_errors_headers() {
     // Content type and CORS, bare and /v1.
     for path in ["/config", "/v1/config", "/jobs/nothex"] {
         let response = c.http.get(c.url(path)).send().await.unwrap();
-        assert_eq!(response.headers()["content-type"], "application/json; charset=UTF-8", "{path}");
-        assert_eq!(response.headers()["access-control-allow-origin"], "*", "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json; charset=UTF-8",
+            "{path}"
+        );
+        assert_eq!(
+            response.headers()["access-control-allow-origin"],
+            "*",
+            "{path}"
+        );
     }
     // Unknown versions and paths.
-    assert_eq!(c.get("/v2/overview").await, (404, json!({"errors": ["File not found."]})));
-    assert_eq!(c.get("/no/such/path").await, (404, json!({"errors": ["File not found."]})));
-    assert_eq!(c.patch("/v2/jobs/x").await, (404, json!({"errors": ["Not found: /v2/jobs/x"]})));
+    assert_eq!(
+        c.get("/v2/overview").await,
+        (404, json!({"errors": ["File not found."]}))
+    );
+    assert_eq!(
+        c.get("/no/such/path").await,
+        (404, json!({"errors": ["File not found."]}))
+    );
+    assert_eq!(
+        c.patch("/v2/jobs/x").await,
+        (404, json!({"errors": ["Not found: /v2/jobs/x"]}))
+    );
     // Methods a path does not serve: 405 with a JSON error, never 501.
     for method in ["DELETE", "PUT", "TRACE", "QUERY", "FROBNICATE"] {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
@@ -671,6 +989,58 @@ async fn unsupported_flink_paths_say_so_in_json() {
     for (method, path) in cases {
         let (status, body) = send(c.http.request(method.clone(), c.url(&path))).await;
         assert_eq!(status, 404, "{method} {path}: {body}");
-        assert!(body["errors"][0].as_str().unwrap().contains("flamegrid does not support"), "{method} {path}: {body}");
+        assert!(
+            body["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("flamegrid does not support"),
+            "{method} {path}: {body}"
+        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_can_be_refused_or_require_a_token() {
+    let c = TestCoordinator::start(&["--read-only"]).await;
+    let mut agent = TestAgent::connect(&c.rpc, TM).await;
+    agent.register().await;
+    let job = two_vertex_job(TM, 1);
+    let (status, body) = c.post("/jobs", &job).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(c.get_ok("/jobs").await, json!({"jobs": []}));
+    assert_eq!(c.get_ok("/config").await["features"]["web-cancel"], false);
+
+    let dir = TempDir::new("rest-token");
+    let token = dir.path().join("rest-token");
+    std::fs::write(&token, "let-me-write\n").unwrap();
+    let c = TestCoordinator::start(&["--rest-token-file", token.to_str().unwrap()]).await;
+    let mut agent = TestAgent::connect(&c.rpc, TM).await;
+    agent.register().await;
+    let (status, body) = c.post("/jobs", &job).await;
+    assert_eq!(status, 401, "{body}");
+    let wrong = c
+        .http
+        .post(c.url("/jobs"))
+        .bearer_auth("let-me-writE")
+        .body(job.to_string());
+    assert_eq!(send(wrong).await.0, 401);
+    assert_eq!(
+        c.get_ok("/jobs").await,
+        json!({"jobs": []}),
+        "refused writes store nothing"
+    );
+    let right = c
+        .http
+        .post(c.url("/jobs"))
+        .bearer_auth("let-me-write")
+        .body(job.to_string());
+    let (status, body) = send(right).await;
+    assert_eq!(status, 202, "{body}");
+    let jobid = body["jobid"].as_str().unwrap();
+    assert_eq!(c.patch(&format!("/jobs/{jobid}")).await.0, 401);
+    let cancel = c
+        .http
+        .patch(c.url(&format!("/jobs/{jobid}")))
+        .bearer_auth("let-me-write");
+    assert_eq!(send(cancel).await.0, 202);
 }

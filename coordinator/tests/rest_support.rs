@@ -22,7 +22,10 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let dir = std::env::temp_dir().join(format!(
             "flamegrid-{tag}-{}-{}-{nanos}",
             std::process::id(),
@@ -66,7 +69,13 @@ impl Drop for KillOnDrop {
 
 /// A real process to register as a subtask: `sleep` for a long time.
 pub fn sleeper() -> KillOnDrop {
-    KillOnDrop(Command::new("sleep").arg("100000").stdin(Stdio::null()).spawn().unwrap())
+    KillOnDrop(
+        Command::new("sleep")
+            .arg("100000")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// A coordinator configuration for tests: loopback port 0, a temp data dir, extra flags.
@@ -96,10 +105,18 @@ pub struct TestCoordinator {
 impl TestCoordinator {
     pub async fn start(extra: &[&str]) -> Self {
         let dir = TempDir::new("coord");
-        let coordinator = flamegrid_coordinator::start(config(dir.path(), extra)).await.unwrap();
+        let coordinator = flamegrid_coordinator::start(config(dir.path(), extra))
+            .await
+            .unwrap();
         let base = format!("http://{}", coordinator.rest_addr());
         let rpc = format!("http://{}", coordinator.rpc_addr());
-        TestCoordinator { coordinator: Some(coordinator), http: reqwest::Client::new(), base, rpc, _dir: dir }
+        TestCoordinator {
+            coordinator: Some(coordinator),
+            http: reqwest::Client::new(),
+            base,
+            rpc,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -118,7 +135,13 @@ impl TestCoordinator {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        send(self.http.post(self.url(path)).header("content-type", "application/json").body(body.to_string())).await
+        send(
+            self.http
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
     }
 
     pub async fn patch(&self, path: &str) -> (u16, Value) {
@@ -142,7 +165,11 @@ pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(json!({"raw": text})) };
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(json!({"raw": text}))
+    };
     (status, body)
 }
 
@@ -179,7 +206,8 @@ impl TestAgent {
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         if let Some(t) = &self.token {
-            req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
         }
         req
     }
@@ -219,13 +247,21 @@ impl TestAgent {
                 let alive = pid != 0
                     && Path::new(&format!("/proc/{pid}")).exists()
                     && !self.force_dead.contains(&sel.subtask_key);
-                v1::SubtaskLiveness { subtask_key: sel.subtask_key.clone(), alive, pid, threads: u32::from(alive) }
+                v1::SubtaskLiveness {
+                    subtask_key: sel.subtask_key.clone(),
+                    alive,
+                    pid,
+                    threads: u32::from(alive),
+                }
             })
             .collect();
         let req = self.request(v1::HeartbeatRequest {
             agent_id: self.id.clone(),
             liveness,
-            metrics: HashMap::from([("System.CPU.Usage".to_string(), 12.5), ("System.Load.1".to_string(), 0.5)]),
+            metrics: HashMap::from([
+                ("System.CPU.Usage".to_string(), 12.5),
+                ("System.Load.1".to_string(), 0.5),
+            ]),
             free_memory: 1 << 30,
         });
         let answer = self.client.heartbeat(req).await.unwrap().into_inner();
@@ -268,9 +304,13 @@ pub fn two_vertex_job(tm: &str, pid: u32) -> Value {
 /// Asserts `value` is an object with exactly these keys (order-free), each of the given JSON
 /// type: `s` string, `i` integer, `f` number, `b` bool, `a` array, `o` object, `n` null.
 pub fn assert_shape(what: &str, value: &Value, keys: &[(&str, char)]) {
-    let obj = value.as_object().unwrap_or_else(|| panic!("{what}: not an object: {value}"));
+    let obj = value
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: not an object: {value}"));
     for (key, ty) in keys {
-        let v = obj.get(*key).unwrap_or_else(|| panic!("{what}: missing key {key:?} in {value}"));
+        let v = obj
+            .get(*key)
+            .unwrap_or_else(|| panic!("{what}: missing key {key:?} in {value}"));
         let ok = match ty {
             's' => v.is_string(),
             'i' => v.is_i64() || v.is_u64(),
@@ -285,7 +325,10 @@ pub fn assert_shape(what: &str, value: &Value, keys: &[(&str, char)]) {
     }
     let expected: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
     for key in obj.keys() {
-        assert!(expected.contains(&key.as_str()), "{what}: unexpected key {key:?}");
+        assert!(
+            expected.contains(&key.as_str()),
+            "{what}: unexpected key {key:?}"
+        );
     }
 }
 

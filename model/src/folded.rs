@@ -90,7 +90,11 @@ mod tests {
 
     #[test]
     fn folds_and_filters() {
-        let t = SampledThread { pid: 1, tid: 1, name: "t".into() };
+        let t = SampledThread {
+            pid: 1,
+            tid: 1,
+            name: "t".into(),
+        };
         let mut b = SampleSetBuilder::new();
         let f = |names: &[&str]| names.iter().map(|n| Frame::named(*n)).collect::<Vec<_>>();
         b.push(&t, 0, ThreadState::Runnable, f(&["main", "spin"]), false);
@@ -98,16 +102,29 @@ mod tests {
         b.push(&t, 0, ThreadState::Waiting, f(&["main", "a;b"]), false);
         b.push(&t, 0, ThreadState::Runnable, f(&[]), false);
         let set = b.finish();
-        assert_eq!(to_folded([&set], GraphType::Full), "main;a:b 1\nmain;spin 2\n");
+        assert_eq!(
+            to_folded([&set], GraphType::Full),
+            "main;a:b 1\nmain;spin 2\n"
+        );
         assert_eq!(to_folded([&set], GraphType::OnCpu), "main;spin 2\n");
     }
 
     #[test]
     fn push_and_parse_round_trip() {
         let mut out = String::new();
-        push_line(&mut out, ["main", "a;b", "demo::Worker<unsigned long>::recurse"], 7);
+        push_line(
+            &mut out,
+            ["main", "a;b", "demo::Worker<unsigned long>::recurse"],
+            7,
+        );
         assert_eq!(out, "main;a:b;demo::Worker<unsigned long>::recurse 7\n");
-        assert_eq!(parse_line(&out), Some((vec!["main", "a:b", "demo::Worker<unsigned long>::recurse"], 7)));
+        assert_eq!(
+            parse_line(&out),
+            Some((
+                vec!["main", "a:b", "demo::Worker<unsigned long>::recurse"],
+                7
+            ))
+        );
         assert_eq!(parse_line("# no samples"), None);
         assert_eq!(parse_line("main;x notanumber"), None);
     }

@@ -32,7 +32,11 @@ pub struct FlameNode {
 impl FlameNode {
     /// An empty root: what a filter that matches nothing produces.
     pub fn empty_root() -> FlameNode {
-        FlameNode { name: "root".to_string(), value: 0, children: Vec::new() }
+        FlameNode {
+            name: "root".to_string(),
+            value: 0,
+            children: Vec::new(),
+        }
     }
 
     /// Builds the tree of every sample in `sets` that `ty` accepts.
@@ -46,7 +50,11 @@ impl FlameNode {
 
     /// Total number of nodes, root included.
     pub fn node_count(&self) -> usize {
-        1 + self.children.iter().map(FlameNode::node_count).sum::<usize>()
+        1 + self
+            .children
+            .iter()
+            .map(FlameNode::node_count)
+            .sum::<usize>()
     }
 
     /// The child called `name`, if any.
@@ -61,7 +69,9 @@ impl FlameNode {
 
     /// True when some node below this one (at any depth) is called `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.children.iter().any(|c| c.name == name || c.contains(name))
+        self.children
+            .iter()
+            .any(|c| c.name == name || c.contains(name))
     }
 }
 
@@ -143,7 +153,10 @@ impl TreeBuilder {
     #[inline]
     fn step(&mut self, parent: u32, name: u32, count: u64) -> u32 {
         let next = self.nodes.len() as u32;
-        let child = *self.edges.entry(((parent as u64) << 32) | name as u64).or_insert(next);
+        let child = *self
+            .edges
+            .entry(((parent as u64) << 32) | name as u64)
+            .or_insert(next);
         if child == next {
             self.nodes.push((name, 0));
         }
@@ -156,13 +169,22 @@ impl TreeBuilder {
     /// [`TreeBuilder::truncated_id`]. An empty stack only counts at the root, as in Flink.
     pub fn add_stack(&mut self, name_ids: &[u32], count: u64) {
         self.nodes[0].1 += count;
-        let common = self.last_names.iter().zip(name_ids).take_while(|(a, b)| a == b).count();
+        let common = self
+            .last_names
+            .iter()
+            .zip(name_ids)
+            .take_while(|(a, b)| a == b)
+            .count();
         for &n in &self.last_nodes[..common] {
             self.nodes[n as usize].1 += count;
         }
         self.last_names.truncate(common);
         self.last_nodes.truncate(common);
-        let mut node = if common == 0 { 0 } else { self.last_nodes[common - 1] };
+        let mut node = if common == 0 {
+            0
+        } else {
+            self.last_nodes[common - 1]
+        };
         for &name in &name_ids[common..] {
             node = self.step(node, name, count);
             self.last_names.push(name);
@@ -179,7 +201,11 @@ impl TreeBuilder {
             if s.truncated {
                 scratch.push(self.truncated_id);
             }
-            scratch.extend(s.stack.iter().filter_map(|&f| frame_names.get(f as usize).copied()));
+            scratch.extend(
+                s.stack
+                    .iter()
+                    .filter_map(|&f| frame_names.get(f as usize).copied()),
+            );
             self.add_stack(&scratch, 1);
         }
         self.scratch = scratch;
@@ -193,10 +219,16 @@ impl TreeBuilder {
         }
         fn convert(b: &TreeBuilder, children: &[Vec<u32>], node: u32) -> FlameNode {
             let (name, value) = b.nodes[node as usize];
-            let mut kids: Vec<FlameNode> =
-                children[node as usize].iter().map(|&c| convert(b, children, c)).collect();
+            let mut kids: Vec<FlameNode> = children[node as usize]
+                .iter()
+                .map(|&c| convert(b, children, c))
+                .collect();
             kids.sort_by(|a, b| a.name.cmp(&b.name));
-            FlameNode { name: b.names[name as usize].clone(), value, children: kids }
+            FlameNode {
+                name: b.names[name as usize].clone(),
+                value,
+                children: kids,
+            }
         }
         convert(&self, &children, 0)
     }
@@ -234,10 +266,20 @@ mod tests {
     use crate::stack_trace::{Frame, SampleSetBuilder, SampledThread, ThreadState};
 
     fn set() -> SampleSet {
-        let t = SampledThread { pid: 1, tid: 1, name: "t".into() };
+        let t = SampledThread {
+            pid: 1,
+            tid: 1,
+            name: "t".into(),
+        };
         let mut b = SampleSetBuilder::new();
         let f = |names: &[&str]| names.iter().map(|n| Frame::named(*n)).collect::<Vec<_>>();
-        b.push(&t, 0, ThreadState::Runnable, f(&["main", "work", "spin"]), false);
+        b.push(
+            &t,
+            0,
+            ThreadState::Runnable,
+            f(&["main", "work", "spin"]),
+            false,
+        );
         b.push(&t, 0, ThreadState::Runnable, f(&["main", "work"]), false);
         b.push(&t, 0, ThreadState::Waiting, f(&["main", "sleep"]), false);
         b.push(&t, 0, ThreadState::TimedWaiting, f(&["deep", "leaf"]), true);
@@ -254,8 +296,15 @@ mod tests {
         assert_eq!(names, ["[truncated]", "main"]);
         assert_eq!(tree.find_path(&["main"]).map(|n| n.value), Some(3));
         assert_eq!(tree.find_path(&["main", "work"]).map(|n| n.value), Some(2));
-        assert_eq!(tree.find_path(&["main", "work", "spin"]).map(|n| n.value), Some(1));
-        assert_eq!(tree.find_path(&["[truncated]", "deep", "leaf"]).map(|n| n.value), Some(1));
+        assert_eq!(
+            tree.find_path(&["main", "work", "spin"]).map(|n| n.value),
+            Some(1)
+        );
+        assert_eq!(
+            tree.find_path(&["[truncated]", "deep", "leaf"])
+                .map(|n| n.value),
+            Some(1)
+        );
         assert!(!tree.contains("gone"));
     }
 
@@ -272,7 +321,10 @@ mod tests {
     #[test]
     fn empty_filter_gives_empty_root_in_flink_shape() {
         let tree = FlameNode::build(std::iter::empty(), GraphType::OffCpu);
-        assert_eq!(serde_json::to_string(&tree).unwrap(), r#"{"name":"root","value":0,"children":[]}"#);
+        assert_eq!(
+            serde_json::to_string(&tree).unwrap(),
+            r#"{"name":"root","value":0,"children":[]}"#
+        );
     }
 
     /// The straightforward fold (a map of children per node, no prefix reuse), to check the
@@ -284,7 +336,11 @@ mod tests {
                 let pos = match node.children.iter().position(|c| c.name == *first) {
                     Some(p) => p,
                     None => {
-                        node.children.push(FlameNode { name: first.to_string(), value: 0, children: vec![] });
+                        node.children.push(FlameNode {
+                            name: first.to_string(),
+                            value: 0,
+                            children: vec![],
+                        });
                         node.children.len() - 1
                     }
                 };
@@ -311,9 +367,13 @@ mod tests {
         let mut seed = 0x1234_5678u64;
         let mut stacks: Vec<(Vec<&str>, u64)> = Vec::new();
         for _ in 0..2000 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let len = (seed >> 60) as usize % 7;
-            let path = (0..len).map(|i| alphabet[((seed >> (i * 5)) as usize) % alphabet.len()]).collect();
+            let path = (0..len)
+                .map(|i| alphabet[((seed >> (i * 5)) as usize) % alphabet.len()])
+                .collect();
             stacks.push((path, 1 + (seed >> 40) % 3));
         }
         stacks.push((vec!["main", "a", "b"], 2));

@@ -56,7 +56,12 @@ pub struct RunArgs {
     pub coordinator: String,
 
     /// Where to serve the sampling gRPC service (port 0 picks a free port).
-    #[arg(long, env = "FLAMEGRID_LISTEN", default_value = "0.0.0.0:6122", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "FLAMEGRID_LISTEN",
+        default_value = "0.0.0.0:6122",
+        value_name = "ADDR"
+    )]
     pub listen: SocketAddr,
 
     /// The address the coordinator uses to reach this agent, e.g. http://10.0.0.5:6122.
@@ -72,11 +77,21 @@ pub struct RunArgs {
 
     /// Allow sampling processes of this user (name or uid); repeatable or comma-separated.
     /// Without --allow-user and --allow-comm only processes of the agent's own user are allowed.
-    #[arg(long = "allow-user", env = "FLAMEGRID_ALLOW_USER", value_name = "NAME", value_delimiter = ',')]
+    #[arg(
+        long = "allow-user",
+        env = "FLAMEGRID_ALLOW_USER",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
     pub allow_user: Vec<String>,
 
     /// Allow sampling processes with this kernel name (comm); repeatable or comma-separated.
-    #[arg(long = "allow-comm", env = "FLAMEGRID_ALLOW_COMM", value_name = "NAME", value_delimiter = ',')]
+    #[arg(
+        long = "allow-comm",
+        env = "FLAMEGRID_ALLOW_COMM",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
     pub allow_comm: Vec<String>,
 
     /// File holding the shared token: sent on registry calls, required on sampling calls.
@@ -84,16 +99,31 @@ pub struct RunArgs {
     pub token_file: Option<PathBuf>,
 
     /// PEM certificate chain of this agent (TLS server, and client identity for mutual TLS).
-    #[arg(long, env = "FLAMEGRID_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "FLAMEGRID_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key matching --tls-cert.
-    #[arg(long, env = "FLAMEGRID_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "FLAMEGRID_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
 
     /// PEM CA: callers of the sampling service must present a certificate it signed (mutual
     /// TLS), and an https coordinator is verified against it. Needs --tls-cert and --tls-key.
-    #[arg(long, env = "FLAMEGRID_TLS_CA", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "FLAMEGRID_TLS_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_ca: Option<PathBuf>,
 
     /// The coordinator's heartbeat timeout; accepted for symmetry with the coordinator.
@@ -159,7 +189,9 @@ impl RunningAgent {
     /// Waits until the agent has shut down (after the shutdown future completed and the server
     /// drained), or failed.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.supervisor.await.context("the agent's supervisor task failed")?
+        self.supervisor
+            .await
+            .context("the agent's supervisor task failed")?
     }
 }
 
@@ -183,13 +215,19 @@ fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
     let token = args.token_file.as_deref().map(read_token).transpose()?;
 
     let identity = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(Identity::from_pem(read_file(cert, "--tls-cert")?, read_file(key, "--tls-key")?)),
+        (Some(cert), Some(key)) => Some(Identity::from_pem(
+            read_file(cert, "--tls-cert")?,
+            read_file(key, "--tls-key")?,
+        )),
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
     };
     let ca = match &args.tls_ca {
         Some(path) => {
-            ensure!(identity.is_some(), "--tls-ca needs --tls-cert and --tls-key");
+            ensure!(
+                identity.is_some(),
+                "--tls-ca needs --tls-cert and --tls-key"
+            );
             Some(Certificate::from_pem(read_file(path, "--tls-ca")?))
         }
         None => None,
@@ -209,7 +247,9 @@ fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
         if let Some(id) = identity {
             tls = tls.identity(id);
         }
-        coordinator.tls_config(tls).context("configuring TLS towards the coordinator")?
+        coordinator
+            .tls_config(tls)
+            .context("configuring TLS towards the coordinator")?
     } else {
         coordinator
     };
@@ -217,14 +257,23 @@ fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
     let policy = if args.allow_user.is_empty() && args.allow_comm.is_empty() {
         AccessPolicy::own_user()
     } else {
-        AccessPolicy::new(&args.allow_user, &args.allow_comm).context("--allow-user / --allow-comm")?
+        AccessPolicy::new(&args.allow_user, &args.allow_comm)
+            .context("--allow-user / --allow-comm")?
     };
     ensure!(
         (1..=MAX_CONCURRENT_RUNS_LIMIT).contains(&args.max_concurrent_runs),
         "--max-concurrent-runs must be between 1 and {MAX_CONCURRENT_RUNS_LIMIT}"
     );
-    ensure!(args.heartbeat_timeout_s >= 1, "--heartbeat-timeout-s must be at least 1");
-    Ok(Checked { coordinator, token, server_tls, policy })
+    ensure!(
+        args.heartbeat_timeout_s >= 1,
+        "--heartbeat-timeout-s must be at least 1"
+    );
+    Ok(Checked {
+        coordinator,
+        token,
+        server_tls,
+        policy,
+    })
 }
 
 fn check_url(flag: &str, url: &str) -> anyhow::Result<Endpoint> {
@@ -232,8 +281,12 @@ fn check_url(flag: &str, url: &str) -> anyhow::Result<Endpoint> {
         url.starts_with("http://") || url.starts_with("https://"),
         "{flag} must be an http:// or https:// URL, got {url:?}"
     );
-    let endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("{flag} {url:?} is not a valid URL"))?;
-    ensure!(endpoint.uri().host().is_some_and(|h| !h.is_empty()), "{flag} {url:?} has no host");
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("{flag} {url:?} is not a valid URL"))?;
+    ensure!(
+        endpoint.uri().host().is_some_and(|h| !h.is_empty()),
+        "{flag} {url:?} has no host"
+    );
     Ok(endpoint)
 }
 
@@ -250,7 +303,8 @@ pub fn check_id(id: &str) -> anyhow::Result<()> {
     ensure!(!id.is_empty(), "--id must not be empty");
     ensure!(id.len() <= 128, "--id must be at most 128 characters");
     ensure!(
-        id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')),
+        id.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')),
         "--id may only contain letters, digits and . _ : -, got {id:?}"
     );
     Ok(())
@@ -264,9 +318,14 @@ fn read_file(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
 /// as an HTTP header value, and is never logged.
 fn read_token(path: &Path) -> anyhow::Result<String> {
     let raw = read_file(path, "--token-file")?;
-    let text = String::from_utf8(raw).map_err(|_| anyhow::anyhow!("--token-file {}: not UTF-8 text", path.display()))?;
+    let text = String::from_utf8(raw)
+        .map_err(|_| anyhow::anyhow!("--token-file {}: not UTF-8 text", path.display()))?;
     let token = text.trim();
-    ensure!(!token.is_empty(), "--token-file {}: the file is empty", path.display());
+    ensure!(
+        !token.is_empty(),
+        "--token-file {}: the file is empty",
+        path.display()
+    );
     ensure!(
         token.bytes().all(|b| b.is_ascii_graphic()),
         "--token-file {}: the token must be printable ASCII without spaces",
@@ -284,7 +343,9 @@ pub fn derive_id(host: &str, addr: &SocketAddr) -> String {
     const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
     const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
     let input = format!("{host}|{addr}");
-    let hash = input.bytes().fold(OFFSET, |h, b| (h ^ u128::from(b)).wrapping_mul(PRIME));
+    let hash = input
+        .bytes()
+        .fold(OFFSET, |h, b| (h ^ u128::from(b)).wrapping_mul(PRIME));
     format!("{hash:032x}")
 }
 
@@ -308,7 +369,11 @@ async fn route_towards(coordinator: &Endpoint) -> Option<IpAddr> {
     let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(6123);
     let target = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
-    let bind: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let bind: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
     let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
     socket.connect(target).await.ok()?;
     let ip = socket.local_addr().ok()?.ip();
@@ -334,7 +399,10 @@ pub async fn serve(
         Some(a) => a.clone(),
         None => default_advertise(local_addr, &checked.coordinator, tls).await,
     };
-    let agent_id = args.id.clone().unwrap_or_else(|| derive_id(&host_name(), &local_addr));
+    let agent_id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| derive_id(&host_name(), &local_addr));
 
     let service = SamplingService::new(
         sampler,
@@ -348,7 +416,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
     if let Some(tls_config) = checked.server_tls {
-        builder = builder.tls_config(tls_config).context("configuring TLS for the sampling service")?;
+        builder = builder
+            .tls_config(tls_config)
+            .context("configuring TLS for the sampling service")?;
     }
     let router = builder.add_service(SamplingServer::with_interceptor(
         service.clone(),
@@ -363,7 +433,8 @@ pub async fn serve(
         }
         conn
     });
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
+    let mut server =
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
 
     let registration_config = RegistrationConfig {
         agent_id: agent_id.clone(),
@@ -371,7 +442,11 @@ pub async fn serve(
         token: checked.token.clone(),
     };
     let channel = checked.coordinator.connect_lazy();
-    let registration = tokio::spawn(registration::run(registration_config, channel, stopped(stop_rx)));
+    let registration = tokio::spawn(registration::run(
+        registration_config,
+        channel,
+        stopped(stop_rx),
+    ));
 
     tracing::info!(
         id = %agent_id,
@@ -398,7 +473,10 @@ pub async fn serve(
                 };
             }
         }
-        tracing::info!(runs_in_flight = service.runs_in_flight(), "shutting down: ending sampling runs in flight");
+        tracing::info!(
+            runs_in_flight = service.runs_in_flight(),
+            "shutting down: ending sampling runs in flight"
+        );
         service.cancel_in_flight();
         stop_tx.send_replace(true);
         let served = server.await.context("the sampling server task failed")?;
@@ -410,7 +488,12 @@ pub async fn serve(
         Ok(())
     });
 
-    Ok(RunningAgent { local_addr, advertised_address, agent_id, supervisor })
+    Ok(RunningAgent {
+        local_addr,
+        advertised_address,
+        agent_id,
+        supervisor,
+    })
 }
 
 /// Completes once the watch value is `true` (or its sender is gone).
@@ -493,13 +576,33 @@ mod tests {
         assert_eq!(w.run.max_concurrent_runs, 4);
         assert_eq!(w.run.heartbeat_timeout_s, 30);
         let w = Wrapper::try_parse_from([
-            "x", "--coordinator", "http://c:1", "--allow-user", "a,b", "--allow-comm", "w", "--allow-comm", "v",
+            "x",
+            "--coordinator",
+            "http://c:1",
+            "--allow-user",
+            "a,b",
+            "--allow-comm",
+            "w",
+            "--allow-comm",
+            "v",
         ])
         .unwrap();
         assert_eq!(w.run.allow_user, ["a", "b"]);
         assert_eq!(w.run.allow_comm, ["w", "v"]);
-        assert!(Wrapper::try_parse_from(["x", "--coordinator", "http://c:1", "--max-concurrent-runs", "0"]).is_err());
-        assert!(Wrapper::try_parse_from(["x", "--coordinator", "http://c:1", "--tls-cert", "a"]).is_err());
+        assert!(
+            Wrapper::try_parse_from([
+                "x",
+                "--coordinator",
+                "http://c:1",
+                "--max-concurrent-runs",
+                "0"
+            ])
+            .is_err()
+        );
+        assert!(
+            Wrapper::try_parse_from(["x", "--coordinator", "http://c:1", "--tls-cert", "a"])
+                .is_err()
+        );
     }
 
     #[test]
@@ -509,6 +612,9 @@ mod tests {
         let mut args = RunArgs::new("http://127.0.0.1:6123");
         args.advertise = Some("10.0.0.1:6122".into());
         assert!(check_args(&args).is_err());
-        assert!(check_args(&RunArgs::new("https://127.0.0.1:6123")).is_err(), "https needs --tls-ca");
+        assert!(
+            check_args(&RunArgs::new("https://127.0.0.1:6123")).is_err(),
+            "https needs --tls-ca"
+        );
     }
 }

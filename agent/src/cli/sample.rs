@@ -120,7 +120,11 @@ pub fn main(args: SampleArgs) -> anyhow::Result<ExitCode> {
     let mut tids = args.tids.clone();
     tids.sort_unstable();
     tids.dedup();
-    let selector = ThreadSelector { process: ProcessRef::Pid(args.pid), tids, thread_name };
+    let selector = ThreadSelector {
+        process: ProcessRef::Pid(args.pid),
+        tids,
+        thread_name,
+    };
     let sampler = Sampler::new()?;
     let opts = SamplerOptions {
         num_samples: args.samples,
@@ -129,8 +133,11 @@ pub fn main(args: SampleArgs) -> anyhow::Result<ExitCode> {
         kernel_stacks: false,
         cancel: Arc::new(AtomicBool::new(false)),
     };
-    let (run, stats) =
-        sampler.sample_with_stats(&[("cli".to_string(), selector)], &AccessPolicy::unrestricted(), &opts);
+    let (run, stats) = sampler.sample_with_stats(
+        &[("cli".to_string(), selector)],
+        &AccessPolicy::unrestricted(),
+        &opts,
+    );
     let Some((_, result)) = run.subtasks.into_iter().next() else {
         anyhow::bail!("the sampler returned no result");
     };
@@ -152,7 +159,13 @@ pub fn main(args: SampleArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn json_output(set: &SampleSet, ty: GraphType, pid: u32, start_ms: i64, end_ms: i64) -> anyhow::Result<String> {
+fn json_output(
+    set: &SampleSet,
+    ty: GraphType,
+    pid: u32,
+    start_ms: i64,
+    end_ms: i64,
+) -> anyhow::Result<String> {
     let samples: Vec<serde_json::Value> = set
         .samples
         .iter()
@@ -183,7 +196,11 @@ fn json_output(set: &SampleSet, ty: GraphType, pid: u32, start_ms: i64, end_ms: 
 
 fn print_stats(stats: &RunStats, set: &SampleSet) {
     let mean = |d: &[Duration]| {
-        if d.is_empty() { 0.0 } else { d.iter().map(|d| d.as_secs_f64()).sum::<f64>() / d.len() as f64 * 1e3 }
+        if d.is_empty() {
+            0.0
+        } else {
+            d.iter().map(|d| d.as_secs_f64()).sum::<f64>() / d.len() as f64 * 1e3
+        }
     };
     let median_ms = |d: &[Duration]| {
         let mut v: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1e3).collect();
@@ -205,14 +222,20 @@ fn print_stats(stats: &RunStats, set: &SampleSet) {
         "snapshot_ms: median {:.3} mean {:.3} first {:.3}",
         median_ms(&stats.snapshot_time),
         mean(&stats.snapshot_time),
-        stats.snapshot_time.first().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        stats
+            .snapshot_time
+            .first()
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     );
     eprintln!(
         "round_ms: median {:.3} mean {:.3} (incl. /proc reads)",
         median_ms(&stats.round_time),
         mean(&stats.round_time)
     );
-    eprintln!("module_load_ms: {:.3}", stats.module_load.as_secs_f64() * 1e3);
+    eprintln!(
+        "module_load_ms: {:.3}",
+        stats.module_load.as_secs_f64() * 1e3
+    );
     eprintln!("unwind_ms: {:.3}", stats.unwind.as_secs_f64() * 1e3);
     eprintln!("symbolize_ms: {:.3}", stats.symbolize.as_secs_f64() * 1e3);
     eprintln!("not_stopped: {}", stats.not_stopped);

@@ -20,6 +20,8 @@ pub struct LoadSegment {
     pub vaddr: u64,
     /// Bytes of the segment present in the file.
     pub filesz: u64,
+    /// The segment is executable (`PF_X`).
+    pub exec: bool,
 }
 
 /// A section's address range as linked (SVMA) and its bytes, when read.
@@ -51,11 +53,25 @@ pub struct UnwindSections {
 impl UnwindSections {
     /// The bias (AVMA - SVMA) of a file whose byte `file_offset` is mapped at `map_start`, found
     /// through the `PT_LOAD` segment that contains that offset.
-    pub fn bias(&self, map_start: u64, file_offset: u64) -> Option<u64> {
-        let seg = self.loads.iter().find(|s| {
-            let page_start = s.offset & !0xfff;
-            file_offset >= page_start && file_offset < s.offset + s.filesz.max(1)
-        })?;
+    ///
+    /// Segments may share a file page (lld packs a read-only segment ending at 0x19148 next to
+    /// the code segment starting at 0x19150, both in the page at 0x19000), so the segment that
+    /// *starts* in the mapping's first page wins, an executable one first when `exec` is set;
+    /// only then one that merely contains the offset.
+    pub fn bias(&self, map_start: u64, file_offset: u64, exec: bool) -> Option<u64> {
+        let starts_here = |s: &&LoadSegment| s.offset & !0xfff == file_offset;
+        let seg = self
+            .loads
+            .iter()
+            .filter(starts_here)
+            .find(|s| s.exec == exec)
+            .or_else(|| self.loads.iter().find(starts_here))
+            .or_else(|| {
+                self.loads.iter().find(|s| {
+                    let page_start = s.offset & !0xfff;
+                    file_offset >= page_start && file_offset < s.offset + s.filesz.max(1)
+                })
+            })?;
         // File offset x lives at vaddr + (x - offset); so map_start is svma vaddr + (off - offset).
         let svma = seg.vaddr.wrapping_add(file_offset).wrapping_sub(seg.offset);
         Some(map_start.wrapping_sub(svma))
@@ -139,7 +155,13 @@ pub fn read_unwind_sections<R: ReadAt + ?Sized>(src: &R) -> std::io::Result<Unwi
             let p = &ph[i * phentsize..];
             const PT_LOAD: u32 = 1;
             if u32_at(p, 0) == PT_LOAD {
-                out.loads.push(LoadSegment { offset: u64_at(p, 8), vaddr: u64_at(p, 16), filesz: u64_at(p, 32) });
+                const PF_X: u32 = 1;
+                out.loads.push(LoadSegment {
+                    offset: u64_at(p, 8),
+                    vaddr: u64_at(p, 16),
+                    filesz: u64_at(p, 32),
+                    exec: u32_at(p, 4) & PF_X != 0,
+                });
             }
         }
     }
@@ -222,17 +244,26 @@ mod tests {
     fn bias_follows_the_segment() {
         let s = UnwindSections {
             loads: vec![
-                LoadSegment { offset: 0, vaddr: 0, filesz: 0x1000 },
-                LoadSegment { offset: 0x1000, vaddr: 0x1000, filesz: 0x5000 },
+                LoadSegment { offset: 0, vaddr: 0, filesz: 0x1000, exec: false },
+                LoadSegment { offset: 0x1000, vaddr: 0x1000, filesz: 0x5000, exec: true },
             ],
             ..Default::default()
         };
-        assert_eq!(s.bias(0x5555_0000_1000, 0x1000), Some(0x5555_0000_0000));
+        assert_eq!(s.bias(0x5555_0000_1000, 0x1000, true), Some(0x5555_0000_0000));
         let odd = UnwindSections {
-            loads: vec![LoadSegment { offset: 0x1234, vaddr: 0x201234, filesz: 0x100 }],
+            loads: vec![LoadSegment { offset: 0x1234, vaddr: 0x201234, filesz: 0x100, exec: true }],
             ..Default::default()
         };
-        assert_eq!(odd.bias(0x7000_0000_1000, 0x1000), Some(0x7000_0000_1000 - 0x201000));
+        assert_eq!(odd.bias(0x7000_0000_1000, 0x1000, true), Some(0x7000_0000_1000 - 0x201000));
+        // lld layout (the Rust workload): a read-only segment shares the code's first page.
+        let lld = UnwindSections {
+            loads: vec![
+                LoadSegment { offset: 0, vaddr: 0, filesz: 0x19148, exec: false },
+                LoadSegment { offset: 0x19150, vaddr: 0x1a150, filesz: 0x4ac60, exec: true },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(lld.bias(0x5620_6232_6000, 0x19000, true), Some(0x5620_6230_c000));
         assert!(
             std::fs::File::open("/nonexistent").is_err() && [0u8; 4].read_exact_at(&mut [0u8; 8], 0).is_err()
         );

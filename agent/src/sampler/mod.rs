@@ -147,6 +147,34 @@ impl std::fmt::Debug for Sampler {
     }
 }
 
+/// A thread's state as read from `/proc` just before the round.
+struct PreState {
+    /// `stat`'s state letter.
+    letter: char,
+    /// For a sleeping thread: its `syscall` file says it waits with a timeout.
+    timed: bool,
+    /// Kernel stack, when asked for.
+    kernel: Vec<String>,
+}
+
+/// The state of a sample: the registers at the stop say best whether the thread was blocked in
+/// a system call (and with which timeout) — our own earlier stops make waiting threads briefly
+/// runnable while they re-enter their wait, which `/proc` alone would count as on-CPU. Threads
+/// we did not stop fall back to `/proc` (`stat`, and `syscall` for the timeout).
+fn sample_state(pre: &PreState, interrupted: Option<(u64, [u64; 6])>) -> ThreadState {
+    match (interrupted, pre.letter) {
+        (Some(_), 'D') => ThreadState::Blocked,
+        (Some((nr, args)), _) => {
+            if proc::syscall_is_timed_wait(nr, &args) {
+                ThreadState::TimedWaiting
+            } else {
+                ThreadState::Waiting
+            }
+        }
+        (None, letter) => ThreadState::from_proc_state(letter, pre.timed),
+    }
+}
+
 /// One observation before symbolization.
 struct RawSample {
     tid: u32,
@@ -229,7 +257,7 @@ impl Sampler {
             }
             let round_start = Instant::now();
             let mut jobs = Vec::new();
-            let mut meta: Vec<(usize, Vec<(ThreadState, Vec<String>)>)> = Vec::new();
+            let mut meta: Vec<(usize, Vec<PreState>)> = Vec::new();
             for (i, run) in runs.iter_mut().enumerate() {
                 if run.error.is_some() || run.finished {
                     continue;
@@ -269,7 +297,7 @@ impl Sampler {
             stats.unwind += result.timings.unwind;
             for ((i, states), reads) in meta.into_iter().zip(result.targets) {
                 let run = &mut runs[i];
-                for ((state, kernel), read) in states.into_iter().zip(reads) {
+                for (pre, read) in states.into_iter().zip(reads) {
                     let stack = match read.outcome {
                         ReadOutcome::Stack(raw) => {
                             stats.stop_ns.push(read.stopped_ns);
@@ -286,7 +314,14 @@ impl Sampler {
                             continue;
                         }
                     };
-                    run.samples.push(RawSample { tid: read.tid, time_ms: read.time_ms, state, stack, kernel });
+                    let state = sample_state(&pre, read.interrupted_syscall);
+                    run.samples.push(RawSample {
+                        tid: read.tid,
+                        time_ms: read.time_ms,
+                        state,
+                        stack,
+                        kernel: pre.kernel,
+                    });
                 }
             }
             stats.round_time.push(round_start.elapsed());
@@ -344,7 +379,7 @@ fn prepare_round(
     first: bool,
     policy: &AccessPolicy,
     kernel_stacks: bool,
-) -> Result<(TargetJob, Vec<(ThreadState, Vec<String>)>), AgentError> {
+) -> Result<(TargetJob, Vec<PreState>), AgentError> {
     let threads: Vec<(u32, String)> = if first {
         let resolved = selection::resolve(&run.sel, policy)?;
         run.pid = resolved.pid;
@@ -392,12 +427,11 @@ fn prepare_round(
         if matches!(stat.state, 'Z' | 'X' | 'x') {
             continue;
         }
-        let timed = stat.state == 'S' && proc::task_waits_with_timeout(pid, tid);
-        let state = ThreadState::from_proc_state(stat.state, timed);
         let kernel =
             if kernel_stacks && stat.state != 'R' { proc::task_kernel_stack(pid, tid) } else { Vec::new() };
         job.threads.push(ThreadJob { tid, blocked: stat.state == 'D' });
-        states.push((state, kernel));
+        let timed = stat.state == 'S' && proc::task_waits_with_timeout(pid, tid);
+        states.push(PreState { letter: stat.state, timed, kernel });
     }
     Ok((job, states))
 }

@@ -179,6 +179,7 @@ mod nr {
     pub const IO_PGETEVENTS: u64 = 333;
     pub const EPOLL_PWAIT2: u64 = 441;
     pub const FUTEX_WAITV: u64 = 449;
+    pub const RESTART_SYSCALL: u64 = 219;
 }
 
 /// System call numbers that matter for telling a timed wait from an untimed one.
@@ -203,6 +204,7 @@ mod nr {
     pub const IO_PGETEVENTS: u64 = 292;
     pub const EPOLL_PWAIT2: u64 = 441;
     pub const FUTEX_WAITV: u64 = 449;
+    pub const RESTART_SYSCALL: u64 = 128;
 }
 
 /// Whether the blocking system call described by a `/proc/.../syscall` line waits with a
@@ -215,15 +217,24 @@ mod nr {
 pub fn syscall_waits_with_timeout(line: &str) -> bool {
     let mut parts = line.split_ascii_whitespace();
     let Some(Ok(number)) = parts.next().map(|n| n.parse::<u64>()) else { return false };
-    let args: Vec<u64> = parts
-        .take(6)
-        .filter_map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
-        .collect();
-    let arg = |i: usize| args.get(i).copied().unwrap_or(0);
+    let mut args = [0u64; 6];
+    for (slot, a) in args.iter_mut().zip(parts) {
+        *slot = u64::from_str_radix(a.trim_start_matches("0x"), 16).unwrap_or(0);
+    }
+    syscall_is_timed_wait(number, &args)
+}
+
+/// Whether system call `number` with `args` is a wait with a timeout (see
+/// [`syscall_waits_with_timeout`]).
+pub fn syscall_is_timed_wait(number: u64, args: &[u64; 6]) -> bool {
+    let arg = |i: usize| args[i];
     // An `int` timeout (milliseconds) lives in the low 32 bits of its register.
     let int_timeout_set = |i: usize| (arg(i) as u32 as i32) >= 0;
     match number {
-        nr::NANOSLEEP | nr::CLOCK_NANOSLEEP => true,
+        // The kernel restarts a sleep interrupted by a signal or a ptrace stop through
+        // restart_syscall only when a remaining timeout must be recomputed (nanosleep, poll,
+        // futex with a timeout, ...); untimed waits re-execute the original call instead.
+        nr::NANOSLEEP | nr::CLOCK_NANOSLEEP | nr::RESTART_SYSCALL => true,
         nr::FUTEX => {
             // FUTEX_CMD_MASK drops FUTEX_PRIVATE_FLAG (128) and FUTEX_CLOCK_REALTIME (256).
             const FUTEX_WAIT: u64 = 0;
@@ -298,6 +309,7 @@ mod tests {
     fn timed_waits_are_recognised() {
         assert!(!syscall_waits_with_timeout("running"));
         assert!(!syscall_waits_with_timeout("-1 0x7ffd 0x4005"));
+        assert!(syscall_waits_with_timeout("219 0x0 0x0 0x0 0x0 0x0 0x0 0x7ff 0x7f1"));
         assert!(syscall_waits_with_timeout("230 0x0 0x0 0x7f00 0x7f10 0x0 0x0 0x7ff 0x7f1"));
         // pthread_cond_wait: FUTEX_WAIT_BITSET|PRIVATE, NULL timeout.
         assert!(!syscall_waits_with_timeout("202 0x5600 0x89 0x0 0x0 0x0 0xffffffff 0x7ff 0x7f1"));

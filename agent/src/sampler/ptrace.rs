@@ -24,7 +24,7 @@
 //! * A thread that **exits** mid-sample answers `ESRCH`/`EPERM` or reports an exit status; it is
 //!   simply skipped. Exit statuses of our tracees are always collected so no zombie lingers.
 //! * A thread that **cannot stop** in time (uninterruptible `D` sleep, or not scheduled) is given
-//!   up after a deadline (10 ms for `D`, 50 ms otherwise) and reported with its `/proc` state and
+//!   up after a deadline (10 ms for `D`, 200 ms otherwise) and reported with its `/proc` state and
 //!   an empty stack. A running tracee can not be detached, so it stays on an *abandoned* list
 //!   with its interrupt pending; the moment it stops (this thread keeps polling, also between
 //!   rounds) it is detached. It is therefore never stopped longer than one poll interval.
@@ -47,7 +47,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const STOP_DEADLINE_BLOCKED: Duration = Duration::from_millis(10);
 /// How long to wait for any other thread to reach its stop (a runnable thread may have to wait
 /// for a CPU on a busy host).
-pub const STOP_DEADLINE: Duration = Duration::from_millis(50);
+pub const STOP_DEADLINE: Duration = Duration::from_millis(200);
 /// How long to poll with `sched_yield` before falling back to short sleeps.
 const SPIN_PHASE: Duration = Duration::from_micros(200);
 /// Sleep between polls after the spin phase.
@@ -99,6 +99,8 @@ pub struct ThreadRead {
     pub outcome: ReadOutcome,
     /// How long the thread was stopped by us (upper bound), ns; 0 when it was not stopped.
     pub stopped_ns: u64,
+    /// The blocking system call our stop interrupted, if any (see [`Regs`]).
+    pub interrupted_syscall: Option<(u64, [u64; 6])>,
 }
 
 /// Timings of one round, for `--stats` and benchmarks.
@@ -280,7 +282,7 @@ impl TracerState {
                 .map(|t| {
                     t.threads
                         .iter()
-                        .map(|th| ThreadRead { tid: th.tid, time_ms: 0, outcome: ReadOutcome::Gone, stopped_ns: 0 })
+                        .map(|th| ThreadRead { tid: th.tid, time_ms: 0, outcome: ReadOutcome::Gone, stopped_ns: 0, interrupted_syscall: None })
                         .collect()
                 })
                 .collect(),
@@ -339,7 +341,7 @@ impl TracerState {
                         );
                     }
                     Err(outcome) => {
-                        result.targets[ti][si] = ThreadRead { tid: job.tid, time_ms: now_ms(), outcome, stopped_ns: 0 };
+                        result.targets[ti][si] = ThreadRead { tid: job.tid, time_ms: now_ms(), outcome, stopped_ns: 0, interrupted_syscall: None };
                     }
                 }
                 continue;
@@ -355,7 +357,13 @@ impl TracerState {
                     tracing::debug!(tid, "thread did not stop in time; reported without a stack");
                     self.abandoned.insert(tid);
                     result.targets[p.target][p.slot] =
-                        ThreadRead { tid: tid as u32, time_ms: now_ms(), outcome: ReadOutcome::NotStopped, stopped_ns: 0 };
+                        ThreadRead {
+                            tid: tid as u32,
+                            time_ms: now_ms(),
+                            outcome: ReadOutcome::NotStopped,
+                            stopped_ns: 0,
+                            interrupted_syscall: None,
+                        };
                 }
             }
             if pending.is_empty() {
@@ -464,7 +472,13 @@ impl TracerState {
                         result.result_mut(
                             p.target,
                             p.slot,
-                            ThreadRead { tid: tid as u32, time_ms: now_ms(), outcome: ReadOutcome::Gone, stopped_ns: 0 },
+                            ThreadRead {
+                                tid: tid as u32,
+                                time_ms: now_ms(),
+                                outcome: ReadOutcome::Gone,
+                                stopped_ns: 0,
+                                interrupted_syscall: None,
+                            },
                         );
                     }
                 }
@@ -504,6 +518,7 @@ impl TracerState {
             // Gone (or exiting) under us: collect its exit status later.
             self.abandoned.insert(tid);
         }
+        let interrupted_syscall = regs.as_ref().ok().and_then(|r| r.interrupted_syscall);
         let outcome = match (regs, raw) {
             (Ok(regs), Some(raw)) => {
                 let c = copy.unwrap_or_default();
@@ -518,7 +533,7 @@ impl TracerState {
             }
             _ => ReadOutcome::Gone,
         };
-        ThreadRead { tid: tid as u32, time_ms, outcome, stopped_ns }
+        ThreadRead { tid: tid as u32, time_ms, outcome, stopped_ns, interrupted_syscall }
     }
 }
 

@@ -38,20 +38,48 @@ pub struct Regs {
     pub fp: u64,
     /// Link register (aarch64 x30; 0 on x86_64).
     pub lr: u64,
+    /// The blocking system call (number, arguments) the thread was in when it stopped, if the
+    /// stop interrupted one (it will be restarted): the thread was *waiting*, not running.
+    pub interrupted_syscall: Option<(u64, [u64; 6])>,
 }
 
 /// Reads the registers of a stopped tracee.
 #[cfg(target_arch = "x86_64")]
 pub fn read_regs(tid: Pid) -> nix::Result<Regs> {
     let r = nix::sys::ptrace::getregs(tid)?;
-    Ok(Regs { pc: r.rip, sp: r.rsp, fp: r.rbp, lr: 0 })
+    // A stop inside a blocking system call leaves orig_rax = the call and rax = one of the
+    // kernel's -ERESTART* codes (ERESTARTSYS 512, ERESTARTNOINTR 513, ERESTARTNOHAND 514,
+    // ERESTART_RESTARTBLOCK 516): the call is re-entered when the thread resumes.
+    //
+    // If an earlier stop already made the kernel rewind the call for its restart, the thread
+    // sits on the `syscall` instruction again (rip rewound by 2, rax = the call number, or
+    // restart_syscall for calls with a remaining timeout): it is still waiting, just not yet
+    // back inside the kernel. Check the instruction bytes to be sure (one tiny read).
+    const RESTART_SYSCALL: u64 = 219;
+    let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+    let in_call = r.orig_rax as i64 >= 0;
+    let restarting = matches!(r.rax as i64, -516 | -514 | -513 | -512);
+    let interrupted_syscall = if in_call && restarting {
+        Some((r.orig_rax, args))
+    } else if in_call && (r.rax == r.orig_rax || r.rax == RESTART_SYSCALL) && at_syscall_insn(tid, r.rip) {
+        Some((r.rax, args))
+    } else {
+        None
+    };
+    Ok(Regs { pc: r.rip, sp: r.rsp, fp: r.rbp, lr: 0, interrupted_syscall })
+}
+
+/// Whether the two bytes at `pc` are x86_64's `syscall` instruction (0f 05).
+#[cfg(target_arch = "x86_64")]
+fn at_syscall_insn(tid: Pid, pc: u64) -> bool {
+    read_memory(tid, pc, 2) == [0x0f, 0x05]
 }
 
 /// Reads the registers of a stopped tracee.
 #[cfg(target_arch = "aarch64")]
 pub fn read_regs(tid: Pid) -> nix::Result<Regs> {
     let r = nix::sys::ptrace::getregs(tid)?;
-    Ok(Regs { pc: r.pc, sp: r.sp, fp: r.regs[29], lr: r.regs[30] })
+    Ok(Regs { pc: r.pc, sp: r.sp, fp: r.regs[29], lr: r.regs[30], interrupted_syscall: None })
 }
 
 /// A copy of stack memory `[base, base + len)` of one thread.

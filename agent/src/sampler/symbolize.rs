@@ -161,6 +161,16 @@ fn unknown_frame(maps: &[maps::MapEntry], addr: u64) -> Frame {
 /// A raw symbol name (mangled or not) as flamegrid names frames: demangled, no argument list,
 /// no return type, no Rust hash, no compiler clone suffix.
 pub fn clean_name(raw: &str) -> String {
+    let name = clean_mangled(raw);
+    // DWARF names of Rust items are sometimes legacy-mangled path text that nobody demangled
+    // (`_$LT$impl$u20$...$GT$::next::h9e21...`): decode the escapes and drop the hash too.
+    if name.contains('$') || rust_hash_suffix(&name).is_some() {
+        return decode_rust_legacy(&name);
+    }
+    name
+}
+
+fn clean_mangled(raw: &str) -> String {
     if raw.starts_with("_R") || raw.starts_with("_ZN") {
         if let Ok(d) = rustc_demangle::try_demangle(raw) {
             let text = format!("{d:#}");
@@ -177,6 +187,66 @@ pub fn clean_name(raw: &str) -> String {
         }
     }
     strip_clone_suffix(raw).to_string()
+}
+
+/// The `::h0123456789abcdef` suffix of a Rust path, if there is one.
+fn rust_hash_suffix(name: &str) -> Option<usize> {
+    let i = name.len().checked_sub(19)?;
+    let tail = name.get(i..)?;
+    (tail.starts_with("::h") && tail[3..].bytes().all(|b| b.is_ascii_hexdigit())).then_some(i)
+}
+
+/// Decodes Rust's legacy symbol escapes (`$LT$` → `<`, `$u20$` → ` `, `..` → `::`) and drops
+/// the hash.
+fn decode_rust_legacy(name: &str) -> String {
+    let name = match rust_hash_suffix(name) {
+        Some(i) => &name[..i],
+        None => name,
+    };
+    let mut out = String::with_capacity(name.len());
+    for (i, part) in name.split("::").enumerate() {
+        if i > 0 {
+            out.push_str("::");
+        }
+        // A path component may start with `_$` where the escape would start it with `$`.
+        let mut rest = part.strip_prefix("_$").map_or(part, |_| &part[1..]);
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix('$') {
+                if let Some(end) = after.find('$') {
+                    let code = &after[..end];
+                    let decoded = match code {
+                        "SP" => Some('@'),
+                        "BP" => Some('*'),
+                        "RF" => Some('&'),
+                        "LT" => Some('<'),
+                        "GT" => Some('>'),
+                        "LP" => Some('('),
+                        "RP" => Some(')'),
+                        "C" => Some(','),
+                        _ => code
+                            .strip_prefix('u')
+                            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                            .and_then(char::from_u32),
+                    };
+                    if let Some(c) = decoded {
+                        out.push(c);
+                        rest = &after[end + 1..];
+                        continue;
+                    }
+                }
+                out.push('$');
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix("..") {
+                out.push_str("::");
+                rest = after;
+            } else {
+                let next = rest.find(['$', '.']).map(|i| if i == 0 { 1 } else { i }).unwrap_or(rest.len());
+                out.push_str(&rest[..next]);
+                rest = &rest[next..];
+            }
+        }
+    }
+    out
 }
 
 /// Whether a legacy-mangled name ends in `17h<16 hex>E` (Rust's hash).
@@ -249,5 +319,13 @@ mod tests {
         assert_eq!(clean_name("_ZNSt6vectorIiSaIiEE9push_backERKi"), "std::vector<int, std::allocator<int> >::push_back");
         assert_eq!(clean_name("_ZN4demo5outerEv.cold"), "demo::outer");
         assert_eq!(clean_name("_RNvCs1234_7mycrate4main"), "mycrate::main");
+        assert_eq!(
+            clean_name("core::ops::function::FnOnce::call_once$u7b$$u7b$vtable.shim$u7d$$u7d$::h581c310980ce4441"),
+            "core::ops::function::FnOnce::call_once{{vtable.shim}}"
+        );
+        assert_eq!(
+            clean_name("_$LT$core..panic..AssertUnwindSafe$LT$F$GT$$u20$as$u20$core..ops..FnOnce$LT$$LP$$RP$$GT$$GT$::call_once::hb77ba2c0dd35ae49"),
+            "<core::panic::AssertUnwindSafe<F> as core::ops::FnOnce<()>>::call_once"
+        );
     }
 }

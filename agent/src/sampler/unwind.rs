@@ -200,7 +200,7 @@ impl UnwindCache {
                 None
             };
             let Some((sections, name, range)) = loaded else { continue };
-            let Some(bias) = sections.bias(exec.start, exec.offset) else { continue };
+            let Some(bias) = sections.bias(exec.start, exec.offset, true) else { continue };
             tracing::trace!(
                 pid,
                 module = %name,

@@ -63,22 +63,44 @@ pub struct CoordinatorState {
 struct RegistryService(Arc<CoordinatorState>);
 
 fn auth_of<T>(req: &Request<T>) -> Option<String> {
-    req.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string)
+    req.metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 #[tonic::async_trait]
 impl Registry for RegistryService {
-    async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         let auth = auth_of(&req);
-        self.0.registrations.lock().unwrap().push((req.into_inner(), auth));
-        Ok(Response::new(RegisterResponse { heartbeat_interval_ms: self.0.interval_ms.load(Ordering::SeqCst) }))
+        self.0
+            .registrations
+            .lock()
+            .unwrap()
+            .push((req.into_inner(), auth));
+        Ok(Response::new(RegisterResponse {
+            heartbeat_interval_ms: self.0.interval_ms.load(Ordering::SeqCst),
+        }))
     }
 
-    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
         let auth = auth_of(&req);
-        self.0.heartbeats.lock().unwrap().push((req.into_inner(), auth));
+        self.0
+            .heartbeats
+            .lock()
+            .unwrap()
+            .push((req.into_inner(), auth));
         let reregister = self.0.reregister_next.swap(false, Ordering::SeqCst);
-        Ok(Response::new(HeartbeatResponse { reregister, watch: self.0.watch.lock().unwrap().clone() }))
+        Ok(Response::new(HeartbeatResponse {
+            reregister,
+            watch: self.0.watch.lock().unwrap().clone(),
+        }))
     }
 }
 
@@ -87,6 +109,7 @@ pub struct FakeCoordinator {
     pub addr: SocketAddr,
     pub state: Arc<CoordinatorState>,
     server: tokio::task::JoinHandle<()>,
+    tls: bool,
 }
 
 impl FakeCoordinator {
@@ -97,21 +120,41 @@ impl FakeCoordinator {
 
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::start_with(addr, None).await
+    }
+
+    /// Starts on a free loopback port serving TLS with `tls`.
+    pub async fn start_tls(tls: tonic::transport::ServerTlsConfig) -> Self {
+        Self::start_with("127.0.0.1:0".parse().unwrap(), Some(tls)).await
+    }
+
+    async fn start_with(addr: SocketAddr, tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(CoordinatorState::default());
         state.interval_ms.store(100, Ordering::SeqCst);
         let svc = RegistryServer::new(RegistryService(Arc::clone(&state)));
+        let tls_on = tls.is_some();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).unwrap();
+        }
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await;
+            let _ = builder.add_service(svc).serve_with_incoming(incoming).await;
         });
-        FakeCoordinator { addr, state, server }
+        FakeCoordinator {
+            addr,
+            state,
+            server,
+            tls: tls_on,
+        }
     }
 
     /// The URL to give the agent's `--coordinator`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Registrations so far.
@@ -126,12 +169,25 @@ impl FakeCoordinator {
 
     /// Waits for the n-th registration (1-based).
     pub async fn wait_registration(&self, n: usize) -> (RegisterRequest, Option<String>) {
-        poll(&format!("registration #{n}"), || self.registrations().get(n - 1).cloned()).await
+        poll(&format!("registration #{n}"), || {
+            self.registrations().get(n - 1).cloned()
+        })
+        .await
     }
 
     /// Waits for a heartbeat after the first `skip` ones that satisfies `pred`.
-    pub async fn wait_heartbeat(&self, what: &str, pred: impl Fn(&HeartbeatRequest) -> bool) -> HeartbeatRequest {
-        poll(what, || self.heartbeats().into_iter().map(|(h, _)| h).find(|h| pred(h))).await
+    pub async fn wait_heartbeat(
+        &self,
+        what: &str,
+        pred: impl Fn(&HeartbeatRequest) -> bool,
+    ) -> HeartbeatRequest {
+        poll(what, || {
+            self.heartbeats()
+                .into_iter()
+                .map(|(h, _)| h)
+                .find(|h| pred(h))
+        })
+        .await
     }
 }
 
@@ -160,9 +216,16 @@ impl AgentProcess {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("RUST_LOG", "info,flamegrid_agent=debug").stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        cmd.env("RUST_LOG", "info,flamegrid_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
         let child = cmd.spawn().unwrap();
-        AgentProcess { child, stderr_path, exit: None }
+        AgentProcess {
+            child,
+            stderr_path,
+            exit: None,
+        }
     }
 
     /// The agent's pid.
@@ -180,7 +243,10 @@ impl AgentProcess {
         let marker = "sampling service listening on ";
         poll("the agent to listen", || {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the agent exited with {status} before listening:\n{}", self.stderr());
+                panic!(
+                    "the agent exited with {status} before listening:\n{}",
+                    self.stderr()
+                );
             }
             let log = self.stderr();
             let rest = &log[log.find(marker)? + marker.len()..];
@@ -270,7 +336,10 @@ pub fn contains_chain(stack: &[String], chain: &[&str]) -> bool {
 
 /// The kernel name (comm) of a process.
 pub fn comm_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim_end().to_string()
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap()
+        .trim_end()
+        .to_string()
 }
 
 /// A plain `sleep` child (comm "sleep") to serve as a process the agent is not allowed to sample.
@@ -278,7 +347,13 @@ pub struct SleepProcess(pub Child);
 
 impl SleepProcess {
     pub fn start() -> Self {
-        SleepProcess(Command::new("sleep").arg("600").stdin(Stdio::null()).spawn().unwrap())
+        SleepProcess(
+            Command::new("sleep")
+                .arg("600")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
     }
     pub fn pid(&self) -> u32 {
         self.0.id()

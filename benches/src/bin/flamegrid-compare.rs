@@ -18,7 +18,9 @@
 use anyhow::{Context as _, bail};
 use flamegrid_agent::sampler::{Sampler, SamplerOptions};
 use flamegrid_agent::selection::AccessPolicy;
-use flamegrid_benches::{SNAPSHOT_SIZES, median, quantile, snapshot_mix, throughput_mix, whole_process};
+use flamegrid_benches::{
+    SNAPSHOT_SIZES, median, quantile, snapshot_mix, throughput_mix, whole_process,
+};
 use flamegrid_workloads::{Mix, RunningWorkload, Workload, spawn};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -57,9 +59,13 @@ fn parse_args() -> anyhow::Result<Settings> {
             "--agent" => settings.agent = PathBuf::from(value("--agent")?),
             "--rounds" => settings.rounds = value("--rounds")?.parse().context("--rounds")?,
             "--throughput-rounds" => {
-                settings.throughput_rounds = value("--throughput-rounds")?.parse().context("--throughput-rounds")?
+                settings.throughput_rounds = value("--throughput-rounds")?
+                    .parse()
+                    .context("--throughput-rounds")?
             }
-            "--window-secs" => settings.window_secs = value("--window-secs")?.parse().context("--window-secs")?,
+            "--window-secs" => {
+                settings.window_secs = value("--window-secs")?.parse().context("--window-secs")?
+            }
             "--quick" => {
                 settings.rounds = 3;
                 settings.throughput_rounds = 2;
@@ -123,7 +129,12 @@ fn tool_version(cmd: &str) -> String {
         .stdin(Stdio::null())
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| "not installed".to_owned())
 }
 
@@ -206,16 +217,27 @@ fn machine_section(report: &mut String, settings: &Settings) -> anyhow::Result<(
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     writeln!(report, "# flamegrid sampler: side-by-side comparison\n")?;
     writeln!(report, "| | |\n|---|---|")?;
-    writeln!(report, "| machine | {cpus} vCPU, {cpu}, Linux {} |", kernel.trim())?;
+    writeln!(
+        report,
+        "| machine | {cpus} vCPU, {cpu}, Linux {} |",
+        kernel.trim()
+    )?;
     writeln!(report, "| load average at start | {} |", load_average())?;
-    writeln!(report, "| flamegrid-agent | `{}` |", settings.agent.display())?;
+    writeln!(
+        report,
+        "| flamegrid-agent | `{}` |",
+        settings.agent.display()
+    )?;
     writeln!(report, "| eu-stack | {} |", tool_version("eu-stack"))?;
     writeln!(report, "| gdb | {} |", tool_version("gdb"))?;
     writeln!(
         report,
         "| target | `{}` (C, `-O2 -fomit-frame-pointer`): 1 spinning thread, the rest sleeping, \
          waiting on a condition variable or blocked on a mutex |",
-        TARGET.path().file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        TARGET
+            .path()
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     )?;
     writeln!(
         report,
@@ -252,8 +274,12 @@ impl Tool {
     fn label(self) -> &'static str {
         match self {
             Tool::FlamegridCold => "`flamegrid-agent sample --samples 1` (cold one-shot)",
-            Tool::FlamegridWarmRound => "flamegrid warm round (`--samples 20 --interval-ms 0 --stats`, round median)",
-            Tool::FlamegridWarmCall => "flamegrid warm `Sampler::sample` (1 sample, cached symbols, as in the agent)",
+            Tool::FlamegridWarmRound => {
+                "flamegrid warm round (`--samples 20 --interval-ms 0 --stats`, round median)"
+            }
+            Tool::FlamegridWarmCall => {
+                "flamegrid warm `Sampler::sample` (1 sample, cached symbols, as in the agent)"
+            }
             Tool::EuStack => "`eu-stack -p PID`",
             Tool::EuStackInline => "`eu-stack -i -p PID`",
             Tool::Gdb => "`gdb -batch -p PID -ex 'thread apply all bt'`",
@@ -267,15 +293,28 @@ fn measure(tool: Tool, pid: u32, settings: &Settings, warm: &Sampler) -> anyhow:
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     match tool {
         Tool::FlamegridCold => {
-            let (wall, _) = timed(&mut command(&settings.agent, &s(&["sample", "--pid", &pid_s, "--samples", "1"])))?;
+            let (wall, _) = timed(&mut command(
+                &settings.agent,
+                &s(&["sample", "--pid", &pid_s, "--samples", "1"]),
+            ))?;
             Ok(ms(wall))
         }
         Tool::FlamegridWarmRound => {
             let (_, stats) = timed(&mut command(
                 &settings.agent,
-                &s(&["sample", "--pid", &pid_s, "--samples", "20", "--interval-ms", "0", "--stats"]),
+                &s(&[
+                    "sample",
+                    "--pid",
+                    &pid_s,
+                    "--samples",
+                    "20",
+                    "--interval-ms",
+                    "0",
+                    "--stats",
+                ]),
             ))?;
-            stat_value(&stats, "round_ms:", "median").context("no round_ms in the agent's --stats output")
+            stat_value(&stats, "round_ms:", "median")
+                .context("no round_ms in the agent's --stats output")
         }
         Tool::FlamegridWarmCall => {
             let opts = SamplerOptions {
@@ -293,8 +332,16 @@ fn measure(tool: Tool, pid: u32, settings: &Settings, warm: &Sampler) -> anyhow:
             }
             Ok(median(&times))
         }
-        Tool::EuStack => Ok(ms(timed(&mut command("eu-stack".as_ref(), &s(&["-p", &pid_s])))?.0)),
-        Tool::EuStackInline => Ok(ms(timed(&mut command("eu-stack".as_ref(), &s(&["-i", "-p", &pid_s])))?.0)),
+        Tool::EuStack => Ok(ms(timed(&mut command(
+            "eu-stack".as_ref(),
+            &s(&["-p", &pid_s]),
+        ))?
+        .0)),
+        Tool::EuStackInline => Ok(ms(timed(&mut command(
+            "eu-stack".as_ref(),
+            &s(&["-i", "-p", &pid_s]),
+        ))?
+        .0)),
         Tool::Gdb => Ok(ms(timed(&mut command(
             "gdb".as_ref(),
             &s(&["-batch", "-p", &pid_s, "-ex", "thread apply all bt"]),
@@ -304,7 +351,10 @@ fn measure(tool: Tool, pid: u32, settings: &Settings, warm: &Sampler) -> anyhow:
 }
 
 fn snapshot_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
-    writeln!(report, "\n## 1. Snapshot latency (whole process, ms, median)\n")?;
+    writeln!(
+        report,
+        "\n## 1. Snapshot latency (whole process, ms, median)\n"
+    )?;
     let warm = Sampler::new().context("starting the in-process sampler")?;
     let mut results: BTreeMap<(u32, Tool), Vec<f64>> = BTreeMap::new();
     let mut stopped_after = Vec::new();
@@ -331,7 +381,11 @@ fn snapshot_section(report: &mut String, settings: &Settings) -> anyhow::Result<
         write!(report, " {threads} threads |")?;
     }
     writeln!(report, "\n|---|{}", "---|".repeat(SNAPSHOT_SIZES.len()))?;
-    let med = |threads: u32, tool: Tool| results.get(&(threads, tool)).map_or(f64::NAN, |v| median(v));
+    let med = |threads: u32, tool: Tool| {
+        results
+            .get(&(threads, tool))
+            .map_or(f64::NAN, |v| median(v))
+    };
     for tool in Tool::ALL {
         write!(report, "| {} |", tool.label())?;
         for threads in SNAPSHOT_SIZES {
@@ -340,24 +394,55 @@ fn snapshot_section(report: &mut String, settings: &Settings) -> anyhow::Result<
         writeln!(report)?;
     }
 
-    writeln!(report, "\nRatios (how many times faster flamegrid is, medians of the same run):\n")?;
+    writeln!(
+        report,
+        "\nRatios (how many times faster flamegrid is, medians of the same run):\n"
+    )?;
     write!(report, "| comparison |")?;
     for threads in SNAPSHOT_SIZES {
         write!(report, " {threads} threads |")?;
     }
     writeln!(report, "\n|---|{}", "---|".repeat(SNAPSHOT_SIZES.len()))?;
     let ratios: [(&str, Tool, Tool); 6] = [
-        ("`eu-stack -p` / flamegrid warm call (goal ≥ 20×)", Tool::EuStack, Tool::FlamegridWarmCall),
-        ("`eu-stack -p` / flamegrid warm round", Tool::EuStack, Tool::FlamegridWarmRound),
-        ("gdb / flamegrid warm call (goal ≥ 100×)", Tool::Gdb, Tool::FlamegridWarmCall),
-        ("`eu-stack -i -p` / flamegrid cold one-shot (goal ≥ 1×)", Tool::EuStackInline, Tool::FlamegridCold),
-        ("`eu-stack -p` / flamegrid cold one-shot", Tool::EuStack, Tool::FlamegridCold),
-        ("gdb / flamegrid cold one-shot", Tool::Gdb, Tool::FlamegridCold),
+        (
+            "`eu-stack -p` / flamegrid warm call (goal ≥ 20×)",
+            Tool::EuStack,
+            Tool::FlamegridWarmCall,
+        ),
+        (
+            "`eu-stack -p` / flamegrid warm round",
+            Tool::EuStack,
+            Tool::FlamegridWarmRound,
+        ),
+        (
+            "gdb / flamegrid warm call (goal ≥ 100×)",
+            Tool::Gdb,
+            Tool::FlamegridWarmCall,
+        ),
+        (
+            "`eu-stack -i -p` / flamegrid cold one-shot (goal ≥ 1×)",
+            Tool::EuStackInline,
+            Tool::FlamegridCold,
+        ),
+        (
+            "`eu-stack -p` / flamegrid cold one-shot",
+            Tool::EuStack,
+            Tool::FlamegridCold,
+        ),
+        (
+            "gdb / flamegrid cold one-shot",
+            Tool::Gdb,
+            Tool::FlamegridCold,
+        ),
     ];
     for (label, other, ours) in ratios {
         write!(report, "| {label} |")?;
         for threads in SNAPSHOT_SIZES {
-            write!(report, " {} |", fmt_ratio(med(threads, other) / med(threads, ours)))?;
+            write!(
+                report,
+                " {} |",
+                fmt_ratio(med(threads, other) / med(threads, ours))
+            )?;
         }
         writeln!(report)?;
     }
@@ -367,7 +452,11 @@ fn snapshot_section(report: &mut String, settings: &Settings) -> anyhow::Result<
          (with inlined frames, like `eu-stack -i`). The warm call is what a running agent pays \
          per single-sample request; the warm round excludes symbolization (done once per run). \
          Threads left stopped after all tools ran: {}.",
-        if stopped_after.is_empty() { "none".to_owned() } else { format!("{stopped_after:?}") }
+        if stopped_after.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{stopped_after:?}")
+        }
     )?;
     Ok(())
 }
@@ -375,13 +464,19 @@ fn snapshot_section(report: &mut String, settings: &Settings) -> anyhow::Result<
 // ---- 2. stop times -------------------------------------------------------------------------
 
 fn stop_time_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
-    writeln!(report, "\n## 2. Time each thread is stopped (µs, from `--stats`)\n")?;
+    writeln!(
+        report,
+        "\n## 2. Time each thread is stopped (µs, from `--stats`)\n"
+    )?;
     writeln!(
         report,
         "`flamegrid-agent sample --pid PID --samples 200 --interval-ms 10 --stats`, 3 runs per \
          target; each cell is the median over the runs of that run's statistic.\n"
     )?;
-    writeln!(report, "| target | threads | median | p90 | p99 | max | not stopped in time |")?;
+    writeln!(
+        report,
+        "| target | threads | median | p90 | p99 | max | not stopped in time |"
+    )?;
     writeln!(report, "|---|---|---|---|---|---|---|")?;
     let quiet = Mix {
         report_rate: false,
@@ -407,13 +502,23 @@ fn stop_time_section(report: &mut String, settings: &Settings) -> anyhow::Result
         let pid = target.pid().to_string();
         let mut cols: [Vec<f64>; 5] = Default::default();
         for _ in 0..3 {
-            let args: Vec<String> = ["sample", "--pid", &pid, "--samples", "200", "--interval-ms", "10", "--stats"]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
+            let args: Vec<String> = [
+                "sample",
+                "--pid",
+                &pid,
+                "--samples",
+                "200",
+                "--interval-ms",
+                "10",
+                "--stats",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
             let (_, stats) = timed(&mut command(&settings.agent, &args))?;
             for (i, field) in ["median", "p90", "p99", "max"].iter().enumerate() {
-                cols[i].push(stat_value(&stats, "stop_us:", field).context("no stop_us in --stats")?);
+                cols[i]
+                    .push(stat_value(&stats, "stop_us:", field).context("no stop_us in --stats")?);
             }
             cols[4].push(stat_value(&stats, "not_stopped:", "not_stopped:").unwrap_or(f64::NAN));
         }
@@ -440,10 +545,16 @@ fn stop_time_section(report: &mut String, settings: &Settings) -> anyhow::Result
 /// Reads `secs` rate lines after discarding the one in progress (it straddles the change of
 /// condition).
 fn read_window(target: &mut RunningWorkload, secs: usize) -> anyhow::Result<Vec<f64>> {
-    target.next_rate().context("the target stopped reporting its rate")?;
+    target
+        .next_rate()
+        .context("the target stopped reporting its rate")?;
     let mut rates = Vec::with_capacity(secs);
     for _ in 0..secs {
-        rates.push(target.next_rate().context("the target stopped reporting its rate")? as f64);
+        rates.push(
+            target
+                .next_rate()
+                .context("the target stopped reporting its rate")? as f64,
+        );
     }
     Ok(rates)
 }
@@ -465,7 +576,9 @@ fn while_sampling<T>(
     };
     let worker = {
         let sampler = sampler.clone();
-        std::thread::spawn(move || sampler.sample_with_stats(&whole_process(pid), &AccessPolicy::unrestricted(), &opts))
+        std::thread::spawn(move || {
+            sampler.sample_with_stats(&whole_process(pid), &AccessPolicy::unrestricted(), &opts)
+        })
     };
     let result = during();
     cancel.store(true, Ordering::SeqCst);
@@ -480,7 +593,10 @@ fn while_sampling<T>(
 }
 
 fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
-    writeln!(report, "\n## 3. Cost to the target: spinner throughput while sampled\n")?;
+    writeln!(
+        report,
+        "\n## 3. Cost to the target: spinner throughput while sampled\n"
+    )?;
     let mut target = spawn(TARGET, &throughput_mix())?;
     let pid = target.pid();
     let sampler = Sampler::new()?;
@@ -495,7 +611,9 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
             let window = if hz == 0 {
                 read_window(&mut target, settings.window_secs)?
             } else {
-                let (w, n) = while_sampling(&sampler, pid, hz, || read_window(&mut target, settings.window_secs))?;
+                let (w, n) = while_sampling(&sampler, pid, hz, || {
+                    read_window(&mut target, settings.window_secs)
+                })?;
                 *rounds_taken.entry(hz).or_default() += n;
                 w
             };
@@ -515,7 +633,10 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
         settings.throughput_rounds,
         settings.window_secs
     )?;
-    writeln!(report, "| condition | median iterations/s | p10 | p90 | change vs unsampled | goal |")?;
+    writeln!(
+        report,
+        "| condition | median iterations/s | p10 | p90 | change vs unsampled | goal |"
+    )?;
     writeln!(report, "|---|---|---|---|---|---|")?;
     for hz in conditions {
         let v = &rates[&hz];
@@ -539,7 +660,10 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
         )?;
     }
     let lo = per_round_base.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = per_round_base.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let hi = per_round_base
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
     writeln!(
         report,
         "\nNoise floor: the unsampled per-round medians spread {:.1} % (min–max over rounds); \

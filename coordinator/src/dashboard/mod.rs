@@ -44,12 +44,36 @@ pub struct Asset {
 
 /// Every file the dashboard consists of. Adding a file here is all it takes to serve it.
 pub const ASSETS: &[Asset] = &[
-    Asset { name: "index.html", content_type: "text/html; charset=utf-8", body: include_bytes!("assets/index.html") },
-    Asset { name: "app.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("assets/app.js") },
-    Asset { name: "flame.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("assets/flame.js") },
-    Asset { name: "plan.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("assets/plan.js") },
-    Asset { name: "app.css", content_type: "text/css; charset=utf-8", body: include_bytes!("assets/app.css") },
-    Asset { name: "favicon.svg", content_type: "image/svg+xml", body: include_bytes!("assets/favicon.svg") },
+    Asset {
+        name: "index.html",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("assets/index.html"),
+    },
+    Asset {
+        name: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("assets/app.js"),
+    },
+    Asset {
+        name: "flame.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("assets/flame.js"),
+    },
+    Asset {
+        name: "plan.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("assets/plan.js"),
+    },
+    Asset {
+        name: "app.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("assets/app.css"),
+    },
+    Asset {
+        name: "favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_bytes!("assets/favicon.svg"),
+    },
 ];
 
 /// The policy every dashboard response carries: scripts, styles, images and API calls from this
@@ -89,7 +113,8 @@ static ETAGS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
                 hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
             }
             // A hex string in quotes is always a valid header value.
-            HeaderValue::from_str(&format!("\"{hash:016x}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+            HeaderValue::from_str(&format!("\"{hash:016x}\""))
+                .unwrap_or(HeaderValue::from_static("\"0\""))
         })
         .collect()
 });
@@ -108,7 +133,10 @@ fn serve(name: &str, request_headers: &HeaderMap) -> Response {
     let Some(index) = ASSETS.iter().position(|a| a.name == name) else {
         return (
             StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=UTF-8"),
+            )],
             r#"{"errors":["File not found."]}"#,
         )
             .into_response();
@@ -120,9 +148,18 @@ fn serve(name: &str, request_headers: &HeaderMap) -> Response {
         // Revalidate on every load: the ETag makes that a cheap 304, and a new coordinator
         // version is picked up at once instead of after some max-age.
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)),
-        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
     ];
     let not_modified = request_headers
         .get_all(header::IF_NONE_MATCH)
@@ -136,7 +173,15 @@ fn serve(name: &str, request_headers: &HeaderMap) -> Response {
     if not_modified {
         return (StatusCode::NOT_MODIFIED, common).into_response();
     }
-    (StatusCode::OK, common, [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))], asset.body)
+    (
+        StatusCode::OK,
+        common,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(asset.content_type),
+        )],
+        asset.body,
+    )
         .into_response()
 }
 
@@ -152,15 +197,23 @@ mod tests {
         if let Some(tag) = if_none_match {
             request = request.header(header::IF_NONE_MATCH, tag);
         }
-        let response = asset_routes::<()>().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let response = asset_routes::<()>()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = response.status();
         let headers = response.headers().clone();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap().to_vec();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 22)
+            .await
+            .unwrap()
+            .to_vec();
         (status, headers, body)
     }
 
     fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
     }
 
     #[test]
@@ -169,9 +222,15 @@ mod tests {
             let (status, headers, body) = get_with("/", None).await;
             assert_eq!(status, StatusCode::OK);
             assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
-            assert_eq!(headers[header::CONTENT_SECURITY_POLICY], CONTENT_SECURITY_POLICY);
+            assert_eq!(
+                headers[header::CONTENT_SECURITY_POLICY],
+                CONTENT_SECURITY_POLICY
+            );
             let html = String::from_utf8(body).unwrap();
-            assert!(html.contains(r#"src="assets/app.js""#), "the page loads its script by a relative URL");
+            assert!(
+                html.contains(r#"src="assets/app.js""#),
+                "the page loads its script by a relative URL"
+            );
         });
     }
 
@@ -179,15 +238,18 @@ mod tests {
     fn every_asset_is_served_with_its_type_and_revalidates_to_304() {
         runtime().block_on(async {
             for asset in ASSETS {
-                let (status, headers, body) = get_with(&format!("/assets/{}", asset.name), None).await;
+                let (status, headers, body) =
+                    get_with(&format!("/assets/{}", asset.name), None).await;
                 assert_eq!(status, StatusCode::OK, "{}", asset.name);
                 assert_eq!(headers[header::CONTENT_TYPE], asset.content_type);
                 assert_eq!(body, asset.body);
                 let tag = headers[header::ETAG].to_str().unwrap().to_string();
-                let (status, _, body) = get_with(&format!("/assets/{}", asset.name), Some(&tag)).await;
+                let (status, _, body) =
+                    get_with(&format!("/assets/{}", asset.name), Some(&tag)).await;
                 assert_eq!(status, StatusCode::NOT_MODIFIED, "{}", asset.name);
                 assert!(body.is_empty());
-                let (status, _, _) = get_with(&format!("/assets/{}", asset.name), Some("\"other\"")).await;
+                let (status, _, _) =
+                    get_with(&format!("/assets/{}", asset.name), Some("\"other\"")).await;
                 assert_eq!(status, StatusCode::OK);
             }
         });
@@ -215,7 +277,16 @@ mod tests {
                 if code.starts_with("//") || code.starts_with('*') || code.starts_with("/*") {
                     continue;
                 }
-                for needle in ["http://", "https://", "src=\"/", "href=\"/", "fetch('/", "fetch(\"/", "url(/", "url(\"/"] {
+                for needle in [
+                    "http://",
+                    "https://",
+                    "src=\"/",
+                    "href=\"/",
+                    "fetch('/",
+                    "fetch(\"/",
+                    "url(/",
+                    "url(\"/",
+                ] {
                     // The SVG namespace URI is an identifier, not something the browser loads.
                     let line_without_ns = line.replace("http://www.w3.org/2000/svg", "");
                     assert!(

@@ -49,12 +49,20 @@ pub struct GraphKey {
 impl GraphKey {
     /// The key of the whole vertex this key belongs to.
     pub fn vertex(&self) -> GraphKey {
-        GraphKey { job_id: self.job_id.clone(), vertex_id: self.vertex_id.clone(), subtask: None }
+        GraphKey {
+            job_id: self.job_id.clone(),
+            vertex_id: self.vertex_id.clone(),
+            subtask: None,
+        }
     }
 
     /// The key of subtask `index` of this key's vertex.
     pub fn subtask(&self, index: u32) -> GraphKey {
-        GraphKey { job_id: self.job_id.clone(), vertex_id: self.vertex_id.clone(), subtask: Some(index) }
+        GraphKey {
+            job_id: self.job_id.clone(),
+            vertex_id: self.vertex_id.clone(),
+            subtask: Some(index),
+        }
     }
 }
 
@@ -74,7 +82,12 @@ pub struct CacheLimits {
 impl CacheLimits {
     /// Default size bounds with the given refresh and cleanup intervals.
     pub fn new(refresh: Duration, cleanup: Duration) -> Self {
-        CacheLimits { refresh, cleanup, max_bytes: 256 * 1024 * 1024, max_entries: 4096 }
+        CacheLimits {
+            refresh,
+            cleanup,
+            max_bytes: 256 * 1024 * 1024,
+            max_entries: 4096,
+        }
     }
 }
 
@@ -139,7 +152,10 @@ impl GraphCache {
         let (cached, fresh) = match inner.entries.get_mut(key) {
             Some(e) => {
                 e.last_read = now;
-                (Some(Arc::clone(&e.snapshot)), now.duration_since(e.landed) < self.limits.refresh)
+                (
+                    Some(Arc::clone(&e.snapshot)),
+                    now.duration_since(e.landed) < self.limits.refresh,
+                )
             }
             None => (None, false),
         };
@@ -150,7 +166,11 @@ impl GraphCache {
         } else {
             let (tx, _) = watch::channel(());
             inner.pending.insert(key.clone(), tx);
-            Some(RunTicket { cache: Arc::clone(self), key: key.clone(), done: false })
+            Some(RunTicket {
+                cache: Arc::clone(self),
+                key: key.clone(),
+                done: false,
+            })
         };
         Lookup { cached, ticket }
     }
@@ -168,7 +188,10 @@ impl GraphCache {
 
     /// The cached snapshot for `key` without touching freshness or starting anything.
     pub fn peek(&self, key: &GraphKey) -> Option<Arc<Snapshot>> {
-        self.lock().entries.get(key).map(|e| Arc::clone(&e.snapshot))
+        self.lock()
+            .entries
+            .get(key)
+            .map(|e| Arc::clone(&e.snapshot))
     }
 
     /// Number of entries, and their estimated bytes.
@@ -184,8 +207,10 @@ impl GraphCache {
             if key.subtask.is_none() {
                 for &index in snapshot.subtasks.keys() {
                     let sub_key = key.subtask(index);
-                    let newer_exists =
-                        inner.entries.get(&sub_key).is_some_and(|e| e.snapshot.run_id > snapshot.run_id);
+                    let newer_exists = inner
+                        .entries
+                        .get(&sub_key)
+                        .is_some_and(|e| e.snapshot.run_id > snapshot.run_id);
                     if !newer_exists && let Some(part) = snapshot.subtask_part(index) {
                         self.insert(&mut inner, sub_key, Arc::new(part), now);
                     }
@@ -204,11 +229,24 @@ impl GraphCache {
             inner.bytes -= old.bytes;
         }
         if bytes > self.limits.max_bytes {
-            tracing::warn!(?key, bytes, max = self.limits.max_bytes, "flame graph larger than the cache budget; not cached");
+            tracing::warn!(
+                ?key,
+                bytes,
+                max = self.limits.max_bytes,
+                "flame graph larger than the cache budget; not cached"
+            );
             return;
         }
         inner.bytes += bytes;
-        inner.entries.insert(key, Entry { snapshot, landed: now, last_read: now, bytes });
+        inner.entries.insert(
+            key,
+            Entry {
+                snapshot,
+                landed: now,
+                last_read: now,
+                bytes,
+            },
+        );
     }
 
     /// Evicts least recently read entries (never `keep`) until both bounds hold.
@@ -281,11 +319,18 @@ mod tests {
     use super::*;
 
     fn key(subtask: Option<u32>) -> GraphKey {
-        GraphKey { job_id: "j".repeat(32), vertex_id: "v".repeat(32), subtask }
+        GraphKey {
+            job_id: "j".repeat(32),
+            vertex_id: "v".repeat(32),
+            subtask,
+        }
     }
 
     fn cache() -> Arc<GraphCache> {
-        GraphCache::new(CacheLimits::new(Duration::from_secs(60), Duration::from_secs(600)))
+        GraphCache::new(CacheLimits::new(
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        ))
     }
 
     #[test]
@@ -295,7 +340,10 @@ mod tests {
         assert!(first.cached.is_none());
         let ticket = first.ticket.expect("first reader starts the run");
         let second = c.lookup(&key(None));
-        assert!(second.cached.is_none() && second.ticket.is_none(), "second reader is coalesced");
+        assert!(
+            second.cached.is_none() && second.ticket.is_none(),
+            "second reader is coalesced"
+        );
         // A subtask of a vertex whose run is in flight waits for that run too.
         assert!(c.lookup(&key(Some(0))).ticket.is_none());
         ticket.complete(snapshot(1, &[(0, spin_and_sleep(3))], &[]));
@@ -310,13 +358,24 @@ mod tests {
         let sub1 = c.lookup(&key(Some(1))).ticket.unwrap();
         sub1.complete(snapshot(5, &[(1, spin_and_sleep(1))], &[]));
         let t = c.lookup(&key(None)).ticket.unwrap();
-        t.complete(snapshot(4, &[(0, spin_and_sleep(2)), (1, spin_and_sleep(2))], &[2]));
+        t.complete(snapshot(
+            4,
+            &[(0, spin_and_sleep(2)), (1, spin_and_sleep(2))],
+            &[2],
+        ));
         let s0 = c.lookup(&key(Some(0)));
         assert!(s0.ticket.is_none(), "filled by the vertex run, fresh");
         assert_eq!(s0.cached.map(|s| (s.run_id, s.end_ms)), Some((4, 1004)));
-        assert_eq!(c.peek(&key(Some(1))).map(|s| s.run_id), Some(5), "newer subtask run kept");
+        assert_eq!(
+            c.peek(&key(Some(1))).map(|s| s.run_id),
+            Some(5),
+            "newer subtask run kept"
+        );
         let s2 = c.lookup(&key(Some(2)));
-        assert!(s2.cached.is_none() && s2.ticket.is_some(), "missing subtask gets its own run");
+        assert!(
+            s2.cached.is_none() && s2.ticket.is_some(),
+            "missing subtask gets its own run"
+        );
     }
 
     #[test]
@@ -330,17 +389,30 @@ mod tests {
     #[test]
     fn stale_entries_are_served_while_a_new_run_starts() {
         let c = GraphCache::new(CacheLimits::new(Duration::ZERO, Duration::from_secs(600)));
-        c.lookup(&key(None)).ticket.unwrap().complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
+        c.lookup(&key(None))
+            .ticket
+            .unwrap()
+            .complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
         let l = c.lookup(&key(None));
-        assert_eq!(l.cached.map(|s| s.run_id), Some(1), "stale data still served");
+        assert_eq!(
+            l.cached.map(|s| s.run_id),
+            Some(1),
+            "stale data still served"
+        );
         assert!(l.ticket.is_some(), "and a refresh starts");
-        assert!(c.lookup(&key(None)).ticket.is_none(), "only one refresh at a time");
+        assert!(
+            c.lookup(&key(None)).ticket.is_none(),
+            "only one refresh at a time"
+        );
     }
 
     #[test]
     fn unread_entries_are_cleaned_up() {
         let c = GraphCache::new(CacheLimits::new(Duration::from_secs(60), Duration::ZERO));
-        c.lookup(&key(None)).ticket.unwrap().complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
+        c.lookup(&key(None))
+            .ticket
+            .unwrap()
+            .complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
         assert_eq!(c.usage().0, 2, "vertex entry + subtask 0");
         let l = c.lookup(&key(None));
         assert!(l.cached.is_none(), "expired before the read");
@@ -355,7 +427,11 @@ mod tests {
         let c = GraphCache::new(limits);
         for i in 0..5u32 {
             let k = key(Some(i));
-            c.lookup(&k).ticket.unwrap().complete(snapshot(u64::from(i), &[(i, spin_and_sleep(1))], &[]));
+            c.lookup(&k).ticket.unwrap().complete(snapshot(
+                u64::from(i),
+                &[(i, spin_and_sleep(1))],
+                &[],
+            ));
         }
         let (entries, bytes) = c.usage();
         assert_eq!(entries, 2);
@@ -364,7 +440,10 @@ mod tests {
         let mut tiny = limits;
         tiny.max_bytes = 10;
         let c = GraphCache::new(tiny);
-        c.lookup(&key(None)).ticket.unwrap().complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
+        c.lookup(&key(None))
+            .ticket
+            .unwrap()
+            .complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
         assert_eq!(c.usage(), (0, 0), "a snapshot over the budget is not kept");
     }
 
@@ -372,7 +451,9 @@ mod tests {
     async fn waiters_wake_when_the_run_ends() {
         let c = cache();
         let ticket = c.lookup(&key(None)).ticket.unwrap();
-        let mut rx = c.pending_run(&key(Some(0))).expect("subtask waits on the vertex run");
+        let mut rx = c
+            .pending_run(&key(Some(0)))
+            .expect("subtask waits on the vertex run");
         let waiter = tokio::spawn(async move { rx.changed().await.is_err() });
         ticket.complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
         assert!(waiter.await.unwrap(), "sender dropped at completion");

@@ -7,9 +7,9 @@
 //!
 //! ```text
 //! "spin-0" Id=4243 RUNNABLE
-//! 	at spin_inner (spinner)
-//! 	at spin_outer (spinner)
-//! 	...
+//! <TAB>at spin_inner (spinner)
+//! <TAB>at spin_outer (spinner)
+//! <TAB>...
 //!
 //! ```
 //!
@@ -59,7 +59,9 @@ pub fn thread_dump_info(resp: &v1::SampleResponse) -> ThreadDumpInfo {
             }
         };
         for sample in &set.samples {
-            let Some(thread) = set.thread_of(sample) else { continue };
+            let Some(thread) = set.thread_of(sample) else {
+                continue;
+            };
             let mut text = format!("\"{}\" Id={} {}\n", thread.name, thread.tid, sample.state);
             let frames: Vec<_> = set.stack_frames(sample).collect();
             for frame in frames.iter().rev() {
@@ -73,13 +75,17 @@ pub fn thread_dump_info(resp: &v1::SampleResponse) -> ThreadDumpInfo {
                 text.push_str("\t...\n");
             }
             text.push('\n');
-            by_thread.entry((thread.pid, thread.tid)).or_insert(ThreadInfo {
-                thread_name: thread.name.clone(),
-                stringified_thread_info: text,
-            });
+            by_thread
+                .entry((thread.pid, thread.tid))
+                .or_insert(ThreadInfo {
+                    thread_name: thread.name.clone(),
+                    stringified_thread_info: text,
+                });
         }
     }
-    ThreadDumpInfo { thread_infos: by_thread.into_values().collect() }
+    ThreadDumpInfo {
+        thread_infos: by_thread.into_values().collect(),
+    }
 }
 
 #[cfg(test)]
@@ -90,10 +96,24 @@ mod tests {
 
     #[test]
     fn jstack_like_text_innermost_first_deduplicated() {
-        let t = SampledThread { pid: 10, tid: 11, name: "sleep-0".into() };
+        let t = SampledThread {
+            pid: 10,
+            tid: 11,
+            name: "sleep-0".into(),
+        };
         let mut b = SampleSetBuilder::new();
-        let main = Frame { name: "main".into(), module: "prog".into(), inlined: false };
-        b.push(&t, 1, ThreadState::TimedWaiting, [main, Frame::named("sleep_inner")], true);
+        let main = Frame {
+            name: "main".into(),
+            module: "prog".into(),
+            inlined: false,
+        };
+        b.push(
+            &t,
+            1,
+            ThreadState::TimedWaiting,
+            [main, Frame::named("sleep_inner")],
+            true,
+        );
         let set = b.finish();
         let mut rb = SampleResponseBuilder::new(0);
         rb.add_subtask("a", &set);
@@ -106,6 +126,8 @@ mod tests {
             "\"sleep-0\" Id=11 TIMED_WAITING\n\tat sleep_inner\n\tat main (prog)\n\t...\n\n"
         );
         let json = serde_json::to_string(&dump).unwrap();
-        assert!(json.starts_with(r#"{"threadInfos":[{"threadName":"sleep-0","stringifiedThreadInfo":"#));
+        assert!(
+            json.starts_with(r#"{"threadInfos":[{"threadName":"sleep-0","stringifiedThreadInfo":"#)
+        );
     }
 }

@@ -42,7 +42,10 @@ mod tests {
         let text = render(&a, GraphType::Full);
         assert!(text.starts_with("# missing subtasks: 2\n"));
         let stacks: Vec<_> = text.lines().filter_map(parse_line).collect();
-        assert_eq!(stacks, vec![(vec!["main", "sleep"], 3), (vec!["main", "spin"], 3)]);
+        assert_eq!(
+            stacks,
+            vec![(vec!["main", "sleep"], 3), (vec!["main", "spin"], 3)]
+        );
         assert!(render(&GraphAnswer::Waiting, GraphType::Full).starts_with("# "));
     }
 }

@@ -27,10 +27,16 @@ impl VertexFlameGraph {
     /// The answer for `ty`.
     pub fn new(answer: &GraphAnswer, ty: GraphType) -> VertexFlameGraph {
         match answer {
-            GraphAnswer::Ready(s) => {
-                VertexFlameGraph { end_timestamp: s.end_ms, data: Some(s.tree(ty)), missing: s.missing.clone() }
-            }
-            other => VertexFlameGraph { end_timestamp: other.end_timestamp(), data: None, missing: Vec::new() },
+            GraphAnswer::Ready(s) => VertexFlameGraph {
+                end_timestamp: s.end_ms,
+                data: Some(s.tree(ty)),
+                missing: s.missing.clone(),
+            },
+            other => VertexFlameGraph {
+                end_timestamp: other.end_timestamp(),
+                data: None,
+                missing: Vec::new(),
+            },
         }
     }
 }
@@ -38,7 +44,8 @@ impl VertexFlameGraph {
 /// The compact JSON text of the answer for `ty`.
 pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
     // Serialising plain structs of strings and integers cannot fail.
-    serde_json::to_string(&VertexFlameGraph::new(answer, ty)).unwrap_or_else(|_| r#"{"endTimestamp":-3}"#.to_string())
+    serde_json::to_string(&VertexFlameGraph::new(answer, ty))
+        .unwrap_or_else(|_| r#"{"endTimestamp":-3}"#.to_string())
 }
 
 #[cfg(test)]
@@ -49,9 +56,18 @@ mod tests {
 
     #[test]
     fn sentinels_have_no_data_key() {
-        assert_eq!(render(&GraphAnswer::Waiting, GraphType::Full), r#"{"endTimestamp":-3}"#);
-        assert_eq!(render(&GraphAnswer::Terminated, GraphType::Full), r#"{"endTimestamp":-1}"#);
-        assert_eq!(render(&GraphAnswer::Disabled, GraphType::OnCpu), r#"{"endTimestamp":-2}"#);
+        assert_eq!(
+            render(&GraphAnswer::Waiting, GraphType::Full),
+            r#"{"endTimestamp":-3}"#
+        );
+        assert_eq!(
+            render(&GraphAnswer::Terminated, GraphType::Full),
+            r#"{"endTimestamp":-1}"#
+        );
+        assert_eq!(
+            render(&GraphAnswer::Disabled, GraphType::OnCpu),
+            r#"{"endTimestamp":-2}"#
+        );
     }
 
     #[test]
@@ -62,7 +78,8 @@ mod tests {
             r#"{"endTimestamp":1001,"data":{"name":"root","value":2,"children":[{"name":"main","value":2,"children":[{"name":"spin","value":2,"children":[]}]}]}}"#
         );
         let partial = GraphAnswer::Ready(Arc::new(snapshot(2, &[(0, spin_and_sleep(1))], &[1, 3])));
-        let v: serde_json::Value = serde_json::from_str(&render(&partial, GraphType::OffCpu)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&render(&partial, GraphType::OffCpu)).unwrap();
         assert_eq!(v["missing"], serde_json::json!([1, 3]));
         assert_eq!(v["data"]["value"], 1);
     }

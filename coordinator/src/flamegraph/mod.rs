@@ -152,14 +152,20 @@ impl FlameGraphService {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "agent credentials unusable; calling agents without them");
-                Self::with_settings(FlameGraphSettings::from_config(config), AgentAuth::default())
+                Self::with_settings(
+                    FlameGraphSettings::from_config(config),
+                    AgentAuth::default(),
+                )
             }
         }
     }
 
     /// Like [`FlameGraphService::new`], but a token or TLS file that cannot be used is an error.
     pub fn try_new(config: &CoordinatorConfig) -> Result<Self, FlameGraphError> {
-        Ok(Self::with_settings(FlameGraphSettings::from_config(config), agent_auth(config)?))
+        Ok(Self::with_settings(
+            FlameGraphSettings::from_config(config),
+            agent_auth(config)?,
+        ))
     }
 
     /// A service with explicit settings and credentials (tests, embedding).
@@ -251,7 +257,9 @@ impl FlameGraphService {
         }
         if let Some(mut done) = self.cache.pending_run(key) {
             // `changed()` errs when the run's sender is dropped, i.e. the run ended either way.
-            let _ = tokio::time::timeout(self.run_deadline() + Duration::from_secs(1), done.changed()).await;
+            let _ =
+                tokio::time::timeout(self.run_deadline() + Duration::from_secs(1), done.changed())
+                    .await;
         }
         match self.cache.peek(key) {
             Some(s) => GraphAnswer::Ready(s),
@@ -266,7 +274,10 @@ impl FlameGraphService {
         selectors: Vec<flamegrid_proto::v1::ThreadSelector>,
     ) -> Result<dump::ThreadDumpInfo, FlameGraphError> {
         let timeout = self.settings.rpc_grace.max(Duration::from_secs(1));
-        let resp = self.fanout.thread_dump(address, selectors, self.settings.params.max_depth, timeout).await?;
+        let resp = self
+            .fanout
+            .thread_dump(address, selectors, self.settings.params.max_depth, timeout)
+            .await?;
         Ok(dump::thread_dump_info(&resp))
     }
 }
@@ -274,7 +285,10 @@ impl FlameGraphService {
 /// Token and TLS settings for calling agents, from `--token-file` and `--tls-*`.
 fn agent_auth(config: &CoordinatorConfig) -> Result<AgentAuth, FlameGraphError> {
     let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| FlameGraphError::ReadFile { path: path.clone(), source })
+        std::fs::read(path).map_err(|source| FlameGraphError::ReadFile {
+            path: path.clone(),
+            source,
+        })
     };
     let mut auth = AgentAuth::default();
     if let Some(path) = &config.token_file {
@@ -307,7 +321,11 @@ mod tests {
         FlameGraphService::with_settings(
             FlameGraphSettings {
                 enabled: true,
-                params: SamplingParams { num_samples: 1, delay_ms: 1, max_depth: 10 },
+                params: SamplingParams {
+                    num_samples: 1,
+                    delay_ms: 1,
+                    max_depth: 10,
+                },
                 limits: CacheLimits::new(Duration::from_secs(60), Duration::from_secs(600)),
                 rpc_grace: Duration::from_millis(200),
             },
@@ -328,12 +346,20 @@ mod tests {
             vertex_name: "v".into(),
             parallelism: 1,
             vertex_terminal: terminal,
-            subtasks: vec![SubtaskSampling { index: 0, terminal, target }],
+            subtasks: vec![SubtaskSampling {
+                index: 0,
+                terminal,
+                target,
+            }],
         }
     }
 
     fn key() -> GraphKey {
-        GraphKey { job_id: "a".repeat(32), vertex_id: "b".repeat(32), subtask: None }
+        GraphKey {
+            job_id: "a".repeat(32),
+            vertex_id: "b".repeat(32),
+            subtask: None,
+        }
     }
 
     #[tokio::test]
@@ -344,7 +370,12 @@ mod tests {
         assert_eq!(s.runs_started(), 0, "nothing running: no run");
         // A run against a dead agent: -3, then after it fails nothing is cached and the next
         // request starts another run.
-        assert_eq!(s.answer_waiting(&key(), &vertex(false, true)).await.end_timestamp(), -3);
+        assert_eq!(
+            s.answer_waiting(&key(), &vertex(false, true))
+                .await
+                .end_timestamp(),
+            -3
+        );
         assert_eq!(s.runs(), (1, 0, 1));
         assert_eq!(s.answer(&key(), &vertex(false, true)).end_timestamp(), -3);
         assert_eq!(s.runs_started(), 2);
@@ -365,11 +396,16 @@ mod tests {
         let (a, b) = tokio::join!(s.answer_waiting(&k, &v), s.answer_waiting(&k, &v));
         assert_eq!(s.runs_started(), 1);
         assert_eq!(seen.lock().unwrap().len(), 1, "one RPC");
-        let (GraphAnswer::Ready(a), GraphAnswer::Ready(b)) = (a, b) else { panic!("both wait for the run") };
+        let (GraphAnswer::Ready(a), GraphAnswer::Ready(b)) = (a, b) else {
+            panic!("both wait for the run")
+        };
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(a.tree(flamegrid_model::GraphType::Full).value, 1);
         // The vertex run filled subtask 0's entry: no new run for it.
-        assert!(matches!(s.answer(&key().subtask(0), &v), GraphAnswer::Ready(_)));
+        assert!(matches!(
+            s.answer(&key().subtask(0), &v),
+            GraphAnswer::Ready(_)
+        ));
         assert_eq!(s.runs_started(), 1);
     }
 }

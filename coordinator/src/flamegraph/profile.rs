@@ -70,21 +70,40 @@ impl SubtaskProfile {
             if s.state == ThreadState::Terminated {
                 continue; // in no view
             }
-            let frames: Box<[u32]> = s.stack.iter().filter_map(|&f| frame_to_name.get(f as usize).copied()).collect();
+            let frames: Box<[u32]> = s
+                .stack
+                .iter()
+                .filter_map(|&f| frame_to_name.get(f as usize).copied())
+                .collect();
             *counts.entry((s.state, s.truncated, frames)).or_insert(0) += 1;
         }
         let mut stacks: Vec<StackCount> = counts
             .into_iter()
-            .map(|((state, truncated, frames), count)| StackCount { state, truncated, frames, count })
+            .map(|((state, truncated, frames), count)| StackCount {
+                state,
+                truncated,
+                frames,
+                count,
+            })
             .collect();
-        stacks.sort_by(|a, b| (a.truncated, &a.frames, a.state).cmp(&(b.truncated, &b.frames, b.state)));
+        stacks.sort_by(|a, b| {
+            (a.truncated, &a.frames, a.state).cmp(&(b.truncated, &b.frames, b.state))
+        });
         let thread_counts = GraphType::ALL.map(|ty| set.thread_count(ty));
-        SubtaskProfile { names, stacks, thread_counts }
+        SubtaskProfile {
+            names,
+            stacks,
+            thread_counts,
+        }
     }
 
     /// Samples accepted by `ty`.
     pub fn sample_count(&self, ty: GraphType) -> u64 {
-        self.stacks.iter().filter(|s| ty.accepts(s.state)).map(|s| s.count).sum()
+        self.stacks
+            .iter()
+            .filter(|s| ty.accepts(s.state))
+            .map(|s| s.count)
+            .sum()
     }
 
     /// Threads with at least one sample accepted by `ty`.
@@ -96,7 +115,11 @@ impl SubtaskProfile {
     /// under-estimates.
     pub fn approx_bytes(&self) -> usize {
         let names: usize = self.names.iter().map(|n| n.capacity() + 24).sum();
-        let stacks: usize = self.stacks.iter().map(|s| s.frames.len() * 4 + std::mem::size_of::<StackCount>()).sum();
+        let stacks: usize = self
+            .stacks
+            .iter()
+            .map(|s| s.frames.len() * 4 + std::mem::size_of::<StackCount>())
+            .sum();
         names + stacks + std::mem::size_of::<Self>()
     }
 }
@@ -130,7 +153,11 @@ impl Snapshot {
                 if s.truncated {
                     scratch.push(b.truncated_id());
                 }
-                scratch.extend(s.frames.iter().filter_map(|&f| ids.get(f as usize).copied()));
+                scratch.extend(
+                    s.frames
+                        .iter()
+                        .filter_map(|&f| ids.get(f as usize).copied()),
+                );
                 b.add_stack(&scratch, s.count);
             }
         }
@@ -144,9 +171,16 @@ impl Snapshot {
         let mut lines: BTreeMap<String, u64> = BTreeMap::new();
         let mut line = String::new();
         for profile in self.subtasks.values() {
-            for s in profile.stacks.iter().filter(|s| ty.accepts(s.state) && !s.frames.is_empty()) {
+            for s in profile
+                .stacks
+                .iter()
+                .filter(|s| ty.accepts(s.state) && !s.frames.is_empty())
+            {
                 line.clear();
-                let frames = s.frames.iter().filter_map(|&f| profile.names.get(f as usize).map(String::as_str));
+                let frames = s
+                    .frames
+                    .iter()
+                    .filter_map(|&f| profile.names.get(f as usize).map(String::as_str));
                 let marker = s.truncated.then_some(flamegrid_model::TRUNCATED_FRAME);
                 for (i, name) in marker.into_iter().chain(frames).enumerate() {
                     if i > 0 {
@@ -193,8 +227,16 @@ impl Snapshot {
         let mut off: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for p in self.subtasks.values() {
             for s in &p.stacks {
-                let set = if GraphType::OffCpu.accepts(s.state) { &mut off } else { &mut on };
-                set.extend(s.frames.iter().filter_map(|&f| p.names.get(f as usize).map(String::as_str)));
+                let set = if GraphType::OffCpu.accepts(s.state) {
+                    &mut off
+                } else {
+                    &mut on
+                };
+                set.extend(
+                    s.frames
+                        .iter()
+                        .filter_map(|&f| p.names.get(f as usize).map(String::as_str)),
+                );
             }
         }
         let mut only: Vec<&str> = off.difference(&on).copied().collect();
@@ -220,7 +262,11 @@ impl Snapshot {
     pub fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.missing.len() * 4
-            + self.subtasks.values().map(|p| p.approx_bytes() + 48).sum::<usize>()
+            + self
+                .subtasks
+                .values()
+                .map(|p| p.approx_bytes() + 48)
+                .sum::<usize>()
     }
 }
 
@@ -231,13 +277,33 @@ pub(crate) mod tests {
 
     /// A set with two threads: one spinning (`main;spin`), one sleeping (`main;sleep`).
     pub(crate) fn spin_and_sleep(samples: u32) -> SampleSet {
-        let spin = SampledThread { pid: 1, tid: 2, name: "spin-0".into() };
-        let sleep = SampledThread { pid: 1, tid: 3, name: "sleep-0".into() };
+        let spin = SampledThread {
+            pid: 1,
+            tid: 2,
+            name: "spin-0".into(),
+        };
+        let sleep = SampledThread {
+            pid: 1,
+            tid: 3,
+            name: "sleep-0".into(),
+        };
         let mut b = SampleSetBuilder::new();
         for i in 0..samples {
             let f = |n: &[&str]| n.iter().map(|x| Frame::named(*x)).collect::<Vec<_>>();
-            b.push(&spin, i as i64, ThreadState::Runnable, f(&["main", "spin"]), false);
-            b.push(&sleep, i as i64, ThreadState::TimedWaiting, f(&["main", "sleep"]), false);
+            b.push(
+                &spin,
+                i as i64,
+                ThreadState::Runnable,
+                f(&["main", "spin"]),
+                false,
+            );
+            b.push(
+                &sleep,
+                i as i64,
+                ThreadState::TimedWaiting,
+                f(&["main", "sleep"]),
+                false,
+            );
         }
         b.finish()
     }
@@ -247,7 +313,10 @@ pub(crate) mod tests {
             run_id,
             start_ms: 1,
             end_ms: 1000 + run_id as i64,
-            subtasks: sets.iter().map(|(i, s)| (*i, Arc::new(SubtaskProfile::from_set(s)))).collect(),
+            subtasks: sets
+                .iter()
+                .map(|(i, s)| (*i, Arc::new(SubtaskProfile::from_set(s))))
+                .collect(),
             missing: missing.to_vec(),
         }
     }
@@ -255,7 +324,11 @@ pub(crate) mod tests {
     #[test]
     fn folding_keeps_counts_and_serves_all_types() {
         let snap = snapshot(1, &[(0, spin_and_sleep(10)), (1, spin_and_sleep(5))], &[2]);
-        assert_eq!(snap.subtasks[&0].stacks.len(), 2, "20 samples fold into 2 rows");
+        assert_eq!(
+            snap.subtasks[&0].stacks.len(),
+            2,
+            "20 samples fold into 2 rows"
+        );
         let full = snap.tree(GraphType::Full);
         assert_eq!(full.value, 30);
         assert_eq!(full.find_path(&["main", "spin"]).map(|n| n.value), Some(15));
@@ -264,7 +337,10 @@ pub(crate) mod tests {
         assert!(!on.contains("sleep"));
         let off = snap.tree(GraphType::OffCpu);
         assert!(off.contains("sleep") && !off.contains("spin"));
-        assert_eq!(snap.folded(GraphType::Full), "main;sleep 15\nmain;spin 15\n");
+        assert_eq!(
+            snap.folded(GraphType::Full),
+            "main;sleep 15\nmain;spin 15\n"
+        );
         assert_eq!(snap.sample_count(GraphType::OnCpu), 15);
         assert_eq!(snap.thread_count(GraphType::Full), 4);
         assert_eq!(snap.thread_count(GraphType::OffCpu), 2);

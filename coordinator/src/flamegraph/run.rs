@@ -64,7 +64,11 @@ pub async fn execute(
         run_id: outcome.request_id,
         start_ms: outcome.start_ms,
         end_ms: outcome.end_ms,
-        subtasks: outcome.sets.iter().map(|(&i, set)| (i, Arc::new(SubtaskProfile::from_set(set)))).collect(),
+        subtasks: outcome
+            .sets
+            .iter()
+            .map(|(&i, set)| (i, Arc::new(SubtaskProfile::from_set(set))))
+            .collect(),
         missing: outcome.missing.iter().copied().collect(),
     };
     tracing::debug!(

@@ -57,10 +57,16 @@ pub fn render(answer: &GraphAnswer, labels: &SvgLabels<'_>) -> Result<Vec<u8>, F
         return Ok(message_svg(&labels.title(), &answer.explain()));
     };
     let ty = labels.ty;
-    let lines: Vec<String> =
-        snapshot.folded_lines(ty).into_iter().map(|(stack, count)| format!("{stack} {count}")).collect();
+    let lines: Vec<String> = snapshot
+        .folded_lines(ty)
+        .into_iter()
+        .map(|(stack, count)| format!("{stack} {count}"))
+        .collect();
     if lines.is_empty() {
-        return Ok(message_svg(&labels.title(), &format!("no {ty} samples in this run ({})", when(snapshot.end_ms))));
+        return Ok(message_svg(
+            &labels.title(),
+            &format!("no {ty} samples in this run ({})", when(snapshot.end_ms)),
+        ));
     }
     let mut subtitle = format!(
         "{} samples of {} threads, sampled {}",
@@ -103,10 +109,16 @@ pub fn render(answer: &GraphAnswer, labels: &SvgLabels<'_>) -> Result<Vec<u8>, F
 
 /// A blue derived from the name's hash (like inferno's "blue" palette, but deterministic).
 fn cool_color(name: &str) -> Color {
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let v = (h % 1000) as f64 / 1000.0;
     let w = ((h >> 20) % 1000) as f64 / 1000.0;
-    Color { r: (60.0 + 70.0 * v) as u8, g: (110.0 + 80.0 * w) as u8, b: (200.0 + 55.0 * v) as u8 }
+    Color {
+        r: (60.0 + 70.0 * v) as u8,
+        g: (110.0 + 80.0 * w) as u8,
+        b: (200.0 + 55.0 * v) as u8,
+    }
 }
 
 /// `2026-11-24 09:58:01 UTC (3 s ago)`.
@@ -129,7 +141,12 @@ pub fn utc(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn xml_escape(s: &str) -> String {
@@ -173,7 +190,14 @@ mod tests {
     use std::sync::Arc;
 
     fn labels(ty: GraphType) -> SvgLabels<'static> {
-        SvgLabels { job_id: "j1", job_name: "demo <pipeline>", vertex_id: "v1", vertex_name: "Source: spin", subtask: Some(0), ty }
+        SvgLabels {
+            job_id: "j1",
+            job_name: "demo <pipeline>",
+            vertex_id: "v1",
+            vertex_name: "Source: spin",
+            subtask: Some(0),
+            ty,
+        }
     }
 
     #[test]
@@ -185,7 +209,10 @@ mod tests {
         assert!(svg.contains("demo &lt;pipeline&gt;"));
         assert!(svg.contains("8 samples of 2 threads"));
         assert!(svg.contains("missing subtasks: 3"));
-        assert!(svg.contains("search"), "inferno's interactive script is embedded");
+        assert!(
+            svg.contains("search"),
+            "inferno's interactive script is embedded"
+        );
     }
 
     #[test]
@@ -193,7 +220,9 @@ mod tests {
         let a = GraphAnswer::Ready(Arc::new(snapshot(1, &[(0, spin_and_sleep(0))], &[])));
         let svg = String::from_utf8(render(&a, &labels(GraphType::OnCpu)).unwrap()).unwrap();
         assert!(svg.starts_with("<?xml") && svg.contains("no ON_CPU samples"));
-        let svg = String::from_utf8(render(&GraphAnswer::Terminated, &labels(GraphType::Full)).unwrap()).unwrap();
+        let svg =
+            String::from_utf8(render(&GraphAnswer::Terminated, &labels(GraphType::Full)).unwrap())
+                .unwrap();
         assert!(svg.contains("terminated"));
     }
 

@@ -28,7 +28,10 @@ impl RegistryService {
     }
 
     /// The service wrapped in its token check, ready for `Server::add_service`.
-    pub fn into_server(self, token: TokenCheck) -> InterceptedService<RegistryServer<RegistryService>, TokenCheck> {
+    pub fn into_server(
+        self,
+        token: TokenCheck,
+    ) -> InterceptedService<RegistryServer<RegistryService>, TokenCheck> {
         RegistryServer::with_interceptor(self, token)
     }
 }
@@ -55,10 +58,15 @@ async fn blocking<T: Send + 'static>(
 
 #[tonic::async_trait]
 impl v1::registry_server::Registry for RegistryService {
-    async fn register(&self, request: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
         let registry = self.registry.clone();
         let req = request.into_inner();
-        blocking(move || registry.register_taskmanager(req)).await.map(Response::new)
+        blocking(move || registry.register_taskmanager(req))
+            .await
+            .map(Response::new)
     }
 
     async fn heartbeat(
@@ -67,7 +75,9 @@ impl v1::registry_server::Registry for RegistryService {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let registry = self.registry.clone();
         let req = request.into_inner();
-        blocking(move || registry.heartbeat(req)).await.map(Response::new)
+        blocking(move || registry.heartbeat(req))
+            .await
+            .map(Response::new)
     }
 }
 
@@ -80,7 +90,9 @@ pub struct TokenCheck {
 impl std::fmt::Debug for TokenCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the token.
-        f.debug_struct("TokenCheck").field("enabled", &self.expected.is_some()).finish()
+        f.debug_struct("TokenCheck")
+            .field("enabled", &self.expected.is_some())
+            .finish()
     }
 }
 
@@ -92,17 +104,23 @@ impl TokenCheck {
 
     /// Require this token (already trimmed, non-empty).
     pub fn require(token: &str) -> Self {
-        TokenCheck { expected: Some(Arc::from(token.as_bytes())) }
+        TokenCheck {
+            expected: Some(Arc::from(token.as_bytes())),
+        }
     }
 
     /// Reads the token from a file (surrounding whitespace ignored); an empty file is an error,
     /// because an empty token would let anyone in.
     pub fn from_file(path: &std::path::Path) -> Result<Self, RegistryError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| RegistryError::BadRequest(format!("cannot read token file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            RegistryError::BadRequest(format!("cannot read token file {}: {e}", path.display()))
+        })?;
         let token = text.trim();
         if token.is_empty() {
-            return Err(RegistryError::BadRequest(format!("token file {} is empty", path.display())));
+            return Err(RegistryError::BadRequest(format!(
+                "token file {} is empty",
+                path.display()
+            )));
         }
         Ok(TokenCheck::require(token))
     }
@@ -119,7 +137,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl tonic::service::Interceptor for TokenCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else { return Ok(request) };
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
         let presented = request
             .metadata()
             .get("authorization")
@@ -129,7 +149,9 @@ impl tonic::service::Interceptor for TokenCheck {
         match presented {
             Some(token) if constant_time_eq(token.as_bytes(), expected) => Ok(request),
             _ => {
-                let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+                let peer = request
+                    .remote_addr()
+                    .map_or_else(|| "unknown".to_string(), |a| a.to_string());
                 tracing::warn!(%peer, "registry call refused: missing or wrong token");
                 Err(Status::unauthenticated("missing or wrong bearer token"))
             }

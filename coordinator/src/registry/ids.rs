@@ -21,7 +21,10 @@ mod tests {
     fn ids_are_32_lower_hex_and_parse_back() {
         let id = random_id();
         assert_eq!(parse_id(&id).as_deref(), Some(id.as_str()));
-        assert_eq!(parse_id(&id.to_ascii_uppercase()).as_deref(), Some(id.as_str()));
+        assert_eq!(
+            parse_id(&id.to_ascii_uppercase()).as_deref(),
+            Some(id.as_str())
+        );
         assert_eq!(parse_id("xyz"), None);
         assert_eq!(parse_id(&"g".repeat(32)), None);
     }

@@ -86,10 +86,21 @@ impl SubtaskRuntime {
     /// A subtask just placed on a live task manager: CREATED, SCHEDULED and DEPLOYING at `now`.
     pub fn placed(endpoint: String, now: i64) -> Self {
         let mut timestamps = [0; 10];
-        for s in [ExecutionState::Created, ExecutionState::Scheduled, ExecutionState::Deploying] {
+        for s in [
+            ExecutionState::Created,
+            ExecutionState::Scheduled,
+            ExecutionState::Deploying,
+        ] {
             timestamps[s.index()] = now;
         }
-        SubtaskRuntime { status: ExecutionState::Deploying, timestamps, endpoint, failure: None, pid: 0, threads: 0 }
+        SubtaskRuntime {
+            status: ExecutionState::Deploying,
+            timestamps,
+            endpoint,
+            failure: None,
+            pid: 0,
+            threads: 0,
+        }
     }
 
     /// Moves to `to` at `now`, unless already terminal or already there. Returns whether the
@@ -118,7 +129,11 @@ impl SubtaskRuntime {
 
     /// Flink's `end-time`: the terminal state's timestamp, or -1 while not terminal.
     pub fn end_time(&self) -> i64 {
-        if self.status.is_terminal() { self.timestamp(self.status) } else { -1 }
+        if self.status.is_terminal() {
+            self.timestamp(self.status)
+        } else {
+            -1
+        }
     }
 
     /// Flink's `duration`: end (or now) minus start, -1 if never started.
@@ -185,15 +200,29 @@ impl Job {
         let subtasks = spec
             .vertices
             .iter()
-            .map(|v| v.subtasks.iter().map(|s| SubtaskRuntime::placed(endpoint_of(&s.taskmanager), now)).collect())
+            .map(|v| {
+                v.subtasks
+                    .iter()
+                    .map(|s| SubtaskRuntime::placed(endpoint_of(&s.taskmanager), now))
+                    .collect()
+            })
             .collect();
         let mut timestamps = [0; 11];
-        for s in [JobStatus::Initializing, JobStatus::Created, JobStatus::Running] {
+        for s in [
+            JobStatus::Initializing,
+            JobStatus::Created,
+            JobStatus::Running,
+        ] {
             timestamps[s.index()] = now;
         }
         Job {
             spec,
-            runtime: JobRuntime { status: JobStatus::Running, timestamps, last_modification: now, subtasks },
+            runtime: JobRuntime {
+                status: JobStatus::Running,
+                timestamps,
+                last_modification: now,
+                subtasks,
+            },
         }
     }
 
@@ -219,7 +248,11 @@ impl Job {
 
     /// Flink's job `end-time`: -1 unless globally terminal.
     pub fn end_time(&self) -> i64 {
-        if self.runtime.status.is_terminal() { self.runtime.timestamps[self.runtime.status.index()] } else { -1 }
+        if self.runtime.status.is_terminal() {
+            self.runtime.timestamps[self.runtime.status.index()]
+        } else {
+            -1
+        }
     }
 
     /// Flink's job `duration`: (end or now) minus start.
@@ -235,7 +268,8 @@ impl Job {
         if self.runtime.status.is_terminal() {
             return false;
         }
-        let aggregate = aggregate_execution_states(self.runtime.subtasks.iter().flatten().map(|s| s.status));
+        let aggregate =
+            aggregate_execution_states(self.runtime.subtasks.iter().flatten().map(|s| s.status));
         let status = JobStatus::from_vertex_aggregate(aggregate);
         if status == self.runtime.status {
             return false;
@@ -271,7 +305,10 @@ mod tests {
         assert_eq!(s.time_in(ExecutionState::Initializing, 2000), 200);
         assert_eq!(s.time_in(ExecutionState::Running, 2000), 700);
         assert!(s.transition(ExecutionState::Finished, 1500));
-        assert!(!s.transition(ExecutionState::Running, 1600), "terminal states are final");
+        assert!(
+            !s.transition(ExecutionState::Running, 1600),
+            "terminal states are final"
+        );
         assert_eq!((s.end_time(), s.duration(9999)), (1500, 500));
         assert_eq!(s.time_in(ExecutionState::Running, 9999), 200);
     }

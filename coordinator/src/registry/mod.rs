@@ -91,7 +91,9 @@ pub fn selector_of(spec: &SubtaskSpec, key: String) -> v1::ThreadSelector {
         subtask_key: key,
         process: Some(match &spec.process {
             ProcessRef::Pid(pid) => v1::thread_selector::Process::Pid(*pid),
-            ProcessRef::ProcessName(name) => v1::thread_selector::Process::ProcessName(name.clone()),
+            ProcessRef::ProcessName(name) => {
+                v1::thread_selector::Process::ProcessName(name.clone())
+            }
         }),
         tids: spec.tids.clone(),
         thread_name: spec.thread_name.clone().unwrap_or_default(),
@@ -103,10 +105,19 @@ impl Registry {
     pub fn open(data_dir: &Path, heartbeat_timeout: Duration) -> Result<Self, RegistryError> {
         let store = JobStore::open(data_dir)?;
         let jobs = store.load_all()?;
-        let job_index = jobs.iter().enumerate().map(|(i, j)| (j.spec.id.clone(), i)).collect();
+        let job_index = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.spec.id.clone(), i))
+            .collect();
         tracing::info!(path = %store.path().display(), jobs = jobs.len(), "registry opened");
         Ok(Registry {
-            inner: Mutex::new(Inner { store, jobs, job_index, taskmanagers: BTreeMap::new() }),
+            inner: Mutex::new(Inner {
+                store,
+                jobs,
+                job_index,
+                taskmanagers: BTreeMap::new(),
+            }),
             heartbeat_timeout,
             opened: Instant::now(),
         })
@@ -137,9 +148,17 @@ impl Registry {
         let spec = validate::parse_job(body, &|tm| inner.taskmanagers.contains_key(tm))
             .map_err(RegistryError::InvalidJob)?;
         let now = now_ms();
-        let endpoints: HashMap<&str, String> =
-            inner.taskmanagers.values().map(|tm| (tm.id.as_str(), tm.endpoint())).collect();
-        let job = Job::accepted(spec, now, |tm| endpoints.get(tm).cloned().unwrap_or_else(|| "(unassigned)".into()));
+        let endpoints: HashMap<&str, String> = inner
+            .taskmanagers
+            .values()
+            .map(|tm| (tm.id.as_str(), tm.endpoint()))
+            .collect();
+        let job = Job::accepted(spec, now, |tm| {
+            endpoints
+                .get(tm)
+                .cloned()
+                .unwrap_or_else(|| "(unassigned)".into())
+        });
         inner.store.insert(&job, now)?;
         let id = job.spec.id.clone();
         tracing::info!(job = %id, name = %job.spec.name, vertices = job.spec.vertices.len(), "job registered");
@@ -152,7 +171,10 @@ impl Registry {
     /// Cancels a job: every subtask not yet terminal becomes CANCELED, sampling stops.
     pub fn cancel_job(&self, job_id: &str) -> Result<(), RegistryError> {
         let mut inner = self.lock();
-        let index = *inner.job_index.get(job_id).ok_or_else(|| RegistryError::JobNotFound(job_id.to_string()))?;
+        let index = *inner
+            .job_index
+            .get(job_id)
+            .ok_or_else(|| RegistryError::JobNotFound(job_id.to_string()))?;
         let status = inner.jobs[index].runtime.status;
         if status.is_terminal() {
             return Err(RegistryError::AlreadyTerminal(status));
@@ -168,7 +190,10 @@ impl Registry {
     /// A copy of one job.
     pub fn job(&self, job_id: &str) -> Result<Job, RegistryError> {
         let inner = self.lock();
-        let index = inner.job_index.get(job_id).ok_or_else(|| RegistryError::JobNotFound(job_id.to_string()))?;
+        let index = inner
+            .job_index
+            .get(job_id)
+            .ok_or_else(|| RegistryError::JobNotFound(job_id.to_string()))?;
         Ok(inner.jobs[*index].clone())
     }
 
@@ -186,7 +211,11 @@ impl Registry {
 
     /// A copy of one live task manager.
     pub fn taskmanager(&self, id: &str) -> Result<TaskManager, RegistryError> {
-        self.lock().taskmanagers.get(id).cloned().ok_or_else(|| RegistryError::TaskManagerNotFound(id.to_string()))
+        self.lock()
+            .taskmanagers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RegistryError::TaskManagerNotFound(id.to_string()))
     }
 
     /// How many subtasks that are not terminal are placed on each task manager.
@@ -206,7 +235,10 @@ impl Registry {
     }
 
     /// Handles an agent's `Register`: adds or refreshes the task manager.
-    pub fn register_taskmanager(&self, req: v1::RegisterRequest) -> Result<v1::RegisterResponse, RegistryError> {
+    pub fn register_taskmanager(
+        &self,
+        req: v1::RegisterRequest,
+    ) -> Result<v1::RegisterResponse, RegistryError> {
         check_agent_field("agent_id", &req.agent_id)?;
         check_agent_field("address", &req.address)?;
         if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
@@ -237,12 +269,17 @@ impl Registry {
         };
         tracing::info!(agent = %tm.id, address = %tm.address, host = %tm.host.hostname, "task manager registered");
         self.lock().taskmanagers.insert(tm.id.clone(), tm);
-        Ok(v1::RegisterResponse { heartbeat_interval_ms: self.heartbeat_interval().as_millis() as u64 })
+        Ok(v1::RegisterResponse {
+            heartbeat_interval_ms: self.heartbeat_interval().as_millis() as u64,
+        })
     }
 
     /// Handles an agent's `Heartbeat`: records liveness and metrics, answers with the subtasks
     /// it must watch, or `reregister` when the agent is unknown.
-    pub fn heartbeat(&self, req: v1::HeartbeatRequest) -> Result<v1::HeartbeatResponse, RegistryError> {
+    pub fn heartbeat(
+        &self,
+        req: v1::HeartbeatRequest,
+    ) -> Result<v1::HeartbeatResponse, RegistryError> {
         if req.liveness.len() > MAX_HEARTBEAT_ENTRIES || req.metrics.len() > MAX_HEARTBEAT_ENTRIES {
             return Err(RegistryError::BadRequest(format!(
                 "at most {MAX_HEARTBEAT_ENTRIES} liveness entries and metrics per heartbeat"
@@ -252,22 +289,41 @@ impl Registry {
         let agent_id = req.agent_id.as_str();
         let Some(tm) = inner.taskmanagers.get_mut(agent_id) else {
             tracing::debug!(agent = %agent_id, "heartbeat from an unknown agent: asking it to register");
-            return Ok(v1::HeartbeatResponse { reregister: true, watch: Vec::new() });
+            return Ok(v1::HeartbeatResponse {
+                reregister: true,
+                watch: Vec::new(),
+            });
         };
         let now = now_ms();
         tm.last_heartbeat = Instant::now();
         tm.last_heartbeat_ms = now;
         tm.host.free_memory = req.free_memory;
-        tm.metrics = req.metrics.into_iter().filter(|(k, v)| k.len() <= MAX_AGENT_FIELD && v.is_finite()).collect();
+        tm.metrics = req
+            .metrics
+            .into_iter()
+            .filter(|(k, v)| k.len() <= MAX_AGENT_FIELD && v.is_finite())
+            .collect();
 
         // Apply the liveness reports to copies of the affected jobs.
         let mut changed: BTreeMap<usize, Job> = BTreeMap::new();
         for report in &req.liveness {
-            let Some((job_id, vertex_id, index)) = parse_subtask_key(&report.subtask_key) else { continue };
-            let Some(&j) = inner.job_index.get(job_id) else { continue };
-            let Some(v) = inner.jobs[j].vertex_index(vertex_id) else { continue };
-            let Some(spec) = inner.jobs[j].spec.vertices[v].subtasks.get(index) else { continue };
-            if spec.taskmanager != agent_id || inner.jobs[j].runtime.subtasks[v][index].status.is_terminal() {
+            let Some((job_id, vertex_id, index)) = parse_subtask_key(&report.subtask_key) else {
+                continue;
+            };
+            let Some(&j) = inner.job_index.get(job_id) else {
+                continue;
+            };
+            let Some(v) = inner.jobs[j].vertex_index(vertex_id) else {
+                continue;
+            };
+            let Some(spec) = inner.jobs[j].spec.vertices[v].subtasks.get(index) else {
+                continue;
+            };
+            if spec.taskmanager != agent_id
+                || inner.jobs[j].runtime.subtasks[v][index]
+                    .status
+                    .is_terminal()
+            {
                 continue;
             }
             let job = changed.entry(j).or_insert_with(|| inner.jobs[j].clone());
@@ -323,7 +379,10 @@ impl Registry {
                 inner.jobs[j] = job;
             }
         }
-        Ok(v1::HeartbeatResponse { reregister: false, watch })
+        Ok(v1::HeartbeatResponse {
+            reregister: false,
+            watch,
+        })
     }
 
     /// Drops agents silent for longer than the heartbeat timeout and fails every subtask that
@@ -371,7 +430,9 @@ impl Registry {
             }
         }
         if !changed.is_empty() {
-            inner.store.update_runtimes(changed.iter().map(|(_, job)| job))?;
+            inner
+                .store
+                .update_runtimes(changed.iter().map(|(_, job)| job))?;
             for (j, job) in changed {
                 tracing::warn!(job = %job.spec.id, status = job.runtime.status.name(), "subtasks lost with their task manager");
                 inner.jobs[j] = job;
@@ -383,11 +444,20 @@ impl Registry {
     // ---- what the flame graph service needs -------------------------------------------------
 
     /// Where and what to sample for a vertex (see [`VertexSampling`]).
-    pub fn vertex_sampling(&self, job_id: &str, vertex_id: &str) -> Result<VertexSampling, RegistryError> {
+    pub fn vertex_sampling(
+        &self,
+        job_id: &str,
+        vertex_id: &str,
+    ) -> Result<VertexSampling, RegistryError> {
         let inner = self.lock();
-        let j = *inner.job_index.get(job_id).ok_or_else(|| RegistryError::JobNotFound(job_id.to_string()))?;
+        let j = *inner
+            .job_index
+            .get(job_id)
+            .ok_or_else(|| RegistryError::JobNotFound(job_id.to_string()))?;
         let job = &inner.jobs[j];
-        let v = job.vertex_index(vertex_id).ok_or_else(|| RegistryError::VertexNotFound(vertex_id.to_string()))?;
+        let v = job
+            .vertex_index(vertex_id)
+            .ok_or_else(|| RegistryError::VertexNotFound(vertex_id.to_string()))?;
         let vertex = &job.spec.vertices[v];
         let subtasks = vertex
             .subtasks
@@ -404,7 +474,11 @@ impl Registry {
                     }),
                     _ => None,
                 };
-                SubtaskSampling { index: s as u32, terminal: status.is_terminal(), target }
+                SubtaskSampling {
+                    index: s as u32,
+                    terminal: status.is_terminal(),
+                    target,
+                }
             })
             .collect();
         Ok(VertexSampling {
@@ -418,14 +492,21 @@ impl Registry {
 
     /// The agent address of a live task manager and the selectors of every RUNNING or
     /// INITIALIZING subtask on it (what its thread dump covers).
-    pub fn taskmanager_dump_targets(&self, tmid: &str) -> Result<(String, Vec<v1::ThreadSelector>), RegistryError> {
+    pub fn taskmanager_dump_targets(
+        &self,
+        tmid: &str,
+    ) -> Result<(String, Vec<v1::ThreadSelector>), RegistryError> {
         let inner = self.lock();
-        let tm = inner.taskmanagers.get(tmid).ok_or_else(|| RegistryError::TaskManagerNotFound(tmid.to_string()))?;
+        let tm = inner
+            .taskmanagers
+            .get(tmid)
+            .ok_or_else(|| RegistryError::TaskManagerNotFound(tmid.to_string()))?;
         let mut selectors = Vec::new();
         for job in &inner.jobs {
             for (v, vertex) in job.spec.vertices.iter().enumerate() {
                 for (s, spec) in vertex.subtasks.iter().enumerate() {
-                    if spec.taskmanager == tmid && job.runtime.subtasks[v][s].status.is_sampleable() {
+                    if spec.taskmanager == tmid && job.runtime.subtasks[v][s].status.is_sampleable()
+                    {
                         selectors.push(selector_of(spec, subtask_key(&job.spec.id, &vertex.id, s)));
                     }
                 }
@@ -456,5 +537,9 @@ fn describe_selector(spec: &SubtaskSpec) -> String {
     if let Some(re) = &spec.thread_name {
         threads.push(format!("thread name /{re}/"));
     }
-    if threads.is_empty() { process } else { format!("{process} ({})", threads.join(", ")) }
+    if threads.is_empty() {
+        process
+    } else {
+        format!("{process} ({})", threads.join(", "))
+    }
 }

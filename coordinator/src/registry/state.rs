@@ -87,7 +87,10 @@ impl ExecutionState {
     /// FINISHED, CANCELED and FAILED: nothing happens to such a subtask any more, and Flink's
     /// flame graph handler answers `-1` for it.
     pub fn is_terminal(self) -> bool {
-        matches!(self, ExecutionState::Finished | ExecutionState::Canceled | ExecutionState::Failed)
+        matches!(
+            self,
+            ExecutionState::Finished | ExecutionState::Canceled | ExecutionState::Failed
+        )
     }
 
     /// RUNNING or INITIALIZING: the states in which Flink samples a task (FLINK-33042).
@@ -100,7 +103,9 @@ impl ExecutionState {
 /// any FAILED → FAILED; else any CANCELING → CANCELING; else any CANCELED → CANCELED; else any
 /// INITIALIZING → INITIALIZING; else any RUNNING → RUNNING; else any FINISHED → FINISHED when all
 /// are, RUNNING when only some are; else CREATED.
-pub fn aggregate_execution_states(states: impl IntoIterator<Item = ExecutionState>) -> ExecutionState {
+pub fn aggregate_execution_states(
+    states: impl IntoIterator<Item = ExecutionState>,
+) -> ExecutionState {
     let mut counts = [0usize; 10];
     let mut total = 0usize;
     for s in states {
@@ -197,7 +202,10 @@ impl JobStatus {
 
     /// FINISHED, CANCELED, FAILED (Flink's "globally terminal" states).
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Finished | JobStatus::Canceled | JobStatus::Failed)
+        matches!(
+            self,
+            JobStatus::Finished | JobStatus::Canceled | JobStatus::Failed
+        )
     }
 
     /// The job status that the aggregate of all its subtasks implies. A job whose subtasks are
@@ -228,9 +236,15 @@ mod tests {
 
     #[test]
     fn aggregate_follows_flinks_precedence() {
-        assert_eq!(aggregate_execution_states([Running, Failed, Canceled]), Failed);
+        assert_eq!(
+            aggregate_execution_states([Running, Failed, Canceled]),
+            Failed
+        );
         assert_eq!(aggregate_execution_states([Running, Canceled]), Canceled);
-        assert_eq!(aggregate_execution_states([Running, Initializing]), Initializing);
+        assert_eq!(
+            aggregate_execution_states([Running, Initializing]),
+            Initializing
+        );
         assert_eq!(aggregate_execution_states([Running, Finished]), Running);
         assert_eq!(aggregate_execution_states([Finished, Finished]), Finished);
         assert_eq!(aggregate_execution_states([Deploying, Created]), Created);
@@ -241,11 +255,17 @@ mod tests {
     fn names_and_indexes_follow_declaration_order() {
         for (i, s) in ExecutionState::ALL.iter().enumerate() {
             assert_eq!(s.index(), i);
-            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.name()));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.name())
+            );
         }
         for (i, s) in JobStatus::ALL.iter().enumerate() {
             assert_eq!(s.index(), i);
-            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.name()));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.name())
+            );
         }
     }
 }

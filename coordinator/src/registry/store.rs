@@ -30,13 +30,21 @@ impl JobStore {
     /// Opens (creating if needed) the store under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
-            RegistryError::Storage(format!("cannot create data directory {}: {e}", data_dir.display()))
+            RegistryError::Storage(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
         })?;
         let path = data_dir.join("registry.sqlite3");
         let conn = Connection::open(&path).map_err(|e| storage(&path, e))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| storage(&path, e))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| storage(&path, e))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(RegistryError::Storage(format!("{}: cannot switch to WAL mode (got {mode})", path.display())));
+            return Err(RegistryError::Storage(format!(
+                "{}: cannot switch to WAL mode (got {mode})",
+                path.display()
+            )));
         }
         conn.execute_batch(
             "PRAGMA synchronous = FULL;
@@ -51,9 +59,13 @@ impl JobStore {
              );",
         )
         .map_err(|e| storage(&path, e))?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| storage(&path, e))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| storage(&path, e))?;
         match version {
-            0 => conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(|e| storage(&path, e))?,
+            0 => conn
+                .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+                .map_err(|e| storage(&path, e))?,
             SCHEMA_VERSION => {}
             other => {
                 return Err(RegistryError::Storage(format!(
@@ -72,18 +84,31 @@ impl JobStore {
 
     /// Every stored job, in registration order.
     pub fn load_all(&self) -> Result<Vec<Job>, RegistryError> {
-        let mut stmt =
-            self.conn.prepare("SELECT id, spec, runtime FROM jobs ORDER BY seq").map_err(|e| storage(&self.path, e))?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, spec, runtime FROM jobs ORDER BY seq")
+            .map_err(|e| storage(&self.path, e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
             .map_err(|e| storage(&self.path, e))?;
         let mut jobs = Vec::new();
         for row in rows {
             let (id, spec, runtime) = row.map_err(|e| storage(&self.path, e))?;
-            let spec: JobSpec = serde_json::from_str(&spec)
-                .map_err(|e| RegistryError::Storage(format!("{}: job {id}: bad spec: {e}", self.path.display())))?;
-            let runtime: JobRuntime = serde_json::from_str(&runtime)
-                .map_err(|e| RegistryError::Storage(format!("{}: job {id}: bad runtime: {e}", self.path.display())))?;
+            let spec: JobSpec = serde_json::from_str(&spec).map_err(|e| {
+                RegistryError::Storage(format!("{}: job {id}: bad spec: {e}", self.path.display()))
+            })?;
+            let runtime: JobRuntime = serde_json::from_str(&runtime).map_err(|e| {
+                RegistryError::Storage(format!(
+                    "{}: job {id}: bad runtime: {e}",
+                    self.path.display()
+                ))
+            })?;
             jobs.push(Job { spec, runtime });
         }
         Ok(jobs)
@@ -93,7 +118,10 @@ impl JobStore {
     pub fn insert(&mut self, job: &Job, created_ms: i64) -> Result<(), RegistryError> {
         let spec = to_json(&job.spec)?;
         let runtime = to_json(&job.runtime)?;
-        let tx = self.conn.transaction().map_err(|e| storage(&self.path, e))?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| storage(&self.path, e))?;
         tx.execute(
             "INSERT INTO jobs (id, name, spec, runtime, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![job.spec.id, job.spec.name, spec, runtime, created_ms],
@@ -103,12 +131,21 @@ impl JobStore {
     }
 
     /// Rewrites the runtime part of several jobs in one transaction.
-    pub fn update_runtimes<'a>(&mut self, jobs: impl IntoIterator<Item = &'a Job>) -> Result<(), RegistryError> {
-        let tx = self.conn.transaction().map_err(|e| storage(&self.path, e))?;
+    pub fn update_runtimes<'a>(
+        &mut self,
+        jobs: impl IntoIterator<Item = &'a Job>,
+    ) -> Result<(), RegistryError> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| storage(&self.path, e))?;
         for job in jobs {
             let runtime = to_json(&job.runtime)?;
-            tx.execute("UPDATE jobs SET runtime = ?1 WHERE id = ?2", params![runtime, job.spec.id])
-                .map_err(|e| storage(&self.path, e))?;
+            tx.execute(
+                "UPDATE jobs SET runtime = ?1 WHERE id = ?2",
+                params![runtime, job.spec.id],
+            )
+            .map_err(|e| storage(&self.path, e))?;
         }
         tx.commit().map_err(|e| storage(&self.path, e))
     }
@@ -119,5 +156,6 @@ fn storage(path: &Path, e: rusqlite::Error) -> RegistryError {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, RegistryError> {
-    serde_json::to_string(value).map_err(|e| RegistryError::Storage(format!("cannot encode a job: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| RegistryError::Storage(format!("cannot encode a job: {e}")))
 }

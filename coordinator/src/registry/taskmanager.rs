@@ -56,16 +56,22 @@ impl TaskManager {
 
     /// The port of the agent's address (Flink's `dataPort`), or -1 when it has none.
     pub fn data_port(&self) -> i64 {
-        self.endpoint().rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).map_or(-1, i64::from)
+        self.endpoint()
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .map_or(-1, i64::from)
     }
 
     /// Every metric this task manager can report: the agent's, plus the host facts under
     /// `System.*` names.
     pub fn all_metrics(&self) -> BTreeMap<String, f64> {
         let mut m = self.metrics.clone();
-        m.entry("System.CPU.Cores".into()).or_insert(f64::from(self.host.cpu_cores));
-        m.entry("System.Memory.Total".into()).or_insert(self.host.physical_memory as f64);
-        m.entry("System.Memory.Free".into()).or_insert(self.host.free_memory as f64);
+        m.entry("System.CPU.Cores".into())
+            .or_insert(f64::from(self.host.cpu_cores));
+        m.entry("System.Memory.Total".into())
+            .or_insert(self.host.physical_memory as f64);
+        m.entry("System.Memory.Free".into())
+            .or_insert(self.host.free_memory as f64);
         m
     }
 }

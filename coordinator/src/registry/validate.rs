@@ -32,22 +32,33 @@ pub const MAX_PID: u64 = 4_194_304;
 /// Checks a `POST /jobs` body and, when it is valid, turns it into a [`JobSpec`] with fresh ids.
 /// `is_known_taskmanager` tells whether a task manager id is registered right now.
 /// On failure, every problem found, each naming its field.
-pub fn parse_job(body: &[u8], is_known_taskmanager: &dyn Fn(&str) -> bool) -> Result<JobSpec, Vec<String>> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| vec![format!("Request did not match expected format JobRegistration: {e}.")])?;
+pub fn parse_job(
+    body: &[u8],
+    is_known_taskmanager: &dyn Fn(&str) -> bool,
+) -> Result<JobSpec, Vec<String>> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        vec![format!(
+            "Request did not match expected format JobRegistration: {e}."
+        )]
+    })?;
     let mut problems = Vec::new();
     let Some(top) = value.as_object() else {
-        return Err(vec!["body: expected a JSON object with \"name\" and \"vertices\"".into()]);
+        return Err(vec![
+            "body: expected a JSON object with \"name\" and \"vertices\"".into(),
+        ]);
     };
     unknown_keys(top, "", &["name", "vertices"], &mut problems);
     let name = name_field(top, "name", "name", &mut problems);
     let mut vertices = Vec::new();
     match top.get("vertices") {
         None => problems.push("vertices: missing".into()),
-        Some(Value::Array(items)) if items.is_empty() => problems.push("vertices: must not be empty".into()),
-        Some(Value::Array(items)) if items.len() > MAX_VERTICES => {
-            problems.push(format!("vertices: at most {MAX_VERTICES} vertices, got {}", items.len()))
+        Some(Value::Array(items)) if items.is_empty() => {
+            problems.push("vertices: must not be empty".into())
         }
+        Some(Value::Array(items)) if items.len() > MAX_VERTICES => problems.push(format!(
+            "vertices: at most {MAX_VERTICES} vertices, got {}",
+            items.len()
+        )),
         Some(Value::Array(items)) => {
             let mut total_subtasks = 0usize;
             for (i, item) in items.iter().enumerate() {
@@ -65,7 +76,11 @@ pub fn parse_job(body: &[u8], is_known_taskmanager: &dyn Fn(&str) -> bool) -> Re
     if !problems.is_empty() {
         return Err(problems);
     }
-    Ok(JobSpec { id: random_id(), name: name.unwrap_or_default(), vertices })
+    Ok(JobSpec {
+        id: random_id(),
+        name: name.unwrap_or_default(),
+        vertices,
+    })
 }
 
 fn vertex(
@@ -80,7 +95,12 @@ fn vertex(
         return None;
     };
     let before = problems.len();
-    unknown_keys(obj, &at, &["name", "parallelism", "inputs", "subtasks"], problems);
+    unknown_keys(
+        obj,
+        &at,
+        &["name", "parallelism", "inputs", "subtasks"],
+        problems,
+    );
     let name = name_field(obj, "name", &format!("{at}.name"), problems);
     let parallelism = match obj.get("parallelism") {
         None => {
@@ -115,7 +135,9 @@ fn vertex(
                 }
             }
         }
-        Some(other) => problems.push(format!("{at}.inputs: expected an array of vertex indexes, got {other}")),
+        Some(other) => problems.push(format!(
+            "{at}.inputs: expected an array of vertex indexes, got {other}"
+        )),
     }
     let mut subtasks = Vec::new();
     match obj.get("subtasks") {
@@ -130,7 +152,12 @@ fn vertex(
                 ));
             } else {
                 for (j, item) in items.iter().enumerate() {
-                    if let Some(s) = subtask(item, &format!("{at}.subtasks[{j}]"), is_known_taskmanager, problems) {
+                    if let Some(s) = subtask(
+                        item,
+                        &format!("{at}.subtasks[{j}]"),
+                        is_known_taskmanager,
+                        problems,
+                    ) {
                         subtasks.push(s);
                     }
                 }
@@ -149,7 +176,12 @@ fn vertex(
     if problems.len() > before {
         return None;
     }
-    Some(VertexSpec { id: random_id(), name: name.unwrap_or_default(), inputs, subtasks })
+    Some(VertexSpec {
+        id: random_id(),
+        name: name.unwrap_or_default(),
+        inputs,
+        subtasks,
+    })
 }
 
 fn subtask(
@@ -163,39 +195,56 @@ fn subtask(
         return None;
     };
     let before = problems.len();
-    unknown_keys(obj, at, &["taskmanager", "pid", "process_name", "tids", "thread_name"], problems);
+    unknown_keys(
+        obj,
+        at,
+        &["taskmanager", "pid", "process_name", "tids", "thread_name"],
+        problems,
+    );
     let taskmanager = match obj.get("taskmanager") {
         None => {
             problems.push(format!("{at}.taskmanager: missing"));
             None
         }
         Some(Value::String(s)) if s.is_empty() || s.len() > MAX_TASKMANAGER_ID => {
-            problems.push(format!("{at}.taskmanager: expected 1 to {MAX_TASKMANAGER_ID} bytes"));
+            problems.push(format!(
+                "{at}.taskmanager: expected 1 to {MAX_TASKMANAGER_ID} bytes"
+            ));
             None
         }
         Some(Value::String(s)) if !is_known_taskmanager(s) => {
-            problems.push(format!("{at}.taskmanager: no task manager {s:?} is registered (see GET /taskmanagers)"));
+            problems.push(format!(
+                "{at}.taskmanager: no task manager {s:?} is registered (see GET /taskmanagers)"
+            ));
             None
         }
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => {
-            problems.push(format!("{at}.taskmanager: expected a task manager id string, got {other}"));
+            problems.push(format!(
+                "{at}.taskmanager: expected a task manager id string, got {other}"
+            ));
             None
         }
     };
     let process = match (obj.get("pid"), obj.get("process_name")) {
         (Some(_), Some(_)) => {
-            problems.push(format!("{at}: give exactly one of \"pid\" and \"process_name\", not both"));
+            problems.push(format!(
+                "{at}: give exactly one of \"pid\" and \"process_name\", not both"
+            ));
             None
         }
         (None, None) => {
-            problems.push(format!("{at}: give exactly one of \"pid\" and \"process_name\""));
+            problems.push(format!(
+                "{at}: give exactly one of \"pid\" and \"process_name\""
+            ));
             None
         }
         (Some(pid), None) => match pid.as_u64() {
             Some(p) if (1..=MAX_PID).contains(&p) => Some(ProcessRef::Pid(p as u32)),
             _ => {
-                problems.push(format!("{at}.pid: expected a process id from 1 to {MAX_PID}, got {pid}"));
+                problems.push(format!(
+                    "{at}.pid: expected a process id from 1 to {MAX_PID}, got {pid}"
+                ));
                 None
             }
         },
@@ -208,7 +257,9 @@ fn subtask(
                 ));
                 None
             } else if name.contains('/') || name.chars().any(char::is_control) {
-                problems.push(format!("{at}.process_name: must not contain '/' or control characters"));
+                problems.push(format!(
+                    "{at}.process_name: must not contain '/' or control characters"
+                ));
                 None
             } else {
                 Some(ProcessRef::ProcessName(name.clone()))
@@ -222,12 +273,13 @@ fn subtask(
     let mut tids = Vec::new();
     match obj.get("tids") {
         None | Some(Value::Null) => {}
-        Some(Value::Array(items)) if items.is_empty() => {
-            problems.push(format!("{at}.tids: must not be empty (leave it out to select threads otherwise)"))
-        }
-        Some(Value::Array(items)) if items.len() > MAX_TIDS => {
-            problems.push(format!("{at}.tids: at most {MAX_TIDS} thread ids, got {}", items.len()))
-        }
+        Some(Value::Array(items)) if items.is_empty() => problems.push(format!(
+            "{at}.tids: must not be empty (leave it out to select threads otherwise)"
+        )),
+        Some(Value::Array(items)) if items.len() > MAX_TIDS => problems.push(format!(
+            "{at}.tids: at most {MAX_TIDS} thread ids, got {}",
+            items.len()
+        )),
         Some(Value::Array(items)) => {
             for (k, item) in items.iter().enumerate() {
                 match item.as_u64() {
@@ -238,43 +290,75 @@ fn subtask(
                             tids.push(t as u32);
                         }
                     }
-                    _ => problems.push(format!("{at}.tids[{k}]: expected a thread id from 1 to {MAX_PID}, got {item}")),
+                    _ => problems.push(format!(
+                        "{at}.tids[{k}]: expected a thread id from 1 to {MAX_PID}, got {item}"
+                    )),
                 }
             }
         }
-        Some(other) => problems.push(format!("{at}.tids: expected an array of thread ids, got {other}")),
+        Some(other) => problems.push(format!(
+            "{at}.tids: expected an array of thread ids, got {other}"
+        )),
     }
     let thread_name = match obj.get("thread_name") {
         None | Some(Value::Null) => None,
         Some(Value::String(re)) if re.is_empty() => {
-            problems.push(format!("{at}.thread_name: must not be empty (leave it out to select all threads)"));
+            problems.push(format!(
+                "{at}.thread_name: must not be empty (leave it out to select all threads)"
+            ));
             None
         }
         Some(Value::String(re)) if re.len() > MAX_REGEX_BYTES => {
-            problems.push(format!("{at}.thread_name: at most {MAX_REGEX_BYTES} bytes, got {}", re.len()));
+            problems.push(format!(
+                "{at}.thread_name: at most {MAX_REGEX_BYTES} bytes, got {}",
+                re.len()
+            ));
             None
         }
-        Some(Value::String(re)) => match regex::RegexBuilder::new(&format!("^(?:{re})$")).size_limit(1 << 20).build() {
+        Some(Value::String(re)) => match regex::RegexBuilder::new(&format!("^(?:{re})$"))
+            .size_limit(1 << 20)
+            .build()
+        {
             Ok(_) => Some(re.clone()),
             Err(e) => {
-                let first_line = e.to_string().lines().last().unwrap_or_default().trim().to_string();
-                problems.push(format!("{at}.thread_name: not a valid regular expression: {first_line}"));
+                let first_line = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                problems.push(format!(
+                    "{at}.thread_name: not a valid regular expression: {first_line}"
+                ));
                 None
             }
         },
         Some(other) => {
-            problems.push(format!("{at}.thread_name: expected a regular expression string, got {other}"));
+            problems.push(format!(
+                "{at}.thread_name: expected a regular expression string, got {other}"
+            ));
             None
         }
     };
     if problems.len() > before {
         return None;
     }
-    Some(SubtaskSpec { taskmanager: taskmanager?, process: process?, tids, thread_name })
+    Some(SubtaskSpec {
+        taskmanager: taskmanager?,
+        process: process?,
+        tids,
+        thread_name,
+    })
 }
 
 /// A required, non-empty, bounded display name.
-fn name_field(obj: &Map<String, Value>, key: &str, at: &str, problems: &mut Vec<String>) -> Option<String> {
+fn name_field(
+    obj: &Map<String, Value>,
+    key: &str,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Option<String> {
     match obj.get(key) {
         None => {
             problems.push(format!("{at}: missing"));
@@ -286,7 +370,9 @@ fn name_field(obj: &Map<String, Value>, key: &str, at: &str, problems: &mut Vec<
                 problems.push(format!("{at}: must not be empty"));
                 None
             } else if chars > MAX_NAME_CHARS {
-                problems.push(format!("{at}: at most {MAX_NAME_CHARS} characters, got {chars}"));
+                problems.push(format!(
+                    "{at}: at most {MAX_NAME_CHARS} characters, got {chars}"
+                ));
                 None
             } else if s.chars().any(char::is_control) {
                 problems.push(format!("{at}: must not contain control characters"));
@@ -305,8 +391,15 @@ fn name_field(obj: &Map<String, Value>, key: &str, at: &str, problems: &mut Vec<
 fn unknown_keys(obj: &Map<String, Value>, at: &str, known: &[&str], problems: &mut Vec<String>) {
     for key in obj.keys() {
         if !known.contains(&key.as_str()) {
-            let path = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
-            problems.push(format!("{path}: unknown field (expected one of: {})", known.join(", ")));
+            let path = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
+            problems.push(format!(
+                "{path}: unknown field (expected one of: {})",
+                known.join(", ")
+            ));
         }
     }
 }
@@ -335,7 +428,10 @@ mod tests {
         .unwrap();
         assert_eq!(spec.id.len(), 32);
         assert_eq!(spec.vertices[1].inputs, vec![0]);
-        assert_eq!(spec.vertices[1].subtasks[0].process, ProcessRef::ProcessName("worker".into()));
+        assert_eq!(
+            spec.vertices[1].subtasks[0].process,
+            ProcessRef::ProcessName("worker".into())
+        );
         assert_ne!(spec.vertices[0].id, spec.vertices[1].id);
     }
 
@@ -366,7 +462,10 @@ mod tests {
         let errs = parse(json!({"name": "j", "vertices": [
             {"name": "a", "parallelism": 3, "subtasks": [{"taskmanager": "tm-1", "pid": 5}]}]}))
         .unwrap_err();
-        assert!(errs[0].starts_with("vertices[0].parallelism: is 3"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("vertices[0].parallelism: is 3"),
+            "{errs:?}"
+        );
     }
 
     #[test]

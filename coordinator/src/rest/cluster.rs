@@ -34,10 +34,17 @@ pub async fn config(State(state): State<AppState>) -> Json<Value> {
 /// Slots in the cluster: (total, available), one slot per agent CPU core.
 fn slots(state: &AppState) -> (usize, usize) {
     let assigned = state.registry.active_subtasks_per_taskmanager();
-    state.registry.taskmanagers().iter().fold((0, 0), |(total, free), tm| {
-        let n = tm.host.cpu_cores.max(1) as usize;
-        (total + n, free + n.saturating_sub(assigned.get(&tm.id).copied().unwrap_or(0)))
-    })
+    state
+        .registry
+        .taskmanagers()
+        .iter()
+        .fold((0, 0), |(total, free), tm| {
+            let n = tm.host.cpu_cores.max(1) as usize;
+            (
+                total + n,
+                free + n.saturating_sub(assigned.get(&tm.id).copied().unwrap_or(0)),
+            )
+        })
 }
 
 fn job_counts(state: &AppState) -> BTreeMap<JobStatus, usize> {
@@ -75,21 +82,63 @@ fn config_entries(state: &AppState) -> Vec<(String, String)> {
     let mut entries = vec![
         ("rest.address".to_string(), c.rest_addr.ip().to_string()),
         ("rest.port".into(), c.rest_addr.port().to_string()),
-        ("rest.flamegraph.enabled".into(), c.flamegraph_enabled.to_string()),
-        ("rest.flamegraph.num-samples".into(), c.flamegraph_num_samples.to_string()),
-        ("rest.flamegraph.delay-between-samples".into(), format!("{} ms", c.flamegraph_delay_ms)),
-        ("rest.flamegraph.stack-depth".into(), c.flamegraph_max_depth.to_string()),
-        ("rest.flamegraph.refresh-interval".into(), format!("{} s", c.flamegraph_refresh_interval_s)),
-        ("rest.flamegraph.cleanup-interval".into(), format!("{} s", c.flamegraph_cleanup_interval_s)),
-        ("web.refresh-interval".into(), format!("{} ms", c.refresh_interval_ms)),
-        ("heartbeat.timeout".into(), format!("{} s", c.heartbeat_timeout_s)),
+        (
+            "rest.flamegraph.enabled".into(),
+            c.flamegraph_enabled.to_string(),
+        ),
+        (
+            "rest.flamegraph.num-samples".into(),
+            c.flamegraph_num_samples.to_string(),
+        ),
+        (
+            "rest.flamegraph.delay-between-samples".into(),
+            format!("{} ms", c.flamegraph_delay_ms),
+        ),
+        (
+            "rest.flamegraph.stack-depth".into(),
+            c.flamegraph_max_depth.to_string(),
+        ),
+        (
+            "rest.flamegraph.refresh-interval".into(),
+            format!("{} s", c.flamegraph_refresh_interval_s),
+        ),
+        (
+            "rest.flamegraph.cleanup-interval".into(),
+            format!("{} s", c.flamegraph_cleanup_interval_s),
+        ),
+        (
+            "web.refresh-interval".into(),
+            format!("{} ms", c.refresh_interval_ms),
+        ),
+        (
+            "heartbeat.timeout".into(),
+            format!("{} s", c.heartbeat_timeout_s),
+        ),
         ("flamegrid.rpc-address".into(), c.rpc_addr.to_string()),
-        ("flamegrid.data-dir".into(), c.data_dir.display().to_string()),
-        ("flamegrid.flamegraph.rpc-grace".into(), format!("{} ms", c.flamegraph_rpc_grace_ms)),
-        ("flamegrid.flamegraph.history".into(), c.flamegraph_history.to_string()),
-        ("flamegrid.token.enabled".into(), c.token_file.is_some().to_string()),
-        ("flamegrid.tls.enabled".into(), c.tls_cert.is_some().to_string()),
-        ("flamegrid.rest-token.enabled".into(), c.rest_token_file.is_some().to_string()),
+        (
+            "flamegrid.data-dir".into(),
+            c.data_dir.display().to_string(),
+        ),
+        (
+            "flamegrid.flamegraph.rpc-grace".into(),
+            format!("{} ms", c.flamegraph_rpc_grace_ms),
+        ),
+        (
+            "flamegrid.flamegraph.history".into(),
+            c.flamegraph_history.to_string(),
+        ),
+        (
+            "flamegrid.token.enabled".into(),
+            c.token_file.is_some().to_string(),
+        ),
+        (
+            "flamegrid.tls.enabled".into(),
+            c.tls_cert.is_some().to_string(),
+        ),
+        (
+            "flamegrid.rest-token.enabled".into(),
+            c.rest_token_file.is_some().to_string(),
+        ),
         ("flamegrid.read-only".into(), c.read_only.to_string()),
         ("flamegrid.demo".into(), c.demo.to_string()),
     ];
@@ -99,7 +148,10 @@ fn config_entries(state: &AppState) -> Vec<(String, String)> {
 
 /// `GET /jobmanager/config` (and `/jobs/:jobid/jobmanager/config`).
 pub async fn jobmanager_config(State(state): State<AppState>) -> Json<Value> {
-    let entries: Vec<Value> = config_entries(&state).into_iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+    let entries: Vec<Value> = config_entries(&state)
+        .into_iter()
+        .map(|(k, v)| json!({"key": k, "value": v}))
+        .collect();
     Json(Value::Array(entries))
 }
 
@@ -123,7 +175,10 @@ fn process_status() -> BTreeMap<String, f64> {
     if let Ok(text) = std::fs::read_to_string("/proc/self/status") {
         for line in text.lines() {
             let mut parts = line.split_whitespace();
-            match (parts.next(), parts.next().and_then(|v| v.parse::<f64>().ok())) {
+            match (
+                parts.next(),
+                parts.next().and_then(|v| v.parse::<f64>().ok()),
+            ) {
                 (Some("Threads:"), Some(n)) => {
                     out.insert("Status.Process.Threads.Count".into(), n);
                 }
@@ -146,10 +201,21 @@ pub async fn jobmanager_metrics(
     let (total, free) = slots(&state);
     let counts = job_counts(&state);
     let mut metrics = process_status();
-    metrics.insert("numRegisteredTaskManagers".into(), state.registry.taskmanagers().len() as f64);
-    metrics.insert("numRunningJobs".into(), counts.get(&JobStatus::Running).copied().unwrap_or(0) as f64);
+    metrics.insert(
+        "numRegisteredTaskManagers".into(),
+        state.registry.taskmanagers().len() as f64,
+    );
+    metrics.insert(
+        "numRunningJobs".into(),
+        counts.get(&JobStatus::Running).copied().unwrap_or(0) as f64,
+    );
     metrics.insert("taskSlotsTotal".into(), total as f64);
     metrics.insert("taskSlotsAvailable".into(), free as f64);
+    // Flame graph sampling runs started so far (lets tests and operators see coalescing work).
+    metrics.insert(
+        "flamegrid.flamegraph.runs".into(),
+        state.flamegraphs.runs_started() as f64,
+    );
     Ok(Json(metric_values(&metrics, &q)))
 }
 
@@ -160,7 +226,9 @@ pub async fn jobmanager_logs() -> Json<Value> {
 
 /// `GET /jobmanager/log`, `/jobmanager/stdout`, `/jobmanager/logs/:name`: no files to serve.
 pub async fn no_log_file() -> ApiError {
-    ApiError::not_found("File not found. The flamegrid coordinator writes its log to standard error.")
+    ApiError::not_found(
+        "File not found. The flamegrid coordinator writes its log to standard error.",
+    )
 }
 
 /// `GET /jobmanager/thread-dump`: the coordinator's threads with their names and states.
@@ -173,10 +241,16 @@ pub async fn jobmanager_thread_dump() -> Json<Value> {
         for entry in dir.flatten() {
             let tid = entry.file_name().to_string_lossy().to_string();
             let base = entry.path();
-            let name = std::fs::read_to_string(base.join("comm")).unwrap_or_default().trim().to_string();
+            let name = std::fs::read_to_string(base.join("comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             let state_letter = std::fs::read_to_string(base.join("stat"))
                 .ok()
-                .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.trim_start().chars().next())
+                })
                 .unwrap_or('?');
             let state = match state_letter {
                 'R' => "RUNNABLE",

@@ -21,7 +21,10 @@ pub struct ApiError {
 impl ApiError {
     /// An error with one message.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, errors: vec![message.into()] }
+        ApiError {
+            status,
+            errors: vec![message.into()],
+        }
     }
 
     /// 400 with a free-text message.
@@ -69,7 +72,10 @@ impl From<RegistryError> for ApiError {
             | RegistryError::TaskManagerNotFound(_)
             | RegistryError::SubtaskNotFound(_) => ApiError::not_found(e.to_string()),
             RegistryError::BadRequest(msg) => ApiError::bad_request(msg),
-            RegistryError::InvalidJob(problems) => ApiError { status: StatusCode::BAD_REQUEST, errors: problems },
+            RegistryError::InvalidJob(problems) => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                errors: problems,
+            },
             RegistryError::AlreadyTerminal(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             RegistryError::Storage(_) => ApiError::internal(e),
         }
@@ -78,6 +84,10 @@ impl From<RegistryError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "errors": self.errors }))).into_response()
+        (
+            self.status,
+            Json(serde_json::json!({ "errors": self.errors })),
+        )
+            .into_response()
     }
 }

@@ -33,9 +33,18 @@ use flamegrid_model::GraphType;
 /// Routes of `/jobs/:jobid/vertices/:vertexid/flamegraph*` and `/taskmanagers/:tmid/thread-dump`.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/jobs/{jobid}/vertices/{vertexid}/flamegraph", get(flamegraph_json))
-        .route("/jobs/{jobid}/vertices/{vertexid}/flamegraph.svg", get(flamegraph_svg))
-        .route("/jobs/{jobid}/vertices/{vertexid}/flamegraph.folded", get(flamegraph_folded))
+        .route(
+            "/jobs/{jobid}/vertices/{vertexid}/flamegraph",
+            get(flamegraph_json),
+        )
+        .route(
+            "/jobs/{jobid}/vertices/{vertexid}/flamegraph.svg",
+            get(flamegraph_svg),
+        )
+        .route(
+            "/jobs/{jobid}/vertices/{vertexid}/flamegraph.folded",
+            get(flamegraph_folded),
+        )
         .route("/taskmanagers/{tmid}/thread-dump", get(thread_dump))
 }
 
@@ -60,7 +69,10 @@ impl GraphQuery {
         };
         let subtask = match first("subtaskindex") {
             None => None,
-            Some(raw) => Some(raw.parse::<u32>().map_err(|_| ApiError::bad_query_param("subtaskindex", raw))?),
+            Some(raw) => Some(
+                raw.parse::<u32>()
+                    .map_err(|_| ApiError::bad_query_param("subtaskindex", raw))?,
+            ),
         };
         Ok(GraphQuery { ty, subtask })
     }
@@ -68,7 +80,9 @@ impl GraphQuery {
 
 /// Flink upper-cases the value and maps it onto the enum: `on_cpu` works, `on-cpu` does not.
 fn parse_type(raw: &str) -> Option<GraphType> {
-    GraphType::ALL.into_iter().find(|t| t.as_str().eq_ignore_ascii_case(raw))
+    GraphType::ALL
+        .into_iter()
+        .find(|t| t.as_str().eq_ignore_ascii_case(raw))
 }
 
 /// Everything a flame graph handler needs once the request is known to be valid.
@@ -79,21 +93,43 @@ struct Resolved {
     vertex: Option<VertexSampling>,
 }
 
-fn resolve(state: &AppState, jobid: &str, vertexid: &str, query: &[(String, String)]) -> Result<Resolved, ApiError> {
+fn resolve(
+    state: &AppState,
+    jobid: &str,
+    vertexid: &str,
+    query: &[(String, String)],
+) -> Result<Resolved, ApiError> {
     let job_id = params::job_id(jobid)?;
     let vertex_id = params::vertex_id(vertexid)?;
     let query = GraphQuery::parse(query)?;
-    let key = GraphKey { job_id, vertex_id, subtask: query.subtask };
+    let key = GraphKey {
+        job_id,
+        vertex_id,
+        subtask: query.subtask,
+    };
     if !state.flamegraphs.enabled() {
-        return Ok(Resolved { key, query, vertex: None });
+        return Ok(Resolved {
+            key,
+            query,
+            vertex: None,
+        });
     }
-    let vertex = state.registry.vertex_sampling(&key.job_id, &key.vertex_id)?;
+    let vertex = state
+        .registry
+        .vertex_sampling(&key.job_id, &key.vertex_id)?;
     if let Some(i) = query.subtask
         && i >= vertex.parallelism
     {
-        return Err(ApiError::not_found(format!("Invalid subtask index for vertex {}", key.vertex_id)));
+        return Err(ApiError::not_found(format!(
+            "Invalid subtask index for vertex {}",
+            key.vertex_id
+        )));
     }
-    Ok(Resolved { key, query, vertex: Some(vertex) })
+    Ok(Resolved {
+        key,
+        query,
+        vertex: Some(vertex),
+    })
 }
 
 /// `GET .../flamegraph`: Flink's JSON; always 200 once the request is valid; never waits.
@@ -108,7 +144,11 @@ async fn flamegraph_json(
         Some(v) => state.flamegraphs.answer(&r.key, v),
     };
     let body = json::render(&answer, r.query.ty);
-    Ok(([(header::CONTENT_TYPE, "application/json; charset=UTF-8")], body).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET .../flamegraph.svg`: inferno's interactive SVG.
@@ -161,16 +201,25 @@ async fn flamegraph_folded(
 }
 
 /// `GET /taskmanagers/:tmid/thread-dump`: one deep sample of every thread the agent watches.
-async fn thread_dump(State(state): State<AppState>, Path(tmid): Path<String>) -> Result<Response, ApiError> {
+async fn thread_dump(
+    State(state): State<AppState>,
+    Path(tmid): Path<String>,
+) -> Result<Response, ApiError> {
     let (address, selectors) = state.registry.taskmanager_dump_targets(&tmid)?;
     if selectors.is_empty() {
-        return Ok(axum::Json(crate::flamegraph::dump::ThreadDumpInfo { thread_infos: Vec::new() }).into_response());
+        return Ok(axum::Json(crate::flamegraph::dump::ThreadDumpInfo {
+            thread_infos: Vec::new(),
+        })
+        .into_response());
     }
     match state.flamegraphs.thread_dump(&address, selectors).await {
         Ok(dump) => Ok(axum::Json(dump).into_response()),
         Err(e) => {
             tracing::warn!(taskmanager = %tmid, error = %e, "thread dump failed");
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("Thread dump of TaskExecutor {tmid} failed: {e}")))
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Thread dump of TaskExecutor {tmid} failed: {e}"),
+            ))
         }
     }
 }
@@ -180,18 +229,38 @@ mod tests {
     use super::*;
 
     fn q(pairs: &[(&str, &str)]) -> Result<GraphQuery, ApiError> {
-        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         GraphQuery::parse(&pairs)
     }
 
     #[test]
     fn query_follows_flink() {
-        assert_eq!(q(&[]).unwrap(), GraphQuery { ty: GraphType::Full, subtask: None });
+        assert_eq!(
+            q(&[]).unwrap(),
+            GraphQuery {
+                ty: GraphType::Full,
+                subtask: None
+            }
+        );
         assert_eq!(q(&[("type", "on_cpu")]).unwrap().ty, GraphType::OnCpu);
-        assert_eq!(q(&[("type", "Off_Cpu,full")]).unwrap().ty, GraphType::OffCpu);
-        assert_eq!(q(&[("type", "full"), ("type", "on_cpu")]).unwrap().ty, GraphType::Full);
+        assert_eq!(
+            q(&[("type", "Off_Cpu,full")]).unwrap().ty,
+            GraphType::OffCpu
+        );
+        assert_eq!(
+            q(&[("type", "full"), ("type", "on_cpu")]).unwrap().ty,
+            GraphType::Full
+        );
         assert_eq!(q(&[("subtaskindex", "3")]).unwrap().subtask, Some(3));
-        for bad in [("type", "cpu"), ("type", "on-cpu"), ("subtaskindex", "-1"), ("subtaskindex", "x")] {
+        for bad in [
+            ("type", "cpu"),
+            ("type", "on-cpu"),
+            ("subtaskindex", "-1"),
+            ("subtaskindex", "x"),
+        ] {
             let e = q(&[bad]).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.errors[0].contains(&format!("({})", bad.0)), "{e:?}");

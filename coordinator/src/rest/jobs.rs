@@ -5,7 +5,9 @@
 use super::error::ApiError;
 use super::metrics::{MetricQuery, metric_values};
 use super::params;
-use super::shapes::{execution_state_counts, html_escape, io_metrics, job_timestamps, task_counts_lower};
+use super::shapes::{
+    execution_state_counts, html_escape, io_metrics, job_timestamps, task_counts_lower,
+};
 use super::state::AppState;
 use crate::registry::state::now_ms;
 use crate::registry::{ExecutionState, Job, JobStatus, RegistryError};
@@ -20,8 +22,13 @@ use std::collections::BTreeMap;
 /// Largest accepted `POST /jobs` body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?.map_err(ApiError::from)
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
 }
 
 /// Looks a job up by its raw path id (400 for a malformed id, 404 for an unknown one).
@@ -36,7 +43,10 @@ pub fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
 /// `POST /jobs`: validates the whole body and stores the job; 202 `{"jobid": ...}`.
 pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large (the limit is 1 MiB)."));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large (the limit is 1 MiB).",
+        ));
     }
     let registry = state.registry.clone();
     let id = blocking(move || registry.register_job(&body)).await?;
@@ -45,8 +55,12 @@ pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Resp
 
 /// `GET /jobs`: ids and statuses.
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    let jobs: Vec<Value> =
-        state.registry.jobs().iter().map(|j| json!({"id": j.spec.id, "status": j.runtime.status.name()})).collect();
+    let jobs: Vec<Value> = state
+        .registry
+        .jobs()
+        .iter()
+        .map(|j| json!({"id": j.spec.id, "status": j.runtime.status.name()}))
+        .collect();
     Json(json!({ "jobs": jobs }))
 }
 
@@ -91,10 +105,23 @@ fn slot_sharing_group(job: &Job) -> String {
 fn vertex_summary(job: &Job, v: usize, now: i64) -> Value {
     let vertex = &job.spec.vertices[v];
     let subtasks = &job.runtime.subtasks[v];
-    let start = subtasks.iter().map(|s| s.start_time()).filter(|t| *t > 0).min().unwrap_or(-1);
+    let start = subtasks
+        .iter()
+        .map(|s| s.start_time())
+        .filter(|t| *t > 0)
+        .min()
+        .unwrap_or(-1);
     let all_terminal = subtasks.iter().all(|s| s.status.is_terminal());
-    let end = if all_terminal { subtasks.iter().map(|s| s.end_time()).max().unwrap_or(-1) } else { -1 };
-    let duration = if start < 0 { -1 } else { (if end < 0 { now } else { end }) - start };
+    let end = if all_terminal {
+        subtasks.iter().map(|s| s.end_time()).max().unwrap_or(-1)
+    } else {
+        -1
+    };
+    let duration = if start < 0 {
+        -1
+    } else {
+        (if end < 0 { now } else { end }) - start
+    };
     json!({
         "id": vertex.id,
         "slotSharingGroupId": slot_sharing_group(job),
@@ -145,10 +172,15 @@ fn plan(job: &Job) -> Value {
 }
 
 /// `GET /jobs/:jobid`.
-pub async fn details(State(state): State<AppState>, Path(jobid): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn details(
+    State(state): State<AppState>,
+    Path(jobid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let job = load_job(&state, &jobid)?;
     let now = now_ms();
-    let vertices: Vec<Value> = (0..job.spec.vertices.len()).map(|v| vertex_summary(&job, v, now)).collect();
+    let vertices: Vec<Value> = (0..job.spec.vertices.len())
+        .map(|v| vertex_summary(&job, v, now))
+        .collect();
     let vertex_states = (0..job.spec.vertices.len()).map(|v| job.vertex_status(v));
     Ok(Json(json!({
         "jid": job.spec.id,
@@ -172,13 +204,19 @@ pub async fn details(State(state): State<AppState>, Path(jobid): Path<String>) -
 }
 
 /// `GET /jobs/:jobid/plan`.
-pub async fn job_plan(State(state): State<AppState>, Path(jobid): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn job_plan(
+    State(state): State<AppState>,
+    Path(jobid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let job = load_job(&state, &jobid)?;
     Ok(Json(json!({ "plan": plan(&job) })))
 }
 
 /// `GET /jobs/:jobid/status`.
-pub async fn status(State(state): State<AppState>, Path(jobid): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn status(
+    State(state): State<AppState>,
+    Path(jobid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let job = load_job(&state, &jobid)?;
     Ok(Json(json!({ "status": job.runtime.status.name() })))
 }
@@ -190,7 +228,10 @@ pub async fn cancel(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let id = params::job_id(&jobid)?;
-    if let Some(mode) = params::query_lists(&query).get("mode").and_then(|m| m.first()) {
+    if let Some(mode) = params::query_lists(&query)
+        .get("mode")
+        .and_then(|m| m.first())
+    {
         match mode.to_ascii_lowercase().as_str() {
             "cancel" => {}
             "stop" => {
@@ -206,19 +247,26 @@ pub async fn cancel(
     let registry = state.registry.clone();
     match blocking(move || registry.cancel_job(&id)).await {
         Ok(()) => Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response()),
-        Err(e) if e.status == StatusCode::NOT_FOUND => Err(ApiError::not_found("Job could not be found.")),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            Err(ApiError::not_found("Job could not be found."))
+        }
         Err(e) => Err(e),
     }
 }
 
 /// `GET /jobs/:jobid/exceptions`: the subtasks that failed (lost agent, missing process) as
 /// Flink's exception history entries.
-pub async fn exceptions(State(state): State<AppState>, Path(jobid): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn exceptions(
+    State(state): State<AppState>,
+    Path(jobid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let job = load_job(&state, &jobid)?;
     let mut entries = Vec::new();
     for (v, vertex) in job.spec.vertices.iter().enumerate() {
         for (s, subtask) in job.runtime.subtasks[v].iter().enumerate() {
-            let Some(reason) = &subtask.failure else { continue };
+            let Some(reason) = &subtask.failure else {
+                continue;
+            };
             entries.push(json!({
                 "exceptionName": "flamegrid.SubtaskLost",
                 "stacktrace": reason,
@@ -232,13 +280,24 @@ pub async fn exceptions(State(state): State<AppState>, Path(jobid): Path<String>
         }
     }
     entries.sort_by_key(|e| std::cmp::Reverse(e["timestamp"].as_i64().unwrap_or(0)));
-    Ok(Json(json!({ "exceptionHistory": { "entries": entries, "truncated": false } })))
+    Ok(Json(
+        json!({ "exceptionHistory": { "entries": entries, "truncated": false } }),
+    ))
 }
 
 /// `GET /jobs/:jobid/config`.
-pub async fn config(State(state): State<AppState>, Path(jobid): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn config(
+    State(state): State<AppState>,
+    Path(jobid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let job = load_job(&state, &jobid)?;
-    let parallelism = job.spec.vertices.iter().map(|v| v.parallelism()).max().unwrap_or(1);
+    let parallelism = job
+        .spec
+        .vertices
+        .iter()
+        .map(|v| v.parallelism())
+        .max()
+        .unwrap_or(1);
     Ok(Json(json!({
         "jid": job.spec.id,
         "name": job.spec.name,
@@ -257,7 +316,10 @@ fn zero_summary() -> Value {
 
 /// `GET /jobs/:jobid/checkpoints`: Flink's checkpoint statistics, all empty (flamegrid takes no
 /// checkpoints).
-pub async fn checkpoints(State(state): State<AppState>, Path(jobid): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn checkpoints(
+    State(state): State<AppState>,
+    Path(jobid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     load_job(&state, &jobid)?;
     Ok(Json(json!({
         "counts": {"restored": 0, "total": 0, "in_progress": 0, "completed": 0, "failed": 0},
@@ -302,12 +364,19 @@ pub async fn checkpoint_details(
     Path((jobid, checkpoint)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     load_job(&state, &jobid)?;
-    let id: i64 = checkpoint.parse().map_err(|_| ApiError::bad_path_param("checkpointid", &checkpoint))?;
-    Err(ApiError::not_found(format!("Could not find checkpointing statistics for checkpoint {id}.")))
+    let id: i64 = checkpoint
+        .parse()
+        .map_err(|_| ApiError::bad_path_param("checkpointid", &checkpoint))?;
+    Err(ApiError::not_found(format!(
+        "Could not find checkpointing statistics for checkpoint {id}."
+    )))
 }
 
 /// `GET /jobs/:jobid/accumulators`.
-pub async fn accumulators(State(state): State<AppState>, Path(jobid): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn accumulators(
+    State(state): State<AppState>,
+    Path(jobid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     load_job(&state, &jobid)?;
     Ok(Json(json!({
         "job-accumulators": [],
@@ -344,7 +413,11 @@ pub async fn execution_result(
 
 /// The metrics flamegrid keeps per job (Flink names): `uptime`, `downtime`, `numRestarts`.
 pub fn job_metrics(job: &Job, now: i64) -> BTreeMap<String, f64> {
-    let uptime = if job.runtime.status == JobStatus::Running { (now - job.start_time()).max(0) } else { 0 };
+    let uptime = if job.runtime.status == JobStatus::Running {
+        (now - job.start_time()).max(0)
+    } else {
+        0
+    };
     BTreeMap::from([
         ("uptime".to_string(), uptime as f64),
         ("downtime".to_string(), 0.0),
@@ -359,7 +432,10 @@ pub async fn metrics(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
     let job = load_job(&state, &jobid)?;
-    Ok(Json(metric_values(&job_metrics(&job, now_ms()), &MetricQuery::parse(&query, false)?)))
+    Ok(Json(metric_values(
+        &job_metrics(&job, now_ms()),
+        &MetricQuery::parse(&query, false)?,
+    )))
 }
 
 /// `GET /jobs/metrics[?get=&agg=&jobs=]`: job metrics aggregated across jobs.
@@ -374,7 +450,11 @@ pub async fn aggregated_metrics(
         .registry
         .jobs()
         .iter()
-        .filter(|j| selected.as_ref().is_none_or(|ids| ids.iter().any(|id| id.eq_ignore_ascii_case(&j.spec.id))))
+        .filter(|j| {
+            selected
+                .as_ref()
+                .is_none_or(|ids| ids.iter().any(|id| id.eq_ignore_ascii_case(&j.spec.id)))
+        })
         .map(|j| job_metrics(j, now))
         .collect();
     Ok(Json(super::metrics::aggregate(&per_job, &q)))

@@ -50,7 +50,11 @@ impl MetricQuery {
 
 /// Formats a metric value as Flink does: integers without a fraction.
 pub fn format_value(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { v.to_string() }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        v.to_string()
+    }
 }
 
 /// Answers a metric query over one source's metrics.
@@ -59,7 +63,11 @@ pub fn metric_values(metrics: &BTreeMap<String, f64>, q: &MetricQuery) -> Value 
         None => Value::Array(metrics.keys().map(|id| json!({ "id": id })).collect()),
         Some(ids) => Value::Array(
             ids.iter()
-                .filter_map(|id| metrics.get(id).map(|v| json!({"id": id, "value": format_value(*v)})))
+                .filter_map(|id| {
+                    metrics
+                        .get(id)
+                        .map(|v| json!({"id": id, "value": format_value(*v)}))
+                })
                 .collect(),
         ),
     }
@@ -81,7 +89,11 @@ pub fn aggregate(sources: &[BTreeMap<String, f64>], q: &MetricQuery) -> Value {
         let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let sum: f64 = values.iter().sum();
         let avg = sum / values.len() as f64;
-        let skew = if avg == 0.0 { 0.0 } else { (max - avg) / avg * 100.0 };
+        let skew = if avg == 0.0 {
+            0.0
+        } else {
+            (max - avg) / avg * 100.0
+        };
         let mut entry = Map::new();
         entry.insert("id".into(), json!(id));
         for mode in &q.agg {
@@ -104,7 +116,9 @@ mod tests {
     use super::*;
 
     fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
-        q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        q.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -112,7 +126,10 @@ mod tests {
         let a = BTreeMap::from([("x".to_string(), 1.0), ("y".to_string(), 2.5)]);
         let b = BTreeMap::from([("x".to_string(), 3.0)]);
         let q = MetricQuery::parse(&pairs(&[("get", "x,nope"), ("agg", "min,MAX")]), true).unwrap();
-        assert_eq!(aggregate(&[a.clone(), b], &q), json!([{"id": "x", "min": 1.0, "max": 3.0}]));
+        assert_eq!(
+            aggregate(&[a.clone(), b], &q),
+            json!([{"id": "x", "min": 1.0, "max": 3.0}])
+        );
         let q = MetricQuery::parse(&pairs(&[("get", "y")]), false).unwrap();
         assert_eq!(metric_values(&a, &q), json!([{"id": "y", "value": "2.5"}]));
         assert!(MetricQuery::parse(&pairs(&[("agg", "median")]), true).is_err());

@@ -19,6 +19,7 @@
 //!   does not serve (TRACE and made-up methods included), 413 for bodies over 1 MiB;
 //! * JSON is sent as `application/json; charset=UTF-8`, with `Access-Control-Allow-Origin: *`.
 
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod flamegraph;
@@ -34,11 +35,12 @@ pub mod vertices;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::map_response;
+use axum::middleware::{from_fn, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use error::ApiError;
 use state::AppState;
+use std::sync::Arc;
 use tower_http::cors::{Any, CorsLayer};
 
 /// The routes of one API version (mounted bare and under `/v1`).
@@ -110,14 +112,21 @@ fn api_routes() -> Router<AppState> {
         .merge(crate::dashboard::routes())
 }
 
-/// The whole REST router: every route bare and under `/v1`, the conventions of the module docs.
-pub fn router(state: AppState) -> Router {
+/// The whole REST router: every route bare and under `/v1`, the conventions of the module docs,
+/// writes checked by `guard` (see [`auth`]).
+pub fn router(state: AppState, guard: auth::WriteGuard) -> Router {
     let api = api_routes();
+    let guard = Arc::new(guard);
     Router::new()
         .merge(api.clone())
         .nest("/v1", api)
         .fallback(unknown_path)
         .layer(DefaultBodyLimit::max(jobs::MAX_BODY_BYTES))
+        .layer(from_fn(
+            move |request: Request, next: axum::middleware::Next| {
+                auth::guard_writes(guard.clone(), request, next)
+            },
+        ))
         .layer(map_response(finish_response))
         .layer(
             CorsLayer::new()
@@ -141,15 +150,23 @@ async fn unknown_path(method: Method, request: Request) -> ApiError {
 /// as 405 and 413, come as empty or plain-text bodies), the charset Flink writes, and CORS.
 async fn finish_response(response: Response) -> Response {
     let status = response.status();
-    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let is_json = content_type.starts_with("application/json");
     let mut response = if (status.is_client_error() || status.is_server_error()) && !is_json {
         let (parts, body) = response.into_parts();
-        let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+        let text = axum::body::to_bytes(body, 64 * 1024)
+            .await
+            .unwrap_or_default();
         let text = String::from_utf8_lossy(&text).trim().to_string();
         let message = match status {
             StatusCode::METHOD_NOT_ALLOWED => "Method not allowed for this path.".to_string(),
-            StatusCode::PAYLOAD_TOO_LARGE => "Request body too large (the limit is 1 MiB).".to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                "Request body too large (the limit is 1 MiB).".to_string()
+            }
             _ if !text.is_empty() => text,
             _ => status.canonical_reason().unwrap_or("Error").to_string(),
         };
@@ -162,9 +179,17 @@ async fn finish_response(response: Response) -> Response {
         response
     };
     let headers = response.headers_mut();
-    if headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/json") {
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"));
+    if headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/json")
+    {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=UTF-8"),
+        );
     }
-    headers.entry(header::ACCESS_CONTROL_ALLOW_ORIGIN).or_insert(HeaderValue::from_static("*"));
+    headers
+        .entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .or_insert(HeaderValue::from_static("*"));
     response
 }

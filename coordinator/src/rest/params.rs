@@ -19,7 +19,9 @@ pub fn vertex_id(raw: &str) -> Result<String, ApiError> {
 
 /// A subtask index from the path: a non-negative integer.
 pub fn subtask_index(raw: &str) -> Result<usize, ApiError> {
-    raw.parse::<u32>().map(|i| i as usize).map_err(|_| ApiError::bad_path_param("subtaskindex", raw))
+    raw.parse::<u32>()
+        .map(|i| i as usize)
+        .map_err(|_| ApiError::bad_path_param("subtaskindex", raw))
 }
 
 /// Query parameters split Flink's way: each key's values, with comma lists flattened
@@ -28,7 +30,12 @@ pub fn query_lists(pairs: &[(String, String)]) -> HashMap<String, Vec<String>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for (k, v) in pairs {
         let entry = out.entry(k.clone()).or_default();
-        entry.extend(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from));
+        entry.extend(
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        );
     }
     out
 }

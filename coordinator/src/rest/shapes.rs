@@ -100,7 +100,10 @@ pub const DURATION_STATES: [ExecutionState; 5] = [
 ];
 
 /// Flink's `aggregated` block over some subtasks: I/O metrics (zeros) and status durations.
-pub fn aggregated<'a>(subtasks: impl IntoIterator<Item = &'a SubtaskRuntime> + Clone, now: i64) -> Value {
+pub fn aggregated<'a>(
+    subtasks: impl IntoIterator<Item = &'a SubtaskRuntime> + Clone,
+    now: i64,
+) -> Value {
     let zeros: Vec<i64> = subtasks.clone().into_iter().map(|_| 0).collect();
     let mut metrics = Map::new();
     for key in [
@@ -116,14 +119,23 @@ pub fn aggregated<'a>(subtasks: impl IntoIterator<Item = &'a SubtaskRuntime> + C
     }
     let mut durations = Map::new();
     for s in DURATION_STATES {
-        let values: Vec<i64> = subtasks.clone().into_iter().map(|t| t.time_in(s, now)).collect();
+        let values: Vec<i64> = subtasks
+            .clone()
+            .into_iter()
+            .map(|t| t.time_in(s, now))
+            .collect();
         durations.insert(s.name().into(), stats(&values));
     }
     json!({"metrics": metrics, "status-duration": durations})
 }
 
 /// One entry of a vertex's `subtasks` (Flink's SubtaskExecutionAttemptDetailsInfo).
-pub fn subtask_entry(index: usize, subtask: &SubtaskRuntime, taskmanager_id: &str, now: i64) -> Value {
+pub fn subtask_entry(
+    index: usize,
+    subtask: &SubtaskRuntime,
+    taskmanager_id: &str,
+    now: i64,
+) -> Value {
     let mut durations = Map::new();
     for s in DURATION_STATES {
         durations.insert(s.name().into(), json!(subtask.time_in(s, now)));
@@ -177,6 +189,9 @@ mod tests {
         let v = execution_state_counts([ExecutionState::Running, ExecutionState::Running]);
         assert_eq!(v.as_object().unwrap().len(), 10);
         assert_eq!(v["RUNNING"], json!(2));
-        assert_eq!(task_counts_lower([ExecutionState::Failed])["total"], json!(1));
+        assert_eq!(
+            task_counts_lower([ExecutionState::Failed])["total"],
+            json!(1)
+        );
     }
 }

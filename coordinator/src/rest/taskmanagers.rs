@@ -66,7 +66,10 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /taskmanagers/:tmid`: TaskManagerInfo plus allocated slots and (JVM) metrics.
-pub async fn details(State(state): State<AppState>, Path(tmid): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn details(
+    State(state): State<AppState>,
+    Path(tmid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let tm = state.registry.taskmanager(&tmid)?;
     let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
     for job in state.registry.jobs() {
@@ -103,7 +106,10 @@ pub async fn metrics(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
     let tm = state.registry.taskmanager(&tmid)?;
-    Ok(Json(metric_values(&tm.all_metrics(), &MetricQuery::parse(&query, false)?)))
+    Ok(Json(metric_values(
+        &tm.all_metrics(),
+        &MetricQuery::parse(&query, false)?,
+    )))
 }
 
 /// `GET /taskmanagers/metrics[?get=&agg=&taskmanagers=]`: host metrics aggregated across agents.
@@ -124,16 +130,28 @@ pub async fn aggregated_metrics(
 }
 
 /// `GET /taskmanagers/:tmid/logs`: agents keep no log files (they log to standard error).
-pub async fn logs(State(state): State<AppState>, Path(tmid): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(tmid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     state.registry.taskmanager(&tmid)?;
     Ok(Json(json!({ "logs": [] })))
 }
 
 /// `GET /taskmanagers/:tmid/log`, `/stdout`, `/logs/:name`: nothing to serve.
-pub async fn no_log_file(State(state): State<AppState>, Path(path): Path<Vec<(String, String)>>) -> ApiError {
-    let tmid = path.iter().find(|(k, _)| k == "tmid").map(|(_, v)| v.as_str()).unwrap_or_default();
+pub async fn no_log_file(
+    State(state): State<AppState>,
+    Path(path): Path<Vec<(String, String)>>,
+) -> ApiError {
+    let tmid = path
+        .iter()
+        .find(|(k, _)| k == "tmid")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
     match state.registry.taskmanager(tmid) {
         Err(e) => e.into(),
-        Ok(_) => ApiError::not_found("File not found. flamegrid agents write their log to standard error."),
+        Ok(_) => ApiError::not_found(
+            "File not found. flamegrid agents write their log to standard error.",
+        ),
     }
 }

@@ -29,22 +29,49 @@ pub fn routes() -> Router<AppState> {
         ("/jobs/{jobid}/savepoints/{triggerid}", "savepoints"),
         ("/savepoint-disposal", "savepoints"),
         ("/savepoint-disposal/{triggerid}", "savepoints"),
-        ("/jobs/{jobid}/stop", "stop-with-savepoint (cancel with PATCH /jobs/:jobid instead)"),
+        (
+            "/jobs/{jobid}/stop",
+            "stop-with-savepoint (cancel with PATCH /jobs/:jobid instead)",
+        ),
         ("/jobs/{jobid}/rescaling", "rescaling"),
         ("/jobs/{jobid}/rescaling/{triggerid}", "rescaling"),
-        ("/jobs/{jobid}/resource-requirements", "resource requirements"),
+        (
+            "/jobs/{jobid}/resource-requirements",
+            "resource requirements",
+        ),
         ("/jobs/{jobid}/clientHeartbeat", "client heartbeats"),
-        ("/jobs/{jobid}/checkpoints/{triggerid}", "checkpoint triggers"),
-        ("/jobs/{jobid}/vertices/{vertexid}/jm-operator-metrics", "operator coordinator metrics"),
+        (
+            "/jobs/{jobid}/checkpoints/{triggerid}",
+            "checkpoint triggers",
+        ),
+        (
+            "/jobs/{jobid}/vertices/{vertexid}/jm-operator-metrics",
+            "operator coordinator metrics",
+        ),
         ("/datasets", "cluster datasets"),
         ("/datasets/{datasetid}", "cluster datasets"),
         ("/datasets/delete/{triggerid}", "cluster datasets"),
         ("/cluster", "cluster shutdown"),
-        ("/jobmanager/profiler", "Flink's profiler (use the flame graph endpoints)"),
-        ("/jobmanager/profiler/{filename}", "Flink's profiler (use the flame graph endpoints)"),
-        ("/taskmanagers/{tmid}/profiler", "Flink's profiler (use the flame graph endpoints)"),
-        ("/taskmanagers/{tmid}/profiler/{filename}", "Flink's profiler (use the flame graph endpoints)"),
-        ("/taskmanagers/{tmid}/profilers", "Flink's profiler (use the flame graph endpoints)"),
+        (
+            "/jobmanager/profiler",
+            "Flink's profiler (use the flame graph endpoints)",
+        ),
+        (
+            "/jobmanager/profiler/{filename}",
+            "Flink's profiler (use the flame graph endpoints)",
+        ),
+        (
+            "/taskmanagers/{tmid}/profiler",
+            "Flink's profiler (use the flame graph endpoints)",
+        ),
+        (
+            "/taskmanagers/{tmid}/profiler/{filename}",
+            "Flink's profiler (use the flame graph endpoints)",
+        ),
+        (
+            "/taskmanagers/{tmid}/profilers",
+            "Flink's profiler (use the flame graph endpoints)",
+        ),
     ];
     let mut router = Router::new();
     for (path, what) in table {

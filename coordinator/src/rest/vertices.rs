@@ -67,11 +67,27 @@ pub async fn taskmanagers(
     let entries: Vec<Value> = by_tm
         .into_iter()
         .map(|(tm, indexes)| {
-            let subtasks: Vec<_> = indexes.iter().map(|i| &job.runtime.subtasks[v][*i]).collect();
-            let start = subtasks.iter().map(|s| s.start_time()).filter(|t| *t > 0).min().unwrap_or(-1);
+            let subtasks: Vec<_> = indexes
+                .iter()
+                .map(|i| &job.runtime.subtasks[v][*i])
+                .collect();
+            let start = subtasks
+                .iter()
+                .map(|s| s.start_time())
+                .filter(|t| *t > 0)
+                .min()
+                .unwrap_or(-1);
             let all_terminal = subtasks.iter().all(|s| s.status.is_terminal());
-            let end = if all_terminal { subtasks.iter().map(|s| s.end_time()).max().unwrap_or(-1) } else { -1 };
-            let duration = if start < 0 { -1 } else { (if end < 0 { now } else { end }) - start };
+            let end = if all_terminal {
+                subtasks.iter().map(|s| s.end_time()).max().unwrap_or(-1)
+            } else {
+                -1
+            };
+            let duration = if start < 0 {
+                -1
+            } else {
+                (if end < 0 { now } else { end }) - start
+            };
             json!({
                 "endpoint": subtasks[0].endpoint,
                 "status": aggregate_execution_states(subtasks.iter().map(|s| s.status)).name(),
@@ -85,7 +101,9 @@ pub async fn taskmanagers(
             })
         })
         .collect();
-    Ok(Json(json!({"id": vertex.id, "name": vertex.name, "now": now, "taskmanagers": entries})))
+    Ok(Json(
+        json!({"id": vertex.id, "name": vertex.name, "now": now, "taskmanagers": entries}),
+    ))
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/subtasktimes`.
@@ -113,7 +131,9 @@ pub async fn subtask_times(
             json!({"subtask": i, "endpoint": s.endpoint, "duration": duration, "timestamps": timestamps})
         })
         .collect();
-    Ok(Json(json!({"id": vertex.id, "name": vertex.name, "now": now, "subtasks": subtasks})))
+    Ok(Json(
+        json!({"id": vertex.id, "name": vertex.name, "now": now, "subtasks": subtasks}),
+    ))
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/subtasks/accumulators`: the real subtasks, no
@@ -129,17 +149,29 @@ pub async fn subtasks_accumulators(
         .enumerate()
         .map(|(i, s)| json!({"subtask": i, "attempt": 0, "endpoint": s.endpoint, "user-accumulators": []}))
         .collect();
-    Ok(Json(json!({"id": vertex.id, "parallelism": vertex.parallelism(), "subtasks": subtasks})))
+    Ok(Json(
+        json!({"id": vertex.id, "parallelism": vertex.parallelism(), "subtasks": subtasks}),
+    ))
 }
 
-fn subtask_of(state: &AppState, jobid: &str, vertexid: &str, raw_index: &str) -> Result<Value, ApiError> {
+fn subtask_of(
+    state: &AppState,
+    jobid: &str,
+    vertexid: &str,
+    raw_index: &str,
+) -> Result<Value, ApiError> {
     let (job, v) = load_vertex(state, jobid, vertexid)?;
     let index = params::subtask_index(raw_index)?;
     let vertex = &job.spec.vertices[v];
-    let subtask = job.runtime.subtasks[v]
-        .get(index)
-        .ok_or_else(|| ApiError::not_found(format!("Invalid subtask index for vertex {}", vertex.id)))?;
-    Ok(subtask_entry(index, subtask, &vertex.subtasks[index].taskmanager, now_ms()))
+    let subtask = job.runtime.subtasks[v].get(index).ok_or_else(|| {
+        ApiError::not_found(format!("Invalid subtask index for vertex {}", vertex.id))
+    })?;
+    Ok(subtask_entry(
+        index,
+        subtask,
+        &vertex.subtasks[index].taskmanager,
+        now_ms(),
+    ))
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/subtasks/:subtaskindex`: the current attempt.
@@ -159,7 +191,9 @@ pub async fn subtask_attempt(
     let entry = subtask_of(&state, &jobid, &vertexid, &index)?;
     match attempt.parse::<u32>() {
         Ok(0) => Ok(Json(entry)),
-        Ok(n) => Err(ApiError::not_found(format!("Attempt {n} not found for subtask {index}."))),
+        Ok(n) => Err(ApiError::not_found(format!(
+            "Attempt {n} not found for subtask {index}."
+        ))),
         Err(_) => Err(ApiError::bad_path_param("attempt", &attempt)),
     }
 }
@@ -170,13 +204,23 @@ pub async fn subtask_accumulators(
     State(state): State<AppState>,
     Path(path): Path<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let get = |k: &str| path.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or_default();
+    let get = |k: &str| {
+        path.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    };
     let entry = subtask_of(&state, get("jobid"), get("vertexid"), get("subtaskindex"))?;
     let attempt = get("attempt");
     if !attempt.is_empty() && attempt != "0" {
-        return Err(ApiError::not_found(format!("Attempt {attempt} not found for subtask {}.", get("subtaskindex"))));
+        return Err(ApiError::not_found(format!(
+            "Attempt {attempt} not found for subtask {}.",
+            get("subtaskindex")
+        )));
     }
-    Ok(Json(json!({"subtask": entry["subtask"], "attempt": 0, "id": "", "user-accumulators": []})))
+    Ok(Json(
+        json!({"subtask": entry["subtask"], "attempt": 0, "id": "", "user-accumulators": []}),
+    ))
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/accumulators`.
@@ -185,7 +229,9 @@ pub async fn accumulators(
     Path((jobid, vertexid)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
-    Ok(Json(json!({"id": job.spec.vertices[v].id, "user-accumulators": []})))
+    Ok(Json(
+        json!({"id": job.spec.vertices[v].id, "user-accumulators": []}),
+    ))
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/backpressure`: every subtask "ok" (flamegrid does not
@@ -217,11 +263,18 @@ pub async fn no_metrics(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
     let get = |k: &str| path.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let (job, v) = load_vertex(&state, get("jobid").unwrap_or_default(), get("vertexid").unwrap_or_default())?;
+    let (job, v) = load_vertex(
+        &state,
+        get("jobid").unwrap_or_default(),
+        get("vertexid").unwrap_or_default(),
+    )?;
     if let Some(raw) = get("subtaskindex") {
         let index = params::subtask_index(raw)?;
         if index >= job.spec.vertices[v].parallelism() {
-            return Err(ApiError::not_found(format!("Invalid subtask index for vertex {}", job.spec.vertices[v].id)));
+            return Err(ApiError::not_found(format!(
+                "Invalid subtask index for vertex {}",
+                job.spec.vertices[v].id
+            )));
         }
     }
     let q = MetricQuery::parse(&query, path.iter().all(|(n, _)| n != "subtaskindex"))?;

@@ -294,7 +294,7 @@ function overviewPage(root, page) {
     if (tms.status === 'fulfilled') {
       fill(tmError);
       const list = Array.isArray(tms.value.taskmanagers) ? tms.value.taskmanagers : [];
-      fill(tmBody, ...(list.length ? list.map(tmRow) : [emptyRow(5, 'No task manager has registered yet. Start one with: flamegrid-agent run --coordinator http://HOST:6123')]));
+      fill(tmBody, ...(list.length ? list.map(tmRow) : [emptyRow(5, 'No task manager has registered yet. Start one on a worker host with flamegrid-agent run --coordinator (this coordinator\'s registry address, port 6123 by default).')]));
     } else {
       fill(tmError, errorBox('Task managers could not be loaded:', tms.reason));
     }
@@ -524,7 +524,7 @@ function vertexPage(root, page, jid, vid, params) {
       chartBox.classList.toggle('sampling', ts === -3);
       chartBox.dataset.state = ts === -3 ? 'sampling' : 'none';
       fill(missing);
-      chart.clear(ts === -3 ? 'Sampling…' : '');
+      chart.clear(ts === -3 ? 'Sampling… the graph appears here as soon as the run is done.' : '');
       return;
     }
     chartBox.classList.remove('sampling');
@@ -588,7 +588,7 @@ function vertexPage(root, page, jid, vid, params) {
       const signature = JSON.stringify(subtasks.map((s) => [s.subtask, s.status, s['taskmanager-id']]));
       if (signature !== subtaskSignature) {
         subtaskSignature = signature;
-        const keep = subtaskSelect.value;
+        const keep = state.subtask;
         fill(subtaskSelect, h('option', { value: '' }, 'All subtasks'),
           ...subtasks.map((s) => h('option', { value: String(s.subtask) },
             `#${s.subtask} · ${s.status}${s['taskmanager-id'] ? ` · ${s['taskmanager-id']}` : ''}`)));
@@ -722,7 +722,7 @@ async function start() {
   const conn = document.getElementById('conn');
   try {
     config = await api('config');
-    conn.textContent = config['flink-version'] ? `REST ${config['flink-version']}` : '';
+    conn.textContent = config['flink-version'] ? `Flink REST dialect ${config['flink-version']}` : '';
   } catch (e) {
     conn.textContent = `Coordinator unreachable: ${e.message}`;
     conn.classList.add('bad');

@@ -1,0 +1,117 @@
+//! Helpers shared by the sampler's integration tests: running the real `flamegrid-agent`
+//! binary, reading its folded and JSON output, and polling (never sleeping a fixed time).
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `flamegrid-agent` binary cargo built for these tests.
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_flamegrid-agent")
+}
+
+/// Runs `flamegrid-agent sample ARGS...` to completion.
+pub fn sample(args: &[&str]) -> Output {
+    Command::new(agent_bin())
+        .arg("sample")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run flamegrid-agent")
+}
+
+/// Runs `sample` and returns stdout, failing the test with stderr if it did not succeed.
+pub fn sample_ok(args: &[&str]) -> String {
+    let out = sample(args);
+    assert!(
+        out.status.success(),
+        "flamegrid-agent sample {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Parses folded output into (frames root first, count).
+pub fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (stack, count) = l.rsplit_once(' ').expect("folded line has a count");
+            (stack.split(';').map(str::to_string).collect(), count.parse().expect("count"))
+        })
+        .collect()
+}
+
+/// Whether `chain` occurs in `stack` as a contiguous run.
+pub fn contains_chain(stack: &[String], chain: &[&str]) -> bool {
+    !chain.is_empty() && stack.windows(chain.len()).any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
+}
+
+/// One sample of the JSON output.
+#[derive(Debug, Clone)]
+pub struct JsonSample {
+    pub tid: u32,
+    pub thread: String,
+    pub state: String,
+    pub timestamp_ms: i64,
+    pub truncated: bool,
+    /// (name, inlined), outermost first.
+    pub frames: Vec<(String, bool)>,
+}
+
+impl JsonSample {
+    pub fn names(&self) -> Vec<String> {
+        self.frames.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// Parses `--format json` output.
+pub fn parse_json(text: &str) -> Vec<JsonSample> {
+    let doc: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+    doc["samples"]
+        .as_array()
+        .expect("samples array")
+        .iter()
+        .map(|s| JsonSample {
+            tid: s["tid"].as_u64().expect("tid") as u32,
+            thread: s["thread"].as_str().expect("thread").to_string(),
+            state: s["state"].as_str().expect("state").to_string(),
+            timestamp_ms: s["timestamp_ms"].as_i64().expect("timestamp"),
+            truncated: s["truncated"].as_bool().unwrap_or(false),
+            frames: s["frames"]
+                .as_array()
+                .expect("frames")
+                .iter()
+                .map(|f| {
+                    (f["name"].as_str().expect("name").to_string(), f["inlined"].as_bool().unwrap_or(false))
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Polls `check` until it returns true or `limit` passes; returns the last answer.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

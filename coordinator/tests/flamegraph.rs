@@ -1,0 +1,556 @@
+//! Flame graphs end to end: a coordinator (in this process, real HTTP and gRPC on loopback),
+//! real `flamegrid-agent run` processes registering with it, and a workload from
+//! `flamegrid-workloads` whose threads have known call chains.
+//!
+//! Every child process (agents, workloads) is killed when its guard drops. Nothing here asserts
+//! on time: waits are polls with a generous hang guard.
+
+#[path = "rest_support.rs"]
+mod support;
+
+use flamegrid_model::folded::parse_line;
+use flamegrid_workloads::{Mix, RunningWorkload, Workload};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use support::{KillOnDrop, TestCoordinator, poll};
+
+/// Samples per run in these tests: enough for every thread to show, short enough to be quick.
+/// Heartbeats may lapse for long (a frozen agent must not turn its subtasks FAILED mid-test).
+const FLAGS: &[&str] = &[
+    "--flamegraph-num-samples",
+    "20",
+    "--flamegraph-delay-ms",
+    "10",
+    "--heartbeat-timeout-s",
+    "120",
+];
+
+/// [`FLAGS`] with a grace of 2 s for agents to answer.
+fn flags() -> Vec<&'static str> {
+    let mut f = FLAGS.to_vec();
+    f.extend(["--flamegraph-rpc-grace-ms", "2000"]);
+    f
+}
+
+/// The `flamegrid-agent` binary next to this test's target directory, built if missing.
+fn agent_binary() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/debug/deps/flamegraph-xxxx → target/debug/flamegrid-agent
+        let bin = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .unwrap()
+            .join("flamegrid-agent");
+        if !bin.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "flamegrid-agent"])
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .status()
+                .unwrap();
+            assert!(status.success(), "cargo build -p flamegrid-agent failed");
+        }
+        bin
+    })
+}
+
+/// A real agent process with a chosen id, registered with `c`'s registry.
+async fn start_agent(c: &TestCoordinator, id: &str) -> KillOnDrop {
+    let child = Command::new(agent_binary())
+        .args([
+            "run",
+            "--coordinator",
+            &c.rpc,
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent = KillOnDrop(child);
+    poll(&format!("agent {id} to register"), || async {
+        (c.get(&format!("/taskmanagers/{id}")).await.0 == 200).then_some(())
+    })
+    .await;
+    agent
+}
+
+/// Two spinners and one sleeper of the C workload (frame pointers: the simplest unwinding).
+fn workload() -> RunningWorkload {
+    let mix = Mix {
+        spin: 2,
+        sleep: 1,
+        ..Mix::default()
+    };
+    flamegrid_workloads::spawn(Workload::CFramePointers, &mix).unwrap()
+}
+
+/// A job with a spinning vertex (subtask i = thread `spin-i`, on `tms[i]`) and a sleeping one.
+fn job(tms: [&str; 2], pid: u32) -> Value {
+    json!({
+        "name": "flamegraph-e2e",
+        "vertices": [
+            {"name": "Source: spin", "parallelism": 2, "subtasks": [
+                {"taskmanager": tms[0], "pid": pid, "thread_name": "spin-0"},
+                {"taskmanager": tms[1], "pid": pid, "thread_name": "spin-1"}]},
+            {"name": "Sink: sleep", "parallelism": 1, "inputs": [0], "subtasks": [
+                {"taskmanager": tms[0], "pid": pid, "thread_name": "sleep-0"}]}
+        ]
+    })
+}
+
+/// Registers the job and waits until every subtask is RUNNING; returns (job id, vertex ids).
+async fn running_job(c: &TestCoordinator, body: &Value) -> (String, Vec<String>) {
+    let jobid = c.register_job(body).await;
+    let vertices: Vec<String> = c.get_ok(&format!("/jobs/{jobid}")).await["vertices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    for vid in &vertices {
+        poll("every subtask RUNNING", || async {
+            let v = c.get_ok(&format!("/jobs/{jobid}/vertices/{vid}")).await;
+            v["subtasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["status"] == "RUNNING")
+                .then_some(())
+        })
+        .await;
+    }
+    (jobid, vertices)
+}
+
+/// Polls the JSON endpoint until a graph (not a sentinel) is there.
+async fn graph(c: &TestCoordinator, path: &str) -> Value {
+    poll(&format!("a flame graph at {path}"), || async {
+        let body = c.get_ok(path).await;
+        (body["endTimestamp"].as_i64().unwrap() > 0).then_some(body)
+    })
+    .await
+}
+
+/// True when `chain` appears in the tree as consecutive nodes (parent → child), anywhere.
+fn has_chain(node: &Value, chain: &[&str]) -> bool {
+    fn follows(node: &Value, chain: &[&str]) -> bool {
+        match chain.split_first() {
+            None => true,
+            Some((first, rest)) => {
+                node["name"] == *first
+                    && (rest.is_empty() || children(node).iter().any(|c| follows(c, rest)))
+            }
+        }
+    }
+    follows(node, chain) || children(node).iter().any(|c| has_chain(c, chain))
+}
+
+fn children(node: &Value) -> &Vec<Value> {
+    node["children"].as_array().unwrap()
+}
+
+/// Every frame name in the tree.
+fn names(node: &Value, out: &mut Vec<String>) {
+    out.push(node["name"].as_str().unwrap().to_string());
+    for c in children(node) {
+        names(c, out);
+    }
+}
+
+/// Checks Flink's node invariants: `name`, `value`, `children` only, children's values add up
+/// to at most the parent's, children sorted by name.
+fn check_flink_shape(node: &Value) {
+    let obj = node.as_object().unwrap();
+    assert_eq!(obj.len(), 3, "{node}");
+    let value = node["value"].as_u64().unwrap();
+    let kids = children(node);
+    assert!(
+        kids.iter()
+            .map(|c| c["value"].as_u64().unwrap())
+            .sum::<u64>()
+            <= value
+    );
+    let kid_names: Vec<&str> = kids.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(kid_names.is_sorted(), "{kid_names:?}");
+    kids.iter().for_each(check_flink_shape);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_and_sleeping_vertices_show_their_chains() {
+    let c = TestCoordinator::start(&flags()).await;
+    let tm = "a0000000000000000000000000000001";
+    let _agent = start_agent(&c, tm).await;
+    let w = workload();
+    let chains = Workload::CFramePointers.chains();
+    let (jobid, v) = running_job(&c, &job([tm, tm], w.pid())).await;
+    let base = format!("/jobs/{jobid}/vertices");
+
+    // The spinning vertex, ON_CPU in the dashboard's lower case: the spin chain, no sleeping.
+    let on = graph(&c, &format!("{base}/{}/flamegraph?type=on_cpu", v[0])).await;
+    let root = &on["data"];
+    assert_eq!(root["name"], "root");
+    assert!(
+        on.get("missing").is_none(),
+        "complete graph is Flink-shaped: {on}"
+    );
+    check_flink_shape(root);
+    assert!(
+        has_chain(root, chains.spin),
+        "spin chain {:?} not in {root}",
+        chains.spin
+    );
+    let mut all = Vec::new();
+    names(root, &mut all);
+    for sleeping in chains.sleep.iter().chain(&["nanosleep", "clock_nanosleep"]) {
+        assert!(
+            !all.iter().any(|n| n == sleeping),
+            "{sleeping} in an ON_CPU graph of spinners"
+        );
+    }
+    // The same run serves the other types; endTimestamp only changes with a new run.
+    let full = c.get_ok(&format!("{base}/{}/flamegraph", v[0])).await;
+    assert_eq!(full["endTimestamp"], on["endTimestamp"]);
+    assert!(full["data"]["value"].as_u64().unwrap() >= root["value"].as_u64().unwrap());
+
+    // The sleeping vertex, OFF_CPU: the sleep chain, no spinning.
+    let off = graph(&c, &format!("{base}/{}/flamegraph?type=OFF_CPU", v[1])).await;
+    assert!(
+        has_chain(&off["data"], chains.sleep),
+        "sleep chain {:?} not in {off}",
+        chains.sleep
+    );
+    assert!(!has_chain(
+        &off["data"],
+        &chains.spin[chains.spin.len() - 1..]
+    ));
+
+    // subtaskindex narrows to one subtask (one thread): served from the vertex run.
+    let whole = full["data"]["value"].as_u64().unwrap();
+    let one = c
+        .get_ok(&format!("{base}/{}/flamegraph?subtaskindex=1", v[0]))
+        .await;
+    assert_eq!(
+        one["endTimestamp"], full["endTimestamp"],
+        "filled by the whole-vertex run"
+    );
+    let one_value = one["data"]["value"].as_u64().unwrap();
+    assert!(
+        one_value > 0 && one_value <= 20 && one_value < whole,
+        "{one_value} of {whole}"
+    );
+
+    // Folded text: every line parses, the spin chain is in it.
+    let folded = c
+        .http
+        .get(c.url(&format!("{base}/{}/flamegraph.folded?type=on_cpu", v[0])))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        folded.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = folded.text().await.unwrap();
+    let stacks: Vec<(Vec<&str>, u64)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| parse_line(l).unwrap())
+        .collect();
+    assert!(!stacks.is_empty());
+    assert!(
+        stacks
+            .iter()
+            .any(|(s, _)| s.windows(chains.spin.len()).any(|w| w == chains.spin)),
+        "{text}"
+    );
+    assert_eq!(
+        stacks.iter().map(|s| s.1).sum::<u64>(),
+        root["value"].as_u64().unwrap()
+    );
+
+    // SVG: the frames, a title naming the vertex, well-formed XML.
+    let svg = c
+        .http
+        .get(c.url(&format!(
+            "{base}/{}/flamegraph.svg?type=on_cpu&subtaskindex=0",
+            v[0]
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(svg.status(), 200);
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    let svg = svg.text().await.unwrap();
+    assert!(svg.contains(chains.spin[chains.spin.len() - 1]));
+    assert!(svg.contains("Source: spin") && svg.contains("subtask 0") && svg.contains("ON_CPU"));
+    assert_well_formed_xml(&svg);
+
+    // Thread dump of the task manager: jstack-like blocks, innermost frame first.
+    let dump = c.get_ok(&format!("/taskmanagers/{tm}/thread-dump")).await;
+    let infos = dump["threadInfos"].as_array().unwrap();
+    let spin0 = infos
+        .iter()
+        .find(|t| t["threadName"] == "spin-0")
+        .expect("spin-0 in the dump");
+    let text = spin0["stringifiedThreadInfo"].as_str().unwrap();
+    let tid = w.tid_of("spin-0").unwrap();
+    assert!(text.starts_with(&format!("\"spin-0\" Id={tid} ")), "{text}");
+    let frames: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("\tat "))
+        .collect();
+    let pos = |f: &str| frames.iter().position(|l| l.split(' ').next() == Some(f));
+    assert!(pos(chains.spin[1]).is_some(), "{text}");
+    assert!(
+        pos(chains.spin[0]) > pos(chains.spin[1]),
+        "innermost first: {text}"
+    );
+}
+
+fn assert_well_formed_xml(text: &str) {
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut depth = 0i64;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Start(_)) => depth += 1,
+            Ok(quick_xml::events::Event::End(_)) => depth -= 1,
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "SVG is not well-formed XML at {}: {e}",
+                reader.buffer_position()
+            ),
+        }
+    }
+    assert_eq!(depth, 0, "unbalanced SVG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_cause_one_run_and_the_svg_waits_for_it() {
+    let c = TestCoordinator::start(&flags()).await;
+    let tm = "a0000000000000000000000000000002";
+    let _agent = start_agent(&c, tm).await;
+    let w = workload();
+    let (jobid, v) = running_job(&c, &job([tm, tm], w.pid())).await;
+    let service = &c.coordinator.as_ref().unwrap().app_state().flamegraphs;
+    assert_eq!(service.runs_started(), 0);
+
+    let json_path = c.url(&format!("/jobs/{jobid}/vertices/{}/flamegraph", v[0]));
+    let svg_path = c.url(&format!("/jobs/{jobid}/vertices/{}/flamegraph.svg", v[0]));
+    let (a, b, svg) = tokio::join!(
+        c.http.get(&json_path).send(),
+        c.http.get(&json_path).send(),
+        c.http.get(&svg_path).send()
+    );
+    let (a, b): (Value, Value) = (
+        a.unwrap().json().await.unwrap(),
+        b.unwrap().json().await.unwrap(),
+    );
+    let svg = svg.unwrap().text().await.unwrap();
+    // The JSON never waits; the SVG waited for the run in flight and shows a real graph.
+    for answer in [&a, &b] {
+        let ts = answer["endTimestamp"].as_i64().unwrap();
+        assert!(ts == -3 || ts > 0, "{answer}");
+    }
+    let chains = Workload::CFramePointers.chains();
+    assert!(
+        svg.contains(chains.spin[chains.spin.len() - 1]),
+        "first SVG request shows the graph"
+    );
+    assert_eq!(
+        service.runs_started(),
+        1,
+        "three concurrent requests, one run"
+    );
+    let metric = c
+        .get_ok("/jobmanager/metrics?get=flamegrid.flamegraph.runs")
+        .await;
+    assert_eq!(
+        metric,
+        json!([{"id": "flamegrid.flamegraph.runs", "value": "1"}])
+    );
+
+    // More polls while fresh: no new run, same endTimestamp.
+    let first = graph(
+        &c,
+        &format!("/jobs/{jobid}/vertices/{}/flamegraph?type=full", v[0]),
+    )
+    .await;
+    let again = c
+        .get_ok(&format!(
+            "/jobs/{jobid}/vertices/{}/flamegraph?type=on_cpu&subtaskindex=0",
+            v[0]
+        ))
+        .await;
+    assert_eq!(again["endTimestamp"], first["endTimestamp"]);
+    assert_eq!(service.runs_started(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_costs_only_its_subtasks() {
+    let c = TestCoordinator::start(&flags()).await;
+    let (tm_a, tm_b) = (
+        "a0000000000000000000000000000003",
+        "b0000000000000000000000000000003",
+    );
+    let _agent_a = start_agent(&c, tm_a).await;
+    let mut agent_b = start_agent(&c, tm_b).await;
+    let w = workload();
+    let (jobid, v) = running_job(&c, &job([tm_a, tm_b], w.pid())).await;
+    let chains = Workload::CFramePointers.chains();
+
+    // Agent b is killed: its RPC fails at once; subtask 1 is missing, subtask 0 is drawn.
+    agent_b.kill();
+    let path = format!("/jobs/{jobid}/vertices/{}/flamegraph?type=on_cpu", v[0]);
+    let partial = graph(&c, &path).await;
+    assert_eq!(partial["missing"], json!([1]), "{partial}");
+    assert!(has_chain(&partial["data"], chains.spin));
+    let folded = c
+        .http
+        .get(c.url(&format!(
+            "/jobs/{jobid}/vertices/{}/flamegraph.folded",
+            v[0]
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        folded
+            .text()
+            .await
+            .unwrap()
+            .starts_with("# missing subtasks: 1\n")
+    );
+
+    // A subtask whose only agent is gone: nothing cached, -3 again, and another run later.
+    let lone = c
+        .get_ok(&format!(
+            "/jobs/{jobid}/vertices/{}/flamegraph?subtaskindex=1",
+            v[0]
+        ))
+        .await;
+    assert_eq!(lone["endTimestamp"], -3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agent_is_reported_missing_after_the_deadline() {
+    let mut short_grace = FLAGS.to_vec();
+    short_grace.extend(["--flamegraph-rpc-grace-ms", "500"]);
+    let c = TestCoordinator::start(&short_grace).await;
+    let (tm_a, tm_b) = (
+        "a0000000000000000000000000000004",
+        "b0000000000000000000000000000004",
+    );
+    let _agent_a = start_agent(&c, tm_a).await;
+    let agent_b = start_agent(&c, tm_b).await;
+    let w = workload();
+    let (jobid, v) = running_job(&c, &job([tm_a, tm_b], w.pid())).await;
+
+    // Freeze agent b (SIGSTOP): its connection stays open but it never answers. The run ends
+    // at its deadline with subtask 1 missing. The guard's SIGKILL ends the stopped agent.
+    let _ = Command::new("kill")
+        .args(["-STOP", &agent_b.pid().to_string()])
+        .status();
+    let partial = graph(&c, &format!("/jobs/{jobid}/vertices/{}/flamegraph", v[0])).await;
+    assert_eq!(partial["missing"], json!([1]), "{partial}");
+    assert!(partial["data"]["value"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_and_bad_requests() {
+    let c = TestCoordinator::start(&flags()).await;
+    let tm = "a0000000000000000000000000000005";
+    let _agent = start_agent(&c, tm).await;
+    let w = workload();
+    let (jobid, v) = running_job(&c, &job([tm, tm], w.pid())).await;
+    let base = format!("/jobs/{jobid}/vertices/{}", v[0]);
+    let unknown = "0123456789abcdef0123456789abcdef";
+
+    for (path, status, message) in [
+        (
+            format!("{base}/flamegraph?type=cpu"),
+            400,
+            "Cannot resolve query parameter (type)",
+        ),
+        (
+            format!("{base}/flamegraph.svg?subtaskindex=-1"),
+            400,
+            "Cannot resolve query parameter (subtaskindex)",
+        ),
+        (
+            format!("{base}/flamegraph.folded?subtaskindex=x"),
+            400,
+            "(subtaskindex)",
+        ),
+        (
+            format!("/jobs/nothex/vertices/{}/flamegraph", v[0]),
+            400,
+            "Cannot resolve path parameter (jobid)",
+        ),
+        (
+            format!("{base}/flamegraph?subtaskindex=2"),
+            404,
+            "Invalid subtask index for vertex",
+        ),
+        (
+            format!("/jobs/{unknown}/vertices/{}/flamegraph", v[0]),
+            404,
+            "not found",
+        ),
+        (
+            format!("/jobs/{jobid}/vertices/{unknown}/flamegraph"),
+            404,
+            "No vertex with ID",
+        ),
+        (format!("/v1{base}/flamegraph?type=bogus"), 400, "(type)"),
+    ] {
+        let (got, body) = c.get(&path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(
+            body["errors"][0].as_str().unwrap().contains(message),
+            "{path}: {body}"
+        );
+    }
+
+    // A canceled job's vertices are terminated: -1, and the SVG says so in a valid document.
+    assert_eq!(c.patch(&format!("/jobs/{jobid}")).await.0, 202);
+    assert_eq!(
+        c.get_ok(&format!("{base}/flamegraph")).await,
+        json!({"endTimestamp": -1})
+    );
+    let svg = c
+        .http
+        .get(c.url(&format!("{base}/flamegraph.svg")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(svg.contains("terminated"));
+    assert_well_formed_xml(&svg);
+
+    // Switched off: -2 for any well-formed ids, bad ids still 400.
+    let off = TestCoordinator::start(&["--flamegraph-enabled", "false"]).await;
+    assert_eq!(
+        off.get_ok(&format!("/jobs/{unknown}/vertices/{unknown}/flamegraph"))
+            .await,
+        json!({"endTimestamp": -2})
+    );
+    assert_eq!(
+        off.get(&format!("/jobs/{unknown}/vertices/xyz/flamegraph"))
+            .await
+            .0,
+        400
+    );
+}
