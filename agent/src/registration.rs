@@ -52,8 +52,8 @@ pub const BACKOFF_START: Duration = Duration::from_millis(500);
 /// Longest retry delay while the coordinator is unreachable.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Who the agent is and where its coordinator lives.
-#[derive(Debug, Clone)]
+/// Who the agent is and where its coordinator lives. Its `Debug` form never shows the token.
+#[derive(Clone)]
 pub struct RegistrationConfig {
     /// The agent's id (32 hex by default).
     pub agent_id: String,
@@ -63,10 +63,29 @@ pub struct RegistrationConfig {
     pub token: Option<String>,
 }
 
-/// Adds `authorization: Bearer <token>` to every outgoing registry call.
-#[derive(Debug, Clone)]
+/// Adds `authorization: Bearer <token>` to every outgoing registry call. Its `Debug` form never
+/// shows the token.
+#[derive(Clone)]
 pub struct BearerTokenSender {
     header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl std::fmt::Debug for RegistrationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrationConfig")
+            .field("agent_id", &self.agent_id)
+            .field("advertised_address", &self.advertised_address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for BearerTokenSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerTokenSender")
+            .field("sends_token", &self.header.is_some())
+            .finish()
+    }
 }
 
 impl BearerTokenSender {
@@ -76,7 +95,7 @@ impl BearerTokenSender {
             None => None,
             Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
                 crate::AgentError::InvalidArgument(
-                    "the token must be printable ASCII without spaces or control characters".into(),
+                    "the token must be printable ASCII (no control characters)".into(),
                 )
             })?),
         };
@@ -450,6 +469,25 @@ mod tests {
         );
         b.reset();
         assert_eq!(b.next_delay(), BACKOFF_START);
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let config = RegistrationConfig {
+            agent_id: "a".into(),
+            advertised_address: "http://x:1".into(),
+            token: Some("very-secret-token".into()),
+        };
+        let sender = BearerTokenSender::new(Some("very-secret-token")).unwrap();
+        let check = crate::service::BearerTokenCheck::new(Some("very-secret-token"));
+        for text in [
+            format!("{config:?}"),
+            format!("{sender:?}"),
+            format!("{check:?}"),
+        ] {
+            assert!(!text.contains("very-secret"), "{text}");
+        }
+        assert!(BearerTokenSender::new(Some("bad\ntoken")).is_err());
     }
 
     #[test]

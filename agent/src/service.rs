@@ -442,7 +442,8 @@ fn truncated(s: &str) -> String {
 /// Checks `authorization: Bearer <token>` on every incoming call when the agent has a shared
 /// token (`--token-file`). The comparison is constant-time, so the time a refusal takes says
 /// nothing about how much of a guessed token was right; refusals are logged with the peer.
-#[derive(Debug, Clone)]
+/// Its `Debug` form never shows the token.
+#[derive(Clone)]
 pub struct BearerTokenCheck {
     expected: Option<Arc<[u8]>>,
 }
@@ -453,6 +454,14 @@ impl BearerTokenCheck {
         BearerTokenCheck {
             expected: token.map(|t| Arc::from(format!("Bearer {t}").into_bytes())),
         }
+    }
+}
+
+impl std::fmt::Debug for BearerTokenCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerTokenCheck")
+            .field("token_required", &self.expected.is_some())
+            .finish()
     }
 }
 

@@ -292,3 +292,30 @@ async fn bad_flags_fail_with_one_line_and_start_nothing() {
         assert!(!err.trim().is_empty(), "{args:?}: no reason given");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_flag_also_reads_its_environment_variable() {
+    let coord = FakeCoordinator::start().await;
+    let url = coord.url();
+    let mut agent = AgentProcess::start_with_env(
+        &[],
+        &[
+            ("FLAMEGRID_COORDINATOR", url.as_str()),
+            ("FLAMEGRID_LISTEN", "127.0.0.1:0"),
+            ("FLAMEGRID_ID", "from-env"),
+            ("FLAMEGRID_ADVERTISE", "http://agent.example:6122"),
+            ("FLAMEGRID_MAX_CONCURRENT_RUNS", "2"),
+            ("FLAMEGRID_ALLOW_COMM", "sleep,cat"),
+            ("FLAMEGRID_HEARTBEAT_TIMEOUT_S", "45"),
+        ],
+    );
+    agent.wait_listening().await;
+    let (reg, _) = coord.wait_registration(1).await;
+    assert_eq!(reg.agent_id, "from-env");
+    assert_eq!(reg.address, "http://agent.example:6122");
+    assert!(
+        agent.stderr().contains("max_concurrent_runs=2"),
+        "{}",
+        agent.stderr()
+    );
+}

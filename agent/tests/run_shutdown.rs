@@ -46,6 +46,14 @@ async fn sigterm_during_a_long_run_ends_it_and_exits_cleanly() {
             .then_some(())
     })
     .await;
+    // Give the run some wall time before the signal: wait until a spinner has burnt another
+    // ~50 ms of CPU (an ordering event, not a timing assertion).
+    let spin = workload.tid_of("spin-0").unwrap();
+    let start_ticks = workload.cpu_ticks(spin).unwrap();
+    poll("the spinner to run on", || {
+        (workload.cpu_ticks(spin).unwrap() >= start_ticks + 5).then_some(())
+    })
+    .await;
     agent.terminate();
 
     let resp = long
@@ -59,6 +67,10 @@ async fn sigterm_during_a_long_run_ends_it_and_exits_cleanly() {
     assert!(
         sub.samples.len() < 1000 * threads,
         "the run ended early ({} samples)",
+        sub.samples.len()
+    );
+    eprintln!(
+        "the cancelled run answered with {} samples of {threads} threads",
         sub.samples.len()
     );
 
@@ -77,7 +89,6 @@ async fn sigterm_during_a_long_run_ends_it_and_exits_cleanly() {
             "a workload thread was left stopped"
         );
     }
-    let spin = workload.tid_of("spin-0").unwrap();
     let before = workload.cpu_ticks(spin).unwrap();
     poll("the spinner to keep running", || {
         (workload.cpu_ticks(spin).unwrap() > before).then_some(())

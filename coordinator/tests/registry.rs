@@ -423,3 +423,105 @@ async fn after_a_restart_subtasks_of_agents_that_never_return_fail() {
     coordinator.shutdown().await.unwrap();
     drop(worker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_the_middle_of_concurrent_writes_loses_no_acknowledged_job() {
+    let dir = TempDir::new("kill9-mid");
+    let http = reqwest::Client::new();
+    let worker = sleeper();
+    let (mut child, base, rpc) = spawn_binary(dir.path());
+    let mut agent = TestAgent::connect(&rpc, TM).await;
+    agent.register().await;
+
+    // Eight writers post jobs as fast as they can; the coordinator is killed once some have
+    // been acknowledged, with more in flight.
+    let (acks, mut acked) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (http, base, acks) = (http.clone(), base.clone(), acks.clone());
+        let mut body = two_vertex_job(TM, worker.pid());
+        body["name"] = Value::from(format!("writer-{w}"));
+        writers.push(tokio::spawn(async move {
+            loop {
+                let request = http.post(format!("{base}/jobs")).body(body.to_string());
+                let Ok(response) = request.send().await else {
+                    return;
+                };
+                if response.status() != 202 {
+                    return;
+                }
+                let Ok(answer) = response.json::<Value>().await else {
+                    return;
+                };
+                if acks
+                    .send(answer["jobid"].as_str().unwrap().to_string())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    drop(acks);
+    let mut acknowledged = Vec::new();
+    while acknowledged.len() < 40 {
+        acknowledged.push(acked.recv().await.unwrap());
+    }
+    child.kill();
+    for w in writers {
+        w.await.unwrap();
+    }
+    while let Ok(id) = acked.try_recv() {
+        acknowledged.push(id);
+    }
+
+    // Every acknowledged job is back, and every stored job is whole.
+    let (_child, base, _) = spawn_binary(dir.path());
+    let (_, jobs) = send(http.get(format!("{base}/jobs"))).await;
+    let stored: Vec<String> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &acknowledged {
+        assert!(stored.contains(id), "acknowledged job {id} was lost");
+    }
+    for id in &stored {
+        let (status, job) = send(http.get(format!("{base}/jobs/{id}"))).await;
+        assert_eq!(status, 200, "{job}");
+        assert_eq!(job["vertices"].as_array().unwrap().len(), 2, "{job}");
+        assert_eq!(job["vertices"][0]["parallelism"], 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_dumps_its_own_threads_with_stacks() {
+    let dir = TempDir::new("self-dump");
+    let (_child, base, _) = spawn_binary(dir.path());
+    let (status, dump) =
+        send(reqwest::Client::new().get(format!("{base}/jobmanager/thread-dump"))).await;
+    assert_eq!(status, 200, "{dump}");
+    let infos = dump["threadInfos"].as_array().unwrap();
+    assert!(infos.len() > 1, "{dump}");
+    let with_frames = infos
+        .iter()
+        .filter(|t| {
+            t["stringifiedThreadInfo"]
+                .as_str()
+                .unwrap()
+                .contains("\n\tat ")
+        })
+        .count();
+    assert!(
+        with_frames > 0,
+        "a helper process samples the coordinator's stacks: {dump}"
+    );
+    for t in infos {
+        let text = t["stringifiedThreadInfo"].as_str().unwrap();
+        assert!(
+            text.starts_with(&format!("\"{}\" Id=", t["threadName"].as_str().unwrap())),
+            "{text}"
+        );
+    }
+}

@@ -395,6 +395,29 @@ async fn job_endpoints_have_flinks_shape_and_values() {
             .contains("Cannot resolve query parameter (agg)"),
         "{body}"
     );
+    let jm = c.get_ok(&format!("/jobs/{jobid}/jobmanager/config")).await;
+    assert_eq!(jm, c.get_ok("/jobmanager/config").await);
+    let env = c
+        .get_ok(&format!("/jobs/{jobid}/jobmanager/environment"))
+        .await;
+    assert!(env["jvm"]["arch"].is_string());
+    let unknown = "0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        c.get(&format!("/jobs/{unknown}/jobmanager/config")).await.0,
+        404
+    );
+    assert_eq!(
+        c.get(&format!("/jobs/{jobid}/checkpoints/details/7"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        c.get(&format!("/jobs/{jobid}/checkpoints/details/x"))
+            .await
+            .0,
+        400
+    );
     drop(worker);
 }
 
@@ -985,6 +1008,12 @@ async fn unsupported_flink_paths_say_so_in_json() {
         (reqwest::Method::POST, format!("/jobs/{jid}/checkpoints")),
         (reqwest::Method::DELETE, "/cluster".into()),
         (reqwest::Method::POST, "/savepoint-disposal".into()),
+        (reqwest::Method::GET, format!("/jobs/{jid}/yarn-cancel")),
+        (
+            reqwest::Method::GET,
+            format!("/jobs/{jid}/jobmanager/log-url"),
+        ),
+        (reqwest::Method::GET, "/jobmanager/profiler".into()),
     ];
     for (method, path) in cases {
         let (status, body) = send(c.http.request(method.clone(), c.url(&path))).await;

@@ -309,8 +309,14 @@ impl Sampler {
                         }
                         ReadOutcome::Gone => continue,
                         ReadOutcome::Denied(errno) => {
-                            tracing::debug!(tid = read.tid, %errno, "ptrace refused");
-                            run.denied.get_or_insert(read.tid);
+                            // Exiting threads answer EPERM too; only a live thread's refusal
+                            // is a permission problem.
+                            let exiting = proc::task_stat(run.pid, read.tid)
+                                .map_or(true, |st| matches!(st.state, 'Z' | 'X' | 'x'));
+                            if !exiting {
+                                tracing::debug!(tid = read.tid, %errno, "ptrace refused");
+                                run.denied.get_or_insert(read.tid);
+                            }
                             continue;
                         }
                     };

@@ -207,6 +207,12 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `flamegrid-agent run ARGS...` with debug logs of the agent crate in a file.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`AgentProcess::start`], with extra environment variables (`FLAMEGRID_*` from the
+    /// test's own environment are removed first).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let stderr_path = temp_path("agent-stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flamegrid-agent"));
@@ -216,6 +222,7 @@ impl AgentProcess {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(env.iter().copied());
         cmd.env("RUST_LOG", "info,flamegrid_agent=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -231,11 +231,12 @@ pub async fn no_log_file() -> ApiError {
     )
 }
 
-/// `GET /jobmanager/thread-dump`: the coordinator's threads with their names and states.
-///
-/// TODO: frames. A process cannot ptrace itself; the stacks need a helper process or the local
-/// agent to sample this pid. Until then each entry carries the first line of a jstack-like block.
+/// `GET /jobmanager/thread-dump`: the coordinator's threads with their stacks, sampled by a
+/// helper process (see `self_dump.rs`); when the helper cannot run, names and states only.
 pub async fn jobmanager_thread_dump() -> Json<Value> {
+    if let Some(dump) = super::self_dump::dump_with_stacks().await {
+        return Json(dump);
+    }
     let mut threads = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
         for entry in dir.flatten() {

@@ -459,3 +459,22 @@ pub async fn aggregated_metrics(
         .collect();
     Ok(Json(super::metrics::aggregate(&per_job, &q)))
 }
+
+/// `GET /jobs/:jobid/jobmanager/config`: the coordinator's settings, once the job checks out.
+pub async fn jobmanager_config(
+    State(state): State<AppState>,
+    Path(jobid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    load_job(&state, &jobid)?;
+    Ok(super::cluster::jobmanager_config(State(state)).await)
+}
+
+/// `GET /jobs/:jobid/jobmanager/environment`: the coordinator's environment, once the job checks
+/// out.
+pub async fn jobmanager_environment(
+    State(state): State<AppState>,
+    Path(jobid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    load_job(&state, &jobid)?;
+    Ok(super::cluster::jobmanager_environment().await)
+}

@@ -8,10 +8,12 @@
 //! | [`jobs`] | `/jobs`, `/jobs/overview`, `/jobs/metrics`, `/jobs/:jobid[/...]` |
 //! | [`vertices`] | `/jobs/:jobid/vertices/:vertexid[/...]` |
 //! | [`taskmanagers`] | `/taskmanagers[/...]` |
-//! | [`flamegraph`] | flame graphs and task manager thread dumps (separate owner) |
+//! | [`flamegraph`] | flame graphs and task manager thread dumps |
+//! | [`auth`] | who may write (`--read-only`, `--rest-token-file`) |
+//! | [`self_dump`] | stacks for `/jobmanager/thread-dump` from a helper process |
 //! | [`unsupported`] | the rest of Flink's API: a JSON error saying flamegrid does not do it |
 //!
-//! Conventions every response follows, enforced in one place ([`finish_response`]) rather than
+//! Conventions every response follows, enforced in one place (`finish_response`) rather than
 //! in each handler:
 //! * every path is served bare and under `/v1`; any other prefix is an unknown path;
 //! * errors are `{"errors": [...]}`: 404 for unknown paths (`File not found.` for a GET, as
@@ -26,6 +28,7 @@ pub mod flamegraph;
 pub mod jobs;
 pub mod metrics;
 pub mod params;
+pub mod self_dump;
 pub mod shapes;
 pub mod state;
 pub mod taskmanagers;
@@ -72,8 +75,8 @@ fn api_routes() -> Router<AppState> {
         .route("/jobs/{jobid}/checkpoints", get(jobs::checkpoints).post(unsupported::checkpoint_trigger))
         .route("/jobs/{jobid}/checkpoints/config", get(jobs::checkpoints_config))
         .route("/jobs/{jobid}/checkpoints/details/{checkpointid}", get(jobs::checkpoint_details))
-        .route("/jobs/{jobid}/jobmanager/config", get(cluster::jobmanager_config))
-        .route("/jobs/{jobid}/jobmanager/environment", get(cluster::jobmanager_environment))
+        .route("/jobs/{jobid}/jobmanager/config", get(jobs::jobmanager_config))
+        .route("/jobs/{jobid}/jobmanager/environment", get(jobs::jobmanager_environment))
         // vertices
         .route("/jobs/{jobid}/vertices/{vertexid}", get(vertices::details))
         .route("/jobs/{jobid}/vertices/{vertexid}/taskmanagers", get(vertices::taskmanagers))

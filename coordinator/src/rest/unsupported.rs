@@ -72,6 +72,20 @@ pub fn routes() -> Router<AppState> {
             "/taskmanagers/{tmid}/profilers",
             "Flink's profiler (use the flame graph endpoints)",
         ),
+        (
+            "/jobs/{jobid}/yarn-cancel",
+            "YARN cancellation (cancel with PATCH /jobs/:jobid)",
+        ),
+        (
+            "/jobs/{jobid}/yarn-stop",
+            "YARN stop (cancel with PATCH /jobs/:jobid)",
+        ),
+        ("/jobs/{jobid}/jobmanager/log-url", "log URLs"),
+        ("/jobs/{jobid}/taskmanagers/{tmid}/log-url", "log URLs"),
+        ("/applications", "applications"),
+        ("/applications/overview", "applications"),
+        ("/applications/{applicationid}", "applications"),
+        ("/applications/{applicationid}/cancel", "applications"),
     ];
     let mut router = Router::new();
     for (path, what) in table {

@@ -679,6 +679,7 @@ function notFoundPage(root) {
 // The router
 
 let current = null;
+let firstRoute = true;
 
 function route() {
   const raw = location.hash.replace(/^#/, '');
@@ -708,9 +709,12 @@ function route() {
   for (const link of document.querySelectorAll('.topbar nav a')) {
     link.toggleAttribute('aria-current', link.getAttribute('href') === '#/' && (parts || []).length === 0);
   }
-  // Move focus to the new page's heading so keyboard and screen reader users start there.
+  // After a navigation (not on the first load), move focus to the new page's heading so
+  // keyboard and screen reader users start there instead of on a link that no longer exists.
   const heading = document.getElementById('page-title');
-  if (heading && document.activeElement !== document.body) heading.focus({ preventScroll: true });
+  if (!firstRoute) window.scrollTo(0, 0);
+  if (heading && !firstRoute) heading.focus({ preventScroll: true });
+  firstRoute = false;
 }
 
 async function start() {

@@ -1,0 +1,192 @@
+//! Safety of the sampler for the sampled program: no thread is ever left stopped and no signal
+//! is ever swallowed — not after normal runs, not when several runs overlap, and not when the
+//! sampler is killed with SIGKILL at random instants.
+
+mod common;
+
+use common::*;
+use flamegrid_agent::AgentError;
+use flamegrid_agent::sampler::{Sampler, SamplerOptions};
+use flamegrid_agent::selection::{AccessPolicy, ProcessRef, ThreadSelector};
+use flamegrid_workloads::{Mix, Workload, spawn};
+use rand::Rng;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+fn opts(samples: u32, delay_ms: u64) -> SamplerOptions {
+    SamplerOptions {
+        num_samples: samples,
+        delay: Duration::from_millis(delay_ms),
+        max_depth: 100,
+        kernel_stacks: false,
+        cancel: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_never_leaves_a_thread_stopped() {
+    let wl = spawn(
+        Workload::CNoFramePointers,
+        &Mix { spin: 2, sleep: 2, wait: 1, lock: 1, churn: 1, report_rate: false },
+    )
+    .unwrap();
+    let pid = wl.pid().to_string();
+    let spinner = wl.tid_of("spin-0").unwrap();
+    let mut rng = rand::rng();
+    let budget = Instant::now() + Duration::from_secs(20);
+    let mut kills = 0;
+    while kills < 150 && Instant::now() < budget {
+        let child = Command::new(agent_bin())
+            .args(["sample", "--pid", &pid, "--samples", "100000", "--interval-ms", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        // Random instant: sometimes before the tracer starts, mostly in the middle of rounds.
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..40_000)));
+        child.0.kill().unwrap(); // SIGKILL
+        child.0.wait().unwrap();
+        kills += 1;
+        assert!(
+            eventually(Duration::from_secs(2), || wl.stopped_threads().is_empty()),
+            "after kill #{kills}: stopped threads {:?} (states {:?})",
+            wl.stopped_threads(),
+            wl.thread_states()
+        );
+    }
+    assert!(kills >= 20, "only {kills} kills in the time budget");
+    // The program still makes progress.
+    let before = wl.cpu_ticks(spinner).unwrap();
+    assert!(eventually(Duration::from_secs(5), || wl.cpu_ticks(spinner).unwrap_or(0) > before), "spinner is stuck");
+    eprintln!("{kills} SIGKILLs, no thread left stopped");
+}
+
+#[test]
+fn overlapping_runs_and_every_language_leave_nothing_stopped() {
+    let sampler = Sampler::new().unwrap();
+    let workloads: Vec<_> = Workload::all_native()
+        .into_iter()
+        .map(|w| spawn(w, &Mix { spin: 1, sleep: 1, wait: 1, lock: 1, churn: 1, report_rate: false }).unwrap())
+        .collect();
+    let targets: Vec<(String, ThreadSelector)> =
+        workloads.iter().map(|w| (format!("{:?}", w.workload()), ThreadSelector::pid(w.pid()))).collect();
+    // Three runs at once over all four processes, plus one that names a thread twice.
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..3)
+            .map(|_| {
+                let sampler = sampler.clone();
+                let targets = targets.clone();
+                scope.spawn(move || sampler.sample(&targets, &AccessPolicy::unrestricted(), &opts(20, 1)))
+            })
+            .collect();
+        for run in runs {
+            let run = run.join().unwrap();
+            assert_eq!(run.subtasks.len(), 4);
+            assert!(run.start_ms <= run.end_ms);
+            for (key, result) in run.subtasks {
+                let set = result.unwrap_or_else(|e| panic!("{key}: {e}"));
+                assert!(set.samples.len() >= 20 * 5, "{key}: {} samples", set.samples.len());
+                set.validate().unwrap();
+            }
+        }
+    });
+    let w0 = &workloads[0];
+    let twice = vec![
+        ("a".to_string(), ThreadSelector::pid(w0.pid())),
+        (
+            "b".to_string(),
+            ThreadSelector {
+                process: ProcessRef::Name(Workload::all_native()[0].process_name().to_string()),
+                tids: vec![],
+                thread_name: Some(ThreadSelector::compile_thread_name("wait-.*").unwrap()),
+            },
+        ),
+    ];
+    let run = sampler.sample(&twice, &AccessPolicy::unrestricted(), &opts(3, 1));
+    let b = run.subtasks[1].1.as_ref().unwrap();
+    assert_eq!(b.samples.len(), 3, "the doubly selected thread is sampled in both subtasks");
+    assert!(run.subtasks[0].1.as_ref().unwrap().samples.len() >= 15);
+    for w in &workloads {
+        assert!(eventually(Duration::from_secs(2), || w.stopped_threads().is_empty()), "{:?}", w.workload());
+    }
+}
+
+#[test]
+fn policy_refusals_and_missing_processes_are_reported_per_target() {
+    let sampler = Sampler::new().unwrap();
+    let wl = spawn(Workload::CFramePointers, &Mix::one_of_each()).unwrap();
+    let only_other_comm = AccessPolicy::new(&[], &["no-such-comm".to_string()]).unwrap();
+    let targets = vec![
+        ("ok".to_string(), ThreadSelector::pid(wl.pid())),
+        ("self".to_string(), ThreadSelector::pid(std::process::id())),
+        ("gone".to_string(), ThreadSelector::pid(4_194_000)),
+    ];
+    let run = sampler.sample(&targets, &AccessPolicy::unrestricted(), &opts(2, 1));
+    assert!(run.subtasks[0].1.is_ok());
+    assert!(matches!(run.subtasks[1].1, Err(AgentError::PermissionDenied { .. })), "{:?}", run.subtasks[1].1);
+    assert!(matches!(run.subtasks[2].1, Err(AgentError::NoSuchProcess(_))), "{:?}", run.subtasks[2].1);
+    let run = sampler.sample(&targets[..1], &only_other_comm, &opts(1, 1));
+    match &run.subtasks[0].1 {
+        Err(AgentError::PermissionDenied { reason, .. }) => assert!(reason.contains("allow-list"), "{reason}"),
+        other => panic!("expected an allow-list refusal, got {other:?}"),
+    }
+    // Allowed by comm.
+    let by_comm = AccessPolicy::new(&[], &[Workload::CFramePointers.process_name().to_string()]).unwrap();
+    assert!(sampler.sample(&targets[..1], &by_comm, &opts(1, 1)).subtasks[0].1.is_ok());
+    assert!(wl.stopped_threads().is_empty());
+}
+
+/// A process counting SIGUSR1s; each signal is sent only after the previous one was counted,
+/// so none can merge with another. Sampled back to back meanwhile: every signal must arrive.
+#[test]
+fn signals_arriving_while_sampled_are_delivered() {
+    let script = r#"
+import signal, sys, time
+n = 0
+def h(sig, frame):
+    global n
+    n += 1
+    sys.stdout.write("%d\n" % n)
+    sys.stdout.flush()
+signal.signal(signal.SIGUSR1, h)
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+while True:
+    time.sleep(0.0005)
+"#;
+    let child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut child = KillOnDrop(child);
+    let pid = child.0.id();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.0.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let sampler = Sampler::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampling = {
+        let sampler = sampler.clone();
+        let mut o = opts(100_000, 0);
+        o.cancel = stop.clone();
+        std::thread::spawn(move || sampler.sample(&[("py".into(), ThreadSelector::pid(pid))], &AccessPolicy::unrestricted(), &o))
+    };
+    for i in 1..=200 {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGUSR1).unwrap();
+        let line = lines.next().expect("python3 exited").unwrap();
+        assert_eq!(line, i.to_string(), "signal {i} was lost or doubled");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let run = sampling.join().unwrap();
+    let set = run.subtasks[0].1.as_ref().unwrap();
+    assert!(!set.samples.is_empty());
+    assert!(eventually(Duration::from_secs(2), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with(['t', 'T']))
+            .unwrap_or(false)
+    }));
+}
