@@ -267,13 +267,17 @@ int main(int argc, char **argv) {
         }
         int n = poll(&pfd, 1, timeout_ms);
         if (n < 0 && errno != EINTR) {
-            return 1;
+            std::_Exit(1);
         }
         if (n > 0) {
             char buf[256];
             ssize_t got = read(0, buf, sizeof buf);
             if (got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN)) {
-                return 0;  // stdin closed: our parent is gone
+                // stdin closed: our parent is gone. _Exit, not return: returning would run
+                // the destructor of `never_signalled`, and glibc's pthread_cond_destroy waits
+                // for the waiters that will never wake.
+                std::fflush(stdout);
+                std::_Exit(0);
             }
         }
         auto now = clock::now();

@@ -394,12 +394,23 @@ impl RunningWorkload {
     }
 
     /// Closes the program's stdin, which asks it to exit by itself (as it does when the
-    /// parent dies), and waits for it. Returns its exit status.
-    pub fn close_stdin_and_wait(mut self) -> io::Result<std::process::ExitStatus> {
+    /// parent dies).
+    pub fn close_stdin(&mut self) {
         if let Some(mut stdin) = self.stdin.take() {
             // A failed flush only means the program is already gone.
             let _ = stdin.flush();
         }
+    }
+
+    /// The program's exit status if it has exited, without blocking.
+    pub fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// [`RunningWorkload::close_stdin`], then waits for the program to exit and returns its
+    /// exit status.
+    pub fn close_stdin_and_wait(mut self) -> io::Result<std::process::ExitStatus> {
+        self.close_stdin();
         self.child.wait()
     }
 

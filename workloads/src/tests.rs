@@ -122,8 +122,22 @@ fn churn_threads_come_and_go() {
 #[test]
 fn workloads_exit_when_stdin_closes() {
     for w in Workload::all_native().into_iter().chain([Workload::Demo]) {
-        let running = spawn(w, &Mix::one_of_each()).unwrap();
-        let status = running.close_stdin_and_wait().unwrap();
+        let mut running = spawn(w, &Mix::one_of_each()).unwrap();
+        // Exit must work while waiters are really blocked (a C++ static condition variable's
+        // destructor would wait for them forever).
+        let waiter = if w == Workload::Demo { "sink-1" } else { "wait-0" };
+        let tid = running.tid_of(waiter).unwrap();
+        eventually(&format!("{w:?} {waiter} blocked"), || {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/wchan", running.pid()))
+                .is_ok_and(|wchan| wchan.contains("futex"))
+        });
+        running.close_stdin();
+        let mut status = None;
+        eventually(&format!("{w:?} exits after stdin closed"), || {
+            status = running.try_wait().unwrap();
+            status.is_some()
+        });
+        let status = status.unwrap();
         assert!(status.success(), "{w:?} exited with {status}");
     }
 }
