@@ -24,7 +24,8 @@ if ((${#need_install[@]})); then
 fi
 
 echo "[compare.sh] building (release)" >&2
-cargo build --release --quiet -p flamegrid-agent -p flamegrid-benches >&2
+cargo build --release --quiet -p flamegrid-agent --bin flamegrid-agent >&2
+cargo build --release --quiet -p flamegrid-benches --bin flamegrid-compare >&2
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 report="$(mktemp)"

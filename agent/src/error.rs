@@ -48,6 +48,9 @@ pub enum AgentError {
 impl AgentError {
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> AgentError {
-        AgentError::Io { context: context.into(), source }
+        AgentError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }

@@ -47,7 +47,11 @@ pub struct ThreadSelector {
 impl ThreadSelector {
     /// Every thread of process `pid`.
     pub fn pid(pid: u32) -> Self {
-        ThreadSelector { process: ProcessRef::Pid(pid), tids: Vec::new(), thread_name: None }
+        ThreadSelector {
+            process: ProcessRef::Pid(pid),
+            tids: Vec::new(),
+            thread_name: None,
+        }
     }
 
     /// Compiles a thread-name pattern so that it must match the *whole* name (`spin-1` does not
@@ -63,8 +67,16 @@ impl ThreadSelector {
             .size_limit(REGEX_SIZE_LIMIT)
             .build()
             .map_err(|e| {
-                let first_line = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
-                AgentError::InvalidArgument(format!("bad thread name pattern {pattern:?}: {first_line}"))
+                let first_line = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("invalid")
+                    .trim()
+                    .to_string();
+                AgentError::InvalidArgument(format!(
+                    "bad thread name pattern {pattern:?}: {first_line}"
+                ))
             })
     }
 
@@ -77,7 +89,9 @@ impl ThreadSelector {
         };
         let process = match &sel.process {
             None => return Err(bad("names no process (set pid or process_name)".into())),
-            Some(v1::thread_selector::Process::Pid(0)) => return Err(bad("pid 0 is not a process".into())),
+            Some(v1::thread_selector::Process::Pid(0)) => {
+                return Err(bad("pid 0 is not a process".into()));
+            }
             Some(v1::thread_selector::Process::Pid(pid)) => ProcessRef::Pid(*pid),
             Some(v1::thread_selector::Process::ProcessName(name)) => {
                 if name.is_empty() || name.contains(['/', '\0', '\n']) {
@@ -87,7 +101,10 @@ impl ThreadSelector {
             }
         };
         if sel.tids.len() > MAX_TIDS {
-            return Err(bad(format!("{} tids given; at most {MAX_TIDS} allowed", sel.tids.len())));
+            return Err(bad(format!(
+                "{} tids given; at most {MAX_TIDS} allowed",
+                sel.tids.len()
+            )));
         }
         if sel.tids.contains(&0) {
             return Err(bad("tid 0 is not a thread".into()));
@@ -97,7 +114,11 @@ impl ThreadSelector {
         } else {
             Some(Self::compile_thread_name(&sel.thread_name).map_err(|e| bad(e.to_string()))?)
         };
-        Ok(ThreadSelector { process, tids: sel.tids.clone(), thread_name })
+        Ok(ThreadSelector {
+            process,
+            tids: sel.tids.clone(),
+            thread_name,
+        })
     }
 
     /// Whether a thread with this tid and name is selected.
@@ -144,13 +165,18 @@ impl Default for AccessPolicy {
 impl AccessPolicy {
     /// No restriction (the one-shot `sample` command relies on the OS's own permission checks).
     pub fn unrestricted() -> Self {
-        AccessPolicy { allowed: Allowed::Everything }
+        AccessPolicy {
+            allowed: Allowed::Everything,
+        }
     }
 
     /// Only processes of the agent's own (effective) user: the agent's default.
     pub fn own_user() -> Self {
         AccessPolicy {
-            allowed: Allowed::Listed { uids: vec![nix::unistd::geteuid().as_raw()], comms: Vec::new() },
+            allowed: Allowed::Listed {
+                uids: vec![nix::unistd::geteuid().as_raw()],
+                comms: Vec::new(),
+            },
         }
     }
 
@@ -168,7 +194,9 @@ impl AccessPolicy {
             match nix::unistd::User::from_name(user) {
                 Ok(Some(u)) => uids.push(u.uid.as_raw()),
                 Ok(None) => {
-                    return Err(AgentError::InvalidArgument(format!("allow-list: no user named {user:?}")));
+                    return Err(AgentError::InvalidArgument(format!(
+                        "allow-list: no user named {user:?}"
+                    )));
                 }
                 Err(e) => {
                     return Err(AgentError::InvalidArgument(format!(
@@ -180,11 +208,18 @@ impl AccessPolicy {
         let mut listed = Vec::with_capacity(comms.len());
         for comm in comms {
             if comm.is_empty() {
-                return Err(AgentError::InvalidArgument("allow-list: empty comm name".into()));
+                return Err(AgentError::InvalidArgument(
+                    "allow-list: empty comm name".into(),
+                ));
             }
             listed.push(truncate_comm(comm).to_string());
         }
-        Ok(AccessPolicy { allowed: Allowed::Listed { uids, comms: listed } })
+        Ok(AccessPolicy {
+            allowed: Allowed::Listed {
+                uids,
+                comms: listed,
+            },
+        })
     }
 
     /// Whether `pid` may be sampled: `PermissionDenied` with the reason if not, `NoSuchProcess`
@@ -210,7 +245,7 @@ impl AccessPolicy {
             return Ok(());
         }
         let comm = proc::process_comm(pid).map_err(|e| gone_or_io(pid, e))?;
-        if comms.iter().any(|c| *c == comm) {
+        if comms.contains(&comm) {
             return Ok(());
         }
         Err(AgentError::PermissionDenied {
@@ -260,7 +295,9 @@ pub fn resolve(sel: &ThreadSelector, policy: &AccessPolicy) -> Result<ResolvedTa
             continue;
         }
         // A thread that vanished between the listing and here is simply not selected.
-        let Ok(name) = proc::task_comm(pid, tid) else { continue };
+        let Ok(name) = proc::task_comm(pid, tid) else {
+            continue;
+        };
         if sel.selects(tid, &name) {
             threads.push((tid, name));
         }
@@ -279,11 +316,15 @@ fn find_process_by_comm(name: &str) -> Result<u32, AgentError> {
         if pid == me {
             continue;
         }
-        let Ok(comm) = proc::process_comm(pid) else { continue };
+        let Ok(comm) = proc::process_comm(pid) else {
+            continue;
+        };
         if comm != wanted {
             continue;
         }
-        let Ok(stat) = proc::process_stat(pid) else { continue };
+        let Ok(stat) = proc::process_stat(pid) else {
+            continue;
+        };
         if best.is_none_or(|(start, _)| stat.starttime < start) {
             best = Some((stat.starttime, pid));
         }
@@ -342,11 +383,26 @@ mod tests {
         assert_eq!(sel.process, ProcessRef::Pid(5));
         assert!(sel.selects(6, "worker") && !sel.selects(7, "worker") && !sel.selects(6, "x"));
         for bad in [
-            v1::ThreadSelector { process: None, ..ok.clone() },
-            v1::ThreadSelector { process: Some(Process::Pid(0)), ..ok.clone() },
-            v1::ThreadSelector { process: Some(Process::ProcessName(String::new())), ..ok.clone() },
-            v1::ThreadSelector { tids: vec![0], ..ok.clone() },
-            v1::ThreadSelector { thread_name: "(".into(), ..ok.clone() },
+            v1::ThreadSelector {
+                process: None,
+                ..ok.clone()
+            },
+            v1::ThreadSelector {
+                process: Some(Process::Pid(0)),
+                ..ok.clone()
+            },
+            v1::ThreadSelector {
+                process: Some(Process::ProcessName(String::new())),
+                ..ok.clone()
+            },
+            v1::ThreadSelector {
+                tids: vec![0],
+                ..ok.clone()
+            },
+            v1::ThreadSelector {
+                thread_name: "(".into(),
+                ..ok.clone()
+            },
         ] {
             let err = ThreadSelector::from_wire(&bad).unwrap_err();
             assert!(matches!(err, AgentError::InvalidArgument(_)), "{err}");
@@ -357,7 +413,10 @@ mod tests {
     fn policy_refuses_self_and_unknown_users() {
         let me = std::process::id();
         for policy in [AccessPolicy::unrestricted(), AccessPolicy::own_user()] {
-            assert!(matches!(policy.check(me), Err(AgentError::PermissionDenied { .. })));
+            assert!(matches!(
+                policy.check(me),
+                Err(AgentError::PermissionDenied { .. })
+            ));
         }
         assert!(AccessPolicy::new(&["no-such-user-xyz".into()], &[]).is_err());
         assert!(AccessPolicy::new(&["0".into()], &["bash".into()]).is_ok());

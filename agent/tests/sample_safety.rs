@@ -29,7 +29,14 @@ fn opts(samples: u32, delay_ms: u64) -> SamplerOptions {
 fn sigkill_at_random_moments_never_leaves_a_thread_stopped() {
     let wl = spawn(
         Workload::CNoFramePointers,
-        &Mix { spin: 2, sleep: 2, wait: 1, lock: 1, churn: 1, report_rate: false },
+        &Mix {
+            spin: 2,
+            sleep: 2,
+            wait: 1,
+            lock: 1,
+            churn: 1,
+            report_rate: false,
+        },
     )
     .unwrap();
     let pid = wl.pid().to_string();
@@ -39,7 +46,15 @@ fn sigkill_at_random_moments_never_leaves_a_thread_stopped() {
     let mut kills = 0;
     while kills < 150 && Instant::now() < budget {
         let child = Command::new(agent_bin())
-            .args(["sample", "--pid", &pid, "--samples", "100000", "--interval-ms", "0"])
+            .args([
+                "sample",
+                "--pid",
+                &pid,
+                "--samples",
+                "100000",
+                "--interval-ms",
+                "0",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -60,7 +75,13 @@ fn sigkill_at_random_moments_never_leaves_a_thread_stopped() {
     assert!(kills >= 20, "only {kills} kills in the time budget");
     // The program still makes progress.
     let before = wl.cpu_ticks(spinner).unwrap();
-    assert!(eventually(Duration::from_secs(5), || wl.cpu_ticks(spinner).unwrap_or(0) > before), "spinner is stuck");
+    assert!(
+        eventually(Duration::from_secs(5), || wl
+            .cpu_ticks(spinner)
+            .unwrap_or(0)
+            > before),
+        "spinner is stuck"
+    );
     eprintln!("{kills} SIGKILLs, no thread left stopped");
 }
 
@@ -69,17 +90,34 @@ fn overlapping_runs_and_every_language_leave_nothing_stopped() {
     let sampler = Sampler::new().unwrap();
     let workloads: Vec<_> = Workload::all_native()
         .into_iter()
-        .map(|w| spawn(w, &Mix { spin: 1, sleep: 1, wait: 1, lock: 1, churn: 1, report_rate: false }).unwrap())
+        .map(|w| {
+            spawn(
+                w,
+                &Mix {
+                    spin: 1,
+                    sleep: 1,
+                    wait: 1,
+                    lock: 1,
+                    churn: 1,
+                    report_rate: false,
+                },
+            )
+            .unwrap()
+        })
         .collect();
-    let targets: Vec<(String, ThreadSelector)> =
-        workloads.iter().map(|w| (format!("{:?}", w.workload()), ThreadSelector::pid(w.pid()))).collect();
+    let targets: Vec<(String, ThreadSelector)> = workloads
+        .iter()
+        .map(|w| (format!("{:?}", w.workload()), ThreadSelector::pid(w.pid())))
+        .collect();
     // Three runs at once over all four processes, plus one that names a thread twice.
     std::thread::scope(|scope| {
         let runs: Vec<_> = (0..3)
             .map(|_| {
                 let sampler = sampler.clone();
                 let targets = targets.clone();
-                scope.spawn(move || sampler.sample(&targets, &AccessPolicy::unrestricted(), &opts(20, 1)))
+                scope.spawn(move || {
+                    sampler.sample(&targets, &AccessPolicy::unrestricted(), &opts(20, 1))
+                })
             })
             .collect();
         for run in runs {
@@ -88,7 +126,11 @@ fn overlapping_runs_and_every_language_leave_nothing_stopped() {
             assert!(run.start_ms <= run.end_ms);
             for (key, result) in run.subtasks {
                 let set = result.unwrap_or_else(|e| panic!("{key}: {e}"));
-                assert!(set.samples.len() >= 20 * 5, "{key}: {} samples", set.samples.len());
+                assert!(
+                    set.samples.len() >= 20 * 5,
+                    "{key}: {} samples",
+                    set.samples.len()
+                );
                 set.validate().unwrap();
             }
         }
@@ -99,18 +141,35 @@ fn overlapping_runs_and_every_language_leave_nothing_stopped() {
         (
             "b".to_string(),
             ThreadSelector {
-                process: ProcessRef::Name(Workload::all_native()[0].process_name().to_string()),
+                process: ProcessRef::Pid(w0.pid()),
                 tids: vec![],
                 thread_name: Some(ThreadSelector::compile_thread_name("wait-.*").unwrap()),
             },
         ),
     ];
     let run = sampler.sample(&twice, &AccessPolicy::unrestricted(), &opts(3, 1));
+    // By name: the oldest process with that comm (other tests may run the same program).
+    let by_name = ThreadSelector {
+        process: ProcessRef::Name(w0.workload().process_name().to_string()),
+        tids: vec![],
+        thread_name: None,
+    };
+    let found =
+        flamegrid_agent::selection::resolve(&by_name, &AccessPolicy::unrestricted()).unwrap();
+    assert_eq!(found.comm, w0.workload().process_name());
     let b = run.subtasks[1].1.as_ref().unwrap();
-    assert_eq!(b.samples.len(), 3, "the doubly selected thread is sampled in both subtasks");
+    assert_eq!(
+        b.samples.len(),
+        3,
+        "the doubly selected thread is sampled in both subtasks"
+    );
     assert!(run.subtasks[0].1.as_ref().unwrap().samples.len() >= 15);
     for w in &workloads {
-        assert!(eventually(Duration::from_secs(2), || w.stopped_threads().is_empty()), "{:?}", w.workload());
+        assert!(
+            eventually(Duration::from_secs(2), || w.stopped_threads().is_empty()),
+            "{:?}",
+            w.workload()
+        );
     }
 }
 
@@ -126,16 +185,33 @@ fn policy_refusals_and_missing_processes_are_reported_per_target() {
     ];
     let run = sampler.sample(&targets, &AccessPolicy::unrestricted(), &opts(2, 1));
     assert!(run.subtasks[0].1.is_ok());
-    assert!(matches!(run.subtasks[1].1, Err(AgentError::PermissionDenied { .. })), "{:?}", run.subtasks[1].1);
-    assert!(matches!(run.subtasks[2].1, Err(AgentError::NoSuchProcess(_))), "{:?}", run.subtasks[2].1);
+    assert!(
+        matches!(run.subtasks[1].1, Err(AgentError::PermissionDenied { .. })),
+        "{:?}",
+        run.subtasks[1].1
+    );
+    assert!(
+        matches!(run.subtasks[2].1, Err(AgentError::NoSuchProcess(_))),
+        "{:?}",
+        run.subtasks[2].1
+    );
     let run = sampler.sample(&targets[..1], &only_other_comm, &opts(1, 1));
     match &run.subtasks[0].1 {
-        Err(AgentError::PermissionDenied { reason, .. }) => assert!(reason.contains("allow-list"), "{reason}"),
+        Err(AgentError::PermissionDenied { reason, .. }) => {
+            assert!(reason.contains("allow-list"), "{reason}")
+        }
         other => panic!("expected an allow-list refusal, got {other:?}"),
     }
     // Allowed by comm.
-    let by_comm = AccessPolicy::new(&[], &[Workload::CFramePointers.process_name().to_string()]).unwrap();
-    assert!(sampler.sample(&targets[..1], &by_comm, &opts(1, 1)).subtasks[0].1.is_ok());
+    let by_comm =
+        AccessPolicy::new(&[], &[Workload::CFramePointers.process_name().to_string()]).unwrap();
+    assert!(
+        sampler
+            .sample(&targets[..1], &by_comm, &opts(1, 1))
+            .subtasks[0]
+            .1
+            .is_ok()
+    );
     assert!(wl.stopped_threads().is_empty());
 }
 
@@ -165,7 +241,8 @@ while True:
         .expect("python3");
     let mut child = KillOnDrop(child);
     let pid = child.0.id();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.0.stdout.take().unwrap()));
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(child.0.stdout.take().unwrap()));
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
     let sampler = Sampler::new().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -173,10 +250,20 @@ while True:
         let sampler = sampler.clone();
         let mut o = opts(100_000, 0);
         o.cancel = stop.clone();
-        std::thread::spawn(move || sampler.sample(&[("py".into(), ThreadSelector::pid(pid))], &AccessPolicy::unrestricted(), &o))
+        std::thread::spawn(move || {
+            sampler.sample(
+                &[("py".into(), ThreadSelector::pid(pid))],
+                &AccessPolicy::unrestricted(),
+                &o,
+            )
+        })
     };
     for i in 1..=200 {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGUSR1).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap();
         let line = lines.next().expect("python3 exited").unwrap();
         assert_eq!(line, i.to_string(), "signal {i} was lost or doubled");
     }
@@ -186,7 +273,54 @@ while True:
     assert!(!set.samples.is_empty());
     assert!(eventually(Duration::from_secs(2), || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with(['t', 'T']))
+            .map(|s| {
+                !s.rsplit_once(')')
+                    .unwrap()
+                    .1
+                    .trim_start()
+                    .starts_with(['t', 'T'])
+            })
             .unwrap_or(false)
     }));
+}
+
+/// With `kernel_stacks`, off-CPU samples continue into the kernel (root only: skipped when
+/// `/proc/<pid>/task/<tid>/stack` is not readable).
+#[test]
+fn kernel_stacks_continue_off_cpu_stacks() {
+    let wl = spawn(Workload::CFramePointers, &Mix::one_of_each()).unwrap();
+    let wait = wl.tid_of("wait-0").unwrap();
+    if std::fs::read_to_string(format!("/proc/{}/task/{wait}/stack", wl.pid())).is_err() {
+        eprintln!("kernel stacks not readable here; skipped");
+        return;
+    }
+    let sampler = Sampler::new().unwrap();
+    let mut o = opts(2, 1);
+    o.kernel_stacks = true;
+    let sel = ThreadSelector {
+        process: ProcessRef::Pid(wl.pid()),
+        tids: vec![wait],
+        thread_name: None,
+    };
+    let run = sampler.sample(&[("k".into(), sel)], &AccessPolicy::unrestricted(), &o);
+    let set = run.subtasks[0].1.as_ref().unwrap();
+    for s in &set.samples {
+        let frames: Vec<_> = set.stack_frames(s).collect();
+        let first_kernel = frames
+            .iter()
+            .position(|f| f.module == "[kernel]")
+            .expect("kernel frames");
+        assert!(
+            frames[first_kernel..]
+                .iter()
+                .all(|f| f.module == "[kernel]"),
+            "kernel frames are innermost"
+        );
+        assert!(
+            frames[..first_kernel]
+                .iter()
+                .any(|f| f.name == "wait_inner"),
+            "user stack kept"
+        );
+    }
 }

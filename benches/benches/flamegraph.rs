@@ -51,7 +51,7 @@ fn realistic_set(threads: u32, samples: u32) -> SampleSet {
             let variant = rng.next() % 8;
             let mut stack = base.clone();
             stack.extend((0..10).map(|d| Frame::named(format!("leaf_{variant}_{d}"))));
-            let state = if rng.next() % 5 == 0 {
+            let state = if rng.next().is_multiple_of(5) {
                 ThreadState::Waiting
             } else {
                 ThreadState::Runnable

@@ -57,17 +57,29 @@ pub struct CoordinatorConfig {
 
     /// Seconds after which a cached flame graph is stale and the next request starts a new run
     /// (rest.flamegraph.refresh-interval).
-    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_REFRESH_INTERVAL_S", default_value_t = 60)]
+    #[arg(
+        long,
+        env = "FLAMEGRID_FLAMEGRAPH_REFRESH_INTERVAL_S",
+        default_value_t = 60
+    )]
     pub flamegraph_refresh_interval_s: u64,
 
     /// Seconds after which a flame graph nobody asked for is dropped from the cache
     /// (rest.flamegraph.cleanup-interval).
-    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_CLEANUP_INTERVAL_S", default_value_t = 600)]
+    #[arg(
+        long,
+        env = "FLAMEGRID_FLAMEGRAPH_CLEANUP_INTERVAL_S",
+        default_value_t = 600
+    )]
     pub flamegraph_cleanup_interval_s: u64,
 
     /// Extra time, beyond samples x delay, that an agent has to answer a flame graph run before
     /// its subtasks are reported missing.
-    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_RPC_GRACE_MS", default_value_t = 10000)]
+    #[arg(
+        long,
+        env = "FLAMEGRID_FLAMEGRAPH_RPC_GRACE_MS",
+        default_value_t = 10000
+    )]
     pub flamegraph_rpc_grace_ms: u64,
 
     /// Past runs kept per vertex for history and differential graphs.
@@ -88,11 +100,21 @@ pub struct CoordinatorConfig {
     pub token_file: Option<PathBuf>,
 
     /// TLS certificate (PEM) for the gRPC services.
-    #[arg(long, env = "FLAMEGRID_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "FLAMEGRID_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// TLS private key (PEM) for the gRPC services.
-    #[arg(long, env = "FLAMEGRID_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "FLAMEGRID_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
 
     /// CA (PEM) that peers' certificates must chain to; turns on mutual TLS.
@@ -142,10 +164,16 @@ pub fn apply_config_file(args: &[String]) -> Result<(), ConfigFileError> {
         }
     }
     let Some(path) = path else { return Ok(()) };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|source| ConfigFileError::Read { path: path.clone(), source })?;
-    let table: toml::Table =
-        text.parse().map_err(|e: toml::de::Error| ConfigFileError::Parse { path: path.clone(), msg: e.to_string() })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigFileError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigFileError::Parse {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
     for (key, value) in table {
         let value = match value {
             toml::Value::String(s) => s,
@@ -155,7 +183,10 @@ pub fn apply_config_file(args: &[String]) -> Result<(), ConfigFileError> {
             other => {
                 return Err(ConfigFileError::Parse {
                     path,
-                    msg: format!("key {key:?}: expected a string, number or boolean, got {}", other.type_str()),
+                    msg: format!(
+                        "key {key:?}: expected a string, number or boolean, got {}",
+                        other.type_str()
+                    ),
                 });
             }
         };
@@ -178,14 +209,29 @@ mod tests {
         assert_eq!(c.rest_addr.to_string(), "127.0.0.1:8081");
         assert_eq!(c.rpc_addr.to_string(), "127.0.0.1:6123");
         assert!(c.flamegraph_enabled);
-        assert_eq!((c.flamegraph_num_samples, c.flamegraph_delay_ms, c.flamegraph_max_depth), (100, 50, 100));
-        assert_eq!((c.flamegraph_refresh_interval_s, c.flamegraph_cleanup_interval_s), (60, 600));
+        assert_eq!(
+            (
+                c.flamegraph_num_samples,
+                c.flamegraph_delay_ms,
+                c.flamegraph_max_depth
+            ),
+            (100, 50, 100)
+        );
+        assert_eq!(
+            (
+                c.flamegraph_refresh_interval_s,
+                c.flamegraph_cleanup_interval_s
+            ),
+            (60, 600)
+        );
         assert_eq!(c.refresh_interval_ms, 3000);
     }
 
     #[test]
     fn bounds_are_enforced() {
-        assert!(CoordinatorConfig::try_parse_from(["x", "--flamegraph-num-samples", "1001"]).is_err());
+        assert!(
+            CoordinatorConfig::try_parse_from(["x", "--flamegraph-num-samples", "1001"]).is_err()
+        );
         assert!(CoordinatorConfig::try_parse_from(["x", "--flamegraph-enabled", "false"]).is_ok());
     }
 }

@@ -71,9 +71,13 @@ pub enum DemoError {
 
 /// Starts the demo next to a running coordinator.
 pub async fn start(coordinator: &Coordinator) -> Result<DemoHandle, DemoError> {
-    let workload = flamegrid_workloads::spawn(Workload::Demo, &Mix::default()).map_err(|source| {
-        DemoError::Workload { path: Workload::Demo.path().display().to_string(), source }
-    })?;
+    let workload =
+        flamegrid_workloads::spawn(Workload::Demo, &Mix::default()).map_err(|source| {
+            DemoError::Workload {
+                path: Workload::Demo.path().display().to_string(),
+                source,
+            }
+        })?;
     let workload_pid = workload.pid();
 
     let mut args =
@@ -105,7 +109,14 @@ pub async fn start(coordinator: &Coordinator) -> Result<DemoHandle, DemoError> {
             return Err(DemoError::Job(e.to_string()));
         }
     };
-    Ok(DemoHandle { job_id, agent_id, workload_pid, workload, agent_stop, agent })
+    Ok(DemoHandle {
+        job_id,
+        agent_id,
+        workload_pid,
+        workload,
+        agent_stop,
+        agent,
+    })
 }
 
 /// The `POST /jobs` body of the demo job.

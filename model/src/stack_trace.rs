@@ -184,7 +184,11 @@ pub struct Frame {
 impl Frame {
     /// A frame for a function name alone.
     pub fn named(name: impl Into<String>) -> Frame {
-        Frame { name: name.into(), module: String::new(), inlined: false }
+        Frame {
+            name: name.into(),
+            module: String::new(),
+            inlined: false,
+        }
     }
 }
 
@@ -231,8 +235,14 @@ pub struct SampleSet {
 impl SampleSet {
     /// The frames of a sample's stack, outermost first. Out-of-range indexes (only possible in a
     /// hand-built or corrupted set) are skipped rather than panicking.
-    pub fn stack_frames<'a>(&'a self, sample: &'a ThreadSample) -> impl Iterator<Item = &'a Frame> + 'a {
-        sample.stack.iter().filter_map(move |&i| self.frames.get(i as usize))
+    pub fn stack_frames<'a>(
+        &'a self,
+        sample: &'a ThreadSample,
+    ) -> impl Iterator<Item = &'a Frame> + 'a {
+        sample
+            .stack
+            .iter()
+            .filter_map(move |&i| self.frames.get(i as usize))
     }
 
     /// The thread a sample belongs to, if the index is valid.
@@ -245,10 +255,17 @@ impl SampleSet {
     pub fn validate(&self) -> Result<(), String> {
         for (i, s) in self.samples.iter().enumerate() {
             if s.thread as usize >= self.threads.len() {
-                return Err(format!("sample {i} names thread {} of {}", s.thread, self.threads.len()));
+                return Err(format!(
+                    "sample {i} names thread {} of {}",
+                    s.thread,
+                    self.threads.len()
+                ));
             }
             if let Some(&f) = s.stack.iter().find(|&&f| f as usize >= self.frames.len()) {
-                return Err(format!("sample {i} names frame {f} of {}", self.frames.len()));
+                return Err(format!(
+                    "sample {i} names frame {f} of {}",
+                    self.frames.len()
+                ));
             }
         }
         Ok(())
@@ -294,10 +311,24 @@ impl SampleSetBuilder {
 
     /// A builder that continues an existing set.
     pub fn from_set(set: SampleSet) -> Self {
-        let frame_ids = set.frames.iter().cloned().enumerate().map(|(i, f)| (f, i as u32)).collect();
-        let thread_ids =
-            set.threads.iter().enumerate().map(|(i, t)| ((t.pid, t.tid), i as u32)).collect();
-        SampleSetBuilder { set, frame_ids, thread_ids }
+        let frame_ids = set
+            .frames
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, f)| (f, i as u32))
+            .collect();
+        let thread_ids = set
+            .threads
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ((t.pid, t.tid), i as u32))
+            .collect();
+        SampleSetBuilder {
+            set,
+            frame_ids,
+            thread_ids,
+        }
     }
 
     /// The index of `frame`, adding it if it is new.
@@ -317,7 +348,11 @@ impl SampleSetBuilder {
             return i;
         }
         let i = self.set.threads.len() as u32;
-        self.set.threads.push(SampledThread { pid, tid, name: name.to_string() });
+        self.set.threads.push(SampledThread {
+            pid,
+            tid,
+            name: name.to_string(),
+        });
         self.thread_ids.insert((pid, tid), i);
         i
     }
@@ -332,18 +367,40 @@ impl SampleSetBuilder {
         truncated: bool,
     ) {
         let thread = self.intern_thread(thread.pid, thread.tid, &thread.name);
-        let stack = stack_outermost_first.into_iter().map(|f| self.intern_frame(f)).collect();
-        self.set.samples.push(ThreadSample { thread, timestamp_ms, state, stack, truncated });
+        let stack = stack_outermost_first
+            .into_iter()
+            .map(|f| self.intern_frame(f))
+            .collect();
+        self.set.samples.push(ThreadSample {
+            thread,
+            timestamp_ms,
+            state,
+            stack,
+            truncated,
+        });
     }
 
     /// Adds every sample of `other`, re-interning its frames and threads.
     pub fn extend_from(&mut self, other: &SampleSet) {
-        let frame_map: Vec<u32> = other.frames.iter().map(|f| self.intern_frame(f.clone())).collect();
-        let thread_map: Vec<u32> =
-            other.threads.iter().map(|t| self.intern_thread(t.pid, t.tid, &t.name)).collect();
+        let frame_map: Vec<u32> = other
+            .frames
+            .iter()
+            .map(|f| self.intern_frame(f.clone()))
+            .collect();
+        let thread_map: Vec<u32> = other
+            .threads
+            .iter()
+            .map(|t| self.intern_thread(t.pid, t.tid, &t.name))
+            .collect();
         for s in &other.samples {
-            let Some(&thread) = thread_map.get(s.thread as usize) else { continue };
-            let stack = s.stack.iter().filter_map(|&f| frame_map.get(f as usize).copied()).collect();
+            let Some(&thread) = thread_map.get(s.thread as usize) else {
+                continue;
+            };
+            let stack = s
+                .stack
+                .iter()
+                .filter_map(|&f| frame_map.get(f as usize).copied())
+                .collect();
             self.set.samples.push(ThreadSample {
                 thread,
                 timestamp_ms: s.timestamp_ms,
@@ -376,12 +433,30 @@ mod tests {
 
     #[test]
     fn proc_states_map_onto_flink_names() {
-        assert_eq!(ThreadState::from_proc_state('R', false), ThreadState::Runnable);
-        assert_eq!(ThreadState::from_proc_state('S', false), ThreadState::Waiting);
-        assert_eq!(ThreadState::from_proc_state('S', true), ThreadState::TimedWaiting);
-        assert_eq!(ThreadState::from_proc_state('D', false), ThreadState::Blocked);
-        assert_eq!(ThreadState::from_proc_state('t', false), ThreadState::Waiting);
-        assert_eq!(ThreadState::from_proc_state('Z', false), ThreadState::Terminated);
+        assert_eq!(
+            ThreadState::from_proc_state('R', false),
+            ThreadState::Runnable
+        );
+        assert_eq!(
+            ThreadState::from_proc_state('S', false),
+            ThreadState::Waiting
+        );
+        assert_eq!(
+            ThreadState::from_proc_state('S', true),
+            ThreadState::TimedWaiting
+        );
+        assert_eq!(
+            ThreadState::from_proc_state('D', false),
+            ThreadState::Blocked
+        );
+        assert_eq!(
+            ThreadState::from_proc_state('t', false),
+            ThreadState::Waiting
+        );
+        assert_eq!(
+            ThreadState::from_proc_state('Z', false),
+            ThreadState::Terminated
+        );
     }
 
     #[test]
@@ -398,10 +473,26 @@ mod tests {
 
     #[test]
     fn builder_interns_frames_and_threads() {
-        let t = SampledThread { pid: 1, tid: 2, name: "w".into() };
+        let t = SampledThread {
+            pid: 1,
+            tid: 2,
+            name: "w".into(),
+        };
         let mut b = SampleSetBuilder::new();
-        b.push(&t, 1, ThreadState::Runnable, [Frame::named("main"), Frame::named("f")], false);
-        b.push(&t, 2, ThreadState::Runnable, [Frame::named("main"), Frame::named("g")], false);
+        b.push(
+            &t,
+            1,
+            ThreadState::Runnable,
+            [Frame::named("main"), Frame::named("f")],
+            false,
+        );
+        b.push(
+            &t,
+            2,
+            ThreadState::Runnable,
+            [Frame::named("main"), Frame::named("g")],
+            false,
+        );
         let set = b.finish();
         assert_eq!(set.frames.len(), 3);
         assert_eq!(set.threads.len(), 1);

@@ -65,7 +65,10 @@ impl SampleResponseBuilder {
     /// A builder for the answer to request `request_id`.
     pub fn new(request_id: u64) -> Self {
         let mut b = SampleResponseBuilder {
-            resp: v1::SampleResponse { request_id, ..Default::default() },
+            resp: v1::SampleResponse {
+                request_id,
+                ..Default::default()
+            },
             string_ids: HashMap::new(),
             frame_ids: HashMap::new(),
         };
@@ -87,7 +90,11 @@ impl SampleResponseBuilder {
         if let Some(&i) = self.frame_ids.get(f) {
             return i;
         }
-        let wire = v1::Frame { name: self.string(&f.name), module: self.string(&f.module), inlined: f.inlined };
+        let wire = v1::Frame {
+            name: self.string(&f.name),
+            module: self.string(&f.module),
+            inlined: f.inlined,
+        };
         let i = self.resp.frames.len() as u32;
         self.resp.frames.push(wire);
         self.frame_ids.insert(f.clone(), i);
@@ -100,7 +107,11 @@ impl SampleResponseBuilder {
         let threads = set
             .threads
             .iter()
-            .map(|t| v1::Thread { pid: t.pid, tid: t.tid, name: self.string(&t.name) })
+            .map(|t| v1::Thread {
+                pid: t.pid,
+                tid: t.tid,
+                name: self.string(&t.name),
+            })
             .collect();
         let samples = set
             .samples
@@ -109,7 +120,11 @@ impl SampleResponseBuilder {
                 thread: s.thread,
                 timestamp_ms: s.timestamp_ms,
                 state: v1::ThreadState::from(s.state) as i32,
-                stack: s.stack.iter().filter_map(|&f| frame_map.get(f as usize).copied()).collect(),
+                stack: s
+                    .stack
+                    .iter()
+                    .filter_map(|&f| frame_map.get(f as usize).copied())
+                    .collect(),
                 truncated: s.truncated,
             })
             .collect();
@@ -144,11 +159,14 @@ pub fn subtask_sample_set(
     sub: &v1::SubtaskSamples,
 ) -> Result<SampleSet, ConvertError> {
     let string = |i: u32| {
-        resp.strings.get(i as usize).cloned().ok_or(ConvertError::IndexOutOfRange {
-            what: "string",
-            index: i,
-            len: resp.strings.len(),
-        })
+        resp.strings
+            .get(i as usize)
+            .cloned()
+            .ok_or(ConvertError::IndexOutOfRange {
+                what: "string",
+                index: i,
+                len: resp.strings.len(),
+            })
     };
     // Only the frames this subtask uses are copied, renumbered densely.
     let mut frame_map: HashMap<u32, u32> = HashMap::new();
@@ -167,12 +185,19 @@ pub fn subtask_sample_set(
             let id = match frame_map.get(&f) {
                 Some(&id) => id,
                 None => {
-                    let wire = resp.frames.get(f as usize).ok_or(ConvertError::IndexOutOfRange {
-                        what: "frame",
-                        index: f,
-                        len: resp.frames.len(),
-                    })?;
-                    frames.push(Frame { name: string(wire.name)?, module: string(wire.module)?, inlined: wire.inlined });
+                    let wire =
+                        resp.frames
+                            .get(f as usize)
+                            .ok_or(ConvertError::IndexOutOfRange {
+                                what: "frame",
+                                index: f,
+                                len: resp.frames.len(),
+                            })?;
+                    frames.push(Frame {
+                        name: string(wire.name)?,
+                        module: string(wire.module)?,
+                        inlined: wire.inlined,
+                    });
                     let id = (frames.len() - 1) as u32;
                     frame_map.insert(f, id);
                     id
@@ -191,9 +216,19 @@ pub fn subtask_sample_set(
     let threads = sub
         .threads
         .iter()
-        .map(|t| Ok(SampledThread { pid: t.pid, tid: t.tid, name: string(t.name)? }))
+        .map(|t| {
+            Ok(SampledThread {
+                pid: t.pid,
+                tid: t.tid,
+                name: string(t.name)?,
+            })
+        })
         .collect::<Result<Vec<_>, ConvertError>>()?;
-    Ok(SampleSet { frames, threads, samples })
+    Ok(SampleSet {
+        frames,
+        threads,
+        samples,
+    })
 }
 
 #[cfg(test)]
@@ -203,9 +238,19 @@ mod tests {
 
     #[test]
     fn round_trip_interns_across_subtasks() {
-        let t = SampledThread { pid: 7, tid: 8, name: "spinner-0".into() };
+        let t = SampledThread {
+            pid: 7,
+            tid: 8,
+            name: "spinner-0".into(),
+        };
         let mut b = SampleSetBuilder::new();
-        b.push(&t, 5, ThreadState::Runnable, [Frame::named("main"), Frame::named("spin")], true);
+        b.push(
+            &t,
+            5,
+            ThreadState::Runnable,
+            [Frame::named("main"), Frame::named("spin")],
+            true,
+        );
         let set = b.finish();
         let mut rb = SampleResponseBuilder::new(42);
         rb.add_subtask("a", &set);
@@ -223,11 +268,22 @@ mod tests {
     fn bad_indexes_are_errors_not_panics() {
         let mut resp = v1::SampleResponse::default();
         resp.subtasks.push(v1::SubtaskSamples {
-            threads: vec![v1::Thread { pid: 1, tid: 1, name: 0 }],
-            samples: vec![v1::Sample { thread: 0, stack: vec![3], ..Default::default() }],
+            threads: vec![v1::Thread {
+                pid: 1,
+                tid: 1,
+                name: 0,
+            }],
+            samples: vec![v1::Sample {
+                thread: 0,
+                stack: vec![3],
+                ..Default::default()
+            }],
             ..Default::default()
         });
         let sub = resp.subtasks[0].clone();
-        assert!(matches!(subtask_sample_set(&resp, &sub), Err(ConvertError::IndexOutOfRange { what: "frame", .. })));
+        assert!(matches!(
+            subtask_sample_set(&resp, &sub),
+            Err(ConvertError::IndexOutOfRange { what: "frame", .. })
+        ));
     }
 }

@@ -125,7 +125,11 @@ fn workloads_exit_when_stdin_closes() {
         let mut running = spawn(w, &Mix::one_of_each()).unwrap();
         // Exit must work while waiters are really blocked (a C++ static condition variable's
         // destructor would wait for them forever).
-        let waiter = if w == Workload::Demo { "sink-1" } else { "wait-0" };
+        let waiter = if w == Workload::Demo {
+            "sink-1"
+        } else {
+            "wait-0"
+        };
         let tid = running.tid_of(waiter).unwrap();
         eventually(&format!("{w:?} {waiter} blocked"), || {
             std::fs::read_to_string(format!("/proc/{}/task/{tid}/wchan", running.pid()))

@@ -98,28 +98,38 @@ impl ReadAt for std::fs::File {
 impl ReadAt for [u8] {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let start = usize::try_from(offset).map_err(|_| short())?;
-        let src = self.get(start..start.checked_add(buf.len()).ok_or_else(short)?).ok_or_else(short)?;
+        let src = self
+            .get(start..start.checked_add(buf.len()).ok_or_else(short)?)
+            .ok_or_else(short)?;
         buf.copy_from_slice(src);
         Ok(())
     }
 }
 
 fn short() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "ELF structure out of bounds")
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "ELF structure out of bounds",
+    )
 }
 
 fn bad(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a usable ELF file: {what}"))
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("not a usable ELF file: {what}"),
+    )
 }
 
 /// Largest section this module reads (a bound against corrupt headers).
 const MAX_SECTION: u64 = 256 << 20;
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
-    b.get(o..o + 2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+    b.get(o..o + 2)
+        .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
 }
 fn u32_at(b: &[u8], o: usize) -> u32 {
-    b.get(o..o + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(o..o + 4)
+        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 fn u64_at(b: &[u8], o: usize) -> u64 {
     b.get(o..o + 8).map_or(0, |s| {
@@ -207,8 +217,18 @@ pub fn read_unwind_sections<R: ReadAt + ?Sized>(src: &R) -> std::io::Result<Unwi
         match name_of(u32_at(h, 0)) {
             b".text" => out.text = Section { svma, data: None },
             b".got" => out.got = Section { svma, data: None },
-            b".eh_frame" => out.eh_frame = Section { svma, data: read(true)? },
-            b".eh_frame_hdr" => out.eh_frame_hdr = Section { svma, data: read(true)? },
+            b".eh_frame" => {
+                out.eh_frame = Section {
+                    svma,
+                    data: read(true)?,
+                }
+            }
+            b".eh_frame_hdr" => {
+                out.eh_frame_hdr = Section {
+                    svma,
+                    data: read(true)?,
+                }
+            }
             b".debug_frame" => debug_frame_at = Some(i),
             _ => {}
         }
@@ -221,7 +241,10 @@ pub fn read_unwind_sections<R: ReadAt + ?Sized>(src: &R) -> std::io::Result<Unwi
         if size > 0 && size <= MAX_SECTION {
             let mut data = vec![0u8; size as usize];
             src.read_exact_at(&mut data, offset)?;
-            out.debug_frame = Section { svma: None, data: Some(data.into()) };
+            out.debug_frame = Section {
+                svma: None,
+                data: Some(data.into()),
+            };
         }
     }
     Ok(out)
@@ -244,28 +267,63 @@ mod tests {
     fn bias_follows_the_segment() {
         let s = UnwindSections {
             loads: vec![
-                LoadSegment { offset: 0, vaddr: 0, filesz: 0x1000, exec: false },
-                LoadSegment { offset: 0x1000, vaddr: 0x1000, filesz: 0x5000, exec: true },
+                LoadSegment {
+                    offset: 0,
+                    vaddr: 0,
+                    filesz: 0x1000,
+                    exec: false,
+                },
+                LoadSegment {
+                    offset: 0x1000,
+                    vaddr: 0x1000,
+                    filesz: 0x5000,
+                    exec: true,
+                },
             ],
             ..Default::default()
         };
-        assert_eq!(s.bias(0x5555_0000_1000, 0x1000, true), Some(0x5555_0000_0000));
+        assert_eq!(
+            s.bias(0x5555_0000_1000, 0x1000, true),
+            Some(0x5555_0000_0000)
+        );
         let odd = UnwindSections {
-            loads: vec![LoadSegment { offset: 0x1234, vaddr: 0x201234, filesz: 0x100, exec: true }],
+            loads: vec![LoadSegment {
+                offset: 0x1234,
+                vaddr: 0x201234,
+                filesz: 0x100,
+                exec: true,
+            }],
             ..Default::default()
         };
-        assert_eq!(odd.bias(0x7000_0000_1000, 0x1000, true), Some(0x7000_0000_1000 - 0x201000));
+        assert_eq!(
+            odd.bias(0x7000_0000_1000, 0x1000, true),
+            Some(0x7000_0000_1000 - 0x201000)
+        );
         // lld layout (the Rust workload): a read-only segment shares the code's first page.
         let lld = UnwindSections {
             loads: vec![
-                LoadSegment { offset: 0, vaddr: 0, filesz: 0x19148, exec: false },
-                LoadSegment { offset: 0x19150, vaddr: 0x1a150, filesz: 0x4ac60, exec: true },
+                LoadSegment {
+                    offset: 0,
+                    vaddr: 0,
+                    filesz: 0x19148,
+                    exec: false,
+                },
+                LoadSegment {
+                    offset: 0x19150,
+                    vaddr: 0x1a150,
+                    filesz: 0x4ac60,
+                    exec: true,
+                },
             ],
             ..Default::default()
         };
-        assert_eq!(lld.bias(0x5620_6232_6000, 0x19000, true), Some(0x5620_6230_c000));
+        assert_eq!(
+            lld.bias(0x5620_6232_6000, 0x19000, true),
+            Some(0x5620_6230_c000)
+        );
         assert!(
-            std::fs::File::open("/nonexistent").is_err() && [0u8; 4].read_exact_at(&mut [0u8; 8], 0).is_err()
+            std::fs::File::open("/nonexistent").is_err()
+                && [0u8; 4].read_exact_at(&mut [0u8; 8], 0).is_err()
         );
         assert!(read_unwind_sections(&[0u8; 100][..]).is_err());
     }

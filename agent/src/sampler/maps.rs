@@ -96,8 +96,10 @@ mod tests {
 
     #[test]
     fn parses_lines_with_spaces_and_deleted_files() {
-        let e = parse_line("7f1c2a428000-7f1c2a5bd000 r-xp 00028000 fe:01 1835203   /usr/lib/my lib.so (deleted)")
-            .unwrap();
+        let e = parse_line(
+            "7f1c2a428000-7f1c2a5bd000 r-xp 00028000 fe:01 1835203   /usr/lib/my lib.so (deleted)",
+        )
+        .unwrap();
         assert_eq!(e.start, 0x7f1c2a428000);
         assert_eq!(e.end, 0x7f1c2a5bd000);
         assert!(e.exec && e.read);
@@ -107,7 +109,8 @@ mod tests {
         assert!(e.deleted && e.is_file());
         let anon = parse_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0 ").unwrap();
         assert!(!anon.is_file() && anon.path.is_empty());
-        let vdso = parse_line("7ffd3000-7ffd5000 r-xp 00000000 00:00 0                  [vdso]").unwrap();
+        let vdso =
+            parse_line("7ffd3000-7ffd5000 r-xp 00000000 00:00 0                  [vdso]").unwrap();
         assert_eq!(vdso.path, "[vdso]");
         assert_eq!(basename("/a/b/libc.so.6"), "libc.so.6");
     }

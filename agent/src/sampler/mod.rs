@@ -205,10 +205,13 @@ struct TargetRun {
 impl Sampler {
     /// Starts the sampler (its tracer and symbolizer threads).
     pub fn new() -> Result<Sampler, AgentError> {
-        let tracer = Tracer::spawn().map_err(|e| AgentError::io("starting the tracer thread", e))?;
-        let symbolizer =
-            SymbolizerThread::spawn().map_err(|e| AgentError::io("starting the symbolizer thread", e))?;
-        Ok(Sampler { inner: Arc::new(Inner { tracer, symbolizer }) })
+        let tracer =
+            Tracer::spawn().map_err(|e| AgentError::io("starting the tracer thread", e))?;
+        let symbolizer = SymbolizerThread::spawn()
+            .map_err(|e| AgentError::io("starting the symbolizer thread", e))?;
+        Ok(Sampler {
+            inner: Arc::new(Inner { tracer, symbolizer }),
+        })
     }
 
     /// Samples `targets` (key, selector) — blocking (call from `spawn_blocking`). Several calls
@@ -286,7 +289,9 @@ impl Sampler {
                 Ok(r) => r,
                 Err(e) => {
                     for (i, _) in &meta {
-                        runs[*i].error.get_or_insert_with(|| AgentError::Other(e.clone()));
+                        runs[*i]
+                            .error
+                            .get_or_insert_with(|| AgentError::Other(e.clone()));
                     }
                     break;
                 }
@@ -373,7 +378,14 @@ impl Sampler {
             start_ms = now_ms();
             end_ms = start_ms;
         }
-        (SamplingRun { start_ms, end_ms, subtasks }, stats)
+        (
+            SamplingRun {
+                start_ms,
+                end_ms,
+                subtasks,
+            },
+            stats,
+        )
     }
 }
 
@@ -389,7 +401,9 @@ fn prepare_round(
     let threads: Vec<(u32, String)> = if first {
         let resolved = selection::resolve(&run.sel, policy)?;
         run.pid = resolved.pid;
-        run.starttime = proc::process_stat(run.pid).map_err(|e| selection::gone_or_io(run.pid, e))?.starttime;
+        run.starttime = proc::process_stat(run.pid)
+            .map_err(|e| selection::gone_or_io(run.pid, e))?
+            .starttime;
         for (tid, name) in &resolved.threads {
             run.names.insert(*tid, name.clone());
         }
@@ -398,7 +412,9 @@ fn prepare_round(
         let pid = run.pid;
         let stat = proc::process_stat(pid).map_err(|e| selection::gone_or_io(pid, e))?;
         if stat.starttime != run.starttime {
-            return Err(AgentError::NoSuchProcess(format!("pid {pid} (it was restarted)")));
+            return Err(AgentError::NoSuchProcess(format!(
+                "pid {pid} (it was restarted)"
+            )));
         }
         policy.check(pid)?;
         let tids = proc::list_tids(pid).map_err(|e| selection::gone_or_io(pid, e))?;
@@ -424,20 +440,36 @@ fn prepare_round(
         out
     };
     let pid = run.pid;
-    let mut job = TargetJob { pid, starttime: run.starttime, threads: Vec::with_capacity(threads.len()) };
+    let mut job = TargetJob {
+        pid,
+        starttime: run.starttime,
+        threads: Vec::with_capacity(threads.len()),
+    };
     let mut states = Vec::with_capacity(threads.len());
     for (tid, _) in threads {
         run.selected_any = true;
         // A thread that vanished since the listing is simply not sampled this round.
-        let Ok(stat) = proc::task_stat(pid, tid) else { continue };
+        let Ok(stat) = proc::task_stat(pid, tid) else {
+            continue;
+        };
         if matches!(stat.state, 'Z' | 'X' | 'x') {
             continue;
         }
-        let kernel =
-            if kernel_stacks && stat.state != 'R' { proc::task_kernel_stack(pid, tid) } else { Vec::new() };
-        job.threads.push(ThreadJob { tid, blocked: stat.state == 'D' });
+        let kernel = if kernel_stacks && stat.state != 'R' {
+            proc::task_kernel_stack(pid, tid)
+        } else {
+            Vec::new()
+        };
+        job.threads.push(ThreadJob {
+            tid,
+            blocked: stat.state == 'D',
+        });
         let timed = stat.state == 'S' && proc::task_waits_with_timeout(pid, tid);
-        states.push(PreState { letter: stat.state, timed, kernel });
+        states.push(PreState {
+            letter: stat.state,
+            timed,
+            kernel,
+        });
     }
     Ok((job, states))
 }
@@ -454,7 +486,10 @@ fn finish_target(
     }
     if run.samples.is_empty() {
         if let Some(tid) = run.denied {
-            return Err(AgentError::PermissionDenied { pid: run.pid, reason: permission::explain_denied(run.pid, tid) });
+            return Err(AgentError::PermissionDenied {
+                pid: run.pid,
+                reason: permission::explain_denied(run.pid, tid),
+            });
         }
         if cancel.load(Ordering::SeqCst) {
             return Ok(SampleSet::default());
@@ -472,7 +507,11 @@ fn finish_target(
     let mut builder = SampleSetBuilder::new();
     for s in run.samples {
         let name = run.names.get(&s.tid).cloned().unwrap_or_default();
-        let thread = SampledThread { pid: run.pid, tid: s.tid, name };
+        let thread = SampledThread {
+            pid: run.pid,
+            tid: s.tid,
+            name,
+        };
         let mut frames: Vec<Frame> = Vec::new();
         let mut truncated = false;
         if let Some(stack) = &s.stack {
@@ -486,7 +525,11 @@ fn finish_target(
         }
         // /proc lists the kernel stack innermost first; it continues the user stack inwards.
         for k in s.kernel.iter().rev() {
-            frames.push(Frame { name: k.clone(), module: "[kernel]".into(), inlined: false });
+            frames.push(Frame {
+                name: k.clone(),
+                module: "[kernel]".into(),
+                inlined: false,
+            });
         }
         if frames.len() > max_depth {
             frames.drain(..frames.len() - max_depth);
@@ -512,5 +555,8 @@ fn wait_until(deadline: Instant, cancel: &AtomicBool) -> bool {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

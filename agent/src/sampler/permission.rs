@@ -37,7 +37,9 @@ fn effective_caps() -> Option<u64> {
 /// One line explaining why tracing thread `tid` of `pid` was refused.
 pub fn explain_denied(pid: u32, tid: u32) -> String {
     let me = std::process::id();
-    let status = proc::task_status(pid, tid).or_else(|_| proc::process_status(pid)).unwrap_or_default();
+    let status = proc::task_status(pid, tid)
+        .or_else(|_| proc::process_status(pid))
+        .unwrap_or_default();
     if status.tracer_pid != 0 && status.tracer_pid != me {
         let comm = proc::process_comm(status.tracer_pid).unwrap_or_else(|_| "?".into());
         return format!(
@@ -71,7 +73,9 @@ pub fn explain_denied(pid: u32, tid: u32) -> String {
             status.uids[0]
         );
     }
-    let owner = std::fs::metadata(proc::process_dir(pid)).map(|m| m.uid()).unwrap_or(0);
+    let owner = std::fs::metadata(proc::process_dir(pid))
+        .map(|m| m.uid())
+        .unwrap_or(0);
     if !cap_ptrace && owner == 0 && status.uids[0] != 0 {
         return "the process is not dumpable (setuid/setgid or PR_SET_DUMPABLE=0); tracing it needs \
                 CAP_SYS_PTRACE"

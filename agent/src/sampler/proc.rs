@@ -69,7 +69,12 @@ pub fn parse_stat(text: &str) -> Option<TaskStat> {
     let rest: Vec<&str> = fields.collect();
     // `rest[0]` is field 4 (ppid), so field N is `rest[N - 4]`.
     let field = |n: usize| rest.get(n - 4).and_then(|f| f.parse::<u64>().ok());
-    Some(TaskStat { state, utime: field(14)?, stime: field(15)?, starttime: field(22)? })
+    Some(TaskStat {
+        state,
+        utime: field(14)?,
+        stime: field(15)?,
+        starttime: field(22)?,
+    })
 }
 
 /// Reads the `stat` of one thread.
@@ -127,7 +132,9 @@ pub struct ProcStatus {
 pub fn parse_status(text: &str) -> ProcStatus {
     let mut st = ProcStatus::default();
     for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         match key {
             "Tgid" => st.tgid = value.parse().unwrap_or(0),
@@ -150,12 +157,18 @@ pub fn process_status(pid: u32) -> io::Result<ProcStatus> {
 
 /// Reads `/proc/<pid>/task/<tid>/status`.
 pub fn task_status(pid: u32, tid: u32) -> io::Result<ProcStatus> {
-    Ok(parse_status(&read_small(&task_dir(pid, tid).join("status"))?))
+    Ok(parse_status(&read_small(
+        &task_dir(pid, tid).join("status"),
+    )?))
 }
 
 /// `kernel.yama.ptrace_scope`, or `None` when Yama is not built in.
 pub fn yama_ptrace_scope() -> Option<u32> {
-    read_small(Path::new("/proc/sys/kernel/yama/ptrace_scope")).ok()?.trim().parse().ok()
+    read_small(Path::new("/proc/sys/kernel/yama/ptrace_scope"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// System call numbers that matter for telling a timed wait from an untimed one.
@@ -216,7 +229,9 @@ mod nr {
 /// pointer, and the other `*timed*` calls.
 pub fn syscall_waits_with_timeout(line: &str) -> bool {
     let mut parts = line.split_ascii_whitespace();
-    let Some(Ok(number)) = parts.next().map(|n| n.parse::<u64>()) else { return false };
+    let Some(Ok(number)) = parts.next().map(|n| n.parse::<u64>()) else {
+        return false;
+    };
     let mut args = [0u64; 6];
     for (slot, a) in args.iter_mut().zip(parts) {
         *slot = u64::from_str_radix(a.trim_start_matches("0x"), 16).unwrap_or(0);
@@ -245,7 +260,11 @@ pub fn syscall_is_timed_wait(number: u64, args: &[u64; 6]) -> bool {
             let op = arg(1) & !(128 | 256);
             matches!(
                 op,
-                FUTEX_WAIT | FUTEX_LOCK_PI | FUTEX_WAIT_BITSET | FUTEX_WAIT_REQUEUE_PI | FUTEX_LOCK_PI2
+                FUTEX_WAIT
+                    | FUTEX_LOCK_PI
+                    | FUTEX_WAIT_BITSET
+                    | FUTEX_WAIT_REQUEUE_PI
+                    | FUTEX_LOCK_PI2
             ) && arg(3) != 0
         }
         nr::FUTEX_WAITV => arg(3) != 0,
@@ -272,7 +291,9 @@ pub fn task_waits_with_timeout(pid: u32, tid: u32) -> bool {
 /// The kernel stack of a thread (`/proc/<pid>/task/<tid>/stack`, root only), innermost first,
 /// as bare function names (`do_nanosleep`), or empty when unreadable.
 pub fn task_kernel_stack(pid: u32, tid: u32) -> Vec<String> {
-    let Ok(text) = read_small(&task_dir(pid, tid).join("stack")) else { return Vec::new() };
+    let Ok(text) = read_small(&task_dir(pid, tid).join("stack")) else {
+        return Vec::new();
+    };
     text.lines()
         .filter_map(|line| {
             // "[<0>] do_nanosleep+0x6d/0x160"
@@ -300,8 +321,17 @@ mod tests {
 
     #[test]
     fn status_fields() {
-        let st = parse_status("Name:\tx\nTgid:\t7\nPid:\t9\nTracerPid:\t3\nUid:\t1000\t1001\t1002\t1003\n");
-        assert_eq!(st, ProcStatus { tgid: 7, tracer_pid: 3, uids: [1000, 1001, 1002, 1003] });
+        let st = parse_status(
+            "Name:\tx\nTgid:\t7\nPid:\t9\nTracerPid:\t3\nUid:\t1000\t1001\t1002\t1003\n",
+        );
+        assert_eq!(
+            st,
+            ProcStatus {
+                tgid: 7,
+                tracer_pid: 3,
+                uids: [1000, 1001, 1002, 1003]
+            }
+        );
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -309,16 +339,30 @@ mod tests {
     fn timed_waits_are_recognised() {
         assert!(!syscall_waits_with_timeout("running"));
         assert!(!syscall_waits_with_timeout("-1 0x7ffd 0x4005"));
-        assert!(syscall_waits_with_timeout("219 0x0 0x0 0x0 0x0 0x0 0x0 0x7ff 0x7f1"));
-        assert!(syscall_waits_with_timeout("230 0x0 0x0 0x7f00 0x7f10 0x0 0x0 0x7ff 0x7f1"));
+        assert!(syscall_waits_with_timeout(
+            "219 0x0 0x0 0x0 0x0 0x0 0x0 0x7ff 0x7f1"
+        ));
+        assert!(syscall_waits_with_timeout(
+            "230 0x0 0x0 0x7f00 0x7f10 0x0 0x0 0x7ff 0x7f1"
+        ));
         // pthread_cond_wait: FUTEX_WAIT_BITSET|PRIVATE, NULL timeout.
-        assert!(!syscall_waits_with_timeout("202 0x5600 0x89 0x0 0x0 0x0 0xffffffff 0x7ff 0x7f1"));
+        assert!(!syscall_waits_with_timeout(
+            "202 0x5600 0x89 0x0 0x0 0x0 0xffffffff 0x7ff 0x7f1"
+        ));
         // pthread_cond_timedwait: same with a timeout pointer.
-        assert!(syscall_waits_with_timeout("202 0x5600 0x89 0x0 0x7f00 0x0 0xffffffff 0x7ff 0x7f1"));
+        assert!(syscall_waits_with_timeout(
+            "202 0x5600 0x89 0x0 0x7f00 0x0 0xffffffff 0x7ff 0x7f1"
+        ));
         // epoll_wait(fd, events, n, -1) vs timeout 100.
-        assert!(!syscall_waits_with_timeout("232 0x3 0x7f00 0x10 0xffffffff 0x0 0x0 0x7ff 0x7f1"));
-        assert!(syscall_waits_with_timeout("232 0x3 0x7f00 0x10 0x64 0x0 0x0 0x7ff 0x7f1"));
+        assert!(!syscall_waits_with_timeout(
+            "232 0x3 0x7f00 0x10 0xffffffff 0x0 0x0 0x7ff 0x7f1"
+        ));
+        assert!(syscall_waits_with_timeout(
+            "232 0x3 0x7f00 0x10 0x64 0x0 0x0 0x7ff 0x7f1"
+        ));
         // poll(fds, 1, -1) sign-extended.
-        assert!(!syscall_waits_with_timeout("7 0x7f00 0x1 0xffffffffffffffff 0x0 0x0 0x0 0x7ff 0x7f1"));
+        assert!(!syscall_waits_with_timeout(
+            "7 0x7f00 0x1 0xffffffffffffffff 0x0 0x0 0x0 0x7ff 0x7f1"
+        ));
     }
 }

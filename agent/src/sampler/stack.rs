@@ -61,12 +61,21 @@ pub fn read_regs(tid: Pid) -> nix::Result<Regs> {
     let restarting = matches!(r.rax as i64, -516 | -514 | -513 | -512);
     let interrupted_syscall = if in_call && restarting {
         Some((r.orig_rax, args))
-    } else if in_call && (r.rax == r.orig_rax || r.rax == RESTART_SYSCALL) && at_syscall_insn(tid, r.rip) {
+    } else if in_call
+        && (r.rax == r.orig_rax || r.rax == RESTART_SYSCALL)
+        && at_syscall_insn(tid, r.rip)
+    {
         Some((r.rax, args))
     } else {
         None
     };
-    Ok(Regs { pc: r.rip, sp: r.rsp, fp: r.rbp, lr: 0, interrupted_syscall })
+    Ok(Regs {
+        pc: r.rip,
+        sp: r.rsp,
+        fp: r.rbp,
+        lr: 0,
+        interrupted_syscall,
+    })
 }
 
 /// Whether the two bytes at `pc` are x86_64's `syscall` instruction (0f 05).
@@ -79,7 +88,13 @@ fn at_syscall_insn(tid: Pid, pc: u64) -> bool {
 #[cfg(target_arch = "aarch64")]
 pub fn read_regs(tid: Pid) -> nix::Result<Regs> {
     let r = nix::sys::ptrace::getregs(tid)?;
-    Ok(Regs { pc: r.pc, sp: r.sp, fp: r.regs[29], lr: r.regs[30], interrupted_syscall: None })
+    Ok(Regs {
+        pc: r.pc,
+        sp: r.sp,
+        fp: r.regs[29],
+        lr: r.regs[30],
+        interrupted_syscall: None,
+    })
 }
 
 /// A copy of stack memory `[base, base + len)` of one thread.
@@ -101,10 +116,16 @@ pub struct StackCopy {
 impl StackCopy {
     /// Starts a copy at `sp` (reusing `buf`'s memory).
     pub fn new(sp: u64, buf: Vec<u8>) -> StackCopy {
-        StackCopy { base: sp & !7, buf, len: 0, at_end: false }
+        StackCopy {
+            base: sp & !7,
+            buf,
+            len: 0,
+            at_end: false,
+        }
     }
 
     /// The copied bytes.
+    #[cfg(test)]
     pub fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
@@ -138,7 +159,10 @@ impl StackCopy {
             let chunk_start = addr;
             while addr < end && n < remote.len() {
                 let piece_end = (((addr / PAGE) + 1) * PAGE).min(end);
-                remote[n] = RemoteIoVec { base: addr as usize, len: (piece_end - addr) as usize };
+                remote[n] = RemoteIoVec {
+                    base: addr as usize,
+                    len: (piece_end - addr) as usize,
+                };
                 n += 1;
                 addr = piece_end;
             }
@@ -179,7 +203,12 @@ impl StackCopy {
 /// Reads `len` bytes of another process's memory at `addr` (used for the vDSO image). Returns
 /// what could be read.
 pub fn read_memory(pid: Pid, addr: u64, len: usize) -> Vec<u8> {
-    let mut copy = StackCopy { base: addr, buf: vec![0; len], len: 0, at_end: false };
+    let mut copy = StackCopy {
+        base: addr,
+        buf: vec![0; len],
+        len: 0,
+        at_end: false,
+    };
     copy.extend_from(pid, len);
     let n = copy.len;
     let mut bytes = copy.into_buffer();

@@ -40,18 +40,31 @@ impl SymbolizerThread {
     /// Starts the thread.
     pub fn spawn() -> std::io::Result<SymbolizerThread> {
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new().name("flamegrid-symbolizer".into()).spawn(move || serve(rx))?;
-        Ok(SymbolizerThread { tx: std::sync::Mutex::new(tx) })
+        std::thread::Builder::new()
+            .name("flamegrid-symbolizer".into())
+            .spawn(move || serve(rx))?;
+        Ok(SymbolizerThread {
+            tx: std::sync::Mutex::new(tx),
+        })
     }
 
     /// Frames for each address of `pid` (same order as `addrs`): each address becomes one or
     /// more frames, outermost first (the function, then the functions inlined into it).
     pub fn symbolize(&self, pid: u32, addrs: Vec<u64>) -> Vec<Vec<Frame>> {
-        let fallback = |addrs: &[u64]| addrs.iter().map(|_| vec![Frame::named("[unknown]")]).collect();
+        let fallback = |addrs: &[u64]| {
+            addrs
+                .iter()
+                .map(|_| vec![Frame::named("[unknown]")])
+                .collect()
+        };
         let (reply, answer) = mpsc::sync_channel(1);
         let sent = {
             let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-            tx.send(Job { pid, addrs: addrs.clone(), reply })
+            tx.send(Job {
+                pid,
+                addrs: addrs.clone(),
+                reply,
+            })
         };
         if sent.is_err() {
             tracing::error!("the symbolizer thread is gone; frames stay unknown");
@@ -78,7 +91,10 @@ fn serve(rx: mpsc::Receiver<Job>) {
         }))
         .unwrap_or_else(|_| {
             tracing::error!(pid = job.pid, "symbolizer panicked; frames stay unknown");
-            job.addrs.iter().map(|_| vec![Frame::named("[unknown]")]).collect()
+            job.addrs
+                .iter()
+                .map(|_| vec![Frame::named("[unknown]")])
+                .collect()
         });
         let _ = job.reply.send(frames);
     }
@@ -131,9 +147,17 @@ fn symbolize_batch(
                     .or_else(|| module_of(&maps, addr).map(str::to_string))
                     .unwrap_or_default();
                 let mut frames = Vec::with_capacity(1 + sym.inlined.len());
-                frames.push(Frame { name: clean_name(&sym.name), module: module.clone(), inlined: false });
+                frames.push(Frame {
+                    name: clean_name(&sym.name),
+                    module: module.clone(),
+                    inlined: false,
+                });
                 for f in sym.inlined.iter() {
-                    frames.push(Frame { name: clean_name(&f.name), module: module.clone(), inlined: true });
+                    frames.push(Frame {
+                        name: clean_name(&f.name),
+                        module: module.clone(),
+                        inlined: true,
+                    });
                 }
                 frames
             }
@@ -149,10 +173,17 @@ fn module_of(maps: &[maps::MapEntry], addr: u64) -> Option<&str> {
 
 /// `module+0xoffset` (file offset) for an address in a known mapping, else `[unknown]`.
 fn unknown_frame(maps: &[maps::MapEntry], addr: u64) -> Frame {
-    match maps.iter().find(|e| e.start <= addr && addr < e.end && !e.path.is_empty()) {
+    match maps
+        .iter()
+        .find(|e| e.start <= addr && addr < e.end && !e.path.is_empty())
+    {
         Some(e) => {
             let module = maps::basename(&e.path).to_string();
-            Frame { name: format!("{module}+{:#x}", addr - e.start + e.offset), module, inlined: false }
+            Frame {
+                name: format!("{module}+{:#x}", addr - e.start + e.offset),
+                module,
+                inlined: false,
+            }
         }
         None => Frame::named("[unknown]"),
     }
@@ -171,20 +202,18 @@ pub fn clean_name(raw: &str) -> String {
 }
 
 fn clean_mangled(raw: &str) -> String {
-    if raw.starts_with("_R") || raw.starts_with("_ZN") {
-        if let Ok(d) = rustc_demangle::try_demangle(raw) {
-            let text = format!("{d:#}");
-            // rustc-demangle also accepts many C++ names; trust it only when the name really had
-            // a Rust hash or v0 mangling, or when C++ demangling fails.
-            if raw.starts_with("_R") || has_rust_hash(raw) || cpp_demangle_clean(raw).is_none() {
-                return strip_clone_suffix(&text).to_string();
-            }
-        }
+    // rustc-demangle also accepts many C++ names; trust it only when the name really had a
+    // Rust hash or v0 mangling, or when C++ demangling fails.
+    if (raw.starts_with("_R") || raw.starts_with("_ZN"))
+        && let Ok(d) = rustc_demangle::try_demangle(raw)
+        && (raw.starts_with("_R") || has_rust_hash(raw) || cpp_demangle_clean(raw).is_none())
+    {
+        return strip_clone_suffix(&format!("{d:#}")).to_string();
     }
-    if raw.starts_with("_Z") {
-        if let Some(name) = cpp_demangle_clean(raw) {
-            return name;
-        }
+    if raw.starts_with("_Z")
+        && let Some(name) = cpp_demangle_clean(raw)
+    {
+        return name;
     }
     strip_clone_suffix(raw).to_string()
 }
@@ -240,7 +269,10 @@ fn decode_rust_legacy(name: &str) -> String {
                 out.push_str("::");
                 rest = after;
             } else {
-                let next = rest.find(['$', '.']).map(|i| if i == 0 { 1 } else { i }).unwrap_or(rest.len());
+                let next = rest
+                    .find(['$', '.'])
+                    .map(|i| if i == 0 { 1 } else { i })
+                    .unwrap_or(rest.len());
                 out.push_str(&rest[..next]);
                 rest = &rest[next..];
             }
@@ -252,7 +284,9 @@ fn decode_rust_legacy(name: &str) -> String {
 /// Whether a legacy-mangled name ends in `17h<16 hex>E` (Rust's hash).
 fn has_rust_hash(raw: &str) -> bool {
     let core = raw.split('.').next().unwrap_or(raw);
-    let Some(body) = core.strip_suffix('E') else { return false };
+    let Some(body) = core.strip_suffix('E') else {
+        return false;
+    };
     body.len() > 19 && {
         let tail = &body[body.len() - 19..];
         tail.starts_with("17h") && tail[3..].bytes().all(|b| b.is_ascii_hexdigit())
@@ -264,14 +298,30 @@ fn cpp_demangle_clean(raw: &str) -> Option<String> {
     // `f.constprop.0` and `f` merge.
     let base = strip_clone_suffix(raw);
     let sym = cpp_demangle::Symbol::new(base).ok()?;
-    let opts = cpp_demangle::DemangleOptions::new().no_params().no_return_type();
+    let opts = cpp_demangle::DemangleOptions::new()
+        .no_params()
+        .no_return_type();
     let text = sym.demangle_with_options(&opts).ok()?;
-    Some(text.replace(" [clone", "\u{0}").split('\u{0}').next().unwrap_or(&text).trim().to_string())
+    Some(
+        text.replace(" [clone", "\u{0}")
+            .split('\u{0}')
+            .next()
+            .unwrap_or(&text)
+            .trim()
+            .to_string(),
+    )
 }
 
 /// Drops GCC's `.constprop.N`, `.isra.N`, `.part.N`, `.cold`, `.lto_priv.N` suffixes.
 fn strip_clone_suffix(name: &str) -> &str {
-    const SUFFIXES: [&str; 6] = [".constprop", ".isra", ".part", ".cold", ".lto_priv", ".localalias"];
+    const SUFFIXES: [&str; 6] = [
+        ".constprop",
+        ".isra",
+        ".part",
+        ".cold",
+        ".lto_priv",
+        ".localalias",
+    ];
     let mut cut = name.len();
     for s in SUFFIXES {
         if let Some(i) = name.find(s) {
@@ -310,21 +360,31 @@ mod tests {
         assert_eq!(clean_name("spin_inner"), "spin_inner");
         assert_eq!(clean_name("spin_inner.constprop.0"), "spin_inner");
         assert_eq!(clean_name("main.cold"), "main");
-        assert_eq!(clean_name("_ZN4demo6WorkerImE7recurseEmi"), "demo::Worker<unsigned long>::recurse");
+        assert_eq!(
+            clean_name("_ZN4demo6WorkerImE7recurseEmi"),
+            "demo::Worker<unsigned long>::recurse"
+        );
         assert_eq!(clean_name("_ZN4demo5outerEv"), "demo::outer");
         assert_eq!(
             clean_name("_ZN13rust_workload4spin5inner17h0123456789abcdefE"),
             "rust_workload::spin::inner"
         );
-        assert_eq!(clean_name("_ZNSt6vectorIiSaIiEE9push_backERKi"), "std::vector<int, std::allocator<int> >::push_back");
+        assert_eq!(
+            clean_name("_ZNSt6vectorIiSaIiEE9push_backERKi"),
+            "std::vector<int, std::allocator<int> >::push_back"
+        );
         assert_eq!(clean_name("_ZN4demo5outerEv.cold"), "demo::outer");
         assert_eq!(clean_name("_RNvCs1234_7mycrate4main"), "mycrate::main");
         assert_eq!(
-            clean_name("core::ops::function::FnOnce::call_once$u7b$$u7b$vtable.shim$u7d$$u7d$::h581c310980ce4441"),
+            clean_name(
+                "core::ops::function::FnOnce::call_once$u7b$$u7b$vtable.shim$u7d$$u7d$::h581c310980ce4441"
+            ),
             "core::ops::function::FnOnce::call_once{{vtable.shim}}"
         );
         assert_eq!(
-            clean_name("_$LT$core..panic..AssertUnwindSafe$LT$F$GT$$u20$as$u20$core..ops..FnOnce$LT$$LP$$RP$$GT$$GT$::call_once::hb77ba2c0dd35ae49"),
+            clean_name(
+                "_$LT$core..panic..AssertUnwindSafe$LT$F$GT$$u20$as$u20$core..ops..FnOnce$LT$$LP$$RP$$GT$$GT$::call_once::hb77ba2c0dd35ae49"
+            ),
             "<core::panic::AssertUnwindSafe<F> as core::ops::FnOnce<()>>::call_once"
         );
     }

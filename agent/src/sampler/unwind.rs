@@ -59,15 +59,6 @@ struct FileKey {
     mtime_nsec: i64,
 }
 
-/// A module known in one process: where it is and what it is called.
-#[derive(Debug, Clone)]
-pub struct KnownModule {
-    /// Address range of the file's mappings.
-    pub range: Range<u64>,
-    /// File name (`libc.so.6`, `[vdso]`).
-    pub name: Arc<str>,
-}
-
 /// The signature of the executable mappings, to tell whether a re-read maps file changed.
 type MapsSignature = Vec<(u64, u64, u64, u64)>;
 
@@ -75,7 +66,8 @@ type MapsSignature = Vec<(u64, u64, u64, u64)>;
 pub struct ProcessUnwinder {
     starttime: u64,
     unwinder: NativeUnwinder,
-    modules: Vec<KnownModule>,
+    /// Address ranges of the known modules, sorted.
+    modules: Vec<Range<u64>>,
     signature: MapsSignature,
     last_used: u64,
 }
@@ -83,13 +75,8 @@ pub struct ProcessUnwinder {
 impl ProcessUnwinder {
     /// Whether `addr` lies in a known module.
     pub fn knows(&self, addr: u64) -> bool {
-        let i = self.modules.partition_point(|m| m.range.start <= addr);
-        i > 0 && self.modules[i - 1].range.contains(&addr)
-    }
-
-    /// The modules, sorted by address.
-    pub fn modules(&self) -> &[KnownModule] {
-        &self.modules
+        let i = self.modules.partition_point(|m| m.start <= addr);
+        i > 0 && self.modules[i - 1].contains(&addr)
     }
 }
 
@@ -138,18 +125,24 @@ impl UnwindCache {
     /// known yet. Fails only when the maps can not be read at all (process gone).
     pub fn process(&mut self, pid: u32, starttime: u64) -> std::io::Result<&mut ProcessUnwinder> {
         self.clock += 1;
-        let fresh = self.processes.get(&pid).is_some_and(|p| p.starttime == starttime);
+        let fresh = self
+            .processes
+            .get(&pid)
+            .is_some_and(|p| p.starttime == starttime);
         if !fresh {
             let loaded = self.load(pid, starttime)?;
-            if self.processes.len() >= MAX_PROCESSES {
-                if let Some((&oldest, _)) = self.processes.iter().min_by_key(|(_, p)| p.last_used) {
-                    self.processes.remove(&oldest);
-                }
+            if self.processes.len() >= MAX_PROCESSES
+                && let Some((&oldest, _)) = self.processes.iter().min_by_key(|(_, p)| p.last_used)
+            {
+                self.processes.remove(&oldest);
             }
             self.processes.insert(pid, loaded);
         }
         let clock = self.clock;
-        let p = self.processes.get_mut(&pid).ok_or_else(|| std::io::Error::other("process vanished from cache"))?;
+        let p = self
+            .processes
+            .get_mut(&pid)
+            .ok_or_else(|| std::io::Error::other("process vanished from cache"))?;
         p.last_used = clock;
         Ok(p)
     }
@@ -157,9 +150,13 @@ impl UnwindCache {
     /// Re-reads the maps of `pid` and rebuilds its modules if the executable mappings changed.
     /// Returns true when something changed (callers then unwind again).
     pub fn refresh(&mut self, pid: u32) -> bool {
-        let Some(old) = self.processes.get(&pid) else { return false };
+        let Some(old) = self.processes.get(&pid) else {
+            return false;
+        };
         let starttime = old.starttime;
-        let Ok(entries) = maps::read_maps(pid) else { return false };
+        let Ok(entries) = maps::read_maps(pid) else {
+            return false;
+        };
         if signature(&entries) == old.signature {
             return false;
         }
@@ -184,23 +181,43 @@ impl UnwindCache {
         let mut seen: Vec<(String, u64)> = Vec::new();
         for exec in entries.iter().filter(|e| e.exec) {
             let loaded = if exec.path == "[vdso]" {
-                self.vdso_sections(pid, exec).map(|s| (s, "[vdso]".to_string(), exec.start..exec.end))
+                self.vdso_sections(pid, exec)
+                    .map(|s| (s, "[vdso]".to_string(), exec.start..exec.end))
             } else if exec.is_file() {
-                if seen.iter().any(|(p, i)| *p == exec.path && *i == exec.inode) {
+                if seen
+                    .iter()
+                    .any(|(p, i)| *p == exec.path && *i == exec.inode)
+                {
                     continue;
                 }
                 seen.push((exec.path.clone(), exec.inode));
                 // The module spans every mapping of the same file.
-                let same = |e: &&MapEntry| e.inode == exec.inode && e.dev == exec.dev && e.path == exec.path;
-                let start = entries.iter().filter(same).map(|e| e.start).min().unwrap_or(exec.start);
-                let end = entries.iter().filter(same).map(|e| e.end).max().unwrap_or(exec.end);
+                let same = |e: &&MapEntry| {
+                    e.inode == exec.inode && e.dev == exec.dev && e.path == exec.path
+                };
+                let start = entries
+                    .iter()
+                    .filter(same)
+                    .map(|e| e.start)
+                    .min()
+                    .unwrap_or(exec.start);
+                let end = entries
+                    .iter()
+                    .filter(same)
+                    .map(|e| e.end)
+                    .max()
+                    .unwrap_or(exec.end);
                 self.file_sections(pid, exec)
                     .map(|s| (s, maps::basename(&exec.path).to_string(), start..end))
             } else {
                 None
             };
-            let Some((sections, name, range)) = loaded else { continue };
-            let Some(bias) = sections.bias(exec.start, exec.offset, true) else { continue };
+            let Some((sections, name, range)) = loaded else {
+                continue;
+            };
+            let Some(bias) = sections.bias(exec.start, exec.offset, true) else {
+                continue;
+            };
             tracing::trace!(
                 pid,
                 module = %name,
@@ -225,12 +242,18 @@ impl UnwindCache {
                 };
                 unwinder.add_module(Module::new(name.clone(), range.clone(), bias, info));
             }
-            modules.push(KnownModule { range, name: name.into() });
+            modules.push(range);
         }
-        modules.sort_by_key(|m| m.range.start);
+        modules.sort_by_key(|m| m.start);
         // Overlapping ranges (should not happen) would confuse the binary search; drop them.
-        modules.dedup_by(|later, earlier| later.range.start < earlier.range.end);
-        ProcessUnwinder { starttime, unwinder, modules, signature: signature(entries), last_used: self.clock }
+        modules.dedup_by(|later, earlier| later.start < earlier.end);
+        ProcessUnwinder {
+            starttime,
+            unwinder,
+            modules,
+            signature: signature(entries),
+            last_used: self.clock,
+        }
     }
 
     fn file_sections(&mut self, pid: u32, e: &MapEntry) -> Option<Arc<UnwindSections>> {
@@ -267,10 +290,10 @@ impl UnwindCache {
         if image.is_empty() {
             return None;
         }
-        if let Some((cached_image, s)) = &self.vdso {
-            if *cached_image == image {
-                return Some(Arc::clone(s));
-            }
+        if let Some((cached_image, s)) = &self.vdso
+            && *cached_image == image
+        {
+            return Some(Arc::clone(s));
         }
         let sections = Arc::new(elf::read_unwind_sections(&image[..]).ok()?);
         self.vdso = Some((image, Arc::clone(&sections)));
@@ -296,7 +319,10 @@ impl UnwindCache {
         #[cfg(target_arch = "aarch64")]
         let unwind_regs = framehop::aarch64::UnwindRegsAarch64::new(regs.lr, regs.sp, regs.fp);
         let mut read_stack = |addr: u64| read(addr);
-        let mut frames = process.unwinder.iter_frames(regs.pc, unwind_regs, &mut self.rules, &mut read_stack);
+        let mut frames =
+            process
+                .unwinder
+                .iter_frames(regs.pc, unwind_regs, &mut self.rules, &mut read_stack);
         loop {
             match frames.next() {
                 Ok(Some(frame)) => {
@@ -328,7 +354,11 @@ impl UnwindCache {
 }
 
 fn signature(entries: &[MapEntry]) -> MapsSignature {
-    entries.iter().filter(|e| e.exec).map(|e| (e.start, e.end, e.offset, e.inode)).collect()
+    entries
+        .iter()
+        .filter(|e| e.exec)
+        .map(|e| (e.start, e.end, e.offset, e.inode))
+        .collect()
 }
 
 /// Opens the file behind a mapping as the target process sees it: through `map_files` (works

@@ -39,14 +39,20 @@ pub fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
         .filter(|l| !l.is_empty())
         .map(|l| {
             let (stack, count) = l.rsplit_once(' ').expect("folded line has a count");
-            (stack.split(';').map(str::to_string).collect(), count.parse().expect("count"))
+            (
+                stack.split(';').map(str::to_string).collect(),
+                count.parse().expect("count"),
+            )
         })
         .collect()
 }
 
 /// Whether `chain` occurs in `stack` as a contiguous run.
 pub fn contains_chain(stack: &[String], chain: &[&str]) -> bool {
-    !chain.is_empty() && stack.windows(chain.len()).any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
+    !chain.is_empty()
+        && stack
+            .windows(chain.len())
+            .any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
 }
 
 /// One sample of the JSON output.
@@ -85,7 +91,10 @@ pub fn parse_json(text: &str) -> Vec<JsonSample> {
                 .expect("frames")
                 .iter()
                 .map(|f| {
-                    (f["name"].as_str().expect("name").to_string(), f["inlined"].as_bool().unwrap_or(false))
+                    (
+                        f["name"].as_str().expect("name").to_string(),
+                        f["inlined"].as_bool().unwrap_or(false),
+                    )
                 })
                 .collect(),
         })

@@ -98,10 +98,7 @@ impl Options {
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
-            let mut value = || {
-                args.next()
-                    .ok_or_else(|| anyhow!("{flag} needs a value"))
-            };
+            let mut value = || args.next().ok_or_else(|| anyhow!("{flag} needs a value"));
             match flag.as_str() {
                 "--bin-dir" => o.bin_dir = PathBuf::from(value()?),
                 "--rounds" => o.rounds = parse_count(&flag, &value()?)?,
@@ -201,19 +198,86 @@ fn poll<T>(what: &str, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T
     }
 }
 
-/// Resident memory of a process from `/proc/PID/status`, KiB: (current VmRSS, peak VmHWM).
-fn memory_kib(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
+/// Resident memory of one process from `/proc/PID/status`, KiB.
+#[derive(Debug, Clone, Copy, Default)]
+struct Memory {
+    /// `VmRSS`: resident now.
+    rss: u64,
+    /// `VmHWM`: the peak resident set since the process started.
+    hwm: u64,
+    /// `RssAnon`: heap and stacks, what the process allocated itself.
+    anon: u64,
+    /// `RssFile`: mapped files (the executable, libraries, files it maps to read symbols).
+    file: u64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Result<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
+        };
+        Ok(Memory {
+            rss: field("VmRSS:")?,
+            hwm: field("VmHWM:")?,
+            anon: field("RssAnon:")?,
+            file: field("RssFile:")?,
+        })
+    }
+
+    /// The field-wise maximum, to report the largest of several agents.
+    fn max(self, other: Memory) -> Memory {
+        Memory {
+            rss: self.rss.max(other.rss),
+            hwm: self.hwm.max(other.hwm),
+            anon: self.anon.max(other.anon),
+            file: self.file.max(other.file),
+        }
+    }
+}
+
+/// User plus system CPU time of a process so far, seconds (`/proc/PID/stat`).
+fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    // Fields after the command name, which ends at the last ')': state is field 3, so utime
+    // (field 14) and stime (field 15) are the 12th and 13th after it.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("bad /proc/{pid}/stat field {i}"))
     };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+    Ok((tick(11)? + tick(12)?) / ticks_per_second)
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`), 100 when it cannot be asked.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The 1-minute load average: how busy the shared machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 // ---- HTTP --------------------------------------------------------------------------------
@@ -288,10 +352,7 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
 fn get_json(addr: SocketAddr, path: &str) -> Result<Value> {
     let (status, body) = http(addr, "GET", path, None)?;
     if status != 200 {
-        bail!(
-            "GET {path} → {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        bail!("GET {path} → {status}: {}", String::from_utf8_lossy(&body));
     }
     serde_json::from_slice(&body).with_context(|| format!("GET {path}: not JSON"))
 }
@@ -585,26 +646,34 @@ fn register_job(
     })
 }
 
-/// Waits until every job in `jobs` is RUNNING (its agents watch its threads), the state in
-/// which a user asks for a flame graph.
+/// Waits until every subtask of every job in `jobs` is RUNNING (its agent watches its thread
+/// and reported it alive), the state in which a user asks for a flame graph. The job status
+/// alone is not enough: like Flink's, it is RUNNING from registration on.
 fn wait_running(coordinator: &CoordinatorProcess, jobs: &[&str]) -> Result<()> {
-    poll("every job to be RUNNING", || {
-        let list = get_json(coordinator.rest, "/jobs")?;
-        let running: Vec<&str> = list["jobs"]
+    poll("every subtask to be RUNNING", || {
+        let overview = get_json(coordinator.rest, "/jobs/overview")?;
+        let ready: Vec<&str> = overview["jobs"]
             .as_array()
             .map(|a| {
                 a.iter()
-                    .filter(|j| j["status"] == "RUNNING")
-                    .filter_map(|j| j["id"].as_str())
+                    .filter(|j| {
+                        let tasks = &j["tasks"];
+                        tasks["total"].as_u64().is_some() && tasks["running"] == tasks["total"]
+                    })
+                    .filter_map(|j| j["jid"].as_str())
                     .collect()
             })
             .unwrap_or_default();
-        Ok(jobs.iter().all(|j| running.contains(j)).then_some(()))
+        Ok(jobs.iter().all(|j| ready.contains(j)).then_some(()))
     })
 }
 
 /// One time-to-first-graph measurement: milliseconds and the samples the graph holds.
-fn first_graph(coordinator: &CoordinatorProcess, url: &VertexUrl, method: Method) -> Result<(f64, u64)> {
+fn first_graph(
+    coordinator: &CoordinatorProcess,
+    url: &VertexUrl,
+    method: Method,
+) -> Result<(f64, u64)> {
     let start = Instant::now();
     match method {
         Method::Folded => {
@@ -618,6 +687,9 @@ fn first_graph(coordinator: &CoordinatorProcess, url: &VertexUrl, method: Method
                 .lines()
                 .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
                 .sum();
+            if samples == 0 {
+                bail!("GET {path} answered without a graph after {ms:.1} ms");
+            }
             Ok((ms, samples))
         }
         Method::JsonPoll => loop {
@@ -629,7 +701,10 @@ fn first_graph(coordinator: &CoordinatorProcess, url: &VertexUrl, method: Method
                 return Ok((ms, samples));
             }
             if end == -1 || end == -2 {
-                bail!("{}: endTimestamp {end} (vertex ended or graphs disabled)", url.base);
+                bail!(
+                    "{}: endTimestamp {end} (vertex ended or graphs disabled)",
+                    url.base
+                );
             }
             if start.elapsed() > HANG_GUARD {
                 bail!("{}: no graph after {HANG_GUARD:?}", url.base);
@@ -666,13 +741,19 @@ struct WindowResult {
     /// Cold first graph over all four agents (first gRPC connections included).
     cold_ms: f64,
     rows: Vec<ShapeResult>,
-    coordinator_kib: (u64, u64),
-    agent_kib_max: (u64, u64),
+    coordinator_memory: Memory,
+    /// Field-wise maximum over the agents.
+    agent_memory: Memory,
 }
 
 impl WindowResult {
     fn window_ms(&self) -> f64 {
         f64::from(self.samples) * f64::from(self.delay_ms)
+    }
+
+    /// N samples are separated by N − 1 delays: no sampler can answer sooner than this.
+    fn floor_ms(&self) -> f64 {
+        f64::from(self.samples.saturating_sub(1)) * f64::from(self.delay_ms)
     }
 }
 
@@ -711,7 +792,14 @@ fn measure_window(
         agents: AGENTS,
         method: Method::Folded,
     };
-    let warm = register_job(&coordinator, &agents, workers, &names, warm_shape, "warm-up")?;
+    let warm = register_job(
+        &coordinator,
+        &agents,
+        workers,
+        &names,
+        warm_shape,
+        "warm-up",
+    )?;
 
     let shapes = shapes();
     let mut jobs: Vec<Vec<VertexUrl>> = Vec::new();
@@ -764,11 +852,10 @@ fn measure_window(
             a.process.check_alive(&a.log)?;
         }
     }
-    let coordinator_kib = memory_kib(coordinator.pid())?;
-    let mut agent_kib_max = (0, 0);
+    let coordinator_memory = Memory::of(coordinator.pid())?;
+    let mut agent_memory = Memory::default();
     for a in &agents {
-        let (rss, hwm) = memory_kib(a.process.pid())?;
-        agent_kib_max = (agent_kib_max.0.max(rss), agent_kib_max.1.max(hwm));
+        agent_memory = agent_memory.max(Memory::of(a.process.pid())?);
     }
     let _ = &coordinator.log;
     Ok(WindowResult {
@@ -777,8 +864,8 @@ fn measure_window(
         rounds,
         cold_ms,
         rows,
-        coordinator_kib,
-        agent_kib_max,
+        coordinator_memory,
+        agent_memory,
     })
 }
 
@@ -788,6 +875,8 @@ fn measure_window(
 #[derive(Debug, Clone, Default)]
 struct WrkRun {
     rps: f64,
+    /// CPU the coordinator used during the run, in cores (CPU seconds per wall second).
+    coordinator_cores: f64,
     p50_ms: f64,
     p99_ms: f64,
     requests: u64,
@@ -853,33 +942,49 @@ fn run_wrk(url: &str, duration: &str) -> Result<WrkRun> {
 }
 
 struct RestResult {
-    graph_path: String,
-    flamegraph: Vec<WrkRun>,
-    overview: Vec<WrkRun>,
-    /// (label, coordinator (rss, hwm), agent 0 (rss, hwm), max over agents (rss, hwm)), KiB.
-    memory: Vec<(String, (u64, u64), (u64, u64), (u64, u64))>,
+    /// One entry per URL: label, response size in bytes, one run per round.
+    targets: Vec<RestTarget>,
+    memory: Vec<MemoryPoint>,
+}
+
+/// One URL under wrk.
+struct RestTarget {
+    label: String,
+    /// What the URL stands for in the goals: "flamegraph", "overview" or "config".
+    kind: &'static str,
+    response_bytes: usize,
+    runs: Vec<WrkRun>,
+}
+
+/// The memory of the coordinator and the agents at one moment of the REST phase.
+struct MemoryPoint {
+    label: String,
+    coordinator: Memory,
+    /// Field-wise maximum over the agents.
+    agents: Memory,
 }
 
 fn memory_point(
     label: &str,
     coordinator: &CoordinatorProcess,
     agents: &[AgentProcess],
-) -> Result<(String, (u64, u64), (u64, u64), (u64, u64))> {
-    let c = memory_kib(coordinator.pid())?;
-    let mut first = (0, 0);
-    let mut max = (0, 0);
-    for (i, a) in agents.iter().enumerate() {
-        let m = memory_kib(a.process.pid())?;
-        if i == 0 {
-            first = m;
-        }
-        max = (max.0.max(m.0), max.1.max(m.1));
+) -> Result<MemoryPoint> {
+    let mut max = Memory::default();
+    for a in agents {
+        max = max.max(Memory::of(a.process.pid())?);
     }
-    Ok((label.to_owned(), c, first, max))
+    Ok(MemoryPoint {
+        label: label.to_owned(),
+        coordinator: Memory::of(coordinator.pid())?,
+        agents: max,
+    })
 }
 
 fn measure_rest(opts: &Options, workers: &Workers) -> Result<RestResult> {
-    eprintln!("== REST load: wrk -t2 -c32 -d{}, {} rounds", opts.wrk_duration, opts.wrk_rounds);
+    eprintln!(
+        "== REST load: wrk -t2 -c32 -d{}, {} rounds",
+        opts.wrk_duration, opts.wrk_rounds
+    );
     let coordinator = CoordinatorProcess::start(&opts.bin_dir, &[])?;
     let mut agents = start_agents(&opts.bin_dir, &coordinator, AGENTS)?;
     let names = (0..AGENTS)
@@ -892,7 +997,11 @@ fn measure_rest(opts: &Options, workers: &Workers) -> Result<RestResult> {
     };
     let job = register_job(&coordinator, &agents, workers, &names, shape, "REST load")?;
     wait_running(&coordinator, &[&job.job])?;
-    let mut memory = vec![memory_point("idle (job registered, no graph yet)", &coordinator, &agents)?];
+    let mut memory = vec![memory_point(
+        "idle (job registered, no graph yet)",
+        &coordinator,
+        &agents,
+    )?];
     let (ms, _) = first_graph(&coordinator, &job, Method::Folded)?;
     eprintln!("   first graph {ms:.0} ms");
     // The JSON endpoint now answers from the cache.
@@ -901,35 +1010,68 @@ fn measure_rest(opts: &Options, workers: &Workers) -> Result<RestResult> {
         bail!("no cached graph after the first run: {cached}");
     }
     std::thread::sleep(Duration::from_secs(1));
-    memory.push(memory_point("at rest (after the first graph)", &coordinator, &agents)?);
+    memory.push(memory_point(
+        "at rest (after the first graph)",
+        &coordinator,
+        &agents,
+    )?);
 
-    let graph_url = format!("http://{}{}", coordinator.rest, job.base);
-    let overview_url = format!("http://{}/jobs/overview", coordinator.rest);
-    let mut flamegraph = Vec::new();
-    let mut overview = Vec::new();
+    // `/config` is a small constant answer: its rate is the ceiling of this machine and the
+    // HTTP stack, against which the other two show what their own work costs.
+    let mut targets: Vec<RestTarget> = Vec::new();
+    for (label, kind, path) in [
+        (
+            format!("cached flame graph `{}`", job.base),
+            "flamegraph",
+            job.base.clone(),
+        ),
+        (
+            "`/jobs/overview` (1 job)".to_owned(),
+            "overview",
+            "/jobs/overview".to_owned(),
+        ),
+        (
+            "`/config` (ceiling: a small constant answer)".to_owned(),
+            "config",
+            "/config".to_owned(),
+        ),
+    ] {
+        let (status, body) = http(coordinator.rest, "GET", &path, None)?;
+        if status != 200 {
+            bail!("GET {path} → {status}");
+        }
+        targets.push(RestTarget {
+            label,
+            kind,
+            response_bytes: body.len(),
+            runs: Vec::new(),
+        });
+    }
+    let paths = [
+        job.base.clone(),
+        "/jobs/overview".to_owned(),
+        "/config".to_owned(),
+    ];
+    let ticks = clock_ticks();
     for round in 0..opts.wrk_rounds {
-        let f = run_wrk(&graph_url, &opts.wrk_duration)?;
-        let o = run_wrk(&overview_url, &opts.wrk_duration)?;
-        eprintln!(
-            "   round {}/{}: flame graph {:.0} req/s, overview {:.0} req/s",
-            round + 1,
-            opts.wrk_rounds,
-            f.rps,
-            o.rps
-        );
-        flamegraph.push(f);
-        overview.push(o);
+        let mut line = String::new();
+        for (target, path) in targets.iter_mut().zip(&paths) {
+            let url = format!("http://{}{path}", coordinator.rest);
+            let cpu_before = cpu_seconds(coordinator.pid(), ticks)?;
+            let start = Instant::now();
+            let mut run = run_wrk(&url, &opts.wrk_duration)?;
+            let wall = start.elapsed().as_secs_f64();
+            run.coordinator_cores = (cpu_seconds(coordinator.pid(), ticks)? - cpu_before) / wall;
+            write!(line, " {} {:.0} req/s;", target.kind, run.rps)?;
+            target.runs.push(run);
+        }
+        eprintln!("   round {}/{}:{line}", round + 1, opts.wrk_rounds);
         for a in agents.iter_mut() {
             a.process.check_alive(&a.log)?;
         }
     }
     memory.push(memory_point("after the wrk load", &coordinator, &agents)?);
-    Ok(RestResult {
-        graph_path: job.base,
-        flamegraph,
-        overview,
-        memory,
-    })
+    Ok(RestResult { targets, memory })
 }
 
 // ---- report ------------------------------------------------------------------------------
@@ -966,13 +1108,30 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
 
-fn report(opts: &Options, windows: &[WindowResult], rest: &RestResult) -> Result<String> {
+/// The 1-minute load average when the run started and when it ended.
+struct Loads {
+    start: String,
+    end: String,
+}
+
+fn report(
+    opts: &Options,
+    windows: &[WindowResult],
+    rest: &RestResult,
+    loads: &Loads,
+) -> Result<String> {
     let mut r = String::new();
     writeln!(r, "# flamegrid end-to-end and REST benchmarks\n")?;
     writeln!(
         r,
         "Generated by `benches/e2e.sh` (driver `benches/src/bin/e2e.rs`) on {}.\n",
         machine()
+    )?;
+    writeln!(
+        r,
+        "1-minute load average {} at the start, {} at the end (the machine is shared; \
+         other builds may run at the same time).\n",
+        loads.start, loads.end
     )?;
     writeln!(r, "Command: `{}`\n", opts.command)?;
     writeln!(
@@ -988,7 +1147,10 @@ fn report(opts: &Options, windows: &[WindowResult], rest: &RestResult) -> Result
          compare the rows with each other more than with absolute numbers.\n"
     )?;
 
-    writeln!(r, "## 1. Time from the first flame graph request to the first graph\n")?;
+    writeln!(
+        r,
+        "## 1. Time from the first flame graph request to the first graph\n"
+    )?;
     writeln!(
         r,
         "Time = request → complete answer of `GET .../flamegraph.folded` (waits for the run it \
@@ -1005,20 +1167,26 @@ fn report(opts: &Options, windows: &[WindowResult], rest: &RestResult) -> Result
         )?;
         writeln!(
             r,
-            "| shape | median time (ms) | min–max (ms) | median overhead (ms) | time / window | samples |"
+            "| shape | median time (ms) | min–max (ms) | median overhead (ms) | time / window | over the (N−1) × delay floor (ms) | samples |"
         )?;
-        writeln!(r, "|---|---:|---:|---:|---:|---:|")?;
+        writeln!(r, "|---|---:|---:|---:|---:|---:|---:|")?;
         for row in &w.rows {
             let med = median(&row.times_ms);
             let min = percentile(&row.times_ms, 0.0);
             let max = percentile(&row.times_ms, 1.0);
-            let seen = median(&row.samples_seen.iter().map(|&s| s as f64).collect::<Vec<_>>());
+            let seen = median(
+                &row.samples_seen
+                    .iter()
+                    .map(|&s| s as f64)
+                    .collect::<Vec<_>>(),
+            );
             writeln!(
                 r,
-                "| {} | {med:.1} | {min:.1}–{max:.1} | {:+.1} | {:.3} | {seen:.0} / {} |",
+                "| {} | {med:.1} | {min:.1}–{max:.1} | {:+.1} | {:.3} | {:+.1} | {seen:.0} / {} |",
                 row.shape.label(),
                 med - window,
                 med / window,
+                med - w.floor_ms(),
                 u64::from(w.samples) * row.shape.subtasks as u64
             )?;
         }
@@ -1030,42 +1198,55 @@ fn report(opts: &Options, windows: &[WindowResult], rest: &RestResult) -> Result
              (peak {:.1} MiB).\n",
             w.cold_ms,
             w.cold_ms - window,
-            mib(w.coordinator_kib.0),
-            mib(w.coordinator_kib.1),
-            mib(w.agent_kib_max.0),
-            mib(w.agent_kib_max.1)
+            mib(w.coordinator_memory.rss),
+            mib(w.coordinator_memory.hwm),
+            mib(w.agent_memory.rss),
+            mib(w.agent_memory.hwm)
         )?;
     }
 
-    writeln!(r, "## 2. REST throughput (`wrk -t2 -c32 -d{} --latency`)\n", opts.wrk_duration)?;
+    writeln!(
+        r,
+        "## 2. REST throughput (`wrk -t2 -c32 -d{} --latency`)\n",
+        opts.wrk_duration
+    )?;
     writeln!(
         r,
         "A fresh coordinator with default settings, {AGENTS} agents, one job of 64 subtasks over \
          {AGENTS} agents whose graph was built once (the JSON answer is then served from the \
-         cache). The two URLs alternate, {} rounds each; wrk runs on the same 2 cores as the \
-         coordinator.\n",
-        rest.flamegraph.len()
+         cache). The URLs alternate, {} rounds each; wrk runs on the same {} cores as the \
+         coordinator, the agents and the workloads. *Coordinator CPU* is the CPU time the \
+         coordinator used per second of the run (in cores).\n",
+        rest.targets.first().map_or(0, |t| t.runs.len()),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     )?;
     writeln!(
         r,
-        "| URL | median req/s | min–max req/s | median p50 latency | median p99 latency | requests (all rounds) | non-2xx | socket errors |"
+        "| URL | answer bytes | median req/s | min–max req/s | median p50 latency | median p99 latency | coordinator CPU | req/s per coordinator core | requests (all rounds) | non-2xx | socket errors |"
     )?;
-    writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
-    for (label, runs) in [
-        (format!("cached flame graph `{}`", rest.graph_path), &rest.flamegraph),
-        ("`/jobs/overview`".to_owned(), &rest.overview),
-    ] {
+    writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for t in &rest.targets {
+        let runs = &t.runs;
         let rps: Vec<f64> = runs.iter().map(|w| w.rps).collect();
         let p50: Vec<f64> = runs.iter().map(|w| w.p50_ms).collect();
         let p99: Vec<f64> = runs.iter().map(|w| w.p99_ms).collect();
+        let cores: Vec<f64> = runs.iter().map(|w| w.coordinator_cores).collect();
+        let per_core: Vec<f64> = runs
+            .iter()
+            .map(|w| w.rps / w.coordinator_cores.max(1e-9))
+            .collect();
         writeln!(
             r,
-            "| {label} | {:.0} | {:.0}–{:.0} | {:.2} ms | {:.2} ms | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.0}–{:.0} | {:.2} ms | {:.2} ms | {:.2} | {:.0} | {} | {} | {} |",
+            t.label,
+            t.response_bytes,
             median(&rps),
             percentile(&rps, 0.0),
             percentile(&rps, 1.0),
             median(&p50),
             median(&p99),
+            median(&cores),
+            median(&per_core),
             runs.iter().map(|w| w.requests).sum::<u64>(),
             runs.iter().map(|w| w.non_2xx).sum::<u64>(),
             runs.iter().map(|w| w.socket_errors).sum::<u64>()
@@ -1075,19 +1256,47 @@ fn report(opts: &Options, windows: &[WindowResult], rest: &RestResult) -> Result
     writeln!(r, "\n## 3. Memory (resident set, `/proc/PID/status`)\n")?;
     writeln!(
         r,
-        "| moment | coordinator VmRSS | coordinator VmHWM (peak) | agent 0 VmRSS | agent 0 VmHWM | largest agent VmRSS | largest agent VmHWM |"
+        "VmRSS now, VmHWM the peak since start; RssAnon is what the process allocated (heap, \
+         stacks), RssFile the resident pages of mapped files (its own executable, libraries, \
+         and for the agent the binaries it maps to unwind and symbolize). Agents: the largest \
+         value among the {AGENTS}.\n"
     )?;
-    writeln!(r, "|---|---:|---:|---:|---:|---:|---:|")?;
-    for (label, c, a0, amax) in &rest.memory {
+    writeln!(
+        r,
+        "| moment | coordinator VmRSS | VmHWM | RssAnon | RssFile | agent VmRSS | VmHWM | RssAnon | RssFile |"
+    )?;
+    writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for point in &rest.memory {
+        let (c, a) = (point.coordinator, point.agents);
         writeln!(
             r,
-            "| {label} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
-            mib(c.0),
-            mib(c.1),
-            mib(a0.0),
-            mib(a0.1),
-            mib(amax.0),
-            mib(amax.1)
+            "| {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            point.label,
+            mib(c.rss),
+            mib(c.hwm),
+            mib(c.anon),
+            mib(c.file),
+            mib(a.rss),
+            mib(a.hwm),
+            mib(a.anon),
+            mib(a.file)
+        )?;
+    }
+    for w in windows {
+        let (c, a) = (w.coordinator_memory, w.agent_memory);
+        writeln!(
+            r,
+            "| end of the {} × {} ms phase (coordinator and agents of that phase) | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            w.samples,
+            w.delay_ms,
+            mib(c.rss),
+            mib(c.hwm),
+            mib(c.anon),
+            mib(c.file),
+            mib(a.rss),
+            mib(a.hwm),
+            mib(a.anon),
+            mib(a.file)
         )?;
     }
 
@@ -1118,7 +1327,15 @@ fn report(opts: &Options, windows: &[WindowResult], rest: &RestResult) -> Result
             )?;
         }
     }
-    let fg = median(&rest.flamegraph.iter().map(|w| w.rps).collect::<Vec<_>>());
+    let rate = |kind: &str| {
+        rest.targets
+            .iter()
+            .find(|t| t.kind == kind)
+            .map_or(0.0, |t| {
+                median(&t.runs.iter().map(|w| w.rps).collect::<Vec<_>>())
+            })
+    };
+    let fg = rate("flamegraph");
     let fg_goal = goals::FLINK_FLAMEGRAPH_RPS * goals::FLAMEGRAPH_FACTOR;
     writeln!(
         r,
@@ -1129,7 +1346,7 @@ fn report(opts: &Options, windows: &[WindowResult], rest: &RestResult) -> Result
         verdict(fg >= fg_goal),
         (fg / fg_goal - 1.0) * 100.0
     )?;
-    let ov = median(&rest.overview.iter().map(|w| w.rps).collect::<Vec<_>>());
+    let ov = rate("overview");
     writeln!(
         r,
         "| `/jobs/overview` ≥ Flink's ~{:.0} req/s | {ov:.0} req/s = {:.2}× Flink | {} ({:+.0}%) |",
@@ -1138,20 +1355,21 @@ fn report(opts: &Options, windows: &[WindowResult], rest: &RestResult) -> Result
         verdict(ov >= goals::FLINK_OVERVIEW_RPS),
         (ov / goals::FLINK_OVERVIEW_RPS - 1.0) * 100.0
     )?;
-    if let Some((_, c, _, amax)) = rest.memory.last() {
-        let c_peak = mib(c.1);
-        let a_peak = mib(amax.1);
+    if let Some(point) = rest.memory.last() {
+        let c = point.coordinator;
+        let c_peak = mib(c.hwm);
+        let a_peak = mib(point.agents.hwm);
         writeln!(
             r,
             "| coordinator RSS ≤ {:.0} MiB under load | peak {c_peak:.1} MiB (now {:.1} MiB) | {} ({:+.1} MiB) |",
             goals::COORDINATOR_RSS_MIB,
-            mib(c.0),
+            mib(c.rss),
             verdict(c_peak <= goals::COORDINATOR_RSS_MIB),
             c_peak - goals::COORDINATOR_RSS_MIB
         )?;
         let sampling_peak = windows
             .iter()
-            .map(|w| mib(w.agent_kib_max.1))
+            .map(|w| mib(w.agent_memory.hwm))
             .fold(0.0, f64::max);
         let a_all = a_peak.max(sampling_peak);
         writeln!(
@@ -1162,6 +1380,7 @@ fn report(opts: &Options, windows: &[WindowResult], rest: &RestResult) -> Result
             a_all - goals::AGENT_RSS_MIB
         )?;
     }
+    bounds(&mut r, windows, rest)?;
     writeln!(
         r,
         "\nNot measured here: the side-by-side Apache Flink 2.3 reference (issue 6, item 5). \
@@ -1170,6 +1389,110 @@ fn report(opts: &Options, windows: &[WindowResult], rest: &RestResult) -> Result
          quoted in issue 6, not from this run.\n"
     )?;
     Ok(r)
+}
+
+/// The "what bounds these figures" section: the measured facts that explain each result.
+fn bounds(r: &mut String, windows: &[WindowResult], rest: &RestResult) -> Result<()> {
+    writeln!(r, "\n## What bounds these figures\n")?;
+    let overhead = |w: &WindowResult, subtasks: usize, agents: usize| {
+        w.rows
+            .iter()
+            .find(|x| {
+                x.shape.subtasks == subtasks
+                    && x.shape.agents == agents
+                    && x.shape.method == Method::Folded
+            })
+            .map_or(f64::NAN, |x| median(&x.times_ms) - w.floor_ms())
+    };
+    for w in windows {
+        writeln!(
+            r,
+            "- **First graph, {} × {} ms.** {} samples are separated by {} delays, so no sampler \
+             answers before {:.0} ms, one delay under the {:.0} ms window the goal counts from \
+             (an overhead below zero is therefore possible). Above that floor: 1 subtask \
+             {:+.1} ms, 64 subtasks on 1 agent {:+.1} ms, 64 subtasks over 4 agents {:+.1} ms. \
+             What grows with the subtasks is the per-round cost of stopping and reading every \
+             thread on one agent (one ptrace session per agent); spread over 4 agents the \
+             rounds run in parallel (on 2 cores). The cold first graph ({:+.1} ms over the \
+             window) also pays the coordinator's first gRPC connection to each agent and the \
+             agents' first loading of unwind tables and symbols of the workload's binaries.",
+            w.samples,
+            w.delay_ms,
+            w.samples,
+            w.samples.saturating_sub(1),
+            w.floor_ms(),
+            w.window_ms(),
+            overhead(w, 1, 1),
+            overhead(w, 64, 1),
+            overhead(w, 64, AGENTS),
+            w.cold_ms - w.window_ms()
+        )?;
+    }
+    let target = |kind: &str| rest.targets.iter().find(|t| t.kind == kind);
+    let rate = |t: &RestTarget| median(&t.runs.iter().map(|w| w.rps).collect::<Vec<_>>());
+    let cores = |t: &RestTarget| {
+        median(
+            &t.runs
+                .iter()
+                .map(|w| w.coordinator_cores)
+                .collect::<Vec<_>>(),
+        )
+    };
+    if let (Some(fg), Some(ov), Some(cfg)) =
+        (target("flamegraph"), target("overview"), target("config"))
+    {
+        writeln!(
+            r,
+            "- **REST throughput.** wrk and the coordinator share {} cores (with 4 idle agents \
+             and the workloads' one spinning thread), so every rate here is bounded by the \
+             machine as much as by the coordinator: even the constant `/config` answer \
+             ({} bytes) reaches only {:.0} req/s, with the coordinator using {:.2} cores. The \
+             cached flame graph ({} bytes of JSON) reaches {:.0} req/s = {:.0}% of that \
+             ceiling, using {:.2} cores; `/jobs/overview` ({} bytes) {:.0} req/s = {:.0}%, \
+             using {:.2} cores. The cached JSON endpoint rebuilds the tree of the requested type \
+             from the per-subtask profiles and serialises it on every request \
+             (`Snapshot::tree` + `json::render` in `coordinator/src/flamegraph/`, read from the \
+             code); caching the rendered bytes per (vertex, subtask, type, run) would bring it \
+             close to the `/config` ceiling. On a dedicated host with the load generator \
+             elsewhere all three rates would be higher; their ratios are the portable result.",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cfg.response_bytes,
+            rate(cfg),
+            cores(cfg),
+            fg.response_bytes,
+            rate(fg),
+            rate(fg) / rate(cfg) * 100.0,
+            cores(fg),
+            ov.response_bytes,
+            rate(ov),
+            rate(ov) / rate(cfg) * 100.0,
+            cores(ov)
+        )?;
+    }
+    if let (Some(first), Some(last)) = (rest.memory.first(), rest.memory.last()) {
+        let sampled = rest.memory.get(1).unwrap_or(last);
+        writeln!(
+            r,
+            "- **Memory.** An agent that has not sampled yet holds {:.1} MiB ({:.1} MiB \
+             anonymous, {:.1} MiB mapped files); after sampling 16 threads of one C++ process \
+             it holds {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB mapped files): the growth is \
+             what it keeps to unwind and symbolize the target (unwind tables, symbol and DWARF \
+             data of the workload and of libstdc++/libc), which is what the agent goal is \
+             missed or met by. The coordinator grows from {:.1} MiB at rest to a {:.1} MiB peak \
+             under wrk's 32 connections ({:.1} MiB anonymous now): per-connection buffers and \
+             the allocator's per-thread arenas of the async runtime.",
+            mib(first.agents.rss),
+            mib(first.agents.anon),
+            mib(first.agents.file),
+            mib(sampled.agents.rss),
+            mib(sampled.agents.anon),
+            mib(sampled.agents.file),
+            mib(sampled.coordinator.rss),
+            mib(last.coordinator.hwm),
+            mib(last.coordinator.anon)
+        )?;
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -1183,13 +1506,18 @@ fn main() -> Result<()> {
             );
         }
     }
+    let load_start = load_average();
     let workers = Workers::start()?;
     let windows = vec![
         measure_window(&opts, &workers, 100, 50, opts.rounds)?,
         measure_window(&opts, &workers, 20, 10, opts.short_rounds)?,
     ];
     let rest = measure_rest(&opts, &workers)?;
-    let text = report(&opts, &windows, &rest)?;
+    let loads = Loads {
+        start: load_start,
+        end: load_average(),
+    };
+    let text = report(&opts, &windows, &rest, &loads)?;
     print!("{text}");
     if let Some(path) = &opts.report {
         std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;

@@ -165,24 +165,32 @@ impl Snapshot {
     }
 
     /// Distinct stacks for `ty` as folded lines (frame names sanitised, `[truncated]` first for
-    /// cut stacks) with their counts, merged across subtasks, sorted. Empty stacks are left out:
-    /// a folded line needs at least one frame.
-    pub fn folded_lines(&self, ty: GraphType) -> BTreeMap<String, u64> {
-        let mut lines: BTreeMap<String, u64> = BTreeMap::new();
-        let mut line = String::new();
+    /// cut stacks) with their counts, merged across subtasks. Ordered by frame path (like
+    /// [`folded::to_folded`]), so stacks sharing a prefix are adjacent: inferno can then merge
+    /// them without sorting again. Empty stacks are left out: a folded line needs a frame.
+    pub fn folded_lines(&self, ty: GraphType) -> Vec<(String, u64)> {
+        let mut paths: BTreeMap<Vec<&str>, u64> = BTreeMap::new();
         for profile in self.subtasks.values() {
             for s in profile
                 .stacks
                 .iter()
                 .filter(|s| ty.accepts(s.state) && !s.frames.is_empty())
             {
-                line.clear();
+                let marker = s.truncated.then_some(flamegrid_model::TRUNCATED_FRAME);
                 let frames = s
                     .frames
                     .iter()
                     .filter_map(|&f| profile.names.get(f as usize).map(String::as_str));
-                let marker = s.truncated.then_some(flamegrid_model::TRUNCATED_FRAME);
-                for (i, name) in marker.into_iter().chain(frames).enumerate() {
+                *paths
+                    .entry(marker.into_iter().chain(frames).collect())
+                    .or_insert(0) += s.count;
+            }
+        }
+        paths
+            .into_iter()
+            .map(|(path, count)| {
+                let mut line = String::new();
+                for (i, name) in path.into_iter().enumerate() {
                     if i > 0 {
                         line.push(';');
                     }
@@ -192,11 +200,9 @@ impl Snapshot {
                         line.push_str(name);
                     }
                 }
-                let stack = line.as_str();
-                *lines.entry(stack.to_string()).or_insert(0) += s.count;
-            }
-        }
-        lines
+                (line, count)
+            })
+            .collect()
     }
 
     /// The collapsed-stack text for `ty`: one `a;b;c COUNT` line per distinct stack.
@@ -355,6 +361,27 @@ pub(crate) mod tests {
             assert_eq!(snap.tree(ty), FlameNode::build([&set], ty));
             assert_eq!(snap.folded(ty), folded::to_folded([&set], ty));
         }
+    }
+
+    #[test]
+    fn folded_lines_keep_shared_prefixes_adjacent() {
+        let t = SampledThread {
+            pid: 1,
+            tid: 1,
+            name: "t".into(),
+        };
+        let mut b = SampleSetBuilder::new();
+        let f = |n: &[&str]| n.iter().map(|x| Frame::named(*x)).collect::<Vec<_>>();
+        // As strings "a;b c;d" sorts between "a;b" and "a;b;z"; as paths it does not.
+        for stack in [&["a", "b"][..], &["a", "b", "z"], &["a", "b c", "d"]] {
+            b.push(&t, 0, ThreadState::Runnable, f(stack), false);
+        }
+        let lines: Vec<String> = snapshot(1, &[(0, b.finish())], &[])
+            .folded_lines(GraphType::Full)
+            .into_iter()
+            .map(|l| l.0)
+            .collect();
+        assert_eq!(lines, ["a;b", "a;b;z", "a;b c;d"]);
     }
 
     #[test]
