@@ -150,7 +150,7 @@ fn svg_render(c: &mut Criterion) {
             subtask: None,
             ty: GraphType::Full,
         };
-        let size = render(&answer, &labels).map(|v| v.len()).unwrap_or(0);
+        let size = render(&answer, &labels).expect("SVG renders").len();
         eprintln!("svg_render/{n}: {size} bytes");
         g.bench_with_input(BenchmarkId::from_parameter(n), &answer, |b, a| {
             b.iter(|| render(black_box(a), &labels))

@@ -1133,7 +1133,7 @@ fn report(
          other builds may run at the same time).\n",
         loads.start, loads.end
     )?;
-    writeln!(r, "Command: `{}`\n", opts.command)?;
+    writeln!(r, "Command: `{}`\n", opts.command.trim_end())?;
     writeln!(
         r,
         "Real release binaries over loopback: one `flamegrid-coordinator` per phase, \
@@ -1429,7 +1429,6 @@ fn bounds(r: &mut String, windows: &[WindowResult], rest: &RestResult) -> Result
         )?;
     }
     let target = |kind: &str| rest.targets.iter().find(|t| t.kind == kind);
-    let rate = |t: &RestTarget| median(&t.runs.iter().map(|w| w.rps).collect::<Vec<_>>());
     let cores = |t: &RestTarget| {
         median(
             &t.runs
@@ -1441,32 +1440,44 @@ fn bounds(r: &mut String, windows: &[WindowResult], rest: &RestResult) -> Result
     if let (Some(fg), Some(ov), Some(cfg)) =
         (target("flamegraph"), target("overview"), target("config"))
     {
+        let per_core = |t: &RestTarget| {
+            median(
+                &t.runs
+                    .iter()
+                    .map(|w| w.rps / w.coordinator_cores.max(1e-9))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let fg_goal = goals::FLINK_FLAMEGRAPH_RPS * goals::FLAMEGRAPH_FACTOR;
         writeln!(
             r,
-            "- **REST throughput.** wrk and the coordinator share {} cores (with 4 idle agents \
-             and the workloads' one spinning thread), so every rate here is bounded by the \
-             machine as much as by the coordinator: even the constant `/config` answer \
-             ({} bytes) reaches only {:.0} req/s, with the coordinator using {:.2} cores. The \
-             cached flame graph ({} bytes of JSON) reaches {:.0} req/s = {:.0}% of that \
-             ceiling, using {:.2} cores; `/jobs/overview` ({} bytes) {:.0} req/s = {:.0}%, \
-             using {:.2} cores. The cached JSON endpoint rebuilds the tree of the requested type \
-             from the per-subtask profiles and serialises it on every request \
-             (`Snapshot::tree` + `json::render` in `coordinator/src/flamegraph/`, read from the \
-             code); caching the rendered bytes per (vertex, subtask, type, run) would bring it \
-             close to the `/config` ceiling. On a dedicated host with the load generator \
-             elsewhere all three rates would be higher; their ratios are the portable result.",
+            "- **REST throughput.** wrk's two threads, the coordinator, 4 idle agents, the \
+             workloads' spinning thread and whatever else runs on this shared machine (see the \
+             load average above) compete for {} cores; the coordinator got a median {:.2}, \
+             {:.2} and {:.2} cores during the flame graph, overview and `/config` runs, so the \
+             absolute rates are bounded by the CPU it was given. What it does with a core is \
+             the portable figure: {:.0} req/s per core for the cached flame graph ({} bytes of \
+             JSON), {:.0} for `/jobs/overview` ({} bytes), {:.0} for the constant `/config` \
+             ({} bytes, the ceiling of the HTTP stack). At the flame graph's rate per core, \
+             {fg_goal:.0} req/s needs {:.1} coordinator cores: more than this machine can give \
+             while also running the load generator. The flame graph costs {:.1}× the CPU of \
+             `/config` per request because the cached JSON endpoint rebuilds the tree of the \
+             requested type from the per-subtask profiles and serialises it on every request \
+             (`Snapshot::tree` + `json::render` in `coordinator/src/flamegraph/`, read from \
+             the code); caching the rendered bytes per (vertex, subtask, type, run) would bring \
+             it close to `/config`.",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cfg.response_bytes,
-            rate(cfg),
-            cores(cfg),
-            fg.response_bytes,
-            rate(fg),
-            rate(fg) / rate(cfg) * 100.0,
             cores(fg),
+            cores(ov),
+            cores(cfg),
+            per_core(fg),
+            fg.response_bytes,
+            per_core(ov),
             ov.response_bytes,
-            rate(ov),
-            rate(ov) / rate(cfg) * 100.0,
-            cores(ov)
+            per_core(cfg),
+            cfg.response_bytes,
+            fg_goal / per_core(fg),
+            per_core(cfg) / per_core(fg)
         )?;
     }
     if let (Some(first), Some(last)) = (rest.memory.first(), rest.memory.last()) {
@@ -1477,8 +1488,9 @@ fn bounds(r: &mut String, windows: &[WindowResult], rest: &RestResult) -> Result
              anonymous, {:.1} MiB mapped files); after sampling 16 threads of one C++ process \
              it holds {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB mapped files): the growth is \
              what it keeps to unwind and symbolize the target (unwind tables, symbol and DWARF \
-             data of the workload and of libstdc++/libc), which is what the agent goal is \
-             missed or met by. The coordinator grows from {:.1} MiB at rest to a {:.1} MiB peak \
+             data of the workload and of libstdc++/libc); the agent goal is decided by how much \
+             of that it keeps. Mapped-file pages are shared with the page cache and reclaimable; \
+             the anonymous part alone is the lower bound. The coordinator grows from {:.1} MiB at rest to a {:.1} MiB peak \
              under wrk's 32 connections ({:.1} MiB anonymous now): per-connection buffers and \
              the allocator's per-thread arenas of the async runtime.",
             mib(first.agents.rss),

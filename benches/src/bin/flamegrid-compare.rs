@@ -13,7 +13,9 @@
 //!    running agent does per request), `eu-stack -p`, `eu-stack -i -p`, `gdb -batch -p PID -ex
 //!    'thread apply all bt'`;
 //! 2. how long each thread is stopped (median, p90, p99) from `--stats`;
-//! 3. throughput a spinning target loses while sampled at 20 Hz and 100 Hz.
+//! 3. throughput a spinning target loses while sampled at 20 Hz and 100 Hz, per wall-clock
+//!    second and per second of its own CPU time (the second is immune to the CPU share a busy
+//!    machine's scheduler happens to grant the spinner).
 
 use anyhow::{Context as _, bail};
 use flamegrid_agent::sampler::{Sampler, SamplerOptions};

@@ -57,11 +57,7 @@ pub fn render(answer: &GraphAnswer, labels: &SvgLabels<'_>) -> Result<Vec<u8>, F
         return Ok(message_svg(&labels.title(), &answer.explain()));
     };
     let ty = labels.ty;
-    let lines: Vec<String> = snapshot
-        .folded_lines(ty)
-        .into_iter()
-        .map(|(stack, count)| format!("{stack} {count}"))
-        .collect();
+    let lines = visible_lines(&snapshot.tree(ty), MIN_WIDTH_PERCENT);
     if lines.is_empty() {
         return Ok(message_svg(
             &labels.title(),
@@ -86,7 +82,8 @@ pub fn render(answer: &GraphAnswer, labels: &SvgLabels<'_>) -> Result<Vec<u8>, F
     opts.count_name = "samples".to_string();
     opts.min_width = MIN_WIDTH_PERCENT;
     opts.hash = true; // colour by name: stable between refreshes
-    opts.no_sort = true; // folded_lines are sorted already
+    // inferno wants lines in plain string order (it checks); ours are in frame-path order.
+    opts.no_sort = false;
     match ty {
         GraphType::OnCpu => opts.colors = Palette::Basic(BasicPalette::Hot),
         GraphType::OffCpu => {
@@ -105,6 +102,47 @@ pub fn render(answer: &GraphAnswer, labels: &SvgLabels<'_>) -> Result<Vec<u8>, F
     flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut out)
         .map_err(|e| FlameGraphError::Render(e.to_string()))?;
     Ok(out)
+}
+
+/// Folded lines for `tree` holding only the frames inferno would draw: a node narrower than
+/// `min_width_percent` of the graph is pruned by inferno anyway, so its samples are handed over as
+/// its parent's own samples instead. The picture is identical (every drawn frame keeps its exact
+/// width), but inferno parses, sorts and merges a few hundred lines instead of every distinct
+/// stack, which keeps a 10 000-stack graph well within its time budget.
+pub fn visible_lines(tree: &flamegrid_model::FlameNode, min_width_percent: f64) -> Vec<String> {
+    use flamegrid_model::FlameNode;
+    // Samples with an empty stack stay at the root, which has no folded line.
+    let total: u64 = tree.children.iter().map(|c| c.value).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    // The same arithmetic as inferno's pruning, so both agree on every frame.
+    let min_samples = min_width_percent / (100.0 / total as f64);
+    fn walk(node: &FlameNode, path: &mut Vec<String>, min: f64, out: &mut Vec<String>) {
+        let mut drawn_children = 0;
+        for child in node.children.iter().filter(|c| c.value as f64 >= min) {
+            drawn_children += child.value;
+            path.push(flamegrid_model::folded::sanitize(&child.name));
+            walk(child, path, min, out);
+            path.pop();
+        }
+        let own = node.value - drawn_children;
+        if own > 0 && !path.is_empty() {
+            out.push(format!("{} {own}", path.join(";")));
+        }
+    }
+    let mut out = Vec::new();
+    let mut path = Vec::new();
+    for child in tree
+        .children
+        .iter()
+        .filter(|c| c.value as f64 >= min_samples)
+    {
+        path.push(flamegrid_model::folded::sanitize(&child.name));
+        walk(child, &mut path, min_samples, &mut out);
+        path.pop();
+    }
+    out
 }
 
 /// A blue derived from the name's hash (like inferno's "blue" palette, but deterministic).
@@ -212,6 +250,52 @@ mod tests {
         assert!(
             svg.contains("search"),
             "inferno's interactive script is embedded"
+        );
+    }
+
+    #[test]
+    fn path_order_and_string_order_differ_without_breaking_the_render() {
+        use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};
+        let t = SampledThread {
+            pid: 1,
+            tid: 1,
+            name: "t".into(),
+        };
+        let mut b = SampleSetBuilder::new();
+        for stack in [&["a", "b"][..], &["a", "b", "z"], &["a", "b c", "d"]] {
+            b.push(
+                &t,
+                0,
+                ThreadState::Runnable,
+                stack.iter().map(|n| Frame::named(*n)),
+                false,
+            );
+        }
+        let a = GraphAnswer::Ready(Arc::new(snapshot(1, &[(0, b.finish())], &[])));
+        let svg = String::from_utf8(render(&a, &labels(GraphType::OnCpu)).unwrap()).unwrap();
+        assert!(
+            svg.contains("<title>b c (1 samples") && svg.contains("<title>z (1 samples"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn visible_lines_keep_drawn_widths_and_drop_narrow_frames() {
+        let snap = snapshot(1, &[(0, spin_and_sleep(999))], &[]);
+        let mut tree = snap.tree(GraphType::Full);
+        // A narrow extra stack under main: 1 sample of 1999, below 0.1 %.
+        tree.value += 1;
+        tree.children[0].value += 1;
+        tree.children[0].children.push(flamegrid_model::FlameNode {
+            name: "tiny".into(),
+            value: 1,
+            children: vec![],
+        });
+        let lines = visible_lines(&tree, 0.1);
+        assert_eq!(lines, ["main;sleep 999", "main;spin 999", "main 1"]);
+        assert_eq!(
+            visible_lines(&flamegrid_model::FlameNode::empty_root(), 0.1),
+            Vec::<String>::new()
         );
     }
 
