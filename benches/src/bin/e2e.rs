@@ -915,6 +915,11 @@ fn run_wrk(url: &str, duration: &str) -> Result<WrkRun> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    parse_wrk(&text)
+}
+
+/// Reads wrk's text report (run with `--latency`).
+fn parse_wrk(text: &str) -> Result<WrkRun> {
     let mut run = WrkRun::default();
     let mut in_distribution = false;
     for line in text.lines() {
@@ -1536,4 +1541,70 @@ fn main() -> Result<()> {
         eprintln!("report written to {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_wrk_report() {
+        let text = "Running 10s test @ http://127.0.0.1:1/config
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   610.50us    1.20ms  40.00ms   95.00%
+    Req/Sec    25.00k     2.00k   30.00k    70.00%
+  Latency Distribution
+     50%  520.00us
+     75%  700.00us
+     90%    1.00ms
+     99%    7.54ms
+  500000 requests in 10.00s, 100.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 7
+Requests/sec:  49998.50
+Transfer/sec:     10.00MB
+";
+        let run = parse_wrk(text).unwrap();
+        assert_eq!(run.requests, 500_000);
+        assert!((run.rps - 49_998.5).abs() < 1e-9);
+        assert!((run.p50_ms - 0.52).abs() < 1e-9);
+        assert!((run.p99_ms - 7.54).abs() < 1e-9);
+        assert_eq!(run.non_2xx, 7);
+        assert_eq!(run.socket_errors, 3);
+    }
+
+    #[test]
+    fn an_unreadable_wrk_report_is_an_error() {
+        assert!(parse_wrk("unable to connect to 127.0.0.1:1 Connection refused").is_err());
+    }
+
+    #[test]
+    fn latencies_convert_to_milliseconds() {
+        assert_eq!(parse_latency_ms("870.00us"), Some(0.87));
+        assert_eq!(parse_latency_ms("1.50ms"), Some(1.5));
+        assert_eq!(parse_latency_ms("2.00s"), Some(2000.0));
+        assert_eq!(parse_latency_ms("1.00m"), Some(60_000.0));
+        assert_eq!(parse_latency_ms("fast"), None);
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        assert_eq!(
+            dechunk(b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n").unwrap(),
+            b"hello world"
+        );
+        assert!(dechunk(b"5\r\nhel").is_err());
+        assert!(dechunk(b"zz\r\n").is_err());
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(median(&v), 3.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 1.0), 5.0);
+        assert_eq!(median(&[2.0, 1.0]), 1.0);
+        assert!(median(&[]).is_nan());
+    }
 }
