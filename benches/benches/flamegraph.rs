@@ -124,6 +124,7 @@ fn snapshot_of(set: &SampleSet) -> Snapshot {
         end_ms: 1_718_000_123_456,
         subtasks: BTreeMap::from([(0, Arc::new(SubtaskProfile::from_set(set)))]),
         missing: Vec::new(),
+        json: Default::default(),
     }
 }
 

@@ -446,6 +446,11 @@ async fn a_killed_agent_costs_only_its_subtasks() {
 async fn a_frozen_agent_is_reported_missing_after_the_deadline() {
     let mut short_grace = FLAGS.to_vec();
     short_grace.extend(["--flamegraph-rpc-grace-ms", "500"]);
+    // The workload is declared first so it is dropped last: a frozen agent may hold one of its
+    // threads as a ptrace tracee, and an exited traced thread can only be reaped once its tracer
+    // is gone; the agents' guards SIGKILL them (the kernel then releases every tracee) before
+    // the workload's guard waits for it.
+    let w = workload();
     let c = TestCoordinator::start(&short_grace).await;
     let (tm_a, tm_b) = (
         "a0000000000000000000000000000004",
@@ -453,7 +458,6 @@ async fn a_frozen_agent_is_reported_missing_after_the_deadline() {
     );
     let _agent_a = start_agent(&c, tm_a).await;
     let agent_b = start_agent(&c, tm_b).await;
-    let w = workload();
     let (jobid, v) = running_job(&c, &job([tm_a, tm_b], w.pid())).await;
 
     // Freeze agent b (SIGSTOP): its connection stays open but it never answers. The run ends

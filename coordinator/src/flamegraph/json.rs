@@ -6,6 +6,7 @@
 //! answer is exactly what Flink would send.
 
 use super::GraphAnswer;
+use axum::body::Bytes;
 use flamegrid_model::{FlameNode, GraphType};
 use serde::Serialize;
 
@@ -48,6 +49,15 @@ pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
         .unwrap_or_else(|_| r#"{"endTimestamp":-3}"#.to_string())
 }
 
+/// [`render`], memoised per snapshot and type: what the endpoint serves, since a cached graph is
+/// polled far more often than it changes.
+pub fn render_cached(answer: &GraphAnswer, ty: GraphType) -> Bytes {
+    match answer {
+        GraphAnswer::Ready(s) => s.json.get_or_render(ty, || render(answer, ty)),
+        other => Bytes::from(render(other, ty)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::profile::tests::{snapshot, spin_and_sleep};
@@ -82,5 +92,28 @@ mod tests {
             serde_json::from_str(&render(&partial, GraphType::OffCpu)).unwrap();
         assert_eq!(v["missing"], serde_json::json!([1, 3]));
         assert_eq!(v["data"]["value"], 1);
+    }
+
+    #[test]
+    fn cached_render_is_the_same_text_once_per_type() {
+        let answer = GraphAnswer::Ready(Arc::new(snapshot(3, &[(0, spin_and_sleep(2))], &[])));
+        for ty in GraphType::ALL {
+            let first = render_cached(&answer, ty);
+            assert_eq!(first, render(&answer, ty).as_bytes());
+            let again = render_cached(&answer, ty);
+            assert_eq!(
+                first.as_ptr(),
+                again.as_ptr(),
+                "{ty}: rendered once, then shared"
+            );
+        }
+        assert_ne!(
+            render_cached(&answer, GraphType::OnCpu),
+            render_cached(&answer, GraphType::OffCpu)
+        );
+        assert_eq!(
+            render_cached(&GraphAnswer::Waiting, GraphType::Full),
+            r#"{"endTimestamp":-3}"#.as_bytes()
+        );
     }
 }

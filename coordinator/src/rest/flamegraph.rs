@@ -143,12 +143,28 @@ async fn flamegraph_json(
         None => GraphAnswer::Disabled,
         Some(v) => state.flamegraphs.answer(&r.key, v),
     };
-    let body = json::render(&answer, r.query.ty);
+    let body = json::render_cached(&answer, r.query.ty);
     Ok((
         [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
         body,
     )
         .into_response())
+}
+
+/// What the waiting views (`.svg`, `.folded`) show: the request resolved, and the cached graph,
+/// after waiting (bounded) for a run in flight so a first request gets a real graph.
+async fn resolve_waiting(
+    state: &AppState,
+    jobid: &str,
+    vertexid: &str,
+    query: &[(String, String)],
+) -> Result<(Resolved, GraphAnswer), ApiError> {
+    let r = resolve(state, jobid, vertexid, query)?;
+    let answer = match &r.vertex {
+        None => GraphAnswer::Disabled,
+        Some(v) => state.flamegraphs.answer_waiting(&r.key, v).await,
+    };
+    Ok((r, answer))
 }
 
 /// `GET .../flamegraph.svg`: inferno's interactive SVG.
@@ -157,11 +173,7 @@ async fn flamegraph_svg(
     Path((jobid, vertexid)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let r = resolve(&state, &jobid, &vertexid, &query)?;
-    let answer = match &r.vertex {
-        None => GraphAnswer::Disabled,
-        Some(v) => state.flamegraphs.answer_waiting(&r.key, v).await,
-    };
+    let (r, answer) = resolve_waiting(&state, &jobid, &vertexid, &query).await?;
     let (job_name, vertex_name) = match &r.vertex {
         Some(v) => (v.job_name.clone(), v.vertex_name.clone()),
         None => ("?".to_string(), "?".to_string()),
@@ -191,11 +203,7 @@ async fn flamegraph_folded(
     Path((jobid, vertexid)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let r = resolve(&state, &jobid, &vertexid, &query)?;
-    let answer = match &r.vertex {
-        None => GraphAnswer::Disabled,
-        Some(v) => state.flamegraphs.answer_waiting(&r.key, v).await,
-    };
+    let (r, answer) = resolve_waiting(&state, &jobid, &vertexid, &query).await?;
     let body = folded::render(&answer, r.query.ty);
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response())
 }

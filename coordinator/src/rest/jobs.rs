@@ -6,7 +6,7 @@ use super::error::ApiError;
 use super::metrics::{MetricQuery, metric_values};
 use super::params;
 use super::shapes::{
-    execution_state_counts, html_escape, io_metrics, job_timestamps, task_counts_lower,
+    execution_state_counts, html_escape, io_metrics, job_timestamps, task_counts_lower, time_span,
 };
 use super::state::AppState;
 use crate::registry::state::now_ms;
@@ -105,23 +105,7 @@ fn slot_sharing_group(job: &Job) -> String {
 fn vertex_summary(job: &Job, v: usize, now: i64) -> Value {
     let vertex = &job.spec.vertices[v];
     let subtasks = &job.runtime.subtasks[v];
-    let start = subtasks
-        .iter()
-        .map(|s| s.start_time())
-        .filter(|t| *t > 0)
-        .min()
-        .unwrap_or(-1);
-    let all_terminal = subtasks.iter().all(|s| s.status.is_terminal());
-    let end = if all_terminal {
-        subtasks.iter().map(|s| s.end_time()).max().unwrap_or(-1)
-    } else {
-        -1
-    };
-    let duration = if start < 0 {
-        -1
-    } else {
-        (if end < 0 { now } else { end }) - start
-    };
+    let (start, end, duration) = time_span(subtasks, now);
     json!({
         "id": vertex.id,
         "slotSharingGroupId": slot_sharing_group(job),

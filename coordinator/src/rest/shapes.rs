@@ -12,6 +12,35 @@ use serde_json::{Map, Value, json};
 /// dialect it follows, so version-checking clients accept it.
 pub const FLINK_VERSION: &str = "2.3.0";
 
+/// Flink's `start-time`, `end-time` and `duration` of a group of subtasks (a vertex, or a
+/// vertex's subtasks on one task manager): the earliest start (-1 if none started), the latest
+/// end once every subtask is terminal (-1 before), and end-or-now minus start (-1 if never
+/// started).
+pub fn time_span<'a>(
+    subtasks: impl IntoIterator<Item = &'a SubtaskRuntime>,
+    now: i64,
+) -> (i64, i64, i64) {
+    let subtasks: Vec<&SubtaskRuntime> = subtasks.into_iter().collect();
+    let start = subtasks
+        .iter()
+        .map(|s| s.start_time())
+        .filter(|t| *t > 0)
+        .min()
+        .unwrap_or(-1);
+    let all_terminal = subtasks.iter().all(|s| s.status.is_terminal());
+    let end = if all_terminal {
+        subtasks.iter().map(|s| s.end_time()).max().unwrap_or(-1)
+    } else {
+        -1
+    };
+    let duration = if start < 0 {
+        -1
+    } else {
+        (if end < 0 { now } else { end }) - start
+    };
+    (start, end, duration)
+}
+
 /// Flink's `flink-revision` / `flink-commit` slot, naming flamegrid instead.
 pub fn revision() -> String {
     format!("flamegrid-{} @ unknown", env!("CARGO_PKG_VERSION"))

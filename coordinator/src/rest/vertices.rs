@@ -7,7 +7,7 @@ use super::error::ApiError;
 use super::jobs::load_job;
 use super::metrics::{MetricQuery, metric_values};
 use super::params;
-use super::shapes::{aggregated, execution_state_counts, io_metrics, subtask_entry};
+use super::shapes::{aggregated, execution_state_counts, io_metrics, subtask_entry, time_span};
 use super::state::AppState;
 use crate::registry::state::{aggregate_execution_states, now_ms};
 use crate::registry::{ExecutionState, Job};
@@ -71,23 +71,7 @@ pub async fn taskmanagers(
                 .iter()
                 .map(|i| &job.runtime.subtasks[v][*i])
                 .collect();
-            let start = subtasks
-                .iter()
-                .map(|s| s.start_time())
-                .filter(|t| *t > 0)
-                .min()
-                .unwrap_or(-1);
-            let all_terminal = subtasks.iter().all(|s| s.status.is_terminal());
-            let end = if all_terminal {
-                subtasks.iter().map(|s| s.end_time()).max().unwrap_or(-1)
-            } else {
-                -1
-            };
-            let duration = if start < 0 {
-                -1
-            } else {
-                (if end < 0 { now } else { end }) - start
-            };
+            let (start, end, duration) = time_span(subtasks.iter().copied(), now);
             json!({
                 "endpoint": subtasks[0].endpoint,
                 "status": aggregate_execution_states(subtasks.iter().map(|s| s.status)).name(),
