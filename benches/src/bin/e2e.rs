@@ -1466,11 +1466,9 @@ fn bounds(r: &mut String, windows: &[WindowResult], rest: &RestResult) -> Result
              ({} bytes, the ceiling of the HTTP stack). At the flame graph's rate per core, \
              {fg_goal:.0} req/s needs {:.1} coordinator cores: more than this machine can give \
              while also running the load generator. The flame graph costs {:.1}× the CPU of \
-             `/config` per request because the cached JSON endpoint rebuilds the tree of the \
-             requested type from the per-subtask profiles and serialises it on every request \
-             (`Snapshot::tree` + `json::render` in `coordinator/src/flamegraph/`, read from \
-             the code); caching the rendered bytes per (vertex, subtask, type, run) would bring \
-             it close to `/config`.",
+             `/config` per request: its JSON is rendered once per run and type (`JsonMemo` in \
+             `coordinator/src/flamegraph/profile.rs`), so what remains is resolving the job \
+             and vertex in the registry and sending a larger body.",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             cores(fg),
             cores(ov),
