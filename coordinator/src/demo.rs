@@ -109,6 +109,13 @@ pub async fn start(coordinator: &Coordinator) -> Result<DemoHandle, DemoError> {
             return Err(DemoError::Job(e.to_string()));
         }
     };
+    // The agent learns which threads to watch from its next heartbeat's answer and reports them
+    // alive in the one after; until then no subtask is RUNNING and nothing can be sampled. Wait
+    // for that (a few seconds) so the first flame graph request starts a run at once.
+    let deadline = Instant::now() + REGISTRATION_TIMEOUT;
+    while !all_running(registry, &job_id) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(DemoHandle {
         job_id,
         agent_id,
@@ -116,6 +123,17 @@ pub async fn start(coordinator: &Coordinator) -> Result<DemoHandle, DemoError> {
         workload,
         agent_stop,
         agent,
+    })
+}
+
+/// True once every subtask of the job is RUNNING.
+fn all_running(registry: &crate::registry::Registry, job_id: &str) -> bool {
+    registry.job(job_id).is_ok_and(|job| {
+        job.runtime
+            .subtasks
+            .iter()
+            .flatten()
+            .all(|s| s.status == crate::registry::ExecutionState::Running)
     })
 }
 

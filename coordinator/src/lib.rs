@@ -274,6 +274,7 @@ pub fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
             coordinator.rpc_addr()
         );
         let demo = if demo {
+            println!("flamegrid demo: starting a local agent and the demo workload...");
             let handle = demo::start(&coordinator).await?;
             let rest = coordinator.rest_addr();
             println!(
