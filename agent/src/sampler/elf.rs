@@ -3,11 +3,15 @@
 //! `.debug_frame`) plus the section addresses DWARF CFI pointers are relative to (`.text`,
 //! `.got`).
 //!
-//! Only the few sections the unwinder needs are read (with positioned reads, not a whole-file
-//! read or a memory map: a map of a file that is truncated under us would kill the agent with
-//! SIGBUS, and reading glibc's 100 KiB of CFI costs well under a millisecond). Symbol tables and
-//! DWARF debug info are blazesym's business, not this module's.
+//! The ELF parsing itself is the `object` crate's. Only the headers and the few sections the
+//! unwinder needs are read, through `object::ReadCache` (reads on demand, never a whole-file read
+//! or a memory map: a map of a file that is truncated under us would kill the agent with SIGBUS,
+//! and reading glibc's 100 KiB of CFI costs well under a millisecond). Symbol tables and DWARF
+//! debug info are blazesym's business, not this module's.
 
+use object::elf::{PF_X, PT_LOAD};
+use object::read::elf::{ElfFile64, ProgramHeader};
+use object::{Endianness, Object, ObjectSection, ReadRef};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -83,37 +87,7 @@ impl UnwindSections {
     }
 }
 
-/// Positioned reads from a file or from a byte buffer (the vDSO, copied out of a process).
-pub trait ReadAt {
-    /// Fills `buf` from `offset`, or fails.
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
-}
-
-impl ReadAt for std::fs::File {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
-    }
-}
-
-impl ReadAt for [u8] {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let start = usize::try_from(offset).map_err(|_| short())?;
-        let src = self
-            .get(start..start.checked_add(buf.len()).ok_or_else(short)?)
-            .ok_or_else(short)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-}
-
-fn short() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::UnexpectedEof,
-        "ELF structure out of bounds",
-    )
-}
-
-fn bad(what: &str) -> std::io::Error {
+fn bad(what: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidData,
         format!("not a usable ELF file: {what}"),
@@ -123,129 +97,49 @@ fn bad(what: &str) -> std::io::Error {
 /// Largest section this module reads (a bound against corrupt headers).
 const MAX_SECTION: u64 = 256 << 20;
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    b.get(o..o + 2)
-        .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    b.get(o..o + 4)
-        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    b.get(o..o + 8).map_or(0, |s| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        u64::from_le_bytes(a)
-    })
-}
-
-/// Reads the segments and unwind sections of a 64-bit little-endian ELF file.
-pub fn read_unwind_sections<R: ReadAt + ?Sized>(src: &R) -> std::io::Result<UnwindSections> {
-    let mut ehdr = [0u8; 64];
-    src.read_exact_at(&mut ehdr, 0)?;
-    if &ehdr[..4] != b"\x7fELF" {
-        return Err(bad("no ELF magic"));
-    }
-    if ehdr[4] != 2 || ehdr[5] != 1 {
-        return Err(bad("not 64-bit little-endian"));
-    }
-    let phoff = u64_at(&ehdr, 32);
-    let shoff = u64_at(&ehdr, 40);
-    let phentsize = u16_at(&ehdr, 54) as usize;
-    let phnum = u16_at(&ehdr, 56) as usize;
-    let shentsize = u16_at(&ehdr, 58) as usize;
-    let shnum = u16_at(&ehdr, 60) as usize;
-    let shstrndx = u16_at(&ehdr, 62) as usize;
-
+/// Reads the segments and unwind sections of a 64-bit ELF file.
+///
+/// `data` is either a file behind `object::ReadCache` (reads on demand) or the bytes of an image
+/// copied out of a process (the vDSO).
+pub fn read_unwind_sections<'data, R: ReadRef<'data>>(data: R) -> std::io::Result<UnwindSections> {
+    let elf = ElfFile64::<Endianness, R>::parse(data).map_err(bad)?;
+    let endian = elf.endian();
     let mut out = UnwindSections::default();
-    if phentsize >= 56 && phnum > 0 && phnum < 4096 {
-        let mut ph = vec![0u8; phentsize * phnum];
-        src.read_exact_at(&mut ph, phoff)?;
-        for i in 0..phnum {
-            let p = &ph[i * phentsize..];
-            const PT_LOAD: u32 = 1;
-            if u32_at(p, 0) == PT_LOAD {
-                const PF_X: u32 = 1;
-                out.loads.push(LoadSegment {
-                    offset: u64_at(p, 8),
-                    vaddr: u64_at(p, 16),
-                    filesz: u64_at(p, 32),
-                    exec: u32_at(p, 4) & PF_X != 0,
-                });
-            }
+    for ph in elf.elf_program_headers() {
+        if ph.p_type(endian) == PT_LOAD {
+            out.loads.push(LoadSegment {
+                offset: ph.p_offset(endian),
+                vaddr: ph.p_vaddr(endian),
+                filesz: ph.p_filesz(endian),
+                exec: ph.p_flags(endian) & PF_X != 0,
+            });
         }
     }
-    if shentsize < 64 || shnum == 0 || shnum >= 65280 || shstrndx >= shnum {
-        // No section headers (stripped of them): nothing to unwind with, FP fallback only.
-        return Ok(out);
-    }
-    let mut sh = vec![0u8; shentsize * shnum];
-    src.read_exact_at(&mut sh, shoff)?;
-    let hdr = |i: usize| &sh[i * shentsize..(i + 1) * shentsize];
-    let strtab_hdr = hdr(shstrndx);
-    let (str_off, str_size) = (u64_at(strtab_hdr, 24), u64_at(strtab_hdr, 32));
-    if str_size > MAX_SECTION {
-        return Err(bad("section name table too large"));
-    }
-    let mut names = vec![0u8; str_size as usize];
-    src.read_exact_at(&mut names, str_off)?;
-    let name_of = |off: u32| -> &[u8] {
-        let rest = names.get(off as usize..).unwrap_or(&[]);
-        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
-    };
-
-    let mut debug_frame_at = None;
-    for i in 0..shnum {
-        let h = hdr(i);
-        const SHT_NOBITS: u32 = 8;
-        let kind = u32_at(h, 4);
-        let addr = u64_at(h, 16);
-        let offset = u64_at(h, 24);
-        let size = u64_at(h, 32);
-        let svma = Some(addr..addr.saturating_add(size));
-        let read = |want: bool| -> std::io::Result<Option<Arc<[u8]>>> {
-            if !want || kind == SHT_NOBITS || size == 0 {
-                return Ok(None);
-            }
-            if size > MAX_SECTION {
-                return Err(bad("section too large"));
-            }
-            let mut data = vec![0u8; size as usize];
-            src.read_exact_at(&mut data, offset)?;
-            Ok(Some(data.into()))
+    let section = |name: &str, read: bool| -> std::io::Result<Section> {
+        let Some(sec) = elf.section_by_name(name) else {
+            return Ok(Section::default());
         };
-        match name_of(u32_at(h, 0)) {
-            b".text" => out.text = Section { svma, data: None },
-            b".got" => out.got = Section { svma, data: None },
-            b".eh_frame" => {
-                out.eh_frame = Section {
-                    svma,
-                    data: read(true)?,
-                }
-            }
-            b".eh_frame_hdr" => {
-                out.eh_frame_hdr = Section {
-                    svma,
-                    data: read(true)?,
-                }
-            }
-            b".debug_frame" => debug_frame_at = Some(i),
-            _ => {}
+        let (addr, size) = (sec.address(), sec.size());
+        let svma = Some(addr..addr.saturating_add(size));
+        if !read || size == 0 {
+            return Ok(Section { svma, data: None });
         }
-    }
+        if size > MAX_SECTION {
+            return Err(bad(format_args!("section {name} too large")));
+        }
+        // SHT_NOBITS sections have no bytes in the file: `data` is empty for them.
+        let bytes = sec.data().map_err(bad)?;
+        let data = (!bytes.is_empty()).then(|| Arc::<[u8]>::from(bytes));
+        Ok(Section { svma, data })
+    };
+    out.text = section(".text", false)?;
+    out.got = section(".got", false)?;
+    out.eh_frame = section(".eh_frame", true)?;
+    out.eh_frame_hdr = section(".eh_frame_hdr", true)?;
     // `.debug_frame` is only used when `.eh_frame` is missing; do not read it otherwise (it can
     // be large in binaries built with -g).
-    if let (Some(i), None) = (debug_frame_at, &out.eh_frame.data) {
-        let h = hdr(i);
-        let (offset, size) = (u64_at(h, 24), u64_at(h, 32));
-        if size > 0 && size <= MAX_SECTION {
-            let mut data = vec![0u8; size as usize];
-            src.read_exact_at(&mut data, offset)?;
-            out.debug_frame = Section {
-                svma: None,
-                data: Some(data.into()),
-            };
-        }
+    if out.eh_frame.data.is_none() {
+        out.debug_frame = section(".debug_frame", true)?;
     }
     Ok(out)
 }
@@ -257,7 +151,7 @@ mod tests {
     #[test]
     fn reads_our_own_executable() {
         let exe = std::fs::File::open("/proc/self/exe").unwrap();
-        let s = read_unwind_sections(&exe).unwrap();
+        let s = read_unwind_sections(&object::ReadCache::new(&exe)).unwrap();
         assert!(!s.loads.is_empty());
         assert!(s.eh_frame.data.is_some() && s.eh_frame_hdr.data.is_some());
         assert!(s.text.svma.is_some());
@@ -321,10 +215,10 @@ mod tests {
             lld.bias(0x5620_6232_6000, 0x19000, true),
             Some(0x5620_6230_c000)
         );
-        assert!(
-            std::fs::File::open("/nonexistent").is_err()
-                && [0u8; 4].read_exact_at(&mut [0u8; 8], 0).is_err()
-        );
         assert!(read_unwind_sections(&[0u8; 100][..]).is_err());
+        assert!(
+            read_unwind_sections(&b"\x7fELF\x02\x01"[..]).is_err(),
+            "truncated header"
+        );
     }
 }

@@ -269,7 +269,7 @@ impl UnwindCache {
         if let Some(s) = self.files.get(&key) {
             return Some(Arc::clone(s));
         }
-        let sections = match elf::read_unwind_sections(&file) {
+        let sections = match elf::read_unwind_sections(&object::ReadCache::new(&file)) {
             Ok(s) => Arc::new(s),
             Err(err) => {
                 tracing::debug!(path = %e.path, %err, "no unwind data");
