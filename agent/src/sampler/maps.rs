@@ -115,3 +115,46 @@ mod tests {
         assert_eq!(basename("/a/b/libc.so.6"), "libc.so.6");
     }
 }
+
+/// Property tests: maps lines come from another process's address space (paths may contain
+/// spaces), so any text must parse to a value or `None`, and well-formed lines read back.
+#[cfg(test)]
+mod proptests {
+    use super::parse_line;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,160}") {
+            let _ = parse_line(&text);
+        }
+
+        #[test]
+        fn well_formed_line_round_trips(
+            start in any::<u64>(),
+            end in any::<u64>(),
+            offset in any::<u64>(),
+            inode in any::<u64>(),
+            read in any::<bool>(),
+            exec in any::<bool>(),
+            path in "(/[a-z0-9 ._-]{1,12}){0,3}",
+            deleted in any::<bool>(),
+        ) {
+            let perms = format!("{}-{}p", if read { 'r' } else { '-' }, if exec { 'x' } else { '-' });
+            let suffix = if deleted && !path.is_empty() { " (deleted)" } else { "" };
+            let line = format!("{start:x}-{end:x} {perms} {offset:08x} fd:01 {inode} {path}{suffix}");
+            let entry = parse_line(&line).expect("well-formed line parses");
+            prop_assert_eq!(entry.start, start);
+            prop_assert_eq!(entry.end, end);
+            prop_assert_eq!(entry.offset, offset);
+            prop_assert_eq!(entry.inode, inode);
+            prop_assert_eq!(entry.read, read);
+            prop_assert_eq!(entry.exec, exec);
+            prop_assert_eq!(entry.dev.as_str(), "fd:01");
+            prop_assert_eq!(entry.path.as_str(), path.trim_start());
+            prop_assert_eq!(entry.deleted, !suffix.is_empty());
+        }
+    }
+}
