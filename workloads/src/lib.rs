@@ -20,8 +20,9 @@
 //! | churn | `churn-<i>` | starts its successor and exits, continuously | comes and goes |
 //!
 //! [`spawn`] starts a program and returns once it printed `ready` (every thread started and
-//! named). The returned [`RunningWorkload`] reads thread names, states and CPU time from
-//! `/proc`, and kills the program when dropped. The programs also exit by themselves when their
+//! named) and its waiting and locking threads sleep in the kernel. The returned
+//! [`RunningWorkload`] reads thread names, states and CPU time from `/proc`, and kills the
+//! program when dropped. The programs also exit by themselves when their
 //! stdin reaches end-of-file, so even a test process that dies without running destructors
 //! leaves no workload behind.
 //!
@@ -271,7 +272,8 @@ pub fn demo_vertices() -> &'static [DemoVertex] {
 }
 
 /// Starts `w` with the threads `mix` asks for and returns once the program printed `ready`,
-/// i.e. once every thread exists and carries its name.
+/// i.e. once every thread exists and carries its name, and once its `wait-<i>` and `lock-<i>`
+/// threads sleep in their blocking calls.
 ///
 /// The program's stdin is a pipe held by the returned value, so the program exits on its own
 /// if this process dies. Fails if the program cannot be started or exits before `ready`
@@ -304,7 +306,10 @@ pub fn spawn(w: Workload, mix: &Mix) -> io::Result<RunningWorkload> {
     };
     let line = running.read_line()?;
     match line.as_deref() {
-        Some("ready") => Ok(running),
+        Some("ready") => {
+            running.wait_until_blocked()?;
+            Ok(running)
+        }
         Some(other) => Err(io::Error::other(format!(
             "{} printed {other:?} instead of \"ready\"",
             w.path().display()
@@ -328,6 +333,34 @@ pub struct RunningWorkload {
 }
 
 impl RunningWorkload {
+    /// Waits until every `wait-<i>` and `lock-<i>` thread sleeps in the kernel.
+    ///
+    /// `ready` means every thread exists; on a loaded machine a waiter may not yet have reached
+    /// its blocking call, and a test that expects `WAITING` from its first sample would see a
+    /// runnable thread. Polls `/proc` (no fixed sleep); fails after ten seconds.
+    fn wait_until_blocked(&self) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let pending: Vec<String> = self
+                .threads()?
+                .into_iter()
+                .filter(|(_, name)| name.starts_with("wait-") || name.starts_with("lock-"))
+                .filter(|&(tid, _)| !matches!(procfs::state(self.pid(), tid), Some('S' | 'D')))
+                .map(|(_, name)| name)
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("threads {pending:?} did not block within 10 s"),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// The program's process id (its main thread's tid).
     pub fn pid(&self) -> u32 {
         self.child.id()
