@@ -25,8 +25,10 @@ pub mod cache;
 pub mod dump;
 pub mod folded;
 pub mod json;
+pub mod pprof;
 pub mod profile;
 pub mod run;
+pub mod speedscope;
 pub mod svg;
 
 use crate::config::CoordinatorConfig;

@@ -86,14 +86,14 @@ fn parse_type(raw: &str) -> Option<GraphType> {
 }
 
 /// Everything a flame graph handler needs once the request is known to be valid.
-struct Resolved {
-    key: GraphKey,
-    query: GraphQuery,
+pub(super) struct Resolved {
+    pub(super) key: GraphKey,
+    pub(super) query: GraphQuery,
     /// `None` when flame graphs are disabled (the registry is not consulted, as in Flink).
-    vertex: Option<VertexSampling>,
+    pub(super) vertex: Option<VertexSampling>,
 }
 
-fn resolve(
+pub(super) fn resolve(
     state: &AppState,
     jobid: &str,
     vertexid: &str,
@@ -153,7 +153,7 @@ async fn flamegraph_json(
 
 /// What the waiting views (`.svg`, `.folded`) show: the request resolved, and the cached graph,
 /// after waiting (bounded) for a run in flight so a first request gets a real graph.
-async fn resolve_waiting(
+pub(super) async fn resolve_waiting(
     state: &AppState,
     jobid: &str,
     vertexid: &str,

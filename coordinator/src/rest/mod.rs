@@ -24,7 +24,9 @@
 pub mod auth;
 pub mod cluster;
 pub mod error;
+pub mod exports;
 pub mod flamegraph;
+pub mod history;
 pub mod jobs;
 pub mod metrics;
 pub mod params;
@@ -112,6 +114,8 @@ fn api_routes() -> Router<AppState> {
         .route("/taskmanagers/{tmid}/stdout", get(taskmanagers::no_log_file))
         .merge(unsupported::routes())
         .merge(flamegraph::routes())
+        .merge(exports::routes())
+        .merge(history::routes())
         .merge(crate::dashboard::routes())
 }
 

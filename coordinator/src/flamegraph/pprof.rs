@@ -1,0 +1,1 @@
+//! pprof export of a flame graph snapshot. Filled in by the exports work.

@@ -1,0 +1,1 @@
+//! speedscope export of a flame graph snapshot. Filled in by the exports work.
