@@ -1,11 +1,13 @@
-//! Compiles `proto/flamegrid/v1/*.proto` with protox (a pure-Rust protobuf compiler), so building
-//! flamegrid never needs a system `protoc`.
+//! Compiles `proto/flamegrid/v1/*.proto` and pprof's `proto/pprof/profile.proto` with protox (a
+//! pure-Rust protobuf compiler), so building flamegrid never needs a system `protoc`. The pprof
+//! file has messages only, so it yields plain prost types (package `perftools.profiles`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/flamegrid/v1/samples.proto",
         "proto/flamegrid/v1/agent.proto",
         "proto/flamegrid/v1/registry.proto",
+        "proto/pprof/profile.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -82,8 +82,16 @@ pub struct CoordinatorConfig {
     )]
     pub flamegraph_rpc_grace_ms: u64,
 
-    /// Past runs kept per vertex for history and differential graphs.
-    #[arg(long, env = "FLAMEGRID_FLAMEGRAPH_HISTORY", default_value_t = 10)]
+    /// Flame graph runs kept per vertex (and per subtask), the latest included, for
+    /// .../flamegraph/history, ?at=<endTimestamp> and diff.svg; 0 or 1 keeps only the latest,
+    /// at most 1000. Counted in the cache's memory bound.
+    #[arg(
+        long,
+        env = "FLAMEGRID_FLAMEGRAPH_HISTORY",
+        default_value_t = 10,
+        value_name = "N",
+        value_parser = parse_history
+    )]
     pub flamegraph_history: usize,
 
     /// The dashboard's polling period in ms (/config's refresh-interval, Flink's
@@ -128,6 +136,20 @@ pub struct CoordinatorConfig {
     /// Refuse every REST write.
     #[arg(long, env = "FLAMEGRID_READ_ONLY")]
     pub read_only: bool,
+}
+
+/// `--flamegraph-history`: a count of runs, 0..=[`crate::flamegraph::cache::MAX_HISTORY`].
+fn parse_history(raw: &str) -> Result<usize, String> {
+    let max = crate::flamegraph::cache::MAX_HISTORY;
+    match raw.trim().parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        Ok(n) => Err(format!(
+            "{n} runs is too many to keep per vertex; at most {max} (each run is held in memory)"
+        )),
+        Err(_) => Err(format!(
+            "{raw:?} is not a number of runs (0..={max}; 0 or 1 keep only the latest)"
+        )),
+    }
 }
 
 /// Error reading the `--config` file.
@@ -233,5 +255,21 @@ mod tests {
             CoordinatorConfig::try_parse_from(["x", "--flamegraph-num-samples", "1001"]).is_err()
         );
         assert!(CoordinatorConfig::try_parse_from(["x", "--flamegraph-enabled", "false"]).is_ok());
+    }
+
+    #[test]
+    fn history_is_bounded_with_a_clear_error() {
+        let parse = |v: &str| CoordinatorConfig::try_parse_from(["x", "--flamegraph-history", v]);
+        assert_eq!(CoordinatorConfig::parse_from(["x"]).flamegraph_history, 10);
+        for ok in ["0", "1", "1000"] {
+            assert_eq!(parse(ok).unwrap().flamegraph_history.to_string(), ok);
+        }
+        let too_many = parse("1001").unwrap_err().to_string();
+        assert!(too_many.contains("at most 1000"), "{too_many}");
+        let not_a_number = parse("ten").unwrap_err().to_string();
+        assert!(
+            not_a_number.contains("not a number of runs"),
+            "{not_a_number}"
+        );
     }
 }

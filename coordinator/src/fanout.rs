@@ -15,6 +15,11 @@
 //!    subtask the agent answered with a per-subtask `error`, or whose samples do not hold together
 //!    (bad indexes are an error, never a panic). An answer arriving after the deadline is simply
 //!    dropped with its task, and an answer echoing the wrong `request_id` is refused.
+//! 4. An agent that is busy (RESOURCE_EXHAUSTED: it already runs `--max-concurrent-runs`
+//!    sampling runs) is asked again after a short jittered pause, as long as a whole sampling
+//!    window still fits before the deadline (`call_until_deadline`): twenty vertices on one
+//!    agent opened at once all get their graphs, a little later, instead of sixteen of them
+//!    coming back empty.
 //!
 //! Channels to agents are created lazily and kept per address, so a run does not pay a TCP (or
 //! TLS) handshake to an agent it talked to before. The shared token (`--token-file`) travels as
@@ -297,28 +302,21 @@ impl FanOut {
                 }
             };
             let bearer = self.auth.bearer.clone();
+            let window = params.sampling_window();
             tasks.spawn(async move {
                 let address = call.address.clone();
-                let mut request = tonic::Request::new(call.request);
-                request.set_timeout(deadline_after);
-                if let Some(b) = bearer {
-                    request.metadata_mut().insert("authorization", b);
-                }
-                let mut client =
+                let client =
                     SamplingClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
-                let result = match tokio::time::timeout_at(deadline, client.sample(request)).await {
-                    Err(_) => Err(FanOutError::DeadlineExceeded {
-                        address: address.clone(),
-                        millis: deadline_after.as_millis(),
-                    }),
-                    // The grpc-timeout header lets either side give up at the deadline too.
-                    Ok(Err(status)) if is_timeout(&status) => Err(FanOutError::DeadlineExceeded {
-                        address: address.clone(),
-                        millis: deadline_after.as_millis(),
-                    }),
-                    Ok(Err(status)) => Err(status_error(&address, status)),
-                    Ok(Ok(resp)) => Ok(resp.into_inner()),
-                };
+                let result = call_until_deadline(
+                    client,
+                    &address,
+                    &call.request,
+                    bearer,
+                    deadline,
+                    deadline_after,
+                    window,
+                )
+                .await;
                 (address, result)
             });
         }
@@ -414,6 +412,71 @@ impl FanOut {
         }
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
+    }
+}
+
+/// First pause before asking a busy agent again; doubled per retry up to [`BUSY_RETRY_MAX`].
+const BUSY_RETRY_FIRST: Duration = Duration::from_millis(20);
+
+/// Longest pause between two attempts on a busy agent.
+const BUSY_RETRY_MAX: Duration = Duration::from_millis(250);
+
+/// One agent's `Sample` call, retried while the agent is busy and time is left.
+///
+/// An agent runs at most `--max-concurrent-runs` sampling runs at once (4 by default) and
+/// answers one more with RESOURCE_EXHAUSTED at once, never queueing it. A dashboard that opens
+/// twenty vertices served by the same agent starts twenty runs together; without a retry, all
+/// but four would come back with every subtask missing. So a busy answer is retried after a
+/// short, jittered, growing pause, as long as a whole sampling window still fits before the
+/// run's deadline: the deadline stays the only bound on how long an agent can delay a graph,
+/// and the agent's own bound on concurrent work is respected (the coordinator waits, the agent
+/// never queues).
+async fn call_until_deadline(
+    mut client: SamplingClient<Channel>,
+    address: &str,
+    request: &v1::SampleRequest,
+    bearer: Option<AsciiMetadataValue>,
+    deadline: tokio::time::Instant,
+    deadline_after: Duration,
+    window: Duration,
+) -> Result<v1::SampleResponse, FanOutError> {
+    let late = || FanOutError::DeadlineExceeded {
+        address: address.to_string(),
+        millis: deadline_after.as_millis(),
+    };
+    let mut pause = BUSY_RETRY_FIRST;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() {
+            return Err(late());
+        }
+        let mut req = tonic::Request::new(request.clone());
+        req.set_timeout(remaining);
+        if let Some(b) = &bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        match tokio::time::timeout_at(deadline, client.sample(req)).await {
+            Err(_) => return Err(late()),
+            // The grpc-timeout header lets either side give up at the deadline too.
+            Ok(Err(status)) if is_timeout(&status) => return Err(late()),
+            Ok(Err(status)) if status.code() == tonic::Code::ResourceExhausted => {
+                // Jitter spreads the retries of runs that were refused together.
+                let jitter = rand::random_range(0..=pause.as_millis() as u64 / 2);
+                let wait = pause + Duration::from_millis(jitter);
+                let after_wait = tokio::time::Instant::now() + wait;
+                if after_wait + window > deadline {
+                    tracing::debug!(agent = %address, attempts, "agent still busy; no time left for another attempt");
+                    return Err(status_error(address, status));
+                }
+                tracing::debug!(agent = %address, attempts, wait_ms = wait.as_millis() as u64, "agent busy; asking again");
+                tokio::time::sleep_until(after_wait).await;
+                pause = (pause * 2).min(BUSY_RETRY_MAX);
+            }
+            Ok(Err(status)) => return Err(status_error(address, status)),
+            Ok(Ok(resp)) => return Ok(resp.into_inner()),
+        }
     }
 }
 
@@ -520,11 +583,15 @@ pub(crate) mod tests {
         Hang,
         /// Answers with another request id.
         WrongId,
+        /// Refuses the first three calls with RESOURCE_EXHAUSTED, then answers like `Answer`.
+        BusyThrice,
     }
 
     #[derive(Clone)]
     struct CannedAgent {
         behaviour: Behaviour,
+        /// Calls received so far (for `BusyThrice`).
+        calls: Arc<std::sync::atomic::AtomicU32>,
         /// Per request: the selectors' keys and the authorization header.
         seen: Seen,
     }
@@ -548,12 +615,16 @@ pub(crate) mod tests {
                     .collect(),
                 auth,
             ));
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.behaviour == Behaviour::BusyThrice && call < 3 {
+                return Err(tonic::Status::resource_exhausted("busy"));
+            }
             match self.behaviour {
                 Behaviour::Hang => {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     Err(tonic::Status::internal("unreachable"))
                 }
-                Behaviour::Answer | Behaviour::WrongId => {
+                Behaviour::Answer | Behaviour::WrongId | Behaviour::BusyThrice => {
                     let mut b =
                         SampleResponseBuilder::new(if self.behaviour == Behaviour::WrongId {
                             req.request_id + 100
@@ -600,6 +671,7 @@ pub(crate) mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let svc = CannedAgent {
             behaviour,
+            calls: Arc::default(),
             seen: Arc::clone(&seen),
         };
         tokio::spawn(
@@ -702,6 +774,32 @@ pub(crate) mod tests {
             .sample("j/v", &[target(0, "not a uri \u{7f}", 1)], PARAMS)
             .await;
         assert_eq!(bad.missing.iter().copied().collect::<Vec<_>>(), [0]);
+    }
+
+    #[tokio::test]
+    async fn a_busy_agent_is_asked_again_until_it_answers() {
+        let (busy, seen) = agent(Behaviour::BusyThrice).await;
+        let out = fanout().sample("j/v", &[target(0, &busy, 1)], PARAMS).await;
+        assert!(out.missing.is_empty(), "{:?}", out.failures);
+        assert_eq!(out.sets.keys().copied().collect::<Vec<_>>(), [0]);
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            4,
+            "three refusals, then the answer"
+        );
+
+        // A grace shorter than the pause: no whole window fits after it, so the refusal is
+        // final and the subtask missing.
+        let (busy, seen) = agent(Behaviour::BusyThrice).await;
+        let tight = FanOut::new(Duration::from_millis(5), AgentAuth::default());
+        let out = tight.sample("j/v", &[target(0, &busy, 1)], PARAMS).await;
+        assert_eq!(out.missing.iter().copied().collect::<Vec<_>>(), [0]);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert!(
+            out.failures[0].contains("ResourceExhausted"),
+            "{:?}",
+            out.failures
+        );
     }
 
     #[test]

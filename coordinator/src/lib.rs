@@ -14,6 +14,11 @@
 //! [`Coordinator`] handle with the bound addresses and a graceful [`Coordinator::shutdown`].
 //! Tests and the demo start one on port 0 in-process this way; [`run`] is the binary's loop
 //! around it.
+//!
+//! With `--tls-cert`/`--tls-key` the registry port speaks TLS (mutual with `--tls-ca`) through
+//! [`registry::tls`], an accept loop of our own, so that every refused handshake is logged with
+//! the peer that tried; the same files serve as client credentials towards `https://` agents
+//! ([`fanout`]).
 
 pub mod config;
 pub mod dashboard;
@@ -190,26 +195,33 @@ pub async fn start_on(
             .map_err(|e| CoordinatorError::Server(format!("REST server: {e}")))
     }));
 
-    // gRPC registry.
+    // gRPC registry, in plain text or behind our own TLS accept loop (which logs refusals).
     let service = RegistryService::new(registry.clone()).into_server(token);
     let mut stop = stopped.clone();
     tasks.push(tokio::spawn(async move {
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = tls {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|e| CoordinatorError::Tls(e.to_string()))?;
-        }
-        builder
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(rpc),
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            )
-            .await
-            .map_err(|e| CoordinatorError::Server(format!("registry gRPC server: {e}")))
+        let server = tonic::transport::Server::builder().add_service(service);
+        let until_stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let served = match tls {
+            Some(acceptor) => {
+                server
+                    .serve_with_incoming_shutdown(
+                        registry::tls::incoming(rpc, acceptor),
+                        until_stopped,
+                    )
+                    .await
+            }
+            None => {
+                server
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(rpc),
+                        until_stopped,
+                    )
+                    .await
+            }
+        };
+        served.map_err(|e| CoordinatorError::Server(format!("registry gRPC server: {e}")))
     }));
 
     // Liveness sweeper.
@@ -243,23 +255,15 @@ pub async fn start_on(
     })
 }
 
-/// The gRPC server's TLS settings from `--tls-cert`/`--tls-key` (and `--tls-ca` for mutual TLS).
+/// The registry's TLS acceptor from `--tls-cert`/`--tls-key` (and `--tls-ca` for mutual TLS),
+/// or `None` for plain text.
 fn grpc_tls(
     config: &CoordinatorConfig,
-) -> Result<Option<tonic::transport::ServerTlsConfig>, CoordinatorError> {
+) -> Result<Option<tokio_rustls::TlsAcceptor>, CoordinatorError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let read = |p: &std::path::Path| {
-        std::fs::read(p)
-            .map_err(|e| CoordinatorError::Tls(format!("cannot read {}: {e}", p.display())))
-    };
-    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &config.tls_ca {
-        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(tls))
+    registry::tls::acceptor(cert, key, config.tls_ca.as_deref()).map(Some)
 }
 
 /// Runs the coordinator until SIGINT/SIGTERM.
@@ -267,10 +271,16 @@ pub fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let demo = config.demo;
+        // Agents must be pointed at https:// when the registry speaks TLS.
+        let rpc_scheme = if config.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let coordinator = start(config).await?;
         println!("flamegrid dashboard: http://{}/", coordinator.rest_addr());
         println!(
-            "flamegrid registry (gRPC): http://{}",
+            "flamegrid registry (gRPC): {rpc_scheme}://{}",
             coordinator.rpc_addr()
         );
         let demo = if demo {

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use flamegrid_coordinator::config::{CoordinatorConfig, apply_config_file};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -21,6 +22,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: a log file or journald gets plain text that grep
+        // (and an operator looking for a refused peer) can match.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match flamegrid_coordinator::run(config) {
         Ok(()) => ExitCode::SUCCESS,

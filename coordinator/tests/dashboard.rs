@@ -374,6 +374,16 @@ fn demo_flame_graph_renders_in_headless_chromium() {
         vertex_page.contains(r#"value="on_cpu" checked"#),
         "On-CPU is the default view"
     );
+    // Recent runs: the kept run on screen is listed (with views at that run), and the page
+    // offers the comparison with the previous run (a link once a second run is kept).
+    assert!(
+        vertex_page.contains("(latest)") && vertex_page.contains("&amp;at="),
+        "the kept runs are listed:\n{vertex_page}"
+    );
+    assert!(
+        vertex_page.contains("Compare with previous run"),
+        "no compare-with-previous-run offer"
+    );
     assert!(
         !vertex_page.contains(r#"class="error""#),
         "an error is shown:\n{vertex_page}"

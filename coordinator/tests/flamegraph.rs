@@ -365,7 +365,8 @@ async fn concurrent_requests_cause_one_run_and_the_svg_waits_for_it() {
     let chains = Workload::CFramePointers.chains();
     assert!(
         svg.contains(chains.spin[chains.spin.len() - 1]),
-        "first SVG request shows the graph"
+        "first SVG request shows the graph, got: {}",
+        &svg[..svg.len().min(2000)]
     );
     assert_eq!(
         service.runs_started(),

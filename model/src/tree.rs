@@ -20,12 +20,14 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// A node of a flame graph, serialised exactly as Flink's `JsonNode`: `name`, `value`, `children`
 /// (always present, `[]` at leaves).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FlameNode {
     /// Frame name (`"root"` for the root).
     pub name: String,
     /// Inclusive sample count.
     pub value: u64,
     /// Callees, sorted by name.
+    #[cfg_attr(feature = "openapi", schema(no_recursion))]
     pub children: Vec<FlameNode>,
 }
 

@@ -4,12 +4,21 @@
 //!
 //! Two services live here: [`v1::sampling_server::Sampling`] (served by every agent) and
 //! [`v1::registry_server::Registry`] (served by the coordinator). The agent and the coordinator
-//! depend on this crate, never on each other.
+//! depend on this crate, never on each other. [`pprof`] holds the types of pprof's profile format,
+//! which the coordinator exports.
 
 /// Generated code for package `flamegrid.v1`.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("flamegrid.v1");
+}
+
+/// Generated code for pprof's profile format (package `perftools.profiles`, from
+/// `proto/pprof/profile.proto`): the coordinator writes it for `go tool pprof` and the viewers
+/// that read pprof files. It lives here so every .proto of the project is compiled in one place.
+pub mod pprof {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("perftools.profiles");
 }
 
 pub mod convert;

@@ -22,6 +22,10 @@
  * that second. It exits when stdin reaches end-of-file (the parent died or closed the pipe)
  * or on any terminating signal, so a crashed test never leaves it behind.
  *
+ * Each `+` byte read from stdin starts one more spinner, `spin-extra-<k>` (k = 0, 1, ...),
+ * on the same spin chain, and prints `spinning spin-extra-<k>` once it is named: a program
+ * whose hot code changes while it runs, for differential flame graphs.
+ *
  * Every named function is kept out of line (and out of GCC's interprocedural cloning, which
  * would rename it `foo.constprop.0`), and no call on a chain is in tail position, so each
  * function really has a frame at -O2.
@@ -228,6 +232,24 @@ static void start_role(unsigned count, const char *prefix, void *(*entry)(void *
     }
 }
 
+static void start_extra_spinner(unsigned k) {
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    int rc = pthread_create(&t, &attr, spin_thread, (void *)(unsigned long)(1000 + k));
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        fprintf(stderr, "pthread_create(spin-extra-%u): %s\n", k, strerror(rc));
+        exit(1);
+    }
+    char name[32];
+    snprintf(name, sizeof name, "spin-extra-%u", k);
+    pthread_setname_np(t, name);
+    printf("spinning %s\n", name);
+    fflush(stdout);
+}
+
 static unsigned long long now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -261,6 +283,7 @@ int main(int argc, char **argv) {
     unsigned long long last_ns = now_ns();
     unsigned long last_count = __atomic_load_n(&spin_iterations, __ATOMIC_RELAXED);
     unsigned long long next_report = last_ns + 1000000000ULL;
+    unsigned extra_spinners = 0;
     for (;;) {
         struct pollfd pfd = {.fd = 0, .events = POLLIN};
         int timeout_ms = -1;
@@ -277,6 +300,11 @@ int main(int argc, char **argv) {
             ssize_t got = read(0, buf, sizeof buf);
             if (got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN)) {
                 return 0; /* stdin closed: our parent is gone */
+            }
+            for (ssize_t i = 0; i < got; i++) {
+                if (buf[i] == '+') {
+                    start_extra_spinner(extra_spinners++);
+                }
             }
         }
         if (report_rate && now_ns() >= next_report) {

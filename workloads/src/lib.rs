@@ -426,6 +426,50 @@ impl RunningWorkload {
         }
     }
 
+    /// Starts one more spinner on the running program (the C programs only) and returns its
+    /// thread name, `spin-extra-<k>`, once the thread exists and is named. Its stack is
+    /// [`Chains::spin`], like the other spinners': a process whose hot code changes while it
+    /// runs, so a test can compare a run without the spin chain with one that has it
+    /// (differential flame graphs).
+    pub fn start_extra_spinner(&mut self) -> io::Result<String> {
+        if !matches!(
+            self.workload,
+            Workload::CFramePointers | Workload::CNoFramePointers
+        ) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "{:?} cannot start spinners while it runs (only the C programs can)",
+                    self.workload
+                ),
+            ));
+        }
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stdin already closed",
+            ));
+        };
+        stdin.write_all(b"+\n")?;
+        stdin.flush()?;
+        loop {
+            match self.read_line()? {
+                Some(line) => {
+                    if let Some(name) = line.strip_prefix("spinning ") {
+                        return Ok(name.to_string());
+                    }
+                    // `rate N` lines (with --rate) are skipped.
+                }
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the program exited before starting the spinner",
+                    ));
+                }
+            }
+        }
+    }
+
     /// Closes the program's stdin, which asks it to exit by itself (as it does when the
     /// parent dies).
     pub fn close_stdin(&mut self) {

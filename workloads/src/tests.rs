@@ -222,3 +222,22 @@ fn chains_are_nonempty_and_demangled() {
         Some(&CPP_INLINED_FUNCTION)
     );
 }
+
+#[test]
+fn extra_spinners_start_while_the_program_runs() {
+    for w in [Workload::CFramePointers, Workload::CNoFramePointers] {
+        let mut running = spawn(w, &Mix::default()).unwrap();
+        assert!(running.tid_of("spin-0").is_none());
+        assert_eq!(running.start_extra_spinner().unwrap(), "spin-extra-0");
+        assert_eq!(running.start_extra_spinner().unwrap(), "spin-extra-1");
+        let tid = running
+            .tid_of("spin-extra-1")
+            .expect("named before the answer");
+        eventually("the extra spinner burns CPU", || {
+            running.cpu_ticks(tid).is_some_and(|t| t > 0)
+        });
+    }
+    let mut rust = spawn(Workload::Rust, &Mix::default()).unwrap();
+    let err = rust.start_extra_spinner().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
+}

@@ -20,17 +20,31 @@
 //!   when the run ends, which wakes every receiver.
 //! * Entries not read for the cleanup interval are dropped (swept lazily on access).
 //!
-//! **Memory bound.** Each entry's size is estimated with [`Snapshot::approx_bytes`] (profiles
-//! shared between a vertex entry and its subtask entries are counted in each, so the estimate is
-//! an upper bound). When the total exceeds [`CacheLimits::max_bytes`] or the entry count exceeds
-//! [`CacheLimits::max_entries`], the least recently read entries are evicted until both hold. A
-//! single snapshot larger than the whole budget is not cached at all. So the memory the cache
-//! holds is at most `max_bytes` (default 256 MiB) plus the bookkeeping of `max_entries` (default
-//! 4096) keys. Folding by distinct stack (see [`super::profile`]) keeps real entries small: tens of
-//! kilobytes for a typical vertex.
+//! **History.** An entry is not one snapshot but the last [`CacheLimits::history`] runs for its
+//! key, newest first (ordered by run id, so a late vertex run never hides a newer subtask run).
+//! The newest is what [`GraphCache::lookup`] serves and what decides freshness; the older ones
+//! are there for [`GraphCache::history`] (the `.../flamegraph/history` list) and
+//! [`GraphCache::at`] (`?at=<endTimestamp>` and the differential graph's `base`). Looking at
+//! history is a read: it keeps the entry alive like any other. When a new run lands, the
+//! oldest run beyond the limit is dropped; when an entry is evicted or swept, its whole history
+//! goes with it.
+//!
+//! **Memory bound.** The cache counts what it really holds. A vertex run's subtask entries hold
+//! the very profiles of the vertex snapshot (`Arc`s, see [`Snapshot::subtask_part`]), and a
+//! profile kept by several entries or runs is counted once: the cache keeps a reference count
+//! per distinct profile (by address) and adds its [`SubtaskProfile::approx_bytes`] when the first
+//! holder arrives and subtracts it when the last one goes. Each kept run adds its own small
+//! wrapper, and each entry its bookkeeping. When the total exceeds [`CacheLimits::max_bytes`] or
+//! the number of kept runs (over all keys and their history) exceeds
+//! [`CacheLimits::max_entries`], the least recently read entries are evicted, history and all,
+//! until both hold; if the entry just written is the only one left and still too big, its
+//! oldest runs go first. A single snapshot larger than the whole budget is not cached at all (and
+//! leaves the entry as it was). So the memory the cache holds is at most `max_bytes` (default
+//! 256 MiB) plus the bookkeeping of `max_entries` (default 4096) runs. Folding by distinct stack
+//! (see [`super::profile`]) keeps real entries small: tens of kilobytes for a typical vertex.
 
-use super::profile::Snapshot;
-use std::collections::HashMap;
+use super::profile::{Snapshot, SubtaskProfile};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -66,6 +80,10 @@ impl GraphKey {
     }
 }
 
+/// The largest `--flamegraph-history` accepted: a bound on the bookkeeping per key, so a typo
+/// (an extra zero or three) cannot turn the cache into a store.
+pub const MAX_HISTORY: usize = 1000;
+
 /// Timing and size limits of the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
@@ -73,21 +91,31 @@ pub struct CacheLimits {
     pub refresh: Duration,
     /// An entry not read for this long is dropped.
     pub cleanup: Duration,
-    /// Upper bound of the estimated bytes held by all entries.
+    /// Upper bound of the estimated bytes held by all entries, history included.
     pub max_bytes: usize,
-    /// Upper bound of the number of entries.
+    /// Upper bound of the number of runs kept, over all entries and their history.
     pub max_entries: usize,
+    /// Runs kept per key, the latest included (`--flamegraph-history`); 0 and 1 both mean
+    /// "only the latest".
+    pub history: usize,
 }
 
 impl CacheLimits {
-    /// Default size bounds with the given refresh and cleanup intervals.
+    /// Default size bounds (and a history of 10 runs) with the given refresh and cleanup
+    /// intervals.
     pub fn new(refresh: Duration, cleanup: Duration) -> Self {
         CacheLimits {
             refresh,
             cleanup,
             max_bytes: 256 * 1024 * 1024,
             max_entries: 4096,
+            history: 10,
         }
+    }
+
+    /// Runs kept per key: at least the latest, at most [`MAX_HISTORY`].
+    pub fn runs_per_key(&self) -> usize {
+        self.history.clamp(1, MAX_HISTORY)
     }
 }
 
@@ -102,18 +130,91 @@ pub struct Lookup {
 
 #[derive(Debug)]
 struct Entry {
-    snapshot: Arc<Snapshot>,
+    /// Kept runs, newest (highest run id) first; never empty.
+    runs: VecDeque<Arc<Snapshot>>,
+    /// When the newest run landed: decides freshness.
     landed: Instant,
     last_read: Instant,
-    bytes: usize,
+    /// Bytes of the entry's own bookkeeping (not of its runs).
+    overhead: usize,
+}
+
+impl Entry {
+    fn latest(&self) -> &Arc<Snapshot> {
+        // `runs` is never empty: an entry is created with its first run and dropped with its
+        // last. Index 0 exists.
+        &self.runs[0]
+    }
 }
 
 #[derive(Debug)]
 struct Inner {
     entries: HashMap<GraphKey, Entry>,
     pending: HashMap<GraphKey, watch::Sender<()>>,
+    /// Estimated bytes held, see the module docs.
     bytes: usize,
+    /// Runs kept over all entries.
+    runs: usize,
+    /// Distinct profiles held, by address: (holders, bytes).
+    profiles: HashMap<usize, (usize, usize)>,
     last_sweep: Instant,
+}
+
+impl Inner {
+    /// Counts one more holder of `snapshot` (a kept run of some entry).
+    fn hold(&mut self, snapshot: &Snapshot) {
+        self.bytes += run_overhead(snapshot);
+        self.runs += 1;
+        for profile in snapshot.subtasks.values() {
+            let slot = self
+                .profiles
+                .entry(profile_address(profile))
+                .or_insert((0, 0));
+            if slot.0 == 0 {
+                slot.1 = profile.approx_bytes();
+                self.bytes += slot.1;
+            }
+            slot.0 += 1;
+        }
+    }
+
+    /// Counts one holder of `snapshot` less.
+    fn release(&mut self, snapshot: &Snapshot) {
+        self.bytes = self.bytes.saturating_sub(run_overhead(snapshot));
+        self.runs = self.runs.saturating_sub(1);
+        for profile in snapshot.subtasks.values() {
+            let address = profile_address(profile);
+            if let Some(slot) = self.profiles.get_mut(&address) {
+                slot.0 -= 1;
+                if slot.0 == 0 {
+                    self.bytes = self.bytes.saturating_sub(slot.1);
+                    self.profiles.remove(&address);
+                }
+            }
+        }
+    }
+
+    /// Removes `key`'s entry and everything it holds.
+    fn drop_entry(&mut self, key: &GraphKey) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.bytes = self.bytes.saturating_sub(entry.overhead);
+            for run in &entry.runs {
+                self.release(run);
+            }
+        }
+    }
+}
+
+/// A profile's identity while the cache holds it: its address (stable while an `Arc` to it is
+/// alive, and the cache holds one for as long as it counts it).
+fn profile_address(profile: &Arc<SubtaskProfile>) -> usize {
+    Arc::as_ptr(profile) as usize
+}
+
+/// Bytes of a kept run apart from its profiles: the snapshot itself, its missing list, and the
+/// map nodes pointing at the profiles.
+fn run_overhead(snapshot: &Snapshot) -> usize {
+    std::mem::size_of::<Snapshot>() + snapshot.missing.len() * 4 + snapshot.subtasks.len() * 48
 }
 
 /// The cache; see the module docs. Shared as `Arc<GraphCache>`.
@@ -132,9 +233,16 @@ impl GraphCache {
                 entries: HashMap::new(),
                 pending: HashMap::new(),
                 bytes: 0,
+                runs: 0,
+                profiles: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
         })
+    }
+
+    /// The limits the cache was made with.
+    pub fn limits(&self) -> &CacheLimits {
+        &self.limits
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -153,7 +261,7 @@ impl GraphCache {
             Some(e) => {
                 e.last_read = now;
                 (
-                    Some(Arc::clone(&e.snapshot)),
+                    Some(Arc::clone(e.latest())),
                     now.duration_since(e.landed) < self.limits.refresh,
                 )
             }
@@ -188,16 +296,45 @@ impl GraphCache {
 
     /// The cached snapshot for `key` without touching freshness or starting anything.
     pub fn peek(&self, key: &GraphKey) -> Option<Arc<Snapshot>> {
-        self.lock()
-            .entries
-            .get(key)
-            .map(|e| Arc::clone(&e.snapshot))
+        self.lock().entries.get(key).map(|e| Arc::clone(e.latest()))
     }
 
-    /// Number of entries, and their estimated bytes.
+    /// The kept runs of `key`, newest first (empty when nothing is cached). A read: it keeps
+    /// the entry from being swept or evicted as unused. Never starts a run.
+    pub fn history(&self, key: &GraphKey) -> Vec<Arc<Snapshot>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        self.sweep(&mut inner, now);
+        match inner.entries.get_mut(key) {
+            Some(e) => {
+                e.last_read = now;
+                e.runs.iter().cloned().collect()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The kept run of `key` that ended at `end_ms` (the newest such, should two share a
+    /// millisecond). A read, like [`GraphCache::history`]; never starts a run.
+    pub fn at(&self, key: &GraphKey, end_ms: i64) -> Option<Arc<Snapshot>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        self.sweep(&mut inner, now);
+        let e = inner.entries.get_mut(key)?;
+        let found = e.runs.iter().find(|s| s.end_ms == end_ms).cloned()?;
+        e.last_read = now;
+        Some(found)
+    }
+
+    /// Number of entries (keys), and their estimated bytes, history included.
     pub fn usage(&self) -> (usize, usize) {
         let inner = self.lock();
         (inner.entries.len(), inner.bytes)
+    }
+
+    /// Number of runs kept over all entries (what [`CacheLimits::max_entries`] bounds).
+    pub fn kept_runs(&self) -> usize {
+        self.lock().runs
     }
 
     fn finish_run(&self, key: &GraphKey, snapshot: Option<Arc<Snapshot>>) {
@@ -206,13 +343,9 @@ impl GraphCache {
         if let Some(snapshot) = snapshot {
             if key.subtask.is_none() {
                 for &index in snapshot.subtasks.keys() {
-                    let sub_key = key.subtask(index);
-                    let newer_exists = inner
-                        .entries
-                        .get(&sub_key)
-                        .is_some_and(|e| e.snapshot.run_id > snapshot.run_id);
-                    if !newer_exists && let Some(part) = snapshot.subtask_part(index) {
-                        self.insert(&mut inner, sub_key, Arc::new(part), now);
+                    if let Some(part) = snapshot.subtask_part(index) {
+                        // Kept in run-id order: a newer run of the subtask stays the latest.
+                        self.insert(&mut inner, key.subtask(index), Arc::new(part), now);
                     }
                 }
             }
@@ -223,11 +356,10 @@ impl GraphCache {
         inner.pending.remove(key);
     }
 
+    /// Adds `snapshot` to `key`'s runs in run-id order (replacing a run with the same id) and
+    /// drops the oldest runs beyond the history limit.
     fn insert(&self, inner: &mut Inner, key: GraphKey, snapshot: Arc<Snapshot>, now: Instant) {
-        let bytes = snapshot.approx_bytes() + std::mem::size_of::<Entry>() + 3 * key.job_id.len();
-        if let Some(old) = inner.entries.remove(&key) {
-            inner.bytes -= old.bytes;
-        }
+        let bytes = snapshot.approx_bytes();
         if bytes > self.limits.max_bytes {
             tracing::warn!(
                 ?key,
@@ -237,21 +369,57 @@ impl GraphCache {
             );
             return;
         }
-        inner.bytes += bytes;
-        inner.entries.insert(
-            key,
-            Entry {
-                snapshot,
-                landed: now,
-                last_read: now,
-                bytes,
-            },
-        );
+        inner.hold(&snapshot);
+        let keep = self.limits.runs_per_key();
+        let overhead = std::mem::size_of::<Entry>() + 3 * key.job_id.len();
+        if !inner.entries.contains_key(&key) {
+            inner.bytes += overhead;
+        }
+        let entry = inner.entries.entry(key).or_insert_with(|| Entry {
+            runs: VecDeque::new(),
+            landed: now,
+            last_read: now,
+            overhead,
+        });
+        entry.last_read = now;
+        let mut released = Vec::new();
+        match entry.runs.iter().position(|r| r.run_id <= snapshot.run_id) {
+            Some(i) if entry.runs[i].run_id == snapshot.run_id => {
+                released.push(std::mem::replace(&mut entry.runs[i], snapshot));
+                if i == 0 {
+                    entry.landed = now;
+                }
+            }
+            Some(i) => {
+                entry.runs.insert(i, snapshot);
+                if i == 0 {
+                    entry.landed = now;
+                }
+            }
+            None => {
+                if entry.runs.is_empty() {
+                    entry.landed = now;
+                }
+                entry.runs.push_back(snapshot);
+            }
+        }
+        while entry.runs.len() > keep {
+            if let Some(old) = entry.runs.pop_back() {
+                released.push(old);
+            }
+        }
+        for old in released {
+            inner.release(&old);
+        }
     }
 
-    /// Evicts least recently read entries (never `keep`) until both bounds hold.
+    /// Evicts least recently read entries (never `keep`) until both bounds hold; if `keep` alone
+    /// is still over them, drops its oldest runs (never its latest).
     fn evict(&self, inner: &mut Inner, keep: &GraphKey) {
-        while inner.bytes > self.limits.max_bytes || inner.entries.len() > self.limits.max_entries {
+        let over = |inner: &Inner| {
+            inner.bytes > self.limits.max_bytes || inner.runs > self.limits.max_entries
+        };
+        while over(inner) {
             let victim = inner
                 .entries
                 .iter()
@@ -259,9 +427,15 @@ impl GraphCache {
                 .min_by_key(|(_, e)| e.last_read)
                 .map(|(k, _)| k.clone());
             let Some(victim) = victim else { break };
-            if let Some(e) = inner.entries.remove(&victim) {
-                inner.bytes -= e.bytes;
-            }
+            inner.drop_entry(&victim);
+        }
+        while over(inner) {
+            let oldest = match inner.entries.get_mut(keep) {
+                Some(e) if e.runs.len() > 1 => e.runs.pop_back(),
+                _ => None,
+            };
+            let Some(oldest) = oldest else { break };
+            inner.release(&oldest);
         }
     }
 
@@ -272,15 +446,15 @@ impl GraphCache {
         }
         inner.last_sweep = now;
         let cleanup = self.limits.cleanup;
-        let mut freed = 0;
-        inner.entries.retain(|_, e| {
-            let keep = now.duration_since(e.last_read) < cleanup;
-            if !keep {
-                freed += e.bytes;
-            }
-            keep
-        });
-        inner.bytes -= freed;
+        let expired: Vec<GraphKey> = inner
+            .entries
+            .iter()
+            .filter(|(_, e)| now.duration_since(e.last_read) >= cleanup)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            inner.drop_entry(&key);
+        }
     }
 }
 
@@ -445,6 +619,116 @@ mod tests {
             .unwrap()
             .complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
         assert_eq!(c.usage(), (0, 0), "a snapshot over the budget is not kept");
+    }
+
+    fn limits_with_history(history: usize) -> CacheLimits {
+        let mut limits = CacheLimits::new(Duration::ZERO, Duration::from_secs(600));
+        limits.history = history;
+        limits
+    }
+
+    /// Lands runs `ids` for the whole vertex, one after the other.
+    fn land(c: &Arc<GraphCache>, ids: impl IntoIterator<Item = u64>) {
+        for id in ids {
+            c.lookup(&key(None))
+                .ticket
+                .expect("stale: a refresh starts")
+                .complete(snapshot(id, &[(0, spin_and_sleep(1))], &[]));
+        }
+    }
+
+    fn run_ids(c: &GraphCache, k: &GraphKey) -> Vec<u64> {
+        c.history(k).iter().map(|s| s.run_id).collect()
+    }
+
+    #[test]
+    fn history_keeps_the_last_n_runs_newest_first() {
+        let c = GraphCache::new(limits_with_history(3));
+        land(&c, 1..=5);
+        assert_eq!(run_ids(&c, &key(None)), [5, 4, 3]);
+        assert_eq!(run_ids(&c, &key(Some(0))), [5, 4, 3], "subtask keys too");
+        assert_eq!(c.kept_runs(), 6);
+        assert_eq!(c.at(&key(None), 1003).map(|s| s.run_id), Some(3));
+        assert!(c.at(&key(None), 1002).is_none(), "dropped as the oldest");
+        assert_eq!(c.peek(&key(None)).map(|s| s.run_id), Some(5));
+    }
+
+    #[test]
+    fn history_of_zero_or_one_keeps_only_the_latest() {
+        for n in [0, 1] {
+            let c = GraphCache::new(limits_with_history(n));
+            land(&c, 1..=3);
+            assert_eq!(run_ids(&c, &key(None)), [3], "history {n}");
+            assert_eq!(c.kept_runs(), 2);
+        }
+        let mut huge = limits_with_history(usize::MAX);
+        assert_eq!(huge.runs_per_key(), MAX_HISTORY);
+        huge.history = 7;
+        assert_eq!(huge.runs_per_key(), 7);
+    }
+
+    #[test]
+    fn subtask_entries_share_the_vertex_profiles_and_count_them_once() {
+        let c = GraphCache::new(limits_with_history(10));
+        land(&c, [1]);
+        let vertex = c.peek(&key(None)).unwrap();
+        let sub = c.peek(&key(Some(0))).unwrap();
+        assert!(Arc::ptr_eq(&vertex.subtasks[&0], &sub.subtasks[&0]));
+        let profile = vertex.subtasks[&0].approx_bytes();
+        let (_, bytes) = c.usage();
+        let bookkeeping = run_overhead(&vertex)
+            + run_overhead(&sub)
+            + 2 * (std::mem::size_of::<Entry>() + 3 * 32);
+        assert_eq!(bytes, profile + bookkeeping, "one profile, counted once");
+        // Dropping every holder frees every byte.
+        let mut tiny = limits_with_history(10);
+        tiny.cleanup = Duration::ZERO;
+        let c = GraphCache::new(tiny);
+        land(&c, [1, 2]);
+        assert!(c.usage().1 > 0);
+        assert!(c.history(&key(None)).is_empty(), "swept: history goes too");
+        assert_eq!((c.usage(), c.kept_runs()), ((0, 0), 0));
+    }
+
+    #[test]
+    fn an_older_vertex_run_is_filed_behind_a_newer_subtask_run() {
+        let c = GraphCache::new(limits_with_history(10));
+        c.lookup(&key(Some(0))).ticket.unwrap().complete(snapshot(
+            7,
+            &[(0, spin_and_sleep(1))],
+            &[],
+        ));
+        land(&c, [6]);
+        assert_eq!(run_ids(&c, &key(Some(0))), [7, 6]);
+    }
+
+    #[test]
+    fn eviction_drops_history_and_counts_every_kept_run() {
+        // Runs bound: 4. The vertex key (with its subtask 0) fills it with two runs each; a
+        // third run evicts the least recently read key, history and all.
+        let mut limits = limits_with_history(10);
+        limits.max_entries = 4;
+        let c = GraphCache::new(limits);
+        land(&c, [1, 2]);
+        assert_eq!(c.kept_runs(), 4);
+        land(&c, [3]);
+        assert!(c.kept_runs() <= 4);
+        assert_eq!(run_ids(&c, &key(Some(0))), Vec::<u64>::new(), "evicted");
+        assert_eq!(
+            run_ids(&c, &key(None)),
+            [3, 2, 1],
+            "the key written is kept"
+        );
+        // The byte bound trims the written key's own history when it alone is too big.
+        let one = snapshot(1, &[(0, spin_and_sleep(1))], &[]).approx_bytes();
+        let mut limits = limits_with_history(10);
+        limits.max_bytes = 2 * one + 1024;
+        let c = GraphCache::new(limits);
+        land(&c, 1..=6);
+        let (_, bytes) = c.usage();
+        assert!(bytes <= limits.max_bytes, "{bytes}");
+        let kept = run_ids(&c, &key(None));
+        assert!(kept.len() < 6 && kept[0] == 6, "{kept:?}");
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use flamegrid_model::{FlameNode, GraphType};
 use serde::Serialize;
 
 /// The wire shape (field order as Jackson writes it).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VertexFlameGraph {
     /// Sentinel (-1 terminated, -2 disabled, -3 waiting) or the run's end, ms since the epoch.
     #[serde(rename = "endTimestamp")]

@@ -17,11 +17,17 @@
 //! request from a browser or `curl` shows a real graph. Thread dumps ([`dump`]) go straight to one
 //! agent and are not cached.
 //!
+//! The cache also keeps the last `--flamegraph-history` runs per key. Past runs are only ever
+//! read, never started: [`FlameGraphService::history`] lists them (the `.../flamegraph/history`
+//! endpoint), [`FlameGraphService::kept_run`] finds one by its `endTimestamp` (`?at=` on every
+//! view), and [`diff`] draws two of them against each other with inferno's differential mode.
+//!
 //! Runs are counted ([`FlameGraphService::runs`]); each start is logged with the running total
 //! (`flamegraph run started runs_started=N`), which is how tests and operators can see that two
 //! concurrent requests caused one run.
 
 pub mod cache;
+pub mod diff;
 pub mod dump;
 pub mod folded;
 pub mod json;
@@ -126,10 +132,13 @@ impl FlameGraphSettings {
                 delay_ms: config.flamegraph_delay_ms,
                 max_depth: config.flamegraph_max_depth,
             },
-            limits: CacheLimits::new(
-                Duration::from_secs(config.flamegraph_refresh_interval_s),
-                Duration::from_secs(config.flamegraph_cleanup_interval_s),
-            ),
+            limits: CacheLimits {
+                history: config.flamegraph_history,
+                ..CacheLimits::new(
+                    Duration::from_secs(config.flamegraph_refresh_interval_s),
+                    Duration::from_secs(config.flamegraph_cleanup_interval_s),
+                )
+            },
             rpc_grace: Duration::from_millis(config.flamegraph_rpc_grace_ms),
         }
     }
@@ -267,6 +276,18 @@ impl FlameGraphService {
             Some(s) => GraphAnswer::Ready(s),
             None => GraphAnswer::Waiting,
         }
+    }
+
+    /// The kept runs of `key`, newest first; empty when none is kept (or flame graphs are
+    /// off). Never starts a run.
+    pub fn history(&self, key: &GraphKey) -> Vec<Arc<Snapshot>> {
+        self.cache.history(key)
+    }
+
+    /// The kept run of `key` whose `endTimestamp` is `end_ms`, if it is still kept. Never
+    /// starts a run: a past run cannot be sampled again.
+    pub fn kept_run(&self, key: &GraphKey, end_ms: i64) -> Option<Arc<Snapshot>> {
+        self.cache.at(key, end_ms)
     }
 
     /// A thread dump of the threads `selectors` name on the agent at `address`.

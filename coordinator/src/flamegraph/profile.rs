@@ -8,13 +8,19 @@
 //! OFF_CPU tree, folded text, SVG) is a quick pass over a few rows. The state stays in the row,
 //! so one run serves all three types: the filter is applied when answering, as in Flink.
 //!
+//! Each row also keeps how its count splits over the threads that were sampled in it
+//! ([`StackCount::threads`]): the pprof export labels every sample with its thread. The split
+//! rides along in the row instead of being part of the row's key, so the number of rows (and the
+//! cost of every other view) stays what it is without it, while the fold is still exact per
+//! thread.
+//!
 //! A [`Snapshot`] is one run's result: the profiles of the subtasks that delivered, the ones that
 //! are missing, and when the run ended. It is immutable and shared (`Arc`) between the cache
 //! entry of the vertex and those of its subtasks.
 
 use axum::body::Bytes;
 use flamegrid_model::tree::TreeBuilder;
-use flamegrid_model::{FlameNode, GraphType, SampleSet, ThreadState, folded};
+use flamegrid_model::{FlameNode, GraphType, SampleSet, SampledThread, ThreadState, folded};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
@@ -29,6 +35,10 @@ pub struct StackCount {
     pub frames: Box<[u32]>,
     /// How many samples.
     pub count: u64,
+    /// How `count` splits over threads: (index into [`SubtaskProfile::threads`], samples),
+    /// ascending by thread, every count nonzero, summing to `count`. Kept for exports that label
+    /// samples by thread (pprof); the other views only read `count`.
+    pub threads: Box<[(u32, u64)]>,
 }
 
 /// One subtask's samples of one run, folded by distinct stack; see the module docs.
@@ -39,9 +49,15 @@ pub struct SubtaskProfile {
     /// Distinct stacks with their counts, sorted by frames so that building a tree walks shared
     /// prefixes back to back.
     pub stacks: Vec<StackCount>,
+    /// The threads sampled for this subtask (process id, thread id, name), indexed by
+    /// [`StackCount::threads`].
+    pub threads: Vec<SampledThread>,
     /// Distinct threads with at least one sample accepted by each type (FULL, ON_CPU, OFF_CPU).
     thread_counts: [usize; 3],
 }
+
+/// What a row of [`SubtaskProfile::stacks`] is folded by: state, truncated, frames.
+type RowKey = (ThreadState, bool, Box<[u32]>);
 
 fn type_slot(ty: GraphType) -> usize {
     match ty {
@@ -66,7 +82,9 @@ impl SubtaskProfile {
                 })
             })
             .collect();
-        let mut counts: HashMap<(ThreadState, bool, Box<[u32]>), u64> = HashMap::new();
+        // Per row: samples per thread. A row rarely has more than a few threads, and samples
+        // arrive grouped by thread, so a short vector checked from its end beats a map.
+        let mut counts: HashMap<RowKey, Vec<(u32, u64)>> = HashMap::new();
         for s in &set.samples {
             if s.state == ThreadState::Terminated {
                 continue; // in no view
@@ -76,15 +94,23 @@ impl SubtaskProfile {
                 .iter()
                 .filter_map(|&f| frame_to_name.get(f as usize).copied())
                 .collect();
-            *counts.entry((s.state, s.truncated, frames)).or_insert(0) += 1;
+            let per_thread = counts.entry((s.state, s.truncated, frames)).or_default();
+            match per_thread.iter_mut().rev().find(|(t, _)| *t == s.thread) {
+                Some((_, n)) => *n += 1,
+                None => per_thread.push((s.thread, 1)),
+            }
         }
         let mut stacks: Vec<StackCount> = counts
             .into_iter()
-            .map(|((state, truncated, frames), count)| StackCount {
-                state,
-                truncated,
-                frames,
-                count,
+            .map(|((state, truncated, frames), mut per_thread)| {
+                per_thread.sort_unstable();
+                StackCount {
+                    state,
+                    truncated,
+                    frames,
+                    count: per_thread.iter().map(|(_, n)| n).sum(),
+                    threads: per_thread.into_boxed_slice(),
+                }
             })
             .collect();
         stacks.sort_by(|a, b| {
@@ -94,6 +120,7 @@ impl SubtaskProfile {
         SubtaskProfile {
             names,
             stacks,
+            threads: set.threads.clone(),
             thread_counts,
         }
     }
@@ -119,9 +146,14 @@ impl SubtaskProfile {
         let stacks: usize = self
             .stacks
             .iter()
-            .map(|s| s.frames.len() * 4 + std::mem::size_of::<StackCount>())
+            .map(|s| s.frames.len() * 4 + s.threads.len() * 16 + std::mem::size_of::<StackCount>())
             .sum();
-        names + stacks + std::mem::size_of::<Self>()
+        let threads: usize = self
+            .threads
+            .iter()
+            .map(|t| t.name.capacity() + std::mem::size_of::<SampledThread>())
+            .sum();
+        names + stacks + threads + std::mem::size_of::<Self>()
     }
 }
 
@@ -417,6 +449,56 @@ pub(crate) mod tests {
             .map(|l| l.0)
             .collect();
         assert_eq!(lines, ["a;b", "a;b;z", "a;b c;d"]);
+    }
+
+    #[test]
+    fn rows_keep_their_split_over_threads() {
+        let threads = [0u32, 1].map(|i| SampledThread {
+            pid: 1,
+            tid: 10 + i,
+            name: format!("worker-{i}"),
+        });
+        let mut b = SampleSetBuilder::new();
+        let f = |n: &[&str]| n.iter().map(|x| Frame::named(*x)).collect::<Vec<_>>();
+        // Both threads in the same stack (3 + 1 samples), thread 1 once elsewhere.
+        for t in [0, 1, 0, 0] {
+            b.push(
+                &threads[t],
+                0,
+                ThreadState::Runnable,
+                f(&["main", "work"]),
+                false,
+            );
+        }
+        b.push(
+            &threads[1],
+            0,
+            ThreadState::Waiting,
+            f(&["main", "park"]),
+            false,
+        );
+        let set = b.finish();
+        let profile = SubtaskProfile::from_set(&set);
+        assert_eq!(
+            profile.stacks.len(),
+            2,
+            "one row per (state, stack), not per thread"
+        );
+        let work = profile
+            .stacks
+            .iter()
+            .find(|s| s.state == ThreadState::Runnable)
+            .unwrap();
+        assert_eq!(work.count, 4);
+        let by_name: Vec<(&str, u64)> = work
+            .threads
+            .iter()
+            .map(|&(t, n)| (profile.threads[t as usize].name.as_str(), n))
+            .collect();
+        assert_eq!(by_name, [("worker-0", 3), ("worker-1", 1)]);
+        for s in &profile.stacks {
+            assert_eq!(s.threads.iter().map(|t| t.1).sum::<u64>(), s.count);
+        }
     }
 
     #[test]

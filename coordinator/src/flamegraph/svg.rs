@@ -39,7 +39,8 @@ pub struct SvgLabels<'a> {
 }
 
 impl SvgLabels<'_> {
-    fn title(&self) -> String {
+    /// The graph's title: type, vertex, subtask, job (the differential view builds on it).
+    pub fn title(&self) -> String {
         let subtask = match self.subtask {
             Some(i) => format!("subtask {i}"),
             None => "all subtasks".to_string(),
@@ -160,7 +161,7 @@ fn cool_color(name: &str) -> Color {
 }
 
 /// `2026-11-24 09:58:01 UTC (3 s ago)`.
-fn when(end_ms: i64) -> String {
+pub(super) fn when(end_ms: i64) -> String {
     let age_s = (now_ms() - end_ms).max(0) / 1000;
     format!("{} ({age_s} s ago)", utc(end_ms))
 }
@@ -204,7 +205,7 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// A small valid SVG with the title and a one-line message.
-fn message_svg(title: &str, message: &str) -> Vec<u8> {
+pub(super) fn message_svg(title: &str, message: &str) -> Vec<u8> {
     format!(
         concat!(
             "<?xml version=\"1.0\" standalone=\"no\"?>\n",

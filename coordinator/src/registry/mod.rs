@@ -28,6 +28,7 @@ pub mod job;
 pub mod state;
 pub mod store;
 pub mod taskmanager;
+pub mod tls;
 pub mod validate;
 
 pub use error::RegistryError;

@@ -4,31 +4,66 @@
 //! `/jobmanager/logs` is a fixed empty list: the coordinator logs to standard error, and no part
 //! of a request is ever turned into a file path (Flink's CVE-2020-17519 was exactly that).
 
-use super::error::ApiError;
-use super::metrics::{MetricQuery, metric_values};
+use super::error::{ApiError, ErrorBody};
+use super::metrics::{MetricParams, MetricQuery, MetricValue, metric_values};
 use super::shapes::{FLINK_VERSION, revision};
 use super::state::AppState;
 use crate::registry::JobStatus;
 use axum::Json;
 use axum::extract::{Query, State};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// `/config`: what Flink's dashboard reads before anything else.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct DashboardConfig {
+    /// How often the dashboard polls, in milliseconds.
+    pub refresh_interval: u64,
+    /// Always UTC.
+    pub timezone_name: String,
+    /// Always 0.
+    pub timezone_offset: i64,
+    /// The Flink REST dialect followed.
+    pub flink_version: String,
+    /// Names flamegrid.
+    pub flink_revision: String,
+    /// Which dashboard features are on.
+    pub features: DashboardFeatures,
+}
+
+/// The dashboard's feature switches: only cancelling is ever on (unless `--read-only`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct DashboardFeatures {
+    /// Jar submission: never.
+    pub web_submit: bool,
+    /// Cancelling jobs: unless read-only.
+    pub web_cancel: bool,
+    /// Rescaling: never.
+    pub web_rescale: bool,
+    /// The history server: never.
+    pub web_history: bool,
+}
 
 /// `GET /config`: the dashboard's settings.
-pub async fn config(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "refresh-interval": state.config.refresh_interval_ms,
-        "timezone-name": "Coordinated Universal Time",
-        "timezone-offset": 0,
-        "flink-version": FLINK_VERSION,
-        "flink-revision": revision(),
-        "features": {
-            "web-submit": false,
-            "web-cancel": !state.config.read_only,
-            "web-rescale": false,
-            "web-history": false,
+#[utoipa::path(get, path = "/config", tag = "cluster",
+    responses((status = 200, description = "The dashboard's settings", body = DashboardConfig)))]
+pub async fn config(State(state): State<AppState>) -> Json<DashboardConfig> {
+    Json(DashboardConfig {
+        refresh_interval: state.config.refresh_interval_ms,
+        timezone_name: "Coordinated Universal Time".into(),
+        timezone_offset: 0,
+        flink_version: FLINK_VERSION.into(),
+        flink_revision: revision(),
+        features: DashboardFeatures {
+            web_submit: false,
+            web_cancel: !state.config.read_only,
+            web_rescale: false,
+            web_history: false,
         },
-    }))
+    })
 }
 
 /// Slots in the cluster: (total, available), one slot per agent CPU core.
@@ -55,24 +90,56 @@ fn job_counts(state: &AppState) -> BTreeMap<JobStatus, usize> {
     counts
 }
 
+/// `/overview`: Flink's ClusterOverviewWithVersion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterOverview {
+    /// Registered agents.
+    pub taskmanagers: usize,
+    /// One slot per agent CPU core.
+    pub slots_total: usize,
+    /// Slots not occupied by a subtask that is not terminal.
+    pub slots_available: usize,
+    /// Always 0.
+    pub taskmanagers_blocked: usize,
+    /// Always 0.
+    pub slots_free_and_blocked: usize,
+    /// Jobs RUNNING, INITIALIZING or CREATED.
+    pub jobs_running: usize,
+    /// Jobs FINISHED.
+    pub jobs_finished: usize,
+    /// Jobs CANCELED.
+    pub jobs_cancelled: usize,
+    /// Jobs FAILED.
+    pub jobs_failed: usize,
+    /// The Flink REST dialect followed.
+    pub flink_version: String,
+    /// Names flamegrid.
+    pub flink_commit: String,
+}
+
 /// `GET /overview`.
-pub async fn overview(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(get, path = "/overview", tag = "cluster",
+    responses((status = 200, description = "Task managers, slots and jobs per state", body = ClusterOverview)))]
+pub async fn overview(State(state): State<AppState>) -> Json<ClusterOverview> {
     let (total, free) = slots(&state);
     let counts = job_counts(&state);
     let count = |s: JobStatus| counts.get(&s).copied().unwrap_or(0);
-    Json(json!({
-        "taskmanagers": state.registry.taskmanagers().len(),
-        "slots-total": total,
-        "slots-available": free,
-        "taskmanagers-blocked": 0,
-        "slots-free-and-blocked": 0,
-        "jobs-running": count(JobStatus::Running) + count(JobStatus::Initializing) + count(JobStatus::Created),
-        "jobs-finished": count(JobStatus::Finished),
-        "jobs-cancelled": count(JobStatus::Canceled),
-        "jobs-failed": count(JobStatus::Failed),
-        "flink-version": FLINK_VERSION,
-        "flink-commit": revision(),
-    }))
+    Json(ClusterOverview {
+        taskmanagers: state.registry.taskmanagers().len(),
+        slots_total: total,
+        slots_available: free,
+        taskmanagers_blocked: 0,
+        slots_free_and_blocked: 0,
+        jobs_running: count(JobStatus::Running)
+            + count(JobStatus::Initializing)
+            + count(JobStatus::Created),
+        jobs_finished: count(JobStatus::Finished),
+        jobs_cancelled: count(JobStatus::Canceled),
+        jobs_failed: count(JobStatus::Failed),
+        flink_version: FLINK_VERSION.into(),
+        flink_commit: revision(),
+    })
 }
 
 /// The coordinator's effective settings as Flink-style keys (never secrets: token files are
@@ -146,27 +213,63 @@ fn config_entries(state: &AppState) -> Vec<(String, String)> {
     entries
 }
 
+/// One effective setting, as Flink lists its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ConfigEntry {
+    /// Flink-style key (`rest.port`, `flamegrid.read-only`).
+    pub key: String,
+    /// The value as text.
+    pub value: String,
+}
+
 /// `GET /jobmanager/config` (and `/jobs/:jobid/jobmanager/config`).
-pub async fn jobmanager_config(State(state): State<AppState>) -> Json<Value> {
-    let entries: Vec<Value> = config_entries(&state)
-        .into_iter()
-        .map(|(k, v)| json!({"key": k, "value": v}))
-        .collect();
-    Json(Value::Array(entries))
+#[utoipa::path(get, path = "/jobmanager/config", tag = "cluster",
+    responses((status = 200, description = "Effective settings (never secrets)", body = Vec<ConfigEntry>)))]
+pub async fn jobmanager_config(State(state): State<AppState>) -> Json<Vec<ConfigEntry>> {
+    Json(
+        config_entries(&state)
+            .into_iter()
+            .map(|(key, value)| ConfigEntry { key, value })
+            .collect(),
+    )
+}
+
+/// `/jobmanager/environment`: the coordinator process in Flink's JVM-shaped block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Environment {
+    /// The process.
+    pub jvm: ProcessInfo,
+    /// Always empty (no JVM).
+    pub classpath: Vec<String>,
+}
+
+/// Flink's `jvm` block, filled with the native process's facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ProcessInfo {
+    /// The coordinator's name and version.
+    pub version: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Command-line arguments.
+    pub options: Vec<String>,
 }
 
 /// `GET /jobmanager/environment` (and `/jobs/:jobid/jobmanager/environment`): the process in
 /// Flink's JVM-shaped block.
-pub async fn jobmanager_environment() -> Json<Value> {
-    let options: Vec<String> = std::env::args().skip(1).collect();
-    Json(json!({
-        "jvm": {
-            "version": format!("flamegrid-coordinator {} (native, no JVM)", env!("CARGO_PKG_VERSION")),
-            "arch": std::env::consts::ARCH,
-            "options": options,
+#[utoipa::path(get, path = "/jobmanager/environment", tag = "cluster",
+    responses((status = 200, description = "The coordinator process", body = Environment)))]
+pub async fn jobmanager_environment() -> Json<Environment> {
+    Json(Environment {
+        jvm: ProcessInfo {
+            version: format!(
+                "flamegrid-coordinator {} (native, no JVM)",
+                env!("CARGO_PKG_VERSION")
+            ),
+            arch: std::env::consts::ARCH.into(),
+            options: std::env::args().skip(1).collect(),
         },
-        "classpath": [],
-    }))
+        classpath: Vec::new(),
+    })
 }
 
 /// The coordinator process's own numbers from `/proc/self/status`.
@@ -193,10 +296,15 @@ fn process_status() -> BTreeMap<String, f64> {
 }
 
 /// `GET /jobmanager/metrics[?get=...]`: registry counts and the coordinator's own process.
+#[utoipa::path(get, path = "/jobmanager/metrics", tag = "cluster",
+    params(MetricParams),
+    responses(
+        (status = 200, description = "Metric ids, or their values with `get`", body = Vec<MetricValue>),
+    ))]
 pub async fn jobmanager_metrics(
     State(state): State<AppState>,
     Query(query): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<MetricValue>>, ApiError> {
     let q = MetricQuery::parse(&query, false)?;
     let (total, free) = slots(&state);
     let counts = job_counts(&state);
@@ -219,22 +327,81 @@ pub async fn jobmanager_metrics(
     Ok(Json(metric_values(&metrics, &q)))
 }
 
+/// Flink's list of log files; always empty in flamegrid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct LogList {
+    /// The log files (none: flamegrid logs to standard error).
+    pub logs: Vec<LogFile>,
+}
+
+/// One log file in Flink's list (never produced by flamegrid; described for clients).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct LogFile {
+    /// File name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
 /// `GET /jobmanager/logs`: always empty (see the module docs).
-pub async fn jobmanager_logs() -> Json<Value> {
-    Json(json!({ "logs": [] }))
+#[utoipa::path(get, path = "/jobmanager/logs", tag = "cluster",
+    responses((status = 200, description = "Always empty", body = LogList)))]
+pub async fn jobmanager_logs() -> Json<LogList> {
+    Json(LogList { logs: Vec::new() })
 }
 
 /// `GET /jobmanager/log`, `/jobmanager/stdout`, `/jobmanager/logs/:name`: no files to serve.
+#[utoipa::path(get, path = "/jobmanager/log", tag = "cluster",
+    responses((status = 404, description = "The coordinator keeps no log files", body = ErrorBody)))]
 pub async fn no_log_file() -> ApiError {
     ApiError::not_found(
         "File not found. The flamegrid coordinator writes its log to standard error.",
     )
 }
 
+/// `GET /jobmanager/stdout` (same answer as [`no_log_file`]; listed for `/openapi.json`).
+#[utoipa::path(get, path = "/jobmanager/stdout", tag = "cluster",
+    responses((status = 404, description = "The coordinator keeps no log files", body = ErrorBody)))]
+pub async fn no_stdout_file() -> ApiError {
+    no_log_file().await
+}
+
+/// `GET /jobmanager/logs/:name` (same answer as [`no_log_file`]; listed for `/openapi.json`).
+#[utoipa::path(get, path = "/jobmanager/logs/{name}", tag = "cluster",
+    params(("name" = String, Path, description = "A log file name (none exist)")),
+    responses((status = 404, description = "The coordinator keeps no log files", body = ErrorBody)))]
+pub async fn no_named_log_file() -> ApiError {
+    no_log_file().await
+}
+
+/// Flink's `ThreadDumpInfo`: one entry per thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadDump {
+    /// The threads, ordered by id.
+    pub thread_infos: Vec<ThreadDumpEntry>,
+}
+
+/// One thread of a [`ThreadDump`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadDumpEntry {
+    /// The thread's name.
+    pub thread_name: String,
+    /// A jstack-like text block: header line, then the stack.
+    pub stringified_thread_info: String,
+}
+
 /// `GET /jobmanager/thread-dump`: the coordinator's threads with their stacks, sampled by a
 /// helper process (see `self_dump.rs`); when the helper cannot run, names and states only.
-pub async fn jobmanager_thread_dump() -> Json<Value> {
-    if let Some(dump) = super::self_dump::dump_with_stacks().await {
+#[utoipa::path(get, path = "/jobmanager/thread-dump", tag = "cluster",
+    responses((status = 200, description = "The coordinator's threads", body = ThreadDump)))]
+pub async fn jobmanager_thread_dump() -> Json<ThreadDump> {
+    // The helper's answer is re-read into the typed shape, so what is served is exactly what
+    // `/openapi.json` describes; an answer that does not fit falls back to names and states.
+    if let Some(dump) = super::self_dump::dump_with_stacks().await
+        && let Ok(dump) = serde_json::from_value::<ThreadDump>(dump)
+    {
         return Json(dump);
     }
     let mut threads = Vec::new();
@@ -263,11 +430,12 @@ pub async fn jobmanager_thread_dump() -> Json<Value> {
         }
     }
     threads.sort();
-    let infos: Vec<Value> = threads
+    let thread_infos = threads
         .into_iter()
-        .map(|(tid, name, state)| {
-            json!({"threadName": name, "stringifiedThreadInfo": format!("\"{name}\" Id={tid} {state}\n\n")})
+        .map(|(tid, name, state)| ThreadDumpEntry {
+            stringified_thread_info: format!("\"{name}\" Id={tid} {state}\n\n"),
+            thread_name: name,
         })
         .collect();
-    Json(json!({ "threadInfos": infos }))
+    Json(ThreadDump { thread_infos })
 }

@@ -8,6 +8,16 @@ use crate::registry::RegistryError;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error answer, `{"errors": ["..."]}`: the one error shape Flink's clients
+/// parse, described once here and referenced by every path in `/openapi.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Human-readable messages; the first says what went wrong.
+    pub errors: Vec<String>,
+}
 
 /// An error response: an HTTP status and the strings of Flink's `errors` array.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +96,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(serde_json::json!({ "errors": self.errors })),
+            Json(ErrorBody {
+                errors: self.errors,
+            }),
         )
             .into_response()
     }

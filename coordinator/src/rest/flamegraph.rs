@@ -15,12 +15,19 @@
 //! non-negative integer below the parallelism). The order of checks follows Flink's handler: ids
 //! and query parse first (400), then the job and vertex must exist (404), then the subtask index
 //! must be in range (404), then the terminated check (-1).
+//!
+//! flamegrid adds `at=<endTimestamp>` (every view, the exports and the diff included): serve
+//! that kept run instead of the latest (see [`super::history`] for the list). It is checked last:
+//! not an integer → 400 like any bad query parameter; a run that is not (or no longer) kept →
+//! 404 naming the runs that are. A kept run is served even for a vertex that has terminated since,
+//! and `at` never starts a run.
 
 use super::error::ApiError;
 use super::params;
 use super::state::AppState;
 use crate::fanout::VertexSampling;
 use crate::flamegraph::cache::GraphKey;
+use crate::flamegraph::profile::Snapshot;
 use crate::flamegraph::svg::SvgLabels;
 use crate::flamegraph::{GraphAnswer, folded, json, svg};
 use axum::Router;
@@ -29,6 +36,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flamegrid_model::GraphType;
+use std::sync::Arc;
 
 /// Routes of `/jobs/:jobid/vertices/:vertexid/flamegraph*` and `/taskmanagers/:tmid/thread-dump`.
 pub fn routes() -> Router<AppState> {
@@ -55,11 +63,13 @@ pub struct GraphQuery {
     pub ty: GraphType,
     /// One subtask, or all.
     pub subtask: Option<u32>,
+    /// A kept run by its `endTimestamp` (`at`), or `None` for the latest.
+    pub at: Option<i64>,
 }
 
 impl GraphQuery {
-    /// Parses `type` and `subtaskindex` Flink's way (first value of a comma list or repeated
-    /// key); anything else in the query is ignored, as Flink does.
+    /// Parses `type`, `subtaskindex` and `at` Flink's way (first value of a comma list or
+    /// repeated key); anything else in the query is ignored, as Flink does.
     pub fn parse(pairs: &[(String, String)]) -> Result<GraphQuery, ApiError> {
         let lists = params::query_lists(pairs);
         let first = |name: &str| lists.get(name).and_then(|v| v.first()).map(String::as_str);
@@ -69,13 +79,25 @@ impl GraphQuery {
         };
         let subtask = match first("subtaskindex") {
             None => None,
+            // Java's Integer.parseInt, non-negative: `+3` and `-0` pass, 2^31 does not.
             Some(raw) => Some(
-                raw.parse::<u32>()
-                    .map_err(|_| ApiError::bad_query_param("subtaskindex", raw))?,
+                params::flink_int(raw)
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| ApiError::bad_query_param("subtaskindex", raw))?,
             ),
         };
-        Ok(GraphQuery { ty, subtask })
+        let at = match first("at") {
+            None => None,
+            Some(raw) => Some(parse_timestamp("at", raw)?),
+        };
+        Ok(GraphQuery { ty, subtask, at })
     }
+}
+
+/// An `endTimestamp` (ms since the epoch) given as query parameter `name`.
+pub(super) fn parse_timestamp(name: &str, raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .map_err(|_| ApiError::bad_query_param(name, raw))
 }
 
 /// Flink upper-cases the value and maps it onto the enum: `on_cpu` works, `on-cpu` does not.
@@ -91,6 +113,66 @@ pub(super) struct Resolved {
     pub(super) query: GraphQuery,
     /// `None` when flame graphs are disabled (the registry is not consulted, as in Flink).
     pub(super) vertex: Option<VertexSampling>,
+    /// The kept run `at` names (`None` without `at`, or when flame graphs are disabled).
+    pub(super) kept: Option<Arc<Snapshot>>,
+}
+
+impl Resolved {
+    /// What the request asks to see: the kept run named by `at`, or else the service's answer
+    /// for the latest run (which may start a refresh; `answer_now` never waits).
+    fn answer_now(&self, state: &AppState) -> GraphAnswer {
+        match (&self.kept, &self.vertex) {
+            (Some(kept), _) => GraphAnswer::Ready(Arc::clone(kept)),
+            (None, None) => GraphAnswer::Disabled,
+            (None, Some(v)) => state.flamegraphs.answer(&self.key, v),
+        }
+    }
+}
+
+/// A kept run of `key` by its `endTimestamp`, or a 404 that says which runs are kept and where
+/// they are listed. `param` names the query parameter (`at`, `base`) for the message.
+pub(super) fn kept_run(
+    state: &AppState,
+    key: &GraphKey,
+    param: &str,
+    end_ms: i64,
+) -> Result<Arc<Snapshot>, ApiError> {
+    if let Some(s) = state.flamegraphs.kept_run(key, end_ms) {
+        return Ok(s);
+    }
+    let kept: Vec<String> = state
+        .flamegraphs
+        .history(key)
+        .iter()
+        .map(|s| s.end_ms.to_string())
+        .collect();
+    let subtask = key
+        .subtask
+        .map(|i| format!(" subtask {i}"))
+        .unwrap_or_default();
+    let list = format!(
+        "/jobs/{}/vertices/{}/flamegraph/history{}",
+        key.job_id,
+        key.vertex_id,
+        key.subtask
+            .map(|i| format!("?subtaskindex={i}"))
+            .unwrap_or_default()
+    );
+    // With a long history the message names the newest few; the list has them all.
+    const NAMED: usize = 20;
+    let which = match kept.len() {
+        0 => "No run is kept for it yet".to_string(),
+        n if n <= NAMED => format!("Kept runs end at {} (newest first)", kept.join(", ")),
+        n => format!(
+            "Kept runs end at {} and {} earlier (newest first)",
+            kept[..NAMED].join(", "),
+            n - NAMED
+        ),
+    };
+    Err(ApiError::not_found(format!(
+        "No kept flame graph run of vertex {}{subtask} ended at {end_ms} ({param}). {which}; the list is at {list}.",
+        key.vertex_id
+    )))
 }
 
 pub(super) fn resolve(
@@ -112,6 +194,7 @@ pub(super) fn resolve(
             key,
             query,
             vertex: None,
+            kept: None,
         });
     }
     let vertex = state
@@ -125,24 +208,33 @@ pub(super) fn resolve(
             key.vertex_id
         )));
     }
+    let kept = match query.at {
+        None => None,
+        Some(at) => Some(kept_run(state, &key, "at", at)?),
+    };
     Ok(Resolved {
         key,
         query,
         vertex: Some(vertex),
+        kept,
     })
 }
 
 /// `GET .../flamegraph`: Flink's JSON; always 200 once the request is valid; never waits.
-async fn flamegraph_json(
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph", tag = "flamegraphs",
+    params(params::VertexPath, super::openapi::FlameGraphParams),
+    responses(
+        (status = 200, description = "Flink's flame graph JSON; never waits", body = json::VertexFlameGraph),
+        (status = 400, description = "Malformed id, type or subtask index", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown job or vertex, subtask index not below the parallelism, or no kept run `at`", body = super::error::ErrorBody),
+    ))]
+pub async fn flamegraph_json(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let r = resolve(&state, &jobid, &vertexid, &query)?;
-    let answer = match &r.vertex {
-        None => GraphAnswer::Disabled,
-        Some(v) => state.flamegraphs.answer(&r.key, v),
-    };
+    let answer = r.answer_now(&state);
     let body = json::render_cached(&answer, r.query.ty);
     Ok((
         [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
@@ -151,8 +243,9 @@ async fn flamegraph_json(
         .into_response())
 }
 
-/// What the waiting views (`.svg`, `.folded`) show: the request resolved, and the cached graph,
-/// after waiting (bounded) for a run in flight so a first request gets a real graph.
+/// What the waiting views (`.svg`, `.folded`, the exports) show: the request resolved, and the
+/// cached graph, after waiting (bounded) for a run in flight so a first request gets a real
+/// graph. With `at`, the kept run it names, at once (a 404 from [`resolve`] if it is not kept).
 pub(super) async fn resolve_waiting(
     state: &AppState,
     jobid: &str,
@@ -160,15 +253,23 @@ pub(super) async fn resolve_waiting(
     query: &[(String, String)],
 ) -> Result<(Resolved, GraphAnswer), ApiError> {
     let r = resolve(state, jobid, vertexid, query)?;
-    let answer = match &r.vertex {
-        None => GraphAnswer::Disabled,
-        Some(v) => state.flamegraphs.answer_waiting(&r.key, v).await,
+    let answer = match (&r.kept, &r.vertex) {
+        (Some(kept), _) => GraphAnswer::Ready(Arc::clone(kept)),
+        (None, None) => GraphAnswer::Disabled,
+        (None, Some(v)) => state.flamegraphs.answer_waiting(&r.key, v).await,
     };
     Ok((r, answer))
 }
 
 /// `GET .../flamegraph.svg`: inferno's interactive SVG.
-async fn flamegraph_svg(
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.svg", tag = "flamegraphs",
+    params(params::VertexPath, super::openapi::FlameGraphParams),
+    responses(
+        (status = 200, description = "Interactive SVG (waits for a run in flight)", body = String, content_type = "image/svg+xml"),
+        (status = 400, description = "Malformed id, type or subtask index", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown job or vertex, subtask index not below the parallelism, or no kept run `at`", body = super::error::ErrorBody),
+    ))]
+pub async fn flamegraph_svg(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
@@ -198,7 +299,14 @@ async fn flamegraph_svg(
 }
 
 /// `GET .../flamegraph.folded`: collapsed stacks, `a;b;c COUNT` per line.
-async fn flamegraph_folded(
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.folded", tag = "flamegraphs",
+    params(params::VertexPath, super::openapi::FlameGraphParams),
+    responses(
+        (status = 200, description = "Collapsed stacks, `a;b;c COUNT` per line", body = String, content_type = "text/plain"),
+        (status = 400, description = "Malformed id, type or subtask index", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown job or vertex, subtask index not below the parallelism, or no kept run `at`", body = super::error::ErrorBody),
+    ))]
+pub async fn flamegraph_folded(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
@@ -209,7 +317,14 @@ async fn flamegraph_folded(
 }
 
 /// `GET /taskmanagers/:tmid/thread-dump`: one deep sample of every thread the agent watches.
-async fn thread_dump(
+#[utoipa::path(get, path = "/taskmanagers/{tmid}/thread-dump", tag = "flamegraphs",
+    params(params::TaskManagerPath),
+    responses(
+        (status = 200, description = "Stacks of the threads the agent watches", body = super::cluster::ThreadDump),
+        (status = 404, description = "Unknown task manager", body = super::error::ErrorBody),
+        (status = 503, description = "The agent did not answer", body = super::error::ErrorBody),
+    ))]
+pub async fn thread_dump(
     State(state): State<AppState>,
     Path(tmid): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -250,8 +365,13 @@ mod tests {
             q(&[]).unwrap(),
             GraphQuery {
                 ty: GraphType::Full,
-                subtask: None
+                subtask: None,
+                at: None
             }
+        );
+        assert_eq!(
+            q(&[("at", "1700000000123")]).unwrap().at,
+            Some(1_700_000_000_123)
         );
         assert_eq!(q(&[("type", "on_cpu")]).unwrap().ty, GraphType::OnCpu);
         assert_eq!(
@@ -268,6 +388,8 @@ mod tests {
             ("type", "on-cpu"),
             ("subtaskindex", "-1"),
             ("subtaskindex", "x"),
+            ("at", "yesterday"),
+            ("at", "1.5"),
         ] {
             let e = q(&[bad]).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);

@@ -2,11 +2,14 @@
 //! status, cancel, and the job-level paths Flink's dashboard polls that carry no profiler data
 //! (exceptions, config, checkpoints, accumulators, metrics), answered in Flink's shape.
 
-use super::error::ApiError;
-use super::metrics::{MetricQuery, metric_values};
-use super::params;
+use super::cluster::{ConfigEntry, Environment};
+use super::error::{ApiError, ErrorBody};
+use super::metrics::{
+    AggregatedMetric, JobsMetricParams, MetricParams, MetricQuery, MetricValue, metric_values,
+};
+use super::params::{self, JobPath};
 use super::shapes::{
-    execution_state_counts, html_escape, io_metrics, job_timestamps, task_counts_lower, time_span,
+    ExecutionStateCounts, IoMetrics, JobTimestamps, TaskCounts, html_escape, time_span,
 };
 use super::state::AppState;
 use crate::registry::state::now_ms;
@@ -16,8 +19,135 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::{IntoParams, ToSchema};
+
+/// `{}`: what Flink answers where there is nothing to say (a cancel), and the value of its
+/// always-empty object fields (`optimizer_properties`, `user-config`, ...).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EmptyObject {}
+
+/// The body of `POST /jobs`, as `/openapi.json` describes it. The handler does not deserialize
+/// into this type: `registry/validate.rs` walks the JSON itself so that it can name *every*
+/// problem by its field at once; tests build well-formed bodies from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobRegistration {
+    /// Display name: 1 to 256 characters, not blank, no control characters.
+    #[schema(min_length = 1, max_length = 256)]
+    pub name: String,
+    /// The operators, upstream first: 1 to 1024 vertices, at most 8192 subtasks in all.
+    #[schema(min_items = 1, max_items = 1024)]
+    pub vertices: Vec<VertexRegistration>,
+}
+
+/// One vertex of a [`JobRegistration`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VertexRegistration {
+    /// Display name: 1 to 256 characters, not blank, no control characters.
+    #[schema(min_length = 1, max_length = 256)]
+    pub name: String,
+    /// Must equal the number of subtasks.
+    #[schema(minimum = 1, maximum = 1024)]
+    pub parallelism: u32,
+    /// Indexes of upstream vertices; each must name an earlier vertex.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<u32>,
+    /// One entry per subtask: 1 to 1024.
+    #[schema(min_items = 1, max_items = 1024)]
+    pub subtasks: Vec<SubtaskRegistration>,
+}
+
+/// One subtask of a [`VertexRegistration`]: exactly one of `pid` and `process_name`, and
+/// optionally which of its threads (`tids`, `thread_name`; neither means all).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubtaskRegistration {
+    /// A registered task manager id (`GET /taskmanagers`).
+    #[schema(min_length = 1, max_length = 256)]
+    pub taskmanager: String,
+    /// The process by id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4194304)]
+    pub pid: Option<u32>,
+    /// The process by its kernel name (`comm`, 1 to 15 bytes, no `/`), re-resolved at every run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 15)]
+    pub process_name: Option<String>,
+    /// Threads by id (1 to 1024 distinct ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 1024)]
+    pub tids: Option<Vec<u32>>,
+    /// Threads whose name this regular expression matches as a whole (at most 1024 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 1024)]
+    pub thread_name: Option<String>,
+}
+
+/// `POST /jobs`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobIdAnswer {
+    /// The new job's id (32 hex digits).
+    pub jobid: String,
+}
+
+/// `GET /jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct JobList {
+    /// Every registered job.
+    pub jobs: Vec<JobIdStatus>,
+}
+
+/// One entry of [`JobList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct JobIdStatus {
+    /// Job id.
+    pub id: String,
+    /// Current status.
+    pub status: JobStatus,
+}
+
+/// `GET /jobs/overview`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct JobsOverview {
+    /// One entry per job.
+    pub jobs: Vec<JobOverview>,
+}
+
+/// One job in `/jobs/overview` (Flink's JobDetails).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct JobOverview {
+    /// Job id.
+    pub jid: String,
+    /// Display name.
+    pub name: String,
+    /// Always `STREAMING`.
+    #[serde(rename = "jobType")]
+    pub job_type: String,
+    /// Always `Default`.
+    #[serde(rename = "schedulerType")]
+    pub scheduler_type: String,
+    /// When it was registered (ms since the epoch).
+    #[serde(rename = "start-time")]
+    pub start_time: i64,
+    /// When it ended, -1 while it runs.
+    #[serde(rename = "end-time")]
+    pub end_time: i64,
+    /// End (or now) minus start, ms.
+    pub duration: i64,
+    /// Current status.
+    pub state: JobStatus,
+    /// When anything about it last changed.
+    #[serde(rename = "last-modification")]
+    pub last_modification: i64,
+    /// Subtasks per state.
+    pub tasks: TaskCounts,
+    /// Always 0.
+    #[serde(rename = "pending-operators")]
+    pub pending_operators: u32,
+}
 
 /// Largest accepted `POST /jobs` body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -41,6 +171,17 @@ pub fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
 }
 
 /// `POST /jobs`: validates the whole body and stores the job; 202 `{"jobid": ...}`.
+#[utoipa::path(post, path = "/jobs", tag = "jobs",
+    request_body(content = JobRegistration, content_type = "application/json",
+        description = "The job: vertices of subtasks, each a process (and threads) on a task manager"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Stored; sampling can start", body = JobIdAnswer),
+        (status = 400, description = "Not valid: every problem, each naming its field", body = ErrorBody),
+        (status = 401, description = "A bearer token is required (--rest-token-file)", body = ErrorBody),
+        (status = 403, description = "The coordinator is read-only", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody),
+    ))]
 pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::new(
@@ -49,19 +190,24 @@ pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Resp
         ));
     }
     let registry = state.registry.clone();
-    let id = blocking(move || registry.register_job(&body)).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "jobid": id }))).into_response())
+    let jobid = blocking(move || registry.register_job(&body)).await?;
+    Ok((StatusCode::ACCEPTED, Json(JobIdAnswer { jobid })).into_response())
 }
 
 /// `GET /jobs`: ids and statuses.
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    let jobs: Vec<Value> = state
+#[utoipa::path(get, path = "/jobs", tag = "jobs",
+    responses((status = 200, description = "Every job's id and status", body = JobList)))]
+pub async fn list(State(state): State<AppState>) -> Json<JobList> {
+    let jobs = state
         .registry
         .jobs()
         .iter()
-        .map(|j| json!({"id": j.spec.id, "status": j.runtime.status.name()}))
+        .map(|j| JobIdStatus {
+            id: j.spec.id.clone(),
+            status: j.runtime.status,
+        })
         .collect();
-    Json(json!({ "jobs": jobs }))
+    Json(JobList { jobs })
 }
 
 fn all_states(job: &Job) -> impl Iterator<Item = ExecutionState> + '_ {
@@ -69,29 +215,29 @@ fn all_states(job: &Job) -> impl Iterator<Item = ExecutionState> + '_ {
 }
 
 /// `GET /jobs/overview`.
-pub async fn overview(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(get, path = "/jobs/overview", tag = "jobs",
+    responses((status = 200, description = "Name, times, state and task counts per job", body = JobsOverview)))]
+pub async fn overview(State(state): State<AppState>) -> Json<JobsOverview> {
     let now = now_ms();
-    let jobs: Vec<Value> = state
+    let jobs = state
         .registry
         .jobs()
         .iter()
-        .map(|j| {
-            json!({
-                "jid": j.spec.id,
-                "name": j.spec.name,
-                "jobType": "STREAMING",
-                "schedulerType": "Default",
-                "start-time": j.start_time(),
-                "end-time": j.end_time(),
-                "duration": j.duration(now),
-                "state": j.runtime.status.name(),
-                "last-modification": j.runtime.last_modification,
-                "tasks": task_counts_lower(all_states(j)),
-                "pending-operators": 0,
-            })
+        .map(|j| JobOverview {
+            jid: j.spec.id.clone(),
+            name: j.spec.name.clone(),
+            job_type: "STREAMING".into(),
+            scheduler_type: "Default".into(),
+            start_time: j.start_time(),
+            end_time: j.end_time(),
+            duration: j.duration(now),
+            state: j.runtime.status,
+            last_modification: j.runtime.last_modification,
+            tasks: TaskCounts::of(all_states(j)),
+            pending_operators: 0,
         })
         .collect();
-    Json(json!({ "jobs": jobs }))
+    Json(JobsOverview { jobs })
 }
 
 /// The id of the slot-sharing group all of a job's vertices share (32 hex, derived from the
@@ -102,135 +248,342 @@ fn slot_sharing_group(job: &Job) -> String {
 }
 
 /// One vertex of `/jobs/:jobid`'s `vertices`.
-fn vertex_summary(job: &Job, v: usize, now: i64) -> Value {
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct VertexSummary {
+    /// Vertex id (32 hex digits).
+    pub id: String,
+    /// The slot-sharing group every vertex of the job shares.
+    #[serde(rename = "slotSharingGroupId")]
+    pub slot_sharing_group_id: String,
+    /// Display name.
+    pub name: String,
+    /// Equal to `parallelism`.
+    #[serde(rename = "maxParallelism")]
+    pub max_parallelism: usize,
+    /// Number of subtasks.
+    pub parallelism: usize,
+    /// Aggregate state of its subtasks.
+    pub status: ExecutionState,
+    /// Earliest subtask start, -1 if none.
+    #[serde(rename = "start-time")]
+    pub start_time: i64,
+    /// Latest subtask end once all are terminal, else -1.
+    #[serde(rename = "end-time")]
+    pub end_time: i64,
+    /// ms, -1 if never started.
+    pub duration: i64,
+    /// Subtasks per state.
+    pub tasks: ExecutionStateCounts,
+    /// All zero.
+    pub metrics: IoMetrics,
+}
+
+/// One vertex of `/jobs/:jobid`'s `vertices`.
+fn vertex_summary(job: &Job, v: usize, now: i64) -> VertexSummary {
     let vertex = &job.spec.vertices[v];
     let subtasks = &job.runtime.subtasks[v];
-    let (start, end, duration) = time_span(subtasks, now);
-    json!({
-        "id": vertex.id,
-        "slotSharingGroupId": slot_sharing_group(job),
-        "name": vertex.name,
-        "maxParallelism": vertex.parallelism(),
-        "parallelism": vertex.parallelism(),
-        "status": job.vertex_status(v).name(),
-        "start-time": start,
-        "end-time": end,
-        "duration": duration,
-        "tasks": execution_state_counts(subtasks.iter().map(|s| s.status)),
-        "metrics": io_metrics(),
-    })
+    let (start_time, end_time, duration) = time_span(subtasks, now);
+    VertexSummary {
+        id: vertex.id.clone(),
+        slot_sharing_group_id: slot_sharing_group(job),
+        name: vertex.name.clone(),
+        max_parallelism: vertex.parallelism(),
+        parallelism: vertex.parallelism(),
+        status: job.vertex_status(v),
+        start_time,
+        end_time,
+        duration,
+        tasks: ExecutionStateCounts::of(subtasks.iter().map(|s| s.status)),
+        metrics: IoMetrics::ZERO,
+    }
+}
+
+/// A job's plan (Flink's JobPlanInfo): one node per vertex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Plan {
+    /// Job id.
+    pub jid: String,
+    /// Job name.
+    pub name: String,
+    /// Always `STREAMING`.
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// The vertices.
+    pub nodes: Vec<PlanNode>,
+}
+
+/// One node of a [`Plan`]; its id is the vertex id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PlanNode {
+    /// Vertex id.
+    pub id: String,
+    /// Number of subtasks.
+    pub parallelism: usize,
+    /// Always empty.
+    pub operator: String,
+    /// Always empty.
+    pub operator_strategy: String,
+    /// The vertex name, HTML-escaped as Flink does.
+    pub description: String,
+    /// Edges from upstream vertices; absent for sources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<PlanInput>>,
+    /// Always `{}`.
+    pub optimizer_properties: EmptyObject,
+}
+
+/// An edge of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PlanInput {
+    /// Position among the node's inputs.
+    pub num: usize,
+    /// Upstream vertex id.
+    pub id: String,
+    /// `FORWARD` between equal parallelisms, else `REBALANCE`.
+    pub ship_strategy: String,
+    /// Always `pipelined_bounded`.
+    pub exchange: String,
 }
 
 /// The job's plan: one node per vertex (node id = vertex id), edges from `inputs`.
-fn plan(job: &Job) -> Value {
-    let nodes: Vec<Value> = job
+fn plan(job: &Job) -> Plan {
+    let nodes = job
         .spec
         .vertices
         .iter()
         .map(|vertex| {
-            let mut node = Map::new();
-            node.insert("id".into(), json!(vertex.id));
-            node.insert("parallelism".into(), json!(vertex.parallelism()));
-            node.insert("operator".into(), json!(""));
-            node.insert("operator_strategy".into(), json!(""));
-            node.insert("description".into(), json!(html_escape(&vertex.name)));
-            if !vertex.inputs.is_empty() {
-                let inputs: Vec<Value> = vertex
+            let inputs = (!vertex.inputs.is_empty()).then(|| {
+                vertex
                     .inputs
                     .iter()
                     .enumerate()
                     .map(|(num, &up)| {
                         let upstream = &job.spec.vertices[up];
-                        let strategy =
-                            if upstream.parallelism() == vertex.parallelism() { "FORWARD" } else { "REBALANCE" };
-                        json!({"num": num, "id": upstream.id, "ship_strategy": strategy, "exchange": "pipelined_bounded"})
+                        let strategy = if upstream.parallelism() == vertex.parallelism() {
+                            "FORWARD"
+                        } else {
+                            "REBALANCE"
+                        };
+                        PlanInput {
+                            num,
+                            id: upstream.id.clone(),
+                            ship_strategy: strategy.into(),
+                            exchange: "pipelined_bounded".into(),
+                        }
                     })
-                    .collect();
-                node.insert("inputs".into(), Value::Array(inputs));
+                    .collect()
+            });
+            PlanNode {
+                id: vertex.id.clone(),
+                parallelism: vertex.parallelism(),
+                operator: String::new(),
+                operator_strategy: String::new(),
+                description: html_escape(&vertex.name),
+                inputs,
+                optimizer_properties: EmptyObject {},
             }
-            node.insert("optimizer_properties".into(), json!({}));
-            Value::Object(node)
         })
         .collect();
-    json!({"jid": job.spec.id, "name": job.spec.name, "type": "STREAMING", "nodes": nodes})
+    Plan {
+        jid: job.spec.id.clone(),
+        name: job.spec.name.clone(),
+        job_type: "STREAMING".into(),
+        nodes,
+    }
+}
+
+/// `GET /jobs/:jobid` (Flink's JobDetailsInfo).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct JobDetails {
+    /// Job id.
+    pub jid: String,
+    /// Equal to the job id.
+    #[serde(rename = "application-id")]
+    pub application_id: String,
+    /// Display name.
+    pub name: String,
+    /// Always false.
+    #[serde(rename = "isStoppable")]
+    pub is_stoppable: bool,
+    /// Current status.
+    pub state: JobStatus,
+    /// Always `STREAMING`.
+    #[serde(rename = "job-type")]
+    pub job_type: String,
+    /// Always `Default`.
+    #[serde(rename = "schedulerType")]
+    pub scheduler_type: String,
+    /// When it was registered.
+    #[serde(rename = "start-time")]
+    pub start_time: i64,
+    /// When it ended, -1 while it runs.
+    #[serde(rename = "end-time")]
+    pub end_time: i64,
+    /// ms.
+    pub duration: i64,
+    /// Always -1.
+    #[serde(rename = "maxParallelism")]
+    pub max_parallelism: i64,
+    /// The coordinator's clock when answering.
+    pub now: i64,
+    /// When each job status was entered.
+    pub timestamps: JobTimestamps,
+    /// The vertices.
+    pub vertices: Vec<VertexSummary>,
+    /// Vertices per state.
+    #[serde(rename = "status-counts")]
+    pub status_counts: ExecutionStateCounts,
+    /// The plan.
+    pub plan: Plan,
+    /// Always 0.
+    #[serde(rename = "pending-operators")]
+    pub pending_operators: u32,
 }
 
 /// `GET /jobs/:jobid`.
+#[utoipa::path(get, path = "/jobs/{jobid}", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "Timestamps, vertices and plan", body = JobDetails),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn details(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobDetails>, ApiError> {
     let job = load_job(&state, &jobid)?;
     let now = now_ms();
-    let vertices: Vec<Value> = (0..job.spec.vertices.len())
+    let vertices = (0..job.spec.vertices.len())
         .map(|v| vertex_summary(&job, v, now))
         .collect();
     let vertex_states = (0..job.spec.vertices.len()).map(|v| job.vertex_status(v));
-    Ok(Json(json!({
-        "jid": job.spec.id,
-        "application-id": job.spec.id,
-        "name": job.spec.name,
-        "isStoppable": false,
-        "state": job.runtime.status.name(),
-        "job-type": "STREAMING",
-        "schedulerType": "Default",
-        "start-time": job.start_time(),
-        "end-time": job.end_time(),
-        "duration": job.duration(now),
-        "maxParallelism": -1,
-        "now": now,
-        "timestamps": job_timestamps(&job),
-        "vertices": vertices,
-        "status-counts": execution_state_counts(vertex_states),
-        "plan": plan(&job),
-        "pending-operators": 0,
-    })))
+    Ok(Json(JobDetails {
+        jid: job.spec.id.clone(),
+        application_id: job.spec.id.clone(),
+        name: job.spec.name.clone(),
+        is_stoppable: false,
+        state: job.runtime.status,
+        job_type: "STREAMING".into(),
+        scheduler_type: "Default".into(),
+        start_time: job.start_time(),
+        end_time: job.end_time(),
+        duration: job.duration(now),
+        max_parallelism: -1,
+        now,
+        timestamps: JobTimestamps::of(&job),
+        vertices,
+        status_counts: ExecutionStateCounts::of(vertex_states),
+        plan: plan(&job),
+        pending_operators: 0,
+    }))
 }
 
 /// `GET /jobs/:jobid/plan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct JobPlan {
+    /// The plan.
+    pub plan: Plan,
+}
+
+/// `GET /jobs/:jobid/plan`.
+#[utoipa::path(get, path = "/jobs/{jobid}/plan", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "Nodes (vertex ids) and edges", body = JobPlan),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn job_plan(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobPlan>, ApiError> {
     let job = load_job(&state, &jobid)?;
-    Ok(Json(json!({ "plan": plan(&job) })))
+    Ok(Json(JobPlan { plan: plan(&job) }))
 }
 
 /// `GET /jobs/:jobid/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct JobStatusAnswer {
+    /// Current status.
+    pub status: JobStatus,
+}
+
+/// `GET /jobs/:jobid/status`.
+#[utoipa::path(get, path = "/jobs/{jobid}/status", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "The job's status", body = JobStatusAnswer),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn status(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobStatusAnswer>, ApiError> {
     let job = load_job(&state, &jobid)?;
-    Ok(Json(json!({ "status": job.runtime.status.name() })))
+    Ok(Json(JobStatusAnswer {
+        status: job.runtime.status,
+    }))
+}
+
+/// The query of `PATCH /jobs/:jobid`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CancelParams {
+    /// `cancel` (the default, any letter case); `stop` answers 308 as in Flink; anything else
+    /// is a 400.
+    #[param(inline)]
+    pub mode: Option<CancelMode>,
+}
+
+/// The values of `PATCH /jobs/:jobid`'s `mode` (any letter case is accepted).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CancelMode {
+    /// Cancel the job: every subtask becomes CANCELED and sampling stops.
+    Cancel,
+    /// Removed from Flink's API (308).
+    Stop,
 }
 
 /// `PATCH /jobs/:jobid[?mode=cancel]`: cancels; 202 with `{}` as Flink answers.
+#[utoipa::path(patch, path = "/jobs/{jobid}", tag = "jobs", params(JobPath, CancelParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "CANCELED; sampling stops", body = EmptyObject),
+        (status = 308, description = "`mode=stop` was removed from Flink's API", body = ErrorBody),
+        (status = 400, description = "Malformed job id or mode", body = ErrorBody),
+        (status = 401, description = "A bearer token is required (--rest-token-file)", body = ErrorBody),
+        (status = 403, description = "The coordinator is read-only", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+        (status = 409, description = "The job already ended", body = ErrorBody),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let id = params::job_id(&jobid)?;
-    if let Some(mode) = params::query_lists(&query)
-        .get("mode")
-        .and_then(|m| m.first())
-    {
-        match mode.to_ascii_lowercase().as_str() {
-            "cancel" => {}
-            "stop" => {
-                return Err(ApiError::new(
-                    StatusCode::PERMANENT_REDIRECT,
-                    "The termination mode \"stop\" has been removed. For an ungraceful shutdown, please use \
-                     \"cancel\" instead. For a graceful shutdown, please use \"jobs/:jobId/stop\" instead.",
-                ));
-            }
-            _ => return Err(ApiError::bad_query_param("mode", mode)),
+    // Flink converts every value of the list (an unknown one is a 400) and acts on the first.
+    let modes = params::query_lists(&query)
+        .remove("mode")
+        .unwrap_or_default();
+    for mode in &modes {
+        if !(mode.eq_ignore_ascii_case("cancel") || mode.eq_ignore_ascii_case("stop")) {
+            return Err(ApiError::bad_query_param("mode", mode));
         }
+    }
+    if modes
+        .first()
+        .is_some_and(|m| m.eq_ignore_ascii_case("stop"))
+    {
+        return Err(ApiError::new(
+            StatusCode::PERMANENT_REDIRECT,
+            "The termination mode \"stop\" has been removed. For an ungraceful shutdown, please use \
+             \"cancel\" instead. For a graceful shutdown, please use \"jobs/:jobId/stop\" instead.",
+        ));
     }
     let registry = state.registry.clone();
     match blocking(move || registry.cancel_job(&id)).await {
-        Ok(()) => Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response()),
+        Ok(()) => Ok((StatusCode::ACCEPTED, Json(EmptyObject {})).into_response()),
         Err(e) if e.status == StatusCode::NOT_FOUND => {
             Err(ApiError::not_found("Job could not be found."))
         }
@@ -238,12 +591,57 @@ pub async fn cancel(
     }
 }
 
+/// `GET /jobs/:jobid/exceptions` (Flink's JobExceptionsInfoWithHistory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct JobExceptions {
+    /// The history.
+    #[serde(rename = "exceptionHistory")]
+    pub exception_history: ExceptionHistory,
+}
+
+/// The failed subtasks, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ExceptionHistory {
+    /// One entry per failed subtask.
+    pub entries: Vec<ExceptionEntry>,
+    /// Always false.
+    pub truncated: bool,
+}
+
+/// Why one subtask failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExceptionEntry {
+    /// Always `flamegrid.SubtaskLost`.
+    pub exception_name: String,
+    /// The reason (agent lost, process gone).
+    pub stacktrace: String,
+    /// When it failed.
+    pub timestamp: i64,
+    /// `vertex name (i/parallelism)`.
+    pub task_name: String,
+    /// Its task manager's `host:port`.
+    pub endpoint: String,
+    /// Its task manager's id.
+    pub task_manager_id: String,
+    /// Always `{}`.
+    pub failure_labels: EmptyObject,
+    /// Always empty.
+    pub concurrent_exceptions: Vec<EmptyObject>,
+}
+
 /// `GET /jobs/:jobid/exceptions`: the subtasks that failed (lost agent, missing process) as
 /// Flink's exception history entries.
+#[utoipa::path(get, path = "/jobs/{jobid}/exceptions", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "Failed subtasks, newest first", body = JobExceptions),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn exceptions(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobExceptions>, ApiError> {
     let job = load_job(&state, &jobid)?;
     let mut entries = Vec::new();
     for (v, vertex) in job.spec.vertices.iter().enumerate() {
@@ -251,29 +649,64 @@ pub async fn exceptions(
             let Some(reason) = &subtask.failure else {
                 continue;
             };
-            entries.push(json!({
-                "exceptionName": "flamegrid.SubtaskLost",
-                "stacktrace": reason,
-                "timestamp": subtask.timestamp(ExecutionState::Failed),
-                "taskName": format!("{} ({}/{})", vertex.name, s + 1, vertex.parallelism()),
-                "endpoint": subtask.endpoint,
-                "taskManagerId": vertex.subtasks[s].taskmanager,
-                "failureLabels": {},
-                "concurrentExceptions": [],
-            }));
+            entries.push(ExceptionEntry {
+                exception_name: "flamegrid.SubtaskLost".into(),
+                stacktrace: reason.clone(),
+                timestamp: subtask.timestamp(ExecutionState::Failed),
+                task_name: format!("{} ({}/{})", vertex.name, s + 1, vertex.parallelism()),
+                endpoint: subtask.endpoint.clone(),
+                task_manager_id: vertex.subtasks[s].taskmanager.clone(),
+                failure_labels: EmptyObject {},
+                concurrent_exceptions: Vec::new(),
+            });
         }
     }
-    entries.sort_by_key(|e| std::cmp::Reverse(e["timestamp"].as_i64().unwrap_or(0)));
-    Ok(Json(
-        json!({ "exceptionHistory": { "entries": entries, "truncated": false } }),
-    ))
+    entries.sort_by_key(|e| std::cmp::Reverse(e.timestamp));
+    Ok(Json(JobExceptions {
+        exception_history: ExceptionHistory {
+            entries,
+            truncated: false,
+        },
+    }))
+}
+
+/// `GET /jobs/:jobid/config` (Flink's JobConfigInfo).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct JobConfig {
+    /// Job id.
+    pub jid: String,
+    /// Job name.
+    pub name: String,
+    /// Neutral values.
+    #[serde(rename = "execution-config")]
+    pub execution_config: ExecutionConfig,
+}
+
+/// Flink's execution config, with neutral values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ExecutionConfig {
+    /// Always `Restart deactivated.`.
+    pub restart_strategy: String,
+    /// The largest vertex parallelism.
+    pub job_parallelism: usize,
+    /// Always false.
+    pub object_reuse_mode: bool,
+    /// Always `{}`.
+    pub user_config: EmptyObject,
 }
 
 /// `GET /jobs/:jobid/config`.
+#[utoipa::path(get, path = "/jobs/{jobid}/config", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "Flink's job config, neutral values", body = JobConfig),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn config(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobConfig>, ApiError> {
     let job = load_job(&state, &jobid)?;
     let parallelism = job
         .spec
@@ -282,71 +715,207 @@ pub async fn config(
         .map(|v| v.parallelism())
         .max()
         .unwrap_or(1);
-    Ok(Json(json!({
-        "jid": job.spec.id,
-        "name": job.spec.name,
-        "execution-config": {
-            "restart-strategy": "Restart deactivated.",
-            "job-parallelism": parallelism,
-            "object-reuse-mode": false,
-            "user-config": {},
+    Ok(Json(JobConfig {
+        jid: job.spec.id.clone(),
+        name: job.spec.name.clone(),
+        execution_config: ExecutionConfig {
+            restart_strategy: "Restart deactivated.".into(),
+            job_parallelism: parallelism,
+            object_reuse_mode: false,
+            user_config: EmptyObject {},
         },
-    })))
+    }))
 }
 
-fn zero_summary() -> Value {
-    json!({"min": 0, "max": 0, "avg": 0, "p50": 0.0, "p90": 0.0, "p95": 0.0, "p99": 0.0, "p999": 0.0})
+/// Flink's checkpoint statistics summary, all zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct CheckpointSummary {
+    /// 0.
+    pub min: i64,
+    /// 0.
+    pub max: i64,
+    /// 0.
+    pub avg: i64,
+    /// 0.
+    pub p50: f64,
+    /// 0.
+    pub p90: f64,
+    /// 0.
+    pub p95: f64,
+    /// 0.
+    pub p99: f64,
+    /// 0.
+    pub p999: f64,
+}
+
+/// `GET /jobs/:jobid/checkpoints` (Flink's CheckpointingStatistics), empty.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct CheckpointStatistics {
+    /// All zero.
+    pub counts: CheckpointCounts,
+    /// All zero.
+    pub summary: CheckpointSummaries,
+    /// All null.
+    pub latest: LatestCheckpoints,
+    /// Always empty.
+    pub history: Vec<EmptyObject>,
+}
+
+/// Checkpoint counts, all zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct CheckpointCounts {
+    /// 0.
+    pub restored: u64,
+    /// 0.
+    pub total: u64,
+    /// 0.
+    pub in_progress: u64,
+    /// 0.
+    pub completed: u64,
+    /// 0.
+    pub failed: u64,
+}
+
+/// Per-measure summaries, all zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct CheckpointSummaries {
+    /// Zero.
+    pub checkpointed_size: CheckpointSummary,
+    /// Zero.
+    pub state_size: CheckpointSummary,
+    /// Zero.
+    pub end_to_end_duration: CheckpointSummary,
+    /// Zero.
+    pub alignment_buffered: CheckpointSummary,
+    /// Zero.
+    pub processed_data: CheckpointSummary,
+    /// Zero.
+    pub persisted_data: CheckpointSummary,
+}
+
+/// The latest checkpoints: there are none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct LatestCheckpoints {
+    /// null.
+    pub completed: Option<EmptyObject>,
+    /// null.
+    pub savepoint: Option<EmptyObject>,
+    /// null.
+    pub failed: Option<EmptyObject>,
+    /// null.
+    pub restored: Option<EmptyObject>,
 }
 
 /// `GET /jobs/:jobid/checkpoints`: Flink's checkpoint statistics, all empty (flamegrid takes no
 /// checkpoints).
+#[utoipa::path(get, path = "/jobs/{jobid}/checkpoints", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "All zero: flamegrid takes no checkpoints", body = CheckpointStatistics),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn checkpoints(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CheckpointStatistics>, ApiError> {
     load_job(&state, &jobid)?;
-    Ok(Json(json!({
-        "counts": {"restored": 0, "total": 0, "in_progress": 0, "completed": 0, "failed": 0},
-        "summary": {
-            "checkpointed_size": zero_summary(), "state_size": zero_summary(),
-            "end_to_end_duration": zero_summary(), "alignment_buffered": zero_summary(),
-            "processed_data": zero_summary(), "persisted_data": zero_summary(),
-        },
-        "latest": {"completed": null, "savepoint": null, "failed": null, "restored": null},
-        "history": [],
-    })))
+    Ok(Json(CheckpointStatistics {
+        counts: CheckpointCounts::default(),
+        summary: CheckpointSummaries::default(),
+        latest: LatestCheckpoints::default(),
+        history: Vec::new(),
+    }))
+}
+
+/// `GET /jobs/:jobid/checkpoints/config` (Flink's CheckpointConfigInfo), checkpointing off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct CheckpointConfig {
+    /// `exactly_once`.
+    pub mode: String,
+    /// The largest i64: never.
+    pub interval: i64,
+    /// 0.
+    pub timeout: i64,
+    /// 0.
+    pub min_pause: i64,
+    /// 0.
+    pub max_concurrent: i64,
+    /// Off.
+    pub externalization: Externalization,
+    /// `none`.
+    pub state_backend: String,
+    /// `none`.
+    pub checkpoint_storage: String,
+    /// false.
+    pub unaligned_checkpoints: bool,
+    /// 0.
+    pub tolerable_failed_checkpoints: i64,
+    /// 0.
+    pub aligned_checkpoint_timeout: i64,
+    /// false.
+    pub checkpoints_after_tasks_finish: bool,
+    /// false.
+    pub state_changelog_enabled: bool,
+    /// 0.
+    pub changelog_periodic_materialization_interval: i64,
+    /// `none`.
+    pub changelog_storage: String,
+}
+
+/// Externalized checkpoints: off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Externalization {
+    /// false.
+    pub enabled: bool,
+    /// true.
+    pub delete_on_cancellation: bool,
 }
 
 /// `GET /jobs/:jobid/checkpoints/config`: checkpointing shown as off.
+#[utoipa::path(get, path = "/jobs/{jobid}/checkpoints/config", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "Checkpointing shown as off", body = CheckpointConfig),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn checkpoints_config(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CheckpointConfig>, ApiError> {
     load_job(&state, &jobid)?;
-    Ok(Json(json!({
-        "mode": "exactly_once",
-        "interval": i64::MAX,
-        "timeout": 0,
-        "min_pause": 0,
-        "max_concurrent": 0,
-        "externalization": {"enabled": false, "delete_on_cancellation": true},
-        "state_backend": "none",
-        "checkpoint_storage": "none",
-        "unaligned_checkpoints": false,
-        "tolerable_failed_checkpoints": 0,
-        "aligned_checkpoint_timeout": 0,
-        "checkpoints_after_tasks_finish": false,
-        "state_changelog_enabled": false,
-        "changelog_periodic_materialization_interval": 0,
-        "changelog_storage": "none",
-    })))
+    Ok(Json(CheckpointConfig {
+        mode: "exactly_once".into(),
+        interval: i64::MAX,
+        timeout: 0,
+        min_pause: 0,
+        max_concurrent: 0,
+        externalization: Externalization {
+            enabled: false,
+            delete_on_cancellation: true,
+        },
+        state_backend: "none".into(),
+        checkpoint_storage: "none".into(),
+        unaligned_checkpoints: false,
+        tolerable_failed_checkpoints: 0,
+        aligned_checkpoint_timeout: 0,
+        checkpoints_after_tasks_finish: false,
+        state_changelog_enabled: false,
+        changelog_periodic_materialization_interval: 0,
+        changelog_storage: "none".into(),
+    }))
 }
 
 /// `GET /jobs/:jobid/checkpoints/details/:checkpointid`: there are none.
+#[utoipa::path(get, path = "/jobs/{jobid}/checkpoints/details/{checkpointid}", tag = "jobs",
+    params(JobPath, ("checkpointid" = String, Path, pattern = "^[0-9]{1,18}$", description = "A checkpoint id: an integer (none exist)")),
+    responses(
+        (status = 400, description = "Malformed job id or checkpoint id", body = ErrorBody),
+        (status = 404, description = "Unknown job, or (always) unknown checkpoint", body = ErrorBody),
+    ))]
 pub async fn checkpoint_details(
     State(state): State<AppState>,
     Path((jobid, checkpoint)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EmptyObject>, ApiError> {
     load_job(&state, &jobid)?;
     let id: i64 = checkpoint
         .parse()
@@ -356,43 +925,108 @@ pub async fn checkpoint_details(
     )))
 }
 
+/// `GET /jobs/:jobid/accumulators` (Flink's JobAccumulatorsInfo), empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct JobAccumulators {
+    /// Always empty.
+    pub job_accumulators: Vec<EmptyObject>,
+    /// Always empty.
+    pub user_task_accumulators: Vec<EmptyObject>,
+    /// Always `{}`.
+    pub serialized_user_task_accumulators: EmptyObject,
+}
+
 /// `GET /jobs/:jobid/accumulators`.
+#[utoipa::path(get, path = "/jobs/{jobid}/accumulators", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "Always empty", body = JobAccumulators),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn accumulators(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobAccumulators>, ApiError> {
     load_job(&state, &jobid)?;
-    Ok(Json(json!({
-        "job-accumulators": [],
-        "user-task-accumulators": [],
-        "serialized-user-task-accumulators": {},
-    })))
+    Ok(Json(JobAccumulators {
+        job_accumulators: Vec::new(),
+        user_task_accumulators: Vec::new(),
+        serialized_user_task_accumulators: EmptyObject {},
+    }))
+}
+
+/// `GET /jobs/:jobid/execution-result` (Flink's JobExecutionResultResponseBody).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ExecutionResult {
+    /// `IN_PROGRESS` or `COMPLETED`.
+    pub status: QueueStatus,
+    /// Present once the job ended.
+    #[serde(
+        rename = "job-execution-result",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub job_execution_result: Option<JobExecutionResult>,
+}
+
+/// Flink's asynchronous-operation status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct QueueStatus {
+    /// `IN_PROGRESS` or `COMPLETED`.
+    pub id: String,
+}
+
+/// How an ended job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct JobExecutionResult {
+    /// Job id.
+    pub id: String,
+    /// `SUCCEEDED`, `CANCELED` or `FAILED`.
+    pub application_status: String,
+    /// Always `{}`.
+    pub accumulator_results: EmptyObject,
+    /// ms from start to end.
+    pub net_runtime: i64,
 }
 
 /// `GET /jobs/:jobid/execution-result`: `IN_PROGRESS` until the job ends.
+#[utoipa::path(get, path = "/jobs/{jobid}/execution-result", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "IN_PROGRESS, or how the job ended", body = ExecutionResult),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn execution_result(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ExecutionResult>, ApiError> {
     let job = load_job(&state, &jobid)?;
     let status = job.runtime.status;
     if !status.is_terminal() {
-        return Ok(Json(json!({"status": {"id": "IN_PROGRESS"}})));
+        return Ok(Json(ExecutionResult {
+            status: QueueStatus {
+                id: "IN_PROGRESS".into(),
+            },
+            job_execution_result: None,
+        }));
     }
     let application_status = match status {
         JobStatus::Finished => "SUCCEEDED",
         JobStatus::Canceled => "CANCELED",
         _ => "FAILED",
     };
-    Ok(Json(json!({
-        "status": {"id": "COMPLETED"},
-        "job-execution-result": {
-            "id": job.spec.id,
-            "application-status": application_status,
-            "accumulator-results": {},
-            "net-runtime": job.duration(now_ms()),
+    Ok(Json(ExecutionResult {
+        status: QueueStatus {
+            id: "COMPLETED".into(),
         },
-    })))
+        job_execution_result: Some(JobExecutionResult {
+            id: job.spec.id.clone(),
+            application_status: application_status.into(),
+            accumulator_results: EmptyObject {},
+            net_runtime: job.duration(now_ms()),
+        }),
+    }))
 }
 
 /// The metrics flamegrid keeps per job (Flink names): `uptime`, `downtime`, `numRestarts`.
@@ -410,11 +1044,17 @@ pub fn job_metrics(job: &Job, now: i64) -> BTreeMap<String, f64> {
 }
 
 /// `GET /jobs/:jobid/metrics[?get=a,b]`.
+#[utoipa::path(get, path = "/jobs/{jobid}/metrics", tag = "jobs", params(JobPath, MetricParams),
+    responses(
+        (status = 200, description = "Metric ids, or their values with `get`", body = Vec<MetricValue>),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn metrics(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
     Query(query): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<MetricValue>>, ApiError> {
     let job = load_job(&state, &jobid)?;
     Ok(Json(metric_values(
         &job_metrics(&job, now_ms()),
@@ -423,13 +1063,24 @@ pub async fn metrics(
 }
 
 /// `GET /jobs/metrics[?get=&agg=&jobs=]`: job metrics aggregated across jobs.
+#[utoipa::path(get, path = "/jobs/metrics", tag = "jobs", params(JobsMetricParams),
+    responses(
+        (status = 200, description = "Metric ids, or their aggregates with `get`", body = Vec<AggregatedMetric>),
+        (status = 400, description = "Unknown aggregation mode, or a malformed job id in `jobs`", body = ErrorBody),
+    ))]
 pub async fn aggregated_metrics(
     State(state): State<AppState>,
     Query(query): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<AggregatedMetric>>, ApiError> {
     let q = MetricQuery::parse(&query, true)?;
     let now = now_ms();
+    // Flink's `JobsFilterQueryParameter` parses every id: a malformed one is a 400.
     let selected = params::query_lists(&query).remove("jobs");
+    if let Some(ids) = &selected {
+        for raw in ids {
+            params::job_id(raw).map_err(|_| ApiError::bad_query_param("jobs", raw))?;
+        }
+    }
     let per_job: Vec<BTreeMap<String, f64>> = state
         .registry
         .jobs()
@@ -445,20 +1096,32 @@ pub async fn aggregated_metrics(
 }
 
 /// `GET /jobs/:jobid/jobmanager/config`: the coordinator's settings, once the job checks out.
+#[utoipa::path(get, path = "/jobs/{jobid}/jobmanager/config", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "The coordinator's settings", body = Vec<ConfigEntry>),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn jobmanager_config(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<ConfigEntry>>, ApiError> {
     load_job(&state, &jobid)?;
     Ok(super::cluster::jobmanager_config(State(state)).await)
 }
 
 /// `GET /jobs/:jobid/jobmanager/environment`: the coordinator's environment, once the job checks
 /// out.
+#[utoipa::path(get, path = "/jobs/{jobid}/jobmanager/environment", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "The coordinator process", body = Environment),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn jobmanager_environment(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Environment>, ApiError> {
     load_job(&state, &jobid)?;
     Ok(super::cluster::jobmanager_environment().await)
 }

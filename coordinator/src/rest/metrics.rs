@@ -10,8 +10,89 @@
 
 use super::error::ApiError;
 use super::params::query_lists;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use utoipa::{IntoParams, ToSchema};
+
+/// One entry of a metric answer: only `id` when listing what exists, `id` and `value` (a
+/// string, as Flink writes it) when asked with `get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct MetricValue {
+    /// The metric's name (`System.CPU.Usage`, `uptime`).
+    pub id: String,
+    /// Its value, formatted as Flink does; absent when only listing ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// One entry of an aggregating metric answer: `id` plus the modes asked for in `agg` (all five
+/// when `agg` is absent); only `id` when listing what exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct AggregatedMetric {
+    /// The metric's name.
+    pub id: String,
+    /// Smallest value across the sources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Largest value across the sources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// Mean across the sources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avg: Option<f64>,
+    /// Sum across the sources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sum: Option<f64>,
+    /// `(max - avg) / avg * 100`, 0 when `avg` is 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skew: Option<f64>,
+}
+
+/// The query of a single-source metric path (`/jobmanager/metrics`, `/jobs/:jobid/metrics`,
+/// `/taskmanagers/:tmid/metrics`, the vertex metric paths). Handlers read the raw pairs through
+/// [`MetricQuery::parse`]; this type describes them in `/openapi.json`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MetricParams {
+    /// Comma-separated metric ids to read (repeatable); without it, the ids that exist.
+    pub get: Option<String>,
+}
+
+/// The query of `/jobs/metrics`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobsMetricParams {
+    /// Comma-separated metric ids to aggregate (repeatable); without it, the ids that exist.
+    pub get: Option<String>,
+    /// Comma-separated aggregation modes: `min`, `max`, `avg`, `sum`, `skew` (any case).
+    pub agg: Option<String>,
+    /// Comma-separated job ids to aggregate over; all jobs without it.
+    pub jobs: Option<String>,
+}
+
+/// The query of `/taskmanagers/metrics`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TaskManagersMetricParams {
+    /// Comma-separated metric ids to aggregate (repeatable); without it, the ids that exist.
+    pub get: Option<String>,
+    /// Comma-separated aggregation modes: `min`, `max`, `avg`, `sum`, `skew` (any case).
+    pub agg: Option<String>,
+    /// Comma-separated task manager ids to aggregate over; all without it.
+    pub taskmanagers: Option<String>,
+}
+
+/// The query of `/jobs/:jobid/vertices/:vertexid/subtasks/metrics`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SubtasksMetricParams {
+    /// Comma-separated metric ids to aggregate (repeatable); without it, the ids that exist.
+    pub get: Option<String>,
+    /// Comma-separated aggregation modes: `min`, `max`, `avg`, `sum`, `skew` (any case).
+    pub agg: Option<String>,
+    /// Comma-separated subtask indexes (accepted and ignored: there are no subtask metrics).
+    pub subtasks: Option<String>,
+}
 
 /// The aggregation modes Flink accepts in `agg`.
 const AGG_MODES: [&str; 5] = ["min", "max", "avg", "sum", "skew"];
@@ -58,26 +139,38 @@ pub fn format_value(v: f64) -> String {
 }
 
 /// Answers a metric query over one source's metrics.
-pub fn metric_values(metrics: &BTreeMap<String, f64>, q: &MetricQuery) -> Value {
+pub fn metric_values(metrics: &BTreeMap<String, f64>, q: &MetricQuery) -> Vec<MetricValue> {
     match &q.get {
-        None => Value::Array(metrics.keys().map(|id| json!({ "id": id })).collect()),
-        Some(ids) => Value::Array(
-            ids.iter()
-                .filter_map(|id| {
-                    metrics
-                        .get(id)
-                        .map(|v| json!({"id": id, "value": format_value(*v)}))
+        None => metrics
+            .keys()
+            .map(|id| MetricValue {
+                id: id.clone(),
+                value: None,
+            })
+            .collect(),
+        Some(ids) => ids
+            .iter()
+            .filter_map(|id| {
+                metrics.get(id).map(|v| MetricValue {
+                    id: id.clone(),
+                    value: Some(format_value(*v)),
                 })
-                .collect(),
-        ),
+            })
+            .collect(),
     }
 }
 
 /// Answers an aggregating metric query over several sources' metrics.
-pub fn aggregate(sources: &[BTreeMap<String, f64>], q: &MetricQuery) -> Value {
+pub fn aggregate(sources: &[BTreeMap<String, f64>], q: &MetricQuery) -> Vec<AggregatedMetric> {
     let Some(ids) = &q.get else {
         let all: BTreeSet<&String> = sources.iter().flat_map(|m| m.keys()).collect();
-        return Value::Array(all.into_iter().map(|id| json!({ "id": id })).collect());
+        return all
+            .into_iter()
+            .map(|id| AggregatedMetric {
+                id: id.clone(),
+                ..AggregatedMetric::default()
+            })
+            .collect();
     };
     let mut out = Vec::new();
     for id in ids {
@@ -94,26 +187,28 @@ pub fn aggregate(sources: &[BTreeMap<String, f64>], q: &MetricQuery) -> Value {
         } else {
             (max - avg) / avg * 100.0
         };
-        let mut entry = Map::new();
-        entry.insert("id".into(), json!(id));
+        let mut entry = AggregatedMetric {
+            id: id.clone(),
+            ..AggregatedMetric::default()
+        };
         for mode in &q.agg {
-            let v = match *mode {
-                "min" => min,
-                "max" => max,
-                "avg" => avg,
-                "sum" => sum,
-                _ => skew,
-            };
-            entry.insert((*mode).into(), json!(v));
+            match *mode {
+                "min" => entry.min = Some(min),
+                "max" => entry.max = Some(max),
+                "avg" => entry.avg = Some(avg),
+                "sum" => entry.sum = Some(sum),
+                _ => entry.skew = Some(skew),
+            }
         }
-        out.push(Value::Object(entry));
+        out.push(entry);
     }
-    Value::Array(out)
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
         q.iter()
@@ -127,11 +222,14 @@ mod tests {
         let b = BTreeMap::from([("x".to_string(), 3.0)]);
         let q = MetricQuery::parse(&pairs(&[("get", "x,nope"), ("agg", "min,MAX")]), true).unwrap();
         assert_eq!(
-            aggregate(&[a.clone(), b], &q),
+            serde_json::to_value(aggregate(&[a.clone(), b], &q)).unwrap(),
             json!([{"id": "x", "min": 1.0, "max": 3.0}])
         );
         let q = MetricQuery::parse(&pairs(&[("get", "y")]), false).unwrap();
-        assert_eq!(metric_values(&a, &q), json!([{"id": "y", "value": "2.5"}]));
+        assert_eq!(
+            serde_json::to_value(metric_values(&a, &q)).unwrap(),
+            json!([{"id": "y", "value": "2.5"}])
+        );
         assert!(MetricQuery::parse(&pairs(&[("agg", "median")]), true).is_err());
     }
 }

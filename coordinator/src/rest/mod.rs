@@ -12,6 +12,7 @@
 //! | [`auth`] | who may write (`--read-only`, `--rest-token-file`) |
 //! | [`self_dump`] | stacks for `/jobmanager/thread-dump` from a helper process |
 //! | [`unsupported`] | the rest of Flink's API: a JSON error saying flamegrid does not do it |
+//! | [`openapi`] | `/openapi.json`: this API described from the handler types (utoipa) |
 //!
 //! Conventions every response follows, enforced in one place (`finish_response`) rather than
 //! in each handler:
@@ -29,6 +30,7 @@ pub mod flamegraph;
 pub mod history;
 pub mod jobs;
 pub mod metrics;
+pub mod openapi;
 pub mod params;
 pub mod self_dump;
 pub mod shapes;
@@ -58,9 +60,9 @@ fn api_routes() -> Router<AppState> {
         .route("/jobmanager/environment", get(cluster::jobmanager_environment))
         .route("/jobmanager/metrics", get(cluster::jobmanager_metrics))
         .route("/jobmanager/logs", get(cluster::jobmanager_logs))
-        .route("/jobmanager/logs/{name}", get(cluster::no_log_file))
+        .route("/jobmanager/logs/{name}", get(cluster::no_named_log_file))
         .route("/jobmanager/log", get(cluster::no_log_file))
-        .route("/jobmanager/stdout", get(cluster::no_log_file))
+        .route("/jobmanager/stdout", get(cluster::no_stdout_file))
         .route("/jobmanager/thread-dump", get(cluster::jobmanager_thread_dump))
         // jobs
         .route("/jobs", get(jobs::list).post(jobs::register))
@@ -85,12 +87,12 @@ fn api_routes() -> Router<AppState> {
         .route("/jobs/{jobid}/vertices/{vertexid}/subtasktimes", get(vertices::subtask_times))
         .route("/jobs/{jobid}/vertices/{vertexid}/accumulators", get(vertices::accumulators))
         .route("/jobs/{jobid}/vertices/{vertexid}/backpressure", get(vertices::backpressure))
-        .route("/jobs/{jobid}/vertices/{vertexid}/watermarks", get(vertices::no_metrics))
-        .route("/jobs/{jobid}/vertices/{vertexid}/metrics", get(vertices::no_metrics))
-        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/metrics", get(vertices::no_metrics))
+        .route("/jobs/{jobid}/vertices/{vertexid}/watermarks", get(vertices::watermarks))
+        .route("/jobs/{jobid}/vertices/{vertexid}/metrics", get(vertices::vertex_metrics))
+        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/metrics", get(vertices::subtasks_metrics))
         .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/accumulators", get(vertices::subtasks_accumulators))
         .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}", get(vertices::subtask))
-        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/metrics", get(vertices::no_metrics))
+        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/metrics", get(vertices::subtask_metrics))
         .route(
             "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/accumulators",
             get(vertices::subtask_accumulators),
@@ -101,7 +103,7 @@ fn api_routes() -> Router<AppState> {
         )
         .route(
             "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/attempts/{attempt}/accumulators",
-            get(vertices::subtask_accumulators),
+            get(vertices::subtask_attempt_accumulators),
         )
         // task managers
         .route("/taskmanagers", get(taskmanagers::list))
@@ -109,9 +111,11 @@ fn api_routes() -> Router<AppState> {
         .route("/taskmanagers/{tmid}", get(taskmanagers::details))
         .route("/taskmanagers/{tmid}/metrics", get(taskmanagers::metrics))
         .route("/taskmanagers/{tmid}/logs", get(taskmanagers::logs))
-        .route("/taskmanagers/{tmid}/logs/{name}", get(taskmanagers::no_log_file))
+        .route("/taskmanagers/{tmid}/logs/{name}", get(taskmanagers::no_named_log_file))
         .route("/taskmanagers/{tmid}/log", get(taskmanagers::no_log_file))
-        .route("/taskmanagers/{tmid}/stdout", get(taskmanagers::no_log_file))
+        .route("/taskmanagers/{tmid}/stdout", get(taskmanagers::no_stdout_file))
+        // this API's own description
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(unsupported::routes())
         .merge(flamegraph::routes())
         .merge(exports::routes())

@@ -97,6 +97,14 @@ pub fn routes() -> Router<AppState> {
 
 /// The handler for a method that is unsupported on a path that flamegrid otherwise serves
 /// (`POST /jobs/:jobid/checkpoints` triggers a checkpoint in Flink).
+#[utoipa::path(post, path = "/jobs/{jobid}/checkpoints", tag = "jobs",
+    params(super::params::JobPath),
+    security(("bearer" = [])),
+    responses(
+        (status = 401, description = "A bearer token is required (--rest-token-file)", body = super::error::ErrorBody),
+        (status = 403, description = "The coordinator is read-only", body = super::error::ErrorBody),
+        (status = 404, description = "flamegrid takes no checkpoints", body = super::error::ErrorBody),
+    ))]
 pub async fn checkpoint_trigger() -> ApiError {
     unsupported("checkpoint triggers")
 }

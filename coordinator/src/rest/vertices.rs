@@ -1,20 +1,24 @@
 //! `/jobs/:jobid/vertices/:vertexid/...`: a vertex and its subtasks in Flink's shapes.
 //!
 //! The flame graph paths under the same prefix live in `rest/flamegraph.rs`; everything here
-//! reads a copy of the job from the registry and renders it.
+//! reads a copy of the job from the registry and renders it into the typed shapes below, which
+//! also describe the answers in `/openapi.json`.
 
-use super::error::ApiError;
-use super::jobs::load_job;
-use super::metrics::{MetricQuery, metric_values};
-use super::params;
-use super::shapes::{aggregated, execution_state_counts, io_metrics, subtask_entry, time_span};
+use super::error::{ApiError, ErrorBody};
+use super::jobs::{EmptyObject, load_job};
+use super::metrics::{MetricParams, MetricQuery, MetricValue, metric_values};
+use super::params::{self, SubtaskPath, VertexPath};
+use super::shapes::{
+    Aggregated, ExecutionStateCounts, ExecutionStateTimestamps, IoMetrics, SubtaskEntry, time_span,
+};
 use super::state::AppState;
 use crate::registry::state::{aggregate_execution_states, now_ms};
 use crate::registry::{ExecutionState, Job};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 /// The job and the index of the vertex named in the path (400 for malformed ids, 404 for
 /// unknown ones).
@@ -27,36 +31,109 @@ fn load_vertex(state: &AppState, jobid: &str, vertexid: &str) -> Result<(Job, us
     Ok((job, v))
 }
 
+/// `GET /jobs/:jobid/vertices/:vertexid` (Flink's JobVertexDetailsInfo).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct VertexDetails {
+    /// Vertex id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Number of subtasks.
+    pub parallelism: usize,
+    /// Equal to `parallelism`.
+    #[serde(rename = "maxParallelism")]
+    pub max_parallelism: usize,
+    /// The coordinator's clock when answering.
+    pub now: i64,
+    /// One entry per subtask.
+    pub subtasks: Vec<SubtaskEntry>,
+    /// Summaries over the subtasks.
+    pub aggregated: Aggregated,
+}
+
 /// `GET /jobs/:jobid/vertices/:vertexid`.
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}", tag = "vertices", params(VertexPath),
+    responses(
+        (status = 200, description = "The vertex and its subtasks", body = VertexDetails),
+        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
+        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+    ))]
 pub async fn details(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VertexDetails>, ApiError> {
     let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
     let now = now_ms();
     let vertex = &job.spec.vertices[v];
     let runtimes = &job.runtime.subtasks[v];
-    let subtasks: Vec<Value> = runtimes
+    let subtasks = runtimes
         .iter()
         .enumerate()
-        .map(|(i, s)| subtask_entry(i, s, &vertex.subtasks[i].taskmanager, now))
+        .map(|(i, s)| SubtaskEntry::of(i, s, &vertex.subtasks[i].taskmanager, now))
         .collect();
-    Ok(Json(json!({
-        "id": vertex.id,
-        "name": vertex.name,
-        "parallelism": vertex.parallelism(),
-        "maxParallelism": vertex.parallelism(),
-        "now": now,
-        "subtasks": subtasks,
-        "aggregated": aggregated(runtimes.iter(), now),
-    })))
+    Ok(Json(VertexDetails {
+        id: vertex.id.clone(),
+        name: vertex.name.clone(),
+        parallelism: vertex.parallelism(),
+        max_parallelism: vertex.parallelism(),
+        now,
+        subtasks,
+        aggregated: Aggregated::of(runtimes.iter(), now),
+    }))
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid/taskmanagers` (Flink's JobVertexTaskManagersInfo).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct VertexTaskManagers {
+    /// Vertex id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The coordinator's clock when answering.
+    pub now: i64,
+    /// One entry per task manager that runs subtasks of the vertex.
+    pub taskmanagers: Vec<VertexTaskManager>,
+}
+
+/// The subtasks of a vertex on one task manager.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct VertexTaskManager {
+    /// The task manager's `host:port`.
+    pub endpoint: String,
+    /// Aggregate state of these subtasks.
+    pub status: ExecutionState,
+    /// Earliest start, -1 if none.
+    #[serde(rename = "start-time")]
+    pub start_time: i64,
+    /// Latest end once all are terminal, else -1.
+    #[serde(rename = "end-time")]
+    pub end_time: i64,
+    /// ms, -1 if never started.
+    pub duration: i64,
+    /// All zero.
+    pub metrics: IoMetrics,
+    /// These subtasks per state.
+    #[serde(rename = "status-counts")]
+    pub status_counts: ExecutionStateCounts,
+    /// The task manager's id.
+    #[serde(rename = "taskmanager-id")]
+    pub taskmanager_id: String,
+    /// Summaries over these subtasks.
+    pub aggregated: Aggregated,
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/taskmanagers`: subtasks grouped by task manager.
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/taskmanagers", tag = "vertices",
+    params(VertexPath),
+    responses(
+        (status = 200, description = "The subtasks grouped by task manager", body = VertexTaskManagers),
+        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
+        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+    ))]
 pub async fn taskmanagers(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VertexTaskManagers>, ApiError> {
     let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
     let now = now_ms();
     let vertex = &job.spec.vertices[v];
@@ -64,41 +141,81 @@ pub async fn taskmanagers(
     for (i, s) in vertex.subtasks.iter().enumerate() {
         by_tm.entry(s.taskmanager.as_str()).or_default().push(i);
     }
-    let entries: Vec<Value> = by_tm
+    let taskmanagers = by_tm
         .into_iter()
         .map(|(tm, indexes)| {
             let subtasks: Vec<_> = indexes
                 .iter()
                 .map(|i| &job.runtime.subtasks[v][*i])
                 .collect();
-            let (start, end, duration) = time_span(subtasks.iter().copied(), now);
-            json!({
-                "endpoint": subtasks[0].endpoint,
-                "status": aggregate_execution_states(subtasks.iter().map(|s| s.status)).name(),
-                "start-time": start,
-                "end-time": end,
-                "duration": duration,
-                "metrics": io_metrics(),
-                "status-counts": execution_state_counts(subtasks.iter().map(|s| s.status)),
-                "taskmanager-id": tm,
-                "aggregated": aggregated(subtasks.iter().copied(), now),
-            })
+            let (start_time, end_time, duration) = time_span(subtasks.iter().copied(), now);
+            VertexTaskManager {
+                // Every group has at least one subtask: it was created from one.
+                endpoint: subtasks
+                    .first()
+                    .map(|s| s.endpoint.clone())
+                    .unwrap_or_default(),
+                status: aggregate_execution_states(subtasks.iter().map(|s| s.status)),
+                start_time,
+                end_time,
+                duration,
+                metrics: IoMetrics::ZERO,
+                status_counts: ExecutionStateCounts::of(subtasks.iter().map(|s| s.status)),
+                taskmanager_id: tm.to_string(),
+                aggregated: Aggregated::of(subtasks.iter().copied(), now),
+            }
         })
         .collect();
-    Ok(Json(
-        json!({"id": vertex.id, "name": vertex.name, "now": now, "taskmanagers": entries}),
-    ))
+    Ok(Json(VertexTaskManagers {
+        id: vertex.id.clone(),
+        name: vertex.name.clone(),
+        now,
+        taskmanagers,
+    }))
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid/subtasktimes` (Flink's SubtasksTimesInfo).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SubtaskTimes {
+    /// Vertex id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The coordinator's clock when answering.
+    pub now: i64,
+    /// One entry per subtask.
+    pub subtasks: Vec<SubtaskTimesEntry>,
+}
+
+/// When one subtask entered each state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SubtaskTimesEntry {
+    /// Subtask index.
+    pub subtask: usize,
+    /// Its task manager's `host:port`.
+    pub endpoint: String,
+    /// From SCHEDULED to its end (or now), -1 if never scheduled.
+    pub duration: i64,
+    /// When it entered each state (0 if never).
+    pub timestamps: ExecutionStateTimestamps,
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/subtasktimes`.
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/subtasktimes", tag = "vertices",
+    params(VertexPath),
+    responses(
+        (status = 200, description = "Per-state timestamps of every subtask", body = SubtaskTimes),
+        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
+        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+    ))]
 pub async fn subtask_times(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubtaskTimes>, ApiError> {
     let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
     let now = now_ms();
     let vertex = &job.spec.vertices[v];
-    let subtasks: Vec<Value> = job.runtime.subtasks[v]
+    let subtasks = job.runtime.subtasks[v]
         .iter()
         .enumerate()
         .map(|(i, s)| {
@@ -106,36 +223,84 @@ pub async fn subtask_times(
             let duration = if scheduled == 0 {
                 -1
             } else {
-                (if s.status.is_terminal() { s.end_time() } else { now }) - scheduled
+                (if s.status.is_terminal() {
+                    s.end_time()
+                } else {
+                    now
+                }) - scheduled
             };
-            let mut timestamps = Map::new();
-            for state in ExecutionState::ALL {
-                timestamps.insert(state.name().into(), json!(s.timestamp(state)));
+            SubtaskTimesEntry {
+                subtask: i,
+                endpoint: s.endpoint.clone(),
+                duration,
+                timestamps: ExecutionStateTimestamps::of(s),
             }
-            json!({"subtask": i, "endpoint": s.endpoint, "duration": duration, "timestamps": timestamps})
         })
         .collect();
-    Ok(Json(
-        json!({"id": vertex.id, "name": vertex.name, "now": now, "subtasks": subtasks}),
-    ))
+    Ok(Json(SubtaskTimes {
+        id: vertex.id.clone(),
+        name: vertex.name.clone(),
+        now,
+        subtasks,
+    }))
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid/subtasks/accumulators` (Flink's
+/// SubtasksAllAccumulatorsInfo).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SubtasksAccumulators {
+    /// Vertex id.
+    pub id: String,
+    /// Number of subtasks.
+    pub parallelism: usize,
+    /// One entry per subtask.
+    pub subtasks: Vec<SubtaskAccumulatorsEntry>,
+}
+
+/// One subtask's (empty) accumulators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SubtaskAccumulatorsEntry {
+    /// Subtask index.
+    pub subtask: usize,
+    /// Always 0.
+    pub attempt: u32,
+    /// Its task manager's `host:port`.
+    pub endpoint: String,
+    /// Always empty.
+    #[serde(rename = "user-accumulators")]
+    pub user_accumulators: Vec<EmptyObject>,
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/subtasks/accumulators`: the real subtasks, no
 /// accumulators.
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/subtasks/accumulators",
+    tag = "vertices", params(VertexPath),
+    responses(
+        (status = 200, description = "The subtasks, without accumulators", body = SubtasksAccumulators),
+        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
+        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+    ))]
 pub async fn subtasks_accumulators(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubtasksAccumulators>, ApiError> {
     let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
     let vertex = &job.spec.vertices[v];
-    let subtasks: Vec<Value> = job.runtime.subtasks[v]
+    let subtasks = job.runtime.subtasks[v]
         .iter()
         .enumerate()
-        .map(|(i, s)| json!({"subtask": i, "attempt": 0, "endpoint": s.endpoint, "user-accumulators": []}))
+        .map(|(i, s)| SubtaskAccumulatorsEntry {
+            subtask: i,
+            attempt: 0,
+            endpoint: s.endpoint.clone(),
+            user_accumulators: Vec::new(),
+        })
         .collect();
-    Ok(Json(
-        json!({"id": vertex.id, "parallelism": vertex.parallelism(), "subtasks": subtasks}),
-    ))
+    Ok(Json(SubtasksAccumulators {
+        id: vertex.id.clone(),
+        parallelism: vertex.parallelism(),
+        subtasks,
+    }))
 }
 
 fn subtask_of(
@@ -143,14 +308,14 @@ fn subtask_of(
     jobid: &str,
     vertexid: &str,
     raw_index: &str,
-) -> Result<Value, ApiError> {
+) -> Result<SubtaskEntry, ApiError> {
     let (job, v) = load_vertex(state, jobid, vertexid)?;
     let index = params::subtask_index(raw_index)?;
     let vertex = &job.spec.vertices[v];
     let subtask = job.runtime.subtasks[v].get(index).ok_or_else(|| {
         ApiError::not_found(format!("Invalid subtask index for vertex {}", vertex.id))
     })?;
-    Ok(subtask_entry(
+    Ok(SubtaskEntry::of(
         index,
         subtask,
         &vertex.subtasks[index].taskmanager,
@@ -159,35 +324,73 @@ fn subtask_of(
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/subtasks/:subtaskindex`: the current attempt.
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}",
+    tag = "vertices", params(SubtaskPath),
+    responses(
+        (status = 200, description = "The subtask's current (only) attempt", body = SubtaskEntry),
+        (status = 400, description = "Malformed job id, vertex id or subtask index", body = ErrorBody),
+        (status = 404, description = "Unknown job or vertex, or index not below the parallelism", body = ErrorBody),
+    ))]
 pub async fn subtask(
     State(state): State<AppState>,
     Path((jobid, vertexid, index)): Path<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubtaskEntry>, ApiError> {
     subtask_of(&state, &jobid, &vertexid, &index).map(Json)
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/subtasks/:subtaskindex/attempts/:attempt`: attempt 0 is
 /// the only one flamegrid knows.
+#[utoipa::path(get,
+    path = "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/attempts/{attempt}",
+    tag = "vertices",
+    params(SubtaskPath, ("attempt" = String, Path, pattern = "^[0-9]{1,9}$", description = "Attempt number: only 0 exists")),
+    responses(
+        (status = 200, description = "Attempt 0", body = SubtaskEntry),
+        (status = 400, description = "Malformed id, index or attempt", body = ErrorBody),
+        (status = 404, description = "Unknown job, vertex, subtask or attempt", body = ErrorBody),
+    ))]
 pub async fn subtask_attempt(
     State(state): State<AppState>,
     Path((jobid, vertexid, index, attempt)): Path<(String, String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubtaskEntry>, ApiError> {
     let entry = subtask_of(&state, &jobid, &vertexid, &index)?;
-    match attempt.parse::<u32>() {
-        Ok(0) => Ok(Json(entry)),
-        Ok(n) => Err(ApiError::not_found(format!(
+    // Flink's `SubtaskAttemptPathParameter`: `Integer.parseInt`.
+    match params::flink_int(&attempt) {
+        Some(0) => Ok(Json(entry)),
+        Some(n) => Err(ApiError::not_found(format!(
             "Attempt {n} not found for subtask {index}."
         ))),
-        Err(_) => Err(ApiError::bad_path_param("attempt", &attempt)),
+        None => Err(ApiError::bad_path_param("attempt", &attempt)),
     }
+}
+
+/// `.../subtasks/:subtaskindex/accumulators` (Flink's SubtaskAccumulatorsInfo), empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SubtaskAccumulators {
+    /// Subtask index.
+    pub subtask: usize,
+    /// Always 0.
+    pub attempt: u32,
+    /// Always empty.
+    pub id: String,
+    /// Always empty.
+    #[serde(rename = "user-accumulators")]
+    pub user_accumulators: Vec<EmptyObject>,
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/subtasks/:subtaskindex/attempts/:attempt/accumulators`
 /// and `.../subtasks/:subtaskindex/accumulators`.
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/accumulators",
+    tag = "vertices", params(SubtaskPath),
+    responses(
+        (status = 200, description = "No accumulators", body = SubtaskAccumulators),
+        (status = 400, description = "Malformed job id, vertex id or subtask index", body = ErrorBody),
+        (status = 404, description = "Unknown job, vertex or subtask", body = ErrorBody),
+    ))]
 pub async fn subtask_accumulators(
     State(state): State<AppState>,
     Path(path): Path<Vec<(String, String)>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubtaskAccumulators>, ApiError> {
     let get = |k: &str| {
         path.iter()
             .find(|(n, _)| n == k)
@@ -195,48 +398,139 @@ pub async fn subtask_accumulators(
             .unwrap_or_default()
     };
     let entry = subtask_of(&state, get("jobid"), get("vertexid"), get("subtaskindex"))?;
-    let attempt = get("attempt");
-    if !attempt.is_empty() && attempt != "0" {
-        return Err(ApiError::not_found(format!(
-            "Attempt {attempt} not found for subtask {}.",
-            get("subtaskindex")
-        )));
+    if let Some((_, attempt)) = path.iter().find(|(n, _)| n == "attempt") {
+        match params::flink_int(attempt) {
+            Some(0) => {}
+            Some(n) => {
+                return Err(ApiError::not_found(format!(
+                    "Attempt {n} not found for subtask {}.",
+                    get("subtaskindex")
+                )));
+            }
+            None => return Err(ApiError::bad_path_param("attempt", attempt)),
+        }
     }
-    Ok(Json(
-        json!({"subtask": entry["subtask"], "attempt": 0, "id": "", "user-accumulators": []}),
-    ))
+    Ok(Json(SubtaskAccumulators {
+        subtask: entry.subtask,
+        attempt: 0,
+        id: String::new(),
+        user_accumulators: Vec::new(),
+    }))
+}
+
+/// The attempt-level path of [`subtask_accumulators`] (same handler; listed for
+/// `/openapi.json`).
+#[utoipa::path(get,
+    path = "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/attempts/{attempt}/accumulators",
+    tag = "vertices",
+    params(SubtaskPath, ("attempt" = String, Path, pattern = "^[0-9]{1,9}$", description = "Attempt number: only 0 exists")),
+    responses(
+        (status = 200, description = "No accumulators", body = SubtaskAccumulators),
+        (status = 400, description = "Malformed job id, vertex id or subtask index", body = ErrorBody),
+        (status = 404, description = "Unknown job, vertex, subtask or attempt", body = ErrorBody),
+    ))]
+pub async fn subtask_attempt_accumulators(
+    state: State<AppState>,
+    path: Path<Vec<(String, String)>>,
+) -> Result<Json<SubtaskAccumulators>, ApiError> {
+    subtask_accumulators(state, path).await
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid/accumulators` (Flink's JobVertexAccumulatorsInfo).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct VertexAccumulators {
+    /// Vertex id.
+    pub id: String,
+    /// Always empty.
+    #[serde(rename = "user-accumulators")]
+    pub user_accumulators: Vec<EmptyObject>,
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/accumulators`.
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/accumulators", tag = "vertices",
+    params(VertexPath),
+    responses(
+        (status = 200, description = "No accumulators", body = VertexAccumulators),
+        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
+        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+    ))]
 pub async fn accumulators(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VertexAccumulators>, ApiError> {
     let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
-    Ok(Json(
-        json!({"id": job.spec.vertices[v].id, "user-accumulators": []}),
-    ))
+    Ok(Json(VertexAccumulators {
+        id: job.spec.vertices[v].id.clone(),
+        user_accumulators: Vec::new(),
+    }))
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid/backpressure` (Flink's JobVertexBackPressureInfo).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Backpressure {
+    /// Always `ok`.
+    pub status: String,
+    /// Always `ok`.
+    #[serde(rename = "backpressure-level")]
+    pub backpressure_level: String,
+    /// When measured: now.
+    #[serde(rename = "end-timestamp")]
+    pub end_timestamp: i64,
+    /// One entry per subtask.
+    pub subtasks: Vec<SubtaskBackpressure>,
+}
+
+/// One subtask's back pressure: always none.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct SubtaskBackpressure {
+    /// Subtask index.
+    pub subtask: usize,
+    /// Always 0.
+    #[serde(rename = "attempt-number")]
+    pub attempt_number: u32,
+    /// Always `ok`.
+    #[serde(rename = "backpressure-level")]
+    pub backpressure_level: String,
+    /// 0.
+    pub ratio: f64,
+    /// 0.
+    #[serde(rename = "idleRatio")]
+    pub idle_ratio: f64,
+    /// 0.
+    #[serde(rename = "busyRatio")]
+    pub busy_ratio: f64,
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid/backpressure`: every subtask "ok" (flamegrid does not
 /// measure back pressure; the OFF_CPU flame graph shows where threads wait).
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/backpressure", tag = "vertices",
+    params(VertexPath),
+    responses(
+        (status = 200, description = "Every subtask `ok`", body = Backpressure),
+        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
+        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+    ))]
 pub async fn backpressure(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Backpressure>, ApiError> {
     let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
-    let subtasks: Vec<Value> = (0..job.spec.vertices[v].parallelism())
-        .map(|i| {
-            json!({"subtask": i, "attempt-number": 0, "backpressure-level": "ok", "ratio": 0.0,
-                   "idleRatio": 0.0, "busyRatio": 0.0})
+    let subtasks = (0..job.spec.vertices[v].parallelism())
+        .map(|i| SubtaskBackpressure {
+            subtask: i,
+            attempt_number: 0,
+            backpressure_level: "ok".into(),
+            ratio: 0.0,
+            idle_ratio: 0.0,
+            busy_ratio: 0.0,
         })
         .collect();
-    Ok(Json(json!({
-        "status": "ok",
-        "backpressure-level": "ok",
-        "end-timestamp": now_ms(),
-        "subtasks": subtasks,
-    })))
+    Ok(Json(Backpressure {
+        status: "ok".into(),
+        backpressure_level: "ok".into(),
+        end_timestamp: now_ms(),
+        subtasks,
+    }))
 }
 
 /// `GET .../watermarks`, `.../subtasks/metrics`, `.../metrics`, `.../subtasks/:i/metrics`:
@@ -245,7 +539,7 @@ pub async fn no_metrics(
     State(state): State<AppState>,
     Path(path): Path<Vec<(String, String)>>,
     Query(query): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<MetricValue>>, ApiError> {
     let get = |k: &str| path.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let (job, v) = load_vertex(
         &state,
@@ -263,4 +557,71 @@ pub async fn no_metrics(
     }
     let q = MetricQuery::parse(&query, path.iter().all(|(n, _)| n != "subtaskindex"))?;
     Ok(Json(metric_values(&BTreeMap::new(), &q)))
+}
+
+// `no_metrics` serves four paths; utoipa documents one function per path, so each gets a
+// delegate that carries its description.
+
+/// `GET /jobs/:jobid/vertices/:vertexid/watermarks`: `[]`.
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/watermarks", tag = "vertices",
+    params(VertexPath),
+    responses(
+        (status = 200, description = "Always empty", body = Vec<MetricValue>),
+        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
+        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+    ))]
+pub async fn watermarks(
+    state: State<AppState>,
+    path: Path<Vec<(String, String)>>,
+    query: Query<Vec<(String, String)>>,
+) -> Result<Json<Vec<MetricValue>>, ApiError> {
+    no_metrics(state, path, query).await
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid/metrics`: `[]`.
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/metrics", tag = "vertices",
+    params(VertexPath, MetricParams),
+    responses(
+        (status = 200, description = "Always empty", body = Vec<MetricValue>),
+        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
+        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+    ))]
+pub async fn vertex_metrics(
+    state: State<AppState>,
+    path: Path<Vec<(String, String)>>,
+    query: Query<Vec<(String, String)>>,
+) -> Result<Json<Vec<MetricValue>>, ApiError> {
+    no_metrics(state, path, query).await
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid/subtasks/metrics`: `[]`.
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/subtasks/metrics", tag = "vertices",
+    params(VertexPath, super::metrics::SubtasksMetricParams),
+    responses(
+        (status = 200, description = "Always empty", body = Vec<MetricValue>),
+        (status = 400, description = "Malformed job or vertex id, or unknown aggregation mode", body = ErrorBody),
+        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+    ))]
+pub async fn subtasks_metrics(
+    state: State<AppState>,
+    path: Path<Vec<(String, String)>>,
+    query: Query<Vec<(String, String)>>,
+) -> Result<Json<Vec<MetricValue>>, ApiError> {
+    no_metrics(state, path, query).await
+}
+
+/// `GET /jobs/:jobid/vertices/:vertexid/subtasks/:subtaskindex/metrics`: `[]`.
+#[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/metrics",
+    tag = "vertices", params(SubtaskPath, MetricParams),
+    responses(
+        (status = 200, description = "Always empty", body = Vec<MetricValue>),
+        (status = 400, description = "Malformed job id, vertex id or subtask index", body = ErrorBody),
+        (status = 404, description = "Unknown job, vertex or subtask", body = ErrorBody),
+    ))]
+pub async fn subtask_metrics(
+    state: State<AppState>,
+    path: Path<Vec<(String, String)>>,
+    query: Query<Vec<(String, String)>>,
+) -> Result<Json<Vec<MetricValue>>, ApiError> {
+    no_metrics(state, path, query).await
 }

@@ -448,6 +448,9 @@ function vertexPage(root, page, jid, vid, params) {
   const matchInfo = h('p', { class: 'fg-match', 'aria-live': 'polite' });
   const fgError = h('div');
   const chartBox = h('div', { class: 'flamegraph', id: 'flamegraph' });
+  const compare = h('p', { class: 'views', id: 'fg-compare' });
+  const historyBody = h('tbody', { id: 'fg-history' }, emptyRow(5, 'No run kept yet.'));
+  const historyError = h('div');
 
   root.append(crumbs, title, meta, banner, infoError,
     h('section', { 'aria-labelledby': 'fg-h', class: 'fg-section' },
@@ -462,7 +465,14 @@ function vertexPage(root, page, jid, vid, params) {
       chartBox,
       h('p', { class: 'hint' }, 'Root at the top, callees below; width is the share of samples. ',
         'Click a frame (or press Enter on it) to zoom in, Escape to zoom out. ',
-        'Arrow keys move between frames: up to the caller, down to the busiest callee, left and right to neighbours.')));
+        'Arrow keys move between frames: up to the caller, down to the busiest callee, left and right to neighbours.')),
+    h('section', { 'aria-labelledby': 'fg-history-h', class: 'fg-section' },
+      h('h2', { id: 'fg-history-h' }, 'Recent runs'),
+      h('p', { class: 'hint' }, 'The coordinator keeps the last few sampling runs (--flamegraph-history). ',
+        'A differential graph shows what changed: red grew, blue shrank.'),
+      compare, historyError,
+      table('Recent sampling runs of this vertex, newest first',
+        ['Ended', 'Samples', 'Threads', 'Views', 'Compare'], historyBody)));
 
   const chart = new FlameGraph(chartBox, {
     onZoom: (zoomed) => { resetZoom.disabled = !zoomed; },
@@ -490,6 +500,39 @@ function vertexPage(root, page, jid, vid, params) {
     history.replaceState(null, '', `#/jobs/${enc(jid)}/vertices/${enc(vid)}?${hashQuery}`);
   };
   updateLinks();
+
+  // Kept runs (newest first), reloaded whenever a new run is on screen or the choice changes.
+  // The first row is the latest run; "compare with previous run" diffs it against the second.
+  let historyGeneration = 0;
+  const loadHistory = async () => {
+    const mine = ++historyGeneration;
+    const q = query();
+    let runs;
+    try {
+      runs = (await api(`${base}/history?${q}`, page.signal)).runs || [];
+    } catch (e) {
+      if (e.name === 'AbortError' || mine !== historyGeneration) return;
+      fill(historyError, errorBox('The list of kept runs could not be loaded:', e));
+      return;
+    }
+    if (page.stopped || mine !== historyGeneration) return;
+    fill(historyError);
+    const diffHref = (baseTs, atTs) => `${base}/diff.svg?${q}&base=${baseTs}${atTs ? `&at=${atTs}` : ''}`;
+    fill(compare, ...(runs.length >= 2
+      ? [h('a', { class: 'button', id: 'fg-compare-previous', href: diffHref(runs[1].endTimestamp, runs[0].endTimestamp), target: '_blank', rel: 'noopener' },
+        'Compare with previous run'), ` (${fmtTime(runs[1].endTimestamp)} → ${fmtTime(runs[0].endTimestamp)})`]
+      : ['Compare with previous run: available once a second run is kept.']));
+    fill(historyBody, ...(runs.length ? runs.map((r, i) => h('tr', {},
+      h('td', {}, fmtTime(r.endTimestamp), i === 0 ? ' (latest)' : ''),
+      h('td', { class: 'num' }, String(r.samples)),
+      h('td', { class: 'num' }, String(r.threads)),
+      h('td', {},
+        h('a', { href: `${base}.svg?${q}&at=${r.endTimestamp}`, target: '_blank', rel: 'noopener' }, 'SVG'), ' · ',
+        h('a', { href: `${base}.folded?${q}&at=${r.endTimestamp}`, target: '_blank', rel: 'noopener' }, 'folded'), ' · ',
+        h('a', { href: `${base}?${q}&at=${r.endTimestamp}`, target: '_blank', rel: 'noopener' }, 'JSON')),
+      h('td', {}, i === 0 ? '' : h('a', { href: diffHref(r.endTimestamp, runs[0].endTimestamp), target: '_blank', rel: 'noopener' }, 'diff → latest'))))
+      : [emptyRow(5, 'No run kept yet.')]));
+  };
 
   // The age line ticks every second without asking the server.
   const tickAge = () => {
@@ -533,6 +576,7 @@ function vertexPage(root, page, jid, vid, params) {
     if (ts !== state.endTimestamp) {
       state.endTimestamp = ts;
       chart.setData(graph.data, state.type);
+      loadHistory();
       const total = Number(graph.data.value) || 0;
       status.textContent = `${total} sample${total === 1 ? '' : 's'} (${TYPES.find((t) => t.value === state.type).label}).`;
       age.textContent = `measured ${fmtAgo(ts)}`;

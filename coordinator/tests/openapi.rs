@@ -1,0 +1,403 @@
+//! `/openapi.json` against the real thing: a `flamegrid-coordinator --demo` child process (real
+//! agent, real workload, real job) on loopback ports the kernel picks.
+//!
+//! * The document is OpenAPI 3.x and served bare and under `/v1`.
+//! * It lists every route the router serves: the routes are read from the router's own source
+//!   (`.route("...")` calls in `src/rest/*.rs`), so a new route without a `#[utoipa::path]`
+//!   fails here, and so does a documented path that no longer exists.
+//! * Every documented GET, with real ids substituted, answers with a documented status whose
+//!   schema validates the body (`jsonschema`, draft 2020-12, which OpenAPI 3.1 uses); error
+//!   answers validate against `ErrorBody`; a flame graph with data validates too.
+
+use regex::Regex;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("flamegrid-openapi-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `flamegrid-coordinator --demo` as a child process. Dropping it sends SIGTERM (so the
+/// coordinator stops its agent and workload, leaving no sampled thread behind), waits for it
+/// (bounded), then SIGKILLs it if it is still there.
+struct DemoCoordinator {
+    child: Child,
+    base: String,
+    job_id: String,
+    http: reqwest::Client,
+    _dir: TempDir,
+}
+
+impl DemoCoordinator {
+    fn start() -> Self {
+        let dir = TempDir::new();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flamegrid-coordinator"))
+            .args([
+                "--demo",
+                "--rest-addr",
+                "127.0.0.1:0",
+                "--rpc-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut base, mut job_id) = (None, None);
+        // The demo prints the dashboard URL, then the job's URL once the job is registered.
+        while job_id.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the demo coordinator exited before printing its job");
+            };
+            if let Some(rest) = line.strip_prefix("flamegrid dashboard: ") {
+                base = Some(rest.trim_end_matches('/').to_string());
+            }
+            if let Some(url) = line.strip_prefix("flamegrid demo job: ") {
+                job_id = url.rsplit('/').next().map(String::from);
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        DemoCoordinator {
+            child,
+            base: base.expect("dashboard line"),
+            job_id: job_id.unwrap(),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// GET → (status, content type, body text).
+    async fn get(&self, path: &str) -> (u16, String, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (status, content_type, response.text().await.unwrap())
+    }
+
+    async fn get_json(&self, path: &str) -> Value {
+        let (status, _, text) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+impl Drop for DemoCoordinator {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The paths the router serves, read from its source: every `.route("...")` in `src/rest/`.
+/// (The unsupported-Flink table in `unsupported.rs` registers its paths from a table, not with
+/// literal `.route` calls, so it is not listed: those paths answer 404 by design.)
+fn routes_in_source() -> BTreeSet<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/rest");
+    let re = Regex::new(r#"\.route\(\s*"([^"]+)""#).unwrap();
+    let mut routes = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for cap in re.captures_iter(&text) {
+                routes.insert(cap[1].to_string());
+            }
+        }
+    }
+    assert!(routes.len() > 40, "too few routes found: {routes:?}");
+    routes
+}
+
+/// Follows a `$ref` inside the document.
+fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value.get("$ref").and_then(Value::as_str) {
+        Some(r) => doc
+            .pointer(r.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("dangling $ref {r}")),
+        None => value,
+    }
+}
+
+/// Checks one answer against the document: the status is documented for this path and method,
+/// the content type is one the document names, and a JSON body validates against its schema.
+fn check_answer(
+    doc: &Value,
+    template: &str,
+    method: &str,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> Result<(), String> {
+    let op = &doc["paths"][template][method];
+    if op.is_null() {
+        return Err(format!("{method} {template} is not documented"));
+    }
+    let Some(response) = op["responses"].get(status.to_string()) else {
+        return Err(format!(
+            "{method} {template}: status {status} is not documented (body {body})"
+        ));
+    };
+    let response = resolve(doc, response);
+    let content = response["content"]
+        .as_object()
+        .ok_or_else(|| format!("{method} {template} {status}: no content documented"))?;
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let Some(documented) = content.get(media) else {
+        return Err(format!(
+            "{method} {template} {status}: content type {content_type:?} not among {:?}",
+            content.keys().collect::<Vec<_>>()
+        ));
+    };
+    if media != "application/json" {
+        return Ok(());
+    }
+    let instance: Value =
+        serde_json::from_str(body).map_err(|e| format!("{template}: not JSON ({e}): {body}"))?;
+    // The response schema, with the document's components beside it so that its
+    // `#/components/schemas/...` references resolve.
+    let schema = json!({
+        "allOf": [documented["schema"]],
+        "components": doc["components"],
+    });
+    let validator = jsonschema::draft202012::new(&schema)
+        .map_err(|e| format!("{template}: schema does not compile: {e}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(&instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{method} {template} {status}: body does not match the schema:\n  {}\nbody: {body}",
+            errors.join("\n  ")
+        ))
+    }
+}
+
+/// Polls `check` until it returns `Some` (a hang guard, not a speed assertion).
+async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..1200 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_is_openapi_3_and_lists_every_route() {
+    let c = DemoCoordinator::start();
+    let (status, content_type, text) = c.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(c.get_json("/v1/openapi.json").await, doc);
+
+    // Every route of the router is documented, and nothing else is.
+    let documented: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    let served = routes_in_source();
+    let undocumented: Vec<&str> = served.difference(&documented).map(String::as_str).collect();
+    let stale: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes without a #[utoipa::path] listed in rest/openapi.rs: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "documented paths the router does not serve: {stale:?}"
+    );
+
+    // The writes, and only they, need the bearer token.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let mut secured = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if op.get("security").is_some() {
+                secured.push(format!("{method} {path}"));
+            }
+        }
+    }
+    secured.sort();
+    assert_eq!(
+        secured,
+        [
+            "patch /jobs/{jobid}",
+            "post /jobs",
+            "post /jobs/{jobid}/checkpoints"
+        ]
+    );
+    let body = &doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"];
+    assert_eq!(
+        body["schema"]["$ref"],
+        "#/components/schemas/JobRegistration"
+    );
+
+    // Every path without parameters answers a GET as documented (none is a 404 unless 404 is
+    // all it documents: the log files flamegrid does not keep).
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if path.contains('{') || item.get("get").is_none() {
+            continue;
+        }
+        let (status, content_type, text) = c.get(path).await;
+        let only_404 = item["get"]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| k == "404");
+        assert!(
+            status != 404 || only_404,
+            "GET {path} is documented but answers 404"
+        );
+        check_answer(&doc, path, "get", status, &content_type, &text).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_answers_validate_against_the_document() {
+    let c = DemoCoordinator::start();
+    let doc = c.get_json("/openapi.json").await;
+    let job = c.get_json(&format!("/jobs/{}", c.job_id)).await;
+    let vertex_id = job["vertices"][0]["id"].as_str().unwrap().to_string();
+    let tms = c.get_json("/taskmanagers").await;
+    let tm_id = tms["taskmanagers"][0]["id"].as_str().unwrap().to_string();
+
+    // Every documented GET with real ids: the answer is documented and fits its schema.
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        if item.get("get").is_none() {
+            continue;
+        }
+        let path = template
+            .replace("{jobid}", &c.job_id)
+            .replace("{vertexid}", &vertex_id)
+            .replace("{tmid}", &tm_id)
+            .replace("{subtaskindex}", "0")
+            .replace("{attempt}", "0")
+            .replace("{checkpointid}", "1")
+            .replace("{name}", "x.log");
+        let (status, content_type, text) = c.get(&path).await;
+        if let Err(e) = check_answer(&doc, template, "get", status, &content_type, &text) {
+            failures.push(e);
+        }
+        checked += 1;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(checked > 40, "only {checked} paths checked");
+
+    // The key endpoints with query parameters, and error answers.
+    let cases = [
+        (
+            "/jobmanager/metrics?get=numRunningJobs,taskSlotsTotal",
+            "/jobmanager/metrics",
+            200,
+        ),
+        ("/jobs/metrics?get=uptime&agg=max,min", "/jobs/metrics", 200),
+        ("/jobs/metrics?agg=median", "/jobs/metrics", 400),
+        (
+            "/taskmanagers/metrics?get=System.CPU.Cores&agg=sum",
+            "/taskmanagers/metrics",
+            200,
+        ),
+        ("/jobs/not-an-id", "/jobs/{jobid}", 400),
+        (
+            "/jobs/00000000000000000000000000000000",
+            "/jobs/{jobid}",
+            404,
+        ),
+        ("/taskmanagers/no-such-agent", "/taskmanagers/{tmid}", 404),
+    ];
+    for (path, template, expected) in cases {
+        let (status, content_type, text) = c.get(path).await;
+        assert_eq!(status, expected, "GET {path}: {text}");
+        check_answer(&doc, template, "get", status, &content_type, &text).unwrap();
+    }
+    let subtask_path = format!("/jobs/{}/vertices/{vertex_id}/subtasks/99", c.job_id);
+    let (status, content_type, text) = c.get(&subtask_path).await;
+    assert_eq!(status, 404, "{text}");
+    let template = "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}";
+    check_answer(&doc, template, "get", status, &content_type, &text).unwrap();
+
+    // A flame graph with data (every answer on the way, sentinels included, fits too).
+    let template = "/jobs/{jobid}/vertices/{vertexid}/flamegraph";
+    let path = format!(
+        "/jobs/{}/vertices/{vertex_id}/flamegraph?type=on_cpu",
+        c.job_id
+    );
+    let graph = poll("a flame graph with data", || async {
+        let (status, content_type, text) = c.get(&path).await;
+        check_answer(&doc, template, "get", status, &content_type, &text).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v.get("data").is_some().then_some(v)
+    })
+    .await;
+    assert!(graph["endTimestamp"].as_i64().unwrap() > 0, "{graph}");
+    assert_eq!(graph["data"]["name"], "root");
+}
