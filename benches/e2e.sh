@@ -8,8 +8,17 @@
 #   --short-rounds N    rounds of the short 20 x 10 ms window (default 9)
 #   --wrk-rounds N      alternating wrk rounds per URL (default 3)
 #   --wrk-duration D    wrk's -d (default 10s)
+#   --no-flink          skip the Apache Flink 2.3 reference column
 # Writes the Markdown report to stdout and to benches/e2e-report.md. A full run takes about
-# five minutes after the build. Needs `wrk` (Debian: apt-get install wrk).
+# seven minutes after the build (two of them for Flink). Needs `wrk` (Debian: apt-get install
+# wrk); the Flink column also needs Java 17, python3 with pip and PyPI (first run only: the
+# 330 MB download is cached, see benches/flink-reference.sh).
+#
+# The Flink reference (issue 6, item 5) runs first, in the same invocation: flink-reference.sh
+# starts a local Flink 2.3 cluster, measures the same time to first graph, the same wrk load
+# and the JVMs' memory, stops the cluster, and hands its figures to the driver, which puts them
+# beside flamegrid's with ratios. When Flink cannot run (offline, no Java) the report says why
+# and falls back to the figures quoted in issue 6.
 #
 # Every step (the two release builds, then the driver benches/src/bin/e2e.rs, which starts the
 # coordinators, agents, workloads and wrk) runs in its own process group (job control,
@@ -19,6 +28,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
+cmdline="$*"
 report="$root/benches/e2e-report.md"
 
 step_group=""
@@ -34,7 +44,7 @@ cleanup() {
     if [[ -n "$last_group" ]]; then
         rm -rf "${TMPDIR:-/tmp}"/flamegrid-e2e-*-"$last_group"-*
     fi
-    rm -f "$tmp_report"
+    rm -f "$tmp_report" "${flink_json:-}" "${flink_log:-}"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -66,12 +76,46 @@ target_dir=$(cargo metadata --format-version 1 --no-deps \
     | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 bin_dir="${target_dir:-$root/target}/release"
 
+# Flags for flink-reference.sh (the same round counts and wrk duration); --no-flink is ours.
+driver_args=()
+flink_args=()
+with_flink=1
+while (($#)); do
+    case "$1" in
+        --no-flink) with_flink=0; shift ;;
+        --rounds | --wrk-rounds | --wrk-duration)
+            flink_args+=("$1" "${2:-}")
+            driver_args+=("$1" "${2:-}")
+            shift $(($# >= 2 ? 2 : 1)) ;;
+        *) driver_args+=("$1"); shift ;;
+    esac
+done
+flink_json=$(mktemp)
+flink_log=$(mktemp)
+flink_flags=()
+if ((with_flink)); then
+    echo "e2e.sh: Apache Flink 2.3 reference (benches/flink-reference.sh)" >&2
+    flink_status=0
+    run_step "$root/benches/flink-reference.sh" "${flink_args[@]}" --results "$flink_json" \
+        2> >(tee "$flink_log" >&2) >/dev/null || flink_status=$?
+    if [[ $flink_status -eq 0 ]]; then
+        flink_flags=(--flink-results "$flink_json")
+    else
+        reason=$(grep '^flink-reference.sh: ' "$flink_log" | tail -1 | sed 's/^flink-reference.sh: //')
+        echo "e2e.sh: the Flink reference failed (exit $flink_status); going on without it" >&2
+        flink_flags=(--flink-note "benches/flink-reference.sh failed (exit $flink_status): ${reason:-see its output}")
+    fi
+else
+    flink_flags=(--flink-note "skipped (benches/e2e.sh --no-flink)")
+fi
+
 status=0
 run_step "$bin_dir/flamegrid-e2e" \
     --bin-dir "$bin_dir" \
     --report "$tmp_report" \
-    --command "benches/e2e.sh $*" \
-    "$@" >/dev/null || status=$?
+    --command "benches/e2e.sh $cmdline" \
+    "${flink_flags[@]}" \
+    ${driver_args[@]+"${driver_args[@]}"} >/dev/null || status=$?
 if [[ $status -ne 0 ]]; then
     echo "e2e.sh: the driver failed (exit $status)" >&2
     exit "$status"

@@ -8,11 +8,13 @@
 //! * [`service`]: the `flamegrid.v1.Sampling` gRPC service over the sampler.
 //! * [`registration`]: registers with the coordinator and heartbeats.
 //! * [`cli`]: the `sample` and `run` subcommands of the `flamegrid-agent` binary.
+//! * [`memory`]: allocator settings and giving memory back after a burst of work.
 //!
 //! Arrows point one way: cli → service/registration → sampler/selection.
 
 pub mod cli;
 pub mod error;
+pub mod memory;
 pub mod registration;
 pub mod sampler;
 pub mod selection;

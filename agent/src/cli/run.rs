@@ -45,6 +45,13 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 
+/// Async worker threads of the agent's runtime (see [`main`]).
+pub const ASYNC_WORKER_THREADS: usize = 2;
+
+/// Blocking-pool threads beyond one per concurrent sampling run: heartbeat probes and file
+/// reads.
+pub const BLOCKING_THREADS_SPARE: usize = 4;
+
 /// Most concurrent sampling runs `--max-concurrent-runs` accepts.
 pub const MAX_CONCURRENT_RUNS_LIMIT: usize = 256;
 
@@ -505,7 +512,16 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 /// shutdown.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging();
+    // Before any thread exists, so every arena follows the settings.
+    crate::memory::tune_allocator();
+    // The async side only moves requests and heartbeats (sampling runs on the blocking pool and
+    // the sampler's own threads), so two workers suffice on any host; the default of one per
+    // core would give a 64-core host 64 idle threads, each with stacks and allocator state.
+    // The blocking pool holds one thread per sampling run plus a few for heartbeats.
+    let max_blocking = args.max_concurrent_runs + BLOCKING_THREADS_SPARE;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(ASYNC_WORKER_THREADS)
+        .max_blocking_threads(max_blocking)
         .enable_all()
         .thread_name("flamegrid-agent")
         .build()

@@ -37,6 +37,12 @@ mod unwind;
 pub use permission::explain_denied;
 pub use symbolize::clean_name;
 
+/// How long the symbolizer keeps its parsed debug information after the last run before it
+/// drops it and returns the memory (`symbolize`'s module docs): longer than the gap between
+/// back-to-back flame graph requests, shorter than the REST refresh interval (60 s by
+/// default), so an agent sits at its small idle size between one person's looks at a graph.
+pub const SYMBOL_CACHE_IDLE: Duration = Duration::from_secs(10);
+
 use crate::AgentError;
 use crate::selection::{self, AccessPolicy, ProcessRef, ThreadSelector};
 use flamegrid_model::{Frame, SampleSet, SampleSetBuilder, SampledThread, ThreadState};
@@ -203,15 +209,28 @@ struct TargetRun {
 }
 
 impl Sampler {
-    /// Starts the sampler (its tracer and symbolizer threads).
+    /// Starts the sampler (its tracer and symbolizer threads). The symbolizer keeps its parsed
+    /// debug information for [`SYMBOL_CACHE_IDLE`] after the last run.
     pub fn new() -> Result<Sampler, AgentError> {
+        Sampler::with_symbol_cache_idle(SYMBOL_CACHE_IDLE)
+    }
+
+    /// [`Sampler::new`] with another idle time after which the symbolizer drops its caches
+    /// and returns their memory: shorter saves memory sooner, longer keeps more runs warm.
+    pub fn with_symbol_cache_idle(idle: Duration) -> Result<Sampler, AgentError> {
         let tracer =
             Tracer::spawn().map_err(|e| AgentError::io("starting the tracer thread", e))?;
-        let symbolizer = SymbolizerThread::spawn()
+        let symbolizer = SymbolizerThread::spawn(idle)
             .map_err(|e| AgentError::io("starting the symbolizer thread", e))?;
         Ok(Sampler {
             inner: Arc::new(Inner { tracer, symbolizer }),
         })
+    }
+
+    /// Whether the symbolizer holds parsed debug information now: true after a run, false again
+    /// once it was idle for the time given at construction (and before the first run).
+    pub fn holds_symbol_caches(&self) -> bool {
+        self.inner.symbolizer.holds_caches()
     }
 
     /// Samples `targets` (key, selector) — blocking (call from `spawn_blocking`). Several calls
@@ -340,9 +359,9 @@ impl Sampler {
 
         // Symbolize once per distinct address and process, after all samples were taken.
         let sym_start = Instant::now();
-        let mut per_pid: HashMap<u32, HashSet<u64>> = HashMap::new();
+        let mut per_pid: HashMap<(u32, u64), HashSet<u64>> = HashMap::new();
         for run in &runs {
-            let addrs = per_pid.entry(run.pid).or_default();
+            let addrs = per_pid.entry((run.pid, run.starttime)).or_default();
             for s in &run.samples {
                 if let Some(stack) = &s.stack {
                     addrs.extend(stack.addrs.iter().copied());
@@ -352,7 +371,10 @@ impl Sampler {
         let tables: HashMap<u32, HashMap<u64, Vec<Frame>>> = per_pid
             .into_iter()
             .filter(|(_, addrs)| !addrs.is_empty())
-            .map(|(pid, addrs)| (pid, symbolize::table(&self.inner.symbolizer, pid, addrs)))
+            .map(|((pid, starttime), addrs)| {
+                let table = symbolize::table(&self.inner.symbolizer, pid, starttime, addrs);
+                (pid, table)
+            })
             .collect();
         stats.symbolize = sym_start.elapsed();
 
@@ -559,4 +581,85 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flamegrid_workloads::{Mix, Workload};
+
+    /// The symbolizer gives its caches (and, through the allocator, their memory) back after
+    /// its idle time, and the next run builds them again with the same names.
+    #[test]
+    fn idle_symbol_caches_are_released_and_rebuilt() {
+        crate::memory::tune_allocator();
+        let wl = flamegrid_workloads::spawn(
+            Workload::Cpp,
+            &Mix {
+                spin: 1,
+                sleep: 2,
+                wait: 2,
+                lock: 1,
+                churn: 0,
+                report_rate: false,
+            },
+        )
+        .unwrap();
+        let sampler = Sampler::with_symbol_cache_idle(Duration::from_millis(200)).unwrap();
+        assert!(
+            !sampler.holds_symbol_caches(),
+            "nothing parsed before a run"
+        );
+        let targets = [("w".to_owned(), ThreadSelector::pid(wl.pid()))];
+        let opts = SamplerOptions {
+            num_samples: 3,
+            delay: Duration::from_millis(1),
+            ..SamplerOptions::default()
+        };
+        let names = |run: SamplingRun| -> HashSet<String> {
+            let (_, set) = run.subtasks.into_iter().next().unwrap();
+            let set = set.unwrap();
+            set.samples
+                .iter()
+                .flat_map(|s| set.stack_frames(s))
+                .map(|f| f.name.clone())
+                .collect()
+        };
+        let policy = AccessPolicy::unrestricted();
+        let before = crate::memory::resident_kib();
+        let first = names(sampler.sample(&targets, &policy, &opts));
+        let after_run = crate::memory::resident_kib();
+        // Released within the idle time plus scheduling slack (polled, not slept).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sampler.holds_symbol_caches() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!sampler.holds_symbol_caches(), "caches still held");
+        let released = crate::memory::resident_kib();
+        if let (Some((_, base)), Some((_, peak)), Some((_, now))) = (before, after_run, released) {
+            // Only meaningful where the run parsed a lot (libc6-dbg installed): then at least
+            // half of what the run added must be gone.
+            if peak > base + 4096 {
+                assert!(
+                    now < peak - (peak - base) / 2,
+                    "anonymous memory {base} KiB before, {peak} KiB after the run, {now} KiB \
+                     after the release"
+                );
+            }
+        }
+        // Known addresses come from the name cache; new ones rebuild the symbolizer.
+        let second = names(sampler.sample(&targets, &policy, &opts));
+        for chain in [Workload::Cpp.chains().spin, Workload::Cpp.chains().sleep] {
+            for f in chain {
+                assert!(
+                    first.iter().any(|n| n.contains(f)),
+                    "{f} missing: {first:?}"
+                );
+                assert!(
+                    second.iter().any(|n| n.contains(f)),
+                    "{f} missing: {second:?}"
+                );
+            }
+        }
+    }
 }

@@ -17,15 +17,39 @@
 //!   function split or specialised by the optimiser is still that function;
 //! * functions DWARF says were inlined become frames of their own, marked `inlined`;
 //! * an address without a symbol is `module+0xoffset` (file offset), or `[unknown]`.
+//!
+//! ## Memory: parsed debug information is kept only while it is being used
+//!
+//! The symbolizer's caches are most of what an agent holds after a run. DWARF is usually stored
+//! compressed (Debian's `libc6-dbg` is), and blazesym inflates the sections it reads onto the
+//! heap: glibc alone is about 8 MiB of `.debug_info`, `.debug_line` and `.debug_abbrev`, plus
+//! the parsed unit and function tables and the mapped debug file. Keeping all that between runs
+//! is what makes the next run's symbolization cheap (a flame graph is polled again and again
+//! while someone looks at it), but an agent that is not sampling has no use for it. So the
+//! thread drops its symbolizer once no batch arrived for its idle time
+//! ([`super::SYMBOL_CACHE_IDLE`] by default) and hands the freed pages back to the kernel
+//! ([`crate::memory::release_free_memory`]). What it keeps are the answers (`NameCache`):
+//! frames per process and address, small and bounded. Stacks of a steady workload repeat, so
+//! the next run mostly finds its addresses there; only an address never seen before makes the
+//! thread build a new symbolizer and pay the cold parse (tens to a few hundred milliseconds).
 
 use super::maps;
 use flamegrid_model::Frame;
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+/// Most addresses whose frames the [`NameCache`] keeps (all processes together); past it the
+/// cache starts afresh. A frame list is ~100 bytes, so this bounds it to a few MiB, while a
+/// real flame graph of a steady workload needs a few thousand.
+const MAX_CACHED_ADDRESSES: usize = 65_536;
 
 /// A batch: distinct addresses of one process.
 struct Job {
     pid: u32,
+    /// The process's start time (`/proc/PID/stat`), so a reused pid never gets old names.
+    starttime: u64,
     addrs: Vec<u64>,
     reply: mpsc::SyncSender<Vec<Vec<Frame>>>,
 }
@@ -34,23 +58,34 @@ struct Job {
 #[derive(Debug)]
 pub struct SymbolizerThread {
     tx: std::sync::Mutex<mpsc::Sender<Job>>,
+    /// Whether the thread holds a symbolizer (and its caches) right now.
+    warm: Arc<AtomicBool>,
 }
 
 impl SymbolizerThread {
-    /// Starts the thread.
-    pub fn spawn() -> std::io::Result<SymbolizerThread> {
+    /// Starts the thread; it drops its caches after `idle_release` without a batch.
+    pub fn spawn(idle_release: Duration) -> std::io::Result<SymbolizerThread> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let warm = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&warm);
         std::thread::Builder::new()
             .name("flamegrid-symbolizer".into())
-            .spawn(move || serve(rx))?;
+            .spawn(move || serve(rx, idle_release, &flag))?;
         Ok(SymbolizerThread {
             tx: std::sync::Mutex::new(tx),
+            warm,
         })
+    }
+
+    /// Whether the symbolizer holds parsed debug information now (false before the first
+    /// batch and after an idle release).
+    pub fn holds_caches(&self) -> bool {
+        self.warm.load(Ordering::SeqCst)
     }
 
     /// Frames for each address of `pid` (same order as `addrs`): each address becomes one or
     /// more frames, outermost first (the function, then the functions inlined into it).
-    pub fn symbolize(&self, pid: u32, addrs: Vec<u64>) -> Vec<Vec<Frame>> {
+    pub fn symbolize(&self, pid: u32, starttime: u64, addrs: Vec<u64>) -> Vec<Vec<Frame>> {
         let fallback = |addrs: &[u64]| {
             addrs
                 .iter()
@@ -62,6 +97,7 @@ impl SymbolizerThread {
             let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
             tx.send(Job {
                 pid,
+                starttime,
                 addrs: addrs.clone(),
                 reply,
             })
@@ -74,28 +110,133 @@ impl SymbolizerThread {
     }
 }
 
-fn serve(rx: mpsc::Receiver<Job>) {
-    let mut symbolizer = new_symbolizer();
+/// The frames already found, per process instance and address: what survives an idle release.
+///
+/// Dropping the symbolizer frees the parsed debug information, and rebuilding it costs the
+/// next run the cold parse (glibc's DWARF alone takes 100+ ms). But a steady workload's
+/// stacks repeat: the blocked threads sit at the same return addresses run after run. So the
+/// *answers* are kept (a few hundred bytes per address, bounded by [`MAX_CACHED_ADDRESSES`])
+/// and only addresses never seen before reach blazesym. Keyed by pid and start time: a
+/// restarted process (same pid, new start time) is symbolized afresh. What this cannot see is
+/// a library unloaded and another loaded at the same address in a live process; its frames
+/// would keep the old names until the cache starts afresh.
+#[derive(Default)]
+struct NameCache {
+    processes: HashMap<(u32, u64), HashMap<u64, Vec<Frame>>>,
+    entries: usize,
+}
+
+impl NameCache {
+    fn get(&self, process: (u32, u64), addr: u64) -> Option<&Vec<Frame>> {
+        self.processes.get(&process)?.get(&addr)
+    }
+
+    /// Forgets earlier processes that had `process`'s pid (it was restarted): their names are
+    /// of no use any more.
+    fn forget_earlier(&mut self, process: (u32, u64)) {
+        let before = self.processes.len();
+        self.processes
+            .retain(|&(pid, start), _| pid != process.0 || start == process.1);
+        if self.processes.len() != before {
+            self.entries = self.processes.values().map(HashMap::len).sum();
+        }
+    }
+
+    fn insert(&mut self, process: (u32, u64), addr: u64, frames: Vec<Frame>) {
+        if self.entries >= MAX_CACHED_ADDRESSES {
+            self.processes.clear();
+            self.entries = 0;
+        }
+        if self
+            .processes
+            .entry(process)
+            .or_default()
+            .insert(addr, frames)
+            .is_none()
+        {
+            self.entries += 1;
+        }
+    }
+}
+
+fn serve(rx: mpsc::Receiver<Job>, idle_release: Duration, warm: &AtomicBool) {
+    // Built on the first batch that needs it, dropped after `idle_release` without a batch.
+    let mut symbolizer: Option<blazesym::symbolize::Symbolizer> = None;
+    let mut names = NameCache::default();
     let use_map_files = super::permission::have_cap_sys_admin();
     let mut pids_seen: std::collections::HashSet<u32> = Default::default();
-    while let Ok(job) = rx.recv() {
+    loop {
+        let job = if symbolizer.is_some() {
+            match rx.recv_timeout(idle_release) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    symbolizer = None;
+                    pids_seen.clear();
+                    warm.store(false, Ordering::SeqCst);
+                    crate::memory::release_free_memory();
+                    tracing::debug!(
+                        resident_kib = ?crate::memory::resident_kib(),
+                        "symbolizer idle: dropped its caches"
+                    );
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        };
         // blazesym keeps per-path state for every process it saw; start afresh now and then so
         // a long-lived agent sampling many short-lived processes does not grow without bound.
         pids_seen.insert(job.pid);
         if pids_seen.len() > 512 {
-            symbolizer = new_symbolizer();
+            symbolizer = None;
             pids_seen.clear();
+            pids_seen.insert(job.pid);
         }
-        let frames = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            symbolize_batch(&symbolizer, job.pid, &job.addrs, use_map_files)
-        }))
-        .unwrap_or_else(|_| {
-            tracing::error!(pid = job.pid, "symbolizer panicked; frames stay unknown");
-            job.addrs
-                .iter()
-                .map(|_| vec![Frame::named("[unknown]")])
-                .collect()
-        });
+        let process = (job.pid, job.starttime);
+        names.forget_earlier(process);
+        let misses: Vec<u64> = job
+            .addrs
+            .iter()
+            .copied()
+            .filter(|&a| names.get(process, a).is_none())
+            .collect();
+        if !misses.is_empty() {
+            let symbolizer = symbolizer.get_or_insert_with(new_symbolizer);
+            warm.store(true, Ordering::SeqCst);
+            let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                symbolize_batch(symbolizer, job.pid, &misses, use_map_files)
+            }));
+            match found {
+                // Only answers of a successful symbolization are kept; a failed one (process
+                // gone, files unreadable) may succeed next time.
+                Ok(Some(frames)) => {
+                    for (addr, frames) in misses.into_iter().zip(frames) {
+                        names.insert(process, addr, frames);
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    tracing::error!(pid = job.pid, "symbolizer panicked; frames stay unknown")
+                }
+            }
+        }
+        // Anything still missing (failed above) is named from the maps alone, uncached.
+        let maps = std::cell::OnceCell::new();
+        let frames = job
+            .addrs
+            .iter()
+            .map(|&a| match names.get(process, a) {
+                Some(frames) => frames.clone(),
+                None => vec![unknown_frame(
+                    maps.get_or_init(|| maps::read_maps(job.pid).unwrap_or_default()),
+                    a,
+                )],
+            })
+            .collect();
         let _ = job.reply.send(frames);
     }
 }
@@ -109,12 +250,13 @@ fn new_symbolizer() -> blazesym::symbolize::Symbolizer {
         .build()
 }
 
+/// Frames for each address, or `None` when blazesym could not symbolize the process at all.
 fn symbolize_batch(
     symbolizer: &blazesym::symbolize::Symbolizer,
     pid: u32,
     addrs: &[u64],
     use_map_files: bool,
-) -> Vec<Vec<Frame>> {
+) -> Option<Vec<Vec<Frame>>> {
     use blazesym::symbolize::source::{Process, Source};
     use blazesym::symbolize::{Input, Symbolized};
     let source_for = |map_files: bool| {
@@ -132,10 +274,10 @@ fn symbolize_batch(
         Ok(s) => s,
         Err(err) => {
             tracing::debug!(pid, %err, "symbolization failed");
-            return addrs.iter().map(|&a| unknown(a)).collect();
+            return None;
         }
     };
-    addrs
+    let frames = addrs
         .iter()
         .zip(symbolized)
         .map(|(&addr, sym)| match sym {
@@ -163,7 +305,8 @@ fn symbolize_batch(
             }
             Symbolized::Unknown(_) => unknown(addr),
         })
-        .collect()
+        .collect();
+    Some(frames)
 }
 
 fn module_of(maps: &[maps::MapEntry], addr: u64) -> Option<&str> {
@@ -339,6 +482,7 @@ fn strip_clone_suffix(name: &str) -> &str {
 pub fn table(
     thread: &SymbolizerThread,
     pid: u32,
+    starttime: u64,
     addrs: impl IntoIterator<Item = u64>,
 ) -> HashMap<u64, Vec<Frame>> {
     let mut unique: Vec<u64> = addrs.into_iter().collect();
@@ -347,7 +491,7 @@ pub fn table(
     if unique.is_empty() {
         return HashMap::new();
     }
-    let frames = thread.symbolize(pid, unique.clone());
+    let frames = thread.symbolize(pid, starttime, unique.clone());
     unique.into_iter().zip(frames).collect()
 }
 
