@@ -245,29 +245,30 @@ while True:
         std::io::BufRead::lines(std::io::BufReader::new(child.0.stdout.take().unwrap()));
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
     let sampler = Sampler::new().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
+    // A finite run of back-to-back rounds; signals flow before, during and after it, so the
+    // run certainly overlaps them however the two threads get scheduled.
     let sampling = {
         let sampler = sampler.clone();
-        let mut o = opts(100_000, 0);
-        o.cancel = stop.clone();
         std::thread::spawn(move || {
             sampler.sample(
                 &[("py".into(), ThreadSelector::pid(pid))],
                 &AccessPolicy::unrestricted(),
-                &o,
+                &opts(2_000, 0),
             )
         })
     };
-    for i in 1..=200 {
+    let mut sent = 0u32;
+    while sent < 200 || !sampling.is_finished() {
+        assert!(sent < 1_000_000, "the sampling run never ended");
+        sent += 1;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGUSR1,
         )
         .unwrap();
         let line = lines.next().expect("python3 exited").unwrap();
-        assert_eq!(line, i.to_string(), "signal {i} was lost or doubled");
+        assert_eq!(line, sent.to_string(), "signal {sent} was lost or doubled");
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let run = sampling.join().unwrap();
     let set = run.subtasks[0].1.as_ref().unwrap();
     assert!(!set.samples.is_empty());
@@ -284,7 +285,8 @@ while True:
     }));
 }
 
-/// With `kernel_stacks`, off-CPU samples continue into the kernel (root only: skipped when
+/// With `kernel_stacks`, off-CPU samples continue into the kernel: a thread blocked on a futex
+/// shows the kernel's futex wait as `... [k]` frames, innermost (root only: skipped when
 /// `/proc/<pid>/task/<tid>/stack` is not readable).
 #[test]
 fn kernel_stacks_continue_off_cpu_stacks() {
@@ -326,11 +328,20 @@ fn kernel_stacks_continue_off_cpu_stacks() {
                 .any(|f| f.name == "wait_inner"),
             "user stack kept"
         );
-        with_kernel += usize::from(first_kernel < frames.len());
+        assert!(
+            frames[first_kernel..]
+                .iter()
+                .all(|f| f.name.ends_with(" [k]")),
+            "kernel frames are marked [k]"
+        );
+        let futex = frames[first_kernel..]
+            .iter()
+            .any(|f| f.name.contains("futex"));
+        with_kernel += usize::from(futex);
     }
     assert!(
         with_kernel > 0,
-        "no sample of {} had kernel frames",
+        "no sample of {} had the futex wait in its kernel frames",
         set.samples.len()
     );
 }

@@ -411,6 +411,13 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| derive_id(&host_name(), &local_addr));
 
+    if args.kernel_stacks && std::fs::read_to_string("/proc/self/stack").is_err() {
+        // Said once here rather than per sample: the runs go on with user stacks only.
+        tracing::warn!(
+            "--kernel-stacks: the kernel does not let this agent read /proc/<pid>/task/<tid>/stack \
+             (it needs root); sampling goes on without kernel frames"
+        );
+    }
     let service = SamplingService::new(
         sampler,
         ServiceSettings {

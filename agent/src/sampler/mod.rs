@@ -181,6 +181,9 @@ fn sample_state(pre: &PreState, interrupted: Option<(u64, [u64; 6])>) -> ThreadS
     }
 }
 
+/// A process's mappings as read during a run (shared by the targets in that process).
+type RunMaps = Arc<Vec<maps::MapEntry>>;
+
 /// One observation before symbolization.
 struct RawSample {
     tid: u32,
@@ -206,6 +209,9 @@ struct TargetRun {
     denied: Option<u32>,
     /// Some round selected at least one thread.
     selected_any: bool,
+    /// The process's mappings, read on the first round: names its frames if it exits before
+    /// symbolization.
+    maps: RunMaps,
 }
 
 impl Sampler {
@@ -266,6 +272,7 @@ impl Sampler {
                 finished: false,
                 denied: None,
                 selected_any: false,
+                maps: Arc::default(),
             })
             .collect();
         let max_depth = opts.max_depth.max(1) as usize;
@@ -359,9 +366,12 @@ impl Sampler {
 
         // Symbolize once per distinct address and process, after all samples were taken.
         let sym_start = Instant::now();
-        let mut per_pid: HashMap<(u32, u64), HashSet<u64>> = HashMap::new();
+        let mut per_pid: HashMap<(u32, u64), (HashSet<u64>, RunMaps)> = HashMap::new();
         for run in &runs {
-            let addrs = per_pid.entry((run.pid, run.starttime)).or_default();
+            let (addrs, run_maps) = per_pid.entry((run.pid, run.starttime)).or_default();
+            if run_maps.is_empty() {
+                *run_maps = Arc::clone(&run.maps);
+            }
             for s in &run.samples {
                 if let Some(stack) = &s.stack {
                     addrs.extend(stack.addrs.iter().copied());
@@ -370,9 +380,10 @@ impl Sampler {
         }
         let tables: HashMap<u32, HashMap<u64, Vec<Frame>>> = per_pid
             .into_iter()
-            .filter(|(_, addrs)| !addrs.is_empty())
-            .map(|((pid, starttime), addrs)| {
-                let table = symbolize::table(&self.inner.symbolizer, pid, starttime, addrs);
+            .filter(|(_, (addrs, _))| !addrs.is_empty())
+            .map(|((pid, starttime), (addrs, run_maps))| {
+                let table =
+                    symbolize::table(&self.inner.symbolizer, pid, starttime, addrs, run_maps);
                 (pid, table)
             })
             .collect();
@@ -426,6 +437,8 @@ fn prepare_round(
         run.starttime = proc::process_stat(run.pid)
             .map_err(|e| selection::gone_or_io(run.pid, e))?
             .starttime;
+        // Kept for naming frames should the process exit before symbolization.
+        run.maps = Arc::new(maps::read_maps(run.pid).unwrap_or_default());
         for (tid, name) in &resolved.threads {
             run.names.insert(*tid, name.clone());
         }
@@ -546,9 +559,11 @@ fn finish_target(
             }
         }
         // /proc lists the kernel stack innermost first; it continues the user stack inwards.
+        // The ` [k]` suffix keeps a kernel function apart from a user one of the same name
+        // and tells at a glance where the thread sleeps (`futex_wait [k]`).
         for k in s.kernel.iter().rev() {
             frames.push(Frame {
-                name: k.clone(),
+                name: format!("{k} [k]"),
                 module: "[kernel]".into(),
                 inlined: false,
             });

@@ -51,6 +51,9 @@ struct Job {
     /// The process's start time (`/proc/PID/stat`), so a reused pid never gets old names.
     starttime: u64,
     addrs: Vec<u64>,
+    /// The process's mappings as read during the run: what names its frames if it exits
+    /// before symbolization (`/proc/<pid>` is gone by then).
+    maps: Arc<Vec<maps::MapEntry>>,
     reply: mpsc::SyncSender<Vec<Vec<Frame>>>,
 }
 
@@ -85,7 +88,16 @@ impl SymbolizerThread {
 
     /// Frames for each address of `pid` (same order as `addrs`): each address becomes one or
     /// more frames, outermost first (the function, then the functions inlined into it).
-    pub fn symbolize(&self, pid: u32, starttime: u64, addrs: Vec<u64>) -> Vec<Vec<Frame>> {
+    ///
+    /// `run_maps` are the process's mappings as read during the run: when the process has
+    /// exited by now, its frames are named from the mapped files themselves through them.
+    pub fn symbolize(
+        &self,
+        pid: u32,
+        starttime: u64,
+        addrs: Vec<u64>,
+        run_maps: Arc<Vec<maps::MapEntry>>,
+    ) -> Vec<Vec<Frame>> {
         let fallback = |addrs: &[u64]| {
             addrs
                 .iter()
@@ -99,6 +111,7 @@ impl SymbolizerThread {
                 pid,
                 starttime,
                 addrs: addrs.clone(),
+                maps: run_maps,
                 reply,
             })
         };
@@ -208,7 +221,11 @@ fn serve(rx: mpsc::Receiver<Job>, idle_release: Duration, warm: &AtomicBool) {
             let symbolizer = symbolizer.get_or_insert_with(new_symbolizer);
             warm.store(true, Ordering::SeqCst);
             let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                symbolize_batch(symbolizer, job.pid, &misses, use_map_files)
+                symbolize_batch(symbolizer, job.pid, &misses, use_map_files).or_else(|| {
+                    // The process is gone (it exited during or right after the run): name
+                    // the addresses from the files it had mapped.
+                    symbolize_from_files(symbolizer, &job.maps, &misses)
+                })
             }));
             match found {
                 // Only answers of a successful symbolization are kept; a failed one (process
@@ -232,7 +249,9 @@ fn serve(rx: mpsc::Receiver<Job>, idle_release: Duration, warm: &AtomicBool) {
             .map(|&a| match names.get(process, a) {
                 Some(frames) => frames.clone(),
                 None => vec![unknown_frame(
-                    maps.get_or_init(|| maps::read_maps(job.pid).unwrap_or_default()),
+                    maps.get_or_init(|| {
+                        maps::read_maps(job.pid).unwrap_or_else(|_| job.maps.to_vec())
+                    }),
                     a,
                 )],
             })
@@ -288,25 +307,77 @@ fn symbolize_batch(
                     .map(|m| maps::basename(&m.to_string_lossy()).to_string())
                     .or_else(|| module_of(&maps, addr).map(str::to_string))
                     .unwrap_or_default();
-                let mut frames = Vec::with_capacity(1 + sym.inlined.len());
-                frames.push(Frame {
-                    name: clean_name(&sym.name),
-                    module: module.clone(),
-                    inlined: false,
-                });
-                for f in sym.inlined.iter() {
-                    frames.push(Frame {
-                        name: clean_name(&f.name),
-                        module: module.clone(),
-                        inlined: true,
-                    });
-                }
-                frames
+                frames_of(&sym, module)
             }
             Symbolized::Unknown(_) => unknown(addr),
         })
         .collect();
     Some(frames)
+}
+
+/// The frames of one symbol: the function, then the functions inlined into it.
+fn frames_of(sym: &blazesym::symbolize::Sym<'_>, module: String) -> Vec<Frame> {
+    let mut frames = Vec::with_capacity(1 + sym.inlined.len());
+    frames.push(Frame {
+        name: clean_name(&sym.name),
+        module: module.clone(),
+        inlined: false,
+    });
+    for f in sym.inlined.iter() {
+        frames.push(Frame {
+            name: clean_name(&f.name),
+            module: module.clone(),
+            inlined: true,
+        });
+    }
+    frames
+}
+
+/// Frames for the addresses of a process that no longer exists, from the files it had mapped
+/// (`run_maps`, read during the run): each address becomes a file offset in its module, which
+/// blazesym resolves in that ELF file. The files are opened by their path in the agent's own
+/// mount namespace (the process's `/proc/<pid>/root` went with it), so a process of another
+/// container keeps only `module+0xoffset` names. `None` when nothing could be named.
+fn symbolize_from_files(
+    symbolizer: &blazesym::symbolize::Symbolizer,
+    run_maps: &[maps::MapEntry],
+    addrs: &[u64],
+) -> Option<Vec<Vec<Frame>>> {
+    use blazesym::symbolize::source::{Elf, Source};
+    use blazesym::symbolize::{Input, Symbolized};
+    let mut frames: Vec<Vec<Frame>> = addrs
+        .iter()
+        .map(|&a| vec![unknown_frame(run_maps, a)])
+        .collect();
+    // Addresses grouped by the mapping that holds them, as (index in `addrs`, file offset).
+    let mut by_file: HashMap<&str, Vec<(usize, u64)>> = HashMap::new();
+    for (i, &addr) in addrs.iter().enumerate() {
+        if let Some(e) = run_maps
+            .iter()
+            .find(|e| e.start <= addr && addr < e.end && e.is_file() && !e.deleted)
+        {
+            by_file
+                .entry(e.path.as_str())
+                .or_default()
+                .push((i, addr - e.start + e.offset));
+        }
+    }
+    let mut named_any = false;
+    for (path, wanted) in by_file {
+        let offsets: Vec<u64> = wanted.iter().map(|&(_, off)| off).collect();
+        let source = Source::Elf(Elf::new(path));
+        let Ok(symbolized) = symbolizer.symbolize(&source, Input::FileOffset(&offsets)) else {
+            continue;
+        };
+        let module = maps::basename(path).to_string();
+        for (&(i, _), sym) in wanted.iter().zip(symbolized) {
+            if let Symbolized::Sym(sym) = sym {
+                frames[i] = frames_of(&sym, module.clone());
+                named_any = true;
+            }
+        }
+    }
+    named_any.then_some(frames)
 }
 
 fn module_of(maps: &[maps::MapEntry], addr: u64) -> Option<&str> {
@@ -484,6 +555,7 @@ pub fn table(
     pid: u32,
     starttime: u64,
     addrs: impl IntoIterator<Item = u64>,
+    run_maps: Arc<Vec<maps::MapEntry>>,
 ) -> HashMap<u64, Vec<Frame>> {
     let mut unique: Vec<u64> = addrs.into_iter().collect();
     unique.sort_unstable();
@@ -491,7 +563,7 @@ pub fn table(
     if unique.is_empty() {
         return HashMap::new();
     }
-    let frames = thread.symbolize(pid, starttime, unique.clone());
+    let frames = thread.symbolize(pid, starttime, unique.clone(), run_maps);
     unique.into_iter().zip(frames).collect()
 }
 

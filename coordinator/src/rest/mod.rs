@@ -9,6 +9,9 @@
 //! | [`vertices`] | `/jobs/:jobid/vertices/:vertexid[/...]` |
 //! | [`taskmanagers`] | `/taskmanagers[/...]` |
 //! | [`flamegraph`] | flame graphs and task manager thread dumps |
+//! | [`exports`] | the flame graph as pprof (`.pb.gz`) and speedscope JSON |
+//! | [`history`] | kept runs of a flame graph (`/flamegraph/history`) and `diff.svg` |
+//! | [`openapi`] | `/openapi.json`, generated from the handler types |
 //! | [`auth`] | who may write (`--read-only`, `--rest-token-file`) |
 //! | [`self_dump`] | stacks for `/jobmanager/thread-dump` from a helper process |
 //! | [`unsupported`] | the rest of Flink's API: a JSON error saying flamegrid does not do it |
