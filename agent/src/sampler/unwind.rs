@@ -369,3 +369,71 @@ pub fn open_mapped_file(pid: u32, e: &MapEntry) -> Option<File> {
         .or_else(|_| File::open(format!("/proc/{pid}/root{}", e.path)))
         .ok()
 }
+
+/// A sampled process is not trusted: it chooses its registers, its stack contents and the
+/// files it maps. These properties feed the unwinder and the ELF reader with hostile input and
+/// require an answer (possibly short or empty), never a panic or an endless walk.
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Somewhere in this process's own code, so that some unwinds start in a real module and
+    /// walk into the hostile stack.
+    fn real_pc() -> u64 {
+        real_pc as fn() -> u64 as usize as u64
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_registers_and_stack_give_a_bounded_stack(
+            pc in prop_oneof![any::<u64>(), (0u64..4096).prop_map(|d| real_pc() + d)],
+            sp: u64,
+            fp: u64,
+            words in proptest::collection::vec(
+                prop_oneof![any::<u64>(), (0u64..4096).prop_map(|d| real_pc() + d)],
+                0..64,
+            ),
+        ) {
+            let pid = std::process::id();
+            let starttime = super::super::proc::process_stat(pid).unwrap().starttime;
+            let mut cache = UnwindCache::new();
+            cache.process(pid, starttime).unwrap();
+            let regs = Regs { pc, sp, fp, lr: 0, interrupted_syscall: None };
+            // Every read answers from the hostile words, cycling (a loop of frame pointers).
+            let mut i = 0usize;
+            let mut read = |_addr: u64| -> Result<u64, ()> {
+                let w = words.get(i % words.len().max(1)).copied().ok_or(());
+                i += 1;
+                w
+            };
+            let stack = cache.unwind(pid, regs, 32, &mut read);
+            prop_assert!(stack.addrs.len() <= 32);
+            prop_assert!(!stack.addrs.is_empty(), "the pc itself is always reported");
+        }
+
+        #[test]
+        fn damaged_elf_files_are_refused_or_read(
+            flips in proptest::collection::vec((0usize..4096, any::<u8>()), 0..16),
+            cut in prop_oneof![Just(usize::MAX), 0usize..40_000],
+        ) {
+            // A real, small ELF file, damaged where its headers live, and maybe truncated.
+            let mut bytes = std::fs::read("/usr/bin/true").unwrap();
+            for (at, value) in flips {
+                if let Some(b) = bytes.get_mut(at) {
+                    *b = value;
+                }
+            }
+            bytes.truncate(cut);
+            if let Ok(sections) = elf::read_unwind_sections(&bytes[..]) {
+                // Whatever was read must be usable without panicking.
+                let _ = sections.has_cfi();
+                for seg in &sections.loads {
+                    let _ = sections.bias(0x7f00_0000_0000, seg.offset, seg.exec);
+                }
+            }
+        }
+    }
+}
