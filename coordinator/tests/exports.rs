@@ -12,14 +12,14 @@
 mod support;
 
 use flamegrid_proto::pprof::Profile;
-use flamegrid_workloads::{Mix, RunningWorkload, Workload};
+use flamegrid_workloads::Workload;
 use prost::Message;
 use serde_json::{Value, json};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use support::{KillOnDrop, TempDir, TestCoordinator, poll};
+use support::{TempDir, TestCoordinator, graph, running_job, spinners_and_sleeper, start_agent};
 
 /// Samples per run: enough for every thread to show, short enough to be quick. The refresh
 /// interval is long so that every request of a test is answered from the same run (the exports
@@ -40,64 +40,6 @@ const FLAGS: &[&str] = &[
 /// The sampling interval of [`FLAGS`] in nanoseconds: what one sample weighs in the exports.
 const INTERVAL_NS: i64 = 10_000_000;
 
-/// The `flamegrid-agent` binary next to this test's target directory, built if missing.
-fn agent_binary() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/debug/deps/exports-xxxx → target/debug/flamegrid-agent
-        let bin = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .unwrap()
-            .join("flamegrid-agent");
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "flamegrid-agent"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .status()
-                .unwrap();
-            assert!(status.success(), "cargo build -p flamegrid-agent failed");
-        }
-        bin
-    })
-}
-
-/// A real agent process with a chosen id, registered with `c`'s registry.
-async fn start_agent(c: &TestCoordinator, id: &str) -> KillOnDrop {
-    let child = Command::new(agent_binary())
-        .args([
-            "run",
-            "--coordinator",
-            &c.rpc,
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-            id,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent = KillOnDrop(child);
-    poll(&format!("agent {id} to register"), || async {
-        (c.get(&format!("/taskmanagers/{id}")).await.0 == 200).then_some(())
-    })
-    .await;
-    agent
-}
-
-/// Two spinners and one sleeper of the C workload (frame pointers: the simplest unwinding).
-fn workload() -> RunningWorkload {
-    let mix = Mix {
-        spin: 2,
-        sleep: 1,
-        ..Mix::default()
-    };
-    flamegrid_workloads::spawn(Workload::CFramePointers, &mix).unwrap()
-}
-
 /// A job with a spinning vertex (subtask i = thread `spin-i`) and a sleeping one, on `tm`.
 fn job(tm: &str, pid: u32) -> Value {
     json!({
@@ -110,39 +52,6 @@ fn job(tm: &str, pid: u32) -> Value {
                 {"taskmanager": tm, "pid": pid, "thread_name": "sleep-0"}]}
         ]
     })
-}
-
-/// Registers the job and waits until every subtask is RUNNING; returns (job id, vertex ids).
-async fn running_job(c: &TestCoordinator, body: &Value) -> (String, Vec<String>) {
-    let jobid = c.register_job(body).await;
-    let vertices: Vec<String> = c.get_ok(&format!("/jobs/{jobid}")).await["vertices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_str().unwrap().to_string())
-        .collect();
-    for vid in &vertices {
-        poll("every subtask RUNNING", || async {
-            let v = c.get_ok(&format!("/jobs/{jobid}/vertices/{vid}")).await;
-            v["subtasks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|s| s["status"] == "RUNNING")
-                .then_some(())
-        })
-        .await;
-    }
-    (jobid, vertices)
-}
-
-/// Polls the JSON endpoint until a graph (not a sentinel) is there.
-async fn graph(c: &TestCoordinator, path: &str) -> Value {
-    poll(&format!("a flame graph at {path}"), || async {
-        let body = c.get_ok(path).await;
-        (body["endTimestamp"].as_i64().unwrap() > 0).then_some(body)
-    })
-    .await
 }
 
 /// GET → (status, content type, content disposition, body bytes).
@@ -321,7 +230,7 @@ async fn pprof_opens_in_go_pprof_with_the_spinners_leaf_on_top() {
     let c = TestCoordinator::start(FLAGS).await;
     let tm = "a0000000000000000000000000000011";
     let _agent = start_agent(&c, tm).await;
-    let w = workload();
+    let w = spinners_and_sleeper();
     let chains = Workload::CFramePointers.chains();
     let hot = chains.spin[chains.spin.len() - 1];
     let (jobid, v) = running_job(&c, &job(tm, w.pid())).await;
@@ -419,7 +328,7 @@ async fn speedscope_file_validates_and_matches_the_json_view() {
     let c = TestCoordinator::start(FLAGS).await;
     let tm = "a0000000000000000000000000000012";
     let _agent = start_agent(&c, tm).await;
-    let w = workload();
+    let w = spinners_and_sleeper();
     let chains = Workload::CFramePointers.chains();
     let (jobid, v) = running_job(&c, &job(tm, w.pid())).await;
 
@@ -513,7 +422,7 @@ async fn bad_requests_and_missing_graphs_answer_like_the_flame_graph() {
     let c = TestCoordinator::start(FLAGS).await;
     let tm = "a0000000000000000000000000000013";
     let _agent = start_agent(&c, tm).await;
-    let w = workload();
+    let w = spinners_and_sleeper();
     let (jobid, v) = running_job(&c, &job(tm, w.pid())).await;
     let base = format!("/jobs/{jobid}/vertices/{}", v[0]);
     let unknown = "0123456789abcdef0123456789abcdef";

@@ -9,12 +9,12 @@
 mod support;
 
 use flamegrid_model::folded::parse_line;
-use flamegrid_workloads::{Mix, RunningWorkload, Workload};
+use flamegrid_workloads::Workload;
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use support::{KillOnDrop, TestCoordinator, poll};
+use std::process::Command;
+use support::{
+    TestCoordinator, children, graph, has_chain, running_job, spinners_and_sleeper, start_agent,
+};
 
 /// Samples per run in these tests: enough for every thread to show, short enough to be quick.
 /// Heartbeats may lapse for long (a frozen agent must not turn its subtasks FAILED mid-test).
@@ -34,64 +34,6 @@ fn flags() -> Vec<&'static str> {
     f
 }
 
-/// The `flamegrid-agent` binary next to this test's target directory, built if missing.
-fn agent_binary() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/debug/deps/flamegraph-xxxx → target/debug/flamegrid-agent
-        let bin = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .unwrap()
-            .join("flamegrid-agent");
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "flamegrid-agent"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .status()
-                .unwrap();
-            assert!(status.success(), "cargo build -p flamegrid-agent failed");
-        }
-        bin
-    })
-}
-
-/// A real agent process with a chosen id, registered with `c`'s registry.
-async fn start_agent(c: &TestCoordinator, id: &str) -> KillOnDrop {
-    let child = Command::new(agent_binary())
-        .args([
-            "run",
-            "--coordinator",
-            &c.rpc,
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-            id,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent = KillOnDrop(child);
-    poll(&format!("agent {id} to register"), || async {
-        (c.get(&format!("/taskmanagers/{id}")).await.0 == 200).then_some(())
-    })
-    .await;
-    agent
-}
-
-/// Two spinners and one sleeper of the C workload (frame pointers: the simplest unwinding).
-fn workload() -> RunningWorkload {
-    let mix = Mix {
-        spin: 2,
-        sleep: 1,
-        ..Mix::default()
-    };
-    flamegrid_workloads::spawn(Workload::CFramePointers, &mix).unwrap()
-}
-
 /// A job with a spinning vertex (subtask i = thread `spin-i`, on `tms[i]`) and a sleeping one.
 fn job(tms: [&str; 2], pid: u32) -> Value {
     json!({
@@ -104,57 +46,6 @@ fn job(tms: [&str; 2], pid: u32) -> Value {
                 {"taskmanager": tms[0], "pid": pid, "thread_name": "sleep-0"}]}
         ]
     })
-}
-
-/// Registers the job and waits until every subtask is RUNNING; returns (job id, vertex ids).
-async fn running_job(c: &TestCoordinator, body: &Value) -> (String, Vec<String>) {
-    let jobid = c.register_job(body).await;
-    let vertices: Vec<String> = c.get_ok(&format!("/jobs/{jobid}")).await["vertices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_str().unwrap().to_string())
-        .collect();
-    for vid in &vertices {
-        poll("every subtask RUNNING", || async {
-            let v = c.get_ok(&format!("/jobs/{jobid}/vertices/{vid}")).await;
-            v["subtasks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|s| s["status"] == "RUNNING")
-                .then_some(())
-        })
-        .await;
-    }
-    (jobid, vertices)
-}
-
-/// Polls the JSON endpoint until a graph (not a sentinel) is there.
-async fn graph(c: &TestCoordinator, path: &str) -> Value {
-    poll(&format!("a flame graph at {path}"), || async {
-        let body = c.get_ok(path).await;
-        (body["endTimestamp"].as_i64().unwrap() > 0).then_some(body)
-    })
-    .await
-}
-
-/// True when `chain` appears in the tree as consecutive nodes (parent → child), anywhere.
-fn has_chain(node: &Value, chain: &[&str]) -> bool {
-    fn follows(node: &Value, chain: &[&str]) -> bool {
-        match chain.split_first() {
-            None => true,
-            Some((first, rest)) => {
-                node["name"] == *first
-                    && (rest.is_empty() || children(node).iter().any(|c| follows(c, rest)))
-            }
-        }
-    }
-    follows(node, chain) || children(node).iter().any(|c| has_chain(c, chain))
-}
-
-fn children(node: &Value) -> &Vec<Value> {
-    node["children"].as_array().unwrap()
 }
 
 /// Every frame name in the tree.
@@ -188,7 +79,7 @@ async fn spinning_and_sleeping_vertices_show_their_chains() {
     let c = TestCoordinator::start(&flags()).await;
     let tm = "a0000000000000000000000000000001";
     let _agent = start_agent(&c, tm).await;
-    let w = workload();
+    let w = spinners_and_sleeper();
     let chains = Workload::CFramePointers.chains();
     let (jobid, v) = running_job(&c, &job([tm, tm], w.pid())).await;
     let base = format!("/jobs/{jobid}/vertices");
@@ -345,7 +236,7 @@ async fn concurrent_requests_cause_one_run_and_the_svg_waits_for_it() {
     let c = TestCoordinator::start(&f).await;
     let tm = "a0000000000000000000000000000002";
     let _agent = start_agent(&c, tm).await;
-    let w = workload();
+    let w = spinners_and_sleeper();
     let (jobid, v) = running_job(&c, &job([tm, tm], w.pid())).await;
     let service = &c.coordinator.as_ref().unwrap().app_state().flamegraphs;
     assert_eq!(service.runs_started(), 0);
@@ -411,7 +302,7 @@ async fn a_killed_agent_costs_only_its_subtasks() {
     );
     let _agent_a = start_agent(&c, tm_a).await;
     let mut agent_b = start_agent(&c, tm_b).await;
-    let w = workload();
+    let w = spinners_and_sleeper();
     let (jobid, v) = running_job(&c, &job([tm_a, tm_b], w.pid())).await;
     let chains = Workload::CFramePointers.chains();
 
@@ -456,7 +347,7 @@ async fn a_frozen_agent_is_reported_missing_after_the_deadline() {
     // threads as a ptrace tracee, and an exited traced thread can only be reaped once its tracer
     // is gone; the agents' guards SIGKILL them (the kernel then releases every tracee) before
     // the workload's guard waits for it.
-    let w = workload();
+    let w = spinners_and_sleeper();
     let c = TestCoordinator::start(&short_grace).await;
     let (tm_a, tm_b) = (
         "a0000000000000000000000000000004",
@@ -481,7 +372,7 @@ async fn sentinels_and_bad_requests() {
     let c = TestCoordinator::start(&flags()).await;
     let tm = "a0000000000000000000000000000005";
     let _agent = start_agent(&c, tm).await;
-    let w = workload();
+    let w = spinners_and_sleeper();
     let (jobid, v) = running_job(&c, &job([tm, tm], w.pid())).await;
     let base = format!("/jobs/{jobid}/vertices/{}", v[0]);
     let unknown = "0123456789abcdef0123456789abcdef";

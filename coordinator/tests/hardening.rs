@@ -25,37 +25,13 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Command, Stdio};
-use std::sync::OnceLock;
-use support::{KillOnDrop, TempDir, poll};
+use support::{KillOnDrop, TempDir, agent_binary, has_chain, poll};
 
 /// The coordinator binary Cargo built for these tests.
 const COORDINATOR: &str = env!("CARGO_BIN_EXE_flamegrid-coordinator");
 
 /// Agents log at debug so that a test can see a sampling run start ("sampling run started").
 const AGENT_LOG: &str = "info,flamegrid_agent=debug";
-
-/// The `flamegrid-agent` binary next to this test's target directory, built if missing.
-fn agent_binary() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/debug/deps/hardening-xxxx → target/debug/flamegrid-agent
-        let bin = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .unwrap()
-            .join("flamegrid-agent");
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "flamegrid-agent"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .status()
-                .unwrap();
-            assert!(status.success(), "cargo build -p flamegrid-agent failed");
-        }
-        bin
-    })
-}
 
 // ---- a coordinator process -------------------------------------------------------------------
 
@@ -277,24 +253,6 @@ fn flags<'a>(samples: &'a str, delay_ms: &'a str, extra: &[&'a str]) -> Vec<&'a 
     ];
     f.extend(extra);
     f
-}
-
-/// True when `chain` appears in the tree as consecutive nodes (parent → child), anywhere.
-fn has_chain(node: &Value, chain: &[&str]) -> bool {
-    fn follows(node: &Value, chain: &[&str]) -> bool {
-        match chain.split_first() {
-            None => true,
-            Some((first, rest)) => {
-                node["name"] == *first
-                    && (rest.is_empty() || children(node).iter().any(|c| follows(c, rest)))
-            }
-        }
-    }
-    follows(node, chain) || children(node).iter().any(|c| has_chain(c, chain))
-}
-
-fn children(node: &Value) -> &Vec<Value> {
-    node["children"].as_array().unwrap()
 }
 
 /// True when a folded text has a stack holding `chain` contiguously.

@@ -16,10 +16,7 @@ use flamegrid_model::folded::parse_line;
 use flamegrid_workloads::{Mix, RunningWorkload, Workload};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use support::{KillOnDrop, TestCoordinator, poll};
+use support::{TestCoordinator, children, graph_where, has_chain, poll, start_agent};
 
 /// Quick runs, refreshed on every read, `history` runs kept per key.
 fn flags(history: &'static str) -> Vec<&'static str> {
@@ -37,53 +34,6 @@ fn flags(history: &'static str) -> Vec<&'static str> {
         "--flamegraph-history",
         history,
     ]
-}
-
-/// The `flamegrid-agent` binary next to this test's target directory, built if missing.
-fn agent_binary() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let bin = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .unwrap()
-            .join("flamegrid-agent");
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "flamegrid-agent"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .status()
-                .unwrap();
-            assert!(status.success(), "cargo build -p flamegrid-agent failed");
-        }
-        bin
-    })
-}
-
-/// A real agent process registered with `c`'s registry.
-async fn start_agent(c: &TestCoordinator, id: &str) -> KillOnDrop {
-    let child = Command::new(agent_binary())
-        .args([
-            "run",
-            "--coordinator",
-            &c.rpc,
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-            id,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent = KillOnDrop(child);
-    poll(&format!("agent {id} to register"), || async {
-        (c.get(&format!("/taskmanagers/{id}")).await.0 == 200).then_some(())
-    })
-    .await;
-    agent
 }
 
 /// Registers a one-vertex job over `selector` (a subtask body without `taskmanager`), waits
@@ -126,34 +76,6 @@ async fn history(c: &TestCoordinator, vertex: &str, query: &str) -> Vec<i64> {
         .iter()
         .map(|r| r["endTimestamp"].as_i64().unwrap())
         .collect()
-}
-
-/// Polls the JSON endpoint (each poll starting a run when none is in flight) until `accept`
-/// takes a graph; returns it.
-async fn graph_where(c: &TestCoordinator, path: &str, accept: impl Fn(&Value) -> bool) -> Value {
-    poll(&format!("a matching flame graph at {path}"), || async {
-        let body = c.get_ok(path).await;
-        (body["endTimestamp"].as_i64().unwrap() > 0 && accept(&body)).then_some(body)
-    })
-    .await
-}
-
-/// True when `chain` appears in the tree as consecutive nodes (parent → child), anywhere.
-fn has_chain(node: &Value, chain: &[&str]) -> bool {
-    fn follows(node: &Value, chain: &[&str]) -> bool {
-        match chain.split_first() {
-            None => true,
-            Some((first, rest)) => {
-                node["name"] == *first
-                    && (rest.is_empty() || children(node).iter().any(|c| follows(c, rest)))
-            }
-        }
-    }
-    follows(node, chain) || children(node).iter().any(|c| has_chain(c, chain))
-}
-
-fn children(node: &Value) -> &Vec<Value> {
-    node["children"].as_array().unwrap()
 }
 
 /// The folded stacks a Flink tree stands for: each node's own samples (value minus its

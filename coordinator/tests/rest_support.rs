@@ -1,4 +1,4 @@
-//! Shared by `rest.rs` and `registry.rs` (included with `#[path]`): a coordinator started
+//! Shared by the coordinator's integration tests (included with `#[path]`): a coordinator started
 //! in-process on port 0, a registry client that plays an agent over real gRPC, real child
 //! processes to watch, and polling. Everything a test starts is stopped when it is dropped.
 #![allow(dead_code)]
@@ -8,10 +8,12 @@ use flamegrid_coordinator::Coordinator;
 use flamegrid_coordinator::config::CoordinatorConfig;
 use flamegrid_proto::v1;
 use flamegrid_proto::v1::registry_client::RegistryClient;
+use flamegrid_workloads::{Mix, RunningWorkload, Workload};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -348,4 +350,129 @@ pub fn assert_state_counts(what: &str, value: &Value) {
     ];
     let shape: Vec<(&str, char)> = keys.iter().map(|k| (*k, 'i')).collect();
     assert_shape(what, value, &shape);
+}
+
+// ---- flame graphs end to end: a real agent binary, a workload, a running job -----------------
+
+/// The `flamegrid-agent` binary next to this test's target directory, built if missing.
+pub fn agent_binary() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/debug/deps/<test>-xxxx → target/debug/flamegrid-agent
+        let bin = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .unwrap()
+            .join("flamegrid-agent");
+        if !bin.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "flamegrid-agent"])
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .status()
+                .unwrap();
+            assert!(status.success(), "cargo build -p flamegrid-agent failed");
+        }
+        bin
+    })
+}
+
+/// A real agent process with a chosen id, registered with `c`'s registry.
+pub async fn start_agent(c: &TestCoordinator, id: &str) -> KillOnDrop {
+    let child = Command::new(agent_binary())
+        .args([
+            "run",
+            "--coordinator",
+            &c.rpc,
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent = KillOnDrop(child);
+    poll(&format!("agent {id} to register"), || async {
+        (c.get(&format!("/taskmanagers/{id}")).await.0 == 200).then_some(())
+    })
+    .await;
+    agent
+}
+
+/// Two spinners and one sleeper of the C workload (frame pointers: the simplest unwinding).
+pub fn spinners_and_sleeper() -> RunningWorkload {
+    let mix = Mix {
+        spin: 2,
+        sleep: 1,
+        ..Mix::default()
+    };
+    flamegrid_workloads::spawn(Workload::CFramePointers, &mix).unwrap()
+}
+
+/// Registers the job and waits until every subtask is RUNNING; returns (job id, vertex ids).
+pub async fn running_job(c: &TestCoordinator, body: &Value) -> (String, Vec<String>) {
+    let jobid = c.register_job(body).await;
+    let vertices: Vec<String> = c.get_ok(&format!("/jobs/{jobid}")).await["vertices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    for vid in &vertices {
+        poll("every subtask RUNNING", || async {
+            let v = c.get_ok(&format!("/jobs/{jobid}/vertices/{vid}")).await;
+            v["subtasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["status"] == "RUNNING")
+                .then_some(())
+        })
+        .await;
+    }
+    (jobid, vertices)
+}
+
+/// Polls the JSON endpoint until a graph (not a sentinel) is there.
+pub async fn graph(c: &TestCoordinator, path: &str) -> Value {
+    poll(&format!("a flame graph at {path}"), || async {
+        let body = c.get_ok(path).await;
+        (body["endTimestamp"].as_i64().unwrap() > 0).then_some(body)
+    })
+    .await
+}
+
+/// Polls the JSON endpoint (each poll starting a run when none is in flight) until `accept`
+/// takes a graph; returns it.
+pub async fn graph_where(
+    c: &TestCoordinator,
+    path: &str,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    poll(&format!("a matching flame graph at {path}"), || async {
+        let body = c.get_ok(path).await;
+        (body["endTimestamp"].as_i64().unwrap() > 0 && accept(&body)).then_some(body)
+    })
+    .await
+}
+
+/// True when `chain` appears in the tree as consecutive nodes (parent → child), anywhere.
+pub fn has_chain(node: &Value, chain: &[&str]) -> bool {
+    fn follows(node: &Value, chain: &[&str]) -> bool {
+        match chain.split_first() {
+            None => true,
+            Some((first, rest)) => {
+                node["name"] == *first
+                    && (rest.is_empty() || children(node).iter().any(|c| follows(c, rest)))
+            }
+        }
+    }
+    follows(node, chain) || children(node).iter().any(|c| has_chain(c, chain))
+}
+
+pub fn children(node: &Value) -> &Vec<Value> {
+    node["children"].as_array().unwrap()
 }
