@@ -209,9 +209,6 @@ struct TargetRun {
     denied: Option<u32>,
     /// Some round selected at least one thread.
     selected_any: bool,
-    /// The process's mappings, read on the first round: names its frames if it exits before
-    /// symbolization.
-    maps: RunMaps,
 }
 
 impl Sampler {
@@ -272,10 +269,11 @@ impl Sampler {
                 finished: false,
                 denied: None,
                 selected_any: false,
-                maps: Arc::default(),
             })
             .collect();
         let max_depth = opts.max_depth.max(1) as usize;
+        // Per process of this run: its mappings as read on the first round.
+        let mut run_maps: HashMap<(u32, u64), RunMaps> = HashMap::new();
         let began = Instant::now();
         for round in 0..opts.num_samples.max(1) {
             if opts.cancel.load(Ordering::SeqCst) {
@@ -293,6 +291,13 @@ impl Sampler {
                 }
                 match prepare_round(run, round == 0, policy, opts.kernel_stacks) {
                     Ok((job, states)) => {
+                        if round == 0 {
+                            // Kept for naming frames should the process exit before
+                            // symbolization; read once per process, whatever the targets in it.
+                            run_maps.entry((run.pid, run.starttime)).or_insert_with(|| {
+                                Arc::new(maps::read_maps(run.pid).unwrap_or_default())
+                            });
+                        }
                         if !job.threads.is_empty() {
                             jobs.push(job);
                             meta.push((i, states));
@@ -366,12 +371,9 @@ impl Sampler {
 
         // Symbolize once per distinct address and process, after all samples were taken.
         let sym_start = Instant::now();
-        let mut per_pid: HashMap<(u32, u64), (HashSet<u64>, RunMaps)> = HashMap::new();
+        let mut per_pid: HashMap<(u32, u64), HashSet<u64>> = HashMap::new();
         for run in &runs {
-            let (addrs, run_maps) = per_pid.entry((run.pid, run.starttime)).or_default();
-            if run_maps.is_empty() {
-                *run_maps = Arc::clone(&run.maps);
-            }
+            let addrs = per_pid.entry((run.pid, run.starttime)).or_default();
             for s in &run.samples {
                 if let Some(stack) = &s.stack {
                     addrs.extend(stack.addrs.iter().copied());
@@ -380,10 +382,10 @@ impl Sampler {
         }
         let tables: HashMap<u32, HashMap<u64, Vec<Frame>>> = per_pid
             .into_iter()
-            .filter(|(_, (addrs, _))| !addrs.is_empty())
-            .map(|((pid, starttime), (addrs, run_maps))| {
-                let table =
-                    symbolize::table(&self.inner.symbolizer, pid, starttime, addrs, run_maps);
+            .filter(|(_, addrs)| !addrs.is_empty())
+            .map(|((pid, starttime), addrs)| {
+                let maps = run_maps.get(&(pid, starttime)).cloned().unwrap_or_default();
+                let table = symbolize::table(&self.inner.symbolizer, pid, starttime, addrs, maps);
                 (pid, table)
             })
             .collect();
@@ -437,8 +439,6 @@ fn prepare_round(
         run.starttime = proc::process_stat(run.pid)
             .map_err(|e| selection::gone_or_io(run.pid, e))?
             .starttime;
-        // Kept for naming frames should the process exit before symbolization.
-        run.maps = Arc::new(maps::read_maps(run.pid).unwrap_or_default());
         for (tid, name) in &resolved.threads {
             run.names.insert(*tid, name.clone());
         }

@@ -57,10 +57,7 @@ pub fn routes() -> Router<AppState> {
 /// task managers come from the job's registered spec, which names one for every subtask,
 /// including those that are no longer running.
 fn export_context(state: &AppState, r: &Resolved) -> ExportContext {
-    let (job_name, vertex_name) = match &r.vertex {
-        Some(v) => (v.job_name.clone(), v.vertex_name.clone()),
-        None => ("?".to_string(), "?".to_string()),
-    };
+    let (job_name, vertex_name) = r.names();
     let taskmanagers: BTreeMap<u32, String> = match &r.vertex {
         // Disabled: the registry is not consulted (as for every view), and there are no samples.
         None => BTreeMap::new(),

@@ -118,6 +118,15 @@ pub(super) struct Resolved {
 }
 
 impl Resolved {
+    /// The job's and vertex's names for titles and file names (`?` when flame graphs are
+    /// disabled and the registry was not asked).
+    pub(super) fn names(&self) -> (String, String) {
+        match &self.vertex {
+            Some(v) => (v.job_name.clone(), v.vertex_name.clone()),
+            None => ("?".to_string(), "?".to_string()),
+        }
+    }
+
     /// What the request asks to see: the kept run named by `at`, or else the service's answer
     /// for the latest run (which may start a refresh; `answer_now` never waits).
     fn answer_now(&self, state: &AppState) -> GraphAnswer {
@@ -275,10 +284,7 @@ pub async fn flamegraph_svg(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let (r, answer) = resolve_waiting(&state, &jobid, &vertexid, &query).await?;
-    let (job_name, vertex_name) = match &r.vertex {
-        Some(v) => (v.job_name.clone(), v.vertex_name.clone()),
-        None => ("?".to_string(), "?".to_string()),
-    };
+    let (job_name, vertex_name) = r.names();
     let (key, ty) = (r.key, r.query.ty);
     // Rendering 10 k stacks takes milliseconds of CPU: keep it off the async workers.
     let svg = tokio::task::spawn_blocking(move || {

@@ -145,10 +145,7 @@ pub async fn diff_svg(
         }
     };
     let r = resolve(&state, &jobid, &vertexid, &query)?;
-    let (job_name, vertex_name) = match &r.vertex {
-        Some(v) => (v.job_name.clone(), v.vertex_name.clone()),
-        None => ("?".to_string(), "?".to_string()),
-    };
+    let (job_name, vertex_name) = r.names();
     let runs = match &r.vertex {
         None => None,
         Some(_) => {
