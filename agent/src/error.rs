@@ -15,6 +15,12 @@ pub enum AgentError {
     #[error("no such process: {0}")]
     NoSuchProcess(String),
 
+    /// The process exists but none of its threads matches the thread selection (a `--tid`
+    /// or `--thread-name` that selects nothing). Not "no such process": the process is
+    /// there, the selection is what needs changing.
+    #[error("{0}")]
+    NoMatchingThread(String),
+
     /// The agent may not sample this process. `reason` says which of the possible causes it is:
     /// the agent's allow-list, `kernel.yama.ptrace_scope`, a missing `CAP_SYS_PTRACE` for another
     /// user's process, another tracer already attached, or a plain EPERM from the kernel.

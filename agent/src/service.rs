@@ -283,10 +283,39 @@ fn run_blocking(
             start_ms: now,
             end_ms: now,
             subtasks: Vec::new(),
+            warnings: Vec::new(),
         }
     } else {
         sampler.sample(&to_sample, policy, opts)
     };
+    for (key, warning) in &run.warnings {
+        tracing::warn!(subtask = %key, "{warning}");
+    }
+    // The kernel refused every selector that passed the allow-list (another user's process
+    // without CAP_SYS_PTRACE, another tracer, ...): as much a refusal as the allow-list's.
+    let sampled_refused = run
+        .subtasks
+        .iter()
+        .filter(|(_, r)| r.as_ref().is_err_and(is_refusal))
+        .count();
+    if !req.targets.is_empty()
+        && early_errors.iter().flatten().count() + sampled_refused == req.targets.len()
+        && early_errors.iter().flatten().all(is_refusal)
+        && sampled_refused == run.subtasks.len()
+    {
+        let mut reasons: Vec<String> = req
+            .targets
+            .iter()
+            .zip(&early_errors)
+            .filter_map(|((key, _), e)| e.as_ref().map(|e| format!("{key:?}: {e}")))
+            .collect();
+        reasons.extend(
+            run.subtasks
+                .iter()
+                .filter_map(|(key, r)| r.as_ref().err().map(|e| format!("{key:?}: {e}"))),
+        );
+        return RunOutcome::AllRefused(reasons);
+    }
 
     // Merge in request order: sampled subtasks come back in the order they were given.
     let mut sampled = run.subtasks.into_iter();

@@ -303,6 +303,8 @@ fn tid_and_thread_name_select_exactly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("matches the selection"), "{err}");
+    // The process exists: this is not "no such process".
+    assert!(!err.contains("no such process"), "{err}");
     assert_nothing_stopped(&wl);
 }
 
@@ -413,4 +415,362 @@ fn bad_input_gives_one_line_and_nonzero_exit() {
         );
     }
     assert_nothing_stopped(&wl);
+}
+
+/// Samples of the innermost frame `leaf` (user stack, no system call below it).
+fn samples_in<'a>(samples: &'a [JsonSample], leaf: &str) -> Vec<&'a JsonSample> {
+    samples
+        .iter()
+        .filter(|s| s.names().last().is_some_and(|n| n == leaf))
+        .collect()
+}
+
+/// A thread our interrupt caught in user code was running, whatever `/proc` said just before
+/// the round: the demo's duty-cycled sources alternate between compute (`hash_field`) and
+/// 2 ms timed waits, so a state letter read before the stop is often stale. Compute frames
+/// must never be counted as waiting (they would pollute OFF_CPU graphs), over many samples.
+#[test]
+fn threads_stopped_in_user_code_are_runnable() {
+    let wl = start(Workload::Demo, &Mix::default());
+    let pid = wl.pid().to_string();
+    let json = sample_ok(&[
+        "--pid",
+        &pid,
+        "--thread-name",
+        "source-.*",
+        "--samples",
+        "300",
+        "--interval-ms",
+        "1",
+        "--format",
+        "json",
+    ]);
+    let samples = parse_json(&json);
+    let computing = samples_in(&samples, "hash_field");
+    assert!(!computing.is_empty(), "no sample in hash_field");
+    let waiting: Vec<_> = computing
+        .iter()
+        .filter(|s| s.state != "RUNNABLE")
+        .map(|s| (&s.thread, &s.state))
+        .collect();
+    assert!(
+        waiting.is_empty(),
+        "{} of {} samples in hash_field are not RUNNABLE: {waiting:?}",
+        waiting.len(),
+        computing.len()
+    );
+    // The same holds for the pure spinners of every language, over many samples.
+    for w in Workload::all_native() {
+        let wl = start(w, &Mix::one_of_each());
+        let pid = wl.pid().to_string();
+        let json = sample_ok(&[
+            "--pid",
+            &pid,
+            "--thread-name",
+            "spin-0",
+            "--samples",
+            "100",
+            "--interval-ms",
+            "0",
+            "--format",
+            "json",
+        ]);
+        let samples = parse_json(&json);
+        assert_eq!(samples.len(), 100, "{w:?}");
+        assert!(
+            samples.iter().all(|s| s.state == "RUNNABLE"),
+            "{w:?}: spinner states {:?}",
+            samples.iter().map(|s| &s.state).collect::<Vec<_>>()
+        );
+        assert_nothing_stopped(&wl);
+    }
+    assert_nothing_stopped(&wl);
+}
+
+/// `flamegrid-agent sample ARGS...` run as user `nobody` (uid/gid 65534, no groups, no
+/// capabilities) through util-linux's `setpriv`.
+fn sample_as_nobody(args: &[&str]) -> std::process::Child {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            agent_bin(),
+            "sample",
+        ])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run setpriv")
+}
+
+/// Another user's process without CAP_SYS_PTRACE: the kernel refuses `/proc/PID/maps` and the
+/// attach. That is a refusal with its reason (the uid), in one line, non-zero, and at once:
+/// the run asks for 100 samples a minute apart, so a refusal found only after the rounds
+/// would keep it for hours (polled up to a generous bound, far below that).
+#[test]
+fn another_users_process_is_refused_with_the_uid_reason() {
+    if !running_as_root() || !have_program("setpriv") {
+        eprintln!("skipped: needs root and util-linux's setpriv to run the agent as nobody");
+        return;
+    }
+    let wl = start(Workload::CNoFramePointers, &Mix::one_of_each());
+    let pid = wl.pid().to_string();
+    let child = KillOnDrop(sample_as_nobody(&[
+        "--pid",
+        &pid,
+        "--samples",
+        "100",
+        "--interval-ms",
+        "60000",
+    ]));
+    let mut child = child;
+    assert!(
+        eventually(Duration::from_secs(60), || matches!(
+            child.0.try_wait(),
+            Ok(Some(_))
+        )),
+        "the refused run did not end at once"
+    );
+    let out = std::mem::replace(
+        &mut child.0,
+        std::process::Command::new("true").spawn().unwrap(),
+    )
+    .wait_with_output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.contains(&format!("may not trace pid {pid}")), "{err}");
+    assert!(
+        err.contains("belongs to uid 0") && err.contains("uid 65534 without CAP_SYS_PTRACE"),
+        "not the uid reason: {err}"
+    );
+    assert!(!err.contains("no such process"), "{err}");
+    assert!(out.stdout.is_empty());
+    assert_nothing_stopped(&wl);
+}
+
+/// A thread that another tracer holds: selected alone, the run is refused with the "another
+/// tracer" reason; in a whole-process run the other threads are sampled and one warning line
+/// names the refused thread.
+#[test]
+fn a_thread_held_by_another_tracer_is_named_and_explained() {
+    if !running_as_root() {
+        eprintln!("skipped: seizing a workload thread from the test needs root");
+        return;
+    }
+    let wl = start(Workload::CFramePointers, &Mix::one_of_each());
+    let pid = wl.pid().to_string();
+    let held = wl.tid_of("sleep-0").unwrap();
+    let hold = TracerHold::seize(held);
+
+    let out = sample(&["--pid", &pid, "--tid", &held.to_string(), "--samples", "3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.contains("another tracer is attached"), "{err}");
+    assert!(err.contains("TracerPid "), "{err}");
+
+    let out = sample(&["--pid", &pid, "--samples", "2", "--format", "json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "failed: {err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains(&held.to_string()) && warnings[0].contains("another tracer"),
+        "{err}"
+    );
+    let samples = parse_json(&String::from_utf8(out.stdout).unwrap());
+    assert!(samples.iter().all(|s| s.tid != held));
+    assert!(samples.iter().any(|s| s.thread == "spin-0"));
+    drop(hold);
+    assert_nothing_stopped(&wl);
+}
+
+/// A process in its own mount namespace whose binary exists only there (a private tmpfs), and
+/// an agent without CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE (so no `/proc/PID/map_files`):
+/// the names come from the process's own files through `/proc/PID/root`.
+#[test]
+fn symbols_of_a_binary_only_in_another_mount_namespace() {
+    if !running_as_root() || !have_program("unshare") || !have_program("setpriv") {
+        eprintln!("skipped: needs root, unshare and setpriv");
+        return;
+    }
+    let dir = TempDir::new("mntns");
+    let hidden = dir.0.join("nswl-hidden");
+    let script = format!(
+        "mount -t tmpfs none {dir} && cp {bin} {hidden} && exec {hidden} 1 1 0 0 0",
+        dir = dir.0.display(),
+        bin = Workload::CNoFramePointers.path().display(),
+        hidden = hidden.display(),
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    let Some(wl) = spawn_until_ready(cmd) else {
+        eprintln!("skipped: could not start a workload in a new mount namespace");
+        return;
+    };
+    assert!(
+        !hidden.exists(),
+        "the copy must not exist in the agent's mount namespace"
+    );
+    let pid = wl.0.id().to_string();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--inh-caps=-sys_admin,-checkpoint_restore",
+            "--bounding-set=-sys_admin,-checkpoint_restore",
+            agent_bin(),
+            "sample",
+            "--pid",
+            &pid,
+            "--samples",
+            "3",
+            "--interval-ms",
+            "1",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let folded = parse_folded(&String::from_utf8(out.stdout).unwrap());
+    let chains = Workload::CNoFramePointers.chains();
+    for chain in [chains.spin, chains.sleep] {
+        assert!(
+            folded.iter().any(|(s, _)| contains_chain(s, chain)),
+            "{chain:?} missing: {folded:?}"
+        );
+    }
+}
+
+/// Compiles a small C program into `dir` with the system C compiler; `None` if there is none.
+fn compile_c(dir: &TempDir, name: &str, source: &str) -> Option<std::path::PathBuf> {
+    let src = dir.0.join(format!("{name}.c"));
+    let bin = dir.0.join(name);
+    std::fs::write(&src, source).unwrap();
+    let status = std::process::Command::new("cc")
+        .args(["-O1", "-g", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .ok()?;
+    status.success().then_some(bin)
+}
+
+/// `main` starts a spinner and calls `pthread_exit`: the process lives on with a zombie main
+/// thread whose `/proc/PID/maps` is empty. Frames are still named (maps, files and the
+/// symbolizer are reached through a live thread).
+#[test]
+fn process_whose_main_thread_exited_is_symbolized() {
+    const SOURCE: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((noinline)) unsigned long orphan_spin_leaf(unsigned long x) {
+    for (int i = 0; i < 1000; i++) x = x * 6364136223846793005UL + 1;
+    __asm__ volatile("" ::: "memory");
+    return x;
+}
+__attribute__((noinline)) void *orphan_spinner(void *arg) {
+    volatile unsigned long x = 1;
+    for (;;) x = orphan_spin_leaf(x);
+    return arg;
+}
+static void *stdin_watch(void *arg) {
+    char buf[64];
+    while (read(0, buf, sizeof buf) > 0) {}
+    exit(0);
+    return arg;
+}
+int main(void) {
+    pthread_t a, b;
+    pthread_create(&a, NULL, orphan_spinner, NULL);
+    pthread_setname_np(a, "orphan-spin");
+    pthread_create(&b, NULL, stdin_watch, NULL);
+    printf("ready\n");
+    fflush(stdout);
+    pthread_exit(NULL);
+}
+"#;
+    let dir = TempDir::new("pthread-exit");
+    let Some(bin) = compile_c(&dir, "orphan-main", SOURCE) else {
+        eprintln!("skipped: no C compiler (cc)");
+        return;
+    };
+    let wl = spawn_until_ready(std::process::Command::new(&bin)).expect("start orphan-main");
+    let pid = wl.0.id();
+    // Wait until the main thread is gone (its maps empty), the case under test.
+    assert!(eventually(Duration::from_secs(10), || std::fs::read(
+        format!("/proc/{pid}/maps")
+    )
+    .is_ok_and(|m| m.is_empty())));
+    let folded = parse_folded(&sample_ok(&[
+        "--pid",
+        &pid.to_string(),
+        "--thread-name",
+        "orphan-spin",
+        "--samples",
+        "5",
+        "--interval-ms",
+        "1",
+    ]));
+    assert!(
+        folded
+            .iter()
+            .any(|(s, _)| contains_chain(s, &["orphan_spinner", "orphan_spin_leaf"])),
+        "{folded:?}"
+    );
+    assert!(
+        !folded
+            .iter()
+            .any(|(s, _)| s.iter().any(|f| f == "[unknown]")),
+        "{folded:?}"
+    );
+}
+
+/// A binary without a symbol table still unwinds (CFI stays in `.eh_frame`), and its own
+/// functions come out as `module+0xoffset`, never as errors or `[unknown]`.
+#[test]
+fn stripped_binary_gives_module_offset_frames() {
+    if !have_program("strip") {
+        eprintln!("skipped: binutils' strip is not installed");
+        return;
+    }
+    let dir = TempDir::new("stripped");
+    let bin = dir.0.join("stripped-wl");
+    std::fs::copy(Workload::CNoFramePointers.path(), &bin).unwrap();
+    let status = std::process::Command::new("strip")
+        .args(["--strip-all"])
+        .arg(&bin)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["1", "0", "0", "0", "0"]);
+    let wl = spawn_until_ready(cmd).expect("start the stripped workload");
+    let folded = parse_folded(&sample_ok(&[
+        "--pid",
+        &wl.0.id().to_string(),
+        "--thread-name",
+        "spin-0",
+        "--samples",
+        "5",
+        "--interval-ms",
+        "1",
+    ]));
+    let frames: Vec<&String> = folded.iter().flat_map(|(s, _)| s).collect();
+    assert!(
+        frames.iter().any(|f| f.starts_with("stripped-wl+0x")),
+        "{folded:?}"
+    );
+    assert!(
+        !frames.iter().any(|f| f.as_str() == "spin_inner"),
+        "{folded:?}"
+    );
 }

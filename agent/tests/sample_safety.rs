@@ -351,3 +351,68 @@ fn kernel_stacks_continue_off_cpu_stacks() {
         set.samples.len()
     );
 }
+
+/// The kernel's refusal (here: another tracer holds the thread) is the target's answer at once,
+/// not after the remaining rounds: 50 rounds a minute apart end as soon as the first round was
+/// refused. In a whole-process run the refused thread is named in `warnings` and the other
+/// threads are sampled.
+#[test]
+fn refused_threads_end_the_run_at_once_or_are_named_in_a_warning() {
+    if !running_as_root() {
+        eprintln!("skipped: seizing a workload thread from the test needs root");
+        return;
+    }
+    let wl = spawn(Workload::CFramePointers, &Mix::one_of_each()).unwrap();
+    let held = wl.tid_of("wait-0").unwrap();
+    let hold = TracerHold::seize(held);
+    let sampler = Sampler::new().unwrap();
+    let only_held = ThreadSelector {
+        process: ProcessRef::Pid(wl.pid()),
+        tids: vec![held],
+        thread_name: None,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = sampler.clone();
+    let runner = std::thread::spawn(move || {
+        let run = s.sample(
+            &[("held".to_string(), only_held)],
+            &AccessPolicy::unrestricted(),
+            &opts(50, 60_000),
+        );
+        let _ = tx.send(run);
+    });
+    let run = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a refused run must end at once, not after its 50 rounds");
+    runner.join().unwrap();
+    match &run.subtasks[0].1 {
+        Err(AgentError::PermissionDenied { reason, .. }) => {
+            assert!(reason.contains("another tracer"), "{reason}")
+        }
+        other => panic!("expected a refusal: {other:?}"),
+    }
+
+    let run = sampler.sample(
+        &[("all".to_string(), ThreadSelector::pid(wl.pid()))],
+        &AccessPolicy::unrestricted(),
+        &opts(2, 1),
+    );
+    let set = run.subtasks[0]
+        .1
+        .as_ref()
+        .expect("the other threads are sampled");
+    assert!(set.threads.iter().any(|t| t.name == "spin-0"));
+    assert!(set.threads.iter().all(|t| t.tid != held));
+    assert_eq!(run.warnings.len(), 1, "{:?}", run.warnings);
+    assert_eq!(run.warnings[0].0, "all");
+    assert!(
+        run.warnings[0].1.contains(&held.to_string())
+            && run.warnings[0].1.contains("another tracer"),
+        "{:?}",
+        run.warnings
+    );
+    drop(hold);
+    assert!(eventually(Duration::from_secs(2), || wl
+        .stopped_threads()
+        .is_empty()));
+}

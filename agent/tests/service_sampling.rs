@@ -368,3 +368,54 @@ async fn runs_beyond_the_limit_are_resource_exhausted() {
     );
     long.abort();
 }
+
+/// A thread the kernel will not let the agent trace (another tracer holds it): the whole
+/// request is refused with PERMISSION_DENIED and the reason, not reported as a missing process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_held_by_another_tracer_is_permission_denied() {
+    let s = setup(&[]).await;
+    let tid = s
+        .workload
+        .tid_of("spin-0")
+        .expect("the workload has spin-0");
+    // This test's own thread seizes spin-0 (the tracee keeps running) and holds it until the
+    // end of the test; exiting the holding thread detaches it.
+    let (seized_tx, seized_rx) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let target = nix::unistd::Pid::from_raw(tid as i32);
+        let seized = nix::sys::ptrace::seize(target, nix::sys::ptrace::Options::empty());
+        seized_tx.send(seized).unwrap();
+        let _ = release_rx.recv();
+    });
+    seized_rx.recv().unwrap().expect("seizing spin-0");
+
+    let mut client = sampling_client(s.addr).await;
+    let status = client
+        .sample(sample_request(
+            vec![by_pid("held", s.workload.pid(), "spin-0")],
+            3,
+            5,
+        ))
+        .await
+        .unwrap_err();
+    drop(release);
+    holder.join().unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("another tracer"),
+        "{:?}",
+        status.message()
+    );
+    assert!(
+        !status.message().contains("no such process"),
+        "{:?}",
+        status.message()
+    );
+    // The workload is whole afterwards: no thread left stopped.
+    assert!(
+        s.workload.stopped_threads().is_empty(),
+        "{:?}",
+        s.workload.stopped_threads()
+    );
+}

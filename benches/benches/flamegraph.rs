@@ -4,6 +4,11 @@
 //!   in frames per second (goal: ≥ 10 M frames/s). Two inputs: a realistic one (64 threads ×
 //!   100 samples, 40-frame stacks that share long prefixes, as real threads do) and a hostile
 //!   one (the same samples shuffled, so consecutive samples rarely share a prefix).
+//! * `coordinator_tree`: the path the coordinator really runs, in frames (of the raw samples)
+//!   per second: `from_set` folds a subtask's samples into a [`SubtaskProfile`] once when the
+//!   run lands; `tree` builds Flink's tree from that profile ([`Snapshot::tree`], what a JSON
+//!   request renders); `from_set_and_tree` is both, i.e. samples in → first tree out. Same
+//!   realistic and shuffled inputs as `tree_build`.
 //! * `tree_json`: serialising a large tree (10 k distinct stacks) to Flink's JSON.
 //! * `svg_render`: the `.svg` endpoint's rendering of 1 k and 10 k distinct stacks (goal for
 //!   10 k: ≤ 100 ms).
@@ -124,8 +129,34 @@ fn snapshot_of(set: &SampleSet) -> Snapshot {
         end_ms: 1_718_000_123_456,
         subtasks: BTreeMap::from([(0, Arc::new(SubtaskProfile::from_set(set)))]),
         missing: Vec::new(),
-        json: Default::default(),
     }
+}
+
+fn coordinator_tree(c: &mut Criterion) {
+    let realistic = realistic_set(64, 100);
+    let mut shuffled = realistic.clone();
+    let mut rng = Lcg(3);
+    for i in (1..shuffled.samples.len()).rev() {
+        shuffled.samples.swap(i, (rng.next() as usize) % (i + 1));
+    }
+    let mut g = c.benchmark_group("coordinator_tree");
+    g.throughput(Throughput::Elements(frames_in(&realistic)));
+    for (name, set) in [
+        ("realistic_64x100x40", &realistic),
+        ("shuffled_64x100x40", &shuffled),
+    ] {
+        g.bench_function(format!("from_set/{name}"), |b| {
+            b.iter(|| SubtaskProfile::from_set(black_box(set)))
+        });
+        let snapshot = snapshot_of(set);
+        g.bench_function(format!("tree/{name}"), |b| {
+            b.iter(|| black_box(&snapshot).tree(GraphType::Full))
+        });
+        g.bench_function(format!("from_set_and_tree/{name}"), |b| {
+            b.iter(|| snapshot_of(black_box(set)).tree(GraphType::Full))
+        });
+    }
+    g.finish();
 }
 
 fn tree_json(c: &mut Criterion) {
@@ -160,5 +191,5 @@ fn svg_render(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tree_build, tree_json, svg_render);
+criterion_group!(benches, tree_build, coordinator_tree, tree_json, svg_render);
 criterion_main!(benches);

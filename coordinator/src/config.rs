@@ -83,7 +83,7 @@ pub struct CoordinatorConfig {
     pub flamegraph_rpc_grace_ms: u64,
 
     /// Flame graph runs kept per vertex (and per subtask), the latest included, for
-    /// .../flamegraph/history, ?at=<endTimestamp> and diff.svg; 0 or 1 keeps only the latest,
+    /// .../flamegraph/history, `?at=<endTimestamp>` and diff.svg; 0 or 1 keeps only the latest,
     /// at most 1000. Counted in the cache's memory bound.
     #[arg(
         long,

@@ -12,6 +12,13 @@
 //!
 //! On Ctrl-C (or SIGTERM) it stops the agent, the coordinator and the workload, in that order,
 //! so no sampled thread is ever left behind.
+//!
+//! The registry is durable (`--data-dir`, `./flamegrid-data` by default), so the job a previous
+//! `--demo` registered is still there after a restart, watching a workload that is gone: it
+//! would show RUNNING until its agent is declared lost, then FAILED forever, next to the new
+//! one. So before registering its job the demo cancels the jobs earlier demos left behind
+//! ([`cancel_earlier_demo_jobs`]): same name and the same vertices and threads, i.e. jobs only
+//! the demo registers. They stay listed, CANCELED, like any job a user canceled.
 
 use crate::Coordinator;
 use flamegrid_workloads::{Mix, RunningWorkload, Workload};
@@ -69,8 +76,13 @@ pub enum DemoError {
     Job(String),
 }
 
+/// The name of the job the demo registers (and by which it recognises its earlier ones).
+pub const DEMO_JOB_NAME: &str = "flamegrid-demo pipeline";
+
 /// Starts the demo next to a running coordinator.
 pub async fn start(coordinator: &Coordinator) -> Result<DemoHandle, DemoError> {
+    // First, before the registry can declare their agent lost and fail them.
+    cancel_earlier_demo_jobs(coordinator.registry());
     let workload =
         flamegrid_workloads::spawn(Workload::Demo, &Mix::default()).map_err(|source| {
             DemoError::Workload {
@@ -126,6 +138,46 @@ pub async fn start(coordinator: &Coordinator) -> Result<DemoHandle, DemoError> {
     })
 }
 
+/// Cancels, through the registry's public API, every job not yet ended that an earlier
+/// `--demo` registered in this data directory; returns their ids. A job that already ended
+/// (FAILED because an earlier coordinator lost its demo agent) cannot be canceled any more and is
+/// left as it is.
+pub fn cancel_earlier_demo_jobs(registry: &crate::registry::Registry) -> Vec<String> {
+    let mut canceled = Vec::new();
+    for job in registry.jobs() {
+        if !is_demo_job(&job.spec) || job.runtime.status.is_terminal() {
+            continue;
+        }
+        match registry.cancel_job(&job.spec.id) {
+            Ok(()) => {
+                tracing::info!(job = %job.spec.id, "canceled the job of an earlier demo");
+                canceled.push(job.spec.id);
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.spec.id, error = %e, "cannot cancel the job of an earlier demo");
+            }
+        }
+    }
+    canceled
+}
+
+/// True for a job shaped exactly like the one [`demo_job_body`] registers: its name, and the
+/// demo's vertices with the demo's thread names. A user's job that merely shares the name is
+/// not touched.
+fn is_demo_job(spec: &crate::registry::job::JobSpec) -> bool {
+    let demo = flamegrid_workloads::demo_vertices();
+    spec.name == DEMO_JOB_NAME
+        && spec.vertices.len() == demo.len()
+        && spec.vertices.iter().zip(demo).all(|(v, d)| {
+            v.name == d.name
+                && v.subtasks.len() == d.subtask_thread_names.len()
+                && v.subtasks
+                    .iter()
+                    .zip(d.subtask_thread_names)
+                    .all(|(s, t)| s.thread_name.as_deref() == Some(*t))
+        })
+}
+
 /// True once every subtask of the job is RUNNING.
 fn all_running(registry: &crate::registry::Registry, job_id: &str) -> bool {
     registry.job(job_id).is_ok_and(|job| {
@@ -156,7 +208,7 @@ fn demo_job_body(agent_id: &str, pid: u32) -> serde_json::Value {
             })
         })
         .collect();
-    serde_json::json!({ "name": "flamegrid-demo pipeline", "vertices": vertices })
+    serde_json::json!({ "name": DEMO_JOB_NAME, "vertices": vertices })
 }
 
 #[cfg(test)]
@@ -170,5 +222,27 @@ mod tests {
         assert_eq!(vertices, Some(flamegrid_workloads::demo_vertices().len()));
         assert_eq!(body["vertices"][2]["subtasks"][1]["thread_name"], "sink-1");
         assert_eq!(body["vertices"][1]["inputs"][0], 0);
+    }
+
+    #[test]
+    fn only_jobs_shaped_like_the_demos_count_as_earlier_demo_jobs() {
+        let parse = |body: &serde_json::Value| {
+            crate::registry::validate::parse_job(body.to_string().as_bytes(), &|_| true).unwrap()
+        };
+        let demo = demo_job_body("tm", 42);
+        assert!(is_demo_job(&parse(&demo)));
+
+        let mut renamed = demo.clone();
+        renamed["name"] = "my pipeline".into();
+        assert!(!is_demo_job(&parse(&renamed)));
+
+        let mut other_threads = demo.clone();
+        other_threads["vertices"][0]["subtasks"][0]["thread_name"] = "worker-0".into();
+        assert!(!is_demo_job(&parse(&other_threads)));
+
+        let user_job = serde_json::json!({ "name": DEMO_JOB_NAME, "vertices": [
+            { "name": "map", "parallelism": 1, "subtasks": [{ "taskmanager": "tm", "pid": 42 }] }
+        ]});
+        assert!(!is_demo_job(&parse(&user_job)));
     }
 }

@@ -266,6 +266,16 @@ fn grpc_tls(
     registry::tls::acceptor(cert, key, config.tls_ca.as_deref()).map(Some)
 }
 
+/// Prints a line for the user on stdout, ignoring a closed stdout (`println!` would panic
+/// there, e.g. under `| head -1` or a supervisor that stopped reading): these lines are
+/// information, and the coordinator keeps serving without them.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Runs the coordinator until SIGINT/SIGTERM.
 pub fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
@@ -277,27 +287,41 @@ pub fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         } else {
             "http"
         };
+        // Listen for Ctrl-C and SIGTERM before anything starts: from here on, a signal means
+        // "stop cleanly", even one that arrives while the demo is still starting (a signal
+        // before the handler exists would kill the process and leave the demo's workload).
+        let mut stop_signal = StopSignal::install();
         let coordinator = start(config).await?;
-        println!("flamegrid dashboard: http://{}/", coordinator.rest_addr());
-        println!(
+        say!("flamegrid dashboard: http://{}/", coordinator.rest_addr());
+        say!(
             "flamegrid registry (gRPC): {rpc_scheme}://{}",
             coordinator.rpc_addr()
         );
         let demo = if demo {
-            println!("flamegrid demo: starting a local agent and the demo workload...");
-            let handle = demo::start(&coordinator).await?;
+            say!("flamegrid demo: starting a local agent and the demo workload...");
+            let handle = tokio::select! {
+                started = demo::start(&coordinator) => started?,
+                () = stop_signal.received() => {
+                    // Dropping the half-started demo kills its workload and stops its agent.
+                    tracing::info!("stopped while the demo was starting");
+                    coordinator.shutdown().await?;
+                    return Ok(());
+                }
+            };
             let rest = coordinator.rest_addr();
-            println!(
+            say!(
                 "flamegrid demo: agent {} samples workload pid {}; job {}",
-                handle.agent_id, handle.workload_pid, handle.job_id
+                handle.agent_id,
+                handle.workload_pid,
+                handle.job_id
             );
-            println!("flamegrid demo job: http://{rest}/#/jobs/{}", handle.job_id);
-            println!("Open the dashboard URL above in a browser; Ctrl-C stops everything.");
+            say!("flamegrid demo job: http://{rest}/#/jobs/{}", handle.job_id);
+            say!("Open the dashboard URL above in a browser; Ctrl-C stops everything.");
             Some(handle)
         } else {
             None
         };
-        wait_for_signal().await;
+        stop_signal.received().await;
         tracing::info!("shutting down");
         if let Some(handle) = demo {
             handle.stop().await;
@@ -307,27 +331,64 @@ pub fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C (SIGINT) and SIGTERM, listened for from [`StopSignal::install`] on, so a signal that
+/// arrives at any point after that is seen by [`StopSignal::received`] instead of killing the
+/// process with the default action.
+struct StopSignal {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
-                let _ = ctrl_c.await;
-                return;
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignal {
+    /// Installs the handlers now (inside a Tokio runtime).
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for {name}");
+                    None
+                }
+            };
+            StopSignal {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            StopSignal {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// Resolves once Ctrl-C or SIGTERM was received (since [`StopSignal::install`]).
+    async fn received(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            if self.interrupt.is_none() && self.terminate.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                () = next(&mut self.interrupt) => {}
+                () = next(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -7,63 +7,24 @@
 //! amount of *virtual* time (timers fast-forward, network requests are waited for), and prints
 //! the resulting DOM. To keep that deterministic the test first waits, over plain HTTP, until
 //! the coordinator has a flame graph for the vertex, so the page's first request gets data.
+//! Then it checks the "Sampling…" state of a run started with `refresh=true` (what the page's
+//! Refresh button sends), and finally clicks through like a user (`/`, the job, the vertex's
+//! box in the plan) with real mouse events over the DevTools protocol on a pipe
+//! (`--remote-debugging-pipe`, see [`Browser`]), polling the live page for the flame graph.
 //!
 //! Needs `chromium` on the PATH (Debian: `apt-get install chromium`; `.ci/run` installs it), or
 //! its path in `FLAMEGRID_CHROMIUM`. Set `FLAMEGRID_SCREENSHOT_DIR` to also keep screenshots of
 //! the pages for a human to look at.
 
+#[path = "demo_support.rs"]
+mod demo_support;
+
+use demo_support::{DemoProcess, KillOnDrop, PATIENCE, wait_for};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
-/// How long the test waits for a condition before it gives up (a bound for hangs, not a
-/// performance assertion: on a healthy machine every wait ends far sooner).
-const PATIENCE: Duration = Duration::from_secs(120);
-
-/// A child process that is killed when the test ends, however it ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // SIGTERM first so the coordinator stops its demo agent and workload itself.
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `probe` until it returns `Some`, panicking with `what` after [`PATIENCE`].
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use std::time::Duration;
 
 fn chromium() -> PathBuf {
     if let Some(path) = std::env::var_os("FLAMEGRID_CHROMIUM") {
@@ -122,6 +83,21 @@ impl Http {
         })
     }
 
+    /// GET a flame graph JSON path and return its `X-Flamegrid-Sampling` header: whether a
+    /// sampling run for that graph is in flight.
+    fn sampling(&self, path: &str) -> Option<bool> {
+        self.runtime.block_on(async {
+            let response = self
+                .client
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .ok()?;
+            let value = response.headers().get("x-flamegrid-sampling")?;
+            Some(value.as_bytes() == b"true")
+        })
+    }
+
     fn json(&self, path: &str) -> Option<serde_json::Value> {
         match self.get(path) {
             Some((200, body)) => serde_json::from_str(&body).ok(),
@@ -177,6 +153,167 @@ fn dump_dom(browser: &Path, profile: &Path, url: &str, screenshot: Option<&Path>
     dom
 }
 
+/// Headless Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`:
+/// JSON messages, each ended by a NUL byte, on file descriptors 3 (to Chromium) and 4 (from
+/// it)), so a test can click like a user without a WebDriver or a websocket dependency.
+struct Browser {
+    _process: KillOnDrop,
+    to_browser: std::fs::File,
+    from_browser: mpsc::Receiver<serde_json::Value>,
+    session: String,
+    next_id: u64,
+}
+
+impl Browser {
+    fn start(browser: &Path, profile: &Path) -> Browser {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let pipe = || {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 writes two new descriptors into the array, owned from here on.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // SAFETY: both descriptors were just created and are owned by nobody else.
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        };
+        let (command_read, command_write) = pipe();
+        let (answer_read, answer_write) = pipe();
+        let (child_in, child_out) = (command_read.as_raw_fd(), answer_write.as_raw_fd());
+        let mut command = Command::new(browser);
+        command
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--mute-audio",
+                "--window-size=1280,900",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe dup2 calls between fork and exec; dup2 clears
+        // O_CLOEXEC on the new descriptors, so exactly these two survive into Chromium.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(child_in, 3) < 0 || libc::dup2(child_out, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let process = KillOnDrop(
+            command
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", browser.display())),
+        );
+        // Our copies of Chromium's ends: closed, so a Chromium that exits ends our reads.
+        drop((command_read, answer_write));
+        let (tx, rx) = mpsc::channel();
+        let mut reader = BufReader::new(std::fs::File::from(answer_read));
+        std::thread::spawn(move || {
+            let mut message = Vec::new();
+            while matches!(reader.read_until(0, &mut message), Ok(n) if n > 0) {
+                message.pop();
+                if let Ok(value) = serde_json::from_slice(&message)
+                    && tx.send(value).is_err()
+                {
+                    break;
+                }
+                message.clear();
+            }
+        });
+        let mut browser = Browser {
+            _process: process,
+            to_browser: std::fs::File::from(command_write),
+            from_browser: rx,
+            session: String::new(),
+            next_id: 0,
+        };
+        let targets = browser.call("Target.getTargets", serde_json::json!({}));
+        let page = targets["targetInfos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .expect("Chromium has a page")["targetId"]
+            .clone();
+        let attached = browser.call(
+            "Target.attachToTarget",
+            serde_json::json!({ "targetId": page, "flatten": true }),
+        );
+        browser.session = attached["sessionId"].as_str().unwrap().to_string();
+        browser
+    }
+
+    /// Sends one command (to the page once attached) and returns its result.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use std::io::Write;
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = serde_json::json!({ "id": id, "method": method, "params": params });
+        if !self.session.is_empty() {
+            message["sessionId"] = self.session.clone().into();
+        }
+        let mut bytes = serde_json::to_vec(&message).unwrap();
+        bytes.push(0);
+        self.to_browser.write_all(&bytes).unwrap();
+        loop {
+            let answer = self
+                .from_browser
+                .recv_timeout(PATIENCE)
+                .unwrap_or_else(|_| panic!("Chromium did not answer {method}"));
+            if answer["id"] == id {
+                assert!(answer["error"].is_null(), "{method} failed: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates a JavaScript expression in the page (awaiting a promise) and returns its value.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expression, "awaitPromise": true, "returnByValue": true }),
+        );
+        assert!(
+            result["exceptionDetails"].is_null(),
+            "{expression} threw: {}",
+            result["exceptionDetails"]
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// Waits until `selector` matches a visible element, then clicks its middle with the mouse
+    /// (real input events, not a scripted click()).
+    fn click(&mut self, selector: &str) {
+        let selector_js = serde_json::to_string(selector).unwrap();
+        let rect = wait_for(&format!("{selector} on the page"), || {
+            let value = self.eval(&format!(
+                "(() => {{ const el = document.querySelector({selector_js}); if (!el) return null; \
+                 el.scrollIntoView({{block: 'center'}}); const r = el.getBoundingClientRect(); \
+                 return r.width > 0 ? [r.x + r.width / 2, r.y + r.height / 2] : null; }})()"
+            ));
+            value
+                .as_array()
+                .map(|xy| (xy[0].as_f64().unwrap(), xy[1].as_f64().unwrap()))
+        });
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                serde_json::json!({ "type": kind, "x": rect.0, "y": rect.1, "button": "left", "clickCount": 1 }),
+            );
+        }
+    }
+}
+
 /// The text of every flame graph frame element in a dumped DOM.
 fn frame_names(dom: &str) -> Vec<String> {
     let frame = regex::Regex::new(r#"<div class="frame[^"]*"[^>]*>([^<]*)</div>"#).unwrap();
@@ -205,42 +342,22 @@ fn tree_names(node: &serde_json::Value, names: &mut Vec<String>) {
 fn demo_flame_graph_renders_in_headless_chromium() {
     let browser = chromium();
     let scratch = tempfile::tempdir().unwrap();
-    let (rest, rpc) = (free_port(), free_port());
-
-    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_flamegrid-coordinator"));
-    coordinator
-        .arg("--demo")
-        .args(["--rest-addr", &format!("127.0.0.1:{rest}")])
-        .args(["--rpc-addr", &format!("127.0.0.1:{rpc}")])
-        .arg("--data-dir")
-        .arg(scratch.path().join("data"))
-        // Small, quick runs: the test is about the page, not about sampling statistics.
-        .args([
+    // Few samples, spread over seconds: the test is about the page, not about sampling
+    // statistics, and a run that lasts a while lets it see the page's "Sampling…" state.
+    let demo = DemoProcess::start(
+        &scratch.path().join("data"),
+        &[
             "--flamegraph-num-samples",
-            "30",
+            "100",
             "--flamegraph-delay-ms",
-            "10",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut coordinator = KillOnDrop(coordinator.spawn().unwrap());
-
+            "100",
+        ],
+    );
+    let rest = demo.rest;
     // The demo prints the dashboard's URL; that URL is what the user opens, so the test does too.
-    let (tx, rx) = mpsc::channel();
-    let stdout = coordinator.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     let url_pattern = regex::Regex::new(r"https?://[^\s]+").unwrap();
-    let url = wait_for("the coordinator to print the dashboard URL", || {
-        let line = rx.recv_timeout(Duration::from_millis(100)).ok()?;
-        url_pattern.find(&line).map(|m| m.as_str().to_string())
+    let url = demo.wait_line("the coordinator to print the dashboard URL", |line| {
+        url_pattern.find(line).map(|m| m.as_str().to_string())
     });
     let base = if url.ends_with('/') {
         url.clone()
@@ -324,6 +441,25 @@ fn demo_flame_graph_renders_in_headless_chromium() {
         overview.contains(r##"href="#/taskmanagers/"##),
         "the overview lists a task manager"
     );
+    // The demo's agent runs on this machine, so the overview names this machine's host (the
+    // name the agent registered with, not the address's 127.0.0.1).
+    let tms = http.json("taskmanagers").unwrap();
+    let registered = tms["taskmanagers"][0]["hostname"]
+        .as_str()
+        .map(str::to_string);
+    if let Some(registered) = registered {
+        let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(
+            registered,
+            machine.trim(),
+            "the agent registered another host name"
+        );
+        assert!(
+            overview.contains(&format!(r#"class="tm-host">{}<"#, machine.trim())),
+            "the overview does not show the host name {}:\n{overview}",
+            machine.trim()
+        );
+    }
 
     // Job page: the plan as an SVG graph whose boxes link to every vertex's page.
     let job_page = open(&format!("#/jobs/{jid}"), "job");
@@ -363,6 +499,20 @@ fn demo_flame_graph_renders_in_headless_chromium() {
     assert!(
         vertex_page.contains("measured"),
         "the page shows the graph's age"
+    );
+    // The Refresh control (it asks for refresh=true and shows "Sampling…" until the run is
+    // done) and the live status line it reports through.
+    assert!(
+        vertex_page.contains(r#"id="fg-refresh""#) && vertex_page.contains(">Refresh</button>"),
+        "no Refresh button:\n{vertex_page}"
+    );
+    assert!(
+        vertex_page.contains(r#"role="status" aria-live="polite""#),
+        "no live status line"
+    );
+    assert!(
+        vertex_page.contains("data-sampling="),
+        "the chart does not carry its sampling state"
     );
     for view in ["flamegraph.svg?", "flamegraph.folded?", "flamegraph?"] {
         assert!(
@@ -418,4 +568,53 @@ fn demo_flame_graph_renders_in_headless_chromium() {
         );
         assert!(sink_page.contains(r#"value="off_cpu" checked"#));
     }
+
+    // "Sampling…" over the old graph: ask for a new run of the source's graph (what the page's
+    // Refresh button sends), then open its page while the run (100 samples, 100 ms apart) is in
+    // flight. Only if the run is still in flight after the browser finished is the page bound
+    // to have seen it; on a machine so slow that the run ended first, this part checks nothing.
+    let refresh = format!("{graph_path}&refresh=true");
+    let started = http.sampling(&refresh).unwrap();
+    assert!(started, "refresh=true did not start a run");
+    let during = open(&format!("#/jobs/{jid}/vertices/{vid}"), "vertex-sampling");
+    if http.sampling(&graph_path) == Some(true) {
+        assert!(
+            during.contains(r#"data-sampling="true""#) && during.contains("Sampling…"),
+            "the page does not show the run in flight:\n{during}"
+        );
+        assert!(
+            !frame_names(&during).is_empty(),
+            "the old graph is not kept on screen while sampling"
+        );
+    } else {
+        eprintln!("the refresh run ended before the browser did; sampling state not checked");
+    }
+
+    // Click-through, as a user: open `/`, click the job in the overview, the source vertex's
+    // box in the plan, and find the flame graph with the demo's functions.
+    let profile = tempfile::tempdir().unwrap();
+    let mut user = Browser::start(&browser, profile.path());
+    user.call("Page.navigate", serde_json::json!({ "url": base }));
+    user.click(&format!(r##"#app a[href="#/jobs/{jid}"]"##));
+    user.click(&format!(r##".plan a[href="#/jobs/{jid}/vertices/{vid}"]"##));
+    let frames = wait_for("the flame graph after clicking through", || {
+        let frames = user.eval(
+            "[...document.querySelectorAll('#flamegraph[data-state=\"ready\"] .frame')].map((f) => f.textContent)",
+        );
+        let frames: Vec<String> = serde_json::from_value(frames).ok()?;
+        frames.iter().any(|f| f == "hash_field").then_some(frames)
+    });
+    for name in expected {
+        assert!(
+            frames.iter().any(|f| f == name),
+            "no frame {name} after clicking through; frames: {frames:?}"
+        );
+    }
+    let location = user.eval("location.hash");
+    assert!(
+        location
+            .as_str()
+            .is_some_and(|h| h.starts_with(&format!("#/jobs/{jid}/vertices/{vid}"))),
+        "the clicks did not lead to the vertex page: {location}"
+    );
 }

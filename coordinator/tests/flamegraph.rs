@@ -12,9 +12,19 @@ use flamegrid_model::folded::parse_line;
 use flamegrid_workloads::Workload;
 use serde_json::{Value, json};
 use std::process::Command;
+use std::time::{Duration, Instant};
 use support::{
-    TestCoordinator, children, graph, has_chain, running_job, spinners_and_sleeper, start_agent,
+    TestCoordinator, children, graph, has_chain, poll, running_job, spinners_and_sleeper,
+    start_agent,
 };
+
+/// Slack on top of a run's deadline (sampling window + grace) within which a partial graph must
+/// be served. Generous on purpose: these machines are shared, and the point is that a dead or
+/// frozen agent does not hold the graph until some much later timeout, not speed.
+const DEADLINE_SLACK: Duration = Duration::from_secs(5);
+
+/// The sampling window of [`FLAGS`]: 20 samples × 10 ms.
+const WINDOW: Duration = Duration::from_millis(200);
 
 /// Samples per run in these tests: enough for every thread to show, short enough to be quick.
 /// Heartbeats may lapse for long (a frozen agent must not turn its subtasks FAILED mid-test).
@@ -206,6 +216,32 @@ async fn spinning_and_sleeping_vertices_show_their_chains() {
         pos(chains.spin[0]) > pos(chains.spin[1]),
         "innermost first: {text}"
     );
+    // The dump is of whole processes, not only the threads the subtask selectors name: the
+    // workload's main thread (tid = pid, named by no selector) is in it, every thread once,
+    // at most Flink's 50 frames deep.
+    let pid = w.pid();
+    let first_lines: Vec<&str> = infos
+        .iter()
+        .map(|t| t["stringifiedThreadInfo"].as_str().unwrap())
+        .map(|t| t.lines().next().unwrap())
+        .collect();
+    assert!(
+        first_lines
+            .iter()
+            .any(|l| l.contains(&format!("\" Id={pid} "))),
+        "main thread {pid} not in the dump: {first_lines:?}"
+    );
+    let mut unique = first_lines.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), first_lines.len(), "{first_lines:?}");
+    for t in infos {
+        let text = t["stringifiedThreadInfo"].as_str().unwrap();
+        assert!(
+            text.lines().filter(|l| l.starts_with("\tat ")).count() <= 50,
+            "{text}"
+        );
+    }
 }
 
 fn assert_well_formed_xml(text: &str) {
@@ -306,10 +342,18 @@ async fn a_killed_agent_costs_only_its_subtasks() {
     let (jobid, v) = running_job(&c, &job([tm_a, tm_b], w.pid())).await;
     let chains = Workload::CFramePointers.chains();
 
-    // Agent b is killed: its RPC fails at once; subtask 1 is missing, subtask 0 is drawn.
+    // Agent b is killed: its RPC fails at once; subtask 1 is missing, subtask 0 is drawn, and
+    // within the run's deadline (grace 2 s), not at some later timeout.
     agent_b.kill();
     let path = format!("/jobs/{jobid}/vertices/{}/flamegraph?type=on_cpu", v[0]);
+    let asked = Instant::now();
     let partial = graph(&c, &path).await;
+    let took = asked.elapsed();
+    let bound = WINDOW + Duration::from_millis(2000) + DEADLINE_SLACK;
+    assert!(
+        took <= bound,
+        "partial graph after {took:?}, bound {bound:?}"
+    );
     assert_eq!(partial["missing"], json!([1]), "{partial}");
     assert!(has_chain(&partial["data"], chains.spin));
     let folded = c
@@ -321,12 +365,31 @@ async fn a_killed_agent_costs_only_its_subtasks() {
         .send()
         .await
         .unwrap();
+    // The missing subtasks travel in a header; the body is nothing but collapsed stacks, which
+    // inferno (and flamegraph.pl) read without inventing frames.
+    assert_eq!(folded.headers()["x-flamegrid-missing"], "1");
+    let text = folded.text().await.unwrap();
+    assert!(!text.contains("missing"), "{text}");
+    let mut svg = Vec::new();
+    inferno::flamegraph::from_lines(
+        &mut inferno::flamegraph::Options::default(),
+        text.lines(),
+        &mut svg,
+    )
+    .unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    let frame_titles: Vec<&str> = svg
+        .split("<title>")
+        .skip(1)
+        .filter_map(|t| t.split("</title>").next())
+        .collect();
     assert!(
-        folded
-            .text()
-            .await
-            .unwrap()
-            .starts_with("# missing subtasks: 1\n")
+        frame_titles.iter().any(|t| t.contains(chains.spin[0])),
+        "{frame_titles:?}"
+    );
+    assert!(
+        !frame_titles.iter().any(|t| t.starts_with('#')),
+        "a comment read as a frame: {frame_titles:?}"
     );
 
     // A subtask whose only agent is gone: nothing cached, -3 again, and another run later.
@@ -362,9 +425,105 @@ async fn a_frozen_agent_is_reported_missing_after_the_deadline() {
     let _ = Command::new("kill")
         .args(["-STOP", &agent_b.pid().to_string()])
         .status();
+    let asked = Instant::now();
     let partial = graph(&c, &format!("/jobs/{jobid}/vertices/{}/flamegraph", v[0])).await;
+    let took = asked.elapsed();
+    let bound = WINDOW + Duration::from_millis(500) + DEADLINE_SLACK;
+    assert!(
+        took <= bound,
+        "partial graph after {took:?}, bound {bound:?}"
+    );
     assert_eq!(partial["missing"], json!([1]), "{partial}");
     assert!(partial["data"]["value"].as_u64().unwrap() > 0);
+}
+
+/// GET → (JSON body, `X-Flamegrid-Sampling`).
+async fn graph_and_sampling(c: &TestCoordinator, path: &str) -> (Value, bool) {
+    let response = c.http.get(c.url(path)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    let sampling = match response.headers()["x-flamegrid-sampling"].to_str().unwrap() {
+        "true" => true,
+        "false" => false,
+        other => panic!("X-Flamegrid-Sampling: {other:?}"),
+    };
+    (response.json().await.unwrap(), sampling)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_true_starts_a_run_now_and_the_sampling_header_shows_it() {
+    let c = TestCoordinator::start(&flags()).await;
+    let tm = "a0000000000000000000000000000006";
+    let _agent = start_agent(&c, tm).await;
+    let w = spinners_and_sleeper();
+    let (jobid, v) = running_job(&c, &job([tm, tm], w.pid())).await;
+    let path = format!("/jobs/{jobid}/vertices/{}/flamegraph", v[0]);
+    let runs = || async {
+        c.get_ok("/jobmanager/metrics?get=flamegrid.flamegraph.runs")
+            .await[0]["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // The first request starts a run and says so; polls see `true` until it lands.
+    let (first, sampling) = graph_and_sampling(&c, &path).await;
+    assert_eq!(first["endTimestamp"], -3);
+    assert!(sampling, "the run this request started is in flight");
+    let landed = poll("the first run to land", || async {
+        let (body, sampling) = graph_and_sampling(&c, &path).await;
+        (body["endTimestamp"].as_i64().unwrap() > 0 && !sampling).then_some(body)
+    })
+    .await;
+    assert_eq!(runs().await, "1");
+
+    // Fresh (refresh interval 60 s): plain polls start nothing; `refresh=false` neither.
+    let (again, sampling) = graph_and_sampling(&c, &format!("{path}?refresh=false")).await;
+    assert_eq!(again["endTimestamp"], landed["endTimestamp"]);
+    assert!(!sampling);
+    assert_eq!(runs().await, "1");
+
+    // `refresh=true`: a second run starts now, the answer is immediate and is the cached
+    // graph; the header is true while that run is in flight, false once it has landed.
+    let (now, sampling_now) = graph_and_sampling(&c, &format!("{path}?refresh=true")).await;
+    assert_eq!(
+        now["endTimestamp"], landed["endTimestamp"],
+        "served from the cache"
+    );
+    assert_eq!(runs().await, "2");
+    let landed_at = landed["endTimestamp"].as_i64().unwrap();
+    let mut seen_sampling = sampling_now;
+    let mut newer = None;
+    // A poll with a hang guard (not a speed assertion).
+    for _ in 0..600 {
+        let (body, sampling) = graph_and_sampling(&c, &path).await;
+        seen_sampling |= sampling;
+        if !sampling && body["endTimestamp"].as_i64() != Some(landed_at) {
+            newer = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let newer = newer.expect("the refreshed run never landed");
+    assert!(
+        seen_sampling,
+        "X-Flamegrid-Sampling was never true during the refresh"
+    );
+    assert!(newer["endTimestamp"].as_i64().unwrap() > landed_at);
+    assert_eq!(runs().await, "2", "polls after the refresh start nothing");
+
+    // Bad values are Flink-style 400s and start nothing.
+    for bad in ["yes", "TRUE", "", "1"] {
+        let (status, body) = c.get(&format!("{path}?refresh={bad}")).await;
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert!(
+            body["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("Cannot resolve query parameter (refresh)"),
+            "{body}"
+        );
+    }
+    assert_eq!(runs().await, "2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

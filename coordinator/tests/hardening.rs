@@ -116,9 +116,19 @@ impl CoordinatorProcess {
 
     /// GET of a text view (`.svg`, `.folded`) → (status, body).
     async fn get_text(&self, path: &str) -> (u16, String) {
+        let (status, _, text) = self.get_text_and_missing(path).await;
+        (status, text)
+    }
+
+    /// GET → (status, the `X-Flamegrid-Missing` header, body).
+    async fn get_text_and_missing(&self, path: &str) -> (u16, Option<String>, String) {
         let response = self.http.get(self.url(path)).send().await.unwrap();
         let status = response.status().as_u16();
-        (status, response.text().await.unwrap())
+        let missing = response
+            .headers()
+            .get("x-flamegrid-missing")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, missing, response.text().await.unwrap())
     }
 
     async fn register_job(&self, body: &Value) -> String {
@@ -515,14 +525,15 @@ async fn an_agent_killed_mid_run_costs_its_subtasks_and_after_a_restart_the_grap
     let waiting = {
         let c = c.clone();
         let path = format!("{base}/flamegraph.folded");
-        tokio::spawn(async move { c.get_text(&path).await })
+        tokio::spawn(async move { c.get_text_and_missing(&path).await })
     };
     wait_for_log(&log_b1, "sampling run started", 1).await;
     agent_b.kill();
-    let (status, folded) = waiting.await.unwrap();
+    let (status, missing, folded) = waiting.await.unwrap();
     assert_eq!(status, 200, "{folded}");
-    assert!(
-        folded.starts_with("# missing subtasks: 1\n"),
+    assert_eq!(
+        missing.as_deref(),
+        Some("1"),
         "agent b's subtask is missing: {folded}"
     );
     assert!(
@@ -601,7 +612,7 @@ async fn target_exits_mid_run(tm: &str) -> (String, String) {
     let waiting = {
         let c = c.clone();
         let path = format!("{base}/flamegraph.folded?type=off_cpu");
-        tokio::spawn(async move { c.get_text(&path).await })
+        tokio::spawn(async move { c.get_text_and_missing(&path).await })
     };
     // `wait-0` sleeps on a condition variable nobody signals: its voluntary context switches
     // only grow when the sampler interrupts it. Once they grew it has been sampled; then its
@@ -614,10 +625,10 @@ async fn target_exits_mid_run(tm: &str) -> (String, String) {
     assert!(exit.success(), "{exit:?}");
 
     // The run ends with what it got: a graph, nobody missing.
-    let (status, off_cpu) = waiting.await.unwrap();
+    let (status, missing, off_cpu) = waiting.await.unwrap();
     assert_eq!(status, 200, "{off_cpu}");
-    assert!(
-        !off_cpu.contains("# missing"),
+    assert_eq!(
+        missing, None,
         "the exited target's samples were dropped: {off_cpu}"
     );
     let (status, full) = c.get_text(&format!("{base}/flamegraph.folded")).await;

@@ -93,10 +93,15 @@ async fn watch_list_and_sampling_targets_follow_subtask_states() {
     agent.heartbeat().await;
     let vertex = c.get_ok(&format!("/jobs/{jobid}/vertices/{source}")).await;
     assert_eq!(vertex["subtasks"][0]["status"], "RUNNING");
+    // A thread dump covers whole processes: the three subtasks share one, named once.
     let (address, selectors) = registry.taskmanager_dump_targets(TM).unwrap();
     assert_eq!(
         (address.as_str(), selectors.len()),
-        ("http://127.0.0.1:6122", 3)
+        ("http://127.0.0.1:6122", 1)
+    );
+    assert_eq!(
+        selectors[0].process,
+        Some(v1::thread_selector::Process::Pid(pid))
     );
     assert!(registry.taskmanager_dump_targets("nobody").is_err());
     assert!(registry.vertex_sampling(&jobid, &"0".repeat(32)).is_err());
@@ -141,6 +146,127 @@ async fn watch_list_and_sampling_targets_follow_subtask_states() {
         "{exceptions}"
     );
     assert_eq!(entry["taskManagerId"], TM);
+    drop(worker);
+}
+
+/// One subtask FAILED while the others still run: the job is FAILING (not terminal, no
+/// end-time, still counted as running, its running vertex still sampled), FAILED with an
+/// end-time only once every subtask has ended; a FAILING job can be canceled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failed_subtask_makes_the_job_failing_until_all_have_ended() {
+    let c = TestCoordinator::start(&[]).await;
+    let mut agent = TestAgent::connect(&c.rpc, TM).await;
+    agent.register().await;
+    let worker = sleeper();
+    let failing = c.register_job(&two_vertex_job(TM, worker.pid())).await;
+    let canceled = c.register_job(&two_vertex_job(TM, worker.pid())).await;
+    let registry = c.coordinator.as_ref().unwrap().registry().clone();
+    let spec = registry.job(&failing).unwrap().spec;
+    let (source, sink) = (spec.vertices[0].id.clone(), spec.vertices[1].id.clone());
+    let other_sink = registry.job(&canceled).unwrap().spec.vertices[1].id.clone();
+
+    // First heartbeat: everything INITIALIZING. Second: the sinks' threads are not there (they
+    // never ran: FAILED), the sources are alive (RUNNING).
+    agent.heartbeat().await;
+    agent.force_dead.push(subtask_key(&failing, &sink, 0));
+    agent
+        .force_dead
+        .push(subtask_key(&canceled, &other_sink, 0));
+    agent.heartbeat().await;
+
+    let job = c.get_ok(&format!("/jobs/{failing}")).await;
+    assert_eq!(job["state"], "FAILING", "{job}");
+    assert_eq!(job["end-time"], -1);
+    assert!(job["timestamps"]["FAILING"].as_i64().unwrap() > 0);
+    assert_eq!(job["timestamps"]["FAILED"], 0);
+    assert_eq!(
+        (
+            job["vertices"][0]["status"].as_str(),
+            job["vertices"][1]["status"].as_str()
+        ),
+        (Some("RUNNING"), Some("FAILED"))
+    );
+    assert_eq!(
+        c.get_ok(&format!("/jobs/{failing}/status")).await["status"],
+        "FAILING"
+    );
+    assert_eq!(
+        c.get_ok(&format!("/jobs/{failing}/execution-result")).await["status"]["id"],
+        "IN_PROGRESS"
+    );
+    let overview = c.get_ok("/jobs/overview").await;
+    let entry = overview["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["jid"] == failing.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["state"], "FAILING");
+    assert_eq!(
+        (
+            entry["tasks"]["total"].as_u64(),
+            entry["tasks"]["running"].as_u64(),
+            entry["tasks"]["failed"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1)),
+        "{entry}"
+    );
+    let cluster = c.get_ok("/overview").await;
+    assert_eq!(
+        (
+            cluster["jobs-running"].as_u64(),
+            cluster["jobs-failed"].as_u64()
+        ),
+        (Some(2), Some(0)),
+        "FAILING jobs are still running: {cluster}"
+    );
+    // The running vertex is still sampled; the failed one is not.
+    let sampling = registry.vertex_sampling(&failing, &source).unwrap();
+    assert!(sampling.subtasks.iter().all(|s| s.target.is_some()));
+    assert!(
+        registry
+            .vertex_sampling(&failing, &sink)
+            .unwrap()
+            .vertex_terminal
+    );
+    assert_eq!(
+        agent.watch.len(),
+        4,
+        "the four source subtasks stay watched"
+    );
+
+    // Cancelling a FAILING job cancels it.
+    assert_eq!(
+        c.patch(&format!("/jobs/{canceled}")).await,
+        (202, json!({}))
+    );
+    let job = c.get_ok(&format!("/jobs/{canceled}")).await;
+    assert_eq!(job["state"], "CANCELED");
+    assert!(job["end-time"].as_i64().unwrap() > 0);
+    assert!(job["timestamps"]["FAILING"].as_i64().unwrap() > 0);
+    assert_eq!(job["vertices"][0]["status"], "CANCELED");
+    assert_eq!(job["vertices"][1]["status"], "FAILED");
+
+    // The sources' threads vanish too: every subtask has ended, the job is FAILED.
+    for s in 0..2 {
+        agent.force_dead.push(subtask_key(&failing, &source, s));
+    }
+    agent.heartbeat().await;
+    let job = c.get_ok(&format!("/jobs/{failing}")).await;
+    assert_eq!(job["state"], "FAILED", "{job}");
+    let failed_at = job["timestamps"]["FAILED"].as_i64().unwrap();
+    assert!(failed_at >= job["timestamps"]["FAILING"].as_i64().unwrap());
+    assert_eq!(job["end-time"].as_i64(), Some(failed_at));
+    assert_eq!(job["vertices"][0]["status"], "FINISHED");
+    let (status, body) = c.patch(&format!("/jobs/{failing}")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["errors"][0].as_str().unwrap().contains("(FAILED)"),
+        "{body}"
+    );
+    assert_eq!(c.get_ok("/overview").await["jobs-failed"], 1);
+    assert!(agent.heartbeat().await.watch.is_empty());
     drop(worker);
 }
 

@@ -85,6 +85,30 @@ async fn a_real_agent_drives_subtask_states() {
     );
     assert!(details["hardware"]["cpuCores"].as_u64().unwrap() > 0);
     assert!(details["hardware"]["physicalMemory"].as_u64().unwrap() > 0);
+    // The host facts a real agent registers, shown under Flink's keys' side.
+    let proc_text = |path: &str| std::fs::read_to_string(path).unwrap().trim().to_string();
+    assert_eq!(
+        details["hostname"].as_str(),
+        Some(proc_text("/proc/sys/kernel/hostname").as_str()),
+        "{details}"
+    );
+    assert_eq!(
+        details["kernel"].as_str(),
+        Some(proc_text("/proc/sys/kernel/osrelease").as_str()),
+        "{details}"
+    );
+    assert_eq!(
+        details["agentVersion"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "the agent and the coordinator are built from one workspace version"
+    );
+    assert!(!details["os"].as_str().unwrap().is_empty(), "{details}");
+    let env = c.get_ok("/jobmanager/environment").await;
+    assert_eq!(
+        (env["host"]["hostname"].as_str(), env["host"]["os"].as_str()),
+        (details["hostname"].as_str(), details["os"].as_str()),
+        "the coordinator and the agent share this host"
+    );
 
     let mut finishing = sleeper();
     let lasting = sleeper();

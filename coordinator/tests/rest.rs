@@ -126,11 +126,49 @@ async fn cluster_endpoints_have_flinks_shape() {
         );
     }
     let env = c.get_ok("/jobmanager/environment").await;
-    assert_shape("environment", &env, &[("jvm", 'o'), ("classpath", 'a')]);
+    assert_shape(
+        "environment",
+        &env,
+        &[("jvm", 'o'), ("classpath", 'a'), ("host", 'o')],
+    );
     assert_shape(
         "jvm",
         &env["jvm"],
         &[("version", 's'), ("arch", 's'), ("options", 'a')],
+    );
+    // The coordinator's own host (an extra key): the values of this machine and process.
+    let host = &env["host"];
+    assert_shape(
+        "environment host",
+        host,
+        &[
+            ("hostname", 's'),
+            ("pid", 'i'),
+            ("os", 's'),
+            ("kernel", 's'),
+            ("cpuCores", 'i'),
+            ("physicalMemory", 'i'),
+            ("freeMemory", 'i'),
+        ],
+    );
+    let proc_text = |path: &str| std::fs::read_to_string(path).unwrap().trim().to_string();
+    assert_eq!(
+        host["hostname"].as_str(),
+        Some(proc_text("/proc/sys/kernel/hostname").as_str()),
+        "{host}"
+    );
+    assert_eq!(
+        host["kernel"].as_str(),
+        Some(proc_text("/proc/sys/kernel/osrelease").as_str()),
+        "{host}"
+    );
+    assert_eq!(host["pid"].as_u64(), Some(u64::from(std::process::id())));
+    assert!(!host["os"].as_str().unwrap().is_empty(), "{host}");
+    assert!(host["cpuCores"].as_u64().unwrap() > 0, "{host}");
+    let total = host["physicalMemory"].as_u64().unwrap();
+    assert!(
+        total > 0 && host["freeMemory"].as_u64().unwrap() <= total,
+        "{host}"
     );
     assert_eq!(c.get_ok("/jobmanager/logs").await, json!({"logs": []}));
     let (status, body) = c.get("/jobmanager/logs/..%2F..%2Fetc%2Fpasswd").await;
@@ -480,7 +518,51 @@ async fn vertex_endpoints_have_flinks_shape_and_values() {
         );
         assert!(s["start-time"].as_i64().unwrap() > 0);
         assert_eq!(s["end-time"], -1);
+        // Values: CREATED, SCHEDULED and DEPLOYING share the placement stamp (= start-time),
+        // so only DEPLOYING lasts (until INITIALIZING); the running subtask's durations add up
+        // to the response's own `now` minus that stamp, which is also its `duration`.
+        let durations = &s["status-duration"];
+        assert_eq!(
+            (
+                durations["CREATED"].as_i64(),
+                durations["SCHEDULED"].as_i64()
+            ),
+            (Some(0), Some(0)),
+            "{durations}"
+        );
+        let sum: i64 = [
+            "CREATED",
+            "SCHEDULED",
+            "DEPLOYING",
+            "INITIALIZING",
+            "RUNNING",
+        ]
+        .iter()
+        .map(|k| durations[*k].as_i64().unwrap())
+        .sum();
+        let since_created = vertex["now"].as_i64().unwrap() - s["start-time"].as_i64().unwrap();
+        assert_eq!(sum, since_created, "{s}");
+        assert_eq!(s["duration"].as_i64(), Some(since_created), "{s}");
     }
+    // The vertex's aggregate sums the subtasks' durations (not three times DEPLOYING's).
+    for key in [
+        "CREATED",
+        "SCHEDULED",
+        "DEPLOYING",
+        "INITIALIZING",
+        "RUNNING",
+    ] {
+        let total: i64 = subtasks
+            .iter()
+            .map(|s| s["status-duration"][key].as_i64().unwrap())
+            .sum();
+        assert_eq!(
+            vertex["aggregated"]["status-duration"][key]["sum"].as_i64(),
+            Some(total),
+            "{key}: {vertex}"
+        );
+    }
+    assert_eq!(vertex["aggregated"]["status-duration"]["CREATED"]["max"], 0);
     let stats_shape = [
         ("min", 'i'),
         ("max", 'i'),
@@ -653,8 +735,18 @@ async fn taskmanager_endpoints_have_flinks_shape_and_values() {
         ("freeResource", 'o'),
         ("hardware", 'o'),
         ("memoryConfiguration", 'o'),
+        ("hostname", 's'),
+        ("os", 's'),
+        ("kernel", 's'),
+        ("agentVersion", 's'),
     ];
     assert_shape("taskmanager", &tms[0], &info_shape);
+    // The host facts the agent registered with (extra keys, beside Flink's).
+    let registered =
+        json!({"hostname": "test-host", "os": "Linux", "kernel": "6.1", "agentVersion": "0.1.0"});
+    for (key, value) in registered.as_object().unwrap() {
+        assert_eq!(&tms[0][key], value, "{key}");
+    }
     assert_eq!(
         (tms[0]["id"].as_str(), tms[0]["dataPort"].as_i64()),
         (Some(TM), Some(6122))
@@ -681,6 +773,9 @@ async fn taskmanager_endpoints_have_flinks_shape_and_values() {
     let mut detail_shape = info_shape.clone();
     detail_shape.extend([("allocatedSlots", 'a'), ("metrics", 'o')]);
     assert_shape("taskmanager details", &details, &detail_shape);
+    for (key, value) in registered.as_object().unwrap() {
+        assert_eq!(&details[key], value, "{key}");
+    }
     assert_eq!(details["allocatedSlots"][0]["jobId"], jobid.as_str());
     assert_eq!(details["allocatedSlots"][0]["assignedTasks"], 3);
     assert_eq!(details["metrics"]["garbageCollectors"], json!([]));
@@ -749,12 +844,13 @@ async fn process_exit_finishes_and_cancel_cancels() {
     assert!(job["end-time"].as_i64().unwrap() > 0);
     assert!(job["timestamps"]["CANCELED"].as_i64().unwrap() > 0);
     assert_eq!(job["vertices"][0]["status"], "CANCELED");
+    // Cancelling it again succeeds like Flink's Dispatcher (the job is canceled) and changes
+    // nothing.
     let (status, body) = c.patch(&format!("/jobs/{other}")).await;
-    assert_eq!(status, 409, "{body}");
-    assert!(
-        body["errors"][0].as_str().unwrap().contains("(CANCELED)"),
-        "{body}"
-    );
+    assert_eq!((status, body), (202, json!({})));
+    let mut again = c.get_ok(&format!("/jobs/{other}")).await;
+    again["now"] = job["now"].clone();
+    assert_eq!(again, job, "a second cancel changes nothing");
     assert_eq!(
         c.get_ok(&format!("/jobs/{other}/execution-result")).await["job-execution-result"]["application-status"],
         "CANCELED"
@@ -787,8 +883,13 @@ async fn process_exit_finishes_and_cancel_cancels() {
         ))
         .await;
     assert!(vertex["subtasks"][0]["end-time"].as_i64().unwrap() > 0);
-    let (status, _) = c.patch(&format!("/jobs/{jobid}")).await;
-    assert_eq!(status, 409);
+    // Cancelling a job that ended in another state is a conflict, as in Flink.
+    let (status, body) = c.patch(&format!("/jobs/{jobid}")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["errors"][0].as_str().unwrap().contains("(FINISHED)"),
+        "{body}"
+    );
     let overview = c.get_ok("/overview").await;
     assert_eq!(
         (
@@ -1014,6 +1115,27 @@ async fn unsupported_flink_paths_say_so_in_json() {
             format!("/jobs/{jid}/jobmanager/log-url"),
         ),
         (reqwest::Method::GET, "/jobmanager/profiler".into()),
+        (
+            reqwest::Method::GET,
+            format!("/jobs/{jid}/checkpoints/details/7/subtasks/{jid}"),
+        ),
+        (reqwest::Method::GET, format!("/jobs/{jid}/rescales/config")),
+        (
+            reqwest::Method::GET,
+            format!("/jobs/{jid}/rescales/overview"),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v1/jobs/{jid}/rescales/history"),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/jobs/{jid}/rescales/summary"),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/jobs/{jid}/rescales/details/0b4e2d1c-8f3a-4c5e-9d6b-7a1f2e3c4d5e"),
+        ),
     ];
     for (method, path) in cases {
         let (status, body) = send(c.http.request(method.clone(), c.url(&path))).await;

@@ -98,8 +98,9 @@ pub struct SampleArgs {
     pub format: FormatArg,
 
     /// Print timings to stderr: threads, per-thread stop time (median/p99 µs), snapshot time per
-    /// round, unwind and symbolization time.
-    #[arg(long, env = "FLAMEGRID_STATS")]
+    /// round, unwind and symbolization time. Hidden: not one of DESIGN.md's flags, kept for
+    /// the benchmarks (`benches/`), which read these lines.
+    #[arg(long, env = "FLAMEGRID_STATS", hide = true)]
     pub stats: bool,
 }
 
@@ -142,6 +143,11 @@ pub fn main(args: SampleArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("the sampler returned no result");
     };
     let set = result?;
+    // Threads the kernel refused while others were sampled: the output is still useful, but
+    // say (one line) what it lacks and why.
+    for (_, warning) in &run.warnings {
+        eprintln!("warning: {warning}");
+    }
     if args.stats {
         print_stats(&stats, &set);
     }

@@ -91,6 +91,10 @@ pub struct SamplingRun {
     pub end_ms: i64,
     /// One entry per target, in request order: its samples or why it has none.
     pub subtasks: Vec<(String, Result<SampleSet, AgentError>)>,
+    /// Targets that were sampled, but some of whose threads the kernel refused to let us
+    /// trace: (target key, one line naming the threads and why). The samples of the other
+    /// threads are in `subtasks`; this says what is missing from them.
+    pub warnings: Vec<(String, String)>,
 }
 
 /// Measurements of one run, for `flamegrid-agent sample --stats` and the benchmarks.
@@ -163,11 +167,25 @@ struct PreState {
     kernel: Vec<String>,
 }
 
+/// Whether the registers at a stop tell a thread in a system call from one in user space
+/// (`stack::read_regs` decodes the restart codes on x86_64 only).
+const STOP_SHOWS_SYSCALL: bool = cfg!(target_arch = "x86_64");
+
 /// The state of a sample: the registers at the stop say best whether the thread was blocked in
 /// a system call (and with which timeout) — our own earlier stops make waiting threads briefly
-/// runnable while they re-enter their wait, which `/proc` alone would count as on-CPU. Threads
-/// we did not stop fall back to `/proc` (`stat`, and `syscall` for the timeout).
-fn sample_state(pre: &PreState, interrupted: Option<(u64, [u64; 6])>) -> ThreadState {
+/// runnable while they re-enter their wait, which `/proc` alone would count as on-CPU.
+///
+/// A thread that `stopped` outside any system call was executing user code when our interrupt
+/// reached it: it was running, so it is RUNNABLE whatever `/proc` said a moment earlier (that
+/// letter is read before the round and may be stale: a worker that slept a microsecond ago and
+/// now computes must not put its compute frames into an OFF_CPU graph). Only a job-control stop
+/// (`T`/`t`) is kept, as the thread really is not running then. Threads we did not stop fall
+/// back to `/proc` (`stat`, and `syscall` for the timeout).
+fn sample_state(
+    pre: &PreState,
+    stopped: bool,
+    interrupted: Option<(u64, [u64; 6])>,
+) -> ThreadState {
     match (interrupted, pre.letter) {
         (Some(_), 'D') => ThreadState::Blocked,
         (Some((nr, args)), _) => {
@@ -176,6 +194,9 @@ fn sample_state(pre: &PreState, interrupted: Option<(u64, [u64; 6])>) -> ThreadS
             } else {
                 ThreadState::Waiting
             }
+        }
+        (None, letter) if stopped && STOP_SHOWS_SYSCALL && !matches!(letter, 'T' | 't') => {
+            ThreadState::Runnable
         }
         (None, letter) => ThreadState::from_proc_state(letter, pre.timed),
     }
@@ -205,10 +226,70 @@ struct TargetRun {
     error: Option<AgentError>,
     /// The process went away after some samples: stop sampling it, keep what we have.
     finished: bool,
-    /// A thread the kernel refused to let us trace.
-    denied: Option<u32>,
+    /// Threads the kernel refused to let us trace.
+    denied: std::collections::BTreeSet<u32>,
+    /// Why, in one line (explained at the first refusal, while the thread still exists).
+    denied_reason: Option<String>,
     /// Some round selected at least one thread.
     selected_any: bool,
+}
+
+/// The names of one run's addresses, gathered while the run samples.
+///
+/// Each distinct address of a process goes to the symbolizer thread once, in batches: after
+/// every round but the last (so the symbolizer works while the sampler waits for the next
+/// round) and once more at the end. Collecting waits for the batches in order.
+#[derive(Default)]
+struct RunNames {
+    /// Per process instance (pid, start time): the addresses already submitted.
+    submitted: HashMap<(u32, u64), HashSet<u64>>,
+    /// Per target (index into the run's targets): how many of its samples were scanned.
+    scanned: HashMap<usize, usize>,
+    /// Batches in flight, by pid.
+    pending: Vec<(u32, symbolize::PendingNames)>,
+}
+
+impl RunNames {
+    /// Submits the addresses of samples taken since the last call that no earlier batch of
+    /// their process carried.
+    fn submit_new(
+        &mut self,
+        symbolizer: &SymbolizerThread,
+        runs: &[TargetRun],
+        run_maps: &HashMap<(u32, u64), RunMaps>,
+    ) {
+        let mut fresh: HashMap<(u32, u64), Vec<u64>> = HashMap::new();
+        for (i, run) in runs.iter().enumerate() {
+            let from = self.scanned.insert(i, run.samples.len()).unwrap_or(0);
+            let process = (run.pid, run.starttime);
+            let seen = self.submitted.entry(process).or_default();
+            for sample in run.samples.iter().skip(from) {
+                if let Some(stack) = &sample.stack {
+                    for &addr in &stack.addrs {
+                        if seen.insert(addr) {
+                            fresh.entry(process).or_default().push(addr);
+                        }
+                    }
+                }
+            }
+        }
+        for ((pid, starttime), addrs) in fresh {
+            let maps = run_maps.get(&(pid, starttime)).cloned().unwrap_or_default();
+            self.pending
+                .push((pid, symbolizer.submit(pid, starttime, addrs, maps)));
+        }
+    }
+
+    /// Waits for every batch: frames per address, per pid.
+    fn collect(self) -> HashMap<u32, HashMap<u64, Vec<Frame>>> {
+        let mut tables: HashMap<u32, HashMap<u64, Vec<Frame>>> = HashMap::new();
+        for (pid, batch) in self.pending {
+            let addrs = batch.addrs().to_vec();
+            let table = tables.entry(pid).or_default();
+            table.extend(addrs.into_iter().zip(batch.wait()));
+        }
+        tables
+    }
 }
 
 impl Sampler {
@@ -267,16 +348,23 @@ impl Sampler {
                 samples: Vec::new(),
                 error: None,
                 finished: false,
-                denied: None,
+                denied: Default::default(),
+                denied_reason: None,
                 selected_any: false,
             })
             .collect();
         let max_depth = opts.max_depth.max(1) as usize;
         // Per process of this run: its mappings as read on the first round.
         let mut run_maps: HashMap<(u32, u64), RunMaps> = HashMap::new();
+        let mut names = RunNames::default();
         let began = Instant::now();
         for round in 0..opts.num_samples.max(1) {
             if opts.cancel.load(Ordering::SeqCst) {
+                break;
+            }
+            // Nothing left to sample (every target refused, gone or failed): stop now rather
+            // than after the remaining delays.
+            if round > 0 && runs.iter().all(|r| r.error.is_some() || r.finished) {
                 break;
             }
             if round > 0 && !wait_until(began + opts.delay * round, &opts.cancel) {
@@ -291,12 +379,28 @@ impl Sampler {
                 }
                 match prepare_round(run, round == 0, policy, opts.kernel_stacks) {
                     Ok((job, states)) => {
-                        if round == 0 {
+                        if round == 0 && !run_maps.contains_key(&(run.pid, run.starttime)) {
                             // Kept for naming frames should the process exit before
                             // symbolization; read once per process, whatever the targets in it.
-                            run_maps.entry((run.pid, run.starttime)).or_insert_with(|| {
-                                Arc::new(maps::read_maps(run.pid).unwrap_or_default())
-                            });
+                            // The kernel guards `maps` with the ptrace access check, so a
+                            // refusal here is the answer for the whole process, at once.
+                            match maps::read_maps(run.pid) {
+                                Ok(entries) => {
+                                    run_maps.insert((run.pid, run.starttime), Arc::new(entries));
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                                    let tid = job.threads.first().map_or(run.pid, |t| t.tid);
+                                    run.error = Some(AgentError::PermissionDenied {
+                                        pid: run.pid,
+                                        reason: permission::explain_denied(run.pid, tid),
+                                    });
+                                    continue;
+                                }
+                                Err(e) => {
+                                    tracing::debug!(pid = run.pid, error = %e, "maps unreadable");
+                                    run_maps.insert((run.pid, run.starttime), Arc::default());
+                                }
+                            }
                         }
                         if !job.threads.is_empty() {
                             jobs.push(job);
@@ -334,6 +438,7 @@ impl Sampler {
             for ((i, states), reads) in meta.into_iter().zip(result.targets) {
                 let run = &mut runs[i];
                 for (pre, read) in states.into_iter().zip(reads) {
+                    let stopped = matches!(read.outcome, ReadOutcome::Stack(_));
                     let stack = match read.outcome {
                         ReadOutcome::Stack(raw) => {
                             stats.stop_ns.push(read.stopped_ns);
@@ -351,12 +456,16 @@ impl Sampler {
                                 .map_or(true, |st| matches!(st.state, 'Z' | 'X' | 'x'));
                             if !exiting {
                                 tracing::debug!(tid = read.tid, %errno, "ptrace refused");
-                                run.denied.get_or_insert(read.tid);
+                                if run.denied_reason.is_none() {
+                                    run.denied_reason =
+                                        Some(permission::explain_denied(run.pid, read.tid));
+                                }
+                                run.denied.insert(read.tid);
                             }
                             continue;
                         }
                     };
-                    let state = sample_state(&pre, read.interrupted_syscall);
+                    let state = sample_state(&pre, stopped, read.interrupted_syscall);
                     run.samples.push(RawSample {
                         tid: read.tid,
                         time_ms: read.time_ms,
@@ -365,39 +474,51 @@ impl Sampler {
                         kernel: pre.kernel,
                     });
                 }
-            }
-            stats.round_time.push(round_start.elapsed());
-        }
-
-        // Symbolize once per distinct address and process, after all samples were taken.
-        let sym_start = Instant::now();
-        let mut per_pid: HashMap<(u32, u64), HashSet<u64>> = HashMap::new();
-        for run in &runs {
-            let addrs = per_pid.entry((run.pid, run.starttime)).or_default();
-            for s in &run.samples {
-                if let Some(stack) = &s.stack {
-                    addrs.extend(stack.addrs.iter().copied());
+                // Every thread this target tried was refused and it has nothing yet: that is
+                // the answer, now, not after the remaining rounds.
+                if run.samples.is_empty() && !run.denied.is_empty() {
+                    run.error = Some(denied_error(run));
                 }
             }
+            stats.round_time.push(round_start.elapsed());
+            // While later rounds are still to come, hand this round's new addresses to the
+            // symbolizer thread now: it names them during the delay, so a cold parse
+            // overlaps the window rather than following it.
+            if round + 1 < opts.num_samples.max(1) {
+                names.submit_new(&self.inner.symbolizer, &runs, &run_maps);
+            }
         }
-        let tables: HashMap<u32, HashMap<u64, Vec<Frame>>> = per_pid
-            .into_iter()
-            .filter(|(_, addrs)| !addrs.is_empty())
-            .map(|((pid, starttime), addrs)| {
-                let maps = run_maps.get(&(pid, starttime)).cloned().unwrap_or_default();
-                let table = symbolize::table(&self.inner.symbolizer, pid, starttime, addrs, maps);
-                (pid, table)
-            })
-            .collect();
+
+        // Symbolize what is left (everything, for a single round), then collect the names:
+        // once per distinct address and process.
+        let sym_start = Instant::now();
+        names.submit_new(&self.inner.symbolizer, &runs, &run_maps);
+        let tables = names.collect();
         stats.symbolize = sym_start.elapsed();
 
         let mut start_ms = i64::MAX;
         let mut end_ms = i64::MIN;
         let mut threads_seen: HashSet<(u32, u32)> = HashSet::new();
         let empty = HashMap::new();
+        let mut warnings = Vec::new();
         let subtasks = runs
             .into_iter()
             .map(|run| {
+                if run.error.is_none() && !run.samples.is_empty() && !run.denied.is_empty() {
+                    let tids: Vec<String> = run.denied.iter().map(u32::to_string).collect();
+                    let reason = run
+                        .denied_reason
+                        .as_deref()
+                        .unwrap_or("refused by the kernel");
+                    warnings.push((
+                        run.key.clone(),
+                        format!(
+                            "pid {}: could not sample thread(s) {}: {reason}",
+                            run.pid,
+                            tids.join(", ")
+                        ),
+                    ));
+                }
                 for s in &run.samples {
                     start_ms = start_ms.min(s.time_ms);
                     end_ms = end_ms.max(s.time_ms);
@@ -418,6 +539,7 @@ impl Sampler {
                 start_ms,
                 end_ms,
                 subtasks,
+                warnings,
             },
             stats,
         )
@@ -520,11 +642,8 @@ fn finish_target(
         return Err(e);
     }
     if run.samples.is_empty() {
-        if let Some(tid) = run.denied {
-            return Err(AgentError::PermissionDenied {
-                pid: run.pid,
-                reason: permission::explain_denied(run.pid, tid),
-            });
+        if !run.denied.is_empty() {
+            return Err(denied_error(&run));
         }
         if cancel.load(Ordering::SeqCst) {
             return Ok(SampleSet::default());
@@ -533,11 +652,13 @@ fn finish_target(
             ProcessRef::Pid(pid) => format!("pid {pid}"),
             ProcessRef::Name(name) => format!("process named {name:?} (pid {})", run.pid),
         };
-        return Err(AgentError::NoSuchProcess(if run.selected_any {
-            format!("{what}: every selected thread exited before it could be sampled")
+        return Err(if run.selected_any {
+            AgentError::NoSuchProcess(format!(
+                "{what}: every selected thread exited before it could be sampled"
+            ))
         } else {
-            format!("{what} has no thread that matches the selection")
-        }));
+            AgentError::NoMatchingThread(format!("{what} has no thread that matches the selection"))
+        });
     }
     let mut builder = SampleSetBuilder::new();
     for s in run.samples {
@@ -575,6 +696,18 @@ fn finish_target(
         builder.push(&thread, s.time_ms, s.state, frames, truncated);
     }
     Ok(builder.finish())
+}
+
+/// The refusal of a target whose every tried thread was refused.
+fn denied_error(run: &TargetRun) -> AgentError {
+    let reason = match &run.denied_reason {
+        Some(r) => r.clone(),
+        None => permission::explain_denied(run.pid, run.denied.first().copied().unwrap_or(run.pid)),
+    };
+    AgentError::PermissionDenied {
+        pid: run.pid,
+        reason,
+    }
 }
 
 /// Sleeps until `deadline`, waking now and then to honour `cancel`. False when cancelled.

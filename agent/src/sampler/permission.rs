@@ -28,6 +28,13 @@ pub fn have_cap_sys_admin() -> bool {
     effective_caps().is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
 
+/// Whether this process holds `CAP_CHECKPOINT_RESTORE` (Linux 5.9+), which also opens
+/// `/proc/<pid>/map_files` of a process we may trace.
+pub fn have_cap_checkpoint_restore() -> bool {
+    const CAP_CHECKPOINT_RESTORE: u32 = 40;
+    effective_caps().is_some_and(|caps| caps & (1 << CAP_CHECKPOINT_RESTORE) != 0)
+}
+
 fn effective_caps() -> Option<u64> {
     let text = proc::read_small(std::path::Path::new("/proc/self/status")).ok()?;
     let line = text.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
@@ -36,11 +43,18 @@ fn effective_caps() -> Option<u64> {
 
 /// One line explaining why tracing thread `tid` of `pid` was refused.
 pub fn explain_denied(pid: u32, tid: u32) -> String {
-    let me = std::process::id();
     let status = proc::task_status(pid, tid)
         .or_else(|_| proc::process_status(pid))
         .unwrap_or_default();
-    if status.tracer_pid != 0 && status.tracer_pid != me {
+    // `TracerPid` is the tracing *thread*; our own tracer thread (which may still hold a
+    // thread it gave up waiting for) is not "another tracer".
+    let ours = proc::read_small(std::path::Path::new(&format!(
+        "/proc/self/task/{}/comm",
+        status.tracer_pid
+    )))
+    // The kernel keeps 15 bytes of a thread name: "flamegrid-tracer" reads "flamegrid-trace".
+    .is_ok_and(|comm| "flamegrid-tracer".starts_with(comm.trim_end()) && comm.len() > 8);
+    if status.tracer_pid != 0 && !ours {
         let comm = proc::process_comm(status.tracer_pid).unwrap_or_else(|_| "?".into());
         return format!(
             "another tracer is attached (TracerPid {} {comm:?}); a thread can have only one tracer, \
@@ -49,10 +63,21 @@ pub fn explain_denied(pid: u32, tid: u32) -> String {
         );
     }
     let cap_ptrace = have_cap_sys_ptrace();
-    match proc::yama_ptrace_scope() {
-        Some(3) => {
-            return "kernel.yama.ptrace_scope=3 forbids every ptrace attach, even for root, until reboot".into();
-        }
+    let yama = proc::yama_ptrace_scope();
+    if yama == Some(3) {
+        return "kernel.yama.ptrace_scope=3 forbids every ptrace attach, even for root, until reboot"
+            .into();
+    }
+    // Another user's process is refused whatever Yama says below: name the first obstacle.
+    let euid = nix::unistd::geteuid().as_raw();
+    if !cap_ptrace && status.uids[..3].iter().any(|&u| u != euid) {
+        return format!(
+            "the process belongs to uid {} and the agent runs as uid {euid} without CAP_SYS_PTRACE; \
+             run it as that user or as root",
+            status.uids[0]
+        );
+    }
+    match yama {
         Some(2) if !cap_ptrace => {
             return "kernel.yama.ptrace_scope=2 lets only CAP_SYS_PTRACE trace; run the agent as root or \
                     grant it CAP_SYS_PTRACE"
@@ -64,14 +89,6 @@ pub fn explain_denied(pid: u32, tid: u32) -> String {
                 .into();
         }
         _ => {}
-    }
-    let euid = nix::unistd::geteuid().as_raw();
-    if !cap_ptrace && status.uids[..3].iter().any(|&u| u != euid) {
-        return format!(
-            "the process belongs to uid {} and the agent runs as uid {euid} without CAP_SYS_PTRACE; \
-             run it as that user or as root",
-            status.uids[0]
-        );
     }
     let owner = std::fs::metadata(proc::process_dir(pid))
         .map(|m| m.uid())

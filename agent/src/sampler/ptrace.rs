@@ -333,11 +333,20 @@ impl TracerState {
         let load_start = Instant::now();
         let mut live_targets = Vec::with_capacity(targets.len());
         for (i, t) in targets.iter().enumerate() {
-            if self.unwind.process(t.pid, t.starttime).is_ok() {
-                live_targets.push(i);
-            } else {
-                // Gone: drop its cached unwinder now rather than when the cache is full.
-                self.unwind.forget(t.pid);
+            match self.unwind.process(t.pid, t.starttime) {
+                Ok(_) => live_targets.push(i),
+                // The kernel refuses `maps` exactly when it would refuse the attach: a
+                // refusal, not a vanished process (the caller explains it in one line).
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    for read in &mut result.targets[i] {
+                        read.outcome = ReadOutcome::Denied(Errno::EACCES);
+                        read.time_ms = now_ms();
+                    }
+                }
+                Err(_) => {
+                    // Gone: drop its cached unwinder now rather than when the cache is full.
+                    self.unwind.forget(t.pid);
+                }
             }
         }
         result.timings.module_load = load_start.elapsed();

@@ -4,8 +4,15 @@
 //! DWARF the first time), so it happens **after** all samples of a run were taken, once per
 //! distinct address, on a dedicated thread that keeps one long-lived [`blazesym`] symbolizer.
 //! blazesym caches parsed files keyed by device/inode/size/mtime (so a replaced binary is read
-//! again) and reads them through `/proc/<pid>/map_files` (or the process's root when the agent
-//! lacks `CAP_SYS_ADMIN`), which makes processes in other mount namespaces work. The symbolizer
+//! again).
+//!
+//! Files are opened so that processes in other mount namespaces (containers) work: through
+//! `/proc/<pid>/map_files` when the agent may read it (`CAP_SYS_ADMIN` or
+//! `CAP_CHECKPOINT_RESTORE`); otherwise module by module through `/proc/<pid>/root<path>`
+//! (the path as the *process* sees it, in its own mount namespace), or by the plain path when
+//! the process shares the agent's mount namespace, so a library is parsed once for all
+//! processes. A module that cannot be opened costs only its own frames (`module+0xoffset`),
+//! never the rest of the batch. The symbolizer
 //! is not `Send`, which is one more reason it lives on a thread of its own.
 //!
 //! Names are made to *aggregate*: a flame graph merges frames by name, so the same function must
@@ -86,24 +93,20 @@ impl SymbolizerThread {
         self.warm.load(Ordering::SeqCst)
     }
 
-    /// Frames for each address of `pid` (same order as `addrs`): each address becomes one or
-    /// more frames, outermost first (the function, then the functions inlined into it).
-    ///
-    /// `run_maps` are the process's mappings as read during the run: when the process has
-    /// exited by now, its frames are named from the mapped files themselves through them.
-    pub fn symbolize(
+    /// Hands a batch of `pid`'s addresses to the symbolizer thread and returns at once;
+    /// [`PendingNames::wait`] gives the frames, one or more per address, outermost first (the
+    /// function, then the functions inlined into it). `run_maps` are the process's mappings as
+    /// read during the run: when the process has exited by then, its frames are named from the
+    /// mapped files themselves through them. A run submits the addresses of its early rounds while it is still
+    /// sampling, so the cold parse of a target's debug information overlaps the sampling
+    /// window instead of following it.
+    pub fn submit(
         &self,
         pid: u32,
         starttime: u64,
         addrs: Vec<u64>,
         run_maps: Arc<Vec<maps::MapEntry>>,
-    ) -> Vec<Vec<Frame>> {
-        let fallback = |addrs: &[u64]| {
-            addrs
-                .iter()
-                .map(|_| vec![Frame::named("[unknown]")])
-                .collect()
-        };
+    ) -> PendingNames {
         let (reply, answer) = mpsc::sync_channel(1);
         let sent = {
             let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
@@ -117,9 +120,41 @@ impl SymbolizerThread {
         };
         if sent.is_err() {
             tracing::error!("the symbolizer thread is gone; frames stay unknown");
-            return fallback(&addrs);
         }
-        answer.recv().unwrap_or_else(|_| fallback(&addrs))
+        PendingNames {
+            addrs,
+            answer: sent.is_ok().then_some(answer),
+        }
+    }
+}
+
+/// A batch handed to the symbolizer thread whose frames have not been collected yet.
+#[derive(Debug)]
+pub struct PendingNames {
+    addrs: Vec<u64>,
+    /// `None` when the batch could not be sent (the thread is gone).
+    answer: Option<mpsc::Receiver<Vec<Vec<Frame>>>>,
+}
+
+impl PendingNames {
+    /// The addresses of the batch, in the order [`PendingNames::wait`] answers them.
+    pub fn addrs(&self) -> &[u64] {
+        &self.addrs
+    }
+
+    /// Blocks until the batch is named: frames per address, outermost first; `[unknown]` for
+    /// every address when the symbolizer thread is gone.
+    pub fn wait(self) -> Vec<Vec<Frame>> {
+        let fallback = |addrs: &[u64]| {
+            addrs
+                .iter()
+                .map(|_| vec![Frame::named("[unknown]")])
+                .collect()
+        };
+        match self.answer {
+            Some(answer) => answer.recv().unwrap_or_else(|_| fallback(&self.addrs)),
+            None => fallback(&self.addrs),
+        }
     }
 }
 
@@ -176,7 +211,8 @@ fn serve(rx: mpsc::Receiver<Job>, idle_release: Duration, warm: &AtomicBool) {
     // Built on the first batch that needs it, dropped after `idle_release` without a batch.
     let mut symbolizer: Option<blazesym::symbolize::Symbolizer> = None;
     let mut names = NameCache::default();
-    let use_map_files = super::permission::have_cap_sys_admin();
+    let use_map_files =
+        super::permission::have_cap_sys_admin() || super::permission::have_cap_checkpoint_restore();
     let mut pids_seen: std::collections::HashSet<u32> = Default::default();
     loop {
         let job = if symbolizer.is_some() {
@@ -224,7 +260,7 @@ fn serve(rx: mpsc::Receiver<Job>, idle_release: Duration, warm: &AtomicBool) {
                 symbolize_batch(symbolizer, job.pid, &misses, use_map_files).or_else(|| {
                     // The process is gone (it exited during or right after the run): name
                     // the addresses from the files it had mapped.
-                    symbolize_from_files(symbolizer, &job.maps, &misses)
+                    symbolize_from_files(symbolizer, &job.maps, &misses, "")
                 })
             }));
             match found {
@@ -269,7 +305,11 @@ fn new_symbolizer() -> blazesym::symbolize::Symbolizer {
         .build()
 }
 
-/// Frames for each address, or `None` when blazesym could not symbolize the process at all.
+/// Frames for each address, or `None` when the process is gone (or nothing could be named).
+///
+/// With `use_map_files`, blazesym reads the whole process through `/proc/<pid>/map_files`.
+/// Without it (or if that fails), each module is opened through the process's root
+/// ([`process_root_prefix`]), so one unreadable module never fails the batch.
 fn symbolize_batch(
     symbolizer: &blazesym::symbolize::Symbolizer,
     pid: u32,
@@ -278,24 +318,24 @@ fn symbolize_batch(
 ) -> Option<Vec<Vec<Frame>>> {
     use blazesym::symbolize::source::{Process, Source};
     use blazesym::symbolize::{Input, Symbolized};
-    let source_for = |map_files: bool| {
-        let mut p = Process::new(blazesym::Pid::from(pid));
-        p.map_files = map_files;
-        Source::Process(p)
-    };
-    let mut result = symbolizer.symbolize(&source_for(use_map_files), Input::AbsAddr(addrs));
-    if result.is_err() && use_map_files {
-        result = symbolizer.symbolize(&source_for(false), Input::AbsAddr(addrs));
+    // A process whose main thread exited is reached through one of its live threads.
+    let live = maps::live_maps_pid(pid);
+    let maps = maps::read_maps(pid).ok()?;
+    if !use_map_files {
+        let root = process_root_prefix(live)?;
+        return symbolize_from_files(symbolizer, &maps, addrs, &root);
     }
-    let maps = maps::read_maps(pid).unwrap_or_default();
-    let unknown = |addr: u64| -> Vec<Frame> { vec![unknown_frame(&maps, addr)] };
-    let symbolized = match result {
+    let mut p = Process::new(blazesym::Pid::from(live));
+    p.map_files = true;
+    let symbolized = match symbolizer.symbolize(&Source::Process(p), Input::AbsAddr(addrs)) {
         Ok(s) => s,
         Err(err) => {
-            tracing::debug!(pid, %err, "symbolization failed");
-            return None;
+            tracing::debug!(pid, %err, "symbolization through map_files failed; per module");
+            let root = process_root_prefix(live)?;
+            return symbolize_from_files(symbolizer, &maps, addrs, &root);
         }
     };
+    let unknown = |addr: u64| -> Vec<Frame> { vec![unknown_frame(&maps, addr)] };
     let frames = addrs
         .iter()
         .zip(symbolized)
@@ -333,15 +373,35 @@ fn frames_of(sym: &blazesym::symbolize::Sym<'_>, module: String) -> Vec<Frame> {
     frames
 }
 
-/// Frames for the addresses of a process that no longer exists, from the files it had mapped
-/// (`run_maps`, read during the run): each address becomes a file offset in its module, which
-/// blazesym resolves in that ELF file. The files are opened by their path in the agent's own
-/// mount namespace (the process's `/proc/<pid>/root` went with it), so a process of another
-/// container keeps only `module+0xoffset` names. `None` when nothing could be named.
+/// Where the files a process maps are found from the agent: `""` when it shares the agent's
+/// mount namespace (plain paths, so blazesym parses a shared library once for every process),
+/// else `/proc/<pid>/root` (the process's own view of the file system). `None` when the
+/// process is gone.
+fn process_root_prefix(pid: u32) -> Option<String> {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok();
+    if theirs.is_some() && theirs == ours && root.as_deref() == Some(std::path::Path::new("/")) {
+        return Some(String::new());
+    }
+    std::fs::metadata(format!("/proc/{pid}/root")).ok()?;
+    Some(format!("/proc/{pid}/root"))
+}
+
+/// Frames for addresses from the files mapped at them (`maps`): each address becomes a file
+/// offset in its module, which blazesym resolves in that ELF file, opened as `root` + its path.
+///
+/// For a live process `root` is [`process_root_prefix`], so a process in another mount
+/// namespace is named from its own files. For a process that no longer exists it is `""`: the
+/// files are opened by their path in the agent's own namespace (the process's
+/// `/proc/<pid>/root` went with it), so a process of another container keeps only
+/// `module+0xoffset` names. A module that cannot be read keeps `module+0xoffset` names; the
+/// others are still named. `None` when nothing could be named.
 fn symbolize_from_files(
     symbolizer: &blazesym::symbolize::Symbolizer,
     run_maps: &[maps::MapEntry],
     addrs: &[u64],
+    root: &str,
 ) -> Option<Vec<Vec<Frame>>> {
     use blazesym::symbolize::source::{Elf, Source};
     use blazesym::symbolize::{Input, Symbolized};
@@ -365,9 +425,13 @@ fn symbolize_from_files(
     let mut named_any = false;
     for (path, wanted) in by_file {
         let offsets: Vec<u64> = wanted.iter().map(|&(_, off)| off).collect();
-        let source = Source::Elf(Elf::new(path));
-        let Ok(symbolized) = symbolizer.symbolize(&source, Input::FileOffset(&offsets)) else {
-            continue;
+        let source = Source::Elf(Elf::new(format!("{root}{path}")));
+        let symbolized = match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::debug!(path, root, %err, "module not symbolized");
+                continue;
+            }
         };
         let module = maps::basename(path).to_string();
         for (&(i, _), sym) in wanted.iter().zip(symbolized) {
@@ -547,24 +611,6 @@ fn strip_clone_suffix(name: &str) -> &str {
         }
     }
     &name[..cut]
-}
-
-/// Symbolizes the distinct addresses of one process and returns a lookup table.
-pub fn table(
-    thread: &SymbolizerThread,
-    pid: u32,
-    starttime: u64,
-    addrs: impl IntoIterator<Item = u64>,
-    run_maps: Arc<Vec<maps::MapEntry>>,
-) -> HashMap<u64, Vec<Frame>> {
-    let mut unique: Vec<u64> = addrs.into_iter().collect();
-    unique.sort_unstable();
-    unique.dedup();
-    if unique.is_empty() {
-        return HashMap::new();
-    }
-    let frames = thread.symbolize(pid, starttime, unique.clone(), run_maps);
-    unique.into_iter().zip(frames).collect()
 }
 
 #[cfg(test)]

@@ -122,7 +122,8 @@ impl UnwindCache {
     }
 
     /// The unwinder of `pid` (started at `starttime`), loading its modules if they are not
-    /// known yet. Fails only when the maps can not be read at all (process gone).
+    /// known yet. Fails only when the maps can not be read at all: the process is gone, or
+    /// (`PermissionDenied`) the agent may not trace it.
     pub fn process(&mut self, pid: u32, starttime: u64) -> std::io::Result<&mut ProcessUnwinder> {
         self.clock += 1;
         let fresh = self
@@ -160,7 +161,7 @@ impl UnwindCache {
         if signature(&entries) == old.signature {
             return false;
         }
-        let loaded = self.load_from(pid, starttime, &entries);
+        let loaded = self.load_from(maps::live_maps_pid(pid), starttime, &entries);
         self.processes.insert(pid, loaded);
         true
     }
@@ -172,9 +173,12 @@ impl UnwindCache {
 
     fn load(&mut self, pid: u32, starttime: u64) -> std::io::Result<ProcessUnwinder> {
         let entries = maps::read_maps(pid)?;
-        Ok(self.load_from(pid, starttime, &entries))
+        // Files and the vDSO are read through a live thread when the main thread has exited.
+        Ok(self.load_from(maps::live_maps_pid(pid), starttime, &entries))
     }
 
+    /// Builds the modules of `entries`; `pid` is the id whose `/proc` files reach the address
+    /// space (the process, or a live thread of it: [`maps::live_maps_pid`]).
     fn load_from(&mut self, pid: u32, starttime: u64, entries: &[MapEntry]) -> ProcessUnwinder {
         let mut unwinder = NativeUnwinder::new();
         let mut modules = Vec::new();

@@ -124,3 +124,99 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Whether the tests run as root (the permission and namespace tests need to switch users or
+/// drop capabilities, which only root can).
+pub fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Whether `program` can be run (found on `PATH`).
+pub fn have_program(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Starts `command` with piped stdin/stdout and returns once it printed `ready` on stdout (the
+/// workload convention). Its stdin stays open in the returned value, so a program that exits
+/// on end-of-file lives as long as the test holds it. `None` (with the child killed) when it
+/// exits or prints something else first; the caller decides whether that skips or fails.
+pub fn spawn_until_ready(mut command: Command) -> Option<KillOnDrop> {
+    use std::io::BufRead as _;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .ok()?;
+    let stdout = child.stdout.take();
+    let guard = KillOnDrop(child);
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(stdout?);
+    reader.read_line(&mut line).ok()?;
+    (line.trim() == "ready").then_some(guard)
+}
+
+/// A fresh empty directory under the system temporary directory, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "flamegrid-{tag}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ rand::random::<u64>() as u128
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Holds `tid` as its tracer (PTRACE_SEIZE, which does not stop it) until dropped, from a
+/// thread of this test process: the "another tracer" of a debugger or profiler already
+/// attached. The kernel detaches the tracee when the holding thread exits.
+pub struct TracerHold {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TracerHold {
+    pub fn seize(tid: u32) -> TracerHold {
+        let (seized_tx, seized_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let target = nix::unistd::Pid::from_raw(tid as i32);
+            let r = nix::sys::ptrace::seize(target, nix::sys::ptrace::Options::empty());
+            seized_tx.send(r).unwrap();
+            let _ = release_rx.recv();
+            // Exiting this thread detaches the (running) tracee.
+        });
+        seized_rx
+            .recv()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("seize {tid}: {e}"));
+        TracerHold {
+            release: Some(release),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TracerHold {
+    fn drop(&mut self) {
+        self.release.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1785,8 +1785,8 @@ fn bounds(
              ({} bytes, the ceiling of the HTTP stack). At the flame graph's rate per core, \
              {fg_goal:.0} req/s needs {:.1} coordinator cores: more than this machine can give \
              while also running the load generator. The flame graph costs {:.1}× the CPU of \
-             `/config` per request: its JSON is rendered once per run and type (`JsonMemo` in \
-             `coordinator/src/flamegraph/profile.rs`), so what remains is resolving the job \
+             `/config` per request: its JSON is rendered once per run and type (`GraphCache::json` in \
+             `coordinator/src/flamegraph/cache.rs`), so what remains is resolving the job \
              and vertex in the registry and sending a larger body.",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             cores(fg),

@@ -15,10 +15,12 @@
 //! 2. how long each thread is stopped (median, p90, p99) from `--stats`;
 //! 3. throughput a spinning target loses while sampled at 20 Hz and 100 Hz, per wall-clock
 //!    second and per second of its own CPU time (the second is immune to the CPU share a busy
-//!    machine's scheduler happens to grant the spinner).
+//!    machine's scheduler happens to grant the spinner), with the spinner and the sampler pinned
+//!    to different CPUs where there are two, plus the direct cost: the fraction of wall time
+//!    each thread was held stopped (from the sampler's own stop times, free of rate noise).
 
 use anyhow::{Context as _, bail};
-use flamegrid_agent::sampler::{Sampler, SamplerOptions};
+use flamegrid_agent::sampler::{RunStats, Sampler, SamplerOptions};
 use flamegrid_agent::selection::AccessPolicy;
 use flamegrid_benches::{
     SNAPSHOT_SIZES, median, quantile, snapshot_mix, throughput_mix, whole_process,
@@ -47,6 +49,9 @@ struct Settings {
     window_secs: usize,
     /// Sections to run (`snapshot`, `stop`, `throughput`).
     sections: Vec<String>,
+    /// Pin the throughput spinner to the last CPU and this process (the sampler) to CPU 0, so
+    /// the two do not compete for one CPU and the measured loss is the sampling's own.
+    pin: bool,
 }
 
 fn parse_args() -> anyhow::Result<Settings> {
@@ -56,6 +61,7 @@ fn parse_args() -> anyhow::Result<Settings> {
         throughput_rounds: 10,
         window_secs: 2,
         sections: vec!["snapshot".into(), "stop".into(), "throughput".into()],
+        pin: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -81,6 +87,7 @@ fn parse_args() -> anyhow::Result<Settings> {
                     bail!("unknown section {bad:?} (snapshot, stop, throughput)");
                 }
             }
+            "--no-pin" => settings.pin = false,
             "--quick" => {
                 settings.rounds = 3;
                 settings.throughput_rounds = 3;
@@ -89,7 +96,7 @@ fn parse_args() -> anyhow::Result<Settings> {
             "-h" | "--help" => {
                 println!(
                     "usage: flamegrid-compare [--agent PATH] [--rounds N] [--throughput-rounds N] \
-                     [--window-secs S] [--sections snapshot,stop,throughput] [--quick]"
+                     [--window-secs S] [--sections snapshot,stop,throughput] [--no-pin] [--quick]"
                 );
                 std::process::exit(0);
             }
@@ -617,7 +624,7 @@ fn while_sampling<T>(
     pid: u32,
     hz: u32,
     during: impl FnOnce() -> anyhow::Result<T>,
-) -> anyhow::Result<(T, u32)> {
+) -> anyhow::Result<(T, RunStats)> {
     let cancel = Arc::new(AtomicBool::new(false));
     let opts = SamplerOptions {
         num_samples: 100_000,
@@ -641,7 +648,25 @@ fn while_sampling<T>(
     if let Some((_, Err(e))) = run.subtasks.first() {
         bail!("sampling at {hz} Hz failed: {e}");
     }
-    Ok((result?, stats.rounds))
+    Ok((result?, stats))
+}
+
+/// Pins `tid` (a thread of any process) to `cpus` (a `taskset` CPU list), with `all` pinning
+/// every thread of the process `tid` leads (threads created later inherit it).
+fn pin(tid: u32, cpus: &str, all: bool) -> anyhow::Result<()> {
+    let mut cmd = Command::new("taskset");
+    if all {
+        cmd.arg("-a");
+    }
+    let status = cmd
+        .args(["-p", "-c", cpus, &tid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (util-linux) to pin the throughput target")?;
+    if !status.success() {
+        bail!("taskset -p -c {cpus} {tid} failed ({status})");
+    }
+    Ok(())
 }
 
 fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
@@ -651,10 +676,17 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
     )?;
     let mut target = spawn(TARGET, &throughput_mix())?;
     let pid = target.pid();
-    let sampler = Sampler::new()?;
     let spinner = target
         .tid_of("spin-0")
         .context("the throughput target has no spin-0 thread")?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = settings.pin && cpus >= 2;
+    if pinned {
+        // Before the sampler exists, so its tracer thread inherits CPU 0.
+        pin(std::process::id(), "0", true)?;
+        pin(spinner, &(cpus - 1).to_string(), false)?;
+    }
+    let sampler = Sampler::new()?;
     // Conditions: 0 = unsampled, else the sampling rate in Hz.
     let conditions = [0u32, 20, 100];
     let mut rates: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
@@ -665,6 +697,9 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
     let mut paired_wall: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
     let mut paired_cpu: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
     let mut rounds_taken: BTreeMap<u32, u32> = BTreeMap::new();
+    // Per sampled window: the mean fraction of wall time a sampled thread was held stopped
+    // (sum of every stop ÷ threads ÷ window), the part of the loss that is certain.
+    let mut held: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
     for round in 0..settings.throughput_rounds {
         let mut windows: BTreeMap<u32, Window> = BTreeMap::new();
         for k in 0..conditions.len() {
@@ -672,10 +707,16 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
             let window = if hz == 0 {
                 read_window(&mut target, spinner, settings.window_secs)?
             } else {
-                let (w, n) = while_sampling(&sampler, pid, hz, || {
+                let started = Instant::now();
+                let (w, stats) = while_sampling(&sampler, pid, hz, || {
                     read_window(&mut target, spinner, settings.window_secs)
                 })?;
-                *rounds_taken.entry(hz).or_default() += n;
+                let wall_ns = started.elapsed().as_nanos() as f64;
+                *rounds_taken.entry(hz).or_default() += stats.rounds;
+                let stopped_ns: u64 = stats.stop_ns.iter().sum();
+                held.entry(hz)
+                    .or_default()
+                    .push(stopped_ns as f64 / stats.threads.max(1) as f64 / wall_ns * 100.0);
                 w
             };
             rates.entry(hz).or_default().extend(&window.rates);
@@ -704,22 +745,32 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
          readings. Changes are medians over rounds of (condition ÷ the same round's unsampled \
          figure − 1), per wall-clock second (what the goal is about) and per second of the \
          spinner's own CPU time (what the sampling costs the code it interrupts, independent of \
-         the CPU share the scheduler gives the spinner).\n",
+         the CPU share the scheduler gives the spinner). {} The last column is the direct \
+         cost: every stop's duration (interrupt to detach, an upper bound) summed, divided by \
+         the threads and the window: the share of wall time a sampled thread could not run.\n",
         throughput_mix().steady_threads(),
         settings.throughput_rounds,
-        settings.window_secs
+        settings.window_secs,
+        if pinned {
+            format!(
+                "The spinner was pinned to CPU {} and the sampler to CPU 0.",
+                cpus - 1
+            )
+        } else {
+            "Nothing was pinned.".to_owned()
+        }
     )?;
     writeln!(
         report,
         "| condition | iterations / wall s | change / wall s (p25 … p75) | \
-         change / CPU s (p25 … p75) | spinner CPU share | goal |"
+         change / CPU s (p25 … p75) | spinner CPU share | goal | held stopped (median, max) |"
     )?;
-    writeln!(report, "|---|---|---|---|---|---|")?;
+    writeln!(report, "|---|---|---|---|---|---|---|")?;
     for hz in conditions {
         let m = median(&rates[&hz]);
         let share = median(&shares[&hz]) * 100.0;
         if hz == 0 {
-            writeln!(report, "| unsampled | {m:.0} | – | – | {share:.0} % | |")?;
+            writeln!(report, "| unsampled | {m:.0} | – | – | {share:.0} % | | |")?;
             continue;
         }
         let (wall, cpu) = (&paired_wall[&hz], &paired_cpu[&hz]);
@@ -727,13 +778,15 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
         writeln!(
             report,
             "| sampled at {hz} Hz | {m:.0} | {:+.2} % ({:+.1} … {:+.1}) | {:+.2} % ({:+.1} … {:+.1}) \
-             | {share:.0} % | {goal} |",
+             | {share:.0} % | {goal} | {:.3} % ({:.3} %) |",
             median(wall),
             quantile(wall, 0.25),
             quantile(wall, 0.75),
             median(cpu),
             quantile(cpu, 0.25),
             quantile(cpu, 0.75),
+            median(&held[&hz]),
+            quantile(&held[&hz], 1.0),
         )?;
     }
     let unsampled = &rates[&0];

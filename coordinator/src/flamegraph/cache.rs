@@ -18,7 +18,9 @@
 //! * Whoever wants to wait for the run in flight (the SVG and folded views do, briefly) gets a
 //!   [`tokio::sync::watch::Receiver`] from [`GraphCache::pending_run`]; the run's sender is dropped
 //!   when the run ends, which wakes every receiver.
-//! * Entries not read for the cleanup interval are dropped (swept lazily on access).
+//! * Entries not read for the cleanup interval are dropped: swept on access (at most every
+//!   tenth of the interval) and by a periodic task ([`GraphCache::spawn_sweeper`], every tenth of
+//!   the interval, at least every second), so an idle coordinator frees them too.
 //!
 //! **History.** An entry is not one snapshot but the last [`CacheLimits::history`] runs for its
 //! key, newest first (ordered by run id, so a late vertex run never hides a newer subtask run).
@@ -29,23 +31,40 @@
 //! oldest run beyond the limit is dropped; when an entry is evicted or swept, its whole history
 //! goes with it.
 //!
+//! **JSON memo.** Flink's dashboard polls the JSON endpoint every few seconds per open tab,
+//! and a kept run never changes: the cache keeps the rendered JSON text per run and graph type
+//! ([`GraphCache::json`]), rendered on the first request, so a poll is a copy of a pointer. A
+//! text is about 40 bytes per tree node, far more than the folded profile it is drawn from
+//! (about 16 times for 10 k distinct stacks), so memos are counted like everything else, and
+//! they are the first thing to go: they can always be rendered again.
+//!
 //! **Memory bound.** The cache counts what it really holds. A vertex run's subtask entries hold
 //! the very profiles of the vertex snapshot (`Arc`s, see [`Snapshot::subtask_part`]), and a
 //! profile kept by several entries or runs is counted once: the cache keeps a reference count
 //! per distinct profile (by address) and adds its [`SubtaskProfile::approx_bytes`] when the first
 //! holder arrives and subtracts it when the last one goes. Each kept run adds its own small
-//! wrapper, and each entry its bookkeeping. When the total exceeds [`CacheLimits::max_bytes`] or
-//! the number of kept runs (over all keys and their history) exceeds
-//! [`CacheLimits::max_entries`], the least recently read entries are evicted, history and all,
-//! until both hold; if the entry just written is the only one left and still too big, its
-//! oldest runs go first. A single snapshot larger than the whole budget is not cached at all (and
-//! leaves the entry as it was). So the memory the cache holds is at most `max_bytes` (default
-//! 256 MiB) plus the bookkeeping of `max_entries` (default 4096) runs. Folding by distinct stack
-//! (see [`super::profile`]) keeps real entries small: tens of kilobytes for a typical vertex.
+//! wrapper, each entry its bookkeeping, and each memoised JSON text its length (capacity) plus a
+//! little. The bound, [`CacheLimits::max_bytes`] (default 256 MiB), holds after every operation:
+//!
+//! * a memo is stored only if it fits, after dropping other memos (least recently read first);
+//!   otherwise the text is served without being kept (runs are never evicted for a memo);
+//! * when a run lands and the total (memos included) exceeds `max_bytes`, or the number of kept
+//!   runs (over all keys and their history) exceeds [`CacheLimits::max_entries`] (default 4096),
+//!   memos go first, then the least recently read entries, history and all, then the oldest
+//!   runs of the keys just written (never their latest).
+//!
+//! One exception: a single run that is by itself larger than `max_bytes` (a vertex run with the
+//! subtask entries it fills) is still cached, alone, after everything else is evicted, with a
+//! warning in the log. Refusing it would leave its key at `-3` and start another full sampling
+//! run on every poll. Its JSON is then not memoised. So the cache holds at most
+//! `max(max_bytes, the largest single run)`, memos included. Folding by distinct stack (see
+//! [`super::profile`]) keeps real entries small: tens of kilobytes for a typical vertex.
 
 use super::profile::{Snapshot, SubtaskProfile};
+use axum::body::Bytes;
+use flamegrid_model::GraphType;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -91,7 +110,8 @@ pub struct CacheLimits {
     pub refresh: Duration,
     /// An entry not read for this long is dropped.
     pub cleanup: Duration,
-    /// Upper bound of the estimated bytes held by all entries, history included.
+    /// Upper bound of the estimated bytes held by all entries, history and JSON memos included
+    /// (see the module docs for the one exception: a single run larger than this).
     pub max_bytes: usize,
     /// Upper bound of the number of runs kept, over all entries and their history.
     pub max_entries: usize,
@@ -116,6 +136,12 @@ impl CacheLimits {
     /// Runs kept per key: at least the latest, at most [`MAX_HISTORY`].
     pub fn runs_per_key(&self) -> usize {
         self.history.clamp(1, MAX_HISTORY)
+    }
+
+    /// How often the periodic sweeper runs: a tenth of the cleanup interval, at least a second
+    /// (so an entry outlives its cleanup interval by at most a tenth of it, or a second).
+    pub fn sweep_period(&self) -> Duration {
+        (self.cleanup / 10).max(Duration::from_secs(1))
     }
 }
 
@@ -147,22 +173,58 @@ impl Entry {
     }
 }
 
+/// Bookkeeping bytes counted per memoised JSON text, on top of its capacity.
+const MEMO_OVERHEAD: usize = 64;
+
+/// A kept run (an `Arc<Snapshot>`), as the cache tracks it: how many entries hold it, and its
+/// memoised JSON texts per graph type.
+#[derive(Debug)]
+struct HeldRun {
+    holders: usize,
+    memo: [Option<Bytes>; 3],
+    /// Counted bytes of `memo`.
+    memo_bytes: usize,
+    /// When a memo of this run was last served: the least recently read memo goes first.
+    memo_read: Instant,
+}
+
+fn type_slot(ty: GraphType) -> usize {
+    match ty {
+        GraphType::Full => 0,
+        GraphType::OnCpu => 1,
+        GraphType::OffCpu => 2,
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     entries: HashMap<GraphKey, Entry>,
     pending: HashMap<GraphKey, watch::Sender<()>>,
-    /// Estimated bytes held, see the module docs.
+    /// Estimated bytes held, memos included; see the module docs.
     bytes: usize,
     /// Runs kept over all entries.
     runs: usize,
     /// Distinct profiles held, by address: (holders, bytes).
     profiles: HashMap<usize, (usize, usize)>,
+    /// Kept runs, by the address of their snapshot (stable while the cache holds an `Arc` to it).
+    held: HashMap<usize, HeldRun>,
+    /// The part of `bytes` that is JSON memos.
+    memo_bytes: usize,
     last_sweep: Instant,
 }
 
 impl Inner {
     /// Counts one more holder of `snapshot` (a kept run of some entry).
-    fn hold(&mut self, snapshot: &Snapshot) {
+    fn hold(&mut self, snapshot: &Arc<Snapshot>) {
+        self.held
+            .entry(snapshot_address(snapshot))
+            .or_insert_with(|| HeldRun {
+                holders: 0,
+                memo: Default::default(),
+                memo_bytes: 0,
+                memo_read: Instant::now(),
+            })
+            .holders += 1;
         self.bytes += run_overhead(snapshot);
         self.runs += 1;
         for profile in snapshot.subtasks.values() {
@@ -178,8 +240,16 @@ impl Inner {
         }
     }
 
-    /// Counts one holder of `snapshot` less.
-    fn release(&mut self, snapshot: &Snapshot) {
+    /// Counts one holder of `snapshot` less; the last one takes its memos along.
+    fn release(&mut self, snapshot: &Arc<Snapshot>) {
+        let address = snapshot_address(snapshot);
+        if let Some(run) = self.held.get_mut(&address) {
+            run.holders -= 1;
+            if run.holders == 0 {
+                self.forget_memos(address);
+                self.held.remove(&address);
+            }
+        }
         self.bytes = self.bytes.saturating_sub(run_overhead(snapshot));
         self.runs = self.runs.saturating_sub(1);
         for profile in snapshot.subtasks.values() {
@@ -191,6 +261,34 @@ impl Inner {
                     self.profiles.remove(&address);
                 }
             }
+        }
+    }
+
+    /// Drops the memos of the run at `address` (it stays kept).
+    fn forget_memos(&mut self, address: usize) {
+        if let Some(run) = self.held.get_mut(&address) {
+            run.memo = Default::default();
+            self.bytes = self.bytes.saturating_sub(run.memo_bytes);
+            self.memo_bytes = self.memo_bytes.saturating_sub(run.memo_bytes);
+            run.memo_bytes = 0;
+        }
+    }
+
+    /// Drops the memos of the run whose memos were read least recently, other than `except`'s;
+    /// false when there is none.
+    fn forget_lru_memos(&mut self, except: Option<usize>) -> bool {
+        let victim = self
+            .held
+            .iter()
+            .filter(|(a, r)| r.memo_bytes > 0 && Some(**a) != except)
+            .min_by_key(|(_, r)| r.memo_read)
+            .map(|(a, _)| *a);
+        match victim {
+            Some(address) => {
+                self.forget_memos(address);
+                true
+            }
+            None => false,
         }
     }
 
@@ -209,6 +307,11 @@ impl Inner {
 /// alive, and the cache holds one for as long as it counts it).
 fn profile_address(profile: &Arc<SubtaskProfile>) -> usize {
     Arc::as_ptr(profile) as usize
+}
+
+/// A kept run's identity while the cache holds it, like [`profile_address`].
+fn snapshot_address(snapshot: &Arc<Snapshot>) -> usize {
+    Arc::as_ptr(snapshot) as usize
 }
 
 /// Bytes of a kept run apart from its profiles: the snapshot itself, its missing list, and the
@@ -235,6 +338,8 @@ impl GraphCache {
                 bytes: 0,
                 runs: 0,
                 profiles: HashMap::new(),
+                held: HashMap::new(),
+                memo_bytes: 0,
                 last_sweep: Instant::now(),
             }),
         })
@@ -254,6 +359,13 @@ impl GraphCache {
     /// The cached snapshot for `key` (even stale), and a ticket to start a run when it is
     /// missing or stale and no run that would fill it is in flight. Never waits.
     pub fn lookup(self: &Arc<Self>, key: &GraphKey) -> Lookup {
+        self.lookup_with(key, false)
+    }
+
+    /// Like [`GraphCache::lookup`], but with `refresh` a ticket is handed out even when the
+    /// cached snapshot is fresh (`?refresh=true`): the refresh interval is ignored, the
+    /// one-run-in-flight rule is not. Never waits.
+    pub fn lookup_with(self: &Arc<Self>, key: &GraphKey, refresh: bool) -> Lookup {
         let now = Instant::now();
         let mut inner = self.lock();
         self.sweep(&mut inner, now);
@@ -269,7 +381,7 @@ impl GraphCache {
         };
         let covered = inner.pending.contains_key(key)
             || (key.subtask.is_some() && inner.pending.contains_key(&key.vertex()));
-        let ticket = if fresh || covered {
+        let ticket = if (fresh && !refresh) || covered {
             None
         } else {
             let (tx, _) = watch::channel(());
@@ -292,6 +404,14 @@ impl GraphCache {
             .get(key)
             .or_else(|| key.subtask.and_then(|_| inner.pending.get(&key.vertex())))
             .map(watch::Sender::subscribe)
+    }
+
+    /// Whether a run that will fill `key` is in flight: one for `key` itself or, for a subtask,
+    /// one for its whole vertex. What the `X-Flamegrid-Sampling` header reports.
+    pub fn sampling(&self, key: &GraphKey) -> bool {
+        let inner = self.lock();
+        inner.pending.contains_key(key)
+            || (key.subtask.is_some() && inner.pending.contains_key(&key.vertex()))
     }
 
     /// The cached snapshot for `key` without touching freshness or starting anything.
@@ -326,7 +446,67 @@ impl GraphCache {
         Some(found)
     }
 
-    /// Number of entries (keys), and their estimated bytes, history included.
+    /// The JSON text of `snapshot` for `ty`: the memoised one when there is one, else
+    /// `render()`'s, memoised when `snapshot` is a run the cache keeps and the text fits the
+    /// budget (see the module docs). Rendering happens outside the lock.
+    pub fn json(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        ty: GraphType,
+        render: impl FnOnce() -> String,
+    ) -> Bytes {
+        let address = snapshot_address(snapshot);
+        let slot = type_slot(ty);
+        {
+            let mut inner = self.lock();
+            if let Some(run) = inner.held.get_mut(&address)
+                && let Some(text) = &run.memo[slot]
+            {
+                run.memo_read = Instant::now();
+                return text.clone();
+            }
+        }
+        let text = render();
+        let cost = text.capacity() + MEMO_OVERHEAD;
+        let text = Bytes::from(text);
+        let mut inner = self.lock();
+        // Not (or no longer) kept: nothing to attach the memo to. (While the caller holds
+        // `snapshot`, no other run can have its address.)
+        match inner.held.get(&address) {
+            None => return text,
+            Some(run) => {
+                if let Some(rendered) = &run.memo[slot] {
+                    return rendered.clone(); // another request rendered it meanwhile
+                }
+            }
+        }
+        while inner.bytes + cost > self.limits.max_bytes && inner.forget_lru_memos(Some(address)) {}
+        if inner.bytes + cost > self.limits.max_bytes {
+            tracing::debug!(
+                bytes = cost,
+                held = inner.bytes,
+                max = self.limits.max_bytes,
+                "flame graph JSON not memoised: over the cache budget"
+            );
+            return text;
+        }
+        inner.bytes += cost;
+        inner.memo_bytes += cost;
+        if let Some(run) = inner.held.get_mut(&address) {
+            run.memo[slot] = Some(text.clone());
+            run.memo_bytes += cost;
+            run.memo_read = Instant::now();
+        }
+        text
+    }
+
+    /// The part of [`GraphCache::usage`]'s bytes that is memoised JSON.
+    pub fn memo_bytes(&self) -> usize {
+        self.lock().memo_bytes
+    }
+
+    /// Number of entries (keys), and their estimated bytes: history and JSON memos included,
+    /// the total [`CacheLimits::max_bytes`] bounds.
     pub fn usage(&self) -> (usize, usize) {
         let inner = self.lock();
         (inner.entries.len(), inner.bytes)
@@ -341,16 +521,19 @@ impl GraphCache {
         let now = Instant::now();
         let mut inner = self.lock();
         if let Some(snapshot) = snapshot {
+            // The keys this run writes: eviction spares them.
+            let mut written = vec![key.clone()];
             if key.subtask.is_none() {
                 for &index in snapshot.subtasks.keys() {
                     if let Some(part) = snapshot.subtask_part(index) {
                         // Kept in run-id order: a newer run of the subtask stays the latest.
                         self.insert(&mut inner, key.subtask(index), Arc::new(part), now);
+                        written.push(key.subtask(index));
                     }
                 }
             }
             self.insert(&mut inner, key.clone(), snapshot, now);
-            self.evict(&mut inner, key);
+            self.evict(&mut inner, &written);
         }
         // Dropping the sender wakes everyone waiting for this run; they find the entry in place.
         inner.pending.remove(key);
@@ -359,16 +542,6 @@ impl GraphCache {
     /// Adds `snapshot` to `key`'s runs in run-id order (replacing a run with the same id) and
     /// drops the oldest runs beyond the history limit.
     fn insert(&self, inner: &mut Inner, key: GraphKey, snapshot: Arc<Snapshot>, now: Instant) {
-        let bytes = snapshot.approx_bytes();
-        if bytes > self.limits.max_bytes {
-            tracing::warn!(
-                ?key,
-                bytes,
-                max = self.limits.max_bytes,
-                "flame graph larger than the cache budget; not cached"
-            );
-            return;
-        }
         inner.hold(&snapshot);
         let keep = self.limits.runs_per_key();
         let overhead = std::mem::size_of::<Entry>() + 3 * key.job_id.len();
@@ -413,30 +586,77 @@ impl GraphCache {
         }
     }
 
-    /// Evicts least recently read entries (never `keep`) until both bounds hold; if `keep` alone
-    /// is still over them, drops its oldest runs (never its latest).
-    fn evict(&self, inner: &mut Inner, keep: &GraphKey) {
+    /// Restores the bounds after a run landed in the `keep` keys: drops JSON memos (least
+    /// recently read first), then evicts least recently read entries other than `keep`, then
+    /// drops the oldest runs of the `keep` keys (never their latest). If that is still over the
+    /// byte budget, the run alone is larger than it: it stays, alone, with a warning (see the
+    /// module docs).
+    fn evict(&self, inner: &mut Inner, keep: &[GraphKey]) {
         let over = |inner: &Inner| {
             inner.bytes > self.limits.max_bytes || inner.runs > self.limits.max_entries
         };
+        while over(inner) && inner.forget_lru_memos(None) {}
         while over(inner) {
             let victim = inner
                 .entries
                 .iter()
-                .filter(|(k, _)| *k != keep)
+                .filter(|(k, _)| !keep.contains(k))
                 .min_by_key(|(_, e)| e.last_read)
                 .map(|(k, _)| k.clone());
             let Some(victim) = victim else { break };
             inner.drop_entry(&victim);
         }
         while over(inner) {
-            let oldest = match inner.entries.get_mut(keep) {
-                Some(e) if e.runs.len() > 1 => e.runs.pop_back(),
-                _ => None,
-            };
+            // From the written key with the most runs, so they are trimmed evenly.
+            let longest = keep
+                .iter()
+                .filter_map(|k| inner.entries.get(k).map(|e| (k, e.runs.len())))
+                .filter(|(_, n)| *n > 1)
+                .max_by_key(|(_, n)| *n)
+                .map(|(k, _)| k.clone());
+            let oldest = longest
+                .and_then(|k| inner.entries.get_mut(&k))
+                .and_then(|e| e.runs.pop_back());
             let Some(oldest) = oldest else { break };
             inner.release(&oldest);
         }
+        if inner.bytes > self.limits.max_bytes {
+            tracing::warn!(
+                key = ?keep.first(),
+                bytes = inner.bytes,
+                max = self.limits.max_bytes,
+                "flame graph run larger than the whole cache budget (--flamegraph-* settings \
+                 sample too much); cached alone so that polls do not resample it"
+            );
+        }
+    }
+
+    /// Drops every entry not read for the cleanup interval, now (the periodic sweeper's call;
+    /// reads also sweep, at most every tenth of the interval). Returns how many it dropped.
+    pub fn sweep_now(&self) -> usize {
+        let mut inner = self.lock();
+        self.sweep_expired(&mut inner, Instant::now())
+    }
+
+    /// Starts the periodic sweeper on the current tokio runtime: every
+    /// [`CacheLimits::sweep_period`] it calls [`GraphCache::sweep_now`], so entries nobody reads
+    /// are freed even when no request comes. It holds the cache only weakly and ends once the
+    /// cache is gone; abort the handle to stop it sooner. Must be called within a runtime.
+    pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let cache: Weak<GraphCache> = Arc::downgrade(self);
+        let period = self.limits.sweep_period();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(cache) = cache.upgrade() else { return };
+                let dropped = cache.sweep_now();
+                if dropped > 0 {
+                    tracing::debug!(dropped, "flame graph cache: unread entries swept");
+                }
+            }
+        })
     }
 
     /// Drops entries not read for the cleanup interval; runs at most every tenth of it.
@@ -444,6 +664,11 @@ impl GraphCache {
         if now.duration_since(inner.last_sweep) < self.limits.cleanup / 10 {
             return;
         }
+        self.sweep_expired(inner, now);
+    }
+
+    /// Drops the entries not read for the cleanup interval; returns how many.
+    fn sweep_expired(&self, inner: &mut Inner, now: Instant) -> usize {
         inner.last_sweep = now;
         let cleanup = self.limits.cleanup;
         let expired: Vec<GraphKey> = inner
@@ -452,9 +677,11 @@ impl GraphCache {
             .filter(|(_, e)| now.duration_since(e.last_read) >= cleanup)
             .map(|(k, _)| k.clone())
             .collect();
+        let dropped = expired.len();
         for key in expired {
             inner.drop_entry(&key);
         }
+        dropped
     }
 }
 
@@ -611,14 +838,137 @@ mod tests {
         assert_eq!(entries, 2);
         assert!(bytes <= 2 * (one + 512));
         assert!(c.peek(&key(Some(4))).is_some() && c.peek(&key(Some(0))).is_none());
-        let mut tiny = limits;
+    }
+
+    #[test]
+    fn a_run_larger_than_the_budget_is_kept_alone_and_not_rerun() {
+        let mut tiny = CacheLimits::new(Duration::from_secs(60), Duration::from_secs(600));
         tiny.max_bytes = 10;
         let c = GraphCache::new(tiny);
+        c.lookup(&key(Some(7))).ticket.unwrap().complete(snapshot(
+            1,
+            &[(7, spin_and_sleep(1))],
+            &[],
+        ));
+        assert_eq!(c.usage().0, 1);
+        c.lookup(&key(None))
+            .ticket
+            .unwrap()
+            .complete(snapshot(2, &[(0, spin_and_sleep(1))], &[]));
+        assert!(c.peek(&key(Some(7))).is_none(), "everything else evicted");
+        assert_eq!(
+            c.usage().0,
+            2,
+            "the vertex run and the subtask entry it fills"
+        );
+        let again = c.lookup(&key(None));
+        assert_eq!(again.cached.map(|s| s.run_id), Some(2));
+        assert!(
+            again.ticket.is_none(),
+            "fresh: polls do not start another run"
+        );
+        // Its JSON is served, but not memoised over the budget.
+        let s = c.peek(&key(None)).unwrap();
+        let text = c.json(&s, GraphType::Full, || "x".repeat(100));
+        assert_eq!(text.len(), 100);
+        assert_eq!(c.memo_bytes(), 0);
+    }
+
+    #[test]
+    fn json_memos_are_counted_and_the_bound_holds_with_them() {
+        // Room for a few runs and a few memos, not for everything.
+        let one = snapshot(1, &[(0, spin_and_sleep(1))], &[]).approx_bytes();
+        let mut limits = limits_with_history(3);
+        limits.max_bytes = 6 * (one + 1024);
+        let c = GraphCache::new(limits);
+        let render = |s: &Arc<Snapshot>, ty: GraphType| {
+            super::super::json::render(&super::super::GraphAnswer::Ready(Arc::clone(s)), ty)
+        };
+        let mut memoised_once = false;
+        for round in 0..40u64 {
+            let k = key(Some((round % 9) as u32));
+            if let Some(t) = c.lookup(&k).ticket {
+                t.complete(snapshot(
+                    round,
+                    &[((round % 9) as u32, spin_and_sleep(50))],
+                    &[],
+                ));
+            }
+            for s in c.history(&k) {
+                for ty in GraphType::ALL {
+                    // Big texts: a tree's JSON is many times its folded profile.
+                    let text = c.json(&s, ty, || render(&s, ty).repeat(40));
+                    assert_eq!(text, render(&s, ty).repeat(40).as_bytes());
+                    let (_, bytes) = c.usage();
+                    assert!(bytes <= limits.max_bytes, "{bytes} > {}", limits.max_bytes);
+                    memoised_once |= c.memo_bytes() > 0;
+                }
+            }
+        }
+        assert!(memoised_once, "memos were kept (and counted) when they fit");
+        // The counted memo bytes cover the texts held.
+        let c = GraphCache::new(limits_with_history(3));
+        land(&c, [1]);
+        let s = c.peek(&key(None)).unwrap();
+        let before = c.usage().1;
+        let text = c.json(&s, GraphType::Full, || render(&s, GraphType::Full));
+        assert!(c.memo_bytes() >= text.len());
+        assert_eq!(c.usage().1, before + c.memo_bytes());
+        // A run's memos go with the run: replaced by newer runs beyond the history, all is freed.
+        land(&c, [2, 3, 4]);
+        assert_eq!(c.memo_bytes(), 0, "run 1 left the history with its memo");
+    }
+
+    #[test]
+    fn sweep_now_drops_expired_entries_without_a_read() {
+        let c = GraphCache::new(CacheLimits::new(Duration::from_secs(60), Duration::ZERO));
         c.lookup(&key(None))
             .ticket
             .unwrap()
             .complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
-        assert_eq!(c.usage(), (0, 0), "a snapshot over the budget is not kept");
+        assert_eq!(c.usage().0, 2);
+        assert_eq!(c.sweep_now(), 2);
+        assert_eq!((c.usage(), c.kept_runs(), c.memo_bytes()), ((0, 0), 0, 0));
+        let fresh = cache();
+        land_fresh(&fresh);
+        assert_eq!(fresh.sweep_now(), 0, "read recently: kept");
+        assert_eq!(
+            CacheLimits::new(Duration::ZERO, Duration::ZERO).sweep_period(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(cache().limits().sweep_period(), Duration::from_secs(60));
+    }
+
+    fn land_fresh(c: &Arc<GraphCache>) {
+        c.lookup(&key(None))
+            .ticket
+            .unwrap()
+            .complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
+    }
+
+    #[tokio::test]
+    async fn the_periodic_sweeper_frees_an_idle_cache_and_ends_with_it() {
+        // Cleanup interval 0: every entry is expired at once; the sweeper runs every second.
+        let c = GraphCache::new(CacheLimits::new(Duration::from_secs(60), Duration::ZERO));
+        let sweeper = c.spawn_sweeper();
+        land_fresh(&c);
+        assert!(c.usage().0 > 0);
+        // Nobody reads the cache: only the sweeper can free it. Polled, with a hang guard.
+        let mut freed = false;
+        for _ in 0..600 {
+            if c.usage() == (0, 0) {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(freed, "the periodic sweeper never ran");
+        assert!(!sweeper.is_finished());
+        drop(c);
+        tokio::time::timeout(Duration::from_secs(30), sweeper)
+            .await
+            .expect("the sweeper ends once the cache is gone")
+            .unwrap();
     }
 
     fn limits_with_history(history: usize) -> CacheLimits {
@@ -704,21 +1054,30 @@ mod tests {
 
     #[test]
     fn eviction_drops_history_and_counts_every_kept_run() {
-        // Runs bound: 4. The vertex key (with its subtask 0) fills it with two runs each; a
-        // third run evicts the least recently read key, history and all.
+        // Runs bound: 4. Subtask 5 (two runs of its own) and the vertex key with its subtask 0
+        // (one run each) fill it; the vertex's next run evicts the least recently read key,
+        // subtask 5, history and all, and spares the keys it writes.
         let mut limits = limits_with_history(10);
         limits.max_entries = 4;
         let c = GraphCache::new(limits);
-        land(&c, [1, 2]);
-        assert_eq!(c.kept_runs(), 4);
+        for id in [1, 2] {
+            c.lookup(&key(Some(5))).ticket.unwrap().complete(snapshot(
+                id,
+                &[(5, spin_and_sleep(1))],
+                &[],
+            ));
+        }
         land(&c, [3]);
-        assert!(c.kept_runs() <= 4);
-        assert_eq!(run_ids(&c, &key(Some(0))), Vec::<u64>::new(), "evicted");
-        assert_eq!(
-            run_ids(&c, &key(None)),
-            [3, 2, 1],
-            "the key written is kept"
-        );
+        assert_eq!(c.kept_runs(), 4);
+        land(&c, [4]);
+        assert_eq!(c.kept_runs(), 4);
+        assert_eq!(run_ids(&c, &key(Some(5))), Vec::<u64>::new(), "evicted");
+        assert_eq!(run_ids(&c, &key(None)), [4, 3], "the keys written are kept");
+        assert_eq!(run_ids(&c, &key(Some(0))), [4, 3]);
+        // Alone over the bound, the keys written lose their oldest runs, evenly.
+        land(&c, [5]);
+        assert_eq!(run_ids(&c, &key(None)), [5, 4]);
+        assert_eq!(run_ids(&c, &key(Some(0))), [5, 4]);
         // The byte bound trims the written key's own history when it alone is too big.
         let one = snapshot(1, &[(0, spin_and_sleep(1))], &[]).approx_bytes();
         let mut limits = limits_with_history(10);

@@ -1,10 +1,16 @@
 //! The folded view: collapsed stacks as text, one `a;b;c COUNT` line per distinct stack, root
 //! first, sorted. What inferno, flamegraph.pl and speedscope read.
 //!
-//! When there is nothing to show (no samples of that type, run not finished, vertex terminated,
-//! feature off), the body is a `# ...` comment line saying why: flamegraph tools skip such lines,
-//! so the text is still valid input, and a human running `curl` learns what happened. Missing
-//! subtasks are reported the same way, above the stacks.
+//! The body holds nothing but stacks whenever there are stacks: collapsed stacks have no comment
+//! syntax, and a tool reads any line ending in ` <digits>` as a stack with that count (inferno
+//! turned `# missing subtasks: 1, 3` into a frame `# missing subtasks: 1,` of 3 samples). So the
+//! subtasks missing from a partial graph travel in the `X-Flamegrid-Missing` response header
+//! (see `rest::flamegraph`), not in the body.
+//!
+//! Only when there is nothing to draw (no samples of that type, run not finished, vertex
+//! terminated, feature off) is the body a single `# ...` line saying why, for a human running
+//! `curl`. That line never ends in a digit ([`comment`]), so no tool can take it for a stack:
+//! inferno and flamegraph.pl skip it as a line they cannot parse.
 
 use super::GraphAnswer;
 use flamegrid_model::GraphType;
@@ -13,20 +19,26 @@ use flamegrid_model::GraphType;
 pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
     match answer {
         GraphAnswer::Ready(s) => {
-            let mut out = String::new();
-            if !s.missing.is_empty() {
-                let list: Vec<String> = s.missing.iter().map(u32::to_string).collect();
-                out.push_str(&format!("# missing subtasks: {}\n", list.join(", ")));
-            }
             let body = s.folded(ty);
             if body.is_empty() {
-                out.push_str(&format!("# no {ty} samples in this run\n"));
+                comment(&format!("no {ty} samples in this run"))
+            } else {
+                body
             }
-            out.push_str(&body);
-            out
         }
-        other => format!("# {}\n", other.explain()),
+        other => comment(&other.explain()),
     }
+}
+
+/// `# text` as one line that no folded-stack parser can read as a stack: line breaks become
+/// spaces, and a text ending in a digit gets a final `.`, so the line never ends in ` COUNT`.
+pub fn comment(text: &str) -> String {
+    let mut line = format!("# {}", text.replace(['\n', '\r'], " "));
+    if line.ends_with(|c: char| c.is_ascii_digit()) {
+        line.push('.');
+    }
+    line.push('\n');
+    line
 }
 
 #[cfg(test)]
@@ -37,15 +49,53 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn lines_parse_and_comments_explain() {
-        let a = GraphAnswer::Ready(Arc::new(snapshot(1, &[(0, spin_and_sleep(3))], &[2])));
+    fn a_partial_graph_is_only_stacks() {
+        let a = GraphAnswer::Ready(Arc::new(snapshot(1, &[(0, spin_and_sleep(3))], &[2, 13])));
         let text = render(&a, GraphType::Full);
-        assert!(text.starts_with("# missing subtasks: 2\n"));
+        assert_eq!(
+            text, "main;sleep 3\nmain;spin 3\n",
+            "missing subtasks are not in the body"
+        );
         let stacks: Vec<_> = text.lines().filter_map(parse_line).collect();
         assert_eq!(
             stacks,
             vec![(vec!["main", "sleep"], 3), (vec!["main", "spin"], 3)]
         );
-        assert!(render(&GraphAnswer::Waiting, GraphType::Full).starts_with("# "));
+    }
+
+    #[test]
+    fn comments_explain_and_never_parse_as_stacks() {
+        let empty = GraphAnswer::Ready(Arc::new(snapshot(1, &[], &[0, 1])));
+        let answers = [
+            (GraphAnswer::Waiting, GraphType::Full),
+            (GraphAnswer::Terminated, GraphType::Full),
+            (GraphAnswer::Disabled, GraphType::Full),
+            (empty, GraphType::OnCpu),
+        ];
+        for (answer, ty) in &answers {
+            let text = render(answer, *ty);
+            assert!(
+                text.starts_with("# ") && text.lines().count() == 1,
+                "{text}"
+            );
+            assert!(
+                !text.trim_end().ends_with(|c: char| c.is_ascii_digit()),
+                "{text}"
+            );
+        }
+        assert_eq!(comment("subtasks 1, 3"), "# subtasks 1, 3.\n");
+        assert_eq!(comment("a\nb 2"), "# a b 2.\n");
+        // inferno skips such a line instead of drawing it.
+        let mut svg = Vec::new();
+        let missing = comment("missing: 1, 3");
+        let lines = ["main;spin 3", missing.trim_end()];
+        inferno::flamegraph::from_lines(
+            &mut inferno::flamegraph::Options::default(),
+            lines,
+            &mut svg,
+        )
+        .unwrap();
+        let svg = String::from_utf8(svg).unwrap();
+        assert!(svg.contains("spin") && !svg.contains("missing"), "{svg}");
     }
 }

@@ -6,6 +6,7 @@
 //! answer is exactly what Flink would send.
 
 use super::GraphAnswer;
+use super::cache::GraphCache;
 use axum::body::Bytes;
 use flamegrid_model::{FlameNode, GraphType};
 use serde::Serialize;
@@ -49,11 +50,12 @@ pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
         .unwrap_or_else(|_| r#"{"endTimestamp":-3}"#.to_string())
 }
 
-/// [`render`], memoised per snapshot and type: what the endpoint serves, since a cached graph is
-/// polled far more often than it changes.
-pub fn render_cached(answer: &GraphAnswer, ty: GraphType) -> Bytes {
+/// [`render`], memoised per kept run and type in `cache` (which counts the text in its memory
+/// bound): what the endpoint serves, since a cached graph is polled far more often than it
+/// changes.
+pub fn render_cached(cache: &GraphCache, answer: &GraphAnswer, ty: GraphType) -> Bytes {
     match answer {
-        GraphAnswer::Ready(s) => s.json.get_or_render(ty, || render(answer, ty)),
+        GraphAnswer::Ready(s) => cache.json(s, ty, || render(answer, ty)),
         other => Bytes::from(render(other, ty)),
     }
 }
@@ -96,24 +98,46 @@ mod tests {
 
     #[test]
     fn cached_render_is_the_same_text_once_per_type() {
-        let answer = GraphAnswer::Ready(Arc::new(snapshot(3, &[(0, spin_and_sleep(2))], &[])));
+        use super::super::cache::{CacheLimits, GraphKey};
+        use std::time::Duration;
+        let cache = GraphCache::new(CacheLimits::new(
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        ));
+        let key = GraphKey {
+            job_id: "j".repeat(32),
+            vertex_id: "v".repeat(32),
+            subtask: None,
+        };
+        let ticket = cache.lookup(&key).ticket.unwrap();
+        ticket.complete(snapshot(3, &[(0, spin_and_sleep(2))], &[]));
+        let answer = GraphAnswer::Ready(cache.peek(&key).unwrap());
         for ty in GraphType::ALL {
-            let first = render_cached(&answer, ty);
+            let first = render_cached(&cache, &answer, ty);
             assert_eq!(first, render(&answer, ty).as_bytes());
-            let again = render_cached(&answer, ty);
+            let again = render_cached(&cache, &answer, ty);
             assert_eq!(
                 first.as_ptr(),
                 again.as_ptr(),
                 "{ty}: rendered once, then shared"
             );
         }
+        assert!(cache.memo_bytes() > 0, "memos are counted");
         assert_ne!(
-            render_cached(&answer, GraphType::OnCpu),
-            render_cached(&answer, GraphType::OffCpu)
+            render_cached(&cache, &answer, GraphType::OnCpu),
+            render_cached(&cache, &answer, GraphType::OffCpu)
         );
         assert_eq!(
-            render_cached(&GraphAnswer::Waiting, GraphType::Full),
+            render_cached(&cache, &GraphAnswer::Waiting, GraphType::Full),
             r#"{"endTimestamp":-3}"#.as_bytes()
         );
+        // A snapshot the cache does not keep is rendered, not memoised.
+        let loose = GraphAnswer::Ready(Arc::new(snapshot(4, &[(0, spin_and_sleep(2))], &[])));
+        let before = cache.memo_bytes();
+        let a = render_cached(&cache, &loose, GraphType::Full);
+        let b = render_cached(&cache, &loose, GraphType::Full);
+        assert_eq!(a, b);
+        assert_ne!(a.as_ptr(), b.as_ptr());
+        assert_eq!(cache.memo_bytes(), before);
     }
 }

@@ -22,6 +22,11 @@
 //! endpoint), [`FlameGraphService::kept_run`] finds one by its `endTimestamp` (`?at=` on every
 //! view), and [`diff`] draws two of them against each other with inferno's differential mode.
 //!
+//! A request may also ask for a new run now (`?refresh=true`, [`FlameGraphService::answer_with`]),
+//! and every answer says whether a run for its key is in flight ([`FlameGraphService::sampling`],
+//! the `X-Flamegrid-Sampling` header), so a page can show "sampling…" and poll until it is done.
+//! The cache is swept for unread entries by a periodic task the service starts and stops.
+//!
 //! Runs are counted ([`FlameGraphService::runs`]); each start is logged with the running total
 //! (`flamegraph run started runs_started=N`), which is how tests and operators can see that two
 //! concurrent requests caused one run.
@@ -46,6 +51,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// Frames per thread in a thread dump: Flink's `cluster.thread-dump.stacktrace-max-depth`
+/// default. A dump is read by a person, innermost frames first; the flame graph's depth
+/// (`--flamegraph-max-depth`, 100) is about aggregating, not reading.
+pub const THREAD_DUMP_MAX_DEPTH: u32 = 50;
 
 /// Errors of the flame graph service.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +161,16 @@ pub struct FlameGraphService {
     cache: Arc<GraphCache>,
     fanout: Arc<FanOut>,
     counters: Arc<RunCounters>,
+    /// The cache's periodic sweeper, stopped when the service goes (coordinator shutdown).
+    sweeper: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for FlameGraphService {
+    fn drop(&mut self) {
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
+    }
 }
 
 impl FlameGraphService {
@@ -179,13 +199,21 @@ impl FlameGraphService {
         ))
     }
 
-    /// A service with explicit settings and credentials (tests, embedding).
+    /// A service with explicit settings and credentials (tests, embedding). Created within a
+    /// tokio runtime, it also starts the cache's periodic sweeper
+    /// ([`GraphCache::spawn_sweeper`]) on it, which ends when the service is dropped; outside a
+    /// runtime the cache is only swept when read.
     pub fn with_settings(settings: FlameGraphSettings, auth: AgentAuth) -> Self {
+        let cache = GraphCache::new(settings.limits);
+        let sweeper = tokio::runtime::Handle::try_current()
+            .is_ok()
+            .then(|| cache.spawn_sweeper().abort_handle());
         FlameGraphService {
             settings,
-            cache: GraphCache::new(settings.limits),
+            cache,
             fanout: Arc::new(FanOut::new(settings.rpc_grace, auth)),
             counters: Arc::new(RunCounters::default()),
+            sweeper,
         }
     }
 
@@ -224,13 +252,26 @@ impl FlameGraphService {
     /// the caller has checked that the subtask index is in range. Must be called within a tokio
     /// runtime (runs are spawned on it).
     pub fn answer(&self, key: &GraphKey, vertex: &VertexSampling) -> GraphAnswer {
+        self.answer_with(key, vertex, false)
+    }
+
+    /// [`FlameGraphService::answer`], and with `refresh` (`?refresh=true`) a new run is started
+    /// even when the cached snapshot is still fresh, unless one is already in flight. Still
+    /// answers at once with what is cached: the new run's result shows up in a later request
+    /// (watch [`FlameGraphService::sampling`] to know when it has landed).
+    pub fn answer_with(
+        &self,
+        key: &GraphKey,
+        vertex: &VertexSampling,
+        refresh: bool,
+    ) -> GraphAnswer {
         if !self.settings.enabled {
             return GraphAnswer::Disabled;
         }
         if vertex.is_terminal(key.subtask) {
             return GraphAnswer::Terminated;
         }
-        let lookup = self.cache.lookup(key);
+        let lookup = self.cache.lookup_with(key, refresh);
         if let Some(ticket) = lookup.ticket {
             let targets = vertex.targets(key.subtask);
             if targets.is_empty() {
@@ -262,7 +303,19 @@ impl FlameGraphService {
     /// Like [`FlameGraphService::answer`], but when nothing is cached yet it waits for the run in
     /// flight to end (at most the run deadline plus a second) and answers with its result.
     pub async fn answer_waiting(&self, key: &GraphKey, vertex: &VertexSampling) -> GraphAnswer {
-        let first = self.answer(key, vertex);
+        self.answer_waiting_with(key, vertex, false).await
+    }
+
+    /// [`FlameGraphService::answer_waiting`] with `refresh` as in
+    /// [`FlameGraphService::answer_with`]. It waits only when nothing is cached yet, so a
+    /// refresh of a cached graph answers at once with the cached one.
+    pub async fn answer_waiting_with(
+        &self,
+        key: &GraphKey,
+        vertex: &VertexSampling,
+        refresh: bool,
+    ) -> GraphAnswer {
+        let first = self.answer_with(key, vertex, refresh);
         if !matches!(first, GraphAnswer::Waiting) {
             return first;
         }
@@ -278,6 +331,14 @@ impl FlameGraphService {
         }
     }
 
+    /// Whether a sampling run that will fill `key` is in flight right now (for the key itself
+    /// or, for a subtask, its whole vertex): the `X-Flamegrid-Sampling` response header, which
+    /// lets a page show "sampling…" and poll until the new graph has landed. Always false when
+    /// flame graphs are off.
+    pub fn sampling(&self, key: &GraphKey) -> bool {
+        self.settings.enabled && self.cache.sampling(key)
+    }
+
     /// The kept runs of `key`, newest first; empty when none is kept (or flame graphs are
     /// off). Never starts a run.
     pub fn history(&self, key: &GraphKey) -> Vec<Arc<Snapshot>> {
@@ -290,7 +351,8 @@ impl FlameGraphService {
         self.cache.at(key, end_ms)
     }
 
-    /// A thread dump of the threads `selectors` name on the agent at `address`.
+    /// A thread dump of the threads `selectors` name on the agent at `address`, at most
+    /// [`THREAD_DUMP_MAX_DEPTH`] frames per thread.
     pub async fn thread_dump(
         &self,
         address: &str,
@@ -299,7 +361,7 @@ impl FlameGraphService {
         let timeout = self.settings.rpc_grace.max(Duration::from_secs(1));
         let resp = self
             .fanout
-            .thread_dump(address, selectors, self.settings.params.max_depth, timeout)
+            .thread_dump(address, selectors, THREAD_DUMP_MAX_DEPTH, timeout)
             .await?;
         Ok(dump::thread_dump_info(&resp))
     }

@@ -16,13 +16,13 @@
 //!
 //! A [`Snapshot`] is one run's result: the profiles of the subtasks that delivered, the ones that
 //! are missing, and when the run ended. It is immutable and shared (`Arc`) between the cache
-//! entry of the vertex and those of its subtasks.
+//! entry of the vertex and those of its subtasks. (Its rendered JSON is memoised by the cache,
+//! which counts it in its memory bound: see [`super::cache`].)
 
-use axum::body::Bytes;
 use flamegrid_model::tree::TreeBuilder;
 use flamegrid_model::{FlameNode, GraphType, SampleSet, SampledThread, ThreadState, folded};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// `count` samples that had the same state and stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,39 +172,7 @@ pub struct Snapshot {
     /// Subtasks that were asked for and delivered nothing (failed or late agent, per-subtask
     /// error), ascending.
     pub missing: Vec<u32>,
-    /// The JSON answer per graph type, rendered on first request (see [`JsonMemo`]).
-    pub json: JsonMemo,
 }
-
-/// The JSON text of a snapshot per graph type, rendered once on first request.
-///
-/// Flink's dashboard polls the JSON endpoint every few seconds per open tab, and a snapshot never
-/// changes once it is cached: rebuilding the tree and serialising it for each poll is wasted work
-/// (it made the cached endpoint several times slower than a plain one). The memo costs at most
-/// three texts per snapshot, about 40 bytes per tree node each, and goes away with the snapshot.
-/// It never takes part in comparisons.
-#[derive(Debug, Clone, Default)]
-pub struct JsonMemo([OnceLock<Bytes>; 3]);
-
-impl JsonMemo {
-    /// The text for `ty`, rendering it with `render` the first time.
-    pub fn get_or_render(&self, ty: GraphType, render: impl FnOnce() -> String) -> Bytes {
-        let slot = match ty {
-            GraphType::Full => &self.0[0],
-            GraphType::OnCpu => &self.0[1],
-            GraphType::OffCpu => &self.0[2],
-        };
-        slot.get_or_init(|| Bytes::from(render())).clone()
-    }
-}
-
-impl PartialEq for JsonMemo {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for JsonMemo {}
 
 impl Snapshot {
     /// Flink's tree for `ty` over every subtask of the snapshot.
@@ -325,7 +293,6 @@ impl Snapshot {
             end_ms: self.end_ms,
             subtasks: BTreeMap::from([(index, Arc::clone(profile))]),
             missing: Vec::new(),
-            json: JsonMemo::default(),
         })
     }
 
@@ -390,7 +357,6 @@ pub(crate) mod tests {
                 .map(|(i, s)| (*i, Arc::new(SubtaskProfile::from_set(s))))
                 .collect(),
             missing: missing.to_vec(),
-            json: JsonMemo::default(),
         }
     }
 

@@ -70,7 +70,6 @@ pub async fn execute(
             .map(|(&i, set)| (i, Arc::new(SubtaskProfile::from_set(set))))
             .collect(),
         missing: outcome.missing.iter().copied().collect(),
-        json: Default::default(),
     };
     tracing::debug!(
         job = %key.job_id, vertex = %key.vertex_id, subtask = ?key.subtask, run = snapshot.run_id,

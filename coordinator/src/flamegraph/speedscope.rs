@@ -196,7 +196,7 @@ fn sampled(
     }
 }
 
-/// The `.speedscope.json` body: [`file`] as compact JSON.
+/// The `.speedscope.json` body: [`file()`] as compact JSON.
 pub fn render(
     answer: &GraphAnswer,
     ty: GraphType,

@@ -24,7 +24,7 @@ pub enum RegistryError {
     /// A `POST /jobs` body with these problems, each naming its field (REST: 400).
     #[error("invalid job: {}", .0.join("; "))]
     InvalidJob(Vec<String>),
-    /// Cancel of a job that already ended (REST: 409).
+    /// Cancel of a job that already ended in another state than CANCELED (REST: 409).
     #[error(
         "Job cancellation failed because the job has already reached another terminal state ({}).",
         .0.name()

@@ -146,25 +146,56 @@ impl SubtaskRuntime {
         (if end < 0 { now } else { end }) - start
     }
 
-    /// Time spent in `state` (Flink's `status-duration` entry): from entering it to entering
-    /// the next state reached, or to `now` while still in it; 0 if never reached.
+    /// The order in which a subtask passes the states that Flink's `status-duration` covers.
+    /// Spelled out because Flink's enum declaration order (and so [`ExecutionState::index`])
+    /// puts INITIALIZING last, after the terminal states, while a subtask passes it between
+    /// DEPLOYING and RUNNING.
+    pub const LIFECYCLE: [ExecutionState; 5] = [
+        ExecutionState::Created,
+        ExecutionState::Scheduled,
+        ExecutionState::Deploying,
+        ExecutionState::Initializing,
+        ExecutionState::Running,
+    ];
+
+    /// Time spent in `state` (Flink's `status-duration` entry), walking [`Self::LIFECYCLE`]
+    /// and then the terminal state: a state lasts from its own timestamp to the timestamp of
+    /// the next state it was followed by (the next stamped one, not earlier than its own), or
+    /// to `now` while it is the current state; 0 for a state never entered.
+    ///
+    /// States stamped at the same instant (CREATED, SCHEDULED and DEPLOYING all at placement)
+    /// therefore last 0 ms, except the last of them, which lasts until the next transition:
+    /// the durations of one subtask add up to `now` (or its end) minus its CREATED stamp.
+    /// Terminal states have no duration (Flink reports none for them).
     pub fn time_in(&self, state: ExecutionState, now: i64) -> i64 {
         let entered = self.timestamp(state);
-        if entered == 0 {
+        if entered == 0 || state.is_terminal() {
             return 0;
         }
         if self.status == state {
             return (now - entered).max(0);
         }
-        let left = ExecutionState::ALL
+        let Some(position) = Self::LIFECYCLE.iter().position(|s| *s == state) else {
+            // CANCELING and RECONCILING: never entered by flamegrid.
+            return 0;
+        };
+        let terminal = [
+            ExecutionState::Finished,
+            ExecutionState::Canceled,
+            ExecutionState::Failed,
+        ]
+        .into_iter()
+        .map(|s| self.timestamp(s))
+        .filter(|t| *t != 0)
+        .min();
+        let left = Self::LIFECYCLE[position + 1..]
             .iter()
             .map(|s| self.timestamp(*s))
-            .filter(|t| *t > entered)
-            .min();
-        // States stamped at the same instant (CREATED, SCHEDULED, DEPLOYING at placement) have
-        // no measurable duration.
+            .chain(terminal)
+            .find(|t| *t != 0 && *t >= entered);
         match left {
             Some(t) => t - entered,
+            // Left for a state that carries no stamp: nothing to measure against.
             None => 0,
         }
     }
@@ -261,16 +292,18 @@ impl Job {
         (if end < 0 { now } else { end }) - self.start_time()
     }
 
-    /// Re-derives the job status from the subtasks after a change and stamps a new status.
-    /// A CANCELED job stays CANCELED. Returns whether the status changed.
+    /// Re-derives the job status from the subtasks after a change and stamps a new status
+    /// (see [`JobStatus::from_subtask_states`]: one FAILED subtask makes the job FAILING while
+    /// others still run, FAILED once all have ended). A terminal job stays as it is. Returns
+    /// whether the status changed.
     pub fn refresh_status(&mut self, now: i64) -> bool {
         self.runtime.last_modification = now;
         if self.runtime.status.is_terminal() {
             return false;
         }
-        let aggregate =
-            aggregate_execution_states(self.runtime.subtasks.iter().flatten().map(|s| s.status));
-        let status = JobStatus::from_vertex_aggregate(aggregate);
+        let status = JobStatus::from_subtask_states(
+            self.runtime.subtasks.iter().flatten().map(|s| s.status),
+        );
         if status == self.runtime.status {
             return false;
         }
@@ -279,7 +312,9 @@ impl Job {
         true
     }
 
-    /// Cancels every subtask that is not terminal yet and marks the job CANCELED.
+    /// Cancels every subtask that is not terminal yet and marks the job CANCELED (from RUNNING
+    /// or FAILING alike: Flink's FAILING → CANCELLING → CANCELED; flamegrid passes CANCELLING
+    /// in the same instant, so both are stamped with `now`).
     pub fn cancel(&mut self, now: i64) {
         for s in self.runtime.subtasks.iter_mut().flatten() {
             s.transition(ExecutionState::Canceled, now);
@@ -311,5 +346,105 @@ mod tests {
         );
         assert_eq!((s.end_time(), s.duration(9999)), (1500, 500));
         assert_eq!(s.time_in(ExecutionState::Running, 9999), 200);
+    }
+
+    /// A job of two one-subtask vertices, accepted at 1000.
+    fn two_vertex_job() -> Job {
+        let subtask = SubtaskSpec {
+            taskmanager: "tm".into(),
+            process: ProcessRef::Pid(1),
+            tids: Vec::new(),
+            thread_name: None,
+        };
+        let vertex = |id: char| VertexSpec {
+            id: id.to_string().repeat(32),
+            name: id.to_string(),
+            inputs: Vec::new(),
+            subtasks: vec![subtask.clone()],
+        };
+        let spec = JobSpec {
+            id: "f".repeat(32),
+            name: "j".into(),
+            vertices: vec![vertex('a'), vertex('b')],
+        };
+        Job::accepted(spec, 1000, |_| "h:1".into())
+    }
+
+    #[test]
+    fn a_failed_subtask_makes_the_job_failing_then_failed_once_all_ended() {
+        let mut job = two_vertex_job();
+        for v in 0..2 {
+            job.runtime.subtasks[v][0].transition(ExecutionState::Running, 1100);
+        }
+        assert!(!job.refresh_status(1100));
+        job.runtime.subtasks[0][0].transition(ExecutionState::Failed, 1200);
+        assert!(job.refresh_status(1200));
+        assert_eq!(job.runtime.status, JobStatus::Failing);
+        assert_eq!(job.runtime.timestamps[JobStatus::Failing.index()], 1200);
+        assert_eq!((job.end_time(), job.duration(1500)), (-1, 500));
+        // The other vertex keeps running (and being sampled) meanwhile.
+        assert_eq!(job.vertex_status(1), ExecutionState::Running);
+        job.runtime.subtasks[1][0].transition(ExecutionState::Finished, 1300);
+        assert!(job.refresh_status(1300));
+        assert_eq!(job.runtime.status, JobStatus::Failed);
+        assert_eq!((job.end_time(), job.duration(9999)), (1300, 300));
+    }
+
+    #[test]
+    fn a_failing_job_can_be_canceled() {
+        let mut job = two_vertex_job();
+        job.runtime.subtasks[0][0].transition(ExecutionState::Failed, 1200);
+        job.refresh_status(1200);
+        assert_eq!(job.runtime.status, JobStatus::Failing);
+        job.cancel(1400);
+        assert_eq!(job.runtime.status, JobStatus::Canceled);
+        assert_eq!(job.end_time(), 1400);
+        assert_eq!(job.runtime.subtasks[0][0].status, ExecutionState::Failed);
+        assert_eq!(job.runtime.subtasks[1][0].status, ExecutionState::Canceled);
+        assert!(!job.refresh_status(1500), "CANCELED is final");
+    }
+
+    /// The durations of one subtask, in [`SubtaskRuntime::LIFECYCLE`] order.
+    fn durations(s: &SubtaskRuntime, now: i64) -> Vec<i64> {
+        SubtaskRuntime::LIFECYCLE
+            .iter()
+            .map(|state| s.time_in(*state, now))
+            .collect()
+    }
+
+    #[test]
+    fn states_stamped_together_last_zero_and_durations_add_up() {
+        // CREATED, SCHEDULED and DEPLOYING share the placement stamp: only DEPLOYING (the last
+        // of them) lasts, until INITIALIZING.
+        let mut s = SubtaskRuntime::placed("h:1".into(), 1000);
+        assert_eq!(durations(&s, 1500), [0, 0, 500, 0, 0]);
+        assert!(s.transition(ExecutionState::Initializing, 5952));
+        assert!(s.transition(ExecutionState::Running, 6000));
+        assert_eq!(durations(&s, 7000), [0, 0, 4952, 48, 1000]);
+        assert_eq!(durations(&s, 7000).iter().sum::<i64>(), 7000 - 1000);
+        // INITIALIZING is last in Flink's enum but not in the lifecycle: RUNNING, not a
+        // terminal state, ends it.
+        assert!(s.transition(ExecutionState::Failed, 6500));
+        assert_eq!(durations(&s, 9999), [0, 0, 4952, 48, 500]);
+        assert_eq!(s.time_in(ExecutionState::Failed, 9999), 0);
+        assert_eq!(durations(&s, 9999).iter().sum::<i64>(), s.end_time() - 1000);
+    }
+
+    #[test]
+    fn skipped_states_count_zero_and_the_previous_one_lasts_until_the_next_stamp() {
+        // An agent that reports a subtask alive before it was ever handed out (after a
+        // coordinator restart): DEPLOYING → RUNNING, no INITIALIZING.
+        let mut s = SubtaskRuntime::placed("h:1".into(), 1000);
+        assert!(s.transition(ExecutionState::Running, 1200));
+        assert_eq!(durations(&s, 1300), [0, 0, 200, 0, 100]);
+        // Lost before any report: DEPLOYING → FAILED.
+        let mut lost = SubtaskRuntime::placed("h:1".into(), 1000);
+        assert!(lost.transition(ExecutionState::Failed, 4000));
+        assert_eq!(durations(&lost, 9000), [0, 0, 3000, 0, 0]);
+        // Equal stamps further down the chain: INITIALIZING and RUNNING in the same millisecond.
+        let mut quick = SubtaskRuntime::placed("h:1".into(), 1000);
+        assert!(quick.transition(ExecutionState::Initializing, 1100));
+        assert!(quick.transition(ExecutionState::Running, 1100));
+        assert_eq!(durations(&quick, 1400), [0, 0, 100, 0, 300]);
     }
 }

@@ -169,7 +169,10 @@ impl Registry {
         Ok(id)
     }
 
-    /// Cancels a job: every subtask not yet terminal becomes CANCELED, sampling stops.
+    /// Cancels a job: every subtask not yet terminal becomes CANCELED, sampling stops. Like
+    /// Flink's Dispatcher, cancelling a job that is already CANCELED succeeds (and changes
+    /// nothing); a job that ended otherwise (FINISHED, FAILED) is
+    /// [`RegistryError::AlreadyTerminal`].
     pub fn cancel_job(&self, job_id: &str) -> Result<(), RegistryError> {
         let mut inner = self.lock();
         let index = *inner
@@ -177,6 +180,10 @@ impl Registry {
             .get(job_id)
             .ok_or_else(|| RegistryError::JobNotFound(job_id.to_string()))?;
         let status = inner.jobs[index].runtime.status;
+        if status == JobStatus::Canceled {
+            tracing::debug!(job = %job_id, "cancel of a job already canceled: nothing to do");
+            return Ok(());
+        }
         if status.is_terminal() {
             return Err(RegistryError::AlreadyTerminal(status));
         }
@@ -491,8 +498,10 @@ impl Registry {
         })
     }
 
-    /// The agent address of a live task manager and the selectors of every RUNNING or
-    /// INITIALIZING subtask on it (what its thread dump covers).
+    /// The agent address of a live task manager and one selector per process it watches: every
+    /// process that runs a RUNNING or INITIALIZING subtask on it, each once, with no thread
+    /// filter. A thread dump is of whole processes, as Flink's is of the whole TaskManager JVM:
+    /// a stuck thread is often one no subtask selector names (a pool, a timer, a GC thread).
     pub fn taskmanager_dump_targets(
         &self,
         tmid: &str,
@@ -502,13 +511,23 @@ impl Registry {
             .taskmanagers
             .get(tmid)
             .ok_or_else(|| RegistryError::TaskManagerNotFound(tmid.to_string()))?;
-        let mut selectors = Vec::new();
+        let mut selectors: Vec<v1::ThreadSelector> = Vec::new();
         for job in &inner.jobs {
             for (v, vertex) in job.spec.vertices.iter().enumerate() {
                 for (s, spec) in vertex.subtasks.iter().enumerate() {
                     if spec.taskmanager == tmid && job.runtime.subtasks[v][s].status.is_sampleable()
                     {
-                        selectors.push(selector_of(spec, subtask_key(&job.spec.id, &vertex.id, s)));
+                        let mut selector =
+                            selector_of(spec, subtask_key(&job.spec.id, &vertex.id, s));
+                        // The whole process, named once: the agent then lists each thread once.
+                        selector.tids.clear();
+                        selector.thread_name.clear();
+                        if !selectors
+                            .iter()
+                            .any(|known| known.process == selector.process)
+                        {
+                            selectors.push(selector);
+                        }
                     }
                 }
             }

@@ -15,8 +15,10 @@
 //! ```
 //!
 //! A vertex's state is the aggregate of its subtasks' states by Flink's rule
-//! ([`aggregate_execution_states`]); a job's status follows from its vertices' aggregate
-//! ([`JobStatus::from_vertex_aggregate`]). Every transition is stamped with wall-clock
+//! ([`aggregate_execution_states`]); a job's status follows from its subtasks' states
+//! ([`JobStatus::from_subtask_states`]): RUNNING, then FAILING from the first FAILED subtask
+//! while others still run (they are still sampled), FAILED once every subtask has ended;
+//! FINISHED when all finished; CANCELED by `PATCH` (also from FAILING, as in Flink). Every transition is stamped with wall-clock
 //! milliseconds, because Flink's JSON reports a timestamp per state (`timestamps`,
 //! `status-duration`, `start-time`, `end-time`).
 
@@ -156,9 +158,9 @@ pub enum JobStatus {
     Created,
     /// Scheduled: some subtask may still be starting.
     Running,
-    /// Flink only.
+    /// A subtask failed (agent lost, or process missing at start) while others still run.
     Failing,
-    /// A subtask failed (agent lost, or process missing at start).
+    /// A subtask failed and every subtask has ended.
     Failed,
     /// Flink only (flamegrid cancels instantly).
     Cancelling,
@@ -220,11 +222,22 @@ impl JobStatus {
         )
     }
 
-    /// The job status that the aggregate of all its subtasks implies. A job whose subtasks are
-    /// still being placed is RUNNING, as in Flink once a job is scheduled.
-    pub fn from_vertex_aggregate(aggregate: ExecutionState) -> JobStatus {
-        match aggregate {
-            ExecutionState::Failed => JobStatus::Failed,
+    /// The job status that its subtasks' states imply (for a job not canceled):
+    ///
+    /// * some subtask FAILED and some other is still not terminal → FAILING: Flink never shows
+    ///   a terminal job with running tasks, and flamegrid keeps sampling those tasks;
+    /// * some subtask FAILED and all are terminal → FAILED;
+    /// * otherwise the aggregate of the subtask states (Flink's vertex rule) decides: CANCELED,
+    ///   FINISHED when every subtask finished, RUNNING while any is still placed or running (a
+    ///   job whose subtasks are still being placed is RUNNING, as in Flink once it is
+    ///   scheduled).
+    pub fn from_subtask_states(
+        states: impl IntoIterator<Item = ExecutionState> + Clone,
+    ) -> JobStatus {
+        let all_terminal = states.clone().into_iter().all(ExecutionState::is_terminal);
+        match aggregate_execution_states(states) {
+            ExecutionState::Failed if all_terminal => JobStatus::Failed,
+            ExecutionState::Failed => JobStatus::Failing,
             ExecutionState::Canceling => JobStatus::Cancelling,
             ExecutionState::Canceled => JobStatus::Canceled,
             ExecutionState::Finished => JobStatus::Finished,
@@ -261,6 +274,19 @@ mod tests {
         assert_eq!(aggregate_execution_states([Finished, Finished]), Finished);
         assert_eq!(aggregate_execution_states([Deploying, Created]), Created);
         assert_eq!(aggregate_execution_states([]), Created);
+    }
+
+    #[test]
+    fn one_failed_subtask_makes_the_job_failing_until_all_have_ended() {
+        let job = |states: &[ExecutionState]| JobStatus::from_subtask_states(states.to_vec());
+        assert_eq!(job(&[Running, Failed]), JobStatus::Failing);
+        assert_eq!(job(&[Deploying, Failed, Finished]), JobStatus::Failing);
+        assert_eq!(job(&[Finished, Failed]), JobStatus::Failed);
+        assert_eq!(job(&[Failed, Failed]), JobStatus::Failed);
+        assert!(!JobStatus::Failing.is_terminal() && JobStatus::Failed.is_terminal());
+        assert_eq!(job(&[Running, Finished]), JobStatus::Running);
+        assert_eq!(job(&[Finished, Finished]), JobStatus::Finished);
+        assert_eq!(job(&[Deploying, Initializing]), JobStatus::Running);
     }
 
     #[test]

@@ -90,6 +90,16 @@ fn job_counts(state: &AppState) -> BTreeMap<JobStatus, usize> {
     counts
 }
 
+/// Jobs that have not reached a globally terminal state: Flink's `jobs-running` (and its
+/// `numRunningJobs` gauge) counts "running or pending" jobs, so a FAILING job still counts.
+fn running_or_pending(counts: &BTreeMap<JobStatus, usize>) -> usize {
+    counts
+        .iter()
+        .filter(|(status, _)| !status.is_terminal())
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// `/overview`: Flink's ClusterOverviewWithVersion.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -104,7 +114,7 @@ pub struct ClusterOverview {
     pub taskmanagers_blocked: usize,
     /// Always 0.
     pub slots_free_and_blocked: usize,
-    /// Jobs RUNNING, INITIALIZING or CREATED.
+    /// Jobs not yet globally terminal (RUNNING, FAILING, ...), as Flink counts them.
     pub jobs_running: usize,
     /// Jobs FINISHED.
     pub jobs_finished: usize,
@@ -131,9 +141,7 @@ pub async fn overview(State(state): State<AppState>) -> Json<ClusterOverview> {
         slots_available: free,
         taskmanagers_blocked: 0,
         slots_free_and_blocked: 0,
-        jobs_running: count(JobStatus::Running)
-            + count(JobStatus::Initializing)
-            + count(JobStatus::Created),
+        jobs_running: running_or_pending(&counts),
         jobs_finished: count(JobStatus::Finished),
         jobs_cancelled: count(JobStatus::Canceled),
         jobs_failed: count(JobStatus::Failed),
@@ -234,13 +242,54 @@ pub async fn jobmanager_config(State(state): State<AppState>) -> Json<Vec<Config
     )
 }
 
-/// `/jobmanager/environment`: the coordinator process in Flink's JVM-shaped block.
+/// `/jobmanager/environment`: the coordinator process in Flink's JVM-shaped block, plus the
+/// host it runs on under an extra key Flink clients ignore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Environment {
     /// The process.
     pub jvm: ProcessInfo,
     /// Always empty (no JVM).
     pub classpath: Vec<String>,
+    /// flamegrid's addition: the coordinator's host and pid, the same facts an agent
+    /// registers for its own host (`/taskmanagers/:id` shows those).
+    pub host: HostEnvironment,
+}
+
+/// The coordinator's host, read when asked (free memory changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostEnvironment {
+    /// The host's name.
+    pub hostname: String,
+    /// The coordinator's process id on that host.
+    pub pid: u32,
+    /// Operating system, e.g. "Debian GNU/Linux 12".
+    pub os: String,
+    /// Kernel release, e.g. "6.1.0-18-amd64".
+    pub kernel: String,
+    /// Logical CPUs.
+    pub cpu_cores: u32,
+    /// Bytes of RAM.
+    pub physical_memory: u64,
+    /// Bytes of RAM still available.
+    pub free_memory: u64,
+}
+
+impl HostEnvironment {
+    /// Reads the facts now, with the probe the agents use, so that a coordinator and an agent
+    /// on the same host report the same values.
+    pub fn read() -> Self {
+        let facts = flamegrid_agent::registration::HostProbe::new().host_info();
+        HostEnvironment {
+            hostname: facts.hostname,
+            pid: std::process::id(),
+            os: facts.os,
+            kernel: facts.kernel,
+            cpu_cores: facts.cpu_cores,
+            physical_memory: facts.physical_memory,
+            free_memory: facts.free_memory,
+        }
+    }
 }
 
 /// Flink's `jvm` block, filled with the native process's facts.
@@ -255,7 +304,7 @@ pub struct ProcessInfo {
 }
 
 /// `GET /jobmanager/environment` (and `/jobs/:jobid/jobmanager/environment`): the process in
-/// Flink's JVM-shaped block.
+/// Flink's JVM-shaped block, and its host under `host`.
 #[utoipa::path(get, path = "/jobmanager/environment", tag = "cluster",
     responses((status = 200, description = "The coordinator process", body = Environment)))]
 pub async fn jobmanager_environment() -> Json<Environment> {
@@ -269,6 +318,7 @@ pub async fn jobmanager_environment() -> Json<Environment> {
             options: std::env::args().skip(1).collect(),
         },
         classpath: Vec::new(),
+        host: HostEnvironment::read(),
     })
 }
 
@@ -313,10 +363,7 @@ pub async fn jobmanager_metrics(
         "numRegisteredTaskManagers".into(),
         state.registry.taskmanagers().len() as f64,
     );
-    metrics.insert(
-        "numRunningJobs".into(),
-        counts.get(&JobStatus::Running).copied().unwrap_or(0) as f64,
-    );
+    metrics.insert("numRunningJobs".into(), running_or_pending(&counts) as f64);
     metrics.insert("taskSlotsTotal".into(), total as f64);
     metrics.insert("taskSlotsAvailable".into(), free as f64);
     // Flame graph sampling runs started so far (lets tests and operators see coalescing work).

@@ -21,6 +21,22 @@
 //! not an integer → 400 like any bad query parameter; a run that is not (or no longer) kept →
 //! 404 naming the runs that are. A kept run is served even for a vertex that has terminated since,
 //! and `at` never starts a run.
+//!
+//! flamegrid also adds `refresh=true|false` (default false): with `true`, a new run starts now
+//! for the key, even though the cached graph is still fresh, unless one is already in flight;
+//! the answer is still immediate, with what is cached (the JSON endpoint never blocks). Any
+//! other value is a 400 like any bad query parameter; with `at` it changes nothing (a kept run
+//! is never resampled).
+//!
+//! Response headers, on all three views:
+//!
+//! * `X-Flamegrid-Sampling: true|false` — whether a run for this key (or, for a subtask, its
+//!   vertex) is in flight after this request: a page shows "sampling…" and keeps polling until
+//!   it reads `false`, then has the new graph.
+//! * `X-Flamegrid-Missing: 1,3` — the subtasks missing from the graph served (agent failed or
+//!   late), only when there are any. The JSON also has them in its body (`"missing"`); the
+//!   folded text has them only here, since a comment line in collapsed stacks is not something
+//!   every flame graph tool skips.
 
 use super::error::ApiError;
 use super::params;
@@ -32,7 +48,7 @@ use crate::flamegraph::svg::SvgLabels;
 use crate::flamegraph::{GraphAnswer, folded, json, svg};
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flamegrid_model::GraphType;
@@ -65,11 +81,19 @@ pub struct GraphQuery {
     pub subtask: Option<u32>,
     /// A kept run by its `endTimestamp` (`at`), or `None` for the latest.
     pub at: Option<i64>,
+    /// `refresh=true`: start a new run now even if the cached graph is fresh.
+    pub refresh: bool,
 }
 
+/// Response header: is a run for the key in flight (`true`/`false`)? See the module docs.
+pub const SAMPLING_HEADER: &str = "x-flamegrid-sampling";
+
+/// Response header: the subtasks missing from the graph served, comma-separated.
+pub const MISSING_HEADER: &str = "x-flamegrid-missing";
+
 impl GraphQuery {
-    /// Parses `type`, `subtaskindex` and `at` Flink's way (first value of a comma list or
-    /// repeated key); anything else in the query is ignored, as Flink does.
+    /// Parses `type`, `subtaskindex`, `at` and `refresh` Flink's way (first value of a comma
+    /// list or repeated key); anything else in the query is ignored, as Flink does.
     pub fn parse(pairs: &[(String, String)]) -> Result<GraphQuery, ApiError> {
         let lists = params::query_lists(pairs);
         let first = |name: &str| lists.get(name).and_then(|v| v.first()).map(String::as_str);
@@ -90,7 +114,17 @@ impl GraphQuery {
             None => None,
             Some(raw) => Some(parse_timestamp("at", raw)?),
         };
-        Ok(GraphQuery { ty, subtask, at })
+        let refresh = match first("refresh") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(raw) => return Err(ApiError::bad_query_param("refresh", raw)),
+        };
+        Ok(GraphQuery {
+            ty,
+            subtask,
+            at,
+            refresh,
+        })
     }
 }
 
@@ -133,8 +167,32 @@ impl Resolved {
         match (&self.kept, &self.vertex) {
             (Some(kept), _) => GraphAnswer::Ready(Arc::clone(kept)),
             (None, None) => GraphAnswer::Disabled,
-            (None, Some(v)) => state.flamegraphs.answer(&self.key, v),
+            (None, Some(v)) => state
+                .flamegraphs
+                .answer_with(&self.key, v, self.query.refresh),
         }
+    }
+
+    /// The `X-Flamegrid-Sampling` and (when some subtasks are missing) `X-Flamegrid-Missing`
+    /// headers for an answer to this request; read after the answer, so a request that started
+    /// a run says `true`.
+    pub(super) fn headers(&self, state: &AppState, answer: &GraphAnswer) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let sampling = state.flamegraphs.sampling(&self.key);
+        headers.insert(
+            SAMPLING_HEADER,
+            HeaderValue::from_static(if sampling { "true" } else { "false" }),
+        );
+        if let GraphAnswer::Ready(s) = answer
+            && !s.missing.is_empty()
+        {
+            let list: Vec<String> = s.missing.iter().map(u32::to_string).collect();
+            // Digits and commas: always a valid header value.
+            if let Ok(value) = HeaderValue::from_str(&list.join(",")) {
+                headers.insert(MISSING_HEADER, value);
+            }
+        }
+        headers
     }
 }
 
@@ -233,8 +291,8 @@ pub(super) fn resolve(
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph", tag = "flamegraphs",
     params(params::VertexPath, super::openapi::FlameGraphParams),
     responses(
-        (status = 200, description = "Flink's flame graph JSON; never waits", body = json::VertexFlameGraph),
-        (status = 400, description = "Malformed id, type or subtask index", body = super::error::ErrorBody),
+        (status = 200, description = "Flink's flame graph JSON; never waits", body = json::VertexFlameGraph, headers(("X-Flamegrid-Sampling" = bool, description = "true while a sampling run for this graph is in flight"), ("X-Flamegrid-Missing" = String, description = "Subtasks missing from the graph, comma-separated; only when some are"))),
+        (status = 400, description = "Malformed id, type, subtask index, `at` or `refresh`", body = super::error::ErrorBody),
         (status = 404, description = "Unknown job or vertex, subtask index not below the parallelism, or no kept run `at`", body = super::error::ErrorBody),
     ))]
 pub async fn flamegraph_json(
@@ -244,8 +302,9 @@ pub async fn flamegraph_json(
 ) -> Result<Response, ApiError> {
     let r = resolve(&state, &jobid, &vertexid, &query)?;
     let answer = r.answer_now(&state);
-    let body = json::render_cached(&answer, r.query.ty);
+    let body = json::render_cached(state.flamegraphs.cache(), &answer, r.query.ty);
     Ok((
+        r.headers(&state, &answer),
         [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
         body,
     )
@@ -265,7 +324,12 @@ pub(super) async fn resolve_waiting(
     let answer = match (&r.kept, &r.vertex) {
         (Some(kept), _) => GraphAnswer::Ready(Arc::clone(kept)),
         (None, None) => GraphAnswer::Disabled,
-        (None, Some(v)) => state.flamegraphs.answer_waiting(&r.key, v).await,
+        (None, Some(v)) => {
+            state
+                .flamegraphs
+                .answer_waiting_with(&r.key, v, r.query.refresh)
+                .await
+        }
     };
     Ok((r, answer))
 }
@@ -274,8 +338,8 @@ pub(super) async fn resolve_waiting(
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.svg", tag = "flamegraphs",
     params(params::VertexPath, super::openapi::FlameGraphParams),
     responses(
-        (status = 200, description = "Interactive SVG (waits for a run in flight)", body = String, content_type = "image/svg+xml"),
-        (status = 400, description = "Malformed id, type or subtask index", body = super::error::ErrorBody),
+        (status = 200, description = "Interactive SVG (waits for a run in flight)", body = String, content_type = "image/svg+xml", headers(("X-Flamegrid-Sampling" = bool, description = "true while a sampling run for this graph is in flight"), ("X-Flamegrid-Missing" = String, description = "Subtasks missing from the graph, comma-separated; only when some are"))),
+        (status = 400, description = "Malformed id, type, subtask index, `at` or `refresh`", body = super::error::ErrorBody),
         (status = 404, description = "Unknown job or vertex, subtask index not below the parallelism, or no kept run `at`", body = super::error::ErrorBody),
     ))]
 pub async fn flamegraph_svg(
@@ -284,6 +348,7 @@ pub async fn flamegraph_svg(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let (r, answer) = resolve_waiting(&state, &jobid, &vertexid, &query).await?;
+    let headers = r.headers(&state, &answer);
     let (job_name, vertex_name) = r.names();
     let (key, ty) = (r.key, r.query.ty);
     // Rendering 10 k stacks takes milliseconds of CPU: keep it off the async workers.
@@ -301,15 +366,15 @@ pub async fn flamegraph_svg(
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
-    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+    Ok((headers, [(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 
 /// `GET .../flamegraph.folded`: collapsed stacks, `a;b;c COUNT` per line.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.folded", tag = "flamegraphs",
     params(params::VertexPath, super::openapi::FlameGraphParams),
     responses(
-        (status = 200, description = "Collapsed stacks, `a;b;c COUNT` per line", body = String, content_type = "text/plain"),
-        (status = 400, description = "Malformed id, type or subtask index", body = super::error::ErrorBody),
+        (status = 200, description = "Collapsed stacks, `a;b;c COUNT` per line", body = String, content_type = "text/plain", headers(("X-Flamegrid-Sampling" = bool, description = "true while a sampling run for this graph is in flight"), ("X-Flamegrid-Missing" = String, description = "Subtasks missing from the graph, comma-separated; only when some are"))),
+        (status = 400, description = "Malformed id, type, subtask index, `at` or `refresh`", body = super::error::ErrorBody),
         (status = 404, description = "Unknown job or vertex, subtask index not below the parallelism, or no kept run `at`", body = super::error::ErrorBody),
     ))]
 pub async fn flamegraph_folded(
@@ -319,7 +384,12 @@ pub async fn flamegraph_folded(
 ) -> Result<Response, ApiError> {
     let (r, answer) = resolve_waiting(&state, &jobid, &vertexid, &query).await?;
     let body = folded::render(&answer, r.query.ty);
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response())
+    Ok((
+        r.headers(&state, &answer),
+        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /taskmanagers/:tmid/thread-dump`: one deep sample of every thread the agent watches.
@@ -372,9 +442,12 @@ mod tests {
             GraphQuery {
                 ty: GraphType::Full,
                 subtask: None,
-                at: None
+                at: None,
+                refresh: false,
             }
         );
+        assert!(q(&[("refresh", "true")]).unwrap().refresh);
+        assert!(!q(&[("refresh", "false")]).unwrap().refresh);
         assert_eq!(
             q(&[("at", "1700000000123")]).unwrap().at,
             Some(1_700_000_000_123)
@@ -396,6 +469,10 @@ mod tests {
             ("subtaskindex", "x"),
             ("at", "yesterday"),
             ("at", "1.5"),
+            ("refresh", "yes"),
+            ("refresh", "TRUE"),
+            ("refresh", ""),
+            ("refresh", "1"),
         ] {
             let e = q(&[bad]).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);

@@ -548,13 +548,13 @@ pub enum CancelMode {
 #[utoipa::path(patch, path = "/jobs/{jobid}", tag = "jobs", params(JobPath, CancelParams),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "CANCELED; sampling stops", body = EmptyObject),
+        (status = 202, description = "CANCELED (also when it already was); sampling stops", body = EmptyObject),
         (status = 308, description = "`mode=stop` was removed from Flink's API", body = ErrorBody),
         (status = 400, description = "Malformed job id or mode", body = ErrorBody),
         (status = 401, description = "A bearer token is required (--rest-token-file)", body = ErrorBody),
         (status = 403, description = "The coordinator is read-only", body = ErrorBody),
         (status = 404, description = "Unknown job", body = ErrorBody),
-        (status = 409, description = "The job already ended", body = ErrorBody),
+        (status = 409, description = "The job already ended otherwise (FINISHED or FAILED)", body = ErrorBody),
     ))]
 pub async fn cancel(
     State(state): State<AppState>,

@@ -184,6 +184,10 @@ pub struct FlameGraphParams {
     /// Not an integer: 400; no such kept run: 404.
     #[param(pattern = "^[0-9]{1,15}$")]
     pub at: Option<String>,
+    /// `true`: start a new sampling run now even if the cached graph is fresh (unless one is in
+    /// flight); the answer is still immediate, with what is cached. `false` (default): the
+    /// refresh interval decides. Any other value is a 400.
+    pub refresh: Option<bool>,
 }
 
 /// The values of the flame graph `type` parameter (any letter case is accepted).

@@ -6,6 +6,8 @@
 //! * Slots: one per CPU core (`slotsNumber`); `freeSlots` is cores minus the subtasks placed on
 //!   it that are not terminal (never below 0). `assignedTasks` is that subtask count.
 //! * `hardware` is the host as the agent reported it; JVM memory fields are 0 (no JVM).
+//! * Extra keys Flink does not have (its clients ignore unknown keys): `hostname`, `os`,
+//!   `kernel` and `agentVersion`, the host facts the agent registered with.
 //!
 //! The thread dump (`/taskmanagers/:tmid/thread-dump`) is served by `rest/flamegraph.rs`.
 
@@ -121,6 +123,15 @@ pub struct TaskManagerInfo {
     pub hardware: Hardware,
     /// Zeros.
     pub memory_configuration: MemoryConfiguration,
+    /// flamegrid's addition: the agent host's name, as it registered (Flink has no such key;
+    /// Flink clients ignore unknown keys, and flamegrid's dashboard shows it).
+    pub hostname: String,
+    /// flamegrid's addition: the agent host's operating system, e.g. "Debian GNU/Linux 12".
+    pub os: String,
+    /// flamegrid's addition: the agent host's kernel release, e.g. "6.1.0-18-amd64".
+    pub kernel: String,
+    /// flamegrid's addition: the agent's version, to spot agents left behind by an upgrade.
+    pub agent_version: String,
 }
 
 /// One TaskManagerInfo.
@@ -156,6 +167,10 @@ fn info(tm: &TaskManager, assigned: usize) -> TaskManagerInfo {
             total_flink_memory: 0,
             total_process_memory: tm.host.physical_memory,
         },
+        hostname: tm.host.hostname.clone(),
+        os: tm.host.os.clone(),
+        kernel: tm.host.kernel.clone(),
+        agent_version: tm.host.agent_version.clone(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The rest of Flink's REST API: paths flamegrid knows about but does not serve, because they
-//! act on Flink jobs it does not run (jars, savepoints, stop-with-savepoint, rescaling, cluster
-//! datasets, checkpoint triggers, cluster shutdown, Flink's async-profiler).
+//! act on Flink jobs it does not run (jars, savepoints, stop-with-savepoint, rescaling and its
+//! history, cluster datasets, checkpoint triggers and per-subtask checkpoint statistics, cluster
+//! shutdown, Flink's async-profiler).
 //!
 //! Each answers a JSON error that says so, with the status Flink's router gives a route that is
 //! not registered (404, for every method), rather than a plain-text page or a hang.
@@ -43,6 +44,19 @@ pub fn routes() -> Router<AppState> {
         (
             "/jobs/{jobid}/checkpoints/{triggerid}",
             "checkpoint triggers",
+        ),
+        (
+            "/jobs/{jobid}/checkpoints/details/{checkpointid}/subtasks/{vertexid}",
+            "checkpoint statistics per subtask (flamegrid takes no checkpoints)",
+        ),
+        // Flink 2.3's rescale history of the adaptive scheduler.
+        ("/jobs/{jobid}/rescales/config", "rescale history"),
+        ("/jobs/{jobid}/rescales/overview", "rescale history"),
+        ("/jobs/{jobid}/rescales/history", "rescale history"),
+        ("/jobs/{jobid}/rescales/summary", "rescale history"),
+        (
+            "/jobs/{jobid}/rescales/details/{rescaleuuid}",
+            "rescale history",
         ),
         (
             "/jobs/{jobid}/vertices/{vertexid}/jm-operator-metrics",

@@ -117,6 +117,15 @@ export class ApiError extends Error {
 
 /** GETs a relative API path and returns the parsed JSON, or throws ApiError. */
 export async function api(path, signal) {
+  return (await apiWithHeaders(path, signal)).body;
+}
+
+/**
+ * Like api(), but also returns the answer's headers: the flame graph answers say in
+ * `X-Flamegrid-Sampling` whether a sampling run is in flight, which the body cannot tell once
+ * an older graph is cached.
+ */
+export async function apiWithHeaders(path, signal) {
   let response;
   try {
     response = await fetch(path, { signal, headers: { Accept: 'application/json' }, cache: 'no-store' });
@@ -140,7 +149,7 @@ export async function api(path, signal) {
     throw new ApiError(response.status, message);
   }
   if (body === null) throw new ApiError(response.status, `The answer to ${path} is not JSON.`);
-  return body;
+  return { body, headers: response.headers };
 }
 
 /** An inline error box: what failed and why. */
@@ -310,9 +319,11 @@ function overviewPage(root, page) {
   }, refreshInterval);
 }
 
+/** The host name the agent registered with (flamegrid's `hostname` key), else the host part
+ *  of its address (all a Flink task manager has). */
 function hostOf(tm) {
-  if (tm.host) return String(tm.host);
   if (tm.hostname) return String(tm.hostname);
+  if (tm.host) return String(tm.host);
   // Flink's `path` is an RPC address like 'pekko.tcp://flink@host:port/user/...' or 'host:port'.
   const path = String(tm.path || '');
   const m = path.match(/@([^/:]+)/) || path.match(/^(?:[a-z]+:\/\/)?([^/:]+)/i);
@@ -324,8 +335,10 @@ function tmRow(tm) {
   const age = heartbeatAge(tm.timeSinceLastHeartbeat);
   const host = hostOf(tm);
   return h('tr', {},
-    h('td', {}, h('a', { href: `#/taskmanagers/${enc(tm.id)}` }, host || tm.id),
-      host && host !== tm.id ? h('div', { class: 'sub mono' }, tm.id) : null),
+    h('td', {}, h('a', { href: `#/taskmanagers/${enc(tm.id)}`, class: 'tm-host' }, host || tm.id),
+      host && host !== tm.id ? h('div', { class: 'sub mono' }, tm.id) : null,
+      tm.os || tm.agentVersion ? h('div', { class: 'sub' },
+        [tm.os, tm.agentVersion ? `agent ${tm.agentVersion}` : ''].filter(Boolean).join(' · ')) : null),
     h('td', { class: 'num' }, hw.cpuCores ?? '–'),
     h('td', { class: 'num' }, fmtBytes(hw.physicalMemory),
       typeof hw.freeMemory === 'number' && hw.freeMemory > 0 ? h('div', { class: 'sub' }, `${fmtBytes(hw.freeMemory)} free`) : null),
@@ -438,7 +451,7 @@ function vertexPage(root, page, jid, vid, params) {
     ' ', t.label, h('span', { class: 'visually-hidden', id: `fg-type-${t.value}` }, `: ${t.help}`)));
   const typeSet = h('fieldset', { class: 'types' }, h('legend', {}, 'Thread state'), typeRadios);
   const subtaskSelect = h('select', { id: 'fg-subtask', name: 'subtask' }, h('option', { value: '' }, 'All subtasks'));
-  const refreshButton = h('button', { type: 'button', class: 'button' }, 'Refresh');
+  const refreshButton = h('button', { type: 'button', class: 'button', id: 'fg-refresh', 'aria-controls': 'flamegraph' }, 'Refresh');
   const search = h('input', { type: 'search', id: 'fg-search', placeholder: 'function name or regex', autocomplete: 'off', spellcheck: 'false' });
   const resetZoom = h('button', { type: 'button', class: 'button secondary', disabled: true }, 'Reset zoom');
   const links = h('p', { class: 'views' });
@@ -541,44 +554,64 @@ function vertexPage(root, page, jid, vid, params) {
   };
   tickAge();
 
-  let lastAnswer = null;
+  // The flame graph poll. Every answer says (header X-Flamegrid-Sampling) whether a sampling run
+  // for this graph is in flight: the first one (no graph yet, endTimestamp -3), one the server
+  // started because the cached graph grew older than its refresh interval, or one the Refresh
+  // button asked for (refresh=true). While one is, the old graph stays on screen under a
+  // "Sampling…" status and the page polls every second; the answer after the run has the new
+  // graph. The status line is rewritten after every answer, so no message outlives its cause.
+  let sampling = false;
+  let refreshWanted = false;
+  const samplesText = (graph) => {
+    const total = Number(graph.data.value) || 0;
+    return `${total} sample${total === 1 ? '' : 's'}, ${TYPES.find((t) => t.value === state.type).label}`;
+  };
   const flamePoll = page.poll(async () => {
     const generation = state.generation;
+    const q = new URLSearchParams(query());
+    const asked = refreshWanted;
+    if (asked) q.set('refresh', 'true');
     let graph;
+    let headers;
     try {
-      graph = await api(`${base}?${query()}`, page.signal);
+      ({ body: graph, headers } = await apiWithHeaders(`${base}?${q}`, page.signal));
     } catch (e) {
       if (e.name === 'AbortError') throw e;
       if (generation !== state.generation) return;
-      lastAnswer = null;
+      sampling = false;
       fill(fgError, errorBox('The flame graph could not be loaded:', e));
       status.textContent = '';
+      status.classList.remove('busy');
       chartBox.classList.remove('sampling');
+      chartBox.removeAttribute('aria-busy');
+      delete chartBox.dataset.sampling;
       return;
     }
     if (page.stopped || generation !== state.generation) return;
+    if (asked) refreshWanted = false;
     fill(fgError);
-    lastAnswer = graph;
     const ts = Number(graph.endTimestamp);
+    sampling = headers.get('X-Flamegrid-Sampling') === 'true' || ts === -3;
+    chartBox.classList.toggle('sampling', sampling);
+    chartBox.dataset.sampling = String(sampling);
+    if (sampling) chartBox.setAttribute('aria-busy', 'true');
+    else chartBox.removeAttribute('aria-busy');
     if (ts < 0 || !graph.data) {
       state.endTimestamp = null;
       age.textContent = '';
       status.textContent = SENTINELS[String(ts)] || `No graph (endTimestamp ${ts}).`;
-      chartBox.classList.toggle('sampling', ts === -3);
+      status.classList.remove('busy');
       chartBox.dataset.state = ts === -3 ? 'sampling' : 'none';
       fill(missing);
       chart.clear(ts === -3 ? 'Sampling… the graph appears here as soon as the run is done.' : '');
       return;
     }
-    chartBox.classList.remove('sampling');
     chartBox.dataset.state = 'ready';
     // Like Flink's UI: redraw only when a new run landed (endTimestamp changed).
     if (ts !== state.endTimestamp) {
       state.endTimestamp = ts;
       chart.setData(graph.data, state.type);
       loadHistory();
-      const total = Number(graph.data.value) || 0;
-      status.textContent = `${total} sample${total === 1 ? '' : 's'} (${TYPES.find((t) => t.value === state.type).label}).`;
       age.textContent = `measured ${fmtAgo(ts)}`;
       const gone = Array.isArray(graph.missing) ? graph.missing : [];
       fill(missing, ...(gone.length ? [h('div', { class: 'warning', role: 'note' },
@@ -587,12 +620,20 @@ function vertexPage(root, page, jid, vid, params) {
         gone.map((m) => (typeof m === 'object' ? JSON.stringify(m) : String(m))).join(', '),
         ' (their agents failed or did not answer in time); the graph shows the others.')] : []));
     }
-  }, () => (lastAnswer && Number(lastAnswer.endTimestamp) === -3 ? 1000 : refreshInterval()));
+    // Only rewrite the live region when its text changes, so a screen reader hears each
+    // change once rather than once a second.
+    const text = sampling
+      ? `Sampling… a new run is in flight; the graph below (${samplesText(graph)}) is replaced when it is done.`
+      : `${samplesText(graph)}.`;
+    if (status.textContent !== text) status.textContent = text;
+    status.classList.toggle('busy', sampling);
+  }, () => (sampling || refreshWanted ? 1000 : refreshInterval()));
 
   const restart = () => {
     state.generation++;
     state.endTimestamp = null;
-    lastAnswer = null;
+    sampling = false;
+    refreshWanted = false;
     status.textContent = 'Loading…';
     age.textContent = '';
     updateLinks();
@@ -603,8 +644,10 @@ function vertexPage(root, page, jid, vid, params) {
   });
   subtaskSelect.addEventListener('change', () => { state.subtask = subtaskSelect.value; restart(); });
   refreshButton.addEventListener('click', () => {
-    status.textContent = state.endTimestamp ? 'Checking for a newer graph…' : 'Loading…';
-    // A new run starts on the server when the cached graph is older than its refresh interval.
+    // refresh=true starts a new run now (unless one is in flight); the answer comes at once
+    // and its X-Flamegrid-Sampling header switches the page to "Sampling…" until the run ends.
+    refreshWanted = true;
+    status.textContent = 'Starting a new sampling run…';
     flamePoll.poke();
   });
 
@@ -684,8 +727,12 @@ function taskManagerPage(root, page, tmid) {
     fill(title, host || tm.id);
     document.title = `${host || tm.id} · flamegrid`;
     fill(meta, 
+      h('dt', {}, 'Host'), h('dd', { class: 'tm-host' }, host || '–'),
       h('dt', {}, 'Id'), h('dd', { class: 'mono' }, tm.id),
       h('dt', {}, 'Address'), h('dd', { class: 'mono' }, tm.path || '–'),
+      tm.os ? [h('dt', {}, 'Operating system'), h('dd', {}, tm.os)] : null,
+      tm.kernel ? [h('dt', {}, 'Kernel'), h('dd', { class: 'mono' }, tm.kernel)] : null,
+      tm.agentVersion ? [h('dt', {}, 'Agent version'), h('dd', { class: 'mono' }, tm.agentVersion)] : null,
       h('dt', {}, 'Cores'), h('dd', {}, hw.cpuCores ?? '–'),
       h('dt', {}, 'Memory'), h('dd', {}, `${fmtBytes(hw.physicalMemory)}${hw.freeMemory > 0 ? ` (${fmtBytes(hw.freeMemory)} free)` : ''}`),
       h('dt', {}, 'Last heartbeat'), h('dd', {}, hb === null ? '–' : `${fmtDuration(hb)} ago`),
