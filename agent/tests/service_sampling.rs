@@ -2,8 +2,10 @@
 //! real workloads: samples carry the known call chains; bounds, allow-list, token and capacity
 //! refusals carry the right status codes.
 
+mod common;
 mod run_support;
 
+use common::TracerHold;
 use flamegrid_proto::v1::{self, SampleRequest, ThreadDumpRequest};
 use flamegrid_workloads::{Mix, RunningWorkload, Workload};
 use run_support::*;
@@ -378,17 +380,8 @@ async fn a_thread_held_by_another_tracer_is_permission_denied() {
         .workload
         .tid_of("spin-0")
         .expect("the workload has spin-0");
-    // This test's own thread seizes spin-0 (the tracee keeps running) and holds it until the
-    // end of the test; exiting the holding thread detaches it.
-    let (seized_tx, seized_rx) = std::sync::mpsc::channel();
-    let (release, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        let target = nix::unistd::Pid::from_raw(tid as i32);
-        let seized = nix::sys::ptrace::seize(target, nix::sys::ptrace::Options::empty());
-        seized_tx.send(seized).unwrap();
-        let _ = release_rx.recv();
-    });
-    seized_rx.recv().unwrap().expect("seizing spin-0");
+    // This test process seizes spin-0 (the tracee keeps running) until the hold is dropped.
+    let hold = TracerHold::seize(tid);
 
     let mut client = sampling_client(s.addr).await;
     let status = client
@@ -399,8 +392,7 @@ async fn a_thread_held_by_another_tracer_is_permission_denied() {
         ))
         .await
         .unwrap_err();
-    drop(release);
-    holder.join().unwrap();
+    drop(hold);
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(
         status.message().contains("another tracer"),

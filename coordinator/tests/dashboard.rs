@@ -106,23 +106,28 @@ impl Http {
     }
 }
 
+/// How every Chromium of these tests runs: headless (the four flags the issue names), quiet (no
+/// updates, sync, extensions or first-run pages: the page must work offline) and at one size.
+const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--mute-audio",
+    "--window-size=1280,900",
+];
+
 /// Runs headless Chromium on `url` and returns the DOM after the page's scripts ran.
 fn dump_dom(browser: &Path, profile: &Path, url: &str, screenshot: Option<&Path>) -> String {
     let mut command = Command::new(browser);
-    command.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--mute-audio",
-        "--window-size=1280,900",
-        "--virtual-time-budget=6000",
-    ]);
+    command
+        .args(CHROMIUM_FLAGS)
+        .arg("--virtual-time-budget=6000");
     command.arg(format!("--user-data-dir={}", profile.display()));
     match screenshot {
         Some(file) => command.arg(format!("--screenshot={}", file.display())),
@@ -180,20 +185,8 @@ impl Browser {
         let (child_in, child_out) = (command_read.as_raw_fd(), answer_write.as_raw_fd());
         let mut command = Command::new(browser);
         command
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--mute-audio",
-                "--window-size=1280,900",
-                "--remote-debugging-pipe",
-            ])
+            .args(CHROMIUM_FLAGS)
+            .arg("--remote-debugging-pipe")
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::null())

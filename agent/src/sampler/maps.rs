@@ -80,46 +80,45 @@ pub fn parse_line(line: &str) -> Option<MapEntry> {
 }
 
 /// Reads and parses the maps of `pid`, through a live thread when the process's own file is
-/// empty (see [`live_maps_pid`]).
+/// empty (see [`read_live_maps`]).
 ///
 /// An `EACCES`/`EPERM` error means the agent may not trace the process (the kernel checks
 /// ptrace access for `maps`); callers turn it into a permission refusal, never "gone".
 pub fn read_maps(pid: u32) -> io::Result<Vec<MapEntry>> {
+    read_live_maps(pid).map(|(_, entries)| entries)
+}
+
+/// The maps of `pid`, and the id whose `/proc/<id>/{maps,map_files,root,mem}` describe its
+/// address space, in one pass over `/proc`.
+///
+/// The id is normally `pid` itself. But when the main thread has exited (`pthread_exit` in
+/// `main`) while other threads run on, the leader is a zombie whose `maps` is empty and whose
+/// `map_files` and memory are gone, although the process lives. Every thread shares the address
+/// space, so the files of any live thread (`/proc/<tid>/...`, which the kernel serves for tids
+/// too) answer instead. Falls back to `pid` (and its empty maps) when no thread has any.
+pub fn read_live_maps(pid: u32) -> io::Result<(u32, Vec<MapEntry>)> {
     let entries = read_maps_of(pid)?;
     if !entries.is_empty() {
-        return Ok(entries);
+        return Ok((pid, entries));
     }
-    let live = live_maps_pid(pid);
-    if live == pid {
-        return Ok(entries);
-    }
-    read_maps_of(live)
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Ok((pid, entries));
+    };
+    let live = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&tid| tid != pid)
+        .find_map(|tid| {
+            read_maps_of(tid)
+                .ok()
+                .filter(|maps| !maps.is_empty())
+                .map(|maps| (tid, maps))
+        });
+    Ok(live.unwrap_or((pid, entries)))
 }
 
 fn read_maps_of(id: u32) -> io::Result<Vec<MapEntry>> {
     let text = std::fs::read_to_string(format!("/proc/{id}/maps"))?;
     Ok(text.lines().filter_map(parse_line).collect())
-}
-
-/// The id whose `/proc/<id>/{maps,map_files,root,mem}` describe `pid`'s address space.
-///
-/// Normally `pid` itself. But when the main thread has exited (`pthread_exit` in `main`) while
-/// other threads run on, the leader is a zombie whose `maps` is empty and whose `map_files`
-/// and memory are gone, although the process lives. Every thread shares the address space, so
-/// the files of any live thread (`/proc/<tid>/...`, which the kernel serves for tids too)
-/// answer instead. Falls back to `pid` when no thread has a non-empty `maps`.
-pub fn live_maps_pid(pid: u32) -> u32 {
-    let has_maps = |id: u32| std::fs::read(format!("/proc/{id}/maps")).is_ok_and(|t| !t.is_empty());
-    if has_maps(pid) {
-        return pid;
-    }
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return pid;
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&tid| tid != pid)
-        .find(|&tid| has_maps(tid))
-        .unwrap_or(pid)
 }
 
 /// The file name part of a path (`libc.so.6` for `/usr/lib/x86_64-linux-gnu/libc.so.6`).

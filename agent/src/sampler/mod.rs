@@ -114,7 +114,8 @@ pub struct RunStats {
     pub module_load: Duration,
     /// Time spent unwinding.
     pub unwind: Duration,
-    /// Time spent symbolizing (after sampling).
+    /// Time spent waiting for names after the last round (earlier rounds are named while the
+    /// run waits between rounds).
     pub symbolize: Duration,
     /// Threads that did not stop within their deadline.
     pub not_stopped: u32,
@@ -284,9 +285,7 @@ impl RunNames {
     fn collect(self) -> HashMap<u32, HashMap<u64, Vec<Frame>>> {
         let mut tables: HashMap<u32, HashMap<u64, Vec<Frame>>> = HashMap::new();
         for (pid, batch) in self.pending {
-            let addrs = batch.addrs().to_vec();
-            let table = tables.entry(pid).or_default();
-            table.extend(addrs.into_iter().zip(batch.wait()));
+            tables.entry(pid).or_default().extend(batch.wait());
         }
         tables
     }

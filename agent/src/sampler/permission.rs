@@ -46,15 +46,7 @@ pub fn explain_denied(pid: u32, tid: u32) -> String {
     let status = proc::task_status(pid, tid)
         .or_else(|_| proc::process_status(pid))
         .unwrap_or_default();
-    // `TracerPid` is the tracing *thread*; our own tracer thread (which may still hold a
-    // thread it gave up waiting for) is not "another tracer".
-    let ours = proc::read_small(std::path::Path::new(&format!(
-        "/proc/self/task/{}/comm",
-        status.tracer_pid
-    )))
-    // The kernel keeps 15 bytes of a thread name: "flamegrid-tracer" reads "flamegrid-trace".
-    .is_ok_and(|comm| "flamegrid-tracer".starts_with(comm.trim_end()) && comm.len() > 8);
-    if status.tracer_pid != 0 && !ours {
+    if status.tracer_pid != 0 && !super::ptrace::is_own_tracer_thread(status.tracer_pid) {
         let comm = proc::process_comm(status.tracer_pid).unwrap_or_else(|_| "?".into());
         return format!(
             "another tracer is attached (TracerPid {} {comm:?}); a thread can have only one tracer, \

@@ -167,10 +167,22 @@ impl Tracer {
     }
 }
 
+/// The name of the tracer thread; its `comm` is the first 15 bytes (the kernel's limit).
+const TRACER_THREAD_NAME: &str = "flamegrid-tracer";
+
+/// Whether `tid` is a tracer thread of this process. `TracerPid` in `/proc` names a thread, and
+/// our own tracer (which may still hold a thread that missed its stop deadline) is not
+/// "another tracer" when a refusal is explained.
+pub fn is_own_tracer_thread(tid: u32) -> bool {
+    let comm = &TRACER_THREAD_NAME[..TRACER_THREAD_NAME.len().min(15)];
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .is_ok_and(|text| text.trim_end() == comm)
+}
+
 fn spawn_thread() -> std::io::Result<mpsc::Sender<RoundJob>> {
     let (tx, rx) = mpsc::channel::<RoundJob>();
     std::thread::Builder::new()
-        .name("flamegrid-tracer".into())
+        .name(TRACER_THREAD_NAME.into())
         .spawn(move || {
             // Short sleeps in the poll loop should really be short (default slack is 50 µs).
             // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.

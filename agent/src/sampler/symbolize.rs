@@ -1,8 +1,10 @@
 //! From addresses to frame names: blazesym, demangling, and name cleanup.
 //!
 //! Symbolization is the expensive part of sampling (tens of milliseconds to parse a library's
-//! DWARF the first time), so it happens **after** all samples of a run were taken, once per
-//! distinct address, on a dedicated thread that keeps one long-lived [`blazesym`] symbolizer.
+//! DWARF the first time), so it never happens while a thread is stopped: once per distinct
+//! address, on a dedicated thread that keeps one long-lived [`blazesym`] symbolizer, which names
+//! each round's new addresses while the sampler waits for the next round (and the rest after the
+//! last one), so the cold parse overlaps the sampling window.
 //! blazesym caches parsed files keyed by device/inode/size/mtime (so a replaced binary is read
 //! again).
 //!
@@ -12,8 +14,8 @@
 //! (the path as the *process* sees it, in its own mount namespace), or by the plain path when
 //! the process shares the agent's mount namespace, so a library is parsed once for all
 //! processes. A module that cannot be opened costs only its own frames (`module+0xoffset`),
-//! never the rest of the batch. The symbolizer
-//! is not `Send`, which is one more reason it lives on a thread of its own.
+//! never the rest of the batch. The symbolizer is not `Send`, which is one more reason it lives
+//! on a thread of its own.
 //!
 //! Names are made to *aggregate*: a flame graph merges frames by name, so the same function must
 //! get the same name in every sample, thread and host. Hence:
@@ -97,9 +99,9 @@ impl SymbolizerThread {
     /// [`PendingNames::wait`] gives the frames, one or more per address, outermost first (the
     /// function, then the functions inlined into it). `run_maps` are the process's mappings as
     /// read during the run: when the process has exited by then, its frames are named from the
-    /// mapped files themselves through them. A run submits the addresses of its early rounds while it is still
-    /// sampling, so the cold parse of a target's debug information overlaps the sampling
-    /// window instead of following it.
+    /// mapped files themselves through them. A run submits the addresses of its early rounds
+    /// while it is still sampling, so the cold parse of a target's debug information overlaps
+    /// the sampling window instead of following it.
     pub fn submit(
         &self,
         pid: u32,
@@ -137,24 +139,17 @@ pub struct PendingNames {
 }
 
 impl PendingNames {
-    /// The addresses of the batch, in the order [`PendingNames::wait`] answers them.
-    pub fn addrs(&self) -> &[u64] {
-        &self.addrs
-    }
-
-    /// Blocks until the batch is named: frames per address, outermost first; `[unknown]` for
-    /// every address when the symbolizer thread is gone.
-    pub fn wait(self) -> Vec<Vec<Frame>> {
-        let fallback = |addrs: &[u64]| {
-            addrs
+    /// Blocks until the batch is named: each address with its frames, outermost first;
+    /// `[unknown]` for every address when the symbolizer thread is gone.
+    pub fn wait(self) -> impl Iterator<Item = (u64, Vec<Frame>)> {
+        let frames = self.answer.and_then(|answer| answer.recv().ok());
+        let frames = frames.unwrap_or_else(|| {
+            self.addrs
                 .iter()
                 .map(|_| vec![Frame::named("[unknown]")])
                 .collect()
-        };
-        match self.answer {
-            Some(answer) => answer.recv().unwrap_or_else(|_| fallback(&self.addrs)),
-            None => fallback(&self.addrs),
-        }
+        });
+        self.addrs.into_iter().zip(frames)
     }
 }
 
@@ -319,8 +314,7 @@ fn symbolize_batch(
     use blazesym::symbolize::source::{Process, Source};
     use blazesym::symbolize::{Input, Symbolized};
     // A process whose main thread exited is reached through one of its live threads.
-    let live = maps::live_maps_pid(pid);
-    let maps = maps::read_maps(pid).ok()?;
+    let (live, maps) = maps::read_live_maps(pid).ok()?;
     if !use_map_files {
         let root = process_root_prefix(live)?;
         return symbolize_from_files(symbolizer, &maps, addrs, &root);

@@ -155,13 +155,13 @@ impl UnwindCache {
             return false;
         };
         let starttime = old.starttime;
-        let Ok(entries) = maps::read_maps(pid) else {
+        let Ok((live, entries)) = maps::read_live_maps(pid) else {
             return false;
         };
         if signature(&entries) == old.signature {
             return false;
         }
-        let loaded = self.load_from(maps::live_maps_pid(pid), starttime, &entries);
+        let loaded = self.load_from(live, starttime, &entries);
         self.processes.insert(pid, loaded);
         true
     }
@@ -172,13 +172,13 @@ impl UnwindCache {
     }
 
     fn load(&mut self, pid: u32, starttime: u64) -> std::io::Result<ProcessUnwinder> {
-        let entries = maps::read_maps(pid)?;
         // Files and the vDSO are read through a live thread when the main thread has exited.
-        Ok(self.load_from(maps::live_maps_pid(pid), starttime, &entries))
+        let (live, entries) = maps::read_live_maps(pid)?;
+        Ok(self.load_from(live, starttime, &entries))
     }
 
     /// Builds the modules of `entries`; `pid` is the id whose `/proc` files reach the address
-    /// space (the process, or a live thread of it: [`maps::live_maps_pid`]).
+    /// space (the process, or a live thread of it: [`maps::read_live_maps`]).
     fn load_from(&mut self, pid: u32, starttime: u64, entries: &[MapEntry]) -> ProcessUnwinder {
         let mut unwinder = NativeUnwinder::new();
         let mut modules = Vec::new();

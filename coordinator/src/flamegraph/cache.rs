@@ -214,6 +214,14 @@ struct Inner {
 }
 
 impl Inner {
+    /// The run in flight that will fill `key`: one for `key` itself or, for a subtask, one for
+    /// its whole vertex (a vertex run fills every subtask entry).
+    fn run_filling(&self, key: &GraphKey) -> Option<&watch::Sender<()>> {
+        self.pending
+            .get(key)
+            .or_else(|| key.subtask.and_then(|_| self.pending.get(&key.vertex())))
+    }
+
     /// Counts one more holder of `snapshot` (a kept run of some entry).
     fn hold(&mut self, snapshot: &Arc<Snapshot>) {
         self.held
@@ -379,8 +387,7 @@ impl GraphCache {
             }
             None => (None, false),
         };
-        let covered = inner.pending.contains_key(key)
-            || (key.subtask.is_some() && inner.pending.contains_key(&key.vertex()));
+        let covered = inner.run_filling(key).is_some();
         let ticket = if (fresh && !refresh) || covered {
             None
         } else {
@@ -398,20 +405,13 @@ impl GraphCache {
     /// A receiver that wakes (with an error from `changed()`) when the run that will fill `key`
     /// ends; `None` when no such run is in flight.
     pub fn pending_run(&self, key: &GraphKey) -> Option<watch::Receiver<()>> {
-        let inner = self.lock();
-        inner
-            .pending
-            .get(key)
-            .or_else(|| key.subtask.and_then(|_| inner.pending.get(&key.vertex())))
-            .map(watch::Sender::subscribe)
+        self.lock().run_filling(key).map(watch::Sender::subscribe)
     }
 
     /// Whether a run that will fill `key` is in flight: one for `key` itself or, for a subtask,
     /// one for its whole vertex. What the `X-Flamegrid-Sampling` header reports.
     pub fn sampling(&self, key: &GraphKey) -> bool {
-        let inner = self.lock();
-        inner.pending.contains_key(key)
-            || (key.subtask.is_some() && inner.pending.contains_key(&key.vertex()))
+        self.lock().run_filling(key).is_some()
     }
 
     /// The cached snapshot for `key` without touching freshness or starting anything.

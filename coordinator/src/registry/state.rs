@@ -18,9 +18,9 @@
 //! ([`aggregate_execution_states`]); a job's status follows from its subtasks' states
 //! ([`JobStatus::from_subtask_states`]): RUNNING, then FAILING from the first FAILED subtask
 //! while others still run (they are still sampled), FAILED once every subtask has ended;
-//! FINISHED when all finished; CANCELED by `PATCH` (also from FAILING, as in Flink). Every transition is stamped with wall-clock
-//! milliseconds, because Flink's JSON reports a timestamp per state (`timestamps`,
-//! `status-duration`, `start-time`, `end-time`).
+//! FINISHED when all finished; CANCELED by `PATCH` (also from FAILING, as in Flink). Every
+//! transition is stamped with wall-clock milliseconds, because Flink's JSON reports a timestamp
+//! per state (`timestamps`, `status-duration`, `start-time`, `end-time`).
 
 use serde::{Deserialize, Serialize};
 
