@@ -6,6 +6,7 @@
 //! [`v1::registry_server::Registry`] (served by the coordinator). The agent and the coordinator
 //! depend on this crate, never on each other. [`pprof`] holds the types of pprof's profile format,
 //! which the coordinator exports.
+//! [`exposure`] is the secure-default rule every listener of both binaries follows.
 
 /// Generated code for package `flamegrid.v1`.
 pub mod v1 {
@@ -22,5 +23,6 @@ pub mod pprof {
 }
 
 pub mod convert;
+pub mod exposure;
 
 pub use convert::{ConvertError, SampleResponseBuilder};
