@@ -23,7 +23,8 @@
 //!
 //! The write checks run per route (see [`check_write`], installed by the router on the method
 //! routes that write), so a method a path does not serve still answers 405 and an unknown path
-//! 404, as DESIGN.md says; the CORS headers and preflights are handled once for the whole router
+//! 404, as DESIGN.md says (the routes of Flink's API that flamegrid answers with "not supported"
+//! change nothing and are left as they are); the CORS headers and preflights are handled once for the whole router
 //! by [`cors`].
 
 use super::error::ApiError;

@@ -97,7 +97,8 @@ fn api_routes() -> Router<AppState> {
         .route("/jobs/{jobid}/accumulators", get(jobs::accumulators))
         .route("/jobs/{jobid}/metrics", get(jobs::metrics))
         .route("/jobs/{jobid}/execution-result", get(jobs::execution_result))
-        .route("/jobs/{jobid}/checkpoints", get(jobs::checkpoints).merge(writes(post(unsupported::checkpoint_trigger))))
+        // A POST that only says "not supported" changes nothing, like every `unsupported` route.
+        .route("/jobs/{jobid}/checkpoints", get(jobs::checkpoints).post(unsupported::checkpoint_trigger))
         .route("/jobs/{jobid}/checkpoints/config", get(jobs::checkpoints_config))
         .route("/jobs/{jobid}/checkpoints/details/{checkpointid}", get(jobs::checkpoint_details))
         .route("/jobs/{jobid}/jobmanager/config", get(jobs::jobmanager_config))
