@@ -1056,8 +1056,7 @@ async fn conventions_versions_errors_headers() {
         let response = c.http.get(c.url(path)).send().await.unwrap();
         let headers = response.headers();
         assert_eq!(
-            headers["content-type"],
-            "application/json; charset=UTF-8",
+            headers["content-type"], "application/json; charset=UTF-8",
             "{path}"
         );
         assert!(
