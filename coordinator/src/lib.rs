@@ -15,6 +15,12 @@
 //! Tests and the demo start one on port 0 in-process this way; [`run`] is the binary's loop
 //! around it.
 //!
+//! Before anything is served, both listeners pass the secure-default rule
+//! ([`flamegrid_proto::exposure::check`], DESIGN.md "Secure defaults"): one that other hosts can
+//! reach without credentials stops the start with a one-line reason naming the missing flag,
+//! unless `--insecure`. The REST listener runs in [`rest::serve`]'s accept loop (header-read and
+//! request timeouts, a connection limit); what a web page may do is [`rest::cross_site`].
+//!
 //! With `--tls-cert`/`--tls-key` the registry port speaks TLS (mutual with `--tls-ca`) through
 //! [`registry::tls`], an accept loop of our own, so that every refused handshake is logged with
 //! the peer that tried; the same files serve as client credentials towards `https://` agents
