@@ -103,7 +103,55 @@ pub struct CoordinatorConfig {
     #[arg(long, env = "FLAMEGRID_HEARTBEAT_TIMEOUT_S", default_value_t = 30)]
     pub heartbeat_timeout_s: u64,
 
-    /// File holding the shared token agents and the coordinator present to each other over gRPC.
+    /// Start even though a listener on a non-loopback address has no credentials (the REST API
+    /// without --rest-token-file or --read-only, the registry without --token-file or mutual
+    /// TLS). Without it the coordinator refuses to start and names the missing flag; with it, it
+    /// starts and logs a warning per open listener. Anyone who reaches an open REST port can make
+    /// agents ptrace processes; anyone who reaches an open registry can register as an agent.
+    #[arg(long, env = "FLAMEGRID_INSECURE")]
+    pub insecure: bool,
+
+    /// An origin (scheme://host[:port]) whose web pages may call this API from a browser: its
+    /// cross-origin reads get Access-Control-Allow-Origin, its preflights are answered, and its
+    /// writes are accepted (with the token, when --rest-token-file is set). Repeat the flag, or
+    /// give a comma-separated list (FLAMEGRID_CORS_ORIGIN, or a TOML list in --config). No
+    /// wildcards. Pages of any other origin cannot read answers, and their writes get 403; a page
+    /// served by this coordinator itself under a host name (not an IP address or localhost) must
+    /// be listed too, which stops DNS rebinding. Clients that send no Origin (curl, scripts,
+    /// Flink's REST clients) are not affected.
+    #[arg(
+        long = "cors-origin",
+        env = "FLAMEGRID_CORS_ORIGIN",
+        value_name = "URL",
+        value_delimiter = ',',
+        value_parser = crate::rest::cross_site::parse_cors_origin
+    )]
+    pub cors_origin: Vec<crate::rest::cross_site::Origin>,
+
+    /// Seconds a REST client has to send a request's headers (also the longest an idle
+    /// keep-alive connection is kept); a client that sends them slower (slowloris) is
+    /// disconnected. 1..=3600.
+    #[arg(long, env = "FLAMEGRID_REST_HEADER_TIMEOUT_S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub rest_header_timeout_s: u64,
+
+    /// Seconds a REST request may take from its headers to its answer (body upload included);
+    /// then it is answered 408. Never shorter than a flame graph run's deadline plus a margin,
+    /// because .svg and .folded wait for a run in flight (samples x delay +
+    /// --flamegraph-rpc-grace-ms). 1..=86400.
+    #[arg(long, env = "FLAMEGRID_REST_REQUEST_TIMEOUT_S", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub rest_request_timeout_s: u64,
+
+    /// REST connections served at once; further clients wait in the listen backlog until one
+    /// closes (or is cut off by the timeouts above), so a flood of connections cannot exhaust
+    /// the coordinator's memory or file descriptors. 1..=65536.
+    #[arg(long, env = "FLAMEGRID_REST_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub rest_max_connections: u32,
+
+    /// File holding the shared token agents and the coordinator present to each other over gRPC
+    /// (the same file on both sides). An unreadable or empty file stops the coordinator.
     #[arg(long, env = "FLAMEGRID_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
@@ -129,11 +177,14 @@ pub struct CoordinatorConfig {
     #[arg(long, env = "FLAMEGRID_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
 
-    /// File holding the bearer token REST writes (POST, PATCH, DELETE) must present.
+    /// File holding the bearer token REST writes (POST, PATCH, DELETE) must present
+    /// (`Authorization: Bearer <token>`, compared in constant time). An unreadable or empty file
+    /// stops the coordinator from starting. Reads stay open, as in Flink.
     #[arg(long, env = "FLAMEGRID_REST_TOKEN_FILE", value_name = "FILE")]
     pub rest_token_file: Option<PathBuf>,
 
-    /// Refuse every REST write.
+    /// Refuse every REST write (403): the REST API may then listen on any address without a
+    /// token.
     #[arg(long, env = "FLAMEGRID_READ_ONLY")]
     pub read_only: bool,
 }
@@ -163,7 +214,7 @@ pub enum ConfigFileError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML, or a value is not a string, number or boolean.
+    /// The file is not valid TOML, or a value is not a string, number, boolean or list of strings.
     #[error("config file {path}: {msg}")]
     Parse {
         /// The file.
@@ -202,11 +253,31 @@ pub fn apply_config_file(args: &[String]) -> Result<(), ConfigFileError> {
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            // A list (`cors-origin = ["https://a", "https://b"]`) becomes the comma-separated
+            // form the environment variable takes.
+            toml::Value::Array(items) => {
+                let mut parts = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => parts.push(s),
+                        other => {
+                            return Err(ConfigFileError::Parse {
+                                path,
+                                msg: format!(
+                                    "key {key:?}: a list may hold only strings, got {}",
+                                    other.type_str()
+                                ),
+                            });
+                        }
+                    }
+                }
+                parts.join(",")
+            }
             other => {
                 return Err(ConfigFileError::Parse {
                     path,
                     msg: format!(
-                        "key {key:?}: expected a string, number or boolean, got {}",
+                        "key {key:?}: expected a string, number, boolean or list of strings, got {}",
                         other.type_str()
                     ),
                 });

@@ -15,6 +15,12 @@
 //! Tests and the demo start one on port 0 in-process this way; [`run`] is the binary's loop
 //! around it.
 //!
+//! Before anything is served, both listeners pass the secure-default rule
+//! ([`flamegrid_proto::exposure::check`], DESIGN.md "Secure defaults"): one that other hosts can
+//! reach without credentials stops the start with a one-line reason naming the missing flag,
+//! unless `--insecure`. The REST listener runs in [`rest::serve`]'s accept loop (header-read and
+//! request timeouts, a connection limit); what a web page may do is [`rest::cross_site`].
+//!
 //! With `--tls-cert`/`--tls-key` the registry port speaks TLS (mutual with `--tls-ca`) through
 //! [`registry::tls`], an accept loop of our own, so that every refused handshake is logged with
 //! the peer that tried; the same files serve as client credentials towards `https://` agents
@@ -55,6 +61,10 @@ pub enum CoordinatorError {
     /// A TLS file could not be read or used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A listener would be reachable from other hosts without credentials (DESIGN.md, "Secure
+    /// defaults"); the one-line reason names the missing flag.
+    #[error("{0}")]
+    Exposed(String),
     /// A server task failed.
     #[error("{0}")]
     Server(String),
@@ -161,6 +171,7 @@ pub async fn start_on(
             addr: config.rpc_addr,
             source,
         })?;
+    check_exposure(&config, rest_addr, rpc_addr)?;
     let timeout = Duration::from_secs(config.heartbeat_timeout_s.max(1));
     let data_dir = config.data_dir.clone();
     let registry = Arc::new(
@@ -183,14 +194,16 @@ pub async fn start_on(
     let (shutdown, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    // REST.
+    // REST, within the limits of rest::serve.
+    let limits = rest::serve::ServeLimits {
+        header_read_timeout: Duration::from_secs(config.rest_header_timeout_s.max(1)),
+        write_stall_timeout: rest::request_timeout(&state),
+        max_connections: config.rest_max_connections.max(1) as usize,
+    };
     let app = rest::router(state.clone(), write_guard);
-    let mut stop = stopped.clone();
+    let stop = stopped.clone();
     tasks.push(tokio::spawn(async move {
-        axum::serve(rest, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+        rest::serve::serve(rest, app, limits, stop)
             .await
             .map_err(|e| CoordinatorError::Server(format!("REST server: {e}")))
     }));
@@ -253,6 +266,45 @@ pub async fn start_on(
         shutdown,
         tasks,
     })
+}
+
+/// The secure-default rule ([`flamegrid_proto::exposure::check`]) for both listeners: a
+/// non-loopback REST API needs `--rest-token-file` or `--read-only`, a non-loopback registry
+/// `--token-file` or mutual TLS, unless `--insecure` (then one warning per open listener).
+/// Whether the credential files are usable is checked when they are read, right after: an
+/// unusable file stops the start too, never leaving a listener open.
+fn check_exposure(
+    config: &CoordinatorConfig,
+    rest_addr: SocketAddr,
+    rpc_addr: SocketAddr,
+) -> Result<(), CoordinatorError> {
+    use flamegrid_proto::exposure::{Exposure, Listener, check};
+    let mutual_tls =
+        config.tls_cert.is_some() && config.tls_key.is_some() && config.tls_ca.is_some();
+    let listeners = [
+        Listener {
+            what: "REST API",
+            addr_flag: "--rest-addr",
+            addr: rest_addr,
+            has_credentials: config.rest_token_file.is_some() || config.read_only,
+            credential_flags: "--rest-token-file (or --read-only)",
+        },
+        Listener {
+            what: "registry gRPC service",
+            addr_flag: "--rpc-addr",
+            addr: rpc_addr,
+            has_credentials: config.token_file.is_some() || mutual_tls,
+            credential_flags: "--token-file (or mutual TLS: --tls-cert, --tls-key and --tls-ca)",
+        },
+    ];
+    for listener in &listeners {
+        match check(listener, config.insecure) {
+            Ok(Exposure::Guarded) => {}
+            Ok(Exposure::OpenByChoice(warning)) => tracing::warn!("{warning}"),
+            Err(reason) => return Err(CoordinatorError::Exposed(reason)),
+        }
+    }
+    Ok(())
 }
 
 /// The registry's TLS acceptor from `--tls-cert`/`--tls-key` (and `--tls-ca` for mutual TLS),

@@ -8,10 +8,15 @@
 //!   exposes the ports the flags bind;
 //! * the systemd units grant the agent `CAP_SYS_PTRACE` and nothing more, the coordinator nothing;
 //! * every `--flag` and every `FLAMEGRID_*` variable used anywhere in `deploy/` appears in the
-//!   `--help` output of the binary it is meant for (the real binary, run as a process).
+//!   `--help` output of the binary it is meant for (the real binary, run as a process);
+//! * the files ship closed (issue 12): every listener they bind to a non-loopback address has
+//!   its credential wired (REST: `--rest-token-file` or `--read-only`; the registry and the
+//!   agent: `--token-file` or mutual TLS), from a file the README's install step creates
+//!   (systemd) or from a Secret volume the README says how to create (Kubernetes); nothing sets
+//!   `--insecure`. A future edit that comments a token out fails here, not on a cluster.
 
 use serde_norway::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -489,4 +494,273 @@ fn every_flag_and_variable_in_deploy_exists_in_the_binaries_help() {
         checked >= 15,
         "only {checked} flags and variables found: is the parsing broken?"
     );
+}
+
+// ---- shipped closed --------------------------------------------------------------------------
+
+/// One deployed process's settings, flag name (without `--`) → value, from its arguments and
+/// its `FLAMEGRID_*` environment, the way the binary reads them; `"true"` for a bare switch.
+type Settings = BTreeMap<String, String>;
+
+fn settings_from(args: &[String], env: &[(String, String)]) -> Settings {
+    let mut settings = Settings::new();
+    for (name, value) in env {
+        if let Some(flag) = name.strip_prefix("FLAMEGRID_") {
+            settings.insert(flag.to_ascii_lowercase().replace('_', "-"), value.clone());
+        }
+    }
+    let mut i = 0;
+    while i < args.len() {
+        if let Some(flag) = args[i].strip_prefix("--") {
+            if let Some((flag, value)) = flag.split_once('=') {
+                settings.insert(flag.to_string(), value.to_string());
+            } else if args.get(i + 1).is_some_and(|next| !next.starts_with("--")) {
+                settings.insert(flag.to_string(), args[i + 1].clone());
+                i += 1;
+            } else {
+                settings.insert(flag.to_string(), "true".to_string());
+            }
+        }
+        i += 1;
+    }
+    settings
+}
+
+/// The listeners of `binary` under `settings` that other hosts can reach without credentials
+/// (the rule of DESIGN.md, "Secure defaults"), as `flag address` strings, plus any `--insecure`.
+fn open_listeners(binary: &str, settings: &Settings) -> Vec<String> {
+    let has = |flag: &str| settings.contains_key(flag);
+    let mutual_tls = has("tls-cert") && has("tls-key") && has("tls-ca");
+    let listeners: Vec<(&str, &str, bool)> = match binary {
+        "coordinator" => vec![
+            (
+                "rest-addr",
+                "127.0.0.1:8081",
+                has("rest-token-file") || settings.get("read-only").is_some_and(|v| v == "true"),
+            ),
+            (
+                "rpc-addr",
+                "127.0.0.1:6123",
+                has("token-file") || mutual_tls,
+            ),
+        ],
+        "agent" => vec![("listen", "0.0.0.0:6122", has("token-file") || mutual_tls)],
+        other => panic!("unknown binary {other}"),
+    };
+    let mut open = Vec::new();
+    if has("insecure") {
+        open.push("--insecure".to_string());
+    }
+    for (flag, default, guarded) in listeners {
+        let addr = settings.get(flag).map(String::as_str).unwrap_or(default);
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .unwrap_or_else(|e| panic!("--{flag} {addr}: {e}"));
+        if !addr.ip().is_loopback() && !guarded {
+            open.push(format!("--{flag} {addr}"));
+        }
+    }
+    open
+}
+
+/// The files credentials are read from under `settings`.
+fn credential_files(settings: &Settings) -> Vec<String> {
+    [
+        "token-file",
+        "rest-token-file",
+        "tls-cert",
+        "tls-key",
+        "tls-ca",
+    ]
+    .iter()
+    .filter_map(|flag| settings.get(*flag).cloned())
+    .collect()
+}
+
+/// `KEY=value` lines of an EnvironmentFile (comments and blank lines skipped).
+fn env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not KEY=value: {l}"));
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect()
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap()
+}
+
+/// The rule itself catches an open door: a guard that cannot fail guards nothing.
+#[test]
+fn the_open_listener_rule_catches_an_open_door() {
+    let open = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        open_listeners("coordinator", &settings_from(&args, &[]))
+    };
+    assert!(open(&[]).is_empty(), "loopback defaults need nothing");
+    assert_eq!(
+        open(&["--rest-addr", "0.0.0.0:8081"]),
+        ["--rest-addr 0.0.0.0:8081"]
+    );
+    assert!(open(&["--rest-addr", "0.0.0.0:8081", "--read-only"]).is_empty());
+    assert_eq!(
+        open(&[
+            "--rpc-addr",
+            "[::]:6123",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k"
+        ]),
+        ["--rpc-addr [::]:6123"],
+        "TLS without a CA checks no client"
+    );
+    assert_eq!(open(&["--insecure"]), ["--insecure"]);
+    let agent = open_listeners("agent", &Settings::new());
+    assert_eq!(
+        agent,
+        ["--listen 0.0.0.0:6122"],
+        "the agent's default is open"
+    );
+}
+
+#[test]
+fn systemd_files_ship_with_every_open_listener_guarded() {
+    let readme = readme();
+    let mut token_paths = BTreeMap::new();
+    for (binary, unit, env) in [
+        (
+            "coordinator",
+            "flamegrid-coordinator.service",
+            "coordinator.env",
+        ),
+        ("agent", "flamegrid-agent.service", "agent.env"),
+    ] {
+        let settings_of_unit = unit_service_settings(&read(&format!("systemd/{unit}")));
+        let exec: Vec<String> = setting(&settings_of_unit, "ExecStart")[0]
+            .split_whitespace()
+            .skip(1)
+            .map(String::from)
+            .collect();
+        let env_vars = env_file(&read(&format!("systemd/{env}")));
+        let settings = settings_from(&exec, &env_vars);
+        let open = open_listeners(binary, &settings);
+        assert!(open.is_empty(), "{unit} + {env} ship open: {open:?}");
+        // Every credential file is one the README's install step creates.
+        let files = credential_files(&settings);
+        assert!(!files.is_empty(), "{env} wires no credential");
+        for file in files {
+            assert!(
+                readme.contains(&file),
+                "{env} reads {file}, which README.md's install step does not create"
+            );
+        }
+        token_paths.insert(binary, settings.get("token-file").cloned());
+    }
+    assert_eq!(
+        token_paths["coordinator"], token_paths["agent"],
+        "agents and the coordinator must read the same shared token"
+    );
+}
+
+#[test]
+fn kubernetes_manifests_ship_with_every_open_listener_guarded() {
+    let documents = manifests();
+    let readme = readme();
+    let workloads = [
+        ("coordinator", kind(&documents, "Deployment")[0]),
+        ("agent", kind(&documents, "DaemonSet")[0]),
+    ];
+    let mut secrets = BTreeSet::new();
+    for (binary, workload) in workloads {
+        let pod = &workload["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let args = [strings(&container["command"]), strings(&container["args"])].concat();
+        let env: Vec<(String, String)> = container["env"]
+            .as_sequence()
+            .map(|vars| {
+                vars.iter()
+                    .filter_map(|v| {
+                        Some((
+                            v["name"].as_str()?.to_string(),
+                            v["value"].as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let settings = settings_from(&args, &env);
+        let open = open_listeners(binary, &settings);
+        assert!(open.is_empty(), "the {binary} ships open: {open:?}");
+        let files = credential_files(&settings);
+        assert!(!files.is_empty(), "the {binary} wires no credential");
+        // Each credential file is an item of a Secret volume mounted at its directory.
+        for file in files {
+            let (dir, name) = file.rsplit_once('/').unwrap();
+            let mount = container["volumeMounts"]
+                .as_sequence()
+                .and_then(|m| m.iter().find(|m| m["mountPath"].as_str() == Some(dir)))
+                .unwrap_or_else(|| panic!("the {binary}'s {file}: no volume mounted at {dir}"));
+            let volume = pod["volumes"]
+                .as_sequence()
+                .and_then(|v| v.iter().find(|v| v["name"] == mount["name"]))
+                .unwrap_or_else(|| panic!("the {binary}'s {file}: the mounted volume"));
+            let secret = &volume["secret"];
+            let secret_name = secret["secretName"]
+                .as_str()
+                .unwrap_or_else(|| panic!("the {binary}'s {file} is not from a Secret"));
+            let items = secret["items"].as_sequence().cloned().unwrap_or_default();
+            assert!(
+                items.is_empty() || items.iter().any(|i| i["path"].as_str() == Some(name)),
+                "the {binary}'s {file}: the Secret's items do not include {name}"
+            );
+            for item in &items {
+                secrets.insert((
+                    secret_name.to_string(),
+                    item["key"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    // The README says how to create each Secret with each key used.
+    for (secret, key) in secrets {
+        assert!(
+            readme.contains(&format!("create secret generic {secret}")),
+            "README.md does not say how to create the Secret {secret}"
+        );
+        assert!(
+            readme.contains(&format!("--from-literal={key}=")),
+            "README.md does not create the key {key} of {secret}"
+        );
+    }
+}
+
+/// No file in `deploy/` turns the refusal off (comments may mention it).
+#[test]
+fn nothing_in_deploy_ships_insecure() {
+    let mut files = vec![deploy_dir().join("Containerfile")];
+    for sub in ["systemd", "kubernetes"] {
+        for entry in std::fs::read_dir(deploy_dir().join(sub)).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in text.lines() {
+            let code = line.trim_start();
+            if code.starts_with('#') {
+                continue;
+            }
+            assert!(
+                !code.to_ascii_lowercase().contains("insecure"),
+                "{}: {line}",
+                file.display()
+            );
+        }
+    }
 }

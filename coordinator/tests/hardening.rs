@@ -12,6 +12,12 @@
 //!   is logged with its address.
 //! * A target process that exits in the middle of a run: the run ends with what it got, the
 //!   graph is served, the subtask turns FINISHED.
+//! * Secure defaults (issue 12): a REST API or registry on a non-loopback address without
+//!   credentials refuses to start with one line naming the missing flag; so does an unusable
+//!   credential file; `--insecure` (flag, environment, config file) starts with one warning per
+//!   open listener; tokens, or `--read-only` plus mutual TLS, start without one. `--cors-origin`
+//!   lists from the environment and the config file. (The cross-site and REST-limit attacks are
+//!   in `secure_defaults.rs`.)
 //!
 //! Nothing here asserts on time. Ordering ("the agent is sampling now", "that thread has been
 //! sampled at least once") is observed, not waited for: from the agent's log or from the kernel's
@@ -35,6 +41,17 @@ const AGENT_LOG: &str = "info,flamegrid_agent=debug";
 
 // ---- a coordinator process -------------------------------------------------------------------
 
+/// `--rest-addr` and `--rpc-addr` on loopback port 0, each unless `extra` sets it.
+fn loopback_defaults(extra: &[&str]) -> Vec<&'static str> {
+    let mut args = Vec::new();
+    for flag in ["--rest-addr", "--rpc-addr"] {
+        if !extra.contains(&flag) {
+            args.extend([flag, "127.0.0.1:0"]);
+        }
+    }
+    args
+}
+
 /// `flamegrid-coordinator` as a child process on loopback port 0, its log in a file.
 struct CoordinatorProcess {
     child: KillOnDrop,
@@ -50,7 +67,8 @@ struct CoordinatorProcess {
 }
 
 impl CoordinatorProcess {
-    /// Starts the coordinator with `extra` flags and waits until it printed both addresses.
+    /// Starts the coordinator with `extra` flags (loopback port 0 for the addresses it does not
+    /// set) and waits until it printed both addresses.
     fn start(extra: &[&str]) -> Self {
         Self::start_with_env(extra, &[])
     }
@@ -61,7 +79,7 @@ impl CoordinatorProcess {
         let log = dir.path().join("coordinator.log");
         let data = dir.path().join("data");
         let mut child = Command::new(COORDINATOR)
-            .args(["--rest-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0"])
+            .args(loopback_defaults(extra))
             .arg("--data-dir")
             .arg(&data)
             .args(extra)
@@ -874,4 +892,253 @@ async fn mutual_tls_registry_and_sampling_and_a_stranger_is_refused_and_logged()
         (c.log().matches("registry TLS handshake refused").count() > refusals_before).then_some(())
     })
     .await;
+}
+
+// ---- secure defaults (issue 12, finding 3) ---------------------------------------------------
+
+/// Runs the coordinator with `args` (after loopback defaults the args may override) and `env`,
+/// expecting it to refuse to start: → its stderr. A coordinator that starts instead is killed
+/// after the hang guard and fails the test.
+fn refusal(args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = TempDir::new("refusal");
+    let mut child = KillOnDrop(
+        Command::new(COORDINATOR)
+            .args(loopback_defaults(args))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the coordinator started with {args:?} {env:?} instead of refusing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{args:?}: exit status {status}");
+    stderr
+}
+
+/// The refusal is one line that names the flag that is missing.
+fn assert_refused_naming(stderr: &str, flag: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with("flamegrid-coordinator: refusing to start"),
+        "{stderr}"
+    );
+    assert!(lines[0].contains(flag), "names {flag}: {stderr}");
+    assert!(
+        lines[0].contains("--insecure"),
+        "names the way out: {stderr}"
+    );
+}
+
+#[test]
+fn open_listeners_without_credentials_refuse_to_start_naming_the_flag() {
+    assert_refused_naming(
+        &refusal(&["--rest-addr", "0.0.0.0:0"], &[]),
+        "--rest-token-file",
+    );
+    assert_refused_naming(&refusal(&["--rpc-addr", "0.0.0.0:0"], &[]), "--token-file");
+    // IPv6 any-address, set through the environment: the command line's loopback default
+    // would win, so the variable is the only address given.
+    let dir = TempDir::new("refusal-env");
+    let out = Command::new(COORDINATOR)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("FLAMEGRID_RPC_ADDR", "127.0.0.1:0")
+        .env("FLAMEGRID_REST_ADDR", "0.0.0.0:0")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_refused_naming(&String::from_utf8_lossy(&out.stderr), "--rest-token-file");
+    // Server-only TLS is not a credential: anyone may still register.
+    let tls = TempDir::new("refusal-tls");
+    make_ca(tls.path(), "ca");
+    make_leaf(tls.path(), "ca", "coordinator");
+    let path = |f: &str| tls.path().join(f).display().to_string();
+    let (cert, key) = (path("coordinator.pem"), path("coordinator.key"));
+    assert_refused_naming(
+        &refusal(
+            &[
+                "--rpc-addr",
+                "0.0.0.0:0",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+            ],
+            &[],
+        ),
+        "--token-file",
+    );
+}
+
+/// A credential file that cannot be used stops the start: never run open because a file could
+/// not be read.
+#[test]
+fn an_unusable_credential_file_refuses_to_start() {
+    let dir = TempDir::new("bad-token");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let empty = empty.display().to_string();
+    let missing = dir.path().join("missing").display().to_string();
+    for (args, says) in [
+        (
+            vec!["--rest-addr", "0.0.0.0:0", "--rest-token-file", &missing],
+            "cannot read REST token file",
+        ),
+        (
+            vec!["--rest-addr", "0.0.0.0:0", "--rest-token-file", &empty],
+            "is empty",
+        ),
+        (
+            vec!["--rpc-addr", "0.0.0.0:0", "--token-file", &missing],
+            "cannot read token file",
+        ),
+        (
+            vec!["--rpc-addr", "0.0.0.0:0", "--token-file", &empty],
+            "is empty",
+        ),
+    ] {
+        let stderr = refusal(&args, &[]);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+/// `--insecure` (flag, FLAMEGRID_INSECURE or the TOML file) starts open listeners with one
+/// warning each; loopback listeners start without any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_starts_open_listeners_with_one_warning_each() {
+    let open = ["--rest-addr", "0.0.0.0:0", "--rpc-addr", "0.0.0.0:0"];
+    let by_flag = CoordinatorProcess::start(&[&open[..], &["--insecure"]].concat());
+    let by_env = CoordinatorProcess::start_with_env(&open, &[("FLAMEGRID_INSECURE", "true")]);
+    let toml_dir = TempDir::new("insecure-toml");
+    let toml = toml_dir.path().join("coordinator.toml");
+    std::fs::write(&toml, "insecure = true\n").unwrap();
+    let by_toml =
+        CoordinatorProcess::start(&[&open[..], &["--config", toml.to_str().unwrap()]].concat());
+    for c in [&by_flag, &by_env, &by_toml] {
+        assert_eq!(c.get("/config").await.0, 200, "it serves");
+        let log = c.log();
+        assert_eq!(log.matches("--insecure: the REST API").count(), 1, "{log}");
+        assert_eq!(
+            log.matches("--insecure: the registry gRPC service").count(),
+            1,
+            "{log}"
+        );
+    }
+    let loopback = CoordinatorProcess::start(&[]);
+    assert_eq!(loopback.get("/config").await.0, 200);
+    assert!(!loopback.log().contains("--insecure"), "{}", loopback.log());
+}
+
+/// With credentials an open listener starts, and no warning is logged: tokens for both, or
+/// --read-only for REST and mutual TLS for the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_listeners_with_credentials_start_without_warnings() {
+    let dir = TempDir::new("credentials");
+    make_ca(dir.path(), "ca");
+    make_leaf(dir.path(), "ca", "coordinator");
+    let path = |f: &str| dir.path().join(f).display().to_string();
+    std::fs::write(dir.path().join("rest-token"), "rest-secret\n").unwrap();
+    std::fs::write(dir.path().join("token"), "grpc-secret\n").unwrap();
+    let (rest_token, token) = (path("rest-token"), path("token"));
+    let (cert, key, ca) = (
+        path("coordinator.pem"),
+        path("coordinator.key"),
+        path("ca.pem"),
+    );
+    let open = ["--rest-addr", "0.0.0.0:0", "--rpc-addr", "0.0.0.0:0"];
+    let tokens = CoordinatorProcess::start(
+        &[
+            &open[..],
+            &["--rest-token-file", &rest_token, "--token-file", &token],
+        ]
+        .concat(),
+    );
+    let read_only_mtls = CoordinatorProcess::start(
+        &[
+            &open[..],
+            &[
+                "--read-only",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-ca",
+                &ca,
+            ],
+        ]
+        .concat(),
+    );
+    for c in [&tokens, &read_only_mtls] {
+        assert_eq!(c.get("/config").await.0, 200);
+        assert!(!c.log().contains("--insecure"), "{}", c.log());
+    }
+    // The REST token guards writes (401 without it).
+    let write = tokens
+        .http
+        .post(tokens.url("/jobs"))
+        .header("content-type", "application/json")
+        .body("{}");
+    assert_eq!(support::send(write).await.0, 401);
+}
+
+/// `--cors-origin` from FLAMEGRID_CORS_ORIGIN (comma-separated) and from a TOML list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_origins_come_from_the_environment_and_the_config_file() {
+    let by_env = CoordinatorProcess::start_with_env(
+        &[],
+        &[(
+            "FLAMEGRID_CORS_ORIGIN",
+            "https://a.example,https://b.example",
+        )],
+    );
+    let dir = TempDir::new("cors-toml");
+    let toml = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &toml,
+        "cors-origin = [\"https://c.example\", \"http://d.example:3000\"]\n",
+    )
+    .unwrap();
+    let by_toml = CoordinatorProcess::start(&["--config", toml.to_str().unwrap()]);
+    for (c, listed) in [
+        (&by_env, ["https://a.example", "https://b.example"]),
+        (&by_toml, ["https://c.example", "http://d.example:3000"]),
+    ] {
+        for origin in listed.into_iter().chain(["https://evil.example"]) {
+            let response = c
+                .http
+                .get(c.url("/config"))
+                .header("origin", origin)
+                .send()
+                .await
+                .unwrap();
+            let allowed = response
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_string());
+            if origin == "https://evil.example" {
+                assert_eq!(allowed, None);
+            } else {
+                assert_eq!(allowed.as_deref(), Some(origin));
+            }
+        }
+    }
 }

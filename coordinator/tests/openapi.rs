@@ -8,6 +8,8 @@
 //! * Every documented GET, with real ids substituted, answers with a documented status whose
 //!   schema validates the body (`jsonschema`, draft 2020-12, which OpenAPI 3.1 uses); error
 //!   answers validate against `ErrorBody`; a flame graph with data validates too.
+//! * Every documented write answers a form's content type with 415 and a foreign page's JSON
+//!   with 403, both documented, and changes nothing.
 
 use regex::Regex;
 use serde_json::{Value, json};
@@ -400,4 +402,51 @@ async fn live_answers_validate_against_the_document() {
     .await;
     assert!(graph["endTimestamp"].as_i64().unwrap() > 0, "{graph}");
     assert_eq!(graph["data"]["name"], "root");
+
+    // Every documented write refuses a form's content type (415) and a foreign page's JSON (403)
+    // with documented answers, and the demo job is still running afterwards.
+    let mut writes = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for method in ["post", "patch", "put", "delete"] {
+            let Some(op) = item.get(method) else { continue };
+            if op["responses"].get("415").is_none() {
+                continue; // "not supported" routes change nothing and document their 404
+            }
+            assert!(
+                op["responses"].get("403").is_some(),
+                "{method} {template}: 403"
+            );
+            let path = template.replace("{jobid}", &c.job_id);
+            let url = format!("{}{path}", c.base);
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            for (headers, expected) in [
+                (vec![("content-type", "text/plain")], 415),
+                (
+                    vec![
+                        ("content-type", "application/json"),
+                        ("origin", "https://evil.example"),
+                    ],
+                    403,
+                ),
+            ] {
+                let mut request = c.http.request(m.clone(), &url).body("{}");
+                for (k, v) in &headers {
+                    request = request.header(*k, *v);
+                }
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                let content_type = response.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                let text = response.text().await.unwrap();
+                assert_eq!(status, expected, "{method} {path} {headers:?}: {text}");
+                check_answer(&doc, template, method, status, &content_type, &text).unwrap();
+            }
+            writes += 1;
+        }
+    }
+    assert!(writes >= 2, "only {writes} write operations document 415");
+    let job = c.get_json(&format!("/jobs/{}", c.job_id)).await;
+    assert_eq!(job["state"], "RUNNING", "a refused write changed the job");
 }

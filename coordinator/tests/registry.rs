@@ -384,12 +384,14 @@ async fn jobs_and_states_survive_a_graceful_restart() {
     let worker = sleeper();
     let (_, answer) = send(
         http.post(format!("{base}/jobs"))
+            .header("content-type", "application/json")
             .body(two_vertex_job(TM, worker.pid()).to_string()),
     )
     .await;
     let running = answer["jobid"].as_str().unwrap().to_string();
     let (_, answer) = send(
         http.post(format!("{base}/jobs"))
+            .header("content-type", "application/json")
             .body(two_vertex_job(TM, worker.pid()).to_string()),
     )
     .await;
@@ -397,7 +399,12 @@ async fn jobs_and_states_survive_a_graceful_restart() {
     agent.heartbeat().await;
     agent.heartbeat().await;
     assert_eq!(
-        send(http.patch(format!("{base}/jobs/{canceled}"))).await.0,
+        send(
+            http.patch(format!("{base}/jobs/{canceled}"))
+                .header("content-type", "application/json")
+        )
+        .await
+        .0,
         202
     );
     let (_, before) = send(http.get(format!("{base}/jobs/{running}"))).await;
@@ -493,8 +500,12 @@ async fn acknowledged_jobs_survive_kill_9_of_the_binary() {
         for i in 0..5 {
             let mut body = two_vertex_job(TM, worker.pid());
             body["name"] = Value::from(format!("job-{round}-{i}"));
-            let (status, answer) =
-                send(http.post(format!("{base}/jobs")).body(body.to_string())).await;
+            let (status, answer) = send(
+                http.post(format!("{base}/jobs"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string()),
+            )
+            .await;
             assert_eq!(status, 202, "{answer}");
             acknowledged.push((
                 answer["jobid"].as_str().unwrap().to_string(),
@@ -569,7 +580,10 @@ async fn kill_9_in_the_middle_of_concurrent_writes_loses_no_acknowledged_job() {
         body["name"] = Value::from(format!("writer-{w}"));
         writers.push(tokio::spawn(async move {
             loop {
-                let request = http.post(format!("{base}/jobs")).body(body.to_string());
+                let request = http
+                    .post(format!("{base}/jobs"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string());
                 let Ok(response) = request.send().await else {
                     return;
                 };

@@ -146,8 +146,15 @@ impl TestCoordinator {
         .await
     }
 
+    /// PATCH as Flink's REST client sends it: `Content-Type: application/json` (writes take
+    /// nothing else) and no body.
     pub async fn patch(&self, path: &str) -> (u16, Value) {
-        send(self.http.patch(self.url(path))).await
+        send(
+            self.http
+                .patch(self.url(path))
+                .header("content-type", "application/json"),
+        )
+        .await
     }
 
     pub async fn register_job(&self, body: &Value) -> String {

@@ -45,7 +45,7 @@ use crate::fanout::VertexSampling;
 use crate::flamegraph::cache::GraphKey;
 use crate::flamegraph::profile::Snapshot;
 use crate::flamegraph::svg::SvgLabels;
-use crate::flamegraph::{GraphAnswer, folded, json, svg};
+use crate::flamegraph::{FlameGraphError, GraphAnswer, folded, json, svg};
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -397,8 +397,9 @@ pub async fn flamegraph_folded(
     params(params::TaskManagerPath),
     responses(
         (status = 200, description = "Stacks of the threads the agent watches", body = super::cluster::ThreadDump),
+        (status = 403, description = "A watched process is outside the agent's allow-list (the answer never says what the list holds)", body = super::error::ErrorBody),
         (status = 404, description = "Unknown task manager", body = super::error::ErrorBody),
-        (status = 503, description = "The agent did not answer", body = super::error::ErrorBody),
+        (status = 503, description = "The agent did not answer, or failed (a fixed message per kind of failure; details only in the coordinator's log)", body = super::error::ErrorBody),
     ))]
 pub async fn thread_dump(
     State(state): State<AppState>,
@@ -414,12 +415,55 @@ pub async fn thread_dump(
     match state.flamegraphs.thread_dump(&address, selectors).await {
         Ok(dump) => Ok(axum::Json(dump).into_response()),
         Err(e) => {
+            // The whole error, agent text included, goes to the log for the operator; the REST
+            // answer says only what kind of failure it was (see `agent_failure`).
             tracing::warn!(taskmanager = %tmid, error = %e, "thread dump failed");
+            let (status, what) = agent_failure(&e);
             Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("Thread dump of TaskExecutor {tmid} failed: {e}"),
+                status,
+                format!("Thread dump of TaskExecutor {tmid} failed: {what}."),
             ))
         }
+    }
+}
+
+/// What a REST client is told when an agent call fails: a fixed phrase per kind of failure,
+/// never the agent's own text. That text may name a process's user, its command name or the
+/// agent's allow-list, which a REST client (anyone who reaches the port) must not learn: it
+/// would tell which processes exist on a host and how to dress one up to be sampled.
+fn agent_failure(error: &FlameGraphError) -> (StatusCode, &'static str) {
+    use crate::fanout::FanOutError;
+    use tonic::Code;
+    let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+    match error {
+        FlameGraphError::Agent(FanOutError::Status { code, .. }) => match code {
+            Code::PermissionDenied => (
+                StatusCode::FORBIDDEN,
+                "a watched process is outside the agent's allow-list",
+            ),
+            Code::NotFound => (unavailable, "no such process"),
+            Code::Unauthenticated => (
+                unavailable,
+                "the agent refused the coordinator's credentials",
+            ),
+            Code::ResourceExhausted => (unavailable, "the agent is busy; retry later"),
+            Code::InvalidArgument => (unavailable, "the agent refused the request"),
+            Code::Unavailable | Code::Cancelled => (unavailable, "agent unreachable"),
+            Code::DeadlineExceeded => (unavailable, "the agent did not answer in time"),
+            _ => (unavailable, "the agent failed"),
+        },
+        FlameGraphError::Agent(FanOutError::DeadlineExceeded { .. }) => {
+            (unavailable, "the agent did not answer in time")
+        }
+        FlameGraphError::Agent(FanOutError::BadAddress { .. }) => {
+            (unavailable, "agent unreachable")
+        }
+        FlameGraphError::Agent(_) => (unavailable, "the agent's answer was not usable"),
+        // The coordinator's own settings (credential files, TLS): its log says which.
+        _ => (
+            unavailable,
+            "the coordinator cannot call agents (see its log)",
+        ),
     }
 }
 

@@ -179,8 +179,9 @@ pub fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
         (status = 202, description = "Stored; sampling can start", body = JobIdAnswer),
         (status = 400, description = "Not valid: every problem, each naming its field", body = ErrorBody),
         (status = 401, description = "A bearer token is required (--rest-token-file)", body = ErrorBody),
-        (status = 403, description = "The coordinator is read-only", body = ErrorBody),
+        (status = 403, description = "The coordinator is read-only, or the request's Origin is neither this server nor a --cors-origin entry (a cross-site write)", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json (writes take nothing else)", body = ErrorBody),
     ))]
 pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     if body.len() > MAX_BODY_BYTES {
@@ -552,9 +553,10 @@ pub enum CancelMode {
         (status = 308, description = "`mode=stop` was removed from Flink's API", body = ErrorBody),
         (status = 400, description = "Malformed job id or mode", body = ErrorBody),
         (status = 401, description = "A bearer token is required (--rest-token-file)", body = ErrorBody),
-        (status = 403, description = "The coordinator is read-only", body = ErrorBody),
+        (status = 403, description = "The coordinator is read-only, or the request's Origin is neither this server nor a --cors-origin entry (a cross-site write)", body = ErrorBody),
         (status = 404, description = "Unknown job", body = ErrorBody),
         (status = 409, description = "The job already ended otherwise (FINISHED or FAILED)", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json (writes take nothing else, even without a body)", body = ErrorBody),
     ))]
 pub async fn cancel(
     State(state): State<AppState>,

@@ -13,20 +13,26 @@
 //! | [`history`] | kept runs of a flame graph (`/flamegraph/history`) and `diff.svg` |
 //! | [`openapi`] | `/openapi.json`, generated from the handler types |
 //! | [`auth`] | who may write (`--read-only`, `--rest-token-file`) |
+//! | [`cross_site`] | what a web page may do: JSON-only writes, `Origin` checks, CORS |
+//! | [`serve`] | the listener: header-read and request timeouts, connection limit |
 //! | [`self_dump`] | stacks for `/jobmanager/thread-dump` from a helper process |
 //! | [`unsupported`] | the rest of Flink's API: a JSON error saying flamegrid does not do it |
-//! | [`openapi`] | `/openapi.json`: this API described from the handler types (utoipa) |
 //!
 //! Conventions every response follows, enforced in one place (`finish_response`) rather than
 //! in each handler:
 //! * every path is served bare and under `/v1`; any other prefix is an unknown path;
 //! * errors are `{"errors": [...]}`: 404 for unknown paths (`File not found.` for a GET, as
 //!   Flink's static-file handler says, `Not found: <uri>` otherwise), 405 for a method a path
-//!   does not serve (TRACE and made-up methods included), 413 for bodies over 1 MiB;
-//! * JSON is sent as `application/json; charset=UTF-8`, with `Access-Control-Allow-Origin: *`.
+//!   does not serve (TRACE and made-up methods included), 413 for bodies over 1 MiB, 415 and
+//!   403 for writes a web page must not make ([`cross_site`]), 408 past the request timeout;
+//! * JSON is sent as `application/json; charset=UTF-8`;
+//! * every answer carries `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and
+//!   `Referrer-Policy: no-referrer` (a JSON or SVG answer is never to be sniffed into HTML or
+//!   framed by another site); CORS headers only for origins listed with `--cors-origin`.
 
 pub mod auth;
 pub mod cluster;
+pub mod cross_site;
 pub mod error;
 pub mod exports;
 pub mod flamegraph;
@@ -36,6 +42,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod params;
 pub mod self_dump;
+pub mod serve;
 pub mod shapes;
 pub mod state;
 pub mod taskmanagers;
@@ -47,11 +54,22 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{from_fn, map_response};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get, patch, post};
 use error::ApiError;
 use state::AppState;
 use std::sync::Arc;
-use tower_http::cors::{Any, CorsLayer};
+use std::time::Duration;
+
+/// A method route that writes: the cross-site checks ([`cross_site::check_write`]) run before
+/// its handler, so a refused request stores nothing. Only the methods set on `route` are
+/// wrapped, so a method the path does not serve still answers 405.
+fn writes(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.route_layer(from_fn(cross_site::check_write))
+}
+
+/// The extra time a request may take beyond a flame graph run's deadline (the `.svg` and
+/// `.folded` endpoints wait the deadline plus a second for a run in flight).
+const WAITING_MARGIN: Duration = Duration::from_secs(5);
 
 /// The routes of one API version (mounted bare and under `/v1`).
 fn api_routes() -> Router<AppState> {
@@ -68,10 +86,10 @@ fn api_routes() -> Router<AppState> {
         .route("/jobmanager/stdout", get(cluster::no_stdout_file))
         .route("/jobmanager/thread-dump", get(cluster::jobmanager_thread_dump))
         // jobs
-        .route("/jobs", get(jobs::list).post(jobs::register))
+        .route("/jobs", get(jobs::list).merge(writes(post(jobs::register))))
         .route("/jobs/overview", get(jobs::overview))
         .route("/jobs/metrics", get(jobs::aggregated_metrics))
-        .route("/jobs/{jobid}", get(jobs::details).patch(jobs::cancel))
+        .route("/jobs/{jobid}", get(jobs::details).merge(writes(patch(jobs::cancel))))
         .route("/jobs/{jobid}/status", get(jobs::status))
         .route("/jobs/{jobid}/plan", get(jobs::job_plan))
         .route("/jobs/{jobid}/exceptions", get(jobs::exceptions))
@@ -79,6 +97,7 @@ fn api_routes() -> Router<AppState> {
         .route("/jobs/{jobid}/accumulators", get(jobs::accumulators))
         .route("/jobs/{jobid}/metrics", get(jobs::metrics))
         .route("/jobs/{jobid}/execution-result", get(jobs::execution_result))
+        // A POST that only says "not supported" changes nothing, like every `unsupported` route.
         .route("/jobs/{jobid}/checkpoints", get(jobs::checkpoints).post(unsupported::checkpoint_trigger))
         .route("/jobs/{jobid}/checkpoints/config", get(jobs::checkpoints_config))
         .route("/jobs/{jobid}/checkpoints/details/{checkpointid}", get(jobs::checkpoint_details))
@@ -127,10 +146,15 @@ fn api_routes() -> Router<AppState> {
 }
 
 /// The whole REST router: every route bare and under `/v1`, the conventions of the module docs,
-/// writes checked by `guard` (see [`auth`]).
+/// writes checked by `guard` (see [`auth`]) and by the cross-site rules (see [`cross_site`]),
+/// requests bounded by `--rest-request-timeout-s` (see [`serve`]).
 pub fn router(state: AppState, guard: auth::WriteGuard) -> Router {
     let api = api_routes();
     let guard = Arc::new(guard);
+    let policy = Arc::new(cross_site::CrossSitePolicy::new(
+        state.config.cors_origin.clone(),
+    ));
+    let timeout = request_timeout(&state);
     Router::new()
         .merge(api.clone())
         .nest("/v1", api)
@@ -141,14 +165,25 @@ pub fn router(state: AppState, guard: auth::WriteGuard) -> Router {
                 auth::guard_writes(guard.clone(), request, next)
             },
         ))
+        .layer(from_fn(
+            move |request: Request, next: axum::middleware::Next| {
+                serve::request_timeout(timeout, request, next)
+            },
+        ))
         .layer(map_response(finish_response))
-        .layer(
-            CorsLayer::new()
-                .allow_origin(Any)
-                .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
-                .allow_headers(Any),
-        )
+        .layer(from_fn(
+            move |request: Request, next: axum::middleware::Next| {
+                cross_site::cors(policy.clone(), request, next)
+            },
+        ))
         .with_state(state)
+}
+
+/// `--rest-request-timeout-s`, raised to a flame graph run's deadline plus [`WAITING_MARGIN`]
+/// when that is longer, so the endpoints that wait for a run are never cut off by it.
+pub fn request_timeout(state: &AppState) -> Duration {
+    let configured = Duration::from_secs(state.config.rest_request_timeout_s);
+    configured.max(state.flamegraphs.run_deadline() + Duration::from_secs(1) + WAITING_MARGIN)
 }
 
 /// Unknown paths, as Flink's router answers them.
@@ -161,7 +196,8 @@ async fn unknown_path(method: Method, request: Request) -> ApiError {
 }
 
 /// Gives every response the API's conventions: JSON errors (the framework's own rejections, such
-/// as 405 and 413, come as empty or plain-text bodies), the charset Flink writes, and CORS.
+/// as 405 and 413, come as empty or plain-text bodies), the charset Flink writes, and the
+/// security headers.
 async fn finish_response(response: Response) -> Response {
     let status = response.status();
     let content_type = response
@@ -202,8 +238,14 @@ async fn finish_response(response: Response) -> Response {
             HeaderValue::from_static("application/json; charset=UTF-8"),
         );
     }
-    headers
-        .entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
-        .or_insert(HeaderValue::from_static("*"));
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
+    }
     response
 }
