@@ -55,6 +55,9 @@ pub enum CoordinatorError {
     /// A TLS file could not be read or used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The credentials for calling agents (`--token-file`, `--tls-*`) cannot be used.
+    #[error("credentials for calling agents: {0}")]
+    AgentCredentials(#[from] flamegraph::FlameGraphError),
     /// A server task failed.
     #[error("{0}")]
     Server(String),
@@ -177,7 +180,7 @@ pub async fn start_on(
     let config = Arc::new(config);
     let state = rest::state::AppState {
         registry: registry.clone(),
-        flamegraphs: Arc::new(flamegraph::FlameGraphService::new(&config)),
+        flamegraphs: Arc::new(flamegraph::FlameGraphService::new(&config)?),
         config: config.clone(),
     };
     let (shutdown, stopped) = watch::channel(false);
