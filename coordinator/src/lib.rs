@@ -166,10 +166,13 @@ pub async fn start_on(
         })?;
     let timeout = Duration::from_secs(config.heartbeat_timeout_s.max(1));
     let data_dir = config.data_dir.clone();
+    let retention = config.job_retention();
     let registry = Arc::new(
-        tokio::task::spawn_blocking(move || Registry::open(&data_dir, timeout))
-            .await
-            .map_err(|e| CoordinatorError::Server(format!("opening the registry failed: {e}")))??,
+        tokio::task::spawn_blocking(move || {
+            Registry::open_with_retention(&data_dir, timeout, retention)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Server(format!("opening the registry failed: {e}")))??,
     );
     let token = match &config.token_file {
         Some(path) => TokenCheck::from_file(path)?,
@@ -227,8 +230,10 @@ pub async fn start_on(
         served.map_err(|e| CoordinatorError::Server(format!("registry gRPC server: {e}")))
     }));
 
-    // Liveness sweeper.
+    // Liveness sweeper, which also expires terminal jobs (--job-retention-*) and frees their
+    // flame graphs.
     let sweeper_registry = registry.clone();
+    let sweeper_graphs = state.flamegraphs.clone();
     let mut stop = stopped;
     let period = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     tasks.push(tokio::spawn(async move {
@@ -239,8 +244,16 @@ pub async fn start_on(
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             }
             let registry = sweeper_registry.clone();
-            match tokio::task::spawn_blocking(move || registry.expire()).await {
-                Ok(Ok(_)) => {}
+            let swept = tokio::task::spawn_blocking(move || {
+                registry.expire()?;
+                registry.expire_jobs()
+            });
+            match swept.await {
+                Ok(Ok(removed_jobs)) => {
+                    for job in removed_jobs {
+                        sweeper_graphs.cache().forget_job(&job);
+                    }
+                }
                 Ok(Err(e)) => tracing::error!(error = %e, "liveness sweep failed"),
                 Err(e) => tracing::error!(error = %e, "liveness sweep panicked"),
             }
