@@ -187,6 +187,36 @@ pub struct CoordinatorConfig {
     /// token.
     #[arg(long, env = "FLAMEGRID_READ_ONLY")]
     pub read_only: bool,
+
+    /// Seconds a FINISHED, CANCELED or FAILED job is kept after it ended; then it is removed
+    /// from memory and the database and answers 404 (Flink's jobstore.expiration-time).
+    #[arg(
+        long,
+        env = "FLAMEGRID_JOB_RETENTION_S",
+        default_value_t = 3600,
+        value_name = "SECONDS"
+    )]
+    pub job_retention_s: u64,
+
+    /// Most FINISHED, CANCELED or FAILED jobs kept; beyond it the oldest are removed first
+    /// (Flink's jobstore.max-capacity).
+    #[arg(
+        long,
+        env = "FLAMEGRID_JOB_RETENTION_MAX",
+        default_value_t = 1000,
+        value_name = "N"
+    )]
+    pub job_retention_max: usize,
+}
+
+impl CoordinatorConfig {
+    /// The job retention `--job-retention-s` and `--job-retention-max` ask for.
+    pub fn job_retention(&self) -> crate::registry::JobRetention {
+        crate::registry::JobRetention {
+            max_age: std::time::Duration::from_secs(self.job_retention_s),
+            max_count: self.job_retention_max,
+        }
+    }
 }
 
 /// `--flamegraph-history`: a count of runs, 0..=[`crate::flamegraph::cache::MAX_HISTORY`].

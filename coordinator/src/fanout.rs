@@ -21,12 +21,19 @@
 //!    agent opened at once all get their graphs, a little later, instead of sixteen of them
 //!    coming back empty.
 //!
+//! Everything an agent answers is input from another host: the answer is cut to the run's depth
+//! and bounded in size as it is converted (`flamegrid_proto::convert`, [`WireLimits`]), entries
+//! for subtasks that were not asked for are ignored, and an over-large answer costs only that
+//! agent's subtasks. With TLS settings (`--tls-*`), agents are only called over `https://`: a
+//! registration naming a plain `http://` address would otherwise receive the shared token in
+//! clear text.
+//!
 //! Channels to agents are created lazily and kept per address, so a run does not pay a TCP (or
 //! TLS) handshake to an agent it talked to before. The shared token (`--token-file`) travels as
 //! `authorization: Bearer <token>` metadata, as the agent expects.
 
 use flamegrid_model::SampleSet;
-use flamegrid_proto::convert::subtask_sample_set;
+use flamegrid_proto::convert::{AnswerBudget, WireLimits, subtask_sample_set_within};
 use flamegrid_proto::v1::{self, ThreadSelector, sampling_client::SamplingClient};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -36,8 +43,12 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Largest sampling answer accepted from an agent. 1000 samples × 64 threads × 100 frames is about
-/// 10 MB of varints; tonic's default of 4 MiB would reject big but legitimate runs.
-const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+/// 10 MB of varints; tonic's default of 4 MiB would reject big but legitimate runs. This bounds
+/// the bytes only: what they expand into (depth, names, number of samples) is bounded again
+/// when the answer is converted ([`WireLimits`], with the run's own `max_depth`), so a hostile
+/// agent's 64 MiB can never become a stack deeper than `--flamegraph-max-depth` or gigabytes of
+/// copied names. At most [`MAX_CHANNELS`] answers are in flight per run, each decoded once.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Most agent channels kept open at once (see [`FanOut::channel`]).
 const MAX_CHANNELS: usize = 4096;
@@ -341,7 +352,14 @@ impl FanOut {
                         "agent answered"
                     );
                     outcome.agents_answered += 1;
-                    absorb_answer(&mut outcome, key_prefix, &address, &subtasks, &resp);
+                    absorb_answer(
+                        &mut outcome,
+                        key_prefix,
+                        &address,
+                        &subtasks,
+                        &resp,
+                        WireLimits::with_max_depth(params.max_depth),
+                    );
                 }
             }
         }
@@ -397,6 +415,12 @@ impl FanOut {
             address: address.to_string(),
             reason: e.to_string(),
         };
+        if self.auth.tls.is_some() && !uri.starts_with("https://") {
+            return Err(bad(
+                &"the coordinator has TLS settings (--tls-*), so agents are only called over \
+                  https://; refusing to send credentials over plain text",
+            ));
+        }
         let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| bad(&e))?
             .connect_timeout(self.grace);
@@ -509,16 +533,20 @@ fn check_request_id(
     }
 }
 
-/// Files one agent's answer into `outcome`: samples of the subtasks it was asked for, and
-/// everything else it was asked for as missing.
+/// Files one agent's answer into `outcome`: samples of the subtasks it was asked for (cut to
+/// `limits`, see [`WireLimits`]), and everything else it was asked for as missing. Entries for
+/// subtasks it was not asked for (or a second entry for one) are ignored, with one log line.
 fn absorb_answer(
     outcome: &mut FanOutOutcome,
     key_prefix: &str,
     address: &str,
     asked: &BTreeSet<u32>,
     resp: &v1::SampleResponse,
+    limits: WireLimits,
 ) {
     let mut delivered = BTreeSet::new();
+    let mut budget = AnswerBudget::new(limits);
+    let mut ignored = 0usize;
     for sub in &resp.subtasks {
         let index = sub
             .subtask_key
@@ -527,18 +555,19 @@ fn absorb_answer(
             .and_then(|i| i.parse::<u32>().ok())
             .filter(|i| asked.contains(i) && !delivered.contains(i));
         let Some(index) = index else {
-            tracing::warn!(agent = %address, key = %sub.subtask_key, "answer names a subtask that was not asked for; ignored");
+            ignored += 1;
             continue;
         };
         delivered.insert(index);
         if !sub.error.is_empty() {
+            let error = flamegrid_proto::convert::cut_name(&sub.error, 1024);
             outcome
                 .failures
-                .push(format!("subtask {index} on {address}: {}", sub.error));
+                .push(format!("subtask {index} on {address}: {error}"));
             outcome.missing.insert(index);
             continue;
         }
-        match subtask_sample_set(resp, sub) {
+        match subtask_sample_set_within(resp, sub, &mut budget) {
             Ok(set) => {
                 outcome.sets.insert(index, set);
             }
@@ -549,6 +578,9 @@ fn absorb_answer(
                 outcome.missing.insert(index);
             }
         }
+    }
+    if ignored > 0 {
+        tracing::warn!(agent = %address, entries = ignored, "answer names subtasks that were not asked for (or twice); ignored");
     }
     outcome.missing.extend(asked.difference(&delivered));
 }

@@ -65,6 +65,9 @@ pub enum CoordinatorError {
     /// defaults"); the one-line reason names the missing flag.
     #[error("{0}")]
     Exposed(String),
+    /// The credentials for calling agents (`--token-file`, `--tls-*`) cannot be used.
+    #[error("credentials for calling agents: {0}")]
+    AgentCredentials(#[from] flamegraph::FlameGraphError),
     /// A server task failed.
     #[error("{0}")]
     Server(String),
@@ -174,10 +177,13 @@ pub async fn start_on(
     check_exposure(&config, rest_addr, rpc_addr)?;
     let timeout = Duration::from_secs(config.heartbeat_timeout_s.max(1));
     let data_dir = config.data_dir.clone();
+    let retention = config.job_retention();
     let registry = Arc::new(
-        tokio::task::spawn_blocking(move || Registry::open(&data_dir, timeout))
-            .await
-            .map_err(|e| CoordinatorError::Server(format!("opening the registry failed: {e}")))??,
+        tokio::task::spawn_blocking(move || {
+            Registry::open_with_retention(&data_dir, timeout, retention)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Server(format!("opening the registry failed: {e}")))??,
     );
     let token = match &config.token_file {
         Some(path) => TokenCheck::from_file(path)?,
@@ -188,7 +194,7 @@ pub async fn start_on(
     let config = Arc::new(config);
     let state = rest::state::AppState {
         registry: registry.clone(),
-        flamegraphs: Arc::new(flamegraph::FlameGraphService::new(&config)),
+        flamegraphs: Arc::new(flamegraph::FlameGraphService::new(&config)?),
         config: config.clone(),
     };
     let (shutdown, stopped) = watch::channel(false);
@@ -237,8 +243,10 @@ pub async fn start_on(
         served.map_err(|e| CoordinatorError::Server(format!("registry gRPC server: {e}")))
     }));
 
-    // Liveness sweeper.
+    // Liveness sweeper, which also expires terminal jobs (--job-retention-*) and frees their
+    // flame graphs.
     let sweeper_registry = registry.clone();
+    let sweeper_graphs = state.flamegraphs.clone();
     let mut stop = stopped;
     let period = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     tasks.push(tokio::spawn(async move {
@@ -249,8 +257,16 @@ pub async fn start_on(
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             }
             let registry = sweeper_registry.clone();
-            match tokio::task::spawn_blocking(move || registry.expire()).await {
-                Ok(Ok(_)) => {}
+            let swept = tokio::task::spawn_blocking(move || {
+                registry.expire()?;
+                registry.expire_jobs()
+            });
+            match swept.await {
+                Ok(Ok(removed_jobs)) => {
+                    for job in removed_jobs {
+                        sweeper_graphs.cache().forget_job(&job);
+                    }
+                }
                 Ok(Err(e)) => tracing::error!(error = %e, "liveness sweep failed"),
                 Err(e) => tracing::error!(error = %e, "liveness sweep panicked"),
             }

@@ -50,13 +50,28 @@ impl FlameNode {
         b.finish()
     }
 
-    /// Total number of nodes, root included.
+    /// Total number of nodes, root included. Walks the tree with an explicit stack: trees come
+    /// from samples other hosts sent, and no walk over them may recurse once per frame.
     pub fn node_count(&self) -> usize {
-        1 + self
-            .children
-            .iter()
-            .map(FlameNode::node_count)
-            .sum::<usize>()
+        let mut count = 0;
+        let mut stack = vec![self];
+        while let Some(node) = stack.pop() {
+            count += 1;
+            stack.extend(&node.children);
+        }
+        count
+    }
+
+    /// Number of nodes on the longest path from this node down, this node included (a root
+    /// with no children has depth 1). Iterative, like every walk here.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 1usize)];
+        while let Some((node, depth)) = stack.pop() {
+            deepest = deepest.max(depth);
+            stack.extend(node.children.iter().map(|c| (c, depth + 1)));
+        }
+        deepest
     }
 
     /// The child called `name`, if any.
@@ -69,12 +84,109 @@ impl FlameNode {
         path.iter().try_fold(self, |n, name| n.child(name))
     }
 
-    /// True when some node below this one (at any depth) is called `name`.
+    /// True when some node below this one (at any depth) is called `name`. Iterative.
     pub fn contains(&self, name: &str) -> bool {
-        self.children
-            .iter()
-            .any(|c| c.name == name || c.contains(name))
+        let mut stack: Vec<&FlameNode> = self.children.iter().collect();
+        while let Some(node) = stack.pop() {
+            if node.name == name {
+                return true;
+            }
+            stack.extend(&node.children);
+        }
+        false
     }
+
+    /// Appends the tree as compact JSON in Flink's `JsonNode` shape (`{"name":..,"value":..,
+    /// "children":[..]}`), byte for byte what `serde_json::to_string` writes for it.
+    ///
+    /// Why not serde: a derived `Serialize` recurses once per level, so the depth of a tree
+    /// would decide how much thread stack rendering it takes. This writer keeps its own stack
+    /// of open nodes on the heap, so any tree renders on any thread. (The coordinator also caps
+    /// depth when samples arrive, see `flamegrid_proto::convert`; this is the second belt.)
+    pub fn write_json(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        fn open_node(node: &FlameNode, out: &mut String) {
+            out.push_str("{\"name\":");
+            push_json_string(out, &node.name);
+            let _ = write!(out, ",\"value\":{},\"children\":[", node.value);
+        }
+        // Each entry: a node whose opening is written, and how many of its children are done.
+        let mut open: Vec<(&FlameNode, usize)> = vec![(self, 0)];
+        open_node(self, out);
+        while let Some(top) = open.last_mut() {
+            let (node, done) = *top;
+            match node.children.get(done) {
+                Some(child) => {
+                    top.1 += 1;
+                    if done > 0 {
+                        out.push(',');
+                    }
+                    open_node(child, out);
+                    open.push((child, 0));
+                }
+                None => {
+                    out.push_str("]}");
+                    open.pop();
+                }
+            }
+        }
+    }
+
+    /// [`FlameNode::write_json`] into a new string.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(64 * self.children.len().max(1));
+        self.write_json(&mut out);
+        out
+    }
+}
+
+/// Dropping a tree frees its nodes from an explicit list instead of recursing once per level
+/// (the derived drop glue would), so a tree as deep as a hostile sample set is dropped safely on
+/// any thread.
+impl Drop for FlameNode {
+    fn drop(&mut self) {
+        if self.children.iter().all(|c| c.children.is_empty()) {
+            return; // at most one level below: the glue's own recursion is one frame deep
+        }
+        let mut pending = std::mem::take(&mut self.children);
+        while let Some(mut node) = pending.pop() {
+            pending.append(&mut node.children);
+            // `node` drops here with no children left.
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal, escaped exactly as serde_json escapes it (`\"`, `\\`,
+/// the short escapes `\b \f \n \r \t`, other control characters as `\u00xx`; everything else
+/// verbatim), so [`FlameNode::write_json`] matches serde's output byte for byte.
+pub fn push_json_string(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut plain_from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[plain_from..i]);
+        plain_from = i + 1;
+        if escape.is_empty() {
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(escape);
+        }
+    }
+    out.push_str(&s[plain_from..]);
+    out.push('"');
 }
 
 /// Incremental tree builder over interned names; see the module docs.
@@ -214,25 +326,34 @@ impl TreeBuilder {
     }
 
     /// The finished tree, children sorted by name.
+    ///
+    /// Built without recursion, however deep the stacks were: a child is always created after
+    /// its parent (it gets the next arena index when first stepped into), so walking the arena
+    /// from its last node to the root finishes every node's children before the node itself.
     pub fn finish(self) -> FlameNode {
         let mut children: Vec<Vec<u32>> = vec![Vec::new(); self.nodes.len()];
         for (&key, &child) in &self.edges {
             children[(key >> 32) as usize].push(child);
         }
-        fn convert(b: &TreeBuilder, children: &[Vec<u32>], node: u32) -> FlameNode {
-            let (name, value) = b.nodes[node as usize];
-            let mut kids: Vec<FlameNode> = children[node as usize]
+        let mut built: Vec<Option<FlameNode>> = Vec::with_capacity(self.nodes.len());
+        built.resize_with(self.nodes.len(), || None);
+        for node in (0..self.nodes.len()).rev() {
+            let (name, value) = self.nodes[node];
+            let mut kids: Vec<FlameNode> = children[node]
                 .iter()
-                .map(|&c| convert(b, children, c))
+                .filter_map(|&c| built[c as usize].take())
                 .collect();
             kids.sort_by(|a, b| a.name.cmp(&b.name));
-            FlameNode {
-                name: b.names[name as usize].clone(),
+            built[node] = Some(FlameNode {
+                name: self.names[name as usize].clone(),
                 value,
                 children: kids,
-            }
+            });
         }
-        convert(&self, &children, 0)
+        built
+            .first_mut()
+            .and_then(Option::take)
+            .unwrap_or_else(FlameNode::empty_root)
     }
 }
 
@@ -388,5 +509,86 @@ mod tests {
         }
         assert_eq!(b.total(), stacks.iter().map(|s| s.1).sum::<u64>());
         assert_eq!(b.finish(), naive(&stacks));
+    }
+
+    /// Runs `f` on a thread with a small stack (256 KiB, an eighth of a tokio worker's), so a
+    /// walk that recursed once per frame would overflow it and abort the test.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .name("small-stack".into())
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .expect("spawn a test thread")
+            .join()
+            .expect("the small-stack thread finished without overflowing")
+    }
+
+    #[test]
+    fn a_two_million_frame_stack_folds_walks_renders_and_drops_on_a_small_stack() {
+        const DEPTH: usize = 2_000_000;
+        on_small_stack(|| {
+            let mut b = TreeBuilder::new();
+            let names: Vec<u32> = (0..DEPTH)
+                .map(|i| b.name_id(&format!("f{}", i % 7)))
+                .collect();
+            b.add_stack(&names, 1);
+            b.add_stack(&names[..DEPTH / 2], 2);
+            let tree = b.finish();
+            assert_eq!(tree.value, 3);
+            assert_eq!(tree.depth(), DEPTH + 1, "root plus every frame");
+            assert_eq!(tree.node_count(), DEPTH + 1);
+            assert!(tree.contains("f6") && !tree.contains("absent"));
+            let json = tree.to_json();
+            assert!(
+                json.starts_with(r#"{"name":"root","value":3,"children":[{"name":"f0","value":3"#)
+            );
+            assert!(json.ends_with("]}"));
+            let copy = tree.children[0].children[0].value;
+            assert_eq!(copy, 3);
+            drop(tree);
+        });
+    }
+
+    #[test]
+    fn a_deep_sample_set_builds_through_the_model_fold_on_a_small_stack() {
+        on_small_stack(|| {
+            let t = SampledThread {
+                pid: 1,
+                tid: 1,
+                name: "t".into(),
+            };
+            let mut b = SampleSetBuilder::new();
+            let frames = (0..500_000).map(|i| Frame::named(format!("g{}", i % 3)));
+            b.push(&t, 0, ThreadState::Runnable, frames, true);
+            let set = b.finish();
+            let tree = FlameNode::build([&set], GraphType::OnCpu);
+            assert_eq!(tree.depth(), 500_000 + 2, "root, [truncated], frames");
+            assert_eq!(tree.children[0].name, TRUNCATED_FRAME);
+        });
+    }
+
+    #[test]
+    fn json_writer_matches_serde_byte_for_byte() {
+        let odd = [
+            "plain",
+            "quote\"and\\slash",
+            "ctl\u{1}\u{8}\u{c}\n\r\t\u{1f}\u{7f}",
+            "unicode é 漢字 🦀 </script>",
+            "",
+        ];
+        let mut b = TreeBuilder::new();
+        for (i, a) in odd.iter().enumerate() {
+            for c in &odd[i..] {
+                let ids = [b.name_id(a), b.name_id(c), b.name_id("leaf")];
+                b.add_stack(&ids, 1 + i as u64);
+            }
+        }
+        b.add_stack(&[], 1);
+        let tree = b.finish();
+        assert_eq!(tree.to_json(), serde_json::to_string(&tree).unwrap());
+        let leaf = FlameNode::empty_root();
+        assert_eq!(leaf.to_json(), serde_json::to_string(&leaf).unwrap());
+        let parsed: FlameNode = serde_json::from_str(&tree.to_json()).unwrap();
+        assert_eq!(parsed, tree);
     }
 }

@@ -2,8 +2,32 @@
 //!
 //! Going out (agent side), [`SampleResponseBuilder`] interns every string and frame once per
 //! response, whatever the number of subtasks. Coming in (coordinator side),
-//! [`subtask_sample_set`] checks every index before building a [`SampleSet`], so a buggy or
-//! hostile agent produces an error, never a panic.
+//! [`subtask_sample_set_within`] checks every index before building a [`SampleSet`], so a buggy
+//! or hostile agent produces an error, never a panic.
+//!
+//! ## Everything read from the wire is bounded here, before anything else uses it
+//!
+//! An agent is another host: it may be buggy, compromised or simply not ours. The gRPC message
+//! limit bounds the *bytes* of an answer, but not what those bytes expand into: a 64 MiB answer
+//! can hold one stack two million frames deep (a recursive walk over it overflows any thread's
+//! stack), one string of 60 MB named by every frame (copied per frame, gigabytes), or millions of
+//! tiny samples (each a heap allocation once converted). So the conversion applies
+//! [`WireLimits`], through an [`AnswerBudget`] shared by all subtasks of one answer:
+//!
+//! * **Depth.** A stack deeper than the run's `max_depth` (the coordinator's
+//!   `--flamegraph-max-depth`, at most [`MAX_DEPTH`]) keeps its innermost `max_depth` frames and
+//!   is marked truncated, exactly as an agent cuts it: views draw it under `[truncated]`. The
+//!   cut frames are never looked at.
+//! * **Names.** Frame, module and thread names longer than [`MAX_NAME_BYTES`] are cut (at a
+//!   character boundary, ending in `…`), and the bytes of all names copied out of one answer
+//!   are bounded by [`MAX_NAME_BYTES_PER_ANSWER`].
+//! * **Counts.** Samples plus threads per answer are bounded by [`MAX_RECORDS_PER_ANSWER`], and
+//!   the frames of all stacks (after the depth cut) by [`MAX_STACK_ENTRIES_PER_ANSWER`]. These are
+//!   checked before any allocation for the subtask; a subtask over the remaining budget is a
+//!   [`ConvertError::OverBudget`] (the coordinator reports it missing), never a partial set.
+//!
+//! The bounds are far above what a real agent sends (1000 samples of 64 threads 100 frames deep
+//! is 64 000 records and 6.4 M stack entries), so they only ever cut a hostile answer.
 
 use crate::v1;
 use flamegrid_model::{Frame, SampleSet, SampledThread, ThreadSample, ThreadState};
@@ -22,6 +46,119 @@ pub enum ConvertError {
         /// The table's length.
         len: usize,
     },
+    /// The answer holds more than the coordinator takes from one answer (see [`WireLimits`]).
+    #[error("answer too large: {what} over the bound of {limit}")]
+    OverBudget {
+        /// What ran over (`samples and threads`, `stack frames`, `name bytes`).
+        what: &'static str,
+        /// The bound.
+        limit: usize,
+    },
+}
+
+/// Deepest stack the wire contract allows (`SampleRequest.max_depth` is 1..=1024).
+pub const MAX_DEPTH: usize = 1024;
+/// Longest frame, module or thread name kept from an answer, in bytes. Demangled C++ template
+/// names run to a few KB; nothing legitimate is longer.
+pub const MAX_NAME_BYTES: usize = 4096;
+/// Most name bytes copied out of one answer, all names together.
+pub const MAX_NAME_BYTES_PER_ANSWER: usize = 64 << 20;
+/// Most samples plus threads taken from one answer (1000 samples of 1000 threads).
+pub const MAX_RECORDS_PER_ANSWER: usize = 1_000_000;
+/// Most stack entries (frame references, after the depth cut) taken from one answer: 64 MiB of
+/// `u32`, the same order as the largest answer the coordinator decodes.
+pub const MAX_STACK_ENTRIES_PER_ANSWER: usize = 16 << 20;
+
+/// The bounds [`subtask_sample_set_within`] applies; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireLimits {
+    /// Frames kept per stack, the innermost ones; a deeper stack is cut and marked truncated.
+    pub max_depth: usize,
+    /// Longest name kept, in bytes.
+    pub max_name_bytes: usize,
+    /// Name bytes per answer.
+    pub max_name_bytes_per_answer: usize,
+    /// Samples plus threads per answer.
+    pub max_records: usize,
+    /// Stack entries per answer, after the depth cut.
+    pub max_stack_entries: usize,
+}
+
+impl Default for WireLimits {
+    /// The contract's bounds: depth [`MAX_DEPTH`] and the per-answer constants.
+    fn default() -> Self {
+        WireLimits {
+            max_depth: MAX_DEPTH,
+            max_name_bytes: MAX_NAME_BYTES,
+            max_name_bytes_per_answer: MAX_NAME_BYTES_PER_ANSWER,
+            max_records: MAX_RECORDS_PER_ANSWER,
+            max_stack_entries: MAX_STACK_ENTRIES_PER_ANSWER,
+        }
+    }
+}
+
+impl WireLimits {
+    /// The default bounds with stacks cut at `max_depth` frames (clamped to 1..=[`MAX_DEPTH`]):
+    /// what a run that asked for `max_depth` accepts.
+    pub fn with_max_depth(max_depth: u32) -> Self {
+        WireLimits {
+            max_depth: (max_depth as usize).clamp(1, MAX_DEPTH),
+            ..WireLimits::default()
+        }
+    }
+}
+
+/// What is left of one answer's [`WireLimits`] while its subtasks are converted one by one.
+#[derive(Debug, Clone)]
+pub struct AnswerBudget {
+    limits: WireLimits,
+    records_left: usize,
+    entries_left: usize,
+    name_bytes_left: usize,
+}
+
+impl AnswerBudget {
+    /// The full budget of one answer.
+    pub fn new(limits: WireLimits) -> Self {
+        AnswerBudget {
+            limits,
+            records_left: limits.max_records,
+            entries_left: limits.max_stack_entries,
+            name_bytes_left: limits.max_name_bytes_per_answer,
+        }
+    }
+
+    /// The limits this budget applies.
+    pub fn limits(&self) -> &WireLimits {
+        &self.limits
+    }
+
+    /// A name read from the wire, cut to the name limit and charged to the answer.
+    fn name(&mut self, raw: &str) -> Result<String, ConvertError> {
+        let name = cut_name(raw, self.limits.max_name_bytes);
+        self.name_bytes_left =
+            self.name_bytes_left
+                .checked_sub(name.len())
+                .ok_or(ConvertError::OverBudget {
+                    what: "name bytes",
+                    limit: self.limits.max_name_bytes_per_answer,
+                })?;
+        Ok(name)
+    }
+}
+
+/// `raw` if it fits in `max` bytes, else its longest prefix (at a character boundary) that fits
+/// with a trailing `…`.
+pub fn cut_name(raw: &str, max: usize) -> String {
+    if raw.len() <= max {
+        return raw.to_string();
+    }
+    const MARK: &str = "…";
+    let mut end = max.saturating_sub(MARK.len());
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &raw[..end])
 }
 
 impl From<ThreadState> for v1::ThreadState {
@@ -153,15 +290,47 @@ impl SampleResponseBuilder {
     }
 }
 
-/// Rebuilds one subtask's [`SampleSet`] from a response, checking every index.
+/// Rebuilds one subtask's [`SampleSet`] from a response within the contract's default bounds
+/// ([`WireLimits::default`], a budget of its own); see [`subtask_sample_set_within`].
 pub fn subtask_sample_set(
     resp: &v1::SampleResponse,
     sub: &v1::SubtaskSamples,
 ) -> Result<SampleSet, ConvertError> {
+    subtask_sample_set_within(resp, sub, &mut AnswerBudget::new(WireLimits::default()))
+}
+
+/// Rebuilds one subtask's [`SampleSet`] from a response, checking every index it uses, cutting
+/// stacks and names to `budget`'s limits and charging what it takes to `budget` (shared by the
+/// answer's subtasks). An error leaves nothing half-built; see the module docs.
+pub fn subtask_sample_set_within(
+    resp: &v1::SampleResponse,
+    sub: &v1::SubtaskSamples,
+    budget: &mut AnswerBudget,
+) -> Result<SampleSet, ConvertError> {
+    let max_depth = budget.limits.max_depth.max(1);
+    // Counts first, before anything is allocated for this subtask.
+    let records = sub.samples.len().saturating_add(sub.threads.len());
+    let entries = sub.samples.iter().fold(0usize, |n, s| {
+        n.saturating_add(s.stack.len().min(max_depth))
+    });
+    if records > budget.records_left {
+        return Err(ConvertError::OverBudget {
+            what: "samples and threads",
+            limit: budget.limits.max_records,
+        });
+    }
+    if entries > budget.entries_left {
+        return Err(ConvertError::OverBudget {
+            what: "stack frames",
+            limit: budget.limits.max_stack_entries,
+        });
+    }
+    budget.records_left -= records;
+    budget.entries_left -= entries;
+
     let string = |i: u32| {
         resp.strings
             .get(i as usize)
-            .cloned()
             .ok_or(ConvertError::IndexOutOfRange {
                 what: "string",
                 index: i,
@@ -180,8 +349,12 @@ pub fn subtask_sample_set(
                 len: sub.threads.len(),
             });
         }
-        let mut stack = Vec::with_capacity(s.stack.len());
-        for &f in &s.stack {
+        // Outermost first: a stack over the depth keeps its innermost frames, as an agent
+        // cuts it, and the frames cut off are never looked at.
+        let cut = s.stack.len().saturating_sub(max_depth);
+        let kept = &s.stack[cut..];
+        let mut stack = Vec::with_capacity(kept.len());
+        for &f in kept {
             let id = match frame_map.get(&f) {
                 Some(&id) => id,
                 None => {
@@ -193,9 +366,11 @@ pub fn subtask_sample_set(
                                 index: f,
                                 len: resp.frames.len(),
                             })?;
+                    let name = budget.name(string(wire.name)?)?;
+                    let module = budget.name(string(wire.module)?)?;
                     frames.push(Frame {
-                        name: string(wire.name)?,
-                        module: string(wire.module)?,
+                        name,
+                        module,
                         inlined: wire.inlined,
                     });
                     let id = (frames.len() - 1) as u32;
@@ -210,7 +385,7 @@ pub fn subtask_sample_set(
             timestamp_ms: s.timestamp_ms,
             state: state_from_wire(s.state),
             stack,
-            truncated: s.truncated,
+            truncated: s.truncated || cut > 0,
         });
     }
     let threads = sub
@@ -220,7 +395,7 @@ pub fn subtask_sample_set(
             Ok(SampledThread {
                 pid: t.pid,
                 tid: t.tid,
-                name: string(t.name)?,
+                name: budget.name(string(t.name)?)?,
             })
         })
         .collect::<Result<Vec<_>, ConvertError>>()?;

@@ -659,6 +659,24 @@ impl GraphCache {
         })
     }
 
+    /// Drops every entry of `job_id` (its vertices and subtasks, all kept runs and memos): the
+    /// registry removed the job (`--job-retention-s`), so nobody may read its graphs any more.
+    /// A run still in flight for it lands into an entry nobody reads, which the sweeper frees.
+    /// Returns how many entries it dropped.
+    pub fn forget_job(&self, job_id: &str) -> usize {
+        let mut inner = self.lock();
+        let keys: Vec<GraphKey> = inner
+            .entries
+            .keys()
+            .filter(|k| k.job_id == job_id)
+            .cloned()
+            .collect();
+        for key in &keys {
+            inner.drop_entry(key);
+        }
+        keys.len()
+    }
+
     /// Drops entries not read for the cleanup interval; runs at most every tenth of it.
     fn sweep(&self, inner: &mut Inner, now: Instant) {
         if now.duration_since(inner.last_sweep) < self.limits.cleanup / 10 {
@@ -1102,5 +1120,25 @@ mod tests {
         assert!(waiter.await.unwrap(), "sender dropped at completion");
         assert!(c.pending_run(&key(None)).is_none());
         assert!(c.peek(&key(Some(0))).is_some());
+    }
+
+    #[test]
+    fn forgetting_a_job_frees_all_its_entries_and_only_them() {
+        let c = cache();
+        land_fresh(&c);
+        let other = GraphKey {
+            job_id: "f".repeat(32),
+            ..key(None)
+        };
+        c.lookup(&other)
+            .ticket
+            .unwrap()
+            .complete(snapshot(9, &[(0, spin_and_sleep(1))], &[]));
+        let before = c.usage().1;
+        assert!(c.forget_job(&key(None).job_id) >= 1);
+        assert!(c.peek(&key(None)).is_none() && c.peek(&key(Some(0))).is_none());
+        assert!(c.peek(&other).is_some(), "another job's graph stays");
+        assert!(c.usage().1 < before, "its bytes are released");
+        assert_eq!(c.forget_job("unknown"), 0);
     }
 }

@@ -18,7 +18,7 @@
 //! `\t...`; each block ends with an empty line. A thread matched by several selectors appears
 //! once.
 
-use flamegrid_proto::convert::subtask_sample_set;
+use flamegrid_proto::convert::{AnswerBudget, WireLimits, subtask_sample_set_within};
 use flamegrid_proto::v1;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -43,15 +43,18 @@ pub struct ThreadDumpInfo {
 }
 
 /// Builds the dump from an agent's `ThreadDump` answer. Subtasks the agent could not dump, and
-/// subtasks whose answer does not hold together, are skipped (with a log line).
+/// subtasks whose answer does not hold together, are skipped (with a log line). The answer is
+/// bounded as it is read, like a sampling answer: stacks cut at [`super::THREAD_DUMP_MAX_DEPTH`],
+/// names and counts within [`WireLimits`].
 pub fn thread_dump_info(resp: &v1::SampleResponse) -> ThreadDumpInfo {
     let mut by_thread: BTreeMap<(u32, u32), ThreadInfo> = BTreeMap::new();
+    let mut budget = AnswerBudget::new(WireLimits::with_max_depth(super::THREAD_DUMP_MAX_DEPTH));
     for sub in &resp.subtasks {
         if !sub.error.is_empty() {
             tracing::debug!(key = %sub.subtask_key, error = %sub.error, "thread dump: subtask skipped");
             continue;
         }
-        let set = match subtask_sample_set(resp, sub) {
+        let set = match subtask_sample_set_within(resp, sub, &mut budget) {
             Ok(set) => set,
             Err(e) => {
                 tracing::warn!(key = %sub.subtask_key, error = %e, "thread dump: bad answer skipped");
@@ -62,6 +65,9 @@ pub fn thread_dump_info(resp: &v1::SampleResponse) -> ThreadDumpInfo {
             let Some(thread) = set.thread_of(sample) else {
                 continue;
             };
+            if by_thread.contains_key(&(thread.pid, thread.tid)) {
+                continue; // a thread is shown once
+            }
             let mut text = format!("\"{}\" Id={} {}\n", thread.name, thread.tid, sample.state);
             let frames: Vec<_> = set.stack_frames(sample).collect();
             for frame in frames.iter().rev() {

@@ -68,6 +68,10 @@ pub enum FlameGraphError {
         /// Why.
         source: std::io::Error,
     },
+    /// The `--token-file` holds nothing but whitespace: an empty token would authenticate
+    /// nothing.
+    #[error("token file {0} is empty")]
+    EmptyToken(PathBuf),
     /// The agent could not be asked (thread dumps), or the token cannot be sent.
     #[error(transparent)]
     Agent(#[from] FanOutError),
@@ -174,25 +178,15 @@ impl Drop for FlameGraphService {
 }
 
 impl FlameGraphService {
-    /// A service configured by the `--flamegraph-*` flags. If the token or TLS files cannot be
-    /// read, the error is logged and agents are called without them (they will refuse with
-    /// UNAUTHENTICATED, which shows up as missing subtasks); use [`FlameGraphService::try_new`] to
-    /// fail instead.
-    pub fn new(config: &CoordinatorConfig) -> Self {
-        match Self::try_new(config) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "agent credentials unusable; calling agents without them");
-                Self::with_settings(
-                    FlameGraphSettings::from_config(config),
-                    AgentAuth::default(),
-                )
-            }
-        }
-    }
-
-    /// Like [`FlameGraphService::new`], but a token or TLS file that cannot be used is an error.
-    pub fn try_new(config: &CoordinatorConfig) -> Result<Self, FlameGraphError> {
+    /// A service configured by the `--flamegraph-*` flags, calling agents with the credentials
+    /// of `--token-file` and `--tls-*`.
+    ///
+    /// A credential file that cannot be read or used (missing, unreadable, empty token, token
+    /// that cannot travel in a header, bad PEM) is an error, and the coordinator refuses to
+    /// start with it: calling agents without the credentials the operator gave would either
+    /// fail every run with UNAUTHENTICATED, or, worse, succeed against agents that were meant to
+    /// be protected, and both would only show up later as missing subtasks.
+    pub fn new(config: &CoordinatorConfig) -> Result<Self, FlameGraphError> {
         Ok(Self::with_settings(
             FlameGraphSettings::from_config(config),
             agent_auth(config)?,
@@ -378,10 +372,13 @@ fn agent_auth(config: &CoordinatorConfig) -> Result<AgentAuth, FlameGraphError> 
     let mut auth = AgentAuth::default();
     if let Some(path) = &config.token_file {
         let token = String::from_utf8_lossy(&read(path)?).trim().to_string();
+        if token.is_empty() {
+            return Err(FlameGraphError::EmptyToken(path.clone()));
+        }
         auth = auth.with_token(&token)?;
     }
     if config.tls_ca.is_some() || config.tls_cert.is_some() {
-        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
         let mut tls = ClientTlsConfig::new();
         // Agents present certificates of the cluster's own CA (`--tls-ca`); there are no
         // public roots to fall back on.
@@ -391,6 +388,11 @@ fn agent_auth(config: &CoordinatorConfig) -> Result<AgentAuth, FlameGraphError> 
         if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
             tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
         }
+        // tonic only parses PEM when it connects: try it now, so a bad file fails the start
+        // instead of every later run.
+        Endpoint::from_static("https://agent.invalid")
+            .tls_config(tls.clone())
+            .map_err(|e| FlameGraphError::Tls(e.to_string()))?;
         auth.tls = Some(tls);
     }
     Ok(auth)

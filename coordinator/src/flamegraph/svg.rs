@@ -119,29 +119,39 @@ pub fn visible_lines(tree: &flamegrid_model::FlameNode, min_width_percent: f64) 
     }
     // The same arithmetic as inferno's pruning, so both agree on every frame.
     let min_samples = min_width_percent / (100.0 / total as f64);
-    fn walk(node: &FlameNode, path: &mut Vec<String>, min: f64, out: &mut Vec<String>) {
-        let mut drawn_children = 0;
-        for child in node.children.iter().filter(|c| c.value as f64 >= min) {
-            drawn_children += child.value;
-            path.push(flamegrid_model::folded::sanitize(&child.name));
-            walk(child, path, min, out);
-            path.pop();
-        }
-        let own = node.value - drawn_children;
-        if own > 0 && !path.is_empty() {
-            out.push(format!("{} {own}", path.join(";")));
-        }
-    }
+    let drawn = |n: &&FlameNode| n.value as f64 >= min_samples;
+    // A depth-first walk with an explicit stack (the tree's depth comes from other hosts): each
+    // entry is a drawn node, its depth in `path`, and whether its children were pushed yet.
     let mut out = Vec::new();
-    let mut path = Vec::new();
-    for child in tree
+    let mut path: Vec<String> = Vec::new();
+    let mut stack: Vec<(&FlameNode, usize, bool)> = tree
         .children
         .iter()
-        .filter(|c| c.value as f64 >= min_samples)
-    {
-        path.push(flamegrid_model::folded::sanitize(&child.name));
-        walk(child, &mut path, min_samples, &mut out);
-        path.pop();
+        .filter(drawn)
+        .rev()
+        .map(|c| (c, 0, false))
+        .collect();
+    while let Some((node, depth, expanded)) = stack.pop() {
+        if expanded {
+            // Children done: its own samples, plus those of the children too narrow to draw.
+            let drawn_children: u64 = node.children.iter().filter(drawn).map(|c| c.value).sum();
+            let own = node.value.saturating_sub(drawn_children);
+            if own > 0 {
+                out.push(format!("{} {own}", path.join(";")));
+            }
+            path.pop();
+            continue;
+        }
+        path.truncate(depth);
+        path.push(flamegrid_model::folded::sanitize(&node.name));
+        stack.push((node, depth, true));
+        stack.extend(
+            node.children
+                .iter()
+                .filter(drawn)
+                .rev()
+                .map(|c| (c, depth + 1, false)),
+        );
     }
     out
 }

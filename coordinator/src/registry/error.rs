@@ -30,6 +30,14 @@ pub enum RegistryError {
         .0.name()
     )]
     AlreadyTerminal(JobStatus),
+    /// `Register` of an id a live agent holds elsewhere, without the token or its TLS identity
+    /// (gRPC: ALREADY_EXISTS). Says nothing about the live agent.
+    #[error(
+        "agent id {0:?} is registered by a live agent elsewhere; taking it over needs the shared \
+         token (--token-file) or that agent's TLS certificate, or wait until it has been silent \
+         for --heartbeat-timeout-s"
+    )]
+    AgentIdTaken(String),
     /// The embedded database failed (REST: 500).
     #[error("registry storage: {0}")]
     Storage(String),

@@ -7,38 +7,75 @@
 //!
 //! With `--token-file`, every call must carry `authorization: Bearer <token>`; [`TokenCheck`]
 //! compares in constant time and refuses others with UNAUTHENTICATED, logging the peer.
+//!
+//! `Register` also hands the registry who is calling ([`Caller`]: peer IP, TLS client
+//! certificate, whether the token was checked), so that a live agent's id cannot be taken over
+//! from elsewhere without credentials (ALREADY_EXISTS).
+//!
+//! Message limits are explicit ([`MAX_REGISTRY_MESSAGE_BYTES`]): a heartbeat of one agent may
+//! report on, and be answered with, up to [`super::MAX_HEARTBEAT_ENTRIES`] watched subtasks.
 
-use super::{Registry, RegistryError};
+use super::{Caller, Registry, RegistryError};
 use flamegrid_proto::v1;
 use flamegrid_proto::v1::registry_server::RegistryServer;
 use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+/// Largest registry message, either way. DESIGN.md sizes the coordinator for 100,000 watched
+/// subtasks, and one agent may watch all of them: a liveness entry is its key (two 32-hex ids
+/// and an index, ~72 bytes) plus ~12 bytes of fields, so 100,000 entries are ~8.5 MB, and a
+/// watch list of as many selectors ~10 MB with short thread-name patterns. 64 MiB leaves room
+/// for long patterns while still bounding what one call can make the coordinator buffer
+/// (tonic's default of 4 MiB would cut the heartbeat of an agent watching ~45,000 subtasks).
+pub const MAX_REGISTRY_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The tonic service over a shared [`Registry`].
 #[derive(Debug, Clone)]
 pub struct RegistryService {
     registry: Arc<Registry>,
+    /// Every call has passed the shared-token check (`--token-file` is set).
+    token_required: bool,
 }
 
 impl RegistryService {
     /// A service answering from `registry`.
     pub fn new(registry: Arc<Registry>) -> Self {
-        RegistryService { registry }
+        RegistryService {
+            registry,
+            token_required: false,
+        }
     }
 
-    /// The service wrapped in its token check, ready for `Server::add_service`.
+    /// The service wrapped in its token check and with its message limits, ready for
+    /// `Server::add_service`.
     pub fn into_server(
-        self,
+        mut self,
         token: TokenCheck,
     ) -> InterceptedService<RegistryServer<RegistryService>, TokenCheck> {
-        RegistryServer::with_interceptor(self, token)
+        self.token_required = token.expected.is_some();
+        let server = RegistryServer::new(self)
+            .max_decoding_message_size(MAX_REGISTRY_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_REGISTRY_MESSAGE_BYTES);
+        InterceptedService::new(server, token)
+    }
+}
+
+/// Who is calling, from what the transport knows about the request.
+fn caller_of<T>(request: &Request<T>, token_verified: bool) -> Caller {
+    Caller {
+        peer_ip: request.remote_addr().map(|a| a.ip()),
+        tls_identity: request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec())),
+        token_verified,
     }
 }
 
 fn to_status(e: RegistryError) -> Status {
     match e {
         RegistryError::BadRequest(msg) => Status::invalid_argument(msg),
+        e @ RegistryError::AgentIdTaken(_) => Status::already_exists(e.to_string()),
         RegistryError::InvalidJob(msgs) => Status::invalid_argument(msgs.join("; ")),
         other => {
             tracing::error!(error = %other, "registry call failed");
@@ -63,8 +100,9 @@ impl v1::registry_server::Registry for RegistryService {
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         let registry = self.registry.clone();
+        let caller = caller_of(&request, self.token_required);
         let req = request.into_inner();
-        blocking(move || registry.register_taskmanager(req))
+        blocking(move || registry.register_taskmanager_as(req, &caller))
             .await
             .map(Response::new)
     }

@@ -20,6 +20,31 @@
 //! Liveness: an agent's heartbeat carries, per watched subtask, whether its process and threads
 //! still exist (see `state.rs` for the transitions). [`Registry::expire`], called periodically,
 //! drops agents silent for longer than the heartbeat timeout and fails their subtasks.
+//!
+//! ## Bounded work and state (issue 12)
+//!
+//! * **Heartbeats cost O(the agent's own subtasks).** The subtasks that are not terminal are
+//!   indexed by task manager (`Inner::watched`); a heartbeat looks up only its agent's entries,
+//!   matches its liveness reports against them through one map, and clones and rewrites only the
+//!   jobs in which something actually changed. Nothing walks every job under the lock.
+//! * **Terminal jobs expire** like Flink's job store ([`JobRetention`]: `--job-retention-s`,
+//!   `jobstore.expiration-time`, and `--job-retention-max`, `jobstore.max-capacity`, oldest
+//!   first): [`Registry::expire_jobs`] removes them from memory and from SQLite, and a removed
+//!   job answers 404 like one that never existed.
+//! * **Everything an agent sends is bounded**: ids, addresses and host strings are length-checked
+//!   (INVALID_ARGUMENT naming the field), heartbeats carry at most [`MAX_HEARTBEAT_ENTRIES`]
+//!   entries, and the gRPC server's message limits are explicit (`grpc.rs`).
+//!
+//! ## Agent identity
+//!
+//! An agent id is a claim, not a proof. Registering an id that a **live** agent holds, from
+//! another peer address or with another advertised address, would let anyone redirect the
+//! coordinator's sampling calls (and the shared token they carry) to a host of their choice. So
+//! such a takeover needs the shared token (when the coordinator has `--token-file`, every call
+//! carries it) or the same TLS client certificate the live agent registered with; otherwise it is
+//! refused with ALREADY_EXISTS and nothing changes. The same agent registering again from the
+//! same place (a restart) is always accepted, and an id whose agent has been silent for longer
+//! than `--heartbeat-timeout-s` may be taken by anyone who may register at all.
 
 pub mod error;
 pub mod grpc;
@@ -40,22 +65,74 @@ use crate::fanout::{SubtaskSampling, SubtaskTarget, VertexSampling};
 use flamegrid_proto::v1;
 use job::{ProcessRef, SubtaskSpec};
 use state::now_ms;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use store::JobStore;
 
 /// Longest agent id or address accepted at registration.
-const MAX_AGENT_FIELD: usize = 256;
-/// At most this many liveness entries or metrics in one heartbeat.
-const MAX_HEARTBEAT_ENTRIES: usize = 65_536;
+pub const MAX_AGENT_FIELD: usize = 256;
+/// Longest host string (host name, OS, kernel, agent version) accepted at registration.
+pub const MAX_HOST_FIELD: usize = 256;
+/// At most this many liveness entries in one heartbeat: DESIGN.md's scale is 100,000 watched
+/// subtasks on one coordinator, so one agent may watch all of them.
+pub const MAX_HEARTBEAT_ENTRIES: usize = 131_072;
+/// At most this many host metrics in one heartbeat (an agent sends about a dozen).
+pub const MAX_HEARTBEAT_METRICS: usize = 1024;
+
+/// How long terminal jobs are kept, like Flink's job store (`jobstore.expiration-time`,
+/// `jobstore.max-capacity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobRetention {
+    /// A FINISHED, CANCELED or FAILED job is removed this long after it ended.
+    pub max_age: Duration,
+    /// At most this many terminal jobs are kept; beyond it the oldest (by end time) go first.
+    pub max_count: usize,
+}
+
+impl Default for JobRetention {
+    /// Flink's defaults: one hour, and 1000 jobs.
+    fn default() -> Self {
+        JobRetention {
+            max_age: Duration::from_secs(3600),
+            max_count: 1000,
+        }
+    }
+}
+
+/// Who is calling `Register`, as the transport saw it; decides whether a live agent id may be
+/// taken over (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The peer's IP address (the port changes with every connection and is ignored).
+    pub peer_ip: Option<IpAddr>,
+    /// The DER of the client certificate the peer presented (mutual TLS), if any.
+    pub tls_identity: Option<Vec<u8>>,
+    /// The call carried the coordinator's shared token (`--token-file`), checked already.
+    pub token_verified: bool,
+}
+
+impl Caller {
+    /// A caller in this process (the demo, tests): trusted like a token holder.
+    pub fn in_process() -> Self {
+        Caller {
+            token_verified: true,
+            ..Caller::default()
+        }
+    }
+}
+
+/// A subtask by position: (index into `Inner::jobs`, vertex index, subtask index).
+type SubtaskPos = (usize, usize, usize);
 
 /// Jobs, task managers and subtask states; see the module docs.
 #[derive(Debug)]
 pub struct Registry {
     inner: Mutex<Inner>,
     heartbeat_timeout: Duration,
+    retention: JobRetention,
     /// When this registry was opened: subtasks whose agent has not (re-)registered since get
     /// one heartbeat timeout of grace before they count as lost.
     opened: Instant,
@@ -69,21 +146,53 @@ struct Inner {
     /// Job id → index into `jobs`.
     job_index: HashMap<String, usize>,
     taskmanagers: BTreeMap<String, TaskManager>,
+    /// Task manager id → its subtasks that are not terminal: what it watches. Kept in step with
+    /// `jobs` by every write, rebuilt whole only when jobs are removed (positions shift).
+    watched: HashMap<String, BTreeSet<SubtaskPos>>,
+}
+
+impl Inner {
+    /// The index of not-terminal subtasks by task manager, from scratch.
+    fn index_watched(jobs: &[Job]) -> HashMap<String, BTreeSet<SubtaskPos>> {
+        let mut watched: HashMap<String, BTreeSet<SubtaskPos>> = HashMap::new();
+        for (j, job) in jobs.iter().enumerate() {
+            for (v, vertex) in job.spec.vertices.iter().enumerate() {
+                for (s, spec) in vertex.subtasks.iter().enumerate() {
+                    if !job.runtime.subtasks[v][s].status.is_terminal() {
+                        watched
+                            .entry(spec.taskmanager.clone())
+                            .or_default()
+                            .insert((j, v, s));
+                    }
+                }
+            }
+        }
+        watched
+    }
+
+    /// Drops `pos` from `tm`'s watched set (it became terminal).
+    fn unwatch(&mut self, tm: &str, pos: SubtaskPos) {
+        if let Some(set) = self.watched.get_mut(tm) {
+            set.remove(&pos);
+            if set.is_empty() {
+                self.watched.remove(tm);
+            }
+        }
+    }
+
+    /// The watched positions of `tm`, in order.
+    fn watched_by(&self, tm: &str) -> Vec<SubtaskPos> {
+        self.watched
+            .get(tm)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// Identifies one subtask in heartbeats: `<job id>/<vertex id>/<subtask index>`. The agent
 /// echoes it back; the registry parses it and checks that the subtask really is on that agent.
 pub fn subtask_key(job_id: &str, vertex_id: &str, index: usize) -> String {
     format!("{job_id}/{vertex_id}/{index}")
-}
-
-fn parse_subtask_key(key: &str) -> Option<(&str, &str, usize)> {
-    let mut parts = key.split('/');
-    let (job, vertex, index) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    Some((job, vertex, index.parse().ok()?))
 }
 
 /// The wire selector for a registered subtask.
@@ -102,8 +211,19 @@ pub fn selector_of(spec: &SubtaskSpec, key: String) -> v1::ThreadSelector {
 }
 
 impl Registry {
-    /// Opens the registry, loading every stored job from `data_dir`.
+    /// Opens the registry, loading every stored job from `data_dir`, with the default
+    /// [`JobRetention`].
     pub fn open(data_dir: &Path, heartbeat_timeout: Duration) -> Result<Self, RegistryError> {
+        Self::open_with_retention(data_dir, heartbeat_timeout, JobRetention::default())
+    }
+
+    /// Opens the registry, loading every stored job from `data_dir`; terminal jobs are kept as
+    /// `retention` says (applied by [`Registry::expire_jobs`]).
+    pub fn open_with_retention(
+        data_dir: &Path,
+        heartbeat_timeout: Duration,
+        retention: JobRetention,
+    ) -> Result<Self, RegistryError> {
         let store = JobStore::open(data_dir)?;
         let jobs = store.load_all()?;
         let job_index = jobs
@@ -112,14 +232,17 @@ impl Registry {
             .map(|(i, j)| (j.spec.id.clone(), i))
             .collect();
         tracing::info!(path = %store.path().display(), jobs = jobs.len(), "registry opened");
+        let watched = Inner::index_watched(&jobs);
         Ok(Registry {
             inner: Mutex::new(Inner {
                 store,
                 jobs,
                 job_index,
                 taskmanagers: BTreeMap::new(),
+                watched,
             }),
             heartbeat_timeout,
+            retention,
             opened: Instant::now(),
         })
     }
@@ -164,6 +287,15 @@ impl Registry {
         let id = job.spec.id.clone();
         tracing::info!(job = %id, name = %job.spec.name, vertices = job.spec.vertices.len(), "job registered");
         let index = inner.jobs.len();
+        for (v, vertex) in job.spec.vertices.iter().enumerate() {
+            for (s, spec) in vertex.subtasks.iter().enumerate() {
+                inner
+                    .watched
+                    .entry(spec.taskmanager.clone())
+                    .or_default()
+                    .insert((index, v, s));
+            }
+        }
         inner.jobs.push(job);
         inner.job_index.insert(id.clone(), index);
         Ok(id)
@@ -191,6 +323,11 @@ impl Registry {
         job.cancel(now_ms());
         inner.store.update_runtimes([&job])?;
         tracing::info!(job = %job_id, "job canceled");
+        for (v, vertex) in job.spec.vertices.iter().enumerate() {
+            for (s, spec) in vertex.subtasks.iter().enumerate() {
+                inner.unwatch(&spec.taskmanager, (index, v, s));
+            }
+        }
         inner.jobs[index] = job;
         Ok(())
     }
@@ -228,24 +365,30 @@ impl Registry {
 
     /// How many subtasks that are not terminal are placed on each task manager.
     pub fn active_subtasks_per_taskmanager(&self) -> HashMap<String, usize> {
-        let inner = self.lock();
-        let mut counts = HashMap::new();
-        for job in &inner.jobs {
-            for (v, vertex) in job.spec.vertices.iter().enumerate() {
-                for (s, spec) in vertex.subtasks.iter().enumerate() {
-                    if !job.runtime.subtasks[v][s].status.is_terminal() {
-                        *counts.entry(spec.taskmanager.clone()).or_insert(0) += 1;
-                    }
-                }
-            }
-        }
-        counts
+        self.lock()
+            .watched
+            .iter()
+            .map(|(tm, set)| (tm.clone(), set.len()))
+            .collect()
     }
 
-    /// Handles an agent's `Register`: adds or refreshes the task manager.
+    /// Handles an agent's `Register` from a caller in this process (trusted like a token
+    /// holder); see [`Registry::register_taskmanager_as`].
     pub fn register_taskmanager(
         &self,
         req: v1::RegisterRequest,
+    ) -> Result<v1::RegisterResponse, RegistryError> {
+        self.register_taskmanager_as(req, &Caller::in_process())
+    }
+
+    /// Handles an agent's `Register`: adds or refreshes the task manager. Every string is
+    /// length-checked first (INVALID_ARGUMENT naming the field). Taking over an id a live agent
+    /// holds needs the token or the same TLS identity (see the module docs):
+    /// [`RegistryError::AgentIdTaken`] otherwise, and nothing changes.
+    pub fn register_taskmanager_as(
+        &self,
+        req: v1::RegisterRequest,
+        caller: &Caller,
     ) -> Result<v1::RegisterResponse, RegistryError> {
         check_agent_field("agent_id", &req.agent_id)?;
         check_agent_field("address", &req.address)?;
@@ -256,6 +399,14 @@ impl Registry {
             )));
         }
         let host = req.host.unwrap_or_default();
+        for (name, value) in [
+            ("host.hostname", &host.hostname),
+            ("host.os", &host.os),
+            ("host.kernel", &host.kernel),
+            ("host.agent_version", &host.agent_version),
+        ] {
+            check_host_field(name, value)?;
+        }
         let now = now_ms();
         let tm = TaskManager {
             id: req.agent_id.clone(),
@@ -274,23 +425,46 @@ impl Registry {
             last_heartbeat_ms: now,
             last_heartbeat: Instant::now(),
             metrics: BTreeMap::new(),
+            peer_ip: caller.peer_ip,
+            tls_identity: caller.tls_identity.clone(),
         };
+        let mut inner = self.lock();
+        if let Some(live) = inner
+            .taskmanagers
+            .get(&tm.id)
+            .filter(|old| old.last_heartbeat.elapsed() <= self.heartbeat_timeout)
+        {
+            let same_place = live.address == tm.address && live.peer_ip == tm.peer_ip;
+            let same_identity =
+                live.tls_identity.is_some() && live.tls_identity == caller.tls_identity;
+            if !(same_place || same_identity || caller.token_verified) {
+                tracing::warn!(
+                    agent = %tm.id, live_address = %live.address, claimed_address = %tm.address,
+                    peer = ?caller.peer_ip, "registration refused: the id belongs to a live agent elsewhere"
+                );
+                return Err(RegistryError::AgentIdTaken(tm.id));
+            }
+        }
         tracing::info!(agent = %tm.id, address = %tm.address, host = %tm.host.hostname, "task manager registered");
-        self.lock().taskmanagers.insert(tm.id.clone(), tm);
+        inner.taskmanagers.insert(tm.id.clone(), tm);
         Ok(v1::RegisterResponse {
             heartbeat_interval_ms: self.heartbeat_interval().as_millis() as u64,
         })
     }
 
     /// Handles an agent's `Heartbeat`: records liveness and metrics, answers with the subtasks
-    /// it must watch, or `reregister` when the agent is unknown.
+    /// it must watch, or `reregister` when the agent is unknown. Costs O(the agent's own
+    /// subtasks + its reports): see the module docs.
     pub fn heartbeat(
         &self,
         req: v1::HeartbeatRequest,
     ) -> Result<v1::HeartbeatResponse, RegistryError> {
-        if req.liveness.len() > MAX_HEARTBEAT_ENTRIES || req.metrics.len() > MAX_HEARTBEAT_ENTRIES {
+        if req.liveness.len() > MAX_HEARTBEAT_ENTRIES || req.metrics.len() > MAX_HEARTBEAT_METRICS {
             return Err(RegistryError::BadRequest(format!(
-                "at most {MAX_HEARTBEAT_ENTRIES} liveness entries and metrics per heartbeat"
+                "at most {MAX_HEARTBEAT_ENTRIES} liveness entries and {MAX_HEARTBEAT_METRICS} \
+                 metrics per heartbeat, got {} and {}",
+                req.liveness.len(),
+                req.metrics.len()
             )));
         }
         let mut inner = self.lock();
@@ -312,70 +486,77 @@ impl Registry {
             .filter(|(k, v)| k.len() <= MAX_AGENT_FIELD && v.is_finite())
             .collect();
 
-        // Apply the liveness reports to copies of the affected jobs.
+        // This agent's subtasks, by the key it echoes: the only ones its reports may change.
+        // In registration order (job, vertex, subtask), which is the order of the watch list.
+        let own: Vec<(String, SubtaskPos)> = inner
+            .watched_by(agent_id)
+            .into_iter()
+            .map(|(j, v, s)| {
+                let job = &inner.jobs[j];
+                (
+                    subtask_key(&job.spec.id, &job.spec.vertices[v].id, s),
+                    (j, v, s),
+                )
+            })
+            .collect();
+        let keys: HashMap<&str, SubtaskPos> =
+            own.iter().map(|(key, pos)| (key.as_str(), *pos)).collect();
+
+        // Apply the reports to copies of the jobs they change (and only those).
         let mut changed: BTreeMap<usize, Job> = BTreeMap::new();
+        let mut ended: Vec<SubtaskPos> = Vec::new();
         for report in &req.liveness {
-            let Some((job_id, vertex_id, index)) = parse_subtask_key(&report.subtask_key) else {
-                continue;
+            let Some(&(j, v, s)) = keys.get(report.subtask_key.as_str()) else {
+                continue; // not this agent's, unknown, or already terminal
             };
-            let Some(&j) = inner.job_index.get(job_id) else {
-                continue;
-            };
-            let Some(v) = inner.jobs[j].vertex_index(vertex_id) else {
-                continue;
-            };
-            let Some(spec) = inner.jobs[j].spec.vertices[v].subtasks.get(index) else {
-                continue;
-            };
-            if spec.taskmanager != agent_id
-                || inner.jobs[j].runtime.subtasks[v][index]
-                    .status
-                    .is_terminal()
-            {
+            let current = changed.get(&j).unwrap_or(&inner.jobs[j]).runtime.subtasks[v][s].clone();
+            if current.status.is_terminal() {
+                continue; // a second report for a subtask this heartbeat already ended
+            }
+            let unchanged = report.alive
+                && current.status == ExecutionState::Running
+                && current.pid == report.pid
+                && current.threads == report.threads;
+            if unchanged {
                 continue;
             }
             let job = changed.entry(j).or_insert_with(|| inner.jobs[j].clone());
-            let subtask = &mut job.runtime.subtasks[v][index];
+            let (job_id, vertex_id) = (job.spec.id.clone(), job.spec.vertices[v].id.clone());
+            let spec = &job.spec.vertices[v].subtasks[s];
+            let what = describe_selector(spec);
+            let subtask = &mut job.runtime.subtasks[v][s];
             if report.alive {
                 subtask.pid = report.pid;
                 subtask.threads = report.threads;
                 subtask.transition(ExecutionState::Running, now);
             } else if subtask.status == ExecutionState::Running {
                 subtask.transition(ExecutionState::Finished, now);
-                tracing::info!(job = %job_id, vertex = %vertex_id, subtask = index, "subtask finished: its threads are gone");
+                ended.push((j, v, s));
+                tracing::info!(job = %job_id, vertex = %vertex_id, subtask = s, "subtask finished: its threads are gone");
             } else {
                 subtask.failure = Some(format!(
-                    "task manager {agent_id} found no process or threads for {}",
-                    describe_selector(spec)
+                    "task manager {agent_id} found no process or threads for {what}"
                 ));
                 subtask.transition(ExecutionState::Failed, now);
-                tracing::warn!(job = %job_id, vertex = %vertex_id, subtask = index, "subtask failed: nothing to watch");
+                ended.push((j, v, s));
+                tracing::warn!(job = %job_id, vertex = %vertex_id, subtask = s, "subtask failed: nothing to watch");
             }
         }
 
         // Everything not terminal on this agent is (still) watched; newly watched subtasks
         // become INITIALIZING.
-        let mut watch = Vec::new();
-        for j in 0..inner.jobs.len() {
+        let mut watch = Vec::with_capacity(own.len());
+        for (key, (j, v, s)) in &own {
+            let (j, v, s) = (*j, *v, *s);
             let job = changed.get(&j).unwrap_or(&inner.jobs[j]);
-            let mut newly_watched = Vec::new();
-            for (v, vertex) in job.spec.vertices.iter().enumerate() {
-                for (s, spec) in vertex.subtasks.iter().enumerate() {
-                    let status = job.runtime.subtasks[v][s].status;
-                    if spec.taskmanager != agent_id || status.is_terminal() {
-                        continue;
-                    }
-                    watch.push(selector_of(spec, subtask_key(&job.spec.id, &vertex.id, s)));
-                    if !status.is_sampleable() {
-                        newly_watched.push((v, s));
-                    }
-                }
+            let status = job.runtime.subtasks[v][s].status;
+            if status.is_terminal() {
+                continue;
             }
-            if !newly_watched.is_empty() {
+            watch.push(selector_of(&job.spec.vertices[v].subtasks[s], key.clone()));
+            if !status.is_sampleable() {
                 let job = changed.entry(j).or_insert_with(|| inner.jobs[j].clone());
-                for (v, s) in newly_watched {
-                    job.runtime.subtasks[v][s].transition(ExecutionState::Initializing, now);
-                }
+                job.runtime.subtasks[v][s].transition(ExecutionState::Initializing, now);
             }
         }
         if !changed.is_empty() {
@@ -385,6 +566,9 @@ impl Registry {
             inner.store.update_runtimes(changed.values())?;
             for (j, job) in changed {
                 inner.jobs[j] = job;
+            }
+            for pos in ended {
+                inner.unwatch(agent_id, pos);
             }
         }
         Ok(v1::HeartbeatResponse {
@@ -412,41 +596,103 @@ impl Registry {
         }
         let grace_over = self.opened.elapsed() > timeout;
         let now = now_ms();
-        let mut changed: Vec<(usize, Job)> = Vec::new();
-        for (j, job) in inner.jobs.iter().enumerate() {
-            let mut copy: Option<Job> = None;
-            for (v, vertex) in job.spec.vertices.iter().enumerate() {
-                for (s, spec) in vertex.subtasks.iter().enumerate() {
-                    let lost = dropped.contains(&spec.taskmanager)
-                        || (grace_over && !inner.taskmanagers.contains_key(&spec.taskmanager));
-                    if !lost || job.runtime.subtasks[v][s].status.is_terminal() {
-                        continue;
-                    }
-                    let c = copy.get_or_insert_with(|| job.clone());
-                    let subtask = &mut c.runtime.subtasks[v][s];
-                    subtask.failure = Some(format!(
-                        "task manager {} was lost: no heartbeat for more than {} s",
-                        spec.taskmanager,
-                        timeout.as_secs_f64()
-                    ));
-                    subtask.transition(ExecutionState::Failed, now);
+        // The task managers whose subtasks are lost: the ones just dropped, and (once the grace
+        // after opening is over) any that watches something but is not registered.
+        let lost_tms: Vec<String> = inner
+            .watched
+            .keys()
+            .filter(|tm| {
+                dropped.contains(tm) || (grace_over && !inner.taskmanagers.contains_key(*tm))
+            })
+            .cloned()
+            .collect();
+        let mut changed: BTreeMap<usize, Job> = BTreeMap::new();
+        let mut lost: Vec<(String, SubtaskPos)> = Vec::new();
+        for tm in &lost_tms {
+            for (j, v, s) in inner.watched_by(tm) {
+                let job = changed.entry(j).or_insert_with(|| inner.jobs[j].clone());
+                let subtask = &mut job.runtime.subtasks[v][s];
+                if subtask.status.is_terminal() {
+                    continue;
                 }
-            }
-            if let Some(mut c) = copy {
-                c.refresh_status(now);
-                changed.push((j, c));
+                subtask.failure = Some(format!(
+                    "task manager {tm} was lost: no heartbeat for more than {} s",
+                    timeout.as_secs_f64()
+                ));
+                subtask.transition(ExecutionState::Failed, now);
+                lost.push((tm.clone(), (j, v, s)));
             }
         }
         if !changed.is_empty() {
-            inner
-                .store
-                .update_runtimes(changed.iter().map(|(_, job)| job))?;
+            for job in changed.values_mut() {
+                job.refresh_status(now);
+            }
+            inner.store.update_runtimes(changed.values())?;
             for (j, job) in changed {
                 tracing::warn!(job = %job.spec.id, status = job.runtime.status.name(), "subtasks lost with their task manager");
                 inner.jobs[j] = job;
             }
+            for (tm, pos) in lost {
+                inner.unwatch(&tm, pos);
+            }
         }
         Ok(dropped)
+    }
+
+    /// Removes terminal jobs past their retention ([`JobRetention`]): those that ended longer
+    /// than `max_age` ago, then the oldest beyond `max_count`. They go from SQLite first (one
+    /// transaction) and then from memory, so a job is never half-removed. Returns the removed
+    /// ids, for the caller to free their flame graphs. Called periodically with
+    /// [`Registry::expire`].
+    pub fn expire_jobs(&self) -> Result<Vec<String>, RegistryError> {
+        let mut inner = self.lock();
+        let now = now_ms();
+        let max_age_ms = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let mut terminal: Vec<(i64, usize)> = inner
+            .jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, job)| job.runtime.status.is_terminal())
+            .map(|(j, job)| (job.end_time(), j))
+            .collect();
+        terminal.sort_unstable();
+        let over_count = terminal.len().saturating_sub(self.retention.max_count);
+        let remove: BTreeSet<usize> = terminal
+            .iter()
+            .enumerate()
+            .filter(|(rank, (ended, _))| {
+                *rank < over_count || now.saturating_sub(*ended) > max_age_ms
+            })
+            .map(|(_, (_, j))| *j)
+            .collect();
+        if remove.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = remove
+            .iter()
+            .map(|&j| inner.jobs[j].spec.id.clone())
+            .collect();
+        inner.store.delete(&ids)?;
+        let jobs = std::mem::take(&mut inner.jobs);
+        inner.jobs = jobs
+            .into_iter()
+            .enumerate()
+            .filter(|(j, _)| !remove.contains(j))
+            .map(|(_, job)| job)
+            .collect();
+        inner.job_index = inner
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(j, job)| (job.spec.id.clone(), j))
+            .collect();
+        inner.watched = Inner::index_watched(&inner.jobs);
+        tracing::info!(
+            removed = ids.len(),
+            kept = inner.jobs.len(),
+            "terminal jobs expired (--job-retention-s, --job-retention-max)"
+        );
+        Ok(ids)
     }
 
     // ---- what the flame graph service needs -------------------------------------------------
@@ -512,24 +758,24 @@ impl Registry {
             .get(tmid)
             .ok_or_else(|| RegistryError::TaskManagerNotFound(tmid.to_string()))?;
         let mut selectors: Vec<v1::ThreadSelector> = Vec::new();
-        for job in &inner.jobs {
-            for (v, vertex) in job.spec.vertices.iter().enumerate() {
-                for (s, spec) in vertex.subtasks.iter().enumerate() {
-                    if spec.taskmanager == tmid && job.runtime.subtasks[v][s].status.is_sampleable()
-                    {
-                        let mut selector =
-                            selector_of(spec, subtask_key(&job.spec.id, &vertex.id, s));
-                        // The whole process, named once: the agent then lists each thread once.
-                        selector.tids.clear();
-                        selector.thread_name.clear();
-                        if !selectors
-                            .iter()
-                            .any(|known| known.process == selector.process)
-                        {
-                            selectors.push(selector);
-                        }
-                    }
-                }
+        for (j, v, s) in inner.watched_by(tmid) {
+            let job = &inner.jobs[j];
+            if !job.runtime.subtasks[v][s].status.is_sampleable() {
+                continue;
+            }
+            let vertex = &job.spec.vertices[v];
+            let mut selector = selector_of(
+                &vertex.subtasks[s],
+                subtask_key(&job.spec.id, &vertex.id, s),
+            );
+            // The whole process, named once: the agent then lists each thread once.
+            selector.tids.clear();
+            selector.thread_name.clear();
+            if !selectors
+                .iter()
+                .any(|known| known.process == selector.process)
+            {
+                selectors.push(selector);
             }
         }
         Ok((tm.address.clone(), selectors))
@@ -540,6 +786,16 @@ fn check_agent_field(name: &str, value: &str) -> Result<(), RegistryError> {
     if value.is_empty() || value.len() > MAX_AGENT_FIELD || value.chars().any(char::is_control) {
         return Err(RegistryError::BadRequest(format!(
             "{name}: expected 1 to {MAX_AGENT_FIELD} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_host_field(name: &str, value: &str) -> Result<(), RegistryError> {
+    if value.len() > MAX_HOST_FIELD || value.chars().any(char::is_control) {
+        return Err(RegistryError::BadRequest(format!(
+            "{name}: expected at most {MAX_HOST_FIELD} bytes without control characters, got {} bytes",
+            value.len()
         )));
     }
     Ok(())

@@ -151,6 +151,21 @@ impl JobStore {
     }
 }
 
+impl JobStore {
+    /// Deletes these jobs in one transaction; durable when this returns `Ok`.
+    pub fn delete(&mut self, ids: &[String]) -> Result<(), RegistryError> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| storage(&self.path, e))?;
+        for id in ids {
+            tx.execute("DELETE FROM jobs WHERE id = ?1", params![id])
+                .map_err(|e| storage(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| storage(&self.path, e))
+    }
+}
+
 fn storage(path: &Path, e: rusqlite::Error) -> RegistryError {
     RegistryError::Storage(format!("{}: {e}", path.display()))
 }

@@ -46,6 +46,11 @@ pub struct TaskManager {
     pub last_heartbeat: Instant,
     /// Host metrics from the last heartbeat, by Flink-style metric name.
     pub metrics: BTreeMap<String, f64>,
+    /// The IP address it registered from: a live id may only be re-registered from the same
+    /// place without credentials (see the registry's "Agent identity").
+    pub peer_ip: Option<std::net::IpAddr>,
+    /// The DER of the TLS client certificate it registered with (mutual TLS), if any.
+    pub tls_identity: Option<Vec<u8>>,
 }
 
 impl TaskManager {

@@ -86,7 +86,9 @@ impl From<RegistryError> for ApiError {
                 status: StatusCode::BAD_REQUEST,
                 errors: problems,
             },
-            RegistryError::AlreadyTerminal(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            RegistryError::AlreadyTerminal(_) | RegistryError::AgentIdTaken(_) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
             RegistryError::Storage(_) => ApiError::internal(e),
         }
     }
