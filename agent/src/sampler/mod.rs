@@ -32,7 +32,9 @@ mod permission;
 mod ptrace;
 mod stack;
 mod symbolize;
+mod target_file;
 mod unwind;
+mod workers;
 
 pub use permission::explain_denied;
 pub use symbolize::clean_name;
@@ -52,7 +54,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use symbolize::SymbolizerThread;
-use unwind::RawStack;
+use unwind::{ProcessModules, RawStack, UnwindCache};
+use workers::LoaderThread;
 
 /// How to sample.
 #[derive(Debug, Clone)]
@@ -150,6 +153,8 @@ pub struct Sampler {
 struct Inner {
     tracer: Tracer,
     symbolizer: SymbolizerThread,
+    /// Reads the files of sampled processes for the unwinder, off the tracer thread.
+    loader: LoaderThread,
 }
 
 impl std::fmt::Debug for Sampler {
@@ -281,11 +286,19 @@ impl RunNames {
         }
     }
 
-    /// Waits for every batch: frames per address, per pid.
-    fn collect(self) -> HashMap<u32, HashMap<u64, Vec<Frame>>> {
+    /// Waits for every batch (each at most the file-work deadline; see `workers`): frames per
+    /// address, per pid.
+    fn collect(
+        self,
+        symbolizer: &SymbolizerThread,
+        cancel: &AtomicBool,
+    ) -> HashMap<u32, HashMap<u64, Vec<Frame>>> {
         let mut tables: HashMap<u32, HashMap<u64, Vec<Frame>>> = HashMap::new();
         for (pid, batch) in self.pending {
-            tables.entry(pid).or_default().extend(batch.wait());
+            tables
+                .entry(pid)
+                .or_default()
+                .extend(batch.wait(symbolizer, cancel));
         }
         tables
     }
@@ -305,8 +318,14 @@ impl Sampler {
             Tracer::spawn().map_err(|e| AgentError::io("starting the tracer thread", e))?;
         let symbolizer = SymbolizerThread::spawn(idle)
             .map_err(|e| AgentError::io("starting the symbolizer thread", e))?;
+        let loader =
+            LoaderThread::spawn().map_err(|e| AgentError::io("starting the loader thread", e))?;
         Ok(Sampler {
-            inner: Arc::new(Inner { tracer, symbolizer }),
+            inner: Arc::new(Inner {
+                tracer,
+                symbolizer,
+                loader,
+            }),
         })
     }
 
@@ -355,6 +374,8 @@ impl Sampler {
         let max_depth = opts.max_depth.max(1) as usize;
         // Per process of this run: its mappings as read on the first round.
         let mut run_maps: HashMap<(u32, u64), RunMaps> = HashMap::new();
+        // Per process of this run: its modules, loaded off the tracer thread.
+        let mut run_modules: HashMap<(u32, u64), Arc<ProcessModules>> = HashMap::new();
         let mut names = RunNames::default();
         let began = Instant::now();
         for round in 0..opts.num_samples.max(1) {
@@ -377,7 +398,7 @@ impl Sampler {
                     continue;
                 }
                 match prepare_round(run, round == 0, policy, opts.kernel_stacks) {
-                    Ok((job, states)) => {
+                    Ok((mut job, states)) => {
                         if round == 0 && !run_maps.contains_key(&(run.pid, run.starttime)) {
                             // Kept for naming frames should the process exit before
                             // symbolization; read once per process, whatever the targets in it.
@@ -402,6 +423,11 @@ impl Sampler {
                             }
                         }
                         if !job.threads.is_empty() {
+                            let process = (run.pid, run.starttime);
+                            let modules = run_modules.entry(process).or_insert_with(|| {
+                                self.inner.loader.load(process.0, process.1, &opts.cancel)
+                            });
+                            job.modules = Arc::clone(modules);
                             jobs.push(job);
                             meta.push((i, states));
                         }
@@ -419,7 +445,9 @@ impl Sampler {
                 }
                 continue;
             }
-            let result = match self.inner.tracer.round(jobs, max_depth) {
+            let job_processes: Vec<(u32, u64)> =
+                jobs.iter().map(|j| (j.pid, j.starttime)).collect();
+            let mut result = match self.inner.tracer.round(jobs, max_depth) {
                 Ok(r) => r,
                 Err(e) => {
                     for (i, _) in &meta {
@@ -430,6 +458,17 @@ impl Sampler {
                     break;
                 }
             };
+            if !result.redo.is_empty() {
+                let t = Instant::now();
+                self.unwind_again(
+                    &mut result,
+                    &job_processes,
+                    &mut run_modules,
+                    max_depth,
+                    &opts.cancel,
+                );
+                stats.unwind += t.elapsed();
+            }
             stats.rounds += 1;
             stats.snapshot_time.push(result.timings.snapshot);
             stats.module_load += result.timings.module_load;
@@ -492,7 +531,7 @@ impl Sampler {
         // once per distinct address and process.
         let sym_start = Instant::now();
         names.submit_new(&self.inner.symbolizer, &runs, &run_maps);
-        let tables = names.collect();
+        let tables = names.collect(&self.inner.symbolizer, &opts.cancel);
         stats.symbolize = sym_start.elapsed();
 
         let mut start_ms = i64::MAX;
@@ -542,6 +581,48 @@ impl Sampler {
             },
             stats,
         )
+    }
+}
+
+impl Sampler {
+    /// Stacks that left every known module (a library was `dlopen`ed since the modules were
+    /// loaded): reload the modules of their processes (off the tracer thread) and, where they
+    /// changed, unwind the copied stacks again here. No thread is stopped any more.
+    fn unwind_again(
+        &self,
+        result: &mut ptrace::RoundResult,
+        job_processes: &[(u32, u64)],
+        run_modules: &mut HashMap<(u32, u64), Arc<ProcessModules>>,
+        max_depth: usize,
+        cancel: &AtomicBool,
+    ) {
+        let mut reloaded: HashMap<(u32, u64), Option<Arc<ProcessModules>>> = HashMap::new();
+        let mut unwinder = UnwindCache::new();
+        for mut redo in std::mem::take(&mut result.redo) {
+            let Some(&process) = job_processes.get(redo.target) else {
+                continue;
+            };
+            let fresh = reloaded.entry(process).or_insert_with(|| {
+                let known = run_modules.get(&process)?;
+                let fresh = self.inner.loader.refresh(process.0, known, cancel)?;
+                run_modules.insert(process, Arc::clone(&fresh));
+                Some(fresh)
+            });
+            let Some(modules) = fresh else {
+                continue;
+            };
+            unwinder.prepare(process.0, modules);
+            let raw = unwinder.unwind(process.0, redo.regs, max_depth, &mut |a| {
+                redo.copy.read_word(a, None)
+            });
+            if let Some(read) = result
+                .targets
+                .get_mut(redo.target)
+                .and_then(|t| t.get_mut(redo.slot))
+            {
+                read.outcome = ReadOutcome::Stack(raw);
+            }
+        }
     }
 }
 
@@ -600,6 +681,8 @@ fn prepare_round(
         pid,
         starttime: run.starttime,
         threads: Vec::with_capacity(threads.len()),
+        // Set by the caller from the run's loaded modules.
+        modules: ProcessModules::empty(run.starttime),
     };
     let mut states = Vec::with_capacity(threads.len());
     for (tid, _) in threads {
