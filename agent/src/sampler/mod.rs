@@ -216,7 +216,9 @@ struct RawSample {
     tid: u32,
     time_ms: i64,
     state: ThreadState,
-    stack: Option<RawStack>,
+    /// Shared by every target of the run that selected this thread (overlapping selectors
+    /// store a thread's stack once per round, not once per selector).
+    stack: Option<Arc<RawStack>>,
     kernel: Vec<String>,
 }
 
@@ -347,12 +349,35 @@ impl Sampler {
         self.sample_with_stats(targets, policy, opts).0
     }
 
+    /// [`Sampler::sample`], but the run ends early (keeping what it has, with a warning) once
+    /// it holds `max_thread_samples` samples: a bound on its memory even when the selected
+    /// processes start threads during the run.
+    pub fn sample_bounded(
+        &self,
+        targets: &[(String, ThreadSelector)],
+        policy: &AccessPolicy,
+        opts: &SamplerOptions,
+        max_thread_samples: usize,
+    ) -> SamplingRun {
+        self.run(targets, policy, opts, max_thread_samples).0
+    }
+
     /// [`Sampler::sample`], plus timings of the run.
     pub fn sample_with_stats(
         &self,
         targets: &[(String, ThreadSelector)],
         policy: &AccessPolicy,
         opts: &SamplerOptions,
+    ) -> (SamplingRun, RunStats) {
+        self.run(targets, policy, opts, usize::MAX)
+    }
+
+    fn run(
+        &self,
+        targets: &[(String, ThreadSelector)],
+        policy: &AccessPolicy,
+        opts: &SamplerOptions,
+        max_thread_samples: usize,
     ) -> (SamplingRun, RunStats) {
         let mut stats = RunStats::default();
         let mut runs: Vec<TargetRun> = targets
@@ -378,8 +403,17 @@ impl Sampler {
         let mut run_modules: HashMap<(u32, u64), Arc<ProcessModules>> = HashMap::new();
         let mut names = RunNames::default();
         let began = Instant::now();
+        let mut stored = 0usize;
+        let mut bound_warning = None;
         for round in 0..opts.num_samples.max(1) {
             if opts.cancel.load(Ordering::SeqCst) {
+                break;
+            }
+            if stored >= max_thread_samples {
+                bound_warning = Some(format!(
+                    "the run ended after {round} rounds: it holds {stored} thread-samples, the \
+                     most one run may (threads appeared during the run)"
+                ));
                 break;
             }
             // Nothing left to sample (every target refused, gone or failed): stop now rather
@@ -471,6 +505,8 @@ impl Sampler {
             }
             stats.rounds += 1;
             stats.snapshot_time.push(result.timings.snapshot);
+            // One stack per thread and round, shared by the targets that selected the thread.
+            let mut round_stacks: HashMap<u32, Arc<RawStack>> = HashMap::new();
             stats.module_load += result.timings.module_load;
             stats.unwind += result.timings.unwind;
             for ((i, states), reads) in meta.into_iter().zip(result.targets) {
@@ -480,7 +516,11 @@ impl Sampler {
                     let stack = match read.outcome {
                         ReadOutcome::Stack(raw) => {
                             stats.stop_ns.push(read.stopped_ns);
-                            Some(raw)
+                            Some(Arc::clone(
+                                round_stacks
+                                    .entry(read.tid)
+                                    .or_insert_with(|| Arc::new(raw)),
+                            ))
                         }
                         ReadOutcome::NotStopped => {
                             stats.not_stopped += 1;
@@ -504,6 +544,7 @@ impl Sampler {
                         }
                     };
                     let state = sample_state(&pre, stopped, read.interrupted_syscall);
+                    stored += 1;
                     run.samples.push(RawSample {
                         tid: read.tid,
                         time_ms: read.time_ms,
@@ -539,6 +580,11 @@ impl Sampler {
         let mut threads_seen: HashSet<(u32, u32)> = HashSet::new();
         let empty = HashMap::new();
         let mut warnings = Vec::new();
+        if let Some(w) = bound_warning
+            && let Some(first) = runs.first()
+        {
+            warnings.push((first.key.clone(), w));
+        }
         let subtasks = runs
             .into_iter()
             .map(|run| {
