@@ -133,7 +133,10 @@ impl FakeCoordinator {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(CoordinatorState::default());
         state.interval_ms.store(100, Ordering::SeqCst);
-        let svc = RegistryServer::new(RegistryService(Arc::clone(&state)));
+        // As large as the agent's own limit: heartbeats of 100,000 watched subtasks.
+        let svc = RegistryServer::new(RegistryService(Arc::clone(&state)))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
         let tls_on = tls.is_some();
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = tls {
