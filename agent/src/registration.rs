@@ -352,13 +352,16 @@ pub fn liveness_all(
         .collect()
 }
 
+/// A process's threads as (tid, name), shared by the selectors that name the process.
+type Threads = Arc<Vec<(u32, String)>>;
+
 /// What one heartbeat learnt about `/proc`, shared by all its selectors.
 #[derive(Default)]
 struct LivenessScan {
     /// The oldest process per comm, from one listing of `/proc` (made on first need).
     by_comm: Option<HashMap<String, u32>>,
-    /// Per pid: its threads (tid, name) when it exists and is allowed, else `None`.
-    processes: HashMap<u32, Option<Arc<Vec<(u32, String)>>>>,
+    /// Per pid: its threads when it exists and is allowed, else `None`.
+    processes: HashMap<u32, Option<Threads>>,
     /// Compiled thread-name patterns (`None`: the pattern does not compile).
     patterns: HashMap<String, Option<regex::Regex>>,
 }

@@ -299,12 +299,14 @@ pub fn peer_message(e: &AgentError) -> String {
     }
 }
 
+/// Distinct targets (subtask key of the first selector, selector) and, per selector in request
+/// order, the index of its target.
+type DistinctTargets = (Vec<(String, ThreadSelector)>, Vec<usize>);
+
 /// The request's selectors compiled once each: identical selectors (same process, tids and
 /// pattern) become one target, and each pattern is compiled once. Returns the distinct targets
 /// and, per selector in request order, the index of its target.
-fn distinct_targets(
-    selectors: &[v1::ThreadSelector],
-) -> Result<(Vec<(String, ThreadSelector)>, Vec<usize>), String> {
+fn distinct_targets(selectors: &[v1::ThreadSelector]) -> Result<DistinctTargets, String> {
     type Identity<'a> = (Option<&'a v1::thread_selector::Process>, &'a [u32], &'a str);
     let mut seen: std::collections::HashMap<Identity<'_>, usize> = Default::default();
     let mut patterns: std::collections::HashMap<String, regex::Regex> = Default::default();

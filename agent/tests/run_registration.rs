@@ -339,7 +339,9 @@ async fn liveness_honours_the_allow_list() {
         "65534",
     ]);
     let beat = coord
-        .wait_heartbeat("liveness of the watched selectors", |h| h.liveness.len() == 2)
+        .wait_heartbeat("liveness of the watched selectors", |h| {
+            h.liveness.len() == 2
+        })
         .await;
     let outside = beat.liveness[0].clone();
     let missing = beat.liveness[1].clone();
@@ -391,11 +393,17 @@ async fn a_reachable_listener_needs_credentials_or_insecure() {
     let err = refused.stderr();
     assert!(!err.contains("listening on"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    assert!(err.contains("--token-file") && err.contains("--insecure"), "{err}");
+    assert!(
+        err.contains("--token-file") && err.contains("--insecure"),
+        "{err}"
+    );
 
     for (args, env) in [
         (vec!["--listen", "0.0.0.0:0", "--insecure"], vec![]),
-        (vec!["--listen", "0.0.0.0:0"], vec![("FLAMEGRID_INSECURE", "true")]),
+        (
+            vec!["--listen", "0.0.0.0:0"],
+            vec![("FLAMEGRID_INSECURE", "true")],
+        ),
     ] {
         let mut all = vec!["--coordinator", url.as_str()];
         all.extend(args);
@@ -420,7 +428,11 @@ async fn a_reachable_listener_needs_credentials_or_insecure() {
         &token_arg,
     ]);
     guarded.wait_listening().await;
-    assert!(!guarded.stderr().contains("--insecure"), "{}", guarded.stderr());
+    assert!(
+        !guarded.stderr().contains("--insecure"),
+        "{}",
+        guarded.stderr()
+    );
     let _ = std::fs::remove_file(token_file);
 
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_flamegrid-agent"))

@@ -447,22 +447,31 @@ async fn too_many_thread_samples_or_too_long_runs_are_invalid() {
     let distinct: Vec<v1::ThreadSelector> = (0..1024)
         .map(|i| by_pid(&format!("k{i}"), pid, &format!("spin-0|never-{i}")))
         .collect();
-    let status = client
-        .sample(sample_request(distinct, 1000, 1))
-        .await
-        .unwrap_err();
+    let Err(status) = client.sample(sample_request(distinct, 1000, 1)).await else {
+        panic!("1024 threads × 1000 samples must be refused");
+    };
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(
         status.message().contains("1024 threads × 1000 samples"),
         "{:?}",
         status.message()
     );
-    let status = client
-        .sample(sample_request(vec![by_pid("slow", pid, "spin-0")], 1000, 10_000))
+    let Err(status) = client
+        .sample(sample_request(
+            vec![by_pid("slow", pid, "spin-0")],
+            1000,
+            10_000,
+        ))
         .await
-        .unwrap_err();
+    else {
+        panic!("a run of 1000 samples × 10 s must be refused");
+    };
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("600000"), "{:?}", status.message());
+    assert!(
+        status.message().contains("600000"),
+        "{:?}",
+        status.message()
+    );
 }
 
 /// Thread-name patterns are compiled only once a request holds a run slot: with every slot
@@ -490,11 +499,18 @@ async fn patterns_are_compiled_only_with_a_run_slot() {
     let mut probe = client.clone();
     let bad = || sample_request(vec![by_pid("bad", pid, "spin-(")], 1, 0);
     let status = probe.sample(bad()).await.unwrap_err();
-    assert!(!long.is_finished(), "the long run ended too early for this test");
+    assert!(
+        !long.is_finished(),
+        "the long run ended too early for this test"
+    );
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     long.abort();
     let status = poll_status(&mut probe, bad, Code::InvalidArgument).await;
-    assert!(status.message().contains("selector 0"), "{:?}", status.message());
+    assert!(
+        status.message().contains("selector 0"),
+        "{:?}",
+        status.message()
+    );
 }
 
 /// Retries `make` until the call fails with `code` (the slot of an aborted call frees once its

@@ -17,8 +17,18 @@
 //! * [`proc`]: `/proc` parsing (state after the last `)`, timed waits from `syscall`, comm).
 //! * `ptrace`: the one OS thread that owns every ptrace call, and the overlapped round.
 //! * `stack`: registers and the page-split `process_vm_readv` stack copy.
-//! * `unwind`: framehop modules per process, cached per file identity.
+//! * `unwind`: modules per process (loaded off the tracer thread, cached per file identity) and
+//!   the framehop unwinders built from them on the tracer thread.
 //! * `symbolize`: blazesym on its own thread, demangling and name cleanup.
+//! * `target_file`: opening the files a sampled process names without letting it stall (a
+//!   FIFO) or crash (a truncated file) the agent.
+//! * `workers`: the module loader thread, and deadlines on the threads that read those files.
+//!
+//! **The tracer thread never touches a file a sampled process names.** Such a file may be a FIFO
+//! that never answers, a device, or a file on a file system that hangs; the tracer holds threads
+//! stopped, so it must never wait on one. Modules are loaded by the loader thread before a
+//! round and handed to the tracer as values; stacks that left every known module are unwound
+//! again by the caller after the round.
 //! * `permission`: which of the possible causes an `EPERM` is.
 //!
 //! Symbolization happens once per distinct address *after* all samples were taken, so the

@@ -111,7 +111,7 @@ pub struct ThreadRead {
 pub struct RoundTimings {
     /// From the first interrupt to the last detach (and any re-unwinding).
     pub snapshot: Duration,
-    /// Loading unwind modules (cold caches) before the first interrupt.
+    /// Building unwinders from the loaded modules before the first interrupt.
     pub module_load: Duration,
     /// Total time spent in the unwinder.
     pub unwind: Duration,

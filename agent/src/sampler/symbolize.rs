@@ -425,7 +425,9 @@ fn symbolize_from_files(
         .collect();
     // Addresses grouped by the mapped file that holds them (the first mapping of it stands
     // for all), as (index in `addrs`, file offset).
-    let mut by_file: HashMap<(&str, &str, u64), (&MapEntry, Vec<(usize, u64)>)> = HashMap::new();
+    // Keyed by (path, device, inode); the first mapping of the file stands for it.
+    type Wanted<'a> = (&'a MapEntry, Vec<(usize, u64)>);
+    let mut by_file: HashMap<(&str, &str, u64), Wanted<'_>> = HashMap::new();
     for (i, &addr) in addrs.iter().enumerate() {
         if let Some(e) = run_maps
             .iter()

@@ -26,7 +26,7 @@
 //!    directories, then seals it against shrinking and writing. A sealed memfd can not shrink,
 //!    so its map can not fault.
 //! 4. None of this runs on the tracer thread (`ptrace.rs`), and callers wait for the threads
-//!    that do it with a deadline ([`super::worker`]), so even a file system that never answers
+//!    that do it with a deadline ([`super::workers`]), so even a file system that never answers
 //!    (a hostile FUSE mount) costs a run its names, never the agent its sampling.
 
 use super::maps::MapEntry;
