@@ -14,7 +14,8 @@
 //!    unbounded work (or unbounded memory) on a production host. Only a request that holds a
 //!    slot gets its thread-name patterns compiled (identical selectors once), and its work is
 //!    bounded: a run lasts at most [`MAX_RUN_DURATION_MS`], and samples a bounded number of
-//!    thread-samples ([`MAX_THREAD_SAMPLES`], threads × samples, `INVALID_ARGUMENT` beyond).
+//!    thread-samples ([`MAX_THREAD_SAMPLES`], threads × samples, `INVALID_ARGUMENT` beyond),
+//!    and its answer a bounded number of samples ([`MAX_ANSWER_SAMPLES`], counted per subtask).
 //! 4. **Allow-list**: every selector is resolved against the agent's [`AccessPolicy`]. A refused
 //!    selector fails only its own subtask (the others are still sampled); when *every* selector is
 //!    refused the whole call is `PERMISSION_DENIED` with the reasons, because then the caller
@@ -55,6 +56,9 @@ pub const MAX_RUN_DURATION_MS: u64 = 10 * 60 * 1000;
 /// Most thread-samples (threads selected × samples) one run may take. Each costs a stack of
 /// up to `max_depth` addresses until the run ends, so this bounds a run's memory.
 pub const MAX_THREAD_SAMPLES: usize = 100_000;
+/// Most samples one answer may carry, counted per subtask: identical selectors are sampled once
+/// but each is answered with the samples, so 1,024 of them copy one run's samples 1,024 times.
+pub const MAX_ANSWER_SAMPLES: usize = 500_000;
 /// Largest request the service decodes (tonic's default, stated): 1024 selectors with long
 /// keys, patterns and tid lists fit well inside.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
@@ -358,10 +362,12 @@ fn run_blocking(
     let mut early_errors: Vec<Option<AgentError>> = Vec::with_capacity(targets.len());
     let mut to_sample: Vec<(String, ThreadSelector)> = Vec::new();
     let mut threads = 0usize;
-    for (key, sel) in &targets {
+    let mut target_threads = vec![0usize; targets.len()];
+    for (t, (key, sel)) in targets.iter().enumerate() {
         match selection::resolve(sel, policy) {
             Ok(found) => {
-                threads += found.threads.len().max(1);
+                target_threads[t] = found.threads.len().max(1);
+                threads += target_threads[t];
                 early_errors.push(None);
                 to_sample.push((key.clone(), sel.clone()));
             }
@@ -374,6 +380,16 @@ fn run_blocking(
             "the request selects {threads} threads × {} samples = {thread_samples} \
              thread-samples; at most {MAX_THREAD_SAMPLES} per run (select fewer threads or \
              take fewer samples)",
+            opts.num_samples
+        ));
+    }
+    let answered: usize = index.iter().map(|&t| target_threads[t]).sum();
+    let answer_samples = answered.saturating_mul(opts.num_samples as usize);
+    if answer_samples > MAX_ANSWER_SAMPLES {
+        return RunOutcome::Invalid(format!(
+            "the answer would carry {answer_samples} samples ({} subtasks over {answered} \
+             threads × {} samples); at most {MAX_ANSWER_SAMPLES} per answer",
+            req.selectors.len(),
             opts.num_samples
         ));
     }

@@ -472,6 +472,19 @@ async fn too_many_thread_samples_or_too_long_runs_are_invalid() {
         "{:?}",
         status.message()
     );
+    // Identical selectors are sampled once, but each is answered: the answer is bounded too.
+    let same: Vec<v1::ThreadSelector> = (0..1024)
+        .map(|i| by_pid(&format!("s{i}"), pid, "spin-0"))
+        .collect();
+    let Err(status) = client.sample(sample_request(same, 1000, 1)).await else {
+        panic!("1024 subtasks × 1000 samples in one answer must be refused");
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("500000"),
+        "{:?}",
+        status.message()
+    );
 }
 
 /// Thread-name patterns are compiled only once a request holds a run slot: with every slot
