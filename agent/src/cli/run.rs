@@ -70,7 +70,9 @@ pub struct RunArgs {
     #[arg(long, env = "FLAMEGRID_COORDINATOR", value_name = "URL")]
     pub coordinator: String,
 
-    /// Where to serve the sampling gRPC service (port 0 picks a free port).
+    /// Where to serve the sampling gRPC service (port 0 picks a free port). An address other
+    /// hosts can reach needs --token-file or mutual TLS (--tls-cert, --tls-key, --tls-ca): without,
+    /// the agent refuses to start unless --insecure is given.
     #[arg(
         long,
         env = "FLAMEGRID_LISTEN",
