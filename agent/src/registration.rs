@@ -26,7 +26,12 @@
 //!   The sampling service runs independently of this loop and keeps answering meanwhile.
 //!
 //! Liveness and metrics read `/proc`, which is blocking, so they are gathered on tokio's blocking
-//! pool.
+//! pool. Liveness is sized for 100,000 watched subtasks: one heartbeat looks at each process
+//! and compiles each pattern once, whatever the number of selectors naming them
+//! ([`liveness_all`]), and the client accepts and sends messages that large
+//! ([`MAX_REGISTRY_MESSAGE_BYTES`]). Liveness honours the allow-list: a process the agent may
+//! not sample is reported exactly like one that does not exist, so a subtask's status tells a
+//! stranger nothing about the processes on this host.
 
 use crate::selection::{self, AccessPolicy, ThreadSelector};
 use flamegrid_proto::v1::{self, registry_client::RegistryClient};
@@ -52,6 +57,16 @@ pub const BACKOFF_START: Duration = Duration::from_millis(500);
 /// Longest retry delay while the coordinator is unreachable.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// Largest registry message the agent decodes or encodes. A heartbeat answer carries the watch
+/// list (one selector per subtask the coordinator wants liveness of, about 100 bytes each) and
+/// the agent's heartbeat one liveness entry per selector: 100,000 watched subtasks make ~10 MB,
+/// beyond tonic's 4 MiB default. Bounded all the same, so a coordinator can not make the agent
+/// allocate without limit.
+pub const MAX_REGISTRY_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Longest host fact (host name, OS, kernel, version) sent at registration, in bytes.
+pub const MAX_HOST_FACT_BYTES: usize = 256;
+
 /// Who the agent is and where its coordinator lives. Its `Debug` form never shows the token.
 #[derive(Clone)]
 pub struct RegistrationConfig {
@@ -61,6 +76,8 @@ pub struct RegistrationConfig {
     pub advertised_address: String,
     /// Sent as `authorization: Bearer <token>` on every registry call when set.
     pub token: Option<String>,
+    /// The allow-list: liveness of processes outside it is reported as "not found".
+    pub policy: AccessPolicy,
 }
 
 /// Adds `authorization: Bearer <token>` to every outgoing registry call. Its `Debug` form never
@@ -76,6 +93,7 @@ impl std::fmt::Debug for RegistrationConfig {
             .field("agent_id", &self.agent_id)
             .field("advertised_address", &self.advertised_address)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -124,7 +142,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), crate::AgentError> {
     let auth = BearerTokenSender::new(config.token.as_deref())?;
-    let client = RegistryClient::with_interceptor(channel, auth);
+    let client = RegistryClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(MAX_REGISTRY_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_REGISTRY_MESSAGE_BYTES);
     let probe = Arc::new(Mutex::new(HostProbe::new()));
     tokio::select! {
         () = heartbeat_loop(config, client, probe) => {}
@@ -187,7 +207,7 @@ async fn heartbeat_loop(
                 interval,
                 ref watch,
             } => {
-                let req = heartbeat_request(&config.agent_id, watch, &probe).await;
+                let req = heartbeat_request(&config.agent_id, watch, &config.policy, &probe).await;
                 match client.heartbeat(req).await {
                     Ok(resp) => {
                         if backoff.failures > 0 {
@@ -278,12 +298,14 @@ async fn register_request(
 async fn heartbeat_request(
     agent_id: &str,
     watch: &[v1::ThreadSelector],
+    policy: &AccessPolicy,
     probe: &Arc<Mutex<HostProbe>>,
 ) -> v1::HeartbeatRequest {
     let probe = Arc::clone(probe);
     let watch = watch.to_vec();
+    let policy = policy.clone();
     let gathered = tokio::task::spawn_blocking(move || {
-        let liveness = watch.iter().map(liveness_of).collect::<Vec<_>>();
+        let liveness = liveness_all(&watch, &policy);
         let mut probe = lock(&probe);
         let metrics = probe.metrics();
         (liveness, metrics, probe.free_memory())
@@ -305,31 +327,125 @@ fn lock(probe: &Mutex<HostProbe>) -> std::sync::MutexGuard<'_, HostProbe> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Whether the process (and selected threads) of one watched selector exist now.
+/// Whether the process (and selected threads) of one watched selector exist now, as
+/// [`liveness_all`] says it for a list of one.
+pub fn liveness_of(sel: &v1::ThreadSelector, policy: &AccessPolicy) -> v1::SubtaskLiveness {
+    LivenessScan::default().liveness_of(sel, policy)
+}
+
+/// The liveness of every watched selector, in order: does its process exist, may the agent
+/// sample it (the allow-list), and how many of its threads the selector matches.
 ///
-/// Liveness only says whether a process exists and how many threads match; it never stops or
-/// reads a thread. It is therefore checked without the allow-list, so a subtask pointing at a
-/// process the agent may not sample still shows RUNNING (its flame graphs say why they are
-/// empty) instead of a misleading FINISHED.
-pub fn liveness_of(sel: &v1::ThreadSelector) -> v1::SubtaskLiveness {
-    let dead = |key: &str| v1::SubtaskLiveness {
-        subtask_key: key.to_string(),
-        alive: false,
-        pid: 0,
-        threads: 0,
-    };
-    let Ok(converted) = ThreadSelector::from_wire(sel) else {
-        return dead(&sel.subtask_key);
-    };
-    match selection::resolve(&converted, &AccessPolicy::unrestricted()) {
-        Ok(target) => v1::SubtaskLiveness {
+/// Liveness never stops or reads a thread. A process outside the allow-list (or a selector
+/// that is malformed) is reported as not alive with pid 0, exactly like a process that does not
+/// exist. The cost grows with the selectors, not with selectors × processes: each process is
+/// looked at, each pattern compiled and `/proc` listed (for processes named by comm) at most
+/// once per call.
+pub fn liveness_all(
+    watch: &[v1::ThreadSelector],
+    policy: &AccessPolicy,
+) -> Vec<v1::SubtaskLiveness> {
+    let mut scan = LivenessScan::default();
+    watch
+        .iter()
+        .map(|sel| scan.liveness_of(sel, policy))
+        .collect()
+}
+
+/// A process's threads as (tid, name), shared by the selectors that name the process.
+type Threads = Arc<Vec<(u32, String)>>;
+
+/// What one heartbeat learnt about `/proc`, shared by all its selectors.
+#[derive(Default)]
+struct LivenessScan {
+    /// The oldest process per comm, from one listing of `/proc` (made on first need).
+    by_comm: Option<HashMap<String, u32>>,
+    /// Per pid: its threads when it exists and is allowed, else `None`.
+    processes: HashMap<u32, Option<Threads>>,
+    /// Compiled thread-name patterns (`None`: the pattern does not compile).
+    patterns: HashMap<String, Option<regex::Regex>>,
+}
+
+impl LivenessScan {
+    fn liveness_of(
+        &mut self,
+        sel: &v1::ThreadSelector,
+        policy: &AccessPolicy,
+    ) -> v1::SubtaskLiveness {
+        let dead = v1::SubtaskLiveness {
             subtask_key: sel.subtask_key.clone(),
-            alive: !target.threads.is_empty(),
-            pid: target.pid,
-            threads: target.threads.len() as u32,
-        },
-        Err(_) => dead(&sel.subtask_key),
+            alive: false,
+            pid: 0,
+            threads: 0,
+        };
+        let patterns = &mut self.patterns;
+        let mut compile = |pattern: &str| -> Result<regex::Regex, crate::AgentError> {
+            let entry = patterns
+                .entry(pattern.to_string())
+                .or_insert_with(|| ThreadSelector::compile_thread_name(pattern).ok());
+            entry
+                .clone()
+                .ok_or_else(|| crate::AgentError::InvalidArgument("bad pattern".into()))
+        };
+        let Ok(converted) = ThreadSelector::from_wire_with(sel, &mut compile) else {
+            return dead;
+        };
+        let pid = match &converted.process {
+            selection::ProcessRef::Pid(pid) => *pid,
+            selection::ProcessRef::Name(name) => {
+                let by_comm = self.by_comm.get_or_insert_with(processes_by_comm);
+                match by_comm.get(selection::truncate_comm(name)) {
+                    Some(&pid) => pid,
+                    None => return dead,
+                }
+            }
+        };
+        let threads = self
+            .processes
+            .entry(pid)
+            .or_insert_with(|| {
+                let resolved = selection::resolve(&ThreadSelector::pid(pid), policy).ok()?;
+                Some(Arc::new(resolved.threads))
+            })
+            .clone();
+        let Some(threads) = threads else {
+            return dead;
+        };
+        let matching = threads
+            .iter()
+            .filter(|(tid, name)| converted.selects(*tid, name))
+            .count();
+        v1::SubtaskLiveness {
+            subtask_key: sel.subtask_key.clone(),
+            alive: matching > 0,
+            pid,
+            threads: matching as u32,
+        }
     }
+}
+
+/// The oldest process (smallest start time) of each comm, never the agent itself: what a
+/// selector by process name means (as in `selection::resolve`).
+fn processes_by_comm() -> HashMap<String, u32> {
+    use crate::sampler::proc;
+    let me = std::process::id();
+    let mut oldest: HashMap<String, (u64, u32)> = HashMap::new();
+    for pid in proc::list_pids().unwrap_or_default() {
+        if pid == me {
+            continue;
+        }
+        let (Ok(comm), Ok(stat)) = (proc::process_comm(pid), proc::process_stat(pid)) else {
+            continue;
+        };
+        let entry = oldest.entry(comm).or_insert((stat.starttime, pid));
+        if stat.starttime < entry.0 {
+            *entry = (stat.starttime, pid);
+        }
+    }
+    oldest
+        .into_iter()
+        .map(|(comm, (_, pid))| (comm, pid))
+        .collect()
 }
 
 /// Host facts and metrics from sysinfo and `/proc`. Kept between heartbeats because CPU usage
@@ -382,14 +498,15 @@ impl HostProbe {
             (Ok(name), Err(_)) => name,
             _ => std::env::consts::OS.to_string(),
         };
+        // Bounded: the coordinator shows these to anyone reading /taskmanagers.
         v1::HostInfo {
-            hostname: host_name(),
+            hostname: bounded(host_name()),
             cpu_cores,
             physical_memory,
             free_memory,
-            os,
-            kernel: System::kernel_version().unwrap_or_default(),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            os: bounded(os),
+            kernel: bounded(System::kernel_version().unwrap_or_default()),
+            agent_version: bounded(env!("CARGO_PKG_VERSION").to_string()),
         }
     }
 
@@ -439,6 +556,18 @@ impl HostProbe {
     }
 }
 
+/// `text` cut to [`MAX_HOST_FACT_BYTES`] (on a character boundary).
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_HOST_FACT_BYTES {
+        let mut end = MAX_HOST_FACT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// Runnable and total threads on the host, from `/proc/loadavg` (`0.10 0.20 0.30 2/345 6789`).
 fn scheduling_entities() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -477,6 +606,7 @@ mod tests {
             agent_id: "a".into(),
             advertised_address: "http://x:1".into(),
             token: Some("very-secret-token".into()),
+            policy: AccessPolicy::own_user(),
         };
         let sender = BearerTokenSender::new(Some("very-secret-token")).unwrap();
         let check = crate::service::BearerTokenCheck::new(Some("very-secret-token"));

@@ -20,6 +20,10 @@ pub const MAX_THREAD_NAME_PATTERN: usize = 1024;
 /// Most tids one selector may list.
 pub const MAX_TIDS: usize = 4096;
 
+/// The reason of every allow-list refusal: the same words whoever the process is.
+pub const OUTSIDE_ALLOW_LIST: &str =
+    "outside this agent's allow-list (the operator widens it with --allow-user / --allow-comm)";
+
 /// Memory the compiled thread-name regex may use (bytes).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
@@ -84,6 +88,13 @@ impl ThreadSelector {
     /// process name, tid 0, too many tids, a bad or oversized regex) is an `InvalidArgument`
     /// naming the selector's key.
     pub fn from_wire(sel: &v1::ThreadSelector) -> Result<Self, AgentError> {
+        Self::from_wire_with(sel, &mut |pattern| Self::compile_thread_name(pattern))
+    }
+
+    /// Every check of [`ThreadSelector::from_wire`] except compiling the thread-name pattern
+    /// (only its length is checked): cheap enough to run on every request before it may take
+    /// a run slot. Returns the process the selector names.
+    pub fn check_wire(sel: &v1::ThreadSelector) -> Result<ProcessRef, AgentError> {
         let bad = |what: String| {
             AgentError::InvalidArgument(format!("selector {:?}: {what}", sel.subtask_key))
         };
@@ -109,10 +120,28 @@ impl ThreadSelector {
         if sel.tids.contains(&0) {
             return Err(bad("tid 0 is not a thread".into()));
         }
+        if sel.thread_name.len() > MAX_THREAD_NAME_PATTERN {
+            return Err(bad(format!(
+                "thread name pattern is {} bytes long; at most {MAX_THREAD_NAME_PATTERN} allowed",
+                sel.thread_name.len()
+            )));
+        }
+        Ok(process)
+    }
+
+    /// [`ThreadSelector::from_wire`] with the pattern compiled by `compile` (e.g. a cache, so
+    /// that a request repeating one pattern compiles it once).
+    pub fn from_wire_with(
+        sel: &v1::ThreadSelector,
+        compile: &mut dyn FnMut(&str) -> Result<regex::Regex, AgentError>,
+    ) -> Result<Self, AgentError> {
+        let process = Self::check_wire(sel)?;
         let thread_name = if sel.thread_name.is_empty() {
             None
         } else {
-            Some(Self::compile_thread_name(&sel.thread_name).map_err(|e| bad(e.to_string()))?)
+            Some(compile(&sel.thread_name).map_err(|e| {
+                AgentError::InvalidArgument(format!("selector {:?}: {e}", sel.subtask_key))
+            })?)
         };
         Ok(ThreadSelector {
             process,
@@ -248,13 +277,11 @@ impl AccessPolicy {
         if comms.contains(&comm) {
             return Ok(());
         }
+        // Say *that* it is refused, never what the list holds nor who the process is: this
+        // answer goes to whoever called the agent.
         Err(AgentError::PermissionDenied {
             pid,
-            reason: format!(
-                "not in the agent's allow-list (process uid {}, comm {comm:?}; allowed uids {uids:?}, \
-                 comms {comms:?}; widen it with --allow-user / --allow-comm)",
-                status.uids[0]
-            ),
+            reason: OUTSIDE_ALLOW_LIST.into(),
         })
     }
 }
@@ -275,6 +302,9 @@ pub struct ResolvedTarget {
 pub fn resolve(sel: &ThreadSelector, policy: &AccessPolicy) -> Result<ResolvedTarget, AgentError> {
     let pid = match &sel.process {
         ProcessRef::Pid(pid) => {
+            // The allow-list first: a refused id learns nothing more (not even whether it is
+            // a thread of some process).
+            policy.check(*pid)?;
             let status = proc::process_status(*pid).map_err(|e| gone_or_io(*pid, e))?;
             if status.tgid != *pid && status.tgid != 0 {
                 return Err(AgentError::InvalidArgument(format!(
@@ -334,7 +364,7 @@ fn find_process_by_comm(name: &str) -> Result<u32, AgentError> {
 }
 
 /// `name` cut to the length the kernel keeps for a comm (on a char boundary).
-fn truncate_comm(name: &str) -> &str {
+pub(crate) fn truncate_comm(name: &str) -> &str {
     if name.len() <= proc::COMM_MAX_LEN {
         return name;
     }

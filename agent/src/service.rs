@@ -11,11 +11,16 @@
 //!    with the reason, and nothing is sampled.
 //! 3. **Capacity**: at most `max_concurrent_runs` sampling runs at once. One more is answered
 //!    `RESOURCE_EXHAUSTED` at once — never queued — so a flood of requests cannot pile up
-//!    unbounded work (or unbounded memory) on a production host.
+//!    unbounded work (or unbounded memory) on a production host. Only a request that holds a
+//!    slot gets its thread-name patterns compiled (identical selectors once), and its work is
+//!    bounded: a run lasts at most [`MAX_RUN_DURATION_MS`], and samples a bounded number of
+//!    thread-samples ([`MAX_THREAD_SAMPLES`], threads × samples, `INVALID_ARGUMENT` beyond),
+//!    and its answer a bounded number of samples ([`MAX_ANSWER_SAMPLES`], counted per subtask).
 //! 4. **Allow-list**: every selector is resolved against the agent's [`AccessPolicy`]. A refused
 //!    selector fails only its own subtask (the others are still sampled); when *every* selector is
 //!    refused the whole call is `PERMISSION_DENIED` with the reasons, because then the caller
-//!    asked for nothing the agent may give.
+//!    asked for nothing the agent may give. Refusals say *that* a process is outside the
+//!    allow-list, never what the list holds or who owns the process ([`peer_message`]).
 //!
 //! Sampling itself is blocking work (ptrace, `/proc`, DWARF parsing), so it runs on tokio's
 //! blocking pool via [`tokio::task::spawn_blocking`] and never stalls the async executor that
@@ -45,6 +50,18 @@ pub const MAX_SAMPLES: u32 = 1000;
 pub const MAX_DELAY_MS: u32 = 10_000;
 /// Deepest stack one request may ask for.
 pub const MAX_DEPTH: u32 = 1024;
+/// Longest a run may last (samples × delay), in ms: ten minutes. Without it four callers could
+/// hold every run slot for hours (1000 samples × 10 s).
+pub const MAX_RUN_DURATION_MS: u64 = 10 * 60 * 1000;
+/// Most thread-samples (threads selected × samples) one run may take. Each costs a stack of
+/// up to `max_depth` addresses until the run ends, so this bounds a run's memory.
+pub const MAX_THREAD_SAMPLES: usize = 100_000;
+/// Most samples one answer may carry, counted per subtask: identical selectors are sampled once
+/// but each is answered with the samples, so 1,024 of them copy one run's samples 1,024 times.
+pub const MAX_ANSWER_SAMPLES: usize = 500_000;
+/// Largest request the service decodes (tonic's default, stated): 1024 selectors with long
+/// keys, patterns and tid lists fit well inside.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 /// Most selectors (subtasks) in one request.
 pub const MAX_SELECTORS: usize = 1024;
 /// Most thread ids one selector may list; far above any real process, low enough that a hostile
@@ -104,8 +121,9 @@ struct Inner {
 pub struct ValidRequest {
     /// The request id to echo back (0 for thread dumps, which carry none).
     pub request_id: u64,
-    /// The subtasks, in request order: (subtask key, selector).
-    pub targets: Vec<(String, ThreadSelector)>,
+    /// The subtasks, in request order, checked but with their patterns not yet compiled
+    /// (that waits until the request holds a run slot).
+    pub selectors: Vec<v1::ThreadSelector>,
     /// Samples per thread.
     pub num_samples: u32,
     /// Delay between samples (zero when only one sample is taken).
@@ -174,7 +192,7 @@ impl SamplingService {
         let policy = Arc::clone(&self.inner.policy);
         tracing::debug!(
             request_id = req.request_id,
-            subtasks = req.targets.len(),
+            subtasks = req.selectors.len(),
             samples = req.num_samples,
             delay_ms = req.delay.as_millis() as u64,
             max_depth = req.max_depth,
@@ -199,8 +217,9 @@ impl SamplingService {
         match outcome {
             RunOutcome::AllRefused(reasons) => Err(Status::permission_denied(format!(
                 "no selector may be sampled by this agent: {}",
-                reasons.join("; ")
+                summarize(&reasons)
             ))),
+            RunOutcome::Invalid(reason) => Err(Status::invalid_argument(reason)),
             RunOutcome::Sampled(resp) => {
                 tracing::debug!(
                     request_id = resp.request_id,
@@ -233,6 +252,8 @@ impl Drop for CancelOnDrop {
 enum RunOutcome {
     /// Every selector was refused by the allow-list (reasons, one per selector).
     AllRefused(Vec<String>),
+    /// The request is out of bounds after all (a bad pattern, too many thread-samples).
+    Invalid(String),
     /// The answer to send.
     Sampled(v1::SampleResponse),
 }
@@ -242,39 +263,159 @@ fn is_refusal(e: &AgentError) -> bool {
     matches!(e, AgentError::PermissionDenied { .. })
 }
 
-/// The blocking part of a run: allow-list pre-check, sampling, interning into the wire form.
+/// The first few reasons, then how many more: a request of 1024 refused selectors must not
+/// make a megabyte of error text.
+fn summarize(reasons: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut text = reasons
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if reasons.len() > SHOWN {
+        text.push_str(&format!("; and {} more", reasons.len() - SHOWN));
+    }
+    text
+}
+
+/// What a caller over the network is told about a failed selector: enough to act on, nothing
+/// about other processes or users. An allow-list refusal says only that; a refusal by the
+/// kernel says which kind when that names nobody (another tracer, Yama), else only that the
+/// kernel refused, while the agent's log keeps the full reason for its operator.
+pub fn peer_message(e: &AgentError) -> String {
+    match e {
+        AgentError::PermissionDenied { pid, reason } => {
+            if reason == selection::OUTSIDE_ALLOW_LIST {
+                return format!("pid {pid} is {}", selection::OUTSIDE_ALLOW_LIST);
+            }
+            tracing::info!(pid, "tracing refused: {reason}");
+            let kind = if reason.starts_with("another tracer") {
+                "another tracer is attached to it"
+            } else if reason.starts_with("kernel.yama") {
+                "kernel.yama.ptrace_scope forbids it"
+            } else {
+                "the kernel refused (the agent's log says why)"
+            };
+            format!("may not trace pid {pid}: {kind}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Distinct targets (subtask key of the first selector, selector) and, per selector in request
+/// order, the index of its target.
+type DistinctTargets = (Vec<(String, ThreadSelector)>, Vec<usize>);
+
+/// The request's selectors compiled once each: identical selectors (same process, tids and
+/// pattern) become one target, and each pattern is compiled once. Returns the distinct targets
+/// and, per selector in request order, the index of its target.
+fn distinct_targets(selectors: &[v1::ThreadSelector]) -> Result<DistinctTargets, String> {
+    type Identity<'a> = (Option<&'a v1::thread_selector::Process>, &'a [u32], &'a str);
+    let mut seen: std::collections::HashMap<Identity<'_>, usize> = Default::default();
+    let mut patterns: std::collections::HashMap<String, regex::Regex> = Default::default();
+    let mut targets = Vec::new();
+    let mut index = Vec::with_capacity(selectors.len());
+    for (i, sel) in selectors.iter().enumerate() {
+        let identity = (
+            sel.process.as_ref(),
+            sel.tids.as_slice(),
+            sel.thread_name.as_str(),
+        );
+        if let Some(&t) = seen.get(&identity) {
+            index.push(t);
+            continue;
+        }
+        let mut compile = |pattern: &str| -> Result<regex::Regex, AgentError> {
+            if let Some(re) = patterns.get(pattern) {
+                return Ok(re.clone());
+            }
+            let re = ThreadSelector::compile_thread_name(pattern)?;
+            patterns.insert(pattern.to_string(), re.clone());
+            Ok(re)
+        };
+        let converted = ThreadSelector::from_wire_with(sel, &mut compile)
+            .map_err(|e| format!("selector {i} ({:?}): {e}", truncated(&sel.subtask_key)))?;
+        seen.insert(identity, targets.len());
+        index.push(targets.len());
+        targets.push((sel.subtask_key.clone(), converted));
+    }
+    Ok((targets, index))
+}
+
+/// The blocking part of a run: patterns, allow-list pre-check and bounds, sampling, interning
+/// into the wire form.
 fn run_blocking(
     sampler: &Sampler,
     policy: &AccessPolicy,
     req: ValidRequest,
     opts: &SamplerOptions,
 ) -> RunOutcome {
-    // Resolve every selector once up front: refused ones never reach the sampler (which checks
-    // the policy again at every sample, since a pid can be reused by another program), and a
-    // request with nothing allowed is refused as a whole without holding a slot for the delay.
-    let mut early_errors: Vec<Option<AgentError>> = Vec::with_capacity(req.targets.len());
+    let (targets, index) = match distinct_targets(&req.selectors) {
+        Ok(t) => t,
+        Err(reason) => return RunOutcome::Invalid(reason),
+    };
+    // Resolve every distinct selector once up front: refused ones never reach the sampler
+    // (which checks the policy again at every sample, since a pid can be reused by another
+    // program), a request with nothing allowed is refused as a whole without holding a slot
+    // for the delay, and the threads found bound the run's work.
+    let mut early_errors: Vec<Option<AgentError>> = Vec::with_capacity(targets.len());
     let mut to_sample: Vec<(String, ThreadSelector)> = Vec::new();
-    for (key, sel) in &req.targets {
+    let mut threads = 0usize;
+    let mut target_threads = vec![0usize; targets.len()];
+    for (t, (key, sel)) in targets.iter().enumerate() {
         match selection::resolve(sel, policy) {
-            Ok(_) => {
+            Ok(found) => {
+                target_threads[t] = found.threads.len().max(1);
+                threads += target_threads[t];
                 early_errors.push(None);
                 to_sample.push((key.clone(), sel.clone()));
             }
             Err(e) => early_errors.push(Some(e)),
         }
     }
-    let all_refused = !req.targets.is_empty()
+    let thread_samples = threads.saturating_mul(opts.num_samples as usize);
+    if thread_samples > MAX_THREAD_SAMPLES {
+        return RunOutcome::Invalid(format!(
+            "the request selects {threads} threads × {} samples = {thread_samples} \
+             thread-samples; at most {MAX_THREAD_SAMPLES} per run (select fewer threads or \
+             take fewer samples)",
+            opts.num_samples
+        ));
+    }
+    let answered: usize = index.iter().map(|&t| target_threads[t]).sum();
+    let answer_samples = answered.saturating_mul(opts.num_samples as usize);
+    if answer_samples > MAX_ANSWER_SAMPLES {
+        return RunOutcome::Invalid(format!(
+            "the answer would carry {answer_samples} samples ({} subtasks over {answered} \
+             threads × {} samples); at most {MAX_ANSWER_SAMPLES} per answer",
+            req.selectors.len(),
+            opts.num_samples
+        ));
+    }
+    let refusals = |sampled: &[(String, Result<flamegrid_model::SampleSet, AgentError>)]| {
+        req.selectors
+            .iter()
+            .zip(&index)
+            .filter_map(|(sel, &t)| {
+                let e = early_errors[t].as_ref().or_else(|| {
+                    let pos = early_errors[..t].iter().filter(|e| e.is_none()).count();
+                    sampled.get(pos)?.1.as_ref().err()
+                })?;
+                Some(format!(
+                    "{:?}: {}",
+                    truncated(&sel.subtask_key),
+                    peer_message(e)
+                ))
+            })
+            .collect::<Vec<_>>()
+    };
+    if !targets.is_empty()
         && early_errors
             .iter()
-            .all(|e| e.as_ref().is_some_and(is_refusal));
-    if all_refused {
-        let reasons = req
-            .targets
-            .iter()
-            .zip(&early_errors)
-            .filter_map(|((key, _), e)| e.as_ref().map(|e| format!("{key:?}: {e}")))
-            .collect();
-        return RunOutcome::AllRefused(reasons);
+            .all(|e| e.as_ref().is_some_and(is_refusal))
+    {
+        return RunOutcome::AllRefused(refusals(&[]));
     }
 
     let run = if to_sample.is_empty() {
@@ -286,7 +427,7 @@ fn run_blocking(
             warnings: Vec::new(),
         }
     } else {
-        sampler.sample(&to_sample, policy, opts)
+        sampler.sample_bounded(&to_sample, policy, opts, MAX_THREAD_SAMPLES)
     };
     for (key, warning) in &run.warnings {
         tracing::warn!(subtask = %key, "{warning}");
@@ -298,36 +439,31 @@ fn run_blocking(
         .iter()
         .filter(|(_, r)| r.as_ref().is_err_and(is_refusal))
         .count();
-    if !req.targets.is_empty()
-        && early_errors.iter().flatten().count() + sampled_refused == req.targets.len()
+    if !targets.is_empty()
         && early_errors.iter().flatten().all(is_refusal)
         && sampled_refused == run.subtasks.len()
     {
-        let mut reasons: Vec<String> = req
-            .targets
-            .iter()
-            .zip(&early_errors)
-            .filter_map(|((key, _), e)| e.as_ref().map(|e| format!("{key:?}: {e}")))
-            .collect();
-        reasons.extend(
-            run.subtasks
-                .iter()
-                .filter_map(|(key, r)| r.as_ref().err().map(|e| format!("{key:?}: {e}"))),
-        );
-        return RunOutcome::AllRefused(reasons);
+        return RunOutcome::AllRefused(refusals(&run.subtasks));
     }
 
-    // Merge in request order: sampled subtasks come back in the order they were given.
+    // Every selector in request order; identical ones share their target's answer.
     let mut sampled = run.subtasks.into_iter();
-    let mut builder = SampleResponseBuilder::new(req.request_id);
-    for ((key, _), early) in req.targets.iter().zip(early_errors) {
-        match early {
-            Some(e) => builder.add_error(key, e.to_string()),
+    let answers: Vec<Result<flamegrid_model::SampleSet, String>> = early_errors
+        .iter()
+        .map(|early| match early {
+            Some(e) => Err(peer_message(e)),
             None => match sampled.next() {
-                Some((_, Ok(set))) => builder.add_subtask(key, &set),
-                Some((_, Err(e))) => builder.add_error(key, e.to_string()),
-                None => builder.add_error(key, "the sampler returned no result for this subtask"),
+                Some((_, Ok(set))) => Ok(set),
+                Some((_, Err(e))) => Err(peer_message(&e)),
+                None => Err("the sampler returned no result for this subtask".into()),
             },
+        })
+        .collect();
+    let mut builder = SampleResponseBuilder::new(req.request_id);
+    for (sel, &t) in req.selectors.iter().zip(&index) {
+        match &answers[t] {
+            Ok(set) => builder.add_subtask(&sel.subtask_key, set),
+            Err(e) => builder.add_error(&sel.subtask_key, e.clone()),
         }
     }
     RunOutcome::Sampled(builder.finish(run.start_ms, run.end_ms))
@@ -378,10 +514,19 @@ pub fn validate_sample(req: &v1::SampleRequest) -> Result<ValidRequest, Status> 
     } else {
         Duration::from_millis(u64::from(req.delay_ms))
     };
+    let duration_ms = u64::from(req.num_samples) * delay.as_millis() as u64;
+    if duration_ms > MAX_RUN_DURATION_MS {
+        return Err(Status::invalid_argument(format!(
+            "num_samples × delay_ms is {} × {} ms = {duration_ms} ms; a run may last at most \
+             {MAX_RUN_DURATION_MS} ms (10 minutes)",
+            req.num_samples,
+            delay.as_millis()
+        )));
+    }
     check_depth(req.max_depth)?;
     Ok(ValidRequest {
         request_id: req.request_id,
-        targets: validate_selectors(&req.selectors)?,
+        selectors: validate_selectors(&req.selectors)?,
         num_samples: req.num_samples,
         delay,
         max_depth: req.max_depth,
@@ -399,7 +544,7 @@ pub fn validate_thread_dump(req: &v1::ThreadDumpRequest) -> Result<ValidRequest,
     check_depth(max_depth)?;
     Ok(ValidRequest {
         request_id: 0,
-        targets: validate_selectors(&req.selectors)?,
+        selectors: validate_selectors(&req.selectors)?,
         num_samples: 1,
         delay: Duration::ZERO,
         max_depth,
@@ -416,48 +561,44 @@ fn check_depth(max_depth: u32) -> Result<(), Status> {
     }
 }
 
-/// Checks the selector list and converts each selector (compiling its regex, size-limited).
-fn validate_selectors(
-    selectors: &[v1::ThreadSelector],
-) -> Result<Vec<(String, ThreadSelector)>, Status> {
+/// Checks the selector list and each selector, without compiling any pattern: that waits until
+/// the request holds a run slot ([`distinct_targets`]), so a flood of refused requests costs no
+/// regex compilation.
+fn validate_selectors(selectors: &[v1::ThreadSelector]) -> Result<Vec<v1::ThreadSelector>, Status> {
     if selectors.is_empty() || selectors.len() > MAX_SELECTORS {
         return Err(Status::invalid_argument(format!(
             "selectors must hold between 1 and {MAX_SELECTORS} entries, got {}",
             selectors.len()
         )));
     }
-    selectors
-        .iter()
-        .enumerate()
-        .map(|(i, sel)| {
-            let bad = |why: String| {
-                Status::invalid_argument(format!(
-                    "selector {i} ({:?}): {why}",
-                    truncated(&sel.subtask_key)
-                ))
-            };
-            if sel.subtask_key.len() > MAX_SUBTASK_KEY_BYTES {
-                return Err(bad(format!(
-                    "subtask_key is longer than {MAX_SUBTASK_KEY_BYTES} bytes"
-                )));
+    for (i, sel) in selectors.iter().enumerate() {
+        let bad = |why: String| {
+            Status::invalid_argument(format!(
+                "selector {i} ({:?}): {why}",
+                truncated(&sel.subtask_key)
+            ))
+        };
+        if sel.subtask_key.len() > MAX_SUBTASK_KEY_BYTES {
+            return Err(bad(format!(
+                "subtask_key is longer than {MAX_SUBTASK_KEY_BYTES} bytes"
+            )));
+        }
+        match &sel.process {
+            None => return Err(bad("set exactly one of pid or process_name".into())),
+            Some(v1::thread_selector::Process::Pid(0)) => {
+                return Err(bad("pid must not be 0".into()));
             }
-            match &sel.process {
-                None => return Err(bad("set exactly one of pid or process_name".into())),
-                Some(v1::thread_selector::Process::Pid(0)) => {
-                    return Err(bad("pid must not be 0".into()));
-                }
-                Some(v1::thread_selector::Process::ProcessName(name)) if name.is_empty() => {
-                    return Err(bad("process_name must not be empty".into()));
-                }
-                Some(_) => {}
+            Some(v1::thread_selector::Process::ProcessName(name)) if name.is_empty() => {
+                return Err(bad("process_name must not be empty".into()));
             }
-            if sel.tids.len() > MAX_TIDS_PER_SELECTOR {
-                return Err(bad(format!("more than {MAX_TIDS_PER_SELECTOR} tids")));
-            }
-            let converted = ThreadSelector::from_wire(sel).map_err(|e| bad(e.to_string()))?;
-            Ok((sel.subtask_key.clone(), converted))
-        })
-        .collect()
+            Some(_) => {}
+        }
+        if sel.tids.len() > MAX_TIDS_PER_SELECTOR {
+            return Err(bad(format!("more than {MAX_TIDS_PER_SELECTOR} tids")));
+        }
+        ThreadSelector::check_wire(sel).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(selectors.to_vec())
 }
 
 /// The first 64 characters of an untrusted string, for error messages.
@@ -567,7 +708,7 @@ mod tests {
             validate_sample(&request(1, 0, 1)).is_ok(),
             "one sample ignores the delay"
         );
-        assert!(validate_sample(&request(1000, 10_000, 1024)).is_ok());
+        assert!(validate_sample(&request(1000, 600, 1024)).is_ok());
         let ok = validate_sample(&request(3, 20, 64)).unwrap();
         assert_eq!(
             (ok.request_id, ok.num_samples, ok.delay, ok.max_depth),
@@ -606,10 +747,38 @@ mod tests {
         }];
         assert!(reason(validate_sample(&r)).contains("process_name"));
         r.selectors = vec![v1::ThreadSelector {
-            thread_name: "spin-(".into(),
+            thread_name: "x".repeat(2000),
             ..selector("x", 1)
         }];
         assert!(reason(validate_sample(&r)).contains("selector 0"));
+        // A bad pattern passes the cheap checks and is refused once it is compiled, with a
+        // run slot held.
+        r.selectors = vec![v1::ThreadSelector {
+            thread_name: "spin-(".into(),
+            ..selector("x", 1)
+        }];
+        assert!(validate_sample(&r).is_ok());
+        let err = distinct_targets(&r.selectors).unwrap_err();
+        assert!(err.contains("selector 0"), "{err}");
+    }
+
+    #[test]
+    fn identical_selectors_are_one_target() {
+        let same = |key: &str| v1::ThreadSelector {
+            thread_name: "spin-.*".into(),
+            ..selector(key, 7)
+        };
+        let sels = vec![same("a"), same("b"), selector("c", 7), same("d")];
+        let (targets, index) = distinct_targets(&sels).unwrap();
+        assert_eq!(targets.len(), 2);
+        assert_eq!(index, [0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn a_run_lasts_at_most_ten_minutes() {
+        assert!(validate_sample(&request(600, 1000, 10)).is_ok());
+        let why = reason(validate_sample(&request(1000, 10_000, 10)));
+        assert!(why.contains("600000"), "{why}");
     }
 
     #[test]

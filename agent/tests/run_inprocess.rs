@@ -74,6 +74,8 @@ async fn listening_on_all_interfaces_advertises_the_route_to_the_coordinator() {
     let coord = FakeCoordinator::start().await;
     let mut args = RunArgs::new(coord.url());
     args.listen = "0.0.0.0:0".parse().unwrap();
+    // Reachable from other hosts without credentials: only with --insecure.
+    args.insecure = true;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = serve(args, async move {
         let _ = stopped.await;

@@ -319,3 +319,128 @@ async fn every_flag_also_reads_its_environment_variable() {
         agent.stderr()
     );
 }
+
+/// A watched subtask naming a process outside the allow-list is reported exactly like one
+/// naming a process that does not exist: not alive, pid 0 (issue 12, finding 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_honours_the_allow_list() {
+    let workload = flamegrid_workloads::spawn(Workload::CFramePointers, &spin_mix()).unwrap();
+    let coord = FakeCoordinator::start().await;
+    *coord.state.watch.lock().unwrap() = vec![
+        by_pid("outside", workload.pid(), ""),
+        by_pid("missing", u32::MAX - 7, ""),
+    ];
+    let _agent = AgentProcess::start(&[
+        "--coordinator",
+        &coord.url(),
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-user",
+        "65534",
+    ]);
+    let beat = coord
+        .wait_heartbeat("liveness of the watched selectors", |h| {
+            h.liveness.len() == 2
+        })
+        .await;
+    let outside = beat.liveness[0].clone();
+    let missing = beat.liveness[1].clone();
+    assert_eq!(
+        (outside.alive, outside.pid, outside.threads),
+        (missing.alive, missing.pid, missing.threads),
+        "a process outside the allow-list must look like a missing one: {outside:?} vs {missing:?}"
+    );
+    assert!(!outside.alive && outside.pid == 0, "{outside:?}");
+}
+
+/// A heartbeat answer watching 100,000 subtasks (about 9 MB, past tonic's 4 MiB default) is
+/// accepted, and the next heartbeat reports the liveness of every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_carry_100000_watched_subtasks() {
+    let workload = flamegrid_workloads::spawn(Workload::CFramePointers, &spin_mix()).unwrap();
+    let pid = workload.pid();
+    let coord = FakeCoordinator::start().await;
+    // Keys as long as the coordinator's (job id, vertex id, subtask index).
+    *coord.state.watch.lock().unwrap() = (0..100_000)
+        .map(|i| {
+            by_pid(
+                &format!("0123456789abcdef0123456789abcdef:fedcba9876543210fedcba9876543210:{i}"),
+                pid,
+                if i % 2 == 0 { "spin-.*" } else { "" },
+            )
+        })
+        .collect();
+    let _agent = AgentProcess::start(&["--coordinator", &coord.url(), "--listen", "127.0.0.1:0"]);
+    let beat = coord
+        .wait_heartbeat("a heartbeat with 100,000 liveness entries", |h| {
+            h.liveness.len() == 100_000
+        })
+        .await;
+    assert!(beat.liveness.iter().all(|l| l.alive && l.pid == pid));
+    assert_eq!(beat.liveness[0].threads, 2, "{:?}", beat.liveness[0]);
+}
+
+/// DESIGN.md "Secure defaults": `run` on a non-loopback --listen without --token-file or
+/// mutual TLS refuses to start with one line naming --token-file; --insecure (or
+/// FLAMEGRID_INSECURE) starts with a warning; --help explains it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reachable_listener_needs_credentials_or_insecure() {
+    let coord = FakeCoordinator::start().await;
+    let url = coord.url();
+    let mut refused = AgentProcess::start(&["--coordinator", &url, "--listen", "0.0.0.0:0"]);
+    let status = refused.wait_exit().await;
+    assert!(!status.success(), "must refuse to start");
+    let err = refused.stderr();
+    assert!(!err.contains("listening on"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("--token-file") && err.contains("--insecure"),
+        "{err}"
+    );
+
+    for (args, env) in [
+        (vec!["--listen", "0.0.0.0:0", "--insecure"], vec![]),
+        (
+            vec!["--listen", "0.0.0.0:0"],
+            vec![("FLAMEGRID_INSECURE", "true")],
+        ),
+    ] {
+        let mut all = vec!["--coordinator", url.as_str()];
+        all.extend(args);
+        let mut agent = AgentProcess::start_with_env(&all, &env);
+        agent.wait_listening().await;
+        assert!(
+            agent.stderr().contains("WARN") && agent.stderr().contains("--insecure"),
+            "{}",
+            agent.stderr()
+        );
+    }
+
+    let token_file = temp_path("token");
+    std::fs::write(&token_file, "a-long-enough-shared-token-0123456789\n").unwrap();
+    let token_arg = token_file.to_string_lossy().into_owned();
+    let mut guarded = AgentProcess::start(&[
+        "--coordinator",
+        &url,
+        "--listen",
+        "0.0.0.0:0",
+        "--token-file",
+        &token_arg,
+    ]);
+    guarded.wait_listening().await;
+    assert!(
+        !guarded.stderr().contains("--insecure"),
+        "{}",
+        guarded.stderr()
+    );
+    let _ = std::fs::remove_file(token_file);
+
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_flamegrid-agent"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for needle in ["--insecure", "FLAMEGRID_INSECURE", "PR_SET_NAME"] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}

@@ -495,7 +495,7 @@ fn sample_as_nobody(args: &[&str]) -> std::process::Child {
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            agent_bin(),
+            agent_bin().as_str(),
             "sample",
         ])
         .args(args)
@@ -623,7 +623,7 @@ fn symbols_of_a_binary_only_in_another_mount_namespace() {
         .args([
             "--inh-caps=-sys_admin,-checkpoint_restore",
             "--bounding-set=-sys_admin,-checkpoint_restore",
-            agent_bin(),
+            agent_bin().as_str(),
             "sample",
             "--pid",
             &pid,
@@ -645,20 +645,6 @@ fn symbols_of_a_binary_only_in_another_mount_namespace() {
             "{chain:?} missing: {folded:?}"
         );
     }
-}
-
-/// Compiles a small C program into `dir` with the system C compiler; `None` if there is none.
-fn compile_c(dir: &TempDir, name: &str, source: &str) -> Option<std::path::PathBuf> {
-    let src = dir.0.join(format!("{name}.c"));
-    let bin = dir.0.join(name);
-    std::fs::write(&src, source).unwrap();
-    let status = std::process::Command::new("cc")
-        .args(["-O1", "-g", "-pthread", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .ok()?;
-    status.success().then_some(bin)
 }
 
 /// `main` starts a spinner and calls `pthread_exit`: the process lives on with a zombie main

@@ -411,3 +411,177 @@ async fn a_thread_held_by_another_tracer_is_permission_denied() {
         s.workload.stopped_threads()
     );
 }
+
+/// 1,024 subtasks selecting the same threads (issue 12, finding 5): sampled once, every
+/// subtask answered. Sampled once per selector they would be 1,024 × threads × 200
+/// thread-samples, past the per-run cap, and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_selectors_are_sampled_once_and_each_reported() {
+    let s = setup(&[]).await;
+    let pid = s.workload.pid();
+    let mut client = sampling_client(s.addr).await;
+    let selectors: Vec<v1::ThreadSelector> = (0..1024)
+        .map(|i| by_pid(&format!("subtask-{i}"), pid, "spin-.*"))
+        .collect();
+    let resp = client
+        .sample(sample_request(selectors, 200, 1))
+        .await
+        .expect("identical selectors are one target, within the bounds")
+        .into_inner();
+    assert_eq!(resp.subtasks.len(), 1024);
+    for (i, sub) in resp.subtasks.iter().enumerate() {
+        assert_eq!(sub.subtask_key, format!("subtask-{i}"));
+        assert!(sub.error.is_empty(), "{}", sub.error);
+        assert!(!sub.samples.is_empty(), "subtask {i} has no samples");
+    }
+    assert!(s.workload.stopped_threads().is_empty());
+}
+
+/// Work per request is bounded: threads × samples (distinct selectors of one thread each) and
+/// samples × delay (a run of hours holding a slot) are INVALID_ARGUMENT with the numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_thread_samples_or_too_long_runs_are_invalid() {
+    let s = setup(&[]).await;
+    let pid = s.workload.pid();
+    let mut client = sampling_client(s.addr).await;
+    let distinct: Vec<v1::ThreadSelector> = (0..1024)
+        .map(|i| by_pid(&format!("k{i}"), pid, &format!("spin-0|never-{i}")))
+        .collect();
+    let Err(status) = client.sample(sample_request(distinct, 1000, 1)).await else {
+        panic!("1024 threads × 1000 samples must be refused");
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("1024 threads × 1000 samples"),
+        "{:?}",
+        status.message()
+    );
+    let Err(status) = client
+        .sample(sample_request(
+            vec![by_pid("slow", pid, "spin-0")],
+            1000,
+            10_000,
+        ))
+        .await
+    else {
+        panic!("a run of 1000 samples × 10 s must be refused");
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("600000"),
+        "{:?}",
+        status.message()
+    );
+    // Identical selectors are sampled once, but each is answered: the answer is bounded too.
+    let same: Vec<v1::ThreadSelector> = (0..1024)
+        .map(|i| by_pid(&format!("s{i}"), pid, "spin-0"))
+        .collect();
+    let Err(status) = client.sample(sample_request(same, 1000, 1)).await else {
+        panic!("1024 subtasks × 1000 samples in one answer must be refused");
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("500000"),
+        "{:?}",
+        status.message()
+    );
+}
+
+/// Thread-name patterns are compiled only once a request holds a run slot: with every slot
+/// taken, a request with a bad pattern is RESOURCE_EXHAUSTED, not INVALID_ARGUMENT; with a
+/// slot free it is INVALID_ARGUMENT naming the selector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_are_compiled_only_with_a_run_slot() {
+    let s = setup(&["--max-concurrent-runs", "1"]).await;
+    let pid = s.workload.pid();
+    let client = sampling_client(s.addr).await;
+    let mut long_client = client.clone();
+    let long = tokio::spawn(async move {
+        let mut req = sample_request(vec![by_pid("long", pid, "spin-0")], 1000, 10);
+        req.request_id = 1000;
+        long_client.sample(req).await
+    });
+    poll("the long run to hold its slot", || {
+        s.agent
+            .stderr()
+            .lines()
+            .any(|l| l.contains("sampling run started") && l.contains("request_id=1000"))
+            .then_some(())
+    })
+    .await;
+    let mut probe = client.clone();
+    let bad = || sample_request(vec![by_pid("bad", pid, "spin-(")], 1, 0);
+    let status = probe.sample(bad()).await.unwrap_err();
+    assert!(
+        !long.is_finished(),
+        "the long run ended too early for this test"
+    );
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    long.abort();
+    let status = poll_status(&mut probe, bad, Code::InvalidArgument).await;
+    assert!(
+        status.message().contains("selector 0"),
+        "{:?}",
+        status.message()
+    );
+}
+
+/// Retries `make` until the call fails with `code` (the slot of an aborted call frees once its
+/// run has noticed).
+async fn poll_status(
+    client: &mut v1::sampling_client::SamplingClient<tonic::transport::Channel>,
+    make: impl Fn() -> SampleRequest,
+    code: Code,
+) -> tonic::Status {
+    let start = std::time::Instant::now();
+    loop {
+        match client.sample(make()).await {
+            Err(status) if status.code() == code => return status,
+            _ => {
+                assert!(start.elapsed() < HANG_GUARD, "never got {code:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A refusal says *that* the process is outside the allow-list, for samples and thread dumps
+/// alike, and never echoes the process's uid or comm or what the list holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_say_only_that_a_process_is_outside_the_allow_list() {
+    let workload = flamegrid_workloads::spawn(Workload::CFramePointers, &spin_mix()).unwrap();
+    let comm = comm_of(workload.pid());
+    let coord = FakeCoordinator::start().await;
+    let url = coord.url();
+    let mut agent = AgentProcess::start(&[
+        "--coordinator",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-user",
+        "65534",
+        "--allow-comm",
+        "some-allowed-name",
+    ]);
+    let addr = agent.wait_listening().await;
+    let mut client = sampling_client(addr).await;
+    let sample = client
+        .sample(sample_request(vec![by_pid("w", workload.pid(), "")], 1, 0))
+        .await
+        .unwrap_err();
+    let dump = client
+        .thread_dump(ThreadDumpRequest {
+            selectors: vec![by_pid("w", workload.pid(), "")],
+            max_depth: 0,
+        })
+        .await
+        .unwrap_err();
+    for status in [sample, dump] {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        let text = status.message();
+        assert!(text.contains("allow-list"), "{text:?}");
+        for secret in [comm.as_str(), "uid", "65534", "some-allowed-name"] {
+            assert!(!text.contains(secret), "{secret:?} echoed: {text:?}");
+        }
+    }
+}

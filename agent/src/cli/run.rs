@@ -31,6 +31,7 @@ use crate::selection::AccessPolicy;
 use crate::service::{BearerTokenCheck, SamplingService, ServiceSettings};
 use anyhow::{Context, bail, ensure};
 use clap::Args;
+use flamegrid_proto::exposure::{self, Exposure, Listener};
 use flamegrid_proto::v1::sampling_server::SamplingServer;
 use std::future::Future;
 use std::io::IsTerminal;
@@ -52,6 +53,13 @@ pub const ASYNC_WORKER_THREADS: usize = 2;
 /// reads.
 pub const BLOCKING_THREADS_SPARE: usize = 4;
 
+/// Concurrent calls one connection may have open on the sampling service.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
+/// How long the agent waits at exit for blocking work still running (a sampling run past its
+/// cancel point, a file read that never returns) before it exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Most concurrent sampling runs `--max-concurrent-runs` accepts.
 pub const MAX_CONCURRENT_RUNS_LIMIT: usize = 256;
 
@@ -62,7 +70,9 @@ pub struct RunArgs {
     #[arg(long, env = "FLAMEGRID_COORDINATOR", value_name = "URL")]
     pub coordinator: String,
 
-    /// Where to serve the sampling gRPC service (port 0 picks a free port).
+    /// Where to serve the sampling gRPC service (port 0 picks a free port). An address other
+    /// hosts can reach needs --token-file or mutual TLS (--tls-cert, --tls-key, --tls-ca): without,
+    /// the agent refuses to start unless --insecure is given.
     #[arg(
         long,
         env = "FLAMEGRID_LISTEN",
@@ -84,6 +94,7 @@ pub struct RunArgs {
 
     /// Allow sampling processes of this user (name or uid); repeatable or comma-separated.
     /// Without --allow-user and --allow-comm only processes of the agent's own user are allowed.
+    /// The strong form of the allow-list: a process can not change its uids.
     #[arg(
         long = "allow-user",
         env = "FLAMEGRID_ALLOW_USER",
@@ -93,6 +104,8 @@ pub struct RunArgs {
     pub allow_user: Vec<String>,
 
     /// Allow sampling processes with this kernel name (comm); repeatable or comma-separated.
+    /// Weaker than --allow-user: any process can give itself any name (prctl PR_SET_NAME,
+    /// argv[0]), so every local user can make a process this list admits; prefer --allow-user.
     #[arg(
         long = "allow-comm",
         env = "FLAMEGRID_ALLOW_COMM",
@@ -146,6 +159,14 @@ pub struct RunArgs {
     /// Append the kernel stacks of off-CPU threads (needs root).
     #[arg(long, env = "FLAMEGRID_KERNEL_STACKS")]
     pub kernel_stacks: bool,
+
+    /// Start even though --listen is reachable from other hosts without credentials. By
+    /// default a non-loopback --listen needs --token-file or mutual TLS (--tls-cert, --tls-key
+    /// and --tls-ca) and the agent refuses to start without; with --insecure anyone who can
+    /// reach the port may make this privileged agent ptrace any allowed process (a warning is
+    /// logged at start). Loopback addresses never need it.
+    #[arg(long, env = "FLAMEGRID_INSECURE")]
+    pub insecure: bool,
 }
 
 fn parse_max_runs(s: &str) -> Result<usize, String> {
@@ -175,6 +196,7 @@ impl RunArgs {
             heartbeat_timeout_s: 30,
             max_concurrent_runs: crate::service::DEFAULT_MAX_CONCURRENT_RUNS,
             kernel_stacks: false,
+            insecure: false,
         }
     }
 }
@@ -209,6 +231,8 @@ struct Checked {
     token: Option<String>,
     server_tls: Option<ServerTlsConfig>,
     policy: AccessPolicy,
+    /// The warning to log at start when `--insecure` opened the listener on purpose.
+    exposure_warning: Option<String>,
 }
 
 fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
@@ -275,11 +299,26 @@ fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
         args.heartbeat_timeout_s >= 1,
         "--heartbeat-timeout-s must be at least 1"
     );
+    // DESIGN.md "Secure defaults": callers of a listener other hosts can reach must prove who
+    // they are, with the shared token or a client certificate signed by --tls-ca.
+    let listener = Listener {
+        what: "sampling gRPC service",
+        addr_flag: "--listen",
+        addr: args.listen,
+        has_credentials: token.is_some() || (server_tls.is_some() && args.tls_ca.is_some()),
+        credential_flags: "--token-file (or mutual TLS: --tls-cert, --tls-key and --tls-ca)",
+    };
+    let exposure_warning = match exposure::check(&listener, args.insecure) {
+        Ok(Exposure::Guarded) => None,
+        Ok(Exposure::OpenByChoice(warning)) => Some(warning),
+        Err(reason) => bail!(reason),
+    };
     Ok(Checked {
         coordinator,
         token,
         server_tls,
         policy,
+        exposure_warning,
     })
 }
 
@@ -396,6 +435,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningAgent> {
     let checked = check_args(&args)?;
+    if let Some(warning) = &checked.exposure_warning {
+        tracing::warn!("{warning}");
+    }
     let sampler = Sampler::new().context("starting the sampler")?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -426,16 +468,24 @@ pub async fn serve(
             kernel_stacks: args.kernel_stacks,
         },
     );
+    // Bounds on what one peer can hold open: streams per connection (each sampling call is
+    // refused past --max-concurrent-runs anyway, this keeps waiting calls bounded too), and no
+    // call outlives the longest run by much.
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .timeout(
+            Duration::from_millis(crate::service::MAX_RUN_DURATION_MS) + Duration::from_secs(60),
+        );
     if let Some(tls_config) = checked.server_tls {
         builder = builder
             .tls_config(tls_config)
             .context("configuring TLS for the sampling service")?;
     }
-    let router = builder.add_service(SamplingServer::with_interceptor(
-        service.clone(),
+    let router = builder.add_service(tonic::service::interceptor::InterceptedService::new(
+        SamplingServer::new(service.clone())
+            .max_decoding_message_size(crate::service::MAX_REQUEST_BYTES),
         BearerTokenCheck::new(checked.token.as_deref()),
     ));
 
@@ -454,6 +504,7 @@ pub async fn serve(
         agent_id: agent_id.clone(),
         advertised_address: advertised_address.clone(),
         token: checked.token.clone(),
+        policy: checked.policy.clone(),
     };
     let channel = checked.coordinator.connect_lazy();
     let registration = tokio::spawn(registration::run(
@@ -533,7 +584,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         .thread_name("flamegrid-agent")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -545,7 +596,11 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         let agent = serve(args, shutdown).await?;
         agent.wait().await
-    })?;
+    });
+    // Dropping the runtime would wait for every blocking task without end; a run stuck in the
+    // kernel must not keep a stopped agent alive.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -626,6 +681,25 @@ mod tests {
             Wrapper::try_parse_from(["x", "--coordinator", "http://c:1", "--tls-cert", "a"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn an_open_listener_needs_credentials_or_insecure() {
+        let mut args = RunArgs::new("http://127.0.0.1:6123");
+        let Err(err) = check_args(&args) else {
+            panic!("0.0.0.0 without credentials must be refused");
+        };
+        assert!(err.to_string().contains("--token-file"), "{err}");
+        args.insecure = true;
+        let checked = check_args(&args).unwrap();
+        assert!(
+            checked
+                .exposure_warning
+                .is_some_and(|w| w.contains("--insecure"))
+        );
+        args.insecure = false;
+        args.listen = "127.0.0.1:6122".parse().unwrap();
+        assert!(check_args(&args).unwrap().exposure_warning.is_none());
     }
 
     #[test]

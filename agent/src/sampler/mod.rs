@@ -17,8 +17,18 @@
 //! * [`proc`]: `/proc` parsing (state after the last `)`, timed waits from `syscall`, comm).
 //! * `ptrace`: the one OS thread that owns every ptrace call, and the overlapped round.
 //! * `stack`: registers and the page-split `process_vm_readv` stack copy.
-//! * `unwind`: framehop modules per process, cached per file identity.
+//! * `unwind`: modules per process (loaded off the tracer thread, cached per file identity) and
+//!   the framehop unwinders built from them on the tracer thread.
 //! * `symbolize`: blazesym on its own thread, demangling and name cleanup.
+//! * `target_file`: opening the files a sampled process names without letting it stall (a
+//!   FIFO) or crash (a truncated file) the agent.
+//! * `workers`: the module loader thread, and deadlines on the threads that read those files.
+//!
+//! **The tracer thread never touches a file a sampled process names.** Such a file may be a FIFO
+//! that never answers, a device, or a file on a file system that hangs; the tracer holds threads
+//! stopped, so it must never wait on one. Modules are loaded by the loader thread before a
+//! round and handed to the tracer as values; stacks that left every known module are unwound
+//! again by the caller after the round.
 //! * `permission`: which of the possible causes an `EPERM` is.
 //!
 //! Symbolization happens once per distinct address *after* all samples were taken, so the
@@ -32,7 +42,9 @@ mod permission;
 mod ptrace;
 mod stack;
 mod symbolize;
+mod target_file;
 mod unwind;
+mod workers;
 
 pub use permission::explain_denied;
 pub use symbolize::clean_name;
@@ -52,7 +64,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use symbolize::SymbolizerThread;
-use unwind::RawStack;
+use unwind::{ProcessModules, RawStack, UnwindCache};
+use workers::LoaderThread;
 
 /// How to sample.
 #[derive(Debug, Clone)]
@@ -150,6 +163,8 @@ pub struct Sampler {
 struct Inner {
     tracer: Tracer,
     symbolizer: SymbolizerThread,
+    /// Reads the files of sampled processes for the unwinder, off the tracer thread.
+    loader: LoaderThread,
 }
 
 impl std::fmt::Debug for Sampler {
@@ -211,7 +226,9 @@ struct RawSample {
     tid: u32,
     time_ms: i64,
     state: ThreadState,
-    stack: Option<RawStack>,
+    /// Shared by every target of the run that selected this thread (overlapping selectors
+    /// store a thread's stack once per round, not once per selector).
+    stack: Option<Arc<RawStack>>,
     kernel: Vec<String>,
 }
 
@@ -281,11 +298,19 @@ impl RunNames {
         }
     }
 
-    /// Waits for every batch: frames per address, per pid.
-    fn collect(self) -> HashMap<u32, HashMap<u64, Vec<Frame>>> {
+    /// Waits for every batch (each at most the file-work deadline; see `workers`): frames per
+    /// address, per pid.
+    fn collect(
+        self,
+        symbolizer: &SymbolizerThread,
+        cancel: &AtomicBool,
+    ) -> HashMap<u32, HashMap<u64, Vec<Frame>>> {
         let mut tables: HashMap<u32, HashMap<u64, Vec<Frame>>> = HashMap::new();
         for (pid, batch) in self.pending {
-            tables.entry(pid).or_default().extend(batch.wait());
+            tables
+                .entry(pid)
+                .or_default()
+                .extend(batch.wait(symbolizer, cancel));
         }
         tables
     }
@@ -305,8 +330,14 @@ impl Sampler {
             Tracer::spawn().map_err(|e| AgentError::io("starting the tracer thread", e))?;
         let symbolizer = SymbolizerThread::spawn(idle)
             .map_err(|e| AgentError::io("starting the symbolizer thread", e))?;
+        let loader =
+            LoaderThread::spawn().map_err(|e| AgentError::io("starting the loader thread", e))?;
         Ok(Sampler {
-            inner: Arc::new(Inner { tracer, symbolizer }),
+            inner: Arc::new(Inner {
+                tracer,
+                symbolizer,
+                loader,
+            }),
         })
     }
 
@@ -328,12 +359,35 @@ impl Sampler {
         self.sample_with_stats(targets, policy, opts).0
     }
 
+    /// [`Sampler::sample`], but the run ends early (keeping what it has, with a warning) once
+    /// it holds `max_thread_samples` samples: a bound on its memory even when the selected
+    /// processes start threads during the run.
+    pub fn sample_bounded(
+        &self,
+        targets: &[(String, ThreadSelector)],
+        policy: &AccessPolicy,
+        opts: &SamplerOptions,
+        max_thread_samples: usize,
+    ) -> SamplingRun {
+        self.run(targets, policy, opts, max_thread_samples).0
+    }
+
     /// [`Sampler::sample`], plus timings of the run.
     pub fn sample_with_stats(
         &self,
         targets: &[(String, ThreadSelector)],
         policy: &AccessPolicy,
         opts: &SamplerOptions,
+    ) -> (SamplingRun, RunStats) {
+        self.run(targets, policy, opts, usize::MAX)
+    }
+
+    fn run(
+        &self,
+        targets: &[(String, ThreadSelector)],
+        policy: &AccessPolicy,
+        opts: &SamplerOptions,
+        max_thread_samples: usize,
     ) -> (SamplingRun, RunStats) {
         let mut stats = RunStats::default();
         let mut runs: Vec<TargetRun> = targets
@@ -355,10 +409,21 @@ impl Sampler {
         let max_depth = opts.max_depth.max(1) as usize;
         // Per process of this run: its mappings as read on the first round.
         let mut run_maps: HashMap<(u32, u64), RunMaps> = HashMap::new();
+        // Per process of this run: its modules, loaded off the tracer thread.
+        let mut run_modules: HashMap<(u32, u64), Arc<ProcessModules>> = HashMap::new();
         let mut names = RunNames::default();
         let began = Instant::now();
+        let mut stored = 0usize;
+        let mut bound_warning = None;
         for round in 0..opts.num_samples.max(1) {
             if opts.cancel.load(Ordering::SeqCst) {
+                break;
+            }
+            if stored >= max_thread_samples {
+                bound_warning = Some(format!(
+                    "the run ended after {round} rounds: it holds {stored} thread-samples, the \
+                     most one run may (threads appeared during the run)"
+                ));
                 break;
             }
             // Nothing left to sample (every target refused, gone or failed): stop now rather
@@ -377,7 +442,7 @@ impl Sampler {
                     continue;
                 }
                 match prepare_round(run, round == 0, policy, opts.kernel_stacks) {
-                    Ok((job, states)) => {
+                    Ok((mut job, states)) => {
                         if round == 0 && !run_maps.contains_key(&(run.pid, run.starttime)) {
                             // Kept for naming frames should the process exit before
                             // symbolization; read once per process, whatever the targets in it.
@@ -402,6 +467,11 @@ impl Sampler {
                             }
                         }
                         if !job.threads.is_empty() {
+                            let process = (run.pid, run.starttime);
+                            let modules = run_modules.entry(process).or_insert_with(|| {
+                                self.inner.loader.load(process.0, process.1, &opts.cancel)
+                            });
+                            job.modules = Arc::clone(modules);
                             jobs.push(job);
                             meta.push((i, states));
                         }
@@ -419,7 +489,9 @@ impl Sampler {
                 }
                 continue;
             }
-            let result = match self.inner.tracer.round(jobs, max_depth) {
+            let job_processes: Vec<(u32, u64)> =
+                jobs.iter().map(|j| (j.pid, j.starttime)).collect();
+            let mut result = match self.inner.tracer.round(jobs, max_depth) {
                 Ok(r) => r,
                 Err(e) => {
                     for (i, _) in &meta {
@@ -430,8 +502,21 @@ impl Sampler {
                     break;
                 }
             };
+            if !result.redo.is_empty() {
+                let t = Instant::now();
+                self.unwind_again(
+                    &mut result,
+                    &job_processes,
+                    &mut run_modules,
+                    max_depth,
+                    &opts.cancel,
+                );
+                stats.unwind += t.elapsed();
+            }
             stats.rounds += 1;
             stats.snapshot_time.push(result.timings.snapshot);
+            // One stack per thread and round, shared by the targets that selected the thread.
+            let mut round_stacks: HashMap<u32, Arc<RawStack>> = HashMap::new();
             stats.module_load += result.timings.module_load;
             stats.unwind += result.timings.unwind;
             for ((i, states), reads) in meta.into_iter().zip(result.targets) {
@@ -441,7 +526,11 @@ impl Sampler {
                     let stack = match read.outcome {
                         ReadOutcome::Stack(raw) => {
                             stats.stop_ns.push(read.stopped_ns);
-                            Some(raw)
+                            Some(Arc::clone(
+                                round_stacks
+                                    .entry(read.tid)
+                                    .or_insert_with(|| Arc::new(raw)),
+                            ))
                         }
                         ReadOutcome::NotStopped => {
                             stats.not_stopped += 1;
@@ -465,6 +554,7 @@ impl Sampler {
                         }
                     };
                     let state = sample_state(&pre, stopped, read.interrupted_syscall);
+                    stored += 1;
                     run.samples.push(RawSample {
                         tid: read.tid,
                         time_ms: read.time_ms,
@@ -492,7 +582,7 @@ impl Sampler {
         // once per distinct address and process.
         let sym_start = Instant::now();
         names.submit_new(&self.inner.symbolizer, &runs, &run_maps);
-        let tables = names.collect();
+        let tables = names.collect(&self.inner.symbolizer, &opts.cancel);
         stats.symbolize = sym_start.elapsed();
 
         let mut start_ms = i64::MAX;
@@ -500,6 +590,11 @@ impl Sampler {
         let mut threads_seen: HashSet<(u32, u32)> = HashSet::new();
         let empty = HashMap::new();
         let mut warnings = Vec::new();
+        if let Some(w) = bound_warning
+            && let Some(first) = runs.first()
+        {
+            warnings.push((first.key.clone(), w));
+        }
         let subtasks = runs
             .into_iter()
             .map(|run| {
@@ -542,6 +637,48 @@ impl Sampler {
             },
             stats,
         )
+    }
+}
+
+impl Sampler {
+    /// Stacks that left every known module (a library was `dlopen`ed since the modules were
+    /// loaded): reload the modules of their processes (off the tracer thread) and, where they
+    /// changed, unwind the copied stacks again here. No thread is stopped any more.
+    fn unwind_again(
+        &self,
+        result: &mut ptrace::RoundResult,
+        job_processes: &[(u32, u64)],
+        run_modules: &mut HashMap<(u32, u64), Arc<ProcessModules>>,
+        max_depth: usize,
+        cancel: &AtomicBool,
+    ) {
+        let mut reloaded: HashMap<(u32, u64), Option<Arc<ProcessModules>>> = HashMap::new();
+        let mut unwinder = UnwindCache::new();
+        for mut redo in std::mem::take(&mut result.redo) {
+            let Some(&process) = job_processes.get(redo.target) else {
+                continue;
+            };
+            let fresh = reloaded.entry(process).or_insert_with(|| {
+                let known = run_modules.get(&process)?;
+                let fresh = self.inner.loader.refresh(process.0, known, cancel)?;
+                run_modules.insert(process, Arc::clone(&fresh));
+                Some(fresh)
+            });
+            let Some(modules) = fresh else {
+                continue;
+            };
+            unwinder.prepare(process.0, modules);
+            let raw = unwinder.unwind(process.0, redo.regs, max_depth, &mut |a| {
+                redo.copy.read_word(a, None)
+            });
+            if let Some(read) = result
+                .targets
+                .get_mut(redo.target)
+                .and_then(|t| t.get_mut(redo.slot))
+            {
+                read.outcome = ReadOutcome::Stack(raw);
+            }
+        }
     }
 }
 
@@ -600,6 +737,8 @@ fn prepare_round(
         pid,
         starttime: run.starttime,
         threads: Vec::with_capacity(threads.len()),
+        // Set by the caller from the run's loaded modules.
+        modules: ProcessModules::empty(run.starttime),
     };
     let mut states = Vec::with_capacity(threads.len());
     for (tid, _) in threads {

@@ -22,19 +22,6 @@ pub fn have_cap_sys_ptrace() -> bool {
     effective_caps().is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
 }
 
-/// Whether this process holds `CAP_SYS_ADMIN` (needed for `/proc/<pid>/map_files`).
-pub fn have_cap_sys_admin() -> bool {
-    const CAP_SYS_ADMIN: u32 = 21;
-    effective_caps().is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
-}
-
-/// Whether this process holds `CAP_CHECKPOINT_RESTORE` (Linux 5.9+), which also opens
-/// `/proc/<pid>/map_files` of a process we may trace.
-pub fn have_cap_checkpoint_restore() -> bool {
-    const CAP_CHECKPOINT_RESTORE: u32 = 40;
-    effective_caps().is_some_and(|caps| caps & (1 << CAP_CHECKPOINT_RESTORE) != 0)
-}
-
 fn effective_caps() -> Option<u64> {
     let text = proc::read_small(std::path::Path::new("/proc/self/status")).ok()?;
     let line = text.lines().find_map(|l| l.strip_prefix("CapEff:"))?;

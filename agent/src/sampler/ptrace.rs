@@ -33,14 +33,14 @@
 //! * `PTRACE_SEIZE` + `PTRACE_INTERRUPT` inject no SIGSTOP, so no stray stop is left pending.
 
 use super::stack::{self, Regs, StackCopy};
-use super::unwind::{RawStack, UnwindCache};
+use super::unwind::{ProcessModules, RawStack, UnwindCache};
 use nix::errno::Errno;
 use nix::sys::ptrace;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long to wait for a thread in uninterruptible sleep (`D`) to reach its stop.
@@ -73,6 +73,9 @@ pub struct TargetJob {
     pub starttime: u64,
     /// Threads.
     pub threads: Vec<ThreadJob>,
+    /// The process's modules, loaded off this thread (the tracer never opens a file a sampled
+    /// process names: it could be a FIFO that never answers).
+    pub modules: Arc<ProcessModules>,
 }
 
 /// What happened to one thread in a round.
@@ -108,10 +111,24 @@ pub struct ThreadRead {
 pub struct RoundTimings {
     /// From the first interrupt to the last detach (and any re-unwinding).
     pub snapshot: Duration,
-    /// Loading unwind modules (cold caches) before the first interrupt.
+    /// Building unwinders from the loaded modules before the first interrupt.
     pub module_load: Duration,
     /// Total time spent in the unwinder.
     pub unwind: Duration,
+}
+
+/// A stack with an address outside every known module (a library `dlopen`ed since the modules
+/// were loaded): the caller reloads the modules off the tracer thread and unwinds the copy again.
+#[derive(Debug, Clone)]
+pub struct Redo {
+    /// Index of the target in the round.
+    pub target: usize,
+    /// Index of the thread in the target.
+    pub slot: usize,
+    /// Registers at the stop.
+    pub regs: Regs,
+    /// The stack memory copied at the stop.
+    pub copy: StackCopy,
 }
 
 /// The answer to a round: per target, per thread (in job order).
@@ -119,6 +136,8 @@ pub struct RoundTimings {
 pub struct RoundResult {
     /// One entry per [`TargetJob`], each with one [`ThreadRead`] per thread.
     pub targets: Vec<Vec<ThreadRead>>,
+    /// Stacks to unwind again once the modules are reloaded.
+    pub redo: Vec<Redo>,
     /// Timings.
     pub timings: RoundTimings,
 }
@@ -338,28 +357,16 @@ impl TracerState {
                         .collect()
                 })
                 .collect(),
+            redo: Vec::new(),
             timings: RoundTimings::default(),
         };
 
-        // Modules first (cold: milliseconds), while nothing is stopped.
+        // Unwinders from the modules the caller loaded (memory only; no file is opened here).
         let load_start = Instant::now();
         let mut live_targets = Vec::with_capacity(targets.len());
         for (i, t) in targets.iter().enumerate() {
-            match self.unwind.process(t.pid, t.starttime) {
-                Ok(_) => live_targets.push(i),
-                // The kernel refuses `maps` exactly when it would refuse the attach: a
-                // refusal, not a vanished process (the caller explains it in one line).
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                    for read in &mut result.targets[i] {
-                        read.outcome = ReadOutcome::Denied(Errno::EACCES);
-                        read.time_ms = now_ms();
-                    }
-                }
-                Err(_) => {
-                    // Gone: drop its cached unwinder now rather than when the cache is full.
-                    self.unwind.forget(t.pid);
-                }
-            }
+            self.unwind.prepare(t.pid, &t.modules);
+            live_targets.push(i);
         }
         result.timings.module_load = load_start.elapsed();
 
@@ -467,29 +474,31 @@ impl TracerState {
             }
         }
 
-        // Samples whose addresses fell outside every known module: re-read the maps once and,
-        // if they changed (dlopen), unwind the copied stacks again (no thread is stopped now).
-        if !redo.is_empty() {
-            let mut refreshed: HashMap<u32, bool> = HashMap::new();
-            for (ti, si, regs, mut copy) in redo {
-                let pid = targets[ti].pid;
-                let changed = *refreshed
-                    .entry(pid)
-                    .or_insert_with(|| self.unwind.refresh(pid));
-                if changed {
-                    let t = Instant::now();
-                    let raw = self
-                        .unwind
-                        .unwind(pid, regs, max_frames, &mut |a| copy.read_word(a, None));
-                    result.timings.unwind += t.elapsed();
-                    result.targets[ti][si].outcome = ReadOutcome::Stack(raw);
-                }
-            }
-        }
         for ((ti, si), (fi, fs)) in aliases {
             let copy = result.targets[fi][fs].clone();
             result.targets[ti][si] = copy;
+            let again: Vec<Redo> = redo
+                .iter()
+                .filter(|(t, s, _, _)| (*t, *s) == (fi, fs))
+                .map(|(_, _, regs, copy)| Redo {
+                    target: ti,
+                    slot: si,
+                    regs: *regs,
+                    copy: copy.clone(),
+                })
+                .collect();
+            result.redo.extend(again);
         }
+        // Samples whose addresses fell outside every known module go back to the caller, which
+        // re-reads the maps off this thread and unwinds the copies again (no thread is stopped).
+        result
+            .redo
+            .extend(redo.into_iter().map(|(target, slot, regs, copy)| Redo {
+                target,
+                slot,
+                regs,
+                copy,
+            }));
         result.timings.snapshot = start.elapsed();
         result.timings.unwind += self.unwind_time;
         result

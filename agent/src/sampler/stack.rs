@@ -101,7 +101,7 @@ pub fn read_regs(tid: Pid) -> nix::Result<Regs> {
 ///
 /// The buffer is kept at its full size (zeroed once when allocated) and reused across samples,
 /// so copying costs only the system call, not a clear-and-grow of the buffer each time.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct StackCopy {
     /// Address of `buf[0]`.
     pub base: u64,

@@ -8,14 +8,18 @@
 //! blazesym caches parsed files keyed by device/inode/size/mtime (so a replaced binary is read
 //! again).
 //!
-//! Files are opened so that processes in other mount namespaces (containers) work: through
-//! `/proc/<pid>/map_files` when the agent may read it (`CAP_SYS_ADMIN` or
-//! `CAP_CHECKPOINT_RESTORE`); otherwise module by module through `/proc/<pid>/root<path>`
-//! (the path as the *process* sees it, in its own mount namespace), or by the plain path when
-//! the process shares the agent's mount namespace, so a library is parsed once for all
-//! processes. A module that cannot be opened costs only its own frames (`module+0xoffset`),
-//! never the rest of the batch. The symbolizer is not `Send`, which is one more reason it lives
-//! on a thread of its own.
+//! blazesym never opens a file a sampled process names. Each module's file is opened here through
+//! [`target_file::open_mapped`] (`/proc/<pid>/map_files`, else the process's own root, so
+//! processes in other mount namespaces work; only a regular file with the mapping's device and
+//! inode, never a FIFO or a device), copied into a sealed memfd with its debug links made safe
+//! ([`target_file::sealed_copy`]), and blazesym reads that copy through `/proc/self/fd/N`: it
+//! maps whole files, and a map of a file the target truncates would kill the agent with SIGBUS,
+//! while a sealed memfd can not shrink. Copies are kept per file identity while the symbolizer
+//! lives, so a library shared by many processes is copied and parsed once. A module that cannot
+//! be opened costs only its own frames (`module+0xoffset`), never the rest of the batch. The
+//! symbolizer is not `Send`, which is one more reason it lives on a thread of its own; callers
+//! wait for it with a deadline ([`workers`]), so even a read that never returns costs a run its
+//! names, not the agent its sampling.
 //!
 //! Names are made to *aggregate*: a flame graph merges frames by name, so the same function must
 //! get the same name in every sample, thread and host. Hence:
@@ -42,17 +46,26 @@
 //! the next run mostly finds its addresses there; only an address never seen before makes the
 //! thread build a new symbolizer and pay the cold parse (tens to a few hundred milliseconds).
 
-use super::maps;
+use super::maps::{self, MapEntry};
+use super::target_file::{self, MappedIdentity};
+use super::unwind::FileKey;
+use super::workers::{self, Replaceable, Waited};
 use flamegrid_model::Frame;
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most addresses whose frames the [`NameCache`] keeps (all processes together); past it the
 /// cache starts afresh. A frame list is ~100 bytes, so this bounds it to a few MiB, while a
 /// real flame graph of a steady workload needs a few thousand.
 const MAX_CACHED_ADDRESSES: usize = 65_536;
+
+/// Most module copies kept at once (with the symbolizer that reads them); past it both start
+/// afresh.
+const MAX_MODULE_COPIES: usize = 256;
 
 /// A batch: distinct addresses of one process.
 struct Job {
@@ -66,25 +79,34 @@ struct Job {
     reply: mpsc::SyncSender<Vec<Vec<Frame>>>,
 }
 
-/// Handle on the symbolizer thread.
-#[derive(Debug)]
+/// Handle on the symbolizer thread (replaced by a fresh one if it ever stops answering).
 pub struct SymbolizerThread {
-    tx: std::sync::Mutex<mpsc::Sender<Job>>,
+    worker: Replaceable<Job>,
     /// Whether the thread holds a symbolizer (and its caches) right now.
     warm: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for SymbolizerThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SymbolizerThread").finish_non_exhaustive()
+    }
 }
 
 impl SymbolizerThread {
     /// Starts the thread; it drops its caches after `idle_release` without a batch.
     pub fn spawn(idle_release: Duration) -> std::io::Result<SymbolizerThread> {
-        let (tx, rx) = mpsc::channel::<Job>();
         let warm = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&warm);
-        std::thread::Builder::new()
-            .name("flamegrid-symbolizer".into())
-            .spawn(move || serve(rx, idle_release, &flag))?;
+        let spawn = move || -> std::io::Result<mpsc::Sender<Job>> {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let flag = Arc::clone(&flag);
+            std::thread::Builder::new()
+                .name("flamegrid-symbolizer".into())
+                .spawn(move || serve(rx, idle_release, &flag))?;
+            Ok(tx)
+        };
         Ok(SymbolizerThread {
-            tx: std::sync::Mutex::new(tx),
+            worker: Replaceable::new("symbolizer", Box::new(spawn))?,
             warm,
         })
     }
@@ -99,7 +121,8 @@ impl SymbolizerThread {
     /// [`PendingNames::wait`] gives the frames, one or more per address, outermost first (the
     /// function, then the functions inlined into it). `run_maps` are the process's mappings as
     /// read during the run: when the process has exited by then, its frames are named from the
-    /// mapped files themselves through them. A run submits the addresses of its early rounds
+    /// mapped files themselves through them, and when the symbolizer does not answer in time
+    /// they give `module+0xoffset` names. A run submits the addresses of its early rounds
     /// while it is still sampling, so the cold parse of a target's debug information overlaps
     /// the sampling window instead of following it.
     pub fn submit(
@@ -110,22 +133,20 @@ impl SymbolizerThread {
         run_maps: Arc<Vec<maps::MapEntry>>,
     ) -> PendingNames {
         let (reply, answer) = mpsc::sync_channel(1);
-        let sent = {
-            let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-            tx.send(Job {
-                pid,
-                starttime,
-                addrs: addrs.clone(),
-                maps: run_maps,
-                reply,
-            })
-        };
-        if sent.is_err() {
-            tracing::error!("the symbolizer thread is gone; frames stay unknown");
+        let generation = self.worker.send(Job {
+            pid,
+            starttime,
+            addrs: addrs.clone(),
+            maps: Arc::clone(&run_maps),
+            reply,
+        });
+        if generation.is_none() {
+            tracing::error!("the symbolizer thread is gone; frames stay unnamed");
         }
         PendingNames {
             addrs,
-            answer: sent.is_ok().then_some(answer),
+            maps: run_maps,
+            answer: generation.map(|g| (g, answer)),
         }
     }
 }
@@ -134,19 +155,37 @@ impl SymbolizerThread {
 #[derive(Debug)]
 pub struct PendingNames {
     addrs: Vec<u64>,
-    /// `None` when the batch could not be sent (the thread is gone).
-    answer: Option<mpsc::Receiver<Vec<Vec<Frame>>>>,
+    /// The process's mappings, for `module+0xoffset` names when no answer comes.
+    maps: Arc<Vec<MapEntry>>,
+    /// The worker's generation and the answer; `None` when the batch could not be sent.
+    answer: Option<(u64, mpsc::Receiver<Vec<Vec<Frame>>>)>,
 }
 
 impl PendingNames {
-    /// Blocks until the batch is named: each address with its frames, outermost first;
-    /// `[unknown]` for every address when the symbolizer thread is gone.
-    pub fn wait(self) -> impl Iterator<Item = (u64, Vec<Frame>)> {
-        let frames = self.answer.and_then(|answer| answer.recv().ok());
+    /// Waits (at most [`workers::FILE_WORK_DEADLINE`], less if `cancel` is raised) until the
+    /// batch is named: each address with its frames, outermost first. Without an answer in
+    /// time every address is named from the run's maps (`module+0xoffset`) and the stuck
+    /// symbolizer thread is replaced.
+    pub fn wait(
+        self,
+        symbolizer: &SymbolizerThread,
+        cancel: &AtomicBool,
+    ) -> impl Iterator<Item = (u64, Vec<Frame>)> {
+        let frames = self.answer.and_then(|(generation, answer)| {
+            let deadline = Instant::now() + workers::FILE_WORK_DEADLINE;
+            match workers::wait_reply(&answer, deadline, cancel) {
+                Waited::Got(frames) if frames.len() == self.addrs.len() => Some(frames),
+                Waited::TimedOut => {
+                    symbolizer.worker.abandon(generation);
+                    None
+                }
+                _ => None,
+            }
+        });
         let frames = frames.unwrap_or_else(|| {
             self.addrs
                 .iter()
-                .map(|_| vec![Frame::named("[unknown]")])
+                .map(|&a| vec![unknown_frame(&self.maps, a)])
                 .collect()
         });
         self.addrs.into_iter().zip(frames)
@@ -206,8 +245,9 @@ fn serve(rx: mpsc::Receiver<Job>, idle_release: Duration, warm: &AtomicBool) {
     // Built on the first batch that needs it, dropped after `idle_release` without a batch.
     let mut symbolizer: Option<blazesym::symbolize::Symbolizer> = None;
     let mut names = NameCache::default();
-    let use_map_files =
-        super::permission::have_cap_sys_admin() || super::permission::have_cap_checkpoint_restore();
+    // Sealed copies of the modules blazesym reads, per file identity; they live and die with
+    // the symbolizer.
+    let mut copies = ModuleCopies::default();
     let mut pids_seen: std::collections::HashSet<u32> = Default::default();
     loop {
         let job = if symbolizer.is_some() {
@@ -215,6 +255,7 @@ fn serve(rx: mpsc::Receiver<Job>, idle_release: Duration, warm: &AtomicBool) {
                 Ok(job) => job,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     symbolizer = None;
+                    copies = ModuleCopies::default();
                     pids_seen.clear();
                     warm.store(false, Ordering::SeqCst);
                     crate::memory::release_free_memory();
@@ -235,8 +276,9 @@ fn serve(rx: mpsc::Receiver<Job>, idle_release: Duration, warm: &AtomicBool) {
         // blazesym keeps per-path state for every process it saw; start afresh now and then so
         // a long-lived agent sampling many short-lived processes does not grow without bound.
         pids_seen.insert(job.pid);
-        if pids_seen.len() > 512 {
+        if pids_seen.len() > 512 || copies.files.len() > MAX_MODULE_COPIES {
             symbolizer = None;
+            copies = ModuleCopies::default();
             pids_seen.clear();
             pids_seen.insert(job.pid);
         }
@@ -252,10 +294,13 @@ fn serve(rx: mpsc::Receiver<Job>, idle_release: Duration, warm: &AtomicBool) {
             let symbolizer = symbolizer.get_or_insert_with(new_symbolizer);
             warm.store(true, Ordering::SeqCst);
             let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                symbolize_batch(symbolizer, job.pid, &misses, use_map_files).or_else(|| {
+                symbolize_batch(symbolizer, &mut copies, job.pid, &misses).or_else(|| {
                     // The process is gone (it exited during or right after the run): name
-                    // the addresses from the files it had mapped.
-                    symbolize_from_files(symbolizer, &job.maps, &misses, "")
+                    // the addresses from the files it had mapped, by their paths here, if
+                    // they are still the mapped files.
+                    symbolize_from_files(symbolizer, &mut copies, &job.maps, &misses, &|e| {
+                        target_file::open_verified(&e.path, MappedIdentity::of(e)?).ok()
+                    })
                 })
             }));
             match found {
@@ -302,51 +347,45 @@ fn new_symbolizer() -> blazesym::symbolize::Symbolizer {
 
 /// Frames for each address, or `None` when the process is gone (or nothing could be named).
 ///
-/// With `use_map_files`, blazesym reads the whole process through `/proc/<pid>/map_files`.
-/// Without it (or if that fails), each module is opened through the process's root
-/// ([`process_root_prefix`]), so one unreadable module never fails the batch.
+/// Each module is opened through [`target_file::open_mapped`] (its `map_files` entry, else the
+/// process's root), so a module in another mount namespace is named from its own file, and
+/// one that cannot be opened keeps `module+0xoffset` names without failing the batch.
 fn symbolize_batch(
     symbolizer: &blazesym::symbolize::Symbolizer,
+    copies: &mut ModuleCopies,
     pid: u32,
     addrs: &[u64],
-    use_map_files: bool,
 ) -> Option<Vec<Vec<Frame>>> {
-    use blazesym::symbolize::source::{Process, Source};
-    use blazesym::symbolize::{Input, Symbolized};
     // A process whose main thread exited is reached through one of its live threads.
     let (live, maps) = maps::read_live_maps(pid).ok()?;
-    if !use_map_files {
-        let root = process_root_prefix(live)?;
-        return symbolize_from_files(symbolizer, &maps, addrs, &root);
+    if maps.is_empty() {
+        return None;
     }
-    let mut p = Process::new(blazesym::Pid::from(live));
-    p.map_files = true;
-    let symbolized = match symbolizer.symbolize(&Source::Process(p), Input::AbsAddr(addrs)) {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::debug!(pid, %err, "symbolization through map_files failed; per module");
-            let root = process_root_prefix(live)?;
-            return symbolize_from_files(symbolizer, &maps, addrs, &root);
-        }
-    };
-    let unknown = |addr: u64| -> Vec<Frame> { vec![unknown_frame(&maps, addr)] };
-    let frames = addrs
-        .iter()
-        .zip(symbolized)
-        .map(|(&addr, sym)| match sym {
-            Symbolized::Sym(sym) => {
-                let module = sym
-                    .module
-                    .as_deref()
-                    .map(|m| maps::basename(&m.to_string_lossy()).to_string())
-                    .or_else(|| module_of(&maps, addr).map(str::to_string))
-                    .unwrap_or_default();
-                frames_of(&sym, module)
-            }
-            Symbolized::Unknown(_) => unknown(addr),
-        })
-        .collect();
-    Some(frames)
+    symbolize_from_files(symbolizer, copies, &maps, addrs, &|e| {
+        target_file::open_mapped(live, e)
+    })
+}
+
+/// Sealed copies of module files ([`target_file::sealed_copy`]) by file identity: what blazesym
+/// reads instead of the files themselves.
+#[derive(Default)]
+struct ModuleCopies {
+    /// `None`: the file could not be copied (too large, unreadable); not tried again.
+    files: HashMap<FileKey, Option<File>>,
+}
+
+impl ModuleCopies {
+    /// The path blazesym opens for `file`'s contents: `/proc/self/fd/N` of its sealed copy.
+    fn path_of(&mut self, file: &File) -> Option<String> {
+        let key = FileKey::of(&file.metadata().ok()?);
+        let copy = self.files.entry(key).or_insert_with(|| {
+            target_file::sealed_copy(file)
+                .map_err(|err| tracing::debug!(%err, "module not copied"))
+                .ok()
+        });
+        copy.as_ref()
+            .map(|c| format!("/proc/self/fd/{}", c.as_raw_fd()))
+    }
 }
 
 /// The frames of one symbol: the function, then the functions inlined into it.
@@ -367,35 +406,16 @@ fn frames_of(sym: &blazesym::symbolize::Sym<'_>, module: String) -> Vec<Frame> {
     frames
 }
 
-/// Where the files a process maps are found from the agent: `""` when it shares the agent's
-/// mount namespace (plain paths, so blazesym parses a shared library once for every process),
-/// else `/proc/<pid>/root` (the process's own view of the file system). `None` when the
-/// process is gone.
-fn process_root_prefix(pid: u32) -> Option<String> {
-    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
-    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok();
-    if theirs.is_some() && theirs == ours && root.as_deref() == Some(std::path::Path::new("/")) {
-        return Some(String::new());
-    }
-    std::fs::metadata(format!("/proc/{pid}/root")).ok()?;
-    Some(format!("/proc/{pid}/root"))
-}
-
-/// Frames for addresses from the files mapped at them (`maps`): each address becomes a file
-/// offset in its module, which blazesym resolves in that ELF file, opened as `root` + its path.
-///
-/// For a live process `root` is [`process_root_prefix`], so a process in another mount
-/// namespace is named from its own files. For a process that no longer exists it is `""`: the
-/// files are opened by their path in the agent's own namespace (the process's
-/// `/proc/<pid>/root` went with it), so a process of another container keeps only
-/// `module+0xoffset` names. A module that cannot be read keeps `module+0xoffset` names; the
+/// Frames for addresses from the files mapped at them (`run_maps`): each address becomes a file
+/// offset in its module, which blazesym resolves in the sealed copy of the file `open` gives
+/// for that mapping. A module that cannot be opened or read keeps `module+0xoffset` names; the
 /// others are still named. `None` when nothing could be named.
 fn symbolize_from_files(
     symbolizer: &blazesym::symbolize::Symbolizer,
+    copies: &mut ModuleCopies,
     run_maps: &[maps::MapEntry],
     addrs: &[u64],
-    root: &str,
+    open: &dyn Fn(&MapEntry) -> Option<File>,
 ) -> Option<Vec<Vec<Frame>>> {
     use blazesym::symbolize::source::{Elf, Source};
     use blazesym::symbolize::{Input, Symbolized};
@@ -403,27 +423,34 @@ fn symbolize_from_files(
         .iter()
         .map(|&a| vec![unknown_frame(run_maps, a)])
         .collect();
-    // Addresses grouped by the mapping that holds them, as (index in `addrs`, file offset).
-    let mut by_file: HashMap<&str, Vec<(usize, u64)>> = HashMap::new();
+    // Addresses grouped by the mapped file that holds them (the first mapping of it stands
+    // for all), as (index in `addrs`, file offset).
+    // Keyed by (path, device, inode); the first mapping of the file stands for it.
+    type Wanted<'a> = (&'a MapEntry, Vec<(usize, u64)>);
+    let mut by_file: HashMap<(&str, &str, u64), Wanted<'_>> = HashMap::new();
     for (i, &addr) in addrs.iter().enumerate() {
         if let Some(e) = run_maps
             .iter()
-            .find(|e| e.start <= addr && addr < e.end && e.is_file() && !e.deleted)
+            .find(|e| e.start <= addr && addr < e.end && e.is_file())
         {
             by_file
-                .entry(e.path.as_str())
-                .or_default()
+                .entry((e.path.as_str(), e.dev.as_str(), e.inode))
+                .or_insert_with(|| (e, Vec::new()))
+                .1
                 .push((i, addr - e.start + e.offset));
         }
     }
     let mut named_any = false;
-    for (path, wanted) in by_file {
+    for ((path, _, _), (entry, wanted)) in by_file {
+        let Some(copy) = open(entry).and_then(|file| copies.path_of(&file)) else {
+            continue;
+        };
         let offsets: Vec<u64> = wanted.iter().map(|&(_, off)| off).collect();
-        let source = Source::Elf(Elf::new(format!("{root}{path}")));
+        let source = Source::Elf(Elf::new(copy));
         let symbolized = match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
             Ok(s) => s,
             Err(err) => {
-                tracing::debug!(path, root, %err, "module not symbolized");
+                tracing::debug!(path, %err, "module not symbolized");
                 continue;
             }
         };
@@ -436,11 +463,6 @@ fn symbolize_from_files(
         }
     }
     named_any.then_some(frames)
-}
-
-fn module_of(maps: &[maps::MapEntry], addr: u64) -> Option<&str> {
-    let e = maps.iter().find(|e| e.start <= addr && addr < e.end)?;
-    (!e.path.is_empty()).then(|| maps::basename(&e.path))
 }
 
 /// `module+0xoffset` (file offset) for an address in a known mapping, else `[unknown]`.

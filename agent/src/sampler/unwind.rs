@@ -6,28 +6,32 @@
 //! is what makes code without frame pointers (Debian's glibc, `-fomit-frame-pointer`, Rust
 //! release builds) come out whole.
 //!
-//! What framehop leaves to us, and this module does:
+//! What framehop leaves to us, and this module does, in two halves that run on different
+//! threads:
 //!
-//! * **Knowing the modules.** For each process, every executable file mapping becomes a framehop
-//!   [`Module`] with its address range and *bias* (where the file's addresses landed, PIE/ASLR).
-//!   Files are opened through `/proc/<pid>/map_files/` (falling back to `/proc/<pid>/root/PATH`)
-//!   so processes in other mount namespaces, and files deleted since they were mapped, work.
-//!   The vDSO has no file; its image is copied out of the process.
-//! * **Caching.** Section data is cached per file *identity* (device, inode, size, mtime), so a
-//!   library shared by many processes is read once, and a binary replaced on disk (new inode or
-//!   new mtime) is read again. Each process keeps its framehop unwinder (and so its modules)
-//!   across samples and requests, keyed by pid and start time so a reused pid starts afresh.
-//!   framehop's own rule cache (one per tracer thread) makes repeated addresses nearly free.
+//! * **Knowing the modules** ([`ModuleLoader`], never on the tracer thread). For each process,
+//!   every executable file mapping becomes a module with its address range and *bias* (where the
+//!   file's addresses landed, PIE/ASLR). A file named by the target is opened only through
+//!   [`target_file::open_mapped`] (regular file, the mapped device and inode, non-blocking) and
+//!   read with plain reads, so a FIFO, a device or a file truncated under us costs only that
+//!   module's frames. The vDSO has no file; its image is copied out of the process. Section data
+//!   is cached per file *identity* (device, inode, size, mtime), so a library shared by many
+//!   processes is read once, and a binary replaced on disk is read again. The result,
+//!   [`ProcessModules`], is immutable and shared.
+//! * **Unwinding** ([`UnwindCache`], on the tracer thread while the thread is stopped): the
+//!   framehop unwinder of each process is built from its [`ProcessModules`] (memory only, no file
+//!   I/O) and kept until the modules change; framehop's own rule cache makes repeated addresses
+//!   nearly free.
 //! * **Noticing new code.** When an address falls outside every known module (a library was
 //!   `dlopen`ed since the maps were read), the sample is flagged so the caller re-reads the maps
-//!   and unwinds the copied stack again.
+//!   off the tracer thread and unwinds the copied stack again.
 
 use super::elf::{self, UnwindSections};
 use super::maps::{self, MapEntry};
 use super::stack::Regs;
+use super::target_file;
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 use std::collections::HashMap;
-use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
@@ -44,14 +48,15 @@ type NativeUnwinder = framehop::aarch64::UnwinderAarch64<Bytes>;
 #[cfg(target_arch = "aarch64")]
 type NativeCache = framehop::aarch64::CacheAarch64;
 
-/// How many processes' unwinders are kept; beyond this the least recently used is dropped.
+/// How many processes' modules (and unwinders) are kept; beyond this the least recently used
+/// is dropped.
 const MAX_PROCESSES: usize = 256;
 /// How many distinct files' sections are kept.
 const MAX_FILES: usize = 1024;
 
 /// Identity of a file's contents as far as we can tell without hashing it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct FileKey {
+pub struct FileKey {
     dev: u64,
     ino: u64,
     size: u64,
@@ -59,24 +64,56 @@ struct FileKey {
     mtime_nsec: i64,
 }
 
+impl FileKey {
+    /// The identity of an open file.
+    pub fn of(meta: &std::fs::Metadata) -> FileKey {
+        FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
 /// The signature of the executable mappings, to tell whether a re-read maps file changed.
 type MapsSignature = Vec<(u64, u64, u64, u64)>;
 
-/// One process's unwinder and modules.
-pub struct ProcessUnwinder {
-    starttime: u64,
-    unwinder: NativeUnwinder,
-    /// Address ranges of the known modules, sorted.
-    modules: Vec<Range<u64>>,
-    signature: MapsSignature,
-    last_used: u64,
+/// One module of a process, ready to become a framehop [`Module`].
+#[derive(Debug)]
+struct LoadedModule {
+    name: String,
+    range: Range<u64>,
+    bias: u64,
+    sections: Arc<UnwindSections>,
 }
 
-impl ProcessUnwinder {
+/// A process's modules as loaded (off the tracer thread) from its maps and files. Immutable:
+/// a change of the maps produces a new value, which is how the tracer knows to rebuild.
+#[derive(Debug, Default)]
+pub struct ProcessModules {
+    /// The process's start time, against pid reuse.
+    pub starttime: u64,
+    modules: Vec<LoadedModule>,
+    /// Address ranges of the known modules, sorted.
+    ranges: Vec<Range<u64>>,
+    signature: MapsSignature,
+}
+
+impl ProcessModules {
+    /// No modules: the unwinder reports the pc alone (used when loading failed or timed out).
+    pub fn empty(starttime: u64) -> Arc<ProcessModules> {
+        Arc::new(ProcessModules {
+            starttime,
+            ..Default::default()
+        })
+    }
+
     /// Whether `addr` lies in a known module.
     pub fn knows(&self, addr: u64) -> bool {
-        let i = self.modules.partition_point(|m| m.start <= addr);
-        i > 0 && self.modules[i - 1].contains(&addr)
+        let i = self.ranges.partition_point(|m| m.start <= addr);
+        i > 0 && self.ranges[i - 1].contains(&addr)
     }
 }
 
@@ -92,95 +129,67 @@ pub struct RawStack {
     pub outside_modules: bool,
 }
 
-/// Per-tracer-thread unwinding state: file cache, per-process unwinders, framehop's rule cache.
-pub struct UnwindCache {
+/// Loads processes' modules from their maps and files. Does file I/O on files a sampled process
+/// names (safely, see [`target_file`]), so it never runs on the tracer thread.
+#[derive(Default)]
+pub struct ModuleLoader {
     files: HashMap<FileKey, Arc<UnwindSections>>,
-    file_use: u64,
     vdso: Option<(Vec<u8>, Arc<UnwindSections>)>,
-    processes: HashMap<u32, ProcessUnwinder>,
-    rules: NativeCache,
+    processes: HashMap<u32, (Arc<ProcessModules>, u64)>,
     clock: u64,
 }
 
-impl Default for UnwindCache {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl UnwindCache {
-    /// An empty cache.
+impl ModuleLoader {
+    /// An empty loader.
     pub fn new() -> Self {
-        UnwindCache {
-            files: HashMap::new(),
-            file_use: 0,
-            vdso: None,
-            processes: HashMap::new(),
-            rules: NativeCache::new(),
-            clock: 0,
-        }
+        Self::default()
     }
 
-    /// The unwinder of `pid` (started at `starttime`), loading its modules if they are not
-    /// known yet. Fails only when the maps can not be read at all: the process is gone, or
-    /// (`PermissionDenied`) the agent may not trace it.
-    pub fn process(&mut self, pid: u32, starttime: u64) -> std::io::Result<&mut ProcessUnwinder> {
+    /// The modules of `pid` (started at `starttime`), loaded unless known already. Fails only
+    /// when the maps can not be read at all: the process is gone, or (`PermissionDenied`) the
+    /// agent may not trace it.
+    pub fn load(&mut self, pid: u32, starttime: u64) -> std::io::Result<Arc<ProcessModules>> {
         self.clock += 1;
-        let fresh = self
-            .processes
-            .get(&pid)
-            .is_some_and(|p| p.starttime == starttime);
-        if !fresh {
-            let loaded = self.load(pid, starttime)?;
-            if self.processes.len() >= MAX_PROCESSES
-                && let Some((&oldest, _)) = self.processes.iter().min_by_key(|(_, p)| p.last_used)
-            {
-                self.processes.remove(&oldest);
-            }
-            self.processes.insert(pid, loaded);
-        }
         let clock = self.clock;
-        let p = self
-            .processes
-            .get_mut(&pid)
-            .ok_or_else(|| std::io::Error::other("process vanished from cache"))?;
-        p.last_used = clock;
-        Ok(p)
-    }
-
-    /// Re-reads the maps of `pid` and rebuilds its modules if the executable mappings changed.
-    /// Returns true when something changed (callers then unwind again).
-    pub fn refresh(&mut self, pid: u32) -> bool {
-        let Some(old) = self.processes.get(&pid) else {
-            return false;
-        };
-        let starttime = old.starttime;
-        let Ok((live, entries)) = maps::read_live_maps(pid) else {
-            return false;
-        };
-        if signature(&entries) == old.signature {
-            return false;
+        if let Some((m, used)) = self.processes.get_mut(&pid)
+            && m.starttime == starttime
+        {
+            *used = clock;
+            return Ok(Arc::clone(m));
         }
-        let loaded = self.load_from(live, starttime, &entries);
-        self.processes.insert(pid, loaded);
-        true
-    }
-
-    /// Forgets a process (it exited).
-    pub fn forget(&mut self, pid: u32) {
-        self.processes.remove(&pid);
-    }
-
-    fn load(&mut self, pid: u32, starttime: u64) -> std::io::Result<ProcessUnwinder> {
         // Files and the vDSO are read through a live thread when the main thread has exited.
         let (live, entries) = maps::read_live_maps(pid)?;
-        Ok(self.load_from(live, starttime, &entries))
+        let loaded = Arc::new(self.load_from(live, starttime, &entries));
+        self.remember(pid, &loaded);
+        Ok(loaded)
+    }
+
+    /// Re-reads the maps of `pid` and loads its modules again if the executable mappings
+    /// changed since `known`. `Some` with the new modules when they did (callers then unwind
+    /// again).
+    pub fn refresh(&mut self, pid: u32, known: &ProcessModules) -> Option<Arc<ProcessModules>> {
+        let (live, entries) = maps::read_live_maps(pid).ok()?;
+        if signature(&entries) == known.signature {
+            return None;
+        }
+        let loaded = Arc::new(self.load_from(live, known.starttime, &entries));
+        self.remember(pid, &loaded);
+        Some(loaded)
+    }
+
+    fn remember(&mut self, pid: u32, loaded: &Arc<ProcessModules>) {
+        if self.processes.len() >= MAX_PROCESSES
+            && !self.processes.contains_key(&pid)
+            && let Some((&oldest, _)) = self.processes.iter().min_by_key(|(_, (_, used))| *used)
+        {
+            self.processes.remove(&oldest);
+        }
+        self.processes.insert(pid, (Arc::clone(loaded), self.clock));
     }
 
     /// Builds the modules of `entries`; `pid` is the id whose `/proc` files reach the address
     /// space (the process, or a live thread of it: [`maps::read_live_maps`]).
-    fn load_from(&mut self, pid: u32, starttime: u64, entries: &[MapEntry]) -> ProcessUnwinder {
-        let mut unwinder = NativeUnwinder::new();
+    fn load_from(&mut self, pid: u32, starttime: u64, entries: &[MapEntry]) -> ProcessModules {
         let mut modules = Vec::new();
         let mut seen: Vec<(String, u64)> = Vec::new();
         for exec in entries.iter().filter(|e| e.exec) {
@@ -232,44 +241,28 @@ impl UnwindCache {
                 debug_frame = sections.debug_frame.data.as_ref().map_or(0, |d| d.len()),
                 "module"
             );
-            if sections.has_cfi() {
-                let info = ExplicitModuleSectionInfo {
-                    base_svma: 0,
-                    text_svma: sections.text.svma.clone(),
-                    got_svma: sections.got.svma.clone(),
-                    eh_frame_svma: sections.eh_frame.svma.clone(),
-                    eh_frame: sections.eh_frame.data.clone(),
-                    eh_frame_hdr_svma: sections.eh_frame_hdr.svma.clone(),
-                    eh_frame_hdr: sections.eh_frame_hdr.data.clone(),
-                    debug_frame: sections.debug_frame.data.clone(),
-                    ..Default::default()
-                };
-                unwinder.add_module(Module::new(name.clone(), range.clone(), bias, info));
-            }
-            modules.push(range);
+            modules.push(LoadedModule {
+                name,
+                range,
+                bias,
+                sections,
+            });
         }
-        modules.sort_by_key(|m| m.start);
+        let mut ranges: Vec<Range<u64>> = modules.iter().map(|m| m.range.clone()).collect();
+        ranges.sort_by_key(|m| m.start);
         // Overlapping ranges (should not happen) would confuse the binary search; drop them.
-        modules.dedup_by(|later, earlier| later.start < earlier.end);
-        ProcessUnwinder {
+        ranges.dedup_by(|later, earlier| later.start < earlier.end);
+        ProcessModules {
             starttime,
-            unwinder,
             modules,
+            ranges,
             signature: signature(entries),
-            last_used: self.clock,
         }
     }
 
     fn file_sections(&mut self, pid: u32, e: &MapEntry) -> Option<Arc<UnwindSections>> {
-        let file = open_mapped_file(pid, e)?;
-        let meta = file.metadata().ok()?;
-        let key = FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        };
+        let file = target_file::open_mapped(pid, e)?;
+        let key = FileKey::of(&file.metadata().ok()?);
         if let Some(s) = self.files.get(&key) {
             return Some(Arc::clone(s));
         }
@@ -283,7 +276,6 @@ impl UnwindCache {
         if self.files.len() >= MAX_FILES {
             self.files.clear();
         }
-        self.file_use += 1;
         self.files.insert(key, Arc::clone(&sections));
         Some(sections)
     }
@@ -302,6 +294,84 @@ impl UnwindCache {
         let sections = Arc::new(elf::read_unwind_sections(&image[..]).ok()?);
         self.vdso = Some((image, Arc::clone(&sections)));
         Some(sections)
+    }
+}
+
+/// One process's framehop unwinder, built from its modules.
+struct ProcessUnwinder {
+    modules: Arc<ProcessModules>,
+    unwinder: NativeUnwinder,
+    last_used: u64,
+}
+
+/// The tracer thread's unwinding state: per-process unwinders and framehop's rule cache. Holds
+/// no files and opens none.
+pub struct UnwindCache {
+    processes: HashMap<u32, ProcessUnwinder>,
+    rules: NativeCache,
+    clock: u64,
+}
+
+impl Default for UnwindCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UnwindCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        UnwindCache {
+            processes: HashMap::new(),
+            rules: NativeCache::new(),
+            clock: 0,
+        }
+    }
+
+    /// Makes `modules` the ones `pid` is unwound with (rebuilding its unwinder only when they
+    /// are not the ones it already has). Memory only.
+    pub fn prepare(&mut self, pid: u32, modules: &Arc<ProcessModules>) {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(p) = self.processes.get_mut(&pid)
+            && Arc::ptr_eq(&p.modules, modules)
+        {
+            p.last_used = clock;
+            return;
+        }
+        let mut unwinder = NativeUnwinder::new();
+        for m in &modules.modules {
+            let s = &m.sections;
+            if !s.has_cfi() {
+                continue;
+            }
+            let info = ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: s.text.svma.clone(),
+                got_svma: s.got.svma.clone(),
+                eh_frame_svma: s.eh_frame.svma.clone(),
+                eh_frame: s.eh_frame.data.clone(),
+                eh_frame_hdr_svma: s.eh_frame_hdr.svma.clone(),
+                eh_frame_hdr: s.eh_frame_hdr.data.clone(),
+                debug_frame: s.debug_frame.data.clone(),
+                ..Default::default()
+            };
+            unwinder.add_module(Module::new(m.name.clone(), m.range.clone(), m.bias, info));
+        }
+        if self.processes.len() >= MAX_PROCESSES
+            && !self.processes.contains_key(&pid)
+            && let Some((&oldest, _)) = self.processes.iter().min_by_key(|(_, p)| p.last_used)
+        {
+            self.processes.remove(&oldest);
+        }
+        self.processes.insert(
+            pid,
+            ProcessUnwinder {
+                modules: Arc::clone(modules),
+                unwinder,
+                last_used: clock,
+            },
+        );
     }
 
     /// Unwinds one stack. `read` answers 8-byte reads of stack memory. At most `max_frames`
@@ -338,7 +408,7 @@ impl UnwindCache {
                         FrameAddress::InstructionPointer(pc) => pc,
                         FrameAddress::ReturnAddress(_) => frame.address_for_lookup(),
                     };
-                    if !process.knows(addr) {
+                    if !process.modules.knows(addr) {
                         out.outside_modules = true;
                     }
                     tracing::trace!(pid, addr = format_args!("{addr:#x}"), "frame");
@@ -363,15 +433,6 @@ fn signature(entries: &[MapEntry]) -> MapsSignature {
         .filter(|e| e.exec)
         .map(|e| (e.start, e.end, e.offset, e.inode))
         .collect()
-}
-
-/// Opens the file behind a mapping as the target process sees it: through `map_files` (works
-/// for deleted files and other mount namespaces, needs CAP_SYS_ADMIN), else through the
-/// process's root directory.
-pub fn open_mapped_file(pid: u32, e: &MapEntry) -> Option<File> {
-    File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end))
-        .or_else(|_| File::open(format!("/proc/{pid}/root{}", e.path)))
-        .ok()
 }
 
 /// A sampled process is not trusted: it chooses its registers, its stack contents and the
@@ -403,8 +464,9 @@ mod hostile_input {
         ) {
             let pid = std::process::id();
             let starttime = super::super::proc::process_stat(pid).unwrap().starttime;
+            let modules = ModuleLoader::new().load(pid, starttime).unwrap();
             let mut cache = UnwindCache::new();
-            cache.process(pid, starttime).unwrap();
+            cache.prepare(pid, &modules);
             let regs = Regs { pc, sp, fp, lr: 0, interrupted_syscall: None };
             // Every read answers from the hostile words, cycling (a loop of frame pointers).
             let mut i = 0usize;

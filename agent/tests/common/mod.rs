@@ -6,9 +6,12 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `flamegrid-agent` binary cargo built for these tests.
-pub fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_flamegrid-agent")
+/// The `flamegrid-agent` binary under test: the one cargo built for these tests, or the one
+/// `FLAMEGRID_TEST_AGENT_BIN` names (to run a test against another build, e.g. to see an attack
+/// test fail on an older agent).
+pub fn agent_bin() -> String {
+    std::env::var("FLAMEGRID_TEST_AGENT_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_flamegrid-agent").to_string())
 }
 
 /// Runs `flamegrid-agent sample ARGS...` to completion.
@@ -219,4 +222,84 @@ impl Drop for TracerHold {
             let _ = t.join();
         }
     }
+}
+
+/// Compiles a small C program into `dir` with the system C compiler; `None` if there is none.
+pub fn compile_c(dir: &TempDir, name: &str, source: &str) -> Option<std::path::PathBuf> {
+    compile_c_with(dir, name, source, &[])
+}
+
+/// [`compile_c`] with extra compiler arguments (`-shared -fPIC` for a library, `-ldl`).
+pub fn compile_c_with(
+    dir: &TempDir,
+    name: &str,
+    source: &str,
+    extra: &[&str],
+) -> Option<std::path::PathBuf> {
+    let src = dir.0.join(format!("{name}.c"));
+    let bin = dir.0.join(name);
+    std::fs::write(&src, source).unwrap();
+    let status = Command::new("cc")
+        .args(["-O1", "-g", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .args(extra)
+        .status()
+        .ok()?;
+    status.success().then_some(bin)
+}
+
+/// The arguments that run a program through util-linux's `setpriv` without CAP_SYS_ADMIN and
+/// CAP_CHECKPOINT_RESTORE (so without `/proc/PID/map_files`) but with everything else root has,
+/// CAP_SYS_PTRACE included: the capabilities the deploy files give the agent.
+pub const WITHOUT_SYS_ADMIN: [&str; 3] = [
+    "setpriv",
+    "--inh-caps=-sys_admin,-checkpoint_restore",
+    "--bounding-set=-sys_admin,-checkpoint_restore",
+];
+
+/// Runs `flamegrid-agent ARGS...` through `wrapper` (e.g. [`WITHOUT_SYS_ADMIN`]) and waits at
+/// most `limit` for it to finish: `None` when it had to be killed (it hung).
+pub fn run_bounded(wrapper: &[&str], args: &[&str], limit: Duration) -> Option<Output> {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(agent_bin());
+            c
+        }
+        None => Command::new(agent_bin()),
+    };
+    let mut child = cmd
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run flamegrid-agent");
+    // Read both pipes on their own threads so a full pipe never stalls the child.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let mut guard = KillOnDrop(child);
+    let mut status = None;
+    eventually(limit, || {
+        status = guard.0.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let status = status?;
+    drop(guard);
+    Some(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }

@@ -133,7 +133,10 @@ impl FakeCoordinator {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(CoordinatorState::default());
         state.interval_ms.store(100, Ordering::SeqCst);
-        let svc = RegistryServer::new(RegistryService(Arc::clone(&state)));
+        // As large as the agent's own limit: heartbeats of 100,000 watched subtasks.
+        let svc = RegistryServer::new(RegistryService(Arc::clone(&state)))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
         let tls_on = tls.is_some();
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = tls {
@@ -213,9 +216,26 @@ impl AgentProcess {
     /// Like [`AgentProcess::start`], with extra environment variables (`FLAMEGRID_*` from the
     /// test's own environment are removed first).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_wrapped(&[], args, env)
+    }
+
+    /// Like [`AgentProcess::start_with_env`], run through `wrapper` (`wrapper[0]
+    /// wrapper[1..] flamegrid-agent run ARGS...`), e.g. `setpriv` with capabilities dropped.
+    /// The wrapper must exec the agent, so the pid is the agent's.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let stderr_path = temp_path("agent-stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flamegrid-agent"));
+        // FLAMEGRID_TEST_AGENT_BIN runs the test against another build (see common::agent_bin).
+        let agent = std::env::var("FLAMEGRID_TEST_AGENT_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_flamegrid-agent").to_string());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&agent);
+                c
+            }
+            None => Command::new(agent),
+        };
         cmd.arg("run").args(args);
         for (k, _) in std::env::vars() {
             if k.starts_with("FLAMEGRID_") {
@@ -267,6 +287,13 @@ impl AgentProcess {
         // SAFETY: plain kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         assert_eq!(rc, 0);
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        let status = self.child.try_wait().ok().flatten()?;
+        self.exit = Some(status);
+        Some(status)
     }
 
     /// Waits for the process to exit and returns its status.
