@@ -57,12 +57,7 @@ pub const BACKOFF_START: Duration = Duration::from_millis(500);
 /// Longest retry delay while the coordinator is unreachable.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Largest registry message the agent decodes or encodes. A heartbeat answer carries the watch
-/// list (one selector per subtask the coordinator wants liveness of, about 100 bytes each) and
-/// the agent's heartbeat one liveness entry per selector: 100,000 watched subtasks make ~10 MB,
-/// beyond tonic's 4 MiB default. Bounded all the same, so a coordinator can not make the agent
-/// allocate without limit.
-pub const MAX_REGISTRY_MESSAGE_BYTES: usize = 64 << 20;
+pub use flamegrid_proto::MAX_REGISTRY_MESSAGE_BYTES;
 
 /// Longest host fact (host name, OS, kernel, version) sent at registration, in bytes.
 pub const MAX_HOST_FACT_BYTES: usize = 256;

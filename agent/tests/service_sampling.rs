@@ -57,6 +57,30 @@ fn sample_request(selectors: Vec<v1::ThreadSelector>, n: u32, delay_ms: u32) -> 
     }
 }
 
+/// Starts a long run (1000 samples, 10 ms apart, request id 1000) that holds the agent's only
+/// run slot (`--max-concurrent-runs 1`), and returns once the agent says it has started.
+async fn hold_the_only_slot(
+    s: &Setup,
+    client: &v1::sampling_client::SamplingClient<tonic::transport::Channel>,
+) -> tokio::task::JoinHandle<Result<tonic::Response<v1::SampleResponse>, tonic::Status>> {
+    let pid = s.workload.pid();
+    let mut long_client = client.clone();
+    let long = tokio::spawn(async move {
+        let mut req = sample_request(vec![by_pid("long", pid, "spin-0")], 1000, 10);
+        req.request_id = 1000;
+        long_client.sample(req).await
+    });
+    poll("the long run to hold its slot", || {
+        s.agent
+            .stderr()
+            .lines()
+            .any(|l| l.contains("sampling run started") && l.contains("request_id=1000"))
+            .then_some(())
+    })
+    .await;
+    long
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn samples_carry_the_spinner_chain() {
     let s = setup(&[]).await;
@@ -327,21 +351,7 @@ async fn runs_beyond_the_limit_are_resource_exhausted() {
     let pid = s.workload.pid();
     let client = sampling_client(s.addr).await;
 
-    // A long run holds the only slot: 1000 samples, 10 ms apart.
-    let mut long_client = client.clone();
-    let long = tokio::spawn(async move {
-        let mut req = sample_request(vec![by_pid("long", pid, "spin-0")], 1000, 10);
-        req.request_id = 1000;
-        long_client.sample(req).await
-    });
-    poll("the long run to hold its slot", || {
-        s.agent
-            .stderr()
-            .lines()
-            .any(|l| l.contains("sampling run started") && l.contains("request_id=1000"))
-            .then_some(())
-    })
-    .await;
+    let long = hold_the_only_slot(&s, &client).await;
     let mut probe = client.clone();
     let refused = {
         let mut refused = None;
@@ -495,20 +505,7 @@ async fn patterns_are_compiled_only_with_a_run_slot() {
     let s = setup(&["--max-concurrent-runs", "1"]).await;
     let pid = s.workload.pid();
     let client = sampling_client(s.addr).await;
-    let mut long_client = client.clone();
-    let long = tokio::spawn(async move {
-        let mut req = sample_request(vec![by_pid("long", pid, "spin-0")], 1000, 10);
-        req.request_id = 1000;
-        long_client.sample(req).await
-    });
-    poll("the long run to hold its slot", || {
-        s.agent
-            .stderr()
-            .lines()
-            .any(|l| l.contains("sampling run started") && l.contains("request_id=1000"))
-            .then_some(())
-    })
-    .await;
+    let long = hold_the_only_slot(&s, &client).await;
     let mut probe = client.clone();
     let bad = || sample_request(vec![by_pid("bad", pid, "spin-(")], 1, 0);
     let status = probe.sample(bad()).await.unwrap_err();

@@ -26,3 +26,11 @@ pub mod convert;
 pub mod exposure;
 
 pub use convert::{ConvertError, SampleResponseBuilder};
+
+/// Largest `Register` / `Heartbeat` message either side sends or accepts, agreed here so the
+/// agent and the coordinator cannot drift apart. A heartbeat carries one liveness entry per
+/// watched subtask (~85 bytes with its selector) and its answer one selector per subtask (~100
+/// bytes with a short thread-name pattern): 100,000 watched subtasks make ~10 MB, beyond tonic's
+/// 4 MiB default (which cut an agent watching ~45,000). 64 MiB leaves room for long patterns
+/// while still bounding what one call can make either side buffer.
+pub const MAX_REGISTRY_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

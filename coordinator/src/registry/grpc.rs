@@ -22,13 +22,7 @@ use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-/// Largest registry message, either way. DESIGN.md sizes the coordinator for 100,000 watched
-/// subtasks, and one agent may watch all of them: a liveness entry is its key (two 32-hex ids
-/// and an index, ~72 bytes) plus ~12 bytes of fields, so 100,000 entries are ~8.5 MB, and a
-/// watch list of as many selectors ~10 MB with short thread-name patterns. 64 MiB leaves room
-/// for long patterns while still bounding what one call can make the coordinator buffer
-/// (tonic's default of 4 MiB would cut the heartbeat of an agent watching ~45,000 subtasks).
-pub const MAX_REGISTRY_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub use flamegrid_proto::MAX_REGISTRY_MESSAGE_BYTES;
 
 /// The tonic service over a shared [`Registry`].
 #[derive(Debug, Clone)]
