@@ -389,21 +389,173 @@ impl ModuleCopies {
 }
 
 /// The frames of one symbol: the function, then the functions inlined into it.
-fn frames_of(sym: &blazesym::symbolize::Sym<'_>, module: String) -> Vec<Frame> {
-    let mut frames = Vec::with_capacity(1 + sym.inlined.len());
-    frames.push(Frame {
-        name: clean_name(&sym.name),
-        module: module.clone(),
-        inlined: false,
-    });
-    for f in sym.inlined.iter() {
-        frames.push(Frame {
-            name: clean_name(&f.name),
+///
+/// `symtab` is the same address looked up in the ELF symbol table alone (see
+/// [`frame_names`]); it names the outer frame when DWARF gave only a bare name.
+fn frames_of(
+    sym: &blazesym::symbolize::Sym<'_>,
+    symtab: Option<&blazesym::symbolize::Sym<'_>>,
+    module: String,
+) -> Vec<Frame> {
+    frame_names(sym, symtab)
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| Frame {
+            name,
             module: module.clone(),
-            inlined: true,
-        });
+            inlined: i > 0,
+        })
+        .collect()
+}
+
+/// The names of one symbol's frames, outermost first, formed so that two different functions
+/// never share a name (see the module docs, "Names").
+///
+/// * The outer (not inlined) frame takes the DWARF name (the linkage name where there is one).
+///   When that is bare, as with Rust's `debug = "line-tables-only"`, which records functions
+///   by their bare name only, the ELF symbol table's name for the same function (same start
+///   address) is used instead if it is mangled: it carries the full path (`gears::alpha::drive`).
+/// * A frame whose name is still bare and whose code is Rust source gets its declaring source
+///   file: `poll (alpha.rs)`. That is what the line tables know about where it was declared,
+///   and it keeps apart same-named inlined functions of different modules. C and C++ names
+///   are left alone: a C function's bare name is its whole name, and C++ compiled with `-g`
+///   has linkage names for its functions, inlined ones included.
+/// * Long generic argument lists are shortened ([`shorten_generics`]).
+fn frame_names(
+    sym: &blazesym::symbolize::Sym<'_>,
+    symtab: Option<&blazesym::symbolize::Sym<'_>>,
+) -> Vec<String> {
+    let mut names = Vec::with_capacity(1 + sym.inlined.len());
+    let mut outer = clean_name(&sym.name);
+    if !has_scope(&outer)
+        && let Some(symtab) = symtab
+        && symtab.addr == sym.addr
+        && is_mangled(&symtab.name)
+    {
+        outer = clean_name(&symtab.name);
     }
-    frames
+    names.push(qualify_bare(outer, sym.code_info.as_deref()));
+    for f in sym.inlined.iter() {
+        names.push(qualify_bare(clean_name(&f.name), f.code_info.as_ref()));
+    }
+    names
+}
+
+/// Whether `raw` is a mangled C++ or Rust symbol name.
+fn is_mangled(raw: &str) -> bool {
+    raw.starts_with("_Z") || raw.starts_with("_R")
+}
+
+/// Whether a demangled name has a scope (`ns::f`, `<T as Trait>::f`): a `::` outside any
+/// generic argument list.
+fn has_scope(name: &str) -> bool {
+    let mut depth = 0usize;
+    let bytes = name.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'<' => depth += 1,
+            b'>' if i > 0 && bytes[i - 1] == b'-' => {}
+            b'>' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 && bytes.get(i + 1) == Some(&b':') => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// `name`, shortened ([`shorten_generics`]), and, when it is bare and its code is in a Rust
+/// source file, followed by that file: `poll (alpha.rs)`. A file named `mod.rs`,
+/// `lib.rs` or `main.rs` says little on its own, so its directory comes with it
+/// (`poll (future/mod.rs)`).
+fn qualify_bare(name: String, code: Option<&blazesym::symbolize::CodeInfo<'_>>) -> String {
+    let short = shorten_generics(&name);
+    if has_scope(&name) {
+        return short;
+    }
+    let Some(code) = code else {
+        return short;
+    };
+    let file = code.file.to_string_lossy();
+    let file = file.rsplit('/').next().unwrap_or(&file);
+    if !file.ends_with(".rs") {
+        return short;
+    }
+    let dir = code
+        .dir
+        .as_deref()
+        .and_then(|d| d.file_name())
+        .map(|d| d.to_string_lossy());
+    match dir {
+        Some(dir) if matches!(file, "mod.rs" | "lib.rs" | "main.rs") => {
+            format!("{short} ({dir}/{file})")
+        }
+        _ => format!("{short} ({file})"),
+    }
+}
+
+/// Longest generic argument list (the text between `<` and `>` after a name) kept as it is.
+/// `demo::Worker<unsigned long>` and `std::vector<int, std::allocator<int> >` stay whole.
+pub const MAX_GENERIC_ARGS_CHARS: usize = 48;
+
+/// Shortens long generic argument lists so names stay readable: every argument list that
+/// follows a name (`catch_unwind<...>`, `Map<...>`) and holds more than
+/// [`MAX_GENERIC_ARGS_CHARS`] characters becomes `<...>`; the path around it is kept. A
+/// qualified-self type (`<Foo as Trait>::poll`, a `<` that does not follow a name) is a scope,
+/// not an argument list, and keeps its text (with its own long argument lists shortened), so
+/// the impl type still tells two `poll`s apart. What this merges are instances of one generic
+/// function with different long type arguments, as Rust's own backtraces, which print paths
+/// without generic arguments, do. A name whose brackets do not balance (`operator<`) is left
+/// as it is.
+pub fn shorten_generics(name: &str) -> String {
+    let bytes = name.as_bytes();
+    let mut out = String::with_capacity(name.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'<'
+            && i > 0
+            && follows_name(bytes[i - 1])
+            && !name[..i].ends_with("operator")
+        {
+            let Some(close) = matching_close(bytes, i) else {
+                return name.to_string();
+            };
+            if close - i - 1 > MAX_GENERIC_ARGS_CHARS {
+                out.push_str(&name[copied..i]);
+                out.push_str("<...>");
+                copied = close + 1;
+            }
+            i = close + 1;
+            continue;
+        }
+        i += 1;
+    }
+    out.push_str(&name[copied..]);
+    out
+}
+
+/// Whether a `<` after this byte opens a generic argument list (it follows a name).
+fn follows_name(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'}' || b == b'>'
+}
+
+/// The index of the `>` that closes the `<` at `open` (a `->` does not close), if any.
+fn matching_close(bytes: &[u8], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, &b) in bytes.iter().enumerate().skip(open) {
+        match b {
+            b'<' => depth += 1,
+            b'>' if bytes[i - 1] == b'-' => {}
+            b'>' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Frames for addresses from the files mapped at them (`run_maps`): each address becomes a file
@@ -446,7 +598,7 @@ fn symbolize_from_files(
             continue;
         };
         let offsets: Vec<u64> = wanted.iter().map(|&(_, off)| off).collect();
-        let source = Source::Elf(Elf::new(copy));
+        let source = Source::Elf(Elf::new(copy.clone()));
         let symbolized = match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
             Ok(s) => s,
             Err(err) => {
@@ -454,10 +606,31 @@ fn symbolize_from_files(
                 continue;
             }
         };
+        // Functions DWARF names only by their bare name (Rust line tables) are looked up in
+        // the symbol table too, for their full path. Same parsed file (blazesym shares it
+        // between both lookups), and a symbol table lookup is a binary search.
+        let bare = symbolized.iter().any(|s| match s {
+            Symbolized::Sym(sym) => !is_mangled(&sym.name) && !has_scope(&sym.name),
+            _ => false,
+        });
+        let symtab = if bare {
+            let mut elf = Elf::new(copy);
+            elf.debug_syms = false;
+            symbolizer
+                .symbolize(&Source::Elf(elf), Input::FileOffset(&offsets))
+                .map_err(|err| tracing::debug!(path, %err, "symbol table not read"))
+                .ok()
+        } else {
+            None
+        };
         let module = maps::basename(path).to_string();
-        for (&(i, _), sym) in wanted.iter().zip(symbolized) {
+        for (n, (&(i, _), sym)) in wanted.iter().zip(&symbolized).enumerate() {
             if let Symbolized::Sym(sym) = sym {
-                frames[i] = frames_of(&sym, module.clone());
+                let symtab = match symtab.as_ref().and_then(|t| t.get(n)) {
+                    Some(Symbolized::Sym(s)) => Some(s),
+                    _ => None,
+                };
+                frames[i] = frames_of(sym, symtab, module.clone());
                 named_any = true;
             }
         }
@@ -665,5 +838,46 @@ mod tests {
             ),
             "<core::panic::AssertUnwindSafe<F> as core::ops::FnOnce<()>>::call_once"
         );
+    }
+
+    #[test]
+    fn long_generic_argument_lists_are_shortened_and_paths_kept() {
+        // Short lists stay whole (the C++ workload's names among them).
+        for name in [
+            "demo::Worker<unsigned long>::recurse",
+            "std::vector<int, std::allocator<int> >::push_back",
+            "black_box<u64>",
+            "core::iter::range::<impl core::iter::traits::iterator::Iterator for core::ops::range::Range<A>>::next",
+            "operator<",
+            "std::operator<< <std::char_traits<char> >",
+        ] {
+            assert_eq!(shorten_generics(name), name);
+        }
+        let closure = "catch_unwind<core::panic::unwind_safe::AssertUnwindSafe<std::thread::lifecycle::spawn_unchecked::{closure#1}::{closure_env#0}<fn(), ()>>, ()>";
+        assert_eq!(shorten_generics(closure), "catch_unwind<...>");
+        // A qualified-self type is a scope: kept, with its own long lists shortened.
+        assert_eq!(
+            shorten_generics(
+                "<futures_util::future::Map<tokio::runtime::task::harness::Harness<alpha::Task, beta::Scheduler>, F> as core::future::Future>::poll"
+            ),
+            "<futures_util::future::Map<...> as core::future::Future>::poll"
+        );
+        assert_eq!(
+            shorten_generics(
+                "std::thread::_State_impl<std::thread::_Invoker<std::tuple<void (*)(alpha::Config const&), alpha::Config> > >::_M_run"
+            ),
+            "std::thread::_State_impl<...>::_M_run"
+        );
+        // `->` inside a list does not close it.
+        assert_eq!(shorten_generics("f<fn() -> u8>"), "f<fn() -> u8>");
+    }
+
+    #[test]
+    fn scopes_are_found_outside_argument_lists_only() {
+        assert!(has_scope("alpha::Gear::poll"));
+        assert!(has_scope("<T as Trait>::poll"));
+        assert!(!has_scope("poll"));
+        assert!(!has_scope("catch_unwind<core::panic::AssertUnwindSafe<F>>"));
+        assert!(!has_scope("f<fn() -> alpha::X>"));
     }
 }
