@@ -21,15 +21,36 @@
 //! wait for it with a deadline ([`workers`]), so even a read that never returns costs a run its
 //! names, not the agent its sampling.
 //!
+//! ## Names
+//!
 //! Names are made to *aggregate*: a flame graph merges frames by name, so the same function must
-//! get the same name in every sample, thread and host. Hence:
+//! get the same name in every sample, thread and host, and two different functions must never
+//! get the same one (their samples would merge into one node). Hence:
 //!
 //! * C++ is demangled without argument lists or return types (`demo::Worker<unsigned long>::recurse`);
 //! * Rust is demangled without the `::h0123456789abcdef` hash (`rust_workload::spin::inner`);
 //! * GCC's clone suffixes (`.constprop.0`, `.isra.0`, `.part.0`, `.cold`) are dropped, as a
 //!   function split or specialised by the optimiser is still that function;
 //! * functions DWARF says were inlined become frames of their own, marked `inlined`;
+//! * a name carries its full scope where the debug information has it: blazesym names DWARF
+//!   functions, inlined ones included, by their linkage name (`DW_AT_linkage_name`, followed
+//!   through `DW_AT_abstract_origin` and `DW_AT_specification`), which demangles to the full
+//!   path;
+//! * where DWARF has only a bare name (Rust's `debug = "line-tables-only"`, this project's own
+//!   release profile, records no linkage names and no scopes), a function that was not inlined
+//!   takes the ELF symbol table's name for the same start address (`gears::alpha::drive`, not
+//!   `drive`), and a bare frame of Rust source gets the file that declares it:
+//!   `poll (alpha.rs)` and `poll (beta.rs)` stay two nodes. The symbol table lookup happens
+//!   only for batches with a bare name, on the file blazesym already parsed;
+//! * generic argument lists longer than [`MAX_GENERIC_ARGS_CHARS`] become `<...>`
+//!   ([`shorten_generics`]), so closure and future frames stay readable;
 //! * an address without a symbol is `module+0xoffset` (file offset), or `[unknown]`.
+//!
+//! What is not done: GCC describes some inlined C++ template and lambda instances by their bare
+//! `DW_AT_name` (`operator()`, `_M_invoke<0>`) without a linkage name; their scope is only in
+//! the DIE tree (the enclosing namespace and class entries), which blazesym does not expose.
+//! They keep the bare name. C names are never changed: a C function's bare name is its whole
+//! name.
 //!
 //! ## Memory: parsed debug information is kept only while it is being used
 //!
