@@ -496,18 +496,17 @@ fn qualify_bare(name: String, code: Option<&blazesym::symbolize::CodeInfo<'_>>) 
     let Some(code) = code else {
         return short;
     };
-    let file = code.file.to_string_lossy();
-    let file = file.rsplit('/').next().unwrap_or(&file);
-    if !file.ends_with(".rs") {
+    // The line table may split a path anywhere between `dir` and `file`: join them first.
+    let path = match code.dir.as_deref() {
+        Some(dir) => dir.join(&*code.file),
+        None => std::path::PathBuf::from(&*code.file),
+    };
+    let mut parts = path.iter().rev().map(|p| p.to_string_lossy());
+    let Some(file) = parts.next().filter(|f| f.ends_with(".rs")) else {
         return short;
-    }
-    let dir = code
-        .dir
-        .as_deref()
-        .and_then(|d| d.file_name())
-        .map(|d| d.to_string_lossy());
-    match dir {
-        Some(dir) if matches!(file, "mod.rs" | "lib.rs" | "main.rs") => {
+    };
+    match parts.next() {
+        Some(dir) if matches!(&*file, "mod.rs" | "lib.rs" | "main.rs") && dir != "/" => {
             format!("{short} ({dir}/{file})")
         }
         _ => format!("{short} ({file})"),
@@ -900,5 +899,39 @@ mod tests {
         assert!(!has_scope("poll"));
         assert!(!has_scope("catch_unwind<core::panic::AssertUnwindSafe<F>>"));
         assert!(!has_scope("f<fn() -> alpha::X>"));
+    }
+
+    #[test]
+    fn bare_rust_frames_get_their_declaring_file() {
+        use blazesym::symbolize::CodeInfo;
+        use std::borrow::Cow;
+        use std::ffi::OsStr;
+        use std::path::Path;
+        let code = |dir: &'static str, file: &'static str| CodeInfo {
+            dir: Some(Cow::Borrowed(Path::new(dir))),
+            file: Cow::Borrowed(OsStr::new(file)),
+            line: Some(3),
+            column: None,
+            _non_exhaustive: (),
+        };
+        let alpha = code("/src/gears", "alpha.rs");
+        assert_eq!(qualify_bare("poll".into(), Some(&alpha)), "poll (alpha.rs)");
+        let nested = code("/build", "src/future/mod.rs");
+        assert_eq!(
+            qualify_bare("poll".into(), Some(&nested)),
+            "poll (future/mod.rs)"
+        );
+        let split = code("/rustc/abc/library/core/src/future", "mod.rs");
+        assert_eq!(
+            qualify_bare("poll".into(), Some(&split)),
+            "poll (future/mod.rs)"
+        );
+        // Scoped names, C and C++ sources and frames without a location stay as they are.
+        assert_eq!(qualify_bare("a::poll".into(), Some(&alpha)), "a::poll");
+        let c = code("/src", "workload.c");
+        assert_eq!(qualify_bare("tokenize".into(), Some(&c)), "tokenize");
+        let cpp = code("/usr/include/c++/12", "std_thread.h");
+        assert_eq!(qualify_bare("_M_run".into(), Some(&cpp)), "_M_run");
+        assert_eq!(qualify_bare("poll".into(), None), "poll");
     }
 }
