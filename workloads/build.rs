@@ -19,7 +19,16 @@ fn main() {
     let native =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
             .join("native");
-    for file in ["workload.c", "workload.cpp", "rust_workload.rs", "demo.c"] {
+    for file in [
+        "workload.c",
+        "workload.cpp",
+        "rust_workload.rs",
+        "demo.c",
+        "gears.cpp",
+        "gears/main.rs",
+        "gears/alpha.rs",
+        "gears/beta.rs",
+    ] {
         println!("cargo:rerun-if-changed=native/{file}");
     }
     println!("cargo:rerun-if-env-changed=RUSTC");
@@ -54,8 +63,38 @@ fn main() {
     let demo = out_dir.join("flamegrid-demo");
     compile(c.path(), &native.join("demo.c"), &demo, &["-g"]);
 
+    let gears_cpp = out_dir.join("gears-cpp");
+    compile(
+        cxx.path(),
+        &native.join("gears.cpp"),
+        &gears_cpp,
+        &["-g", "-std=c++17"],
+    );
+
     let rust = out_dir.join("workload-rust");
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    // The gears program twice: with line tables only (this project's own release profile, and
+    // common elsewhere: no scopes for inlined functions) and with full debug information.
+    let gears_rust_lines = out_dir.join("gears-rust-line-tables");
+    let gears_rust_full = out_dir.join("gears-rust-full-debug");
+    for (output, debuginfo) in [
+        (&gears_rust_lines, "debuginfo=line-tables-only"),
+        (&gears_rust_full, "debuginfo=2"),
+    ] {
+        run(Command::new(&rustc)
+            .args([
+                "--edition",
+                "2021",
+                "--crate-name",
+                "gears",
+                "--crate-type",
+                "bin",
+            ])
+            .args(["-C", "opt-level=2", "-C", debuginfo])
+            .arg("-o")
+            .arg(output)
+            .arg(native.join("gears").join("main.rs")));
+    }
     run(Command::new(rustc)
         .args([
             "--edition",
@@ -76,6 +115,9 @@ fn main() {
         ("FLAMEGRID_WORKLOAD_CPP", &cpp),
         ("FLAMEGRID_WORKLOAD_RUST", &rust),
         ("FLAMEGRID_WORKLOAD_DEMO", &demo),
+        ("FLAMEGRID_GEARS_CPP", &gears_cpp),
+        ("FLAMEGRID_GEARS_RUST_LINE_TABLES", &gears_rust_lines),
+        ("FLAMEGRID_GEARS_RUST_FULL_DEBUG", &gears_rust_full),
     ] {
         println!("cargo:rustc-env={var}={}", path.display());
     }

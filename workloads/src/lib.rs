@@ -186,6 +186,36 @@ static DEMO_CHAINS: Chains = Chains {
 /// [`Workload::Cpp`]'s spin chain, reported as an inlined frame.
 pub const CPP_INLINED_FUNCTION: &str = "demo::mix_step";
 
+/// The "gears" programs: two functions with the same bare name in two namespaces or modules
+/// (`alpha::Gear::poll` and `beta::Gear::poll`, always inlined into `alpha::drive` and
+/// `beta::drive`; `alpha::Gear::step` and `beta::Gear::step`, never inlined), one thread
+/// spinning in each of the four. A sampler that names frames by their bare name merges each
+/// pair into one node; these programs are the evidence that it does not.
+///
+/// They take no arguments, print `ready` once every thread runs and exit when stdin reaches
+/// end-of-file (sources in `native/gears.cpp` and `native/gears/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Gears {
+    /// `gears.cpp` built with `-O2 -g`: DWARF has linkage names for every function.
+    Cpp,
+    /// `gears/main.rs` built with `-C debuginfo=line-tables-only`: DWARF names functions by
+    /// their bare name only, without module or impl type.
+    RustLineTables,
+    /// `gears/main.rs` built with `-C debuginfo=2`: DWARF has linkage names.
+    RustFullDebug,
+}
+
+impl Gears {
+    /// The built executable (absolute, inside Cargo's `OUT_DIR`).
+    pub fn path(self) -> &'static Path {
+        Path::new(match self {
+            Gears::Cpp => env!("FLAMEGRID_GEARS_CPP"),
+            Gears::RustLineTables => env!("FLAMEGRID_GEARS_RUST_LINE_TABLES"),
+            Gears::RustFullDebug => env!("FLAMEGRID_GEARS_RUST_FULL_DEBUG"),
+        })
+    }
+}
+
 /// How many threads of each role to start (see the crate documentation for the roles).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mix {

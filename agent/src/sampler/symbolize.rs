@@ -21,15 +21,36 @@
 //! wait for it with a deadline ([`workers`]), so even a read that never returns costs a run its
 //! names, not the agent its sampling.
 //!
+//! ## Names
+//!
 //! Names are made to *aggregate*: a flame graph merges frames by name, so the same function must
-//! get the same name in every sample, thread and host. Hence:
+//! get the same name in every sample, thread and host, and two different functions must never
+//! get the same one (their samples would merge into one node). Hence:
 //!
 //! * C++ is demangled without argument lists or return types (`demo::Worker<unsigned long>::recurse`);
 //! * Rust is demangled without the `::h0123456789abcdef` hash (`rust_workload::spin::inner`);
 //! * GCC's clone suffixes (`.constprop.0`, `.isra.0`, `.part.0`, `.cold`) are dropped, as a
 //!   function split or specialised by the optimiser is still that function;
 //! * functions DWARF says were inlined become frames of their own, marked `inlined`;
+//! * a name carries its full scope where the debug information has it: blazesym names DWARF
+//!   functions, inlined ones included, by their linkage name (`DW_AT_linkage_name`, followed
+//!   through `DW_AT_abstract_origin` and `DW_AT_specification`), which demangles to the full
+//!   path;
+//! * where DWARF has only a bare name (Rust's `debug = "line-tables-only"`, this project's own
+//!   release profile, records no linkage names and no scopes), a function that was not inlined
+//!   takes the ELF symbol table's name for the same start address (`gears::alpha::drive`, not
+//!   `drive`), and a bare frame of Rust source gets the file that declares it:
+//!   `poll (alpha.rs)` and `poll (beta.rs)` stay two nodes. The symbol table lookup happens
+//!   only for batches with a bare name, on the file blazesym already parsed;
+//! * generic argument lists longer than [`MAX_GENERIC_ARGS_CHARS`] become `<...>`
+//!   ([`shorten_generics`]), so closure and future frames stay readable;
 //! * an address without a symbol is `module+0xoffset` (file offset), or `[unknown]`.
+//!
+//! What is not done: GCC describes some inlined C++ template and lambda instances by their bare
+//! `DW_AT_name` (`operator()`, `_M_invoke<0>`) without a linkage name; their scope is only in
+//! the DIE tree (the enclosing namespace and class entries), which blazesym does not expose.
+//! They keep the bare name. C names are never changed: a C function's bare name is its whole
+//! name.
 //!
 //! ## Memory: parsed debug information is kept only while it is being used
 //!
@@ -389,21 +410,172 @@ impl ModuleCopies {
 }
 
 /// The frames of one symbol: the function, then the functions inlined into it.
-fn frames_of(sym: &blazesym::symbolize::Sym<'_>, module: String) -> Vec<Frame> {
-    let mut frames = Vec::with_capacity(1 + sym.inlined.len());
-    frames.push(Frame {
-        name: clean_name(&sym.name),
-        module: module.clone(),
-        inlined: false,
-    });
-    for f in sym.inlined.iter() {
-        frames.push(Frame {
-            name: clean_name(&f.name),
+///
+/// `symtab` is the same address looked up in the ELF symbol table alone (see
+/// [`frame_names`]); it names the outer frame when DWARF gave only a bare name.
+fn frames_of(
+    sym: &blazesym::symbolize::Sym<'_>,
+    symtab: Option<&blazesym::symbolize::Sym<'_>>,
+    module: String,
+) -> Vec<Frame> {
+    frame_names(sym, symtab)
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| Frame {
+            name,
             module: module.clone(),
-            inlined: true,
-        });
+            inlined: i > 0,
+        })
+        .collect()
+}
+
+/// The names of one symbol's frames, outermost first, formed so that two different functions
+/// never share a name (see the module docs, "Names").
+///
+/// * The outer (not inlined) frame takes the DWARF name (the linkage name where there is one).
+///   When that is bare, as with Rust's `debug = "line-tables-only"`, which records functions
+///   by their bare name only, the ELF symbol table's name for the same function (same start
+///   address) is used instead if it is mangled: it carries the full path (`gears::alpha::drive`).
+/// * A frame whose name is still bare and whose code is Rust source gets its declaring source
+///   file: `poll (alpha.rs)`. That is what the line tables know about where it was declared,
+///   and it keeps apart same-named inlined functions of different modules. C and C++ names
+///   are left alone: a C function's bare name is its whole name, and C++ compiled with `-g`
+///   has linkage names for its functions, inlined ones included.
+/// * Long generic argument lists are shortened ([`shorten_generics`]).
+fn frame_names(
+    sym: &blazesym::symbolize::Sym<'_>,
+    symtab: Option<&blazesym::symbolize::Sym<'_>>,
+) -> Vec<String> {
+    let mut names = Vec::with_capacity(1 + sym.inlined.len());
+    let mut outer = clean_name(&sym.name);
+    if !has_scope(&outer)
+        && let Some(symtab) = symtab
+        && symtab.addr == sym.addr
+        && is_mangled(&symtab.name)
+    {
+        outer = clean_name(&symtab.name);
     }
-    frames
+    names.push(qualify_bare(outer, sym.code_info.as_deref()));
+    for f in sym.inlined.iter() {
+        names.push(qualify_bare(clean_name(&f.name), f.code_info.as_ref()));
+    }
+    names
+}
+
+/// Whether `raw` is a mangled C++ or Rust symbol name.
+fn is_mangled(raw: &str) -> bool {
+    raw.starts_with("_Z") || raw.starts_with("_R")
+}
+
+/// Whether a demangled name has a scope (`ns::f`, `<T as Trait>::f`): a `::` outside any
+/// generic argument list.
+fn has_scope(name: &str) -> bool {
+    let mut depth = 0usize;
+    let bytes = name.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'<' => depth += 1,
+            b'>' if i > 0 && bytes[i - 1] == b'-' => {}
+            b'>' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 && bytes.get(i + 1) == Some(&b':') => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// `name`, shortened ([`shorten_generics`]), and, when it is bare and its code is in a Rust
+/// source file, followed by that file: `poll (alpha.rs)`. A file named `mod.rs`,
+/// `lib.rs` or `main.rs` says little on its own, so its directory comes with it
+/// (`poll (future/mod.rs)`).
+fn qualify_bare(name: String, code: Option<&blazesym::symbolize::CodeInfo<'_>>) -> String {
+    let short = shorten_generics(&name);
+    if has_scope(&name) {
+        return short;
+    }
+    let Some(code) = code else {
+        return short;
+    };
+    // The line table may split a path anywhere between `dir` and `file`: join them first.
+    let path = match code.dir.as_deref() {
+        Some(dir) => dir.join(&*code.file),
+        None => std::path::PathBuf::from(&*code.file),
+    };
+    let mut parts = path.iter().rev().map(|p| p.to_string_lossy());
+    let Some(file) = parts.next().filter(|f| f.ends_with(".rs")) else {
+        return short;
+    };
+    match parts.next() {
+        Some(dir) if matches!(&*file, "mod.rs" | "lib.rs" | "main.rs") && dir != "/" => {
+            format!("{short} ({dir}/{file})")
+        }
+        _ => format!("{short} ({file})"),
+    }
+}
+
+/// Longest generic argument list (the text between `<` and `>` after a name) kept as it is.
+/// `demo::Worker<unsigned long>` and `std::vector<int, std::allocator<int> >` stay whole.
+pub const MAX_GENERIC_ARGS_CHARS: usize = 48;
+
+/// Shortens long generic argument lists so names stay readable: every argument list that
+/// follows a name (`catch_unwind<...>`, `Map<...>`) and holds more than
+/// [`MAX_GENERIC_ARGS_CHARS`] characters becomes `<...>`; the path around it is kept. A
+/// qualified-self type (`<Foo as Trait>::poll`, a `<` that does not follow a name) is a scope,
+/// not an argument list, and keeps its text (with its own long argument lists shortened), so
+/// the impl type still tells two `poll`s apart. What this merges are instances of one generic
+/// function with different long type arguments, as Rust's own backtraces, which print paths
+/// without generic arguments, do. A name whose brackets do not balance (`operator<`) is left
+/// as it is.
+pub fn shorten_generics(name: &str) -> String {
+    let bytes = name.as_bytes();
+    let mut out = String::with_capacity(name.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'<'
+            && i > 0
+            && follows_name(bytes[i - 1])
+            && !name[..i].ends_with("operator")
+        {
+            let Some(close) = matching_close(bytes, i) else {
+                return name.to_string();
+            };
+            if close - i - 1 > MAX_GENERIC_ARGS_CHARS {
+                out.push_str(&name[copied..i]);
+                out.push_str("<...>");
+                copied = close + 1;
+            }
+            i = close + 1;
+            continue;
+        }
+        i += 1;
+    }
+    out.push_str(&name[copied..]);
+    out
+}
+
+/// Whether a `<` after this byte opens a generic argument list (it follows a name).
+fn follows_name(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'}' || b == b'>'
+}
+
+/// The index of the `>` that closes the `<` at `open` (a `->` does not close), if any.
+fn matching_close(bytes: &[u8], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, &b) in bytes.iter().enumerate().skip(open) {
+        match b {
+            b'<' => depth += 1,
+            b'>' if bytes[i - 1] == b'-' => {}
+            b'>' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Frames for addresses from the files mapped at them (`run_maps`): each address becomes a file
@@ -446,7 +618,7 @@ fn symbolize_from_files(
             continue;
         };
         let offsets: Vec<u64> = wanted.iter().map(|&(_, off)| off).collect();
-        let source = Source::Elf(Elf::new(copy));
+        let source = Source::Elf(Elf::new(copy.clone()));
         let symbolized = match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
             Ok(s) => s,
             Err(err) => {
@@ -454,10 +626,31 @@ fn symbolize_from_files(
                 continue;
             }
         };
+        // Functions DWARF names only by their bare name (Rust line tables) are looked up in
+        // the symbol table too, for their full path. Same parsed file (blazesym shares it
+        // between both lookups), and a symbol table lookup is a binary search.
+        let bare = symbolized.iter().any(|s| match s {
+            Symbolized::Sym(sym) => !is_mangled(&sym.name) && !has_scope(&sym.name),
+            _ => false,
+        });
+        let symtab = if bare {
+            let mut elf = Elf::new(copy);
+            elf.debug_syms = false;
+            symbolizer
+                .symbolize(&Source::Elf(elf), Input::FileOffset(&offsets))
+                .map_err(|err| tracing::debug!(path, %err, "symbol table not read"))
+                .ok()
+        } else {
+            None
+        };
         let module = maps::basename(path).to_string();
-        for (&(i, _), sym) in wanted.iter().zip(symbolized) {
+        for (n, (&(i, _), sym)) in wanted.iter().zip(&symbolized).enumerate() {
             if let Symbolized::Sym(sym) = sym {
-                frames[i] = frames_of(&sym, module.clone());
+                let symtab = match symtab.as_ref().and_then(|t| t.get(n)) {
+                    Some(Symbolized::Sym(s)) => Some(s),
+                    _ => None,
+                };
+                frames[i] = frames_of(sym, symtab, module.clone());
                 named_any = true;
             }
         }
@@ -665,5 +858,80 @@ mod tests {
             ),
             "<core::panic::AssertUnwindSafe<F> as core::ops::FnOnce<()>>::call_once"
         );
+    }
+
+    #[test]
+    fn long_generic_argument_lists_are_shortened_and_paths_kept() {
+        // Short lists stay whole (the C++ workload's names among them).
+        for name in [
+            "demo::Worker<unsigned long>::recurse",
+            "std::vector<int, std::allocator<int> >::push_back",
+            "black_box<u64>",
+            "core::iter::range::<impl core::iter::traits::iterator::Iterator for core::ops::range::Range<A>>::next",
+            "operator<",
+            "std::operator<< <std::char_traits<char> >",
+        ] {
+            assert_eq!(shorten_generics(name), name);
+        }
+        let closure = "catch_unwind<core::panic::unwind_safe::AssertUnwindSafe<std::thread::lifecycle::spawn_unchecked::{closure#1}::{closure_env#0}<fn(), ()>>, ()>";
+        assert_eq!(shorten_generics(closure), "catch_unwind<...>");
+        // A qualified-self type is a scope: kept, with its own long lists shortened.
+        assert_eq!(
+            shorten_generics(
+                "<futures_util::future::Map<tokio::runtime::task::harness::Harness<alpha::Task, beta::Scheduler>, F> as core::future::Future>::poll"
+            ),
+            "<futures_util::future::Map<...> as core::future::Future>::poll"
+        );
+        assert_eq!(
+            shorten_generics(
+                "std::thread::_State_impl<std::thread::_Invoker<std::tuple<void (*)(alpha::Config const&), alpha::Config> > >::_M_run"
+            ),
+            "std::thread::_State_impl<...>::_M_run"
+        );
+        // `->` inside a list does not close it.
+        assert_eq!(shorten_generics("f<fn() -> u8>"), "f<fn() -> u8>");
+    }
+
+    #[test]
+    fn scopes_are_found_outside_argument_lists_only() {
+        assert!(has_scope("alpha::Gear::poll"));
+        assert!(has_scope("<T as Trait>::poll"));
+        assert!(!has_scope("poll"));
+        assert!(!has_scope("catch_unwind<core::panic::AssertUnwindSafe<F>>"));
+        assert!(!has_scope("f<fn() -> alpha::X>"));
+    }
+
+    #[test]
+    fn bare_rust_frames_get_their_declaring_file() {
+        use blazesym::symbolize::CodeInfo;
+        use std::borrow::Cow;
+        use std::ffi::OsStr;
+        use std::path::Path;
+        let code = |dir: &'static str, file: &'static str| CodeInfo {
+            dir: Some(Cow::Borrowed(Path::new(dir))),
+            file: Cow::Borrowed(OsStr::new(file)),
+            line: Some(3),
+            column: None,
+            _non_exhaustive: (),
+        };
+        let alpha = code("/src/gears", "alpha.rs");
+        assert_eq!(qualify_bare("poll".into(), Some(&alpha)), "poll (alpha.rs)");
+        let nested = code("/build", "src/future/mod.rs");
+        assert_eq!(
+            qualify_bare("poll".into(), Some(&nested)),
+            "poll (future/mod.rs)"
+        );
+        let split = code("/rustc/abc/library/core/src/future", "mod.rs");
+        assert_eq!(
+            qualify_bare("poll".into(), Some(&split)),
+            "poll (future/mod.rs)"
+        );
+        // Scoped names, C and C++ sources and frames without a location stay as they are.
+        assert_eq!(qualify_bare("a::poll".into(), Some(&alpha)), "a::poll");
+        let c = code("/src", "workload.c");
+        assert_eq!(qualify_bare("tokenize".into(), Some(&c)), "tokenize");
+        let cpp = code("/usr/include/c++/12", "std_thread.h");
+        assert_eq!(qualify_bare("_M_run".into(), Some(&cpp)), "_M_run");
+        assert_eq!(qualify_bare("poll".into(), None), "poll");
     }
 }
