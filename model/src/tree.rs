@@ -327,33 +327,56 @@ impl TreeBuilder {
 
     /// The finished tree, children sorted by name.
     ///
-    /// Built without recursion, however deep the stacks were: a child is always created after
-    /// its parent (it gets the next arena index when first stepped into), so walking the arena
-    /// from its last node to the root finishes every node's children before the node itself.
+    /// Built without recursion, however deep the stacks were (they come from other hosts): the
+    /// children of every node are gathered into one flat index (a counting sort by parent),
+    /// sorted by name, and the tree is assembled by a post-order walk with an explicit stack.
+    /// Finished nodes wait on a value stack, where the children of the node being finished are
+    /// always its top entries, in order; so nothing is looked up at random and nothing is moved
+    /// more than once.
     pub fn finish(self) -> FlameNode {
-        let mut children: Vec<Vec<u32>> = vec![Vec::new(); self.nodes.len()];
+        let n = self.nodes.len();
+        if n == 0 {
+            return FlameNode::empty_root();
+        }
+        // first[p]..first[p + 1] is the range of node p's children in `kids`.
+        let mut first = vec![0usize; n + 1];
+        for &key in self.edges.keys() {
+            first[(key >> 32) as usize + 1] += 1;
+        }
+        for i in 0..n {
+            first[i + 1] += first[i];
+        }
+        let mut next = first.clone();
+        let mut kids = vec![0u32; self.edges.len()];
         for (&key, &child) in &self.edges {
-            children[(key >> 32) as usize].push(child);
+            let parent = (key >> 32) as usize;
+            kids[next[parent]] = child;
+            next[parent] += 1;
         }
-        let mut built: Vec<Option<FlameNode>> = Vec::with_capacity(self.nodes.len());
-        built.resize_with(self.nodes.len(), || None);
-        for node in (0..self.nodes.len()).rev() {
-            let (name, value) = self.nodes[node];
-            let mut kids: Vec<FlameNode> = children[node]
-                .iter()
-                .filter_map(|&c| built[c as usize].take())
-                .collect();
-            kids.sort_by(|a, b| a.name.cmp(&b.name));
-            built[node] = Some(FlameNode {
-                name: self.names[name as usize].clone(),
-                value,
-                children: kids,
-            });
+        drop(next);
+        let name_of = |c: u32| self.names[self.nodes[c as usize].0 as usize].as_str();
+        for p in 0..n {
+            kids[first[p]..first[p + 1]].sort_unstable_by(|&a, &b| name_of(a).cmp(name_of(b)));
         }
-        built
-            .first_mut()
-            .and_then(Option::take)
-            .unwrap_or_else(FlameNode::empty_root)
+
+        let mut done: Vec<FlameNode> = Vec::new();
+        let mut todo: Vec<(u32, bool)> = vec![(0, false)];
+        while let Some((node, expanded)) = todo.pop() {
+            let range = first[node as usize]..first[node as usize + 1];
+            if expanded {
+                let children: Vec<FlameNode> = done.drain(done.len() - range.len()..).collect();
+                let (name, value) = self.nodes[node as usize];
+                done.push(FlameNode {
+                    name: self.names[name as usize].clone(),
+                    value,
+                    children,
+                });
+            } else {
+                todo.push((node, true));
+                todo.extend(kids[range].iter().rev().map(|&c| (c, false)));
+            }
+        }
+        done.pop().unwrap_or_else(FlameNode::empty_root)
     }
 }
 
