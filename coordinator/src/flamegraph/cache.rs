@@ -325,7 +325,7 @@ fn snapshot_address(snapshot: &Arc<Snapshot>) -> usize {
 /// Bytes of a kept run apart from its profiles: the snapshot itself, its missing list, and the
 /// map nodes pointing at the profiles.
 fn run_overhead(snapshot: &Snapshot) -> usize {
-    std::mem::size_of::<Snapshot>() + snapshot.missing.len() * 4 + snapshot.subtasks.len() * 48
+    std::mem::size_of::<Snapshot>() + snapshot.missing.len() * 48 + snapshot.subtasks.len() * 48
 }
 
 /// The cache; see the module docs. Shared as `Arc<GraphCache>`.

@@ -36,6 +36,7 @@ pub mod diff;
 pub mod dump;
 pub mod folded;
 pub mod json;
+pub mod missing;
 pub mod pprof;
 pub mod profile;
 pub mod run;
@@ -115,7 +116,7 @@ impl GraphAnswer {
             }
             GraphAnswer::Terminated => "no samples: the vertex or subtask has already terminated".to_string(),
             GraphAnswer::Waiting => {
-                "no samples yet: no sampling run has finished (nothing running to sample, or every agent failed); retry"
+                "no samples yet: no sampling run has finished (nothing running to sample); retry"
                     .to_string()
             }
             GraphAnswer::Ready(s) => format!("sampled until {}", svg::utc(s.end_ms)),
@@ -268,7 +269,8 @@ impl FlameGraphService {
         let lookup = self.cache.lookup_with(key, refresh);
         if let Some(ticket) = lookup.ticket {
             let targets = vertex.targets(key.subtask);
-            if targets.is_empty() {
+            let absent = vertex.absent(key.subtask);
+            if targets.is_empty() && absent.is_empty() {
                 // Flink's "No tasks to sample": nothing cached, the next request tries again.
                 tracing::debug!(?key, "no running subtask to sample");
             } else if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -283,6 +285,7 @@ impl FlameGraphService {
                     self.settings.params,
                     ticket,
                     targets,
+                    absent,
                 ));
             } else {
                 tracing::error!(?key, "no async runtime to run the sampling on");
@@ -427,6 +430,7 @@ mod tests {
             // Nothing listens on port 1: the run fails fast.
             agent_address: "http://127.0.0.1:1".into(),
             selector: ThreadSelector::default(),
+            confirmed: true,
         });
         VertexSampling {
             job_name: "j".into(),
@@ -437,6 +441,7 @@ mod tests {
                 index: 0,
                 terminal,
                 target,
+                absent: None,
             }],
         }
     }
@@ -455,17 +460,31 @@ mod tests {
         assert_eq!(s.answer(&key(), &vertex(true, false)).end_timestamp(), -1);
         assert_eq!(s.answer(&key(), &vertex(false, false)).end_timestamp(), -3);
         assert_eq!(s.runs_started(), 0, "nothing running: no run");
-        // A run against a dead agent: -3, then after it fails nothing is cached and the next
-        // request starts another run.
+        // A run against a dead agent: a graph with no samples that says why; it is cached like
+        // any graph, so the next request starts nothing.
+        let GraphAnswer::Ready(failed) = s.answer_waiting(&key(), &vertex(false, true)).await
+        else {
+            panic!("a failed run is an answer")
+        };
         assert_eq!(
-            s.answer_waiting(&key(), &vertex(false, true))
-                .await
-                .end_timestamp(),
-            -3
+            failed.missing.get(&0),
+            Some(&missing::MissingReason::AgentUnreachable)
         );
+        assert_eq!(failed.sample_count(flamegrid_model::GraphType::Full), 0);
         assert_eq!(s.runs(), (1, 0, 1));
-        assert_eq!(s.answer(&key(), &vertex(false, true)).end_timestamp(), -3);
-        assert_eq!(s.runs_started(), 2);
+        assert!(s.answer(&key(), &vertex(false, true)).end_timestamp() > 0);
+        assert_eq!(s.runs_started(), 1);
+        // A subtask whose agent is gone is not asked, but named: never confirmed.
+        let gone = service();
+        let mut v = vertex(false, false);
+        v.subtasks[0].absent = Some(missing::MissingReason::NeverConfirmed);
+        let GraphAnswer::Ready(lost) = gone.answer_waiting(&key(), &v).await else {
+            panic!("an absent subtask is an answer")
+        };
+        assert_eq!(
+            lost.missing.get(&0),
+            Some(&missing::MissingReason::NeverConfirmed)
+        );
         let mut off = *s.settings();
         off.enabled = false;
         let s = FlameGraphService::with_settings(off, AgentAuth::default());
