@@ -10,8 +10,9 @@
 //!   fixed words of [`super::missing::MissingReason`], e.g.
 //!   `{"1":"agent unreachable","3":"outside the allow-list"}`.
 //!
-//! A run in which no subtask delivered is a graph too: `data` is a root with value 0 and the
-//! two fields say why, instead of `-3` forever.
+//! When the last run delivered nothing at all (and nothing is cached), the answer is still `-3`
+//! (the next poll samples again, as in Flink) but carries the two fields, so that a client sees
+//! why instead of waiting forever: `{"endTimestamp":-3,"missing":[0],"missingReasons":{...}}`.
 
 use super::GraphAnswer;
 use super::cache::GraphCache;
@@ -47,6 +48,16 @@ impl VertexFlameGraph {
             GraphAnswer::Ready(s) => VertexFlameGraph {
                 end_timestamp: s.end_ms,
                 data: Some(s.tree(ty)),
+                missing: s.missing.keys().copied().collect(),
+                missing_reasons: s
+                    .missing
+                    .iter()
+                    .map(|(i, r)| (i.to_string(), r.as_str().to_string()))
+                    .collect(),
+            },
+            GraphAnswer::Unavailable(s) => VertexFlameGraph {
+                end_timestamp: answer.end_timestamp(),
+                data: None,
                 missing: s.missing.keys().copied().collect(),
                 missing_reasons: s
                     .missing

@@ -93,6 +93,9 @@ pub enum GraphAnswer {
     Terminated,
     /// Nothing cached yet; a run was started or is in flight (-3).
     Waiting,
+    /// Nothing cached, and the last run delivered nothing: -3 as well (the next request samples
+    /// again), but with that run's reasons per subtask, so every view can say why.
+    Unavailable(Arc<Snapshot>),
     /// The latest snapshot (possibly stale; a refresh may be running).
     Ready(Arc<Snapshot>),
 }
@@ -103,7 +106,7 @@ impl GraphAnswer {
         match self {
             GraphAnswer::Disabled => -2,
             GraphAnswer::Terminated => -1,
-            GraphAnswer::Waiting => -3,
+            GraphAnswer::Waiting | GraphAnswer::Unavailable(_) => -3,
             GraphAnswer::Ready(s) => s.end_ms,
         }
     }
@@ -119,6 +122,11 @@ impl GraphAnswer {
                 "no samples yet: no sampling run has finished (nothing running to sample); retry"
                     .to_string()
             }
+            GraphAnswer::Unavailable(s) => format!(
+                "no samples: {} (sampled until {}; the next request samples again)",
+                missing::note(&s.missing),
+                svg::utc(s.end_ms)
+            ),
             GraphAnswer::Ready(s) => format!("sampled until {}", svg::utc(s.end_ms)),
         }
     }
@@ -291,9 +299,17 @@ impl FlameGraphService {
                 tracing::error!(?key, "no async runtime to run the sampling on");
             }
         }
-        match lookup.cached {
+        self.cached_or_why(key, lookup.cached)
+    }
+
+    /// `cached` as the answer, or, with nothing cached, why (the key's last failed run) or -3.
+    fn cached_or_why(&self, key: &GraphKey, cached: Option<Arc<Snapshot>>) -> GraphAnswer {
+        match cached {
             Some(s) => GraphAnswer::Ready(s),
-            None => GraphAnswer::Waiting,
+            None => match self.cache.last_failure(key) {
+                Some(failed) => GraphAnswer::Unavailable(failed),
+                None => GraphAnswer::Waiting,
+            },
         }
     }
 
@@ -313,7 +329,7 @@ impl FlameGraphService {
         refresh: bool,
     ) -> GraphAnswer {
         let first = self.answer_with(key, vertex, refresh);
-        if !matches!(first, GraphAnswer::Waiting) {
+        if !matches!(first, GraphAnswer::Waiting | GraphAnswer::Unavailable(_)) {
             return first;
         }
         if let Some(mut done) = self.cache.pending_run(key) {
@@ -322,10 +338,7 @@ impl FlameGraphService {
                 tokio::time::timeout(self.run_deadline() + Duration::from_secs(1), done.changed())
                     .await;
         }
-        match self.cache.peek(key) {
-            Some(s) => GraphAnswer::Ready(s),
-            None => GraphAnswer::Waiting,
-        }
+        self.cached_or_why(key, self.cache.peek(key))
     }
 
     /// Whether a sampling run that will fill `key` is in flight right now (for the key itself
@@ -460,25 +473,27 @@ mod tests {
         assert_eq!(s.answer(&key(), &vertex(true, false)).end_timestamp(), -1);
         assert_eq!(s.answer(&key(), &vertex(false, false)).end_timestamp(), -3);
         assert_eq!(s.runs_started(), 0, "nothing running: no run");
-        // A run against a dead agent: a graph with no samples that says why; it is cached like
-        // any graph, so the next request starts nothing.
-        let GraphAnswer::Ready(failed) = s.answer_waiting(&key(), &vertex(false, true)).await
+        // A run against a dead agent: -3 still (nothing to draw, and the next request samples
+        // again), but saying why.
+        let GraphAnswer::Unavailable(failed) =
+            s.answer_waiting(&key(), &vertex(false, true)).await
         else {
-            panic!("a failed run is an answer")
+            panic!("a failed run says why")
         };
         assert_eq!(
             failed.missing.get(&0),
             Some(&missing::MissingReason::AgentUnreachable)
         );
-        assert_eq!(failed.sample_count(flamegrid_model::GraphType::Full), 0);
         assert_eq!(s.runs(), (1, 0, 1));
-        assert!(s.answer(&key(), &vertex(false, true)).end_timestamp() > 0);
-        assert_eq!(s.runs_started(), 1);
+        let again = s.answer(&key(), &vertex(false, true));
+        assert_eq!(again.end_timestamp(), -3);
+        assert!(again.explain().contains("0 (agent unreachable)"), "{}", again.explain());
+        assert_eq!(s.runs_started(), 2);
         // A subtask whose agent is gone is not asked, but named: never confirmed.
         let gone = service();
         let mut v = vertex(false, false);
         v.subtasks[0].absent = Some(missing::MissingReason::NeverConfirmed);
-        let GraphAnswer::Ready(lost) = gone.answer_waiting(&key(), &v).await else {
+        let GraphAnswer::Unavailable(lost) = gone.answer_waiting(&key(), &v).await else {
             panic!("an absent subtask is an answer")
         };
         assert_eq!(

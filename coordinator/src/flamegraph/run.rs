@@ -6,12 +6,11 @@
 //! other way (even a panic) dropping the ticket clears the "in flight" mark so the next request
 //! retries.
 //!
-//! A run in which no subtask delivered is stored too, as an empty graph that lists every
-//! subtask as missing with its reason (see [`super::missing`]): "outside the allow-list" or
-//! "process not found" is an answer, and a graph that says it beats `-3` and "retry" forever.
-//! Like any graph it is refreshed after the refresh interval. Subtasks that could not even be
-//! asked (their agent is gone: `absent`) are listed beside the ones that failed, and every run
-//! with absent subtasks logs one line naming them all with their reasons.
+//! A run in which no subtask delivered is completed too: the cache keeps it aside as the key's
+//! last failure (not as a graph, so the next request retries), and every view says why from its
+//! reasons per subtask (see [`super::missing`]) instead of "retry". Subtasks that could not even
+//! be asked (their agent is gone: `absent`) are listed beside the ones that failed, and every
+//! run with absent subtasks logs one line naming them all with their reasons.
 
 use super::cache::RunTicket;
 use super::missing::{self, Missing};
@@ -27,7 +26,7 @@ pub struct RunCounters {
     pub started: AtomicU64,
     /// Runs whose snapshot was stored.
     pub completed: AtomicU64,
-    /// Runs where no subtask delivered anything (stored as an empty graph with the reasons).
+    /// Runs where no subtask delivered anything (kept aside for their reasons, not as a graph).
     pub failed: AtomicU64,
 }
 
