@@ -410,9 +410,11 @@ impl FanOut {
         // A task that panicked (it cannot, but a JoinError is not worth a panic here) leaves its
         // subtasks in `asked`: they are missing too.
         for (_, subtasks) in asked {
-            outcome
-                .missing
-                .extend(subtasks.into_iter().map(|i| (i, MissingReason::AgentFailed)));
+            outcome.missing.extend(
+                subtasks
+                    .into_iter()
+                    .map(|i| (i, MissingReason::AgentFailed)),
+            );
         }
         // An agent that cannot be reached and never confirmed its subtask: the subtask was
         // never confirmed, which says more than "unreachable" about a job just registered.

@@ -758,11 +758,19 @@ async fn the_first_request_after_post_jobs_gets_a_graph_and_a_never_confirmed_su
         Some("# missing subtasks: 1 (never confirmed (agent lost))"),
         "{folded}"
     );
-    assert!(folded.lines().skip(1).all(|l| parse_line(l).is_some()), "{folded}");
-    let frames = inferno_frames(&folded);
-    assert!(frames.iter().any(|t| t.contains(chains.spin[0])), "{frames:?}");
     assert!(
-        !frames.iter().any(|t| t.starts_with('#') || t.contains("missing")),
+        folded.lines().skip(1).all(|l| parse_line(l).is_some()),
+        "{folded}"
+    );
+    let frames = inferno_frames(&folded);
+    assert!(
+        frames.iter().any(|t| t.contains(chains.spin[0])),
+        "{frames:?}"
+    );
+    assert!(
+        !frames
+            .iter()
+            .any(|t| t.starts_with('#') || t.contains("missing")),
         "a comment read as a frame: {frames:?}"
     );
 
@@ -820,7 +828,11 @@ async fn subtasks_outside_the_allow_list_or_without_a_process_are_named_with_the
     let (header, svg) = view(&c, &format!("{base}/{}/flamegraph.svg", v[0])).await;
     assert_eq!(header.as_deref(), Some("1,2"));
     for expected in ["1 (outside the allow-list)", "2 (process not found)"] {
-        assert!(svg.contains(expected), "{expected} not in {}", &svg[..svg.len().min(3000)]);
+        assert!(
+            svg.contains(expected),
+            "{expected} not in {}",
+            &svg[..svg.len().min(3000)]
+        );
     }
     assert!(svg.contains(chains.spin[0]));
     let json = c.get_ok(&format!("{base}/{}/flamegraph", v[0])).await;
@@ -849,7 +861,10 @@ async fn subtasks_outside_the_allow_list_or_without_a_process_are_named_with_the
         svg.contains("missing subtasks: 0 (outside the allow-list)") && !svg.contains("retry"),
         "{svg}"
     );
-    assert!(!svg.contains("65534") && !svg.contains("--allow-user"), "{svg}");
+    assert!(
+        !svg.contains("65534") && !svg.contains("--allow-user"),
+        "{svg}"
+    );
     let json = c.get_ok(&format!("{base}/{}/flamegraph", v[1])).await;
     assert_eq!(json["endTimestamp"], -3, "{json}");
     assert_eq!(json["missing"], json!([0]), "{json}");
@@ -888,6 +903,13 @@ async fn a_dead_agent_is_named_as_unreachable() {
         json!({"1": "agent unreachable"}),
         "{partial}"
     );
-    let (_, svg) = view(&c, &format!("/jobs/{jobid}/vertices/{}/flamegraph.svg", v[0])).await;
-    assert!(svg.contains("missing subtasks: 1 (agent unreachable)"), "{svg}");
+    let (_, svg) = view(
+        &c,
+        &format!("/jobs/{jobid}/vertices/{}/flamegraph.svg", v[0]),
+    )
+    .await;
+    assert!(
+        svg.contains("missing subtasks: 1 (agent unreachable)"),
+        "{svg}"
+    );
 }

@@ -537,7 +537,9 @@ impl GraphCache {
         let mut inner = self.lock();
         if let Some(failed) = snapshot.as_ref().filter(|s| s.subtasks.is_empty()) {
             // Nothing delivered: not a graph, only why (see the module docs).
-            inner.failures.insert(key.clone(), (now, Arc::clone(failed)));
+            inner
+                .failures
+                .insert(key.clone(), (now, Arc::clone(failed)));
             while inner.failures.len() > self.limits.max_entries {
                 let oldest = inner
                     .failures

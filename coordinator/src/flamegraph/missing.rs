@@ -155,10 +155,7 @@ pub fn describe(missing: &Missing) -> String {
                 .map(u32::to_string)
                 .collect();
             if indexes.len() > NAMED_PER_REASON {
-                named.push(format!(
-                    "and {} more",
-                    indexes.len() - NAMED_PER_REASON
-                ));
+                named.push(format!("and {} more", indexes.len() - NAMED_PER_REASON));
             }
             format!("{} ({reason})", named.join(", "))
         })
@@ -199,7 +196,10 @@ mod tests {
             .map(|i| (i, MissingReason::NeverConfirmed))
             .collect();
         let text = describe(&many);
-        assert!(text.ends_with("and 9980 more (never confirmed (agent lost))"), "{text}");
+        assert!(
+            text.ends_with("and 9980 more (never confirmed (agent lost))"),
+            "{text}"
+        );
         assert!(text.len() < 300);
     }
 

@@ -115,9 +115,12 @@ impl GraphAnswer {
     pub fn explain(&self) -> String {
         match self {
             GraphAnswer::Disabled => {
-                "flame graphs are disabled (start the coordinator with --flamegraph-enabled true)".to_string()
+                "flame graphs are disabled (start the coordinator with --flamegraph-enabled true)"
+                    .to_string()
             }
-            GraphAnswer::Terminated => "no samples: the vertex or subtask has already terminated".to_string(),
+            GraphAnswer::Terminated => {
+                "no samples: the vertex or subtask has already terminated".to_string()
+            }
             GraphAnswer::Waiting => {
                 "no samples yet: no sampling run has finished (nothing running to sample); retry"
                     .to_string()
@@ -475,8 +478,7 @@ mod tests {
         assert_eq!(s.runs_started(), 0, "nothing running: no run");
         // A run against a dead agent: -3 still (nothing to draw, and the next request samples
         // again), but saying why.
-        let GraphAnswer::Unavailable(failed) =
-            s.answer_waiting(&key(), &vertex(false, true)).await
+        let GraphAnswer::Unavailable(failed) = s.answer_waiting(&key(), &vertex(false, true)).await
         else {
             panic!("a failed run says why")
         };
@@ -487,7 +489,11 @@ mod tests {
         assert_eq!(s.runs(), (1, 0, 1));
         let again = s.answer(&key(), &vertex(false, true));
         assert_eq!(again.end_timestamp(), -3);
-        assert!(again.explain().contains("0 (agent unreachable)"), "{}", again.explain());
+        assert!(
+            again.explain().contains("0 (agent unreachable)"),
+            "{}",
+            again.explain()
+        );
         assert_eq!(s.runs_started(), 2);
         // A subtask whose agent is gone is not asked, but named: never confirmed.
         let gone = service();

@@ -438,7 +438,10 @@ mod tests {
             );
             let comments: Vec<&str> = p.comment.iter().map(|&c| string(&p, c)).collect();
             assert!(comments[0].starts_with("flamegrid "), "{comments:?}");
-            assert!(comments.contains(&"missing subtasks: 3 (agent unreachable)"), "{comments:?}");
+            assert!(
+                comments.contains(&"missing subtasks: 3 (agent unreachable)"),
+                "{comments:?}"
+            );
         }
     }
 
