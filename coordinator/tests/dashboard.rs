@@ -454,7 +454,7 @@ fn demo_flame_graph_renders_in_headless_chromium() {
     );
     // The demo's agent runs on this machine, so the overview names this machine's host (the
     // name the agent registered with, not the address's 127.0.0.1).
-    let tms = http.json("taskmanagers").unwrap();
+    let tms = wait_for("the task manager list", || http.json("taskmanagers"));
     let registered = tms["taskmanagers"][0]["hostname"]
         .as_str()
         .map(str::to_string);
