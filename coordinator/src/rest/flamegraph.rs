@@ -173,8 +173,8 @@ impl Resolved {
         }
     }
 
-    /// The `X-Flamegrid-Sampling` and (when some subtasks are missing) `X-Flamegrid-Missing`
-    /// headers for an answer to this request; read after the answer, so a request that started
+    /// The `X-Flamegrid-Sampling` and (when some subtasks are missing, also from a run that
+    /// delivered nothing) `X-Flamegrid-Missing` headers for an answer to this request; read after the answer, so a request that started
     /// a run says `true`.
     pub(super) fn headers(&self, state: &AppState, answer: &GraphAnswer) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -183,7 +183,7 @@ impl Resolved {
             SAMPLING_HEADER,
             HeaderValue::from_static(if sampling { "true" } else { "false" }),
         );
-        if let GraphAnswer::Ready(s) = answer
+        if let GraphAnswer::Ready(s) | GraphAnswer::Unavailable(s) = answer
             && !s.missing.is_empty()
         {
             let list: Vec<String> = s.missing.keys().map(u32::to_string).collect();
