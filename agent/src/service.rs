@@ -303,6 +303,20 @@ pub fn peer_message(e: &AgentError) -> String {
     }
 }
 
+/// The kind of a failed selector, from the contract's fixed vocabulary: what the coordinator
+/// shows its users beside the missing subtask (the text of [`peer_message`] goes to its log).
+pub fn failure_kind(e: &AgentError) -> v1::SubtaskFailure {
+    match e {
+        AgentError::NoSuchProcess(_) => v1::SubtaskFailure::ProcessNotFound,
+        AgentError::NoMatchingThread(_) => v1::SubtaskFailure::NoMatchingThread,
+        AgentError::PermissionDenied { reason, .. } if reason == selection::OUTSIDE_ALLOW_LIST => {
+            v1::SubtaskFailure::OutsideAllowList
+        }
+        AgentError::PermissionDenied { .. } => v1::SubtaskFailure::RefusedByKernel,
+        _ => v1::SubtaskFailure::AgentError,
+    }
+}
+
 /// Distinct targets (subtask key of the first selector, selector) and, per selector in request
 /// order, the index of its target.
 type DistinctTargets = (Vec<(String, ThreadSelector)>, Vec<usize>);
@@ -448,22 +462,27 @@ fn run_blocking(
 
     // Every selector in request order; identical ones share their target's answer.
     let mut sampled = run.subtasks.into_iter();
-    let answers: Vec<Result<flamegrid_model::SampleSet, String>> = early_errors
-        .iter()
-        .map(|early| match early {
-            Some(e) => Err(peer_message(e)),
-            None => match sampled.next() {
-                Some((_, Ok(set))) => Ok(set),
-                Some((_, Err(e))) => Err(peer_message(&e)),
-                None => Err("the sampler returned no result for this subtask".into()),
-            },
-        })
-        .collect();
+    let failed = |e: &AgentError| (peer_message(e), failure_kind(e));
+    let answers: Vec<Result<flamegrid_model::SampleSet, (String, v1::SubtaskFailure)>> =
+        early_errors
+            .iter()
+            .map(|early| match early {
+                Some(e) => Err(failed(e)),
+                None => match sampled.next() {
+                    Some((_, Ok(set))) => Ok(set),
+                    Some((_, Err(e))) => Err(failed(&e)),
+                    None => Err((
+                        "the sampler returned no result for this subtask".into(),
+                        v1::SubtaskFailure::AgentError,
+                    )),
+                },
+            })
+            .collect();
     let mut builder = SampleResponseBuilder::new(req.request_id);
     for (sel, &t) in req.selectors.iter().zip(&index) {
         match &answers[t] {
             Ok(set) => builder.add_subtask(&sel.subtask_key, set),
-            Err(e) => builder.add_error(&sel.subtask_key, e.clone()),
+            Err((e, kind)) => builder.add_failure(&sel.subtask_key, e.clone(), *kind),
         }
     }
     RunOutcome::Sampled(builder.finish(run.start_ms, run.end_ms))

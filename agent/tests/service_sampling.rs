@@ -259,6 +259,16 @@ async fn allow_list_refuses_per_subtask_and_whole_requests() {
     assert_eq!(resp.subtasks[1].subtask_key, "refused");
     assert!(!resp.subtasks[1].error.is_empty());
     assert!(resp.subtasks[1].samples.is_empty());
+    // The kind travels beside the text, from the contract's fixed vocabulary, so the
+    // coordinator can show why without showing the agent's words.
+    assert_eq!(
+        resp.subtasks[1].failure,
+        v1::SubtaskFailure::OutsideAllowList as i32
+    );
+    assert_eq!(
+        resp.subtasks[0].failure,
+        v1::SubtaskFailure::Unspecified as i32
+    );
 
     // Nothing allowed: PERMISSION_DENIED with the reason.
     let status = client

@@ -128,7 +128,7 @@ fn snapshot_of(set: &SampleSet) -> Snapshot {
         start_ms: 0,
         end_ms: 1_718_000_123_456,
         subtasks: BTreeMap::from([(0, Arc::new(SubtaskProfile::from_set(set)))]),
-        missing: Vec::new(),
+        missing: Default::default(),
     }
 }
 

@@ -32,6 +32,7 @@
 //! TLS) handshake to an agent it talked to before. The shared token (`--token-file`) travels as
 //! `authorization: Bearer <token>` metadata, as the agent expects.
 
+use crate::flamegraph::missing::{Missing, MissingReason};
 use flamegrid_model::SampleSet;
 use flamegrid_proto::convert::{AnswerBudget, WireLimits, subtask_sample_set_within};
 use flamegrid_proto::v1::{self, ThreadSelector, sampling_client::SamplingClient};
@@ -64,6 +65,11 @@ pub struct SubtaskTarget {
     pub agent_address: String,
     /// The threads to sample; `subtask_key` is filled by the fan-out.
     pub selector: ThreadSelector,
+    /// Whether the agent has confirmed the subtask (a heartbeat since the job was registered).
+    /// An unconfirmed subtask is sampled all the same (sampling is the best liveness check: a
+    /// graph right after `POST /jobs`), but if its agent cannot be reached it is reported
+    /// [`MissingReason::NeverConfirmed`].
+    pub confirmed: bool,
 }
 
 /// Everything the flame graph service needs to know about a vertex, as the registry sees it now.
@@ -83,13 +89,24 @@ pub struct VertexSampling {
 
 impl VertexSampling {
     /// The subtasks that can be sampled now: all of them, or only `subtask` when given. Subtasks
-    /// without a target (not RUNNING/INITIALIZING, or their agent is gone) are left out, as Flink
-    /// leaves out executions that are not running.
+    /// without a target (terminal, or their agent is gone) are left out; the ones that are not
+    /// terminal are listed by [`VertexSampling::absent`].
     pub fn targets(&self, subtask: Option<u32>) -> Vec<SubtaskTarget> {
         self.subtasks
             .iter()
             .filter(|s| subtask.is_none_or(|i| s.index == i))
             .filter_map(|s| s.target.clone())
+            .collect()
+    }
+
+    /// The subtasks (all, or only `subtask`) that should be sampled but cannot be, and why:
+    /// not terminal, but their agent is not registered. A run lists them as missing, so a
+    /// graph of the others never looks whole.
+    pub fn absent(&self, subtask: Option<u32>) -> Missing {
+        self.subtasks
+            .iter()
+            .filter(|s| subtask.is_none_or(|i| s.index == i))
+            .filter_map(|s| s.absent.map(|reason| (s.index, reason)))
             .collect()
     }
 
@@ -114,8 +131,10 @@ pub struct SubtaskSampling {
     pub index: u32,
     /// The subtask is FINISHED, CANCELED or FAILED.
     pub terminal: bool,
-    /// Where to sample it: `Some` only while it is RUNNING or INITIALIZING on a live agent.
+    /// Where to sample it: `Some` while it is not terminal and its agent is registered.
     pub target: Option<SubtaskTarget>,
+    /// Why a subtask that is not terminal has no target (its agent is gone); `None` otherwise.
+    pub absent: Option<MissingReason>,
 }
 
 /// The knobs of one sampling run (Flink's `rest.flamegraph.*`).
@@ -199,6 +218,19 @@ pub enum FanOutError {
     BadToken,
 }
 
+impl FanOutError {
+    /// What the subtasks asked of an agent whose call failed this way are shown as.
+    pub fn missing_reason(&self) -> MissingReason {
+        match self {
+            FanOutError::BadAddress { .. } => MissingReason::AgentUnreachable,
+            FanOutError::Status { code, message, .. } => MissingReason::from_status(*code, message),
+            FanOutError::DeadlineExceeded { .. } => MissingReason::AgentTimedOut,
+            FanOutError::WrongRequest { .. } => MissingReason::AgentFailed,
+            FanOutError::BadToken => MissingReason::AgentRefusedCredentials,
+        }
+    }
+}
+
 /// What one fan-out brought back.
 #[derive(Debug, Default)]
 pub struct FanOutOutcome {
@@ -207,8 +239,8 @@ pub struct FanOutOutcome {
     /// Samples per subtask index, for every subtask that delivered.
     pub sets: BTreeMap<u32, SampleSet>,
     /// Subtasks asked for that delivered nothing (agent failed or late, per-subtask error, bad
-    /// answer).
-    pub missing: BTreeSet<u32>,
+    /// answer), and why.
+    pub missing: Missing,
     /// One line per failed agent or subtask, for logs.
     pub failures: Vec<String>,
     /// Agents that answered in time.
@@ -254,6 +286,12 @@ impl FanOut {
         params.sampling_window() + self.grace
     }
 
+    /// A new run id, as [`FanOut::sample`] takes one: for a run that asks no agent at all
+    /// (every subtask's agent is gone), so that it still sorts after every earlier run.
+    pub fn new_request_id(&self) -> u64 {
+        self.next_request_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// The key a subtask's selector carries: `<prefix>/<index>`.
     pub fn subtask_key(prefix: &str, index: u32) -> String {
         format!("{prefix}/{index}")
@@ -267,7 +305,7 @@ impl FanOut {
         targets: &[SubtaskTarget],
         params: SamplingParams,
     ) -> FanOutOutcome {
-        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let request_id = self.new_request_id();
         let deadline_after = self.deadline(params);
         let deadline = tokio::time::Instant::now() + deadline_after;
         let mut outcome = FanOutOutcome {
@@ -308,7 +346,10 @@ impl FanOut {
                 Err(e) => {
                     outcome.agents_failed += 1;
                     outcome.failures.push(e.to_string());
-                    outcome.missing.extend(&call.subtasks);
+                    let reason = e.missing_reason();
+                    outcome
+                        .missing
+                        .extend(call.subtasks.iter().map(|&i| (i, reason)));
                     continue;
                 }
             };
@@ -342,7 +383,10 @@ impl FanOut {
                     tracing::warn!(agent = %address, error = %e, "agent failed; its subtasks are missing");
                     outcome.agents_failed += 1;
                     outcome.failures.push(e.to_string());
-                    outcome.missing.extend(subtasks);
+                    let reason = e.missing_reason();
+                    outcome
+                        .missing
+                        .extend(subtasks.into_iter().map(|i| (i, reason)));
                 }
                 Ok(resp) => {
                     tracing::debug!(
@@ -366,7 +410,20 @@ impl FanOut {
         // A task that panicked (it cannot, but a JoinError is not worth a panic here) leaves its
         // subtasks in `asked`: they are missing too.
         for (_, subtasks) in asked {
-            outcome.missing.extend(subtasks);
+            outcome.missing.extend(
+                subtasks
+                    .into_iter()
+                    .map(|i| (i, MissingReason::AgentFailed)),
+            );
+        }
+        // An agent that cannot be reached and never confirmed its subtask: the subtask was
+        // never confirmed, which says more than "unreachable" about a job just registered.
+        for t in targets.iter().filter(|t| !t.confirmed) {
+            if let Some(reason) = outcome.missing.get_mut(&t.subtask_index)
+                && reason.is_agent_failure()
+            {
+                *reason = MissingReason::NeverConfirmed;
+            }
         }
         outcome.end_ms = now_ms();
         outcome
@@ -564,7 +621,9 @@ fn absorb_answer(
             outcome
                 .failures
                 .push(format!("subtask {index} on {address}: {error}"));
-            outcome.missing.insert(index);
+            outcome
+                .missing
+                .insert(index, MissingReason::from_wire(sub.failure));
             continue;
         }
         match subtask_sample_set_within(resp, sub, &mut budget) {
@@ -575,14 +634,18 @@ fn absorb_answer(
                 outcome
                     .failures
                     .push(format!("subtask {index} on {address}: bad answer: {e}"));
-                outcome.missing.insert(index);
+                outcome.missing.insert(index, MissingReason::AgentFailed);
             }
         }
     }
     if ignored > 0 {
         tracing::warn!(agent = %address, entries = ignored, "answer names subtasks that were not asked for (or twice); ignored");
     }
-    outcome.missing.extend(asked.difference(&delivered));
+    outcome.missing.extend(
+        asked
+            .difference(&delivered)
+            .map(|&i| (i, MissingReason::AgentFailed)),
+    );
 }
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).
@@ -665,7 +728,11 @@ pub(crate) mod tests {
                         });
                     for sel in &req.selectors {
                         if sel.tids.contains(&999) {
-                            b.add_error(&sel.subtask_key, "process 999 is gone");
+                            b.add_failure(
+                                &sel.subtask_key,
+                                "process 999 is gone",
+                                v1::SubtaskFailure::ProcessNotFound,
+                            );
                             continue;
                         }
                         let t = SampledThread {
@@ -725,6 +792,7 @@ pub(crate) mod tests {
                 tids: vec![tid],
                 thread_name: String::new(),
             },
+            confirmed: true,
         }
     }
 
@@ -770,7 +838,8 @@ pub(crate) mod tests {
         ];
         let out = fanout().sample("j/v", &targets, PARAMS).await;
         assert_eq!(out.sets.keys().copied().collect::<Vec<_>>(), [0, 2]);
-        assert_eq!(out.missing.iter().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(out.missing.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(out.missing[&1], MissingReason::AgentTimedOut);
         assert_eq!((out.agents_answered, out.agents_failed), (1, 1));
         assert!(
             out.failures[0].contains("did not answer"),
@@ -798,14 +867,22 @@ pub(crate) mod tests {
         ];
         let out = fanout().sample("j/v", &targets, PARAMS).await;
         assert_eq!(out.sets.keys().copied().collect::<Vec<_>>(), [0]);
-        assert_eq!(out.missing.iter().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(out.missing.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(out.missing[&1], MissingReason::ProcessNotFound);
+        assert_eq!(out.missing[&2], MissingReason::AgentUnreachable);
+        assert_eq!(out.missing[&3], MissingReason::AgentFailed);
+        // The same dead agent, for a subtask it never confirmed: never confirmed.
+        let mut unconfirmed = target(2, &dead, 1);
+        unconfirmed.confirmed = false;
+        let never = fanout().sample("j/v", &[unconfirmed], PARAMS).await;
+        assert_eq!(never.missing[&2], MissingReason::NeverConfirmed);
         let failures = out.failures.join("\n");
         assert!(failures.contains("process 999 is gone"), "{failures}");
         assert!(failures.contains("expected"), "{failures}");
         let bad = fanout()
             .sample("j/v", &[target(0, "not a uri \u{7f}", 1)], PARAMS)
             .await;
-        assert_eq!(bad.missing.iter().copied().collect::<Vec<_>>(), [0]);
+        assert_eq!(bad.missing.keys().copied().collect::<Vec<_>>(), [0]);
     }
 
     #[tokio::test]
@@ -825,7 +902,7 @@ pub(crate) mod tests {
         let (busy, seen) = agent(Behaviour::BusyThrice).await;
         let tight = FanOut::new(Duration::from_millis(5), AgentAuth::default());
         let out = tight.sample("j/v", &[target(0, &busy, 1)], PARAMS).await;
-        assert_eq!(out.missing.iter().copied().collect::<Vec<_>>(), [0]);
+        assert_eq!(out.missing.keys().copied().collect::<Vec<_>>(), [0]);
         assert_eq!(seen.lock().unwrap().len(), 1);
         assert!(
             out.failures[0].contains("ResourceExhausted"),
@@ -839,27 +916,41 @@ pub(crate) mod tests {
         let v = VertexSampling {
             job_name: "j".into(),
             vertex_name: "v".into(),
-            parallelism: 3,
+            parallelism: 4,
             vertex_terminal: false,
             subtasks: vec![
                 SubtaskSampling {
                     index: 0,
                     terminal: false,
                     target: Some(target(0, "http://a", 1)),
+                    absent: None,
                 },
                 SubtaskSampling {
                     index: 1,
                     terminal: true,
                     target: None,
+                    absent: None,
                 },
                 SubtaskSampling {
                     index: 2,
                     terminal: false,
                     target: Some(target(2, "http://b", 1)),
+                    absent: None,
+                },
+                SubtaskSampling {
+                    index: 3,
+                    terminal: false,
+                    target: None,
+                    absent: Some(MissingReason::NeverConfirmed),
                 },
             ],
         };
         assert_eq!(v.targets(None).len(), 2);
+        assert_eq!(
+            v.absent(None).into_iter().collect::<Vec<_>>(),
+            [(3, MissingReason::NeverConfirmed)]
+        );
+        assert!(v.absent(Some(0)).is_empty());
         assert_eq!(v.targets(Some(2))[0].subtask_index, 2);
         assert!(v.targets(Some(1)).is_empty());
         assert!(v.is_terminal(Some(1)) && !v.is_terminal(None) && !v.is_terminal(Some(0)));

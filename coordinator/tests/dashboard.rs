@@ -18,6 +18,8 @@
 
 #[path = "demo_support.rs"]
 mod demo_support;
+#[path = "rest_support.rs"]
+mod support;
 
 use demo_support::{DemoProcess, KillOnDrop, PATIENCE, wait_for};
 use std::io::{BufRead, BufReader};
@@ -95,6 +97,22 @@ impl Http {
                 .ok()?;
             let value = response.headers().get("x-flamegrid-sampling")?;
             Some(value.as_bytes() == b"true")
+        })
+    }
+
+    /// POST a JSON body (REST writes take `Content-Type: application/json` only).
+    fn post_json(&self, path: &str, body: &serde_json::Value) -> Option<(u16, String)> {
+        self.runtime.block_on(async {
+            let response = self
+                .client
+                .post(format!("{}{path}", self.base))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .ok()?;
+            let status = response.status().as_u16();
+            Some((status, response.text().await.ok()?))
         })
     }
 
@@ -436,7 +454,7 @@ fn demo_flame_graph_renders_in_headless_chromium() {
     );
     // The demo's agent runs on this machine, so the overview names this machine's host (the
     // name the agent registered with, not the address's 127.0.0.1).
-    let tms = http.json("taskmanagers").unwrap();
+    let tms = wait_for("the task manager list", || http.json("taskmanagers"));
     let registered = tms["taskmanagers"][0]["hostname"]
         .as_str()
         .map(str::to_string);
@@ -582,6 +600,66 @@ fn demo_flame_graph_renders_in_headless_chromium() {
     } else {
         eprintln!("the refresh run ended before the browser did; sampling state not checked");
     }
+
+    // An absent subtask is named with its reason in a note above the graph. A second "agent"
+    // registers and keeps heartbeating (its subtask is RUNNING), but nothing listens at its
+    // address: every run finds it unreachable.
+    let ghost = "d0000000000000000000000000000013";
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beating = {
+        let stop = std::sync::Arc::clone(&stop);
+        let rpc = format!("http://127.0.0.1:{}", demo.rpc);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut agent = support::TestAgent::connect(&rpc, ghost).await;
+                agent.address = "http://127.0.0.1:1".to_string();
+                agent.register().await;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    agent.heartbeat().await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+        })
+    };
+    wait_for("the unreachable agent to register", || {
+        http.json(&format!("taskmanagers/{ghost}"))
+    });
+    let ghost_job = serde_json::json!({
+        "name": "unreachable",
+        "vertices": [{"name": "Source: unreachable", "parallelism": 1, "subtasks": [
+            {"taskmanager": ghost, "pid": std::process::id()}]}]
+    });
+    let (status, answer) = http.post_json("jobs", &ghost_job).unwrap();
+    assert_eq!(status, 202, "{answer}");
+    let ghost_jid = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["jobid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ghost_vid = http.json(&format!("jobs/{ghost_jid}")).unwrap()["vertices"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("a graph that names the unreachable subtask", || {
+        let graph = http.json(&format!(
+            "jobs/{ghost_jid}/vertices/{ghost_vid}/flamegraph?type=on_cpu"
+        ))?;
+        (graph["missingReasons"]["0"] == "agent unreachable").then_some(())
+    });
+    let ghost_page = open(
+        &format!("#/jobs/{ghost_jid}/vertices/{ghost_vid}"),
+        "vertex-missing",
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    beating.join().unwrap();
+    assert!(
+        ghost_page.contains(r#"id="fg-missing""#)
+            && ghost_page.contains("no samples from subtask 0: agent unreachable"),
+        "no note naming the absent subtask and its reason:\n{ghost_page}"
+    );
 
     // Click-through, as a user: open `/`, click the job in the overview, the source vertex's
     // box in the plan, and find the flame graph with the demo's functions.

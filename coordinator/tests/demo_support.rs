@@ -65,6 +65,8 @@ pub struct DemoProcess {
     pub process: KillOnDrop,
     /// The REST port (`--rest-addr 127.0.0.1:<rest>`).
     pub rest: u16,
+    /// The registry's gRPC port (`--rpc-addr 127.0.0.1:<rpc>`), where agents register.
+    pub rpc: u16,
     /// What it prints on stdout, a line at a time.
     pub lines: mpsc::Receiver<String>,
 }
@@ -98,6 +100,7 @@ impl DemoProcess {
         DemoProcess {
             process,
             rest,
+            rpc,
             lines,
         }
     }

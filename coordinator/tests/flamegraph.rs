@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{
-    TestCoordinator, children, graph, has_chain, poll, running_job, spinners_and_sleeper,
-    start_agent,
+    KillOnDrop, TestAgent, TestCoordinator, children, graph, has_chain, poll, running_job,
+    spinners_and_sleeper, start_agent,
 };
 
 /// Slack on top of a run's deadline (sampling window + grace) within which a partial graph must
@@ -365,11 +365,15 @@ async fn a_killed_agent_costs_only_its_subtasks() {
         .send()
         .await
         .unwrap();
-    // The missing subtasks travel in a header; the body is nothing but collapsed stacks, which
-    // inferno (and flamegraph.pl) read without inventing frames.
+    // The missing subtasks travel in a header and in a `#` header line of the body, which
+    // inferno (and flamegraph.pl) skip without inventing frames.
     assert_eq!(folded.headers()["x-flamegrid-missing"], "1");
     let text = folded.text().await.unwrap();
-    assert!(!text.contains("missing"), "{text}");
+    assert_eq!(
+        text.lines().next(),
+        Some("# missing subtasks: 1 (agent unreachable)"),
+        "{text}"
+    );
     let mut svg = Vec::new();
     inferno::flamegraph::from_lines(
         &mut inferno::flamegraph::Options::default(),
@@ -392,14 +396,22 @@ async fn a_killed_agent_costs_only_its_subtasks() {
         "a comment read as a frame: {frame_titles:?}"
     );
 
-    // A subtask whose only agent is gone: nothing cached, -3 again, and another run later.
-    let lone = c
-        .get_ok(&format!(
-            "/jobs/{jobid}/vertices/{}/flamegraph?subtaskindex=1",
-            v[0]
-        ))
-        .await;
-    assert_eq!(lone["endTimestamp"], -3);
+    // A subtask whose only agent is gone: still -3 (nothing cached; the next poll samples
+    // again), but once its run has failed the answer says why.
+    let lone_path = format!("/jobs/{jobid}/vertices/{}/flamegraph?subtaskindex=1", v[0]);
+    let lone = poll("the lone subtask's reason", || async {
+        let body = c.get_ok(&lone_path).await;
+        body.get("missingReasons").is_some().then_some(body)
+    })
+    .await;
+    assert_eq!(lone["endTimestamp"], -3, "{lone}");
+    assert!(lone.get("data").is_none(), "{lone}");
+    assert_eq!(lone["missing"], json!([1]), "{lone}");
+    assert_eq!(
+        lone["missingReasons"],
+        json!({"1": "agent unreachable"}),
+        "{lone}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -612,5 +624,295 @@ async fn sentinels_and_bad_requests() {
             .await
             .0,
         400
+    );
+}
+
+// ---- issue 13: a graph on the first request, and every absent subtask named with its reason --
+
+/// Flags for the reason tests: like [`flags`], but agents heartbeat only every 200 s, so that
+/// after an agent's first heartbeat nothing confirms (or fails) a new job's subtasks while the
+/// test looks at them: what it sees is what sampling found, not what a heartbeat decided. The
+/// grace is the default 10 s: a live agent on a loaded machine must not count as timed out
+/// (dead agents here refuse connections at once, so it costs nothing).
+fn rare_heartbeats() -> Vec<&'static str> {
+    vec![
+        "--flamegraph-num-samples",
+        "20",
+        "--flamegraph-delay-ms",
+        "10",
+        "--flamegraph-rpc-grace-ms",
+        "10000",
+        "--heartbeat-timeout-s",
+        "600",
+    ]
+}
+
+/// Waits for agent `tm`'s first heartbeat (it follows registration at once): its host metrics
+/// are listed only once a heartbeat brought them. After it, the next one is far away.
+async fn first_heartbeat(c: &TestCoordinator, tm: &str) {
+    poll(&format!("agent {tm}'s first heartbeat"), || async {
+        let metrics = c.get_ok(&format!("/taskmanagers/{tm}/metrics")).await;
+        metrics
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+            .then_some(())
+    })
+    .await;
+}
+
+/// The job's vertex ids, in order.
+async fn vertex_ids(c: &TestCoordinator, jobid: &str) -> Vec<String> {
+    c.get_ok(&format!("/jobs/{jobid}")).await["vertices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// GET a waiting view (`.svg`, `.folded`) → (`X-Flamegrid-Missing`, body).
+async fn view(c: &TestCoordinator, path: &str) -> (Option<String>, String) {
+    let response = c.http.get(c.url(path)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    let missing = response
+        .headers()
+        .get("x-flamegrid-missing")
+        .map(|v| v.to_str().unwrap().to_string());
+    (missing, response.text().await.unwrap())
+}
+
+/// Frame titles inferno draws for `folded` (which it must read without error): a `#` header
+/// line must never become a frame.
+fn inferno_frames(folded: &str) -> Vec<String> {
+    let mut svg = Vec::new();
+    inferno::flamegraph::from_lines(
+        &mut inferno::flamegraph::Options::default(),
+        folded.lines(),
+        &mut svg,
+    )
+    .unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    svg.split("<title>")
+        .skip(1)
+        .filter_map(|t| t.split("</title>").next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A pid that no process has: a child that has exited and been reaped.
+fn vanished_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_request_after_post_jobs_gets_a_graph_and_a_never_confirmed_subtask_is_named() {
+    let c = TestCoordinator::start(&rare_heartbeats()).await;
+    let (tm_a, tm_b) = (
+        "a0000000000000000000000000000013",
+        "b0000000000000000000000000000013",
+    );
+    let _agent_a = start_agent(&c, tm_a).await;
+    first_heartbeat(&c, tm_a).await;
+    // Agent b registers and dies before it ever heartbeats: nothing listens at its address.
+    let mut dead = TestAgent::connect(&c.rpc, tm_b).await;
+    dead.address = "http://127.0.0.1:1".to_string();
+    dead.register().await;
+    let w = spinners_and_sleeper();
+    let chains = Workload::CFramePointers.chains();
+
+    // Registered, and at once the SVG: a real graph of subtask 0 (not yet confirmed by any
+    // heartbeat), and subtask 1 named as never confirmed.
+    let jobid = c.register_job(&job([tm_a, tm_b], w.pid())).await;
+    let v = vertex_ids(&c, &jobid).await;
+    let base = format!("/jobs/{jobid}/vertices");
+    let (header, svg) = view(&c, &format!("{base}/{}/flamegraph.svg", v[0])).await;
+    assert!(
+        svg.contains(chains.spin[chains.spin.len() - 1]),
+        "the first SVG after POST /jobs shows the workload: {}",
+        &svg[..svg.len().min(3000)]
+    );
+    assert!(
+        svg.contains("missing subtasks: 1 (never confirmed (agent lost))"),
+        "the SVG names the absent subtask and why: {}",
+        &svg[..svg.len().min(3000)]
+    );
+    assert_eq!(header.as_deref(), Some("1"));
+
+    // The JSON: the same run, the half graph says it is half.
+    let json = c.get_ok(&format!("{base}/{}/flamegraph", v[0])).await;
+    assert!(json["endTimestamp"].as_i64().unwrap() > 0, "{json}");
+    assert!(has_chain(&json["data"], chains.spin), "{json}");
+    assert_eq!(json["missing"], json!([1]), "{json}");
+    assert_eq!(
+        json["missingReasons"],
+        json!({"1": "never confirmed (agent lost)"}),
+        "{json}"
+    );
+
+    // The folded text: a `#` header line with the reason, and stacks inferno reads as before.
+    let (header, folded) = view(&c, &format!("{base}/{}/flamegraph.folded", v[0])).await;
+    assert_eq!(header.as_deref(), Some("1"));
+    assert_eq!(
+        folded.lines().next(),
+        Some("# missing subtasks: 1 (never confirmed (agent lost))"),
+        "{folded}"
+    );
+    assert!(
+        folded.lines().skip(1).all(|l| parse_line(l).is_some()),
+        "{folded}"
+    );
+    let frames = inferno_frames(&folded);
+    assert!(
+        frames.iter().any(|t| t.contains(chains.spin[0])),
+        "{frames:?}"
+    );
+    assert!(
+        !frames
+            .iter()
+            .any(|t| t.starts_with('#') || t.contains("missing")),
+        "a comment read as a frame: {frames:?}"
+    );
+
+    // The JSON endpoint starts a run on its first poll, too (the sink vertex, not yet asked):
+    // -3 with the run in flight, then the graph.
+    let sink = format!("{base}/{}/flamegraph?type=off_cpu", v[1]);
+    let (first, sampling) = graph_and_sampling(&c, &sink).await;
+    assert_eq!(first["endTimestamp"], -3);
+    assert!(sampling, "the first poll started a run: {first}");
+    let landed = graph(&c, &sink).await;
+    assert!(has_chain(&landed["data"], chains.sleep), "{landed}");
+    assert!(landed.get("missing").is_none(), "{landed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subtasks_outside_the_allow_list_or_without_a_process_are_named_with_their_reason() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("not root: cannot start a process of another user; skipped");
+        return;
+    }
+    let c = TestCoordinator::start(&rare_heartbeats()).await;
+    let tm = "a0000000000000000000000000000113";
+    let _agent = start_agent(&c, tm).await;
+    first_heartbeat(&c, tm).await;
+    let w = spinners_and_sleeper();
+    // A process of user `nobody`: outside the agent's allow-list (by default its own user).
+    let nobody = KillOnDrop(
+        Command::new("sleep")
+            .arg("600")
+            .uid(65534)
+            .gid(65534)
+            .spawn()
+            .unwrap(),
+    );
+    let gone = vanished_pid();
+    let body = json!({
+        "name": "reasons",
+        "vertices": [
+            {"name": "Source: mixed", "parallelism": 3, "subtasks": [
+                {"taskmanager": tm, "pid": w.pid(), "thread_name": "spin-0"},
+                {"taskmanager": tm, "pid": nobody.pid()},
+                {"taskmanager": tm, "pid": gone}]},
+            {"name": "Sink: nobody", "parallelism": 1, "inputs": [0], "subtasks": [
+                {"taskmanager": tm, "pid": nobody.pid()}]}
+        ]
+    });
+    let jobid = c.register_job(&body).await;
+    let v = vertex_ids(&c, &jobid).await;
+    let base = format!("/jobs/{jobid}/vertices");
+    let chains = Workload::CFramePointers.chains();
+
+    // Three subtasks on one agent: one delivers, two say why they do not.
+    let (header, svg) = view(&c, &format!("{base}/{}/flamegraph.svg", v[0])).await;
+    assert_eq!(header.as_deref(), Some("1,2"));
+    for expected in ["1 (outside the allow-list)", "2 (process not found)"] {
+        assert!(
+            svg.contains(expected),
+            "{expected} not in {}",
+            &svg[..svg.len().min(3000)]
+        );
+    }
+    assert!(svg.contains(chains.spin[0]));
+    let json = c.get_ok(&format!("{base}/{}/flamegraph", v[0])).await;
+    assert_eq!(json["missing"], json!([1, 2]), "{json}");
+    assert_eq!(
+        json["missingReasons"],
+        json!({"1": "outside the allow-list", "2": "process not found"}),
+        "{json}"
+    );
+    let (_, folded) = view(&c, &format!("{base}/{}/flamegraph.folded", v[0])).await;
+    let head = folded.lines().next().unwrap();
+    assert!(
+        head.starts_with("# missing subtasks: ")
+            && head.contains("1 (outside the allow-list)")
+            && head.contains("2 (process not found)"),
+        "{folded}"
+    );
+    let frames = inferno_frames(&folded);
+    assert!(!frames.iter().any(|t| t.starts_with('#')), "{frames:?}");
+
+    // A vertex with nothing it may sample: no "retry", the reason, in every view. The agent
+    // refuses such a call as a whole; the coordinator still names the reason, never the
+    // agent's text (no uid, no allow-list).
+    let (header, svg) = view(&c, &format!("{base}/{}/flamegraph.svg", v[1])).await;
+    assert_eq!(header.as_deref(), Some("0"));
+    assert!(
+        svg.contains("missing subtasks: 0 (outside the allow-list)") && !svg.contains("retry"),
+        "{svg}"
+    );
+    assert!(
+        !svg.contains("65534") && !svg.contains("--allow-user"),
+        "{svg}"
+    );
+    let json = c.get_ok(&format!("{base}/{}/flamegraph", v[1])).await;
+    assert_eq!(json["endTimestamp"], -3, "{json}");
+    assert_eq!(json["missing"], json!([0]), "{json}");
+    assert_eq!(
+        json["missingReasons"],
+        json!({"0": "outside the allow-list"}),
+        "{json}"
+    );
+    let (_, folded) = view(&c, &format!("{base}/{}/flamegraph.folded", v[1])).await;
+    assert!(
+        folded.starts_with("# no samples: missing subtasks: 0 (outside the allow-list)")
+            && folded.lines().count() == 1
+            && !folded.contains("retry"),
+        "{folded}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_agent_is_named_as_unreachable() {
+    let c = TestCoordinator::start(&flags()).await;
+    let (tm_a, tm_b) = (
+        "a0000000000000000000000000000213",
+        "b0000000000000000000000000000213",
+    );
+    let _agent_a = start_agent(&c, tm_a).await;
+    let mut agent_b = start_agent(&c, tm_b).await;
+    let w = spinners_and_sleeper();
+    // Both agents confirmed their subtasks; then b dies.
+    let (jobid, v) = running_job(&c, &job([tm_a, tm_b], w.pid())).await;
+    agent_b.kill();
+    let path = format!("/jobs/{jobid}/vertices/{}/flamegraph", v[0]);
+    let partial = graph(&c, &path).await;
+    assert_eq!(partial["missing"], json!([1]), "{partial}");
+    assert_eq!(
+        partial["missingReasons"],
+        json!({"1": "agent unreachable"}),
+        "{partial}"
+    );
+    let (_, svg) = view(
+        &c,
+        &format!("/jobs/{jobid}/vertices/{}/flamegraph.svg", v[0]),
+    )
+    .await;
+    assert!(
+        svg.contains("missing subtasks: 1 (agent unreachable)"),
+        "{svg}"
     );
 }

@@ -301,6 +301,23 @@ async fn document_is_openapi_3_and_lists_every_route() {
         "#/components/schemas/JobRegistration"
     );
 
+    // The keys flamegrid adds or Flink 2.3 sends are in the schemas: the reasons of absent
+    // subtasks, and the back pressure level in both spellings, on the vertex and per subtask.
+    let schemas = &doc["components"]["schemas"];
+    let graph = &schemas["VertexFlameGraph"]["properties"];
+    assert!(
+        graph.get("missing").is_some() && graph.get("missingReasons").is_some(),
+        "{graph}"
+    );
+    for schema in ["Backpressure", "SubtaskBackpressure"] {
+        let properties = &schemas[schema]["properties"];
+        assert!(
+            properties.get("backpressureLevel").is_some()
+                && properties.get("backpressure-level").is_some(),
+            "{schema}: {properties}"
+        );
+    }
+
     // Every path without parameters answers a GET as documented (none is a 404 unless 404 is
     // all it documents: the log files flamegrid does not keep).
     for (path, item) in doc["paths"].as_object().unwrap() {

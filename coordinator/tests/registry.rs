@@ -59,17 +59,15 @@ async fn watch_list_and_sampling_targets_follow_subtask_states() {
     let job = registry.job(&jobid).unwrap();
     let source = job.spec.vertices[0].id.clone();
 
-    // Before any heartbeat: DEPLOYING, nothing to sample yet.
+    // Before any heartbeat: DEPLOYING, and sampled all the same (sampling is the best
+    // liveness check: a graph right after POST /jobs), marked as not yet confirmed.
     let vertex = c.get_ok(&format!("/jobs/{jobid}/vertices/{source}")).await;
     assert_eq!(vertex["subtasks"][0]["status"], "DEPLOYING");
     let sampling = registry.vertex_sampling(&jobid, &source).unwrap();
     assert_eq!((sampling.parallelism, sampling.vertex_terminal), (2, false));
-    assert!(
-        sampling
-            .subtasks
-            .iter()
-            .all(|s| s.target.is_none() && !s.terminal)
-    );
+    assert!(sampling.subtasks.iter().all(|s| !s.terminal
+        && s.absent.is_none()
+        && s.target.as_ref().is_some_and(|t| !t.confirmed)));
 
     // The first heartbeat hands out the watch list: every subtask, keyed so it maps back.
     let answer = agent.heartbeat().await;
@@ -89,6 +87,7 @@ async fn watch_list_and_sampling_targets_follow_subtask_states() {
         (target.subtask_index, target.taskmanager_id.as_str()),
         (1, TM)
     );
+    assert!(target.confirmed, "the heartbeat confirmed it");
     assert_eq!(target.agent_address, "http://127.0.0.1:6122");
     agent.heartbeat().await;
     let vertex = c.get_ok(&format!("/jobs/{jobid}/vertices/{source}")).await;

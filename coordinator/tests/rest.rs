@@ -686,12 +686,31 @@ async fn vertex_endpoints_have_flinks_shape_and_values() {
         &bp,
         &[
             ("status", 's'),
+            ("backpressureLevel", 's'),
             ("backpressure-level", 's'),
             ("end-timestamp", 'i'),
             ("subtasks", 'a'),
         ],
     );
     assert_eq!(bp["subtasks"].as_array().unwrap().len(), 2);
+    // Flink 2.3 writes the level twice, camelCase and hyphenated, on every subtask too.
+    for (i, sub) in bp["subtasks"].as_array().unwrap().iter().enumerate() {
+        assert_shape(
+            "backpressure subtask",
+            sub,
+            &[
+                ("subtask", 'i'),
+                ("backpressureLevel", 's'),
+                ("backpressure-level", 's'),
+                ("ratio", 'f'),
+                ("idleRatio", 'f'),
+                ("busyRatio", 'f'),
+            ],
+        );
+        assert_eq!(sub["subtask"], json!(i));
+        assert_eq!(sub["backpressureLevel"], sub["backpressure-level"]);
+    }
+    assert_eq!(bp["backpressureLevel"], bp["backpressure-level"]);
 
     // Unknown and malformed vertex ids.
     let (status, body) = c

@@ -270,14 +270,29 @@ impl SampleResponseBuilder {
             threads,
             samples,
             error: String::new(),
+            failure: v1::SubtaskFailure::Unspecified as i32,
         });
     }
 
-    /// Records that one subtask could not be sampled, and why.
+    /// Records that one subtask could not be sampled, and why, without saying which kind of
+    /// failure it is (the coordinator then shows only that the agent could not sample it).
+    /// Prefer [`SampleResponseBuilder::add_failure`].
     pub fn add_error(&mut self, subtask_key: &str, error: impl Into<String>) {
+        self.add_failure(subtask_key, error, v1::SubtaskFailure::Unspecified);
+    }
+
+    /// Records that one subtask could not be sampled: `error` for the coordinator's log,
+    /// `failure` (a fixed vocabulary) for what its users are shown.
+    pub fn add_failure(
+        &mut self,
+        subtask_key: &str,
+        error: impl Into<String>,
+        failure: v1::SubtaskFailure,
+    ) {
         self.resp.subtasks.push(v1::SubtaskSamples {
             subtask_key: subtask_key.to_string(),
             error: error.into(),
+            failure: failure as i32,
             ..Default::default()
         });
     }

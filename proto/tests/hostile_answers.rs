@@ -39,6 +39,7 @@ fn answer(strings: Vec<String>, stacks: Vec<Vec<u32>>) -> v1::SampleResponse {
                 })
                 .collect(),
             error: String::new(),
+            failure: 0,
         }],
         start_ms: 1,
         end_ms: 2,

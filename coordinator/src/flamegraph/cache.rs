@@ -12,9 +12,14 @@
 //!   no ticket while a run for its whole vertex is in flight, since that run will fill it.
 //! * [`RunTicket::complete`] stores the run's snapshot. A whole-vertex run also fills the entries
 //!   of the subtasks it delivered (unless they hold a newer run), so a later per-subtask request
-//!   is served at once with the same `endTimestamp`. Dropping a ticket without completing it (the
-//!   run failed: every agent failed or nothing was running) stores nothing, so the next request
-//!   retries; the pending mark is cleared either way, even if the run task panicked.
+//!   is served at once with the same `endTimestamp`. Dropping a ticket without completing it
+//!   stores nothing, so the next request retries; the pending mark is cleared either way, even
+//!   if the run task panicked.
+//! * A run in which no subtask delivered (every agent failed, every process refused or gone) is
+//!   not a graph: it is kept aside as the key's last failure ([`GraphCache::last_failure`]), so
+//!   the views can say why there is nothing (see [`super::missing`]), while the entry (and its
+//!   freshness) stays as it was and the next request retries. A run that delivers clears it. At
+//!   most [`CacheLimits::max_entries`] failures are kept, swept like entries.
 //! * Whoever wants to wait for the run in flight (the SVG and folded views do, briefly) gets a
 //!   [`tokio::sync::watch::Receiver`] from [`GraphCache::pending_run`]; the run's sender is dropped
 //!   when the run ends, which wakes every receiver.
@@ -210,6 +215,9 @@ struct Inner {
     held: HashMap<usize, HeldRun>,
     /// The part of `bytes` that is JSON memos.
     memo_bytes: usize,
+    /// The last run of a key in which no subtask delivered, and when it ended (see the module
+    /// docs); only for keys whose last run failed.
+    failures: HashMap<GraphKey, (Instant, Arc<Snapshot>)>,
     last_sweep: Instant,
 }
 
@@ -325,7 +333,7 @@ fn snapshot_address(snapshot: &Arc<Snapshot>) -> usize {
 /// Bytes of a kept run apart from its profiles: the snapshot itself, its missing list, and the
 /// map nodes pointing at the profiles.
 fn run_overhead(snapshot: &Snapshot) -> usize {
-    std::mem::size_of::<Snapshot>() + snapshot.missing.len() * 4 + snapshot.subtasks.len() * 48
+    std::mem::size_of::<Snapshot>() + snapshot.missing.len() * 48 + snapshot.subtasks.len() * 48
 }
 
 /// The cache; see the module docs. Shared as `Arc<GraphCache>`.
@@ -348,6 +356,7 @@ impl GraphCache {
                 profiles: HashMap::new(),
                 held: HashMap::new(),
                 memo_bytes: 0,
+                failures: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
         })
@@ -412,6 +421,12 @@ impl GraphCache {
     /// one for its whole vertex. What the `X-Flamegrid-Sampling` header reports.
     pub fn sampling(&self, key: &GraphKey) -> bool {
         self.lock().run_filling(key).is_some()
+    }
+
+    /// The last run of `key` in which no subtask delivered, when no run has delivered since:
+    /// why there is nothing to show (its `missing` says, per subtask). Never starts a run.
+    pub fn last_failure(&self, key: &GraphKey) -> Option<Arc<Snapshot>> {
+        self.lock().failures.get(key).map(|(_, s)| Arc::clone(s))
     }
 
     /// The cached snapshot for `key` without touching freshness or starting anything.
@@ -520,7 +535,30 @@ impl GraphCache {
     fn finish_run(&self, key: &GraphKey, snapshot: Option<Arc<Snapshot>>) {
         let now = Instant::now();
         let mut inner = self.lock();
+        if let Some(failed) = snapshot.as_ref().filter(|s| s.subtasks.is_empty()) {
+            // Nothing delivered: not a graph, only why (see the module docs).
+            inner
+                .failures
+                .insert(key.clone(), (now, Arc::clone(failed)));
+            while inner.failures.len() > self.limits.max_entries {
+                let oldest = inner
+                    .failures
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(k, _)| k.clone());
+                let Some(oldest) = oldest else { break };
+                inner.failures.remove(&oldest);
+            }
+            inner.pending.remove(key);
+            return;
+        }
         if let Some(snapshot) = snapshot {
+            inner.failures.remove(key);
+            if key.subtask.is_none() {
+                for &index in snapshot.subtasks.keys() {
+                    inner.failures.remove(&key.subtask(index));
+                }
+            }
             // The keys this run writes: eviction spares them.
             let mut written = vec![key.clone()];
             if key.subtask.is_none() {
@@ -674,6 +712,7 @@ impl GraphCache {
         for key in &keys {
             inner.drop_entry(key);
         }
+        inner.failures.retain(|k, _| k.job_id != job_id);
         keys.len()
     }
 
@@ -696,6 +735,9 @@ impl GraphCache {
             .map(|(k, _)| k.clone())
             .collect();
         let dropped = expired.len();
+        inner
+            .failures
+            .retain(|_, (at, _)| now.duration_since(*at) < cleanup);
         for key in expired {
             inner.drop_entry(&key);
         }
@@ -803,6 +845,19 @@ mod tests {
         drop(c.lookup(&key(None)).ticket.unwrap());
         let again = c.lookup(&key(None));
         assert!(again.cached.is_none() && again.ticket.is_some());
+        // A run in which nothing delivered is kept aside with its reasons, not as a graph:
+        // the next read retries, and a run that delivers clears it.
+        again.ticket.unwrap().complete(snapshot(2, &[], &[0, 1]));
+        let failed = c.last_failure(&key(None)).expect("the failure is kept");
+        assert_eq!(failed.missing.len(), 2);
+        let retry = c.lookup(&key(None));
+        assert!(retry.cached.is_none() && retry.ticket.is_some(), "retried");
+        retry
+            .ticket
+            .unwrap()
+            .complete(snapshot(3, &[(0, spin_and_sleep(1))], &[1]));
+        assert!(c.last_failure(&key(None)).is_none());
+        assert_eq!(c.forget_job(&"j".repeat(32)), 2);
     }
 
     #[test]

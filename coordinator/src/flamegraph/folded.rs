@@ -1,16 +1,19 @@
 //! The folded view: collapsed stacks as text, one `a;b;c COUNT` line per distinct stack, root
 //! first, sorted. What inferno, flamegraph.pl and speedscope read.
 //!
-//! The body holds nothing but stacks whenever there are stacks: collapsed stacks have no comment
-//! syntax, and a tool reads any line ending in ` <digits>` as a stack with that count (inferno
-//! turned `# missing subtasks: 1, 3` into a frame `# missing subtasks: 1,` of 3 samples). So the
-//! subtasks missing from a partial graph travel in the `X-Flamegrid-Missing` response header
-//! (see `rest::flamegraph`), not in the body.
+//! Collapsed stacks have no comment syntax: a tool reads any line ending in ` <digits>` as a
+//! stack with that count (inferno turned `# missing subtasks: 1, 3` into a frame
+//! `# missing subtasks: 1,` of 3 samples, and flamegraph.pl reads `3.` as a count too). A `#`
+//! line that does **not** end in a count is another matter: inferno and flamegraph.pl skip it as
+//! a line they cannot parse. So every `#` line here is written by [`comment`], which makes sure
+//! it never ends in a digit or a dot.
 //!
-//! Only when there is nothing to draw (no samples of that type, run not finished, vertex
-//! terminated, feature off) is the body a single `# ...` line saying why, for a human running
-//! `curl`. That line never ends in a digit ([`comment`]), so no tool can take it for a stack:
-//! inferno and flamegraph.pl skip it as a line they cannot parse.
+//! * A partial graph starts with one header line naming the absent subtasks and why, e.g.
+//!   `# missing subtasks: 1 (agent unreachable); 3 (outside the allow-list)`, then the stacks.
+//!   The indexes also travel in the `X-Flamegrid-Missing` response header.
+//! * When there is nothing to draw (no samples of that type, run not finished, vertex
+//!   terminated, feature off) the body is a single `# ...` line saying why (with the absent
+//!   subtasks, if any), for a human running `curl`.
 
 use super::GraphAnswer;
 use flamegrid_model::GraphType;
@@ -20,10 +23,18 @@ pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
     match answer {
         GraphAnswer::Ready(s) => {
             let body = s.folded(ty);
+            let note = super::missing::note(&s.missing);
             if body.is_empty() {
-                comment(&format!("no {ty} samples in this run"))
-            } else {
+                let mut why = format!("no {ty} samples in this run");
+                if !note.is_empty() {
+                    why.push_str("; ");
+                    why.push_str(&note);
+                }
+                comment(&why)
+            } else if note.is_empty() {
                 body
+            } else {
+                comment(&note) + &body
             }
         }
         other => comment(&other.explain()),
@@ -31,11 +42,12 @@ pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
 }
 
 /// `# text` as one line that no folded-stack parser can read as a stack: line breaks become
-/// spaces, and a text ending in a digit gets a final `.`, so the line never ends in ` COUNT`.
+/// spaces, and a text ending in a digit or a dot gets a final ` #`, so the line never ends in
+/// ` COUNT` (flamegraph.pl reads `3.` as a count).
 pub fn comment(text: &str) -> String {
     let mut line = format!("# {}", text.replace(['\n', '\r'], " "));
-    if line.ends_with(|c: char| c.is_ascii_digit()) {
-        line.push('.');
+    if line.ends_with(|c: char| c.is_ascii_digit() || c == '.') {
+        line.push_str(" #");
     }
     line.push('\n');
     line
@@ -49,12 +61,12 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn a_partial_graph_is_only_stacks() {
+    fn a_partial_graph_names_its_absent_subtasks_in_a_header_line() {
         let a = GraphAnswer::Ready(Arc::new(snapshot(1, &[(0, spin_and_sleep(3))], &[2, 13])));
         let text = render(&a, GraphType::Full);
         assert_eq!(
-            text, "main;sleep 3\nmain;spin 3\n",
-            "missing subtasks are not in the body"
+            text,
+            "# missing subtasks: 2, 13 (agent unreachable)\nmain;sleep 3\nmain;spin 3\n",
         );
         let stacks: Vec<_> = text.lines().filter_map(parse_line).collect();
         assert_eq!(
@@ -83,8 +95,9 @@ mod tests {
                 "{text}"
             );
         }
-        assert_eq!(comment("subtasks 1, 3"), "# subtasks 1, 3.\n");
-        assert_eq!(comment("a\nb 2"), "# a b 2.\n");
+        assert_eq!(comment("subtasks 1, 3"), "# subtasks 1, 3 #\n");
+        assert_eq!(comment("a\nb 2"), "# a b 2 #\n");
+        assert_eq!(comment("a 2."), "# a 2. #\n");
         // inferno skips such a line instead of drawing it.
         let mut svg = Vec::new();
         let missing = comment("missing: 1, 3");

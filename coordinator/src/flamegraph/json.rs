@@ -1,15 +1,25 @@
 //! The JSON view: Flink's `VertexFlameGraph` (flink-rest.md §3.1), byte for byte.
 //!
 //! `{"endTimestamp":-1|-2|-3}` for the sentinels (no `data` key), else
-//! `{"endTimestamp":MS,"data":NODE}`. flamegrid adds one field on purpose: `"missing"`, the
-//! subtask indexes whose agent failed or was late, present only when non-empty so that a complete
-//! answer is exactly what Flink would send.
+//! `{"endTimestamp":MS,"data":NODE}`. flamegrid adds two fields on purpose, present only when
+//! some subtask is absent so that a complete answer is exactly what Flink would send (Flink's
+//! clients ignore keys they do not know):
+//!
+//! * `"missing"`: the absent subtask indexes, ascending, e.g. `[1,3]`;
+//! * `"missingReasons"`: why, per index (as a string key, JSON objects have no other), in the
+//!   fixed words of [`super::missing::MissingReason`], e.g.
+//!   `{"1":"agent unreachable","3":"outside the allow-list"}`.
+//!
+//! When the last run delivered nothing at all (and nothing is cached), the answer is still `-3`
+//! (the next poll samples again, as in Flink) but carries the two fields, so that a client sees
+//! why instead of waiting forever: `{"endTimestamp":-3,"missing":[0],"missingReasons":{...}}`.
 
 use super::GraphAnswer;
 use super::cache::GraphCache;
 use axum::body::Bytes;
 use flamegrid_model::{FlameNode, GraphType};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// The wire shape (field order as Jackson writes it).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -20,9 +30,15 @@ pub struct VertexFlameGraph {
     /// The tree; absent for sentinels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<FlameNode>,
-    /// Subtasks missing from this graph; absent when none.
+    /// Subtasks missing from this graph, ascending; absent when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<u32>,
+    /// Why each of `missing` is absent, by index (decimal string); absent when none. Values
+    /// are fixed words: agent unreachable, agent timed out, agent busy, agent refused the
+    /// coordinator's credentials, agent failed, process not found, no matching thread,
+    /// outside the allow-list, refused by the kernel, never confirmed (agent lost), agent lost.
+    #[serde(rename = "missingReasons", skip_serializing_if = "BTreeMap::is_empty")]
+    pub missing_reasons: BTreeMap<String, String>,
 }
 
 impl VertexFlameGraph {
@@ -32,12 +48,28 @@ impl VertexFlameGraph {
             GraphAnswer::Ready(s) => VertexFlameGraph {
                 end_timestamp: s.end_ms,
                 data: Some(s.tree(ty)),
-                missing: s.missing.clone(),
+                missing: s.missing.keys().copied().collect(),
+                missing_reasons: s
+                    .missing
+                    .iter()
+                    .map(|(i, r)| (i.to_string(), r.as_str().to_string()))
+                    .collect(),
+            },
+            GraphAnswer::Unavailable(s) => VertexFlameGraph {
+                end_timestamp: answer.end_timestamp(),
+                data: None,
+                missing: s.missing.keys().copied().collect(),
+                missing_reasons: s
+                    .missing
+                    .iter()
+                    .map(|(i, r)| (i.to_string(), r.as_str().to_string()))
+                    .collect(),
             },
             other => VertexFlameGraph {
                 end_timestamp: other.end_timestamp(),
                 data: None,
                 missing: Vec::new(),
+                missing_reasons: BTreeMap::new(),
             },
         }
     }
@@ -64,6 +96,14 @@ pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
             let _ = write!(out, "{index}");
         }
         out.push(']');
+    }
+    if !graph.missing_reasons.is_empty() {
+        // Serde's text for the map: keys are digits, values fixed words; both need escaping
+        // only in theory, and serde does it right.
+        out.push_str(",\"missingReasons\":");
+        out.push_str(
+            &serde_json::to_string(&graph.missing_reasons).unwrap_or_else(|_| "{}".to_string()),
+        );
     }
     out.push('}');
     out
@@ -112,6 +152,10 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&render(&partial, GraphType::OffCpu)).unwrap();
         assert_eq!(v["missing"], serde_json::json!([1, 3]));
+        assert_eq!(
+            v["missingReasons"],
+            serde_json::json!({"1": "agent unreachable", "3": "agent unreachable"})
+        );
         assert_eq!(v["data"]["value"], 1);
         for answer in [&complete, &partial] {
             for ty in GraphType::ALL {

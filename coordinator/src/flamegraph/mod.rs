@@ -36,6 +36,7 @@ pub mod diff;
 pub mod dump;
 pub mod folded;
 pub mod json;
+pub mod missing;
 pub mod pprof;
 pub mod profile;
 pub mod run;
@@ -92,6 +93,9 @@ pub enum GraphAnswer {
     Terminated,
     /// Nothing cached yet; a run was started or is in flight (-3).
     Waiting,
+    /// Nothing cached, and the last run delivered nothing: -3 as well (the next request samples
+    /// again), but with that run's reasons per subtask, so every view can say why.
+    Unavailable(Arc<Snapshot>),
     /// The latest snapshot (possibly stale; a refresh may be running).
     Ready(Arc<Snapshot>),
 }
@@ -102,7 +106,7 @@ impl GraphAnswer {
         match self {
             GraphAnswer::Disabled => -2,
             GraphAnswer::Terminated => -1,
-            GraphAnswer::Waiting => -3,
+            GraphAnswer::Waiting | GraphAnswer::Unavailable(_) => -3,
             GraphAnswer::Ready(s) => s.end_ms,
         }
     }
@@ -111,13 +115,21 @@ impl GraphAnswer {
     pub fn explain(&self) -> String {
         match self {
             GraphAnswer::Disabled => {
-                "flame graphs are disabled (start the coordinator with --flamegraph-enabled true)".to_string()
-            }
-            GraphAnswer::Terminated => "no samples: the vertex or subtask has already terminated".to_string(),
-            GraphAnswer::Waiting => {
-                "no samples yet: no sampling run has finished (nothing running to sample, or every agent failed); retry"
+                "flame graphs are disabled (start the coordinator with --flamegraph-enabled true)"
                     .to_string()
             }
+            GraphAnswer::Terminated => {
+                "no samples: the vertex or subtask has already terminated".to_string()
+            }
+            GraphAnswer::Waiting => {
+                "no samples yet: no sampling run has finished (nothing running to sample); retry"
+                    .to_string()
+            }
+            GraphAnswer::Unavailable(s) => format!(
+                "no samples: {} (sampled until {}; the next request samples again)",
+                missing::note(&s.missing),
+                svg::utc(s.end_ms)
+            ),
             GraphAnswer::Ready(s) => format!("sampled until {}", svg::utc(s.end_ms)),
         }
     }
@@ -268,7 +280,8 @@ impl FlameGraphService {
         let lookup = self.cache.lookup_with(key, refresh);
         if let Some(ticket) = lookup.ticket {
             let targets = vertex.targets(key.subtask);
-            if targets.is_empty() {
+            let absent = vertex.absent(key.subtask);
+            if targets.is_empty() && absent.is_empty() {
                 // Flink's "No tasks to sample": nothing cached, the next request tries again.
                 tracing::debug!(?key, "no running subtask to sample");
             } else if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -283,14 +296,23 @@ impl FlameGraphService {
                     self.settings.params,
                     ticket,
                     targets,
+                    absent,
                 ));
             } else {
                 tracing::error!(?key, "no async runtime to run the sampling on");
             }
         }
-        match lookup.cached {
+        self.cached_or_why(key, lookup.cached)
+    }
+
+    /// `cached` as the answer, or, with nothing cached, why (the key's last failed run) or -3.
+    fn cached_or_why(&self, key: &GraphKey, cached: Option<Arc<Snapshot>>) -> GraphAnswer {
+        match cached {
             Some(s) => GraphAnswer::Ready(s),
-            None => GraphAnswer::Waiting,
+            None => match self.cache.last_failure(key) {
+                Some(failed) => GraphAnswer::Unavailable(failed),
+                None => GraphAnswer::Waiting,
+            },
         }
     }
 
@@ -310,7 +332,7 @@ impl FlameGraphService {
         refresh: bool,
     ) -> GraphAnswer {
         let first = self.answer_with(key, vertex, refresh);
-        if !matches!(first, GraphAnswer::Waiting) {
+        if !matches!(first, GraphAnswer::Waiting | GraphAnswer::Unavailable(_)) {
             return first;
         }
         if let Some(mut done) = self.cache.pending_run(key) {
@@ -319,10 +341,7 @@ impl FlameGraphService {
                 tokio::time::timeout(self.run_deadline() + Duration::from_secs(1), done.changed())
                     .await;
         }
-        match self.cache.peek(key) {
-            Some(s) => GraphAnswer::Ready(s),
-            None => GraphAnswer::Waiting,
-        }
+        self.cached_or_why(key, self.cache.peek(key))
     }
 
     /// Whether a sampling run that will fill `key` is in flight right now (for the key itself
@@ -427,6 +446,7 @@ mod tests {
             // Nothing listens on port 1: the run fails fast.
             agent_address: "http://127.0.0.1:1".into(),
             selector: ThreadSelector::default(),
+            confirmed: true,
         });
         VertexSampling {
             job_name: "j".into(),
@@ -437,6 +457,7 @@ mod tests {
                 index: 0,
                 terminal,
                 target,
+                absent: None,
             }],
         }
     }
@@ -455,17 +476,36 @@ mod tests {
         assert_eq!(s.answer(&key(), &vertex(true, false)).end_timestamp(), -1);
         assert_eq!(s.answer(&key(), &vertex(false, false)).end_timestamp(), -3);
         assert_eq!(s.runs_started(), 0, "nothing running: no run");
-        // A run against a dead agent: -3, then after it fails nothing is cached and the next
-        // request starts another run.
+        // A run against a dead agent: -3 still (nothing to draw, and the next request samples
+        // again), but saying why.
+        let GraphAnswer::Unavailable(failed) = s.answer_waiting(&key(), &vertex(false, true)).await
+        else {
+            panic!("a failed run says why")
+        };
         assert_eq!(
-            s.answer_waiting(&key(), &vertex(false, true))
-                .await
-                .end_timestamp(),
-            -3
+            failed.missing.get(&0),
+            Some(&missing::MissingReason::AgentUnreachable)
         );
         assert_eq!(s.runs(), (1, 0, 1));
-        assert_eq!(s.answer(&key(), &vertex(false, true)).end_timestamp(), -3);
+        let again = s.answer(&key(), &vertex(false, true));
+        assert_eq!(again.end_timestamp(), -3);
+        assert!(
+            again.explain().contains("0 (agent unreachable)"),
+            "{}",
+            again.explain()
+        );
         assert_eq!(s.runs_started(), 2);
+        // A subtask whose agent is gone is not asked, but named: never confirmed.
+        let gone = service();
+        let mut v = vertex(false, false);
+        v.subtasks[0].absent = Some(missing::MissingReason::NeverConfirmed);
+        let GraphAnswer::Unavailable(lost) = gone.answer_waiting(&key(), &v).await else {
+            panic!("an absent subtask is an answer")
+        };
+        assert_eq!(
+            lost.missing.get(&0),
+            Some(&missing::MissingReason::NeverConfirmed)
+        );
         let mut off = *s.settings();
         off.enabled = false;
         let s = FlameGraphService::with_settings(off, AgentAuth::default());

@@ -222,8 +222,7 @@ pub fn profile(answer: &GraphAnswer, ty: GraphType, ctx: &ExportContext) -> Prof
                 .max(0)
                 .saturating_mul(1_000_000);
             if !snapshot.missing.is_empty() {
-                let list: Vec<String> = snapshot.missing.iter().map(u32::to_string).collect();
-                let note = format!("missing subtasks: {}", list.join(", "));
+                let note = super::missing::note(&snapshot.missing);
                 profile.comment.push(strings.id(&note));
             }
             profile.sample = samples(snapshot, ty, ctx, &mut strings, &mut frames);
@@ -439,7 +438,10 @@ mod tests {
             );
             let comments: Vec<&str> = p.comment.iter().map(|&c| string(&p, c)).collect();
             assert!(comments[0].starts_with("flamegrid "), "{comments:?}");
-            assert!(comments.contains(&"missing subtasks: 3"), "{comments:?}");
+            assert!(
+                comments.contains(&"missing subtasks: 3 (agent unreachable)"),
+                "{comments:?}"
+            );
         }
     }
 

@@ -19,6 +19,7 @@
 //! entry of the vertex and those of its subtasks. (Its rendered JSON is memoised by the cache,
 //! which counts it in its memory bound: see [`super::cache`].)
 
+use super::missing::Missing;
 use flamegrid_model::tree::TreeBuilder;
 use flamegrid_model::{FlameNode, GraphType, SampleSet, SampledThread, ThreadState, folded};
 use std::collections::{BTreeMap, HashMap};
@@ -169,9 +170,10 @@ pub struct Snapshot {
     pub end_ms: i64,
     /// Profiles of the subtasks that delivered, by index.
     pub subtasks: BTreeMap<u32, Arc<SubtaskProfile>>,
-    /// Subtasks that were asked for and delivered nothing (failed or late agent, per-subtask
-    /// error), ascending.
-    pub missing: Vec<u32>,
+    /// Subtasks that should have delivered and did not, ascending, each with why (failed or
+    /// late agent, per-subtask failure, agent gone before it confirmed the subtask; see
+    /// [`super::missing`]).
+    pub missing: Missing,
 }
 
 impl Snapshot {
@@ -292,7 +294,7 @@ impl Snapshot {
             start_ms: self.start_ms,
             end_ms: self.end_ms,
             subtasks: BTreeMap::from([(index, Arc::clone(profile))]),
-            missing: Vec::new(),
+            missing: Missing::new(),
         })
     }
 
@@ -300,7 +302,7 @@ impl Snapshot {
     /// conservative).
     pub fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.missing.len() * 4
+            + self.missing.len() * 48
             + self
                 .subtasks
                 .values()
@@ -356,7 +358,10 @@ pub(crate) mod tests {
                 .iter()
                 .map(|(i, s)| (*i, Arc::new(SubtaskProfile::from_set(s))))
                 .collect(),
-            missing: missing.to_vec(),
+            missing: missing
+                .iter()
+                .map(|&i| (i, super::super::missing::MissingReason::AgentUnreachable))
+                .collect(),
         }
     }
 

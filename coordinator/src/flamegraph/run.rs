@@ -3,10 +3,17 @@
 //! A run is started by whoever got a [`RunTicket`] from the cache and is executed on its own
 //! task, so the request that triggered it returns at once (Flink's endpoint never blocks). The
 //! ticket travels with the task: completing it stores the snapshot, and if the task ends any
-//! other way (every agent failed, nothing delivered, even a panic) dropping the ticket clears the
-//! "in flight" mark so the next request retries.
+//! other way (even a panic) dropping the ticket clears the "in flight" mark so the next request
+//! retries.
+//!
+//! A run in which no subtask delivered is completed too: the cache keeps it aside as the key's
+//! last failure (not as a graph, so the next request retries), and every view says why from its
+//! reasons per subtask (see [`super::missing`]) instead of "retry". Subtasks that could not even
+//! be asked (their agent is gone: `absent`) are listed beside the ones that failed, and every
+//! run with absent subtasks logs one line naming them all with their reasons.
 
 use super::cache::RunTicket;
+use super::missing::{self, Missing};
 use super::profile::{Snapshot, SubtaskProfile};
 use crate::fanout::{FanOut, SamplingParams, SubtaskTarget};
 use std::sync::Arc;
@@ -19,7 +26,7 @@ pub struct RunCounters {
     pub started: AtomicU64,
     /// Runs whose snapshot was stored.
     pub completed: AtomicU64,
-    /// Runs where no subtask delivered anything: nothing stored.
+    /// Runs where no subtask delivered anything (kept aside for their reasons, not as a graph).
     pub failed: AtomicU64,
 }
 
@@ -34,31 +41,43 @@ impl RunCounters {
     }
 }
 
-/// Executes one run for `ticket`'s key over `targets` and stores the result.
+/// Executes one run for `ticket`'s key over `targets` and stores the result; `absent` are the
+/// subtasks that should have been sampled but could not be asked (see
+/// [`crate::fanout::VertexSampling::absent`]).
 pub async fn execute(
     fanout: Arc<FanOut>,
     counters: Arc<RunCounters>,
     params: SamplingParams,
     ticket: RunTicket,
     targets: Vec<SubtaskTarget>,
+    absent: Missing,
 ) {
     let key = ticket.key().clone();
     let prefix = format!("{}/{}", key.job_id, key.vertex_id);
-    let outcome = fanout.sample(&prefix, &targets, params).await;
+    let outcome = if targets.is_empty() {
+        crate::fanout::FanOutOutcome {
+            request_id: fanout.new_request_id(),
+            start_ms: crate::fanout::now_ms(),
+            end_ms: crate::fanout::now_ms(),
+            ..Default::default()
+        }
+    } else {
+        fanout.sample(&prefix, &targets, params).await
+    };
+    let mut missing = absent;
+    missing.extend(outcome.missing.iter().map(|(&i, &r)| (i, r)));
+    if !missing.is_empty() {
+        // One line per run: which subtasks are absent and why (the agents' own words, which
+        // may name users or processes, only in `failures`, for the operator).
+        let delivered = outcome.sets.len();
+        tracing::warn!(
+            job = %key.job_id, vertex = %key.vertex_id, subtask = ?key.subtask, delivered,
+            absent = %missing::describe(&missing), failures = ?outcome.failures,
+            "flame graph run: subtasks absent"
+        );
+    }
     if outcome.sets.is_empty() {
         counters.failed.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            job = %key.job_id, vertex = %key.vertex_id, subtask = ?key.subtask,
-            failures = ?outcome.failures,
-            "Failed to gather a thread info sample: no subtask delivered samples; nothing cached"
-        );
-        return; // dropping the ticket clears the in-flight mark
-    }
-    if !outcome.missing.is_empty() {
-        tracing::warn!(
-            job = %key.job_id, vertex = %key.vertex_id, missing = ?outcome.missing,
-            failures = ?outcome.failures, "flame graph run is partial"
-        );
     }
     let snapshot = Snapshot {
         run_id: outcome.request_id,
@@ -69,12 +88,15 @@ pub async fn execute(
             .iter()
             .map(|(&i, set)| (i, Arc::new(SubtaskProfile::from_set(set))))
             .collect(),
-        missing: outcome.missing.iter().copied().collect(),
+        missing,
     };
     tracing::debug!(
         job = %key.job_id, vertex = %key.vertex_id, subtask = ?key.subtask, run = snapshot.run_id,
         samples = snapshot.sample_count(flamegrid_model::GraphType::Full), "flame graph run landed"
     );
+    let delivered = !snapshot.subtasks.is_empty();
     ticket.complete(snapshot);
-    counters.completed.fetch_add(1, Ordering::Relaxed);
+    if delivered {
+        counters.completed.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -107,8 +107,7 @@ pub fn file(answer: &GraphAnswer, ty: GraphType, ctx: &ExportContext) -> Speedsc
                 super::svg::utc(snapshot.end_ms)
             );
             if !snapshot.missing.is_empty() {
-                let list: Vec<String> = snapshot.missing.iter().map(u32::to_string).collect();
-                name.push_str(&format!(" (missing subtasks: {})", list.join(", ")));
+                name.push_str(&format!(" ({})", super::missing::note(&snapshot.missing)));
             }
             (name, profiles)
         }

@@ -2,7 +2,8 @@
 //! in Rust), with its built-in search (Ctrl-F / the "Search" button) and click-to-zoom.
 //!
 //! * The title names the type, the vertex, the subtask and the job; the subtitle says how many
-//!   samples of how many threads it shows, when they were taken, and which subtasks are missing.
+//!   samples of how many threads it shows, when they were taken, and which subtasks are missing
+//!   and why (`missing subtasks: 1 (agent unreachable)`, see [`super::missing`]).
 //! * Colour says where the time went: ON_CPU uses inferno's warm "hot" palette, OFF_CPU a cool
 //!   blue one; in FULL graphs, functions seen only in off-CPU samples are drawn in blue and the
 //!   rest in warm colours. Colours are derived from the function name, so a function keeps its
@@ -59,11 +60,14 @@ pub fn render(answer: &GraphAnswer, labels: &SvgLabels<'_>) -> Result<Vec<u8>, F
     };
     let ty = labels.ty;
     let lines = visible_lines(&snapshot.tree(ty), MIN_WIDTH_PERCENT);
+    let note = super::missing::note(&snapshot.missing);
     if lines.is_empty() {
-        return Ok(message_svg(
-            &labels.title(),
-            &format!("no {ty} samples in this run ({})", when(snapshot.end_ms)),
-        ));
+        let mut text = format!("no {ty} samples in this run ({})", when(snapshot.end_ms));
+        if !note.is_empty() {
+            text.push_str("; ");
+            text.push_str(&note);
+        }
+        return Ok(message_svg(&labels.title(), &text));
     }
     let mut subtitle = format!(
         "{} samples of {} threads, sampled {}",
@@ -71,9 +75,9 @@ pub fn render(answer: &GraphAnswer, labels: &SvgLabels<'_>) -> Result<Vec<u8>, F
         snapshot.thread_count(ty),
         when(snapshot.end_ms)
     );
-    if !snapshot.missing.is_empty() {
-        let list: Vec<String> = snapshot.missing.iter().map(u32::to_string).collect();
-        subtitle.push_str(&format!("; missing subtasks: {}", list.join(", ")));
+    if !note.is_empty() {
+        subtitle.push_str("; ");
+        subtitle.push_str(&note);
     }
 
     let mut palette_map = PaletteMap::default();
@@ -257,7 +261,7 @@ mod tests {
         assert!(svg.contains("FULL flame graph: Source: spin (v1), subtask 0"));
         assert!(svg.contains("demo &lt;pipeline&gt;"));
         assert!(svg.contains("8 samples of 2 threads"));
-        assert!(svg.contains("missing subtasks: 3"));
+        assert!(svg.contains("missing subtasks: 3 (agent unreachable)"));
         assert!(
             svg.contains("search"),
             "inferno's interactive script is embedded"

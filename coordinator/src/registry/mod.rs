@@ -62,6 +62,7 @@ pub use state::{ExecutionState, JobStatus};
 pub use taskmanager::{HostFacts, TaskManager};
 
 use crate::fanout::{SubtaskSampling, SubtaskTarget, VertexSampling};
+use crate::flamegraph::missing::MissingReason;
 use flamegrid_proto::v1;
 use job::{ProcessRef, SubtaskSpec};
 use state::now_ms;
@@ -719,19 +720,31 @@ impl Registry {
             .enumerate()
             .map(|(s, spec)| {
                 let status = job.runtime.subtasks[v][s].status;
-                let target = match inner.taskmanagers.get(&spec.taskmanager) {
-                    Some(tm) if status.is_sampleable() => Some(SubtaskTarget {
-                        subtask_index: s as u32,
-                        taskmanager_id: tm.id.clone(),
-                        agent_address: tm.address.clone(),
-                        selector: selector_of(spec, subtask_key(&job.spec.id, &vertex.id, s)),
-                    }),
-                    _ => None,
+                // Every subtask that is not terminal is sampled, confirmed or not: right after
+                // `POST /jobs` no heartbeat has confirmed anything yet, and sampling is the
+                // best liveness check there is (a graph on the first request). One whose agent
+                // is not registered cannot be, and the run says why.
+                let confirmed = status.is_sampleable();
+                let (target, absent) = match inner.taskmanagers.get(&spec.taskmanager) {
+                    _ if status.is_terminal() => (None, None),
+                    Some(tm) => (
+                        Some(SubtaskTarget {
+                            subtask_index: s as u32,
+                            taskmanager_id: tm.id.clone(),
+                            agent_address: tm.address.clone(),
+                            selector: selector_of(spec, subtask_key(&job.spec.id, &vertex.id, s)),
+                            confirmed,
+                        }),
+                        None,
+                    ),
+                    None if confirmed => (None, Some(MissingReason::AgentLost)),
+                    None => (None, Some(MissingReason::NeverConfirmed)),
                 };
                 SubtaskSampling {
                     index: s as u32,
                     terminal: status.is_terminal(),
                     target,
+                    absent,
                 }
             })
             .collect();

@@ -33,10 +33,10 @@
 //! * `X-Flamegrid-Sampling: true|false` — whether a run for this key (or, for a subtask, its
 //!   vertex) is in flight after this request: a page shows "sampling…" and keeps polling until
 //!   it reads `false`, then has the new graph.
-//! * `X-Flamegrid-Missing: 1,3` — the subtasks missing from the graph served (agent failed or
-//!   late), only when there are any. The JSON also has them in its body (`"missing"`); the
-//!   folded text has them only here, since a comment line in collapsed stacks is not something
-//!   every flame graph tool skips.
+//! * `X-Flamegrid-Missing: 1,3` — the subtasks missing from the graph served, only when there
+//!   are any. Every body says why as well: the JSON in `"missing"` and `"missingReasons"`, the
+//!   SVG in its subtitle, the folded text in a `#` header line that flame graph tools skip (see
+//!   [`crate::flamegraph::missing`] for the words).
 
 use super::error::ApiError;
 use super::params;
@@ -173,8 +173,8 @@ impl Resolved {
         }
     }
 
-    /// The `X-Flamegrid-Sampling` and (when some subtasks are missing) `X-Flamegrid-Missing`
-    /// headers for an answer to this request; read after the answer, so a request that started
+    /// The `X-Flamegrid-Sampling` and (when some subtasks are missing, also from a run that
+    /// delivered nothing) `X-Flamegrid-Missing` headers for an answer to this request; read after the answer, so a request that started
     /// a run says `true`.
     pub(super) fn headers(&self, state: &AppState, answer: &GraphAnswer) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -183,10 +183,10 @@ impl Resolved {
             SAMPLING_HEADER,
             HeaderValue::from_static(if sampling { "true" } else { "false" }),
         );
-        if let GraphAnswer::Ready(s) = answer
+        if let GraphAnswer::Ready(s) | GraphAnswer::Unavailable(s) = answer
             && !s.missing.is_empty()
         {
-            let list: Vec<String> = s.missing.iter().map(u32::to_string).collect();
+            let list: Vec<String> = s.missing.keys().map(u32::to_string).collect();
             // Digits and commas: always a valid header value.
             if let Ok(value) = HeaderValue::from_str(&list.join(",")) {
                 headers.insert(MISSING_HEADER, value);

@@ -465,11 +465,16 @@ pub async fn accumulators(
     }))
 }
 
-/// `GET /jobs/:jobid/vertices/:vertexid/backpressure` (Flink's JobVertexBackPressureInfo).
+/// `GET /jobs/:jobid/vertices/:vertexid/backpressure` (Flink's JobVertexBackPressureInfo), with
+/// Flink 2.3's key set: a live Flink 2.3 writes the level twice, as `backpressureLevel` and as
+/// `backpressure-level`, on the vertex and on every subtask, and clients may read either.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Backpressure {
     /// Always `ok`.
     pub status: String,
+    /// Always `ok` (Flink 2.3's camelCase spelling of `backpressure-level`).
+    #[serde(rename = "backpressureLevel")]
+    pub backpressure_level_camel: String,
     /// Always `ok`.
     #[serde(rename = "backpressure-level")]
     pub backpressure_level: String,
@@ -485,9 +490,9 @@ pub struct Backpressure {
 pub struct SubtaskBackpressure {
     /// Subtask index.
     pub subtask: usize,
-    /// Always 0.
-    #[serde(rename = "attempt-number")]
-    pub attempt_number: u32,
+    /// Always `ok` (Flink 2.3's camelCase spelling of `backpressure-level`).
+    #[serde(rename = "backpressureLevel")]
+    pub backpressure_level_camel: String,
     /// Always `ok`.
     #[serde(rename = "backpressure-level")]
     pub backpressure_level: String,
@@ -518,7 +523,7 @@ pub async fn backpressure(
     let subtasks = (0..job.spec.vertices[v].parallelism())
         .map(|i| SubtaskBackpressure {
             subtask: i,
-            attempt_number: 0,
+            backpressure_level_camel: "ok".into(),
             backpressure_level: "ok".into(),
             ratio: 0.0,
             idle_ratio: 0.0,
@@ -527,6 +532,7 @@ pub async fn backpressure(
         .collect();
     Ok(Json(Backpressure {
         status: "ok".into(),
+        backpressure_level_camel: "ok".into(),
         backpressure_level: "ok".into(),
         end_timestamp: now_ms(),
         subtasks,

@@ -426,6 +426,29 @@ const TYPES = [
 ];
 
 /** Flink's messages for the flame graph sentinels (flink-rest.md §4). */
+/**
+ * The note above the graph naming every absent subtask with its reason (the JSON's `missing`
+ * and `missingReasons`, fixed words), grouped by reason: "subtasks 1, 3: agent unreachable;
+ * subtask 2: process not found". An empty list when nothing is absent.
+ */
+function missingNote(graph) {
+  const gone = Array.isArray(graph.missing) ? graph.missing : [];
+  if (!gone.length) return [];
+  const reasons = graph.missingReasons && typeof graph.missingReasons === 'object' ? graph.missingReasons : {};
+  const byReason = new Map();
+  for (const m of gone) {
+    const why = typeof reasons[String(m)] === 'string' ? reasons[String(m)] : 'no reason given';
+    if (!byReason.has(why)) byReason.set(why, []);
+    byReason.get(why).push(String(m));
+  }
+  const groups = [...byReason].map(([why, idx]) => `subtask${idx.length === 1 ? '' : 's'} ${idx.join(', ')}: ${why}`);
+  const some = graph.data && graph.data.value > 0;
+  return [h('div', { class: 'warning', role: 'note', id: 'fg-missing' },
+    h('strong', {}, some ? 'Incomplete: ' : 'No samples: '),
+    `no samples from ${groups.join('; ')}`,
+    some ? '. The graph shows the others.' : '.')];
+}
+
 const SENTINELS = {
   '-1': 'The task has already been terminated: there is nothing to sample.',
   '-2': 'The flame graph feature is currently disabled (start the coordinator with --flamegraph-enabled true; Flink: rest.flamegraph.enabled: true).',
@@ -602,7 +625,8 @@ function vertexPage(root, page, jid, vid, params) {
       status.textContent = SENTINELS[String(ts)] || `No graph (endTimestamp ${ts}).`;
       status.classList.remove('busy');
       chartBox.dataset.state = ts === -3 ? 'sampling' : 'none';
-      fill(missing);
+      // -3 after a run in which nothing delivered carries why (missing, missingReasons).
+      fill(missing, ...missingNote(graph));
       chart.clear(ts === -3 ? 'Sampling… the graph appears here as soon as the run is done.' : '');
       return;
     }
@@ -610,15 +634,11 @@ function vertexPage(root, page, jid, vid, params) {
     // Like Flink's UI: redraw only when a new run landed (endTimestamp changed).
     if (ts !== state.endTimestamp) {
       state.endTimestamp = ts;
+      // Before the graph is drawn, so that the note shows whatever the drawing does.
+      fill(missing, ...missingNote(graph));
       chart.setData(graph.data, state.type);
       loadHistory();
       age.textContent = `measured ${fmtAgo(ts)}`;
-      const gone = Array.isArray(graph.missing) ? graph.missing : [];
-      fill(missing, ...(gone.length ? [h('div', { class: 'warning', role: 'note' },
-        h('strong', {}, 'Incomplete: '),
-        `no samples from subtask${gone.length === 1 ? '' : 's'} `,
-        gone.map((m) => (typeof m === 'object' ? JSON.stringify(m) : String(m))).join(', '),
-        ' (their agents failed or did not answer in time); the graph shows the others.')] : []));
     }
     // Only rewrite the live region when its text changes, so a screen reader hears each
     // change once rather than once a second.
