@@ -49,21 +49,13 @@ impl VertexFlameGraph {
                 end_timestamp: s.end_ms,
                 data: Some(s.tree(ty)),
                 missing: s.missing.keys().copied().collect(),
-                missing_reasons: s
-                    .missing
-                    .iter()
-                    .map(|(i, r)| (i.to_string(), r.as_str().to_string()))
-                    .collect(),
+                missing_reasons: reasons_by_index(&s.missing),
             },
             GraphAnswer::Unavailable(s) => VertexFlameGraph {
                 end_timestamp: answer.end_timestamp(),
                 data: None,
                 missing: s.missing.keys().copied().collect(),
-                missing_reasons: s
-                    .missing
-                    .iter()
-                    .map(|(i, r)| (i.to_string(), r.as_str().to_string()))
-                    .collect(),
+                missing_reasons: reasons_by_index(&s.missing),
             },
             other => VertexFlameGraph {
                 end_timestamp: other.end_timestamp(),
@@ -73,6 +65,15 @@ impl VertexFlameGraph {
             },
         }
     }
+}
+
+/// `"missingReasons"`: each absent subtask's reason keyed by its index as a decimal string (JSON
+/// object keys are strings).
+fn reasons_by_index(missing: &super::missing::Missing) -> BTreeMap<String, String> {
+    missing
+        .iter()
+        .map(|(i, r)| (i.to_string(), r.as_str().to_string()))
+        .collect()
 }
 
 /// The compact JSON text of the answer for `ty`: what `serde_json` writes for
