@@ -69,10 +69,10 @@ pub enum FlameGraphError {
         /// Why.
         source: std::io::Error,
     },
-    /// The `--token-file` holds nothing but whitespace: an empty token would authenticate
-    /// nothing.
-    #[error("token file {0} is empty")]
-    EmptyToken(PathBuf),
+    /// The `--token-file` cannot be read or holds nothing but whitespace (an empty token
+    /// would authenticate nothing).
+    #[error("{0}")]
+    Token(String),
     /// The agent could not be asked (thread dumps), or the token cannot be sent.
     #[error(transparent)]
     Agent(#[from] FanOutError),
@@ -390,10 +390,8 @@ fn agent_auth(config: &CoordinatorConfig) -> Result<AgentAuth, FlameGraphError> 
     };
     let mut auth = AgentAuth::default();
     if let Some(path) = &config.token_file {
-        let token = String::from_utf8_lossy(&read(path)?).trim().to_string();
-        if token.is_empty() {
-            return Err(FlameGraphError::EmptyToken(path.clone()));
-        }
+        let token =
+            crate::config::read_token_file(path, "token file").map_err(FlameGraphError::Token)?;
         auth = auth.with_token(&token)?;
     }
     if config.tls_ca.is_some() || config.tls_cert.is_some() {

@@ -144,17 +144,9 @@ impl TokenCheck {
     /// Reads the token from a file (surrounding whitespace ignored); an empty file is an error,
     /// because an empty token would let anyone in.
     pub fn from_file(path: &std::path::Path) -> Result<Self, RegistryError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            RegistryError::BadRequest(format!("cannot read token file {}: {e}", path.display()))
-        })?;
-        let token = text.trim();
-        if token.is_empty() {
-            return Err(RegistryError::BadRequest(format!(
-                "token file {} is empty",
-                path.display()
-            )));
-        }
-        Ok(TokenCheck::require(token))
+        let token = crate::config::read_token_file(path, "token file")
+            .map_err(RegistryError::BadRequest)?;
+        Ok(TokenCheck::require(&token))
     }
 }
 

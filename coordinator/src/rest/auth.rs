@@ -35,19 +35,8 @@ impl WriteGuard {
         let token = match &config.rest_token_file {
             None => None,
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    RegistryError::BadRequest(format!(
-                        "cannot read REST token file {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                let token = text.trim();
-                if token.is_empty() {
-                    return Err(RegistryError::BadRequest(format!(
-                        "REST token file {} is empty",
-                        path.display()
-                    )));
-                }
+                let token = crate::config::read_token_file(path, "REST token file")
+                    .map_err(RegistryError::BadRequest)?;
                 Some(Arc::from(token.as_bytes()))
             }
         };
