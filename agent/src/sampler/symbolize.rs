@@ -382,9 +382,16 @@ fn symbolize_batch(
     if maps.is_empty() {
         return None;
     }
-    symbolize_from_files(symbolizer, copies, &maps, addrs, &|e| {
+    let frames = symbolize_from_files(symbolizer, copies, &maps, addrs, &|e| {
         target_file::open_mapped(live, e)
-    })
+    })?;
+    // A process that exited while its modules were being opened left some of them unopened
+    // (`module+0xoffset`): answer "gone", so the caller names them from the recorded maps
+    // instead of keeping those names for good.
+    if !std::path::Path::new(&format!("/proc/{live}")).exists() {
+        return None;
+    }
+    Some(frames)
 }
 
 /// Sealed copies of module files ([`target_file::sealed_copy`]) by file identity: what blazesym
