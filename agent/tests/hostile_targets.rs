@@ -15,8 +15,8 @@ mod common;
 mod run_support;
 
 use common::{
-    KillOnDrop, TempDir, WITHOUT_SYS_ADMIN, compile_c_with, have_program, parse_folded,
-    run_bounded, running_as_root, spawn_until_ready,
+    KillOnDrop, WITHOUT_SYS_ADMIN, compile_c_with, have_program, parse_folded, run_bounded,
+    running_as_root, spawn_until_ready, temp_dir,
 };
 use flamegrid_proto::v1;
 use flamegrid_workloads::{Mix, Workload};
@@ -87,7 +87,7 @@ int main(int argc, char **argv) {
 
 /// The built library and program.
 struct Programs {
-    dir: TempDir,
+    dir: tempfile::TempDir,
     main: PathBuf,
     /// The library as built (never mapped; copied to where targets load it).
     library: PathBuf,
@@ -100,14 +100,14 @@ impl Programs {
             eprintln!("skipped: needs root and util-linux's setpriv (to drop CAP_SYS_ADMIN)");
             return None;
         }
-        let dir = TempDir::new(tag);
+        let dir = temp_dir(tag);
         let built = compile_c_with(
-            &dir,
+            dir.path(),
             "libhostile-built.so",
             &library_source(),
             &["-shared", "-fPIC"],
         );
-        let main = compile_c_with(&dir, "hostile-main", MAIN_SOURCE, &["-ldl"]);
+        let main = compile_c_with(dir.path(), "hostile-main", MAIN_SOURCE, &["-ldl"]);
         match (built, main) {
             (Some(library), Some(main)) => Some(Programs { dir, main, library }),
             _ => {
@@ -135,7 +135,7 @@ fn mkfifo(path: &Path) {
 /// A target spinning inside a library whose file was then replaced by FIFOs, at its path and
 /// at the `path (deleted)` name that `/proc/PID/maps` now shows.
 fn fifo_target(programs: &Programs) -> KillOnDrop {
-    let library = programs.dir.0.join("libhostile.so");
+    let library = programs.dir.path().join("libhostile.so");
     std::fs::copy(&programs.library, &library).unwrap();
     let target = programs.start(&library, "hostile_spin");
     std::fs::remove_file(&library).unwrap();
@@ -377,12 +377,13 @@ fn deploy_over_and_over(
 /// does) while the agent samples processes that map it: the agent must never die of SIGBUS
 /// (blazesym maps whole files; reading a map past the end of a file that shrank kills the
 /// reader). Each target is a new process, so every run names its frames afresh.
+#[ignore = "slow tier (browser, load, kill loops): cargo test --workspace -- --ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_library_rewritten_in_place_while_sampled_never_crashes_the_agent() {
     let Some(programs) = Programs::build("truncate") else {
         return;
     };
-    let library = programs.dir.0.join("libdeployed.so");
+    let library = programs.dir.path().join("libdeployed.so");
     std::fs::copy(&programs.library, &library).unwrap();
     let content = std::fs::read(&library).unwrap();
     let coord = FakeCoordinator::start().await;

@@ -600,11 +600,11 @@ fn symbols_of_a_binary_only_in_another_mount_namespace() {
         eprintln!("skipped: needs root, unshare and setpriv");
         return;
     }
-    let dir = TempDir::new("mntns");
-    let hidden = dir.0.join("nswl-hidden");
+    let dir = temp_dir("mntns");
+    let hidden = dir.path().join("nswl-hidden");
     let script = format!(
         "mount -t tmpfs none {dir} && cp {bin} {hidden} && exec {hidden} 1 1 0 0 0",
-        dir = dir.0.display(),
+        dir = dir.path().display(),
         bin = Workload::CNoFramePointers.path().display(),
         hidden = hidden.display(),
     );
@@ -684,8 +684,8 @@ int main(void) {
     pthread_exit(NULL);
 }
 "#;
-    let dir = TempDir::new("pthread-exit");
-    let Some(bin) = compile_c(&dir, "orphan-main", SOURCE) else {
+    let dir = temp_dir("pthread-exit");
+    let Some(bin) = compile_c(dir.path(), "orphan-main", SOURCE) else {
         eprintln!("skipped: no C compiler (cc)");
         return;
     };
@@ -728,8 +728,8 @@ fn stripped_binary_gives_module_offset_frames() {
         eprintln!("skipped: binutils' strip is not installed");
         return;
     }
-    let dir = TempDir::new("stripped");
-    let bin = dir.0.join("stripped-wl");
+    let dir = temp_dir("stripped");
+    let bin = dir.path().join("stripped-wl");
     std::fs::copy(Workload::CNoFramePointers.path(), &bin).unwrap();
     let status = std::process::Command::new("strip")
         .args(["--strip-all"])

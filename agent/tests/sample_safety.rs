@@ -25,6 +25,7 @@ fn opts(samples: u32, delay_ms: u64) -> SamplerOptions {
     }
 }
 
+#[ignore = "slow tier (browser, load, kill loops): cargo test --workspace -- --ignored"]
 #[test]
 fn sigkill_at_random_moments_never_leaves_a_thread_stopped() {
     let wl = spawn(

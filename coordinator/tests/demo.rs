@@ -15,7 +15,7 @@
 #[path = "demo_support.rs"]
 mod demo_support;
 
-use demo_support::{DemoProcess, KillOnDrop, wait_for};
+use demo_support::{DemoProcess, TerminateOnDrop, wait_for};
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -25,7 +25,7 @@ const DEMO_JOB_NAME: &str = "flamegrid-demo pipeline";
 
 /// A running `--demo` and what it printed.
 struct Demo {
-    process: KillOnDrop,
+    process: TerminateOnDrop,
     rest: u16,
     workload_pid: u32,
     job_id: String,

@@ -5,64 +5,18 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How long a test waits for a condition before it gives up (a bound for hangs, not a
-/// performance assertion: on a healthy machine every wait ends far sooner).
-pub const PATIENCE: Duration = Duration::from_secs(120);
-
-/// A child process that is stopped when the test ends, however it ends: SIGTERM first (so the
-/// coordinator stops its demo agent and workload itself), SIGKILL after five seconds.
-pub struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait()
-            && let Ok(pid) = i32::try_from(self.0.id())
-        {
-            // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `probe` until it returns `Some`, panicking with `what` after [`PATIENCE`].
-pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+// Not every test crate that includes this module uses every re-export.
+#[allow(unused_imports)]
+pub use flamegrid_testkit::{HANG_GUARD, TerminateOnDrop, free_port, wait_for};
 
 /// A running `flamegrid-coordinator --demo`.
 pub struct DemoProcess {
-    pub process: KillOnDrop,
+    pub process: TerminateOnDrop,
     /// The REST port (`--rest-addr 127.0.0.1:<rest>`).
     pub rest: u16,
     /// The registry's gRPC port (`--rpc-addr 127.0.0.1:<rpc>`), where agents register.
@@ -87,7 +41,7 @@ impl DemoProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut process = KillOnDrop(command.spawn().unwrap());
+        let mut process = TerminateOnDrop(command.spawn().unwrap());
         let (tx, lines) = mpsc::channel();
         let stdout = process.0.stdout.take().unwrap();
         std::thread::spawn(move || {

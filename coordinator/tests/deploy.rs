@@ -386,27 +386,9 @@ fn systemd_analyze_accepts_the_units_when_available() {
     }
 }
 
-/// Where the agent binary is: next to this package's binary (cargo puts every workspace binary
-/// in the same directory); built on demand when missing.
+/// The agent binary of this build (see [`flamegrid_testkit::executable`]).
 fn agent_binary() -> PathBuf {
-    let coordinator = PathBuf::from(env!("CARGO_BIN_EXE_flamegrid-coordinator"));
-    let dir = coordinator.parent().unwrap();
-    let agent = dir.join("flamegrid-agent");
-    if !agent.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "flamegrid-agent", "--bin", "flamegrid-agent"]);
-        if dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "building flamegrid-agent failed");
-    }
-    assert!(agent.exists(), "no agent binary at {}", agent.display());
-    agent
+    flamegrid_testkit::executable("flamegrid-agent")
 }
 
 fn help(binary: &Path, args: &[&str]) -> String {

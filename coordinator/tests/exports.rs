@@ -19,7 +19,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use support::{TempDir, TestCoordinator, graph, running_job, spinners_and_sleeper, start_agent};
+use support::{TestCoordinator, graph, running_job, spinners_and_sleeper, start_agent, temp_dir};
 
 /// Samples per run: enough for every thread to show, short enough to be quick. The refresh
 /// interval is long so that every request of a test is answered from the same run (the exports
@@ -225,6 +225,7 @@ fn top_functions(top: &str) -> Vec<String> {
         .collect()
 }
 
+#[ignore = "slow tier (browser, load, kill loops): cargo test --workspace -- --ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pprof_opens_in_go_pprof_with_the_spinners_leaf_on_top() {
     let c = TestCoordinator::start(FLAGS).await;
@@ -259,7 +260,7 @@ async fn pprof_opens_in_go_pprof_with_the_spinners_leaf_on_top() {
     }
 
     // The real pprof: the spinners' leaf is the top function by flat samples.
-    let dir = TempDir::new("pprof");
+    let dir = temp_dir("pprof");
     let file = dir.path().join("spin.pb.gz");
     std::fs::write(&file, &gz).unwrap();
     let top = go_pprof(&["-top", "-sample_index=samples"], &file, dir.path());
@@ -491,7 +492,7 @@ async fn bad_requests_and_missing_graphs_answer_like_the_flame_graph() {
         "{:?}",
         comments(&profile)
     );
-    let dir = TempDir::new("pprof-empty");
+    let dir = temp_dir("pprof-empty");
     let file = dir.path().join("terminated.pb.gz");
     std::fs::write(&file, &gz).unwrap();
     let said = go_pprof(&["-comments"], &file, dir.path());

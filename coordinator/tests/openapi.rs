@@ -11,50 +11,28 @@
 //! * Every documented write answers a form's content type with 415 and a foreign page's JSON
 //!   with 403, both documented, and changes nothing.
 
+use flamegrid_testkit::{TerminateOnDrop, poll};
 use regex::Regex;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("flamegrid-openapi-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// `flamegrid-coordinator --demo` as a child process. Dropping it sends SIGTERM (so the
 /// coordinator stops its agent and workload, leaving no sampled thread behind), waits for it
 /// (bounded), then SIGKILLs it if it is still there.
 struct DemoCoordinator {
-    child: Child,
+    _child: TerminateOnDrop,
     base: String,
     job_id: String,
     http: reqwest::Client,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl DemoCoordinator {
     fn start() -> Self {
-        let dir = TempDir::new();
+        let dir = flamegrid_testkit::temp_dir("openapi");
         let mut child = Command::new(env!("CARGO_BIN_EXE_flamegrid-coordinator"))
             .args([
                 "--demo",
@@ -64,7 +42,7 @@ impl DemoCoordinator {
                 "127.0.0.1:0",
             ])
             .arg("--data-dir")
-            .arg(&dir.0)
+            .arg(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -90,7 +68,7 @@ impl DemoCoordinator {
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         DemoCoordinator {
-            child,
+            _child: TerminateOnDrop(child),
             base: base.expect("dashboard line"),
             job_id: job_id.unwrap(),
             http: reqwest::Client::new(),
@@ -120,23 +98,6 @@ impl DemoCoordinator {
         let (status, _, text) = self.get(path).await;
         assert_eq!(status, 200, "GET {path}: {text}");
         serde_json::from_str(&text).unwrap()
-    }
-}
-
-impl Drop for DemoCoordinator {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        for _ in 0..200 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -225,21 +186,6 @@ fn check_answer(
             errors.join("\n  ")
         ))
     }
-}
-
-/// Polls `check` until it returns `Some` (a hang guard, not a speed assertion).
-async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..1200 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gave up waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,7 +171,7 @@ async fn a_real_agent_drives_subtask_states() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_agent_registers_with_the_shared_token() {
-    let dir = TempDir::new("agent-token");
+    let dir = temp_dir("agent-token");
     let token = dir.path().join("token");
     std::fs::write(&token, "agent-and-coordinator\n").unwrap();
     let c = TestCoordinator::start(&["--token-file", token.to_str().unwrap()]).await;

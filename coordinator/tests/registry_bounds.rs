@@ -63,7 +63,7 @@ async fn a_live_agent_id_cannot_be_taken_over_from_elsewhere_without_credentials
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_shared_token_an_agent_may_move() {
-    let dir = TempDir::new("token");
+    let dir = temp_dir("token");
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
     let c = TestCoordinator::start(&["--token-file", token.to_str().unwrap()]).await;
@@ -262,7 +262,7 @@ async fn a_heartbeat_of_100000_watched_subtasks_is_accepted() {
 
 #[tokio::test]
 async fn agent_credentials_that_cannot_be_used_stop_the_start() {
-    let dir = TempDir::new("badtoken");
+    let dir = temp_dir("badtoken");
     // The registry accepts any bytes as its token, but a control character cannot travel in
     // the header the coordinator sends to agents: it used to start and call agents without one.
     let token = dir.path().join("token");

@@ -1193,7 +1193,7 @@ async fn writes_can_be_refused_or_require_a_token() {
     assert_eq!(c.get_ok("/jobs").await, json!({"jobs": []}));
     assert_eq!(c.get_ok("/config").await["features"]["web-cancel"], false);
 
-    let dir = TempDir::new("rest-token");
+    let dir = temp_dir("rest-token");
     let token = dir.path().join("rest-token");
     std::fs::write(&token, "let-me-write\n").unwrap();
     let c = TestCoordinator::start(&["--rest-token-file", token.to_str().unwrap()]).await;

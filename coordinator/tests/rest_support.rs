@@ -12,62 +12,12 @@ use flamegrid_workloads::{Mix, RunningWorkload, Workload};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 use tonic::transport::Channel;
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "flamegrid-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed (and reaped) on drop.
-pub struct KillOnDrop(pub Child);
-
-impl KillOnDrop {
-    pub fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// Kills and reaps the process now, so `/proc/<pid>` disappears.
-    pub fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+// Not every test crate that includes this module uses every re-export.
+#[allow(unused_imports)]
+pub use flamegrid_testkit::{KillOnDrop, TerminateOnDrop, free_port, poll, temp_dir, wait_for};
 
 /// A real process to register as a subtask: `sleep` for a long time.
 pub fn sleeper() -> KillOnDrop {
@@ -101,12 +51,12 @@ pub struct TestCoordinator {
     pub http: reqwest::Client,
     pub base: String,
     pub rpc: String,
-    pub _dir: TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 impl TestCoordinator {
     pub async fn start(extra: &[&str]) -> Self {
-        let dir = TempDir::new("coord");
+        let dir = temp_dir("coord");
         let coordinator = flamegrid_coordinator::start(config(dir.path(), extra))
             .await
             .unwrap();
@@ -279,22 +229,6 @@ impl TestAgent {
     }
 }
 
-/// Polls `check` until it returns `Some`, panicking with `what` if that never happens within a
-/// generous bound (a hang guard, not a speed assertion).
-pub async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..600 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gave up waiting for: {what}");
-}
-
 /// A two-vertex job on one task manager: a source of `parallelism` subtasks on `pid` (by thread
 /// name) and a sink on `pid` (all threads).
 pub fn two_vertex_job(tm: &str, pid: u32) -> Value {
@@ -361,27 +295,9 @@ pub fn assert_state_counts(what: &str, value: &Value) {
 
 // ---- flame graphs end to end: a real agent binary, a workload, a running job -----------------
 
-/// The `flamegrid-agent` binary next to this test's target directory, built if missing.
-pub fn agent_binary() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/debug/deps/<test>-xxxx → target/debug/flamegrid-agent
-        let bin = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .unwrap()
-            .join("flamegrid-agent");
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "flamegrid-agent"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .status()
-                .unwrap();
-            assert!(status.success(), "cargo build -p flamegrid-agent failed");
-        }
-        bin
-    })
+/// The `flamegrid-agent` binary of this build (see [`flamegrid_testkit::executable`]).
+pub fn agent_binary() -> PathBuf {
+    flamegrid_testkit::executable("flamegrid-agent")
 }
 
 /// A real agent process with a chosen id, registered with `c`'s registry.

@@ -4,7 +4,6 @@
 use super::*;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 fn mix() -> Mix {
     Mix {
@@ -17,14 +16,9 @@ fn mix() -> Mix {
     }
 }
 
-/// Polls `condition` until it holds; panics with `what` after a generous bound (a hang
-/// guard, not a timing assertion).
+/// Polls `condition` until it holds; panics with `what` after the testkit's hang guard.
 fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let give_up = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < give_up, "gave up waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    flamegrid_testkit::wait_for(what, || condition().then_some(()))
 }
 
 fn proc_dir(pid: u32) -> PathBuf {

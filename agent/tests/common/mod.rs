@@ -3,8 +3,12 @@
 
 #![allow(dead_code)]
 
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+// Not every test crate that includes this module uses every re-export.
+#[allow(unused_imports)]
+pub use flamegrid_testkit::{KillOnDrop, eventually, temp_dir};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 /// The `flamegrid-agent` binary under test: the one cargo built for these tests, or the one
 /// `FLAMEGRID_TEST_AGENT_BIN` names (to run a test against another build, e.g. to see an attack
@@ -104,30 +108,6 @@ pub fn parse_json(text: &str) -> Vec<JsonSample> {
         .collect()
 }
 
-/// Polls `check` until it returns true or `limit` passes; returns the last answer.
-pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// A child process that is killed (SIGKILL) and reaped when dropped.
-pub struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Whether the tests run as root (the permission and namespace tests need to switch users or
 /// drop capabilities, which only root can).
 pub fn running_as_root() -> bool {
@@ -162,27 +142,6 @@ pub fn spawn_until_ready(mut command: Command) -> Option<KillOnDrop> {
     let mut reader = std::io::BufReader::new(stdout?);
     reader.read_line(&mut line).ok()?;
     (line.trim() == "ready").then_some(guard)
-}
-
-/// A fresh empty directory under the system temporary directory, removed when dropped.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "flamegrid-{tag}-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ rand::random::<u64>() as u128
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Holds `tid` as its tracer (PTRACE_SEIZE, which does not stop it) until dropped, from a
@@ -225,19 +184,19 @@ impl Drop for TracerHold {
 }
 
 /// Compiles a small C program into `dir` with the system C compiler; `None` if there is none.
-pub fn compile_c(dir: &TempDir, name: &str, source: &str) -> Option<std::path::PathBuf> {
+pub fn compile_c(dir: &Path, name: &str, source: &str) -> Option<std::path::PathBuf> {
     compile_c_with(dir, name, source, &[])
 }
 
 /// [`compile_c`] with extra compiler arguments (`-shared -fPIC` for a library, `-ldl`).
 pub fn compile_c_with(
-    dir: &TempDir,
+    dir: &Path,
     name: &str,
     source: &str,
     extra: &[&str],
 ) -> Option<std::path::PathBuf> {
-    let src = dir.0.join(format!("{name}.c"));
-    let bin = dir.0.join(name);
+    let src = dir.join(format!("{name}.c"));
+    let bin = dir.join(name);
     std::fs::write(&src, source).unwrap();
     let status = Command::new("cc")
         .args(["-O1", "-g", "-pthread", "-o"])

@@ -17,24 +17,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-/// Upper bound on any wait in these tests. It only exists so that a broken agent fails the test
-/// instead of hanging CI; nothing is asserted about how fast things happen.
-pub const HANG_GUARD: Duration = Duration::from_secs(90);
+#[allow(unused_imports)]
+pub use flamegrid_testkit::{HANG_GUARD, KillOnDrop};
 
-/// Polls `check` until it yields a value (every 20 ms), panicking with `what` after [`HANG_GUARD`].
+/// Polls `check` until it yields a value, panicking with `what` after [`HANG_GUARD`]: the
+/// testkit's poll for a check that needs no `.await`.
 pub async fn poll<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(start.elapsed() < HANG_GUARD, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    flamegrid_testkit::poll(what, || std::future::ready(check())).await
 }
 
 /// A file under cargo's per-target temp dir, unique per call.
@@ -317,20 +309,11 @@ impl Drop for AgentProcess {
 /// A gRPC client of the agent at `addr`.
 pub async fn sampling_client(addr: SocketAddr) -> SamplingClient<Channel> {
     let url = format!("http://{addr}");
-    poll_async_connect(url).await
-}
-
-async fn poll_async_connect(url: String) -> SamplingClient<Channel> {
-    let start = Instant::now();
-    loop {
-        match SamplingClient::connect(url.clone()).await {
-            Ok(c) => return c.max_decoding_message_size(64 << 20),
-            Err(e) => {
-                assert!(start.elapsed() < HANG_GUARD, "cannot connect to {url}: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    flamegrid_testkit::poll(&format!("a connection to {url}"), || async {
+        SamplingClient::connect(url.clone()).await.ok()
+    })
+    .await
+    .max_decoding_message_size(64 << 20)
 }
 
 /// A selector by pid with an optional thread-name regex.
@@ -377,26 +360,19 @@ pub fn comm_of(pid: u32) -> String {
 }
 
 /// A plain `sleep` child (comm "sleep") to serve as a process the agent is not allowed to sample.
-pub struct SleepProcess(pub Child);
+pub struct SleepProcess(pub KillOnDrop);
 
 impl SleepProcess {
     pub fn start() -> Self {
-        SleepProcess(
+        SleepProcess(KillOnDrop(
             Command::new("sleep")
                 .arg("600")
                 .stdin(Stdio::null())
                 .spawn()
                 .unwrap(),
-        )
+        ))
     }
     pub fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for SleepProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.0.0.id()
     }
 }
