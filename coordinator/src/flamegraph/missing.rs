@@ -21,7 +21,14 @@ use flamegrid_proto::v1;
 use std::collections::BTreeMap;
 
 /// Why one subtask contributed nothing to a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Also kept in the registry beside a subtask that ended (FAILED, or FINISHED because its
+/// process vanished), so a graph asked for later still says why: serialized there as its
+/// snake-case variant name.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum MissingReason {
     /// The agent could not be reached (connection refused, reset, bad address).
     AgentUnreachable,
