@@ -1143,3 +1143,40 @@ async fn a_cached_graph_is_served_with_the_reasons_of_a_later_run_that_delivered
         "{why}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subtasks_of_a_lost_agent_are_named_agent_lost_or_never_confirmed() {
+    // Agents lost after 1 s of silence. One confirms its subtasks and goes silent, the other
+    // registers and never heartbeats; both are then dropped and their subtasks FAILED.
+    let c = TestCoordinator::start(&["--heartbeat-timeout-s", "1"]).await;
+    let (tm_a, tm_b) = (
+        "a0000000000000000000000000000513",
+        "b0000000000000000000000000000513",
+    );
+    let mut confirmed = TestAgent::connect(&c.rpc, tm_a).await;
+    confirmed.register().await;
+    let mut silent = TestAgent::connect(&c.rpc, tm_b).await;
+    silent.register().await;
+    let worker = support::sleeper();
+    let jobid = c.register_job(&job([tm_a, tm_b], worker.pid())).await;
+    confirmed.heartbeat().await;
+    confirmed.heartbeat().await;
+    let v = vertex_ids(&c, &jobid).await;
+    poll("both agents to be lost", || async {
+        (subtask_states(&c, &jobid, &v[0]).await == ["FAILED", "FAILED"]).then_some(())
+    })
+    .await;
+    let path = format!("/jobs/{jobid}/vertices/{}/flamegraph", v[0]);
+    assert_eq!(
+        c.get_ok(&path).await,
+        json!({"endTimestamp": -1, "missing": [0, 1],
+            "missingReasons": {"0": "agent lost", "1": "never confirmed (agent lost)"}})
+    );
+    let (header, svg) = view(&c, &format!("{path}.svg")).await;
+    assert_eq!(header.as_deref(), Some("0,1"));
+    assert!(
+        svg.contains("missing subtasks: 1 (never confirmed (agent lost)); 0 (agent lost)")
+            && !svg.contains("retry"),
+        "{svg}"
+    );
+}
