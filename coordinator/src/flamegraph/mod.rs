@@ -604,6 +604,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_later_run_that_delivers_nothing_makes_the_cached_graph_outdated() {
+        use crate::fanout::tests::{Behaviour, agent, target};
+        let (address, _) = agent(Behaviour::Answer).await;
+        let s = service();
+        let mut v = vertex(false, false);
+        v.subtasks[0].target = Some(target(0, &address, 1));
+        let GraphAnswer::Ready(good) = s.answer_waiting(&key(), &v).await else {
+            panic!("a graph")
+        };
+        // The agent is gone now: a refresh delivers nothing.
+        v.subtasks[0].target = Some(target(0, "http://127.0.0.1:1", 1));
+        let _ = s.answer_with(&key(), &v, true);
+        let mut done = s
+            .cache()
+            .pending_run(&key())
+            .expect("the refresh is in flight");
+        let _ = done.changed().await;
+        let answer = s.answer(&key(), &v);
+        let GraphAnswer::Outdated { graph, latest } = &answer else {
+            panic!("the cached graph, with the later run's reasons: {answer:?}")
+        };
+        assert!(
+            Arc::ptr_eq(graph, &good),
+            "the cached graph is still served"
+        );
+        assert_eq!(answer.end_timestamp(), good.end_ms);
+        assert_eq!(
+            answer.missing().get(&0),
+            Some(&missing::MissingReason::AgentUnreachable)
+        );
+        assert_eq!(answer.latest_run_end(), Some(latest.end_ms));
+        assert!(
+            answer
+                .note()
+                .contains("delivered nothing, this graph is older")
+        );
+        // The subtask's graph (filled by the vertex run) is outdated by the vertex's failure.
+        let sub = s.answer(&key().subtask(0), &v);
+        assert!(
+            matches!(&sub, GraphAnswer::Outdated { latest, .. } if latest.missing.len() == 1),
+            "{sub:?}"
+        );
+        // Terminated: -1 with the reasons the registry kept.
+        let mut ended = vertex(true, false);
+        ended.subtasks[0].absent = Some(missing::MissingReason::OutsideAllowList);
+        let answer = s.answer(&key(), &ended);
+        assert_eq!(answer.end_timestamp(), -1);
+        assert!(
+            answer.explain().contains("0 (outside the allow-list)"),
+            "{}",
+            answer.explain()
+        );
+    }
+
+    #[tokio::test]
     async fn concurrent_requests_cause_one_run_and_waiters_get_its_result() {
         use crate::fanout::tests::{Behaviour, agent, target};
         let (address, seen) = agent(Behaviour::Answer).await;
