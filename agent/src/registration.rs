@@ -333,7 +333,8 @@ pub fn liveness_of(sel: &v1::ThreadSelector, policy: &AccessPolicy) -> v1::Subta
 ///
 /// Liveness never stops or reads a thread. A process outside the allow-list (or a selector
 /// that is malformed) is reported as not alive with pid 0, exactly like a process that does not
-/// exist. The cost grows with the selectors, not with selectors × processes: each process is
+/// exist; the report's `failure` says which it was, in the fixed words of the sampling answer
+/// ([`crate::service::failure_kind`]), never with the process's uid or comm. The cost grows with the selectors, not with selectors × processes: each process is
 /// looked at, each pattern compiled and `/proc` listed (for processes named by comm) at most
 /// once per call.
 pub fn liveness_all(
@@ -355,8 +356,8 @@ type Threads = Arc<Vec<(u32, String)>>;
 struct LivenessScan {
     /// The oldest process per comm, from one listing of `/proc` (made on first need).
     by_comm: Option<HashMap<String, u32>>,
-    /// Per pid: its threads when it exists and is allowed, else `None`.
-    processes: HashMap<u32, Option<Threads>>,
+    /// Per pid: its threads when it exists and is allowed, else why not.
+    processes: HashMap<u32, Result<Threads, v1::SubtaskFailure>>,
     /// Compiled thread-name patterns (`None`: the pattern does not compile).
     patterns: HashMap<String, Option<regex::Regex>>,
 }
@@ -367,11 +368,12 @@ impl LivenessScan {
         sel: &v1::ThreadSelector,
         policy: &AccessPolicy,
     ) -> v1::SubtaskLiveness {
-        let dead = v1::SubtaskLiveness {
+        let dead = |failure: v1::SubtaskFailure| v1::SubtaskLiveness {
             subtask_key: sel.subtask_key.clone(),
             alive: false,
             pid: 0,
             threads: 0,
+            failure: failure as i32,
         };
         let patterns = &mut self.patterns;
         let mut compile = |pattern: &str| -> Result<regex::Regex, crate::AgentError> {
@@ -383,7 +385,7 @@ impl LivenessScan {
                 .ok_or_else(|| crate::AgentError::InvalidArgument("bad pattern".into()))
         };
         let Ok(converted) = ThreadSelector::from_wire_with(sel, &mut compile) else {
-            return dead;
+            return dead(v1::SubtaskFailure::AgentError);
         };
         let pid = match &converted.process {
             selection::ProcessRef::Pid(pid) => *pid,
@@ -391,7 +393,7 @@ impl LivenessScan {
                 let by_comm = self.by_comm.get_or_insert_with(processes_by_comm);
                 match by_comm.get(selection::truncate_comm(name)) {
                     Some(&pid) => pid,
-                    None => return dead,
+                    None => return dead(v1::SubtaskFailure::ProcessNotFound),
                 }
             }
         };
@@ -399,12 +401,14 @@ impl LivenessScan {
             .processes
             .entry(pid)
             .or_insert_with(|| {
-                let resolved = selection::resolve(&ThreadSelector::pid(pid), policy).ok()?;
-                Some(Arc::new(resolved.threads))
+                selection::resolve(&ThreadSelector::pid(pid), policy)
+                    .map(|resolved| Arc::new(resolved.threads))
+                    .map_err(|e| crate::service::failure_kind(&e))
             })
             .clone();
-        let Some(threads) = threads else {
-            return dead;
+        let threads = match threads {
+            Ok(threads) => threads,
+            Err(failure) => return dead(failure),
         };
         let matching = threads
             .iter()
@@ -415,6 +419,11 @@ impl LivenessScan {
             alive: matching > 0,
             pid,
             threads: matching as u32,
+            failure: if matching > 0 {
+                v1::SubtaskFailure::Unspecified
+            } else {
+                v1::SubtaskFailure::NoMatchingThread
+            } as i32,
         }
     }
 }

@@ -120,6 +120,8 @@ async fn heartbeats_report_liveness_of_watched_workload() {
         !nobody.alive,
         "a thread selection matching nothing is not alive: {nobody:?}"
     );
+    assert_eq!(nobody.failure(), v1::SubtaskFailure::NoMatchingThread);
+    assert_eq!(spinners.failure(), v1::SubtaskFailure::Unspecified);
     // By name: the oldest process of that comm, which may be another test's workload.
     let by_name = find(&alive, "by-name").unwrap();
     assert!(by_name.alive && by_name.pid != 0, "{by_name:?}");
@@ -131,7 +133,10 @@ async fn heartbeats_report_liveness_of_watched_workload() {
                 && find(h, "everything").is_some_and(|l| !l.alive)
         })
         .await;
-    assert_eq!(find(&gone, "spinners").unwrap().threads, 0);
+    let spinners = find(&gone, "spinners").unwrap();
+    assert_eq!(spinners.threads, 0);
+    // Why, in the sampling answer's words: the coordinator keeps it for every flame graph view.
+    assert_eq!(spinners.failure(), v1::SubtaskFailure::ProcessNotFound);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

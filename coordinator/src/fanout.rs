@@ -99,9 +99,10 @@ impl VertexSampling {
             .collect()
     }
 
-    /// The subtasks (all, or only `subtask`) that should be sampled but cannot be, and why:
-    /// not terminal, but their agent is not registered. A run lists them as missing, so a
-    /// graph of the others never looks whole.
+    /// The subtasks (all, or only `subtask`) that cannot be sampled, and why: not terminal,
+    /// but their agent is not registered; or ended for a reason (FAILED, or FINISHED because
+    /// the process vanished). A run lists them as missing, so a graph of the others never looks
+    /// whole, and a terminated vertex says why it has nothing to sample.
     pub fn absent(&self, subtask: Option<u32>) -> Missing {
         self.subtasks
             .iter()
@@ -133,7 +134,9 @@ pub struct SubtaskSampling {
     pub terminal: bool,
     /// Where to sample it: `Some` while it is not terminal and its agent is registered.
     pub target: Option<SubtaskTarget>,
-    /// Why a subtask that is not terminal has no target (its agent is gone); `None` otherwise.
+    /// Why the subtask has no target: its agent is gone, or it ended for a reason the registry
+    /// kept (process not found, outside the allow-list, agent lost, ...). `None` while it can be
+    /// sampled, and for a subtask that finished or was canceled.
     pub absent: Option<MissingReason>,
 }
 

@@ -662,6 +662,50 @@ fn demo_flame_graph_renders_in_headless_chromium() {
         "no note naming the absent subtask and its reason:\n{ghost_page}"
     );
 
+    // A vertex with nothing left to sample says why above the graph: its process was never
+    // there, so the demo agent's heartbeat FAILED the subtask, and the vertex answers -1.
+    let demo_tm = tms["taskmanagers"][0]["id"].as_str().unwrap().to_string();
+    let gone = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    let gone_job = serde_json::json!({
+        "name": "gone",
+        "vertices": [{"name": "Source: gone", "parallelism": 1, "subtasks": [
+            {"taskmanager": demo_tm, "pid": gone}]}]
+    });
+    let (status, answer) = http.post_json("jobs", &gone_job).unwrap();
+    assert_eq!(status, 202, "{answer}");
+    let gone_jid = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["jobid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gone_vid = http.json(&format!("jobs/{gone_jid}")).unwrap()["vertices"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for(
+        "the heartbeat to end the subtask, and the graph to say why",
+        || {
+            let graph = http.json(&format!(
+                "jobs/{gone_jid}/vertices/{gone_vid}/flamegraph?type=on_cpu"
+            ))?;
+            (graph["endTimestamp"] == -1 && graph["missingReasons"]["0"] == "process not found")
+                .then_some(())
+        },
+    );
+    let gone_page = open(
+        &format!("#/jobs/{gone_jid}/vertices/{gone_vid}"),
+        "vertex-ended",
+    );
+    assert!(
+        gone_page.contains(r#"id="fg-missing""#)
+            && gone_page.contains("no samples from subtask 0: process not found"),
+        "no note saying why the ended vertex has nothing to sample:\n{gone_page}"
+    );
+
     // Click-through, as a user: open `/`, click the job in the overview, the source vertex's
     // box in the plan, and find the flame graph with the demo's functions.
     let profile = tempfile::tempdir().unwrap();

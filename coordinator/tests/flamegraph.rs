@@ -916,3 +916,267 @@ async fn a_dead_agent_is_named_as_unreachable() {
         "{svg}"
     );
 }
+
+/// Vertex `vid`'s subtask states, in index order.
+async fn subtask_states(c: &TestCoordinator, jobid: &str, vid: &str) -> Vec<String> {
+    c.get_ok(&format!("/jobs/{jobid}/vertices/{vid}")).await["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subtasks_ended_by_a_heartbeat_keep_their_reason_in_every_view() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("not root: cannot start a process of another user; skipped");
+        return;
+    }
+    // Heartbeats every few seconds: they, not sampling, end the subtasks here.
+    let c = TestCoordinator::start(&flags()).await;
+    let tm = "a0000000000000000000000000000313";
+    let _agent = start_agent(&c, tm).await;
+    let w = spinners_and_sleeper();
+    let nobody = KillOnDrop(
+        Command::new("sleep")
+            .arg("600")
+            .uid(65534)
+            .gid(65534)
+            .spawn()
+            .unwrap(),
+    );
+    let mut victim = support::sleeper();
+    let gone = vanished_pid();
+    let body = json!({
+        "name": "ended",
+        "vertices": [
+            {"name": "Source: nothing to sample", "parallelism": 2, "subtasks": [
+                {"taskmanager": tm, "pid": gone},
+                {"taskmanager": tm, "pid": nobody.pid()}]},
+            {"name": "Map: half", "parallelism": 2, "inputs": [0], "subtasks": [
+                {"taskmanager": tm, "pid": w.pid(), "thread_name": "spin-0"},
+                {"taskmanager": tm, "pid": victim.pid()}]}
+        ]
+    });
+    let jobid = c.register_job(&body).await;
+    let v = vertex_ids(&c, &jobid).await;
+    // The agent's heartbeat fails the first vertex's subtasks (no process, not allowed) and
+    // confirms the second's; then one process of the second vertex is killed.
+    poll("the heartbeat to decide every subtask", || async {
+        let ended = subtask_states(&c, &jobid, &v[0]).await;
+        let running = subtask_states(&c, &jobid, &v[1]).await;
+        (ended.iter().all(|s| s == "FAILED") && running.iter().all(|s| s == "RUNNING"))
+            .then_some(())
+    })
+    .await;
+    victim.kill();
+    poll("the killed subtask to finish", || async {
+        (subtask_states(&c, &jobid, &v[1]).await == ["RUNNING", "FINISHED"]).then_some(())
+    })
+    .await;
+    let base = format!("/jobs/{jobid}/vertices");
+
+    // A vertex with nothing to sample: -1 as in Flink, and why, in every view.
+    let json = c.get_ok(&format!("{base}/{}/flamegraph", v[0])).await;
+    assert_eq!(json["endTimestamp"], -1, "{json}");
+    assert_eq!(json["missing"], json!([0, 1]), "{json}");
+    assert_eq!(
+        json["missingReasons"],
+        json!({"0": "process not found", "1": "outside the allow-list"}),
+        "{json}"
+    );
+    let one = c
+        .get_ok(&format!("{base}/{}/flamegraph?subtaskindex=1", v[0]))
+        .await;
+    assert_eq!(
+        one,
+        json!({"endTimestamp": -1, "missing": [1], "missingReasons": {"1": "outside the allow-list"}})
+    );
+    let (header, svg) = view(&c, &format!("{base}/{}/flamegraph.svg", v[0])).await;
+    assert_eq!(header.as_deref(), Some("0,1"));
+    assert!(
+        svg.contains("0 (process not found)")
+            && svg.contains("1 (outside the allow-list)")
+            && !svg.contains("retry"),
+        "{svg}"
+    );
+    assert!(!svg.contains("65534"), "never the agent's text: {svg}");
+    let (header, folded) = view(&c, &format!("{base}/{}/flamegraph.folded", v[0])).await;
+    assert_eq!(header.as_deref(), Some("0,1"));
+    assert!(
+        folded.lines().count() == 1
+            && folded.starts_with("# no samples: ")
+            && folded
+                .contains("missing subtasks: 0 (process not found); 1 (outside the allow-list)"),
+        "{folded}"
+    );
+
+    // A vertex still running: the graph of the live subtask, the finished one named.
+    let chains = Workload::CFramePointers.chains();
+    let (header, svg) = view(&c, &format!("{base}/{}/flamegraph.svg", v[1])).await;
+    assert_eq!(header.as_deref(), Some("1"));
+    assert!(
+        svg.contains(chains.spin[0]) && svg.contains("missing subtasks: 1 (process not found)"),
+        "{}",
+        &svg[..svg.len().min(3000)]
+    );
+    let json = c.get_ok(&format!("{base}/{}/flamegraph", v[1])).await;
+    assert!(has_chain(&json["data"], chains.spin), "{json}");
+    assert_eq!(json["missingReasons"], json!({"1": "process not found"}));
+    let (_, folded) = view(&c, &format!("{base}/{}/flamegraph.folded", v[1])).await;
+    assert_eq!(
+        folded.lines().next(),
+        Some("# missing subtasks: 1 (process not found)"),
+        "{folded}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_graph_is_served_with_the_reasons_of_a_later_run_that_delivered_nothing() {
+    // Heartbeat timeout 120 s: a killed agent stays registered for the whole test, so what the
+    // views show is what the later run found.
+    let c = TestCoordinator::start(&flags()).await;
+    let (tm_a, tm_b) = (
+        "a0000000000000000000000000000413",
+        "b0000000000000000000000000000413",
+    );
+    let mut agent_a = start_agent(&c, tm_a).await;
+    let _agent_b = start_agent(&c, tm_b).await;
+    let w = spinners_and_sleeper();
+    let doomed = spinners_and_sleeper();
+    let one = |tm: &str, pid: u32| {
+        json!({"name": "one", "vertices": [{"name": "Source: spin", "parallelism": 1,
+            "subtasks": [{"taskmanager": tm, "pid": pid, "thread_name": "spin-0"}]}]})
+    };
+    let chains = Workload::CFramePointers.chains();
+
+    // A good graph, then its agent dies, then a new run: nothing delivers.
+    let (job_a, va) = running_job(&c, &one(tm_a, w.pid())).await;
+    let path = format!("/jobs/{job_a}/vertices/{}/flamegraph", va[0]);
+    let good = graph(&c, &path).await;
+    assert!(good.get("missing").is_none(), "{good}");
+    let good_end = good["endTimestamp"].as_i64().unwrap();
+    agent_a.kill();
+    let _ = c.get_ok(&format!("{path}?refresh=true")).await;
+    let after = poll("the refresh run to end", || async {
+        let (body, sampling) = graph_and_sampling(&c, &path).await;
+        (!sampling).then_some(body)
+    })
+    .await;
+    // The cached graph is still served (Flink's semantics), with the later run's reasons.
+    assert_eq!(after["endTimestamp"], good_end, "{after}");
+    assert!(has_chain(&after["data"], chains.spin), "{after}");
+    assert_eq!(after["missing"], json!([0]), "{after}");
+    assert_eq!(
+        after["missingReasons"],
+        json!({"0": "agent unreachable"}),
+        "{after}"
+    );
+    assert!(
+        after["latestRunEndTimestamp"].as_i64().unwrap() > good_end,
+        "{after}"
+    );
+    let base = format!("/jobs/{job_a}/vertices/{}", va[0]);
+    let (header, svg) = view(&c, &format!("{base}/flamegraph.svg")).await;
+    assert_eq!(header.as_deref(), Some("0"));
+    assert!(
+        svg.contains(chains.spin[0])
+            && svg.contains(
+                "delivered nothing, this graph is older: missing subtasks: 0 (agent unreachable)"
+            ),
+        "{}",
+        &svg[..svg.len().min(3000)]
+    );
+    let (header, folded) = view(&c, &format!("{base}/flamegraph.folded")).await;
+    assert_eq!(header.as_deref(), Some("0"));
+    let head = folded.lines().next().unwrap();
+    assert!(
+        head.starts_with("# the latest run (")
+            && head.ends_with(
+                "delivered nothing, this graph is older: missing subtasks: 0 (agent unreachable)"
+            ),
+        "{folded}"
+    );
+    assert!(
+        folded.lines().skip(1).all(|l| parse_line(l).is_some()) && folded.lines().count() > 1,
+        "{folded}"
+    );
+    let (header, one_svg) = view(&c, &format!("{base}/flamegraph.svg?subtaskindex=0")).await;
+    assert_eq!(
+        header.as_deref(),
+        Some("0"),
+        "the subtask's graph says it too"
+    );
+    assert!(one_svg.contains("0 (agent unreachable)"));
+
+    // The process killed after a good run: before the agent's heartbeat notices, the cached
+    // graph with the later run's reason; after it, -1 with the same reason. Either way the
+    // answer says why.
+    let (job_b, vb) = running_job(&c, &one(tm_b, doomed.pid())).await;
+    let path = format!("/jobs/{job_b}/vertices/{}/flamegraph", vb[0]);
+    let good = graph(&c, &path).await;
+    let good_end = good["endTimestamp"].as_i64().unwrap();
+    drop(doomed); // SIGKILL + reap
+    let why = poll("the killed process's reason", || async {
+        let _ = c.get_ok(&format!("{path}?refresh=true")).await;
+        let body = poll("the refresh run to end", || async {
+            let (body, sampling) = graph_and_sampling(&c, &path).await;
+            (!sampling).then_some(body)
+        })
+        .await;
+        body.get("missingReasons").is_some().then_some(body)
+    })
+    .await;
+    assert_eq!(
+        why["missingReasons"],
+        json!({"0": "process not found"}),
+        "{why}"
+    );
+    let end = why["endTimestamp"].as_i64().unwrap();
+    assert!(end == good_end || end == -1, "{why}");
+    assert_eq!(
+        why.get("latestRunEndTimestamp").is_some(),
+        end == good_end,
+        "{why}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subtasks_of_a_lost_agent_are_named_agent_lost_or_never_confirmed() {
+    // Agents lost after 1 s of silence. One confirms its subtasks and goes silent, the other
+    // registers and never heartbeats; both are then dropped and their subtasks FAILED.
+    let c = TestCoordinator::start(&["--heartbeat-timeout-s", "1"]).await;
+    let (tm_a, tm_b) = (
+        "a0000000000000000000000000000513",
+        "b0000000000000000000000000000513",
+    );
+    let mut confirmed = TestAgent::connect(&c.rpc, tm_a).await;
+    confirmed.register().await;
+    let mut silent = TestAgent::connect(&c.rpc, tm_b).await;
+    silent.register().await;
+    let worker = support::sleeper();
+    let jobid = c.register_job(&job([tm_a, tm_b], worker.pid())).await;
+    confirmed.heartbeat().await;
+    confirmed.heartbeat().await;
+    let v = vertex_ids(&c, &jobid).await;
+    poll("both agents to be lost", || async {
+        (subtask_states(&c, &jobid, &v[0]).await == ["FAILED", "FAILED"]).then_some(())
+    })
+    .await;
+    let path = format!("/jobs/{jobid}/vertices/{}/flamegraph", v[0]);
+    assert_eq!(
+        c.get_ok(&path).await,
+        json!({"endTimestamp": -1, "missing": [0, 1],
+            "missingReasons": {"0": "agent lost", "1": "never confirmed (agent lost)"}})
+    );
+    let (header, svg) = view(&c, &format!("{path}.svg")).await;
+    assert_eq!(header.as_deref(), Some("0,1"));
+    assert!(
+        svg.contains("missing subtasks: 1 (never confirmed (agent lost)); 0 (agent lost)")
+            && !svg.contains("retry"),
+        "{svg}"
+    );
+}

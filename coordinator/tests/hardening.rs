@@ -652,10 +652,18 @@ async fn target_exits_mid_run(tm: &str) -> (String, String) {
         (states == ["RUNNING", "FINISHED"]).then_some(())
     })
     .await;
-    // The finished subtask answers Flink's "terminated"; the vertex still has its graph.
+    // The finished subtask answers Flink's "terminated", saying why (its process is gone, or
+    // only its zombie is left without the thread); the vertex still has its graph.
+    let ended = c.get_ok(&format!("{base}/flamegraph?subtaskindex=1")).await;
     assert_eq!(
-        c.get_ok(&format!("{base}/flamegraph?subtaskindex=1")).await,
-        json!({"endTimestamp": -1})
+        (&ended["endTimestamp"], &ended["missing"]),
+        (&json!(-1), &json!([1])),
+        "{ended}"
+    );
+    assert!(
+        ["process not found", "no matching thread"]
+            .contains(&ended["missingReasons"]["1"].as_str().unwrap_or_default()),
+        "{ended}"
     );
     let g = c.get_ok(&format!("{base}/flamegraph")).await;
     assert!(g["endTimestamp"].as_i64().unwrap() > 0, "{g}");

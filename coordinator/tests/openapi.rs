@@ -252,7 +252,9 @@ async fn document_is_openapi_3_and_lists_every_route() {
     let schemas = &doc["components"]["schemas"];
     let graph = &schemas["VertexFlameGraph"]["properties"];
     assert!(
-        graph.get("missing").is_some() && graph.get("missingReasons").is_some(),
+        graph.get("missing").is_some()
+            && graph.get("missingReasons").is_some()
+            && graph.get("latestRunEndTimestamp").is_some(),
         "{graph}"
     );
     for schema in ["Backpressure", "SubtaskBackpressure"] {

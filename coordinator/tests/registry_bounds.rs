@@ -243,6 +243,7 @@ async fn a_heartbeat_of_100000_watched_subtasks_is_accepted() {
             alive: true,
             pid: target.pid(),
             threads: 1,
+            ..Default::default()
         })
         .collect();
     let answer = client.heartbeat(beat(liveness)).await.unwrap().into_inner();

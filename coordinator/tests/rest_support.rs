@@ -211,6 +211,12 @@ impl TestAgent {
                     alive,
                     pid,
                     threads: u32::from(alive),
+                    // What a real agent says of a process it does not find.
+                    failure: if alive {
+                        v1::SubtaskFailure::Unspecified
+                    } else {
+                        v1::SubtaskFailure::ProcessNotFound
+                    } as i32,
                 }
             })
             .collect();

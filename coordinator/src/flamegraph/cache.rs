@@ -17,8 +17,9 @@
 //!   if the run task panicked.
 //! * A run in which no subtask delivered (every agent failed, every process refused or gone) is
 //!   not a graph: it is kept aside as the key's last failure ([`GraphCache::last_failure`]), so
-//!   the views can say why there is nothing (see [`super::missing`]), while the entry (and its
-//!   freshness) stays as it was and the next request retries. A run that delivers clears it. At
+//!   the views can say why there is nothing, or why the graph they still serve is older (see
+//!   [`super::missing`]), while the entry (and its freshness) stays as it was and the next
+//!   request retries. A run that delivers clears it. At
 //!   most [`CacheLimits::max_entries`] failures are kept, swept like entries.
 //! * Whoever wants to wait for the run in flight (the SVG and folded views do, briefly) gets a
 //!   [`tokio::sync::watch::Receiver`] from [`GraphCache::pending_run`]; the run's sender is dropped

@@ -20,10 +20,10 @@ use flamegrid_model::GraphType;
 
 /// The folded text of the answer for `ty`.
 pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
-    match answer {
-        GraphAnswer::Ready(s) => {
+    match answer.graph() {
+        Some(s) => {
             let body = s.folded(ty);
-            let note = super::missing::note(&s.missing);
+            let note = answer.note();
             if body.is_empty() {
                 let mut why = format!("no {ty} samples in this run");
                 if !note.is_empty() {
@@ -37,7 +37,7 @@ pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
                 comment(&note) + &body
             }
         }
-        other => comment(&other.explain()),
+        None => comment(&answer.explain()),
     }
 }
 
@@ -80,7 +80,7 @@ mod tests {
         let empty = GraphAnswer::Ready(Arc::new(snapshot(1, &[], &[0, 1])));
         let answers = [
             (GraphAnswer::Waiting, GraphType::Full),
-            (GraphAnswer::Terminated, GraphType::Full),
+            (GraphAnswer::Terminated(Default::default()), GraphType::Full),
             (GraphAnswer::Disabled, GraphType::Full),
             (empty, GraphType::OnCpu),
         ];

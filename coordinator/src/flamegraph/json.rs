@@ -13,6 +13,15 @@
 //! When the last run delivered nothing at all (and nothing is cached), the answer is still `-3`
 //! (the next poll samples again, as in Flink) but carries the two fields, so that a client sees
 //! why instead of waiting forever: `{"endTimestamp":-3,"missing":[0],"missingReasons":{...}}`.
+//! A terminated vertex or subtask (`-1`) carries them too for the subtasks that ended for a
+//! reason (FAILED, or FINISHED because the process vanished): "nothing to sample", and why.
+//!
+//! When a run delivered nothing but an older graph is cached, the older graph is served (as in
+//! Flink, until it expires) with the later run's `missing` and `missingReasons`, and a third
+//! field saying they are newer than the graph:
+//!
+//! * `"latestRunEndTimestamp"`: when that later run ended (ms since the epoch, after
+//!   `endTimestamp`); present only in this case.
 
 use super::GraphAnswer;
 use super::cache::GraphCache;
@@ -39,30 +48,26 @@ pub struct VertexFlameGraph {
     /// outside the allow-list, refused by the kernel, never confirmed (agent lost), agent lost.
     #[serde(rename = "missingReasons", skip_serializing_if = "BTreeMap::is_empty")]
     pub missing_reasons: BTreeMap<String, String>,
+    /// Present when `missing` and `missingReasons` come from a later run than the graph's, in
+    /// which no subtask delivered (the graph shown is older): when that run ended, ms since
+    /// the epoch.
+    #[serde(
+        rename = "latestRunEndTimestamp",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latest_run_end_timestamp: Option<i64>,
 }
 
 impl VertexFlameGraph {
     /// The answer for `ty`.
     pub fn new(answer: &GraphAnswer, ty: GraphType) -> VertexFlameGraph {
-        match answer {
-            GraphAnswer::Ready(s) => VertexFlameGraph {
-                end_timestamp: s.end_ms,
-                data: Some(s.tree(ty)),
-                missing: s.missing.keys().copied().collect(),
-                missing_reasons: reasons_by_index(&s.missing),
-            },
-            GraphAnswer::Unavailable(s) => VertexFlameGraph {
-                end_timestamp: answer.end_timestamp(),
-                data: None,
-                missing: s.missing.keys().copied().collect(),
-                missing_reasons: reasons_by_index(&s.missing),
-            },
-            other => VertexFlameGraph {
-                end_timestamp: other.end_timestamp(),
-                data: None,
-                missing: Vec::new(),
-                missing_reasons: BTreeMap::new(),
-            },
+        let missing = answer.missing();
+        VertexFlameGraph {
+            end_timestamp: answer.end_timestamp(),
+            data: answer.graph().map(|s| s.tree(ty)),
+            missing: missing.keys().copied().collect(),
+            missing_reasons: reasons_by_index(missing),
+            latest_run_end_timestamp: answer.latest_run_end(),
         }
     }
 }
@@ -106,6 +111,9 @@ pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
             &serde_json::to_string(&graph.missing_reasons).unwrap_or_else(|_| "{}".to_string()),
         );
     }
+    if let Some(latest) = graph.latest_run_end_timestamp {
+        let _ = write!(out, ",\"latestRunEndTimestamp\":{latest}");
+    }
     out.push('}');
     out
 }
@@ -133,7 +141,10 @@ mod tests {
             r#"{"endTimestamp":-3}"#
         );
         assert_eq!(
-            render(&GraphAnswer::Terminated, GraphType::Full),
+            render(
+                &GraphAnswer::Terminated(Default::default()),
+                GraphType::Full
+            ),
             r#"{"endTimestamp":-1}"#
         );
         assert_eq!(
@@ -158,7 +169,31 @@ mod tests {
             serde_json::json!({"1": "agent unreachable", "3": "agent unreachable"})
         );
         assert_eq!(v["data"]["value"], 1);
-        for answer in [&complete, &partial] {
+        // Terminated with reasons; an outdated graph with a later run's reasons.
+        use super::super::missing::MissingReason;
+        let ended = GraphAnswer::Terminated(
+            [
+                (0, MissingReason::ProcessNotFound),
+                (1, MissingReason::OutsideAllowList),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            render(&ended, GraphType::Full),
+            r#"{"endTimestamp":-1,"missing":[0,1],"missingReasons":{"0":"process not found","1":"outside the allow-list"}}"#
+        );
+        let outdated = GraphAnswer::Outdated {
+            graph: Arc::new(snapshot(1, &[(0, spin_and_sleep(2))], &[])),
+            latest: Arc::new(snapshot(5, &[], &[0])),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&render(&outdated, GraphType::OnCpu)).unwrap();
+        assert_eq!(v["endTimestamp"], 1001, "the cached graph, still served");
+        assert_eq!(v["data"]["value"], 2);
+        assert_eq!(v["missing"], serde_json::json!([0]));
+        assert_eq!(v["latestRunEndTimestamp"], 1005);
+        assert!(!render(&partial, GraphType::Full).contains("latestRun"));
+        for answer in [&complete, &partial, &ended, &outdated] {
             for ty in GraphType::ALL {
                 assert_eq!(
                     render(answer, ty),

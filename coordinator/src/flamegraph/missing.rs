@@ -7,11 +7,18 @@
 //!
 //! * the registry, before any RPC: a subtask whose agent is not registered any more
 //!   ([`MissingReason::NeverConfirmed`] when that agent never confirmed it,
-//!   [`MissingReason::AgentLost`] when it had);
+//!   [`MissingReason::AgentLost`] when it had), and a subtask that a heartbeat or the loss of
+//!   its agent ended, with the reason kept beside it
+//!   ([`crate::registry::job::SubtaskRuntime::absent`]: the liveness report's failure kind, or
+//!   agent lost), so that a terminated vertex answers -1 *and why*, and a running one names its
+//!   ended subtasks beside the graph of the others;
 //! * the fan-out, per agent: the RPC failed (unreachable, timed out, busy, refused the
 //!   coordinator's credentials, answered nonsense), and every subtask asked of it is absent;
 //! * the agent, per subtask: the `SubtaskFailure` kind it sends beside each failed selector
 //!   (process not found, no matching thread, outside the allow-list, refused by the kernel).
+//!
+//! A run in which nothing delivered, after an older graph, does not hide behind it: the older
+//! graph is served with the later run's reasons (`GraphAnswer::Outdated`).
 //!
 //! The words are fixed so they can be shown to anyone who can read a graph: they never carry an
 //! agent's own error text, which may name users, command names or the allow-list (that text goes
@@ -21,7 +28,14 @@ use flamegrid_proto::v1;
 use std::collections::BTreeMap;
 
 /// Why one subtask contributed nothing to a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Also kept in the registry beside a subtask that ended (FAILED, or FINISHED because its
+/// process vanished), so a graph asked for later still says why: serialized there as its
+/// snake-case variant name.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum MissingReason {
     /// The agent could not be reached (connection refused, reset, bad address).
     AgentUnreachable,

@@ -89,8 +89,11 @@ pub enum FlameGraphError {
 pub enum GraphAnswer {
     /// `--flamegraph-enabled false` (-2).
     Disabled,
-    /// The vertex (or the chosen subtask) is FINISHED, CANCELED or FAILED (-1).
-    Terminated,
+    /// The vertex (or the chosen subtask) is FINISHED, CANCELED or FAILED (-1), with the
+    /// subtasks that ended for a reason and why (process not found, outside the allow-list,
+    /// agent lost, ...; see [`crate::registry::job::SubtaskRuntime::absent`]): empty when they
+    /// finished or were canceled. A vertex with nothing to sample says why, never "retry".
+    Terminated(missing::Missing),
     /// Nothing cached yet; a run was started or is in flight (-3).
     Waiting,
     /// Nothing cached, and the last run delivered nothing: -3 as well (the next request samples
@@ -98,6 +101,16 @@ pub enum GraphAnswer {
     Unavailable(Arc<Snapshot>),
     /// The latest snapshot (possibly stale; a refresh may be running).
     Ready(Arc<Snapshot>),
+    /// The latest graph, and a later run that delivered nothing (every subtask failed, e.g.
+    /// the process was killed after a good run). The graph is still served, as Flink serves a
+    /// cached graph until it expires, but with the later run's reasons beside it, so that a
+    /// stale graph never looks whole and current.
+    Outdated {
+        /// The latest graph.
+        graph: Arc<Snapshot>,
+        /// The later run, in which no subtask delivered; its `missing` says why.
+        latest: Arc<Snapshot>,
+    },
 }
 
 impl GraphAnswer {
@@ -105,9 +118,54 @@ impl GraphAnswer {
     pub fn end_timestamp(&self) -> i64 {
         match self {
             GraphAnswer::Disabled => -2,
-            GraphAnswer::Terminated => -1,
+            GraphAnswer::Terminated(_) => -1,
             GraphAnswer::Waiting | GraphAnswer::Unavailable(_) => -3,
-            GraphAnswer::Ready(s) => s.end_ms,
+            GraphAnswer::Ready(s) | GraphAnswer::Outdated { graph: s, .. } => s.end_ms,
+        }
+    }
+
+    /// The graph to draw, if there is one (the latest, or an outdated one).
+    pub fn graph(&self) -> Option<&Arc<Snapshot>> {
+        match self {
+            GraphAnswer::Ready(s) | GraphAnswer::Outdated { graph: s, .. } => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The subtasks this answer names as absent, and why: the graph's own; for an outdated
+    /// graph, those of the later run that delivered nothing (which are the current ones); for
+    /// a failed run or a terminated vertex, theirs. Empty when none is absent.
+    pub fn missing(&self) -> &missing::Missing {
+        static NONE: missing::Missing = missing::Missing::new();
+        match self {
+            GraphAnswer::Ready(s)
+            | GraphAnswer::Unavailable(s)
+            | GraphAnswer::Outdated { latest: s, .. } => &s.missing,
+            GraphAnswer::Terminated(m) => m,
+            GraphAnswer::Disabled | GraphAnswer::Waiting => &NONE,
+        }
+    }
+
+    /// When the later run of an outdated graph ended (the JSON's `latestRunEndTimestamp`);
+    /// `None` for every other answer.
+    pub fn latest_run_end(&self) -> Option<i64> {
+        match self {
+            GraphAnswer::Outdated { latest, .. } => Some(latest.end_ms),
+            _ => None,
+        }
+    }
+
+    /// The note a view shows beside a graph: the absent subtasks and why
+    /// ([`missing::note`]), and for an outdated graph that they come from a later run that
+    /// delivered nothing; empty when nothing is absent.
+    pub fn note(&self) -> String {
+        let note = missing::note(self.missing());
+        match self {
+            GraphAnswer::Outdated { latest, .. } => format!(
+                "the latest run ({}) delivered nothing, this graph is older: {note}",
+                svg::utc(latest.end_ms)
+            ),
+            _ => note,
         }
     }
 
@@ -118,9 +176,13 @@ impl GraphAnswer {
                 "flame graphs are disabled (start the coordinator with --flamegraph-enabled true)"
                     .to_string()
             }
-            GraphAnswer::Terminated => {
+            GraphAnswer::Terminated(m) if m.is_empty() => {
                 "no samples: the vertex or subtask has already terminated".to_string()
             }
+            GraphAnswer::Terminated(m) => format!(
+                "no samples: the vertex or subtask has already terminated; {}",
+                missing::note(m)
+            ),
             GraphAnswer::Waiting => {
                 "no samples yet: no sampling run has finished (nothing running to sample); retry"
                     .to_string()
@@ -131,6 +193,9 @@ impl GraphAnswer {
                 svg::utc(s.end_ms)
             ),
             GraphAnswer::Ready(s) => format!("sampled until {}", svg::utc(s.end_ms)),
+            GraphAnswer::Outdated { graph, .. } => {
+                format!("sampled until {}; {}", svg::utc(graph.end_ms), self.note())
+            }
         }
     }
 }
@@ -275,7 +340,7 @@ impl FlameGraphService {
             return GraphAnswer::Disabled;
         }
         if vertex.is_terminal(key.subtask) {
-            return GraphAnswer::Terminated;
+            return GraphAnswer::Terminated(vertex.absent(key.subtask));
         }
         let lookup = self.cache.lookup_with(key, refresh);
         if let Some(ticket) = lookup.ticket {
@@ -305,15 +370,41 @@ impl FlameGraphService {
         self.cached_or_why(key, lookup.cached)
     }
 
-    /// `cached` as the answer, or, with nothing cached, why (the key's last failed run) or -3.
+    /// `cached` as the answer (outdated when a later run delivered nothing), or, with nothing
+    /// cached, why (the key's last failed run) or -3.
     fn cached_or_why(&self, key: &GraphKey, cached: Option<Arc<Snapshot>>) -> GraphAnswer {
-        match cached {
-            Some(s) => GraphAnswer::Ready(s),
-            None => match self.cache.last_failure(key) {
-                Some(failed) => GraphAnswer::Unavailable(failed),
-                None => GraphAnswer::Waiting,
-            },
+        let failed = self.last_failure(key);
+        match (cached, failed) {
+            (Some(graph), Some(latest)) if latest.run_id > graph.run_id => {
+                GraphAnswer::Outdated { graph, latest }
+            }
+            (Some(graph), _) => GraphAnswer::Ready(graph),
+            (None, Some(failed)) => GraphAnswer::Unavailable(failed),
+            (None, None) => GraphAnswer::Waiting,
         }
+    }
+
+    /// The last run for `key` in which nothing delivered: the key's own or, for a subtask, a
+    /// newer run of its whole vertex that names it (cut to that subtask), so a subtask's
+    /// cached graph is not served as current after its vertex found it gone.
+    fn last_failure(&self, key: &GraphKey) -> Option<Arc<Snapshot>> {
+        let own = self.cache.last_failure(key);
+        let Some(index) = key.subtask else {
+            return own;
+        };
+        let vertex = self
+            .cache
+            .last_failure(&key.vertex())
+            .filter(|v| own.as_ref().is_none_or(|o| v.run_id > o.run_id))
+            .and_then(|v| {
+                let reason = *v.missing.get(&index)?;
+                Some(Arc::new(Snapshot {
+                    subtasks: Default::default(),
+                    missing: [(index, reason)].into(),
+                    ..(*v).clone()
+                }))
+            });
+        vertex.or(own)
     }
 
     /// Like [`FlameGraphService::answer`], but when nothing is cached yet it waits for the run in
@@ -332,7 +423,9 @@ impl FlameGraphService {
         refresh: bool,
     ) -> GraphAnswer {
         let first = self.answer_with(key, vertex, refresh);
-        if !matches!(first, GraphAnswer::Waiting | GraphAnswer::Unavailable(_)) {
+        if first.graph().is_some()
+            || matches!(first, GraphAnswer::Disabled | GraphAnswer::Terminated(_))
+        {
             return first;
         }
         if let Some(mut done) = self.cache.pending_run(key) {
@@ -508,6 +601,61 @@ mod tests {
         off.enabled = false;
         let s = FlameGraphService::with_settings(off, AgentAuth::default());
         assert_eq!(s.answer(&key(), &vertex(false, true)).end_timestamp(), -2);
+    }
+
+    #[tokio::test]
+    async fn a_later_run_that_delivers_nothing_makes_the_cached_graph_outdated() {
+        use crate::fanout::tests::{Behaviour, agent, target};
+        let (address, _) = agent(Behaviour::Answer).await;
+        let s = service();
+        let mut v = vertex(false, false);
+        v.subtasks[0].target = Some(target(0, &address, 1));
+        let GraphAnswer::Ready(good) = s.answer_waiting(&key(), &v).await else {
+            panic!("a graph")
+        };
+        // The agent is gone now: a refresh delivers nothing.
+        v.subtasks[0].target = Some(target(0, "http://127.0.0.1:1", 1));
+        let _ = s.answer_with(&key(), &v, true);
+        let mut done = s
+            .cache()
+            .pending_run(&key())
+            .expect("the refresh is in flight");
+        let _ = done.changed().await;
+        let answer = s.answer(&key(), &v);
+        let GraphAnswer::Outdated { graph, latest } = &answer else {
+            panic!("the cached graph, with the later run's reasons: {answer:?}")
+        };
+        assert!(
+            Arc::ptr_eq(graph, &good),
+            "the cached graph is still served"
+        );
+        assert_eq!(answer.end_timestamp(), good.end_ms);
+        assert_eq!(
+            answer.missing().get(&0),
+            Some(&missing::MissingReason::AgentUnreachable)
+        );
+        assert_eq!(answer.latest_run_end(), Some(latest.end_ms));
+        assert!(
+            answer
+                .note()
+                .contains("delivered nothing, this graph is older")
+        );
+        // The subtask's graph (filled by the vertex run) is outdated by the vertex's failure.
+        let sub = s.answer(&key().subtask(0), &v);
+        assert!(
+            matches!(&sub, GraphAnswer::Outdated { latest, .. } if latest.missing.len() == 1),
+            "{sub:?}"
+        );
+        // Terminated: -1 with the reasons the registry kept.
+        let mut ended = vertex(true, false);
+        ended.subtasks[0].absent = Some(missing::MissingReason::OutsideAllowList);
+        let answer = s.answer(&key(), &ended);
+        assert_eq!(answer.end_timestamp(), -1);
+        assert!(
+            answer.explain().contains("0 (outside the allow-list)"),
+            "{}",
+            answer.explain()
+        );
     }
 
     #[tokio::test]

@@ -105,7 +105,7 @@ impl ExportContext {
         if let Some(i) = self.subtask {
             stem.push_str(&format!("-subtask{i}"));
         }
-        if let GraphAnswer::Ready(s) = answer {
+        if let Some(s) = answer.graph() {
             stem.push_str(&format!("-{}", s.end_ms));
         }
         stem.retain(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -215,14 +215,14 @@ pub fn profile(answer: &GraphAnswer, ty: GraphType, ctx: &ExportContext) -> Prof
         ..Mapping::default()
     });
     let mut frames = Frames::default();
-    match answer {
-        GraphAnswer::Ready(snapshot) => {
+    match answer.graph() {
+        Some(snapshot) => {
             profile.time_nanos = snapshot.end_ms.saturating_mul(1_000_000);
             profile.duration_nanos = (snapshot.end_ms - snapshot.start_ms)
                 .max(0)
                 .saturating_mul(1_000_000);
-            if !snapshot.missing.is_empty() {
-                let note = super::missing::note(&snapshot.missing);
+            let note = answer.note();
+            if !note.is_empty() {
                 profile.comment.push(strings.id(&note));
             }
             profile.sample = samples(snapshot, ty, ctx, &mut strings, &mut frames);
@@ -231,7 +231,7 @@ pub fn profile(answer: &GraphAnswer, ty: GraphType, ctx: &ExportContext) -> Prof
                 profile.comment.push(strings.id(&note));
             }
         }
-        other => profile.comment.push(strings.id(&other.explain())),
+        None => profile.comment.push(strings.id(&answer.explain())),
     }
     profile.function = frames.functions;
     profile.location = frames.locations;
@@ -483,7 +483,7 @@ mod tests {
     fn no_graph_is_an_empty_profile_that_says_why() {
         for answer in [
             GraphAnswer::Disabled,
-            GraphAnswer::Terminated,
+            GraphAnswer::Terminated(Default::default()),
             GraphAnswer::Waiting,
         ] {
             let p = profile(&answer, GraphType::Full, &ctx());

@@ -94,8 +94,8 @@ pub struct SampledProfile {
 /// The speedscope file of `answer` for `ty`; see the module docs.
 pub fn file(answer: &GraphAnswer, ty: GraphType, ctx: &ExportContext) -> SpeedscopeFile {
     let mut frames = FrameTable::default();
-    let (name, profiles) = match answer {
-        GraphAnswer::Ready(snapshot) => {
+    let (name, profiles) = match answer.graph() {
+        Some(snapshot) => {
             let profiles = snapshot
                 .subtasks
                 .keys()
@@ -106,13 +106,14 @@ pub fn file(answer: &GraphAnswer, ty: GraphType, ctx: &ExportContext) -> Speedsc
                 ctx.title(ty),
                 super::svg::utc(snapshot.end_ms)
             );
-            if !snapshot.missing.is_empty() {
-                name.push_str(&format!(" ({})", super::missing::note(&snapshot.missing)));
+            let note = answer.note();
+            if !note.is_empty() {
+                name.push_str(&format!(" ({note})"));
             }
             (name, profiles)
         }
-        other => {
-            let why = other.explain();
+        None => {
+            let why = answer.explain();
             let empty = SampledProfile {
                 kind: "sampled".into(),
                 name: why.clone(),
@@ -306,7 +307,7 @@ mod tests {
     fn no_graph_is_a_valid_file_that_says_why() {
         for answer in [
             GraphAnswer::Disabled,
-            GraphAnswer::Terminated,
+            GraphAnswer::Terminated(Default::default()),
             GraphAnswer::Waiting,
         ] {
             let f = file(&answer, GraphType::Full, &ctx());

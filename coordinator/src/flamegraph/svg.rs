@@ -55,12 +55,12 @@ impl SvgLabels<'_> {
 
 /// The SVG document for `answer`.
 pub fn render(answer: &GraphAnswer, labels: &SvgLabels<'_>) -> Result<Vec<u8>, FlameGraphError> {
-    let GraphAnswer::Ready(snapshot) = answer else {
+    let Some(snapshot) = answer.graph() else {
         return Ok(message_svg(&labels.title(), &answer.explain()));
     };
     let ty = labels.ty;
     let lines = visible_lines(&snapshot.tree(ty), MIN_WIDTH_PERCENT);
-    let note = super::missing::note(&snapshot.missing);
+    let note = answer.note();
     if lines.is_empty() {
         let mut text = format!("no {ty} samples in this run ({})", when(snapshot.end_ms));
         if !note.is_empty() {
@@ -319,9 +319,14 @@ mod tests {
         let a = GraphAnswer::Ready(Arc::new(snapshot(1, &[(0, spin_and_sleep(0))], &[])));
         let svg = String::from_utf8(render(&a, &labels(GraphType::OnCpu)).unwrap()).unwrap();
         assert!(svg.starts_with("<?xml") && svg.contains("no ON_CPU samples"));
-        let svg =
-            String::from_utf8(render(&GraphAnswer::Terminated, &labels(GraphType::Full)).unwrap())
-                .unwrap();
+        let svg = String::from_utf8(
+            render(
+                &GraphAnswer::Terminated(Default::default()),
+                &labels(GraphType::Full),
+            )
+            .unwrap(),
+        )
+        .unwrap();
         assert!(svg.contains("terminated"));
     }
 

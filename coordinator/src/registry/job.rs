@@ -6,6 +6,7 @@
 //! plain serde types so that the SQLite row is the JSON of these structs and nothing else.
 
 use super::state::{ExecutionState, JobStatus, aggregate_execution_states};
+use crate::flamegraph::missing::MissingReason;
 use serde::{Deserialize, Serialize};
 
 /// How a subtask names its process: by pid, or by the kernel's name for it (`comm`), which is
@@ -76,6 +77,13 @@ pub struct SubtaskRuntime {
     pub endpoint: String,
     /// Why it failed, for `/jobs/:jobid/exceptions`.
     pub failure: Option<String>,
+    /// Why it cannot be sampled any more, in the flame graph's fixed words: set when it ends
+    /// FAILED (process not found, outside the allow-list, agent lost, ...) or FINISHED because
+    /// its process or threads vanished, so every flame graph view keeps naming it after the
+    /// heartbeat that ended it. `None` while it runs, when canceled, and in rows stored before
+    /// the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absent: Option<MissingReason>,
     /// The pid the agent last resolved (0 before the first report).
     pub pid: u32,
     /// How many threads its selector matched at the last report.
@@ -98,6 +106,7 @@ impl SubtaskRuntime {
             timestamps,
             endpoint,
             failure: None,
+            absent: None,
             pid: 0,
             threads: 0,
         }

@@ -531,6 +531,7 @@ impl Registry {
                 subtask.threads = report.threads;
                 subtask.transition(ExecutionState::Running, now);
             } else if subtask.status == ExecutionState::Running {
+                subtask.absent = Some(MissingReason::from_wire(report.failure));
                 subtask.transition(ExecutionState::Finished, now);
                 ended.push((j, v, s));
                 tracing::info!(job = %job_id, vertex = %vertex_id, subtask = s, "subtask finished: its threads are gone");
@@ -538,6 +539,7 @@ impl Registry {
                 subtask.failure = Some(format!(
                     "task manager {agent_id} found no process or threads for {what}"
                 ));
+                subtask.absent = Some(MissingReason::from_wire(report.failure));
                 subtask.transition(ExecutionState::Failed, now);
                 ended.push((j, v, s));
                 tracing::warn!(job = %job_id, vertex = %vertex_id, subtask = s, "subtask failed: nothing to watch");
@@ -620,6 +622,11 @@ impl Registry {
                     "task manager {tm} was lost: no heartbeat for more than {} s",
                     timeout.as_secs_f64()
                 ));
+                subtask.absent = Some(if subtask.status.is_sampleable() {
+                    MissingReason::AgentLost
+                } else {
+                    MissingReason::NeverConfirmed
+                });
                 subtask.transition(ExecutionState::Failed, now);
                 lost.push((tm.clone(), (j, v, s)));
             }
@@ -725,8 +732,11 @@ impl Registry {
                 // best liveness check there is (a graph on the first request). One whose agent
                 // is not registered cannot be, and the run says why.
                 let confirmed = status.is_sampleable();
+                let runtime = &job.runtime.subtasks[v][s];
                 let (target, absent) = match inner.taskmanagers.get(&spec.taskmanager) {
-                    _ if status.is_terminal() => (None, None),
+                    // Ended: not sampled, but named with why it ended, if it did not simply
+                    // finish or get canceled (see `SubtaskRuntime::absent`).
+                    _ if status.is_terminal() => (None, runtime.absent),
                     Some(tm) => (
                         Some(SubtaskTarget {
                             subtask_index: s as u32,

@@ -174,8 +174,9 @@ impl Resolved {
     }
 
     /// The `X-Flamegrid-Sampling` and (when some subtasks are missing, also from a run that
-    /// delivered nothing) `X-Flamegrid-Missing` headers for an answer to this request; read after the answer, so a request that started
-    /// a run says `true`.
+    /// delivered nothing or for a terminated vertex) `X-Flamegrid-Missing` headers for an
+    /// answer to this request; read after the answer, so a request that started a run says
+    /// `true`.
     pub(super) fn headers(&self, state: &AppState, answer: &GraphAnswer) -> HeaderMap {
         let mut headers = HeaderMap::new();
         let sampling = state.flamegraphs.sampling(&self.key);
@@ -183,10 +184,8 @@ impl Resolved {
             SAMPLING_HEADER,
             HeaderValue::from_static(if sampling { "true" } else { "false" }),
         );
-        if let GraphAnswer::Ready(s) | GraphAnswer::Unavailable(s) = answer
-            && !s.missing.is_empty()
-        {
-            let list: Vec<String> = s.missing.keys().map(u32::to_string).collect();
+        if !answer.missing().is_empty() {
+            let list: Vec<String> = answer.missing().keys().map(u32::to_string).collect();
             // Digits and commas: always a valid header value.
             if let Ok(value) = HeaderValue::from_str(&list.join(",")) {
                 headers.insert(MISSING_HEADER, value);

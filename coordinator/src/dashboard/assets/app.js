@@ -429,7 +429,8 @@ const TYPES = [
 /**
  * The note above the graph naming every absent subtask with its reason (the JSON's `missing`
  * and `missingReasons`, fixed words), grouped by reason: "subtasks 1, 3: agent unreachable;
- * subtask 2: process not found". An empty list when nothing is absent.
+ * subtask 2: process not found". An empty list when nothing is absent. When the reasons come
+ * from a later run that delivered nothing (`latestRunEndTimestamp`), it says the graph is older.
  */
 function missingNote(graph) {
   const gone = Array.isArray(graph.missing) ? graph.missing : [];
@@ -443,6 +444,13 @@ function missingNote(graph) {
   }
   const groups = [...byReason].map(([why, idx]) => `subtask${idx.length === 1 ? '' : 's'} ${idx.join(', ')}: ${why}`);
   const some = graph.data && graph.data.value > 0;
+  const later = Number(graph.latestRunEndTimestamp);
+  if (some && later > 0) {
+    return [h('div', { class: 'warning', role: 'note', id: 'fg-missing' },
+      h('strong', {}, 'Outdated: '),
+      `the latest run (${fmtAgo(later)}) delivered nothing: no samples from ${groups.join('; ')}.`,
+      ' The graph below is from an earlier run.')];
+  }
   return [h('div', { class: 'warning', role: 'note', id: 'fg-missing' },
     h('strong', {}, some ? 'Incomplete: ' : 'No samples: '),
     `no samples from ${groups.join('; ')}`,
@@ -460,6 +468,7 @@ function vertexPage(root, page, jid, vid, params) {
     type: TYPES.some((t) => t.value === (params.get('type') || '').toLowerCase()) ? params.get('type').toLowerCase() : 'on_cpu',
     subtask: /^\d+$/.test(params.get('subtask') || '') ? params.get('subtask') : '',
     endTimestamp: null, // of the graph on screen
+    reasonsKey: null, // the absent subtasks and reasons the note above it shows
     generation: 0, // bumped when type or subtask changes; answers to older requests are dropped
   };
 
@@ -621,6 +630,7 @@ function vertexPage(root, page, jid, vid, params) {
     else chartBox.removeAttribute('aria-busy');
     if (ts < 0 || !graph.data) {
       state.endTimestamp = null;
+      state.reasonsKey = null;
       age.textContent = '';
       status.textContent = SENTINELS[String(ts)] || `No graph (endTimestamp ${ts}).`;
       status.classList.remove('busy');
@@ -631,11 +641,18 @@ function vertexPage(root, page, jid, vid, params) {
       return;
     }
     chartBox.dataset.state = 'ready';
-    // Like Flink's UI: redraw only when a new run landed (endTimestamp changed).
-    if (ts !== state.endTimestamp) {
-      state.endTimestamp = ts;
+    // The note follows every answer: a later run that delivered nothing changes the reasons
+    // beside an unchanged graph. Rewritten only when they change.
+    const reasonsKey = JSON.stringify([graph.missing, graph.missingReasons, graph.latestRunEndTimestamp]);
+    const newRun = ts !== state.endTimestamp;
+    if (newRun || reasonsKey !== state.reasonsKey) {
+      state.reasonsKey = reasonsKey;
       // Before the graph is drawn, so that the note shows whatever the drawing does.
       fill(missing, ...missingNote(graph));
+    }
+    // Like Flink's UI: redraw only when a new run landed (endTimestamp changed).
+    if (newRun) {
+      state.endTimestamp = ts;
       chart.setData(graph.data, state.type);
       loadHistory();
       age.textContent = `measured ${fmtAgo(ts)}`;
