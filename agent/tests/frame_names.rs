@@ -98,15 +98,18 @@ fn cpp_inlined_lambdas_and_templates_are_named_by_their_dwarf_scope() {
         ],
     ] {
         assert!(
-            folded.iter().any(|(stack, _)| contains_chain(stack, &chain)),
+            folded
+                .iter()
+                .any(|(stack, _)| contains_chain(stack, &chain)),
             "{chain:?} missing in {folded:#?}"
         );
     }
     // std::thread's own inlined helpers carry their class.
     assert!(
-        folded.iter().flat_map(|(stack, _)| stack).any(|n| {
-            n.starts_with("std::thread::_Invoker<") && n.ends_with(">::_M_invoke<0>")
-        }),
+        folded
+            .iter()
+            .flat_map(|(stack, _)| stack)
+            .any(|n| { n.starts_with("std::thread::_Invoker<") && n.ends_with(">::_M_invoke<0>") }),
         "std::thread::_Invoker<...>::_M_invoke<0> missing in {folded:#?}"
     );
     let bare: Vec<&String> = folded

@@ -67,6 +67,7 @@
 //! the next run mostly finds its addresses there; only an address never seen before makes the
 //! thread build a new symbolizer and pay the cold parse (tens to a few hundred milliseconds).
 
+use super::dwarf_scope::{InlinedName, ScopeCache};
 use super::maps::{self, MapEntry};
 use super::target_file::{self, MappedIdentity};
 use super::unwind::FileKey;
@@ -395,37 +396,102 @@ fn symbolize_batch(
 }
 
 /// Sealed copies of module files ([`target_file::sealed_copy`]) by file identity: what blazesym
-/// reads instead of the files themselves.
+/// reads instead of the files themselves, and what the scopes of bare inlined C++ frames are
+/// read from ([`ScopeCache`]).
 #[derive(Default)]
 struct ModuleCopies {
     /// `None`: the file could not be copied (too large, unreadable); not tried again.
     files: HashMap<FileKey, Option<File>>,
+    scopes: ScopeCache,
 }
 
 impl ModuleCopies {
-    /// The path blazesym opens for `file`'s contents: `/proc/self/fd/N` of its sealed copy.
-    fn path_of(&mut self, file: &File) -> Option<String> {
+    /// The identity of `file` and the path blazesym opens for its contents: `/proc/self/fd/N`
+    /// of its sealed copy.
+    fn path_of(&mut self, file: &File) -> Option<(FileKey, String)> {
         let key = FileKey::of(&file.metadata().ok()?);
-        let copy = self.files.entry(key).or_insert_with(|| {
+        let copy = self.files.entry(key.clone()).or_insert_with(|| {
             target_file::sealed_copy(file)
                 .map_err(|err| tracing::debug!(%err, "module not copied"))
                 .ok()
         });
         copy.as_ref()
-            .map(|c| format!("/proc/self/fd/{}", c.as_raw_fd()))
+            .map(|c| (key, format!("/proc/self/fd/{}", c.as_raw_fd())))
     }
+
+    /// The full names of `sym`'s inlined frames that DWARF gave only a bare C++ name, from the
+    /// DIE tree of the copy of file `key` ([`super::dwarf_scope`]): one entry per inlined
+    /// frame, `None` where the name stays as it is. Empty (and no DWARF read) when no
+    /// inlined frame of `sym` is bare.
+    fn inlined_scopes(
+        &mut self,
+        key: &FileKey,
+        sym: &blazesym::symbolize::Sym<'_>,
+    ) -> Vec<Option<String>> {
+        let bare = |f: &blazesym::symbolize::InlinedFn<'_>| {
+            !is_mangled(&f.name)
+                && !has_scope(&f.name)
+                && !f.code_info.as_ref().is_some_and(|c| {
+                    let file = std::path::Path::new(&*c.file);
+                    matches!(file.extension().and_then(|e| e.to_str()), Some("c" | "rs"))
+                })
+        };
+        if !sym.inlined.iter().any(bare) {
+            return Vec::new();
+        }
+        let Some(Some(copy)) = self.files.get(key) else {
+            return Vec::new();
+        };
+        let svma = sym.addr.saturating_add(sym.offset as u64);
+        let calls = self.scopes.inlined_at(key, copy, svma);
+        match_inlined(&sym.inlined, &calls, bare)
+    }
+}
+
+/// Pairs blazesym's inlined frames with the inlined calls the DIE tree has at the same address
+/// (both outermost first): frame `i` takes the scoped name of its call when the bare names
+/// agree. With as many calls as frames they pair by position; otherwise each frame takes the
+/// next call of its name, in order.
+fn match_inlined(
+    frames: &[blazesym::symbolize::InlinedFn<'_>],
+    calls: &[InlinedName],
+    wanted: impl Fn(&blazesym::symbolize::InlinedFn<'_>) -> bool,
+) -> Vec<Option<String>> {
+    let mut next = 0;
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, frame)| {
+            let call = if calls.len() == frames.len() {
+                calls.get(i).filter(|c| c.bare == frame.name)
+            } else {
+                let found = calls[next.min(calls.len())..]
+                    .iter()
+                    .position(|c| c.bare == frame.name)
+                    .map(|at| next + at);
+                if let Some(at) = found {
+                    next = at + 1;
+                }
+                found.and_then(|at| calls.get(at))
+            };
+            call.filter(|_| wanted(frame))
+                .and_then(|c| c.scoped.clone())
+        })
+        .collect()
 }
 
 /// The frames of one symbol: the function, then the functions inlined into it.
 ///
 /// `symtab` is the same address looked up in the ELF symbol table alone (see
-/// [`frame_names`]); it names the outer frame when DWARF gave only a bare name.
+/// [`frame_names`]); it names the outer frame when DWARF gave only a bare name. `scoped` are
+/// full names for inlined frames from the DIE tree ([`ModuleCopies::inlined_scopes`]).
 fn frames_of(
     sym: &blazesym::symbolize::Sym<'_>,
     symtab: Option<&blazesym::symbolize::Sym<'_>>,
+    scoped: &[Option<String>],
     module: String,
 ) -> Vec<Frame> {
-    frame_names(sym, symtab)
+    frame_names(sym, symtab, scoped)
         .into_iter()
         .enumerate()
         .map(|(i, name)| Frame {
@@ -445,13 +511,16 @@ fn frames_of(
 ///   address) is used instead if it is mangled: it carries the full path (`gears::alpha::drive`).
 /// * A frame whose name is still bare and whose code is Rust source gets its declaring source
 ///   file: `poll (alpha.rs)`. That is what the line tables know about where it was declared,
-///   and it keeps apart same-named inlined functions of different modules. C and C++ names
-///   are left alone: a C function's bare name is its whole name, and C++ compiled with `-g`
-///   has linkage names for its functions, inlined ones included.
+///   and it keeps apart same-named inlined functions of different modules. C names are left
+///   alone: a C function's bare name is its whole name.
+/// * An inlined C++ frame with a bare name (a lambda's `operator()`, a template member without
+///   linkage name) takes its scoped name from the DIE tree, where `scoped` has one
+///   (`alpha::turn::{lambda()#1}::operator()`).
 /// * Long generic argument lists are shortened ([`shorten_generics`]).
 fn frame_names(
     sym: &blazesym::symbolize::Sym<'_>,
     symtab: Option<&blazesym::symbolize::Sym<'_>>,
+    scoped: &[Option<String>],
 ) -> Vec<String> {
     let mut names = Vec::with_capacity(1 + sym.inlined.len());
     let mut outer = clean_name(&sym.name);
@@ -463,8 +532,12 @@ fn frame_names(
         outer = clean_name(&symtab.name);
     }
     names.push(qualify_bare(outer, sym.code_info.as_deref()));
-    for f in sym.inlined.iter() {
-        names.push(qualify_bare(clean_name(&f.name), f.code_info.as_ref()));
+    for (i, f) in sym.inlined.iter().enumerate() {
+        let name = match scoped.get(i) {
+            Some(Some(full)) => full.clone(),
+            _ => clean_name(&f.name),
+        };
+        names.push(qualify_bare(name, f.code_info.as_ref()));
     }
     names
 }
@@ -621,7 +694,7 @@ fn symbolize_from_files(
     }
     let mut named_any = false;
     for ((path, _, _), (entry, wanted)) in by_file {
-        let Some(copy) = open(entry).and_then(|file| copies.path_of(&file)) else {
+        let Some((key, copy)) = open(entry).and_then(|file| copies.path_of(&file)) else {
             continue;
         };
         let offsets: Vec<u64> = wanted.iter().map(|&(_, off)| off).collect();
@@ -657,7 +730,8 @@ fn symbolize_from_files(
                     Some(Symbolized::Sym(s)) => Some(s),
                     _ => None,
                 };
-                frames[i] = frames_of(sym, symtab, module.clone());
+                let scoped = copies.inlined_scopes(&key, sym);
+                frames[i] = frames_of(sym, symtab, &scoped, module.clone());
                 named_any = true;
             }
         }
