@@ -584,3 +584,203 @@ impl UnitScopes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(offset: usize, parent: Option<usize>, kind: Kind, name: Option<&str>) -> Node {
+        Node {
+            offset,
+            parent,
+            kind,
+            name: name.map(Box::from),
+            link: Link::None,
+        }
+    }
+
+    fn unit(nodes: Vec<Node>, inlined: Vec<InlinedRange>) -> UnitScopes {
+        let longest = inlined.iter().map(|r| r.end - r.begin).max().unwrap_or(0);
+        let mut scopes = UnitScopes {
+            nodes,
+            inlined,
+            longest,
+        };
+        scopes.name_nameless_types();
+        scopes
+    }
+
+    const CLASS: Kind = Kind::Type { lambda: None };
+    const LAMBDA: Kind = Kind::Type {
+        lambda: Some(false),
+    };
+
+    #[test]
+    fn a_lambda_is_named_by_its_function_and_namespace() {
+        // namespace alpha { void turn(); }            (declaration, 0x10..0x20)
+        // void alpha::turn() { [..]() { .. }; }        (definition at unit level, links to it)
+        let mut definition = node(0x30, None, Kind::Function, None);
+        definition.link = Link::Local(0x20);
+        let mut nodes = vec![
+            node(0x10, None, Kind::Namespace, Some("alpha")),
+            node(0x20, Some(0), Kind::Function, Some("turn")),
+            definition,
+            node(0x40, Some(2), LAMBDA, None),
+            node(0x50, Some(3), Kind::Function, Some("operator()")),
+            node(0x60, Some(2), LAMBDA, None),
+            node(0x70, Some(5), Kind::Function, Some("operator()")),
+            node(0x80, None, Kind::Namespace, None),
+            node(0x90, Some(7), CLASS, Some("Gear")),
+            node(0xa0, Some(8), Kind::Function, Some("_M_invoke<0>")),
+        ];
+        // An abstract instance that points at the second lambda's operator.
+        let mut abstract_instance = node(0xb0, None, Kind::Function, None);
+        abstract_instance.link = Link::Local(0x70);
+        nodes.push(abstract_instance);
+        let scopes = unit(
+            nodes,
+            vec![
+                InlinedRange {
+                    begin: 0x1000,
+                    end: 0x1100,
+                    depth: 2,
+                    origin: 0x50,
+                },
+                InlinedRange {
+                    begin: 0x1010,
+                    end: 0x1020,
+                    depth: 3,
+                    origin: 0xb0,
+                },
+            ],
+        );
+        let scoped = |o| scopes.name_of(o).and_then(|n| n.scoped);
+        assert_eq!(
+            scoped(0x50).as_deref(),
+            Some("alpha::turn::{lambda()#1}::operator()")
+        );
+        assert_eq!(
+            scoped(0xb0).as_deref(),
+            Some("alpha::turn::{lambda()#2}::operator()")
+        );
+        assert_eq!(
+            scoped(0xa0).as_deref(),
+            Some("(anonymous namespace)::Gear::_M_invoke<0>")
+        );
+        // Outermost first, only the calls that hold the address.
+        let at = |svma| {
+            scopes
+                .names_at(svma)
+                .into_iter()
+                .map(|n| n.scoped.unwrap_or(n.bare))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            at(0x1018),
+            [
+                "alpha::turn::{lambda()#1}::operator()",
+                "alpha::turn::{lambda()#2}::operator()"
+            ]
+        );
+        assert_eq!(at(0x1080), ["alpha::turn::{lambda()#1}::operator()"]);
+        assert!(at(0x2000).is_empty());
+    }
+
+    #[test]
+    fn cyclic_deep_or_foreign_links_cost_only_the_scope() {
+        // Two functions whose links point at each other: no name, no hang.
+        let mut a = node(0x10, None, Kind::Function, None);
+        a.link = Link::Local(0x20);
+        let mut b = node(0x20, None, Kind::Function, None);
+        b.link = Link::Local(0x10);
+        // A named function whose parent chain is a cycle of classes.
+        let mut nodes = vec![
+            a,
+            b,
+            node(0x30, Some(3), CLASS, Some("A")),
+            node(0x40, Some(2), CLASS, Some("B")),
+            node(0x50, Some(3), Kind::Function, Some("poll")),
+        ];
+        let mut foreign = node(0x60, Some(2), Kind::Function, Some("step"));
+        foreign.link = Link::Foreign;
+        nodes.push(foreign);
+        // A chain of links longer than the bound.
+        let base = 0x1000;
+        for i in 0..=MAX_SCOPE_STEPS {
+            let mut n = node(base + i, None, Kind::Function, Some("deep"));
+            n.link = Link::Local(base + i + 1);
+            nodes.push(n);
+        }
+        nodes.push(node(base + MAX_SCOPE_STEPS + 1, None, Kind::Function, None));
+        let scopes = unit(nodes, Vec::new());
+        assert_eq!(scopes.name_of(0x10), None);
+        assert_eq!(
+            scopes.name_of(0x50),
+            Some(InlinedName {
+                bare: "poll".into(),
+                scoped: None
+            })
+        );
+        assert_eq!(scopes.name_of(0x60), None);
+        assert_eq!(scopes.name_of(base), None);
+        assert_eq!(scopes.name_of(0x999), None);
+    }
+
+    /// A real C++ binary's DWARF with bytes overwritten: every lookup answers (scoped, bare or
+    /// nothing), none panics or hangs.
+    #[test]
+    fn damaged_dwarf_never_panics() {
+        use object::{Object, ObjectSection};
+        let path = flamegrid_workloads::Gears::Cpp.path();
+        let original = std::fs::read(path).expect("gears-cpp is built");
+        let elf = object::File::parse(&*original).expect("an ELF file");
+        let (info, info_len) = elf
+            .section_by_name(".debug_info")
+            .and_then(|s| s.file_range())
+            .expect(".debug_info");
+        let text = elf.section_by_name(".text").expect(".text").address();
+        let text_len = elf.section_by_name(".text").expect(".text").size();
+        // A small deterministic generator (xorshift): the same damage on every run.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..24 {
+            let mut damaged = original.clone();
+            // Round 0 reads the file as built: its lambdas have their scopes.
+            for _ in 0..(round * 4) {
+                let at = info + next() % info_len;
+                damaged[at as usize] = next() as u8;
+            }
+            // Read the way the symbolizer reads modules: from a sealed copy.
+            let scratch = std::env::temp_dir().join(format!(
+                "flamegrid-dwarf-scope-{}-{round}",
+                std::process::id()
+            ));
+            std::fs::write(&scratch, &damaged).expect("write");
+            let file = super::super::target_file::sealed_copy(&File::open(&scratch).expect("open"))
+                .expect("sealed copy");
+            let _ = std::fs::remove_file(&scratch);
+            let key = FileKey::of(&file.metadata().expect("metadata"));
+            let mut cache = ScopeCache::default();
+            let mut scoped = std::collections::BTreeSet::new();
+            for svma in (text..text + text_len).step_by(3) {
+                let names = cache.inlined_at(&key, &file, svma);
+                assert!(names.len() < 1000, "round {round}: {} calls", names.len());
+                scoped.extend(names.into_iter().filter_map(|n| n.scoped));
+            }
+            if round == 0 {
+                for name in [
+                    "alpha::turn::{lambda()#1}::operator()",
+                    "beta::turn::{lambda()#1}::operator()",
+                    "main::{lambda()#2}::operator()",
+                ] {
+                    assert!(scoped.contains(name), "{name} not in {scoped:#?}");
+                }
+            }
+        }
+    }
+}

@@ -983,6 +983,60 @@ mod tests {
     }
 
     #[test]
+    fn inlined_frames_take_the_scoped_name_of_their_own_call() {
+        use blazesym::symbolize::InlinedFn;
+        let frame = |name: &'static str| InlinedFn {
+            name: name.into(),
+            code_info: None,
+            _non_exhaustive: (),
+        };
+        let call = |bare: &str, scoped: Option<&str>| InlinedName {
+            bare: bare.into(),
+            scoped: scoped.map(str::to_string),
+        };
+        let any = |_: &InlinedFn<'_>| true;
+        let frames = [frame("_M_invoke<0>"), frame("operator()"), frame("getchar")];
+        // As many calls as frames: by position, when the bare names agree.
+        let calls = [
+            call(
+                "_M_invoke<0>",
+                Some("std::thread::_Invoker<F>::_M_invoke<0>"),
+            ),
+            call("operator()", Some("main::{lambda()#1}::operator()")),
+            call("getchar", None),
+        ];
+        assert_eq!(
+            match_inlined(&frames, &calls, any),
+            [
+                Some("std::thread::_Invoker<F>::_M_invoke<0>".to_string()),
+                Some("main::{lambda()#1}::operator()".to_string()),
+                None
+            ]
+        );
+        let swapped = [calls[1].clone(), calls[0].clone(), calls[2].clone()];
+        assert_eq!(match_inlined(&frames, &swapped, any), [None, None, None]);
+        // Otherwise each frame takes the next call of its name.
+        let fewer = [call("operator()", Some("main::{lambda()#1}::operator()"))];
+        assert_eq!(
+            match_inlined(&frames, &fewer, any),
+            [
+                None,
+                Some("main::{lambda()#1}::operator()".to_string()),
+                None
+            ]
+        );
+        // Frames that are not wanted (C, Rust) keep their names.
+        assert_eq!(
+            match_inlined(&frames, &calls, |f: &InlinedFn<'_>| f.name != "operator()"),
+            [
+                Some("std::thread::_Invoker<F>::_M_invoke<0>".to_string()),
+                None,
+                None
+            ]
+        );
+    }
+
+    #[test]
     fn bare_rust_frames_get_their_declaring_file() {
         use blazesym::symbolize::CodeInfo;
         use std::borrow::Cow;
