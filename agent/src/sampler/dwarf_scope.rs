@@ -15,8 +15,11 @@
 //!   that hold the address and say they are C++ (`DW_AT_language`);
 //! * the module's own DWARF, from the sealed copy symbolization already made (never a file the
 //!   target names, never a separate debug file: libraries whose DWARF lives in a `-dbg`
-//!   package keep the bare names), copied out once per file: `.debug_info`, `.debug_abbrev`,
-//!   the string and range sections, `.debug_aranges` (which unit holds an address);
+//!   package keep the bare names). The copy is a memfd sealed against writing and shrinking,
+//!   so it is mapped and read in place (no second copy on the heap; a file that is not sealed
+//!   is not mapped at all): `.debug_info`, `.debug_abbrev`, the string and range sections,
+//!   `.debug_aranges` (which unit holds an address). Compressed sections are not inflated;
+//!   their units keep the bare names;
 //! * per unit, once, a compact table of its scope entries (namespaces, classes, functions)
 //!   and inlined call ranges, so later batches only look things up.
 //!
@@ -110,7 +113,10 @@ pub struct InlinedName {
 
 /// One file's DWARF sections and what was parsed from them.
 struct FileScopes {
-    sections: HashMap<SectionId, Vec<u8>>,
+    /// The sealed copy, mapped: the sections are read in place, no copy on the heap.
+    map: memmap2::Mmap,
+    /// Where each section is in `map`.
+    sections: HashMap<SectionId, std::ops::Range<usize>>,
     endian: RunTimeEndian,
     /// Address ranges of units, sorted: (begin, end, `.debug_info` offset of the unit).
     units: Vec<(u64, u64, usize)>,
@@ -134,21 +140,29 @@ const SECTIONS: [SectionId; 10] = [
 ];
 
 impl FileScopes {
-    /// Copies `copy`'s DWARF sections (read through `object`'s on-demand reader, never a
-    /// map) and indexes its units by address. `None` without `.debug_info`.
+    /// Maps the sealed `copy`, finds its DWARF sections and indexes its units by address.
+    /// `None` without `.debug_info`, or for a file that is not a sealed copy.
     fn read(copy: &File) -> Option<FileScopes> {
         use object::{Object, ObjectSection};
-        let cache = object::ReadCache::new(copy);
-        let elf = object::File::parse(&cache).ok()?;
+        let map = map_sealed(copy)?;
+        let elf = object::File::parse(&*map).ok()?;
         let mut sections = HashMap::new();
         for id in SECTIONS {
+            let Some(range) = elf
+                .section_by_name(id.name())
+                .and_then(|s| s.compressed_file_range().ok())
+            else {
+                continue;
+            };
             // Compressed sections are not inflated here (no zlib in the agent): they read as
             // absent, and the unit keeps its bare names.
-            if let Some(data) = elf
-                .section_by_name(id.name())
-                .and_then(|s| s.uncompressed_data().ok())
-            {
-                sections.insert(id, data.into_owned());
+            if range.format != object::CompressionFormat::None {
+                continue;
+            }
+            let start = usize::try_from(range.offset).ok()?;
+            let end = start.checked_add(usize::try_from(range.uncompressed_size).ok()?)?;
+            if end <= map.len() {
+                sections.insert(id, start..end);
             }
         }
         sections.get(&SectionId::DebugInfo)?;
@@ -158,6 +172,7 @@ impl FileScopes {
             RunTimeEndian::Big
         };
         let mut file = FileScopes {
+            map,
             sections,
             endian,
             units: Vec::new(),
@@ -169,7 +184,11 @@ impl FileScopes {
 
     fn dwarf(&self) -> gimli::Dwarf<Reader<'_>> {
         let section = |id: SectionId| -> Result<Reader<'_>, std::convert::Infallible> {
-            let data = self.sections.get(&id).map_or(&[][..], Vec::as_slice);
+            let data = self
+                .sections
+                .get(&id)
+                .and_then(|range| self.map.get(range.clone()))
+                .unwrap_or_default();
             Ok(EndianSlice::new(data, self.endian))
         };
         match gimli::Dwarf::load(section) {
@@ -249,6 +268,21 @@ impl FileScopes {
             _ => Vec::new(),
         }
     }
+}
+
+/// Maps `file` if it is sealed against shrinking and writing (the symbolizer's copies are):
+/// its bytes can then neither change nor go away under the map, so reading it can not fault.
+fn map_sealed(file: &File) -> Option<memmap2::Mmap> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on an open descriptor; it only reads the seals.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE;
+    if seals < 0 || seals & needed != needed {
+        return None;
+    }
+    // SAFETY: the file is sealed against shrinking and writing (checked above), so the mapped
+    // bytes stay as they are for as long as the map lives.
+    unsafe { memmap2::Mmap::map(file) }.ok()
 }
 
 /// The scope entries and inlined calls of one C++ unit.
@@ -724,6 +758,15 @@ mod tests {
         assert_eq!(scopes.name_of(0x60), None);
         assert_eq!(scopes.name_of(base), None);
         assert_eq!(scopes.name_of(0x999), None);
+    }
+
+    #[test]
+    fn only_sealed_copies_are_read() {
+        let file = File::open(flamegrid_workloads::Gears::Cpp.path()).expect("gears-cpp is built");
+        let key = FileKey::of(&file.metadata().expect("metadata"));
+        let mut cache = ScopeCache::default();
+        assert!(cache.inlined_at(&key, &file, 0x1000).is_empty());
+        assert!(matches!(cache.files.get(&key), Some(None)));
     }
 
     /// A real C++ binary's DWARF with bytes overwritten: every lookup answers (scoped, bare or
