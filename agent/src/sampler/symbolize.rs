@@ -36,6 +36,15 @@
 //!   functions, inlined ones included, by their linkage name (`DW_AT_linkage_name`, followed
 //!   through `DW_AT_abstract_origin` and `DW_AT_specification`), which demangles to the full
 //!   path;
+//! * an inlined C++ function that DWARF records by its bare `DW_AT_name` only (GCC does so for
+//!   lambdas' `operator()` and for inlined template members such as `std::thread`'s
+//!   `_M_invoke<0>`) takes its scope from the DIE tree around its declaration
+//!   ([`super::dwarf_scope`]): the enclosing namespaces (`(anonymous namespace)` for a
+//!   nameless one), classes and, for a lambda's nameless class, the function it is declared in
+//!   and its number there: `alpha::turn::{lambda()#1}::operator()`. The tree is read only for
+//!   batches with such a frame (not in a `.c` or `.rs` file), only for the units that hold
+//!   those addresses and are C++, from the module's own sealed copy; what it cannot tell (a
+//!   separate debug file, compressed sections, a malformed tree) leaves the bare name;
 //! * where DWARF has only a bare name (Rust's `debug = "line-tables-only"`, this project's own
 //!   release profile, records no linkage names and no scopes), a function that was not inlined
 //!   takes the ELF symbol table's name for the same start address (`gears::alpha::drive`, not
@@ -46,11 +55,8 @@
 //!   ([`shorten_generics`]), so closure and future frames stay readable;
 //! * an address without a symbol is `module+0xoffset` (file offset), or `[unknown]`.
 //!
-//! What is not done: GCC describes some inlined C++ template and lambda instances by their bare
-//! `DW_AT_name` (`operator()`, `_M_invoke<0>`) without a linkage name; their scope is only in
-//! the DIE tree (the enclosing namespace and class entries), which blazesym does not expose.
-//! They keep the bare name. C names are never changed: a C function's bare name is its whole
-//! name.
+//! C names are never changed: a C function's bare name is its whole name (a C function inlined
+//! into C++, such as `getchar`, has no enclosing scope in the tree either).
 //!
 //! ## Memory: parsed debug information is kept only while it is being used
 //!
@@ -62,7 +68,8 @@
 //! while someone looks at it), but an agent that is not sampling has no use for it. So the
 //! thread drops its symbolizer once no batch arrived for its idle time
 //! ([`super::SYMBOL_CACHE_IDLE`] by default) and hands the freed pages back to the kernel
-//! ([`crate::memory::release_free_memory`]). What it keeps are the answers (`NameCache`):
+//! ([`crate::memory::release_free_memory`]); the scope tables of [`super::dwarf_scope`] live in
+//! the same per-symbolizer state and go with it. What it keeps are the answers (`NameCache`):
 //! frames per process and address, small and bounded. Stacks of a steady workload repeat, so
 //! the next run mostly finds its addresses there; only an address never seen before makes the
 //! thread build a new symbolizer and pay the cold parse (tens to a few hundred milliseconds).
