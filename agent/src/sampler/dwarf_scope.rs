@@ -50,7 +50,11 @@ pub const MAX_SCOPE_STEPS: usize = 64;
 /// this is not read at all.
 pub const MAX_CACHED_ENTRIES: usize = 1 << 20;
 
-/// Reader over the owned section copies.
+/// Most inlined calls reported for one address. Real code nests a few dozen deep at most;
+/// a hostile file with thousands of overlapping ranges gets its first ones named, no more.
+const MAX_INLINED_CALLS: usize = 256;
+
+/// Reader over the mapped sections.
 type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
 
 /// Scope tables per module file (by identity), filled on demand.
@@ -542,6 +546,7 @@ impl UnitScopes {
         calls.dedup_by_key(|r| r.depth);
         calls
             .into_iter()
+            .take(MAX_INLINED_CALLS)
             .filter_map(|r| self.name_of(r.origin))
             .collect()
     }
