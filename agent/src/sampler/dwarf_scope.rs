@@ -86,23 +86,20 @@ impl ScopeCache {
             let parsed = file.parse_unit(unit);
             let size = parsed.as_ref().map_or(0, UnitScopes::entries);
             if self.entries + size > MAX_CACHED_ENTRIES {
-                file.parsed.clear();
-                self.entries = 0;
                 for other in self.files.values_mut().flatten() {
                     other.parsed.clear();
                 }
-                // `file` was borrowed from `self.files`: look it up again.
-                let Some(Some(file)) = self.files.get_mut(key) else {
-                    return Vec::new();
-                };
-                file.parsed.insert(unit, parsed);
-                self.entries = size;
-                return file.names_at(unit, svma);
+                self.entries = 0;
             }
             self.entries += size;
-            file.parsed.insert(unit, parsed);
+            if let Some(Some(file)) = self.files.get_mut(key) {
+                file.parsed.insert(unit, parsed);
+            }
         }
-        file.names_at(unit, svma)
+        match self.files.get(key) {
+            Some(Some(file)) => file.names_at(unit, svma),
+            _ => Vec::new(),
+        }
     }
 }
 
