@@ -5,6 +5,11 @@
 //! information and with line tables only, each pair must come out as two different frames.
 //! With line tables only DWARF names every one of them `poll` or `step`: the outer frames then
 //! take the symbol table's path and the inlined ones their declaring source file.
+//!
+//! The C++ program also spins in two lambdas inlined into `alpha::turn` and `beta::turn`,
+//! started by two lambdas of `main` through `std::thread`. GCC records those call operators and
+//! `std::thread`'s inlined helpers by their bare names (`operator()`, `_M_invoke<0>`); their
+//! scope is only in the DIE tree, and that is where their names must come from.
 
 mod common;
 
@@ -75,6 +80,44 @@ fn cpp_same_named_methods_of_two_namespaces_stay_apart() {
             ["beta::drive_step", "beta::Gear::step"],
         ],
     );
+}
+
+#[test]
+fn cpp_inlined_lambdas_and_templates_are_named_by_their_dwarf_scope() {
+    let folded = sample_gears(Gears::Cpp);
+    for chain in [
+        [
+            "main::{lambda()#1}::operator()",
+            "alpha::turn",
+            "alpha::turn::{lambda()#1}::operator()",
+        ],
+        [
+            "main::{lambda()#2}::operator()",
+            "beta::turn",
+            "beta::turn::{lambda()#1}::operator()",
+        ],
+    ] {
+        assert!(
+            folded
+                .iter()
+                .any(|(stack, _)| contains_chain(stack, &chain)),
+            "{chain:?} missing in {folded:#?}"
+        );
+    }
+    // std::thread's own inlined helpers carry their class.
+    assert!(
+        folded
+            .iter()
+            .flat_map(|(stack, _)| stack)
+            .any(|n| { n.starts_with("std::thread::_Invoker<") && n.ends_with(">::_M_invoke<0>") }),
+        "std::thread::_Invoker<...>::_M_invoke<0> missing in {folded:#?}"
+    );
+    let bare: Vec<&String> = folded
+        .iter()
+        .flat_map(|(stack, _)| stack)
+        .filter(|n| !n.contains("::") && (n.contains("operator") || n.starts_with("_M_")))
+        .collect();
+    assert!(bare.is_empty(), "bare C++ names {bare:?}");
 }
 
 #[test]

@@ -36,6 +36,7 @@
 
 pub mod proc;
 
+mod dwarf_scope;
 mod elf;
 mod maps;
 mod permission;

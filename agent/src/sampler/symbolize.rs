@@ -36,6 +36,15 @@
 //!   functions, inlined ones included, by their linkage name (`DW_AT_linkage_name`, followed
 //!   through `DW_AT_abstract_origin` and `DW_AT_specification`), which demangles to the full
 //!   path;
+//! * an inlined C++ function that DWARF records by its bare `DW_AT_name` only (GCC does so for
+//!   lambdas' `operator()` and for inlined template members such as `std::thread`'s
+//!   `_M_invoke<0>`) takes its scope from the DIE tree around its declaration
+//!   ([`super::dwarf_scope`]): the enclosing namespaces (`(anonymous namespace)` for a
+//!   nameless one), classes and, for a lambda's nameless class, the function it is declared in
+//!   and its number there: `alpha::turn::{lambda()#1}::operator()`. The tree is read only for
+//!   batches with such a frame (not in a `.c` or `.rs` file), only for the units that hold
+//!   those addresses and are C++, from the module's own sealed copy; what it cannot tell (a
+//!   separate debug file, compressed sections, a malformed tree) leaves the bare name;
 //! * where DWARF has only a bare name (Rust's `debug = "line-tables-only"`, this project's own
 //!   release profile, records no linkage names and no scopes), a function that was not inlined
 //!   takes the ELF symbol table's name for the same start address (`gears::alpha::drive`, not
@@ -46,11 +55,8 @@
 //!   ([`shorten_generics`]), so closure and future frames stay readable;
 //! * an address without a symbol is `module+0xoffset` (file offset), or `[unknown]`.
 //!
-//! What is not done: GCC describes some inlined C++ template and lambda instances by their bare
-//! `DW_AT_name` (`operator()`, `_M_invoke<0>`) without a linkage name; their scope is only in
-//! the DIE tree (the enclosing namespace and class entries), which blazesym does not expose.
-//! They keep the bare name. C names are never changed: a C function's bare name is its whole
-//! name.
+//! C names are never changed: a C function's bare name is its whole name (a C function inlined
+//! into C++, such as `getchar`, has no enclosing scope in the tree either).
 //!
 //! ## Memory: parsed debug information is kept only while it is being used
 //!
@@ -62,11 +68,13 @@
 //! while someone looks at it), but an agent that is not sampling has no use for it. So the
 //! thread drops its symbolizer once no batch arrived for its idle time
 //! ([`super::SYMBOL_CACHE_IDLE`] by default) and hands the freed pages back to the kernel
-//! ([`crate::memory::release_free_memory`]). What it keeps are the answers (`NameCache`):
+//! ([`crate::memory::release_free_memory`]); the scope tables of [`super::dwarf_scope`] live in
+//! the same per-symbolizer state and go with it. What it keeps are the answers (`NameCache`):
 //! frames per process and address, small and bounded. Stacks of a steady workload repeat, so
 //! the next run mostly finds its addresses there; only an address never seen before makes the
 //! thread build a new symbolizer and pay the cold parse (tens to a few hundred milliseconds).
 
+use super::dwarf_scope::{InlinedName, ScopeCache};
 use super::maps::{self, MapEntry};
 use super::target_file::{self, MappedIdentity};
 use super::unwind::FileKey;
@@ -395,37 +403,102 @@ fn symbolize_batch(
 }
 
 /// Sealed copies of module files ([`target_file::sealed_copy`]) by file identity: what blazesym
-/// reads instead of the files themselves.
+/// reads instead of the files themselves, and what the scopes of bare inlined C++ frames are
+/// read from ([`ScopeCache`]).
 #[derive(Default)]
 struct ModuleCopies {
     /// `None`: the file could not be copied (too large, unreadable); not tried again.
     files: HashMap<FileKey, Option<File>>,
+    scopes: ScopeCache,
 }
 
 impl ModuleCopies {
-    /// The path blazesym opens for `file`'s contents: `/proc/self/fd/N` of its sealed copy.
-    fn path_of(&mut self, file: &File) -> Option<String> {
+    /// The identity of `file` and the path blazesym opens for its contents: `/proc/self/fd/N`
+    /// of its sealed copy.
+    fn path_of(&mut self, file: &File) -> Option<(FileKey, String)> {
         let key = FileKey::of(&file.metadata().ok()?);
-        let copy = self.files.entry(key).or_insert_with(|| {
+        let copy = self.files.entry(key.clone()).or_insert_with(|| {
             target_file::sealed_copy(file)
                 .map_err(|err| tracing::debug!(%err, "module not copied"))
                 .ok()
         });
         copy.as_ref()
-            .map(|c| format!("/proc/self/fd/{}", c.as_raw_fd()))
+            .map(|c| (key, format!("/proc/self/fd/{}", c.as_raw_fd())))
     }
+
+    /// The full names of `sym`'s inlined frames that DWARF gave only a bare C++ name, from the
+    /// DIE tree of the copy of file `key` ([`super::dwarf_scope`]): one entry per inlined
+    /// frame, `None` where the name stays as it is. Empty (and no DWARF read) when no
+    /// inlined frame of `sym` is bare.
+    fn inlined_scopes(
+        &mut self,
+        key: &FileKey,
+        sym: &blazesym::symbolize::Sym<'_>,
+    ) -> Vec<Option<String>> {
+        let bare = |f: &blazesym::symbolize::InlinedFn<'_>| {
+            !is_mangled(&f.name)
+                && !has_scope(&f.name)
+                && !f.code_info.as_ref().is_some_and(|c| {
+                    let file = std::path::Path::new(&*c.file);
+                    matches!(file.extension().and_then(|e| e.to_str()), Some("c" | "rs"))
+                })
+        };
+        if !sym.inlined.iter().any(bare) {
+            return Vec::new();
+        }
+        let Some(Some(copy)) = self.files.get(key) else {
+            return Vec::new();
+        };
+        let svma = sym.addr.saturating_add(sym.offset as u64);
+        let calls = self.scopes.inlined_at(key, copy, svma);
+        match_inlined(&sym.inlined, &calls, bare)
+    }
+}
+
+/// Pairs blazesym's inlined frames with the inlined calls the DIE tree has at the same address
+/// (both outermost first): frame `i` takes the scoped name of its call when the bare names
+/// agree. With as many calls as frames they pair by position; otherwise each frame takes the
+/// next call of its name, in order.
+fn match_inlined(
+    frames: &[blazesym::symbolize::InlinedFn<'_>],
+    calls: &[InlinedName],
+    wanted: impl Fn(&blazesym::symbolize::InlinedFn<'_>) -> bool,
+) -> Vec<Option<String>> {
+    let mut next = 0;
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, frame)| {
+            let call = if calls.len() == frames.len() {
+                calls.get(i).filter(|c| c.bare == frame.name)
+            } else {
+                let found = calls[next.min(calls.len())..]
+                    .iter()
+                    .position(|c| c.bare == frame.name)
+                    .map(|at| next + at);
+                if let Some(at) = found {
+                    next = at + 1;
+                }
+                found.and_then(|at| calls.get(at))
+            };
+            call.filter(|_| wanted(frame))
+                .and_then(|c| c.scoped.clone())
+        })
+        .collect()
 }
 
 /// The frames of one symbol: the function, then the functions inlined into it.
 ///
 /// `symtab` is the same address looked up in the ELF symbol table alone (see
-/// [`frame_names`]); it names the outer frame when DWARF gave only a bare name.
+/// [`frame_names`]); it names the outer frame when DWARF gave only a bare name. `scoped` are
+/// full names for inlined frames from the DIE tree ([`ModuleCopies::inlined_scopes`]).
 fn frames_of(
     sym: &blazesym::symbolize::Sym<'_>,
     symtab: Option<&blazesym::symbolize::Sym<'_>>,
+    scoped: &[Option<String>],
     module: String,
 ) -> Vec<Frame> {
-    frame_names(sym, symtab)
+    frame_names(sym, symtab, scoped)
         .into_iter()
         .enumerate()
         .map(|(i, name)| Frame {
@@ -445,13 +518,16 @@ fn frames_of(
 ///   address) is used instead if it is mangled: it carries the full path (`gears::alpha::drive`).
 /// * A frame whose name is still bare and whose code is Rust source gets its declaring source
 ///   file: `poll (alpha.rs)`. That is what the line tables know about where it was declared,
-///   and it keeps apart same-named inlined functions of different modules. C and C++ names
-///   are left alone: a C function's bare name is its whole name, and C++ compiled with `-g`
-///   has linkage names for its functions, inlined ones included.
+///   and it keeps apart same-named inlined functions of different modules. C names are left
+///   alone: a C function's bare name is its whole name.
+/// * An inlined C++ frame with a bare name (a lambda's `operator()`, a template member without
+///   linkage name) takes its scoped name from the DIE tree, where `scoped` has one
+///   (`alpha::turn::{lambda()#1}::operator()`).
 /// * Long generic argument lists are shortened ([`shorten_generics`]).
 fn frame_names(
     sym: &blazesym::symbolize::Sym<'_>,
     symtab: Option<&blazesym::symbolize::Sym<'_>>,
+    scoped: &[Option<String>],
 ) -> Vec<String> {
     let mut names = Vec::with_capacity(1 + sym.inlined.len());
     let mut outer = clean_name(&sym.name);
@@ -463,8 +539,12 @@ fn frame_names(
         outer = clean_name(&symtab.name);
     }
     names.push(qualify_bare(outer, sym.code_info.as_deref()));
-    for f in sym.inlined.iter() {
-        names.push(qualify_bare(clean_name(&f.name), f.code_info.as_ref()));
+    for (i, f) in sym.inlined.iter().enumerate() {
+        let name = match scoped.get(i) {
+            Some(Some(full)) => full.clone(),
+            _ => clean_name(&f.name),
+        };
+        names.push(qualify_bare(name, f.code_info.as_ref()));
     }
     names
 }
@@ -621,7 +701,7 @@ fn symbolize_from_files(
     }
     let mut named_any = false;
     for ((path, _, _), (entry, wanted)) in by_file {
-        let Some(copy) = open(entry).and_then(|file| copies.path_of(&file)) else {
+        let Some((key, copy)) = open(entry).and_then(|file| copies.path_of(&file)) else {
             continue;
         };
         let offsets: Vec<u64> = wanted.iter().map(|&(_, off)| off).collect();
@@ -657,7 +737,8 @@ fn symbolize_from_files(
                     Some(Symbolized::Sym(s)) => Some(s),
                     _ => None,
                 };
-                frames[i] = frames_of(sym, symtab, module.clone());
+                let scoped = copies.inlined_scopes(&key, sym);
+                frames[i] = frames_of(sym, symtab, &scoped, module.clone());
                 named_any = true;
             }
         }
@@ -906,6 +987,60 @@ mod tests {
         assert!(!has_scope("poll"));
         assert!(!has_scope("catch_unwind<core::panic::AssertUnwindSafe<F>>"));
         assert!(!has_scope("f<fn() -> alpha::X>"));
+    }
+
+    #[test]
+    fn inlined_frames_take_the_scoped_name_of_their_own_call() {
+        use blazesym::symbolize::InlinedFn;
+        let frame = |name: &'static str| InlinedFn {
+            name: name.into(),
+            code_info: None,
+            _non_exhaustive: (),
+        };
+        let call = |bare: &str, scoped: Option<&str>| InlinedName {
+            bare: bare.into(),
+            scoped: scoped.map(str::to_string),
+        };
+        let any = |_: &InlinedFn<'_>| true;
+        let frames = [frame("_M_invoke<0>"), frame("operator()"), frame("getchar")];
+        // As many calls as frames: by position, when the bare names agree.
+        let calls = [
+            call(
+                "_M_invoke<0>",
+                Some("std::thread::_Invoker<F>::_M_invoke<0>"),
+            ),
+            call("operator()", Some("main::{lambda()#1}::operator()")),
+            call("getchar", None),
+        ];
+        assert_eq!(
+            match_inlined(&frames, &calls, any),
+            [
+                Some("std::thread::_Invoker<F>::_M_invoke<0>".to_string()),
+                Some("main::{lambda()#1}::operator()".to_string()),
+                None
+            ]
+        );
+        let swapped = [calls[1].clone(), calls[0].clone(), calls[2].clone()];
+        assert_eq!(match_inlined(&frames, &swapped, any), [None, None, None]);
+        // Otherwise each frame takes the next call of its name.
+        let fewer = [call("operator()", Some("main::{lambda()#1}::operator()"))];
+        assert_eq!(
+            match_inlined(&frames, &fewer, any),
+            [
+                None,
+                Some("main::{lambda()#1}::operator()".to_string()),
+                None
+            ]
+        );
+        // Frames that are not wanted (C, Rust) keep their names.
+        assert_eq!(
+            match_inlined(&frames, &calls, |f: &InlinedFn<'_>| f.name != "operator()"),
+            [
+                Some("std::thread::_Invoker<F>::_M_invoke<0>".to_string()),
+                None,
+                None
+            ]
+        );
     }
 
     #[test]
