@@ -196,7 +196,9 @@ pub const CPP_INLINED_FUNCTION: &str = "demo::mix_step";
 /// end-of-file (sources in `native/gears.cpp` and `native/gears/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Gears {
-    /// `gears.cpp` built with `-O2 -g`: DWARF has linkage names for every function.
+    /// `gears.cpp` built with `-O2 -g`: DWARF has linkage names for its named functions, while
+    /// the inlined lambdas and `std::thread` internals carry only a bare `DW_AT_name`, their
+    /// scope in the DIE tree.
     Cpp,
     /// `gears/main.rs` built with `-C debuginfo=line-tables-only`: DWARF names functions by
     /// their bare name only, without module or impl type.
