@@ -33,24 +33,18 @@ use super::flamegraph::{Resolved, resolve_waiting};
 use super::state::AppState;
 use crate::flamegraph::pprof::ExportContext;
 use crate::flamegraph::{GraphAnswer, pprof, speedscope};
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use std::collections::BTreeMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of the export views.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph.pb.gz",
-            get(flamegraph_pprof),
-        )
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph.speedscope.json",
-            get(flamegraph_speedscope),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(flamegraph_pprof))
+        .routes(routes!(flamegraph_speedscope))
 }
 
 /// Names, task managers and the sampling interval for the exports of a resolved request. The

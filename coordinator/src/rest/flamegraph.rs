@@ -46,30 +46,21 @@ use crate::flamegraph::cache::GraphKey;
 use crate::flamegraph::profile::Snapshot;
 use crate::flamegraph::svg::SvgLabels;
 use crate::flamegraph::{FlameGraphError, GraphAnswer, folded, json, svg};
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use flamegrid_model::GraphType;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of `/jobs/:jobid/vertices/:vertexid/flamegraph*` and `/taskmanagers/:tmid/thread-dump`.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph",
-            get(flamegraph_json),
-        )
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph.svg",
-            get(flamegraph_svg),
-        )
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph.folded",
-            get(flamegraph_folded),
-        )
-        .route("/taskmanagers/{tmid}/thread-dump", get(thread_dump))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(flamegraph_json))
+        .routes(routes!(flamegraph_svg))
+        .routes(routes!(flamegraph_folded))
+        .routes(routes!(thread_dump))
 }
 
 /// The parsed query of the three flame graph paths.

@@ -38,25 +38,20 @@ use super::params;
 use super::state::AppState;
 use crate::flamegraph::svg::SvgLabels;
 use crate::flamegraph::{GraphAnswer, diff, svg};
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of the history and diff views.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph/history",
-            get(history),
-        )
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph/diff.svg",
-            get(diff_svg),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(history))
+        .routes(routes!(diff_svg))
 }
 
 /// The body of `.../flamegraph/history`; see the module docs.

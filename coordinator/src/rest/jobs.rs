@@ -22,6 +22,33 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module, each declared once by its handler's `#[utoipa::path]`; the
+/// writes pass the cross-site checks first ([`super::writes`]).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(super::writes(routes!(register)))
+        .routes(routes!(overview))
+        .routes(routes!(aggregated_metrics))
+        .routes(routes!(details))
+        .routes(super::writes(routes!(cancel)))
+        .routes(routes!(status))
+        .routes(routes!(job_plan))
+        .routes(routes!(exceptions))
+        .routes(routes!(config))
+        .routes(routes!(accumulators))
+        .routes(routes!(metrics))
+        .routes(routes!(execution_result))
+        // Its POST (a checkpoint trigger) is in `unsupported`: it only says "not supported".
+        .routes(routes!(checkpoints))
+        .routes(routes!(checkpoints_config))
+        .routes(routes!(checkpoint_details))
+        .routes(routes!(jobmanager_config))
+        .routes(routes!(jobmanager_environment))
+}
 
 /// `{}`: what Flink answers where there is nothing to say (a cancel), and the value of its
 /// always-empty object fields (`optimizer_properties`, `user-config`, ...).

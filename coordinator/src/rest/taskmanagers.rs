@@ -25,6 +25,21 @@ use axum::extract::{Path, Query, State};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module, each declared once by its handler's `#[utoipa::path]`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(aggregated_metrics))
+        .routes(routes!(details))
+        .routes(routes!(metrics))
+        .routes(routes!(logs))
+        .routes(routes!(no_named_log_file))
+        .routes(routes!(no_log_file))
+        .routes(routes!(no_stdout_file))
+}
 
 /// Flink's ResourceProfileInfo: CPU cores (slots) and memory (0: no JVM).
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]

@@ -19,6 +19,27 @@ use axum::extract::{Path, Query, State};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module, each declared once by its handler's `#[utoipa::path]`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(details))
+        .routes(routes!(taskmanagers))
+        .routes(routes!(subtask_times))
+        .routes(routes!(accumulators))
+        .routes(routes!(backpressure))
+        .routes(routes!(watermarks))
+        .routes(routes!(vertex_metrics))
+        .routes(routes!(subtasks_metrics))
+        .routes(routes!(subtasks_accumulators))
+        .routes(routes!(subtask))
+        .routes(routes!(subtask_metrics))
+        .routes(routes!(subtask_accumulators))
+        .routes(routes!(subtask_attempt))
+        .routes(routes!(subtask_attempt_accumulators))
+}
 
 /// The job and the index of the vertex named in the path (400 for malformed ids, 404 for
 /// unknown ones).
