@@ -95,7 +95,7 @@ fn attachment(ctx: &ExportContext, r: &Resolved, answer: &GraphAnswer, extension
 
 /// `GET .../flamegraph.pb.gz`: the graph as a gzipped pprof profile.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.pb.gz", tag = "flamegraphs",
-    params(super::params::VertexPath, super::openapi::FlameGraphParams),
+    params(super::params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "A gzipped pprof Profile (perftools.profiles); without a graph, an empty profile whose comment says why", body = Vec<u8>, content_type = "application/octet-stream"),
         (status = 400, description = "Malformed id, type, subtask index or `at`", body = super::error::ErrorBody),
@@ -127,7 +127,7 @@ pub async fn flamegraph_pprof(
 
 /// `GET .../flamegraph.speedscope.json`: the graph in speedscope's file format.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.speedscope.json", tag = "flamegraphs",
-    params(super::params::VertexPath, super::openapi::FlameGraphParams),
+    params(super::params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "speedscope's file format, one sampled profile per subtask; without a graph, one empty profile named with the reason", body = speedscope::SpeedscopeFile),
         (status = 400, description = "Malformed id, type, subtask index or `at`", body = super::error::ErrorBody),

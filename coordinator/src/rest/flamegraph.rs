@@ -38,7 +38,7 @@
 //!   SVG in its subtitle, the folded text in a `#` header line that flame graph tools skip (see
 //!   [`crate::flamegraph::missing`] for the words).
 
-use super::error::ApiError;
+use super::error::{ApiError, TaskManagerErrors};
 use super::params;
 use super::state::AppState;
 use crate::fanout::VertexSampling;
@@ -280,7 +280,7 @@ pub(super) fn resolve(
 
 /// `GET .../flamegraph`: Flink's JSON; always 200 once the request is valid; never waits.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph", tag = "flamegraphs",
-    params(params::VertexPath, super::openapi::FlameGraphParams),
+    params(params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "Flink's flame graph JSON; never waits", body = json::VertexFlameGraph, headers(("X-Flamegrid-Sampling" = bool, description = "true while a sampling run for this graph is in flight"), ("X-Flamegrid-Missing" = String, description = "Subtasks missing from the graph, comma-separated; only when some are"))),
         (status = 400, description = "Malformed id, type, subtask index, `at` or `refresh`", body = super::error::ErrorBody),
@@ -327,7 +327,7 @@ pub(super) async fn resolve_waiting(
 
 /// `GET .../flamegraph.svg`: inferno's interactive SVG.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.svg", tag = "flamegraphs",
-    params(params::VertexPath, super::openapi::FlameGraphParams),
+    params(params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "Interactive SVG (waits for a run in flight)", body = String, content_type = "image/svg+xml", headers(("X-Flamegrid-Sampling" = bool, description = "true while a sampling run for this graph is in flight"), ("X-Flamegrid-Missing" = String, description = "Subtasks missing from the graph, comma-separated; only when some are"))),
         (status = 400, description = "Malformed id, type, subtask index, `at` or `refresh`", body = super::error::ErrorBody),
@@ -362,7 +362,7 @@ pub async fn flamegraph_svg(
 
 /// `GET .../flamegraph.folded`: collapsed stacks, `a;b;c COUNT` per line.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.folded", tag = "flamegraphs",
-    params(params::VertexPath, super::openapi::FlameGraphParams),
+    params(params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "Collapsed stacks, `a;b;c COUNT` per line", body = String, content_type = "text/plain", headers(("X-Flamegrid-Sampling" = bool, description = "true while a sampling run for this graph is in flight"), ("X-Flamegrid-Missing" = String, description = "Subtasks missing from the graph, comma-separated; only when some are"))),
         (status = 400, description = "Malformed id, type, subtask index, `at` or `refresh`", body = super::error::ErrorBody),
@@ -389,7 +389,7 @@ pub async fn flamegraph_folded(
     responses(
         (status = 200, description = "Stacks of the threads the agent watches", body = super::cluster::ThreadDump),
         (status = 403, description = "A watched process is outside the agent's allow-list (the answer never says what the list holds)", body = super::error::ErrorBody),
-        (status = 404, description = "Unknown task manager", body = super::error::ErrorBody),
+        TaskManagerErrors,
         (status = 503, description = "The agent did not answer, or failed (a fixed message per kind of failure; details only in the coordinator's log)", body = super::error::ErrorBody),
     ))]
 pub async fn thread_dump(

@@ -86,7 +86,7 @@ pub struct DiffParams {
 
 /// `GET .../flamegraph/history`: the kept runs of the key, newest first.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph/history", tag = "flamegraphs",
-    params(params::VertexPath, super::openapi::FlameGraphParams),
+    params(params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "The kept runs, newest first; never starts a run", body = HistoryInfo),
         (status = 400, description = "Malformed id, type, subtask index or `at`", body = super::error::ErrorBody),
@@ -118,7 +118,7 @@ pub async fn history(
 /// `GET .../flamegraph/diff.svg?base=...`: the differential flame graph of base → latest (or
 /// `at`).
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph/diff.svg", tag = "flamegraphs",
-    params(params::VertexPath, DiffParams, super::openapi::FlameGraphParams),
+    params(params::VertexPath, DiffParams, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "inferno's differential flame graph, base to the latest run (or `at`): red grew, blue shrank", body = String, content_type = "image/svg+xml"),
         (status = 400, description = "Malformed id, type, subtask index, `at`, or a missing or malformed `base`", body = super::error::ErrorBody),

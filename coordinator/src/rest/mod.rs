@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`cluster`] | `/config`, `/overview`, `/jobmanager/...` |
 //! | [`jobs`] | `/jobs`, `/jobs/overview`, `/jobs/metrics`, `/jobs/:jobid[/...]` |
+//! | [`flink_fixed`] | job paths without profiler data, fixed answers in Flink's shape (`config`, `checkpoints[/...]`, `accumulators`) |
 //! | [`vertices`] | `/jobs/:jobid/vertices/:vertexid[/...]` |
 //! | [`taskmanagers`] | `/taskmanagers[/...]` |
 //! | [`flamegraph`] | flame graphs and task manager thread dumps |
@@ -36,6 +37,7 @@ pub mod cross_site;
 pub mod error;
 pub mod exports;
 pub mod flamegraph;
+pub mod flink_fixed;
 pub mod history;
 pub mod jobs;
 pub mod metrics;
@@ -86,6 +88,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(openapi::routes())
         .merge(cluster::routes())
         .merge(jobs::routes())
+        .merge(flink_fixed::routes())
         .merge(vertices::routes())
         .merge(taskmanagers::routes())
         .merge(flamegraph::routes())

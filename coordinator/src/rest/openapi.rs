@@ -28,9 +28,8 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -110,42 +109,4 @@ pub async fn openapi_json(Extension(document): Extension<Document>) -> Response 
         document.0,
     )
         .into_response()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The query shared by every flame graph view (parsed by `flamegraph::GraphQuery::parse`).
-
-/// The query of the three flame graph paths (parsed by `GraphQuery::parse`).
-#[derive(Debug, Clone, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct FlameGraphParams {
-    /// `FULL` (default), `ON_CPU` or `OFF_CPU`, in any letter case; the first of a comma list.
-    /// Anything else is a 400.
-    #[serde(rename = "type")]
-    #[param(rename = "type", inline)]
-    pub graph_type: Option<FlameGraphTypeParam>,
-    /// One subtask: a non-negative integer (400 otherwise) below the parallelism (404
-    /// otherwise); all subtasks without it.
-    #[param(pattern = "^[0-9]{1,9}$")]
-    pub subtaskindex: Option<String>,
-    /// A kept run, by its `endTimestamp` (see `.../flamegraph/history`); the latest without it.
-    /// Not an integer: 400; no such kept run: 404.
-    #[param(pattern = "^[0-9]{1,15}$")]
-    pub at: Option<String>,
-    /// `true`: start a new sampling run now even if the cached graph is fresh (unless one is in
-    /// flight); the answer is still immediate, with what is cached. `false` (default): the
-    /// refresh interval decides. Any other value is a 400.
-    pub refresh: Option<bool>,
-}
-
-/// The values of the flame graph `type` parameter (any letter case is accepted).
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum FlameGraphTypeParam {
-    /// Every sample.
-    Full,
-    /// Samples of running threads.
-    OnCpu,
-    /// Samples of waiting threads.
-    OffCpu,
 }

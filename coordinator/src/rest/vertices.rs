@@ -4,7 +4,7 @@
 //! reads a copy of the job from the registry and renders it into the typed shapes below, which
 //! also describe the answers in `/openapi.json`.
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, SubtaskErrors, VertexErrors};
 use super::jobs::{EmptyObject, load_job};
 use super::metrics::{MetricParams, MetricQuery, MetricValue, metric_values};
 use super::params::{self, SubtaskPath, VertexPath};
@@ -76,8 +76,7 @@ pub struct VertexDetails {
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}", tag = "vertices", params(VertexPath),
     responses(
         (status = 200, description = "The vertex and its subtasks", body = VertexDetails),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn details(
     State(state): State<AppState>,
@@ -148,8 +147,7 @@ pub struct VertexTaskManager {
     params(VertexPath),
     responses(
         (status = 200, description = "The subtasks grouped by task manager", body = VertexTaskManagers),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn taskmanagers(
     State(state): State<AppState>,
@@ -226,8 +224,7 @@ pub struct SubtaskTimesEntry {
     params(VertexPath),
     responses(
         (status = 200, description = "Per-state timestamps of every subtask", body = SubtaskTimes),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn subtask_times(
     State(state): State<AppState>,
@@ -298,8 +295,7 @@ pub struct SubtaskAccumulatorsEntry {
     tag = "vertices", params(VertexPath),
     responses(
         (status = 200, description = "The subtasks, without accumulators", body = SubtasksAccumulators),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn subtasks_accumulators(
     State(state): State<AppState>,
@@ -405,8 +401,7 @@ pub struct SubtaskAccumulators {
     tag = "vertices", params(SubtaskPath),
     responses(
         (status = 200, description = "No accumulators", body = SubtaskAccumulators),
-        (status = 400, description = "Malformed job id, vertex id or subtask index", body = ErrorBody),
-        (status = 404, description = "Unknown job, vertex or subtask", body = ErrorBody),
+        SubtaskErrors,
     ))]
 pub async fn subtask_accumulators(
     State(state): State<AppState>,
@@ -472,8 +467,7 @@ pub struct VertexAccumulators {
     params(VertexPath),
     responses(
         (status = 200, description = "No accumulators", body = VertexAccumulators),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn accumulators(
     State(state): State<AppState>,
@@ -533,8 +527,7 @@ pub struct SubtaskBackpressure {
     params(VertexPath),
     responses(
         (status = 200, description = "Every subtask `ok`", body = Backpressure),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn backpressure(
     State(state): State<AppState>,
@@ -594,8 +587,7 @@ pub async fn no_metrics(
     params(VertexPath),
     responses(
         (status = 200, description = "Always empty", body = Vec<MetricValue>),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn watermarks(
     state: State<AppState>,
@@ -610,8 +602,7 @@ pub async fn watermarks(
     params(VertexPath, MetricParams),
     responses(
         (status = 200, description = "Always empty", body = Vec<MetricValue>),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn vertex_metrics(
     state: State<AppState>,
@@ -642,8 +633,7 @@ pub async fn subtasks_metrics(
     tag = "vertices", params(SubtaskPath, MetricParams),
     responses(
         (status = 200, description = "Always empty", body = Vec<MetricValue>),
-        (status = 400, description = "Malformed job id, vertex id or subtask index", body = ErrorBody),
-        (status = 404, description = "Unknown job, vertex or subtask", body = ErrorBody),
+        SubtaskErrors,
     ))]
 pub async fn subtask_metrics(
     state: State<AppState>,
