@@ -32,6 +32,7 @@
 //! TLS) handshake to an agent it talked to before. The shared token (`--token-file`) travels as
 //! `authorization: Bearer <token>` metadata, as the agent expects.
 
+use crate::clock::now_ms;
 use crate::flamegraph::missing::{Missing, MissingReason};
 use flamegrid_model::SampleSet;
 use flamegrid_proto::convert::{AnswerBudget, WireLimits, subtask_sample_set_within};
@@ -39,7 +40,7 @@ use flamegrid_proto::v1::{self, ThreadSelector, sampling_client::SamplingClient}
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -646,14 +647,6 @@ fn absorb_answer(
             .difference(&delivered)
             .map(|&i| (i, MissingReason::AgentFailed)),
     );
-}
-
-/// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! flamegrid's coordinator.
 //!
 //! * [`config`]: flags, environment, config file.
+//! * [`clock`]: the one wall clock (ms since the epoch).
 //! * [`registry`]: task managers (registration, heartbeats, liveness) and jobs (embedded store).
 //! * [`fanout`]: one sampling RPC per agent, deadlines, partial results.
 //! * [`flamegraph`]: Flink's tree algorithm over the samples, the cache with coalescing, views.
@@ -26,6 +27,7 @@
 //! the peer that tried; the same files serve as client credentials towards `https://` agents
 //! ([`fanout`]).
 
+pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod demo;

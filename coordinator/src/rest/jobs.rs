@@ -13,7 +13,7 @@ use super::shapes::{
     ExecutionStateCounts, IoMetrics, JobTimestamps, TaskCounts, html_escape, time_span,
 };
 use super::state::AppState;
-use crate::registry::state::now_ms;
+use crate::clock::now_ms;
 use crate::registry::{ExecutionState, Job, JobStatus, RegistryError};
 use axum::Json;
 use axum::body::Bytes;

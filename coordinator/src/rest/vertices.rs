@@ -12,7 +12,8 @@ use super::shapes::{
     Aggregated, ExecutionStateCounts, ExecutionStateTimestamps, IoMetrics, SubtaskEntry, time_span,
 };
 use super::state::AppState;
-use crate::registry::state::{aggregate_execution_states, now_ms};
+use crate::clock::now_ms;
+use crate::registry::state::aggregate_execution_states;
 use crate::registry::{ExecutionState, Job};
 use axum::Json;
 use axum::extract::{Path, Query, State};
