@@ -219,9 +219,13 @@ impl CoordinatorConfig {
     }
 }
 
-/// `--flamegraph-history`: a count of runs, 0..=[`crate::flamegraph::cache::MAX_HISTORY`].
+/// The most flame graph runs `--flamegraph-history` may keep per vertex: each is held in memory.
+/// (The cache clamps what it is given to the same bound on its own, whoever builds it.)
+pub const MAX_FLAMEGRAPH_HISTORY: usize = 1000;
+
+/// `--flamegraph-history`: a count of runs, 0..=[`MAX_FLAMEGRAPH_HISTORY`].
 fn parse_history(raw: &str) -> Result<usize, String> {
-    let max = crate::flamegraph::cache::MAX_HISTORY;
+    let max = MAX_FLAMEGRAPH_HISTORY;
     match raw.trim().parse::<usize>() {
         Ok(n) if n <= max => Ok(n),
         Ok(n) => Err(format!(

@@ -1,6 +1,7 @@
 //! flamegrid's coordinator.
 //!
 //! * [`config`]: flags, environment, config file.
+//! * [`credentials`]: the token and TLS files, read once at start.
 //! * [`clock`]: the one wall clock (ms since the epoch).
 //! * [`registry`]: task managers (registration, heartbeats, liveness) and jobs (embedded store).
 //! * [`fanout`]: one sampling RPC per agent, deadlines, partial results.
@@ -29,6 +30,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod dashboard;
 pub mod demo;
 pub mod fanout;
@@ -60,6 +62,10 @@ pub enum CoordinatorError {
     /// The registry (data directory, database, token file) failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A token file (`--token-file`, `--rest-token-file`) could not be read or is empty, or the
+    /// credentials cannot be used to call agents.
+    #[error("{0}")]
+    Credentials(String),
     /// A TLS file could not be read or used.
     #[error("TLS: {0}")]
     Tls(String),
@@ -187,16 +193,22 @@ pub async fn start_on(
         .await
         .map_err(|e| CoordinatorError::Server(format!("opening the registry failed: {e}")))??,
     );
-    let token = match &config.token_file {
-        Some(path) => TokenCheck::from_file(path)?,
+    let credentials = credentials::Credentials::load(&config)?;
+    let token = match &credentials.grpc_token {
+        Some(token) => TokenCheck::require(token),
         None => TokenCheck::disabled(),
     };
-    let tls = grpc_tls(&config)?;
-    let write_guard = rest::auth::WriteGuard::from_config(&config)?;
+    let tls = grpc_tls(&credentials)?;
+    let write_guard =
+        rest::auth::WriteGuard::new(config.read_only, credentials.rest_token.as_deref());
+    let flamegraphs = flamegraph::FlameGraphService::with_settings(
+        flamegraph_settings(&config),
+        credentials.agent_auth()?,
+    );
     let config = Arc::new(config);
     let state = rest::state::AppState {
         registry: registry.clone(),
-        flamegraphs: Arc::new(flamegraph::FlameGraphService::new(&config)?),
+        flamegraphs: Arc::new(flamegraphs),
         config: config.clone(),
     };
     let (shutdown, stopped) = watch::channel(false);
@@ -328,12 +340,36 @@ fn check_exposure(
 /// The registry's TLS acceptor from `--tls-cert`/`--tls-key` (and `--tls-ca` for mutual TLS),
 /// or `None` for plain text.
 fn grpc_tls(
-    config: &CoordinatorConfig,
+    credentials: &credentials::Credentials,
 ) -> Result<Option<tokio_rustls::TlsAcceptor>, CoordinatorError> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+    let Some(identity) = &credentials.tls_identity else {
         return Ok(None);
     };
-    registry::tls::acceptor(cert, key, config.tls_ca.as_deref()).map(Some)
+    registry::tls::acceptor(identity, credentials.tls_ca.as_ref()).map(Some)
+}
+
+/// The flame graph service's settings from the `--flamegraph-*` flags: the service takes these
+/// plain values, not the command line, so it can be built (in tests, benches) without one.
+pub fn flamegraph_settings(config: &CoordinatorConfig) -> flamegraph::FlameGraphSettings {
+    use fanout::SamplingParams;
+    use flamegraph::cache::CacheLimits;
+    use std::time::Duration;
+    flamegraph::FlameGraphSettings {
+        enabled: config.flamegraph_enabled,
+        params: SamplingParams {
+            num_samples: config.flamegraph_num_samples,
+            delay_ms: config.flamegraph_delay_ms,
+            max_depth: config.flamegraph_max_depth,
+        },
+        limits: CacheLimits {
+            history: config.flamegraph_history,
+            ..CacheLimits::new(
+                Duration::from_secs(config.flamegraph_refresh_interval_s),
+                Duration::from_secs(config.flamegraph_cleanup_interval_s),
+            )
+        },
+        rpc_grace: Duration::from_millis(config.flamegraph_rpc_grace_ms),
+    }
 }
 
 /// Prints a line for the user on stdout, ignoring a closed stdout (`println!` would panic
