@@ -30,8 +30,10 @@
 //!
 //! Channels to agents are created lazily and kept per address, so a run does not pay a TCP (or
 //! TLS) handshake to an agent it talked to before. The shared token (`--token-file`) travels as
-//! `authorization: Bearer <token>` metadata, as the agent expects.
+//! `authorization: Bearer <token>` metadata, as the agent expects, added to every call by the
+//! client's interceptor ([`crate::bearer`]).
 
+use crate::bearer::BearerToken;
 use crate::clock::now_ms;
 use crate::flamegraph::missing::{Missing, MissingReason};
 use flamegrid_model::SampleSet;
@@ -41,8 +43,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// A sampling client of one agent, every call carrying the shared token ([`BearerToken`]).
+type AgentClient = SamplingClient<InterceptedService<Channel, BearerToken>>;
 
 /// Largest sampling answer accepted from an agent. 1000 samples × 64 threads × 100 frames is about
 /// 10 MB of varints; tonic's default of 4 MiB would reject big but legitimate runs. This bounds
@@ -159,8 +164,8 @@ impl SamplingParams {
 /// How the coordinator authenticates to agents; mirrors the agent's `--token-file` and `--tls-*`.
 #[derive(Debug, Clone, Default)]
 pub struct AgentAuth {
-    /// Sent as `authorization: Bearer <token>` on every call.
-    pub bearer: Option<AsciiMetadataValue>,
+    /// Sends `authorization: Bearer <token>` on every call (an interceptor of the client).
+    pub bearer: BearerToken,
     /// TLS settings for `https://` agent addresses.
     pub tls: Option<ClientTlsConfig>,
 }
@@ -168,9 +173,7 @@ pub struct AgentAuth {
 impl AgentAuth {
     /// Auth carrying a shared token. Fails for a token that cannot travel in a header.
     pub fn with_token(mut self, token: &str) -> Result<Self, FanOutError> {
-        let value = MetadataValue::try_from(format!("Bearer {}", token.trim()))
-            .map_err(|_| FanOutError::BadToken)?;
-        self.bearer = Some(value);
+        self.bearer = BearerToken::new(token).map_err(|_| FanOutError::BadToken)?;
         Ok(self)
     }
 }
@@ -354,17 +357,14 @@ impl FanOut {
                     continue;
                 }
             };
-            let bearer = self.auth.bearer.clone();
+            let client = self.client(channel);
             let window = params.sampling_window();
             tasks.spawn(async move {
                 let address = call.address.clone();
-                let client =
-                    SamplingClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
                 let result = call_until_deadline(
                     client,
                     &address,
                     &call.request,
-                    bearer,
                     deadline,
                     deadline_after,
                     window,
@@ -444,10 +444,7 @@ impl FanOut {
             max_depth,
         });
         request.set_timeout(timeout);
-        if let Some(b) = self.auth.bearer.clone() {
-            request.metadata_mut().insert("authorization", b);
-        }
-        let mut client = SamplingClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
+        let mut client = self.client(channel);
         match tokio::time::timeout(timeout, client.thread_dump(request)).await {
             Err(_) => Err(FanOutError::DeadlineExceeded {
                 address: address.to_string(),
@@ -456,6 +453,13 @@ impl FanOut {
             Ok(Err(status)) => Err(status_error(address, status)),
             Ok(Ok(resp)) => Ok(resp.into_inner()),
         }
+    }
+
+    /// A client of the agent behind `channel`: the bearer header added by the interceptor,
+    /// answers bounded by [`MAX_ANSWER_BYTES`].
+    fn client(&self, channel: Channel) -> AgentClient {
+        SamplingClient::with_interceptor(channel, self.auth.bearer.clone())
+            .max_decoding_message_size(MAX_ANSWER_BYTES)
     }
 
     /// The (lazily connecting) channel to `address`, created on first use.
@@ -514,10 +518,9 @@ const BUSY_RETRY_MAX: Duration = Duration::from_millis(250);
 /// and the agent's own bound on concurrent work is respected (the coordinator waits, the agent
 /// never queues).
 async fn call_until_deadline(
-    mut client: SamplingClient<Channel>,
+    mut client: AgentClient,
     address: &str,
     request: &v1::SampleRequest,
-    bearer: Option<AsciiMetadataValue>,
     deadline: tokio::time::Instant,
     deadline_after: Duration,
     window: Duration,
@@ -536,9 +539,6 @@ async fn call_until_deadline(
         }
         let mut req = tonic::Request::new(request.clone());
         req.set_timeout(remaining);
-        if let Some(b) = &bearer {
-            req.metadata_mut().insert("authorization", b.clone());
-        }
         match tokio::time::timeout_at(deadline, client.sample(req)).await {
             Err(_) => return Err(late()),
             // The grpc-timeout header lets either side give up at the deadline too.

@@ -1,6 +1,7 @@
 //! flamegrid's coordinator.
 //!
 //! * [`config`]: flags, environment, config file.
+//! * [`bearer`]: the shared token on every call to an agent (a tonic interceptor).
 //! * [`credentials`]: the token and TLS files, read once at start.
 //! * [`clock`]: the one wall clock (ms since the epoch).
 //! * [`registry`]: task managers (registration, heartbeats, liveness) and jobs (embedded store).
@@ -28,6 +29,7 @@
 //! the peer that tried; the same files serve as client credentials towards `https://` agents
 //! ([`fanout`]).
 
+pub mod bearer;
 pub mod clock;
 pub mod config;
 pub mod credentials;
@@ -220,7 +222,8 @@ pub async fn start_on(
         write_stall_timeout: rest::request_timeout(&state),
         max_connections: config.rest_max_connections.max(1) as usize,
     };
-    let app = rest::router(state.clone(), write_guard);
+    // The dashboard is mounted beside the API, under the same conventions.
+    let app = rest::router(state.clone(), write_guard, dashboard::routes());
     let stop = stopped.clone();
     tasks.push(tokio::spawn(async move {
         rest::serve::serve(rest, app, limits, stop)

@@ -95,15 +95,16 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(exports::routes())
         .merge(history::routes())
         .merge(unsupported::routes())
-        .merge(OpenApiRouter::from(crate::dashboard::routes()))
         .split_for_parts()
 }
 
-/// The whole REST router: every route bare and under `/v1`, the conventions of the module docs,
-/// writes checked by `guard` (see [`auth`]) and by the cross-site rules (see [`cross_site`]),
-/// requests bounded by `--rest-request-timeout-s` (see [`serve`]).
-pub fn router(state: AppState, guard: auth::WriteGuard) -> Router {
+/// The whole HTTP router: the API's routes and the `pages` served beside them (the dashboard,
+/// which `lib.rs` mounts), every route bare and under `/v1`, with the conventions of the module
+/// docs, writes checked by `guard` (see [`auth`]) and by the cross-site rules (see
+/// [`cross_site`]), requests bounded by `--rest-request-timeout-s` (see [`serve`]).
+pub fn router(state: AppState, guard: auth::WriteGuard, pages: Router<AppState>) -> Router {
     let (api, document) = api();
+    let api = api.merge(pages);
     let document = openapi::Document::new(&document);
     let guard = Arc::new(guard);
     let policy = Arc::new(cross_site::CrossSitePolicy::new(
