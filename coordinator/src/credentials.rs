@@ -81,7 +81,8 @@ impl Credentials {
                 .map(|p| read_token_file(p, what).map_err(CoordinatorError::Credentials))
                 .transpose()
         };
-        let tls_identity = match (&config.tls_cert, &config.tls_key) {
+        let flags = &config.credentials;
+        let tls_identity = match (&flags.tls_cert, &flags.tls_key) {
             (Some(cert), Some(key)) => Some(TlsIdentity {
                 cert: PemFile::read(cert, "certificate")?,
                 key: PemFile::read(key, "private key")?,
@@ -89,10 +90,10 @@ impl Credentials {
             _ => None,
         };
         Ok(Credentials {
-            grpc_token: token(&config.token_file, "token file")?,
+            grpc_token: token(&flags.token_file, "token file")?,
             rest_token: token(&config.rest_token_file, "REST token file")?,
             tls_identity,
-            tls_ca: config
+            tls_ca: flags
                 .tls_ca
                 .as_deref()
                 .map(|p| PemFile::read(p, "CA"))

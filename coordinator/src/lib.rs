@@ -312,8 +312,6 @@ fn check_exposure(
     rpc_addr: SocketAddr,
 ) -> Result<(), CoordinatorError> {
     use flamegrid_proto::exposure::{Exposure, Listener, check};
-    let mutual_tls =
-        config.tls_cert.is_some() && config.tls_key.is_some() && config.tls_ca.is_some();
     let listeners = [
         Listener {
             what: "REST API",
@@ -326,8 +324,8 @@ fn check_exposure(
             what: "registry gRPC service",
             addr_flag: "--rpc-addr",
             addr: rpc_addr,
-            has_credentials: config.token_file.is_some() || mutual_tls,
-            credential_flags: "--token-file (or mutual TLS: --tls-cert, --tls-key and --tls-ca)",
+            has_credentials: config.credentials.guards_listener(),
+            credential_flags: flamegrid_proto::credential_flags::GRPC_CREDENTIAL_FLAGS,
         },
     ];
     for listener in &listeners {
@@ -391,7 +389,7 @@ pub fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     rt.block_on(async move {
         let demo = config.demo;
         // Agents must be pointed at https:// when the registry speaks TLS.
-        let rpc_scheme = if config.tls_cert.is_some() {
+        let rpc_scheme = if config.credentials.tls() {
             "https"
         } else {
             "http"

@@ -221,11 +221,11 @@ fn config_entries(state: &AppState) -> Vec<(String, String)> {
         ),
         (
             "flamegrid.token.enabled".into(),
-            c.token_file.is_some().to_string(),
+            c.credentials.token_file.is_some().to_string(),
         ),
         (
             "flamegrid.tls.enabled".into(),
-            c.tls_cert.is_some().to_string(),
+            c.credentials.tls_cert.is_some().to_string(),
         ),
         (
             "flamegrid.rest-token.enabled".into(),
