@@ -5,8 +5,8 @@
 //! parallelism (FLINK-26074); then one RPC per task manager, but a single slow or dead task
 //! manager discarded the whole run. flamegrid keeps the good half and fixes the other:
 //!
-//! 1. The registry describes the vertex as a [`VertexSampling`]: per subtask, where it runs
-//!    ([`SubtaskTarget`]: agent address + thread selector).
+//! 1. The registry describes the vertex as a [`crate::sampling::VertexSampling`]: per subtask,
+//!    where it runs ([`SubtaskTarget`]: agent address + thread selector).
 //! 2. [`FanOut::sample`] groups the targets by agent and sends **one** `Sample` RPC per agent,
 //!    all concurrently. Each selector carries a `subtask_key` (`<prefix>/<index>`) so the answer
 //!    can be attributed to subtask indexes without trusting the agent's view of the job.
@@ -36,6 +36,7 @@
 use crate::bearer::BearerToken;
 use crate::clock::now_ms;
 use crate::flamegraph::missing::{Missing, MissingReason};
+use crate::sampling::{SamplingParams, SubtaskTarget};
 use flamegrid_model::SampleSet;
 use flamegrid_proto::convert::{AnswerBudget, WireLimits, subtask_sample_set_within};
 use flamegrid_proto::v1::{self, ThreadSelector, sampling_client::SamplingClient};
@@ -59,107 +60,6 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Most agent channels kept open at once (see [`FanOut::channel`]).
 const MAX_CHANNELS: usize = 4096;
-
-/// Where and what to sample for one subtask.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubtaskTarget {
-    /// The subtask's index within its vertex.
-    pub subtask_index: u32,
-    /// The task manager (agent) id the subtask runs on.
-    pub taskmanager_id: String,
-    /// The agent's Sampling service address, e.g. `http://127.0.0.1:6122`.
-    pub agent_address: String,
-    /// The threads to sample; `subtask_key` is filled by the fan-out.
-    pub selector: ThreadSelector,
-    /// Whether the agent has confirmed the subtask (a heartbeat since the job was registered).
-    /// An unconfirmed subtask is sampled all the same (sampling is the best liveness check: a
-    /// graph right after `POST /jobs`), but if its agent cannot be reached it is reported
-    /// [`MissingReason::NeverConfirmed`].
-    pub confirmed: bool,
-}
-
-/// Everything the flame graph service needs to know about a vertex, as the registry sees it now.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VertexSampling {
-    /// The job's name (for SVG titles).
-    pub job_name: String,
-    /// The vertex's name.
-    pub vertex_name: String,
-    /// Number of subtasks.
-    pub parallelism: u32,
-    /// The vertex's aggregate state is FINISHED, CANCELED or FAILED (Flink answers -1).
-    pub vertex_terminal: bool,
-    /// One entry per subtask, index order.
-    pub subtasks: Vec<SubtaskSampling>,
-}
-
-impl VertexSampling {
-    /// The subtasks that can be sampled now: all of them, or only `subtask` when given. Subtasks
-    /// without a target (terminal, or their agent is gone) are left out; the ones that are not
-    /// terminal are listed by [`VertexSampling::absent`].
-    pub fn targets(&self, subtask: Option<u32>) -> Vec<SubtaskTarget> {
-        self.subtasks
-            .iter()
-            .filter(|s| subtask.is_none_or(|i| s.index == i))
-            .filter_map(|s| s.target.clone())
-            .collect()
-    }
-
-    /// The subtasks (all, or only `subtask`) that should be sampled but cannot be, and why:
-    /// not terminal, but their agent is not registered. A run lists them as missing, so a
-    /// graph of the others never looks whole.
-    pub fn absent(&self, subtask: Option<u32>) -> Missing {
-        self.subtasks
-            .iter()
-            .filter(|s| subtask.is_none_or(|i| s.index == i))
-            .filter_map(|s| s.absent.map(|reason| (s.index, reason)))
-            .collect()
-    }
-
-    /// Whether the answer for the whole vertex (`None`) or one subtask is "terminated" (-1):
-    /// Flink checks the vertex's aggregate state, or that one subtask's state.
-    pub fn is_terminal(&self, subtask: Option<u32>) -> bool {
-        match subtask {
-            None => self.vertex_terminal,
-            Some(i) => self
-                .subtasks
-                .iter()
-                .find(|s| s.index == i)
-                .is_some_and(|s| s.terminal),
-        }
-    }
-}
-
-/// One subtask, as the flame graph service sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubtaskSampling {
-    /// The subtask's index.
-    pub index: u32,
-    /// The subtask is FINISHED, CANCELED or FAILED.
-    pub terminal: bool,
-    /// Where to sample it: `Some` while it is not terminal and its agent is registered.
-    pub target: Option<SubtaskTarget>,
-    /// Why a subtask that is not terminal has no target (its agent is gone); `None` otherwise.
-    pub absent: Option<MissingReason>,
-}
-
-/// The knobs of one sampling run (Flink's `rest.flamegraph.*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SamplingParams {
-    /// Samples per thread.
-    pub num_samples: u32,
-    /// Delay between two samples of a thread, in ms.
-    pub delay_ms: u32,
-    /// Frames kept per stack (the innermost ones).
-    pub max_depth: u32,
-}
-
-impl SamplingParams {
-    /// How long the agents need at least: `num_samples × delay`.
-    pub fn sampling_window(&self) -> Duration {
-        Duration::from_millis(u64::from(self.num_samples) * u64::from(self.delay_ms))
-    }
-}
 
 /// How the coordinator authenticates to agents; mirrors the agent's `--token-file` and `--tls-*`.
 #[derive(Debug, Clone, Default)]
@@ -655,6 +555,7 @@ pub(crate) mod tests {
     //! misbehave: real gRPC over loopback, no sampler needed.
 
     use super::*;
+    use crate::sampling::{SubtaskSampling, VertexSampling};
     use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};
     use flamegrid_proto::SampleResponseBuilder;
     use flamegrid_proto::v1::sampling_server::{Sampling, SamplingServer};

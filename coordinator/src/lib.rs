@@ -5,6 +5,7 @@
 //! * [`credentials`]: the token and TLS files, read once at start.
 //! * [`clock`]: the one wall clock (ms since the epoch).
 //! * [`registry`]: task managers (registration, heartbeats, liveness) and jobs (embedded store).
+//! * [`sampling`]: what is sampled (a vertex's subtasks, where they run, a run's parameters).
 //! * [`fanout`]: one sampling RPC per agent, deadlines, partial results.
 //! * [`flamegraph`]: Flink's tree algorithm over the samples, the cache with coalescing, views.
 //! * [`rest`]: one module per REST resource; handlers only translate between HTTP and the domain.
@@ -39,6 +40,7 @@ pub mod fanout;
 pub mod flamegraph;
 pub mod registry;
 pub mod rest;
+pub mod sampling;
 
 use config::CoordinatorConfig;
 use registry::grpc::{RegistryService, TokenCheck};
@@ -352,8 +354,8 @@ fn grpc_tls(
 /// The flame graph service's settings from the `--flamegraph-*` flags: the service takes these
 /// plain values, not the command line, so it can be built (in tests, benches) without one.
 pub fn flamegraph_settings(config: &CoordinatorConfig) -> flamegraph::FlameGraphSettings {
-    use fanout::SamplingParams;
     use flamegraph::cache::CacheLimits;
+    use sampling::SamplingParams;
     use std::time::Duration;
     flamegraph::FlameGraphSettings {
         enabled: config.flamegraph_enabled,

@@ -43,7 +43,8 @@ pub mod run;
 pub mod speedscope;
 pub mod svg;
 
-use crate::fanout::{AgentAuth, FanOut, FanOutError, SamplingParams, VertexSampling};
+use crate::fanout::{AgentAuth, FanOut, FanOutError};
+use crate::sampling::{SamplingParams, VertexSampling};
 use cache::{CacheLimits, GraphCache, GraphKey};
 use profile::Snapshot;
 use run::RunCounters;
@@ -345,7 +346,7 @@ impl FlameGraphService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::{SubtaskSampling, SubtaskTarget};
+    use crate::sampling::{SubtaskSampling, SubtaskTarget};
     use flamegrid_proto::v1::ThreadSelector;
 
     fn service() -> FlameGraphService {

@@ -62,8 +62,8 @@ pub use state::{ExecutionState, JobStatus};
 pub use taskmanager::{HostFacts, TaskManager};
 
 use crate::clock::now_ms;
-use crate::fanout::{SubtaskSampling, SubtaskTarget, VertexSampling};
 use crate::flamegraph::missing::MissingReason;
+use crate::sampling::{SubtaskSampling, SubtaskTarget, VertexSampling};
 use flamegrid_proto::v1;
 use job::{ProcessRef, SubtaskSpec};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

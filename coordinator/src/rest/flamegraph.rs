@@ -41,11 +41,11 @@
 use super::error::{ApiError, TaskManagerErrors};
 use super::params;
 use super::state::AppState;
-use crate::fanout::VertexSampling;
 use crate::flamegraph::cache::GraphKey;
 use crate::flamegraph::profile::Snapshot;
 use crate::flamegraph::svg::SvgLabels;
 use crate::flamegraph::{FlameGraphError, GraphAnswer, folded, json, svg};
+use crate::sampling::VertexSampling;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
