@@ -77,9 +77,6 @@ pub enum CoordinatorError {
     /// defaults"); the one-line reason names the missing flag.
     #[error("{0}")]
     Exposed(String),
-    /// The credentials for calling agents (`--token-file`, `--tls-*`) cannot be used.
-    #[error("credentials for calling agents: {0}")]
-    AgentCredentials(#[from] flamegraph::FlameGraphError),
     /// A server task failed.
     #[error("{0}")]
     Server(String),
