@@ -150,32 +150,9 @@ pub struct CoordinatorConfig {
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub rest_max_connections: u32,
 
-    /// File holding the shared token agents and the coordinator present to each other over gRPC
-    /// (the same file on both sides). An unreadable or empty file stops the coordinator.
-    #[arg(long, env = "FLAMEGRID_TOKEN_FILE", value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-
-    /// TLS certificate (PEM) for the gRPC services.
-    #[arg(
-        long,
-        env = "FLAMEGRID_TLS_CERT",
-        value_name = "FILE",
-        requires = "tls_key"
-    )]
-    pub tls_cert: Option<PathBuf>,
-
-    /// TLS private key (PEM) for the gRPC services.
-    #[arg(
-        long,
-        env = "FLAMEGRID_TLS_KEY",
-        value_name = "FILE",
-        requires = "tls_cert"
-    )]
-    pub tls_key: Option<PathBuf>,
-
-    /// CA (PEM) that peers' certificates must chain to; turns on mutual TLS.
-    #[arg(long, env = "FLAMEGRID_TLS_CA", value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
+    /// `--token-file`, `--tls-cert`, `--tls-key`, `--tls-ca`: the same flags as the agent's.
+    #[command(flatten)]
+    pub credentials: flamegrid_proto::credential_flags::CredentialFlags,
 
     /// File holding the bearer token REST writes (POST, PATCH, DELETE) must present
     /// (`Authorization: Bearer <token>`, compared in constant time). An unreadable or empty file
@@ -219,9 +196,13 @@ impl CoordinatorConfig {
     }
 }
 
-/// `--flamegraph-history`: a count of runs, 0..=[`crate::flamegraph::cache::MAX_HISTORY`].
+/// The most flame graph runs `--flamegraph-history` may keep per vertex: each is held in memory.
+/// (The cache clamps what it is given to the same bound on its own, whoever builds it.)
+pub const MAX_FLAMEGRAPH_HISTORY: usize = 1000;
+
+/// `--flamegraph-history`: a count of runs, 0..=[`MAX_FLAMEGRAPH_HISTORY`].
 fn parse_history(raw: &str) -> Result<usize, String> {
-    let max = crate::flamegraph::cache::MAX_HISTORY;
+    let max = MAX_FLAMEGRAPH_HISTORY;
     match raw.trim().parse::<usize>() {
         Ok(n) if n <= max => Ok(n),
         Ok(n) => Err(format!(
@@ -369,6 +350,27 @@ mod tests {
             CoordinatorConfig::try_parse_from(["x", "--flamegraph-num-samples", "1001"]).is_err()
         );
         assert!(CoordinatorConfig::try_parse_from(["x", "--flamegraph-enabled", "false"]).is_ok());
+    }
+
+    /// The token and TLS flags are the agent's (one definition in `flamegrid_proto`): same names
+    /// and variables, same rules (`--tls-ca` adds to `--tls-cert`/`--tls-key`, never alone).
+    #[test]
+    fn credential_flags_follow_the_shared_rules() {
+        assert!(CoordinatorConfig::try_parse_from(["x", "--tls-ca", "ca.pem"]).is_err());
+        assert!(CoordinatorConfig::try_parse_from(["x", "--tls-cert", "c.pem"]).is_err());
+        let mutual = CoordinatorConfig::try_parse_from([
+            "x",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        assert!(mutual.credentials.mutual_tls());
+        let token = CoordinatorConfig::try_parse_from(["x", "--token-file", "t"]).unwrap();
+        assert!(token.credentials.guards_listener());
     }
 
     #[test]

@@ -97,7 +97,12 @@ pub async fn start(coordinator: &Coordinator) -> Result<DemoHandle, DemoError> {
     args.listen = ([127, 0, 0, 1], 0).into();
     // With `--token-file` the registry refuses agents without the token: the demo's agent
     // presents the same one (and requires it of the coordinator's calls).
-    args.token_file = coordinator.app_state().config.token_file.clone();
+    args.credentials.token_file = coordinator
+        .app_state()
+        .config
+        .credentials
+        .token_file
+        .clone();
     let (agent_stop, stop_rx) = oneshot::channel::<()>();
     let agent = flamegrid_agent::cli::run::serve(args, async move {
         let _ = stop_rx.await;

@@ -5,8 +5,8 @@
 //! parallelism (FLINK-26074); then one RPC per task manager, but a single slow or dead task
 //! manager discarded the whole run. flamegrid keeps the good half and fixes the other:
 //!
-//! 1. The registry describes the vertex as a [`VertexSampling`]: per subtask, where it runs
-//!    ([`SubtaskTarget`]: agent address + thread selector).
+//! 1. The registry describes the vertex as a [`crate::sampling::VertexSampling`]: per subtask,
+//!    where it runs ([`SubtaskTarget`]: agent address + thread selector).
 //! 2. [`FanOut::sample`] groups the targets by agent and sends **one** `Sample` RPC per agent,
 //!    all concurrently. Each selector carries a `subtask_key` (`<prefix>/<index>`) so the answer
 //!    can be attributed to subtask indexes without trusting the agent's view of the job.
@@ -30,18 +30,25 @@
 //!
 //! Channels to agents are created lazily and kept per address, so a run does not pay a TCP (or
 //! TLS) handshake to an agent it talked to before. The shared token (`--token-file`) travels as
-//! `authorization: Bearer <token>` metadata, as the agent expects.
+//! `authorization: Bearer <token>` metadata, as the agent expects, added to every call by the
+//! client's interceptor ([`crate::bearer`]).
 
+use crate::bearer::BearerToken;
+use crate::clock::now_ms;
 use crate::flamegraph::missing::{Missing, MissingReason};
+use crate::sampling::{SamplingParams, SubtaskTarget};
 use flamegrid_model::SampleSet;
 use flamegrid_proto::convert::{AnswerBudget, WireLimits, subtask_sample_set_within};
 use flamegrid_proto::v1::{self, ThreadSelector, sampling_client::SamplingClient};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// A sampling client of one agent, every call carrying the shared token ([`BearerToken`]).
+type AgentClient = SamplingClient<InterceptedService<Channel, BearerToken>>;
 
 /// Largest sampling answer accepted from an agent. 1000 samples × 64 threads × 100 frames is about
 /// 10 MB of varints; tonic's default of 4 MiB would reject big but legitimate runs. This bounds
@@ -54,115 +61,11 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 /// Most agent channels kept open at once (see [`FanOut::channel`]).
 const MAX_CHANNELS: usize = 4096;
 
-/// Where and what to sample for one subtask.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubtaskTarget {
-    /// The subtask's index within its vertex.
-    pub subtask_index: u32,
-    /// The task manager (agent) id the subtask runs on.
-    pub taskmanager_id: String,
-    /// The agent's Sampling service address, e.g. `http://127.0.0.1:6122`.
-    pub agent_address: String,
-    /// The threads to sample; `subtask_key` is filled by the fan-out.
-    pub selector: ThreadSelector,
-    /// Whether the agent has confirmed the subtask (a heartbeat since the job was registered).
-    /// An unconfirmed subtask is sampled all the same (sampling is the best liveness check: a
-    /// graph right after `POST /jobs`), but if its agent cannot be reached it is reported
-    /// [`MissingReason::NeverConfirmed`].
-    pub confirmed: bool,
-}
-
-/// Everything the flame graph service needs to know about a vertex, as the registry sees it now.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VertexSampling {
-    /// The job's name (for SVG titles).
-    pub job_name: String,
-    /// The vertex's name.
-    pub vertex_name: String,
-    /// Number of subtasks.
-    pub parallelism: u32,
-    /// The vertex's aggregate state is FINISHED, CANCELED or FAILED (Flink answers -1).
-    pub vertex_terminal: bool,
-    /// One entry per subtask, index order.
-    pub subtasks: Vec<SubtaskSampling>,
-}
-
-impl VertexSampling {
-    /// The subtasks that can be sampled now: all of them, or only `subtask` when given. Subtasks
-    /// without a target (terminal, or their agent is gone) are left out; the ones that are not
-    /// terminal are listed by [`VertexSampling::absent`].
-    pub fn targets(&self, subtask: Option<u32>) -> Vec<SubtaskTarget> {
-        self.subtasks
-            .iter()
-            .filter(|s| subtask.is_none_or(|i| s.index == i))
-            .filter_map(|s| s.target.clone())
-            .collect()
-    }
-
-    /// The subtasks (all, or only `subtask`) that cannot be sampled, and why: not terminal,
-    /// but their agent is not registered; or ended for a reason (FAILED, or FINISHED because
-    /// the process vanished). A run lists them as missing, so a graph of the others never looks
-    /// whole, and a terminated vertex says why it has nothing to sample.
-    pub fn absent(&self, subtask: Option<u32>) -> Missing {
-        self.subtasks
-            .iter()
-            .filter(|s| subtask.is_none_or(|i| s.index == i))
-            .filter_map(|s| s.absent.map(|reason| (s.index, reason)))
-            .collect()
-    }
-
-    /// Whether the answer for the whole vertex (`None`) or one subtask is "terminated" (-1):
-    /// Flink checks the vertex's aggregate state, or that one subtask's state.
-    pub fn is_terminal(&self, subtask: Option<u32>) -> bool {
-        match subtask {
-            None => self.vertex_terminal,
-            Some(i) => self
-                .subtasks
-                .iter()
-                .find(|s| s.index == i)
-                .is_some_and(|s| s.terminal),
-        }
-    }
-}
-
-/// One subtask, as the flame graph service sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubtaskSampling {
-    /// The subtask's index.
-    pub index: u32,
-    /// The subtask is FINISHED, CANCELED or FAILED.
-    pub terminal: bool,
-    /// Where to sample it: `Some` while it is not terminal and its agent is registered.
-    pub target: Option<SubtaskTarget>,
-    /// Why the subtask has no target: its agent is gone, or it ended for a reason the registry
-    /// kept (process not found, outside the allow-list, agent lost, ...). `None` while it can be
-    /// sampled, and for a subtask that finished or was canceled.
-    pub absent: Option<MissingReason>,
-}
-
-/// The knobs of one sampling run (Flink's `rest.flamegraph.*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SamplingParams {
-    /// Samples per thread.
-    pub num_samples: u32,
-    /// Delay between two samples of a thread, in ms.
-    pub delay_ms: u32,
-    /// Frames kept per stack (the innermost ones).
-    pub max_depth: u32,
-}
-
-impl SamplingParams {
-    /// How long the agents need at least: `num_samples × delay`.
-    pub fn sampling_window(&self) -> Duration {
-        Duration::from_millis(u64::from(self.num_samples) * u64::from(self.delay_ms))
-    }
-}
-
 /// How the coordinator authenticates to agents; mirrors the agent's `--token-file` and `--tls-*`.
 #[derive(Debug, Clone, Default)]
 pub struct AgentAuth {
-    /// Sent as `authorization: Bearer <token>` on every call.
-    pub bearer: Option<AsciiMetadataValue>,
+    /// Sends `authorization: Bearer <token>` on every call (an interceptor of the client).
+    pub bearer: BearerToken,
     /// TLS settings for `https://` agent addresses.
     pub tls: Option<ClientTlsConfig>,
 }
@@ -170,9 +73,7 @@ pub struct AgentAuth {
 impl AgentAuth {
     /// Auth carrying a shared token. Fails for a token that cannot travel in a header.
     pub fn with_token(mut self, token: &str) -> Result<Self, FanOutError> {
-        let value = MetadataValue::try_from(format!("Bearer {}", token.trim()))
-            .map_err(|_| FanOutError::BadToken)?;
-        self.bearer = Some(value);
+        self.bearer = BearerToken::new(token).map_err(|_| FanOutError::BadToken)?;
         Ok(self)
     }
 }
@@ -356,17 +257,14 @@ impl FanOut {
                     continue;
                 }
             };
-            let bearer = self.auth.bearer.clone();
+            let client = self.client(channel);
             let window = params.sampling_window();
             tasks.spawn(async move {
                 let address = call.address.clone();
-                let client =
-                    SamplingClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
                 let result = call_until_deadline(
                     client,
                     &address,
                     &call.request,
-                    bearer,
                     deadline,
                     deadline_after,
                     window,
@@ -446,10 +344,7 @@ impl FanOut {
             max_depth,
         });
         request.set_timeout(timeout);
-        if let Some(b) = self.auth.bearer.clone() {
-            request.metadata_mut().insert("authorization", b);
-        }
-        let mut client = SamplingClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
+        let mut client = self.client(channel);
         match tokio::time::timeout(timeout, client.thread_dump(request)).await {
             Err(_) => Err(FanOutError::DeadlineExceeded {
                 address: address.to_string(),
@@ -458,6 +353,13 @@ impl FanOut {
             Ok(Err(status)) => Err(status_error(address, status)),
             Ok(Ok(resp)) => Ok(resp.into_inner()),
         }
+    }
+
+    /// A client of the agent behind `channel`: the bearer header added by the interceptor,
+    /// answers bounded by [`MAX_ANSWER_BYTES`].
+    fn client(&self, channel: Channel) -> AgentClient {
+        SamplingClient::with_interceptor(channel, self.auth.bearer.clone())
+            .max_decoding_message_size(MAX_ANSWER_BYTES)
     }
 
     /// The (lazily connecting) channel to `address`, created on first use.
@@ -516,10 +418,9 @@ const BUSY_RETRY_MAX: Duration = Duration::from_millis(250);
 /// and the agent's own bound on concurrent work is respected (the coordinator waits, the agent
 /// never queues).
 async fn call_until_deadline(
-    mut client: SamplingClient<Channel>,
+    mut client: AgentClient,
     address: &str,
     request: &v1::SampleRequest,
-    bearer: Option<AsciiMetadataValue>,
     deadline: tokio::time::Instant,
     deadline_after: Duration,
     window: Duration,
@@ -538,9 +439,6 @@ async fn call_until_deadline(
         }
         let mut req = tonic::Request::new(request.clone());
         req.set_timeout(remaining);
-        if let Some(b) = &bearer {
-            req.metadata_mut().insert("authorization", b.clone());
-        }
         match tokio::time::timeout_at(deadline, client.sample(req)).await {
             Err(_) => return Err(late()),
             // The grpc-timeout header lets either side give up at the deadline too.
@@ -651,20 +549,13 @@ fn absorb_answer(
     );
 }
 
-/// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     //! The fan-out against small in-test Sampling servers that answer canned samples, hang, or
     //! misbehave: real gRPC over loopback, no sampler needed.
 
     use super::*;
+    use crate::sampling::{SubtaskSampling, VertexSampling};
     use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};
     use flamegrid_proto::SampleResponseBuilder;
     use flamegrid_proto::v1::sampling_server::{Sampling, SamplingServer};

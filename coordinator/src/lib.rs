@@ -1,7 +1,11 @@
 //! flamegrid's coordinator.
 //!
 //! * [`config`]: flags, environment, config file.
+//! * [`bearer`]: the shared token on every call to an agent (a tonic interceptor).
+//! * [`credentials`]: the token and TLS files, read once at start.
+//! * [`clock`]: the one wall clock (ms since the epoch).
 //! * [`registry`]: task managers (registration, heartbeats, liveness) and jobs (embedded store).
+//! * [`sampling`]: what is sampled (a vertex's subtasks, where they run, a run's parameters).
 //! * [`fanout`]: one sampling RPC per agent, deadlines, partial results.
 //! * [`flamegraph`]: Flink's tree algorithm over the samples, the cache with coalescing, views.
 //! * [`rest`]: one module per REST resource; handlers only translate between HTTP and the domain.
@@ -26,13 +30,17 @@
 //! the peer that tried; the same files serve as client credentials towards `https://` agents
 //! ([`fanout`]).
 
+pub mod bearer;
+pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod dashboard;
 pub mod demo;
 pub mod fanout;
 pub mod flamegraph;
 pub mod registry;
 pub mod rest;
+pub mod sampling;
 
 use config::CoordinatorConfig;
 use registry::grpc::{RegistryService, TokenCheck};
@@ -58,6 +66,10 @@ pub enum CoordinatorError {
     /// The registry (data directory, database, token file) failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A token file (`--token-file`, `--rest-token-file`) could not be read or is empty, or the
+    /// credentials cannot be used to call agents.
+    #[error("{0}")]
+    Credentials(String),
     /// A TLS file could not be read or used.
     #[error("TLS: {0}")]
     Tls(String),
@@ -65,9 +77,6 @@ pub enum CoordinatorError {
     /// defaults"); the one-line reason names the missing flag.
     #[error("{0}")]
     Exposed(String),
-    /// The credentials for calling agents (`--token-file`, `--tls-*`) cannot be used.
-    #[error("credentials for calling agents: {0}")]
-    AgentCredentials(#[from] flamegraph::FlameGraphError),
     /// A server task failed.
     #[error("{0}")]
     Server(String),
@@ -185,16 +194,22 @@ pub async fn start_on(
         .await
         .map_err(|e| CoordinatorError::Server(format!("opening the registry failed: {e}")))??,
     );
-    let token = match &config.token_file {
-        Some(path) => TokenCheck::from_file(path)?,
+    let credentials = credentials::Credentials::load(&config)?;
+    let token = match &credentials.grpc_token {
+        Some(token) => TokenCheck::require(token),
         None => TokenCheck::disabled(),
     };
-    let tls = grpc_tls(&config)?;
-    let write_guard = rest::auth::WriteGuard::from_config(&config)?;
+    let tls = grpc_tls(&credentials)?;
+    let write_guard =
+        rest::auth::WriteGuard::new(config.read_only, credentials.rest_token.as_deref());
+    let flamegraphs = flamegraph::FlameGraphService::with_settings(
+        flamegraph_settings(&config),
+        credentials.agent_auth()?,
+    );
     let config = Arc::new(config);
     let state = rest::state::AppState {
         registry: registry.clone(),
-        flamegraphs: Arc::new(flamegraph::FlameGraphService::new(&config)?),
+        flamegraphs: Arc::new(flamegraphs),
         config: config.clone(),
     };
     let (shutdown, stopped) = watch::channel(false);
@@ -206,7 +221,8 @@ pub async fn start_on(
         write_stall_timeout: rest::request_timeout(&state),
         max_connections: config.rest_max_connections.max(1) as usize,
     };
-    let app = rest::router(state.clone(), write_guard);
+    // The dashboard is mounted beside the API, under the same conventions.
+    let app = rest::router(state.clone(), write_guard, dashboard::routes());
     let stop = stopped.clone();
     tasks.push(tokio::spawn(async move {
         rest::serve::serve(rest, app, limits, stop)
@@ -295,8 +311,6 @@ fn check_exposure(
     rpc_addr: SocketAddr,
 ) -> Result<(), CoordinatorError> {
     use flamegrid_proto::exposure::{Exposure, Listener, check};
-    let mutual_tls =
-        config.tls_cert.is_some() && config.tls_key.is_some() && config.tls_ca.is_some();
     let listeners = [
         Listener {
             what: "REST API",
@@ -309,8 +323,8 @@ fn check_exposure(
             what: "registry gRPC service",
             addr_flag: "--rpc-addr",
             addr: rpc_addr,
-            has_credentials: config.token_file.is_some() || mutual_tls,
-            credential_flags: "--token-file (or mutual TLS: --tls-cert, --tls-key and --tls-ca)",
+            has_credentials: config.credentials.guards_listener(),
+            credential_flags: flamegrid_proto::credential_flags::GRPC_CREDENTIAL_FLAGS,
         },
     ];
     for listener in &listeners {
@@ -326,12 +340,36 @@ fn check_exposure(
 /// The registry's TLS acceptor from `--tls-cert`/`--tls-key` (and `--tls-ca` for mutual TLS),
 /// or `None` for plain text.
 fn grpc_tls(
-    config: &CoordinatorConfig,
+    credentials: &credentials::Credentials,
 ) -> Result<Option<tokio_rustls::TlsAcceptor>, CoordinatorError> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+    let Some(identity) = &credentials.tls_identity else {
         return Ok(None);
     };
-    registry::tls::acceptor(cert, key, config.tls_ca.as_deref()).map(Some)
+    registry::tls::acceptor(identity, credentials.tls_ca.as_ref()).map(Some)
+}
+
+/// The flame graph service's settings from the `--flamegraph-*` flags: the service takes these
+/// plain values, not the command line, so it can be built (in tests, benches) without one.
+pub fn flamegraph_settings(config: &CoordinatorConfig) -> flamegraph::FlameGraphSettings {
+    use flamegraph::cache::CacheLimits;
+    use sampling::SamplingParams;
+    use std::time::Duration;
+    flamegraph::FlameGraphSettings {
+        enabled: config.flamegraph_enabled,
+        params: SamplingParams {
+            num_samples: config.flamegraph_num_samples,
+            delay_ms: config.flamegraph_delay_ms,
+            max_depth: config.flamegraph_max_depth,
+        },
+        limits: CacheLimits {
+            history: config.flamegraph_history,
+            ..CacheLimits::new(
+                Duration::from_secs(config.flamegraph_refresh_interval_s),
+                Duration::from_secs(config.flamegraph_cleanup_interval_s),
+            )
+        },
+        rpc_grace: Duration::from_millis(config.flamegraph_rpc_grace_ms),
+    }
 }
 
 /// Prints a line for the user on stdout, ignoring a closed stdout (`println!` would panic
@@ -350,7 +388,7 @@ pub fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     rt.block_on(async move {
         let demo = config.demo;
         // Agents must be pointed at https:// when the registry speaks TLS.
-        let rpc_scheme = if config.tls_cert.is_some() {
+        let rpc_scheme = if config.credentials.tls() {
             "https"
         } else {
             "http"

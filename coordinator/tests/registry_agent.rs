@@ -22,7 +22,7 @@ impl StopOnDrop {
         let mut args = RunArgs::new(rpc.to_string());
         args.listen = ([127, 0, 0, 1], 0).into();
         args.heartbeat_timeout_s = 2;
-        args.token_file = token_file.map(|p| p.to_path_buf());
+        args.credentials.token_file = token_file.map(|p| p.to_path_buf());
         let (stop, stopped) = oneshot::channel::<()>();
         let agent = serve(args, async move {
             let _ = stopped.await;

@@ -31,12 +31,13 @@ use crate::selection::AccessPolicy;
 use crate::service::{BearerTokenCheck, SamplingService, ServiceSettings};
 use anyhow::{Context, bail, ensure};
 use clap::Args;
+use flamegrid_proto::credential_flags::{CredentialFlags, GRPC_CREDENTIAL_FLAGS};
 use flamegrid_proto::exposure::{self, Exposure, Listener};
 use flamegrid_proto::v1::sampling_server::SamplingServer;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -114,37 +115,10 @@ pub struct RunArgs {
     )]
     pub allow_comm: Vec<String>,
 
-    /// File holding the shared token: sent on registry calls, required on sampling calls.
-    #[arg(long, env = "FLAMEGRID_TOKEN_FILE", value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-
-    /// PEM certificate chain of this agent (TLS server, and client identity for mutual TLS).
-    #[arg(
-        long,
-        env = "FLAMEGRID_TLS_CERT",
-        value_name = "FILE",
-        requires = "tls_key"
-    )]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key matching --tls-cert.
-    #[arg(
-        long,
-        env = "FLAMEGRID_TLS_KEY",
-        value_name = "FILE",
-        requires = "tls_cert"
-    )]
-    pub tls_key: Option<PathBuf>,
-
-    /// PEM CA: callers of the sampling service must present a certificate it signed (mutual
-    /// TLS), and an https coordinator is verified against it. Needs --tls-cert and --tls-key.
-    #[arg(
-        long,
-        env = "FLAMEGRID_TLS_CA",
-        value_name = "FILE",
-        requires = "tls_cert"
-    )]
-    pub tls_ca: Option<PathBuf>,
+    /// `--token-file`, `--tls-cert`, `--tls-key`, `--tls-ca`: the same flags as the
+    /// coordinator's.
+    #[command(flatten)]
+    pub credentials: CredentialFlags,
 
     /// The coordinator's heartbeat timeout; accepted for symmetry with the coordinator.
     #[arg(long, env = "FLAMEGRID_HEARTBEAT_TIMEOUT_S", default_value_t = 30, value_name = "S",
@@ -189,10 +163,7 @@ impl RunArgs {
             id: None,
             allow_user: Vec::new(),
             allow_comm: Vec::new(),
-            token_file: None,
-            tls_cert: None,
-            tls_key: None,
-            tls_ca: None,
+            credentials: CredentialFlags::default(),
             heartbeat_timeout_s: 30,
             max_concurrent_runs: crate::service::DEFAULT_MAX_CONCURRENT_RUNS,
             kernel_stacks: false,
@@ -243,9 +214,14 @@ fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
     if let Some(a) = &args.advertise {
         check_url("--advertise", a)?;
     }
-    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    let token = args
+        .credentials
+        .token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
 
-    let identity = match (&args.tls_cert, &args.tls_key) {
+    let identity = match (&args.credentials.tls_cert, &args.credentials.tls_key) {
         (Some(cert), Some(key)) => Some(Identity::from_pem(
             read_file(cert, "--tls-cert")?,
             read_file(key, "--tls-key")?,
@@ -253,7 +229,7 @@ fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
     };
-    let ca = match &args.tls_ca {
+    let ca = match &args.credentials.tls_ca {
         Some(path) => {
             ensure!(
                 identity.is_some(),
@@ -305,8 +281,8 @@ fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
         what: "sampling gRPC service",
         addr_flag: "--listen",
         addr: args.listen,
-        has_credentials: token.is_some() || (server_tls.is_some() && args.tls_ca.is_some()),
-        credential_flags: "--token-file (or mutual TLS: --tls-cert, --tls-key and --tls-ca)",
+        has_credentials: token.is_some() || (server_tls.is_some() && ca.is_some()),
+        credential_flags: GRPC_CREDENTIAL_FLAGS,
     };
     let exposure_warning = match exposure::check(&listener, args.insecure) {
         Ok(Exposure::Guarded) => None,

@@ -83,7 +83,8 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The dashboard's routes: `/` and `/index.html` (the page) and `/assets/{name}` (everything
-/// else). The REST router merges them at the root and under `/v1`.
+/// else). `lib.rs` mounts them beside the REST API ([`crate::rest::router`]): at the root and
+/// under `/v1`, with the same response conventions.
 pub fn routes() -> Router<AppState> {
     asset_routes()
 }

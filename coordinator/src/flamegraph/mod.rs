@@ -43,8 +43,8 @@ pub mod run;
 pub mod speedscope;
 pub mod svg;
 
-use crate::config::CoordinatorConfig;
-use crate::fanout::{AgentAuth, FanOut, FanOutError, SamplingParams, VertexSampling};
+use crate::fanout::{AgentAuth, FanOut, FanOutError};
+use crate::sampling::{SamplingParams, VertexSampling};
 use cache::{CacheLimits, GraphCache, GraphKey};
 use profile::Snapshot;
 use run::RunCounters;
@@ -213,28 +213,6 @@ pub struct FlameGraphSettings {
     pub rpc_grace: Duration,
 }
 
-impl FlameGraphSettings {
-    /// The settings `config` asks for.
-    pub fn from_config(config: &CoordinatorConfig) -> Self {
-        FlameGraphSettings {
-            enabled: config.flamegraph_enabled,
-            params: SamplingParams {
-                num_samples: config.flamegraph_num_samples,
-                delay_ms: config.flamegraph_delay_ms,
-                max_depth: config.flamegraph_max_depth,
-            },
-            limits: CacheLimits {
-                history: config.flamegraph_history,
-                ..CacheLimits::new(
-                    Duration::from_secs(config.flamegraph_refresh_interval_s),
-                    Duration::from_secs(config.flamegraph_cleanup_interval_s),
-                )
-            },
-            rpc_grace: Duration::from_millis(config.flamegraph_rpc_grace_ms),
-        }
-    }
-}
-
 /// The flame graph service: cache, coalescing, runs, thread dumps. Shared as `Arc`.
 #[derive(Debug)]
 pub struct FlameGraphService {
@@ -255,21 +233,6 @@ impl Drop for FlameGraphService {
 }
 
 impl FlameGraphService {
-    /// A service configured by the `--flamegraph-*` flags, calling agents with the credentials
-    /// of `--token-file` and `--tls-*`.
-    ///
-    /// A credential file that cannot be read or used (missing, unreadable, empty token, token
-    /// that cannot travel in a header, bad PEM) is an error, and the coordinator refuses to
-    /// start with it: calling agents without the credentials the operator gave would either
-    /// fail every run with UNAUTHENTICATED, or, worse, succeed against agents that were meant to
-    /// be protected, and both would only show up later as missing subtasks.
-    pub fn new(config: &CoordinatorConfig) -> Result<Self, FlameGraphError> {
-        Ok(Self::with_settings(
-            FlameGraphSettings::from_config(config),
-            agent_auth(config)?,
-        ))
-    }
-
     /// A service with explicit settings and credentials (tests, embedding). Created within a
     /// tokio runtime, it also starts the cache's periodic sweeper
     /// ([`GraphCache::spawn_sweeper`]) on it, which ends when the service is dropped; outside a
@@ -473,45 +436,10 @@ impl FlameGraphService {
     }
 }
 
-/// Token and TLS settings for calling agents, from `--token-file` and `--tls-*`.
-fn agent_auth(config: &CoordinatorConfig) -> Result<AgentAuth, FlameGraphError> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| FlameGraphError::ReadFile {
-            path: path.clone(),
-            source,
-        })
-    };
-    let mut auth = AgentAuth::default();
-    if let Some(path) = &config.token_file {
-        let token =
-            crate::config::read_token_file(path, "token file").map_err(FlameGraphError::Token)?;
-        auth = auth.with_token(&token)?;
-    }
-    if config.tls_ca.is_some() || config.tls_cert.is_some() {
-        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-        let mut tls = ClientTlsConfig::new();
-        // Agents present certificates of the cluster's own CA (`--tls-ca`); there are no
-        // public roots to fall back on.
-        if let Some(ca) = &config.tls_ca {
-            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-        }
-        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        // tonic only parses PEM when it connects: try it now, so a bad file fails the start
-        // instead of every later run.
-        Endpoint::from_static("https://agent.invalid")
-            .tls_config(tls.clone())
-            .map_err(|e| FlameGraphError::Tls(e.to_string()))?;
-        auth.tls = Some(tls);
-    }
-    Ok(auth)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::{SubtaskSampling, SubtaskTarget};
+    use crate::sampling::{SubtaskSampling, SubtaskTarget};
     use flamegrid_proto::v1::ThreadSelector;
 
     fn service() -> FlameGraphService {

@@ -15,7 +15,8 @@
 use super::cache::RunTicket;
 use super::missing::{self, Missing};
 use super::profile::{Snapshot, SubtaskProfile};
-use crate::fanout::{FanOut, SamplingParams, SubtaskTarget};
+use crate::fanout::FanOut;
+use crate::sampling::{SamplingParams, SubtaskTarget};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,7 +44,7 @@ impl RunCounters {
 
 /// Executes one run for `ticket`'s key over `targets` and stores the result; `absent` are the
 /// subtasks that should have been sampled but could not be asked (see
-/// [`crate::fanout::VertexSampling::absent`]).
+/// [`crate::sampling::VertexSampling::absent`]).
 pub async fn execute(
     fanout: Arc<FanOut>,
     counters: Arc<RunCounters>,
@@ -57,8 +58,8 @@ pub async fn execute(
     let outcome = if targets.is_empty() {
         crate::fanout::FanOutOutcome {
             request_id: fanout.new_request_id(),
-            start_ms: crate::fanout::now_ms(),
-            end_ms: crate::fanout::now_ms(),
+            start_ms: crate::clock::now_ms(),
+            end_ms: crate::clock::now_ms(),
             ..Default::default()
         }
     } else {

@@ -14,7 +14,7 @@
 //!   off) the answer is still a valid SVG document, saying why, rather than inferno's error image.
 
 use super::{FlameGraphError, GraphAnswer};
-use crate::fanout::now_ms;
+use crate::clock::now_ms;
 use flamegrid_model::GraphType;
 use inferno::flamegraph::color::{BackgroundColor, BasicPalette, Color, PaletteMap};
 use inferno::flamegraph::{self, Options, Palette};

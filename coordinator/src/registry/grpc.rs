@@ -140,14 +140,6 @@ impl TokenCheck {
             expected: Some(Arc::from(token.as_bytes())),
         }
     }
-
-    /// Reads the token from a file (surrounding whitespace ignored); an empty file is an error,
-    /// because an empty token would let anyone in.
-    pub fn from_file(path: &std::path::Path) -> Result<Self, RegistryError> {
-        let token = crate::config::read_token_file(path, "token file")
-            .map_err(RegistryError::BadRequest)?;
-        Ok(TokenCheck::require(&token))
-    }
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much of a guess was

@@ -61,11 +61,11 @@ pub use job::Job;
 pub use state::{ExecutionState, JobStatus};
 pub use taskmanager::{HostFacts, TaskManager};
 
-use crate::fanout::{SubtaskSampling, SubtaskTarget, VertexSampling};
+use crate::clock::now_ms;
 use crate::flamegraph::missing::MissingReason;
+use crate::sampling::{SubtaskSampling, SubtaskTarget, VertexSampling};
 use flamegrid_proto::v1;
 use job::{ProcessRef, SubtaskSpec};
-use state::now_ms;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;

@@ -246,14 +246,6 @@ impl JobStatus {
     }
 }
 
-/// Milliseconds since the Unix epoch: the unit of every timestamp in Flink's JSON.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

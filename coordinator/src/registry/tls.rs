@@ -20,6 +20,7 @@
 //! piling up tasks and memory.
 
 use crate::CoordinatorError;
+use crate::credentials::{PemFile, TlsIdentity};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -41,26 +42,26 @@ pub const MAX_HANDSHAKES: usize = 256;
 /// Established connections waiting to be picked up by the gRPC server.
 const READY_QUEUE: usize = 64;
 
-/// The registry's TLS acceptor from PEM files: the server's certificate chain and key, and, when
-/// `ca` is given, the CA every client certificate must chain to (mutual TLS: a client without
-/// such a certificate is refused during the handshake).
+/// The registry's TLS acceptor from the PEM files read at start ([`crate::credentials`]): the
+/// server's certificate chain and key, and, when `ca` is given, the CA every client certificate
+/// must chain to (mutual TLS: a client without such a certificate is refused during the
+/// handshake).
 pub fn acceptor(
-    cert: &Path,
-    key: &Path,
-    ca: Option<&Path>,
+    identity: &TlsIdentity,
+    ca: Option<&PemFile>,
 ) -> Result<TlsAcceptor, CoordinatorError> {
     let bad = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
         CoordinatorError::Tls(format!("{what} {}: {e}", path.display()))
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad("cannot read certificate", cert, &e))?
+    let (cert, key) = (&identity.cert.path, &identity.key.path);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&identity.cert.pem)
         .collect::<Result<_, _>>()
         .map_err(|e| bad("bad certificate", cert, &e))?;
     if chain.is_empty() {
         return Err(bad("no certificate in", cert, &"no PEM CERTIFICATE block"));
     }
-    let private_key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| bad("cannot read private key", key, &e))?;
+    let private_key = PrivateKeyDer::from_pem_slice(&identity.key.pem)
+        .map_err(|e| bad("bad private key", key, &e))?;
     // The same crypto provider as tonic's `tls-ring`, named explicitly so that no process-wide
     // default has to be installed first.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -71,18 +72,18 @@ pub fn acceptor(
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad("cannot read CA", ca, &e))? {
-                let c = c.map_err(|e| bad("bad CA certificate", ca, &e))?;
+            for c in CertificateDer::pem_slice_iter(&ca.pem) {
+                let c = c.map_err(|e| bad("bad CA certificate", &ca.path, &e))?;
                 roots
                     .add(c)
-                    .map_err(|e| bad("unusable CA certificate", ca, &e))?;
+                    .map_err(|e| bad("unusable CA certificate", &ca.path, &e))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
             )
             .build()
-            .map_err(|e| bad("unusable CA", ca, &e))?;
+            .map_err(|e| bad("unusable CA", &ca.path, &e))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -162,30 +163,39 @@ async fn handshake(
 mod tests {
     use super::*;
 
+    /// The files as the coordinator reads them at start, then the acceptor built from them.
+    fn acceptor_from_files(cert: &Path, key: &Path) -> String {
+        use clap::Parser;
+        let config = crate::config::CoordinatorConfig::parse_from([
+            "x".as_ref(),
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ]);
+        let built = crate::credentials::Credentials::load(&config).and_then(|c| {
+            let identity = c.tls_identity.expect("both files named");
+            acceptor(&identity, c.tls_ca.as_ref())
+        });
+        built.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
     #[test]
     fn unreadable_or_wrong_files_are_clear_errors() {
-        let dir = std::env::temp_dir().join(format!("flamegrid-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let missing = dir.join("missing.pem");
-        let err = acceptor(&missing, &missing, None)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = acceptor_from_files(&missing, &missing);
         assert!(
             err.contains("cannot read certificate") && err.contains("missing.pem"),
             "{err}"
         );
 
-        let not_pem = dir.join("not.pem");
+        let not_pem = dir.path().join("not.pem");
         std::fs::write(&not_pem, "hello").unwrap();
-        let err = acceptor(&not_pem, &not_pem, None)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = acceptor_from_files(&not_pem, &not_pem);
         assert!(
             err.contains("no certificate in") && err.contains("not.pem"),
             "{err}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

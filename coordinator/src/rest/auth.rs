@@ -4,8 +4,6 @@
 //! compared in constant time and never logged.
 
 use super::error::ApiError;
-use crate::config::CoordinatorConfig;
-use crate::registry::RegistryError;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -29,21 +27,13 @@ impl std::fmt::Debug for WriteGuard {
 }
 
 impl WriteGuard {
-    /// From `--read-only` and `--rest-token-file` (an unreadable or empty file is an error: an
-    /// empty token would let anyone write).
-    pub fn from_config(config: &CoordinatorConfig) -> Result<Self, RegistryError> {
-        let token = match &config.rest_token_file {
-            None => None,
-            Some(path) => {
-                let token = crate::config::read_token_file(path, "REST token file")
-                    .map_err(RegistryError::BadRequest)?;
-                Some(Arc::from(token.as_bytes()))
-            }
-        };
-        Ok(WriteGuard {
-            read_only: config.read_only,
-            token,
-        })
+    /// From `--read-only` and the token of `--rest-token-file` (read at start, see
+    /// [`crate::credentials`]; already trimmed and non-empty).
+    pub fn new(read_only: bool, token: Option<&str>) -> Self {
+        WriteGuard {
+            read_only,
+            token: token.map(|t| Arc::from(t.as_bytes())),
+        }
     }
 
     /// Checks one request; `None` lets it through.

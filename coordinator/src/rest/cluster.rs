@@ -14,6 +14,23 @@ use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module, each declared once by its handler's `#[utoipa::path]`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(config))
+        .routes(routes!(overview))
+        .routes(routes!(jobmanager_config))
+        .routes(routes!(jobmanager_environment))
+        .routes(routes!(jobmanager_metrics))
+        .routes(routes!(jobmanager_logs))
+        .routes(routes!(no_named_log_file))
+        .routes(routes!(no_log_file))
+        .routes(routes!(no_stdout_file))
+        .routes(routes!(jobmanager_thread_dump))
+}
 
 /// `/config`: what Flink's dashboard reads before anything else.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -204,11 +221,11 @@ fn config_entries(state: &AppState) -> Vec<(String, String)> {
         ),
         (
             "flamegrid.token.enabled".into(),
-            c.token_file.is_some().to_string(),
+            c.credentials.token_file.is_some().to_string(),
         ),
         (
             "flamegrid.tls.enabled".into(),
-            c.tls_cert.is_some().to_string(),
+            c.credentials.tls_cert.is_some().to_string(),
         ),
         (
             "flamegrid.rest-token.enabled".into(),

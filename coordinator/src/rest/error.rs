@@ -9,7 +9,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
 /// The body of every error answer, `{"errors": ["..."]}`: the one error shape Flink's clients
 /// parse, described once here and referenced by every path in `/openapi.json`.
@@ -17,6 +17,55 @@ use utoipa::ToSchema;
 pub struct ErrorBody {
     /// Human-readable messages; the first says what went wrong.
     pub errors: Vec<String>,
+}
+
+// The error answers most paths share, declared once: a handler lists one of these in its
+// `responses(...)` after its own statuses, instead of repeating the same 400 and 404 lines.
+
+/// The errors of a path under `/jobs/{jobid}`: a malformed or unknown job id.
+#[derive(IntoResponses)]
+pub enum JobErrors {
+    /// 400.
+    #[response(status = 400, description = "Malformed job id")]
+    Malformed(ErrorBody),
+    /// 404.
+    #[response(status = 404, description = "Unknown job")]
+    Unknown(ErrorBody),
+}
+
+/// The errors of a path under `/jobs/{jobid}/vertices/{vertexid}`: a malformed or unknown job
+/// or vertex id.
+#[derive(IntoResponses)]
+pub enum VertexErrors {
+    /// 400.
+    #[response(status = 400, description = "Malformed job or vertex id")]
+    Malformed(ErrorBody),
+    /// 404.
+    #[response(status = 404, description = "Unknown job or vertex")]
+    Unknown(ErrorBody),
+}
+
+/// The errors of a path under `/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}`.
+#[derive(IntoResponses)]
+pub enum SubtaskErrors {
+    /// 400.
+    #[response(
+        status = 400,
+        description = "Malformed job id, vertex id or subtask index"
+    )]
+    Malformed(ErrorBody),
+    /// 404.
+    #[response(status = 404, description = "Unknown job, vertex or subtask")]
+    Unknown(ErrorBody),
+}
+
+/// The error of a path under `/taskmanagers/{tmid}`: an unknown task manager (any id is
+/// looked up, so none is malformed).
+#[derive(IntoResponses)]
+pub enum TaskManagerErrors {
+    /// 404.
+    #[response(status = 404, description = "Unknown task manager")]
+    Unknown(ErrorBody),
 }
 
 /// An error response: an HTTP status and the strings of Flink's `errors` array.

@@ -33,24 +33,18 @@ use super::flamegraph::{Resolved, resolve_waiting};
 use super::state::AppState;
 use crate::flamegraph::pprof::ExportContext;
 use crate::flamegraph::{GraphAnswer, pprof, speedscope};
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use std::collections::BTreeMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of the export views.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph.pb.gz",
-            get(flamegraph_pprof),
-        )
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph.speedscope.json",
-            get(flamegraph_speedscope),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(flamegraph_pprof))
+        .routes(routes!(flamegraph_speedscope))
 }
 
 /// Names, task managers and the sampling interval for the exports of a resolved request. The
@@ -101,7 +95,7 @@ fn attachment(ctx: &ExportContext, r: &Resolved, answer: &GraphAnswer, extension
 
 /// `GET .../flamegraph.pb.gz`: the graph as a gzipped pprof profile.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.pb.gz", tag = "flamegraphs",
-    params(super::params::VertexPath, super::openapi::FlameGraphParams),
+    params(super::params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "A gzipped pprof Profile (perftools.profiles); without a graph, an empty profile whose comment says why", body = Vec<u8>, content_type = "application/octet-stream"),
         (status = 400, description = "Malformed id, type, subtask index or `at`", body = super::error::ErrorBody),
@@ -133,7 +127,7 @@ pub async fn flamegraph_pprof(
 
 /// `GET .../flamegraph.speedscope.json`: the graph in speedscope's file format.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.speedscope.json", tag = "flamegraphs",
-    params(super::params::VertexPath, super::openapi::FlameGraphParams),
+    params(super::params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "speedscope's file format, one sampled profile per subtask; without a graph, one empty profile named with the reason", body = speedscope::SpeedscopeFile),
         (status = 400, description = "Malformed id, type, subtask index or `at`", body = super::error::ErrorBody),

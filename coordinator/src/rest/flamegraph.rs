@@ -38,38 +38,29 @@
 //!   SVG in its subtitle, the folded text in a `#` header line that flame graph tools skip (see
 //!   [`crate::flamegraph::missing`] for the words).
 
-use super::error::ApiError;
+use super::error::{ApiError, TaskManagerErrors};
 use super::params;
 use super::state::AppState;
-use crate::fanout::VertexSampling;
 use crate::flamegraph::cache::GraphKey;
 use crate::flamegraph::profile::Snapshot;
 use crate::flamegraph::svg::SvgLabels;
 use crate::flamegraph::{FlameGraphError, GraphAnswer, folded, json, svg};
-use axum::Router;
+use crate::sampling::VertexSampling;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use flamegrid_model::GraphType;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of `/jobs/:jobid/vertices/:vertexid/flamegraph*` and `/taskmanagers/:tmid/thread-dump`.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph",
-            get(flamegraph_json),
-        )
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph.svg",
-            get(flamegraph_svg),
-        )
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph.folded",
-            get(flamegraph_folded),
-        )
-        .route("/taskmanagers/{tmid}/thread-dump", get(thread_dump))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(flamegraph_json))
+        .routes(routes!(flamegraph_svg))
+        .routes(routes!(flamegraph_folded))
+        .routes(routes!(thread_dump))
 }
 
 /// The parsed query of the three flame graph paths.
@@ -288,7 +279,7 @@ pub(super) fn resolve(
 
 /// `GET .../flamegraph`: Flink's JSON; always 200 once the request is valid; never waits.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph", tag = "flamegraphs",
-    params(params::VertexPath, super::openapi::FlameGraphParams),
+    params(params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "Flink's flame graph JSON; never waits", body = json::VertexFlameGraph, headers(("X-Flamegrid-Sampling" = bool, description = "true while a sampling run for this graph is in flight"), ("X-Flamegrid-Missing" = String, description = "Subtasks missing from the graph, comma-separated; only when some are"))),
         (status = 400, description = "Malformed id, type, subtask index, `at` or `refresh`", body = super::error::ErrorBody),
@@ -335,7 +326,7 @@ pub(super) async fn resolve_waiting(
 
 /// `GET .../flamegraph.svg`: inferno's interactive SVG.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.svg", tag = "flamegraphs",
-    params(params::VertexPath, super::openapi::FlameGraphParams),
+    params(params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "Interactive SVG (waits for a run in flight)", body = String, content_type = "image/svg+xml", headers(("X-Flamegrid-Sampling" = bool, description = "true while a sampling run for this graph is in flight"), ("X-Flamegrid-Missing" = String, description = "Subtasks missing from the graph, comma-separated; only when some are"))),
         (status = 400, description = "Malformed id, type, subtask index, `at` or `refresh`", body = super::error::ErrorBody),
@@ -370,7 +361,7 @@ pub async fn flamegraph_svg(
 
 /// `GET .../flamegraph.folded`: collapsed stacks, `a;b;c COUNT` per line.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph.folded", tag = "flamegraphs",
-    params(params::VertexPath, super::openapi::FlameGraphParams),
+    params(params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "Collapsed stacks, `a;b;c COUNT` per line", body = String, content_type = "text/plain", headers(("X-Flamegrid-Sampling" = bool, description = "true while a sampling run for this graph is in flight"), ("X-Flamegrid-Missing" = String, description = "Subtasks missing from the graph, comma-separated; only when some are"))),
         (status = 400, description = "Malformed id, type, subtask index, `at` or `refresh`", body = super::error::ErrorBody),
@@ -397,7 +388,7 @@ pub async fn flamegraph_folded(
     responses(
         (status = 200, description = "Stacks of the threads the agent watches", body = super::cluster::ThreadDump),
         (status = 403, description = "A watched process is outside the agent's allow-list (the answer never says what the list holds)", body = super::error::ErrorBody),
-        (status = 404, description = "Unknown task manager", body = super::error::ErrorBody),
+        TaskManagerErrors,
         (status = 503, description = "The agent did not answer, or failed (a fixed message per kind of failure; details only in the coordinator's log)", body = super::error::ErrorBody),
     ))]
 pub async fn thread_dump(

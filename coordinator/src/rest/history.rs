@@ -38,25 +38,20 @@ use super::params;
 use super::state::AppState;
 use crate::flamegraph::svg::SvgLabels;
 use crate::flamegraph::{GraphAnswer, diff, svg};
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of the history and diff views.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph/history",
-            get(history),
-        )
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/flamegraph/diff.svg",
-            get(diff_svg),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(history))
+        .routes(routes!(diff_svg))
 }
 
 /// The body of `.../flamegraph/history`; see the module docs.
@@ -91,7 +86,7 @@ pub struct DiffParams {
 
 /// `GET .../flamegraph/history`: the kept runs of the key, newest first.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph/history", tag = "flamegraphs",
-    params(params::VertexPath, super::openapi::FlameGraphParams),
+    params(params::VertexPath, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "The kept runs, newest first; never starts a run", body = HistoryInfo),
         (status = 400, description = "Malformed id, type, subtask index or `at`", body = super::error::ErrorBody),
@@ -123,7 +118,7 @@ pub async fn history(
 /// `GET .../flamegraph/diff.svg?base=...`: the differential flame graph of base → latest (or
 /// `at`).
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph/diff.svg", tag = "flamegraphs",
-    params(params::VertexPath, DiffParams, super::openapi::FlameGraphParams),
+    params(params::VertexPath, DiffParams, super::params::FlameGraphParams),
     responses(
         (status = 200, description = "inferno's differential flame graph, base to the latest run (or `at`): red grew, blue shrank", body = String, content_type = "image/svg+xml"),
         (status = 400, description = "Malformed id, type, subtask index, `at`, or a missing or malformed `base`", body = super::error::ErrorBody),

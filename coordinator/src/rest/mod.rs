@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`cluster`] | `/config`, `/overview`, `/jobmanager/...` |
 //! | [`jobs`] | `/jobs`, `/jobs/overview`, `/jobs/metrics`, `/jobs/:jobid[/...]` |
+//! | [`flink_fixed`] | job paths without profiler data, fixed answers in Flink's shape (`config`, `checkpoints[/...]`, `accumulators`) |
 //! | [`vertices`] | `/jobs/:jobid/vertices/:vertexid[/...]` |
 //! | [`taskmanagers`] | `/taskmanagers[/...]` |
 //! | [`flamegraph`] | flame graphs and task manager thread dumps |
@@ -36,6 +37,7 @@ pub mod cross_site;
 pub mod error;
 pub mod exports;
 pub mod flamegraph;
+pub mod flink_fixed;
 pub mod history;
 pub mod jobs;
 pub mod metrics;
@@ -49,107 +51,61 @@ pub mod taskmanagers;
 pub mod unsupported;
 pub mod vertices;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{from_fn, map_response};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, patch, post};
+use axum::{Extension, Router};
 use error::ApiError;
 use state::AppState;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
-/// A method route that writes: the cross-site checks ([`cross_site::check_write`]) run before
-/// its handler, so a refused request stores nothing. Only the methods set on `route` are
+/// A documented method route that writes: the cross-site checks ([`cross_site::check_write`])
+/// run before its handler, so a refused request stores nothing. Only the methods of `route` are
 /// wrapped, so a method the path does not serve still answers 405.
-fn writes(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
-    route.route_layer(from_fn(cross_site::check_write))
+pub(crate) fn writes(route: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
+    let (schemas, paths, methods) = route;
+    (
+        schemas,
+        paths,
+        methods.route_layer(from_fn(cross_site::check_write)),
+    )
 }
 
 /// The extra time a request may take beyond a flame graph run's deadline (the `.svg` and
 /// `.folded` endpoints wait the deadline plus a second for a run in flight).
 const WAITING_MARGIN: Duration = Duration::from_secs(5);
 
-/// The routes of one API version (mounted bare and under `/v1`).
-fn api_routes() -> Router<AppState> {
-    Router::new()
-        // cluster
-        .route("/config", get(cluster::config))
-        .route("/overview", get(cluster::overview))
-        .route("/jobmanager/config", get(cluster::jobmanager_config))
-        .route("/jobmanager/environment", get(cluster::jobmanager_environment))
-        .route("/jobmanager/metrics", get(cluster::jobmanager_metrics))
-        .route("/jobmanager/logs", get(cluster::jobmanager_logs))
-        .route("/jobmanager/logs/{name}", get(cluster::no_named_log_file))
-        .route("/jobmanager/log", get(cluster::no_log_file))
-        .route("/jobmanager/stdout", get(cluster::no_stdout_file))
-        .route("/jobmanager/thread-dump", get(cluster::jobmanager_thread_dump))
-        // jobs
-        .route("/jobs", get(jobs::list).merge(writes(post(jobs::register))))
-        .route("/jobs/overview", get(jobs::overview))
-        .route("/jobs/metrics", get(jobs::aggregated_metrics))
-        .route("/jobs/{jobid}", get(jobs::details).merge(writes(patch(jobs::cancel))))
-        .route("/jobs/{jobid}/status", get(jobs::status))
-        .route("/jobs/{jobid}/plan", get(jobs::job_plan))
-        .route("/jobs/{jobid}/exceptions", get(jobs::exceptions))
-        .route("/jobs/{jobid}/config", get(jobs::config))
-        .route("/jobs/{jobid}/accumulators", get(jobs::accumulators))
-        .route("/jobs/{jobid}/metrics", get(jobs::metrics))
-        .route("/jobs/{jobid}/execution-result", get(jobs::execution_result))
-        // A POST that only says "not supported" changes nothing, like every `unsupported` route.
-        .route("/jobs/{jobid}/checkpoints", get(jobs::checkpoints).post(unsupported::checkpoint_trigger))
-        .route("/jobs/{jobid}/checkpoints/config", get(jobs::checkpoints_config))
-        .route("/jobs/{jobid}/checkpoints/details/{checkpointid}", get(jobs::checkpoint_details))
-        .route("/jobs/{jobid}/jobmanager/config", get(jobs::jobmanager_config))
-        .route("/jobs/{jobid}/jobmanager/environment", get(jobs::jobmanager_environment))
-        // vertices
-        .route("/jobs/{jobid}/vertices/{vertexid}", get(vertices::details))
-        .route("/jobs/{jobid}/vertices/{vertexid}/taskmanagers", get(vertices::taskmanagers))
-        .route("/jobs/{jobid}/vertices/{vertexid}/subtasktimes", get(vertices::subtask_times))
-        .route("/jobs/{jobid}/vertices/{vertexid}/accumulators", get(vertices::accumulators))
-        .route("/jobs/{jobid}/vertices/{vertexid}/backpressure", get(vertices::backpressure))
-        .route("/jobs/{jobid}/vertices/{vertexid}/watermarks", get(vertices::watermarks))
-        .route("/jobs/{jobid}/vertices/{vertexid}/metrics", get(vertices::vertex_metrics))
-        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/metrics", get(vertices::subtasks_metrics))
-        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/accumulators", get(vertices::subtasks_accumulators))
-        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}", get(vertices::subtask))
-        .route("/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/metrics", get(vertices::subtask_metrics))
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/accumulators",
-            get(vertices::subtask_accumulators),
-        )
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/attempts/{attempt}",
-            get(vertices::subtask_attempt),
-        )
-        .route(
-            "/jobs/{jobid}/vertices/{vertexid}/subtasks/{subtaskindex}/attempts/{attempt}/accumulators",
-            get(vertices::subtask_attempt_accumulators),
-        )
-        // task managers
-        .route("/taskmanagers", get(taskmanagers::list))
-        .route("/taskmanagers/metrics", get(taskmanagers::aggregated_metrics))
-        .route("/taskmanagers/{tmid}", get(taskmanagers::details))
-        .route("/taskmanagers/{tmid}/metrics", get(taskmanagers::metrics))
-        .route("/taskmanagers/{tmid}/logs", get(taskmanagers::logs))
-        .route("/taskmanagers/{tmid}/logs/{name}", get(taskmanagers::no_named_log_file))
-        .route("/taskmanagers/{tmid}/log", get(taskmanagers::no_log_file))
-        .route("/taskmanagers/{tmid}/stdout", get(taskmanagers::no_stdout_file))
-        // this API's own description
-        .route("/openapi.json", get(openapi::openapi_json))
-        .merge(unsupported::routes())
+/// The routes of one API version (mounted bare and under `/v1`) and the OpenAPI document that
+/// describes them: each resource module lists its handlers once (`routes!`), and the path,
+/// method, parameters and answers come from each handler's `#[utoipa::path]`, so the router and
+/// the document cannot disagree.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(openapi::routes())
+        .merge(cluster::routes())
+        .merge(jobs::routes())
+        .merge(flink_fixed::routes())
+        .merge(vertices::routes())
+        .merge(taskmanagers::routes())
         .merge(flamegraph::routes())
         .merge(exports::routes())
         .merge(history::routes())
-        .merge(crate::dashboard::routes())
+        .merge(unsupported::routes())
+        .split_for_parts()
 }
 
-/// The whole REST router: every route bare and under `/v1`, the conventions of the module docs,
-/// writes checked by `guard` (see [`auth`]) and by the cross-site rules (see [`cross_site`]),
-/// requests bounded by `--rest-request-timeout-s` (see [`serve`]).
-pub fn router(state: AppState, guard: auth::WriteGuard) -> Router {
-    let api = api_routes();
+/// The whole HTTP router: the API's routes and the `pages` served beside them (the dashboard,
+/// which `lib.rs` mounts), every route bare and under `/v1`, with the conventions of the module
+/// docs, writes checked by `guard` (see [`auth`]) and by the cross-site rules (see
+/// [`cross_site`]), requests bounded by `--rest-request-timeout-s` (see [`serve`]).
+pub fn router(state: AppState, guard: auth::WriteGuard, pages: Router<AppState>) -> Router {
+    let (api, document) = api();
+    let api = api.merge(pages);
+    let document = openapi::Document::new(&document);
     let guard = Arc::new(guard);
     let policy = Arc::new(cross_site::CrossSitePolicy::new(
         state.config.cors_origin.clone(),
@@ -159,6 +115,7 @@ pub fn router(state: AppState, guard: auth::WriteGuard) -> Router {
         .merge(api.clone())
         .nest("/v1", api)
         .fallback(unknown_path)
+        .layer(Extension(document))
         .layer(DefaultBodyLimit::max(jobs::MAX_BODY_BYTES))
         .layer(from_fn(
             move |request: Request, next: axum::middleware::Next| {

@@ -8,29 +8,33 @@
 //! * every handler carries `#[utoipa::path(...)]` naming its path, parameters (`params.rs` and
 //!   `metrics.rs` hold the `IntoParams` types), and every status it can answer with its body,
 //!   errors being the one [`ErrorBody`] shape `{"errors": [...]}`;
-//! * [`ApiDoc`] below lists the handlers; `utoipa` walks them and collects every schema they
-//!   reference. Writes (`POST /jobs`, `PATCH /jobs/:jobid`) name the `bearer` security scheme,
+//! * each resource module lists its handlers once, in its `routes()` (`utoipa_axum::routes!`):
+//!   that one list both mounts the handler on the router and adds its path to the document,
+//!   with every schema it references; [`ApiDoc`] below holds only what belongs to no route
+//!   (title, tags, the shared schemas, the security scheme). Writes (`POST /jobs`, `PATCH /jobs/:jobid`) name the `bearer` security scheme,
 //!   which [`BearerScheme`] adds (it matters only with `--rest-token-file`).
 //!
-//! Paths are documented bare; every one is also served under `/v1`. The document is built once
-//! per process (it never changes while running) and served as compact JSON.
+//! Paths are documented bare; every one is also served under `/v1`. The document is built with
+//! the router (`rest::api`, once per process: it never changes while running) and served as
+//! compact JSON.
 //!
-//! `tests/openapi.rs` checks that the document lists every route of the router and that live
-//! answers validate against it; `.ci/schemathesis.sh` fuzzes a live coordinator with it.
+//! `tests/openapi.rs` checks that no route bypasses the document and that live answers validate
+//! against it; `.ci/schemathesis.sh` fuzzes a live coordinator with it.
 
-use super::cluster;
 use super::error::ErrorBody;
-use super::jobs::{self, EmptyObject};
-use super::{exports, flamegraph, history, taskmanagers, unsupported, vertices};
+use super::jobs::EmptyObject;
+use super::state::AppState;
+use axum::Extension;
+use axum::body::Bytes;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// The whole API description. Adding a route means adding its handler to `paths(...)` here
-/// (the route test in `tests/openapi.rs` fails until that is done).
+/// What the API description holds beyond its routes, which the resource modules' `routes()`
+/// add (see the module docs).
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -39,73 +43,6 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
             REST dialect. Every path is also served under `/v1`. Errors are `{\"errors\": [...]}` \
             with Flink's status codes. Reads are open; writes need `Authorization: Bearer` when \
             the coordinator runs with `--rest-token-file`."
-    ),
-    paths(
-        openapi_json,
-        // cluster
-        cluster::config,
-        cluster::overview,
-        cluster::jobmanager_config,
-        cluster::jobmanager_environment,
-        cluster::jobmanager_metrics,
-        cluster::jobmanager_logs,
-        cluster::no_named_log_file,
-        cluster::no_log_file,
-        cluster::no_stdout_file,
-        cluster::jobmanager_thread_dump,
-        // jobs
-        jobs::list,
-        jobs::register,
-        jobs::overview,
-        jobs::aggregated_metrics,
-        jobs::details,
-        jobs::cancel,
-        jobs::status,
-        jobs::job_plan,
-        jobs::exceptions,
-        jobs::config,
-        jobs::accumulators,
-        jobs::metrics,
-        jobs::execution_result,
-        jobs::checkpoints,
-        unsupported::checkpoint_trigger,
-        jobs::checkpoints_config,
-        jobs::checkpoint_details,
-        jobs::jobmanager_config,
-        jobs::jobmanager_environment,
-        // vertices
-        vertices::details,
-        vertices::taskmanagers,
-        vertices::subtask_times,
-        vertices::accumulators,
-        vertices::backpressure,
-        vertices::watermarks,
-        vertices::vertex_metrics,
-        vertices::subtasks_metrics,
-        vertices::subtasks_accumulators,
-        vertices::subtask,
-        vertices::subtask_metrics,
-        vertices::subtask_accumulators,
-        vertices::subtask_attempt,
-        vertices::subtask_attempt_accumulators,
-        // task managers
-        taskmanagers::list,
-        taskmanagers::aggregated_metrics,
-        taskmanagers::details,
-        taskmanagers::metrics,
-        taskmanagers::logs,
-        taskmanagers::no_named_log_file,
-        taskmanagers::no_log_file,
-        taskmanagers::no_stdout_file,
-        // flame graphs
-        flamegraph::flamegraph_json,
-        flamegraph::flamegraph_svg,
-        flamegraph::flamegraph_folded,
-        flamegraph::thread_dump,
-        exports::flamegraph_pprof,
-        exports::flamegraph_speedscope,
-        history::history,
-        history::diff_svg,
     ),
     components(schemas(ErrorBody, EmptyObject)),
     modifiers(&BearerScheme),
@@ -139,65 +76,37 @@ impl Modify for BearerScheme {
     }
 }
 
-/// The document as JSON text, built on first use.
-pub fn document() -> &'static str {
-    static DOCUMENT: OnceLock<String> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        ApiDoc::openapi().to_json().unwrap_or_else(|e| {
+/// The document as compact JSON text, built once with the router (`rest::api`) and handed to
+/// [`openapi_json`] as a request extension.
+#[derive(Debug, Clone)]
+pub struct Document(Bytes);
+
+impl Document {
+    /// Serialises `openapi` once.
+    pub fn new(openapi: &utoipa::openapi::OpenApi) -> Document {
+        let text = openapi.to_json().unwrap_or_else(|e| {
             // Serialising the document's own types cannot fail; if it ever did, say so in a
             // valid (if empty) document rather than failing every request.
             tracing::error!(error = %e, "cannot serialise the OpenAPI document");
             r#"{"openapi":"3.1.0","info":{"title":"flamegrid","version":"0"},"paths":{}}"#
                 .to_string()
-        })
-    })
+        });
+        Document(Bytes::from(text))
+    }
+}
+
+/// The route of this document itself.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(openapi_json))
 }
 
 /// `GET /openapi.json`: this document.
 #[utoipa::path(get, path = "/openapi.json", tag = "cluster",
     responses((status = 200, description = "This OpenAPI document", body = Object)))]
-pub async fn openapi_json() -> Response {
+pub async fn openapi_json(Extension(document): Extension<Document>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
-        document(),
+        document.0,
     )
         .into_response()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The query shared by every flame graph view (parsed by `flamegraph::GraphQuery::parse`).
-
-/// The query of the three flame graph paths (parsed by `GraphQuery::parse`).
-#[derive(Debug, Clone, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct FlameGraphParams {
-    /// `FULL` (default), `ON_CPU` or `OFF_CPU`, in any letter case; the first of a comma list.
-    /// Anything else is a 400.
-    #[serde(rename = "type")]
-    #[param(rename = "type", inline)]
-    pub graph_type: Option<FlameGraphTypeParam>,
-    /// One subtask: a non-negative integer (400 otherwise) below the parallelism (404
-    /// otherwise); all subtasks without it.
-    #[param(pattern = "^[0-9]{1,9}$")]
-    pub subtaskindex: Option<String>,
-    /// A kept run, by its `endTimestamp` (see `.../flamegraph/history`); the latest without it.
-    /// Not an integer: 400; no such kept run: 404.
-    #[param(pattern = "^[0-9]{1,15}$")]
-    pub at: Option<String>,
-    /// `true`: start a new sampling run now even if the cached graph is fresh (unless one is in
-    /// flight); the answer is still immediate, with what is cached. `false` (default): the
-    /// refresh interval decides. Any other value is a 400.
-    pub refresh: Option<bool>,
-}
-
-/// The values of the flame graph `type` parameter (any letter case is accepted).
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum FlameGraphTypeParam {
-    /// Every sample.
-    Full,
-    /// Samples of running threads.
-    OnCpu,
-    /// Samples of waiting threads.
-    OffCpu,
 }

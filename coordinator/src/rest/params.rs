@@ -7,7 +7,7 @@ use super::error::ApiError;
 use crate::registry::ids::parse_id;
 use serde::Deserialize;
 use std::collections::HashMap;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 /// The path parameter of `/jobs/:jobid/...`, as `/openapi.json` describes it. Handlers take
 /// the raw string and parse it with [`job_id`].
@@ -116,6 +116,41 @@ pub fn query_lists(pairs: &[(String, String)]) -> HashMap<String, Vec<String>> {
         .into_iter()
         .map(|(k, v)| (k, flink_split(&v)))
         .collect()
+}
+
+/// The query of the three flame graph paths (parsed by `GraphQuery::parse`).
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FlameGraphParams {
+    /// `FULL` (default), `ON_CPU` or `OFF_CPU`, in any letter case; the first of a comma list.
+    /// Anything else is a 400.
+    #[serde(rename = "type")]
+    #[param(rename = "type", inline)]
+    pub graph_type: Option<FlameGraphTypeParam>,
+    /// One subtask: a non-negative integer (400 otherwise) below the parallelism (404
+    /// otherwise); all subtasks without it.
+    #[param(pattern = "^[0-9]{1,9}$")]
+    pub subtaskindex: Option<String>,
+    /// A kept run, by its `endTimestamp` (see `.../flamegraph/history`); the latest without it.
+    /// Not an integer: 400; no such kept run: 404.
+    #[param(pattern = "^[0-9]{1,15}$")]
+    pub at: Option<String>,
+    /// `true`: start a new sampling run now even if the cached graph is fresh (unless one is in
+    /// flight); the answer is still immediate, with what is cached. `false` (default): the
+    /// refresh interval decides. Any other value is a 400.
+    pub refresh: Option<bool>,
+}
+
+/// The values of the flame graph `type` parameter (any letter case is accepted).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FlameGraphTypeParam {
+    /// Every sample.
+    Full,
+    /// Samples of running threads.
+    OnCpu,
+    /// Samples of waiting threads.
+    OffCpu,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! The thread dump (`/taskmanagers/:tmid/thread-dump`) is served by `rest/flamegraph.rs`.
 
 use super::cluster::LogList;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, TaskManagerErrors};
 use super::metrics::{
     AggregatedMetric, MetricParams, MetricQuery, MetricValue, TaskManagersMetricParams, aggregate,
     metric_values,
@@ -25,6 +25,21 @@ use axum::extract::{Path, Query, State};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module, each declared once by its handler's `#[utoipa::path]`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(aggregated_metrics))
+        .routes(routes!(details))
+        .routes(routes!(metrics))
+        .routes(routes!(logs))
+        .routes(routes!(no_named_log_file))
+        .routes(routes!(no_log_file))
+        .routes(routes!(no_stdout_file))
+}
 
 /// Flink's ResourceProfileInfo: CPU cores (slots) and memory (0: no JVM).
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -250,7 +265,7 @@ pub struct TaskManagerDetails {
 #[utoipa::path(get, path = "/taskmanagers/{tmid}", tag = "taskmanagers", params(TaskManagerPath),
     responses(
         (status = 200, description = "The agent, with its slots per job", body = TaskManagerDetails),
-        (status = 404, description = "Unknown task manager", body = ErrorBody),
+        TaskManagerErrors,
     ))]
 pub async fn details(
     State(state): State<AppState>,
@@ -308,7 +323,7 @@ pub async fn details(
     params(TaskManagerPath, MetricParams),
     responses(
         (status = 200, description = "Metric ids, or their values with `get`", body = Vec<MetricValue>),
-        (status = 404, description = "Unknown task manager", body = ErrorBody),
+        TaskManagerErrors,
     ))]
 pub async fn metrics(
     State(state): State<AppState>,
@@ -350,7 +365,7 @@ pub async fn aggregated_metrics(
     params(TaskManagerPath),
     responses(
         (status = 200, description = "Always empty", body = LogList),
-        (status = 404, description = "Unknown task manager", body = ErrorBody),
+        TaskManagerErrors,
     ))]
 pub async fn logs(
     State(state): State<AppState>,

@@ -8,8 +8,9 @@
 
 use super::error::ApiError;
 use super::state::AppState;
-use axum::Router;
 use axum::routing::any;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 fn unsupported(what: &'static str) -> ApiError {
     ApiError::not_found(format!(
@@ -18,8 +19,9 @@ fn unsupported(what: &'static str) -> ApiError {
     ))
 }
 
-/// Routes for every unsupported Flink path, any method.
-pub fn routes() -> Router<AppState> {
+/// Routes for every unsupported Flink path, any method (undocumented: they are not part of
+/// this API), and the documented [`checkpoint_trigger`].
+pub fn routes() -> OpenApiRouter<AppState> {
     let table: &[(&str, &'static str)] = &[
         ("/jars", "jar uploads"),
         ("/jars/upload", "jar uploads"),
@@ -101,7 +103,7 @@ pub fn routes() -> Router<AppState> {
         ("/applications/{applicationid}", "applications"),
         ("/applications/{applicationid}/cancel", "applications"),
     ];
-    let mut router = Router::new();
+    let mut router = OpenApiRouter::new().routes(routes!(checkpoint_trigger));
     for (path, what) in table {
         let what: &'static str = what;
         router = router.route(path, any(move || async move { unsupported(what) }));

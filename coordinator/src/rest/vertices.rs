@@ -4,7 +4,7 @@
 //! reads a copy of the job from the registry and renders it into the typed shapes below, which
 //! also describe the answers in `/openapi.json`.
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, SubtaskErrors, VertexErrors};
 use super::jobs::{EmptyObject, load_job};
 use super::metrics::{MetricParams, MetricQuery, MetricValue, metric_values};
 use super::params::{self, SubtaskPath, VertexPath};
@@ -12,13 +12,35 @@ use super::shapes::{
     Aggregated, ExecutionStateCounts, ExecutionStateTimestamps, IoMetrics, SubtaskEntry, time_span,
 };
 use super::state::AppState;
-use crate::registry::state::{aggregate_execution_states, now_ms};
+use crate::clock::now_ms;
+use crate::registry::state::aggregate_execution_states;
 use crate::registry::{ExecutionState, Job};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module, each declared once by its handler's `#[utoipa::path]`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(details))
+        .routes(routes!(taskmanagers))
+        .routes(routes!(subtask_times))
+        .routes(routes!(accumulators))
+        .routes(routes!(backpressure))
+        .routes(routes!(watermarks))
+        .routes(routes!(vertex_metrics))
+        .routes(routes!(subtasks_metrics))
+        .routes(routes!(subtasks_accumulators))
+        .routes(routes!(subtask))
+        .routes(routes!(subtask_metrics))
+        .routes(routes!(subtask_accumulators))
+        .routes(routes!(subtask_attempt))
+        .routes(routes!(subtask_attempt_accumulators))
+}
 
 /// The job and the index of the vertex named in the path (400 for malformed ids, 404 for
 /// unknown ones).
@@ -55,8 +77,7 @@ pub struct VertexDetails {
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}", tag = "vertices", params(VertexPath),
     responses(
         (status = 200, description = "The vertex and its subtasks", body = VertexDetails),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn details(
     State(state): State<AppState>,
@@ -127,8 +148,7 @@ pub struct VertexTaskManager {
     params(VertexPath),
     responses(
         (status = 200, description = "The subtasks grouped by task manager", body = VertexTaskManagers),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn taskmanagers(
     State(state): State<AppState>,
@@ -205,8 +225,7 @@ pub struct SubtaskTimesEntry {
     params(VertexPath),
     responses(
         (status = 200, description = "Per-state timestamps of every subtask", body = SubtaskTimes),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn subtask_times(
     State(state): State<AppState>,
@@ -277,8 +296,7 @@ pub struct SubtaskAccumulatorsEntry {
     tag = "vertices", params(VertexPath),
     responses(
         (status = 200, description = "The subtasks, without accumulators", body = SubtasksAccumulators),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn subtasks_accumulators(
     State(state): State<AppState>,
@@ -384,8 +402,7 @@ pub struct SubtaskAccumulators {
     tag = "vertices", params(SubtaskPath),
     responses(
         (status = 200, description = "No accumulators", body = SubtaskAccumulators),
-        (status = 400, description = "Malformed job id, vertex id or subtask index", body = ErrorBody),
-        (status = 404, description = "Unknown job, vertex or subtask", body = ErrorBody),
+        SubtaskErrors,
     ))]
 pub async fn subtask_accumulators(
     State(state): State<AppState>,
@@ -451,8 +468,7 @@ pub struct VertexAccumulators {
     params(VertexPath),
     responses(
         (status = 200, description = "No accumulators", body = VertexAccumulators),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn accumulators(
     State(state): State<AppState>,
@@ -512,8 +528,7 @@ pub struct SubtaskBackpressure {
     params(VertexPath),
     responses(
         (status = 200, description = "Every subtask `ok`", body = Backpressure),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn backpressure(
     State(state): State<AppState>,
@@ -573,8 +588,7 @@ pub async fn no_metrics(
     params(VertexPath),
     responses(
         (status = 200, description = "Always empty", body = Vec<MetricValue>),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn watermarks(
     state: State<AppState>,
@@ -589,8 +603,7 @@ pub async fn watermarks(
     params(VertexPath, MetricParams),
     responses(
         (status = 200, description = "Always empty", body = Vec<MetricValue>),
-        (status = 400, description = "Malformed job or vertex id", body = ErrorBody),
-        (status = 404, description = "Unknown job or vertex", body = ErrorBody),
+        VertexErrors,
     ))]
 pub async fn vertex_metrics(
     state: State<AppState>,
@@ -621,8 +634,7 @@ pub async fn subtasks_metrics(
     tag = "vertices", params(SubtaskPath, MetricParams),
     responses(
         (status = 200, description = "Always empty", body = Vec<MetricValue>),
-        (status = 400, description = "Malformed job id, vertex id or subtask index", body = ErrorBody),
-        (status = 404, description = "Unknown job, vertex or subtask", body = ErrorBody),
+        SubtaskErrors,
     ))]
 pub async fn subtask_metrics(
     state: State<AppState>,
