@@ -48,7 +48,6 @@ use crate::sampling::{SamplingParams, VertexSampling};
 use cache::{CacheLimits, GraphCache, GraphKey};
 use profile::Snapshot;
 use run::RunCounters;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -61,24 +60,9 @@ pub const THREAD_DUMP_MAX_DEPTH: u32 = 50;
 /// Errors of the flame graph service.
 #[derive(Debug, thiserror::Error)]
 pub enum FlameGraphError {
-    /// A file named by `--token-file` or `--tls-*` could not be read.
-    #[error("cannot read {path}: {source}")]
-    ReadFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The `--token-file` cannot be read or holds nothing but whitespace (an empty token
-    /// would authenticate nothing).
-    #[error("{0}")]
-    Token(String),
-    /// The agent could not be asked (thread dumps), or the token cannot be sent.
+    /// The agent could not be asked (thread dumps).
     #[error(transparent)]
     Agent(#[from] FanOutError),
-    /// The TLS settings were refused.
-    #[error("TLS settings for agent connections: {0}")]
-    Tls(String),
     /// inferno failed to write the SVG.
     #[error("cannot render the flame graph SVG: {0}")]
     Render(String),
