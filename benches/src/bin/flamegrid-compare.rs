@@ -46,7 +46,7 @@ const TARGET: Workload = Workload::CNoFramePointers;
 /// costs a spinning target. Prints a Markdown report on stdout (progress on stderr); normally
 /// run by `benches/compare.sh`, which builds the release agent first.
 #[derive(Debug, Parser)]
-#[command(name = "flamegrid-compare", version, about, long_about = None)]
+#[command(name = "flamegrid-compare", version)]
 struct Args {
     /// The release `flamegrid-agent` to time (its `sample` one-shots and `--stats` runs).
     #[arg(
@@ -820,4 +820,76 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
         writeln!(report, "\n**threads left stopped: {stopped:?}**")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Settings from `args`, with `--agent` pointing at a file that exists (this test binary).
+    fn settings(args: &[&str]) -> anyhow::Result<Settings> {
+        let exe = std::env::current_exe()?;
+        let argv = [
+            "flamegrid-compare",
+            "--agent",
+            exe.to_str().unwrap_or_default(),
+        ];
+        let parsed = Args::try_parse_from(argv.iter().chain(args))?;
+        Settings::from_args(parsed)
+    }
+
+    #[test]
+    fn quick_lowers_the_defaults_and_explicit_flags_win_in_any_order() {
+        let full = settings(&[]).unwrap();
+        assert_eq!(
+            (full.rounds, full.throughput_rounds, full.window_secs),
+            (7, 10, 2)
+        );
+        assert!(full.pin);
+        assert_eq!(
+            full.sections,
+            [Section::Snapshot, Section::Stop, Section::Throughput]
+        );
+        let quick = settings(&["--quick"]).unwrap();
+        assert_eq!((quick.rounds, quick.throughput_rounds), (3, 3));
+        for args in [["--quick", "--rounds", "5"], ["--rounds", "5", "--quick"]] {
+            assert_eq!(settings(&args).unwrap().rounds, 5, "{args:?}");
+        }
+        let some = settings(&["--sections", "snapshot,stop", "--no-pin"]).unwrap();
+        assert_eq!(some.sections, [Section::Snapshot, Section::Stop]);
+        assert!(!some.pin);
+    }
+
+    #[test]
+    fn bad_input_is_refused_before_anything_runs() {
+        for args in [
+            &["--sections", "snapshot,flames"][..],
+            &["--rounds", "0"],
+            &["--window-secs", "x"],
+            &["--frobnicate"],
+        ] {
+            assert!(settings(args).is_err(), "{args:?}");
+        }
+        let missing = Args::try_parse_from(["flamegrid-compare", "--agent", "/no/such/agent"])
+            .map_err(anyhow::Error::from)
+            .and_then(Settings::from_args);
+        let e = missing.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("/no/such/agent does not exist"), "{e}");
+    }
+
+    #[test]
+    fn help_explains_every_flag() {
+        Args::command().debug_assert();
+        let help = Args::command().render_long_help().to_string();
+        assert!(
+            help.contains("side by side with eu-stack and gdb"),
+            "{help}"
+        );
+        assert!(
+            Args::command()
+                .get_arguments()
+                .all(|a| a.get_help().is_some())
+        );
+    }
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 /// Flink's figures beside them when `--flink-results` is given. Normally run by
 /// `benches/e2e.sh`, which builds the binaries and runs the Flink reference first.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "flamegrid-e2e", version, about, long_about = None)]
+#[command(name = "flamegrid-e2e", version)]
 pub struct Options {
     /// Directory holding the release `flamegrid-coordinator` and `flamegrid-agent` to measure.
     #[arg(
@@ -177,5 +177,7 @@ mod tests {
             assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
         }
         assert!(command.get_arguments().all(|a| a.get_help().is_some()));
+        // The driver's own description, not the package's.
+        assert!(help.contains("End-to-end and REST benchmarks"), "{help}");
     }
 }
