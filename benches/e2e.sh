@@ -20,7 +20,7 @@
 # beside flamegrid's with ratios. When Flink cannot run (offline, no Java) the report says why
 # and falls back to the figures quoted in issue 6.
 #
-# Every step (the two release builds, then the driver benches/src/bin/e2e.rs, which starts the
+# Every step (the two release builds, then the driver benches/src/bin/e2e/, which starts the
 # coordinators, agents, workloads and wrk) runs in its own process group (job control,
 # `set -m`); the EXIT trap kills the group of the step in flight, so nothing this script
 # started outlives it, even when it is interrupted or the driver itself is killed.

@@ -1,17 +1,28 @@
-//! Shared helpers for flamegrid's benchmarks: the target processes they sample and the small
-//! statistics they report.
+//! Shared helpers for flamegrid's benchmarks: the target processes they sample, the small
+//! statistics they report ([`stats`]) and what they read about processes from `/proc`
+//! ([`procfs`]).
 //!
-//! Two kinds of benchmark live in this crate:
+//! Three kinds of benchmark live in this crate:
 //!
 //! * criterion benches (`benches/sampler.rs`) time the in-process hot path, one snapshot through
 //!   [`flamegrid_agent::sampler::Sampler`], with cold and warm caches;
 //! * the `flamegrid-compare` binary (driven by `compare.sh`) runs flamegrid side by side with
 //!   the tools a user would otherwise reach for (`eu-stack`, `gdb`) on the *same* process, in
-//!   alternating rounds, and prints medians and ratios as Markdown.
+//!   alternating rounds, and prints medians and ratios as Markdown;
+//! * the `flamegrid-e2e` binary (driven by `e2e.sh`) measures a real coordinator and real
+//!   agents from the outside: time to first graph, REST load, memory, Flink beside them.
 //!
-//! Both sample the same shapes of process, defined here, so their figures can be compared.
-//! Shared machines are noisy; that is why everything here is reported as medians of
-//! alternating rounds and as ratios, never as one absolute time.
+//! The criterion benches and `flamegrid-compare` sample the same shapes of process, defined
+//! here, so their figures can be compared. Both drivers summarise their rounds with the same
+//! [`stats`] and read `/proc` through the same [`procfs`], so a median or a VmRSS means one
+//! thing in every report. Shared machines are noisy; that is why everything here is reported
+//! as medians of alternating rounds and as ratios, never as one absolute time.
+
+mod error;
+pub mod procfs;
+pub mod stats;
+
+pub use error::Error;
 
 use flamegrid_agent::selection::ThreadSelector;
 use flamegrid_workloads::Mix;
@@ -57,20 +68,13 @@ pub fn whole_process(pid: u32) -> Vec<(String, ThreadSelector)> {
     vec![("bench".to_owned(), ThreadSelector::pid(pid))]
 }
 
-/// The `q` quantile (0..=1, nearest rank) of `values`; `NaN` for no values.
-pub fn quantile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
+/// Reads a count of rounds for the drivers' command lines (a clap value parser): a whole
+/// number of at least 1, since a median of no rounds is no figure.
+pub fn positive_count(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("wants a whole number of at least 1, got {raw:?}")),
     }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
-    sorted[rank]
-}
-
-/// The median of `values`; `NaN` for no values.
-pub fn median(values: &[f64]) -> f64 {
-    quantile(values, 0.5)
 }
 
 #[cfg(test)]
@@ -85,11 +89,11 @@ mod tests {
     }
 
     #[test]
-    fn quantiles_pick_nearest_ranks() {
-        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
-        assert_eq!(median(&v), 3.0);
-        assert_eq!(quantile(&v, 0.0), 1.0);
-        assert_eq!(quantile(&v, 1.0), 5.0);
-        assert!(median(&[]).is_nan());
+    fn counts_of_rounds_are_positive_whole_numbers() {
+        assert_eq!(positive_count("3"), Ok(3));
+        for bad in ["0", "-1", "2.5", "", "many"] {
+            let e = positive_count(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 }

@@ -20,10 +20,13 @@
 //!    each thread was held stopped (from the sampler's own stop times, free of rate noise).
 
 use anyhow::{Context as _, bail};
+use clap::Parser;
 use flamegrid_agent::sampler::{RunStats, Sampler, SamplerOptions};
 use flamegrid_agent::selection::AccessPolicy;
+use flamegrid_benches::procfs::{Machine, load_averages, thread_cpu_ns};
+use flamegrid_benches::stats::{median, quantile};
 use flamegrid_benches::{
-    SNAPSHOT_SIZES, median, quantile, snapshot_mix, throughput_mix, whole_process,
+    SNAPSHOT_SIZES, positive_count, snapshot_mix, throughput_mix, whole_process,
 };
 use flamegrid_workloads::{Mix, RunningWorkload, Workload, spawn};
 use std::collections::BTreeMap;
@@ -38,7 +41,70 @@ use std::time::{Duration, Instant};
 /// to unwind through DWARF CFI (the common case for distribution-built code).
 const TARGET: Workload = Workload::CNoFramePointers;
 
-/// Command-line settings.
+/// flamegrid's sampler side by side with eu-stack and gdb on the same processes, in
+/// alternating rounds: snapshot latency, how long each thread is stopped, and what sampling
+/// costs a spinning target. Prints a Markdown report on stdout (progress on stderr); normally
+/// run by `benches/compare.sh`, which builds the release agent first.
+#[derive(Debug, Parser)]
+#[command(name = "flamegrid-compare", version)]
+struct Args {
+    /// The release `flamegrid-agent` to time (its `sample` one-shots and `--stats` runs).
+    #[arg(
+        long,
+        env = "FLAMEGRID_AGENT",
+        value_name = "PATH",
+        default_value = "target/release/flamegrid-agent"
+    )]
+    agent: PathBuf,
+
+    /// Alternating rounds per snapshot comparison (all six tools once per round)
+    /// [default: 7, 3 with --quick].
+    #[arg(long, env = "FLAMEGRID_ROUNDS", value_name = "N", value_parser = positive_count)]
+    rounds: Option<usize>,
+
+    /// Rounds of the throughput comparison, each an unsampled, a 20 Hz and a 100 Hz window
+    /// [default: 10, 3 with --quick].
+    #[arg(long, env = "FLAMEGRID_THROUGHPUT_ROUNDS", value_name = "N",
+          value_parser = positive_count)]
+    throughput_rounds: Option<usize>,
+
+    /// One-second rate readings per throughput window [default: 2].
+    #[arg(long, env = "FLAMEGRID_WINDOW_SECS", value_name = "S", value_parser = positive_count)]
+    window_secs: Option<usize>,
+
+    /// The sections to run, comma-separated: snapshot (latency against eu-stack and gdb), stop
+    /// (how long each thread is stopped), throughput (cost to a spinning target).
+    #[arg(
+        long,
+        env = "FLAMEGRID_SECTIONS",
+        value_name = "LIST",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "snapshot,stop,throughput"
+    )]
+    sections: Vec<Section>,
+
+    /// Do not pin the throughput spinner to the last CPU and this process (the sampler) to
+    /// CPU 0; by default they are pinned apart so the loss measured is the sampling's own and
+    /// not two threads competing for one CPU.
+    #[arg(long, env = "FLAMEGRID_NO_PIN")]
+    no_pin: bool,
+
+    /// Fewer rounds, for a smoke test: 3 snapshot rounds and 3 throughput rounds. Explicit
+    /// --rounds, --throughput-rounds or --window-secs still win.
+    #[arg(long, env = "FLAMEGRID_QUICK")]
+    quick: bool,
+}
+
+/// A part of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    Snapshot,
+    Stop,
+    Throughput,
+}
+
+/// The settings of a run, once `--quick` and the defaults are resolved.
 struct Settings {
     agent: PathBuf,
     /// Alternating rounds per snapshot comparison.
@@ -47,89 +113,50 @@ struct Settings {
     throughput_rounds: usize,
     /// Rate readings (seconds) per throughput window.
     window_secs: usize,
-    /// Sections to run (`snapshot`, `stop`, `throughput`).
-    sections: Vec<String>,
+    /// Sections to run.
+    sections: Vec<Section>,
     /// Pin the throughput spinner to the last CPU and this process (the sampler) to CPU 0, so
     /// the two do not compete for one CPU and the measured loss is the sampling's own.
     pin: bool,
 }
 
-fn parse_args() -> anyhow::Result<Settings> {
-    let mut settings = Settings {
-        agent: PathBuf::from("target/release/flamegrid-agent"),
-        rounds: 7,
-        throughput_rounds: 10,
-        window_secs: 2,
-        sections: vec!["snapshot".into(), "stop".into(), "throughput".into()],
-        pin: true,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--agent" => settings.agent = PathBuf::from(value("--agent")?),
-            "--rounds" => settings.rounds = value("--rounds")?.parse().context("--rounds")?,
-            "--throughput-rounds" => {
-                settings.throughput_rounds = value("--throughput-rounds")?
-                    .parse()
-                    .context("--throughput-rounds")?
-            }
-            "--window-secs" => {
-                settings.window_secs = value("--window-secs")?.parse().context("--window-secs")?
-            }
-            "--sections" => {
-                settings.sections = value("--sections")?.split(',').map(str::to_owned).collect();
-                if let Some(bad) = settings
-                    .sections
-                    .iter()
-                    .find(|s| !["snapshot", "stop", "throughput"].contains(&s.as_str()))
-                {
-                    bail!("unknown section {bad:?} (snapshot, stop, throughput)");
-                }
-            }
-            "--no-pin" => settings.pin = false,
-            "--quick" => {
-                settings.rounds = 3;
-                settings.throughput_rounds = 3;
-                settings.window_secs = 2;
-            }
-            "-h" | "--help" => {
-                println!(
-                    "usage: flamegrid-compare [--agent PATH] [--rounds N] [--throughput-rounds N] \
-                     [--window-secs S] [--sections snapshot,stop,throughput] [--no-pin] [--quick]"
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?} (try --help)"),
+impl Settings {
+    fn from_args(args: Args) -> anyhow::Result<Settings> {
+        let settings = Settings {
+            agent: args.agent,
+            rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }),
+            throughput_rounds: args
+                .throughput_rounds
+                .unwrap_or(if args.quick { 3 } else { 10 }),
+            window_secs: args.window_secs.unwrap_or(2),
+            sections: args.sections,
+            pin: !args.no_pin,
+        };
+        if !settings.agent.is_file() {
+            bail!(
+                "{} does not exist: build it with `cargo build --release -p flamegrid-agent`",
+                settings.agent.display()
+            );
         }
+        Ok(settings)
     }
-    if settings.rounds == 0 || settings.throughput_rounds == 0 || settings.window_secs == 0 {
-        bail!("--rounds, --throughput-rounds and --window-secs must be at least 1");
-    }
-    if !settings.agent.is_file() {
-        bail!(
-            "{} does not exist: build it with `cargo build --release -p flamegrid-agent`",
-            settings.agent.display()
-        );
-    }
-    Ok(settings)
 }
 
 fn main() -> anyhow::Result<()> {
-    let settings = parse_args()?;
+    let settings = Settings::from_args(Args::parse())?;
     let mut report = String::new();
     let started = Instant::now();
     machine_section(&mut report, &settings)?;
-    let wanted = |name: &str| settings.sections.iter().any(|s| s == name);
-    if wanted("snapshot") {
+    let wanted = |section: Section| settings.sections.contains(&section);
+    if wanted(Section::Snapshot) {
         eprintln!("[compare] snapshot latency ...");
         snapshot_section(&mut report, &settings)?;
     }
-    if wanted("stop") {
+    if wanted(Section::Stop) {
         eprintln!("[compare] stop times ...");
         stop_time_section(&mut report, &settings)?;
     }
-    if wanted("throughput") {
+    if wanted(Section::Throughput) {
         eprintln!("[compare] throughput ...");
         throughput_section(&mut report, &settings)?;
     }
@@ -145,10 +172,9 @@ fn main() -> anyhow::Result<()> {
 
 // ---- helpers -------------------------------------------------------------------------------
 
+/// The 1, 5 and 15-minute load averages, or "?".
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".to_owned())
+    load_averages().map_or_else(|| "?".to_owned(), |l| l.join(" "))
 }
 
 /// First line of `cmd --version`, or "not installed".
@@ -233,17 +259,9 @@ fn fmt_ratio(v: f64) -> String {
 // ---- machine -------------------------------------------------------------------------------
 
 fn machine_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".to_owned());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let machine = Machine::read();
+    let cpu = machine.cpu_model.unwrap_or_else(|| "?".to_owned());
+    let (cpus, kernel) = (machine.cpus, machine.kernel);
     writeln!(report, "# flamegrid sampler: side-by-side comparison\n")?;
     writeln!(report, "| | |\n|---|---|")?;
     writeln!(
@@ -571,16 +589,6 @@ fn stop_time_section(report: &mut String, settings: &Settings) -> anyhow::Result
 
 // ---- 3. throughput -------------------------------------------------------------------------
 
-/// CPU time a thread has run, ns (first field of `/proc/PID/task/TID/schedstat`).
-fn thread_cpu_ns(pid: u32, tid: u32) -> anyhow::Result<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
-        .with_context(|| format!("reading schedstat of thread {tid}"))?;
-    text.split_whitespace()
-        .next()
-        .and_then(|v| v.parse::<f64>().ok())
-        .context("malformed schedstat")
-}
-
 /// One measurement window of the throughput target.
 struct Window {
     /// The spinner's iterations per wall-clock second, one per reading.
@@ -812,4 +820,76 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
         writeln!(report, "\n**threads left stopped: {stopped:?}**")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Settings from `args`, with `--agent` pointing at a file that exists (this test binary).
+    fn settings(args: &[&str]) -> anyhow::Result<Settings> {
+        let exe = std::env::current_exe()?;
+        let argv = [
+            "flamegrid-compare",
+            "--agent",
+            exe.to_str().unwrap_or_default(),
+        ];
+        let parsed = Args::try_parse_from(argv.iter().chain(args))?;
+        Settings::from_args(parsed)
+    }
+
+    #[test]
+    fn quick_lowers_the_defaults_and_explicit_flags_win_in_any_order() {
+        let full = settings(&[]).unwrap();
+        assert_eq!(
+            (full.rounds, full.throughput_rounds, full.window_secs),
+            (7, 10, 2)
+        );
+        assert!(full.pin);
+        assert_eq!(
+            full.sections,
+            [Section::Snapshot, Section::Stop, Section::Throughput]
+        );
+        let quick = settings(&["--quick"]).unwrap();
+        assert_eq!((quick.rounds, quick.throughput_rounds), (3, 3));
+        for args in [["--quick", "--rounds", "5"], ["--rounds", "5", "--quick"]] {
+            assert_eq!(settings(&args).unwrap().rounds, 5, "{args:?}");
+        }
+        let some = settings(&["--sections", "snapshot,stop", "--no-pin"]).unwrap();
+        assert_eq!(some.sections, [Section::Snapshot, Section::Stop]);
+        assert!(!some.pin);
+    }
+
+    #[test]
+    fn bad_input_is_refused_before_anything_runs() {
+        for args in [
+            &["--sections", "snapshot,flames"][..],
+            &["--rounds", "0"],
+            &["--window-secs", "x"],
+            &["--frobnicate"],
+        ] {
+            assert!(settings(args).is_err(), "{args:?}");
+        }
+        let missing = Args::try_parse_from(["flamegrid-compare", "--agent", "/no/such/agent"])
+            .map_err(anyhow::Error::from)
+            .and_then(Settings::from_args);
+        let e = missing.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("/no/such/agent does not exist"), "{e}");
+    }
+
+    #[test]
+    fn help_explains_every_flag() {
+        Args::command().debug_assert();
+        let help = Args::command().render_long_help().to_string();
+        assert!(
+            help.contains("side by side with eu-stack and gdb"),
+            "{help}"
+        );
+        assert!(
+            Args::command()
+                .get_arguments()
+                .all(|a| a.get_help().is_some())
+        );
+    }
 }
