@@ -33,7 +33,8 @@
 //! not sample is reported exactly like one that does not exist, so a subtask's status tells a
 //! stranger nothing about the processes on this host.
 
-use crate::selection::{self, AccessPolicy, ThreadSelector};
+use flamegrid_sampler::SamplerError;
+use flamegrid_sampler::selection::{self, AccessPolicy, ThreadSelector};
 use flamegrid_proto::v1::{self, registry_client::RegistryClient};
 use std::collections::HashMap;
 use std::future::Future;
@@ -374,15 +375,15 @@ impl LivenessScan {
             threads: 0,
         };
         let patterns = &mut self.patterns;
-        let mut compile = |pattern: &str| -> Result<regex::Regex, crate::AgentError> {
+        let mut compile = |pattern: &str| -> Result<regex::Regex, SamplerError> {
             let entry = patterns
                 .entry(pattern.to_string())
                 .or_insert_with(|| ThreadSelector::compile_thread_name(pattern).ok());
             entry
                 .clone()
-                .ok_or_else(|| crate::AgentError::InvalidArgument("bad pattern".into()))
+                .ok_or_else(|| SamplerError::InvalidArgument("bad pattern".into()))
         };
-        let Ok(converted) = ThreadSelector::from_wire_with(sel, &mut compile) else {
+        let Ok(converted) = crate::wire::selector_from_wire_with(sel, &mut compile) else {
             return dead;
         };
         let pid = match &converted.process {
@@ -422,7 +423,7 @@ impl LivenessScan {
 /// The oldest process (smallest start time) of each comm, never the agent itself: what a
 /// selector by process name means (as in `selection::resolve`).
 fn processes_by_comm() -> HashMap<String, u32> {
-    use crate::sampler::proc;
+    use flamegrid_sampler::proc;
     let me = std::process::id();
     let mut oldest: HashMap<String, (u64, u32)> = HashMap::new();
     for pid in proc::list_pids().unwrap_or_default() {

@@ -1,16 +1,16 @@
-//! The agent's one error type.
+//! The sampler's one error type.
 //!
-//! Every fallible function of the agent library returns [`AgentError`]. The variants are the
-//! distinctions a caller acts on: the gRPC service maps `NoSuchProcess` to NOT_FOUND,
+//! Every fallible function of the sampler library returns [`SamplerError`]. The variants are the
+//! distinctions a caller acts on: the agent's gRPC service maps `NoSuchProcess` to NOT_FOUND,
 //! `PermissionDenied` to PERMISSION_DENIED, `InvalidArgument` to INVALID_ARGUMENT; the one-shot
 //! CLI prints the `Display` form as its single line of error output. Messages therefore name the
 //! process and say *why* in one line, never with a backtrace.
 
 use std::io;
 
-/// Everything that can go wrong in the agent library.
+/// Everything that can go wrong in the sampler library.
 #[derive(Debug, thiserror::Error)]
-pub enum AgentError {
+pub enum SamplerError {
     /// The process (or every selected thread of it) does not exist (any more).
     #[error("no such process: {0}")]
     NoSuchProcess(String),
@@ -21,7 +21,7 @@ pub enum AgentError {
     #[error("{0}")]
     NoMatchingThread(String),
 
-    /// The agent may not sample this process. `reason` says which of the possible causes it is:
+    /// The sampler may not sample this process. `reason` says which of the possible causes it is:
     /// the agent's allow-list, `kernel.yama.ptrace_scope`, a missing `CAP_SYS_PTRACE` for another
     /// user's process, another tracer already attached, or a plain EPERM from the kernel.
     #[error("may not trace pid {pid}: {reason}")]
@@ -36,7 +36,7 @@ pub enum AgentError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
-    /// An I/O error, with what the agent was doing when it happened.
+    /// An I/O error, with what the sampler was doing when it happened.
     #[error("{context}: {source}")]
     Io {
         /// What was being done (e.g. "reading /proc/42/maps").
@@ -51,10 +51,10 @@ pub enum AgentError {
     Other(String),
 }
 
-impl AgentError {
+impl SamplerError {
     /// Wraps an I/O error with what was being done.
-    pub fn io(context: impl Into<String>, source: io::Error) -> AgentError {
-        AgentError::Io {
+    pub fn io(context: impl Into<String>, source: io::Error) -> SamplerError {
+        SamplerError::Io {
             context: context.into(),
             source,
         }

@@ -26,8 +26,8 @@
 //!   `:0` ports) never share one.
 
 use crate::registration::{self, RegistrationConfig, host_name};
-use crate::sampler::Sampler;
-use crate::selection::AccessPolicy;
+use flamegrid_sampler::Sampler;
+use flamegrid_sampler::selection::AccessPolicy;
 use crate::service::{BearerTokenCheck, SamplingService, ServiceSettings};
 use anyhow::{Context, bail, ensure};
 use clap::Args;
@@ -571,7 +571,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     // Before any thread exists, so every arena follows the settings.
-    crate::memory::tune_allocator();
+    flamegrid_sampler::memory::tune_allocator();
     // The async side only moves requests and heartbeats (sampling runs on the blocking pool and
     // the sampler's own threads), so two workers suffice on any host; the default of one per
     // core would give a 64-core host 64 idle threads, each with stacks and allocator state.

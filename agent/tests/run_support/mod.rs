@@ -243,7 +243,7 @@ impl AgentProcess {
             }
         }
         cmd.envs(env.iter().copied());
-        cmd.env("RUST_LOG", "info,flamegrid_agent=debug")
+        cmd.env("RUST_LOG", "info,flamegrid_agent=debug,flamegrid_sampler=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
