@@ -6,7 +6,8 @@
 //! [`v1::registry_server::Registry`] (served by the coordinator). The agent and the coordinator
 //! depend on this crate, never on each other. [`pprof`] holds the types of pprof's profile format,
 //! which the coordinator exports.
-//! [`exposure`] is the secure-default rule every listener of both binaries follows.
+//! [`exposure`] is the secure-default rule every listener of both binaries follows; [`host`] the
+//! host facts both report.
 
 /// Generated code for package `flamegrid.v1`.
 pub mod v1 {
@@ -24,6 +25,7 @@ pub mod pprof {
 
 pub mod convert;
 pub mod exposure;
+pub mod host;
 
 pub use convert::{ConvertError, SampleResponseBuilder};
 

@@ -25,7 +25,8 @@
 //!   address, so restarts of the same agent keep their id while two agents on one host (or two
 //!   `:0` ports) never share one.
 
-use crate::registration::{self, RegistrationConfig, host_name};
+use crate::registration::{self, RegistrationConfig};
+use flamegrid_proto::host::host_name;
 use flamegrid_sampler::Sampler;
 use flamegrid_sampler::selection::AccessPolicy;
 use crate::service::{BearerTokenCheck, SamplingService, ServiceSettings};
