@@ -33,10 +33,10 @@
 //! not sample is reported exactly like one that does not exist, so a subtask's status tells a
 //! stranger nothing about the processes on this host.
 
-use flamegrid_sampler::SamplerError;
-use flamegrid_sampler::selection::{self, AccessPolicy, ThreadSelector};
 use flamegrid_proto::host::HostProbe;
 use flamegrid_proto::v1::{self, registry_client::RegistryClient};
+use flamegrid_sampler::SamplerError;
+use flamegrid_sampler::selection::{self, AccessPolicy, ThreadSelector};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -32,11 +32,11 @@
 //! flight (and of every run that would start later), so on SIGTERM each run returns at once with
 //! the samples it already has, and the server can drain quickly.
 
-use flamegrid_sampler::SamplerError;
-use flamegrid_sampler::{Sampler, SamplerOptions, SamplingRun};
-use flamegrid_sampler::selection::{self, AccessPolicy, ThreadSelector};
 use flamegrid_proto::SampleResponseBuilder;
 use flamegrid_proto::v1::{self, sampling_server::Sampling};
+use flamegrid_sampler::SamplerError;
+use flamegrid_sampler::selection::{self, AccessPolicy, ThreadSelector};
+use flamegrid_sampler::{Sampler, SamplerOptions, SamplingRun};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -309,7 +309,9 @@ pub fn failure_kind(e: &SamplerError) -> v1::SubtaskFailure {
     match e {
         SamplerError::NoSuchProcess(_) => v1::SubtaskFailure::ProcessNotFound,
         SamplerError::NoMatchingThread(_) => v1::SubtaskFailure::NoMatchingThread,
-        SamplerError::PermissionDenied { reason, .. } if reason == selection::OUTSIDE_ALLOW_LIST => {
+        SamplerError::PermissionDenied { reason, .. }
+            if reason == selection::OUTSIDE_ALLOW_LIST =>
+        {
             v1::SubtaskFailure::OutsideAllowList
         }
         SamplerError::PermissionDenied { .. } => v1::SubtaskFailure::RefusedByKernel,

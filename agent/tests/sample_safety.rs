@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use flamegrid_sampler::SamplerError;
-use flamegrid_sampler::{Sampler, SamplerOptions};
 use flamegrid_sampler::selection::{AccessPolicy, ProcessRef, ThreadSelector};
+use flamegrid_sampler::{Sampler, SamplerOptions};
 use flamegrid_workloads::{Mix, Workload, spawn};
 use rand::Rng;
 use std::process::{Command, Stdio};
@@ -186,7 +186,10 @@ fn policy_refusals_and_missing_processes_are_reported_per_target() {
     let run = sampler.sample(&targets, &AccessPolicy::unrestricted(), &opts(2, 1));
     assert!(run.subtasks[0].1.is_ok());
     assert!(
-        matches!(run.subtasks[1].1, Err(SamplerError::PermissionDenied { .. })),
+        matches!(
+            run.subtasks[1].1,
+            Err(SamplerError::PermissionDenied { .. })
+        ),
         "{:?}",
         run.subtasks[1].1
     );

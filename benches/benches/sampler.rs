@@ -15,9 +15,9 @@
 //! so the figures are those of the agent's memory settings.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use flamegrid_sampler::{Sampler, SamplerOptions};
-use flamegrid_sampler::selection::AccessPolicy;
 use flamegrid_benches::{snapshot_mix, whole_process};
+use flamegrid_sampler::selection::AccessPolicy;
+use flamegrid_sampler::{Sampler, SamplerOptions};
 use flamegrid_workloads::{Workload, spawn};
 use std::hint::black_box;
 use std::time::Duration;

@@ -214,7 +214,10 @@ pub async fn start(coordinator: &Coordinator) -> Result<DemoHandle, DemoError> {
     let mut command = Command::new(&agent_path);
     command
         .arg("run")
-        .args(["--coordinator", &format!("http://{}", coordinator.rpc_addr())])
+        .args([
+            "--coordinator",
+            &format!("http://{}", coordinator.rpc_addr()),
+        ])
         // Loopback only: the secure default needs no token or TLS there.
         .args(["--listen", "127.0.0.1:0"])
         .args(["--id", &agent_id]);
@@ -289,7 +292,11 @@ async fn demo_layout(path: &Path) -> Result<Vec<DemoVertex>, DemoError> {
         })?;
     let output = tokio::time::timeout(WORKLOAD_TIMEOUT, child.wait_with_output())
         .await
-        .map_err(|_| failed(format!("--vertices did not answer within {WORKLOAD_TIMEOUT:?}")))?
+        .map_err(|_| {
+            failed(format!(
+                "--vertices did not answer within {WORKLOAD_TIMEOUT:?}"
+            ))
+        })?
         .map_err(|e| failed(format!("--vertices: {e}")))?;
     if !output.status.success() || output.stdout.len() > MAX_LAYOUT_BYTES {
         return Err(failed(format!(
@@ -327,12 +334,18 @@ async fn start_workload(path: &Path) -> Result<Workload, DemoError> {
         return Err(failed("no stdout".into()));
     };
     let mut line = String::new();
-    let read = tokio::time::timeout(WORKLOAD_TIMEOUT, BufReader::new(stdout).read_line(&mut line))
-        .await
-        .map_err(|_| failed(format!("not ready within {WORKLOAD_TIMEOUT:?}")))?
-        .map_err(|e| failed(e.to_string()))?;
+    let read = tokio::time::timeout(
+        WORKLOAD_TIMEOUT,
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .map_err(|_| failed(format!("not ready within {WORKLOAD_TIMEOUT:?}")))?
+    .map_err(|e| failed(e.to_string()))?;
     if read == 0 || line.trim() != "ready" {
-        return Err(failed(format!("printed {:?} instead of \"ready\"", line.trim())));
+        return Err(failed(format!(
+            "printed {:?} instead of \"ready\"",
+            line.trim()
+        )));
     }
     Ok(Workload {
         child,

@@ -808,7 +808,9 @@ fn finish_target(
                 "{what}: every selected thread exited before it could be sampled"
             ))
         } else {
-            SamplerError::NoMatchingThread(format!("{what} has no thread that matches the selection"))
+            SamplerError::NoMatchingThread(format!(
+                "{what} has no thread that matches the selection"
+            ))
         });
     }
     let mut builder = SampleSetBuilder::new();

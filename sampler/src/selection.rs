@@ -232,7 +232,10 @@ pub struct ResolvedTarget {
 }
 
 /// Resolves `sel` now, checking `policy`.
-pub fn resolve(sel: &ThreadSelector, policy: &AccessPolicy) -> Result<ResolvedTarget, SamplerError> {
+pub fn resolve(
+    sel: &ThreadSelector,
+    policy: &AccessPolicy,
+) -> Result<ResolvedTarget, SamplerError> {
     let pid = match &sel.process {
         ProcessRef::Pid(pid) => {
             // The allow-list first: a refused id learns nothing more (not even whether it is

@@ -26,14 +26,14 @@
 //!   `:0` ports) never share one.
 
 use crate::registration::{self, RegistrationConfig};
-use flamegrid_proto::host::host_name;
-use flamegrid_sampler::Sampler;
-use flamegrid_sampler::selection::AccessPolicy;
 use crate::service::{BearerTokenCheck, SamplingService, ServiceSettings};
 use anyhow::{Context, bail, ensure};
 use clap::Args;
 use flamegrid_proto::exposure::{self, Exposure, Listener};
+use flamegrid_proto::host::host_name;
 use flamegrid_proto::v1::sampling_server::SamplingServer;
+use flamegrid_sampler::Sampler;
+use flamegrid_sampler::selection::AccessPolicy;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};

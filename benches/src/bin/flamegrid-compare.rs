@@ -20,11 +20,11 @@
 //!    each thread was held stopped (from the sampler's own stop times, free of rate noise).
 
 use anyhow::{Context as _, bail};
-use flamegrid_sampler::{RunStats, Sampler, SamplerOptions};
-use flamegrid_sampler::selection::AccessPolicy;
 use flamegrid_benches::{
     SNAPSHOT_SIZES, median, quantile, snapshot_mix, throughput_mix, whole_process,
 };
+use flamegrid_sampler::selection::AccessPolicy;
+use flamegrid_sampler::{RunStats, Sampler, SamplerOptions};
 use flamegrid_workloads::{Mix, RunningWorkload, Workload, spawn};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

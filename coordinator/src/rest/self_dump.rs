@@ -96,7 +96,10 @@ pub async fn dump_with_stacks() -> Option<Value> {
         return None;
     }
     if output.stdout.len() > MAX_ANSWER_BYTES {
-        tracing::warn!(bytes = output.stdout.len(), "thread-dump agent answer too large");
+        tracing::warn!(
+            bytes = output.stdout.len(),
+            "thread-dump agent answer too large"
+        );
         return None;
     }
     let answer: SampleOutput = serde_json::from_slice(&output.stdout)

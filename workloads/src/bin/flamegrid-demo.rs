@@ -28,7 +28,10 @@ fn main() -> ExitCode {
     match args.as_slice() {
         [] => {}
         [flag] if flag == "--vertices" => {
-            println!("{}", flamegrid_workloads::demo_vertices_json(demo_vertices()));
+            println!(
+                "{}",
+                flamegrid_workloads::demo_vertices_json(demo_vertices())
+            );
             return ExitCode::SUCCESS;
         }
         _ => {
