@@ -18,8 +18,9 @@
 //!
 //! On Ctrl-C (or SIGTERM) it stops the agent (SIGTERM, so a run in flight releases every thread
 //! it had stopped), then the workload. Both children are also killed when the demo's handle is
-//! dropped (a start that failed half-way, an error of the coordinator), and the workload exits
-//! by itself when its stdin (held by the coordinator) closes.
+//! dropped (a start that failed half-way, an error of the coordinator), get SIGTERM from the
+//! kernel when the coordinator dies without running any code (`PR_SET_PDEATHSIG`), and the
+//! workload exits by itself when its stdin (held by the coordinator) closes.
 //!
 //! The registry is durable (`--data-dir`, `./flamegrid-data` by default), so the job a previous
 //! `--demo` registered is still there after a restart, watching a workload that is gone: it
@@ -227,6 +228,7 @@ pub async fn start(coordinator: &Coordinator) -> Result<DemoHandle, DemoError> {
         command.arg("--token-file").arg(token_file);
     }
     clear_flamegrid_env(&mut command);
+    stop_with_parent(&mut command);
     let mut agent = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -319,7 +321,9 @@ async fn start_workload(path: &Path) -> Result<Workload, DemoError> {
         path: path.display().to_string(),
         reason,
     };
-    let mut child = Command::new(path)
+    let mut command = Command::new(path);
+    stop_with_parent(&mut command);
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -351,6 +355,27 @@ async fn start_workload(path: &Path) -> Result<Workload, DemoError> {
         child,
         _stdin: stdin,
     })
+}
+
+/// Makes the kernel send the child SIGTERM when the thread that started it ends, so even a
+/// coordinator killed with SIGKILL (no destructor runs) takes its demo children with it. The
+/// demo is started from the thread of `run`'s `block_on`, which lives as long as the process.
+fn stop_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe.
+    let parent = std::process::id();
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the signal was armed: nobody would send it.
+            if u32::try_from(libc::getppid()) != Ok(parent) {
+                return Err(std::io::Error::other("the coordinator is gone"));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// SIGTERM, then SIGKILL if `child` has not exited within `grace`.

@@ -163,3 +163,48 @@ fn without_the_agent_next_to_it_the_demo_fails_fast_naming_it() {
         "the error names the missing executable and how to build it: {stderr}"
     );
 }
+
+/// The direct children of `pid` (every thread's `children` list).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return children;
+    };
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    children
+}
+
+/// True while `pid` exists and is not a zombie (an orphan nobody reaps counts as gone).
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
+    })
+}
+
+#[test]
+fn kill_9_of_the_coordinator_takes_the_demo_children_with_it() {
+    let work = tempfile::tempdir().unwrap();
+    let mut demo = DemoProcess::start(&work.path().join("flamegrid-data"), &[]);
+    let started = regex::Regex::new(r"workload pid (\d+); job").unwrap();
+    let workload: u32 = demo.wait_line("the demo's started line", |line| {
+        started.captures(line).and_then(|c| c[1].parse().ok())
+    });
+    let coordinator = demo.process.0.id();
+    let children = children_of(coordinator);
+    assert!(
+        children.contains(&workload) && children.len() >= 2,
+        "the agent and the workload are the coordinator's children: {children:?}"
+    );
+    demo.process.0.kill().unwrap(); // SIGKILL: no destructor, no signal handler runs
+    demo.process.0.wait().unwrap();
+    wait_for("the demo's agent and workload to exit", || {
+        children.iter().all(|&pid| !is_running(pid)).then_some(())
+    });
+}
