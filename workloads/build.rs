@@ -1,4 +1,5 @@
-//! Builds the native workload programs into `OUT_DIR` and tells the library where they are.
+//! Builds the native workload programs into `OUT_DIR` and tells the library where they are, and
+//! the demo program as a static library for the `flamegrid-demo` binary.
 //!
 //! The programs are ordinary executables, not libraries linked into Rust: the sampler must see
 //! them as foreign processes with their own binaries, shared libraries and unwind tables. `cc`
@@ -62,6 +63,23 @@ fn main() {
     );
     let demo = out_dir.join("flamegrid-demo");
     compile(c.path(), &native.join("demo.c"), &demo, &["-g"]);
+    // The same program once more as a static library for the `flamegrid-demo` binary
+    // (src/bin/flamegrid-demo.rs), which Cargo puts next to the other executables in
+    // `target/<profile>/`, so `flamegrid-coordinator --demo` finds it wherever the binaries are
+    // installed. Its `main` is renamed for the Rust `main` to call; everything else (flags, frame
+    // names) is the program above.
+    let mut demo_lib = cc::Build::new();
+    demo_lib
+        .file(native.join("demo.c"))
+        .define("main", "flamegrid_demo_main")
+        .opt_level(2)
+        .debug(true)
+        .flag("-pthread")
+        .warnings(true)
+        .extra_warnings(true);
+    // Not an ordinary `-O2` flag everywhere: clang does not know it (and folds nothing here).
+    demo_lib.flag_if_supported("-fno-ipa-icf");
+    demo_lib.compile("flamegrid_demo");
 
     let gears_cpp = out_dir.join("gears-cpp");
     compile(

@@ -1,62 +1,21 @@
 //! The agent's one error type.
 //!
-//! Every fallible function of the agent library returns [`AgentError`]. The variants are the
-//! distinctions a caller acts on: the gRPC service maps `NoSuchProcess` to NOT_FOUND,
-//! `PermissionDenied` to PERMISSION_DENIED, `InvalidArgument` to INVALID_ARGUMENT; the one-shot
-//! CLI prints the `Display` form as its single line of error output. Messages therefore name the
-//! process and say *why* in one line, never with a backtrace.
+//! What goes wrong while sampling is the sampler's [`SamplerError`]: the gRPC service maps its
+//! variants to statuses and per-subtask failures (`service::failure_kind`), so a caller sees
+//! *which* of them it was. [`AgentError`] adds what only the agent can get wrong (its own
+//! settings) and carries a sampler error through unchanged, so `flamegrid-agent`'s one line of
+//! error output reads the same either way.
 
-use std::io;
+use flamegrid_sampler::SamplerError;
 
-/// Everything that can go wrong in the agent library.
+/// Everything that can go wrong in the agent library outside a sampling run's per-target results.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The process (or every selected thread of it) does not exist (any more).
-    #[error("no such process: {0}")]
-    NoSuchProcess(String),
+    /// The sampler failed (starting its threads, resolving a selector, reading `/proc`).
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
 
-    /// The process exists but none of its threads matches the thread selection (a `--tid`
-    /// or `--thread-name` that selects nothing). Not "no such process": the process is
-    /// there, the selection is what needs changing.
-    #[error("{0}")]
-    NoMatchingThread(String),
-
-    /// The agent may not sample this process. `reason` says which of the possible causes it is:
-    /// the agent's allow-list, `kernel.yama.ptrace_scope`, a missing `CAP_SYS_PTRACE` for another
-    /// user's process, another tracer already attached, or a plain EPERM from the kernel.
-    #[error("may not trace pid {pid}: {reason}")]
-    PermissionDenied {
-        /// The process that was refused.
-        pid: u32,
-        /// One line: which cause it is.
-        reason: String,
-    },
-
-    /// A request or flag value that is out of bounds or malformed; nothing was done.
+    /// A flag or setting value that is out of bounds or malformed; nothing was done.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-
-    /// An I/O error, with what the agent was doing when it happened.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done (e.g. "reading /proc/42/maps").
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-
-    /// Anything else (an internal fault such as the tracer thread having gone away).
-    #[error("{0}")]
-    Other(String),
-}
-
-impl AgentError {
-    /// Wraps an I/O error with what was being done.
-    pub fn io(context: impl Into<String>, source: io::Error) -> AgentError {
-        AgentError::Io {
-            context: context.into(),
-            source,
-        }
-    }
 }

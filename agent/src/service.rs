@@ -32,11 +32,11 @@
 //! flight (and of every run that would start later), so on SIGTERM each run returns at once with
 //! the samples it already has, and the server can drain quickly.
 
-use crate::AgentError;
-use crate::sampler::{Sampler, SamplerOptions, SamplingRun};
-use crate::selection::{self, AccessPolicy, ThreadSelector};
 use flamegrid_proto::SampleResponseBuilder;
 use flamegrid_proto::v1::{self, sampling_server::Sampling};
+use flamegrid_sampler::SamplerError;
+use flamegrid_sampler::selection::{self, AccessPolicy, ThreadSelector};
+use flamegrid_sampler::{Sampler, SamplerOptions, SamplingRun};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -259,8 +259,8 @@ enum RunOutcome {
 }
 
 /// Whether an error is an allow-list / permission refusal rather than, say, a vanished process.
-fn is_refusal(e: &AgentError) -> bool {
-    matches!(e, AgentError::PermissionDenied { .. })
+fn is_refusal(e: &SamplerError) -> bool {
+    matches!(e, SamplerError::PermissionDenied { .. })
 }
 
 /// The first few reasons, then how many more: a request of 1024 refused selectors must not
@@ -283,9 +283,9 @@ fn summarize(reasons: &[String]) -> String {
 /// about other processes or users. An allow-list refusal says only that; a refusal by the
 /// kernel says which kind when that names nobody (another tracer, Yama), else only that the
 /// kernel refused, while the agent's log keeps the full reason for its operator.
-pub fn peer_message(e: &AgentError) -> String {
+pub fn peer_message(e: &SamplerError) -> String {
     match e {
-        AgentError::PermissionDenied { pid, reason } => {
+        SamplerError::PermissionDenied { pid, reason } => {
             if reason == selection::OUTSIDE_ALLOW_LIST {
                 return format!("pid {pid} is {}", selection::OUTSIDE_ALLOW_LIST);
             }
@@ -305,14 +305,16 @@ pub fn peer_message(e: &AgentError) -> String {
 
 /// The kind of a failed selector, from the contract's fixed vocabulary: what the coordinator
 /// shows its users beside the missing subtask (the text of [`peer_message`] goes to its log).
-pub fn failure_kind(e: &AgentError) -> v1::SubtaskFailure {
+pub fn failure_kind(e: &SamplerError) -> v1::SubtaskFailure {
     match e {
-        AgentError::NoSuchProcess(_) => v1::SubtaskFailure::ProcessNotFound,
-        AgentError::NoMatchingThread(_) => v1::SubtaskFailure::NoMatchingThread,
-        AgentError::PermissionDenied { reason, .. } if reason == selection::OUTSIDE_ALLOW_LIST => {
+        SamplerError::NoSuchProcess(_) => v1::SubtaskFailure::ProcessNotFound,
+        SamplerError::NoMatchingThread(_) => v1::SubtaskFailure::NoMatchingThread,
+        SamplerError::PermissionDenied { reason, .. }
+            if reason == selection::OUTSIDE_ALLOW_LIST =>
+        {
             v1::SubtaskFailure::OutsideAllowList
         }
-        AgentError::PermissionDenied { .. } => v1::SubtaskFailure::RefusedByKernel,
+        SamplerError::PermissionDenied { .. } => v1::SubtaskFailure::RefusedByKernel,
         _ => v1::SubtaskFailure::AgentError,
     }
 }
@@ -340,7 +342,7 @@ fn distinct_targets(selectors: &[v1::ThreadSelector]) -> Result<DistinctTargets,
             index.push(t);
             continue;
         }
-        let mut compile = |pattern: &str| -> Result<regex::Regex, AgentError> {
+        let mut compile = |pattern: &str| -> Result<regex::Regex, SamplerError> {
             if let Some(re) = patterns.get(pattern) {
                 return Ok(re.clone());
             }
@@ -348,7 +350,7 @@ fn distinct_targets(selectors: &[v1::ThreadSelector]) -> Result<DistinctTargets,
             patterns.insert(pattern.to_string(), re.clone());
             Ok(re)
         };
-        let converted = ThreadSelector::from_wire_with(sel, &mut compile)
+        let converted = crate::wire::selector_from_wire_with(sel, &mut compile)
             .map_err(|e| format!("selector {i} ({:?}): {e}", truncated(&sel.subtask_key)))?;
         seen.insert(identity, targets.len());
         index.push(targets.len());
@@ -373,7 +375,7 @@ fn run_blocking(
     // (which checks the policy again at every sample, since a pid can be reused by another
     // program), a request with nothing allowed is refused as a whole without holding a slot
     // for the delay, and the threads found bound the run's work.
-    let mut early_errors: Vec<Option<AgentError>> = Vec::with_capacity(targets.len());
+    let mut early_errors: Vec<Option<SamplerError>> = Vec::with_capacity(targets.len());
     let mut to_sample: Vec<(String, ThreadSelector)> = Vec::new();
     let mut threads = 0usize;
     let mut target_threads = vec![0usize; targets.len()];
@@ -407,7 +409,7 @@ fn run_blocking(
             opts.num_samples
         ));
     }
-    let refusals = |sampled: &[(String, Result<flamegrid_model::SampleSet, AgentError>)]| {
+    let refusals = |sampled: &[(String, Result<flamegrid_model::SampleSet, SamplerError>)]| {
         req.selectors
             .iter()
             .zip(&index)
@@ -462,7 +464,7 @@ fn run_blocking(
 
     // Every selector in request order; identical ones share their target's answer.
     let mut sampled = run.subtasks.into_iter();
-    let failed = |e: &AgentError| (peer_message(e), failure_kind(e));
+    let failed = |e: &SamplerError| (peer_message(e), failure_kind(e));
     let answers: Vec<Result<flamegrid_model::SampleSet, (String, v1::SubtaskFailure)>> =
         early_errors
             .iter()
@@ -615,7 +617,7 @@ fn validate_selectors(selectors: &[v1::ThreadSelector]) -> Result<Vec<v1::Thread
         if sel.tids.len() > MAX_TIDS_PER_SELECTOR {
             return Err(bad(format!("more than {MAX_TIDS_PER_SELECTOR} tids")));
         }
-        ThreadSelector::check_wire(sel).map_err(|e| bad(e.to_string()))?;
+        crate::wire::check_selector(sel).map_err(|e| bad(e.to_string()))?;
     }
     Ok(selectors.to_vec())
 }

@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
-use flamegrid_agent::AgentError;
-use flamegrid_agent::sampler::{Sampler, SamplerOptions};
-use flamegrid_agent::selection::{AccessPolicy, ProcessRef, ThreadSelector};
+use flamegrid_sampler::SamplerError;
+use flamegrid_sampler::selection::{AccessPolicy, ProcessRef, ThreadSelector};
+use flamegrid_sampler::{Sampler, SamplerOptions};
 use flamegrid_workloads::{Mix, Workload, spawn};
 use rand::Rng;
 use std::process::{Command, Stdio};
@@ -156,7 +156,7 @@ fn overlapping_runs_and_every_language_leave_nothing_stopped() {
         thread_name: None,
     };
     let found =
-        flamegrid_agent::selection::resolve(&by_name, &AccessPolicy::unrestricted()).unwrap();
+        flamegrid_sampler::selection::resolve(&by_name, &AccessPolicy::unrestricted()).unwrap();
     assert_eq!(found.comm, w0.workload().process_name());
     let b = run.subtasks[1].1.as_ref().unwrap();
     assert_eq!(
@@ -187,18 +187,21 @@ fn policy_refusals_and_missing_processes_are_reported_per_target() {
     let run = sampler.sample(&targets, &AccessPolicy::unrestricted(), &opts(2, 1));
     assert!(run.subtasks[0].1.is_ok());
     assert!(
-        matches!(run.subtasks[1].1, Err(AgentError::PermissionDenied { .. })),
+        matches!(
+            run.subtasks[1].1,
+            Err(SamplerError::PermissionDenied { .. })
+        ),
         "{:?}",
         run.subtasks[1].1
     );
     assert!(
-        matches!(run.subtasks[2].1, Err(AgentError::NoSuchProcess(_))),
+        matches!(run.subtasks[2].1, Err(SamplerError::NoSuchProcess(_))),
         "{:?}",
         run.subtasks[2].1
     );
     let run = sampler.sample(&targets[..1], &only_other_comm, &opts(1, 1));
     match &run.subtasks[0].1 {
-        Err(AgentError::PermissionDenied { reason, .. }) => {
+        Err(SamplerError::PermissionDenied { reason, .. }) => {
             assert!(reason.contains("allow-list"), "{reason}")
         }
         other => panic!("expected an allow-list refusal, got {other:?}"),
@@ -387,7 +390,7 @@ fn refused_threads_end_the_run_at_once_or_are_named_in_a_warning() {
         .expect("a refused run must end at once, not after its 50 rounds");
     runner.join().unwrap();
     match &run.subtasks[0].1 {
-        Err(AgentError::PermissionDenied { reason, .. }) => {
+        Err(SamplerError::PermissionDenied { reason, .. }) => {
             assert!(reason.contains("another tracer"), "{reason}")
         }
         other => panic!("expected a refusal: {other:?}"),

@@ -11,13 +11,13 @@
 //! blocked on a mutex. Run with `cargo bench -p flamegrid-benches --bench sampler`.
 //!
 //! The allocator is set up as `flamegrid-agent run` sets it up
-//! ([`flamegrid_agent::memory::tune_allocator`]: fixed mmap and trim thresholds, two arenas),
+//! ([`flamegrid_sampler::memory::tune_allocator`]: fixed mmap and trim thresholds, two arenas),
 //! so the figures are those of the agent's memory settings.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use flamegrid_agent::sampler::{Sampler, SamplerOptions};
-use flamegrid_agent::selection::AccessPolicy;
 use flamegrid_benches::{snapshot_mix, whole_process};
+use flamegrid_sampler::selection::AccessPolicy;
+use flamegrid_sampler::{Sampler, SamplerOptions};
 use flamegrid_workloads::{Workload, spawn};
 use std::hint::black_box;
 use std::time::Duration;
@@ -43,7 +43,7 @@ fn snapshot(sampler: &Sampler, pid: u32, expected_threads: usize) {
 }
 
 fn bench_snapshot(c: &mut Criterion) {
-    flamegrid_agent::memory::tune_allocator();
+    flamegrid_sampler::memory::tune_allocator();
     let mut group = c.benchmark_group("snapshot");
     group.sample_size(20);
     group.warm_up_time(Duration::from_secs(1));

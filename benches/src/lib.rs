@@ -5,7 +5,7 @@
 //! Three kinds of benchmark live in this crate:
 //!
 //! * criterion benches (`benches/sampler.rs`) time the in-process hot path, one snapshot through
-//!   [`flamegrid_agent::sampler::Sampler`], with cold and warm caches;
+//!   [`flamegrid_sampler::Sampler`], with cold and warm caches;
 //! * the `flamegrid-compare` binary (driven by `compare.sh`) runs flamegrid side by side with
 //!   the tools a user would otherwise reach for (`eu-stack`, `gdb`) on the *same* process, in
 //!   alternating rounds, and prints medians and ratios as Markdown;
@@ -24,7 +24,7 @@ pub mod stats;
 
 pub use error::Error;
 
-use flamegrid_agent::selection::ThreadSelector;
+use flamegrid_sampler::selection::ThreadSelector;
 use flamegrid_workloads::Mix;
 
 /// The thread counts every snapshot benchmark uses (main thread included).

@@ -27,7 +27,8 @@ pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
 
     /// Also start a local agent and a demo workload registered as a running job, and print the
-    /// dashboard URL: the quickest way to see everything work.
+    /// dashboard URL: the quickest way to see everything work. Runs the `flamegrid-agent` and
+    /// `flamegrid-demo` executables found next to this one (else on PATH).
     #[arg(long, env = "FLAMEGRID_DEMO")]
     pub demo: bool,
 

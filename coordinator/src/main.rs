@@ -6,10 +6,6 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // Started by the coordinator itself to sample its threads for /jobmanager/thread-dump.
-    if let Ok(pid) = std::env::var(flamegrid_coordinator::rest::self_dump::HELPER_ENV) {
-        return flamegrid_coordinator::rest::self_dump::helper_main(&pid);
-    }
     let args: Vec<String> = std::env::args().collect();
     if let Err(e) = apply_config_file(&args) {
         eprintln!("flamegrid-coordinator: {e}");

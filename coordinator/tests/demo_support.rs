@@ -28,8 +28,14 @@ pub struct DemoProcess {
 impl DemoProcess {
     /// Starts `--demo` on free ports with `data_dir` and the `extra` flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> DemoProcess {
+        let command = Command::new(env!("CARGO_BIN_EXE_flamegrid-coordinator"));
+        DemoProcess::start_command(command, data_dir, extra)
+    }
+
+    /// [`DemoProcess::start`] of a coordinator `command` the caller prepared (another copy of
+    /// the executable, its working directory, its environment).
+    pub fn start_command(mut command: Command, data_dir: &Path, extra: &[&str]) -> DemoProcess {
         let (rest, rpc) = (free_port(), free_port());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flamegrid-coordinator"));
         command
             .arg("--demo")
             .args(["--rest-addr", &format!("127.0.0.1:{rest}")])

@@ -7,7 +7,8 @@
 //! depend on this crate, never on each other. [`pprof`] holds the types of pprof's profile format,
 //! which the coordinator exports.
 //! [`exposure`] is the secure-default rule every listener of both binaries follows;
-//! [`credential_flags`] the token and TLS flags both binaries take.
+//! [`credential_flags`] the token and TLS flags both binaries take; [`host`] the host facts both
+//! report.
 
 /// Generated code for package `flamegrid.v1`.
 pub mod v1 {
@@ -26,6 +27,7 @@ pub mod pprof {
 pub mod convert;
 pub mod credential_flags;
 pub mod exposure;
+pub mod host;
 
 pub use convert::{ConvertError, SampleResponseBuilder};
 

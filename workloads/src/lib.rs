@@ -303,6 +303,23 @@ pub fn demo_vertices() -> &'static [DemoVertex] {
     ]
 }
 
+/// `vertices` as the one JSON line `flamegrid-demo --vertices` prints:
+/// `[{"name": ..., "subtask_thread_names": [...], "inputs": [...]}, ...]`. The coordinator reads
+/// it to register the demo job, so the layout has one definition ([`demo_vertices`]).
+pub fn demo_vertices_json(vertices: &[DemoVertex]) -> String {
+    let vertices: Vec<serde_json::Value> = vertices
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "name": v.name,
+                "subtask_thread_names": v.subtask_thread_names,
+                "inputs": v.inputs,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(vertices).to_string()
+}
+
 /// Starts `w` with the threads `mix` asks for and returns once the program printed `ready`,
 /// i.e. once every thread exists and carries its name, and once its `wait-<i>` and `lock-<i>`
 /// threads sleep in their blocking calls.

@@ -25,15 +25,16 @@
 //!   address, so restarts of the same agent keep their id while two agents on one host (or two
 //!   `:0` ports) never share one.
 
-use crate::registration::{self, RegistrationConfig, host_name};
-use crate::sampler::Sampler;
-use crate::selection::AccessPolicy;
+use crate::registration::{self, RegistrationConfig};
 use crate::service::{BearerTokenCheck, SamplingService, ServiceSettings};
 use anyhow::{Context, bail, ensure};
 use clap::Args;
 use flamegrid_proto::credential_flags::{CredentialFlags, GRPC_CREDENTIAL_FLAGS};
 use flamegrid_proto::exposure::{self, Exposure, Listener};
+use flamegrid_proto::host::host_name;
 use flamegrid_proto::v1::sampling_server::SamplingServer;
+use flamegrid_sampler::Sampler;
+use flamegrid_sampler::selection::AccessPolicy;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -547,7 +548,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     // Before any thread exists, so every arena follows the settings.
-    crate::memory::tune_allocator();
+    flamegrid_sampler::memory::tune_allocator();
     // The async side only moves requests and heartbeats (sampling runs on the blocking pool and
     // the sampler's own threads), so two workers suffice on any host; the default of one per
     // core would give a 64-core host 64 idle threads, each with stacks and allocator state.

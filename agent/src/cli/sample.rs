@@ -7,11 +7,11 @@
 //! inferno-flamegraph < cpu.folded > cpu.svg
 //! ```
 
-use crate::sampler::{RunStats, Sampler, SamplerOptions};
-use crate::selection::{AccessPolicy, ProcessRef, ThreadSelector};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use flamegrid_model::{GraphType, SampleSet};
+use flamegrid_sampler::selection::{AccessPolicy, ProcessRef, ThreadSelector};
+use flamegrid_sampler::{RunStats, Sampler, SamplerOptions};
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;

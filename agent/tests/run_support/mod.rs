@@ -235,10 +235,13 @@ impl AgentProcess {
             }
         }
         cmd.envs(env.iter().copied());
-        cmd.env("RUST_LOG", "info,flamegrid_agent=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        cmd.env(
+            "RUST_LOG",
+            "info,flamegrid_agent=debug,flamegrid_sampler=debug",
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
         let child = cmd.spawn().unwrap();
         AgentProcess {
             child,

@@ -21,13 +21,13 @@
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use flamegrid_agent::sampler::{RunStats, Sampler, SamplerOptions};
-use flamegrid_agent::selection::AccessPolicy;
 use flamegrid_benches::procfs::{Machine, load_averages, thread_cpu_ns};
 use flamegrid_benches::stats::{median, quantile};
 use flamegrid_benches::{
     SNAPSHOT_SIZES, positive_count, snapshot_mix, throughput_mix, whole_process,
 };
+use flamegrid_sampler::selection::AccessPolicy;
+use flamegrid_sampler::{RunStats, Sampler, SamplerOptions};
 use flamegrid_workloads::{Mix, RunningWorkload, Workload, spawn};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -296,7 +296,7 @@ impl HostEnvironment {
     /// Reads the facts now, with the probe the agents use, so that a coordinator and an agent
     /// on the same host report the same values.
     pub fn read() -> Self {
-        let facts = flamegrid_agent::registration::HostProbe::new().host_info();
+        let facts = flamegrid_proto::host::HostProbe::new().host_info();
         HostEnvironment {
             hostname: facts.hostname,
             pid: std::process::id(),

@@ -1,121 +1,132 @@
 //! Stacks for `/jobmanager/thread-dump`: the coordinator's own threads.
 //!
-//! A process cannot ptrace itself, so the coordinator starts a short-lived helper: its own
-//! executable again, with [`HELPER_ENV`] set to the coordinator's pid. The helper samples every
-//! thread of that pid once with the agent's sampler (each thread stopped for microseconds,
-//! `PTRACE_SEIZE` + `PTRACE_INTERRUPT`, never left stopped), prints Flink's `ThreadDumpInfo`
-//! JSON on stdout and exits.
+//! A process cannot ptrace itself, and the coordinator does not link the sampler: it runs the
+//! sibling agent's one-shot CLI against its own pid, the way a person would:
 //!
 //! ```text
 //!  GET /jobmanager/thread-dump
-//!      │  spawn /proc/self/exe with FLAMEGRID_INTERNAL_SELF_DUMP_PID=<pid>
+//!      │  flamegrid-agent sample --pid <coordinator pid> --samples 1 --max-depth 50 --format json
 //!      ▼
-//!  helper ── ptrace each coordinator thread once ──▶ {"threadInfos": [...]} on stdout
+//!  agent ── ptrace each coordinator thread once ──▶ samples as JSON on stdout
+//!      │
+//!      ▼
+//!  the samples as Flink's ThreadDumpInfo ({"threadInfos": [...]}, `flamegraph::dump`)
 //! ```
 //!
-//! The helper runs only when the executable is the `flamegrid-coordinator` binary (not, say, a
-//! test harness that embeds the library), one at a time, within [`HELPER_TIMEOUT`]. Whenever it
-//! cannot run or fails, the handler falls back to names and states from `/proc/self/task`.
+//! Each thread is stopped for microseconds (`PTRACE_SEIZE` + `PTRACE_INTERRUPT`, never left
+//! stopped). `flamegrid-agent` is found like the demo's programs: next to the coordinator's
+//! executable, then on `PATH` ([`crate::demo::find_sibling`]). One dump runs at a time, within
+//! [`HELPER_TIMEOUT`]. Whenever the agent is not there, is refused by the kernel (with
+//! `kernel.yama.ptrace_scope` ≥ 1 a child may not trace its parent without `CAP_SYS_PTRACE`)
+//! or fails, the handler falls back to names and states from `/proc/self/task`.
 
 use crate::flamegraph::dump::thread_dump_info;
-use flamegrid_agent::sampler::{Sampler, SamplerOptions};
-use flamegrid_agent::selection::{AccessPolicy, ThreadSelector};
+use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};
 use flamegrid_proto::SampleResponseBuilder;
+use serde::Deserialize;
 use serde_json::Value;
-use std::process::{ExitCode, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-/// Set (to the pid to dump) when the coordinator's executable runs as the thread-dump helper.
-pub const HELPER_ENV: &str = "FLAMEGRID_INTERNAL_SELF_DUMP_PID";
-
-/// How long the helper may take before the handler gives up on stacks.
+/// How long the agent may take before the handler gives up on stacks.
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Frames per thread (Flink's `cluster.thread-dump.stacktrace-max-depth` default).
 const MAX_DEPTH: u32 = 50;
 
-/// Serializes helpers: one dump of the coordinator at a time is plenty.
+/// Largest answer read from the agent (bytes): far more than 50 frames of a few hundred threads.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Serializes dumps: one dump of the coordinator at a time is plenty.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The helper's whole life: sample `pid_text`'s threads once, print the dump, exit.
-pub fn helper_main(pid_text: &str) -> ExitCode {
-    let Ok(pid) = pid_text.trim().parse::<u32>() else {
-        eprintln!("flamegrid-coordinator: {HELPER_ENV} must be a pid, got {pid_text:?}");
-        return ExitCode::FAILURE;
-    };
-    let sampler = match Sampler::new() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("flamegrid-coordinator: thread-dump helper: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let options = SamplerOptions {
-        num_samples: 1,
-        max_depth: MAX_DEPTH,
-        ..SamplerOptions::default()
-    };
-    let run = sampler.sample(
-        &[("coordinator".to_string(), ThreadSelector::pid(pid))],
-        &AccessPolicy::own_user(),
-        &options,
-    );
-    let mut response = SampleResponseBuilder::new(0);
-    for (key, result) in &run.subtasks {
-        match result {
-            Ok(set) => response.add_subtask(key, set),
-            Err(e) => {
-                eprintln!("flamegrid-coordinator: thread-dump helper: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let dump = thread_dump_info(&response.finish(run.start_ms, run.end_ms));
-    match serde_json::to_string(&dump) {
-        Ok(json) => {
-            println!("{json}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("flamegrid-coordinator: thread-dump helper: {e}");
-            ExitCode::FAILURE
-        }
-    }
+/// What `flamegrid-agent sample --format json` prints (the fields used here).
+#[derive(Debug, Deserialize)]
+struct SampleOutput {
+    pid: u32,
+    start_ms: i64,
+    end_ms: i64,
+    samples: Vec<SampleLine>,
 }
 
-/// Runs the helper against this process and returns its `ThreadDumpInfo`, or `None` when it
+/// One sample of [`SampleOutput`]: a thread, its state and its frames, outermost first.
+#[derive(Debug, Deserialize)]
+struct SampleLine {
+    tid: u32,
+    thread: String,
+    state: ThreadState,
+    timestamp_ms: i64,
+    truncated: bool,
+    frames: Vec<Frame>,
+}
+
+/// Runs the agent against this process and returns its `ThreadDumpInfo`, or `None` when it
 /// cannot run here or fails (the caller then falls back to names and states).
 pub async fn dump_with_stacks() -> Option<Value> {
-    let exe = std::env::current_exe().ok()?;
-    if exe.file_name()?.to_str()? != "flamegrid-coordinator" {
-        return None;
-    }
+    let agent = crate::demo::find_sibling(crate::demo::AGENT_EXECUTABLE)?;
     let _turn = ONE_AT_A_TIME.lock().await;
-    let child = tokio::process::Command::new(&exe)
-        .env(HELPER_ENV, std::process::id().to_string())
+    let mut command = tokio::process::Command::new(&agent);
+    command
+        .arg("sample")
+        .args(["--pid", &std::process::id().to_string()])
+        .args(["--samples", "1", "--max-depth", &MAX_DEPTH.to_string()])
+        .args(["--format", "json"]);
+    crate::demo::clear_flamegrid_env(&mut command);
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| tracing::warn!(error = %e, "cannot start the thread-dump helper"))
+        .map_err(|e| tracing::warn!(error = %e, "cannot start the thread-dump agent"))
         .ok()?;
     let output = match tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output()).await {
         Ok(Ok(output)) => output,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "thread-dump helper failed");
+            tracing::warn!(error = %e, "thread-dump agent failed");
             return None;
         }
         Err(_) => {
-            tracing::warn!("thread-dump helper timed out");
+            tracing::warn!("thread-dump agent timed out");
             return None;
         }
     };
     if !output.status.success() {
-        tracing::warn!(stderr = %String::from_utf8_lossy(&output.stderr).trim(), "thread-dump helper failed");
+        tracing::warn!(stderr = %String::from_utf8_lossy(&output.stderr).trim(), "thread-dump agent failed");
         return None;
     }
-    let dump: Value = serde_json::from_slice(&output.stdout).ok()?;
-    dump.get("threadInfos")?.as_array()?;
-    Some(dump)
+    if output.stdout.len() > MAX_ANSWER_BYTES {
+        tracing::warn!(
+            bytes = output.stdout.len(),
+            "thread-dump agent answer too large"
+        );
+        return None;
+    }
+    let answer: SampleOutput = serde_json::from_slice(&output.stdout)
+        .map_err(|e| tracing::warn!(error = %e, "thread-dump agent printed no samples"))
+        .ok()?;
+    serde_json::to_value(thread_dump(answer)).ok()
+}
+
+/// The agent's samples as Flink's `ThreadDumpInfo`, through the same conversion (and bounds)
+/// as a dump answered by a remote agent.
+fn thread_dump(answer: SampleOutput) -> crate::flamegraph::dump::ThreadDumpInfo {
+    let mut set = SampleSetBuilder::new();
+    for sample in answer.samples {
+        let thread = SampledThread {
+            pid: answer.pid,
+            tid: sample.tid,
+            name: sample.thread,
+        };
+        set.push(
+            &thread,
+            sample.timestamp_ms,
+            sample.state,
+            sample.frames,
+            sample.truncated,
+        );
+    }
+    let mut response = SampleResponseBuilder::new(0);
+    response.add_subtask("coordinator", &set.finish());
+    thread_dump_info(&response.finish(answer.start_ms, answer.end_ms))
 }

@@ -1,6 +1,16 @@
 //! The native stack sampler: N samples of the stacks and states of selected threads of
 //! processes on this host.
 //!
+//! This crate is the part of flamegrid that touches other processes, and nothing else: no
+//! networking, no gRPC, no command line. The agent (`flamegrid-agent`) serves it over gRPC; the
+//! benchmarks drive it directly. The coordinator never links it: it asks an agent.
+//!
+//! * [`Sampler`]: the sampling runs described below.
+//! * [`selection`]: turns a selector (pid or process name, tids or a thread-name regex) into the
+//!   threads to sample, and enforces the allow-list.
+//! * [`memory`]: allocator settings and giving memory back after a burst of work.
+//! * [`SamplerError`]: the one error type; the agent maps its variants to gRPC statuses.
+//!
 //! A sampling run is a loop of *rounds*, one per sample, paced at a fixed rate:
 //!
 //! ```text
@@ -34,7 +44,10 @@
 //! Symbolization happens once per distinct address *after* all samples were taken, so the
 //! sample loop never waits for DWARF parsing and each round stays short.
 
+pub mod error;
+pub mod memory;
 pub mod proc;
+pub mod selection;
 
 mod dwarf_scope;
 mod elf;
@@ -47,6 +60,7 @@ mod target_file;
 mod unwind;
 mod workers;
 
+pub use error::SamplerError;
 pub use permission::explain_denied;
 pub use symbolize::clean_name;
 
@@ -56,8 +70,7 @@ pub use symbolize::clean_name;
 /// default), so an agent sits at its small idle size between one person's looks at a graph.
 pub const SYMBOL_CACHE_IDLE: Duration = Duration::from_secs(10);
 
-use crate::AgentError;
-use crate::selection::{self, AccessPolicy, ProcessRef, ThreadSelector};
+use crate::selection::{AccessPolicy, ProcessRef, ThreadSelector};
 use flamegrid_model::{Frame, SampleSet, SampleSetBuilder, SampledThread, ThreadState};
 use ptrace::{ReadOutcome, TargetJob, ThreadJob, Tracer};
 use std::collections::{HashMap, HashSet};
@@ -104,7 +117,7 @@ pub struct SamplingRun {
     /// Last sample, ms since the epoch.
     pub end_ms: i64,
     /// One entry per target, in request order: its samples or why it has none.
-    pub subtasks: Vec<(String, Result<SampleSet, AgentError>)>,
+    pub subtasks: Vec<(String, Result<SampleSet, SamplerError>)>,
     /// Targets that were sampled, but some of whose threads the kernel refused to let us
     /// trace: (target key, one line naming the threads and why). The samples of the other
     /// threads are in `subtasks`; this says what is missing from them.
@@ -242,7 +255,7 @@ struct TargetRun {
     names: HashMap<u32, String>,
     samples: Vec<RawSample>,
     /// Why this target has no (more) samples; set on the first round's failure.
-    error: Option<AgentError>,
+    error: Option<SamplerError>,
     /// The process went away after some samples: stop sampling it, keep what we have.
     finished: bool,
     /// Threads the kernel refused to let us trace.
@@ -320,19 +333,19 @@ impl RunNames {
 impl Sampler {
     /// Starts the sampler (its tracer and symbolizer threads). The symbolizer keeps its parsed
     /// debug information for [`SYMBOL_CACHE_IDLE`] after the last run.
-    pub fn new() -> Result<Sampler, AgentError> {
+    pub fn new() -> Result<Sampler, SamplerError> {
         Sampler::with_symbol_cache_idle(SYMBOL_CACHE_IDLE)
     }
 
     /// [`Sampler::new`] with another idle time after which the symbolizer drops its caches
     /// and returns their memory: shorter saves memory sooner, longer keeps more runs warm.
-    pub fn with_symbol_cache_idle(idle: Duration) -> Result<Sampler, AgentError> {
+    pub fn with_symbol_cache_idle(idle: Duration) -> Result<Sampler, SamplerError> {
         let tracer =
-            Tracer::spawn().map_err(|e| AgentError::io("starting the tracer thread", e))?;
+            Tracer::spawn().map_err(|e| SamplerError::io("starting the tracer thread", e))?;
         let symbolizer = SymbolizerThread::spawn(idle)
-            .map_err(|e| AgentError::io("starting the symbolizer thread", e))?;
+            .map_err(|e| SamplerError::io("starting the symbolizer thread", e))?;
         let loader =
-            LoaderThread::spawn().map_err(|e| AgentError::io("starting the loader thread", e))?;
+            LoaderThread::spawn().map_err(|e| SamplerError::io("starting the loader thread", e))?;
         Ok(Sampler {
             inner: Arc::new(Inner {
                 tracer,
@@ -455,7 +468,7 @@ impl Sampler {
                                 }
                                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                                     let tid = job.threads.first().map_or(run.pid, |t| t.tid);
-                                    run.error = Some(AgentError::PermissionDenied {
+                                    run.error = Some(SamplerError::PermissionDenied {
                                         pid: run.pid,
                                         reason: permission::explain_denied(run.pid, tid),
                                     });
@@ -498,7 +511,7 @@ impl Sampler {
                     for (i, _) in &meta {
                         runs[*i]
                             .error
-                            .get_or_insert_with(|| AgentError::Other(e.clone()));
+                            .get_or_insert_with(|| SamplerError::Other(e.clone()));
                     }
                     break;
                 }
@@ -691,7 +704,7 @@ fn prepare_round(
     first: bool,
     policy: &AccessPolicy,
     kernel_stacks: bool,
-) -> Result<(TargetJob, Vec<PreState>), AgentError> {
+) -> Result<(TargetJob, Vec<PreState>), SamplerError> {
     let threads: Vec<(u32, String)> = if first {
         let resolved = selection::resolve(&run.sel, policy)?;
         run.pid = resolved.pid;
@@ -706,7 +719,7 @@ fn prepare_round(
         let pid = run.pid;
         let stat = proc::process_stat(pid).map_err(|e| selection::gone_or_io(pid, e))?;
         if stat.starttime != run.starttime {
-            return Err(AgentError::NoSuchProcess(format!(
+            return Err(SamplerError::NoSuchProcess(format!(
                 "pid {pid} (it was restarted)"
             )));
         }
@@ -776,7 +789,7 @@ fn finish_target(
     table: &HashMap<u64, Vec<Frame>>,
     max_depth: usize,
     cancel: &AtomicBool,
-) -> Result<SampleSet, AgentError> {
+) -> Result<SampleSet, SamplerError> {
     if let Some(e) = run.error {
         return Err(e);
     }
@@ -792,11 +805,13 @@ fn finish_target(
             ProcessRef::Name(name) => format!("process named {name:?} (pid {})", run.pid),
         };
         return Err(if run.selected_any {
-            AgentError::NoSuchProcess(format!(
+            SamplerError::NoSuchProcess(format!(
                 "{what}: every selected thread exited before it could be sampled"
             ))
         } else {
-            AgentError::NoMatchingThread(format!("{what} has no thread that matches the selection"))
+            SamplerError::NoMatchingThread(format!(
+                "{what} has no thread that matches the selection"
+            ))
         });
     }
     let mut builder = SampleSetBuilder::new();
@@ -838,12 +853,12 @@ fn finish_target(
 }
 
 /// The refusal of a target whose every tried thread was refused.
-fn denied_error(run: &TargetRun) -> AgentError {
+fn denied_error(run: &TargetRun) -> SamplerError {
     let reason = match &run.denied_reason {
         Some(r) => r.clone(),
         None => permission::explain_denied(run.pid, run.denied.first().copied().unwrap_or(run.pid)),
     };
-    AgentError::PermissionDenied {
+    SamplerError::PermissionDenied {
         pid: run.pid,
         reason,
     }

@@ -9,12 +9,11 @@
 //! The allow-list ([`AccessPolicy`]) is checked on every resolution, so a pid that is reused by
 //! another user's program between two requests is refused, not sampled.
 
-use crate::AgentError;
-use crate::sampler::proc;
-use flamegrid_proto::v1;
+use crate::SamplerError;
+use crate::proc;
 
-/// Longest thread-name pattern accepted (bytes). Patterns come from the network; a bound keeps
-/// compilation cheap.
+/// Longest thread-name pattern accepted (bytes). Patterns may come from the network (the agent's
+/// gRPC service); a bound keeps compilation cheap.
 pub const MAX_THREAD_NAME_PATTERN: usize = 1024;
 
 /// Most tids one selector may list.
@@ -60,9 +59,9 @@ impl ThreadSelector {
 
     /// Compiles a thread-name pattern so that it must match the *whole* name (`spin-1` does not
     /// select `spin-10`), with bounded size, as the wire contract says.
-    pub fn compile_thread_name(pattern: &str) -> Result<regex::Regex, AgentError> {
+    pub fn compile_thread_name(pattern: &str) -> Result<regex::Regex, SamplerError> {
         if pattern.len() > MAX_THREAD_NAME_PATTERN {
-            return Err(AgentError::InvalidArgument(format!(
+            return Err(SamplerError::InvalidArgument(format!(
                 "thread name pattern is {} bytes long; at most {MAX_THREAD_NAME_PATTERN} allowed",
                 pattern.len()
             )));
@@ -78,76 +77,10 @@ impl ThreadSelector {
                     .unwrap_or("invalid")
                     .trim()
                     .to_string();
-                AgentError::InvalidArgument(format!(
+                SamplerError::InvalidArgument(format!(
                     "bad thread name pattern {pattern:?}: {first_line}"
                 ))
             })
-    }
-
-    /// Converts and validates a selector from the wire. Bad input (no process, pid 0, an empty
-    /// process name, tid 0, too many tids, a bad or oversized regex) is an `InvalidArgument`
-    /// naming the selector's key.
-    pub fn from_wire(sel: &v1::ThreadSelector) -> Result<Self, AgentError> {
-        Self::from_wire_with(sel, &mut |pattern| Self::compile_thread_name(pattern))
-    }
-
-    /// Every check of [`ThreadSelector::from_wire`] except compiling the thread-name pattern
-    /// (only its length is checked): cheap enough to run on every request before it may take
-    /// a run slot. Returns the process the selector names.
-    pub fn check_wire(sel: &v1::ThreadSelector) -> Result<ProcessRef, AgentError> {
-        let bad = |what: String| {
-            AgentError::InvalidArgument(format!("selector {:?}: {what}", sel.subtask_key))
-        };
-        let process = match &sel.process {
-            None => return Err(bad("names no process (set pid or process_name)".into())),
-            Some(v1::thread_selector::Process::Pid(0)) => {
-                return Err(bad("pid 0 is not a process".into()));
-            }
-            Some(v1::thread_selector::Process::Pid(pid)) => ProcessRef::Pid(*pid),
-            Some(v1::thread_selector::Process::ProcessName(name)) => {
-                if name.is_empty() || name.contains(['/', '\0', '\n']) {
-                    return Err(bad(format!("bad process name {name:?}")));
-                }
-                ProcessRef::Name(name.clone())
-            }
-        };
-        if sel.tids.len() > MAX_TIDS {
-            return Err(bad(format!(
-                "{} tids given; at most {MAX_TIDS} allowed",
-                sel.tids.len()
-            )));
-        }
-        if sel.tids.contains(&0) {
-            return Err(bad("tid 0 is not a thread".into()));
-        }
-        if sel.thread_name.len() > MAX_THREAD_NAME_PATTERN {
-            return Err(bad(format!(
-                "thread name pattern is {} bytes long; at most {MAX_THREAD_NAME_PATTERN} allowed",
-                sel.thread_name.len()
-            )));
-        }
-        Ok(process)
-    }
-
-    /// [`ThreadSelector::from_wire`] with the pattern compiled by `compile` (e.g. a cache, so
-    /// that a request repeating one pattern compiles it once).
-    pub fn from_wire_with(
-        sel: &v1::ThreadSelector,
-        compile: &mut dyn FnMut(&str) -> Result<regex::Regex, AgentError>,
-    ) -> Result<Self, AgentError> {
-        let process = Self::check_wire(sel)?;
-        let thread_name = if sel.thread_name.is_empty() {
-            None
-        } else {
-            Some(compile(&sel.thread_name).map_err(|e| {
-                AgentError::InvalidArgument(format!("selector {:?}: {e}", sel.subtask_key))
-            })?)
-        };
-        Ok(ThreadSelector {
-            process,
-            tids: sel.tids.clone(),
-            thread_name,
-        })
     }
 
     /// Whether a thread with this tid and name is selected.
@@ -212,7 +145,7 @@ impl AccessPolicy {
     /// Processes of the listed users (names or numeric uids) or with the listed comms. A process
     /// is allowed if its uid OR its comm is listed. An unknown user name is an error, so a typo
     /// does not silently allow nothing.
-    pub fn new(users: &[String], comms: &[String]) -> Result<Self, AgentError> {
+    pub fn new(users: &[String], comms: &[String]) -> Result<Self, SamplerError> {
         let mut uids = Vec::with_capacity(users.len());
         for user in users {
             let user = user.trim();
@@ -223,12 +156,12 @@ impl AccessPolicy {
             match nix::unistd::User::from_name(user) {
                 Ok(Some(u)) => uids.push(u.uid.as_raw()),
                 Ok(None) => {
-                    return Err(AgentError::InvalidArgument(format!(
+                    return Err(SamplerError::InvalidArgument(format!(
                         "allow-list: no user named {user:?}"
                     )));
                 }
                 Err(e) => {
-                    return Err(AgentError::InvalidArgument(format!(
+                    return Err(SamplerError::InvalidArgument(format!(
                         "allow-list: looking up user {user:?}: {e}"
                     )));
                 }
@@ -237,7 +170,7 @@ impl AccessPolicy {
         let mut listed = Vec::with_capacity(comms.len());
         for comm in comms {
             if comm.is_empty() {
-                return Err(AgentError::InvalidArgument(
+                return Err(SamplerError::InvalidArgument(
                     "allow-list: empty comm name".into(),
                 ));
             }
@@ -254,9 +187,9 @@ impl AccessPolicy {
     /// Whether `pid` may be sampled: `PermissionDenied` with the reason if not, `NoSuchProcess`
     /// if it does not exist. The agent never samples itself (a tracer can not stop its own
     /// threads, and an agent reading its own memory on request is a leak).
-    pub fn check(&self, pid: u32) -> Result<(), AgentError> {
+    pub fn check(&self, pid: u32) -> Result<(), SamplerError> {
         if pid == std::process::id() {
-            return Err(AgentError::PermissionDenied {
+            return Err(SamplerError::PermissionDenied {
                 pid,
                 reason: "that is the agent itself; it never samples its own process".into(),
             });
@@ -265,7 +198,7 @@ impl AccessPolicy {
             return if proc::process_dir(pid).exists() {
                 Ok(())
             } else {
-                Err(AgentError::NoSuchProcess(format!("pid {pid}")))
+                Err(SamplerError::NoSuchProcess(format!("pid {pid}")))
             };
         };
         let status = proc::process_status(pid).map_err(|e| gone_or_io(pid, e))?;
@@ -279,7 +212,7 @@ impl AccessPolicy {
         }
         // Say *that* it is refused, never what the list holds nor who the process is: this
         // answer goes to whoever called the agent.
-        Err(AgentError::PermissionDenied {
+        Err(SamplerError::PermissionDenied {
             pid,
             reason: OUTSIDE_ALLOW_LIST.into(),
         })
@@ -299,7 +232,10 @@ pub struct ResolvedTarget {
 }
 
 /// Resolves `sel` now, checking `policy`.
-pub fn resolve(sel: &ThreadSelector, policy: &AccessPolicy) -> Result<ResolvedTarget, AgentError> {
+pub fn resolve(
+    sel: &ThreadSelector,
+    policy: &AccessPolicy,
+) -> Result<ResolvedTarget, SamplerError> {
     let pid = match &sel.process {
         ProcessRef::Pid(pid) => {
             // The allow-list first: a refused id learns nothing more (not even whether it is
@@ -307,7 +243,7 @@ pub fn resolve(sel: &ThreadSelector, policy: &AccessPolicy) -> Result<ResolvedTa
             policy.check(*pid)?;
             let status = proc::process_status(*pid).map_err(|e| gone_or_io(*pid, e))?;
             if status.tgid != *pid && status.tgid != 0 {
-                return Err(AgentError::InvalidArgument(format!(
+                return Err(SamplerError::InvalidArgument(format!(
                     "{pid} is a thread of process {}, not a process (use --pid {} --tid {pid})",
                     status.tgid, status.tgid
                 )));
@@ -337,10 +273,10 @@ pub fn resolve(sel: &ThreadSelector, policy: &AccessPolicy) -> Result<ResolvedTa
 
 /// The oldest process (smallest start time) whose comm is `name` (compared after the kernel's
 /// 15-byte truncation), never the agent itself.
-fn find_process_by_comm(name: &str) -> Result<u32, AgentError> {
+fn find_process_by_comm(name: &str) -> Result<u32, SamplerError> {
     let wanted = truncate_comm(name);
     let me = std::process::id();
-    let pids = proc::list_pids().map_err(|e| AgentError::io("listing /proc", e))?;
+    let pids = proc::list_pids().map_err(|e| SamplerError::io("listing /proc", e))?;
     let mut best: Option<(u64, u32)> = None;
     for pid in pids {
         if pid == me {
@@ -360,11 +296,11 @@ fn find_process_by_comm(name: &str) -> Result<u32, AgentError> {
         }
     }
     best.map(|(_, pid)| pid)
-        .ok_or_else(|| AgentError::NoSuchProcess(format!("no process named {name:?}")))
+        .ok_or_else(|| SamplerError::NoSuchProcess(format!("no process named {name:?}")))
 }
 
 /// `name` cut to the length the kernel keeps for a comm (on a char boundary).
-pub(crate) fn truncate_comm(name: &str) -> &str {
+pub fn truncate_comm(name: &str) -> &str {
     if name.len() <= proc::COMM_MAX_LEN {
         return name;
     }
@@ -376,11 +312,11 @@ pub(crate) fn truncate_comm(name: &str) -> &str {
 }
 
 /// Maps a `/proc` read error onto "the process is gone" or an I/O error.
-pub(crate) fn gone_or_io(pid: u32, e: std::io::Error) -> AgentError {
+pub(crate) fn gone_or_io(pid: u32, e: std::io::Error) -> SamplerError {
     if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) {
-        AgentError::NoSuchProcess(format!("pid {pid}"))
+        SamplerError::NoSuchProcess(format!("pid {pid}"))
     } else {
-        AgentError::io(format!("reading /proc/{pid}"), e)
+        SamplerError::io(format!("reading /proc/{pid}"), e)
     }
 }
 
@@ -401,51 +337,12 @@ mod tests {
     }
 
     #[test]
-    fn wire_selectors_are_validated() {
-        use v1::thread_selector::Process;
-        let ok = v1::ThreadSelector {
-            subtask_key: "k".into(),
-            process: Some(Process::Pid(5)),
-            tids: vec![6],
-            thread_name: "w.*".into(),
-        };
-        let sel = ThreadSelector::from_wire(&ok).unwrap();
-        assert_eq!(sel.process, ProcessRef::Pid(5));
-        assert!(sel.selects(6, "worker") && !sel.selects(7, "worker") && !sel.selects(6, "x"));
-        for bad in [
-            v1::ThreadSelector {
-                process: None,
-                ..ok.clone()
-            },
-            v1::ThreadSelector {
-                process: Some(Process::Pid(0)),
-                ..ok.clone()
-            },
-            v1::ThreadSelector {
-                process: Some(Process::ProcessName(String::new())),
-                ..ok.clone()
-            },
-            v1::ThreadSelector {
-                tids: vec![0],
-                ..ok.clone()
-            },
-            v1::ThreadSelector {
-                thread_name: "(".into(),
-                ..ok.clone()
-            },
-        ] {
-            let err = ThreadSelector::from_wire(&bad).unwrap_err();
-            assert!(matches!(err, AgentError::InvalidArgument(_)), "{err}");
-        }
-    }
-
-    #[test]
     fn policy_refuses_self_and_unknown_users() {
         let me = std::process::id();
         for policy in [AccessPolicy::unrestricted(), AccessPolicy::own_user()] {
             assert!(matches!(
                 policy.check(me),
-                Err(AgentError::PermissionDenied { .. })
+                Err(SamplerError::PermissionDenied { .. })
             ));
         }
         assert!(AccessPolicy::new(&["no-such-user-xyz".into()], &[]).is_err());
@@ -457,6 +354,6 @@ mod tests {
     fn resolving_a_missing_pid_says_so() {
         let sel = ThreadSelector::pid(u32::MAX - 1);
         let err = resolve(&sel, &AccessPolicy::unrestricted()).unwrap_err();
-        assert!(matches!(err, AgentError::NoSuchProcess(_)), "{err}");
+        assert!(matches!(err, SamplerError::NoSuchProcess(_)), "{err}");
     }
 }
