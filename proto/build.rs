@@ -2,6 +2,8 @@
 //! pure-Rust protobuf compiler), so building flamegrid never needs a system `protoc`. The pprof
 //! file has messages only, so it yields plain prost types (package `perftools.profiles`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a build script fails by panicking
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/flamegrid/v1/samples.proto",

@@ -32,6 +32,7 @@
 //! flight (and of every run that would start later), so on SIGTERM each run returns at once with
 //! the samples it already has, and the server can drain quickly.
 
+use flamegrid_model::clock::now_ms;
 use flamegrid_proto::SampleResponseBuilder;
 use flamegrid_proto::v1::{self, sampling_server::Sampling};
 use flamegrid_sampler::SamplerError;
@@ -488,13 +489,6 @@ fn run_blocking(
         }
     }
     RunOutcome::Sampled(builder.finish(run.start_ms, run.end_ms))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[tonic::async_trait]

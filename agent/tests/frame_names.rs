@@ -11,6 +11,7 @@
 //! `std::thread`'s inlined helpers by their bare names (`operator()`, `_M_invoke<0>`); their
 //! scope is only in the DIE tree, and that is where their names must come from.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 mod common;
 
 use common::*;

@@ -11,6 +11,7 @@
 //!
 //! Run against another agent build with `FLAMEGRID_TEST_AGENT_BIN=/path/to/flamegrid-agent`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 mod common;
 mod run_support;
 

@@ -2,6 +2,7 @@
 //! rename itself to anything, including `)` and spaces), so the parsers must answer any text
 //! with a value or `None`, never a panic, and must read well-formed lines back exactly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 use flamegrid_sampler::proc::{parse_stat, syscall_waits_with_timeout};
 use proptest::prelude::*;
 

@@ -2,6 +2,7 @@
 //! uses it: an agent inside the caller's process, on a port the caller learns, stopped by a
 //! future the caller completes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 mod run_support;
 
 use flamegrid_agent::cli::run::{RunArgs, serve};

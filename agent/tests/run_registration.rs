@@ -2,6 +2,7 @@
 //! heartbeats with metrics and liveness, re-registration, a coordinator that is away at first,
 //! and the shared token on registry calls.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 mod run_support;
 
 use flamegrid_proto::v1;

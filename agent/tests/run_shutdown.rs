@@ -1,6 +1,7 @@
 //! Graceful shutdown of `flamegrid-agent run`: SIGTERM during a long sampling run ends the run
 //! early with what it has, the process exits cleanly, and no thread of the target is left stopped.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 mod run_support;
 
 use flamegrid_workloads::{Mix, Workload};

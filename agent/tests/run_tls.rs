@@ -5,6 +5,7 @@
 //! Certificates are made by the `openssl` command-line tool at test time (a throw-away CA, one
 //! certificate for the agent, one for the coordinator / sampling client).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 mod run_support;
 
 use flamegrid_proto::v1::{self, sampling_client::SamplingClient};

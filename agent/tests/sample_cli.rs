@@ -5,6 +5,7 @@
 //! Every test starts its own workload (killed when the test ends) and checks afterwards that no
 //! thread of it was left stopped.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 mod common;
 
 use common::*;

@@ -2,6 +2,7 @@
 //! is ever swallowed — not after normal runs, not when several runs overlap, and not when the
 //! sampler is killed with SIGKILL at random instants.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 mod common;
 
 use common::*;

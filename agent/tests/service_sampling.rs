@@ -2,6 +2,7 @@
 //! real workloads: samples carry the known call chains; bounds, allow-list, token and capacity
 //! refusals carry the right status codes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 mod common;
 mod run_support;
 

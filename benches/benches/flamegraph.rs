@@ -15,6 +15,7 @@
 //!
 //! Run with `cargo bench -p flamegrid-benches --bench flamegraph`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flamegrid_coordinator::flamegraph::GraphAnswer;
 use flamegrid_coordinator::flamegraph::profile::{Snapshot, SubtaskProfile};

@@ -14,6 +14,7 @@
 //! ([`flamegrid_sampler::memory::tune_allocator`]: fixed mmap and trim thresholds, two arenas),
 //! so the figures are those of the agent's memory settings.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use flamegrid_benches::{snapshot_mix, whole_process};
 use flamegrid_sampler::selection::AccessPolicy;

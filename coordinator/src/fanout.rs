@@ -34,10 +34,10 @@
 //! client's interceptor ([`crate::bearer`]).
 
 use crate::bearer::BearerToken;
-use crate::clock::now_ms;
 use crate::flamegraph::missing::{Missing, MissingReason};
 use crate::sampling::{SamplingParams, SubtaskTarget};
 use flamegrid_model::SampleSet;
+use flamegrid_model::clock::now_ms;
 use flamegrid_proto::convert::{AnswerBudget, WireLimits, subtask_sample_set_within};
 use flamegrid_proto::v1::{self, ThreadSelector, sampling_client::SamplingClient};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

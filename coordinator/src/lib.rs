@@ -3,7 +3,6 @@
 //! * [`config`]: flags, environment, config file.
 //! * [`bearer`]: the shared token on every call to an agent (a tonic interceptor).
 //! * [`credentials`]: the token and TLS files, read once at start.
-//! * [`clock`]: the one wall clock (ms since the epoch).
 //! * [`registry`]: task managers (registration, heartbeats, liveness) and jobs (embedded store).
 //! * [`sampling`]: what is sampled (a vertex's subtasks, where they run, a run's parameters).
 //! * [`fanout`]: one sampling RPC per agent, deadlines, partial results.
@@ -31,7 +30,6 @@
 //! ([`fanout`]).
 
 pub mod bearer;
-pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod dashboard;

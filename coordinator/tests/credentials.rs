@@ -3,6 +3,7 @@
 //! the token one time) is enough for the coordinator to start. A second read of the same file
 //! would wait for a writer that never comes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 use clap::Parser;
 use flamegrid_coordinator::config::CoordinatorConfig;
 use std::ffi::CString;

@@ -16,9 +16,10 @@
 //! its path in `FLAMEGRID_CHROMIUM`. Set `FLAMEGRID_SCREENSHOT_DIR` to also keep screenshots of
 //! the pages for a human to look at.
 
-#[path = "demo_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/demo.rs"]
 mod demo_support;
-#[path = "rest_support.rs"]
+#[path = "support/rest.rs"]
 mod support;
 
 use demo_support::{DemoProcess, HANG_GUARD, TerminateOnDrop, wait_for};

@@ -12,7 +12,8 @@
 //! The pid and the job id are read from what the demo prints
 //! (`flamegrid demo: agent <id> samples workload pid <pid>; job <jid>`), the line a user reads.
 
-#[path = "demo_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/demo.rs"]
 mod demo_support;
 
 use demo_support::{DemoProcess, TerminateOnDrop, wait_for};

@@ -10,7 +10,8 @@
 //! `cargo build`) builds them into the target directory next to this test's `deps/`; a plain
 //! `cargo test -p flamegrid-coordinator` does not, and the tests then say so.
 
-#[path = "demo_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/demo.rs"]
 mod demo_support;
 
 use demo_support::{DemoProcess, TerminateOnDrop, wait_for};

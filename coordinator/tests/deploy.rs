@@ -15,6 +15,7 @@
 //!   (systemd) or from a Secret volume the README says how to create (Kubernetes); nothing sets
 //!   `--insecure`. A future edit that comments a token out fails here, not on a cluster.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 use serde_norway::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -8,7 +8,8 @@
 //! Every child process (agent, workload, pprof) is waited for or killed when its guard drops.
 //! Nothing here asserts on time: waits are polls with a generous hang guard.
 
-#[path = "rest_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/rest.rs"]
 mod support;
 
 use flamegrid_proto::pprof::Profile;

@@ -5,7 +5,8 @@
 //! Every child process (agents, workloads) is killed when its guard drops. Nothing here asserts
 //! on time: waits are polls with a generous hang guard.
 
-#[path = "rest_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/rest.rs"]
 mod support;
 
 use flamegrid_model::folded::parse_line;

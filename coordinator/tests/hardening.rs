@@ -23,7 +23,8 @@
 //! sampled at least once") is observed, not waited for: from the agent's log or from the kernel's
 //! context-switch counters. Every process a test starts is killed when its guard drops.
 
-#[path = "rest_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/rest.rs"]
 mod support;
 
 use flamegrid_workloads::{Mix, RunningWorkload, Workload};

@@ -8,7 +8,8 @@
 //! 10 ms). Nothing here asserts on time: waits are polls with a generous hang guard, and every
 //! child process is killed when its guard drops.
 
-#[path = "rest_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/rest.rs"]
 mod support;
 
 use flamegrid_coordinator::flamegraph::svg::utc;

@@ -15,7 +15,8 @@
 //! together, or is larger than the coordinator takes, is listed in `missing`; entries for
 //! subtasks that were not asked for are ignored. And it keeps serving.
 
-#[path = "rest_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/rest.rs"]
 mod support;
 
 use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};

@@ -13,6 +13,7 @@
 //! * Every documented write answers a form's content type with 415 and a foreign page's JSON
 //!   with 403, both documented, and changes nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 use flamegrid_testkit::{TerminateOnDrop, poll};
 use regex::Regex;
 use serde_json::{Value, json};

@@ -13,6 +13,7 @@
 //! * ids, subtask indexes and query lists are accepted exactly when Flink accepts them (a small
 //!   model of Flink's parsing, written independently of the code under test, decides).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 use flamegrid_coordinator::registry::job::{JobSpec, ProcessRef};
 use flamegrid_coordinator::registry::validate::{MAX_PID, parse_job};
 use flamegrid_coordinator::registry::{Registry, RegistryError};

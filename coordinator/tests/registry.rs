@@ -3,7 +3,8 @@
 //! the shared token, and persistence across a graceful restart and a `kill -9` of the real
 //! binary.
 
-#[path = "rest_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/rest.rs"]
 mod support;
 
 use flamegrid_coordinator::registry::subtask_key;

@@ -3,7 +3,8 @@
 //! process exit → FINISHED, a thread selection that matches nothing → FAILED, agent gone →
 //! dropped from `/taskmanagers` and its subtasks FAILED. Also the shared token end to end.
 
-#[path = "rest_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/rest.rs"]
 mod support;
 
 use flamegrid_agent::cli::run::{RunArgs, RunningAgent, serve};

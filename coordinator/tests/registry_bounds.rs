@@ -4,7 +4,8 @@
 //! subtasks is accepted; host strings are length-checked; agent credentials that cannot be used
 //! stop the coordinator from starting.
 
-#[path = "rest_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/rest.rs"]
 mod support;
 
 use flamegrid_coordinator::registry::Registry;

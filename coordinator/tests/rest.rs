@@ -3,7 +3,8 @@
 //! shape (Flink 2.3's key sets) and values, the conventions (versions, errors, headers), and
 //! that bad input gets its 4xx and stores nothing.
 
-#[path = "rest_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/rest.rs"]
 mod support;
 
 use serde_json::{Value, json};

@@ -21,7 +21,8 @@
 //!
 //! Nothing here asserts on time: hangs are bounded by generous timeouts that fail the test.
 
-#[path = "rest_support.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/rest.rs"]
 mod support;
 
 use flamegrid_proto::v1;

@@ -11,6 +11,7 @@
 //! * [`tree`]: Flink's flame graph algorithm, folding samples into an inclusive-count tree.
 //! * [`folded`]: the collapsed-stack text format (`a;b;c COUNT`) used by inferno and friends.
 
+pub mod clock;
 pub mod folded;
 pub mod stack_trace;
 pub mod tree;

@@ -2,6 +2,7 @@
 //! million frames deep, names of megabytes, more samples than the coordinator takes from one
 //! answer. Each is cut or refused by `subtask_sample_set_within` before anything else sees it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 use flamegrid_proto::convert::{
     AnswerBudget, ConvertError, MAX_NAME_BYTES, WireLimits, cut_name, subtask_sample_set,
     subtask_sample_set_within,

@@ -2,6 +2,7 @@
 //! `subtask_sample_set` must answer any contents with a value or an error, never a panic, and
 //! must reject every index that a sample reaches past its table.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 use flamegrid_proto::convert::subtask_sample_set;
 use flamegrid_proto::v1;
 use proptest::prelude::*;

@@ -71,12 +71,13 @@ pub use symbolize::clean_name;
 pub const SYMBOL_CACHE_IDLE: Duration = Duration::from_secs(10);
 
 use crate::selection::{AccessPolicy, ProcessRef, ThreadSelector};
+use flamegrid_model::clock::now_ms;
 use flamegrid_model::{Frame, SampleSet, SampleSetBuilder, SampledThread, ThreadState};
 use ptrace::{ReadOutcome, TargetJob, ThreadJob, Tracer};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use symbolize::SymbolizerThread;
 use unwind::{ProcessModules, RawStack, UnwindCache};
 use workers::LoaderThread;
@@ -876,13 +877,6 @@ fn wait_until(deadline: Instant, cancel: &AtomicBool) -> bool {
         }
         std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

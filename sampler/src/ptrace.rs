@@ -34,6 +34,7 @@
 
 use super::stack::{self, Regs, StackCopy};
 use super::unwind::{ProcessModules, RawStack, UnwindCache};
+use flamegrid_model::clock::now_ms;
 use nix::errno::Errno;
 use nix::sys::ptrace;
 use nix::sys::signal::Signal;
@@ -41,7 +42,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long to wait for a thread in uninterruptible sleep (`D`) to reach its stop.
 pub const STOP_DEADLINE_BLOCKED: Duration = Duration::from_millis(10);
@@ -248,13 +249,6 @@ struct TracerState {
 /// (`__WNOTHREAD`), never children that other threads of the agent wait for.
 fn wait_flags() -> WaitPidFlag {
     WaitPidFlag::__WALL | WaitPidFlag::__WNOTHREAD | WaitPidFlag::WNOHANG
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// A stop we saw: which kind, and the signal to re-inject when detaching.

@@ -58,8 +58,8 @@ pub async fn execute(
     let outcome = if targets.is_empty() {
         crate::fanout::FanOutOutcome {
             request_id: fanout.new_request_id(),
-            start_ms: crate::clock::now_ms(),
-            end_ms: crate::clock::now_ms(),
+            start_ms: flamegrid_model::clock::now_ms(),
+            end_ms: flamegrid_model::clock::now_ms(),
             ..Default::default()
         }
     } else {

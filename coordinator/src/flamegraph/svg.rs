@@ -14,8 +14,8 @@
 //!   off) the answer is still a valid SVG document, saying why, rather than inferno's error image.
 
 use super::{FlameGraphError, GraphAnswer};
-use crate::clock::now_ms;
 use flamegrid_model::GraphType;
+use flamegrid_model::clock::now_ms;
 use inferno::flamegraph::color::{BackgroundColor, BasicPalette, Color, PaletteMap};
 use inferno::flamegraph::{self, Options, Palette};
 

@@ -61,9 +61,9 @@ pub use job::Job;
 pub use state::{ExecutionState, JobStatus};
 pub use taskmanager::{HostFacts, TaskManager};
 
-use crate::clock::now_ms;
 use crate::flamegraph::missing::MissingReason;
 use crate::sampling::{SubtaskSampling, SubtaskTarget, VertexSampling};
+use flamegrid_model::clock::now_ms;
 use flamegrid_proto::v1;
 use job::{ProcessRef, SubtaskSpec};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

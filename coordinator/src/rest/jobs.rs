@@ -13,13 +13,13 @@ use super::shapes::{
     ExecutionStateCounts, IoMetrics, JobTimestamps, TaskCounts, html_escape, time_span,
 };
 use super::state::AppState;
-use crate::clock::now_ms;
 use crate::registry::{ExecutionState, Job, JobStatus, RegistryError};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use flamegrid_model::clock::now_ms;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};

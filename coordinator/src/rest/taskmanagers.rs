@@ -11,6 +11,10 @@
 //!
 //! The thread dump (`/taskmanagers/:tmid/thread-dump`) is served by `rest/flamegraph.rs`.
 
+// The fields of these shapes are Flink's JSON keys, named and ordered as in flink-rest.md §7;
+// each struct's doc says which answer it is, so the fields go without a doc of their own.
+#![allow(missing_docs)]
+
 use super::cluster::LogList;
 use super::error::{ApiError, ErrorBody, TaskManagerErrors};
 use super::metrics::{

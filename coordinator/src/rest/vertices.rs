@@ -12,11 +12,11 @@ use super::shapes::{
     Aggregated, ExecutionStateCounts, ExecutionStateTimestamps, IoMetrics, SubtaskEntry, time_span,
 };
 use super::state::AppState;
-use crate::clock::now_ms;
 use crate::registry::state::aggregate_execution_states;
 use crate::registry::{ExecutionState, Job};
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use flamegrid_model::clock::now_ms;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;

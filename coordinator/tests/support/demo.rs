@@ -3,6 +3,7 @@
 //! ports and a scratch `--data-dir`, its output read line by line, and polling with a bound
 //! for hangs. Every process started here is stopped when its handle is dropped.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

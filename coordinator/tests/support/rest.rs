@@ -2,6 +2,7 @@
 //! in-process on port 0, a registry client that plays an agent over real gRPC, real child
 //! processes to watch, and polling. Everything a test starts is stopped when it is dropped.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 use clap::Parser;
 use flamegrid_coordinator::Coordinator;
