@@ -228,17 +228,7 @@ pub async fn start(coordinator: &Coordinator) -> Result<DemoHandle, DemoError> {
         command.arg("--token-file").arg(token_file);
     }
     clear_flamegrid_env(&mut command);
-    stop_with_parent(&mut command);
-    let mut agent = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| DemoError::Spawn {
-            path: agent_path.display().to_string(),
-            source,
-        })?;
+    let mut agent = spawn_child(&mut command, &agent_path, Stdio::null(), Stdio::null())?;
 
     let registry = coordinator.registry();
     let deadline = Instant::now() + REGISTRATION_TIMEOUT;
@@ -315,6 +305,28 @@ async fn demo_layout(path: &Path) -> Result<Vec<DemoVertex>, DemoError> {
     Ok(layout)
 }
 
+/// Starts a sibling executable (`path`, as `command` describes it) as the demo's child: killed
+/// with the coordinator ([`stop_with_parent`]) or when its handle is dropped, its stderr on
+/// ours.
+fn spawn_child(
+    command: &mut Command,
+    path: &Path,
+    stdin: Stdio,
+    stdout: Stdio,
+) -> Result<Child, DemoError> {
+    stop_with_parent(command);
+    command
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| DemoError::Spawn {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
 /// Starts the pipeline and waits for its `ready` line (every thread started and named).
 async fn start_workload(path: &Path) -> Result<Workload, DemoError> {
     let failed = |reason: String| DemoError::Workload {
@@ -322,17 +334,7 @@ async fn start_workload(path: &Path) -> Result<Workload, DemoError> {
         reason,
     };
     let mut command = Command::new(path);
-    stop_with_parent(&mut command);
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| DemoError::Spawn {
-            path: path.display().to_string(),
-            source,
-        })?;
+    let mut child = spawn_child(&mut command, path, Stdio::piped(), Stdio::piped())?;
     let stdin = child.stdin.take();
     let Some(stdout) = child.stdout.take() else {
         return Err(failed("no stdout".into()));

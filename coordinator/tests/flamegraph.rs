@@ -788,28 +788,35 @@ async fn the_first_request_after_post_jobs_gets_a_graph_and_a_never_confirmed_su
     assert!(landed.get("missing").is_none(), "{landed}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subtasks_outside_the_allow_list_or_without_a_process_are_named_with_their_reason() {
+/// A `sleep` of user `nobody` (65534): outside an agent's default allow-list (its own user).
+/// `None` unless the test runs as root, which alone can start a process of another user.
+fn sleeper_of_nobody() -> Option<KillOnDrop> {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::process::CommandExt;
-    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
+        return None;
+    }
+    let child = Command::new("sleep")
+        .arg("600")
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .unwrap();
+    Some(KillOnDrop(child))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subtasks_outside_the_allow_list_or_without_a_process_are_named_with_their_reason() {
+    let Some(nobody) = sleeper_of_nobody() else {
         eprintln!("not root: cannot start a process of another user; skipped");
         return;
-    }
+    };
     let c = TestCoordinator::start(&rare_heartbeats()).await;
     let tm = "a0000000000000000000000000000113";
     let _agent = start_agent(&c, tm).await;
     first_heartbeat(&c, tm).await;
     let w = spinners_and_sleeper();
     // A process of user `nobody`: outside the agent's allow-list (by default its own user).
-    let nobody = KillOnDrop(
-        Command::new("sleep")
-            .arg("600")
-            .uid(65534)
-            .gid(65534)
-            .spawn()
-            .unwrap(),
-    );
     let gone = vanished_pid();
     let body = json!({
         "name": "reasons",
@@ -930,25 +937,15 @@ async fn subtask_states(c: &TestCoordinator, jobid: &str, vid: &str) -> Vec<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subtasks_ended_by_a_heartbeat_keep_their_reason_in_every_view() {
-    use std::os::unix::fs::MetadataExt;
-    use std::os::unix::process::CommandExt;
-    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+    let Some(nobody) = sleeper_of_nobody() else {
         eprintln!("not root: cannot start a process of another user; skipped");
         return;
-    }
+    };
     // Heartbeats every few seconds: they, not sampling, end the subtasks here.
     let c = TestCoordinator::start(&flags()).await;
     let tm = "a0000000000000000000000000000313";
     let _agent = start_agent(&c, tm).await;
     let w = spinners_and_sleeper();
-    let nobody = KillOnDrop(
-        Command::new("sleep")
-            .arg("600")
-            .uid(65534)
-            .gid(65534)
-            .spawn()
-            .unwrap(),
-    );
     let mut victim = support::sleeper();
     let gone = vanished_pid();
     let body = json!({
