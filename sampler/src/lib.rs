@@ -267,6 +267,64 @@ struct TargetRun {
     selected_any: bool,
 }
 
+impl TargetRun {
+    /// A target not yet resolved (its pid is found on the first round).
+    fn new(key: &str, sel: &ThreadSelector) -> TargetRun {
+        TargetRun {
+            key: key.to_string(),
+            sel: sel.clone(),
+            pid: 0,
+            starttime: 0,
+            names: HashMap::new(),
+            samples: Vec::new(),
+            error: None,
+            finished: false,
+            denied: Default::default(),
+            denied_reason: None,
+            selected_any: false,
+        }
+    }
+
+    /// Failed, or its process went away: no more rounds for it.
+    fn done(&self) -> bool {
+        self.error.is_some() || self.finished
+    }
+
+    /// The kernel refused to stop `tid`. Exiting threads answer EPERM too; only a live
+    /// thread's refusal is a permission problem, explained once, at the first, while the thread
+    /// still exists.
+    fn note_refusal(&mut self, tid: u32, errno: nix::errno::Errno) {
+        let exiting =
+            proc::task_stat(self.pid, tid).map_or(true, |st| matches!(st.state, 'Z' | 'X' | 'x'));
+        if exiting {
+            return;
+        }
+        tracing::debug!(tid, %errno, "ptrace refused");
+        if self.denied_reason.is_none() {
+            self.denied_reason = Some(permission::explain_denied(self.pid, tid));
+        }
+        self.denied.insert(tid);
+    }
+
+    /// The warning for threads refused beside sampled ones (a target with nothing sampled
+    /// fails instead: [`denied_error`]).
+    fn refusal_warning(&self) -> Option<String> {
+        if self.error.is_some() || self.samples.is_empty() || self.denied.is_empty() {
+            return None;
+        }
+        let tids: Vec<String> = self.denied.iter().map(u32::to_string).collect();
+        let reason = self
+            .denied_reason
+            .as_deref()
+            .unwrap_or("refused by the kernel");
+        Some(format!(
+            "pid {}: could not sample thread(s) {}: {reason}",
+            self.pid,
+            tids.join(", ")
+        ))
+    }
+}
+
 /// The names of one run's addresses, gathered while the run samples.
 ///
 /// Each distinct address of a process goes to the symbolizer thread once, in batches: after
@@ -397,6 +455,13 @@ impl Sampler {
         self.run(targets, policy, opts, usize::MAX)
     }
 
+    /// One sampling run: `num_samples` rounds `delay` apart, each stopping every selected
+    /// thread once (on the tracer thread), then the names of every address seen.
+    ///
+    /// A round is three steps, each a function of its own: [`Sampler::prepare_jobs`] resolves
+    /// the targets' threads and reads their states from `/proc` (no thread stopped), the tracer
+    /// stops, copies and unwinds each thread ([`ptrace::Tracer::round`]), and [`record_round`]
+    /// files what it read under each target. [`assemble_run`] turns the targets into the answer.
     fn run(
         &self,
         targets: &[(String, ThreadSelector)],
@@ -407,30 +472,16 @@ impl Sampler {
         let mut stats = RunStats::default();
         let mut runs: Vec<TargetRun> = targets
             .iter()
-            .map(|(key, sel)| TargetRun {
-                key: key.clone(),
-                sel: sel.clone(),
-                pid: 0,
-                starttime: 0,
-                names: HashMap::new(),
-                samples: Vec::new(),
-                error: None,
-                finished: false,
-                denied: Default::default(),
-                denied_reason: None,
-                selected_any: false,
-            })
+            .map(|(key, sel)| TargetRun::new(key, sel))
             .collect();
         let max_depth = opts.max_depth.max(1) as usize;
-        // Per process of this run: its mappings as read on the first round.
-        let mut run_maps: HashMap<(u32, u64), RunMaps> = HashMap::new();
-        // Per process of this run: its modules, loaded off the tracer thread.
-        let mut run_modules: HashMap<(u32, u64), Arc<ProcessModules>> = HashMap::new();
+        let mut processes = RunProcesses::default();
         let mut names = RunNames::default();
         let began = Instant::now();
         let mut stored = 0usize;
         let mut bound_warning = None;
-        for round in 0..opts.num_samples.max(1) {
+        let rounds = opts.num_samples.max(1);
+        for round in 0..rounds {
             if opts.cancel.load(Ordering::SeqCst) {
                 break;
             }
@@ -443,63 +494,17 @@ impl Sampler {
             }
             // Nothing left to sample (every target refused, gone or failed): stop now rather
             // than after the remaining delays.
-            if round > 0 && runs.iter().all(|r| r.error.is_some() || r.finished) {
+            if round > 0 && runs.iter().all(TargetRun::done) {
                 break;
             }
             if round > 0 && !wait_until(began + opts.delay * round, &opts.cancel) {
                 break;
             }
             let round_start = Instant::now();
-            let mut jobs = Vec::new();
-            let mut meta: Vec<(usize, Vec<PreState>)> = Vec::new();
-            for (i, run) in runs.iter_mut().enumerate() {
-                if run.error.is_some() || run.finished {
-                    continue;
-                }
-                match prepare_round(run, round == 0, policy, opts.kernel_stacks) {
-                    Ok((mut job, states)) => {
-                        if round == 0 && !run_maps.contains_key(&(run.pid, run.starttime)) {
-                            // Kept for naming frames should the process exit before
-                            // symbolization; read once per process, whatever the targets in it.
-                            // The kernel guards `maps` with the ptrace access check, so a
-                            // refusal here is the answer for the whole process, at once.
-                            match maps::read_maps(run.pid) {
-                                Ok(entries) => {
-                                    run_maps.insert((run.pid, run.starttime), Arc::new(entries));
-                                }
-                                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                                    let tid = job.threads.first().map_or(run.pid, |t| t.tid);
-                                    run.error = Some(SamplerError::PermissionDenied {
-                                        pid: run.pid,
-                                        reason: permission::explain_denied(run.pid, tid),
-                                    });
-                                    continue;
-                                }
-                                Err(e) => {
-                                    tracing::debug!(pid = run.pid, error = %e, "maps unreadable");
-                                    run_maps.insert((run.pid, run.starttime), Arc::default());
-                                }
-                            }
-                        }
-                        if !job.threads.is_empty() {
-                            let process = (run.pid, run.starttime);
-                            let modules = run_modules.entry(process).or_insert_with(|| {
-                                self.inner.loader.load(process.0, process.1, &opts.cancel)
-                            });
-                            job.modules = Arc::clone(modules);
-                            jobs.push(job);
-                            meta.push((i, states));
-                        }
-                    }
-                    Err(e) if run.samples.is_empty() => run.error = Some(e),
-                    Err(e) => {
-                        tracing::debug!(key = %run.key, error = %e, "target ended during the run");
-                        run.finished = true;
-                    }
-                }
-            }
+            let (jobs, meta) =
+                self.prepare_jobs(&mut runs, round == 0, policy, opts, &mut processes);
             if jobs.is_empty() {
-                if runs.iter().all(|r| r.error.is_some() || r.finished) {
+                if runs.iter().all(TargetRun::done) {
                     break;
                 }
                 continue;
@@ -522,7 +527,7 @@ impl Sampler {
                 self.unwind_again(
                     &mut result,
                     &job_processes,
-                    &mut run_modules,
+                    &mut processes.modules,
                     max_depth,
                     &opts.cancel,
                 );
@@ -530,128 +535,216 @@ impl Sampler {
             }
             stats.rounds += 1;
             stats.snapshot_time.push(result.timings.snapshot);
-            // One stack per thread and round, shared by the targets that selected the thread.
-            let mut round_stacks: HashMap<u32, Arc<RawStack>> = HashMap::new();
             stats.module_load += result.timings.module_load;
             stats.unwind += result.timings.unwind;
-            for ((i, states), reads) in meta.into_iter().zip(result.targets) {
-                let run = &mut runs[i];
-                for (pre, read) in states.into_iter().zip(reads) {
-                    let stopped = matches!(read.outcome, ReadOutcome::Stack(_));
-                    let stack = match read.outcome {
-                        ReadOutcome::Stack(raw) => {
-                            stats.stop_ns.push(read.stopped_ns);
-                            Some(Arc::clone(
-                                round_stacks
-                                    .entry(read.tid)
-                                    .or_insert_with(|| Arc::new(raw)),
-                            ))
-                        }
-                        ReadOutcome::NotStopped => {
-                            stats.not_stopped += 1;
-                            None
-                        }
-                        ReadOutcome::Gone => continue,
-                        ReadOutcome::Denied(errno) => {
-                            // Exiting threads answer EPERM too; only a live thread's refusal
-                            // is a permission problem.
-                            let exiting = proc::task_stat(run.pid, read.tid)
-                                .map_or(true, |st| matches!(st.state, 'Z' | 'X' | 'x'));
-                            if !exiting {
-                                tracing::debug!(tid = read.tid, %errno, "ptrace refused");
-                                if run.denied_reason.is_none() {
-                                    run.denied_reason =
-                                        Some(permission::explain_denied(run.pid, read.tid));
-                                }
-                                run.denied.insert(read.tid);
-                            }
-                            continue;
-                        }
-                    };
-                    let state = sample_state(&pre, stopped, read.interrupted_syscall);
-                    stored += 1;
-                    run.samples.push(RawSample {
-                        tid: read.tid,
-                        time_ms: read.time_ms,
-                        state,
-                        stack,
-                        kernel: pre.kernel,
-                    });
-                }
-                // Every thread this target tried was refused and it has nothing yet: that is
-                // the answer, now, not after the remaining rounds.
-                if run.samples.is_empty() && !run.denied.is_empty() {
-                    run.error = Some(denied_error(run));
-                }
-            }
+            stored += record_round(&mut runs, meta, result.targets, &mut stats);
             stats.round_time.push(round_start.elapsed());
             // While later rounds are still to come, hand this round's new addresses to the
             // symbolizer thread now: it names them during the delay, so a cold parse
             // overlaps the window rather than following it.
-            if round + 1 < opts.num_samples.max(1) {
-                names.submit_new(&self.inner.symbolizer, &runs, &run_maps);
+            if round + 1 < rounds {
+                names.submit_new(&self.inner.symbolizer, &runs, &processes.maps);
             }
         }
 
         // Symbolize what is left (everything, for a single round), then collect the names:
         // once per distinct address and process.
         let sym_start = Instant::now();
-        names.submit_new(&self.inner.symbolizer, &runs, &run_maps);
+        names.submit_new(&self.inner.symbolizer, &runs, &processes.maps);
         let tables = names.collect(&self.inner.symbolizer, &opts.cancel);
         stats.symbolize = sym_start.elapsed();
 
-        let mut start_ms = i64::MAX;
-        let mut end_ms = i64::MIN;
-        let mut threads_seen: HashSet<(u32, u32)> = HashSet::new();
-        let empty = HashMap::new();
-        let mut warnings = Vec::new();
-        if let Some(w) = bound_warning
-            && let Some(first) = runs.first()
-        {
-            warnings.push((first.key.clone(), w));
-        }
-        let subtasks = runs
-            .into_iter()
-            .map(|run| {
-                if run.error.is_none() && !run.samples.is_empty() && !run.denied.is_empty() {
-                    let tids: Vec<String> = run.denied.iter().map(u32::to_string).collect();
-                    let reason = run
-                        .denied_reason
-                        .as_deref()
-                        .unwrap_or("refused by the kernel");
-                    warnings.push((
-                        run.key.clone(),
-                        format!(
-                            "pid {}: could not sample thread(s) {}: {reason}",
-                            run.pid,
-                            tids.join(", ")
-                        ),
-                    ));
+        let run = assemble_run(runs, &tables, bound_warning, max_depth, opts, &mut stats);
+        (run, stats)
+    }
+
+    /// This round's work for the tracer: per target still sampling, its threads and their
+    /// states before the stop (from `/proc`, no thread stopped). On the first round each
+    /// process's mappings are kept (to name frames should it exit before symbolization) and its
+    /// modules loaded, off the tracer thread; later rounds reuse them.
+    #[allow(clippy::type_complexity)]
+    fn prepare_jobs(
+        &self,
+        runs: &mut [TargetRun],
+        first: bool,
+        policy: &AccessPolicy,
+        opts: &SamplerOptions,
+        processes: &mut RunProcesses,
+    ) -> (Vec<TargetJob>, Vec<(usize, Vec<PreState>)>) {
+        let mut jobs = Vec::new();
+        let mut meta = Vec::new();
+        for (i, run) in runs.iter_mut().enumerate() {
+            if run.done() {
+                continue;
+            }
+            let (mut job, states) = match prepare_round(run, first, policy, opts.kernel_stacks) {
+                Ok(prepared) => prepared,
+                Err(e) if run.samples.is_empty() => {
+                    run.error = Some(e);
+                    continue;
                 }
-                for s in &run.samples {
-                    start_ms = start_ms.min(s.time_ms);
-                    end_ms = end_ms.max(s.time_ms);
-                    threads_seen.insert((run.pid, s.tid));
+                Err(e) => {
+                    tracing::debug!(key = %run.key, error = %e, "target ended during the run");
+                    run.finished = true;
+                    continue;
                 }
-                let table = tables.get(&run.pid).unwrap_or(&empty);
-                let key = run.key.clone();
-                (key, finish_target(run, table, max_depth, &opts.cancel))
-            })
-            .collect();
-        stats.threads = threads_seen.len();
-        if start_ms > end_ms {
-            start_ms = now_ms();
-            end_ms = start_ms;
+            };
+            if first && !processes.keep_maps(run, &job) {
+                continue;
+            }
+            if job.threads.is_empty() {
+                continue;
+            }
+            let process = (run.pid, run.starttime);
+            let modules = processes
+                .modules
+                .entry(process)
+                .or_insert_with(|| self.inner.loader.load(process.0, process.1, &opts.cancel));
+            job.modules = Arc::clone(modules);
+            jobs.push(job);
+            meta.push((i, states));
         }
-        (
-            SamplingRun {
-                start_ms,
-                end_ms,
-                subtasks,
-                warnings,
-            },
-            stats,
-        )
+        (jobs, meta)
+    }
+}
+
+/// What a run knows of each process it samples (by pid and start time), kept across its rounds.
+#[derive(Default)]
+struct RunProcesses {
+    /// Mappings as read on the first round.
+    maps: HashMap<(u32, u64), RunMaps>,
+    /// Modules, loaded off the tracer thread.
+    modules: HashMap<(u32, u64), Arc<ProcessModules>>,
+}
+
+impl RunProcesses {
+    /// Reads `run`'s process mappings once per process, whatever the targets in it. The kernel
+    /// guards `maps` with the ptrace access check, so a refusal here is the answer for the
+    /// whole process, at once: `false`, with the target's error set.
+    fn keep_maps(&mut self, run: &mut TargetRun, job: &TargetJob) -> bool {
+        let process = (run.pid, run.starttime);
+        if self.maps.contains_key(&process) {
+            return true;
+        }
+        match maps::read_maps(run.pid) {
+            Ok(entries) => {
+                self.maps.insert(process, Arc::new(entries));
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let tid = job.threads.first().map_or(run.pid, |t| t.tid);
+                run.error = Some(SamplerError::PermissionDenied {
+                    pid: run.pid,
+                    reason: permission::explain_denied(run.pid, tid),
+                });
+                false
+            }
+            Err(e) => {
+                tracing::debug!(pid = run.pid, error = %e, "maps unreadable");
+                self.maps.insert(process, Arc::default());
+                true
+            }
+        }
+    }
+}
+
+/// Files one round's reads under their targets (`meta`, in job order) and returns how many
+/// thread-samples it stored. One stack per thread and round, shared by the targets that
+/// selected the thread. A target whose every thread was refused, with nothing yet, gets its
+/// answer now, not after the remaining rounds.
+fn record_round(
+    runs: &mut [TargetRun],
+    meta: Vec<(usize, Vec<PreState>)>,
+    reads: Vec<Vec<ptrace::ThreadRead>>,
+    stats: &mut RunStats,
+) -> usize {
+    let mut stored = 0;
+    let mut round_stacks: HashMap<u32, Arc<RawStack>> = HashMap::new();
+    for ((i, states), reads) in meta.into_iter().zip(reads) {
+        let run = &mut runs[i];
+        for (pre, read) in states.into_iter().zip(reads) {
+            let stopped = matches!(read.outcome, ReadOutcome::Stack(_));
+            let stack = match read.outcome {
+                ReadOutcome::Stack(raw) => {
+                    stats.stop_ns.push(read.stopped_ns);
+                    let shared = round_stacks
+                        .entry(read.tid)
+                        .or_insert_with(|| Arc::new(raw));
+                    Some(Arc::clone(shared))
+                }
+                ReadOutcome::NotStopped => {
+                    stats.not_stopped += 1;
+                    None
+                }
+                ReadOutcome::Gone => continue,
+                ReadOutcome::Denied(errno) => {
+                    run.note_refusal(read.tid, errno);
+                    continue;
+                }
+            };
+            let state = sample_state(&pre, stopped, read.interrupted_syscall);
+            stored += 1;
+            run.samples.push(RawSample {
+                tid: read.tid,
+                time_ms: read.time_ms,
+                state,
+                stack,
+                kernel: pre.kernel,
+            });
+        }
+        if run.samples.is_empty() && !run.denied.is_empty() {
+            run.error = Some(denied_error(run));
+        }
+    }
+    stored
+}
+
+/// The run's answer: each target's samples named from `tables`, the warnings (the run's
+/// bound, threads refused beside sampled ones), the time span and the thread count.
+fn assemble_run(
+    runs: Vec<TargetRun>,
+    tables: &HashMap<u32, HashMap<u64, Vec<Frame>>>,
+    bound_warning: Option<String>,
+    max_depth: usize,
+    opts: &SamplerOptions,
+    stats: &mut RunStats,
+) -> SamplingRun {
+    let mut start_ms = i64::MAX;
+    let mut end_ms = i64::MIN;
+    let mut threads_seen: HashSet<(u32, u32)> = HashSet::new();
+    let empty = HashMap::new();
+    let mut warnings = Vec::new();
+    if let Some(w) = bound_warning
+        && let Some(first) = runs.first()
+    {
+        warnings.push((first.key.clone(), w));
+    }
+    let subtasks = runs
+        .into_iter()
+        .map(|run| {
+            if let Some(warning) = run.refusal_warning() {
+                warnings.push((run.key.clone(), warning));
+            }
+            for s in &run.samples {
+                start_ms = start_ms.min(s.time_ms);
+                end_ms = end_ms.max(s.time_ms);
+                threads_seen.insert((run.pid, s.tid));
+            }
+            let table = tables.get(&run.pid).unwrap_or(&empty);
+            let key = run.key.clone();
+            (key, finish_target(run, table, max_depth, &opts.cancel))
+        })
+        .collect();
+    stats.threads = threads_seen.len();
+    if start_ms > end_ms {
+        start_ms = now_ms();
+        end_ms = start_ms;
+    }
+    SamplingRun {
+        start_ms,
+        end_ms,
+        subtasks,
+        warnings,
     }
 }
 
