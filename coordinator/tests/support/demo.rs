@@ -66,11 +66,18 @@ impl DemoProcess {
         }
     }
 
-    /// Waits for the first printed line `pick` accepts and returns what it picked.
+    /// Waits for the first printed line `pick` accepts and returns what it picked. Fails at
+    /// once, not after the hang guard, when the coordinator closed its output (it exited: its
+    /// stderr, inherited, says why).
     pub fn wait_line<T>(&self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> T {
         wait_for(what, || {
-            let line = self.lines.recv_timeout(Duration::from_millis(100)).ok()?;
-            pick(&line)
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => pick(&line),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the coordinator exited before printing {what}")
+                }
+            }
         })
     }
 }
