@@ -14,19 +14,20 @@
 //!   with 403, both documented, and changes nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
-use flamegrid_testkit::{TerminateOnDrop, poll};
+#[path = "support/demo.rs"]
+mod demo_support;
+
+use demo_support::DemoProcess;
+use flamegrid_testkit::poll;
 use regex::Regex;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-/// `flamegrid-coordinator --demo` as a child process. Dropping it sends SIGTERM (so the
-/// coordinator stops its agent and workload, leaving no sampled thread behind), waits for it
-/// (bounded), then SIGKILLs it if it is still there.
+/// `flamegrid-coordinator --demo` as a child process ([`DemoProcess`]: stopped with SIGTERM on
+/// drop, so the coordinator stops its agent and workload), with its job and an HTTP client.
 struct DemoCoordinator {
-    _child: TerminateOnDrop,
+    _demo: DemoProcess,
     base: String,
     job_id: String,
     http: reqwest::Client,
@@ -36,44 +37,17 @@ struct DemoCoordinator {
 impl DemoCoordinator {
     fn start() -> Self {
         let dir = flamegrid_testkit::temp_dir("openapi");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flamegrid-coordinator"))
-            .args([
-                "--demo",
-                "--rest-addr",
-                "127.0.0.1:0",
-                "--rpc-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut base, mut job_id) = (None, None);
-        // The demo prints the dashboard URL, then the job's URL once the job is registered.
-        while job_id.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the demo coordinator exited before printing its job");
-            };
-            if let Some(rest) = line.strip_prefix("flamegrid dashboard: ") {
-                base = Some(rest.trim_end_matches('/').to_string());
-            }
-            if let Some(url) = line.strip_prefix("flamegrid demo job: ") {
-                job_id = url.rsplit('/').next().map(String::from);
-            }
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let demo = DemoProcess::start(dir.path(), &[]);
+        let base = format!("http://127.0.0.1:{}", demo.rest);
+        // The demo prints the job's URL once the job is registered.
+        let job_id = demo.wait_line("the demo's job", |line| {
+            let url = line.strip_prefix("flamegrid demo job: ")?;
+            url.rsplit('/').next().map(String::from)
+        });
         DemoCoordinator {
-            _child: TerminateOnDrop(child),
-            base: base.expect("dashboard line"),
-            job_id: job_id.unwrap(),
+            _demo: demo,
+            base,
+            job_id,
             http: reqwest::Client::new(),
             _dir: dir,
         }
