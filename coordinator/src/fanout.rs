@@ -34,7 +34,7 @@
 //! client's interceptor ([`crate::bearer`]).
 
 use crate::bearer::BearerToken;
-use crate::flamegraph::missing::{Missing, MissingReason};
+use crate::missing::{Missing, MissingReason};
 use crate::sampling::{SamplingParams, SubtaskTarget};
 use flamegrid_model::SampleSet;
 use flamegrid_model::clock::now_ms;

@@ -5,6 +5,7 @@
 //! * [`credentials`]: the token and TLS files, read once at start.
 //! * [`registry`]: task managers (registration, heartbeats, liveness) and jobs (embedded store).
 //! * [`sampling`]: what is sampled (a vertex's subtasks, where they run, a run's parameters).
+//! * [`missing`]: why a subtask is absent from a graph, in a fixed vocabulary every view shows.
 //! * [`fanout`]: one sampling RPC per agent, deadlines, partial results.
 //! * [`flamegraph`]: Flink's tree algorithm over the samples, the cache with coalescing, views.
 //! * [`rest`]: one module per REST resource; handlers only translate between HTTP and the domain.
@@ -36,6 +37,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod fanout;
 pub mod flamegraph;
+pub mod missing;
 pub mod registry;
 pub mod rest;
 pub mod sampling;

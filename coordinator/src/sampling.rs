@@ -6,7 +6,7 @@
 //! These are plain values with no RPC in them: the registry builds them, [`crate::fanout`] turns
 //! them into one call per agent, [`crate::flamegraph`] decides from them what to answer.
 
-use crate::flamegraph::missing::{Missing, MissingReason};
+use crate::missing::{Missing, MissingReason};
 use flamegrid_proto::v1::ThreadSelector;
 use std::time::Duration;
 

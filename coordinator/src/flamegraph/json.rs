@@ -7,7 +7,7 @@
 //!
 //! * `"missing"`: the absent subtask indexes, ascending, e.g. `[1,3]`;
 //! * `"missingReasons"`: why, per index (as a string key, JSON objects have no other), in the
-//!   fixed words of [`super::missing::MissingReason`], e.g.
+//!   fixed words of [`crate::missing::MissingReason`], e.g.
 //!   `{"1":"agent unreachable","3":"outside the allow-list"}`.
 //!
 //! When the last run delivered nothing at all (and nothing is cached), the answer is still `-3`
@@ -74,7 +74,7 @@ impl VertexFlameGraph {
 
 /// `"missingReasons"`: each absent subtask's reason keyed by its index as a decimal string (JSON
 /// object keys are strings).
-fn reasons_by_index(missing: &super::missing::Missing) -> BTreeMap<String, String> {
+fn reasons_by_index(missing: &crate::missing::Missing) -> BTreeMap<String, String> {
     missing
         .iter()
         .map(|(i, r)| (i.to_string(), r.as_str().to_string()))
@@ -170,7 +170,7 @@ mod tests {
         );
         assert_eq!(v["data"]["value"], 1);
         // Terminated with reasons; an outdated graph with a later run's reasons.
-        use super::super::missing::MissingReason;
+        use crate::missing::MissingReason;
         let ended = GraphAnswer::Terminated(
             [
                 (0, MissingReason::ProcessNotFound),

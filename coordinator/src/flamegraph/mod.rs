@@ -36,7 +36,6 @@ pub mod diff;
 pub mod dump;
 pub mod folded;
 pub mod json;
-pub mod missing;
 pub mod pprof;
 pub mod profile;
 pub mod run;
@@ -44,6 +43,7 @@ pub mod speedscope;
 pub mod svg;
 
 use crate::fanout::{AgentAuth, FanOut, FanOutError};
+use crate::missing;
 use crate::sampling::{SamplingParams, VertexSampling};
 use cache::{CacheLimits, GraphCache, GraphKey};
 use profile::Snapshot;

@@ -19,7 +19,7 @@
 //! entry of the vertex and those of its subtasks. (Its rendered JSON is memoised by the cache,
 //! which counts it in its memory bound: see [`super::cache`].)
 
-use super::missing::Missing;
+use crate::missing::Missing;
 use flamegrid_model::tree::TreeBuilder;
 use flamegrid_model::{FlameNode, GraphType, SampleSet, SampledThread, ThreadState, folded};
 use std::collections::{BTreeMap, HashMap};
@@ -360,7 +360,7 @@ pub(crate) mod tests {
                 .collect(),
             missing: missing
                 .iter()
-                .map(|&i| (i, super::super::missing::MissingReason::AgentUnreachable))
+                .map(|&i| (i, crate::missing::MissingReason::AgentUnreachable))
                 .collect(),
         }
     }

@@ -13,9 +13,9 @@
 //! run with absent subtasks logs one line naming them all with their reasons.
 
 use super::cache::RunTicket;
-use super::missing::{self, Missing};
 use super::profile::{Snapshot, SubtaskProfile};
 use crate::fanout::FanOut;
+use crate::missing::{self, Missing};
 use crate::sampling::{SamplingParams, SubtaskTarget};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

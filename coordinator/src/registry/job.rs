@@ -6,7 +6,7 @@
 //! plain serde types so that the SQLite row is the JSON of these structs and nothing else.
 
 use super::state::{ExecutionState, JobStatus, aggregate_execution_states};
-use crate::flamegraph::missing::MissingReason;
+use crate::missing::MissingReason;
 use serde::{Deserialize, Serialize};
 
 /// How a subtask names its process: by pid, or by the kernel's name for it (`comm`), which is

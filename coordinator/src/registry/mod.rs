@@ -61,7 +61,7 @@ pub use job::Job;
 pub use state::{ExecutionState, JobStatus};
 pub use taskmanager::{HostFacts, TaskManager};
 
-use crate::flamegraph::missing::MissingReason;
+use crate::missing::MissingReason;
 use crate::sampling::{SubtaskSampling, SubtaskTarget, VertexSampling};
 use flamegrid_model::clock::now_ms;
 use flamegrid_proto::v1;

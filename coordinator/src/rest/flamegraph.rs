@@ -36,7 +36,7 @@
 //! * `X-Flamegrid-Missing: 1,3` — the subtasks missing from the graph served, only when there
 //!   are any. Every body says why as well: the JSON in `"missing"` and `"missingReasons"`, the
 //!   SVG in its subtitle, the folded text in a `#` header line that flame graph tools skip (see
-//!   [`crate::flamegraph::missing`] for the words).
+//!   [`crate::missing`] for the words).
 
 use super::error::{ApiError, TaskManagerErrors};
 use super::params;
