@@ -13,9 +13,25 @@ use crate::rest_load::{RestResult, RestTarget};
 use crate::wrk::WrkRun;
 use crate::{AGENTS, THREADS_PER_WORKLOAD, args::Options, goals};
 use anyhow::Result;
-use flamegrid_benches::procfs::Machine;
+use flamegrid_benches::procfs::{Machine, Memory};
 use flamegrid_benches::stats::{Spread, median, spread};
 use std::fmt::Write as _;
+
+/// One row of the memory table: the coordinator's and the agents' four figures after `label`.
+fn memory_row(r: &mut String, label: &str, c: &Memory, a: &Memory) -> std::fmt::Result {
+    writeln!(
+        r,
+        "| {label} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+        mib(c.rss),
+        mib(c.hwm),
+        mib(c.anon),
+        mib(c.file),
+        mib(a.rss),
+        mib(a.hwm),
+        mib(a.anon),
+        mib(a.file)
+    )
+}
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -200,37 +216,14 @@ pub fn report(
     )?;
     writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for point in &rest.memory {
-        let (c, a) = (point.coordinator, point.agents);
-        writeln!(
-            r,
-            "| {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
-            point.label,
-            mib(c.rss),
-            mib(c.hwm),
-            mib(c.anon),
-            mib(c.file),
-            mib(a.rss),
-            mib(a.hwm),
-            mib(a.anon),
-            mib(a.file)
-        )?;
+        memory_row(&mut r, &point.label, &point.coordinator, &point.agents)?;
     }
     for w in windows {
-        let (c, a) = (w.coordinator_memory, w.agent_memory);
-        writeln!(
-            r,
-            "| end of the {} × {} ms phase (coordinator and agents of that phase) | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
-            w.samples,
-            w.delay_ms,
-            mib(c.rss),
-            mib(c.hwm),
-            mib(c.anon),
-            mib(c.file),
-            mib(a.rss),
-            mib(a.hwm),
-            mib(a.anon),
-            mib(a.file)
-        )?;
+        let label = format!(
+            "end of the {} × {} ms phase (coordinator and agents of that phase)",
+            w.samples, w.delay_ms
+        );
+        memory_row(&mut r, &label, &w.coordinator_memory, &w.agent_memory)?;
     }
 
     // ---- goals ----
