@@ -271,17 +271,9 @@ async fn demo_layout(path: &Path) -> Result<Vec<DemoVertex>, DemoError> {
         path: path.display().to_string(),
         reason,
     };
-    let child = Command::new(path)
-        .arg("--vertices")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| DemoError::Spawn {
-            path: path.display().to_string(),
-            source,
-        })?;
+    let mut command = Command::new(path);
+    command.arg("--vertices");
+    let child = spawn_child(&mut command, path, Stdio::null(), Stdio::piped())?;
     let output = tokio::time::timeout(WORKLOAD_TIMEOUT, child.wait_with_output())
         .await
         .map_err(|_| {

@@ -20,6 +20,7 @@
 //! `kernel.yama.ptrace_scope` ≥ 1 a child may not trace its parent without `CAP_SYS_PTRACE`)
 //! or fails, the handler falls back to names and states from `/proc/self/task`.
 
+use crate::flamegraph::THREAD_DUMP_MAX_DEPTH;
 use crate::flamegraph::dump::thread_dump_info;
 use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};
 use flamegrid_proto::SampleResponseBuilder;
@@ -30,9 +31,6 @@ use std::time::Duration;
 
 /// How long the agent may take before the handler gives up on stacks.
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Frames per thread (Flink's `cluster.thread-dump.stacktrace-max-depth` default).
-const MAX_DEPTH: u32 = 50;
 
 /// Largest answer read from the agent (bytes): far more than 50 frames of a few hundred threads.
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
@@ -69,7 +67,12 @@ pub async fn dump_with_stacks() -> Option<Value> {
     command
         .arg("sample")
         .args(["--pid", &std::process::id().to_string()])
-        .args(["--samples", "1", "--max-depth", &MAX_DEPTH.to_string()])
+        .args([
+            "--samples",
+            "1",
+            "--max-depth",
+            &THREAD_DUMP_MAX_DEPTH.to_string(),
+        ])
         .args(["--format", "json"]);
     crate::demo::clear_flamegrid_env(&mut command);
     let child = command
