@@ -304,19 +304,6 @@ pub fn apply_config_file(args: &[String]) -> Result<(), ConfigFileError> {
     Ok(())
 }
 
-/// Reads a shared-secret file (`--token-file`, `--rest-token-file`): its text without surrounding
-/// whitespace. Unreadable and empty files are errors, because an empty token would let anyone
-/// in; `what` names the file in the message ("token file", "REST token file").
-pub fn read_token_file(path: &std::path::Path, what: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!("{what} {} is empty", path.display()));
-    }
-    Ok(token.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,9 @@
 //! The values are secrets: [`Credentials`]'s `Debug` names which are present, never their text.
 
 use crate::CoordinatorError;
-use crate::config::{CoordinatorConfig, read_token_file};
+use crate::config::CoordinatorConfig;
 use crate::fanout::AgentAuth;
+use flamegrid_proto::credential_flags::read_token_file;
 use std::path::{Path, PathBuf};
 
 /// A PEM file as read at start, with its path for messages.
@@ -78,7 +79,10 @@ impl Credentials {
     pub fn load(config: &CoordinatorConfig) -> Result<Credentials, CoordinatorError> {
         let token = |path: &Option<PathBuf>, what: &str| {
             path.as_deref()
-                .map(|p| read_token_file(p, what).map_err(CoordinatorError::Credentials))
+                .map(|p| {
+                    read_token_file(p, what)
+                        .map_err(|e| CoordinatorError::Credentials(e.to_string()))
+                })
                 .transpose()
         };
         let flags = &config.credentials;

@@ -29,7 +29,7 @@ use crate::registration::{self, RegistrationConfig};
 use crate::service::{BearerTokenCheck, SamplingService, ServiceSettings};
 use anyhow::{Context, bail, ensure};
 use clap::Args;
-use flamegrid_proto::credential_flags::{CredentialFlags, GRPC_CREDENTIAL_FLAGS};
+use flamegrid_proto::credential_flags::{CredentialFlags, GRPC_CREDENTIAL_FLAGS, read_token_file};
 use flamegrid_proto::exposure::{self, Exposure, Listener};
 use flamegrid_proto::host::host_name;
 use flamegrid_proto::v1::sampling_server::SamplingServer;
@@ -219,7 +219,7 @@ fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
         .credentials
         .token_file
         .as_deref()
-        .map(read_token)
+        .map(|path| read_token_file(path, "token file"))
         .transpose()?;
 
     let identity = match (&args.credentials.tls_cert, &args.credentials.tls_key) {
@@ -335,29 +335,6 @@ pub fn check_id(id: &str) -> anyhow::Result<()> {
 
 fn read_file(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
-}
-
-/// Reads the shared token: the file's content without surrounding whitespace. It must be usable
-/// as an HTTP header value, and is never logged.
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    let raw = read_file(path, "--token-file")?;
-    let text = String::from_utf8(raw)
-        .map_err(|_| anyhow::anyhow!("--token-file {}: not UTF-8 text", path.display()))?;
-    let token = text.trim();
-    ensure!(
-        !token.is_empty(),
-        "--token-file {}: the file is empty",
-        path.display()
-    );
-    ensure!(
-        token.bytes().all(|b| b.is_ascii_graphic()),
-        "--token-file {}: the token must be printable ASCII without spaces",
-        path.display()
-    );
-    if token.len() < 16 {
-        tracing::warn!("the shared token is shorter than 16 characters; use a long random one");
-    }
-    Ok(token.to_string())
 }
 
 /// The default id: 32 hex digits of FNV-1a-128 over `host|addr`. FNV is not a secure hash, and
