@@ -899,7 +899,7 @@ fn vertex_page_of_ten_thousand_distinct_stacks_stays_responsive() {
         .unwrap();
     let target = support::sleeper();
     let pid = target.pid();
-    let (coordinator, jid, vid) = runtime.block_on(async {
+    let (coordinator, beating, jid, vid) = runtime.block_on(async {
         let c = support::TestCoordinator::start(&[
             "--flamegraph-num-samples",
             "1",
@@ -936,7 +936,7 @@ fn vertex_page_of_ten_thousand_distinct_stacks_stays_responsive() {
         agent.heartbeat().await; // the watch list: INITIALIZING
         agent.heartbeat().await; // alive: RUNNING
         // Keep heartbeating so the subtasks stay RUNNING while the browser looks.
-        tokio::spawn(async move {
+        let beating = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 agent.heartbeat().await;
@@ -944,7 +944,7 @@ fn vertex_page_of_ten_thousand_distinct_stacks_stays_responsive() {
         });
         let job = c.get_ok(&format!("/jobs/{jid}")).await;
         let vid = job["vertices"][0]["id"].as_str().unwrap().to_string();
-        (c, jid, vid)
+        (c, beating, jid, vid)
     });
     let base = format!("{}/", coordinator.base);
     let http = Http::new(base.clone());
@@ -979,6 +979,31 @@ fn vertex_page_of_ten_thousand_distinct_stacks_stays_responsive() {
         "every distinct stack is in the graph"
     );
 
+    // What the page asks for: frames under 1/2000 of the root merged per caller, the same
+    // samples, a fraction of the bytes. A width that is not a fraction is a 400.
+    let (status, pruned_text) = http.get(&format!("{graph_path}&minWidth=0.0005")).unwrap();
+    assert_eq!(status, 200, "{pruned_text}");
+    let pruned: serde_json::Value = serde_json::from_str(&pruned_text).unwrap();
+    let mut pruned_names = Vec::new();
+    tree_names(&pruned["data"], &mut pruned_names);
+    eprintln!(
+        "minWidth=0.0005: {} bytes, {} nodes",
+        pruned_text.len(),
+        pruned_names.len()
+    );
+    assert_eq!(pruned["data"]["value"], graph["data"]["value"]);
+    assert_eq!(pruned["endTimestamp"], graph["endTimestamp"]);
+    assert!(pruned_names.iter().any(|n| n.ends_with(" narrow frames]")));
+    assert!(
+        pruned_text.len() * 4 < full.len(),
+        "pruning did not shrink the answer"
+    );
+    for bad in ["2", "-1", "wide"] {
+        let (status, body) = http.get(&format!("{graph_path}&minWidth={bad}")).unwrap();
+        assert_eq!(status, 400, "minWidth={bad}: {body}");
+        assert!(body.contains("(minWidth)"), "{body}");
+    }
+
     let profile = tempfile::tempdir().unwrap();
     let mut user = Browser::start(&browser, profile.path());
     user.call("Page.enable", serde_json::json!({}));
@@ -1011,8 +1036,9 @@ fn vertex_page_of_ten_thousand_distinct_stacks_stays_responsive() {
         .eval("document.querySelectorAll('#fg-subtask option').length")
         .as_u64()
         .unwrap();
+    let painted = user.eval("document.querySelector('#flamegraph canvas')?.dataset.painted");
     eprintln!(
-        "vertex page: {} frames drawn, {options} subtask options, long tasks (ms): {long_tasks:?}",
+        "vertex page: {} frames as elements, {painted} painted on a canvas, {options} subtask options, long tasks (ms): {long_tasks:?}",
         widths.len()
     );
 
@@ -1026,10 +1052,98 @@ fn vertex_page_of_ten_thousand_distinct_stacks_stays_responsive() {
     let all_tasks = long_tasks_after(&mut user, "/flamegraph", 2);
     eprintln!("with the job page and the vertex page again: long tasks (ms): {all_tasks:?}");
 
+    // A painted (unlabelled) frame answers the pointer like an element: a tooltip on hover, a
+    // zoom on click, after which it is wide enough to be an element with its name.
+    let row = 10; // lib9::… (root, main, run_task, four levels, step, lib6…): a heavy stack's frames
+    user.eval("document.querySelector('#flamegraph canvas').scrollIntoView({ block: 'center' })");
+    let name = (1..40)
+        .find_map(|step| {
+            let at = user.eval(&format!(
+                "(() => {{ const r = document.querySelector('#flamegraph canvas').getBoundingClientRect(); \
+                 return [r.left + r.width * {step} / 40, r.top + {row} * 18 + 9]; }})()"
+            ));
+            let (x, y) = (at[0].as_f64().unwrap(), at[1].as_f64().unwrap());
+            user.call(
+                "Input.dispatchMouseEvent",
+                serde_json::json!({ "type": "mouseMoved", "x": x, "y": y }),
+            );
+            let tip = user.eval("document.querySelector('#flamegraph .fg-tooltip').textContent");
+            let tip = tip.as_str().unwrap_or_default().to_string();
+            tip.starts_with("lib9::")
+                .then(|| (tip.split(' ').next().unwrap().to_string(), x, y))
+        })
+        .expect("no tooltip over the painted frames");
+    let (name, x, y) = name;
+    for kind in ["mousePressed", "mouseReleased"] {
+        user.call(
+            "Input.dispatchMouseEvent",
+            serde_json::json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+        );
+    }
+    let name_js = serde_json::to_string(&name).unwrap();
+    wait_for("the clicked frame, zoomed, as an element", || {
+        user.eval(&format!(
+            "[...document.querySelectorAll('#flamegraph .frame')].some((f) => f.textContent === {name_js} && f.getBoundingClientRect().width > 100)"
+        ))
+        .as_bool()
+        .unwrap_or(false)
+        .then_some(())
+    });
+    user.eval("[...document.querySelectorAll('button')].find((b) => b.textContent === 'Reset zoom').click()");
+
+    // The controls still work at this size: highlight, the pager, a subtask of its second page,
+    // the Off-CPU view (every sample here is on CPU, so it is empty).
+    let matched = user.eval(
+        "(() => { const s = document.getElementById('fg-search'); s.value = 'hash_field'; \
+         s.dispatchEvent(new Event('input')); \
+         return document.querySelectorAll('#flamegraph .frame.match').length; })()",
+    );
+    assert!(matched.as_u64().unwrap() >= 1, "highlight marks no frame");
+    let pager = subtasks > 100;
+    if pager {
+        user.click("#fg-subtask-next");
+        let range = user.eval("document.getElementById('fg-subtask-range').textContent");
+        assert_eq!(
+            range.as_str().unwrap(),
+            format!("subtasks 100–199 of {subtasks}"),
+            "the pager's second page"
+        );
+    }
+    let chosen = if pager { 150 } else { 0 };
+    user.eval(&format!(
+        "(() => {{ const s = document.getElementById('fg-subtask'); s.value = '{chosen}'; \
+         s.dispatchEvent(new Event('change')); }})()"
+    ));
+    wait_for("the graph of one subtask", || {
+        // Drawn, and its sample count (the status line's first number) is one subtask's.
+        let ready = user.eval(&format!(
+            "location.hash.includes('subtask={chosen}') && \
+             [...document.querySelectorAll('#flamegraph[data-state=\"ready\"] .frame')].some((f) => f.textContent === 'hash_field') && \
+             parseInt(document.querySelector('.fg-status').textContent) < {}",
+            graph["data"]["value"]
+        ));
+        ready.as_bool().unwrap_or(false).then_some(())
+    });
+    user.click(r#"input[name="fg-type"][value="off_cpu"]"#);
+    wait_for("the empty Off-CPU view", || {
+        let text = user.eval("document.querySelector('#flamegraph .fg-message').textContent");
+        text.as_str()
+            .is_some_and(|t| t.starts_with("No samples in this view"))
+            .then_some(())
+    });
+    let all_tasks: Vec<u64> = serde_json::from_value(user.eval("window.__longTasks")).unwrap();
+    eprintln!("after the controls: long tasks (ms): {all_tasks:?}");
+
     let worst = all_tasks.iter().max().copied().unwrap_or(0);
     assert!(
         worst <= LONG_TASK_BOUND_MS,
         "a long task of {worst} ms: {all_tasks:?}"
+    );
+    // The heavy stacks are a pixel or two wide: painted (their 24 library frames each), not lost.
+    let painted: usize = painted.as_str().unwrap_or("0").parse().unwrap();
+    assert!(
+        painted >= HEAVY_STACKS * (STACK_DEPTH - 6),
+        "only {painted} narrow frames painted"
     );
     let narrow = widths.iter().filter(|w| **w < 0.99).count();
     assert_eq!(narrow, 0, "{narrow} frames narrower than a pixel are drawn");
@@ -1038,6 +1152,7 @@ fn vertex_page_of_ten_thousand_distinct_stacks_stays_responsive() {
         "{options} options in the subtask selector: it is not paged"
     );
     drop(user);
+    beating.abort();
     runtime.block_on(async move {
         let mut coordinator = coordinator;
         coordinator.stop().await;
