@@ -888,10 +888,14 @@ const LONG_TASK_BOUND_MS: u64 = 1000;
 #[ignore = "slow tier (browser, load, kill loops): cargo test --workspace -- --ignored"]
 #[test]
 fn vertex_page_of_ten_thousand_distinct_stacks_stays_responsive() {
-    use flamegrid_coordinator::registry::validate::MAX_SUBTASKS_PER_VERTEX;
+    use flamegrid_coordinator::registry::validate::{
+        MAX_SUBTASKS_PER_JOB, MAX_SUBTASKS_PER_VERTEX,
+    };
     let browser = chromium();
     // 10,000 subtasks where the registry allows it, else as many as it does.
-    let subtasks = MAX_SUBTASKS_PER_VERTEX.min(10_000);
+    let subtasks = MAX_SUBTASKS_PER_VERTEX
+        .min(MAX_SUBTASKS_PER_JOB)
+        .min(10_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1003,6 +1007,9 @@ fn vertex_page_of_ten_thousand_distinct_stacks_stays_responsive() {
         assert_eq!(status, 400, "minWidth={bad}: {body}");
         assert!(body.contains("(minWidth)"), "{body}");
     }
+
+    let (_, details) = http.get(&format!("jobs/{jid}/vertices/{vid}")).unwrap();
+    eprintln!("the vertex details the page polls: {} bytes", details.len());
 
     let profile = tempfile::tempdir().unwrap();
     let mut user = Browser::start(&browser, profile.path());
