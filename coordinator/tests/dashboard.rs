@@ -808,7 +808,7 @@ impl BigGraphAgent {
                 &thread,
                 1,
                 ThreadState::Runnable,
-                frames.iter().map(|f| Frame::named(f)),
+                frames.iter().map(Frame::named),
                 false,
             );
         };
