@@ -211,11 +211,19 @@ impl Browser {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe dup2 calls between fork and exec; dup2 clears
+        // SAFETY: only async-signal-safe fcntl and dup2 calls between fork and exec. Both ends
+        // are first copied above 9, so that one of them being 3 or 4 already (other tests open
+        // descriptors at the same time) cannot be overwritten by the other's dup2; dup2 clears
         // O_CLOEXEC on the new descriptors, so exactly these two survive into Chromium.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(child_in, 3) < 0 || libc::dup2(child_out, 4) < 0 {
+                let high_in = libc::fcntl(child_in, libc::F_DUPFD_CLOEXEC, 10);
+                let high_out = libc::fcntl(child_out, libc::F_DUPFD_CLOEXEC, 10);
+                if high_in < 0
+                    || high_out < 0
+                    || libc::dup2(high_in, 3) < 0
+                    || libc::dup2(high_out, 4) < 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -326,6 +334,17 @@ impl Browser {
     }
 }
 
+/// Held by each test of this file while it runs: one Chromium at a time (they are heavy on a
+/// small machine, and the scale test measures how long the page keeps the CPU).
+static ONE_BROWSER_TEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_browser_test() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed holding the lock leaves it poisoned; the next one may still run.
+    ONE_BROWSER_TEST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The text of every flame graph frame element in a dumped DOM.
 fn frame_names(dom: &str) -> Vec<String> {
     let frame = regex::Regex::new(r#"<div class="frame[^"]*"[^>]*>([^<]*)</div>"#).unwrap();
@@ -353,6 +372,7 @@ fn tree_names(node: &serde_json::Value, names: &mut Vec<String>) {
 #[ignore = "slow tier (browser, load, kill loops): cargo test --workspace -- --ignored"]
 #[test]
 fn demo_flame_graph_renders_in_headless_chromium() {
+    let _one = one_browser_test();
     let browser = chromium();
     let scratch = tempfile::tempdir().unwrap();
     // Few samples, spread over seconds: the test is about the page, not about sampling
@@ -891,6 +911,7 @@ fn vertex_page_of_ten_thousand_distinct_stacks_stays_responsive() {
     use flamegrid_coordinator::registry::validate::{
         MAX_SUBTASKS_PER_JOB, MAX_SUBTASKS_PER_VERTEX,
     };
+    let _one = one_browser_test();
     let browser = chromium();
     // 10,000 subtasks where the registry allows it, else as many as it does.
     let subtasks = MAX_SUBTASKS_PER_VERTEX
