@@ -211,11 +211,19 @@ impl Browser {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe dup2 calls between fork and exec; dup2 clears
+        // SAFETY: only async-signal-safe fcntl and dup2 calls between fork and exec. Both ends
+        // are first copied above 9, so that one of them being 3 or 4 already (other tests open
+        // descriptors at the same time) cannot be overwritten by the other's dup2; dup2 clears
         // O_CLOEXEC on the new descriptors, so exactly these two survive into Chromium.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(child_in, 3) < 0 || libc::dup2(child_out, 4) < 0 {
+                let high_in = libc::fcntl(child_in, libc::F_DUPFD_CLOEXEC, 10);
+                let high_out = libc::fcntl(child_out, libc::F_DUPFD_CLOEXEC, 10);
+                if high_in < 0
+                    || high_out < 0
+                    || libc::dup2(high_in, 3) < 0
+                    || libc::dup2(high_out, 4) < 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -326,6 +334,17 @@ impl Browser {
     }
 }
 
+/// Held by each test of this file while it runs: one Chromium at a time (they are heavy on a
+/// small machine, and the scale test measures how long the page keeps the CPU).
+static ONE_BROWSER_TEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_browser_test() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed holding the lock leaves it poisoned; the next one may still run.
+    ONE_BROWSER_TEST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The text of every flame graph frame element in a dumped DOM.
 fn frame_names(dom: &str) -> Vec<String> {
     let frame = regex::Regex::new(r#"<div class="frame[^"]*"[^>]*>([^<]*)</div>"#).unwrap();
@@ -353,6 +372,7 @@ fn tree_names(node: &serde_json::Value, names: &mut Vec<String>) {
 #[ignore = "slow tier (browser, load, kill loops): cargo test --workspace -- --ignored"]
 #[test]
 fn demo_flame_graph_renders_in_headless_chromium() {
+    let _one = one_browser_test();
     let browser = chromium();
     let scratch = tempfile::tempdir().unwrap();
     // Few samples, spread over seconds: the test is about the page, not about sampling
@@ -734,4 +754,435 @@ fn demo_flame_graph_renders_in_headless_chromium() {
             .is_some_and(|h| h.starts_with(&format!("#/jobs/{jid}/vertices/{vid}"))),
         "the clicks did not lead to the vertex page: {location}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scale: the vertex page of a vertex with as many subtasks as the registry allows (10,000 once
+// the cap allows it) and a graph of 10,000 distinct 30-frame stacks.
+
+/// Distinct stacks in the big graph.
+const DISTINCT_STACKS: usize = 10_000;
+/// Frames per stack.
+const STACK_DEPTH: usize = 30;
+/// The hot chain every subtask also runs, with names to look for on the page.
+const HOT_CHAIN: [&str; 6] = [
+    "main",
+    "run_task",
+    "hot_loop",
+    "parse_records",
+    "tokenize",
+    "hash_field",
+];
+
+/// Stack `s` (outermost first): a common start, then four levels that make it distinct (ten
+/// ways each), then library frames down to [`STACK_DEPTH`].
+fn distinct_stack(s: usize) -> Vec<String> {
+    let mut frames = vec![
+        "main".to_string(),
+        "run_task".to_string(),
+        format!("operator_{}", s % 10),
+        format!("process_{}", s / 10 % 10),
+        format!("handle_{}", s / 100 % 10),
+        format!("step_{}", s / 1000 % 10),
+    ];
+    for k in frames.len()..STACK_DEPTH {
+        frames.push(format!("lib{k}::call_{}", (s * 7 + k * 13) % 1000));
+    }
+    frames
+}
+
+/// Stacks `0..HEAVY_STACKS` are about a thousandth of the graph each (a pixel or two wide): the
+/// frames a page has to draw. The others get one sample: far narrower than a pixel.
+const HEAVY_STACKS: usize = 800;
+const HEAVY_WEIGHT: usize = 40;
+/// Samples of the hot chain, over all subtasks.
+const HOT_SAMPLES: usize = 2_000;
+
+/// How many samples stack `s` gets.
+fn stack_weight(s: usize) -> usize {
+    if s < HEAVY_STACKS { HEAVY_WEIGHT } else { 1 }
+}
+
+/// A fake agent speaking the real `Sampling` contract (as in `hostile_agent.rs`): subtask `i`
+/// of `n` answers with the distinct stacks `s ≡ i (mod n)`, each [`stack_weight`] times, plus
+/// its share of the hot chain, so that the vertex's graph has exactly [`DISTINCT_STACKS`] + 1
+/// distinct stacks. The answer is built once (the same subtasks are asked every run) and
+/// stamped with each request's id: a debug build takes seconds to build it.
+#[derive(Clone)]
+struct BigGraphAgent {
+    subtasks: usize,
+    answer: std::sync::Arc<tokio::sync::Mutex<Option<flamegrid_proto::v1::SampleResponse>>>,
+}
+
+impl BigGraphAgent {
+    fn samples_of(&self, index: usize) -> flamegrid_model::SampleSet {
+        use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};
+        let thread = SampledThread {
+            pid: 1,
+            tid: 1,
+            name: "worker".into(),
+        };
+        let mut set = SampleSetBuilder::new();
+        let mut push = |frames: &[String]| {
+            set.push(
+                &thread,
+                1,
+                ThreadState::Runnable,
+                frames.iter().map(Frame::named),
+                false,
+            );
+        };
+        for s in (index..DISTINCT_STACKS).step_by(self.subtasks) {
+            let frames = distinct_stack(s);
+            for _ in 0..stack_weight(s) {
+                push(&frames);
+            }
+        }
+        let hot: Vec<String> = HOT_CHAIN.iter().map(|f| f.to_string()).collect();
+        for _ in 0..HOT_SAMPLES.div_ceil(self.subtasks) {
+            push(&hot);
+        }
+        set.finish()
+    }
+}
+
+#[tonic::async_trait]
+impl flamegrid_proto::v1::sampling_server::Sampling for BigGraphAgent {
+    async fn sample(
+        &self,
+        request: tonic::Request<flamegrid_proto::v1::SampleRequest>,
+    ) -> Result<tonic::Response<flamegrid_proto::v1::SampleResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let mut cached = self.answer.lock().await;
+        if cached.is_none() {
+            let mut answer = flamegrid_proto::SampleResponseBuilder::new(0);
+            for selector in &req.selectors {
+                let index = selector
+                    .subtask_key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .ok_or_else(|| tonic::Status::invalid_argument("subtask key"))?;
+                answer.add_subtask(&selector.subtask_key, &self.samples_of(index));
+            }
+            *cached = Some(answer.finish(1, 2));
+        }
+        let mut answer = cached.clone().unwrap_or_default();
+        answer.request_id = req.request_id;
+        Ok(tonic::Response::new(answer))
+    }
+
+    async fn thread_dump(
+        &self,
+        _: tonic::Request<flamegrid_proto::v1::ThreadDumpRequest>,
+    ) -> Result<tonic::Response<flamegrid_proto::v1::SampleResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not a thread-dump test"))
+    }
+}
+
+/// What the page measures about itself, installed before any of its scripts run: the duration
+/// of every long task (main-thread work over 50 ms, `PerformanceObserver` type `longtask`).
+const LONG_TASK_PROBE: &str = "window.__longTasks = []; \
+    performance.setResourceTimingBufferSize(1000000); \
+    new PerformanceObserver((list) => { for (const e of list.getEntries()) \
+    window.__longTasks.push(Math.round(e.duration)); }).observe({ type: 'longtask' });";
+
+/// The long tasks the page saw so far, in ms, after `requests` more answers to URLs that end
+/// in `path` (before the query) arrived, so that polls, not just the first load, are measured.
+fn long_tasks_after(user: &mut Browser, path: &str, requests: usize) -> Vec<u64> {
+    let path_js = serde_json::to_string(path).unwrap();
+    let count = format!(
+        "performance.getEntriesByType('resource').filter((e) => e.name.split('?')[0].endsWith({path_js})).length"
+    );
+    let start = user.eval(&count).as_u64().unwrap();
+    wait_for(&format!("{requests} more requests of {path}"), || {
+        (user.eval(&count).as_u64().unwrap() >= start + requests as u64).then_some(())
+    });
+    serde_json::from_value(user.eval("window.__longTasks")).unwrap()
+}
+
+/// The most a long task may take in this test: generous (a debug coordinator on a loaded
+/// two-core machine shares the CPU with the browser); the goal, 200 ms, is for benchmarks.
+const LONG_TASK_BOUND_MS: u64 = 1000;
+
+#[ignore = "slow tier (browser, load, kill loops): cargo test --workspace -- --ignored"]
+#[test]
+fn vertex_page_of_ten_thousand_distinct_stacks_stays_responsive() {
+    use flamegrid_coordinator::registry::validate::{
+        MAX_SUBTASKS_PER_JOB, MAX_SUBTASKS_PER_VERTEX,
+    };
+    let _one = one_browser_test();
+    let browser = chromium();
+    // 10,000 subtasks where the registry allows it, else as many as it does.
+    let subtasks = MAX_SUBTASKS_PER_VERTEX
+        .min(MAX_SUBTASKS_PER_JOB)
+        .min(10_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let target = support::sleeper();
+    let pid = target.pid();
+    let (coordinator, beating, jid, vid) = runtime.block_on(async {
+        let c = support::TestCoordinator::start(&[
+            "--flamegraph-num-samples",
+            "1",
+            "--flamegraph-delay-ms",
+            "1",
+            "--refresh-interval-ms",
+            "1000",
+            // Building the answer once takes a debug build a while on a loaded machine.
+            "--flamegraph-rpc-grace-ms",
+            "300000",
+        ])
+        .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    flamegrid_proto::v1::sampling_server::SamplingServer::new(BigGraphAgent {
+                        subtasks,
+                        answer: Default::default(),
+                    })
+                    .max_encoding_message_size(usize::MAX),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut agent = support::TestAgent::connect(&c.rpc, "big-graph").await;
+        agent.address = address;
+        agent.register().await;
+        let list = vec![serde_json::json!({"taskmanager": "big-graph", "pid": pid}); subtasks];
+        let jid = c
+            .register_job(&serde_json::json!({"name": "big graph", "vertices": [
+                {"name": "Source: big graph", "parallelism": subtasks, "subtasks": list}]}))
+            .await;
+        agent.heartbeat().await; // the watch list: INITIALIZING
+        agent.heartbeat().await; // alive: RUNNING
+        // Keep heartbeating so the subtasks stay RUNNING while the browser looks.
+        let beating = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                agent.heartbeat().await;
+            }
+        });
+        let job = c.get_ok(&format!("/jobs/{jid}")).await;
+        let vid = job["vertices"][0]["id"].as_str().unwrap().to_string();
+        (c, beating, jid, vid)
+    });
+    let base = format!("{}/", coordinator.base);
+    let http = Http::new(base.clone());
+
+    // The graph is real: sampled through the coordinator's fan-out from the agent's answers.
+    let graph_path = format!("jobs/{jid}/vertices/{vid}/flamegraph?type=on_cpu");
+    let mut last = String::new();
+    let full = wait_for("the big flame graph", || {
+        let (status, body) = http.get(&graph_path)?;
+        if status == 200 && body.contains("hash_field") {
+            return Some(body);
+        }
+        // The end of the answer says why there is no graph yet (missingReasons).
+        let tail = body.get(body.len().saturating_sub(300)..).unwrap_or(&body);
+        if tail != last {
+            eprintln!("waiting for the big graph: {status} …{tail}");
+            last = tail.to_string();
+        }
+        None
+    });
+    let graph: serde_json::Value = serde_json::from_str(&full).unwrap();
+    let mut names = Vec::new();
+    tree_names(&graph["data"], &mut names);
+    eprintln!(
+        "{subtasks} subtasks, {} samples: the full JSON is {} bytes, {} nodes",
+        graph["data"]["value"],
+        full.len(),
+        names.len()
+    );
+    assert!(
+        names.len() > DISTINCT_STACKS * (STACK_DEPTH - 6),
+        "every distinct stack is in the graph"
+    );
+
+    // What the page asks for: frames under 1/2000 of the root merged per caller, the same
+    // samples, a fraction of the bytes. A width that is not a fraction is a 400.
+    let (status, pruned_text) = http.get(&format!("{graph_path}&minWidth=0.0005")).unwrap();
+    assert_eq!(status, 200, "{pruned_text}");
+    let pruned: serde_json::Value = serde_json::from_str(&pruned_text).unwrap();
+    let mut pruned_names = Vec::new();
+    tree_names(&pruned["data"], &mut pruned_names);
+    eprintln!(
+        "minWidth=0.0005: {} bytes, {} nodes",
+        pruned_text.len(),
+        pruned_names.len()
+    );
+    assert_eq!(pruned["data"]["value"], graph["data"]["value"]);
+    assert_eq!(pruned["endTimestamp"], graph["endTimestamp"]);
+    assert!(pruned_names.iter().any(|n| n.ends_with(" narrow frames]")));
+    assert!(
+        pruned_text.len() * 4 < full.len(),
+        "pruning did not shrink the answer"
+    );
+    for bad in ["2", "-1", "wide"] {
+        let (status, body) = http.get(&format!("{graph_path}&minWidth={bad}")).unwrap();
+        assert_eq!(status, 400, "minWidth={bad}: {body}");
+        assert!(body.contains("(minWidth)"), "{body}");
+    }
+
+    let (_, details) = http.get(&format!("jobs/{jid}/vertices/{vid}")).unwrap();
+    eprintln!("the vertex details the page polls: {} bytes", details.len());
+
+    let profile = tempfile::tempdir().unwrap();
+    let mut user = Browser::start(&browser, profile.path());
+    user.call("Page.enable", serde_json::json!({}));
+    user.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({ "source": LONG_TASK_PROBE }),
+    );
+    user.call(
+        "Page.navigate",
+        serde_json::json!({ "url": format!("{base}#/jobs/{jid}/vertices/{vid}") }),
+    );
+    let frames = wait_for("the big flame graph on the page", || {
+        let frames = user.eval(
+            "[...document.querySelectorAll('#flamegraph[data-state=\"ready\"] .frame')].map((f) => f.textContent)",
+        );
+        let frames: Vec<String> = serde_json::from_value(frames).ok()?;
+        frames.iter().any(|f| f == "hash_field").then_some(frames)
+    });
+    for name in HOT_CHAIN {
+        assert!(frames.iter().any(|f| f == name), "no frame {name} drawn");
+    }
+    // Three more polls of the graph and of the vertex's details after the first drawing.
+    long_tasks_after(&mut user, "/flamegraph", 3);
+    let long_tasks = long_tasks_after(&mut user, &format!("/vertices/{vid}"), 3);
+    let widths: Vec<f64> = serde_json::from_value(user.eval(
+        "[...document.querySelectorAll('#flamegraph .frame')].map((f) => f.getBoundingClientRect().width)",
+    ))
+    .unwrap();
+    let options = user
+        .eval("document.querySelectorAll('#fg-subtask option').length")
+        .as_u64()
+        .unwrap();
+    let painted = user.eval("document.querySelector('#flamegraph canvas')?.dataset.painted");
+    eprintln!(
+        "vertex page: {} frames as elements, {painted} painted on a canvas, {options} subtask options, long tasks (ms): {long_tasks:?}",
+        widths.len()
+    );
+
+    // The job page of the same job (the same document: the list goes on), then back.
+    user.call(
+        "Page.navigate",
+        serde_json::json!({ "url": format!("{base}#/jobs/{jid}") }),
+    );
+    long_tasks_after(&mut user, &format!("/jobs/{jid}"), 2);
+    user.click(&format!(r##".plan a[href="#/jobs/{jid}/vertices/{vid}"]"##));
+    let all_tasks = long_tasks_after(&mut user, "/flamegraph", 2);
+    eprintln!("with the job page and the vertex page again: long tasks (ms): {all_tasks:?}");
+
+    // A painted (unlabelled) frame answers the pointer like an element: a tooltip on hover, a
+    // zoom on click, after which it is wide enough to be an element with its name.
+    let row = 10; // lib9::… (root, main, run_task, four levels, step, lib6…): a heavy stack's frames
+    user.eval("document.querySelector('#flamegraph canvas').scrollIntoView({ block: 'center' })");
+    let name = (1..40)
+        .find_map(|step| {
+            let at = user.eval(&format!(
+                "(() => {{ const r = document.querySelector('#flamegraph canvas').getBoundingClientRect(); \
+                 return [r.left + r.width * {step} / 40, r.top + {row} * 18 + 9]; }})()"
+            ));
+            let (x, y) = (at[0].as_f64().unwrap(), at[1].as_f64().unwrap());
+            user.call(
+                "Input.dispatchMouseEvent",
+                serde_json::json!({ "type": "mouseMoved", "x": x, "y": y }),
+            );
+            let tip = user.eval("document.querySelector('#flamegraph .fg-tooltip').textContent");
+            let tip = tip.as_str().unwrap_or_default().to_string();
+            tip.starts_with("lib9::")
+                .then(|| (tip.split(' ').next().unwrap().to_string(), x, y))
+        })
+        .expect("no tooltip over the painted frames");
+    let (name, x, y) = name;
+    for kind in ["mousePressed", "mouseReleased"] {
+        user.call(
+            "Input.dispatchMouseEvent",
+            serde_json::json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+        );
+    }
+    let name_js = serde_json::to_string(&name).unwrap();
+    wait_for("the clicked frame, zoomed, as an element", || {
+        user.eval(&format!(
+            "[...document.querySelectorAll('#flamegraph .frame')].some((f) => f.textContent === {name_js} && f.getBoundingClientRect().width > 100)"
+        ))
+        .as_bool()
+        .unwrap_or(false)
+        .then_some(())
+    });
+    user.eval("[...document.querySelectorAll('button')].find((b) => b.textContent === 'Reset zoom').click()");
+
+    // The controls still work at this size: highlight, the pager, a subtask of its second page,
+    // the Off-CPU view (every sample here is on CPU, so it is empty).
+    let matched = user.eval(
+        "(() => { const s = document.getElementById('fg-search'); s.value = 'hash_field'; \
+         s.dispatchEvent(new Event('input')); \
+         return document.querySelectorAll('#flamegraph .frame.match').length; })()",
+    );
+    assert!(matched.as_u64().unwrap() >= 1, "highlight marks no frame");
+    let pager = subtasks > 100;
+    if pager {
+        user.click("#fg-subtask-next");
+        let range = user.eval("document.getElementById('fg-subtask-range').textContent");
+        assert_eq!(
+            range.as_str().unwrap(),
+            format!("subtasks 100–199 of {subtasks}"),
+            "the pager's second page"
+        );
+    }
+    let chosen = if pager { 150 } else { 0 };
+    user.eval(&format!(
+        "(() => {{ const s = document.getElementById('fg-subtask'); s.value = '{chosen}'; \
+         s.dispatchEvent(new Event('change')); }})()"
+    ));
+    wait_for("the graph of one subtask", || {
+        // Drawn, and its sample count (the status line's first number) is one subtask's.
+        let ready = user.eval(&format!(
+            "location.hash.includes('subtask={chosen}') && \
+             [...document.querySelectorAll('#flamegraph[data-state=\"ready\"] .frame')].some((f) => f.textContent === 'hash_field') && \
+             parseInt(document.querySelector('.fg-status').textContent) < {}",
+            graph["data"]["value"]
+        ));
+        ready.as_bool().unwrap_or(false).then_some(())
+    });
+    user.click(r#"input[name="fg-type"][value="off_cpu"]"#);
+    wait_for("the empty Off-CPU view", || {
+        let text = user.eval("document.querySelector('#flamegraph .fg-message').textContent");
+        text.as_str()
+            .is_some_and(|t| t.starts_with("No samples in this view"))
+            .then_some(())
+    });
+    let all_tasks: Vec<u64> = serde_json::from_value(user.eval("window.__longTasks")).unwrap();
+    eprintln!("after the controls: long tasks (ms): {all_tasks:?}");
+
+    let worst = all_tasks.iter().max().copied().unwrap_or(0);
+    assert!(
+        worst <= LONG_TASK_BOUND_MS,
+        "a long task of {worst} ms: {all_tasks:?}"
+    );
+    // The heavy stacks are a pixel or two wide: painted (their 24 library frames each), not lost.
+    let painted: usize = painted.as_str().unwrap_or("0").parse().unwrap();
+    assert!(
+        painted >= HEAVY_STACKS * (STACK_DEPTH - 6),
+        "only {painted} narrow frames painted"
+    );
+    let narrow = widths.iter().filter(|w| **w < 0.99).count();
+    assert_eq!(narrow, 0, "{narrow} frames narrower than a pixel are drawn");
+    assert!(
+        options <= 1 + 100,
+        "{options} options in the subtask selector: it is not paged"
+    );
+    drop(user);
+    beating.abort();
+    runtime.block_on(async move {
+        let mut coordinator = coordinator;
+        coordinator.stop().await;
+    });
 }

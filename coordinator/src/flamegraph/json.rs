@@ -85,8 +85,12 @@ fn reasons_by_index(missing: &crate::missing::Missing) -> BTreeMap<String, Strin
 /// [`VertexFlameGraph`], but with the tree written by [`FlameNode::write_json`], which keeps its
 /// own stack instead of recursing once per level (the tree's depth comes from other hosts).
 pub fn render(answer: &GraphAnswer, ty: GraphType) -> String {
+    write(&VertexFlameGraph::new(answer, ty))
+}
+
+/// [`render`] of an answer already built (and perhaps pruned, see [`super::prune`]).
+pub fn write(graph: &VertexFlameGraph) -> String {
     use std::fmt::Write as _;
-    let graph = VertexFlameGraph::new(answer, ty);
     let mut out = String::with_capacity(256);
     let _ = write!(out, "{{\"endTimestamp\":{}", graph.end_timestamp);
     if let Some(tree) = &graph.data {

@@ -38,6 +38,7 @@ pub mod folded;
 pub mod json;
 pub mod pprof;
 pub mod profile;
+pub mod prune;
 pub mod run;
 pub mod speedscope;
 pub mod svg;

@@ -28,6 +28,9 @@
 //! other value is a 400 like any bad query parameter; with `at` it changes nothing (a kept run
 //! is never resampled).
 //!
+//! The JSON view also takes flamegrid's `minWidth=<fraction>`: frames narrower than that share
+//! of the root merged per caller (see [`crate::flamegraph::prune`]); without it, Flink's tree.
+//!
 //! Response headers, on all three views:
 //!
 //! * `X-Flamegrid-Sampling: true|false` — whether a run for this key (or, for a subtask, its
@@ -44,7 +47,7 @@ use super::state::AppState;
 use crate::flamegraph::cache::GraphKey;
 use crate::flamegraph::profile::Snapshot;
 use crate::flamegraph::svg::SvgLabels;
-use crate::flamegraph::{FlameGraphError, GraphAnswer, folded, json, svg};
+use crate::flamegraph::{FlameGraphError, GraphAnswer, folded, json, prune, svg};
 use crate::sampling::VertexSampling;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -279,10 +282,10 @@ pub(super) fn resolve(
 
 /// `GET .../flamegraph`: Flink's JSON; always 200 once the request is valid; never waits.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph", tag = "flamegraphs",
-    params(params::VertexPath, super::params::FlameGraphParams),
+    params(params::VertexPath, super::params::FlameGraphParams, prune::PruneParams),
     responses(
         (status = 200, description = "Flink's flame graph JSON; never waits", body = json::VertexFlameGraph, headers(("X-Flamegrid-Sampling" = bool, description = "true while a sampling run for this graph is in flight"), ("X-Flamegrid-Missing" = String, description = "Subtasks missing from the graph, comma-separated; only when some are"))),
-        (status = 400, description = "Malformed id, type, subtask index, `at` or `refresh`", body = super::error::ErrorBody),
+        (status = 400, description = "Malformed id, type, subtask index, `at`, `refresh` or `minWidth`", body = super::error::ErrorBody),
         (status = 404, description = "Unknown job or vertex, subtask index not below the parallelism, or no kept run `at`", body = super::error::ErrorBody),
     ))]
 pub async fn flamegraph_json(
@@ -290,9 +293,14 @@ pub async fn flamegraph_json(
     Path((jobid, vertexid)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
+    let min_width =
+        prune::min_width(&query).map_err(|raw| ApiError::bad_query_param(prune::PARAM, &raw))?;
     let r = resolve(&state, &jobid, &vertexid, &query)?;
     let answer = r.answer_now(&state);
-    let body = json::render_cached(state.flamegraphs.cache(), &answer, r.query.ty);
+    let body = match min_width {
+        None => json::render_cached(state.flamegraphs.cache(), &answer, r.query.ty),
+        Some(w) => prune::render(&answer, r.query.ty, w).into(),
+    };
     Ok((
         r.headers(&state, &answer),
         [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],

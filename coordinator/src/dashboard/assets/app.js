@@ -463,6 +463,18 @@ const SENTINELS = {
   '-3': 'Sampling… We are waiting for the first samples to create a flame graph.',
 };
 
+/**
+ * The flame graph the page asks for is pruned by the coordinator (flamegrid's `minWidth`):
+ * frames narrower than this fraction of the root, a pixel of a 2,000-pixel-wide graph, arrive
+ * merged into one grey "[N narrow frames]" box per caller. A graph of 10,000 distinct deep
+ * stacks is then a few hundred kilobytes instead of over ten megabytes, and the page never
+ * parses or lays out frames nobody can see. The SVG, folded and JSON links have them all.
+ */
+const MIN_WIDTH = '0.0005';
+
+/** Subtasks offered at a time by the subtask selector (a vertex may have 32,768). */
+const SUBTASK_PAGE = 100;
+
 function vertexPage(root, page, jid, vid, params) {
   const state = {
     type: TYPES.some((t) => t.value === (params.get('type') || '').toLowerCase()) ? params.get('type').toLowerCase() : 'on_cpu',
@@ -483,6 +495,12 @@ function vertexPage(root, page, jid, vid, params) {
     ' ', t.label, h('span', { class: 'visually-hidden', id: `fg-type-${t.value}` }, `: ${t.help}`)));
   const typeSet = h('fieldset', { class: 'types' }, h('legend', {}, 'Thread state'), typeRadios);
   const subtaskSelect = h('select', { id: 'fg-subtask', name: 'subtask' }, h('option', { value: '' }, 'All subtasks'));
+  // Beyond SUBTASK_PAGE subtasks the selector offers one page of them at a time.
+  const subtaskPrev = h('button', { type: 'button', class: 'button secondary', id: 'fg-subtask-prev', 'aria-controls': 'fg-subtask', hidden: true },
+    '‹', h('span', { class: 'visually-hidden' }, ` previous ${SUBTASK_PAGE} subtasks`));
+  const subtaskNext = h('button', { type: 'button', class: 'button secondary', id: 'fg-subtask-next', 'aria-controls': 'fg-subtask', hidden: true },
+    '›', h('span', { class: 'visually-hidden' }, ` next ${SUBTASK_PAGE} subtasks`));
+  const subtaskRange = h('span', { class: 'sub', id: 'fg-subtask-range', 'aria-live': 'polite' });
   const refreshButton = h('button', { type: 'button', class: 'button', id: 'fg-refresh', 'aria-controls': 'flamegraph' }, 'Refresh');
   const search = h('input', { type: 'search', id: 'fg-search', placeholder: 'function name or regex', autocomplete: 'off', spellcheck: 'false' });
   const resetZoom = h('button', { type: 'button', class: 'button secondary', disabled: true }, 'Reset zoom');
@@ -502,13 +520,15 @@ function vertexPage(root, page, jid, vid, params) {
       h('h2', { id: 'fg-h' }, 'Flame graph'),
       h('form', { class: 'controls', onsubmit: (e) => e.preventDefault() },
         typeSet,
-        h('div', { class: 'field' }, h('label', { for: 'fg-subtask' }, 'Subtask'), subtaskSelect),
+        h('div', { class: 'field' }, h('label', { for: 'fg-subtask' }, 'Subtask'),
+          h('div', { class: 'pager' }, subtaskPrev, subtaskSelect, subtaskNext, subtaskRange)),
         h('div', { class: 'field' }, h('label', { for: 'fg-search' }, 'Highlight'), search),
         h('div', { class: 'field buttons' }, refreshButton, resetZoom)),
       h('div', { class: 'fg-head' }, status, age),
       fgError, missing, matchInfo, links,
       chartBox,
       h('p', { class: 'hint' }, 'Root at the top, callees below; width is the share of samples. ',
+        'Frames narrower than 1/2000 of the graph are merged into a grey “[N narrow frames]” box per caller (the SVG and JSON views have them all). ',
         'Click a frame (or press Enter on it) to zoom in, Escape to zoom out. ',
         'Arrow keys move between frames: up to the caller, down to the busiest callee, left and right to neighbours.')),
     h('section', { 'aria-labelledby': 'fg-history-h', class: 'fg-section' },
@@ -601,6 +621,7 @@ function vertexPage(root, page, jid, vid, params) {
   const flamePoll = page.poll(async () => {
     const generation = state.generation;
     const q = new URLSearchParams(query());
+    q.set('minWidth', MIN_WIDTH);
     const asked = refreshWanted;
     if (asked) q.set('refresh', 'true');
     let graph;
@@ -688,11 +709,49 @@ function vertexPage(root, page, jid, vid, params) {
     flamePoll.poke();
   });
 
-  // Vertex name, status and subtasks, polled at the dashboard's refresh interval.
+  // The subtask selector: "All subtasks" and one page of SUBTASK_PAGE subtasks (the page of the
+  // chosen one to begin with), with buttons to the neighbouring pages. Only the page on screen
+  // is compared between polls and rebuilt, so 10,000 subtasks cost what 100 do.
+  let subtasks = [];
+  let subtaskPage = state.subtask === '' ? 0 : Math.floor(Number(state.subtask) / SUBTASK_PAGE);
   let subtaskSignature = '';
+  const drawSubtasks = () => {
+    const pages = Math.max(1, Math.ceil(subtasks.length / SUBTASK_PAGE));
+    subtaskPage = Math.min(Math.max(0, subtaskPage), pages - 1);
+    const from = subtaskPage * SUBTASK_PAGE;
+    const shown = subtasks.slice(from, from + SUBTASK_PAGE);
+    const signature = `${subtasks.length}/${subtaskPage}/${state.subtask}/` +
+      shown.map((s) => `${s.subtask},${s.status},${s['taskmanager-id']}`).join(';');
+    if (signature === subtaskSignature) return;
+    subtaskSignature = signature;
+    const option = (s) => h('option', { value: String(s.subtask) },
+      `#${s.subtask} · ${s.status}${s['taskmanager-id'] ? ` · ${s['taskmanager-id']}` : ''}`);
+    const keep = state.subtask;
+    const chosen = keep === '' ? null : subtasks.find((s) => String(s.subtask) === keep);
+    const off = chosen && !shown.includes(chosen) ? [option(chosen)] : [];
+    fill(subtaskSelect, h('option', { value: '' }, 'All subtasks'), ...off, ...shown.map(option));
+    subtaskSelect.value = chosen ? keep : '';
+    const paged = subtasks.length > SUBTASK_PAGE;
+    subtaskPrev.hidden = subtaskNext.hidden = subtaskRange.hidden = !paged;
+    subtaskPrev.disabled = subtaskPage === 0;
+    subtaskNext.disabled = subtaskPage >= pages - 1;
+    subtaskRange.textContent = paged && shown.length
+      ? `subtasks ${shown[0].subtask}–${shown[shown.length - 1].subtask} of ${subtasks.length}` : '';
+    if (subtaskSelect.value !== state.subtask) { state.subtask = subtaskSelect.value; restart(); }
+  };
+  subtaskPrev.addEventListener('click', () => { subtaskPage--; drawSubtasks(); });
+  subtaskNext.addEventListener('click', () => { subtaskPage++; drawSubtasks(); });
+
+  // Vertex name, status and subtasks, polled at the dashboard's refresh interval. The vertex's
+  // details list every subtask (some 570 bytes each, megabytes for 10,000): they are asked for
+  // once per thousand subtasks' worth of polls, the small job answer every time.
+  let ticks = 0;
+  let lastName = '';
   page.poll(async () => {
+    const detailsDue = ticks++ % Math.max(1, Math.ceil(subtasks.length / 1000)) === 0;
     const [job, vertex] = await Promise.allSettled([
-      api(`jobs/${enc(jid)}`, page.signal), api(`jobs/${enc(jid)}/vertices/${enc(vid)}`, page.signal)]);
+      api(`jobs/${enc(jid)}`, page.signal),
+      detailsDue ? api(`jobs/${enc(jid)}/vertices/${enc(vid)}`, page.signal) : Promise.resolve(null)]);
     if (page.stopped) return;
     const problems = [job, vertex].filter((r) => r.status === 'rejected' && r.reason.name !== 'AbortError');
     fill(infoError, ...problems.map((r) => errorBox('Vertex details could not be loaded:', r.reason)));
@@ -705,20 +764,14 @@ function vertexPage(root, page, jid, vid, params) {
         { label: job.value.name || jid, href: `#/jobs/${enc(jid)}` }, { label: v ? v.name : vid }));
       if (v) { name = v.name || vid; vstatus = v.status; parallelism = v.parallelism; }
     }
-    if (vertex.status === 'fulfilled') {
+    if (vertex.status === 'fulfilled' && vertex.value === null) {
+      name = lastName || name; // not asked this time
+    } else if (vertex.status === 'fulfilled') {
       name = vertex.value.name || name;
+      lastName = vertex.value.name || '';
       parallelism = vertex.value.parallelism ?? parallelism;
-      const subtasks = Array.isArray(vertex.value.subtasks) ? vertex.value.subtasks : [];
-      const signature = JSON.stringify(subtasks.map((s) => [s.subtask, s.status, s['taskmanager-id']]));
-      if (signature !== subtaskSignature) {
-        subtaskSignature = signature;
-        const keep = state.subtask;
-        fill(subtaskSelect, h('option', { value: '' }, 'All subtasks'),
-          ...subtasks.map((s) => h('option', { value: String(s.subtask) },
-            `#${s.subtask} · ${s.status}${s['taskmanager-id'] ? ` · ${s['taskmanager-id']}` : ''}`)));
-        subtaskSelect.value = subtasks.some((s) => String(s.subtask) === keep) ? keep : '';
-        if (subtaskSelect.value !== state.subtask) { state.subtask = subtaskSelect.value; restart(); }
-      }
+      subtasks = Array.isArray(vertex.value.subtasks) ? vertex.value.subtasks : [];
+      drawSubtasks();
     }
     document.title = `${name} · flamegrid`;
     fill(title, name, ' ', vstatus ? statusBadge(vstatus) : '');

@@ -5,18 +5,34 @@
 // picture is stable between refreshes), each as wide as its share of the samples. The gap at
 // the right of a node's children is its "self" time: samples whose stack ended there.
 //
-// Each frame is an absolutely positioned <div> whose text is the function name, so the name is
-// in the DOM even where the box is too narrow to show it (tests and find-in-page rely on that).
+// Each frame wide enough for a label is an absolutely positioned <div> whose text is the
+// function name (tests and find-in-page rely on that); the narrower ones, whose label could not
+// be read anyway, are painted on one <canvas> under them, and the pointer finds them there
+// (tooltip, click to zoom: once zoomed they are wide enough to be elements again).
 // Positions are percentages of the zoomed node, so a resize needs no relayout; only the choice
 // of which labels fit, and of which tiny frames to skip, depends on the pixel width.
+//
+// Big graphs (a vertex of 10,000 subtasks, 10,000 distinct deep stacks) stay responsive:
+// * frames narrower than a pixel at the current zoom are not drawn (nor their callees): their
+//   share stays in their caller's width. The dashboard also asks the coordinator to merge them
+//   before they are sent (`minWidth`), into a grey "[N narrow frames]" box per caller;
+// * the thousands of unlabelled frames such a graph still has cost a canvas rectangle each,
+//   not an element the browser must style and lay out; at most a few dozen labelled frames
+//   per row are elements;
+// * the frames are drawn in slices of a few milliseconds each, one task per slice, so the page
+//   never stops answering; a newer drawing (new data, a zoom, a resize) cancels one still in
+//   progress; a resize by a scroll bar's width does not redraw;
+// * a new tree is drawn only when the data changed (the page redraws on a new run only).
 //
 // Zoom: clicking a frame makes it span the full width; its ancestors stay drawn full width
 // (dimmed) above it so one can click back out. Keyboard: the frames form one tab stop
 // (roving tabindex); arrow keys walk the tree, Enter zooms, Escape zooms out.
 
 const ROW_PX = 18; // height of one stack level
-const MIN_PX = 0.35; // frames narrower than this are not drawn (nor their callees)
+const MIN_PX = 1; // frames narrower than this are not drawn (nor their callees)
 const LABEL_PX = 30; // frames narrower than this hide their label (it stays in the DOM)
+const SLICE_MS = 12; // drawing time per task before the rest is left to the next one
+const MATCH_FILL = 'hsl(300, 70%, 78%)'; // a highlighted frame (app.css .frame.match)
 
 /** A stable 32-bit hash of a string (FNV-1a), so a function keeps its colour across redraws. */
 function hash(text) {
@@ -34,7 +50,8 @@ function hash(text) {
  * keep a contrast ratio above 4.5:1.
  */
 function colour(name, type) {
-  if (name === 'root' || name === '[truncated]' || name === '[unknown]' || /\+0x[0-9a-f]+$/i.test(name)) {
+  if (name === 'root' || name === '[truncated]' || name === '[unknown]' || /\+0x[0-9a-f]+$/i.test(name) ||
+    /^\[\d+ narrow frames?\]$/.test(name)) {
     return 'hsl(0, 0%, 78%)';
   }
   const x = hash(name);
@@ -71,6 +88,9 @@ export class FlameGraph {
     this.match = null;
     this.elements = new Map(); // node index → element, for drawn nodes
     this.rows = []; // depth → drawn node indexes, left to right
+    this.painted = []; // depth → [{i, x, w}] of the frames painted on the canvas, left to right
+    this.drawing = 0; // generation of the drawing in progress; a new one abandons older slices
+    this.pendingFocus = null; // a frame to focus once the drawing in progress has drawn it
 
     this.frames = document.createElement('div');
     this.frames.className = 'fg-frames';
@@ -83,14 +103,17 @@ export class FlameGraph {
     this.tooltip.setAttribute('role', 'tooltip');
     this.tooltip.id = `fg-tooltip-${Math.floor(Math.random() * 1e9)}`;
     this.tooltip.hidden = true;
+    this.canvas = document.createElement('canvas');
+    this.canvas.className = 'fg-canvas';
+    this.canvas.setAttribute('aria-hidden', 'true');
     this.el.replaceChildren(this.message, this.frames, this.tooltip);
 
     this.frames.addEventListener('click', (e) => {
-      const i = this.indexOf(e.target);
+      const i = this.indexOf(e.target, e);
       if (i !== null) this.zoomTo(i === this.zoom && i !== 0 ? this.nodes[i].parent : i, true);
     });
     this.frames.addEventListener('mousemove', (e) => {
-      const i = this.indexOf(e.target);
+      const i = this.indexOf(e.target, e);
       if (i === null) this.hideTip();
       else this.showTip(i, e.clientX, e.clientY);
     });
@@ -108,7 +131,9 @@ export class FlameGraph {
     this.width = 0;
     this.resizeObserver = new ResizeObserver(() => {
       const w = this.frames.clientWidth;
-      if (w && Math.abs(w - this.width) >= 1) {
+      // Positions are percentages: only which frames are wide enough to draw or label depends on
+      // the width, so a change of a scroll bar's width (a few percent) does not redraw.
+      if (w && Math.abs(w - this.width) >= Math.max(1, 0.03 * this.width)) {
         this.width = w;
         if (this.nodes.length) this.render();
       }
@@ -117,14 +142,18 @@ export class FlameGraph {
   }
 
   destroy() {
+    this.drawing++;
     this.resizeObserver.disconnect();
   }
 
   /** Shows a message instead of a graph ('' for none). */
   clear(message) {
+    this.drawing++;
+    delete this.frames.dataset.drawing;
     this.nodes = [];
     this.elements.clear();
     this.rows = [];
+    this.painted = [];
     this.frames.replaceChildren();
     this.frames.style.height = '0px';
     this.message.textContent = message || '';
@@ -154,6 +183,8 @@ export class FlameGraph {
   highlight(text) {
     this.match = matcher(text);
     for (const [i, el] of this.elements) el.classList.toggle('match', !!this.match && this.match(this.nodes[i].name));
+    const ctx = this.canvas.getContext('2d');
+    for (const row of this.painted) for (const p of row || []) this.paint(ctx, p);
     this.reportMatch();
   }
 
@@ -163,9 +194,33 @@ export class FlameGraph {
 
   // --- internals ------------------------------------------------------------------------------
 
-  indexOf(target) {
+  /** The node under an event: its element's, or the painted frame under the pointer. */
+  indexOf(target, event) {
+    if (target === this.canvas && event) return this.paintedAt(event.clientX, event.clientY);
     const el = target && target.closest ? target.closest('.frame') : null;
     return el ? Number(el.dataset.i) : null;
+  }
+
+  paintedAt(clientX, clientY) {
+    const box = this.canvas.getBoundingClientRect();
+    const x = (clientX - box.left) * (this.width / (box.width || this.width));
+    const row = this.painted[Math.floor((clientY - box.top) / ROW_PX)] || [];
+    // Binary search: the last frame that starts at or left of x.
+    let lo = 0;
+    let hi = row.length - 1;
+    let found = null;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (row[mid].x <= x) { found = row[mid]; lo = mid + 1; } else hi = mid - 1;
+    }
+    return found && x < found.x + Math.max(found.w, 1) ? found.i : null;
+  }
+
+  /** Paints one canvas frame in its colour, or the highlight's. */
+  paint(ctx, p) {
+    const n = this.nodes[p.i];
+    ctx.fillStyle = this.match && this.match(n.name) ? MATCH_FILL : colour(n.name, this.type);
+    ctx.fillRect(p.x, this.nodes[p.i].depth * ROW_PX, p.w >= 2 ? p.w - 1 : p.w, ROW_PX - 1);
   }
 
   pathOf(i) {
@@ -193,23 +248,47 @@ export class FlameGraph {
   }
 
   render() {
+    const generation = ++this.drawing;
     const nodes = this.nodes;
     const zoomNode = nodes[this.zoom];
     const width = this.frames.clientWidth || this.el.clientWidth || 800;
     this.width = width;
     const total = nodes[0].value;
-    const fragment = document.createDocumentFragment();
     this.elements = new Map();
     this.rows = [];
+    this.painted = [];
     let maxDepth = 0;
+    let fragment = document.createDocumentFragment();
+    // The canvas covers every row the zoomed subtree can reach (sized once: resizing clears it).
+    let deepest = zoomNode.depth;
+    for (let i = this.zoom; i < nodes.length && (i === this.zoom || nodes[i].depth > zoomNode.depth); i++) {
+      if (nodes[i].depth > deepest) deepest = nodes[i].depth;
+    }
+    const ratio = window.devicePixelRatio || 1;
+    this.canvas.width = Math.ceil(width * ratio);
+    this.canvas.height = Math.ceil((deepest + 1) * ROW_PX * ratio);
+    // 100%: a small resize (no redraw) stretches it in step with the percent-placed elements.
+    this.canvas.style.width = '100%';
+    this.canvas.style.height = `${(deepest + 1) * ROW_PX}px`;
+    const ctx = this.canvas.getContext('2d');
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    let painted = 0;
 
     const draw = (i, left, w, extraClass) => {
       const n = nodes[i];
+      if (n.depth > maxDepth) maxDepth = n.depth;
+      const px = (w / 100) * width;
+      if (px < LABEL_PX && !extraClass && i !== this.zoom) {
+        const p = { i, x: (left / 100) * width, w: px };
+        (this.painted[n.depth] ||= []).push(p);
+        this.paint(ctx, p);
+        painted++;
+        return;
+      }
       const el = document.createElement('div');
       el.className = 'frame';
       if (extraClass) el.classList.add(extraClass);
       if (this.match && this.match(n.name)) el.classList.add('match');
-      const px = (w / 100) * width;
       if (px < LABEL_PX) el.classList.add('narrow');
       el.dataset.i = String(i);
       el.setAttribute('role', 'button');
@@ -223,7 +302,6 @@ export class FlameGraph {
       fragment.append(el);
       this.elements.set(i, el);
       (this.rows[n.depth] ||= []).push(i);
-      if (n.depth > maxDepth) maxDepth = n.depth;
     };
 
     // Ancestors of the zoomed node: full width, dimmed.
@@ -231,22 +309,41 @@ export class FlameGraph {
     for (let a = zoomNode.parent; a !== null; a = nodes[a].parent) ancestors.unshift(a);
     for (const a of ancestors) draw(a, 0, 100, 'ancestor');
 
-    // The zoomed node and its subtree, depth first (so each row fills left to right).
+    // The zoomed node and its subtree, depth first (so each row fills left to right), a slice
+    // at a time: each slice appends what it drew; the last one sets the tab stop.
     const span = zoomNode.value || 1;
     const stack = [this.zoom];
-    while (stack.length) {
-      const i = stack.pop();
-      const n = nodes[i];
-      const w = (n.value / span) * 100;
-      if ((w / 100) * width < MIN_PX) continue;
-      draw(i, ((n.x - zoomNode.x) / span) * 100, w, null);
-      for (let c = n.children.length - 1; c >= 0; c--) stack.push(n.children[c]);
-    }
-
-    this.frames.replaceChildren(fragment);
-    this.frames.style.height = `${(maxDepth + 1) * ROW_PX}px`;
-    if (!this.elements.has(this.focused)) this.focused = this.zoom;
-    this.setTabStop(this.focused);
+    this.frames.replaceChildren(this.canvas);
+    const slice = () => {
+      if (generation !== this.drawing) return; // a newer drawing took over
+      const until = performance.now() + SLICE_MS;
+      let drawn = 0;
+      while (stack.length && ((++drawn & 15) !== 0 || performance.now() < until)) {
+        const i = stack.pop();
+        const n = nodes[i];
+        const w = (n.value / span) * 100;
+        if ((w / 100) * width < MIN_PX) continue;
+        draw(i, ((n.x - zoomNode.x) / span) * 100, w, null);
+        for (let c = n.children.length - 1; c >= 0; c--) stack.push(n.children[c]);
+      }
+      this.frames.append(fragment);
+      fragment = document.createDocumentFragment();
+      this.frames.style.height = `${(maxDepth + 1) * ROW_PX}px`;
+      this.canvas.dataset.painted = String(painted);
+      if (stack.length) {
+        setTimeout(slice, 0);
+        return;
+      }
+      delete this.frames.dataset.drawing;
+      if (!this.elements.has(this.focused)) this.focused = this.zoom;
+      this.setTabStop(this.focused);
+      const wanted = this.pendingFocus;
+      this.pendingFocus = null;
+      if (wanted !== null && this.elements.has(wanted)) this.focusNode(wanted);
+    };
+    this.pendingFocus = null;
+    this.frames.dataset.drawing = 'true';
+    slice();
     if (this.hooks.onZoom) this.hooks.onZoom(this.zoom !== 0);
   }
 
@@ -260,7 +357,11 @@ export class FlameGraph {
 
   focusNode(i) {
     const el = this.elements.get(i);
-    if (!el) return;
+    if (!el) {
+      // Not drawn yet: focus it when the drawing in progress is done.
+      if (this.frames.dataset.drawing) this.pendingFocus = i;
+      return;
+    }
     this.setTabStop(i);
     el.focus({ preventScroll: false });
   }
