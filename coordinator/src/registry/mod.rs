@@ -666,7 +666,9 @@ impl Registry {
             own.iter().map(|(key, pos)| (key.as_str(), *pos)).collect();
 
         // Apply the reports in place, to the subtasks whose report differs (and only those).
-        let mut changed: BTreeSet<usize> = BTreeSet::new();
+        // `changed` maps a job to whether a subtask's state changed (the job's status is then
+        // derived again, one pass over its subtasks) or only a pid or thread count did.
+        let mut changed: BTreeMap<usize, bool> = BTreeMap::new();
         let mut ended: Vec<SubtaskPos> = Vec::new();
         for report in &req.liveness {
             let Some(&(j, v, s)) = keys.get(report.subtask_key.as_str()) else {
@@ -687,10 +689,11 @@ impl Registry {
             let (job_id, vertex_id) = (&job.spec.id, &job.spec.vertices[v].id);
             let spec = &job.spec.vertices[v].subtasks[s];
             let subtask = &mut job.runtime.subtasks[v][s];
+            let mut transitioned = true;
             if report.alive {
                 subtask.pid = report.pid;
                 subtask.threads = report.threads;
-                subtask.transition(ExecutionState::Running, now);
+                transitioned = subtask.transition(ExecutionState::Running, now);
             } else if subtask.status == ExecutionState::Running {
                 subtask.absent = Some(MissingReason::from_wire(report.failure));
                 subtask.transition(ExecutionState::Finished, now);
@@ -706,7 +709,7 @@ impl Registry {
                 ended.push((j, v, s));
                 tracing::warn!(job = %job_id, vertex = %vertex_id, subtask = s, "subtask failed: nothing to watch");
             }
-            changed.insert(j);
+            *changed.entry(j).or_default() |= transitioned;
         }
 
         // Everything not terminal on this agent is (still) watched; newly watched subtasks
@@ -722,11 +725,16 @@ impl Registry {
             watch.push(selector_of(&job.spec.vertices[v].subtasks[s], key.clone()));
             if !status.is_sampleable() {
                 job.runtime.subtasks[v][s].transition(ExecutionState::Initializing, now);
-                changed.insert(j);
+                changed.insert(j, true);
             }
         }
-        for j in changed {
-            inner.jobs[j].refresh_status(now);
+        for (j, transitioned) in changed {
+            let job = &mut inner.jobs[j];
+            if transitioned {
+                job.refresh_status(now);
+            } else {
+                job.runtime.last_modification = now;
+            }
             inner.mark_dirty(j);
         }
         for pos in ended {
