@@ -259,6 +259,13 @@ pub async fn start_on(
         served.map_err(|e| CoordinatorError::Server(format!("registry gRPC server: {e}")))
     }));
 
+    // Heartbeat state reaches the store in batches (registry/flusher.rs), and once more on stop.
+    let flusher = registry::flusher::run(registry.clone(), stopped.clone());
+    tasks.push(tokio::spawn(async move {
+        flusher.await;
+        Ok(())
+    }));
+
     // Liveness sweeper, which also expires terminal jobs (--job-retention-*) and frees their
     // flame graphs.
     let sweeper_registry = registry.clone();

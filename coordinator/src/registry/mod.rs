@@ -9,13 +9,26 @@
 //!                                   vertex_sampling() ──▶ flame graph fan-out
 //! ```
 //!
-//! All state sits behind one mutex. Operations are short (a few map look-ups and, for writes, one
-//! SQLite transaction), so one lock keeps memory and disk trivially consistent: a write is applied
-//! to a *copy* of the affected jobs, committed to SQLite, and only then swapped into memory. If
-//! the commit fails nothing changes, and an acknowledged change is always on disk.
+//! All state sits behind one mutex (`inner`), which heartbeats, the sweeper and every read take
+//! for a few map look-ups; the store ([`JobStore`], SQLite in `store.rs`) sits behind a second
+//! one (`store`), always taken *before* `inner` when both are needed, so the two never deadlock.
 //!
-//! The methods are synchronous (SQLite commits block on fsync); async callers run the writing
-//! ones through `tokio::task::spawn_blocking`.
+//! * **REST writes** (`POST /jobs`, `PATCH /jobs/:jobid`, expiry of terminal jobs) keep memory
+//!   and disk consistent the strict way: the change is applied to a *copy*, committed to the
+//!   store with an fsync ([`store::Sync::Full`]), and only then swapped into memory. If the
+//!   commit fails nothing changes, and an acknowledged change is always on disk. A new job is
+//!   parsed and validated before any lock is taken, and stored before `inner` is locked.
+//! * **Heartbeat state** (subtask transitions, pid and thread counts, agents lost) changes
+//!   memory *in place*, at a cost of the subtasks that changed, and marks the job dirty; memory
+//!   is the truth. [`Registry::flush`], run every [`FLUSH_INTERVAL`] by the flusher
+//!   (`flusher.rs`, started with the coordinator, and once more when it stops or the registry is
+//!   dropped), copies the dirty jobs' runtimes under `inner`, releases it, and writes them all
+//!   in one transaction ([`store::Sync::Normal`]) holding only `store`: heartbeats never wait
+//!   for the disk. A failed flush is logged and the jobs stay dirty, so the next one retries.
+//!   See `store.rs` for what each kind of write survives (a crash, a power loss).
+//!
+//! The methods are synchronous (REST writes and the flush block on the disk); async callers run
+//! those through `tokio::task::spawn_blocking`.
 //!
 //! Liveness: an agent's heartbeat carries, per watched subtask, whether its process and threads
 //! still exist (see `state.rs` for the transitions). [`Registry::expire`], called periodically,
@@ -25,8 +38,10 @@
 //!
 //! * **Heartbeats cost O(the agent's own subtasks).** The subtasks that are not terminal are
 //!   indexed by task manager (`Inner::watched`); a heartbeat looks up only its agent's entries,
-//!   matches its liveness reports against them through one map, and clones and rewrites only the
-//!   jobs in which something actually changed. Nothing walks every job under the lock.
+//!   matches its liveness reports against them through one map, and changes in place only the
+//!   subtasks whose report differs (plus one pass over a changed job's subtask states, to derive
+//!   its status). No job is copied and nothing is written to disk by a heartbeat; nothing walks
+//!   every job under the lock.
 //! * **Terminal jobs expire** like Flink's job store ([`JobRetention`]: `--job-retention-s`,
 //!   `jobstore.expiration-time`, and `--job-retention-max`, `jobstore.max-capacity`, oldest
 //!   first): [`Registry::expire_jobs`] removes them from memory and from SQLite, and a removed
@@ -47,6 +62,7 @@
 //! than `--heartbeat-timeout-s` may be taken by anyone who may register at all.
 
 pub mod error;
+pub mod flusher;
 pub mod grpc;
 pub mod ids;
 pub mod job;
@@ -65,13 +81,13 @@ use crate::missing::MissingReason;
 use crate::sampling::{SubtaskSampling, SubtaskTarget, VertexSampling};
 use flamegrid_model::clock::now_ms;
 use flamegrid_proto::v1;
-use job::{ProcessRef, SubtaskSpec};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use job::{JobRuntime, ProcessRef, SubtaskRuntime, SubtaskSpec, VertexSpec};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use store::JobStore;
+use store::{JobStore, SqliteStore};
 
 /// Longest agent id or address accepted at registration.
 pub const MAX_AGENT_FIELD: usize = 256;
@@ -82,6 +98,10 @@ pub const MAX_HOST_FIELD: usize = 256;
 pub const MAX_HEARTBEAT_ENTRIES: usize = 131_072;
 /// At most this many host metrics in one heartbeat (an agent sends about a dozen).
 pub const MAX_HEARTBEAT_METRICS: usize = 1024;
+/// How often the flusher writes the state heartbeats changed ([`Registry::flush`]): the most
+/// heartbeat state a crash of the coordinator can take with it is this much (and the agents
+/// tell it again after the restart).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How long terminal jobs are kept, like Flink's job store (`jobstore.expiration-time`,
 /// `jobstore.max-capacity`).
@@ -132,6 +152,8 @@ type SubtaskPos = (usize, usize, usize);
 #[derive(Debug)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// Locked before `inner` whenever both are held (see the module docs).
+    store: Mutex<Box<dyn JobStore>>,
     heartbeat_timeout: Duration,
     retention: JobRetention,
     /// When this registry was opened: subtasks whose agent has not (re-)registered since get
@@ -141,7 +163,6 @@ pub struct Registry {
 
 #[derive(Debug)]
 struct Inner {
-    store: JobStore,
     /// In registration order.
     jobs: Vec<Job>,
     /// Job id → index into `jobs`.
@@ -150,6 +171,9 @@ struct Inner {
     /// Task manager id → its subtasks that are not terminal: what it watches. Kept in step with
     /// `jobs` by every write, rebuilt whole only when jobs are removed (positions shift).
     watched: HashMap<String, BTreeSet<SubtaskPos>>,
+    /// Ids of the jobs whose runtime changed in memory since it was last written
+    /// ([`Registry::flush`]).
+    dirty: HashSet<String>,
 }
 
 impl Inner {
@@ -178,6 +202,15 @@ impl Inner {
             if set.is_empty() {
                 self.watched.remove(tm);
             }
+        }
+    }
+
+    /// Marks job `j` as changed in memory: the next flush writes it.
+    fn mark_dirty(&mut self, j: usize) {
+        let id = &self.jobs[j].spec.id;
+        if !self.dirty.contains(id) {
+            let id = id.clone();
+            self.dirty.insert(id);
         }
     }
 
@@ -225,23 +258,33 @@ impl Registry {
         heartbeat_timeout: Duration,
         retention: JobRetention,
     ) -> Result<Self, RegistryError> {
-        let store = JobStore::open(data_dir)?;
+        let store = SqliteStore::open(data_dir)?;
+        Self::open_with_store(Box::new(store), heartbeat_timeout, retention)
+    }
+
+    /// Opens the registry on any [`JobStore`], loading every job it holds.
+    pub fn open_with_store(
+        store: Box<dyn JobStore>,
+        heartbeat_timeout: Duration,
+        retention: JobRetention,
+    ) -> Result<Self, RegistryError> {
         let jobs = store.load_all()?;
         let job_index = jobs
             .iter()
             .enumerate()
             .map(|(i, j)| (j.spec.id.clone(), i))
             .collect();
-        tracing::info!(path = %store.path().display(), jobs = jobs.len(), "registry opened");
+        tracing::info!(store = %store.describe(), jobs = jobs.len(), "registry opened");
         let watched = Inner::index_watched(&jobs);
         Ok(Registry {
             inner: Mutex::new(Inner {
-                store,
                 jobs,
                 job_index,
                 taskmanagers: BTreeMap::new(),
                 watched,
+                dirty: HashSet::new(),
             }),
+            store: Mutex::new(store),
             heartbeat_timeout,
             retention,
             opened: Instant::now(),
@@ -249,9 +292,59 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves consistent data (writes are swapped in whole),
-        // so a poisoned lock is still safe to use.
+        // A panic while holding the lock leaves consistent data (REST writes are swapped in
+        // whole, heartbeat changes are single-field updates), so a poisoned lock is still safe
+        // to use.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store; taken before [`Registry::lock`] when both are needed.
+    fn lock_store(&self) -> MutexGuard<'_, Box<dyn JobStore>> {
+        // A transaction interrupted by a panic is rolled back by SQLite: still safe to use.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the runtime of every job that heartbeats or the sweeper changed since the last
+    /// flush, in one transaction, without holding the lock heartbeats need during the I/O (see
+    /// the module docs). Returns how many jobs were written. On failure the jobs stay dirty, so
+    /// the next flush retries them; nothing in memory is lost.
+    pub fn flush(&self) -> Result<usize, RegistryError> {
+        let mut store = self.lock_store();
+        let snapshot: Vec<(String, JobRuntime)> = {
+            let mut inner = self.lock();
+            let dirty = std::mem::take(&mut inner.dirty);
+            dirty
+                .into_iter()
+                .filter_map(|id| {
+                    let j = *inner.job_index.get(&id)?;
+                    Some((id, inner.jobs[j].runtime.clone()))
+                })
+                .collect()
+        };
+        if snapshot.is_empty() {
+            return Ok(0);
+        }
+        let runtimes: Vec<(&str, &JobRuntime)> = snapshot
+            .iter()
+            .map(|(id, runtime)| (id.as_str(), runtime))
+            .collect();
+        match store.update_runtimes(&runtimes, store::Sync::Normal) {
+            Ok(()) => Ok(snapshot.len()),
+            Err(e) => {
+                let mut inner = self.lock();
+                for (id, _) in snapshot {
+                    if inner.job_index.contains_key(&id) {
+                        inner.dirty.insert(id);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// How many jobs have state in memory that the store does not have yet.
+    pub fn dirty_jobs(&self) -> usize {
+        self.lock().dirty.len()
     }
 
     /// Agents that stay silent this long are dropped.
@@ -268,33 +361,46 @@ impl Registry {
     // ---- jobs ------------------------------------------------------------------------------
 
     /// Validates and stores a `POST /jobs` body; returns the new job's id once it is durable.
+    ///
+    /// The body is parsed and checked against the task managers registered when the call
+    /// starts, with no lock held (a job of 100,000 subtasks takes a while to parse, and
+    /// heartbeats must not wait for it); the job is stored holding only the store's lock, and
+    /// then added to memory.
     pub fn register_job(&self, body: &[u8]) -> Result<String, RegistryError> {
-        let mut inner = self.lock();
-        let spec = validate::parse_job(body, &|tm| inner.taskmanagers.contains_key(tm))
-            .map_err(RegistryError::InvalidJob)?;
-        let now = now_ms();
-        let endpoints: HashMap<&str, String> = inner
+        let endpoints: HashMap<String, String> = self
+            .lock()
             .taskmanagers
             .values()
-            .map(|tm| (tm.id.as_str(), tm.endpoint()))
+            .map(|tm| (tm.id.clone(), tm.endpoint()))
             .collect();
+        let spec = validate::parse_job(body, &|tm| endpoints.contains_key(tm))
+            .map_err(RegistryError::InvalidJob)?;
+        let now = now_ms();
         let job = Job::accepted(spec, now, |tm| {
             endpoints
                 .get(tm)
                 .cloned()
                 .unwrap_or_else(|| "(unassigned)".into())
         });
-        inner.store.insert(&job, now)?;
+        // Held until the job is in memory too, so jobs are in the same order in both.
+        let mut store = self.lock_store();
+        store.insert(&job, now)?;
         let id = job.spec.id.clone();
         tracing::info!(job = %id, name = %job.spec.name, vertices = job.spec.vertices.len(), "job registered");
+        let mut inner = self.lock();
         let index = inner.jobs.len();
         for (v, vertex) in job.spec.vertices.iter().enumerate() {
             for (s, spec) in vertex.subtasks.iter().enumerate() {
-                inner
-                    .watched
-                    .entry(spec.taskmanager.clone())
-                    .or_default()
-                    .insert((index, v, s));
+                match inner.watched.get_mut(&spec.taskmanager) {
+                    Some(set) => {
+                        set.insert((index, v, s));
+                    }
+                    None => {
+                        inner
+                            .watched
+                            .insert(spec.taskmanager.clone(), BTreeSet::from([(index, v, s)]));
+                    }
+                }
             }
         }
         inner.jobs.push(job);
@@ -307,6 +413,7 @@ impl Registry {
     /// nothing); a job that ended otherwise (FINISHED, FAILED) is
     /// [`RegistryError::AlreadyTerminal`].
     pub fn cancel_job(&self, job_id: &str) -> Result<(), RegistryError> {
+        let mut store = self.lock_store();
         let mut inner = self.lock();
         let index = *inner
             .job_index
@@ -322,7 +429,9 @@ impl Registry {
         }
         let mut job = inner.jobs[index].clone();
         job.cancel(now_ms());
-        inner.store.update_runtimes([&job])?;
+        store.update_runtimes(&[(job_id, &job.runtime)], store::Sync::Full)?;
+        // Written whole, with whatever heartbeats had changed: nothing left to flush.
+        inner.dirty.remove(job_id);
         tracing::info!(job = %job_id, "job canceled");
         for (v, vertex) in job.spec.vertices.iter().enumerate() {
             for (s, spec) in vertex.subtasks.iter().enumerate() {
@@ -343,9 +452,45 @@ impl Registry {
         Ok(inner.jobs[*index].clone())
     }
 
-    /// Copies of every job, in registration order.
+    /// Copies of every job, in registration order. Copies 100,000 subtasks for a job of that
+    /// size: answers that need only a little of each job use [`Registry::with_jobs`].
     pub fn jobs(&self) -> Vec<Job> {
         self.lock().jobs.clone()
+    }
+
+    /// Runs `f` on every job, in registration order, under the registry's lock, without copying
+    /// them: for lists and counts. `f` must be quick (heartbeats wait meanwhile).
+    pub fn with_jobs<R>(&self, f: impl FnOnce(&[Job]) -> R) -> R {
+        f(&self.lock().jobs)
+    }
+
+    /// Runs `f` on one job under the registry's lock, without copying it: for answers built
+    /// from a summary or a part of a large job. `f` must be quick (heartbeats wait meanwhile).
+    pub fn with_job<R>(&self, job_id: &str, f: impl FnOnce(&Job) -> R) -> Result<R, RegistryError> {
+        let inner = self.lock();
+        let index = inner
+            .job_index
+            .get(job_id)
+            .ok_or_else(|| RegistryError::JobNotFound(job_id.to_string()))?;
+        Ok(f(&inner.jobs[*index]))
+    }
+
+    /// A copy of one vertex of a job: its spec and its subtasks' runtime (not the rest of the
+    /// job, which may hold 100,000 subtasks).
+    pub fn vertex(
+        &self,
+        job_id: &str,
+        vertex_id: &str,
+    ) -> Result<(VertexSpec, Vec<SubtaskRuntime>), RegistryError> {
+        self.with_job(job_id, |job| {
+            let v = job
+                .vertex_index(vertex_id)
+                .ok_or_else(|| RegistryError::VertexNotFound(vertex_id.to_string()))?;
+            Ok((
+                job.spec.vertices[v].clone(),
+                job.runtime.subtasks[v].clone(),
+            ))
+        })?
     }
 
     // ---- task managers ---------------------------------------------------------------------
@@ -362,6 +507,23 @@ impl Registry {
             .get(id)
             .cloned()
             .ok_or_else(|| RegistryError::TaskManagerNotFound(id.to_string()))
+    }
+
+    /// How many subtasks that are not terminal task manager `tm` runs, per job id (from the
+    /// index of watched subtasks: no walk over every job).
+    pub fn active_subtasks_by_job(&self, tm: &str) -> BTreeMap<String, usize> {
+        let inner = self.lock();
+        // Positions are ordered by job: count runs of the same job.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for &(j, _, _) in inner.watched.get(tm).into_iter().flatten() {
+            match runs.last_mut() {
+                Some((last, n)) if *last == j => *n += 1,
+                _ => runs.push((j, 1)),
+            }
+        }
+        runs.into_iter()
+            .map(|(j, n)| (inner.jobs[j].spec.id.clone(), n))
+            .collect()
     }
 
     /// How many subtasks that are not terminal are placed on each task manager.
@@ -503,14 +665,17 @@ impl Registry {
         let keys: HashMap<&str, SubtaskPos> =
             own.iter().map(|(key, pos)| (key.as_str(), *pos)).collect();
 
-        // Apply the reports to copies of the jobs they change (and only those).
-        let mut changed: BTreeMap<usize, Job> = BTreeMap::new();
+        // Apply the reports in place, to the subtasks whose report differs (and only those).
+        // `changed` maps a job to whether a subtask's state changed (the job's status is then
+        // derived again, one pass over its subtasks) or only a pid or thread count did.
+        let mut changed: BTreeMap<usize, bool> = BTreeMap::new();
         let mut ended: Vec<SubtaskPos> = Vec::new();
         for report in &req.liveness {
             let Some(&(j, v, s)) = keys.get(report.subtask_key.as_str()) else {
                 continue; // not this agent's, unknown, or already terminal
             };
-            let current = changed.get(&j).unwrap_or(&inner.jobs[j]).runtime.subtasks[v][s].clone();
+            let job = &mut inner.jobs[j];
+            let current = &job.runtime.subtasks[v][s];
             if current.status.is_terminal() {
                 continue; // a second report for a subtask this heartbeat already ended
             }
@@ -521,15 +686,14 @@ impl Registry {
             if unchanged {
                 continue;
             }
-            let job = changed.entry(j).or_insert_with(|| inner.jobs[j].clone());
-            let (job_id, vertex_id) = (job.spec.id.clone(), job.spec.vertices[v].id.clone());
+            let (job_id, vertex_id) = (&job.spec.id, &job.spec.vertices[v].id);
             let spec = &job.spec.vertices[v].subtasks[s];
-            let what = describe_selector(spec);
             let subtask = &mut job.runtime.subtasks[v][s];
+            let mut transitioned = true;
             if report.alive {
                 subtask.pid = report.pid;
                 subtask.threads = report.threads;
-                subtask.transition(ExecutionState::Running, now);
+                transitioned = subtask.transition(ExecutionState::Running, now);
             } else if subtask.status == ExecutionState::Running {
                 subtask.absent = Some(MissingReason::from_wire(report.failure));
                 subtask.transition(ExecutionState::Finished, now);
@@ -537,13 +701,15 @@ impl Registry {
                 tracing::info!(job = %job_id, vertex = %vertex_id, subtask = s, "subtask finished: its threads are gone");
             } else {
                 subtask.failure = Some(format!(
-                    "task manager {agent_id} found no process or threads for {what}"
+                    "task manager {agent_id} found no process or threads for {}",
+                    describe_selector(spec)
                 ));
                 subtask.absent = Some(MissingReason::from_wire(report.failure));
                 subtask.transition(ExecutionState::Failed, now);
                 ended.push((j, v, s));
                 tracing::warn!(job = %job_id, vertex = %vertex_id, subtask = s, "subtask failed: nothing to watch");
             }
+            *changed.entry(j).or_default() |= transitioned;
         }
 
         // Everything not terminal on this agent is (still) watched; newly watched subtasks
@@ -551,28 +717,28 @@ impl Registry {
         let mut watch = Vec::with_capacity(own.len());
         for (key, (j, v, s)) in &own {
             let (j, v, s) = (*j, *v, *s);
-            let job = changed.get(&j).unwrap_or(&inner.jobs[j]);
+            let job = &mut inner.jobs[j];
             let status = job.runtime.subtasks[v][s].status;
             if status.is_terminal() {
                 continue;
             }
             watch.push(selector_of(&job.spec.vertices[v].subtasks[s], key.clone()));
             if !status.is_sampleable() {
-                let job = changed.entry(j).or_insert_with(|| inner.jobs[j].clone());
                 job.runtime.subtasks[v][s].transition(ExecutionState::Initializing, now);
+                changed.insert(j, true);
             }
         }
-        if !changed.is_empty() {
-            for job in changed.values_mut() {
+        for (j, transitioned) in changed {
+            let job = &mut inner.jobs[j];
+            if transitioned {
                 job.refresh_status(now);
+            } else {
+                job.runtime.last_modification = now;
             }
-            inner.store.update_runtimes(changed.values())?;
-            for (j, job) in changed {
-                inner.jobs[j] = job;
-            }
-            for pos in ended {
-                inner.unwatch(agent_id, pos);
-            }
+            inner.mark_dirty(j);
+        }
+        for pos in ended {
+            inner.unwatch(agent_id, pos);
         }
         Ok(v1::HeartbeatResponse {
             reregister: false,
@@ -601,20 +767,22 @@ impl Registry {
         let now = now_ms();
         // The task managers whose subtasks are lost: the ones just dropped, and (once the grace
         // after opening is over) any that watches something but is not registered.
+        // O(task managers) per tick, without a walk over any job.
+        let just_dropped: HashSet<&str> = dropped.iter().map(String::as_str).collect();
         let lost_tms: Vec<String> = inner
             .watched
             .keys()
             .filter(|tm| {
-                dropped.contains(tm) || (grace_over && !inner.taskmanagers.contains_key(*tm))
+                just_dropped.contains(tm.as_str())
+                    || (grace_over && !inner.taskmanagers.contains_key(*tm))
             })
             .cloned()
             .collect();
-        let mut changed: BTreeMap<usize, Job> = BTreeMap::new();
+        let mut changed: BTreeSet<usize> = BTreeSet::new();
         let mut lost: Vec<(String, SubtaskPos)> = Vec::new();
         for tm in &lost_tms {
             for (j, v, s) in inner.watched_by(tm) {
-                let job = changed.entry(j).or_insert_with(|| inner.jobs[j].clone());
-                let subtask = &mut job.runtime.subtasks[v][s];
+                let subtask = &mut inner.jobs[j].runtime.subtasks[v][s];
                 if subtask.status.is_terminal() {
                     continue;
                 }
@@ -628,21 +796,18 @@ impl Registry {
                     MissingReason::NeverConfirmed
                 });
                 subtask.transition(ExecutionState::Failed, now);
+                changed.insert(j);
                 lost.push((tm.clone(), (j, v, s)));
             }
         }
-        if !changed.is_empty() {
-            for job in changed.values_mut() {
-                job.refresh_status(now);
-            }
-            inner.store.update_runtimes(changed.values())?;
-            for (j, job) in changed {
-                tracing::warn!(job = %job.spec.id, status = job.runtime.status.name(), "subtasks lost with their task manager");
-                inner.jobs[j] = job;
-            }
-            for (tm, pos) in lost {
-                inner.unwatch(&tm, pos);
-            }
+        for j in changed {
+            let job = &mut inner.jobs[j];
+            job.refresh_status(now);
+            tracing::warn!(job = %job.spec.id, status = job.runtime.status.name(), "subtasks lost with their task manager");
+            inner.mark_dirty(j);
+        }
+        for (tm, pos) in lost {
+            inner.unwatch(&tm, pos);
         }
         Ok(dropped)
     }
@@ -653,6 +818,7 @@ impl Registry {
     /// ids, for the caller to free their flame graphs. Called periodically with
     /// [`Registry::expire`].
     pub fn expire_jobs(&self) -> Result<Vec<String>, RegistryError> {
+        let mut store = self.lock_store();
         let mut inner = self.lock();
         let now = now_ms();
         let max_age_ms = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
@@ -680,7 +846,10 @@ impl Registry {
             .iter()
             .map(|&j| inner.jobs[j].spec.id.clone())
             .collect();
-        inner.store.delete(&ids)?;
+        store.delete(&ids)?;
+        for id in &ids {
+            inner.dirty.remove(id);
+        }
         let jobs = std::mem::take(&mut inner.jobs);
         inner.jobs = jobs
             .into_iter()
@@ -802,6 +971,16 @@ impl Registry {
             }
         }
         Ok((tm.address.clone(), selectors))
+    }
+}
+
+impl Drop for Registry {
+    /// Writes what heartbeats changed since the last flush: the last owner of the registry
+    /// (the coordinator stopping, a test) leaves nothing only in memory.
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "registry: the last flush failed; heartbeat state since the previous one is lost");
+        }
     }
 }
 

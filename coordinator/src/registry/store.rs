@@ -1,15 +1,32 @@
-//! The embedded store: one SQLite file, `<data-dir>/registry.sqlite3`.
-//!
-//! Durability contract: `POST /jobs` answers 202 only after the transaction that inserted the
-//! job has committed, and SQLite runs in WAL mode with `synchronous = FULL`, so a commit is on
-//! disk before it is acknowledged. A coordinator killed at any instant (even `kill -9` in the
-//! middle of a write) restarts with every acknowledged job and none half-written: a transaction
-//! that did not commit is rolled back from the WAL on the next open.
+//! The registry's durable store: the [`JobStore`] trait, and its embedded implementation
+//! [`SqliteStore`], one SQLite file, `<data-dir>/registry.sqlite3`.
 //!
 //! One row per job. `spec` is the JSON of [`JobSpec`] (written once); `runtime` the JSON of
-//! [`JobRuntime`] (rewritten on every state transition, several jobs per transaction when one
-//! heartbeat changes many). Task managers are not stored: after a restart every agent learns it
-//! is unknown on its next heartbeat and registers again.
+//! [`JobRuntime`] (rewritten when subtask states change, several jobs per transaction). Task
+//! managers and liveness are not stored: after a restart every agent learns it is unknown on its
+//! next heartbeat and registers again.
+//!
+//! ## Durability
+//!
+//! Two kinds of writes, two promises ([`Sync`]):
+//!
+//! * **REST writes** (`POST /jobs`, `PATCH /jobs/:jobid`, expiry of terminal jobs) are
+//!   [`Sync::Full`]: SQLite runs in WAL mode and such a transaction is fsynced before it returns,
+//!   so `POST /jobs` answers 202 only once the job is on disk, and survives a power loss. A
+//!   coordinator killed at any instant (even `kill -9` in the middle of a write) restarts with
+//!   every acknowledged job and none half-written: a transaction that did not commit is rolled
+//!   back from the WAL on the next open.
+//! * **State observed from heartbeats** (subtask transitions, lost agents) is written in batches
+//!   by the registry's flusher ([`super::Registry::flush`]) with [`Sync::Normal`]
+//!   (`synchronous = NORMAL`): committed to the WAL without an fsync. That survives a crash or
+//!   `kill -9` of the coordinator (the WAL is in the operating system's cache), but a power loss
+//!   or kernel crash may lose the batches written since the last fsync (the next `Sync::Full`
+//!   commit or WAL checkpoint syncs them too, as the WAL is one sequential file). Nothing is lost
+//!   that the agents cannot tell again: after a restart they re-register and their next
+//!   heartbeats re-derive every subtask's state. State changes reach the store at most one flush
+//!   interval after they happen in memory (memory is the truth in between).
+//!
+//! The trait is what another store (PostgreSQL, issue 16) implements beside SQLite.
 
 use super::error::RegistryError;
 use super::job::{Job, JobRuntime, JobSpec};
@@ -19,14 +36,46 @@ use std::path::{Path, PathBuf};
 /// Bumped when the table layout changes.
 const SCHEMA_VERSION: i64 = 1;
 
-/// The SQLite connection. Not `Sync`: the registry keeps it behind its lock.
-#[derive(Debug)]
-pub struct JobStore {
-    conn: Connection,
-    path: PathBuf,
+/// How durable a write must be when it returns (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// On stable storage: survives a power loss. For writes a client is told succeeded.
+    Full,
+    /// Committed and visible to the next open after a process crash, not necessarily synced to
+    /// the disk yet. For state the agents' heartbeats will tell again.
+    Normal,
 }
 
-impl JobStore {
+/// Where the registry keeps jobs. The registry calls it from one thread at a time (behind its
+/// store lock), never while it holds the lock that heartbeats need, except for REST writes.
+pub trait JobStore: Send + std::fmt::Debug {
+    /// Every stored job, in registration order.
+    fn load_all(&self) -> Result<Vec<Job>, RegistryError>;
+    /// Stores a new job; durable ([`Sync::Full`]) when this returns `Ok`.
+    fn insert(&mut self, job: &Job, created_ms: i64) -> Result<(), RegistryError>;
+    /// Rewrites the runtime part of several jobs (by id) in one transaction. A job that is no
+    /// longer stored (expired meanwhile) is skipped: this never brings a job back.
+    fn update_runtimes(
+        &mut self,
+        runtimes: &[(&str, &JobRuntime)],
+        sync: Sync,
+    ) -> Result<(), RegistryError>;
+    /// Deletes these jobs in one transaction; durable ([`Sync::Full`]) when this returns `Ok`.
+    fn delete(&mut self, ids: &[String]) -> Result<(), RegistryError>;
+    /// Where the store is, for logs and errors.
+    fn describe(&self) -> String;
+}
+
+/// The SQLite store. The connection is not `Sync`: the registry keeps it behind its store lock.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    /// The `synchronous` setting the connection has now (changed only between transactions).
+    sync: Sync,
+}
+
+impl SqliteStore {
     /// Opens (creating if needed) the store under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
@@ -74,7 +123,11 @@ impl JobStore {
                 )));
             }
         }
-        Ok(JobStore { conn, path })
+        Ok(SqliteStore {
+            conn,
+            path,
+            sync: Sync::Full,
+        })
     }
 
     /// The database file.
@@ -82,8 +135,24 @@ impl JobStore {
         &self.path
     }
 
-    /// Every stored job, in registration order.
-    pub fn load_all(&self) -> Result<Vec<Job>, RegistryError> {
+    /// Sets `PRAGMA synchronous` for the next transactions, if it is not set so already.
+    fn set_sync(&mut self, sync: Sync) -> Result<(), RegistryError> {
+        if self.sync != sync {
+            let pragma = match sync {
+                Sync::Full => "PRAGMA synchronous = FULL",
+                Sync::Normal => "PRAGMA synchronous = NORMAL",
+            };
+            self.conn
+                .execute_batch(pragma)
+                .map_err(|e| storage(&self.path, e))?;
+            self.sync = sync;
+        }
+        Ok(())
+    }
+}
+
+impl JobStore for SqliteStore {
+    fn load_all(&self) -> Result<Vec<Job>, RegistryError> {
         let mut stmt = self
             .conn
             .prepare("SELECT id, spec, runtime FROM jobs ORDER BY seq")
@@ -114,10 +183,10 @@ impl JobStore {
         Ok(jobs)
     }
 
-    /// Stores a new job; durable when this returns `Ok`.
-    pub fn insert(&mut self, job: &Job, created_ms: i64) -> Result<(), RegistryError> {
+    fn insert(&mut self, job: &Job, created_ms: i64) -> Result<(), RegistryError> {
         let spec = to_json(&job.spec)?;
         let runtime = to_json(&job.runtime)?;
+        self.set_sync(Sync::Full)?;
         let tx = self
             .conn
             .transaction()
@@ -130,30 +199,36 @@ impl JobStore {
         tx.commit().map_err(|e| storage(&self.path, e))
     }
 
-    /// Rewrites the runtime part of several jobs in one transaction.
-    pub fn update_runtimes<'a>(
+    fn update_runtimes(
         &mut self,
-        jobs: impl IntoIterator<Item = &'a Job>,
+        runtimes: &[(&str, &JobRuntime)],
+        sync: Sync,
     ) -> Result<(), RegistryError> {
+        // Encode first: the transaction is then only SQLite's own work.
+        let encoded = runtimes
+            .iter()
+            .map(|(id, runtime)| Ok((*id, to_json(runtime)?)))
+            .collect::<Result<Vec<_>, RegistryError>>()?;
+        self.set_sync(sync)?;
         let tx = self
             .conn
             .transaction()
             .map_err(|e| storage(&self.path, e))?;
-        for job in jobs {
-            let runtime = to_json(&job.runtime)?;
-            tx.execute(
-                "UPDATE jobs SET runtime = ?1 WHERE id = ?2",
-                params![runtime, job.spec.id],
-            )
-            .map_err(|e| storage(&self.path, e))?;
+        {
+            let mut update = tx
+                .prepare_cached("UPDATE jobs SET runtime = ?1 WHERE id = ?2")
+                .map_err(|e| storage(&self.path, e))?;
+            for (id, runtime) in &encoded {
+                update
+                    .execute(params![runtime, id])
+                    .map_err(|e| storage(&self.path, e))?;
+            }
         }
         tx.commit().map_err(|e| storage(&self.path, e))
     }
-}
 
-impl JobStore {
-    /// Deletes these jobs in one transaction; durable when this returns `Ok`.
-    pub fn delete(&mut self, ids: &[String]) -> Result<(), RegistryError> {
+    fn delete(&mut self, ids: &[String]) -> Result<(), RegistryError> {
+        self.set_sync(Sync::Full)?;
         let tx = self
             .conn
             .transaction()
@@ -163,6 +238,10 @@ impl JobStore {
                 .map_err(|e| storage(&self.path, e))?;
         }
         tx.commit().map_err(|e| storage(&self.path, e))
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
     }
 }
 

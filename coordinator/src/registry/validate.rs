@@ -5,17 +5,23 @@
 //! about (`vertices[1].subtasks[0].pid: ...`). A client that gets a 400 can fix its whole body in
 //! one go, and unknown keys (a typo such as `thread-name`) are refused instead of silently
 //! selecting every thread.
+//!
+//! The limits are Flink's: a vertex's parallelism may be up to 32,768 (Flink's largest max
+//! parallelism) and a job may have up to 100,000 subtasks. Checking a body costs time linear in
+//! its size: duplicate tids are found through a set, and a thread-name regex used by many
+//! subtasks is compiled once.
 
 use super::ids::random_id;
 use super::job::{JobSpec, ProcessRef, SubtaskSpec, VertexSpec};
 use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
 
 /// At most this many vertices per job.
 pub const MAX_VERTICES: usize = 1024;
-/// At most this many subtasks per vertex.
-pub const MAX_SUBTASKS_PER_VERTEX: usize = 1024;
+/// At most this many subtasks per vertex: Flink's largest max parallelism (2^15).
+pub const MAX_SUBTASKS_PER_VERTEX: usize = 32_768;
 /// At most this many subtasks per job, all vertices together.
-pub const MAX_SUBTASKS_PER_JOB: usize = 8192;
+pub const MAX_SUBTASKS_PER_JOB: usize = 100_000;
 /// At most this many tids per subtask.
 pub const MAX_TIDS: usize = 1024;
 /// Longest job or vertex name, in characters.
@@ -42,6 +48,7 @@ pub fn parse_job(
         )]
     })?;
     let mut problems = Vec::new();
+    let mut regexes = RegexCache::default();
     let Some(top) = value.as_object() else {
         return Err(vec![
             "body: expected a JSON object with \"name\" and \"vertices\"".into(),
@@ -62,7 +69,8 @@ pub fn parse_job(
         Some(Value::Array(items)) => {
             let mut total_subtasks = 0usize;
             for (i, item) in items.iter().enumerate() {
-                if let Some(v) = vertex(item, i, is_known_taskmanager, &mut problems) {
+                if let Some(v) = vertex(item, i, is_known_taskmanager, &mut regexes, &mut problems)
+                {
                     total_subtasks += v.subtasks.len();
                     vertices.push(v);
                 }
@@ -83,10 +91,41 @@ pub fn parse_job(
     })
 }
 
+/// Thread-name regexes already checked in this body: the error for an invalid one, `None` for
+/// a valid one. Jobs of many subtasks repeat a few patterns; each is compiled once.
+#[derive(Default)]
+struct RegexCache(HashMap<String, Option<String>>);
+
+impl RegexCache {
+    /// Why `re` is not a valid thread-name regex, or `None` if it is.
+    fn check(&mut self, re: &str) -> Option<String> {
+        if let Some(known) = self.0.get(re) {
+            return known.clone();
+        }
+        let problem = match regex::RegexBuilder::new(&format!("^(?:{re})$"))
+            .size_limit(1 << 20)
+            .build()
+        {
+            Ok(_) => None,
+            Err(e) => Some(
+                e.to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            ),
+        };
+        self.0.insert(re.to_string(), problem.clone());
+        problem
+    }
+}
+
 fn vertex(
     value: &Value,
     index: usize,
     is_known_taskmanager: &dyn Fn(&str) -> bool,
+    regexes: &mut RegexCache,
     problems: &mut Vec<String>,
 ) -> Option<VertexSpec> {
     let at = format!("vertices[{index}]");
@@ -156,6 +195,7 @@ fn vertex(
                         item,
                         &format!("{at}.subtasks[{j}]"),
                         is_known_taskmanager,
+                        regexes,
                         problems,
                     ) {
                         subtasks.push(s);
@@ -188,6 +228,7 @@ fn subtask(
     value: &Value,
     at: &str,
     is_known_taskmanager: &dyn Fn(&str) -> bool,
+    regexes: &mut RegexCache,
     problems: &mut Vec<String>,
 ) -> Option<SubtaskSpec> {
     let Some(obj) = value.as_object() else {
@@ -281,10 +322,11 @@ fn subtask(
             items.len()
         )),
         Some(Value::Array(items)) => {
+            let mut seen = HashSet::with_capacity(items.len());
             for (k, item) in items.iter().enumerate() {
                 match item.as_u64() {
                     Some(t) if (1..=MAX_PID).contains(&t) => {
-                        if tids.contains(&(t as u32)) {
+                        if !seen.insert(t as u32) {
                             problems.push(format!("{at}.tids[{k}]: thread id {t} is listed twice"));
                         } else {
                             tids.push(t as u32);
@@ -315,21 +357,11 @@ fn subtask(
             ));
             None
         }
-        Some(Value::String(re)) => match regex::RegexBuilder::new(&format!("^(?:{re})$"))
-            .size_limit(1 << 20)
-            .build()
-        {
-            Ok(_) => Some(re.clone()),
-            Err(e) => {
-                let first_line = e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
+        Some(Value::String(re)) => match regexes.check(re) {
+            None => Some(re.clone()),
+            Some(problem) => {
                 problems.push(format!(
-                    "{at}.thread_name: not a valid regular expression: {first_line}"
+                    "{at}.thread_name: not a valid regular expression: {problem}"
                 ));
                 None
             }

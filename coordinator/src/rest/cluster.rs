@@ -100,11 +100,13 @@ fn slots(state: &AppState) -> (usize, usize) {
 }
 
 fn job_counts(state: &AppState) -> BTreeMap<JobStatus, usize> {
-    let mut counts = BTreeMap::new();
-    for job in state.registry.jobs() {
-        *counts.entry(job.runtime.status).or_insert(0) += 1;
-    }
-    counts
+    state.registry.with_jobs(|jobs| {
+        let mut counts = BTreeMap::new();
+        for job in jobs {
+            *counts.entry(job.runtime.status).or_insert(0) += 1;
+        }
+        counts
+    })
 }
 
 /// Jobs that have not reached a globally terminal state: Flink's `jobs-running` (and its

@@ -16,7 +16,8 @@ use super::state::AppState;
 use crate::registry::{ExecutionState, Job, JobStatus, RegistryError};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use flamegrid_model::clock::now_ms;
@@ -31,7 +32,7 @@ use utoipa_axum::routes;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
-        .routes(super::writes(routes!(register)))
+        .routes(job_registration_limit(super::writes(routes!(register))))
         .routes(routes!(overview))
         .routes(routes!(aggregated_metrics))
         .routes(routes!(details))
@@ -171,8 +172,37 @@ pub struct JobOverview {
     pub pending_operators: u32,
 }
 
-/// Largest accepted `POST /jobs` body.
+/// Largest accepted request body, on every path but `POST /jobs`.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Largest accepted `POST /jobs` body: a job of 100,000 subtasks
+/// ([`crate::registry::validate::MAX_SUBTASKS_PER_JOB`]) named by pid takes about 4 MiB, by
+/// process and thread name somewhat more.
+pub const MAX_JOB_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// `POST /jobs` takes bodies up to [`MAX_JOB_BODY_BYTES`] (the router's default, which this
+/// overrides for this route only, is [`MAX_BODY_BYTES`]).
+fn job_registration_limit(
+    route: utoipa_axum::router::UtoipaMethodRouter<AppState>,
+) -> utoipa_axum::router::UtoipaMethodRouter<AppState> {
+    let (schemas, paths, methods) = route;
+    (
+        schemas,
+        paths,
+        methods.layer(DefaultBodyLimit::max(MAX_JOB_BODY_BYTES)),
+    )
+}
+
+/// The 413 of a `POST /jobs` body over [`MAX_JOB_BODY_BYTES`].
+fn job_body_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "Request body too large (the limit for a job registration is {} MiB).",
+            MAX_JOB_BODY_BYTES >> 20
+        ),
+    )
+}
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
@@ -183,10 +213,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-/// Looks a job up by its raw path id (400 for a malformed id, 404 for an unknown one).
+/// Looks a job up by its raw path id (400 for a malformed id, 404 for an unknown one) and
+/// copies it.
 pub fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
+    with_job(state, raw_id, Job::clone)
+}
+
+/// Looks a job up by its raw path id like [`load_job`], and runs `f` on it under the registry's
+/// lock instead of copying it (a job may hold 100,000 subtasks): for answers that summarise it.
+pub fn with_job<R>(
+    state: &AppState,
+    raw_id: &str,
+    f: impl FnOnce(&Job) -> R,
+) -> Result<R, ApiError> {
     let id = params::job_id(raw_id)?;
-    state.registry.job(&id).map_err(|e| match e {
+    state.registry.with_job(&id, f).map_err(|e| match e {
         RegistryError::JobNotFound(id) => ApiError::not_found(format!("Job {id} not found")),
         other => other.into(),
     })
@@ -202,16 +243,21 @@ pub fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
         (status = 400, description = "Not valid: every problem, each naming its field", body = ErrorBody),
         (status = 401, description = "A bearer token is required (--rest-token-file)", body = ErrorBody),
         (status = 403, description = "The coordinator is read-only, or the request's Origin is neither this server nor a --cors-origin entry (a cross-site write)", body = ErrorBody),
-        (status = 413, description = "Body over 1 MiB", body = ErrorBody),
+        (status = 413, description = "Body over 16 MiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json (writes take nothing else)", body = ErrorBody),
     ))]
-pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Request body too large (the limit is 1 MiB).",
-        ));
-    }
+pub async fn register(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = match body {
+        Ok(body) if body.len() <= MAX_JOB_BODY_BYTES => body,
+        Ok(_) => return Err(job_body_too_large()),
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(job_body_too_large());
+        }
+        Err(rejection) => return Err(ApiError::new(rejection.status(), rejection.body_text())),
+    };
     let registry = state.registry.clone();
     let jobid = blocking(move || registry.register_job(&body)).await?;
     Ok((StatusCode::ACCEPTED, Json(JobIdAnswer { jobid })).into_response())
@@ -221,15 +267,14 @@ pub async fn register(State(state): State<AppState>, body: Bytes) -> Result<Resp
 #[utoipa::path(get, path = "/jobs", tag = "jobs",
     responses((status = 200, description = "Every job's id and status", body = JobList)))]
 pub async fn list(State(state): State<AppState>) -> Json<JobList> {
-    let jobs = state
-        .registry
-        .jobs()
-        .iter()
-        .map(|j| JobIdStatus {
-            id: j.spec.id.clone(),
-            status: j.runtime.status,
-        })
-        .collect();
+    let jobs = state.registry.with_jobs(|jobs| {
+        jobs.iter()
+            .map(|j| JobIdStatus {
+                id: j.spec.id.clone(),
+                status: j.runtime.status,
+            })
+            .collect()
+    });
     Json(JobList { jobs })
 }
 
@@ -242,24 +287,23 @@ fn all_states(job: &Job) -> impl Iterator<Item = ExecutionState> + '_ {
     responses((status = 200, description = "Name, times, state and task counts per job", body = JobsOverview)))]
 pub async fn overview(State(state): State<AppState>) -> Json<JobsOverview> {
     let now = now_ms();
-    let jobs = state
-        .registry
-        .jobs()
-        .iter()
-        .map(|j| JobOverview {
-            jid: j.spec.id.clone(),
-            name: j.spec.name.clone(),
-            job_type: "STREAMING".into(),
-            scheduler_type: "Default".into(),
-            start_time: j.start_time(),
-            end_time: j.end_time(),
-            duration: j.duration(now),
-            state: j.runtime.status,
-            last_modification: j.runtime.last_modification,
-            tasks: TaskCounts::of(all_states(j)),
-            pending_operators: 0,
-        })
-        .collect();
+    let jobs = state.registry.with_jobs(|jobs| {
+        jobs.iter()
+            .map(|j| JobOverview {
+                jid: j.spec.id.clone(),
+                name: j.spec.name.clone(),
+                job_type: "STREAMING".into(),
+                scheduler_type: "Default".into(),
+                start_time: j.start_time(),
+                end_time: j.end_time(),
+                duration: j.duration(now),
+                state: j.runtime.status,
+                last_modification: j.runtime.last_modification,
+                tasks: TaskCounts::of(all_states(j)),
+                pending_operators: 0,
+            })
+            .collect()
+    });
     Json(JobsOverview { jobs })
 }
 
@@ -473,13 +517,17 @@ pub async fn details(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
 ) -> Result<Json<JobDetails>, ApiError> {
-    let job = load_job(&state, &jobid)?;
+    with_job(&state, &jobid, job_details).map(Json)
+}
+
+/// `GET /jobs/:jobid`'s answer: summaries, without a copy of the job.
+fn job_details(job: &Job) -> JobDetails {
     let now = now_ms();
     let vertices = (0..job.spec.vertices.len())
-        .map(|v| vertex_summary(&job, v, now))
+        .map(|v| vertex_summary(job, v, now))
         .collect();
     let vertex_states = (0..job.spec.vertices.len()).map(|v| job.vertex_status(v));
-    Ok(Json(JobDetails {
+    JobDetails {
         jid: job.spec.id.clone(),
         application_id: job.spec.id.clone(),
         name: job.spec.name.clone(),
@@ -492,12 +540,12 @@ pub async fn details(
         duration: job.duration(now),
         max_parallelism: -1,
         now,
-        timestamps: JobTimestamps::of(&job),
+        timestamps: JobTimestamps::of(job),
         vertices,
         status_counts: ExecutionStateCounts::of(vertex_states),
-        plan: plan(&job),
+        plan: plan(job),
         pending_operators: 0,
-    }))
+    }
 }
 
 /// `GET /jobs/:jobid/plan`.
@@ -517,8 +565,7 @@ pub async fn job_plan(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
 ) -> Result<Json<JobPlan>, ApiError> {
-    let job = load_job(&state, &jobid)?;
-    Ok(Json(JobPlan { plan: plan(&job) }))
+    with_job(&state, &jobid, |job| Json(JobPlan { plan: plan(job) }))
 }
 
 /// `GET /jobs/:jobid/status`.
@@ -538,10 +585,11 @@ pub async fn status(
     State(state): State<AppState>,
     Path(jobid): Path<String>,
 ) -> Result<Json<JobStatusAnswer>, ApiError> {
-    let job = load_job(&state, &jobid)?;
-    Ok(Json(JobStatusAnswer {
-        status: job.runtime.status,
-    }))
+    with_job(&state, &jobid, |job| {
+        Json(JobStatusAnswer {
+            status: job.runtime.status,
+        })
+    })
 }
 
 /// The query of `PATCH /jobs/:jobid`.

@@ -24,8 +24,9 @@
 //! * every path is served bare and under `/v1`; any other prefix is an unknown path;
 //! * errors are `{"errors": [...]}`: 404 for unknown paths (`File not found.` for a GET, as
 //!   Flink's static-file handler says, `Not found: <uri>` otherwise), 405 for a method a path
-//!   does not serve (TRACE and made-up methods included), 413 for bodies over 1 MiB, 415 and
-//!   403 for writes a web page must not make ([`cross_site`]), 408 past the request timeout;
+//!   does not serve (TRACE and made-up methods included), 413 for bodies over 1 MiB (16 MiB
+//!   for `POST /jobs`), 415 and 403 for writes a web page must not make ([`cross_site`]), 408
+//!   past the request timeout;
 //! * JSON is sent as `application/json; charset=UTF-8`;
 //! * every answer carries `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and
 //!   `Referrer-Policy: no-referrer` (a JSON or SVG answer is never to be sniffed into HTML or

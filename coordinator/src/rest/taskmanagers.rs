@@ -276,16 +276,7 @@ pub async fn details(
     Path(tmid): Path<String>,
 ) -> Result<Json<TaskManagerDetails>, ApiError> {
     let tm = state.registry.taskmanager(&tmid)?;
-    let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
-    for job in state.registry.jobs() {
-        for (v, vertex) in job.spec.vertices.iter().enumerate() {
-            for (s, spec) in vertex.subtasks.iter().enumerate() {
-                if spec.taskmanager == tm.id && !job.runtime.subtasks[v][s].status.is_terminal() {
-                    *per_job.entry(job.spec.id.clone()).or_insert(0) += 1;
-                }
-            }
-        }
-    }
+    let per_job = state.registry.active_subtasks_by_job(&tm.id);
     let assigned: usize = per_job.values().sum();
     let allocated_slots = per_job
         .into_iter()

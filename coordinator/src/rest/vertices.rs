@@ -1,19 +1,21 @@
 //! `/jobs/:jobid/vertices/:vertexid/...`: a vertex and its subtasks in Flink's shapes.
 //!
 //! The flame graph paths under the same prefix live in `rest/flamegraph.rs`; everything here
-//! reads a copy of the job from the registry and renders it into the typed shapes below, which
-//! also describe the answers in `/openapi.json`.
+//! reads a copy of the one vertex (not of the whole job, which may hold 100,000 subtasks) from
+//! the registry and renders it into the typed shapes below, which also describe the answers in
+//! `/openapi.json`.
 
 use super::error::{ApiError, ErrorBody, SubtaskErrors, VertexErrors};
-use super::jobs::{EmptyObject, load_job};
+use super::jobs::EmptyObject;
 use super::metrics::{MetricParams, MetricQuery, MetricValue, metric_values};
 use super::params::{self, SubtaskPath, VertexPath};
 use super::shapes::{
     Aggregated, ExecutionStateCounts, ExecutionStateTimestamps, IoMetrics, SubtaskEntry, time_span,
 };
 use super::state::AppState;
+use crate::registry::job::{SubtaskRuntime, VertexSpec};
 use crate::registry::state::aggregate_execution_states;
-use crate::registry::{ExecutionState, Job};
+use crate::registry::{ExecutionState, RegistryError};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use flamegrid_model::clock::now_ms;
@@ -42,15 +44,23 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(subtask_attempt_accumulators))
 }
 
-/// The job and the index of the vertex named in the path (400 for malformed ids, 404 for
-/// unknown ones).
-fn load_vertex(state: &AppState, jobid: &str, vertexid: &str) -> Result<(Job, usize), ApiError> {
+/// A copy of the vertex named in the path, and of its subtasks' runtime: not of the whole job,
+/// which may hold 100,000 subtasks (400 for malformed ids, 404 for unknown ones).
+fn load_vertex(
+    state: &AppState,
+    jobid: &str,
+    vertexid: &str,
+) -> Result<(VertexSpec, Vec<SubtaskRuntime>), ApiError> {
     let vertex_id = params::vertex_id(vertexid)?;
-    let job = load_job(state, jobid)?;
-    let v = job
-        .vertex_index(&vertex_id)
-        .ok_or_else(|| ApiError::not_found(format!("No vertex with ID '{vertex_id}' exists.")))?;
-    Ok((job, v))
+    // Checked first, for the same 400 as the job paths.
+    let job_id = params::job_id(jobid)?;
+    state
+        .registry
+        .vertex(&job_id, &vertex_id)
+        .map_err(|e| match e {
+            RegistryError::JobNotFound(id) => ApiError::not_found(format!("Job {id} not found")),
+            other => other.into(),
+        })
 }
 
 /// `GET /jobs/:jobid/vertices/:vertexid` (Flink's JobVertexDetailsInfo).
@@ -83,10 +93,10 @@ pub async fn details(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
 ) -> Result<Json<VertexDetails>, ApiError> {
-    let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
+    let (vertex_spec, vertex_runtime) = load_vertex(&state, &jobid, &vertexid)?;
     let now = now_ms();
-    let vertex = &job.spec.vertices[v];
-    let runtimes = &job.runtime.subtasks[v];
+    let vertex = &vertex_spec;
+    let runtimes = &vertex_runtime;
     let subtasks = runtimes
         .iter()
         .enumerate()
@@ -154,9 +164,9 @@ pub async fn taskmanagers(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
 ) -> Result<Json<VertexTaskManagers>, ApiError> {
-    let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
+    let (vertex_spec, vertex_runtime) = load_vertex(&state, &jobid, &vertexid)?;
     let now = now_ms();
-    let vertex = &job.spec.vertices[v];
+    let vertex = &vertex_spec;
     let mut by_tm: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, s) in vertex.subtasks.iter().enumerate() {
         by_tm.entry(s.taskmanager.as_str()).or_default().push(i);
@@ -164,10 +174,7 @@ pub async fn taskmanagers(
     let taskmanagers = by_tm
         .into_iter()
         .map(|(tm, indexes)| {
-            let subtasks: Vec<_> = indexes
-                .iter()
-                .map(|i| &job.runtime.subtasks[v][*i])
-                .collect();
+            let subtasks: Vec<_> = indexes.iter().map(|i| &vertex_runtime[*i]).collect();
             let (start_time, end_time, duration) = time_span(subtasks.iter().copied(), now);
             VertexTaskManager {
                 // Every group has at least one subtask: it was created from one.
@@ -231,10 +238,10 @@ pub async fn subtask_times(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
 ) -> Result<Json<SubtaskTimes>, ApiError> {
-    let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
+    let (vertex_spec, vertex_runtime) = load_vertex(&state, &jobid, &vertexid)?;
     let now = now_ms();
-    let vertex = &job.spec.vertices[v];
-    let subtasks = job.runtime.subtasks[v]
+    let vertex = &vertex_spec;
+    let subtasks = vertex_runtime
         .iter()
         .enumerate()
         .map(|(i, s)| {
@@ -302,9 +309,9 @@ pub async fn subtasks_accumulators(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
 ) -> Result<Json<SubtasksAccumulators>, ApiError> {
-    let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
-    let vertex = &job.spec.vertices[v];
-    let subtasks = job.runtime.subtasks[v]
+    let (vertex_spec, vertex_runtime) = load_vertex(&state, &jobid, &vertexid)?;
+    let vertex = &vertex_spec;
+    let subtasks = vertex_runtime
         .iter()
         .enumerate()
         .map(|(i, s)| SubtaskAccumulatorsEntry {
@@ -327,10 +334,10 @@ fn subtask_of(
     vertexid: &str,
     raw_index: &str,
 ) -> Result<SubtaskEntry, ApiError> {
-    let (job, v) = load_vertex(state, jobid, vertexid)?;
+    let (vertex_spec, vertex_runtime) = load_vertex(state, jobid, vertexid)?;
     let index = params::subtask_index(raw_index)?;
-    let vertex = &job.spec.vertices[v];
-    let subtask = job.runtime.subtasks[v].get(index).ok_or_else(|| {
+    let vertex = &vertex_spec;
+    let subtask = vertex_runtime.get(index).ok_or_else(|| {
         ApiError::not_found(format!("Invalid subtask index for vertex {}", vertex.id))
     })?;
     Ok(SubtaskEntry::of(
@@ -474,9 +481,9 @@ pub async fn accumulators(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
 ) -> Result<Json<VertexAccumulators>, ApiError> {
-    let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
+    let (vertex_spec, _) = load_vertex(&state, &jobid, &vertexid)?;
     Ok(Json(VertexAccumulators {
-        id: job.spec.vertices[v].id.clone(),
+        id: vertex_spec.id.clone(),
         user_accumulators: Vec::new(),
     }))
 }
@@ -534,8 +541,8 @@ pub async fn backpressure(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
 ) -> Result<Json<Backpressure>, ApiError> {
-    let (job, v) = load_vertex(&state, &jobid, &vertexid)?;
-    let subtasks = (0..job.spec.vertices[v].parallelism())
+    let (vertex_spec, _) = load_vertex(&state, &jobid, &vertexid)?;
+    let subtasks = (0..vertex_spec.parallelism())
         .map(|i| SubtaskBackpressure {
             subtask: i,
             backpressure_level_camel: "ok".into(),
@@ -562,17 +569,17 @@ pub async fn no_metrics(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<Vec<MetricValue>>, ApiError> {
     let get = |k: &str| path.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let (job, v) = load_vertex(
+    let (vertex_spec, _) = load_vertex(
         &state,
         get("jobid").unwrap_or_default(),
         get("vertexid").unwrap_or_default(),
     )?;
     if let Some(raw) = get("subtaskindex") {
         let index = params::subtask_index(raw)?;
-        if index >= job.spec.vertices[v].parallelism() {
+        if index >= vertex_spec.parallelism() {
             return Err(ApiError::not_found(format!(
                 "Invalid subtask index for vertex {}",
-                job.spec.vertices[v].id
+                vertex_spec.id
             )));
         }
     }
