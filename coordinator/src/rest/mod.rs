@@ -7,7 +7,8 @@
 //! | [`cluster`] | `/config`, `/overview`, `/jobmanager/...` |
 //! | [`jobs`] | `/jobs`, `/jobs/overview`, `/jobs/metrics`, `/jobs/:jobid[/...]` |
 //! | [`flink_fixed`] | job paths without profiler data, fixed answers in Flink's shape (`config`, `checkpoints[/...]`, `accumulators`) |
-//! | [`vertices`] | `/jobs/:jobid/vertices/:vertexid[/...]` |
+//! | [`vertices`] | `/jobs/:jobid/vertices/:vertexid[/...]` with real data: details, task managers, subtask times, subtasks |
+//! | [`vertex_fixed`] | vertex paths without profiler data, fixed answers in Flink's shape (accumulators, `backpressure`, `watermarks`, `metrics`) |
 //! | [`taskmanagers`] | `/taskmanagers[/...]` |
 //! | [`flamegraph`] | flame graphs and task manager thread dumps |
 //! | [`exports`] | the flame graph as pprof (`.pb.gz`) and speedscope JSON |
@@ -50,6 +51,7 @@ pub mod shapes;
 pub mod state;
 pub mod taskmanagers;
 pub mod unsupported;
+pub mod vertex_fixed;
 pub mod vertices;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -91,6 +93,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(jobs::routes())
         .merge(flink_fixed::routes())
         .merge(vertices::routes())
+        .merge(vertex_fixed::routes())
         .merge(taskmanagers::routes())
         .merge(flamegraph::routes())
         .merge(exports::routes())
