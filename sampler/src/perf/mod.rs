@@ -155,9 +155,18 @@ impl PerfSession {
 
     /// Reads every ring, keeping each thread's newest sample of each kind.
     pub fn drain(&mut self) {
+        self.drain_where(|_| true);
+    }
+
+    /// Reads the rings of `tid` only.
+    pub fn drain_thread(&mut self, tid: u32) {
+        self.drain_where(|t| t == tid);
+    }
+
+    fn drain_where(&mut self, wanted: impl Fn(u32) -> bool) {
         let scratch = &mut self.scratch;
         let lost = &mut self.lost;
-        for (&tid, th) in self.threads.iter_mut() {
+        for (&tid, th) in self.threads.iter_mut().filter(|(t, _)| wanted(**t)) {
             let mut keep = |kept: &mut Option<Kept>, rec: &[u8]| match events::parse(rec) {
                 Some(events::Record::Sample {
                     tid: t,

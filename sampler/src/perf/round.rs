@@ -206,9 +206,11 @@ impl Sampler {
         if matches!(pick, Pick::Stale) {
             // It ran after `/proc` was read: read its state again, and take the sample that
             // goes with that state.
+            // Drained after the state is read: every switch-out before that read is in.
             let stat = proc::task_stat(job.pid, th.tid).ok()?;
             letter = stat.state;
             timed = letter == 'S' && proc::task_waits_with_timeout(job.pid, th.tid);
+            session.drain_thread(th.tid);
             pick = session.pick(th.tid, letter == 'R', u64::MAX, modules, max_depth);
         }
         let Pick::Stack(mut raw) = pick else {
