@@ -1050,9 +1050,9 @@ fn denied_error(run: &TargetRun) -> SamplerError {
 fn wait_draining(
     deadline: Instant,
     cancel: &AtomicBool,
-    mut perf: Option<&mut perf::PerfSession>,
+    perf: Option<&mut perf::PerfSession>,
 ) -> bool {
-    let Some(session) = perf.as_deref_mut() else {
+    let Some(session) = perf else {
         return wait_until(deadline, cancel);
     };
     loop {

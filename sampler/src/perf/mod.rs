@@ -63,6 +63,9 @@ struct PerfThread {
     switched_out: Option<Kept>,
 }
 
+/// A blocking system call: its number and arguments.
+pub type Syscall = (u64, [u64; 6]);
+
 /// What the perf backend knows of a thread this round.
 pub enum Pick {
     /// A stack from a perf sample (unwound): the thread was not stopped.
@@ -88,7 +91,7 @@ pub struct PerfSession {
     /// system call it was blocked in). Until the thread runs again (a sample newer than the
     /// read), that read is still its answer: our stop woke it, and until it gets a CPU to
     /// re-enter its wait `/proc` calls it runnable.
-    read_once: HashMap<u32, (u64, Arc<RawStack>, (u64, [u64; 6]))>,
+    read_once: HashMap<u32, (u64, Arc<RawStack>, Syscall)>,
 }
 
 impl PerfSession {
@@ -271,19 +274,13 @@ impl PerfSession {
     }
 
     /// Remembers a ptrace read of `tid`, blocked in `syscall`, finished at `after_ns`.
-    pub fn note_ptrace_read(
-        &mut self,
-        tid: u32,
-        after_ns: u64,
-        stack: RawStack,
-        syscall: (u64, [u64; 6]),
-    ) {
+    pub fn note_ptrace_read(&mut self, tid: u32, after_ns: u64, stack: RawStack, syscall: Syscall) {
         self.read_once
             .insert(tid, (after_ns, Arc::new(stack), syscall));
     }
 
     /// Our last ptrace read of `tid` while it has not run since: its stack and system call.
-    pub fn still_as_read(&self, tid: u32) -> Option<(Arc<RawStack>, (u64, [u64; 6]))> {
+    pub fn still_as_read(&self, tid: u32) -> Option<(Arc<RawStack>, Syscall)> {
         let (at, stack, syscall) = self.read_once.get(&tid)?;
         let th = self.threads.get(&tid)?;
         let ran = [&th.on_cpu, &th.switched_out]

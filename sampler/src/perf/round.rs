@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// The modules a run loaded, per process (pid, start time).
+type RunModules = HashMap<(u32, u64), Arc<ProcessModules>>;
+
 /// How long the first round waits for a running thread's first task-clock sample (beyond one
 /// period) before it reads that thread with ptrace instead.
 const FIRST_SAMPLE_GRACE: Duration = Duration::from_millis(50);
@@ -28,7 +31,7 @@ impl Sampler {
         meta: &[(usize, Vec<PreState>)],
         runs: &mut [TargetRun],
         (first, state_ns): (bool, u64),
-        run_modules: &mut HashMap<(u32, u64), Arc<ProcessModules>>,
+        run_modules: &mut RunModules,
         max_depth: usize,
         cancel: &AtomicBool,
     ) -> Result<RoundResult, String> {
@@ -150,8 +153,14 @@ impl Sampler {
         result.timings.unwind = unwind_start.elapsed();
         // 4. The rest with ptrace, in one sub-round.
         if !sub.is_empty() {
-            let (index, (sub_jobs, slots)): (Vec<usize>, (Vec<TargetJob>, Vec<Vec<usize>>)) =
-                sub.into_iter().map(|(ji, j, s)| (ji, (j, s))).unzip();
+            let mut index = Vec::with_capacity(sub.len());
+            let mut sub_jobs = Vec::with_capacity(sub.len());
+            let mut slots = Vec::with_capacity(sub.len());
+            for (ji, job, s) in sub {
+                index.push(ji);
+                sub_jobs.push(job);
+                slots.push(s);
+            }
             let read = self.inner.tracer.round(sub_jobs, max_depth)?;
             let after = super::events::monotonic_ns();
             for (k, reads) in read.targets.into_iter().enumerate() {
@@ -189,10 +198,7 @@ impl Sampler {
         pre: &PreState,
         state_ns: u64,
         modules: &mut Arc<ProcessModules>,
-        (run_modules, refreshed): (
-            &mut HashMap<(u32, u64), Arc<ProcessModules>>,
-            &mut HashMap<u32, bool>,
-        ),
+        (run_modules, refreshed): (&mut RunModules, &mut HashMap<u32, bool>),
         max_depth: usize,
         cancel: &AtomicBool,
     ) -> Option<(Arc<RawStack>, char, bool)> {
