@@ -280,13 +280,14 @@ impl PerfSession {
     }
 
     /// Our last ptrace read of `tid` while it has not run since: its stack and system call.
-    pub fn still_as_read(&self, tid: u32) -> Option<(Arc<RawStack>, Syscall)> {
+    /// A thread `/proc` calls runnable has run only once a task-clock tick landed after the
+    /// read: before that it is still getting back into the wait our stop interrupted (on a
+    /// busy host it may even be preempted on the way, which leaves a switch-out record).
+    pub fn still_as_read(&self, tid: u32, runnable: bool) -> Option<(Arc<RawStack>, Syscall)> {
         let (at, stack, syscall) = self.read_once.get(&tid)?;
         let th = self.threads.get(&tid)?;
-        let ran = [&th.on_cpu, &th.switched_out]
-            .into_iter()
-            .flatten()
-            .any(|k| k.time_ns > *at);
+        let after = |k: &Option<Kept>| k.as_ref().is_some_and(|k| k.time_ns > *at);
+        let ran = after(&th.on_cpu) || (!runnable && after(&th.switched_out));
         (!ran).then(|| (Arc::clone(stack), *syscall))
     }
 

@@ -203,7 +203,7 @@ impl Sampler {
         cancel: &AtomicBool,
     ) -> Option<(Arc<RawStack>, char, bool)> {
         // Read with ptrace while asleep and not run since: still where that read found it.
-        if let Some((stack, (nr, args))) = session.still_as_read(th.tid) {
+        if let Some((stack, (nr, args))) = session.still_as_read(th.tid, pre.letter == 'R') {
             let letter = if pre.letter == 'D' { 'D' } else { 'S' };
             return Some((stack, letter, proc::syscall_is_timed_wait(nr, &args)));
         }
