@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of flamegrid's sampler against eu-stack and gdb, in one run.
+# Side-by-side benchmark of flamegrid's sampler against eu-stack and gdb, and of its two
+# backends (--sampler ptrace / perf) against `perf record --call-graph dwarf` (Debian package
+# linux-perf; the backends section needs perf_event_open, i.e. root or CAP_PERFMON), in one run.
 #
 #   benches/compare.sh            # full run (about 5 minutes on a 2-vCPU machine)
 #   benches/compare.sh --quick    # fewer rounds, for a smoke test

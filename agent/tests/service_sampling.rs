@@ -396,7 +396,9 @@ async fn runs_beyond_the_limit_are_resource_exhausted() {
 /// request is refused with PERMISSION_DENIED and the reason, not reported as a missing process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thread_held_by_another_tracer_is_permission_denied() {
-    let s = setup(&[]).await;
+    // The refusal is ptrace's: perf events need no attach, so `--sampler perf` (and `auto`)
+    // sample a running thread another tracer holds.
+    let s = setup(&["--sampler", "ptrace"]).await;
     let tid = s
         .workload
         .tid_of("spin-0")

@@ -3,10 +3,11 @@
 //!
 //! * every Kubernetes YAML document parses and has `apiVersion`, `kind` and `metadata.name`;
 //! * the agent DaemonSet sees the host's processes (`hostPID`) and may trace them (`SYS_PTRACE`,
-//!   every other capability dropped), takes its id from the node name and advertises its pod IP;
+//!   and `PERFMON` for perf events; every other capability dropped), takes its id from the node name and advertises its pod IP;
 //! * the coordinator Deployment keeps `--data-dir` on a PersistentVolumeClaim and its Service
 //!   exposes the ports the flags bind;
-//! * the systemd units grant the agent `CAP_SYS_PTRACE` and nothing more, the coordinator nothing;
+//! * the systemd units grant the agent `CAP_SYS_PTRACE` and `CAP_PERFMON` and nothing more, the
+//!   coordinator nothing;
 //! * every `--flag` and every `FLAMEGRID_*` variable used anywhere in `deploy/` appears in the
 //!   `--help` output of the binary it is meant for (the real binary, run as a process);
 //! * the files ship closed (issue 12): every listener they bind to a non-loopback address has
@@ -142,8 +143,8 @@ fn agent_daemonset_sees_and_may_trace_host_processes() {
     let capabilities = &agent["securityContext"]["capabilities"];
     assert_eq!(
         strings(&capabilities["add"]),
-        ["SYS_PTRACE"],
-        "SYS_PTRACE and nothing more"
+        ["SYS_PTRACE", "PERFMON"],
+        "SYS_PTRACE and PERFMON and nothing more"
     );
     assert_eq!(strings(&capabilities["drop"]), ["ALL"]);
     assert_eq!(
@@ -306,8 +307,14 @@ fn setting<'a>(settings: &'a [(String, String)], key: &str) -> Vec<&'a str> {
 #[test]
 fn systemd_units_grant_the_agent_ptrace_and_nothing_more() {
     let agent = unit_service_settings(&read("systemd/flamegrid-agent.service"));
-    assert_eq!(setting(&agent, "AmbientCapabilities"), ["CAP_SYS_PTRACE"]);
-    assert_eq!(setting(&agent, "CapabilityBoundingSet"), ["CAP_SYS_PTRACE"]);
+    assert_eq!(
+        setting(&agent, "AmbientCapabilities"),
+        ["CAP_SYS_PTRACE CAP_PERFMON"]
+    );
+    assert_eq!(
+        setting(&agent, "CapabilityBoundingSet"),
+        ["CAP_SYS_PTRACE CAP_PERFMON"]
+    );
     assert_eq!(setting(&agent, "NoNewPrivileges"), ["yes"]);
     assert!(
         setting(&agent, "User").iter().all(|u| *u != "root"),

@@ -40,6 +40,9 @@
 //! round and handed to the tracer as values; stacks that left every known module are unwound
 //! again by the caller after the round.
 //! * `permission`: which of the possible causes an `EPERM` is.
+//! * `perf`: the perf-event backend ([`Backend::Perf`]): running threads' stacks from task-clock
+//!   samples and sleeping threads' from their last switch-out, copied by the kernel without
+//!   stopping anything; ptrace reads only threads asleep since before the run.
 //!
 //! Symbolization happens once per distinct address *after* all samples were taken, so the
 //! sample loop never waits for DWARF parsing and each round stays short.
@@ -52,6 +55,7 @@ pub mod selection;
 mod dwarf_scope;
 mod elf;
 mod maps;
+mod perf;
 mod permission;
 mod ptrace;
 mod stack;
@@ -81,6 +85,30 @@ use std::time::{Duration, Instant};
 use symbolize::SymbolizerThread;
 use unwind::{ProcessModules, RawStack, UnwindCache};
 use workers::LoaderThread;
+
+/// How the stacks are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Perf events where `perf_event_open` is allowed for the thread, ptrace for the others
+    /// (the reason logged once).
+    #[default]
+    Auto,
+    /// Perf events only: a thread whose events the kernel refuses fails its target.
+    Perf,
+    /// Every sample is a ptrace stop (PTRACE_SEIZE + PTRACE_INTERRUPT).
+    Ptrace,
+}
+
+impl Backend {
+    /// `auto`, `perf` or `ptrace`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Perf => "perf",
+            Backend::Ptrace => "ptrace",
+        }
+    }
+}
 
 /// How to sample.
 #[derive(Debug, Clone)]
@@ -147,6 +175,13 @@ pub struct RunStats {
     pub symbolize: Duration,
     /// Threads that did not stop within their deadline.
     pub not_stopped: u32,
+    /// Which backend read the stacks: `ptrace`, `perf`, or `perf (N threads with ptrace:
+    /// reason)` when `auto` fell back for some.
+    pub backend: String,
+    /// Thread-samples read from perf samples (no stop); `stop_ns` has one entry per ptrace read.
+    pub perf_reads: u32,
+    /// Records the kernel dropped because a ring buffer was full (perf backend).
+    pub lost_records: u64,
 }
 
 impl RunStats {
@@ -176,6 +211,9 @@ pub struct Sampler {
 }
 
 struct Inner {
+    backend: Backend,
+    /// The first run logged which backend it used (and why it fell back).
+    choice_logged: AtomicBool,
     tracer: Tracer,
     symbolizer: SymbolizerThread,
     /// Reads the files of sampled processes for the unwinder, off the tracer thread.
@@ -216,7 +254,12 @@ fn sample_state(
     pre: &PreState,
     stopped: bool,
     interrupted: Option<(u64, [u64; 6])>,
+    perf_state: Option<(char, bool)>,
 ) -> ThreadState {
+    // A perf sample stopped nothing: its state is `/proc`'s, as read for the sample.
+    if let Some((letter, timed)) = perf_state {
+        return ThreadState::from_proc_state(letter, timed);
+    }
     match (interrupted, pre.letter) {
         (Some(_), 'D') => ThreadState::Blocked,
         (Some((nr, args)), _) => {
@@ -399,6 +442,20 @@ impl Sampler {
     /// [`Sampler::new`] with another idle time after which the symbolizer drops its caches
     /// and returns their memory: shorter saves memory sooner, longer keeps more runs warm.
     pub fn with_symbol_cache_idle(idle: Duration) -> Result<Sampler, SamplerError> {
+        Sampler::build(idle, Backend::default())
+    }
+
+    /// [`Sampler::new`] reading stacks with `backend`.
+    pub fn with_backend(backend: Backend) -> Result<Sampler, SamplerError> {
+        Sampler::build(SYMBOL_CACHE_IDLE, backend)
+    }
+
+    /// The backend this sampler was built with.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    fn build(idle: Duration, backend: Backend) -> Result<Sampler, SamplerError> {
         let tracer =
             Tracer::spawn().map_err(|e| SamplerError::io("starting the tracer thread", e))?;
         let symbolizer = SymbolizerThread::spawn(idle)
@@ -407,6 +464,8 @@ impl Sampler {
             LoaderThread::spawn().map_err(|e| SamplerError::io("starting the loader thread", e))?;
         Ok(Sampler {
             inner: Arc::new(Inner {
+                backend,
+                choice_logged: AtomicBool::new(false),
                 tracer,
                 symbolizer,
                 loader,
@@ -477,10 +536,12 @@ impl Sampler {
         let max_depth = opts.max_depth.max(1) as usize;
         let mut processes = RunProcesses::default();
         let mut names = RunNames::default();
-        let began = Instant::now();
+        let mut began = Instant::now();
         let mut stored = 0usize;
         let mut bound_warning = None;
         let rounds = opts.num_samples.max(1);
+        let mut perf = (self.inner.backend != Backend::Ptrace)
+            .then(|| perf::PerfSession::new(perf::clock_period(opts.delay)));
         for round in 0..rounds {
             if opts.cancel.load(Ordering::SeqCst) {
                 break;
@@ -497,10 +558,12 @@ impl Sampler {
             if round > 0 && runs.iter().all(TargetRun::done) {
                 break;
             }
-            if round > 0 && !wait_until(began + opts.delay * round, &opts.cancel) {
+            if round > 0 && !wait_draining(began + opts.delay * round, &opts.cancel, perf.as_mut())
+            {
                 break;
             }
             let round_start = Instant::now();
+            let state_ns = perf::events::monotonic_ns();
             let (jobs, meta) =
                 self.prepare_jobs(&mut runs, round == 0, policy, opts, &mut processes);
             if jobs.is_empty() {
@@ -511,7 +574,20 @@ impl Sampler {
             }
             let job_processes: Vec<(u32, u64)> =
                 jobs.iter().map(|j| (j.pid, j.starttime)).collect();
-            let mut result = match self.inner.tracer.round(jobs, max_depth) {
+            let read = match perf.as_mut() {
+                Some(session) => self.perf_round(
+                    session,
+                    jobs,
+                    &meta,
+                    &mut runs,
+                    (round == 0, state_ns),
+                    &mut processes.modules,
+                    max_depth,
+                    &opts.cancel,
+                ),
+                None => self.inner.tracer.round(jobs, max_depth),
+            };
+            let mut result = match read {
                 Ok(r) => r,
                 Err(e) => {
                     for (i, _) in &meta {
@@ -539,6 +615,11 @@ impl Sampler {
             stats.unwind += result.timings.unwind;
             stored += record_round(&mut runs, meta, result.targets, &mut stats);
             stats.round_time.push(round_start.elapsed());
+            // The perf backend's first round waits for running threads' first samples: the
+            // schedule of the later rounds starts after it, not in a burst to catch up.
+            if round == 0 && perf.is_some() {
+                began = Instant::now();
+            }
             // While later rounds are still to come, hand this round's new addresses to the
             // symbolizer thread now: it names them during the delay, so a cold parse
             // overlaps the window rather than following it.
@@ -554,7 +635,8 @@ impl Sampler {
         let tables = names.collect(&self.inner.symbolizer, &opts.cancel);
         stats.symbolize = sym_start.elapsed();
 
-        let run = assemble_run(runs, &tables, bound_warning, max_depth, opts, &mut stats);
+        let mut run = assemble_run(runs, &tables, bound_warning, max_depth, opts, &mut stats);
+        self.report_backend(perf.as_ref(), &mut run, &mut stats);
         (run, stats)
     }
 
@@ -663,10 +745,15 @@ fn record_round(
     for ((i, states), reads) in meta.into_iter().zip(reads) {
         let run = &mut runs[i];
         for (pre, read) in states.into_iter().zip(reads) {
-            let stopped = matches!(read.outcome, ReadOutcome::Stack(_));
+            let via_perf = read.perf_state.is_some();
+            let stopped = matches!(read.outcome, ReadOutcome::Stack(_)) && !via_perf;
             let stack = match read.outcome {
                 ReadOutcome::Stack(raw) => {
-                    stats.stop_ns.push(read.stopped_ns);
+                    if via_perf {
+                        stats.perf_reads += 1;
+                    } else {
+                        stats.stop_ns.push(read.stopped_ns);
+                    }
                     let shared = round_stacks
                         .entry(read.tid)
                         .or_insert_with(|| Arc::new(raw));
@@ -682,7 +769,7 @@ fn record_round(
                     continue;
                 }
             };
-            let state = sample_state(&pre, stopped, read.interrupted_syscall);
+            let state = sample_state(&pre, stopped, read.interrupted_syscall, read.perf_state);
             stored += 1;
             run.samples.push(RawSample {
                 tid: read.tid,
@@ -955,6 +1042,28 @@ fn denied_error(run: &TargetRun) -> SamplerError {
     SamplerError::PermissionDenied {
         pid: run.pid,
         reason,
+    }
+}
+
+/// [`wait_until`], draining the perf rings every [`perf::DRAIN_INTERVAL`] meanwhile (so a
+/// long delay does not overflow them).
+fn wait_draining(
+    deadline: Instant,
+    cancel: &AtomicBool,
+    perf: Option<&mut perf::PerfSession>,
+) -> bool {
+    let Some(session) = perf else {
+        return wait_until(deadline, cancel);
+    };
+    loop {
+        session.drain();
+        let step = (Instant::now() + perf::DRAIN_INTERVAL).min(deadline);
+        if !wait_until(step, cancel) {
+            return false;
+        }
+        if step >= deadline {
+            return true;
+        }
     }
 }
 

@@ -105,6 +105,9 @@ pub struct ThreadRead {
     pub stopped_ns: u64,
     /// The blocking system call our stop interrupted, if any (see [`Regs`]).
     pub interrupted_syscall: Option<(u64, [u64; 6])>,
+    /// Read from a perf sample instead of a stop: the `/proc` state (letter, waits with a
+    /// timeout) the sample is filed under. `None` for a ptrace read.
+    pub perf_state: Option<(char, bool)>,
 }
 
 /// Timings of one round, for `--stats` and benchmarks.
@@ -347,6 +350,7 @@ impl TracerState {
                             outcome: ReadOutcome::Gone,
                             stopped_ns: 0,
                             interrupted_syscall: None,
+                            perf_state: None,
                         })
                         .collect()
                 })
@@ -428,6 +432,7 @@ impl TracerState {
                             outcome,
                             stopped_ns: 0,
                             interrupted_syscall: None,
+                            perf_state: None,
                         };
                     }
                 }
@@ -453,6 +458,7 @@ impl TracerState {
                         outcome: ReadOutcome::NotStopped,
                         stopped_ns: 0,
                         interrupted_syscall: None,
+                        perf_state: None,
                     };
                 }
             }
@@ -575,6 +581,7 @@ impl TracerState {
                                 outcome: ReadOutcome::Gone,
                                 stopped_ns: 0,
                                 interrupted_syscall: None,
+                                perf_state: None,
                             },
                         );
                     }
@@ -638,6 +645,7 @@ impl TracerState {
             outcome,
             stopped_ns,
             interrupted_syscall,
+            perf_state: None,
         }
     }
 }

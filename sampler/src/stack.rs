@@ -124,6 +124,19 @@ impl StackCopy {
         }
     }
 
+    /// A finished copy of `bytes`, the memory from `base` up (a perf sample's user stack),
+    /// stored in `buf`'s memory. Reads outside it fail like unreadable memory.
+    pub fn from_bytes(base: u64, bytes: &[u8], mut buf: Vec<u8>) -> StackCopy {
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        StackCopy {
+            base,
+            len: buf.len(),
+            buf,
+            at_end: true,
+        }
+    }
+
     /// The copied bytes.
     #[cfg(test)]
     pub fn bytes(&self) -> &[u8] {

@@ -135,6 +135,12 @@ pub struct RunArgs {
     #[arg(long, env = "FLAMEGRID_KERNEL_STACKS")]
     pub kernel_stacks: bool,
 
+    /// How stacks are read: auto (perf events where allowed, else ptrace; the choice is
+    /// logged), perf (running threads are never stopped; needs CAP_PERFMON or root) or ptrace
+    /// (every sample stops each thread briefly). See `flamegrid-agent sample --help`.
+    #[arg(long, env = "FLAMEGRID_SAMPLER", value_enum, ignore_case = true, default_value_t = super::SamplerArg::Auto)]
+    pub sampler: super::SamplerArg,
+
     /// Start even though --listen is reachable from other hosts without credentials. By
     /// default a non-loopback --listen needs --token-file or mutual TLS (--tls-cert, --tls-key
     /// and --tls-ca) and the agent refuses to start without; with --insecure anyone who can
@@ -168,6 +174,7 @@ impl RunArgs {
             heartbeat_timeout_s: 30,
             max_concurrent_runs: crate::service::DEFAULT_MAX_CONCURRENT_RUNS,
             kernel_stacks: false,
+            sampler: super::SamplerArg::Auto,
             insecure: false,
         }
     }
@@ -392,7 +399,7 @@ pub async fn serve(
     if let Some(warning) = &checked.exposure_warning {
         tracing::warn!("{warning}");
     }
-    let sampler = Sampler::new().context("starting the sampler")?;
+    let sampler = Sampler::with_backend(args.sampler.into()).context("starting the sampler")?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;

@@ -97,6 +97,12 @@ pub struct SampleArgs {
     #[arg(long, env = "FLAMEGRID_FORMAT", value_enum, ignore_case = true, default_value_t = FormatArg::Folded)]
     pub format: FormatArg,
 
+    /// How stacks are read: auto (perf events where allowed, else ptrace), perf (running
+    /// threads are never stopped; needs CAP_PERFMON or root) or ptrace (every sample stops each
+    /// thread briefly). The JSON output's "sampler" field (and --stats) says which was used.
+    #[arg(long, env = "FLAMEGRID_SAMPLER", value_enum, ignore_case = true, default_value_t = super::SamplerArg::Auto)]
+    pub sampler: super::SamplerArg,
+
     /// Print timings to stderr: threads, per-thread stop time (median/p99 µs), snapshot time per
     /// round, unwind and symbolization time. Hidden: not one of DESIGN.md's flags, kept for
     /// the benchmarks (`benches/`), which read these lines.
@@ -126,7 +132,7 @@ pub fn main(args: SampleArgs) -> anyhow::Result<ExitCode> {
         tids,
         thread_name,
     };
-    let sampler = Sampler::new()?;
+    let sampler = Sampler::with_backend(args.sampler.into())?;
     let opts = SamplerOptions {
         num_samples: args.samples,
         delay: Duration::from_millis(args.interval_ms),
@@ -154,7 +160,7 @@ pub fn main(args: SampleArgs) -> anyhow::Result<ExitCode> {
     let ty: GraphType = args.graph_type.into();
     let text = match args.format {
         FormatArg::Folded => flamegrid_model::folded::to_folded([&set], ty),
-        FormatArg::Json => json_output(&set, ty, args.pid, run.start_ms, run.end_ms)?,
+        FormatArg::Json => json_output(&set, ty, args.pid, (run.start_ms, run.end_ms), &stats)?,
     };
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -169,8 +175,8 @@ fn json_output(
     set: &SampleSet,
     ty: GraphType,
     pid: u32,
-    start_ms: i64,
-    end_ms: i64,
+    (start_ms, end_ms): (i64, i64),
+    stats: &RunStats,
 ) -> anyhow::Result<String> {
     let samples: Vec<serde_json::Value> = set
         .samples
@@ -191,6 +197,8 @@ fn json_output(
     let doc = serde_json::json!({
         "pid": pid,
         "type": ty.as_str(),
+        "sampler": stats.backend,
+        "lost_records": stats.lost_records,
         "start_ms": start_ms,
         "end_ms": end_ms,
         "samples": samples,
@@ -213,6 +221,7 @@ fn print_stats(stats: &RunStats, set: &SampleSet) {
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
+    eprintln!("sampler: {}", stats.backend);
     eprintln!("threads: {}", stats.threads);
     eprintln!("rounds: {}", stats.rounds);
     eprintln!("samples: {}", set.samples.len());
@@ -245,4 +254,6 @@ fn print_stats(stats: &RunStats, set: &SampleSet) {
     eprintln!("unwind_ms: {:.3}", stats.unwind.as_secs_f64() * 1e3);
     eprintln!("symbolize_ms: {:.3}", stats.symbolize.as_secs_f64() * 1e3);
     eprintln!("not_stopped: {}", stats.not_stopped);
+    eprintln!("perf_reads: {}", stats.perf_reads);
+    eprintln!("lost_records: {}", stats.lost_records);
 }

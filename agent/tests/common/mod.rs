@@ -18,12 +18,33 @@ pub fn agent_bin() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_flamegrid-agent").to_string())
 }
 
-/// Runs `flamegrid-agent sample ARGS...` to completion.
+std::thread_local! {
+    /// The `--sampler` backend [`sample`] runs with (through `FLAMEGRID_SAMPLER`), set by
+    /// [`each_backend`]; `auto` otherwise.
+    static BACKEND: std::cell::Cell<&'static str> = const { std::cell::Cell::new("auto") };
+}
+
+/// The sampler's two backends, in the order [`each_backend`] runs them.
+pub const BACKENDS: [&str; 2] = ["perf", "ptrace"];
+
+/// Runs `body` once per backend (`perf`, then `ptrace`), every [`sample`] call in it with that
+/// `--sampler`: the same assertions must hold for both.
+pub fn each_backend(body: impl Fn(&'static str)) {
+    for backend in BACKENDS {
+        BACKEND.with(|b| b.set(backend));
+        eprintln!("--- with --sampler {backend}");
+        body(backend);
+    }
+    BACKEND.with(|b| b.set("auto"));
+}
+
+/// Runs `flamegrid-agent sample ARGS...` to completion (with the backend of [`each_backend`]).
 pub fn sample(args: &[&str]) -> Output {
     Command::new(agent_bin())
         .arg("sample")
         .args(args)
         .env_remove("RUST_LOG")
+        .env("FLAMEGRID_SAMPLER", BACKEND.with(std::cell::Cell::get))
         .stdin(Stdio::null())
         .output()
         .expect("run flamegrid-agent")

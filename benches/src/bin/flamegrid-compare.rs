@@ -18,6 +18,11 @@
 //!    machine's scheduler happens to grant the spinner), with the spinner and the sampler pinned
 //!    to different CPUs where there are two, plus the direct cost: the fraction of wall time
 //!    each thread was held stopped (from the sampler's own stop times, free of rate noise).
+//!
+//! Sections 1-3 measure the ptrace backend (`--sampler ptrace`). Section 4 puts the backends
+//! side by side with `perf record --call-graph dwarf` on the same spinning target: voluntary
+//! context switches added per 100 samples, how long the running thread is held, the spinner's
+//! throughput at 100 Hz and 1 000 Hz, and the sampler's CPU time per sample.
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -27,7 +32,8 @@ use flamegrid_benches::{
     SNAPSHOT_SIZES, positive_count, snapshot_mix, throughput_mix, whole_process,
 };
 use flamegrid_sampler::selection::AccessPolicy;
-use flamegrid_sampler::{RunStats, Sampler, SamplerOptions};
+use flamegrid_sampler::selection::{ProcessRef, ThreadSelector};
+use flamegrid_sampler::{Backend, RunStats, Sampler, SamplerOptions};
 use flamegrid_workloads::{Mix, RunningWorkload, Workload, spawn};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -73,14 +79,15 @@ struct Args {
     window_secs: Option<usize>,
 
     /// The sections to run, comma-separated: snapshot (latency against eu-stack and gdb), stop
-    /// (how long each thread is stopped), throughput (cost to a spinning target).
+    /// (how long each thread is stopped), throughput (cost to a spinning target), backends
+    /// (ptrace vs perf events vs `perf record --call-graph dwarf`).
     #[arg(
         long,
         env = "FLAMEGRID_SECTIONS",
         value_name = "LIST",
         value_enum,
         value_delimiter = ',',
-        default_value = "snapshot,stop,throughput"
+        default_value = "snapshot,stop,throughput,backends"
     )]
     sections: Vec<Section>,
 
@@ -102,6 +109,7 @@ enum Section {
     Snapshot,
     Stop,
     Throughput,
+    Backends,
 }
 
 /// The settings of a run, once `--quick` and the defaults are resolved.
@@ -159,6 +167,10 @@ fn main() -> anyhow::Result<()> {
     if wanted(Section::Throughput) {
         eprintln!("[compare] throughput ...");
         throughput_section(&mut report, &settings)?;
+    }
+    if wanted(Section::Backends) {
+        eprintln!("[compare] backends: ptrace vs perf events vs perf record ...");
+        backends_section(&mut report, &settings)?;
     }
     writeln!(
         report,
@@ -342,7 +354,15 @@ fn measure(tool: Tool, pid: u32, settings: &Settings, warm: &Sampler) -> anyhow:
         Tool::FlamegridCold => {
             let (wall, _) = timed(&mut command(
                 &settings.agent,
-                &s(&["sample", "--pid", &pid_s, "--samples", "1"]),
+                &s(&[
+                    "sample",
+                    "--pid",
+                    &pid_s,
+                    "--samples",
+                    "1",
+                    "--sampler",
+                    "ptrace",
+                ]),
             ))?;
             Ok(ms(wall))
         }
@@ -358,6 +378,8 @@ fn measure(tool: Tool, pid: u32, settings: &Settings, warm: &Sampler) -> anyhow:
                     "--interval-ms",
                     "0",
                     "--stats",
+                    "--sampler",
+                    "ptrace",
                 ]),
             ))?;
             stat_value(&stats, "round_ms:", "median")
@@ -402,7 +424,7 @@ fn snapshot_section(report: &mut String, settings: &Settings) -> anyhow::Result<
         report,
         "\n## 1. Snapshot latency (whole process, ms, median)\n"
     )?;
-    let warm = Sampler::new().context("starting the in-process sampler")?;
+    let warm = Sampler::with_backend(Backend::Ptrace).context("starting the in-process sampler")?;
     let mut results: BTreeMap<(u32, Tool), Vec<f64>> = BTreeMap::new();
     let mut stopped_after = Vec::new();
     for threads in SNAPSHOT_SIZES {
@@ -558,6 +580,8 @@ fn stop_time_section(report: &mut String, settings: &Settings) -> anyhow::Result
                 "--interval-ms",
                 "10",
                 "--stats",
+                "--sampler",
+                "ptrace",
             ]
             .iter()
             .map(|s| (*s).to_owned())
@@ -694,7 +718,7 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
         pin(std::process::id(), "0", true)?;
         pin(spinner, &(cpus - 1).to_string(), false)?;
     }
-    let sampler = Sampler::new()?;
+    let sampler = Sampler::with_backend(Backend::Ptrace)?;
     // Conditions: 0 = unsampled, else the sampling rate in Hz.
     let conditions = [0u32, 20, 100];
     let mut rates: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
@@ -822,6 +846,333 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
     Ok(())
 }
 
+// ---- 4. backends: ptrace vs perf events vs perf record ----------------------------------
+
+/// Who samples in a backends condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sampling {
+    /// Nobody (the baseline).
+    Unsampled,
+    /// flamegrid's sampler with this backend.
+    Flamegrid(Backend),
+    /// `perf record --call-graph dwarf`.
+    PerfRecord,
+}
+
+impl Sampling {
+    fn label(self) -> String {
+        match self {
+            Sampling::Unsampled => "unsampled".into(),
+            Sampling::Flamegrid(b) => format!("flamegrid `--sampler {}`", b.as_str()),
+            Sampling::PerfRecord => "`perf record --call-graph dwarf`".into(),
+        }
+    }
+}
+
+/// CPU time of every thread of process `pid` (ns), from each task's `schedstat`.
+fn process_cpu_ns(pid: u32) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid: u32 = entry?.file_name().to_string_lossy().parse()?;
+        // A thread that exited between the listing and the read no longer counts.
+        total += thread_cpu_ns(pid, tid).unwrap_or(0.0);
+    }
+    Ok(total)
+}
+
+/// `voluntary_ctxt_switches` of one thread.
+fn voluntary_switches(pid: u32, tid: u32) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no voluntary_ctxt_switches in status")
+}
+
+/// A running `perf record --call-graph dwarf -F HZ` of `who` (`-t TID` or `-p PID`).
+struct PerfRecord {
+    child: std::process::Child,
+    data: PathBuf,
+}
+
+impl PerfRecord {
+    fn start(who: &[&str], hz: u32) -> anyhow::Result<PerfRecord> {
+        let data =
+            std::env::temp_dir().join(format!("flamegrid-compare-{}.data", std::process::id()));
+        let child = Command::new("perf")
+            .args([
+                "record",
+                "--call-graph",
+                "dwarf",
+                "-F",
+                &hz.to_string(),
+                "-o",
+            ])
+            .arg(&data)
+            .args(who)
+            .env("DEBUGINFOD_URLS", "")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running perf record (Debian: linux-perf)")?;
+        // perf needs a moment to open its events; wait until its ring buffers exist.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5)
+            && !std::fs::read_dir(format!("/proc/{}/fd", child.id())).is_ok_and(|d| {
+                d.filter_map(Result::ok).any(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().contains("perf_event"))
+                })
+            })
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(PerfRecord { child, data })
+    }
+
+    /// Stops the recording: (perf's CPU time while it recorded, ns; samples it wrote).
+    fn stop(self) -> anyhow::Result<(f64, f64)> {
+        let cpu = process_cpu_ns(self.child.id()).unwrap_or(f64::NAN);
+        let pid = i32::try_from(self.child.id())?;
+        Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        let out = self.child.wait_with_output()?;
+        let _ = std::fs::remove_file(&self.data);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // "[ perf record: Captured and wrote 1.234 MB perf.data (567 samples) ]"
+        let samples = stderr
+            .rsplit_once(" samples)")
+            .and_then(|(before, _)| before.rsplit_once('('))
+            .and_then(|(_, n)| n.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        Ok((cpu, samples))
+    }
+}
+
+/// One sampled stretch of the spinner: what it cost (switches, holds, sampler CPU).
+struct Cost {
+    switches_per_100: f64,
+    held_p99_us: Option<f64>,
+    cpu_us_per_sample: f64,
+}
+
+/// 100 samples of the spinner alone at 100 Hz with `sampling`.
+fn spinner_cost(sampling: Sampling, pid: u32, spinner: u32) -> anyhow::Result<Cost> {
+    let before = voluntary_switches(pid, spinner)?;
+    match sampling {
+        Sampling::Flamegrid(backend) => {
+            let sampler = Sampler::with_backend(backend)?;
+            let me = std::process::id();
+            let cpu0 = process_cpu_ns(me)?;
+            let opts = SamplerOptions {
+                num_samples: 100,
+                delay: Duration::from_millis(10),
+                ..SamplerOptions::default()
+            };
+            let selector = ThreadSelector {
+                process: ProcessRef::Pid(pid),
+                tids: vec![spinner],
+                thread_name: None,
+            };
+            let (run, stats) = sampler.sample_with_stats(
+                &[("spinner".to_owned(), selector)],
+                &AccessPolicy::unrestricted(),
+                &opts,
+            );
+            let cpu = process_cpu_ns(me)? - cpu0;
+            if let Some((_, Err(e))) = run.subtasks.first() {
+                bail!("sampling the spinner with {} failed: {e}", backend.as_str());
+            }
+            let after = voluntary_switches(pid, spinner)?;
+            let samples = f64::from(stats.rounds.max(1));
+            Ok(Cost {
+                switches_per_100: (after - before) as f64 * 100.0 / samples,
+                held_p99_us: (!stats.stop_ns.is_empty()).then(|| stats.stop_quantile_us(0.99)),
+                cpu_us_per_sample: cpu / 1e3 / samples,
+            })
+        }
+        Sampling::PerfRecord => {
+            let tid = spinner.to_string();
+            let rec = PerfRecord::start(&["-t", &tid], 100)?;
+            std::thread::sleep(Duration::from_secs(1));
+            let (cpu, samples) = rec.stop()?;
+            let after = voluntary_switches(pid, spinner)?;
+            Ok(Cost {
+                switches_per_100: (after - before) as f64 * 100.0 / samples.max(1.0),
+                held_p99_us: None,
+                cpu_us_per_sample: cpu / 1e3 / samples.max(1.0),
+            })
+        }
+        Sampling::Unsampled => bail!("nothing samples in the unsampled condition"),
+    }
+}
+
+fn backends_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
+    writeln!(
+        report,
+        "\n## 4. Backends side by side: ptrace, perf events, `perf record --call-graph dwarf`\n"
+    )?;
+    let mut target = spawn(TARGET, &throughput_mix())?;
+    let pid = target.pid();
+    let spinner = target
+        .tid_of("spin-0")
+        .context("the throughput target has no spin-0 thread")?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = settings.pin && cpus >= 2;
+    if pinned {
+        pin(std::process::id(), "0", true)?;
+        pin(spinner, &(cpus - 1).to_string(), false)?;
+    }
+    let contenders = [
+        Sampling::Flamegrid(Backend::Ptrace),
+        Sampling::Flamegrid(Backend::Perf),
+        Sampling::PerfRecord,
+    ];
+
+    // (a) The spinner alone, 100 samples at 100 Hz, 3 alternating rounds.
+    let mut costs: BTreeMap<usize, Vec<Cost>> = BTreeMap::new();
+    for round in 0..3 {
+        for k in 0..contenders.len() {
+            let i = (k + round) % contenders.len();
+            costs
+                .entry(i)
+                .or_default()
+                .push(spinner_cost(contenders[i], pid, spinner)?);
+        }
+    }
+    writeln!(
+        report,
+        "The spinner of the throughput target alone (`--tid`), 100 samples at 100 Hz, 3 \
+         alternating rounds, medians. Voluntary context switches are the kernel's count for the \
+         spinner (`/proc/PID/task/TID/status`); a pure spinner makes none of its own. Held: how \
+         long the running thread was stopped per sample (p99 of the sampler's stop times). \
+         Sampler CPU: the sampling process's CPU time (every thread: for flamegrid in-process \
+         the run including unwinding and symbolization, for perf record the recording, not its \
+         post-processing) ÷ samples.\n"
+    )?;
+    writeln!(
+        report,
+        "| sampler | voluntary switches added / 100 samples | running thread held, p99 | sampler CPU / sample |"
+    )?;
+    writeln!(report, "|---|---|---|---|")?;
+    for (i, c) in &costs {
+        let col = |f: &dyn Fn(&Cost) -> f64| median(&c.iter().map(f).collect::<Vec<_>>());
+        let held: Vec<f64> = c.iter().filter_map(|c| c.held_p99_us).collect();
+        writeln!(
+            report,
+            "| {} | {:.1} | {} | {:.0} µs |",
+            contenders[*i].label(),
+            col(&|c| c.switches_per_100),
+            if held.is_empty() {
+                "0 stops".to_owned()
+            } else {
+                format!("{:.0} µs", median(&held))
+            },
+            col(&|c| c.cpu_us_per_sample),
+        )?;
+    }
+
+    // (b) Throughput of the spinner while the whole process is sampled at 100 and 1 000 Hz.
+    let mut conditions = vec![(Sampling::Unsampled, 0u32)];
+    for c in contenders {
+        for hz in [100u32, 1000] {
+            conditions.push((c, hz));
+        }
+    }
+    let samplers: BTreeMap<&str, Sampler> = [Backend::Ptrace, Backend::Perf]
+        .into_iter()
+        .map(|b| Ok((b.as_str(), Sampler::with_backend(b)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut paired: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut paired_cpu: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for round in 0..settings.throughput_rounds {
+        let mut windows: BTreeMap<usize, Window> = BTreeMap::new();
+        for k in 0..conditions.len() {
+            let i = (k + round) % conditions.len();
+            let (who, hz) = conditions[i];
+            let window = match who {
+                Sampling::Unsampled => read_window(&mut target, spinner, settings.window_secs)?,
+                Sampling::Flamegrid(b) => {
+                    while_sampling(&samplers[b.as_str()], pid, hz, || {
+                        read_window(&mut target, spinner, settings.window_secs)
+                    })?
+                    .0
+                }
+                Sampling::PerfRecord => {
+                    let p = pid.to_string();
+                    let rec = PerfRecord::start(&["-p", &p], hz)?;
+                    let w = read_window(&mut target, spinner, settings.window_secs);
+                    rec.stop()?;
+                    w?
+                }
+            };
+            windows.insert(i, window);
+        }
+        let base = &windows[&0];
+        for (i, w) in windows.iter().filter(|(i, _)| **i != 0) {
+            paired
+                .entry(*i)
+                .or_default()
+                .push((median(&w.rates) / median(&base.rates) - 1.0) * 100.0);
+            paired_cpu
+                .entry(*i)
+                .or_default()
+                .push((w.per_cpu_second / base.per_cpu_second - 1.0) * 100.0);
+        }
+    }
+    writeln!(
+        report,
+        "\nThe spinner's throughput while every thread of the target ({} threads) is sampled \
+         at 100 Hz and 1 000 Hz: {} rounds × {} conditions (order rotated) × {} one-second \
+         readings; change = median over rounds of (condition ÷ the same round's unsampled \
+         reading − 1). {}\n",
+        throughput_mix().steady_threads(),
+        settings.throughput_rounds,
+        conditions.len(),
+        settings.window_secs,
+        if pinned {
+            format!(
+                "The spinner was pinned to CPU {} and the samplers (perf record too) to CPU 0.",
+                cpus - 1
+            )
+        } else {
+            "Nothing was pinned.".to_owned()
+        }
+    )?;
+    writeln!(
+        report,
+        "| sampler | rate | change / wall s (p25 … p75) | change / CPU s (p25 … p75) | goal |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|")?;
+    for (i, (who, hz)) in conditions.iter().enumerate().skip(1) {
+        let (wall, cpu) = (&paired[&i], &paired_cpu[&i]);
+        let goal = match (who, hz) {
+            (Sampling::Flamegrid(Backend::Perf), 100) => "loss < 1 %",
+            (Sampling::Flamegrid(Backend::Perf), _) => "loss < 2 %",
+            _ => "",
+        };
+        writeln!(
+            report,
+            "| {} | {hz} Hz | {:+.2} % ({:+.1} … {:+.1}) | {:+.2} % ({:+.1} … {:+.1}) | {goal} |",
+            who.label(),
+            median(wall),
+            quantile(wall, 0.25),
+            quantile(wall, 0.75),
+            median(cpu),
+            quantile(cpu, 0.25),
+            quantile(cpu, 0.75),
+        )?;
+    }
+    let stopped = target.stopped_threads();
+    if !stopped.is_empty() {
+        writeln!(report, "\n**threads left stopped: {stopped:?}**")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,7 +1200,12 @@ mod tests {
         assert!(full.pin);
         assert_eq!(
             full.sections,
-            [Section::Snapshot, Section::Stop, Section::Throughput]
+            [
+                Section::Snapshot,
+                Section::Stop,
+                Section::Throughput,
+                Section::Backends
+            ]
         );
         let quick = settings(&["--quick"]).unwrap();
         assert_eq!((quick.rounds, quick.throughput_rounds), (3, 3));
