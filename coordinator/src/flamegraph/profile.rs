@@ -610,13 +610,16 @@ pub(crate) mod tests {
         assert!(snap.subtask_part(5).is_none());
     }
 
+    /// A generated sample: thread, state, truncated, stack.
+    type WireSample = (u8, i32, bool, Vec<u8>);
+
     /// An answer of `subtasks` from generated parts: names (some sharing a text, some over a
     /// small name limit), frames over them, and per subtask threads and samples whose indexes
     /// are mostly, not always, in range.
     fn wire_answer(
         names: &[u8],
         frames: &[(u8, u8, bool)],
-        subtasks: &[(u8, Vec<(u8, i32, bool, Vec<u8>)>)],
+        subtasks: &[(u8, Vec<WireSample>)],
     ) -> v1::SampleResponse {
         let mut resp = v1::SampleResponse {
             strings: std::iter::once(String::new())
