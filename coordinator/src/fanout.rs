@@ -7,15 +7,23 @@
 //!
 //! 1. The registry describes the vertex as a [`crate::sampling::VertexSampling`]: per subtask,
 //!    where it runs ([`SubtaskTarget`]: agent address + thread selector).
-//! 2. [`FanOut::sample`] groups the targets by agent and sends **one** `Sample` RPC per agent,
-//!    all concurrently. Each selector carries a `subtask_key` (`<prefix>/<index>`) so the answer
-//!    can be attributed to subtask indexes without trusting the agent's view of the job.
-//! 3. Every RPC shares one deadline: `num_samples × delay + grace`. An agent that errors or misses
+//! 2. [`FanOut::sample`] groups the targets by agent (one pass over them) and sends **one**
+//!    `Sample` RPC per agent, all concurrently: every call is spawned before any answer is
+//!    awaited, and how long sending them all took is the outcome's
+//!    [`FanOutOutcome::dispatch_spread`]. Each selector carries a `subtask_key`
+//!    (`<prefix>/<index>`) so the answer can be attributed to subtask indexes without trusting
+//!    the agent's view of the job.
+//! 3. Answers are taken in as they arrive, each on its own call's task ([`absorb_answer`]):
+//!    with [`FanOut::sample_with`] every subtask's samples are folded there into what the run
+//!    keeps (the flame graph run keeps a folded profile per subtask) and the decoded answer is
+//!    dropped, so a run holds at most the answers in flight, and once the last agent has
+//!    answered only its own share is left to do.
+//! 4. Every RPC shares one deadline: `num_samples × delay + grace`. An agent that errors or misses
 //!    it costs only its own subtasks, which come back in [`FanOutOutcome::missing`]; so does a
 //!    subtask the agent answered with a per-subtask `error`, or whose samples do not hold together
 //!    (bad indexes are an error, never a panic). An answer arriving after the deadline is simply
 //!    dropped with its task, and an answer echoing the wrong `request_id` is refused.
-//! 4. An agent that is busy (RESOURCE_EXHAUSTED: it already runs `--max-concurrent-runs`
+//! 5. An agent that is busy (RESOURCE_EXHAUSTED: it already runs `--max-concurrent-runs`
 //!    sampling runs) is asked again after a short jittered pause, as long as a whole sampling
 //!    window still fits before the deadline (`call_until_deadline`): twenty vertices on one
 //!    agent opened at once all get their graphs, a little later, instead of sixteen of them
@@ -29,7 +37,8 @@
 //! clear text.
 //!
 //! Channels to agents are created lazily and kept per address, so a run does not pay a TCP (or
-//! TLS) handshake to an agent it talked to before. The shared token (`--token-file`) travels as
+//! TLS) handshake to an agent it talked to before; past `MAX_CHANNELS` (4,096) addresses, the least
+//! recently used quarter is closed (agents that moved to another port), never the fleet's. The shared token (`--token-file`) travels as
 //! `authorization: Bearer <token>` metadata, as the agent expects, added to every call by the
 //! client's interceptor ([`crate::bearer`]).
 
@@ -38,11 +47,11 @@ use crate::missing::{Missing, MissingReason};
 use crate::sampling::{SamplingParams, SubtaskTarget};
 use flamegrid_model::SampleSet;
 use flamegrid_model::clock::now_ms;
-use flamegrid_proto::convert::{AnswerBudget, WireLimits, subtask_sample_set_within};
+use flamegrid_proto::convert::{AnswerBudget, ConvertError, WireLimits, subtask_sample_set_within};
 use flamegrid_proto::v1::{self, ThreadSelector, sampling_client::SamplingClient};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -58,7 +67,8 @@ type AgentClient = SamplingClient<InterceptedService<Channel, BearerToken>>;
 /// copied names. At most [`MAX_CHANNELS`] answers are in flight per run, each decoded once.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
-/// Most agent channels kept open at once (see [`FanOut::channel`]).
+/// Most agent channels kept open at once (see [`FanOut::channel`]): four times the fleet of
+/// 1,000 agents a coordinator is sized for.
 const MAX_CHANNELS: usize = 4096;
 
 /// How the coordinator authenticates to agents; mirrors the agent's `--token-file` and `--tls-*`.
@@ -135,13 +145,14 @@ impl FanOutError {
     }
 }
 
-/// What one fan-out brought back.
-#[derive(Debug, Default)]
-pub struct FanOutOutcome {
+/// What one fan-out brought back. `T` is what each subtask's samples were made into as its
+/// agent's answer arrived (see [`FanOut::sample_with`]): a [`SampleSet`] by default.
+#[derive(Debug)]
+pub struct FanOutOutcome<T = SampleSet> {
     /// The id sent to (and echoed by) every agent.
     pub request_id: u64,
     /// Samples per subtask index, for every subtask that delivered.
-    pub sets: BTreeMap<u32, SampleSet>,
+    pub sets: BTreeMap<u32, T>,
     /// Subtasks asked for that delivered nothing (agent failed or late, per-subtask error, bad
     /// answer), and why.
     pub missing: Missing,
@@ -156,12 +167,86 @@ pub struct FanOutOutcome {
     /// Coordinator wall clock (ms since the epoch) when the last answer was in (Flink's
     /// `endTime`, which becomes the JSON `endTimestamp`).
     pub end_ms: i64,
+    /// From the first request of the run handed to its agent's channel to the last one
+    /// (zero with fewer than two agents asked): how long the fan-out took to send everything.
+    pub dispatch_spread: Duration,
+    /// When the last agent's call ended (answer, error or deadline), monotonic; `None` when no
+    /// agent was called. What the coordinator does after it is the run's own latency.
+    pub last_answer: Option<std::time::Instant>,
+}
+
+impl<T> Default for FanOutOutcome<T> {
+    fn default() -> Self {
+        FanOutOutcome {
+            request_id: 0,
+            sets: BTreeMap::new(),
+            missing: Missing::new(),
+            failures: Vec::new(),
+            agents_answered: 0,
+            agents_failed: 0,
+            start_ms: 0,
+            end_ms: 0,
+            dispatch_spread: Duration::ZERO,
+            last_answer: None,
+        }
+    }
+}
+
+/// What a run makes of one subtask's samples while its agent's answer is at hand: called once
+/// per subtask entry of every answer, on the answer's own task, as the answer arrives (the
+/// answer is dropped right after), with the answer's shared [`AnswerBudget`]. An error makes
+/// the subtask missing. [`subtask_sample_set_within`] is the plain conversion.
+pub type SubtaskFold<T> =
+    fn(&v1::SampleResponse, &v1::SubtaskSamples, &mut AnswerBudget) -> Result<T, ConvertError>;
+
+/// One agent's contribution to a run, made on its call's task (see [`absorb_answer`]).
+#[derive(Debug)]
+pub struct AgentShare<T> {
+    /// The agent's address.
+    pub address: String,
+    /// Whether the agent answered in time (its subtasks may still have failed one by one).
+    pub answered: bool,
+    /// The subtasks it delivered, as `T`.
+    pub sets: Vec<(u32, T)>,
+    /// The subtasks it was asked for and did not deliver, and why.
+    pub missing: Vec<(u32, MissingReason)>,
+    /// One line per failure, for logs.
+    pub failures: Vec<String>,
+}
+
+impl<T> AgentShare<T> {
+    /// The share of an agent whose call failed as a whole: every subtask asked is missing.
+    fn failed(address: String, asked: &BTreeSet<u32>, error: &FanOutError) -> Self {
+        let reason = error.missing_reason();
+        AgentShare {
+            address,
+            answered: false,
+            sets: Vec::new(),
+            missing: asked.iter().map(|&i| (i, reason)).collect(),
+            failures: vec![error.to_string()],
+        }
+    }
+}
+
+impl<T> FanOutOutcome<T> {
+    /// Files one agent's share into the outcome.
+    pub fn merge(&mut self, share: AgentShare<T>) {
+        if share.answered {
+            self.agents_answered += 1;
+        } else {
+            self.agents_failed += 1;
+        }
+        self.sets.extend(share.sets);
+        self.missing.extend(share.missing);
+        self.failures.extend(share.failures);
+    }
 }
 
 /// Sends sampling and thread-dump RPCs to agents; see the module docs. Shared by all runs.
 #[derive(Debug)]
 pub struct FanOut {
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Channels by agent address, with when each was last used.
+    channels: Mutex<HashMap<String, (Channel, std::time::Instant)>>,
     auth: AgentAuth,
     grace: Duration,
     next_request_id: AtomicU64,
@@ -173,6 +258,10 @@ struct AgentCall {
     subtasks: BTreeSet<u32>,
     request: v1::SampleRequest,
 }
+
+/// What one agent's call task hands back: the agent's share, and when its request was handed
+/// to the channel (`None` when it never was: the deadline had passed).
+type CallResult<T> = (AgentShare<T>, Option<std::time::Instant>);
 
 impl FanOut {
     /// A fan-out whose agents get `grace` beyond the sampling window to answer.
@@ -203,12 +292,28 @@ impl FanOut {
 
     /// Samples `targets`, one RPC per agent, and gathers what came back by the deadline.
     /// `key_prefix` names the run's scope (e.g. `job/vertex`) in each selector's `subtask_key`.
+    /// Each subtask's samples come back as a [`SampleSet`]; see [`FanOut::sample_with`].
     pub async fn sample(
         &self,
         key_prefix: &str,
         targets: &[SubtaskTarget],
         params: SamplingParams,
     ) -> FanOutOutcome {
+        self.sample_with(key_prefix, targets, params, subtask_sample_set_within)
+            .await
+    }
+
+    /// [`FanOut::sample`], with every subtask's samples made into a `T` by `fold` as its
+    /// agent's answer arrives, on that answer's own task: answers are taken in (and dropped)
+    /// one by one while the others are still coming, so when the last one is in, only its own
+    /// share is left to do. Every request is sent before any answer is awaited.
+    pub async fn sample_with<T: Send + 'static>(
+        &self,
+        key_prefix: &str,
+        targets: &[SubtaskTarget],
+        params: SamplingParams,
+        fold: SubtaskFold<T>,
+    ) -> FanOutOutcome<T> {
         let request_id = self.new_request_id();
         let deadline_after = self.deadline(params);
         let deadline = tokio::time::Instant::now() + deadline_after;
@@ -218,8 +323,9 @@ impl FanOut {
             ..Default::default()
         };
 
-        // Group selectors by agent address (one agent serves one address).
-        let mut calls: BTreeMap<&str, AgentCall> = BTreeMap::new();
+        // Group selectors by agent address (one agent serves one address), in one pass over
+        // the targets.
+        let mut calls: HashMap<&str, AgentCall> = HashMap::new();
         for t in targets {
             let call = calls
                 .entry(t.agent_address.as_str())
@@ -241,72 +347,76 @@ impl FanOut {
             }
         }
 
+        let prefix: Arc<str> = Arc::from(key_prefix);
+        let limits = WireLimits::with_max_depth(params.max_depth);
+        let window = params.sampling_window();
         let mut tasks = tokio::task::JoinSet::new();
-        let mut asked: HashMap<String, BTreeSet<u32>> = HashMap::new();
+        let mut asked: HashMap<tokio::task::Id, BTreeSet<u32>> = HashMap::new();
         for (_, call) in calls {
-            asked.insert(call.address.clone(), call.subtasks.clone());
             let channel = match self.channel(&call.address) {
                 Ok(c) => c,
                 Err(e) => {
-                    outcome.agents_failed += 1;
-                    outcome.failures.push(e.to_string());
-                    let reason = e.missing_reason();
-                    outcome
-                        .missing
-                        .extend(call.subtasks.iter().map(|&i| (i, reason)));
+                    outcome.merge(AgentShare::failed(call.address, &call.subtasks, &e));
                     continue;
                 }
             };
             let client = self.client(channel);
-            let window = params.sampling_window();
-            tasks.spawn(async move {
-                let address = call.address.clone();
+            let prefix = Arc::clone(&prefix);
+            let subtasks = call.subtasks.clone();
+            let task = tasks.spawn(async move {
+                let AgentCall {
+                    address,
+                    subtasks,
+                    request,
+                } = call;
+                let mut sent = None;
                 let result = call_until_deadline(
                     client,
                     &address,
-                    &call.request,
+                    &request,
                     deadline,
                     deadline_after,
                     window,
+                    &mut sent,
                 )
                 .await;
-                (address, result)
+                let share = match result.and_then(|r| check_request_id(&address, request_id, r)) {
+                    Err(e) => {
+                        tracing::warn!(agent = %address, error = %e, "agent failed; its subtasks are missing");
+                        AgentShare::failed(address, &subtasks, &e)
+                    }
+                    Ok(resp) => {
+                        tracing::debug!(
+                            agent = %address, request = request_id,
+                            agent_sampling_ms = resp.end_ms - resp.start_ms,
+                            "agent answered"
+                        );
+                        // The answer is taken in here and dropped at the end of this task.
+                        absorb_answer(&prefix, address, &subtasks, &resp, limits, fold)
+                    }
+                };
+                (share, sent)
             });
+            asked.insert(task.id(), subtasks);
         }
 
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((address, result)) = joined else {
+        let mut first_sent: Option<std::time::Instant> = None;
+        let mut last_sent: Option<std::time::Instant> = None;
+        while let Some(joined) = tasks.join_next_with_id().await {
+            outcome.last_answer = Some(std::time::Instant::now());
+            let Ok((id, (share, sent))): Result<(tokio::task::Id, CallResult<T>), _> = joined
+            else {
                 continue;
             };
-            let subtasks = asked.remove(&address).unwrap_or_default();
-            match result.and_then(|resp| check_request_id(&address, request_id, resp)) {
-                Err(e) => {
-                    tracing::warn!(agent = %address, error = %e, "agent failed; its subtasks are missing");
-                    outcome.agents_failed += 1;
-                    outcome.failures.push(e.to_string());
-                    let reason = e.missing_reason();
-                    outcome
-                        .missing
-                        .extend(subtasks.into_iter().map(|i| (i, reason)));
-                }
-                Ok(resp) => {
-                    tracing::debug!(
-                        agent = %address, request = request_id,
-                        agent_sampling_ms = resp.end_ms - resp.start_ms,
-                        since_start_ms = now_ms() - outcome.start_ms,
-                        "agent answered"
-                    );
-                    outcome.agents_answered += 1;
-                    absorb_answer(
-                        &mut outcome,
-                        key_prefix,
-                        &address,
-                        &subtasks,
-                        &resp,
-                        WireLimits::with_max_depth(params.max_depth),
-                    );
-                }
+            asked.remove(&id);
+            if let Some(sent) = sent {
+                first_sent = Some(first_sent.map_or(sent, |f| f.min(sent)));
+                last_sent = Some(last_sent.map_or(sent, |l| l.max(sent)));
             }
+            outcome.merge(share);
+        }
+        if let (Some(first), Some(last)) = (first_sent, last_sent) {
+            outcome.dispatch_spread = last.saturating_duration_since(first);
         }
         // A task that panicked (it cannot, but a JoinError is not worth a panic here) leaves its
         // subtasks in `asked`: they are missing too.
@@ -362,10 +472,13 @@ impl FanOut {
             .max_decoding_message_size(MAX_ANSWER_BYTES)
     }
 
-    /// The (lazily connecting) channel to `address`, created on first use.
+    /// The (lazily connecting) channel to `address`, created on first use and kept: a run
+    /// reuses the connections of the runs before it.
     fn channel(&self, address: &str) -> Result<Channel, FanOutError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(address) {
+        let now = std::time::Instant::now();
+        if let Some((c, used)) = channels.get_mut(address) {
+            *used = now;
             return Ok(c.clone());
         }
         let uri = if address.contains("://") {
@@ -390,13 +503,21 @@ impl FanOut {
             endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(&e))?;
         }
         let channel = endpoint.connect_lazy();
-        // One channel per agent address. Agents are few and long-lived, but one that restarts on
-        // a new port leaves its old channel behind: past a bound, start over (channels are cheap
-        // to recreate and reconnect lazily).
+        // One channel per agent address. Agents are long-lived, but one that restarts on a new
+        // port leaves its old channel behind: past a bound, the least recently used quarter
+        // goes (sorted once per quarter of the bound, so this stays cheap), and the live
+        // fleet keeps its connections.
         if channels.len() >= MAX_CHANNELS {
-            channels.clear();
+            let mut by_use: Vec<(std::time::Instant, String)> = channels
+                .iter()
+                .map(|(a, (_, used))| (*used, a.clone()))
+                .collect();
+            by_use.sort_unstable();
+            for (_, stale) in by_use.into_iter().take(MAX_CHANNELS / 4) {
+                channels.remove(&stale);
+            }
         }
-        channels.insert(address.to_string(), channel.clone());
+        channels.insert(address.to_string(), (channel.clone(), now));
         Ok(channel)
     }
 }
@@ -424,6 +545,7 @@ async fn call_until_deadline(
     deadline: tokio::time::Instant,
     deadline_after: Duration,
     window: Duration,
+    sent: &mut Option<std::time::Instant>,
 ) -> Result<v1::SampleResponse, FanOutError> {
     let late = || FanOutError::DeadlineExceeded {
         address: address.to_string(),
@@ -439,6 +561,7 @@ async fn call_until_deadline(
         }
         let mut req = tonic::Request::new(request.clone());
         req.set_timeout(remaining);
+        sent.get_or_insert_with(std::time::Instant::now);
         match tokio::time::timeout_at(deadline, client.sample(req)).await {
             Err(_) => return Err(late()),
             // The grpc-timeout header lets either side give up at the deadline too.
@@ -491,17 +614,26 @@ fn check_request_id(
     }
 }
 
-/// Files one agent's answer into `outcome`: samples of the subtasks it was asked for (cut to
-/// `limits`, see [`WireLimits`]), and everything else it was asked for as missing. Entries for
-/// subtasks it was not asked for (or a second entry for one) are ignored, with one log line.
-fn absorb_answer(
-    outcome: &mut FanOutOutcome,
+/// Takes in one agent's answer: the subtasks it was asked for, each made into a `T` by `fold`
+/// (within `limits`, see [`WireLimits`]), and everything else it was asked for as missing.
+/// Entries for subtasks it was not asked for (or a second entry for one) are ignored, with one
+/// log line. Runs on the agent's call task as the answer arrives ([`FanOut::sample_with`]).
+pub fn absorb_answer<T>(
     key_prefix: &str,
-    address: &str,
+    address: String,
     asked: &BTreeSet<u32>,
     resp: &v1::SampleResponse,
     limits: WireLimits,
-) {
+    fold: SubtaskFold<T>,
+) -> AgentShare<T> {
+    let mut share = AgentShare {
+        address,
+        answered: true,
+        sets: Vec::with_capacity(asked.len()),
+        missing: Vec::new(),
+        failures: Vec::new(),
+    };
+    let address = &share.address;
     let mut delivered = BTreeSet::new();
     let mut budget = AnswerBudget::new(limits);
     let mut ignored = 0usize;
@@ -519,34 +651,33 @@ fn absorb_answer(
         delivered.insert(index);
         if !sub.error.is_empty() {
             let error = flamegrid_proto::convert::cut_name(&sub.error, 1024);
-            outcome
+            share
                 .failures
                 .push(format!("subtask {index} on {address}: {error}"));
-            outcome
+            share
                 .missing
-                .insert(index, MissingReason::from_wire(sub.failure));
+                .push((index, MissingReason::from_wire(sub.failure)));
             continue;
         }
-        match subtask_sample_set_within(resp, sub, &mut budget) {
-            Ok(set) => {
-                outcome.sets.insert(index, set);
-            }
+        match fold(resp, sub, &mut budget) {
+            Ok(set) => share.sets.push((index, set)),
             Err(e) => {
-                outcome
+                share
                     .failures
                     .push(format!("subtask {index} on {address}: bad answer: {e}"));
-                outcome.missing.insert(index, MissingReason::AgentFailed);
+                share.missing.push((index, MissingReason::AgentFailed));
             }
         }
     }
     if ignored > 0 {
         tracing::warn!(agent = %address, entries = ignored, "answer names subtasks that were not asked for (or twice); ignored");
     }
-    outcome.missing.extend(
+    share.missing.extend(
         asked
             .difference(&delivered)
             .map(|&i| (i, MissingReason::AgentFailed)),
     );
+    share
 }
 
 #[cfg(test)]
@@ -574,6 +705,9 @@ pub(crate) mod tests {
         WrongId,
         /// Refuses the first three calls with RESOURCE_EXHAUSTED, then answers like `Answer`.
         BusyThrice,
+        /// Answers every selector with this many samples of two threads over a few stacks
+        /// (`main;<key>;leaf_<n>`, every third one off CPU), or an error for tid 999.
+        Samples(u32),
     }
 
     #[derive(Clone)]
@@ -613,7 +747,10 @@ pub(crate) mod tests {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     Err(tonic::Status::internal("unreachable"))
                 }
-                Behaviour::Answer | Behaviour::WrongId | Behaviour::BusyThrice => {
+                Behaviour::Answer
+                | Behaviour::WrongId
+                | Behaviour::BusyThrice
+                | Behaviour::Samples(_) => {
                     let mut b =
                         SampleResponseBuilder::new(if self.behaviour == Behaviour::WrongId {
                             req.request_id + 100
@@ -635,13 +772,40 @@ pub(crate) mod tests {
                             name: "t".into(),
                         };
                         let mut s = SampleSetBuilder::new();
-                        s.push(
-                            &t,
-                            1,
-                            ThreadState::Runnable,
-                            [Frame::named("main"), Frame::named(sel.subtask_key.clone())],
-                            false,
-                        );
+                        let Behaviour::Samples(n) = self.behaviour else {
+                            s.push(
+                                &t,
+                                1,
+                                ThreadState::Runnable,
+                                [Frame::named("main"), Frame::named(sel.subtask_key.clone())],
+                                false,
+                            );
+                            b.add_subtask(&sel.subtask_key, &s.finish());
+                            continue;
+                        };
+                        let other = SampledThread {
+                            tid: 3,
+                            name: "u".into(),
+                            ..t.clone()
+                        };
+                        for i in 0..n {
+                            let state = if i % 3 == 0 {
+                                ThreadState::Waiting
+                            } else {
+                                ThreadState::Runnable
+                            };
+                            s.push(
+                                if i % 2 == 0 { &t } else { &other },
+                                i64::from(i),
+                                state,
+                                [
+                                    Frame::named("main"),
+                                    Frame::named(sel.subtask_key.clone()),
+                                    Frame::named(format!("leaf_{}", i % 4)),
+                                ],
+                                false,
+                            );
+                        }
                         b.add_subtask(&sel.subtask_key, &s.finish());
                     }
                     Ok(tonic::Response::new(b.finish(1, 2)))

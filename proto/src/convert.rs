@@ -134,17 +134,88 @@ impl AnswerBudget {
     }
 
     /// A name read from the wire, cut to the name limit and charged to the answer.
-    fn name(&mut self, raw: &str) -> Result<String, ConvertError> {
+    pub fn name(&mut self, raw: &str) -> Result<String, ConvertError> {
         let name = cut_name(raw, self.limits.max_name_bytes);
+        self.charge_name_bytes(name.len())?;
+        Ok(name)
+    }
+
+    /// Charges a name read from the wire to the answer without copying it: what
+    /// [`AnswerBudget::name`] charges (e.g. for a module name a fold does not keep).
+    pub fn charge_name(&mut self, raw: &str) -> Result<(), ConvertError> {
+        if raw.len() <= self.limits.max_name_bytes {
+            self.charge_name_bytes(raw.len())
+        } else {
+            self.charge_name_bytes(cut_name(raw, self.limits.max_name_bytes).len())
+        }
+    }
+
+    fn charge_name_bytes(&mut self, len: usize) -> Result<(), ConvertError> {
         self.name_bytes_left =
             self.name_bytes_left
-                .checked_sub(name.len())
+                .checked_sub(len)
                 .ok_or(ConvertError::OverBudget {
                     what: "name bytes",
                     limit: self.limits.max_name_bytes_per_answer,
                 })?;
-        Ok(name)
+        Ok(())
     }
+
+    /// Checks one subtask's counts against what is left of the answer's budget and charges
+    /// them: samples plus threads, and stack entries after the depth cut. Called before
+    /// anything is allocated for the subtask; an error charges nothing.
+    pub fn charge_subtask(&mut self, sub: &v1::SubtaskSamples) -> Result<(), ConvertError> {
+        let max_depth = self.limits.max_depth.max(1);
+        let records = sub.samples.len().saturating_add(sub.threads.len());
+        let entries = sub.samples.iter().fold(0usize, |n, s| {
+            n.saturating_add(s.stack.len().min(max_depth))
+        });
+        if records > self.records_left {
+            return Err(ConvertError::OverBudget {
+                what: "samples and threads",
+                limit: self.limits.max_records,
+            });
+        }
+        if entries > self.entries_left {
+            return Err(ConvertError::OverBudget {
+                what: "stack frames",
+                limit: self.limits.max_stack_entries,
+            });
+        }
+        self.records_left -= records;
+        self.entries_left -= entries;
+        Ok(())
+    }
+}
+
+/// String `index` of an answer's string table, or an error naming the bad index.
+pub fn wire_string(resp: &v1::SampleResponse, index: u32) -> Result<&str, ConvertError> {
+    resp.strings
+        .get(index as usize)
+        .map(String::as_str)
+        .ok_or(ConvertError::IndexOutOfRange {
+            what: "string",
+            index,
+            len: resp.strings.len(),
+        })
+}
+
+/// Frame `index` of an answer's frame table, or an error naming the bad index.
+pub fn wire_frame(resp: &v1::SampleResponse, index: u32) -> Result<&v1::Frame, ConvertError> {
+    resp.frames
+        .get(index as usize)
+        .ok_or(ConvertError::IndexOutOfRange {
+            what: "frame",
+            index,
+            len: resp.frames.len(),
+        })
+}
+
+/// The part of a wire stack (outermost frame first) that is kept under a depth limit: its
+/// innermost `max_depth` frames, as an agent cuts it, and whether anything was cut.
+pub fn kept_stack(stack: &[u32], max_depth: usize) -> (&[u32], bool) {
+    let cut = stack.len().saturating_sub(max_depth.max(1));
+    (&stack[cut..], cut > 0)
 }
 
 /// `raw` if it fits in `max` bytes, else its longest prefix (at a character boundary) that fits
@@ -324,34 +395,8 @@ pub fn subtask_sample_set_within(
 ) -> Result<SampleSet, ConvertError> {
     let max_depth = budget.limits.max_depth.max(1);
     // Counts first, before anything is allocated for this subtask.
-    let records = sub.samples.len().saturating_add(sub.threads.len());
-    let entries = sub.samples.iter().fold(0usize, |n, s| {
-        n.saturating_add(s.stack.len().min(max_depth))
-    });
-    if records > budget.records_left {
-        return Err(ConvertError::OverBudget {
-            what: "samples and threads",
-            limit: budget.limits.max_records,
-        });
-    }
-    if entries > budget.entries_left {
-        return Err(ConvertError::OverBudget {
-            what: "stack frames",
-            limit: budget.limits.max_stack_entries,
-        });
-    }
-    budget.records_left -= records;
-    budget.entries_left -= entries;
-
-    let string = |i: u32| {
-        resp.strings
-            .get(i as usize)
-            .ok_or(ConvertError::IndexOutOfRange {
-                what: "string",
-                index: i,
-                len: resp.strings.len(),
-            })
-    };
+    budget.charge_subtask(sub)?;
+    let string = |i: u32| wire_string(resp, i);
     // Only the frames this subtask uses are copied, renumbered densely.
     let mut frame_map: HashMap<u32, u32> = HashMap::new();
     let mut frames = Vec::new();
@@ -366,21 +411,13 @@ pub fn subtask_sample_set_within(
         }
         // Outermost first: a stack over the depth keeps its innermost frames, as an agent
         // cuts it, and the frames cut off are never looked at.
-        let cut = s.stack.len().saturating_sub(max_depth);
-        let kept = &s.stack[cut..];
+        let (kept, cut) = kept_stack(&s.stack, max_depth);
         let mut stack = Vec::with_capacity(kept.len());
         for &f in kept {
             let id = match frame_map.get(&f) {
                 Some(&id) => id,
                 None => {
-                    let wire =
-                        resp.frames
-                            .get(f as usize)
-                            .ok_or(ConvertError::IndexOutOfRange {
-                                what: "frame",
-                                index: f,
-                                len: resp.frames.len(),
-                            })?;
+                    let wire = wire_frame(resp, f)?;
                     let name = budget.name(string(wire.name)?)?;
                     let module = budget.name(string(wire.module)?)?;
                     frames.push(Frame {
@@ -400,7 +437,7 @@ pub fn subtask_sample_set_within(
             timestamp_ms: s.timestamp_ms,
             state: state_from_wire(s.state),
             stack,
-            truncated: s.truncated || cut > 0,
+            truncated: s.truncated || cut,
         });
     }
     let threads = sub

@@ -55,9 +55,11 @@
 //! * a memo is stored only if it fits, after dropping other memos (least recently read first);
 //!   otherwise the text is served without being kept (runs are never evicted for a memo);
 //! * when a run lands and the total (memos included) exceeds `max_bytes`, or the number of kept
-//!   runs (over all keys and their history) exceeds [`CacheLimits::max_entries`] (default 4096),
+//!   runs (over all keys and their history) exceeds [`CacheLimits::max_entries`] (default [`DEFAULT_MAX_ENTRIES`]),
 //!   memos go first, then the least recently read entries, history and all, then the oldest
-//!   runs of the keys just written (never their latest).
+//!   runs of the keys just written (never their latest). Each step costs one pass (a sort, a
+//!   heap), not one pass per run dropped: a vertex run writes one key per subtask, ten
+//!   thousand of them at fleet scale.
 //!
 //! One exception: a single run that is by itself larger than `max_bytes` (a vertex run with the
 //! subtask entries it fills) is still cached, alone, after everything else is evicted, with a
@@ -69,7 +71,7 @@
 use super::profile::{Snapshot, SubtaskProfile};
 use axum::body::Bytes;
 use flamegrid_model::GraphType;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -109,6 +111,12 @@ impl GraphKey {
 /// (an extra zero or three) cannot turn the cache into a store.
 pub const MAX_HISTORY: usize = 1000;
 
+/// Default bound of the runs kept ([`CacheLimits::max_entries`]). A vertex run counts once
+/// for the vertex and once per subtask entry it fills, so a vertex of 10,000 subtasks is
+/// 10,001 runs: the bound leaves room for the history of several such vertices (the byte bound
+/// is the one that binds first) while still bounding the cache's bookkeeping.
+pub const DEFAULT_MAX_ENTRIES: usize = 1 << 18;
+
 /// Timing and size limits of the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
@@ -134,7 +142,7 @@ impl CacheLimits {
             refresh,
             cleanup,
             max_bytes: 256 * 1024 * 1024,
-            max_entries: 4096,
+            max_entries: DEFAULT_MAX_ENTRIES,
             history: 10,
         }
     }
@@ -634,30 +642,52 @@ impl GraphCache {
         let over = |inner: &Inner| {
             inner.bytes > self.limits.max_bytes || inner.runs > self.limits.max_entries
         };
+        if !over(inner) {
+            return;
+        }
         while over(inner) && inner.forget_lru_memos(None) {}
-        while over(inner) {
-            let victim = inner
+        if over(inner) {
+            // Least recently read first; sorted once, so a vertex run of ten thousand subtasks
+            // (as many keys written) costs one pass, not one pass per victim.
+            let written: HashSet<&GraphKey> = keep.iter().collect();
+            let mut victims: Vec<(Instant, GraphKey)> = inner
                 .entries
                 .iter()
-                .filter(|(k, _)| !keep.contains(k))
-                .min_by_key(|(_, e)| e.last_read)
-                .map(|(k, _)| k.clone());
-            let Some(victim) = victim else { break };
-            inner.drop_entry(&victim);
+                .filter(|(k, _)| !written.contains(k))
+                .map(|(k, e)| (e.last_read, k.clone()))
+                .collect();
+            victims.sort_unstable_by_key(|(read, _)| *read);
+            for (_, victim) in victims {
+                if !over(inner) {
+                    break;
+                }
+                inner.drop_entry(&victim);
+            }
+        }
+        // Then the oldest runs of the keys written, from the key with the most runs, so they
+        // are trimmed evenly (a heap, so each trimmed run costs a logarithm, not a pass).
+        let mut longest: BinaryHeap<(usize, usize)> = BinaryHeap::new();
+        if over(inner) {
+            longest.extend(
+                keep.iter()
+                    .enumerate()
+                    .filter_map(|(i, k)| inner.entries.get(k).map(|e| (e.runs.len(), i)))
+                    .filter(|(n, _)| *n > 1),
+            );
         }
         while over(inner) {
-            // From the written key with the most runs, so they are trimmed evenly.
-            let longest = keep
-                .iter()
-                .filter_map(|k| inner.entries.get(k).map(|e| (k, e.runs.len())))
-                .filter(|(_, n)| *n > 1)
-                .max_by_key(|(_, n)| *n)
-                .map(|(k, _)| k.clone());
-            let oldest = longest
-                .and_then(|k| inner.entries.get_mut(&k))
-                .and_then(|e| e.runs.pop_back());
-            let Some(oldest) = oldest else { break };
+            let Some((_, i)) = longest.pop() else { break };
+            let Some(entry) = inner.entries.get_mut(&keep[i]) else {
+                continue;
+            };
+            let Some(oldest) = entry.runs.pop_back() else {
+                continue;
+            };
+            let left = entry.runs.len();
             inner.release(&oldest);
+            if left > 1 {
+                longest.push((left, i));
+            }
         }
         if inner.bytes > self.limits.max_bytes {
             tracing::warn!(

@@ -22,6 +22,11 @@
 use crate::missing::Missing;
 use flamegrid_model::tree::TreeBuilder;
 use flamegrid_model::{FlameNode, GraphType, SampleSet, SampledThread, ThreadState, folded};
+use flamegrid_proto::convert::{
+    AnswerBudget, ConvertError, cut_name, kept_stack, state_from_wire, wire_frame, wire_string,
+};
+use flamegrid_proto::v1;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -124,6 +129,128 @@ impl SubtaskProfile {
             threads: set.threads.clone(),
             thread_counts,
         }
+    }
+
+    /// Folds one subtask of an agent's answer straight from the wire: the same profile as
+    /// [`SubtaskProfile::from_set`] of [`subtask_sample_set_within`]'s set, within the same
+    /// bounds, charged to the same `budget` and failing on the same bad indexes, without the
+    /// set in between (no frame, module or per-sample stack copied: only the distinct names
+    /// and the distinct stacks are). What a run does with each answer as it arrives.
+    ///
+    /// [`subtask_sample_set_within`]: flamegrid_proto::convert::subtask_sample_set_within
+    pub fn from_wire(
+        resp: &v1::SampleResponse,
+        sub: &v1::SubtaskSamples,
+        budget: &mut AnswerBudget,
+    ) -> Result<SubtaskProfile, ConvertError> {
+        // Counts first, before anything is allocated for this subtask.
+        budget.charge_subtask(sub)?;
+        let max_depth = budget.limits().max_depth;
+        let max_name = budget.limits().max_name_bytes;
+        let mut names: Vec<String> = Vec::new();
+        // Names by their text as kept (cut), as `from_set` folds them: frames that differ only
+        // in module or inlining share a name.
+        let mut name_ids: HashMap<Cow<'_, str>, u32> = HashMap::new();
+        let mut frame_names: HashMap<u32, u32> = HashMap::new();
+        // Every sample's kept stack, as name ids, back to back; rows refer to ranges of it.
+        let mut flat: Vec<u32> = Vec::new();
+        // (truncated, start, end, state, thread) per sample that shows in some view.
+        let mut rows: Vec<(bool, u32, u32, ThreadState, u32)> =
+            Vec::with_capacity(sub.samples.len());
+        let mut seen = vec![[false; 3]; sub.threads.len()];
+        for s in &sub.samples {
+            if s.thread as usize >= sub.threads.len() {
+                return Err(ConvertError::IndexOutOfRange {
+                    what: "thread",
+                    index: s.thread,
+                    len: sub.threads.len(),
+                });
+            }
+            let (kept, cut) = kept_stack(&s.stack, max_depth);
+            let start = flat.len();
+            for &f in kept {
+                let id = match frame_names.get(&f) {
+                    Some(&id) => id,
+                    None => {
+                        let wire = wire_frame(resp, f)?;
+                        let raw = wire_string(resp, wire.name)?;
+                        budget.charge_name(raw)?;
+                        budget.charge_name(wire_string(resp, wire.module)?)?;
+                        let name = if raw.len() <= max_name {
+                            Cow::Borrowed(raw)
+                        } else {
+                            Cow::Owned(cut_name(raw, max_name))
+                        };
+                        let id = *name_ids.entry(name).or_insert_with_key(|name| {
+                            names.push(name.to_string());
+                            (names.len() - 1) as u32
+                        });
+                        frame_names.insert(f, id);
+                        id
+                    }
+                };
+                flat.push(id);
+            }
+            let state = state_from_wire(s.state);
+            if let Some(slots) = seen.get_mut(s.thread as usize) {
+                for ty in GraphType::ALL {
+                    slots[type_slot(ty)] |= ty.accepts(state);
+                }
+            }
+            if state == ThreadState::Terminated {
+                continue; // in no view
+            }
+            rows.push((
+                s.truncated || cut,
+                start as u32,
+                flat.len() as u32,
+                state,
+                s.thread,
+            ));
+        }
+        let threads = sub
+            .threads
+            .iter()
+            .map(|t| {
+                Ok(SampledThread {
+                    pid: t.pid,
+                    tid: t.tid,
+                    name: budget.name(wire_string(resp, t.name)?)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConvertError>>()?;
+        // Rows in the profile's order (truncated, frames, state), then by thread: equal rows
+        // are adjacent, and each row's threads ascending.
+        let frames_of = |r: &(bool, u32, u32, ThreadState, u32)| &flat[r.1 as usize..r.2 as usize];
+        rows.sort_unstable_by(|a, b| {
+            (a.0, frames_of(a), a.3, a.4).cmp(&(b.0, frames_of(b), b.3, b.4))
+        });
+        let mut stacks: Vec<StackCount> = Vec::new();
+        let mut per_thread: Vec<(u32, u64)> = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            match per_thread.last_mut() {
+                Some((t, n)) if *t == row.4 => *n += 1,
+                _ => per_thread.push((row.4, 1)),
+            }
+            let next = rows.get(i + 1);
+            if next.is_none_or(|n| (n.0, frames_of(n), n.3) != (row.0, frames_of(row), row.3)) {
+                stacks.push(StackCount {
+                    state: row.3,
+                    truncated: row.0,
+                    frames: frames_of(row).into(),
+                    count: per_thread.iter().map(|(_, n)| n).sum(),
+                    threads: std::mem::take(&mut per_thread).into_boxed_slice(),
+                });
+            }
+        }
+        let thread_counts =
+            GraphType::ALL.map(|ty| seen.iter().filter(|s| s[type_slot(ty)]).count());
+        Ok(SubtaskProfile {
+            names,
+            stacks,
+            threads,
+            thread_counts,
+        })
     }
 
     /// Samples accepted by `ty`.
@@ -315,6 +442,7 @@ impl Snapshot {
 pub(crate) mod tests {
     use super::*;
     use flamegrid_model::{Frame, SampleSetBuilder, SampledThread};
+    use flamegrid_proto::convert::WireLimits;
 
     /// A set with two threads: one spinning (`main;spin`), one sleeping (`main;sleep`).
     pub(crate) fn spin_and_sleep(samples: u32) -> SampleSet {
@@ -480,5 +608,102 @@ pub(crate) mod tests {
         assert_eq!(part.tree(GraphType::Full).value, 6);
         assert!(Arc::ptr_eq(&part.subtasks[&1], &snap.subtasks[&1]));
         assert!(snap.subtask_part(5).is_none());
+    }
+
+    /// A generated sample: thread, state, truncated, stack.
+    type WireSample = (u8, i32, bool, Vec<u8>);
+
+    /// An answer of `subtasks` from generated parts: names (some sharing a text, some over a
+    /// small name limit), frames over them, and per subtask threads and samples whose indexes
+    /// are mostly, not always, in range.
+    fn wire_answer(
+        names: &[u8],
+        frames: &[(u8, u8, bool)],
+        subtasks: &[(u8, Vec<WireSample>)],
+    ) -> v1::SampleResponse {
+        let mut resp = v1::SampleResponse {
+            strings: std::iter::once(String::new())
+                .chain(
+                    names
+                        .iter()
+                        .map(|&n| format!("fn_{}", "x".repeat(n as usize % 7))),
+                )
+                .collect(),
+            ..Default::default()
+        };
+        let strings = resp.strings.len() as u32 + 1; // one past the end now and then
+        resp.frames = frames
+            .iter()
+            .map(|&(name, module, inlined)| v1::Frame {
+                name: u32::from(name) % strings,
+                module: u32::from(module) % strings,
+                inlined,
+            })
+            .collect();
+        let frames = resp.frames.len() as u32 + 1;
+        resp.subtasks = subtasks
+            .iter()
+            .enumerate()
+            .map(|(i, (threads, samples))| v1::SubtaskSamples {
+                subtask_key: format!("k/{i}"),
+                threads: (0..u32::from(*threads % 4))
+                    .map(|t| v1::Thread {
+                        pid: 1,
+                        tid: t,
+                        name: t % strings,
+                    })
+                    .collect(),
+                samples: samples
+                    .iter()
+                    .map(|(thread, state, truncated, stack)| v1::Sample {
+                        thread: u32::from(*thread % 5),
+                        timestamp_ms: 0,
+                        state: *state % 8,
+                        stack: stack.iter().map(|&f| u32::from(f) % frames).collect(),
+                        truncated: *truncated,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect();
+        resp
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn folding_from_the_wire_equals_folding_the_converted_set(
+            names in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+            frames in proptest::collection::vec(proptest::prelude::any::<(u8, u8, bool)>(), 0..16),
+            subtasks in proptest::collection::vec(
+                (proptest::prelude::any::<u8>(), proptest::collection::vec(
+                    (proptest::prelude::any::<u8>(), 0i32..8, proptest::prelude::any::<bool>(),
+                     proptest::collection::vec(proptest::prelude::any::<u8>(), 0..9)),
+                    0..12)),
+                1..4),
+            max_depth in 1u32..6,
+            tight in proptest::prelude::any::<bool>(),
+        ) {
+            let resp = wire_answer(&names, &frames, &subtasks);
+            let mut limits = WireLimits::with_max_depth(max_depth);
+            limits.max_name_bytes = 6; // cuts some names, so that cut names fold together
+            if tight {
+                limits.max_records = 20;
+                limits.max_name_bytes_per_answer = 40;
+            }
+            let mut direct = AnswerBudget::new(limits);
+            let mut via_set = AnswerBudget::new(limits);
+            for sub in &resp.subtasks {
+                let folded = SubtaskProfile::from_wire(&resp, sub, &mut direct);
+                let expected = flamegrid_proto::convert::subtask_sample_set_within(
+                    &resp, sub, &mut via_set,
+                )
+                .map(|set| SubtaskProfile::from_set(&set));
+                match (folded, expected) {
+                    (Ok(got), Ok(want)) => proptest::prop_assert_eq!(got, want),
+                    (Err(_), Err(_)) => {}
+                    (got, want) => proptest::prop_assert!(false, "{got:?} != {want:?}"),
+                }
+            }
+        }
     }
 }

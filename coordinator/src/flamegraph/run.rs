@@ -14,13 +14,16 @@
 
 use super::cache::RunTicket;
 use super::profile::{Snapshot, SubtaskProfile};
-use crate::fanout::FanOut;
+use crate::fanout::{FanOut, FanOutOutcome};
 use crate::missing::{self, Missing};
 use crate::sampling::{SamplingParams, SubtaskTarget};
+use flamegrid_proto::convert::{AnswerBudget, ConvertError};
+use flamegrid_proto::v1;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of runs, readable by tests and metrics: how many started, landed, failed.
+/// Counters of runs, readable by tests and metrics: how many started, landed, failed, and how
+/// the last run went (dispatch spread, the coordinator's own time after the last answer).
 #[derive(Debug, Default)]
 pub struct RunCounters {
     /// Runs started (fan-outs sent).
@@ -29,6 +32,12 @@ pub struct RunCounters {
     pub completed: AtomicU64,
     /// Runs where no subtask delivered anything (kept aside for their reasons, not as a graph).
     pub failed: AtomicU64,
+    /// The last run's dispatch spread, in microseconds: from its first request handed to an
+    /// agent's channel to its last ([`crate::fanout::FanOutOutcome::dispatch_spread`]).
+    pub last_dispatch_spread_us: AtomicU64,
+    /// The last run's coordinator time after its last agent's call ended, in microseconds: the
+    /// last answer's share, the snapshot and storing it in the cache.
+    pub last_after_answers_us: AtomicU64,
 }
 
 impl RunCounters {
@@ -40,6 +49,16 @@ impl RunCounters {
             self.failed.load(Ordering::Relaxed),
         )
     }
+}
+
+/// What a run makes of one subtask's samples as its agent's answer arrives: the folded
+/// profile ([`SubtaskProfile::from_wire`]), the only thing a run keeps of them.
+pub fn fold_subtask(
+    resp: &v1::SampleResponse,
+    sub: &v1::SubtaskSamples,
+    budget: &mut AnswerBudget,
+) -> Result<Arc<SubtaskProfile>, ConvertError> {
+    SubtaskProfile::from_wire(resp, sub, budget).map(Arc::new)
 }
 
 /// Executes one run for `ticket`'s key over `targets` and stores the result; `absent` are the
@@ -56,15 +75,29 @@ pub async fn execute(
     let key = ticket.key().clone();
     let prefix = format!("{}/{}", key.job_id, key.vertex_id);
     let outcome = if targets.is_empty() {
-        crate::fanout::FanOutOutcome {
+        FanOutOutcome {
             request_id: fanout.new_request_id(),
             start_ms: flamegrid_model::clock::now_ms(),
             end_ms: flamegrid_model::clock::now_ms(),
             ..Default::default()
         }
     } else {
-        fanout.sample(&prefix, &targets, params).await
+        fanout
+            .sample_with(&prefix, &targets, params, fold_subtask)
+            .await
     };
+    land(&counters, ticket, outcome, absent);
+}
+
+/// Makes the snapshot of a run's `outcome` (plus the subtasks that could not be asked,
+/// `absent`) and stores it through `ticket`: what is left of a run once its last answer is in.
+pub fn land(
+    counters: &RunCounters,
+    ticket: RunTicket,
+    outcome: FanOutOutcome<Arc<SubtaskProfile>>,
+    absent: Missing,
+) {
+    let key = ticket.key().clone();
     let mut missing = absent;
     missing.extend(outcome.missing.iter().map(|(&i, &r)| (i, r)));
     if !missing.is_empty() {
@@ -84,20 +117,157 @@ pub async fn execute(
         run_id: outcome.request_id,
         start_ms: outcome.start_ms,
         end_ms: outcome.end_ms,
-        subtasks: outcome
-            .sets
-            .iter()
-            .map(|(&i, set)| (i, Arc::new(SubtaskProfile::from_set(set))))
-            .collect(),
+        subtasks: outcome.sets,
         missing,
     };
-    tracing::debug!(
-        job = %key.job_id, vertex = %key.vertex_id, subtask = ?key.subtask, run = snapshot.run_id,
-        samples = snapshot.sample_count(flamegrid_model::GraphType::Full), "flame graph run landed"
-    );
+    let run_id = snapshot.run_id;
+    let samples = snapshot.sample_count(flamegrid_model::GraphType::Full);
     let delivered = !snapshot.subtasks.is_empty();
     ticket.complete(snapshot);
     if delivered {
         counters.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    let after_answers = outcome.last_answer.map(|t| t.elapsed()).unwrap_or_default();
+    let spread = outcome.dispatch_spread;
+    counters
+        .last_dispatch_spread_us
+        .store(spread.as_micros() as u64, Ordering::Relaxed);
+    counters
+        .last_after_answers_us
+        .store(after_answers.as_micros() as u64, Ordering::Relaxed);
+    tracing::info!(
+        job = %key.job_id, vertex = %key.vertex_id, subtask = ?key.subtask, run = run_id, samples,
+        agents_answered = outcome.agents_answered, agents_failed = outcome.agents_failed,
+        dispatch_spread_ms = spread.as_secs_f64() * 1e3,
+        after_answers_ms = after_answers.as_secs_f64() * 1e3,
+        "flame graph run landed"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    //! Whole runs against canned agents on loopback (real gRPC, see [`crate::fanout::tests`]),
+    //! landed in a real cache.
+
+    use super::*;
+    use crate::fanout::AgentAuth;
+    use crate::fanout::tests::{Behaviour, agent, target};
+    use crate::flamegraph::cache::{CacheLimits, GraphCache, GraphKey};
+    use flamegrid_model::GraphType;
+    use std::time::Duration;
+
+    const PARAMS: SamplingParams = SamplingParams {
+        num_samples: 1,
+        delay_ms: 1,
+        max_depth: 10,
+    };
+
+    fn key() -> GraphKey {
+        GraphKey {
+            job_id: "a".repeat(32),
+            vertex_id: "b".repeat(32),
+            subtask: None,
+        }
+    }
+
+    /// `agents` canned agents answering `samples` samples per subtask, `per_agent` subtasks
+    /// each; the targets of the vertex.
+    async fn fleet(agents: u32, per_agent: u32, samples: u32) -> Vec<SubtaskTarget> {
+        let mut targets = Vec::new();
+        for a in 0..agents {
+            let (address, _) = agent(Behaviour::Samples(samples)).await;
+            targets.extend((0..per_agent).map(|i| target(a * per_agent + i, &address, 1)));
+        }
+        targets
+    }
+
+    /// A fan-out with a grace far beyond what loopback needs, so no agent is ever late.
+    fn fanout() -> Arc<FanOut> {
+        Arc::new(FanOut::new(Duration::from_secs(30), AgentAuth::default()))
+    }
+
+    async fn run(
+        fanout: &Arc<FanOut>,
+        cache: &Arc<GraphCache>,
+        counters: &Arc<RunCounters>,
+        targets: &[SubtaskTarget],
+    ) {
+        let ticket = cache.lookup_with(&key(), true).ticket.unwrap();
+        execute(
+            Arc::clone(fanout),
+            Arc::clone(counters),
+            PARAMS,
+            ticket,
+            targets.to_vec(),
+            Missing::new(),
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_folded_as_they_arrive_keep_every_sample() {
+        let (agents, per_agent, samples) = (20, 50, 9);
+        let targets = fleet(agents, per_agent, samples).await;
+        let fanout = fanout();
+        let cache = GraphCache::new(CacheLimits::new(
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        ));
+        let counters = Arc::new(RunCounters::default());
+        run(&fanout, &cache, &counters, &targets).await;
+        let snapshot = cache.peek(&key()).unwrap();
+        assert!(snapshot.missing.is_empty(), "{:?}", snapshot.missing);
+        let subtasks = u64::from(agents * per_agent);
+        assert_eq!(snapshot.subtasks.len() as u64, subtasks);
+        // Every sample every agent sent, no more, split by state as sent (every third off CPU).
+        let sent = subtasks * u64::from(samples);
+        assert_eq!(snapshot.sample_count(GraphType::Full), sent);
+        assert_eq!(
+            snapshot.sample_count(GraphType::OffCpu),
+            subtasks * u64::from(samples.div_ceil(3))
+        );
+        // Folded on arrival from the wire, each subtask's profile is exactly the fold of the
+        // samples the plain conversion gives.
+        let prefix = format!("{}/{}", key().job_id, key().vertex_id);
+        let plain = fanout.sample(&prefix, &targets, PARAMS).await;
+        assert_eq!(plain.sets.len() as u64, subtasks);
+        for (index, set) in &plain.sets {
+            assert_eq!(
+                *snapshot.subtasks[index],
+                SubtaskProfile::from_set(set),
+                "subtask {index}"
+            );
+        }
+        assert_eq!(counters.get(), (0, 1, 0));
+        // The tree over all subtasks holds them all too.
+        assert_eq!(snapshot.tree(GraphType::Full).value, sent);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeated_runs_keep_the_cache_flat() {
+        // A vertex of 600 subtasks on 6 agents, history 3: after three runs, every run lands
+        // as one leaves, and the cache holds the same bytes and runs run after run.
+        let targets = fleet(6, 100, 5).await;
+        let fanout = fanout();
+        let mut limits = CacheLimits::new(Duration::from_secs(60), Duration::from_secs(600));
+        limits.history = 3;
+        let cache = GraphCache::new(limits);
+        let counters = Arc::new(RunCounters::default());
+        let mut usage = Vec::new();
+        for _ in 0..8 {
+            run(&fanout, &cache, &counters, &targets).await;
+            usage.push((cache.usage(), cache.kept_runs()));
+        }
+        assert_eq!(counters.get(), (0, 8, 0));
+        assert_eq!(
+            usage[2].1,
+            3 * 601,
+            "the vertex and its subtasks, three runs each"
+        );
+        assert!(
+            usage[2..].iter().all(|u| *u == usage[2]),
+            "the cache grows run over run: {usage:?}"
+        );
+        assert!(usage[0].0.1 < usage[1].0.1, "{usage:?}");
     }
 }
