@@ -839,7 +839,11 @@ impl BigGraphAgent {
             }
         }
         let hot: Vec<String> = HOT_CHAIN.iter().map(|f| f.to_string()).collect();
-        for _ in 0..HOT_SAMPLES.div_ceil(self.subtasks) {
+        // Exactly HOT_SAMPLES over all subtasks, whatever their number, so that the graph's
+        // proportions (and the heavy stacks' pixel widths) do not depend on the vertex cap.
+        let hot_here =
+            HOT_SAMPLES / self.subtasks + usize::from(index < HOT_SAMPLES % self.subtasks);
+        for _ in 0..hot_here {
             push(&hot);
         }
         set.finish()
