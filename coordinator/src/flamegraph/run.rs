@@ -29,6 +29,8 @@ pub struct RunCounters {
     pub completed: AtomicU64,
     /// Runs where no subtask delivered anything (kept aside for their reasons, not as a graph).
     pub failed: AtomicU64,
+    /// How long finished runs took, fan-out to stored snapshot (`/metrics`).
+    pub durations: flamegrid_proto::prometheus::Histogram,
 }
 
 impl RunCounters {
@@ -53,6 +55,7 @@ pub async fn execute(
     targets: Vec<SubtaskTarget>,
     absent: Missing,
 ) {
+    let began = std::time::Instant::now();
     let key = ticket.key().clone();
     let prefix = format!("{}/{}", key.job_id, key.vertex_id);
     let outcome = if targets.is_empty() {
@@ -100,4 +103,5 @@ pub async fn execute(
     if delivered {
         counters.completed.fetch_add(1, Ordering::Relaxed);
     }
+    counters.durations.observe(began.elapsed());
 }
