@@ -32,8 +32,9 @@ use std::time::{Duration, Instant};
 /// How often the history is polled while a run is in flight.
 const POLL: Duration = Duration::from_millis(5);
 
-/// The agents' registrations are spread over this (the default heartbeat interval).
-const REGISTRATION_SPREAD: Duration = Duration::from_secs(3);
+/// The agents' registrations are spread over this: the coordinator's default heartbeat
+/// interval (a third of the 30 s timeout, at most 5 s), so heartbeats arrive evenly.
+const REGISTRATION_SPREAD: Duration = Duration::from_secs(5);
 
 /// The figures of one configuration.
 pub struct Row {
