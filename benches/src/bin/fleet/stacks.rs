@@ -131,7 +131,7 @@ pub fn answer(
         let samples = (0..u64::from(req.num_samples))
             .map(|k| {
                 let s = (index.wrapping_mul(breadth) + k % breadth) % pool;
-                let state = if s % 2 == 0 {
+                let state = if s & 1 == 0 {
                     v1::ThreadState::Runnable
                 } else {
                     v1::ThreadState::TimedWaiting
