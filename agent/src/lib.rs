@@ -6,6 +6,7 @@
 //! * [`service`]: the `flamegrid.v1.Sampling` gRPC service over the sampler.
 //! * [`wire`]: the contract's thread selectors checked and turned into the sampler's.
 //! * [`registration`]: registers with the coordinator and heartbeats.
+//! * [`telemetry`]: the service's counters and the `--metrics-listen` `/metrics` endpoint.
 //! * [`cli`]: the `sample` and `run` subcommands of the `flamegrid-agent` binary.
 //!
 //! Arrows point one way: cli → service/registration → wire → sampler.
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod error;
 pub mod registration;
 pub mod service;
+pub mod telemetry;
 pub mod wire;
 
 pub use error::AgentError;

@@ -32,6 +32,7 @@
 //! flight (and of every run that would start later), so on SIGTERM each run returns at once with
 //! the samples it already has, and the server can drain quickly.
 
+use crate::telemetry::{Outcome, Telemetry};
 use flamegrid_model::clock::now_ms;
 use flamegrid_proto::SampleResponseBuilder;
 use flamegrid_proto::v1::{self, sampling_server::Sampling};
@@ -40,7 +41,7 @@ use flamegrid_sampler::selection::{self, AccessPolicy, ThreadSelector};
 use flamegrid_sampler::{Sampler, SamplerOptions, SamplingRun};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tonic::{Request, Response, Status};
 
@@ -114,6 +115,8 @@ struct Inner {
     kernel_stacks: bool,
     /// `true` once shutdown began; runs watch it to end early.
     shutdown: watch::Sender<bool>,
+    /// What `/metrics` reports ([`crate::telemetry`]).
+    telemetry: Arc<Telemetry>,
 }
 
 /// A checked request: what to sample and how. Produced by [`validate_sample`] and
@@ -147,6 +150,7 @@ impl SamplingService {
                 max_concurrent_runs: max,
                 kernel_stacks: settings.kernel_stacks,
                 shutdown,
+                telemetry: Arc::default(),
             }),
         }
     }
@@ -161,6 +165,33 @@ impl SamplingService {
     /// Sampling runs in progress right now (for metrics and logs).
     pub fn runs_in_flight(&self) -> usize {
         self.inner.max_concurrent_runs - self.inner.runs.available_permits()
+    }
+
+    /// The counters `/metrics` reports, shared by every clone of this service.
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        Arc::clone(&self.inner.telemetry)
+    }
+
+    /// Runs a request that passed (or failed) validation and counts how it ended.
+    async fn counted(
+        &self,
+        valid: Result<ValidRequest, Status>,
+    ) -> Result<v1::SampleResponse, Status> {
+        let began = Instant::now();
+        let result = match valid {
+            Ok(valid) => self.run(valid).await,
+            Err(status) => Err(status),
+        };
+        let telemetry = &self.inner.telemetry;
+        match &result {
+            Ok(resp) => telemetry.sampled(
+                began.elapsed(),
+                resp.subtasks.iter().map(|s| s.samples.len() as u64).sum(),
+                resp.subtasks.iter().filter(|s| !s.error.is_empty()).count() as u64,
+            ),
+            Err(status) => telemetry.run_ended(Outcome::of_status(status.code())),
+        }
+        result
     }
 
     /// Takes a run slot, or explains why not.
@@ -497,16 +528,16 @@ impl Sampling for SamplingService {
         &self,
         request: Request<v1::SampleRequest>,
     ) -> Result<Response<v1::SampleResponse>, Status> {
-        let valid = validate_sample(request.get_ref())?;
-        self.run(valid).await.map(Response::new)
+        let valid = validate_sample(request.get_ref());
+        self.counted(valid).await.map(Response::new)
     }
 
     async fn thread_dump(
         &self,
         request: Request<v1::ThreadDumpRequest>,
     ) -> Result<Response<v1::SampleResponse>, Status> {
-        let valid = validate_thread_dump(request.get_ref())?;
-        self.run(valid).await.map(Response::new)
+        let valid = validate_thread_dump(request.get_ref());
+        self.counted(valid).await.map(Response::new)
     }
 }
 

@@ -8,7 +8,7 @@
 //! which the coordinator exports.
 //! [`exposure`] is the secure-default rule every listener of both binaries follows;
 //! [`credential_flags`] the token and TLS flags both binaries take; [`host`] the host facts both
-//! report.
+//! report; [`prometheus`] the text format both serve at `/metrics`.
 
 /// Generated code for package `flamegrid.v1`.
 pub mod v1 {
@@ -28,6 +28,7 @@ pub mod convert;
 pub mod credential_flags;
 pub mod exposure;
 pub mod host;
+pub mod prometheus;
 
 pub use convert::{ConvertError, SampleResponseBuilder};
 

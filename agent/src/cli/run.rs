@@ -40,6 +40,7 @@ use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -148,6 +149,13 @@ pub struct RunArgs {
     /// logged at start). Loopback addresses never need it.
     #[arg(long, env = "FLAMEGRID_INSECURE")]
     pub insecure: bool,
+
+    /// Serve the agent's own metrics in Prometheus' text format at http://ADDR/metrics (runs
+    /// served by outcome, their durations, samples taken, ptrace stops, subtask errors, runs
+    /// in flight); off by default. The endpoint takes no credentials, so an address other
+    /// hosts can reach needs --insecure; port 0 picks a free port (logged at start).
+    #[arg(long, env = "FLAMEGRID_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_max_runs(s: &str) -> Result<usize, String> {
@@ -176,6 +184,7 @@ impl RunArgs {
             kernel_stacks: false,
             sampler: super::SamplerArg::Auto,
             insecure: false,
+            metrics_listen: None,
         }
     }
 }
@@ -190,6 +199,8 @@ pub struct RunningAgent {
     pub advertised_address: String,
     /// The id registered with the coordinator.
     pub agent_id: String,
+    /// The address `/metrics` is served on (`--metrics-listen`, the real port), if any.
+    pub metrics_addr: Option<SocketAddr>,
     supervisor: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -212,6 +223,8 @@ struct Checked {
     policy: AccessPolicy,
     /// The warning to log at start when `--insecure` opened the listener on purpose.
     exposure_warning: Option<String>,
+    /// The same for `--metrics-listen`.
+    metrics_warning: Option<String>,
 }
 
 fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
@@ -297,12 +310,31 @@ fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
         Ok(Exposure::OpenByChoice(warning)) => Some(warning),
         Err(reason) => bail!(reason),
     };
+    // The metrics endpoint takes no credentials at all: only loopback, or --insecure.
+    let metrics_warning = match args.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = Listener {
+                what: "metrics endpoint",
+                addr_flag: "--metrics-listen",
+                addr,
+                has_credentials: false,
+                credential_flags: "nothing (it takes no credentials)",
+            };
+            match exposure::check(&listener, args.insecure) {
+                Ok(Exposure::Guarded) => None,
+                Ok(Exposure::OpenByChoice(warning)) => Some(warning),
+                Err(reason) => bail!(reason),
+            }
+        }
+    };
     Ok(Checked {
         coordinator,
         token,
         server_tls,
         policy,
         exposure_warning,
+        metrics_warning,
     })
 }
 
@@ -396,7 +428,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningAgent> {
     let checked = check_args(&args)?;
-    if let Some(warning) = &checked.exposure_warning {
+    for warning in [&checked.exposure_warning, &checked.metrics_warning]
+        .into_iter()
+        .flatten()
+    {
         tracing::warn!("{warning}");
     }
     let sampler = Sampler::with_backend(args.sampler.into()).context("starting the sampler")?;
@@ -449,6 +484,27 @@ pub async fn serve(
             .max_decoding_message_size(crate::service::MAX_REQUEST_BYTES),
         BearerTokenCheck::new(checked.token.as_deref()),
     ));
+
+    // --metrics-listen: bound before anything is served, so a taken port fails the start.
+    let metrics = match args.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}: cannot bind"))?;
+            let bound = listener.local_addr().context("reading the bound address")?;
+            let telemetry = service.telemetry();
+            let runs = service.clone();
+            let render: Arc<dyn Fn() -> String + Send + Sync> =
+                Arc::new(move || telemetry.render(runs.runs_in_flight()));
+            tracing::info!("metrics served on http://{bound}/metrics");
+            Some((
+                bound,
+                tokio::spawn(crate::telemetry::serve(listener, render)),
+            ))
+        }
+    };
+    let metrics_addr = metrics.as_ref().map(|(addr, _)| *addr);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -504,6 +560,9 @@ pub async fn serve(
             "shutting down: ending sampling runs in flight"
         );
         service.cancel_in_flight();
+        if let Some((_, task)) = &metrics {
+            task.abort();
+        }
         stop_tx.send_replace(true);
         let served = server.await.context("the sampling server task failed")?;
         if let Ok(Err(e)) = registration.await {
@@ -518,6 +577,7 @@ pub async fn serve(
         local_addr,
         advertised_address,
         agent_id,
+        metrics_addr,
         supervisor,
     })
 }
@@ -640,6 +700,43 @@ mod tests {
         );
         assert!(
             Wrapper::try_parse_from(["x", "--coordinator", "http://c:1", "--tls-cert", "a"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_open_metrics_listener_needs_insecure() {
+        let mut args = RunArgs::new("http://127.0.0.1:6123");
+        args.listen = "127.0.0.1:0".parse().unwrap();
+        args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        let checked = check_args(&args).unwrap();
+        assert!(checked.metrics_warning.is_none());
+        args.metrics_listen = Some("0.0.0.0:9100".parse().unwrap());
+        let Err(err) = check_args(&args) else {
+            panic!("a reachable --metrics-listen without --insecure must be refused");
+        };
+        assert!(err.to_string().contains("--metrics-listen"), "{err}");
+        args.insecure = true;
+        let checked = check_args(&args).unwrap();
+        assert!(
+            checked
+                .metrics_warning
+                .is_some_and(|w| w.contains("metrics endpoint"))
+        );
+        let w = Wrapper::try_parse_from([
+            "x",
+            "--coordinator",
+            "http://c:1",
+            "--metrics-listen",
+            "127.0.0.1:9100",
+        ])
+        .unwrap();
+        assert_eq!(
+            w.run.metrics_listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert!(
+            Wrapper::try_parse_from(["x", "--coordinator", "http://c:1", "--metrics-listen", "x"])
                 .is_err()
         );
     }

@@ -261,6 +261,11 @@ impl FlameGraphService {
         self.counters.get()
     }
 
+    /// Durations of finished runs (`/metrics`).
+    pub fn run_durations(&self) -> &flamegrid_proto::prometheus::Histogram {
+        &self.counters.durations
+    }
+
     /// The cache (for inspection).
     pub fn cache(&self) -> &Arc<GraphCache> {
         &self.cache

@@ -38,6 +38,8 @@ pub struct RunCounters {
     /// The last run's coordinator time after its last agent's call ended, in microseconds: the
     /// last answer's share, the snapshot and storing it in the cache.
     pub last_after_answers_us: AtomicU64,
+    /// How long finished runs took, fan-out to stored snapshot (`/metrics`).
+    pub durations: flamegrid_proto::prometheus::Histogram,
 }
 
 impl RunCounters {
@@ -72,6 +74,7 @@ pub async fn execute(
     targets: Vec<SubtaskTarget>,
     absent: Missing,
 ) {
+    let began = std::time::Instant::now();
     let key = ticket.key().clone();
     let prefix = format!("{}/{}", key.job_id, key.vertex_id);
     let outcome = if targets.is_empty() {
@@ -87,6 +90,7 @@ pub async fn execute(
             .await
     };
     land(&counters, ticket, outcome, absent);
+    counters.durations.observe(began.elapsed());
 }
 
 /// Makes the snapshot of a run's `outcome` (plus the subtasks that could not be asked,

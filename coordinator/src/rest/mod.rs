@@ -14,6 +14,7 @@
 //! | [`exports`] | the flame graph as pprof (`.pb.gz`) and speedscope JSON |
 //! | [`history`] | kept runs of a flame graph (`/flamegraph/history`) and `diff.svg` |
 //! | [`openapi`] | `/openapi.json`, generated from the handler types |
+//! | [`prometheus`] | `/metrics`: the coordinator's own metrics in Prometheus' text format |
 //! | [`auth`] | who may write (`--read-only`, `--rest-token-file`) |
 //! | [`cross_site`] | what a web page may do: JSON-only writes, `Origin` checks, CORS |
 //! | [`serve`] | the listener: header-read and request timeouts, connection limit |
@@ -45,6 +46,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod params;
+pub mod prometheus;
 pub mod self_dump;
 pub mod serve;
 pub mod shapes;
@@ -98,6 +100,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(flamegraph::routes())
         .merge(exports::routes())
         .merge(history::routes())
+        .merge(prometheus::routes())
         .merge(unsupported::routes())
         .split_for_parts()
 }

@@ -73,7 +73,7 @@ fn scratch_dir(tag: &str) -> Result<tempfile::TempDir> {
 pub struct CoordinatorProcess {
     process: KillOnDrop,
     pub rest: Rest,
-    rpc_url: String,
+    pub rpc_url: String,
     data: tempfile::TempDir,
 }
 
