@@ -38,7 +38,7 @@ use flamegrid_proto::SampleResponseBuilder;
 use flamegrid_proto::v1::{self, sampling_server::Sampling};
 use flamegrid_sampler::SamplerError;
 use flamegrid_sampler::selection::{self, AccessPolicy, ThreadSelector};
-use flamegrid_sampler::{Sampler, SamplerOptions, SamplingRun};
+use flamegrid_sampler::{RunStats, Sampler, SamplerOptions, SamplingRun};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -222,6 +222,7 @@ impl SamplingService {
         };
         let sampler = self.inner.sampler.clone();
         let policy = Arc::clone(&self.inner.policy);
+        let telemetry = Arc::clone(&self.inner.telemetry);
         tracing::debug!(
             request_id = req.request_id,
             subtasks = req.selectors.len(),
@@ -232,7 +233,7 @@ impl SamplingService {
         );
         let mut blocking = tokio::task::spawn_blocking(move || {
             let _permit = permit; // held until the run has really finished
-            run_blocking(&sampler, &policy, req, &opts)
+            run_blocking(&sampler, &policy, req, &opts, &telemetry)
         });
         let shutdown = self.inner.shutdown.subscribe();
         let joined = tokio::select! {
@@ -398,6 +399,7 @@ fn run_blocking(
     policy: &AccessPolicy,
     req: ValidRequest,
     opts: &SamplerOptions,
+    telemetry: &Telemetry,
 ) -> RunOutcome {
     let (targets, index) = match distinct_targets(&req.selectors) {
         Ok(t) => t,
@@ -466,17 +468,20 @@ fn run_blocking(
         return RunOutcome::AllRefused(refusals(&[]));
     }
 
-    let run = if to_sample.is_empty() {
+    let (run, stats) = if to_sample.is_empty() {
         let now = now_ms();
-        SamplingRun {
+        let run = SamplingRun {
             start_ms: now,
             end_ms: now,
             subtasks: Vec::new(),
             warnings: Vec::new(),
-        }
+        };
+        (run, RunStats::default())
     } else {
         sampler.sample_bounded(&to_sample, policy, opts, MAX_THREAD_SAMPLES)
     };
+    // One entry per thread read with ptrace (perf reads stop nothing).
+    telemetry.ptrace_stopped(stats.stop_ns.len() as u64);
     for (key, warning) in &run.warnings {
         tracing::warn!(subtask = %key, "{warning}");
     }

@@ -11,7 +11,7 @@
 //! | `flamegrid_agent_sampling_run_duration_seconds` | histogram | duration of runs that sampled (`ok`) |
 //! | `flamegrid_agent_sampling_runs_in_flight` | gauge | runs in progress now |
 //! | `flamegrid_agent_samples_total` | counter | thread samples taken and sent |
-//! | `flamegrid_agent_ptrace_stops_total` | counter | threads stopped with ptrace to read a stack: one per sample with the ptrace sampler |
+//! | `flamegrid_agent_ptrace_stops_total` | counter | threads stopped with ptrace to read a stack: one per sample with the ptrace sampler; with perf events only threads asleep since before the run, once |
 //! | `flamegrid_agent_subtask_errors_total` | counter | subtasks of answered runs that could not be sampled (process gone, not allowed, ...) |
 //!
 //! The listener speaks just enough HTTP/1.1 for a scraper: `GET /metrics` (and `HEAD`), one
@@ -103,15 +103,20 @@ impl Telemetry {
         }
     }
 
-    /// Counts a run that sampled: how long it took, the samples it sent (each one a ptrace
-    /// stop of its thread), and the subtasks it could not sample.
+    /// Counts a run that sampled: how long it took, the samples it sent, and the subtasks it
+    /// could not sample.
     pub fn sampled(&self, duration: Duration, samples: u64, subtask_errors: u64) {
         self.run_ended(Outcome::Ok);
         self.durations.observe(duration);
         self.samples.fetch_add(samples, Ordering::Relaxed);
-        self.ptrace_stops.fetch_add(samples, Ordering::Relaxed);
         self.subtask_errors
             .fetch_add(subtask_errors, Ordering::Relaxed);
+    }
+
+    /// Counts the threads a run stopped with ptrace to read their stacks: one per sample with
+    /// the ptrace sampler; with perf events only the threads asleep since before the run, once.
+    pub fn ptrace_stopped(&self, stops: u64) {
+        self.ptrace_stops.fetch_add(stops, Ordering::Relaxed);
     }
 
     /// The exposition text, with `in_flight` runs in progress now.

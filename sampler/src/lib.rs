@@ -491,17 +491,17 @@ impl Sampler {
         self.sample_with_stats(targets, policy, opts).0
     }
 
-    /// [`Sampler::sample`], but the run ends early (keeping what it has, with a warning) once
-    /// it holds `max_thread_samples` samples: a bound on its memory even when the selected
-    /// processes start threads during the run.
+    /// [`Sampler::sample_with_stats`], but the run ends early (keeping what it has, with a
+    /// warning) once it holds `max_thread_samples` samples: a bound on its memory even when the
+    /// selected processes start threads during the run.
     pub fn sample_bounded(
         &self,
         targets: &[(String, ThreadSelector)],
         policy: &AccessPolicy,
         opts: &SamplerOptions,
         max_thread_samples: usize,
-    ) -> SamplingRun {
-        self.run(targets, policy, opts, max_thread_samples).0
+    ) -> (SamplingRun, RunStats) {
+        self.run(targets, policy, opts, max_thread_samples)
     }
 
     /// [`Sampler::sample`], plus timings of the run.
