@@ -346,7 +346,12 @@ impl TargetRun {
         if self.denied_reason.is_none() {
             self.denied_reason = Some(permission::explain_denied(self.pid, tid));
         }
-        self.denied.insert(tid);
+        if self.denied.insert(tid) {
+            // Left out of the whole run, as its warning says: also the samples perf events
+            // may have read of it before the refusal (a thread another tracer holds can still
+            // be read that way). Once per refused thread, so this costs nothing per round.
+            self.samples.retain(|s| s.tid != tid);
+        }
     }
 
     /// The warning for threads refused beside sampled ones (a target with nothing sampled
@@ -745,6 +750,9 @@ fn record_round(
     for ((i, states), reads) in meta.into_iter().zip(reads) {
         let run = &mut runs[i];
         for (pre, read) in states.into_iter().zip(reads) {
+            if run.denied.contains(&read.tid) {
+                continue; // refused in an earlier round: out of the run (see `note_refusal`)
+            }
             let via_perf = read.perf_state.is_some();
             let stopped = matches!(read.outcome, ReadOutcome::Stack(_)) && !via_perf;
             let stack = match read.outcome {
