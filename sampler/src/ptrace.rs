@@ -110,6 +110,21 @@ pub struct ThreadRead {
     pub perf_state: Option<(char, bool)>,
 }
 
+impl ThreadRead {
+    /// A thread found gone at `time_ms`: also what every thread of a round starts as, until
+    /// it is read.
+    pub fn gone(tid: u32, time_ms: i64) -> ThreadRead {
+        ThreadRead {
+            tid,
+            time_ms,
+            outcome: ReadOutcome::Gone,
+            stopped_ns: 0,
+            interrupted_syscall: None,
+            perf_state: None,
+        }
+    }
+}
+
 /// Timings of one round, for `--stats` and benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct RoundTimings {
@@ -144,6 +159,24 @@ pub struct RoundResult {
     pub redo: Vec<Redo>,
     /// Timings.
     pub timings: RoundTimings,
+}
+
+impl RoundResult {
+    /// The result of a round before any read: every thread of `targets` [`ThreadRead::gone`].
+    pub fn unread(targets: &[TargetJob]) -> RoundResult {
+        RoundResult {
+            targets: targets
+                .iter()
+                .map(|t| {
+                    t.threads
+                        .iter()
+                        .map(|th| ThreadRead::gone(th.tid, 0))
+                        .collect()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
 }
 
 struct RoundJob {
@@ -338,26 +371,7 @@ impl TracerState {
     }
 
     fn round(&mut self, targets: &[TargetJob], max_frames: usize) -> RoundResult {
-        let mut result = RoundResult {
-            targets: targets
-                .iter()
-                .map(|t| {
-                    t.threads
-                        .iter()
-                        .map(|th| ThreadRead {
-                            tid: th.tid,
-                            time_ms: 0,
-                            outcome: ReadOutcome::Gone,
-                            stopped_ns: 0,
-                            interrupted_syscall: None,
-                            perf_state: None,
-                        })
-                        .collect()
-                })
-                .collect(),
-            redo: Vec::new(),
-            timings: RoundTimings::default(),
-        };
+        let mut result = RoundResult::unread(targets);
 
         // Unwinders from the modules the caller loaded (memory only; no file is opened here).
         let load_start = Instant::now();
@@ -572,18 +586,7 @@ impl TracerState {
                 Some(Event::Exited { tid }) => {
                     self.abandoned.remove(&tid);
                     if let Some(p) = pending.remove(&tid) {
-                        result.result_mut(
-                            p.target,
-                            p.slot,
-                            ThreadRead {
-                                tid: tid as u32,
-                                time_ms: now_ms(),
-                                outcome: ReadOutcome::Gone,
-                                stopped_ns: 0,
-                                interrupted_syscall: None,
-                                perf_state: None,
-                            },
-                        );
+                        result.result_mut(p.target, p.slot, ThreadRead::gone(tid as u32, now_ms()));
                     }
                 }
                 None => {}

@@ -82,25 +82,7 @@ impl Sampler {
             }
         }
         // 3. A stack per thread from its samples, or a ptrace read.
-        let mut result = RoundResult {
-            targets: jobs
-                .iter()
-                .map(|j| {
-                    j.threads
-                        .iter()
-                        .map(|th| ThreadRead {
-                            tid: th.tid,
-                            time_ms: 0,
-                            outcome: ReadOutcome::Gone,
-                            stopped_ns: 0,
-                            interrupted_syscall: None,
-                            perf_state: None,
-                        })
-                        .collect()
-                })
-                .collect(),
-            ..Default::default()
-        };
+        let mut result = RoundResult::unread(&jobs);
         let mut sub: Vec<(usize, TargetJob, Vec<usize>)> = Vec::new();
         let mut refreshed: HashMap<u32, bool> = HashMap::new();
         let unwind_start = Instant::now();
