@@ -211,6 +211,21 @@ pub fn wire_frame(resp: &v1::SampleResponse, index: u32) -> Result<&v1::Frame, C
         })
 }
 
+/// Checks that a sample names one of its subtask's threads, or an error naming the bad index.
+pub fn check_sample_thread(
+    sub: &v1::SubtaskSamples,
+    sample: &v1::Sample,
+) -> Result<(), ConvertError> {
+    if sample.thread as usize >= sub.threads.len() {
+        return Err(ConvertError::IndexOutOfRange {
+            what: "thread",
+            index: sample.thread,
+            len: sub.threads.len(),
+        });
+    }
+    Ok(())
+}
+
 /// The part of a wire stack (outermost frame first) that is kept under a depth limit: its
 /// innermost `max_depth` frames, as an agent cuts it, and whether anything was cut.
 pub fn kept_stack(stack: &[u32], max_depth: usize) -> (&[u32], bool) {
@@ -402,13 +417,7 @@ pub fn subtask_sample_set_within(
     let mut frames = Vec::new();
     let mut samples = Vec::with_capacity(sub.samples.len());
     for s in &sub.samples {
-        if s.thread as usize >= sub.threads.len() {
-            return Err(ConvertError::IndexOutOfRange {
-                what: "thread",
-                index: s.thread,
-                len: sub.threads.len(),
-            });
-        }
+        check_sample_thread(sub, s)?;
         // Outermost first: a stack over the depth keeps its innermost frames, as an agent
         // cuts it, and the frames cut off are never looked at.
         let (kept, cut) = kept_stack(&s.stack, max_depth);

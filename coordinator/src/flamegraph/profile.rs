@@ -23,7 +23,8 @@ use crate::missing::Missing;
 use flamegrid_model::tree::TreeBuilder;
 use flamegrid_model::{FlameNode, GraphType, SampleSet, SampledThread, ThreadState, folded};
 use flamegrid_proto::convert::{
-    AnswerBudget, ConvertError, cut_name, kept_stack, state_from_wire, wire_frame, wire_string,
+    AnswerBudget, ConvertError, check_sample_thread, cut_name, kept_stack, state_from_wire,
+    wire_frame, wire_string,
 };
 use flamegrid_proto::v1;
 use std::borrow::Cow;
@@ -159,13 +160,7 @@ impl SubtaskProfile {
             Vec::with_capacity(sub.samples.len());
         let mut seen = vec![[false; 3]; sub.threads.len()];
         for s in &sub.samples {
-            if s.thread as usize >= sub.threads.len() {
-                return Err(ConvertError::IndexOutOfRange {
-                    what: "thread",
-                    index: s.thread,
-                    len: sub.threads.len(),
-                });
-            }
+            check_sample_thread(sub, s)?;
             let (kept, cut) = kept_stack(&s.stack, max_depth);
             let start = flat.len();
             for &f in kept {
