@@ -701,12 +701,23 @@ fn pin(tid: u32, cpus: &str, all: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
-    writeln!(
-        report,
-        "\n## 3. Cost to the target: spinner throughput while sampled\n"
-    )?;
-    let mut target = spawn(TARGET, &throughput_mix())?;
+/// The throughput target of sections 3 and 4, started, with its spinner thread.
+struct SpinnerTarget {
+    target: RunningWorkload,
+    pid: u32,
+    /// The `spin-0` thread.
+    spinner: u32,
+    /// CPUs of this machine.
+    cpus: usize,
+    /// Whether the spinner runs pinned to the last CPU and this process (the samplers) to
+    /// CPU 0 (`--pin`, and at least two CPUs).
+    pinned: bool,
+}
+
+/// Starts the throughput target and pins it apart from the samplers when asked. Called before
+/// any sampler exists, so their threads inherit CPU 0.
+fn spinner_target(settings: &Settings) -> anyhow::Result<SpinnerTarget> {
+    let target = spawn(TARGET, &throughput_mix())?;
     let pid = target.pid();
     let spinner = target
         .tid_of("spin-0")
@@ -714,10 +725,30 @@ fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Resul
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = settings.pin && cpus >= 2;
     if pinned {
-        // Before the sampler exists, so its tracer thread inherits CPU 0.
         pin(std::process::id(), "0", true)?;
         pin(spinner, &(cpus - 1).to_string(), false)?;
     }
+    Ok(SpinnerTarget {
+        target,
+        pid,
+        spinner,
+        cpus,
+        pinned,
+    })
+}
+
+fn throughput_section(report: &mut String, settings: &Settings) -> anyhow::Result<()> {
+    writeln!(
+        report,
+        "\n## 3. Cost to the target: spinner throughput while sampled\n"
+    )?;
+    let SpinnerTarget {
+        mut target,
+        pid,
+        spinner,
+        cpus,
+        pinned,
+    } = spinner_target(settings)?;
     let sampler = Sampler::with_backend(Backend::Ptrace)?;
     // Conditions: 0 = unsampled, else the sampling rate in Hz.
     let conditions = [0u32, 20, 100];
@@ -1015,17 +1046,13 @@ fn backends_section(report: &mut String, settings: &Settings) -> anyhow::Result<
         report,
         "\n## 4. Backends side by side: ptrace, perf events, `perf record --call-graph dwarf`\n"
     )?;
-    let mut target = spawn(TARGET, &throughput_mix())?;
-    let pid = target.pid();
-    let spinner = target
-        .tid_of("spin-0")
-        .context("the throughput target has no spin-0 thread")?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pinned = settings.pin && cpus >= 2;
-    if pinned {
-        pin(std::process::id(), "0", true)?;
-        pin(spinner, &(cpus - 1).to_string(), false)?;
-    }
+    let SpinnerTarget {
+        mut target,
+        pid,
+        spinner,
+        cpus,
+        pinned,
+    } = spinner_target(settings)?;
     let contenders = [
         Sampling::Flamegrid(Backend::Ptrace),
         Sampling::Flamegrid(Backend::Perf),

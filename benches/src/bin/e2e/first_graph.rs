@@ -114,7 +114,28 @@ pub fn register_job(
             "subtasks": subtasks,
         }],
     });
-    let answer = coordinator.rest.post_json("/jobs", &body)?;
+    match post_one_vertex_job(coordinator, &body)? {
+        Posted::Registered(url) => Ok(url),
+        Posted::Refused(message) => bail!("POST /jobs → 400: {message}"),
+    }
+}
+
+/// What `POST /jobs` made of a job of one vertex.
+pub enum Posted {
+    /// Registered: where its flame graph is.
+    Registered(VertexUrl),
+    /// Refused with 400 (over a cap, say): the coordinator's message.
+    Refused(String),
+}
+
+/// Posts a job of one vertex and reads its vertex id back. A 400 is [`Posted::Refused`];
+/// any other answer but 202 is an error.
+pub fn post_one_vertex_job(coordinator: &CoordinatorProcess, body: &Value) -> Result<Posted> {
+    let answer = coordinator.rest.post_json("/jobs", body)?;
+    if answer.status == 400 {
+        let message = String::from_utf8_lossy(&answer.body).into_owned();
+        return Ok(Posted::Refused(message));
+    }
     if answer.status != 202 {
         bail!(
             "POST /jobs → {}: {}",
@@ -131,10 +152,10 @@ pub fn register_job(
     let vertex = details["vertices"][0]["id"]
         .as_str()
         .ok_or_else(|| anyhow!("job {job} has no vertex id: {details}"))?;
-    Ok(VertexUrl {
+    Ok(Posted::Registered(VertexUrl {
         base: format!("/jobs/{job}/vertices/{vertex}/flamegraph"),
         job,
-    })
+    }))
 }
 
 /// Waits until every subtask of every job in `jobs` is RUNNING (its agent watches its thread

@@ -18,14 +18,14 @@
 //!    compared with the samples the agents sent. After every run: `VmRSS`; at the end `VmHWM`.
 
 use crate::args::Options;
-use crate::first_graph::wait_running;
+use crate::first_graph::{Posted, VertexUrl, post_one_vertex_job, wait_running};
 use crate::processes::{CoordinatorProcess, poll};
 use crate::sim::{self, Shared};
 use crate::stacks::StackShape;
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use flamegrid_benches::procfs::{self, Machine, Memory};
 use flamegrid_benches::stats::{median, spread};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -127,33 +127,17 @@ pub fn configuration(
             })).collect::<Vec<_>>(),
         }],
     });
-    let answer = coordinator.rest.post_json("/jobs", &body)?;
-    if answer.status == 400 {
-        let message = String::from_utf8_lossy(&answer.body).into_owned();
-        eprintln!("   over the cap: {message}");
-        return Ok(Row {
-            agents,
-            subtasks,
-            outcome: Outcome::OverTheCap,
-        });
-    }
-    if answer.status != 202 {
-        bail!(
-            "POST /jobs → {}: {}",
-            answer.status,
-            String::from_utf8_lossy(&answer.body)
-        );
-    }
-    let answer: Value = serde_json::from_slice(&answer.body)?;
-    let job = answer["jobid"]
-        .as_str()
-        .ok_or_else(|| anyhow!("POST /jobs answered without a jobid: {answer}"))?
-        .to_owned();
-    let details = coordinator.rest.get_json(&format!("/jobs/{job}"))?;
-    let vertex = details["vertices"][0]["id"]
-        .as_str()
-        .ok_or_else(|| anyhow!("job {job} has no vertex id"))?
-        .to_owned();
+    let VertexUrl { job, base } = match post_one_vertex_job(&coordinator, &body)? {
+        Posted::Registered(url) => url,
+        Posted::Refused(message) => {
+            eprintln!("   over the cap: {message}");
+            return Ok(Row {
+                agents,
+                subtasks,
+                outcome: Outcome::OverTheCap,
+            });
+        }
+    };
     wait_running(&coordinator, &[&job])?;
     eprintln!("   every subtask RUNNING");
 
@@ -168,7 +152,6 @@ pub fn configuration(
         rss_idle as f64 / 1024.0
     );
 
-    let base = format!("/jobs/{job}/vertices/{vertex}/flamegraph");
     let mut figures = Figures {
         to_graph: Vec::new(),
         after_last_answer: Vec::new(),
