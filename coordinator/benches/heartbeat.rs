@@ -15,6 +15,8 @@
 //! Run with `cargo bench -p flamegrid-coordinator --bench heartbeat`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a bench fails
+mod support;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use flamegrid_coordinator::registry::Registry;
 use flamegrid_proto::v1;
@@ -22,6 +24,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
+use support::{agent_id, register_agents};
 
 const AGENTS: usize = 1_000;
 const JOBS: usize = 2;
@@ -31,10 +34,6 @@ const VERTICES_PER_JOB: usize = 5;
 struct Agent {
     id: String,
     liveness: Vec<v1::SubtaskLiveness>,
-}
-
-fn agent_id(a: usize) -> String {
-    format!("agent-{a:04}")
 }
 
 fn metrics() -> HashMap<String, f64> {
@@ -62,16 +61,7 @@ fn metrics() -> HashMap<String, f64> {
 fn fleet() -> (tempfile::TempDir, Registry, Vec<Agent>) {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(dir.path(), Duration::from_secs(3600)).unwrap();
-    for a in 0..AGENTS {
-        registry
-            .register_taskmanager(v1::RegisterRequest {
-                agent_id: agent_id(a),
-                address: format!("http://10.0.{}.{}:6122", a / 250, a % 250),
-                host: None,
-                pid: 1,
-            })
-            .unwrap();
-    }
+    register_agents(&registry, AGENTS);
     for j in 0..JOBS {
         let vertices: Vec<_> = (0..VERTICES_PER_JOB)
             .map(|v| {

@@ -15,20 +15,19 @@
 //! Run with `cargo bench -p flamegrid-coordinator --bench rest_at_size`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a bench fails
+mod support;
+
 use clap::Parser;
 use criterion::{Criterion, criterion_group, criterion_main};
 use flamegrid_coordinator::config::CoordinatorConfig;
 use flamegrid_proto::v1;
 use serde_json::json;
 use std::hint::black_box;
+use support::{agent_id, register_agents};
 
 const AGENTS: usize = 1_000;
 const VERTICES: usize = 10;
 const PARALLELISM: usize = 10_000;
-
-fn agent_id(a: usize) -> String {
-    format!("agent-{a:04}")
-}
 
 fn rest(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -50,16 +49,7 @@ fn rest(c: &mut Criterion) {
     ]);
     let coordinator = rt.block_on(flamegrid_coordinator::start(config)).unwrap();
     let registry = coordinator.registry().clone();
-    for a in 0..AGENTS {
-        registry
-            .register_taskmanager(v1::RegisterRequest {
-                agent_id: agent_id(a),
-                address: format!("http://10.0.{}.{}:6122", a / 250, a % 250),
-                host: None,
-                pid: 1,
-            })
-            .unwrap();
-    }
+    register_agents(&registry, AGENTS);
     let vertices: Vec<_> = (0..VERTICES)
         .map(|v| {
             let subtasks: Vec<_> = (0..PARALLELISM)
