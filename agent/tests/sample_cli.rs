@@ -593,7 +593,11 @@ fn a_thread_held_by_another_tracer_is_named_and_explained() {
     let out = sample(&["--pid", &pid, "--samples", "2", "--format", "json"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "failed: {err}");
-    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    // Besides the refusal, a loaded host may add perf's honest report of dropped records.
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("warning:") && !l.contains("perf: the kernel dropped"))
+        .collect();
     assert_eq!(warnings.len(), 1, "{err}");
     assert!(
         warnings[0].contains(&held.to_string()) && warnings[0].contains("another tracer"),

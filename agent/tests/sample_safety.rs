@@ -408,11 +408,23 @@ fn refused_threads_end_the_run_at_once_or_are_named_in_a_warning() {
         .expect("the other threads are sampled");
     assert!(set.threads.iter().any(|t| t.name == "spin-0"));
     assert!(set.threads.iter().all(|t| t.tid != held));
-    assert_eq!(run.warnings.len(), 1, "{:?}", run.warnings);
-    assert_eq!(run.warnings[0].0, "all");
+    // One warning names the refused thread. With perf events a loaded host may add the honest
+    // report of records the kernel dropped; nothing else.
+    let (refusals, others): (Vec<_>, Vec<_>) = run
+        .warnings
+        .iter()
+        .partition(|(_, w)| w.contains("could not sample"));
+    assert_eq!(refusals.len(), 1, "{:?}", run.warnings);
+    assert_eq!(refusals[0].0, "all");
     assert!(
-        run.warnings[0].1.contains(&held.to_string())
-            && run.warnings[0].1.contains("another tracer"),
+        refusals[0].1.contains(&held.to_string()) && refusals[0].1.contains("another tracer"),
+        "{:?}",
+        run.warnings
+    );
+    assert!(
+        others
+            .iter()
+            .all(|(_, w)| w.starts_with("perf: the kernel dropped")),
         "{:?}",
         run.warnings
     );

@@ -30,9 +30,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Data pages per ring (a power of two): 128 KiB, room for 7 task-clock samples of 16 KiB or
-/// 15 switch-outs of 8 KiB between two drains (every [`DRAIN_INTERVAL`]).
-const RING_PAGES: usize = 32;
+/// Data pages per ring (a power of two): 512 KiB, room for 30 task-clock samples of 16 KiB (30
+/// ms of a spinning thread at the shortest period, 1 ms) or 63 switch-outs of 8 KiB between two
+/// drains. Drains are due every [`DRAIN_INTERVAL`], but on a loaded host the draining thread
+/// itself waits for a CPU: at 128 KiB (7 samples) a CI machine lost records within a 2-sample
+/// run. Lost records are still counted and reported.
+const RING_PAGES: usize = 128;
 
 /// How often a run drains its rings while it waits between rounds.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(2);
