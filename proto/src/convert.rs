@@ -211,6 +211,24 @@ pub fn wire_frame(resp: &v1::SampleResponse, index: u32) -> Result<&v1::Frame, C
         })
 }
 
+/// A subtask's threads as the model's, their names charged to `budget`.
+pub fn wire_threads(
+    resp: &v1::SampleResponse,
+    sub: &v1::SubtaskSamples,
+    budget: &mut AnswerBudget,
+) -> Result<Vec<SampledThread>, ConvertError> {
+    sub.threads
+        .iter()
+        .map(|t| {
+            Ok(SampledThread {
+                pid: t.pid,
+                tid: t.tid,
+                name: budget.name(wire_string(resp, t.name)?)?,
+            })
+        })
+        .collect()
+}
+
 /// Checks that a sample names one of its subtask's threads, or an error naming the bad index.
 pub fn check_sample_thread(
     sub: &v1::SubtaskSamples,
@@ -449,17 +467,7 @@ pub fn subtask_sample_set_within(
             truncated: s.truncated || cut,
         });
     }
-    let threads = sub
-        .threads
-        .iter()
-        .map(|t| {
-            Ok(SampledThread {
-                pid: t.pid,
-                tid: t.tid,
-                name: budget.name(string(t.name)?)?,
-            })
-        })
-        .collect::<Result<Vec<_>, ConvertError>>()?;
+    let threads = wire_threads(resp, sub, budget)?;
     Ok(SampleSet {
         frames,
         threads,

@@ -24,7 +24,7 @@ use flamegrid_model::tree::TreeBuilder;
 use flamegrid_model::{FlameNode, GraphType, SampleSet, SampledThread, ThreadState, folded};
 use flamegrid_proto::convert::{
     AnswerBudget, ConvertError, check_sample_thread, cut_name, kept_stack, state_from_wire,
-    wire_frame, wire_string,
+    wire_frame, wire_string, wire_threads,
 };
 use flamegrid_proto::v1;
 use std::borrow::Cow;
@@ -203,17 +203,7 @@ impl SubtaskProfile {
                 s.thread,
             ));
         }
-        let threads = sub
-            .threads
-            .iter()
-            .map(|t| {
-                Ok(SampledThread {
-                    pid: t.pid,
-                    tid: t.tid,
-                    name: budget.name(wire_string(resp, t.name)?)?,
-                })
-            })
-            .collect::<Result<Vec<_>, ConvertError>>()?;
+        let threads = wire_threads(resp, sub, budget)?;
         // Rows in the profile's order (truncated, frames, state), then by thread: equal rows
         // are adjacent, and each row's threads ascending.
         let frames_of = |r: &(bool, u32, u32, ThreadState, u32)| &flat[r.1 as usize..r.2 as usize];
