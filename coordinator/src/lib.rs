@@ -3,6 +3,7 @@
 //! * [`config`]: flags, environment, config file.
 //! * [`bearer`]: the shared token on every call to an agent (a tonic interceptor).
 //! * [`credentials`]: the token and TLS files, read once at start.
+//! * [`database`]: the shared PostgreSQL database of replicated coordinators (`--database-url`).
 //! * [`registry`]: task managers (registration, heartbeats, liveness) and jobs (embedded store).
 //! * [`sampling`]: what is sampled (a vertex's subtasks, where they run, a run's parameters).
 //! * [`missing`]: why a subtask is absent from a graph, in a fixed vocabulary every view shows.
@@ -34,6 +35,7 @@ pub mod bearer;
 pub mod config;
 pub mod credentials;
 pub mod dashboard;
+pub mod database;
 pub mod demo;
 pub mod fanout;
 pub mod flamegraph;

@@ -14,9 +14,13 @@
 //! * [`temp_dir`]: a scratch directory through `tempfile`, removed on drop;
 //! * [`free_port`]: a loopback port nothing listens on;
 //! * [`executable`]: a binary of the workspace (`flamegrid-agent`, `flamegrid-coordinator`,
-//!   `flamegrid-demo`) from the target directory the test itself was built into.
+//!   `flamegrid-demo`) from the target directory the test itself was built into;
+//! * [`postgres::scratch_database`]: a database of its own on the test PostgreSQL server, for
+//!   the replicated coordinator's tests.
 //!
 //! Nothing here imitates a flamegrid part: tests drive the real binaries.
+
+pub mod postgres;
 
 use std::future::Future;
 use std::net::TcpListener;
