@@ -185,6 +185,33 @@ pub struct CoordinatorConfig {
         value_name = "N"
     )]
     pub job_retention_max: usize,
+
+    /// Keep the registry, the sampling leases and the flame graph runs in this PostgreSQL
+    /// database (`postgres://user:password@host:5432/dbname`) instead of the embedded SQLite file
+    /// under --data-dir. Coordinators given the same URL are replicas: each answers every REST
+    /// request the same way, one sampling run per vertex (or subtask) runs across all of them,
+    /// and any of them can die (README, "Running replicated"). The schema is created or migrated
+    /// at start. Prefer the environment variable (or a Secret) to the command line, where other
+    /// users of the host can read the password; logs show the URL without it.
+    #[arg(
+        long,
+        env = "FLAMEGRID_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Seconds a replica's claim on a flame graph run (its lease in the database) lasts: if the
+    /// replica dies mid-run, another one starts the next run once the lease has expired. Only
+    /// used with --database-url.
+    #[arg(
+        long,
+        env = "FLAMEGRID_FLAMEGRAPH_LEASE_S",
+        default_value_t = 10,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub flamegraph_lease_s: u64,
 }
 
 impl CoordinatorConfig {

@@ -82,6 +82,9 @@ pub enum CoordinatorError {
     /// A server task failed.
     #[error("{0}")]
     Server(String),
+    /// The shared database (`--database-url`) could not be reached or migrated.
+    #[error(transparent)]
+    Database(#[from] database::DatabaseError),
 }
 
 /// A running coordinator. Dropping it without [`Coordinator::shutdown`] leaves the servers
@@ -189,6 +192,19 @@ pub async fn start_on(
     let timeout = Duration::from_secs(config.heartbeat_timeout_s.max(1));
     let data_dir = config.data_dir.clone();
     let retention = config.job_retention();
+    // The shared database of replicas, connected and migrated before anything is served.
+    let database = match config.database_url.clone() {
+        Some(url) => {
+            let db = tokio::task::spawn_blocking(move || database::Database::connect(&url))
+                .await
+                .map_err(|e| {
+                    CoordinatorError::Server(format!("connecting the database failed: {e}"))
+                })??;
+            tracing::info!(database = %db.describe(), replica = %db.replica_id(), "shared database ready");
+            Some(db)
+        }
+        None => None,
+    };
     let registry = Arc::new(
         tokio::task::spawn_blocking(move || {
             Registry::open_with_retention(&data_dir, timeout, retention)
@@ -213,6 +229,7 @@ pub async fn start_on(
         registry: registry.clone(),
         flamegraphs: Arc::new(flamegraphs),
         config: config.clone(),
+        database,
     };
     let (shutdown, stopped) = watch::channel(false);
     let mut tasks = Vec::new();

@@ -14,4 +14,7 @@ pub struct AppState {
     pub flamegraphs: Arc<FlameGraphService>,
     /// Effective settings.
     pub config: Arc<CoordinatorConfig>,
+    /// The shared database of replicated coordinators (`--database-url`), or `None` with the
+    /// embedded SQLite registry.
+    pub database: Option<crate::database::Database>,
 }
