@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use flamegrid_sampler::SamplerError;
+use flamegrid_sampler::SamplerOptions;
 use flamegrid_sampler::selection::{AccessPolicy, ProcessRef, ThreadSelector};
-use flamegrid_sampler::{Sampler, SamplerOptions};
 use flamegrid_workloads::{Mix, Workload, spawn};
 use rand::Rng;
 use std::process::{Command, Stdio};
@@ -89,7 +89,7 @@ fn sigkill_at_random_moments_never_leaves_a_thread_stopped() {
 
 #[test]
 fn overlapping_runs_and_every_language_leave_nothing_stopped() {
-    let sampler = Sampler::new().unwrap();
+    let sampler = test_sampler();
     let workloads: Vec<_> = Workload::all_native()
         .into_iter()
         .map(|w| {
@@ -177,7 +177,7 @@ fn overlapping_runs_and_every_language_leave_nothing_stopped() {
 
 #[test]
 fn policy_refusals_and_missing_processes_are_reported_per_target() {
-    let sampler = Sampler::new().unwrap();
+    let sampler = test_sampler();
     let wl = spawn(Workload::CFramePointers, &Mix::one_of_each()).unwrap();
     let only_other_comm = AccessPolicy::new(&[], &["no-such-comm".to_string()]).unwrap();
     let targets = vec![
@@ -255,7 +255,7 @@ while True:
     let mut lines =
         std::io::BufRead::lines(std::io::BufReader::new(child.0.stdout.take().unwrap()));
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
-    let sampler = Sampler::new().unwrap();
+    let sampler = test_sampler();
     // A finite run of back-to-back rounds; signals flow before, during and after it, so the
     // run certainly overlaps them however the two threads get scheduled.
     let sampling = {
@@ -307,7 +307,7 @@ fn kernel_stacks_continue_off_cpu_stacks() {
         eprintln!("kernel stacks not readable here; skipped");
         return;
     }
-    let sampler = Sampler::new().unwrap();
+    let sampler = test_sampler();
     let mut o = opts(10, 5);
     o.kernel_stacks = true;
     let sel = ThreadSelector {
@@ -370,7 +370,7 @@ fn refused_threads_end_the_run_at_once_or_are_named_in_a_warning() {
     let wl = spawn(Workload::CFramePointers, &Mix::one_of_each()).unwrap();
     let held = wl.tid_of("wait-0").unwrap();
     let hold = TracerHold::seize(held);
-    let sampler = Sampler::new().unwrap();
+    let sampler = test_sampler();
     let only_held = ThreadSelector {
         process: ProcessRef::Pid(wl.pid()),
         tids: vec![held],

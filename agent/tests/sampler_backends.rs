@@ -168,3 +168,56 @@ fn sampler_flag_is_checked_and_auto_names_its_choice() {
     // Root here: perf events are allowed.
     assert_eq!(sampler_field(&json), "perf");
 }
+
+/// `--perf-ring-memory-mib` (or its variable) caps the perf rings: threads beyond it are read
+/// with ptrace, the JSON output says so, the log says why once, and a value out of range is
+/// refused.
+#[test]
+fn perf_ring_memory_cap_sends_the_other_threads_to_ptrace() {
+    let out = sample(&["--pid", "1", "--perf-ring-memory-mib", "0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--perf-ring-memory-mib"), "{err}");
+    let wl = start(Workload::CNoFramePointers, &Mix::one_of_each());
+    let pid = wl.pid().to_string();
+    // 1 MiB: less than one thread's two rings, so every thread goes to ptrace.
+    let out = std::process::Command::new(agent_bin())
+        .args([
+            "sample",
+            "--pid",
+            &pid,
+            "--format",
+            "json",
+            "--sampler",
+            "perf",
+        ])
+        .env("FLAMEGRID_PERF_RING_MEMORY_MIB", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let (json, log) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{log}");
+    let field = sampler_field(&json);
+    assert!(
+        field.starts_with("ptrace (perf ring memory cap reached (1024 KiB"),
+        "{field}"
+    );
+    assert_eq!(
+        log.matches("perf ring memory cap reached").count(),
+        1,
+        "{log}"
+    );
+    // Every thread was still sampled, each with its chain.
+    let stacks: Vec<Vec<String>> = parse_json(&json).iter().map(|s| s.names()).collect();
+    let c = Workload::CNoFramePointers.chains();
+    for chain in [c.spin, c.sleep, c.wait, c.lock] {
+        assert!(
+            stacks.iter().any(|s| contains_chain(s, chain)),
+            "{chain:?} missing: {stacks:?}"
+        );
+    }
+    assert!(wl.stopped_threads().is_empty());
+}

@@ -74,6 +74,10 @@ pub use symbolize::clean_name;
 /// default), so an agent sits at its small idle size between one person's looks at a graph.
 pub const SYMBOL_CACHE_IDLE: Duration = Duration::from_secs(10);
 
+/// The perf ring memory one sampler (agent) maps at most by default: 256 MiB, the rings of
+/// about 250 threads (each maps about 1 MiB). See [`Sampler::with_perf_ring_memory`].
+pub const DEFAULT_PERF_RING_MEMORY: usize = perf::budget::DEFAULT_RING_MEMORY;
+
 use crate::selection::{AccessPolicy, ProcessRef, ThreadSelector};
 use flamegrid_model::clock::now_ms;
 use flamegrid_model::{Frame, SampleSet, SampleSetBuilder, SampledThread, ThreadState};
@@ -107,6 +111,36 @@ impl Backend {
             Backend::Perf => "perf",
             Backend::Ptrace => "ptrace",
         }
+    }
+
+    /// The backend `FLAMEGRID_SAMPLER` names (`auto`, `perf` or `ptrace`, any case), as the
+    /// agent's `--sampler` flag reads it; [`Backend::Auto`] when it is unset or empty. Callers
+    /// that build a [`Sampler`] without the command line (in-process agents, tests) use it so
+    /// that one environment variable picks the mode everywhere.
+    pub fn from_env() -> Result<Backend, SamplerError> {
+        match std::env::var("FLAMEGRID_SAMPLER") {
+            Ok(v) if !v.trim().is_empty() => v.parse(),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(Backend::Auto),
+            Err(std::env::VarError::NotUnicode(_)) => Err(SamplerError::InvalidArgument(
+                "FLAMEGRID_SAMPLER is not UTF-8; expected auto, perf or ptrace".into(),
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = SamplerError;
+
+    /// `auto`, `perf` or `ptrace`, in any case.
+    fn from_str(s: &str) -> Result<Backend, SamplerError> {
+        [Backend::Auto, Backend::Perf, Backend::Ptrace]
+            .into_iter()
+            .find(|b| b.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                SamplerError::InvalidArgument(format!(
+                    "sampler {s:?}: expected auto, perf or ptrace"
+                ))
+            })
     }
 }
 
@@ -212,6 +246,8 @@ pub struct Sampler {
 
 struct Inner {
     backend: Backend,
+    /// The perf ring memory all runs of this sampler (agent) may map together.
+    ring_budget: Arc<perf::budget::RingBudget>,
     /// The first run logged which backend it used (and why it fell back).
     choice_logged: AtomicBool,
     tracer: Tracer,
@@ -455,12 +491,38 @@ impl Sampler {
         Sampler::build(SYMBOL_CACHE_IDLE, backend)
     }
 
+    /// [`Sampler::with_backend`] whose perf rings take at most `bytes` together (all runs at
+    /// once; [`DEFAULT_PERF_RING_MEMORY`] otherwise), less where the kernel's locked-memory
+    /// limit for this process is lower (`kernel.perf_event_mlock_kb` and `RLIMIT_MEMLOCK`
+    /// without CAP_IPC_LOCK). Threads whose rings do not fit are read with ptrace; the first
+    /// time, with the reason, in the log.
+    pub fn with_perf_ring_memory(backend: Backend, bytes: usize) -> Result<Sampler, SamplerError> {
+        Sampler::build_with(SYMBOL_CACHE_IDLE, backend, bytes)
+    }
+
+    /// The perf ring memory all runs may map together (bytes), and what they map now.
+    pub fn perf_ring_memory(&self) -> (usize, usize) {
+        (self.inner.ring_budget.cap(), self.inner.ring_budget.used())
+    }
+
     /// The backend this sampler was built with.
     pub fn backend(&self) -> Backend {
         self.inner.backend
     }
 
     fn build(idle: Duration, backend: Backend) -> Result<Sampler, SamplerError> {
+        Sampler::build_with(idle, backend, DEFAULT_PERF_RING_MEMORY)
+    }
+
+    fn build_with(
+        idle: Duration,
+        backend: Backend,
+        ring_memory: usize,
+    ) -> Result<Sampler, SamplerError> {
+        let ring_budget = Arc::new(perf::budget::RingBudget::new(
+            ring_memory,
+            perf::budget::LockLimits::of_this_process(),
+        ));
         let tracer =
             Tracer::spawn().map_err(|e| SamplerError::io("starting the tracer thread", e))?;
         let symbolizer = SymbolizerThread::spawn(idle)
@@ -470,6 +532,7 @@ impl Sampler {
         Ok(Sampler {
             inner: Arc::new(Inner {
                 backend,
+                ring_budget,
                 choice_logged: AtomicBool::new(false),
                 tracer,
                 symbolizer,
@@ -545,8 +608,12 @@ impl Sampler {
         let mut stored = 0usize;
         let mut bound_warning = None;
         let rounds = opts.num_samples.max(1);
-        let mut perf = (self.inner.backend != Backend::Ptrace)
-            .then(|| perf::PerfSession::new(perf::clock_period(opts.delay)));
+        let mut perf = (self.inner.backend != Backend::Ptrace).then(|| {
+            perf::PerfSession::new(
+                perf::clock_period(opts.delay),
+                Arc::clone(&self.inner.ring_budget),
+            )
+        });
         for round in 0..rounds {
             if opts.cancel.load(Ordering::SeqCst) {
                 break;
@@ -1094,10 +1161,94 @@ mod tests {
     use super::*;
     use flamegrid_workloads::{Mix, Workload};
 
+    /// Held by the tests that run whole samplers in this process: the memory test measures the
+    /// process's anonymous memory, which another sampler's run would add to.
+    static MEMORY_MEASURED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Over the ring memory cap, the remaining threads are read with ptrace (in either perf
+    /// mode), the run says so, and every thread is still sampled; the room comes back after
+    /// the run.
+    #[test]
+    fn threads_over_the_perf_ring_cap_are_read_with_ptrace() {
+        let _alone = MEMORY_MEASURED.lock();
+        let wl = flamegrid_workloads::spawn(
+            Workload::CNoFramePointers,
+            &Mix {
+                spin: 3,
+                sleep: 1,
+                ..Mix::default()
+            },
+        )
+        .unwrap();
+        let tids: Vec<u32> = ["spin-0", "spin-1", "spin-2", "sleep-0"]
+            .iter()
+            .map(|n| wl.tid_of(n).unwrap())
+            .collect();
+        // Room for two threads' rings.
+        let cap = 2 * perf::ring_bytes_per_thread();
+        for backend in [Backend::Auto, Backend::Perf] {
+            let sampler = Sampler::with_perf_ring_memory(backend, cap).unwrap();
+            let targets = [(
+                "w".to_owned(),
+                ThreadSelector {
+                    process: ProcessRef::Pid(wl.pid()),
+                    tids: tids.clone(),
+                    thread_name: None,
+                },
+            )];
+            let opts = SamplerOptions {
+                num_samples: 5,
+                delay: Duration::from_millis(5),
+                ..SamplerOptions::default()
+            };
+            let (run, stats) =
+                sampler.sample_with_stats(&targets, &AccessPolicy::unrestricted(), &opts);
+            let (_, set) = run.subtasks.into_iter().next().unwrap();
+            let set = set.unwrap();
+            let sampled: HashSet<u32> = set
+                .samples
+                .iter()
+                .filter_map(|s| set.thread_of(s))
+                .map(|t| t.tid)
+                .collect();
+            assert_eq!(sampled, tids.iter().copied().collect(), "{backend:?}");
+            if perf::events::open(tids[0], perf::events::Kind::Clock, 1_000_000).is_err() {
+                return; // no perf events on this kernel: nothing is capped
+            }
+            assert!(
+                stats.backend.starts_with("perf (")
+                    && stats.backend.contains("perf ring memory cap reached")
+                    && stats.backend.contains("2 thread(s) read with ptrace"),
+                "{backend:?}: {}",
+                stats.backend
+            );
+            assert!(
+                stats.perf_reads > 0 && !stats.stop_ns.is_empty(),
+                "{stats:?}"
+            );
+            assert_eq!(sampler.perf_ring_memory().1, 0, "room given back");
+        }
+        assert!(wl.stopped_threads().is_empty());
+    }
+
+    #[test]
+    fn backend_names_parse_in_any_case_and_others_are_refused() {
+        for b in [Backend::Auto, Backend::Perf, Backend::Ptrace] {
+            assert_eq!(b.as_str().parse::<Backend>().unwrap(), b);
+            assert_eq!(b.as_str().to_uppercase().parse::<Backend>().unwrap(), b);
+        }
+        let err = "ebpf".parse::<Backend>().unwrap_err().to_string();
+        assert!(
+            err.contains("\"ebpf\"") && err.contains("auto, perf or ptrace"),
+            "{err}"
+        );
+    }
+
     /// The symbolizer gives its caches (and, through the allocator, their memory) back after
     /// its idle time, and the next run builds them again with the same names.
     #[test]
     fn idle_symbol_caches_are_released_and_rebuilt() {
+        let _alone = MEMORY_MEASURED.lock();
         crate::memory::tune_allocator();
         let wl = flamegrid_workloads::spawn(
             Workload::Cpp,
@@ -1111,7 +1262,9 @@ mod tests {
             },
         )
         .unwrap();
-        let sampler = Sampler::with_symbol_cache_idle(Duration::from_millis(200)).unwrap();
+        // The mode FLAMEGRID_SAMPLER names: the suite runs once per mode.
+        let sampler =
+            Sampler::build(Duration::from_millis(200), Backend::from_env().unwrap()).unwrap();
         assert!(
             !sampler.holds_symbol_caches(),
             "nothing parsed before a run"

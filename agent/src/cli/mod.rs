@@ -47,6 +47,27 @@ pub enum SamplerArg {
     Ptrace,
 }
 
+/// `--perf-ring-memory-mib`'s default: the sampler's default cap.
+pub const DEFAULT_PERF_RING_MEMORY_MIB: u32 =
+    (flamegrid_sampler::DEFAULT_PERF_RING_MEMORY >> 20) as u32;
+
+impl SamplerArg {
+    /// The mode `FLAMEGRID_SAMPLER` names, as `--sampler` reads it when the flag is absent:
+    /// for agents built without the command line ([`run::RunArgs::new`]). A value that is not
+    /// a mode is logged and `auto` used.
+    pub fn from_env() -> SamplerArg {
+        match Backend::from_env() {
+            Ok(Backend::Auto) => SamplerArg::Auto,
+            Ok(Backend::Perf) => SamplerArg::Perf,
+            Ok(Backend::Ptrace) => SamplerArg::Ptrace,
+            Err(e) => {
+                tracing::warn!("FLAMEGRID_SAMPLER: {e}; sampling with --sampler auto");
+                SamplerArg::Auto
+            }
+        }
+    }
+}
+
 impl From<SamplerArg> for Backend {
     fn from(a: SamplerArg) -> Backend {
         match a {

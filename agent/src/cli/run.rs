@@ -142,6 +142,15 @@ pub struct RunArgs {
     #[arg(long, env = "FLAMEGRID_SAMPLER", value_enum, ignore_case = true, default_value_t = super::SamplerArg::Auto)]
     pub sampler: super::SamplerArg,
 
+    /// Most memory the perf events' ring buffers may take, MiB (1..=65536; each thread sampled
+    /// with perf maps about 1 MiB). Threads beyond it are read with ptrace, logged once with the
+    /// reason. Without CAP_IPC_LOCK the kernel's own limit applies too (kernel.
+    /// perf_event_mlock_kb per CPU plus RLIMIT_MEMLOCK) and the cap is lowered to it.
+    #[arg(long, env = "FLAMEGRID_PERF_RING_MEMORY_MIB", value_name = "MIB",
+          default_value_t = super::DEFAULT_PERF_RING_MEMORY_MIB,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub perf_ring_memory_mib: u32,
+
     /// Start even though --listen is reachable from other hosts without credentials. By
     /// default a non-loopback --listen needs --token-file or mutual TLS (--tls-cert, --tls-key
     /// and --tls-ca) and the agent refuses to start without; with --insecure anyone who can
@@ -170,6 +179,7 @@ fn parse_max_runs(s: &str) -> Result<usize, String> {
 impl RunArgs {
     /// The flags' defaults with `coordinator` set, for callers that start an agent in-process
     /// (e.g. the coordinator's `--demo`); adjust fields such as `listen` before calling [`serve`].
+    /// `sampler` is read from `FLAMEGRID_SAMPLER` as the flag would be.
     pub fn new(coordinator: impl Into<String>) -> Self {
         RunArgs {
             coordinator: coordinator.into(),
@@ -182,7 +192,8 @@ impl RunArgs {
             heartbeat_timeout_s: 30,
             max_concurrent_runs: crate::service::DEFAULT_MAX_CONCURRENT_RUNS,
             kernel_stacks: false,
-            sampler: super::SamplerArg::Auto,
+            sampler: super::SamplerArg::from_env(),
+            perf_ring_memory_mib: super::DEFAULT_PERF_RING_MEMORY_MIB,
             insecure: false,
             metrics_listen: None,
         }
@@ -434,7 +445,11 @@ pub async fn serve(
     {
         tracing::warn!("{warning}");
     }
-    let sampler = Sampler::with_backend(args.sampler.into()).context("starting the sampler")?;
+    let sampler = Sampler::with_perf_ring_memory(
+        args.sampler.into(),
+        (args.perf_ring_memory_mib as usize) << 20,
+    )
+    .context("starting the sampler")?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;

@@ -103,6 +103,15 @@ pub struct SampleArgs {
     #[arg(long, env = "FLAMEGRID_SAMPLER", value_enum, ignore_case = true, default_value_t = super::SamplerArg::Auto)]
     pub sampler: super::SamplerArg,
 
+    /// Most memory the perf events' ring buffers may take, MiB (1..=65536; each thread sampled
+    /// with perf maps about 1 MiB). Threads beyond it are read with ptrace, logged once with the
+    /// reason. Without CAP_IPC_LOCK the kernel's own limit applies too (kernel.
+    /// perf_event_mlock_kb per CPU plus RLIMIT_MEMLOCK) and the cap is lowered to it.
+    #[arg(long, env = "FLAMEGRID_PERF_RING_MEMORY_MIB", value_name = "MIB",
+          default_value_t = super::DEFAULT_PERF_RING_MEMORY_MIB,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub perf_ring_memory_mib: u32,
+
     /// Print timings to stderr: threads, per-thread stop time (median/p99 µs), snapshot time per
     /// round, unwind and symbolization time. Hidden: not one of DESIGN.md's flags, kept for
     /// the benchmarks (`benches/`), which read these lines.
@@ -132,7 +141,10 @@ pub fn main(args: SampleArgs) -> anyhow::Result<ExitCode> {
         tids,
         thread_name,
     };
-    let sampler = Sampler::with_backend(args.sampler.into())?;
+    let sampler = Sampler::with_perf_ring_memory(
+        args.sampler.into(),
+        (args.perf_ring_memory_mib as usize) << 20,
+    )?;
     let opts = SamplerOptions {
         num_samples: args.samples,
         delay: Duration::from_millis(args.interval_ms),

@@ -20,22 +20,42 @@ pub fn agent_bin() -> String {
 
 std::thread_local! {
     /// The `--sampler` backend [`sample`] runs with (through `FLAMEGRID_SAMPLER`), set by
-    /// [`each_backend`]; `auto` otherwise.
-    static BACKEND: std::cell::Cell<&'static str> = const { std::cell::Cell::new("auto") };
+    /// [`each_backend`]; the test's own `FLAMEGRID_SAMPLER` otherwise.
+    static BACKEND: std::cell::Cell<&'static str> = std::cell::Cell::new(env_backend());
 }
 
 /// The sampler's two backends, in the order [`each_backend`] runs them.
 pub const BACKENDS: [&str; 2] = ["perf", "ptrace"];
 
+/// The backend the test run asks for with `FLAMEGRID_SAMPLER` (`auto` when unset): the whole
+/// suite runs once per mode (`FLAMEGRID_SAMPLER=ptrace cargo test ...`, then `=perf`).
+pub fn env_backend() -> &'static str {
+    match flamegrid_sampler::Backend::from_env() {
+        Ok(b) => b.as_str(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The in-process sampler of a test, in the mode `FLAMEGRID_SAMPLER` names.
+pub fn test_sampler() -> flamegrid_sampler::Sampler {
+    let backend = flamegrid_sampler::Backend::from_env().expect("FLAMEGRID_SAMPLER");
+    flamegrid_sampler::Sampler::with_backend(backend).expect("start the sampler")
+}
+
 /// Runs `body` once per backend (`perf`, then `ptrace`), every [`sample`] call in it with that
-/// `--sampler`: the same assertions must hold for both.
+/// `--sampler`: the same assertions must hold for both. When the test run names a mode
+/// (`FLAMEGRID_SAMPLER=perf` or `ptrace`), only that one.
 pub fn each_backend(body: impl Fn(&'static str)) {
+    let chosen = env_backend();
     for backend in BACKENDS {
+        if chosen != "auto" && chosen != backend {
+            continue;
+        }
         BACKEND.with(|b| b.set(backend));
         eprintln!("--- with --sampler {backend}");
         body(backend);
     }
-    BACKEND.with(|b| b.set("auto"));
+    BACKEND.with(|b| b.set(env_backend()));
 }
 
 /// Runs `flamegrid-agent sample ARGS...` to completion (with the backend of [`each_backend`]).

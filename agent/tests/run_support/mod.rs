@@ -206,7 +206,7 @@ impl AgentProcess {
     }
 
     /// Like [`AgentProcess::start`], with extra environment variables (`FLAMEGRID_*` from the
-    /// test's own environment are removed first).
+    /// test's own environment are removed first, except `FLAMEGRID_SAMPLER`).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::start_wrapped(&[], args, env)
     }
@@ -230,7 +230,8 @@ impl AgentProcess {
         };
         cmd.arg("run").args(args);
         for (k, _) in std::env::vars() {
-            if k.starts_with("FLAMEGRID_") {
+            // FLAMEGRID_SAMPLER is kept: the suite runs once per sampling mode.
+            if k.starts_with("FLAMEGRID_") && k != "FLAMEGRID_SAMPLER" {
                 cmd.env_remove(k);
             }
         }

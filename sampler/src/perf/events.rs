@@ -15,7 +15,7 @@ use perf_event_open_sys::bindings::{
     PERF_RECORD_LOST, PERF_RECORD_SAMPLE, PERF_SAMPLE_REGS_USER, PERF_SAMPLE_STACK_USER,
     PERF_SAMPLE_TID, PERF_SAMPLE_TIME, PERF_TYPE_SOFTWARE, perf_event_attr,
 };
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// User stack bytes copied per task-clock sample (the same first window as a ptrace read).
 pub const CLOCK_STACK_BYTES: u32 = 16 * 1024;
@@ -30,11 +30,19 @@ const REGS_MASK: u64 = (1 << 6) | (1 << 7) | (1 << 8);
 #[cfg(target_arch = "aarch64")]
 const REGS_MASK: u64 = (1 << 29) | (1 << 30) | (1 << 31) | (1 << 32);
 
-/// Which of a thread's two events.
+/// CPU time after which an armed probe ([`Kind::Probe`]) takes its one sample.
+pub const PROBE_PERIOD_NS: u64 = 100_000;
+
+/// Which of a thread's events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// Task clock: on-CPU samples.
     Clock,
+    /// A second task clock, opened disabled, writing into the clock's ring: [`arm`] it and it
+    /// takes one sample after [`PROBE_PERIOD_NS`] of the thread's CPU time, then disables
+    /// itself. The nearest on-CPU sample of a thread that was woken less than a clock period
+    /// ago, at the cost of one sample.
+    Probe,
     /// Context switches: a sample at every switch-out.
     Switch,
 }
@@ -47,7 +55,7 @@ pub enum Kind {
 /// ptrace).
 pub fn open(tid: u32, kind: Kind, period_ns: u64) -> Result<OwnedFd, nix::errno::Errno> {
     match open_with(tid, kind, period_ns, false) {
-        Err(nix::errno::Errno::EACCES) if kind == Kind::Clock => {
+        Err(nix::errno::Errno::EACCES) if kind != Kind::Switch => {
             open_with(tid, kind, period_ns, true)
         }
         other => other,
@@ -81,6 +89,12 @@ fn open_with(
             // Ticks that land in the kernel still carry the user registers and stack (the
             // kernel takes them from the task's saved user state), so kernel ticks are kept.
         }
+        Kind::Probe => {
+            attr.config = u64::from(PERF_COUNT_SW_TASK_CLOCK);
+            attr.__bindgen_anon_1.sample_period = PROBE_PERIOD_NS;
+            attr.sample_stack_user = CLOCK_STACK_BYTES;
+            attr.set_disabled(1);
+        }
         Kind::Switch => {
             attr.config = u64::from(PERF_COUNT_SW_CONTEXT_SWITCHES);
             attr.__bindgen_anon_1.sample_period = 1;
@@ -104,6 +118,27 @@ fn open_with(
     }
     // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Sends the records of `event` into the ring buffer of `ring_owner` (PERF_EVENT_IOC_SET_OUTPUT):
+/// both must be events of the same thread with the same clock.
+pub fn share_ring(event: &OwnedFd, ring_owner: RawFd) -> Result<(), nix::errno::Errno> {
+    // SAFETY: an ioctl on a perf event descriptor we own, naming another perf event descriptor.
+    let r = unsafe { perf_event_open_sys::ioctls::SET_OUTPUT(event.as_raw_fd(), ring_owner) };
+    if r < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
+/// Arms a [`Kind::Probe`] event for one sample (PERF_EVENT_IOC_REFRESH 1).
+pub fn arm(probe: &OwnedFd) -> Result<(), nix::errno::Errno> {
+    // SAFETY: an ioctl on a perf event descriptor we own; the argument is a plain count.
+    let r = unsafe { perf_event_open_sys::ioctls::REFRESH(probe.as_raw_fd(), 1) };
+    if r < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
 }
 
 /// One parsed record.

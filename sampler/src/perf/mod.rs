@@ -8,7 +8,10 @@
 //!
 //! At each sampling instant the thread's state comes from `/proc`, as with ptrace; its stack is
 //! * the newest sample of either kind when `/proc` says it runs (`R`): the nearest on-CPU
-//!   sample, or where it was preempted;
+//!   sample, or where it was preempted. When that newest sample is a switch-out (the thread was
+//!   woken, or preempted, and has not run a whole clock period since), the round arms the
+//!   thread's probe, a second task clock that takes one sample after 0.1 ms of its CPU time,
+//!   and waits for it (a bounded wait; a thread still waiting for a CPU keeps its switch-out);
 //! * its last switch-out when it is off CPU: where it went to sleep;
 //! * otherwise (asleep since before the events were opened, so no record in the window) one
 //!   ptrace read: the thread is asleep, so the stop costs it nothing. The stop makes the thread
@@ -16,14 +19,17 @@
 //!
 //! Records are unwound with the same framehop unwinder (a memory reader over the copied stack:
 //! reads outside it fail like unreadable memory) and symbolized with the rest of the run.
-//! Records the kernel dropped (a full ring) are counted in [`PerfSession::lost`].
+//! Records the kernel dropped (a full ring) are counted in [`PerfSession::lost`]. The rings of
+//! all runs of one sampler fit under its [`budget`]; threads beyond it are read with ptrace.
 
+pub mod budget;
 pub mod events;
 mod ring;
 mod round;
 
 use super::stack::{Regs, StackCopy};
 use super::unwind::{ProcessModules, RawStack, UnwindCache};
+use budget::RingBudget;
 use nix::errno::Errno;
 use ring::Ring;
 use std::collections::HashMap;
@@ -36,6 +42,11 @@ use std::time::Duration;
 /// itself waits for a CPU: at 128 KiB (7 samples) a CI machine lost records within a 2-sample
 /// run. Lost records are still counted and reported.
 const RING_PAGES: usize = 128;
+
+/// Bytes one thread's events map: two rings of [`RING_PAGES`] data pages and a metadata page.
+pub fn ring_bytes_per_thread() -> usize {
+    2 * (RING_PAGES + 1) * ring::page_size()
+}
 
 /// How often a run drains its rings while it waits between rounds.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(2);
@@ -61,6 +72,9 @@ struct Kept {
 struct PerfThread {
     pid: u32,
     clock: Ring,
+    /// The one-sample probe ([`events::Kind::Probe`]), writing into `clock`'s ring; None where
+    /// it could not be opened (the round then waits for the next regular sample).
+    probe: Option<std::os::fd::OwnedFd>,
     switch: Option<Ring>,
     on_cpu: Option<Kept>,
     switched_out: Option<Kept>,
@@ -80,12 +94,26 @@ pub enum Pick {
     Stale,
 }
 
+/// Why a thread has no perf events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The kernel refused them (`perf_event_open` or the ring's mmap), with this errno.
+    Kernel(Errno),
+    /// Its rings would not fit under the agent's ring memory cap ([`budget`]).
+    OverCap,
+}
+
 /// The perf events of one run.
 pub struct PerfSession {
     period_ns: u64,
     threads: HashMap<u32, PerfThread>,
     /// Threads whose events could not be opened (read with ptrace), with the first reason.
     refused: HashMap<u32, Errno>,
+    /// Threads whose rings did not fit under the ring memory cap (read with ptrace).
+    over_cap: std::collections::HashSet<u32>,
+    /// The agent's ring memory, of which this session holds `reserved` bytes.
+    budget: Arc<RingBudget>,
+    reserved: usize,
     /// Records the kernel dropped.
     pub lost: u64,
     scratch: Vec<u8>,
@@ -98,12 +126,16 @@ pub struct PerfSession {
 }
 
 impl PerfSession {
-    /// A session whose task clocks tick every `period_ns` of CPU time.
-    pub fn new(period_ns: u64) -> PerfSession {
+    /// A session whose task clocks tick every `period_ns` of CPU time, mapping its rings
+    /// within `budget`.
+    pub fn new(period_ns: u64, budget: Arc<RingBudget>) -> PerfSession {
         PerfSession {
             period_ns,
             threads: HashMap::new(),
             refused: HashMap::new(),
+            over_cap: std::collections::HashSet::new(),
+            budget,
+            reserved: 0,
             lost: 0,
             scratch: Vec::new(),
             unwind: UnwindCache::new(),
@@ -116,14 +148,23 @@ impl PerfSession {
         self.threads.contains_key(&tid)
     }
 
-    /// Opens the events of `tid` (of process `pid`) unless done already. An error is the
-    /// errno of the refusal (remembered: the thread is not tried again this run).
-    pub fn open(&mut self, pid: u32, tid: u32) -> Result<(), Errno> {
+    /// Opens the events of `tid` (of process `pid`) unless done already. An error says why
+    /// not (remembered: the thread is not tried again this run).
+    pub fn open(&mut self, pid: u32, tid: u32) -> Result<(), Refusal> {
         if self.threads.contains_key(&tid) {
             return Ok(());
         }
         if let Some(&e) = self.refused.get(&tid) {
-            return Err(e);
+            return Err(Refusal::Kernel(e));
+        }
+        if self.over_cap.contains(&tid) {
+            return Err(Refusal::OverCap);
+        }
+        // Reserved before anything is mapped; what is not mapped is given back below.
+        let need = ring_bytes_per_thread();
+        if !self.budget.take(need) {
+            self.over_cap.insert(tid);
+            return Err(Refusal::OverCap);
         }
         let opened = (|| {
             let fd = events::open(tid, events::Kind::Clock, self.period_ns)?;
@@ -134,15 +175,26 @@ impl PerfSession {
             let switch = events::open(tid, events::Kind::Switch, 1)
                 .ok()
                 .and_then(|fd| Ring::map(fd, RING_PAGES).ok());
-            Ok::<_, Errno>((clock, switch))
+            let probe = events::open(tid, events::Kind::Probe, events::PROBE_PERIOD_NS)
+                .ok()
+                .filter(|fd| events::share_ring(fd, clock.raw_fd()).is_ok());
+            Ok::<_, Errno>((clock, switch, probe))
         })();
+        let mapped = match &opened {
+            Ok((_, Some(_), _)) => need,
+            Ok((_, None, _)) => need / 2,
+            Err(_) => 0,
+        };
+        self.budget.give(need - mapped);
+        self.reserved += mapped;
         match opened {
-            Ok((clock, switch)) => {
+            Ok((clock, switch, probe)) => {
                 self.threads.insert(
                     tid,
                     PerfThread {
                         pid,
                         clock,
+                        probe,
                         switch,
                         on_cpu: None,
                         switched_out: None,
@@ -154,9 +206,20 @@ impl PerfSession {
                 if e != Errno::ESRCH {
                     self.refused.insert(tid, e);
                 }
-                Err(e)
+                Err(Refusal::Kernel(e))
             }
         }
+    }
+
+    /// Threads read with ptrace because their rings did not fit under the cap, and the line
+    /// saying so (logged once per agent); None when every thread fitted.
+    pub fn over_cap(&self) -> Option<(usize, String)> {
+        (!self.over_cap.is_empty()).then(|| {
+            (
+                self.over_cap.len(),
+                self.budget.over_cap(self.over_cap.len()),
+            )
+        })
     }
 
     /// Reads every ring, keeping each thread's newest sample of each kind.
@@ -200,6 +263,37 @@ impl PerfSession {
                 ring.drain(scratch, &mut |rec| keep(&mut th.switched_out, rec));
             }
         }
+    }
+
+    /// The time of `tid`'s newest sample of either kind (None: no sample yet).
+    pub fn newest_ns(&self, tid: u32) -> Option<u64> {
+        let th = self.threads.get(&tid)?;
+        [&th.on_cpu, &th.switched_out]
+            .into_iter()
+            .flatten()
+            .map(|k| k.time_ns)
+            .max()
+    }
+
+    /// Whether `tid`'s newest sample is a switch-out: it has not run a whole task-clock period
+    /// since it last left a CPU.
+    pub fn switched_last(&self, tid: u32) -> bool {
+        self.threads
+            .get(&tid)
+            .is_some_and(|th| match (&th.on_cpu, &th.switched_out) {
+                (Some(a), Some(b)) => b.time_ns > a.time_ns,
+                (None, Some(_)) => true,
+                _ => false,
+            })
+    }
+
+    /// Asks the kernel for one more on-CPU sample of `tid` after [`events::PROBE_PERIOD_NS`]
+    /// of its CPU time (false: no probe for it).
+    pub fn probe(&self, tid: u32) -> bool {
+        self.threads
+            .get(&tid)
+            .and_then(|th| th.probe.as_ref())
+            .is_some_and(|fd| events::arm(fd).is_ok())
     }
 
     /// Whether `tid` has any sample yet.
@@ -314,9 +408,18 @@ impl PerfSession {
     }
 }
 
+impl Drop for PerfSession {
+    fn drop(&mut self) {
+        // The rings are unmapped with `threads`; their room goes back to the agent's budget.
+        self.threads.clear();
+        self.budget.give(self.reserved);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use budget::LockLimits;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
     use std::time::Instant;
@@ -377,10 +480,41 @@ mod tests {
         false
     }
 
+    /// An armed probe gives one on-CPU sample of a running thread without waiting for the
+    /// clock's period (here far longer than the test), and can be armed again.
+    #[test]
+    fn an_armed_probe_takes_one_sample_of_a_running_thread() {
+        let budget = RingBudget::new(budget::DEFAULT_RING_MEMORY, LockLimits::of_this_process());
+        let mut session = PerfSession::new(1_000_000_000_000, Arc::new(budget));
+        let spinner = Busy::start(false);
+        if session.open(std::process::id(), spinner.tid).is_err() {
+            return; // no perf events on this kernel
+        }
+        assert!(session.probe(spinner.tid), "no probe");
+        assert!(until(&mut session, spinner.tid, true), "no probe sample");
+        // Only the probe writes on-CPU samples here (the clock's period is 1,000 s).
+        let on_cpu = |s: &PerfSession| s.threads[&spinner.tid].on_cpu.as_ref().map(|k| k.time_ns);
+        let first = on_cpu(&session);
+        assert!(session.probe(spinner.tid));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while on_cpu(&session) == first && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            session.drain();
+        }
+        assert!(on_cpu(&session) > first, "no second probe sample");
+        assert!(
+            !session.probe(u32::MAX),
+            "a thread without events has no probe"
+        );
+        assert_eq!(session.lost, 0);
+    }
+
     #[test]
     fn running_and_sleeping_threads_deliver_registers_and_stacks() {
         let pid = std::process::id();
-        let mut session = PerfSession::new(clock_period(Duration::from_millis(1)));
+        let budget = RingBudget::new(budget::DEFAULT_RING_MEMORY, LockLimits::of_this_process());
+        let mut session =
+            PerfSession::new(clock_period(Duration::from_millis(1)), Arc::new(budget));
         let spinner = Busy::start(false);
         let sleeper = Busy::start(true);
         for t in [&spinner, &sleeper] {
@@ -389,9 +523,11 @@ mod tests {
                 assert!(
                     matches!(
                         e,
-                        Errno::EACCES | Errno::EPERM | Errno::ENOENT | Errno::ENOSYS
+                        Refusal::Kernel(
+                            Errno::EACCES | Errno::EPERM | Errno::ENOENT | Errno::ENOSYS
+                        )
                     ),
-                    "{e}"
+                    "{e:?}"
                 );
                 return;
             }

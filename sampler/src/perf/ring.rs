@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The size of a page (the ring's unit; the first page holds the metadata).
-fn page_size() -> usize {
+pub fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
@@ -57,6 +57,11 @@ impl Ring {
             data_offset: page,
             data_size: (data_pages * page) as u64,
         })
+    }
+
+    /// The descriptor of the event that owns the ring (to send other events' records here).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self._fd.as_raw_fd()
     }
 
     fn head(&self) -> &AtomicU64 {

@@ -1,6 +1,6 @@
 //! One round of a run with the perf backend, and the run's report of what it used.
 
-use super::{PerfSession, Pick};
+use super::{PerfSession, Pick, Refusal};
 use crate::ptrace::{ReadOutcome, RoundResult, TargetJob, ThreadJob, ThreadRead};
 use crate::unwind::{ProcessModules, RawStack};
 use crate::{Backend, PreState, RunStats, Sampler, SamplerError, SamplingRun, TargetRun, proc};
@@ -17,6 +17,13 @@ type RunModules = HashMap<(u32, u64), Arc<ProcessModules>>;
 /// How long the first round waits for a running thread's first task-clock sample (beyond one
 /// period) before it reads that thread with ptrace instead.
 const FIRST_SAMPLE_GRACE: Duration = Duration::from_millis(50);
+
+/// Beyond one task-clock period, how long a round waits for the next sample of runnable threads
+/// whose newest sample is a switch-out.
+const NEXT_SAMPLE_SLACK: Duration = Duration::from_millis(1);
+
+/// How often that wait reads the thread's rings.
+const NEXT_SAMPLE_POLL: Duration = Duration::from_micros(200);
 
 impl Sampler {
     /// Reads one round through `session`: opens the events of threads new to the run, drains
@@ -42,8 +49,10 @@ impl Sampler {
         for (ji, job) in jobs.iter().enumerate() {
             for th in &job.threads {
                 match session.open(job.pid, th.tid) {
-                    Ok(()) | Err(Errno::ESRCH) => {}
-                    Err(e) if self.inner.backend == Backend::Perf => {
+                    // Over the ring memory cap: read with ptrace, in either mode (said in
+                    // the run's backend line and logged once).
+                    Ok(()) | Err(Refusal::Kernel(Errno::ESRCH) | Refusal::OverCap) => {}
+                    Err(Refusal::Kernel(e)) if self.inner.backend == Backend::Perf => {
                         refused_targets.insert(ji);
                         if let Some((i, _)) = meta.get(ji) {
                             runs[*i].error.get_or_insert_with(|| {
@@ -59,7 +68,9 @@ impl Sampler {
                             });
                         }
                     }
-                    Err(e) => tracing::debug!(tid = th.tid, %e, "perf events refused"),
+                    Err(Refusal::Kernel(e)) => {
+                        tracing::debug!(tid = th.tid, %e, "perf events refused")
+                    }
                 }
             }
         }
@@ -86,6 +97,9 @@ impl Sampler {
         let mut sub: Vec<(usize, TargetJob, Vec<usize>)> = Vec::new();
         let mut refreshed: HashMap<u32, bool> = HashMap::new();
         let unwind_start = Instant::now();
+        // How long this round waits for the next sample of threads that were woken since their
+        // last one (see `perf_pick`): one task-clock period and a little, for all of them.
+        let until = unwind_start + Duration::from_nanos(session.period_ns) + NEXT_SAMPLE_SLACK;
         for (ji, job) in jobs.iter().enumerate() {
             if refused_targets.contains(&ji) {
                 continue;
@@ -99,7 +113,7 @@ impl Sampler {
                     job,
                     th,
                     pre,
-                    state_ns,
+                    (state_ns, until),
                     &mut modules,
                     (run_modules, &mut refreshed),
                     max_depth,
@@ -178,7 +192,7 @@ impl Sampler {
         job: &TargetJob,
         th: &ThreadJob,
         pre: &PreState,
-        state_ns: u64,
+        (state_ns, until): (u64, Instant),
         modules: &mut Arc<ProcessModules>,
         (run_modules, refreshed): (&mut RunModules, &mut HashMap<u32, bool>),
         max_depth: usize,
@@ -195,10 +209,36 @@ impl Sampler {
             // It ran after `/proc` was read: read its state again, and take the sample that
             // goes with that state.
             // Drained after the state is read: every switch-out before that read is in.
-            let stat = proc::task_stat(job.pid, th.tid).ok()?;
-            letter = stat.state;
-            timed = letter == 'S' && proc::task_waits_with_timeout(job.pid, th.tid);
-            session.drain_thread(th.tid);
+            let read_state = |session: &mut PerfSession| {
+                let stat = proc::task_stat(job.pid, th.tid).ok()?;
+                let timed = stat.state == 'S' && proc::task_waits_with_timeout(job.pid, th.tid);
+                session.drain_thread(th.tid);
+                Some((stat.state, timed))
+            };
+            (letter, timed) = read_state(session)?;
+            if letter == 'R' && session.switched_last(th.tid) {
+                // Runnable, and not on a CPU for a whole task-clock period since it last left
+                // one: woken since, or preempted. Its nearest on-CPU sample is the next one:
+                // arm its probe (one sample after 0.1 ms of its CPU time, not stopping it) and
+                // wait for that (or for the thread to leave the CPU again), then look at its
+                // state once more. Taking the switch-out instead filed a thread computing in
+                // bursts shorter than the clock's period under the stack it had slept in: a
+                // duty-cycled worker's compute frames went missing from busy hosts' graphs.
+                // One still waiting for a CPU when the round's wait ends keeps its switch-out
+                // stack: that is where it is.
+                session.probe(th.tid);
+                let before = session.newest_ns(th.tid);
+                while session.newest_ns(th.tid) == before
+                    && Instant::now() < until
+                    && !cancel.load(Ordering::SeqCst)
+                {
+                    std::thread::sleep(NEXT_SAMPLE_POLL);
+                    session.drain_thread(th.tid);
+                }
+                if session.newest_ns(th.tid) != before {
+                    (letter, timed) = read_state(session)?;
+                }
+            }
             pick = session.pick(th.tid, letter == 'R', u64::MAX, modules, max_depth);
         }
         let Pick::Stack(mut raw) = pick else {
@@ -241,6 +281,7 @@ impl Sampler {
         };
         stats.lost_records = session.lost;
         let (refused, why) = session.refusals();
+        let over_cap = session.over_cap();
         stats.backend = match why {
             Some(e) if session.threads() == 0 => {
                 format!("ptrace (perf events refused: {})", e.desc())
@@ -251,6 +292,13 @@ impl Sampler {
             ),
             None => Backend::Perf.as_str().into(),
         };
+        if let Some((_, line)) = &over_cap {
+            stats.backend = if session.threads() == 0 {
+                format!("ptrace ({line})")
+            } else {
+                format!("{} ({line})", stats.backend)
+            };
+        }
         if let Some(e) = why {
             if !self.inner.choice_logged.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
