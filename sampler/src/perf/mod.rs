@@ -275,6 +275,14 @@ impl PerfSession {
             .max()
     }
 
+    /// The time of `tid`'s newest switch-out sample.
+    pub fn switched_out_ns(&self, tid: u32) -> Option<u64> {
+        self.threads
+            .get(&tid)
+            .and_then(|th| th.switched_out.as_ref())
+            .map(|k| k.time_ns)
+    }
+
     /// Whether `tid`'s newest sample is a switch-out: it has not run a whole task-clock period
     /// since it last left a CPU.
     pub fn switched_last(&self, tid: u32) -> bool {

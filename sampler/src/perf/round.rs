@@ -210,12 +210,19 @@ impl Sampler {
             // goes with that state.
             // Drained after the state is read: every switch-out before that read is in.
             let read_state = |session: &mut PerfSession| {
+                let at = super::events::monotonic_ns();
                 let stat = proc::task_stat(job.pid, th.tid).ok()?;
                 let timed = stat.state == 'S' && proc::task_waits_with_timeout(job.pid, th.tid);
                 session.drain_thread(th.tid);
-                Some((stat.state, timed))
+                Some((stat.state, timed, at))
             };
-            (letter, timed) = read_state(session)?;
+            // When `/proc` last showed it runnable (CLOCK_MONOTONIC).
+            let mut seen_running = (pre.letter == 'R').then_some(state_ns);
+            let at;
+            (letter, timed, at) = read_state(session)?;
+            if letter == 'R' {
+                seen_running = Some(at);
+            }
             if letter == 'R' && session.switched_last(th.tid) {
                 // Runnable, and not on a CPU for a whole task-clock period since it last left
                 // one: woken since, or preempted. Its nearest on-CPU sample is the next one:
@@ -236,7 +243,23 @@ impl Sampler {
                     session.drain_thread(th.tid);
                 }
                 if session.newest_ns(th.tid) != before {
-                    (letter, timed) = read_state(session)?;
+                    (letter, timed, _) = read_state(session)?;
+                }
+            }
+            if letter != 'R'
+                && let Some(seen) = seen_running
+            {
+                // Runnable at `seen`, off CPU now: it left the CPU after `seen`, and that
+                // switch-out is where it sleeps. `/proc` shows the new state a moment before
+                // the kernel writes the record (the state is set, then the thread switches
+                // out): wait for it rather than take an older switch-out (a preemption in the
+                // middle of its work would be filed as its wait).
+                while session.switched_out_ns(th.tid).is_none_or(|t| t <= seen)
+                    && Instant::now() < until
+                    && !cancel.load(Ordering::SeqCst)
+                {
+                    std::thread::sleep(NEXT_SAMPLE_POLL);
+                    session.drain_thread(th.tid);
                 }
             }
             pick = session.pick(th.tid, letter == 'R', u64::MAX, modules, max_depth);
