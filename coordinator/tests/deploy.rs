@@ -58,7 +58,7 @@ fn documents_of(name: &str, text: &str) -> Vec<Value> {
 
 /// Every YAML document of the `.yaml` files directly in `dir`, with the file it came from.
 fn manifests_in(dir: &Path) -> Vec<(String, Value)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
