@@ -14,7 +14,13 @@
 //!   its credential wired (REST: `--rest-token-file` or `--read-only`; the registry and the
 //!   agent: `--token-file` or mutual TLS), from a file the README's install step creates
 //!   (systemd) or from a Secret volume the README says how to create (Kubernetes); nothing sets
-//!   `--insecure`. A future edit that comments a token out fails here, not on a cluster.
+//!   `--insecure`. A future edit that comments a token out fails here, not on a cluster;
+//! * the replicated overlay (`deploy/kubernetes-replicated`, issue 16), rendered the way
+//!   `kubectl apply -k` renders it (the strategic merge patches applied here, and checked against
+//!   `kubectl kustomize` where kubectl is installed), passes the same checks, runs several
+//!   coordinator replicas with rolling updates and no volume, and takes the database URL from a
+//!   Secret: `FLAMEGRID_DATABASE_URL` by `secretKeyRef`, never a literal, never `--database-url`
+//!   on any command line in `deploy/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 use serde_norway::Value;
@@ -31,10 +37,28 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every YAML document of every manifest, with the file it came from.
+/// Every YAML document of every manifest of the base (`deploy/kubernetes`), with the file it
+/// came from.
 fn manifests() -> Vec<(String, Value)> {
-    let dir = deploy_dir().join("kubernetes");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    manifests_in(&deploy_dir().join("kubernetes"))
+}
+
+/// The YAML documents of `text` (empty ones, e.g. after a trailing `---`, skipped).
+fn documents_of(name: &str, text: &str) -> Vec<Value> {
+    let mut documents = Vec::new();
+    for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let value = <Value as serde::Deserialize>::deserialize(document)
+            .unwrap_or_else(|e| panic!("{name}: document {i} does not parse: {e}"));
+        if !value.is_null() {
+            documents.push(value);
+        }
+    }
+    documents
+}
+
+/// Every YAML document of the `.yaml` files directly in `dir`, with the file it came from.
+fn manifests_in(dir: &Path) -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
@@ -45,12 +69,7 @@ fn manifests() -> Vec<(String, Value)> {
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        for (i, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
-            let value = <Value as serde::Deserialize>::deserialize(document)
-                .unwrap_or_else(|e| panic!("{name}: document {i} does not parse: {e}"));
-            if value.is_null() {
-                continue; // an empty document, e.g. after a trailing `---`
-            }
+        for value in documents_of(&name, &text) {
             documents.push((name.clone(), value));
         }
     }
@@ -84,10 +103,9 @@ fn arg_after(args: &[String], flag: &str) -> Option<String> {
         .cloned()
 }
 
-#[test]
-fn every_manifest_document_parses_and_names_itself() {
-    let documents = manifests();
-    for (file, d) in &documents {
+/// Every document has `apiVersion`, `kind` and (but a Kustomization) `metadata.name`.
+fn assert_documents_name_themselves(documents: &[(String, Value)]) {
+    for (file, d) in documents {
         assert!(
             d["apiVersion"].as_str().is_some_and(|s| !s.is_empty()),
             "{file}: a document without apiVersion"
@@ -105,6 +123,12 @@ fn every_manifest_document_parses_and_names_itself() {
             );
         }
     }
+}
+
+#[test]
+fn every_manifest_document_parses_and_names_itself() {
+    let documents = manifests();
+    assert_documents_name_themselves(&documents);
     for wanted in [
         "Namespace",
         "DaemonSet",
@@ -445,7 +469,7 @@ fn every_flag_and_variable_in_deploy_exists_in_the_binaries_help() {
 
     // Which binary each file configures (the Containerfile's `--locked` is cargo's, so it is
     // not listed).
-    let files: [(&str, &str); 7] = [
+    let files: [(&str, &str); 12] = [
         ("systemd/flamegrid-agent.service", "agent"),
         ("systemd/agent.env", "agent"),
         ("kubernetes/agent.yaml", "agent"),
@@ -453,7 +477,28 @@ fn every_flag_and_variable_in_deploy_exists_in_the_binaries_help() {
         ("systemd/coordinator.env", "coordinator"),
         ("kubernetes/coordinator.yaml", "coordinator"),
         ("kubernetes/namespace.yaml", "coordinator"),
+        ("kubernetes/kustomization.yaml", "coordinator"),
+        ("kubernetes-replicated/kustomization.yaml", "coordinator"),
+        (
+            "kubernetes-replicated/coordinator-replicated.yaml",
+            "coordinator",
+        ),
+        (
+            "kubernetes-replicated/disruption-budget.yaml",
+            "coordinator",
+        ),
+        ("kubernetes-replicated/postgres.yaml", "coordinator"),
     ];
+    // Every file of the Kubernetes folders is in the list above.
+    for sub in ["kubernetes", "kubernetes-replicated"] {
+        for entry in std::fs::read_dir(deploy_dir().join(sub)).unwrap() {
+            let name = format!("{sub}/{}", entry.unwrap().file_name().to_string_lossy());
+            assert!(
+                files.iter().any(|(f, _)| *f == name),
+                "{name} is not checked against a binary's --help"
+            );
+        }
+    }
     let mut checked = 0;
     for (file, binary) in files {
         let text = read(file);
@@ -660,11 +705,16 @@ fn systemd_files_ship_with_every_open_listener_guarded() {
 
 #[test]
 fn kubernetes_manifests_ship_with_every_open_listener_guarded() {
-    let documents = manifests();
+    assert_workloads_ship_guarded(&manifests());
+}
+
+/// The coordinator Deployment and the agent DaemonSet of `documents` open no listener without
+/// its credential, and every credential file is an item of a Secret the README creates.
+fn assert_workloads_ship_guarded(documents: &[(String, Value)]) {
     let readme = readme();
     let workloads = [
-        ("coordinator", kind(&documents, "Deployment")[0]),
-        ("agent", kind(&documents, "DaemonSet")[0]),
+        ("coordinator", kind(documents, "Deployment")[0]),
+        ("agent", kind(documents, "DaemonSet")[0]),
     ];
     let mut secrets = BTreeSet::new();
     for (binary, workload) in workloads {
@@ -734,7 +784,7 @@ fn kubernetes_manifests_ship_with_every_open_listener_guarded() {
 #[test]
 fn nothing_in_deploy_ships_insecure() {
     let mut files = vec![deploy_dir().join("Containerfile")];
-    for sub in ["systemd", "kubernetes"] {
+    for sub in ["systemd", "kubernetes", "kubernetes-replicated"] {
         for entry in std::fs::read_dir(deploy_dir().join(sub)).unwrap() {
             files.push(entry.unwrap().path());
         }
@@ -751,6 +801,458 @@ fn nothing_in_deploy_ships_insecure() {
                 "{}: {line}",
                 file.display()
             );
+        }
+    }
+}
+
+// ---- replicated coordinators (issue 16) ------------------------------------------------------
+
+/// The folder of the replicated overlay.
+fn replicated_dir() -> PathBuf {
+    deploy_dir().join("kubernetes-replicated")
+}
+
+/// What `kubectl kustomize dir` renders, for the features `deploy/` uses: `resources` (files,
+/// or folders with a kustomization of their own), `patches` (strategic merge patches from a
+/// `path` or inline, `$patch: delete` of a whole resource), and `namespace`. Documents carry the
+/// file they came from.
+fn render(dir: &Path) -> Vec<(String, Value)> {
+    let kustomization = documents_of("kustomization.yaml", &read_in(dir, "kustomization.yaml"));
+    let kustomization = &kustomization[0];
+    let mut documents = Vec::new();
+    for resource in strings(&kustomization["resources"]) {
+        let path = dir.join(&resource);
+        if path.is_dir() {
+            documents.extend(render(&path));
+        } else {
+            for d in documents_of(&resource, &read_in(dir, &resource)) {
+                documents.push((resource.clone(), d));
+            }
+        }
+    }
+    for patch in kustomization["patches"]
+        .as_sequence()
+        .unwrap_or(&Vec::new())
+    {
+        let patches = match (patch["path"].as_str(), patch["patch"].as_str()) {
+            (Some(path), None) => documents_of(path, &read_in(dir, path)),
+            (None, Some(inline)) => documents_of("an inline patch", inline),
+            _ => panic!("a patch with neither path nor patch (or both): {patch:?}"),
+        };
+        for patch in patches {
+            let same = |d: &Value| {
+                d["kind"] == patch["kind"] && d["metadata"]["name"] == patch["metadata"]["name"]
+            };
+            let i = documents
+                .iter()
+                .position(|(_, d)| same(d))
+                .unwrap_or_else(|| panic!("a patch of nothing: {patch:?}"));
+            if patch["$patch"].as_str() == Some("delete") {
+                documents.remove(i);
+            } else {
+                documents[i].1 = merge(&documents[i].1, &patch, "");
+            }
+        }
+    }
+    if let Some(namespace) = kustomization["namespace"].as_str() {
+        for (_, d) in documents.iter_mut() {
+            if d["kind"].as_str() != Some("Namespace") {
+                d["metadata"]["namespace"] = Value::from(namespace);
+            }
+        }
+    }
+    documents
+}
+
+fn read_in(dir: &Path, file: &str) -> String {
+    let path = dir.join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The key that identifies an item of the list `field` in a strategic merge patch (Kubernetes'
+/// `patchMergeKey`), for the lists `deploy/` patches; other lists are replaced whole.
+fn merge_key(field: &str) -> Option<&'static str> {
+    match field {
+        "containers" | "initContainers" | "env" | "volumes" | "imagePullSecrets" => Some("name"),
+        "volumeMounts" => Some("mountPath"),
+        "ports" => Some("containerPort"),
+        _ => None,
+    }
+}
+
+/// `patch` merged into `base` the way a strategic merge patch is (`field` names `base`): maps
+/// merge key by key (`null` deletes), keyed lists merge item by item (`$patch: delete` removes
+/// one, new items go first), anything else is replaced.
+fn merge(base: &Value, patch: &Value, field: &str) -> Value {
+    match (base, patch) {
+        (Value::Mapping(base), Value::Mapping(patch)) => {
+            let mut merged = base.clone();
+            for (k, v) in patch {
+                if k.as_str() == Some("$patch") {
+                    continue;
+                }
+                if v.is_null() {
+                    merged.remove(k);
+                } else if let Some(old) = base.get(k) {
+                    merged.insert(k.clone(), merge(old, v, k.as_str().unwrap_or("")));
+                } else {
+                    merged.insert(k.clone(), v.clone());
+                }
+            }
+            Value::Mapping(merged)
+        }
+        (Value::Sequence(base), Value::Sequence(patch)) if merge_key(field).is_some() => {
+            let key = merge_key(field).unwrap();
+            let mut merged = base.clone();
+            let mut added = Vec::new();
+            for item in patch {
+                let at = merged.iter().position(|b| b[key] == item[key]);
+                match (at, item["$patch"].as_str()) {
+                    (Some(i), Some("delete")) => {
+                        merged.remove(i);
+                    }
+                    (Some(i), _) => merged[i] = merge(&merged[i], item, ""),
+                    (None, _) => added.push(item.clone()),
+                }
+            }
+            Value::Sequence(added.into_iter().chain(merged).collect())
+        }
+        _ => patch.clone(),
+    }
+}
+
+fn env_entry<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_sequence()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+}
+
+/// Every container of every workload of `documents`, with its workload's name.
+fn containers(documents: &[(String, Value)]) -> Vec<(String, &Value)> {
+    documents
+        .iter()
+        .flat_map(|(_, d)| {
+            let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
+            d["spec"]["template"]["spec"]["containers"]
+                .as_sequence()
+                .map(|c| c.iter().map(|c| (name.clone(), c)).collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn the_strategic_merge_of_the_test_merges_as_kubernetes_does() {
+    let yaml = |text: &str| documents_of("test", text).remove(0);
+    let base = yaml(
+        "spec: {replicas: 1, strategy: {type: Recreate}, template: {spec: {
+           containers: [{name: c, args: [a, b], env: [{name: X, value: '1'}]}],
+           volumes: [{name: data, persistentVolumeClaim: {claimName: p}}, {name: t, secret: {}}]}}}",
+    );
+    let patch = yaml(
+        "spec: {replicas: 3, strategy: {type: RollingUpdate}, template: {spec: {
+           containers: [{name: c, args: [z], env: [{name: Y, value: '2'}]}],
+           volumes: [{name: data, persistentVolumeClaim: null, emptyDir: {}}, {name: t, $patch: delete}]}}}",
+    );
+    let merged = merge(&base, &patch, "");
+    let spec = &merged["spec"]["template"]["spec"];
+    assert_eq!(merged["spec"]["replicas"].as_u64(), Some(3));
+    assert_eq!(
+        merged["spec"]["strategy"]["type"].as_str(),
+        Some("RollingUpdate")
+    );
+    assert_eq!(
+        strings(&spec["containers"][0]["args"]),
+        ["z"],
+        "plain lists are replaced"
+    );
+    let env: Vec<&str> = spec["containers"][0]["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(env, ["Y", "X"], "keyed lists merge, new items first");
+    let volumes = spec["volumes"].as_sequence().unwrap();
+    assert_eq!(volumes.len(), 1, "$patch: delete removes an item");
+    assert!(volumes[0]["persistentVolumeClaim"].is_null() && volumes[0]["emptyDir"].is_mapping());
+}
+
+/// Where kubectl is installed, its own rendering of the overlay is the one the tests check.
+#[test]
+fn kubectl_renders_the_replicated_overlay_as_the_tests_do() {
+    let Ok(output) = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(replicated_dir())
+        .output()
+    else {
+        eprintln!("kubectl is not installed; skipping the comparison with `kubectl kustomize`");
+        return;
+    };
+    assert!(
+        output.status.success(),
+        "kubectl kustomize: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let theirs = documents_of(
+        "kubectl kustomize",
+        &String::from_utf8(output.stdout).unwrap(),
+    );
+    let ours = render(&replicated_dir());
+    let id = |d: &Value| {
+        format!(
+            "{}/{}",
+            d["kind"].as_str().unwrap_or(""),
+            d["metadata"]["name"].as_str().unwrap_or("")
+        )
+    };
+    let mut their_ids: Vec<String> = theirs.iter().map(id).collect();
+    let mut our_ids: Vec<String> = ours.iter().map(|(_, d)| id(d)).collect();
+    their_ids.sort();
+    our_ids.sort();
+    assert_eq!(their_ids, our_ids, "the same resources");
+    for d in &theirs {
+        let (_, mine) = ours.iter().find(|(_, o)| id(o) == id(d)).unwrap();
+        for (what, a, b) in [
+            (
+                "spec.replicas",
+                &d["spec"]["replicas"],
+                &mine["spec"]["replicas"],
+            ),
+            (
+                "spec.strategy",
+                &d["spec"]["strategy"],
+                &mine["spec"]["strategy"],
+            ),
+            (
+                "metadata.namespace",
+                &d["metadata"]["namespace"],
+                &mine["metadata"]["namespace"],
+            ),
+            (
+                "affinity",
+                &d["spec"]["template"]["spec"]["affinity"],
+                &mine["spec"]["template"]["spec"]["affinity"],
+            ),
+        ] {
+            assert_eq!(a, b, "{}: {what}", id(d));
+        }
+        let containers = |d: &Value| d["spec"]["template"]["spec"]["containers"].clone();
+        let (their_containers, my_containers) = (containers(d), containers(mine));
+        for (i, c) in their_containers
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            for field in [
+                "command",
+                "args",
+                "env",
+                "volumeMounts",
+                "ports",
+                "readinessProbe",
+            ] {
+                assert_eq!(
+                    c[field],
+                    my_containers[i][field],
+                    "{}: container {i} {field}",
+                    id(d)
+                );
+            }
+        }
+        // Volumes by name and source (a secret's octal defaultMode reads differently in YAML 1.1).
+        let volumes = |d: &Value| -> Vec<String> {
+            d["spec"]["template"]["spec"]["volumes"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    let keys: Vec<String> = v
+                        .as_mapping()
+                        .unwrap()
+                        .keys()
+                        .filter_map(|k| k.as_str().map(String::from))
+                        .collect();
+                    format!("{} {:?}", v["name"].as_str().unwrap_or(""), {
+                        let mut keys = keys;
+                        keys.sort();
+                        keys
+                    })
+                })
+                .collect()
+        };
+        assert_eq!(volumes(d), volumes(mine), "{}: volumes", id(d));
+    }
+}
+
+#[test]
+fn replicated_overlay_runs_interchangeable_coordinators_without_a_volume() {
+    let documents = render(&replicated_dir());
+    assert_documents_name_themselves(&documents);
+    assert_documents_name_themselves(&manifests_in(&replicated_dir()));
+    // Every file of the folder is used by its kustomization.
+    let kustomization = documents_of(
+        "kustomization.yaml",
+        &read_in(&replicated_dir(), "kustomization.yaml"),
+    )
+    .remove(0);
+    let mut used = strings(&kustomization["resources"]);
+    used.extend(
+        kustomization["patches"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["path"].as_str().map(String::from)),
+    );
+    for entry in std::fs::read_dir(replicated_dir()).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            name == "kustomization.yaml" || used.contains(&name),
+            "kustomization.yaml does not use {name}"
+        );
+    }
+    for wanted in [
+        "Namespace",
+        "DaemonSet",
+        "Deployment",
+        "StatefulSet",
+        "PodDisruptionBudget",
+    ] {
+        assert_eq!(kind(&documents, wanted).len(), 1, "exactly one {wanted}");
+    }
+    assert!(
+        kind(&documents, "PersistentVolumeClaim").is_empty(),
+        "the coordinators keep nothing on a volume"
+    );
+
+    let deployment = kind(&documents, "Deployment")[0];
+    let replicas = deployment["spec"]["replicas"].as_u64().unwrap();
+    assert!(replicas >= 2, "replicas: {replicas}");
+    assert_eq!(
+        deployment["spec"]["strategy"]["type"].as_str(),
+        Some("RollingUpdate"),
+        "replicas are replaced one at a time"
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    for volume in pod["volumes"].as_sequence().unwrap() {
+        assert!(
+            volume["persistentVolumeClaim"].is_null(),
+            "a volume on a claim: {volume:?}"
+        );
+    }
+    assert!(
+        pod["affinity"]["podAntiAffinity"].is_mapping(),
+        "replicas spread over nodes"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/config"),
+        "ready once it serves REST"
+    );
+    // The budget and the Service select these pods.
+    let labels = deployment["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .unwrap();
+    for selector in [
+        &kind(&documents, "PodDisruptionBudget")[0]["spec"]["selector"]["matchLabels"],
+        &kind(&documents, "Service")
+            .into_iter()
+            .find(|s| s["metadata"]["name"] == deployment["metadata"]["name"])
+            .expect("a Service named as the Deployment")["spec"]["selector"],
+    ] {
+        for (k, v) in selector.as_mapping().unwrap() {
+            assert_eq!(labels.get(k), Some(v), "selector {k:?}");
+        }
+    }
+
+    // The same guards as the single coordinator, and the agents point at the Service.
+    assert_workloads_ship_guarded(&documents);
+    let agent =
+        kind(&documents, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0].clone();
+    let args = [strings(&agent["command"]), strings(&agent["args"])].concat();
+    let coordinator = arg_after(&args, "--coordinator").expect("--coordinator");
+    assert!(
+        coordinator.contains("flamegrid-coordinator"),
+        "--coordinator {coordinator}"
+    );
+}
+
+#[test]
+fn the_database_url_comes_from_a_secret_and_never_from_a_command_line() {
+    let documents = render(&replicated_dir());
+    let readme = readme();
+    let deployment = kind(&documents, "Deployment")[0];
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let url = env_entry(container, "FLAMEGRID_DATABASE_URL").expect("FLAMEGRID_DATABASE_URL");
+    assert!(url["value"].is_null(), "never a literal URL: {url:?}");
+    let secret = &url["valueFrom"]["secretKeyRef"];
+    let (name, key) = (
+        secret["name"].as_str().expect("a secretKeyRef"),
+        secret["key"].as_str().unwrap(),
+    );
+    assert!(
+        readme.contains(&format!("create secret generic {name}"))
+            && readme.contains(&format!("--from-literal={key}=")),
+        "README.md does not say how to create the Secret {name} with the key {key}"
+    );
+
+    // The PostgreSQL for trying it out takes its password from the same Secret, and its Service
+    // is the host the README's URL names.
+    let postgres = kind(&documents, "StatefulSet")[0];
+    let password = env_entry(
+        &postgres["spec"]["template"]["spec"]["containers"][0],
+        "POSTGRES_PASSWORD",
+    )
+    .expect("POSTGRES_PASSWORD");
+    assert_eq!(
+        password["valueFrom"]["secretKeyRef"]["name"].as_str(),
+        Some(name)
+    );
+    let service = postgres["spec"]["serviceName"].as_str().unwrap();
+    assert!(
+        kind(&documents, "Service")
+            .iter()
+            .any(|s| s["metadata"]["name"].as_str() == Some(service)),
+        "no Service {service}"
+    );
+    assert!(
+        readme.contains(&format!("@{service}:5432/")),
+        "README.md's database URL does not name the Service {service}"
+    );
+
+    // No command line anywhere in deploy/ carries the URL: not in a workload's args ...
+    for (workload, container) in containers(&documents) {
+        let args = [strings(&container["command"]), strings(&container["args"])].concat();
+        for arg in args {
+            let url = arg.contains("postgres://")
+                || arg.contains("postgresql://")
+                || arg.contains("password=");
+            assert!(
+                !arg.starts_with("--database-url") && !url,
+                "{workload}: {arg} on the command line"
+            );
+        }
+    }
+    // ... nor in a unit's ExecStart or any other line that is not a comment.
+    for sub in ["systemd", "kubernetes", "kubernetes-replicated"] {
+        for entry in std::fs::read_dir(deploy_dir().join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let code = line.trim_start();
+                assert!(
+                    code.starts_with('#') || !code.contains("--database-url"),
+                    "{}: {line}",
+                    path.display()
+                );
+                assert!(
+                    code.starts_with('#') || !code.contains("postgres://"),
+                    "{}: a database URL outside a comment: {line}",
+                    path.display()
+                );
+            }
         }
     }
 }
