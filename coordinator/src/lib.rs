@@ -220,10 +220,21 @@ pub async fn start_on(
     let tls = grpc_tls(&credentials)?;
     let write_guard =
         rest::auth::WriteGuard::new(config.read_only, credentials.rest_token.as_deref());
-    let flamegraphs = flamegraph::FlameGraphService::with_settings(
-        flamegraph_settings(&config),
-        credentials.agent_auth()?,
-    );
+    let flamegraphs = match &database {
+        // Replicas share their runs: one per key for all, stored, followed (flamegraph/shared.rs).
+        Some(db) => flamegraph::FlameGraphService::replicated(
+            flamegraph_settings(&config),
+            credentials.agent_auth()?,
+            flamegraph::shared::SharedRuns::new(
+                db.clone(),
+                Duration::from_secs(config.flamegraph_lease_s),
+            ),
+        ),
+        None => flamegraph::FlameGraphService::with_settings(
+            flamegraph_settings(&config),
+            credentials.agent_auth()?,
+        ),
+    };
     let config = Arc::new(config);
     let state = rest::state::AppState {
         registry: registry.clone(),

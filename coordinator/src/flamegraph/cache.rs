@@ -562,46 +562,111 @@ impl GraphCache {
             return;
         }
         if let Some(snapshot) = snapshot {
-            inner.failures.remove(key);
-            if key.subtask.is_none() {
-                for &index in snapshot.subtasks.keys() {
-                    inner.failures.remove(&key.subtask(index));
-                }
-            }
-            // The keys this run writes: eviction spares them.
-            let mut written = vec![key.clone()];
-            if key.subtask.is_none() {
-                for &index in snapshot.subtasks.keys() {
-                    if let Some(part) = snapshot.subtask_part(index) {
-                        // Kept in run-id order: a newer run of the subtask stays the latest.
-                        self.insert(&mut inner, key.subtask(index), Arc::new(part), now);
-                        written.push(key.subtask(index));
-                    }
-                }
-            }
-            self.insert(&mut inner, key.clone(), snapshot, now);
-            self.evict(&mut inner, &written);
+            self.store(&mut inner, key, snapshot, now, true);
         }
         // Dropping the sender wakes everyone waiting for this run; they find the entry in place.
         inner.pending.remove(key);
     }
 
+    /// Stores a run that delivered under `key` (and, for a vertex run, the subtask entries it
+    /// fills), as landed at `landed`; `read` counts it as a read of those entries (a run this
+    /// replica asked for) rather than a copy another replica made (see [`super::shared`]).
+    fn store(
+        &self,
+        inner: &mut Inner,
+        key: &GraphKey,
+        snapshot: Arc<Snapshot>,
+        landed: Instant,
+        read: bool,
+    ) {
+        inner.failures.remove(key);
+        if key.subtask.is_none() {
+            for &index in snapshot.subtasks.keys() {
+                inner.failures.remove(&key.subtask(index));
+            }
+        }
+        // The keys this run writes: eviction spares them.
+        let mut written = vec![key.clone()];
+        if key.subtask.is_none() {
+            for &index in snapshot.subtasks.keys() {
+                if let Some(part) = snapshot.subtask_part(index) {
+                    // Kept in run-id order: a newer run of the subtask stays the latest.
+                    self.insert(inner, key.subtask(index), Arc::new(part), landed, read);
+                    written.push(key.subtask(index));
+                }
+            }
+        }
+        self.insert(inner, key.clone(), snapshot, landed, read);
+        self.evict(inner, &written);
+    }
+
+    /// Stores a run another replica (or this one, before a restart) made, read from the shared
+    /// database: like a run of this replica that delivered, but landed `age` ago (so freshness
+    /// counts from when it was stored, as on every replica), without touching the run in flight
+    /// for `key`, and without counting as a read. A run already kept (same run id) is left
+    /// as it is, memos and all. Ignores a run in which nothing delivered.
+    pub fn land_stored(&self, key: &GraphKey, snapshot: Arc<Snapshot>, age: Duration) {
+        if snapshot.subtasks.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let landed = now.checked_sub(age).unwrap_or(now);
+        let mut inner = self.lock();
+        let kept = inner
+            .entries
+            .get(key)
+            .is_some_and(|e| e.runs.iter().any(|r| r.run_id == snapshot.run_id));
+        if kept {
+            return; // already here (this replica's own run, or read before): memos stay
+        }
+        self.store(&mut inner, key, snapshot, landed, false);
+    }
+
+    /// Whether `key` has an entry (a kept run) now; no read, no sweep.
+    pub fn holds(&self, key: &GraphKey) -> bool {
+        self.lock().entries.contains_key(key)
+    }
+
+    /// The distinct `(job, vertex)` pairs of the entries held now (vertex and subtask keys
+    /// alike): what a replica follows in the shared database.
+    pub fn held_vertices(&self) -> Vec<(String, String)> {
+        let inner = self.lock();
+        let set: HashSet<(&str, &str)> = inner
+            .entries
+            .keys()
+            .map(|k| (k.job_id.as_str(), k.vertex_id.as_str()))
+            .collect();
+        set.into_iter()
+            .map(|(j, v)| (j.to_string(), v.to_string()))
+            .collect()
+    }
+
     /// Adds `snapshot` to `key`'s runs in run-id order (replacing a run with the same id) and
     /// drops the oldest runs beyond the history limit.
-    fn insert(&self, inner: &mut Inner, key: GraphKey, snapshot: Arc<Snapshot>, now: Instant) {
+    fn insert(
+        &self,
+        inner: &mut Inner,
+        key: GraphKey,
+        snapshot: Arc<Snapshot>,
+        now: Instant,
+        read: bool,
+    ) {
         inner.hold(&snapshot);
         let keep = self.limits.runs_per_key();
         let overhead = std::mem::size_of::<Entry>() + 3 * key.job_id.len();
         if !inner.entries.contains_key(&key) {
             inner.bytes += overhead;
         }
+        let created = Instant::now();
         let entry = inner.entries.entry(key).or_insert_with(|| Entry {
             runs: VecDeque::new(),
             landed: now,
-            last_read: now,
+            last_read: created,
             overhead,
         });
-        entry.last_read = now;
+        if read {
+            entry.last_read = now;
+        }
         let mut released = Vec::new();
         match entry.runs.iter().position(|r| r.run_id <= snapshot.run_id) {
             Some(i) if entry.runs[i].run_id == snapshot.run_id => {
@@ -790,10 +855,19 @@ impl RunTicket {
         &self.key
     }
 
-    /// Stores the run's snapshot (and, for a vertex run, its subtasks') and ends the run.
-    pub fn complete(mut self, snapshot: Snapshot) {
+    /// Stores the run's snapshot (and, for a vertex run, its subtasks') and ends the run;
+    /// returns the snapshot as stored.
+    pub fn complete(mut self, snapshot: Snapshot) -> Arc<Snapshot> {
         self.done = true;
-        self.cache.finish_run(&self.key, Some(Arc::new(snapshot)));
+        let snapshot = Arc::new(snapshot);
+        self.cache
+            .finish_run(&self.key, Some(Arc::clone(&snapshot)));
+        snapshot
+    }
+
+    /// The cache this ticket fills.
+    pub fn cache(&self) -> &Arc<GraphCache> {
+        &self.cache
     }
 }
 

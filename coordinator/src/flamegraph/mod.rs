@@ -30,6 +30,10 @@
 //! Runs are counted ([`FlameGraphService::runs`]); each start is logged with the running total
 //! (`flamegraph run started runs_started=N`), which is how tests and operators can see that two
 //! concurrent requests caused one run.
+//!
+//! Replicated coordinators (`--database-url`, [`FlameGraphService::replicated`]) share their
+//! runs through the database: one run per key across all replicas (a lease), results stored
+//! there and followed by every replica, history kept there; see [`shared`].
 
 pub mod cache;
 pub mod diff;
@@ -40,6 +44,7 @@ pub mod pprof;
 pub mod profile;
 pub mod prune;
 pub mod run;
+pub mod shared;
 pub mod speedscope;
 pub mod svg;
 
@@ -207,12 +212,16 @@ pub struct FlameGraphService {
     counters: Arc<RunCounters>,
     /// The cache's periodic sweeper, stopped when the service goes (coordinator shutdown).
     sweeper: Option<tokio::task::AbortHandle>,
+    /// The shared database of replicated coordinators, if any (see [`shared`]).
+    shared: Option<Arc<shared::SharedRuns>>,
+    /// The task that follows the runs other replicas store, stopped with the service.
+    follower: Option<tokio::task::AbortHandle>,
 }
 
 impl Drop for FlameGraphService {
     fn drop(&mut self) {
-        if let Some(sweeper) = &self.sweeper {
-            sweeper.abort();
+        for task in [&self.sweeper, &self.follower].into_iter().flatten() {
+            task.abort();
         }
     }
 }
@@ -233,7 +242,33 @@ impl FlameGraphService {
             fanout: Arc::new(FanOut::new(settings.rpc_grace, auth)),
             counters: Arc::new(RunCounters::default()),
             sweeper,
+            shared: None,
+            follower: None,
         }
+    }
+
+    /// A service of a replicated coordinator: runs are coordinated and stored through `shared`
+    /// (see [`shared`]). Created within a tokio runtime, it also starts the follower of the
+    /// runs other replicas store ([`shared::spawn_follower`]); outside one it still shares runs
+    /// but only reads other replicas' runs when it would run itself.
+    pub fn replicated(
+        settings: FlameGraphSettings,
+        auth: AgentAuth,
+        shared: shared::SharedRuns,
+    ) -> Self {
+        let mut service = FlameGraphService::with_settings(settings, auth);
+        let shared = Arc::new(shared);
+        service.follower = tokio::runtime::Handle::try_current().is_ok().then(|| {
+            shared::spawn_follower(Arc::clone(&shared), Arc::downgrade(&service.cache))
+                .abort_handle()
+        });
+        service.shared = Some(shared);
+        service
+    }
+
+    /// The shared database of a replicated coordinator.
+    pub fn shared(&self) -> Option<&Arc<shared::SharedRuns>> {
+        self.shared.as_ref()
     }
 
     /// Whether flame graphs are switched on.
@@ -302,6 +337,20 @@ impl FlameGraphService {
             if targets.is_empty() && absent.is_empty() {
                 // Flink's "No tasks to sample": nothing cached, the next request tries again.
                 tracing::debug!(?key, "no running subtask to sample");
+            } else if let (Some(shared), Ok(handle)) =
+                (&self.shared, tokio::runtime::Handle::try_current())
+            {
+                // Counted and logged when (and only if) this replica samples.
+                let ctx = shared::RunContext {
+                    shared: Arc::clone(shared),
+                    fanout: Arc::clone(&self.fanout),
+                    counters: Arc::clone(&self.counters),
+                    params: self.settings.params,
+                    refresh: self.settings.limits.refresh,
+                    history: self.settings.limits.runs_per_key(),
+                    deadline: self.run_deadline(),
+                };
+                handle.spawn(shared::execute(ctx, ticket, targets, absent, refresh));
             } else if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 let n = self.counters.started.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(
@@ -401,12 +450,24 @@ impl FlameGraphService {
     /// The kept runs of `key`, newest first; empty when none is kept (or flame graphs are
     /// off). Never starts a run.
     pub fn history(&self, key: &GraphKey) -> Vec<Arc<Snapshot>> {
+        self.load_stored(key);
         self.cache.history(key)
+    }
+
+    /// On a replicated coordinator, reads `key`'s stored runs into the cache when it holds
+    /// none for it (history survives restarts; see [`shared`]).
+    fn load_stored(&self, key: &GraphKey) {
+        if let Some(shared) = &self.shared
+            && self.settings.enabled
+        {
+            shared.load_if_absent(&self.cache, key, self.settings.limits.runs_per_key());
+        }
     }
 
     /// The kept run of `key` whose `endTimestamp` is `end_ms`, if it is still kept. Never
     /// starts a run: a past run cannot be sampled again.
     pub fn kept_run(&self, key: &GraphKey, end_ms: i64) -> Option<Arc<Snapshot>> {
+        self.load_stored(key);
         self.cache.at(key, end_ms)
     }
 

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// `count` samples that had the same state and stack.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StackCount {
     /// The threads' state in those samples.
     pub state: ThreadState,
@@ -48,8 +48,9 @@ pub struct StackCount {
     pub threads: Box<[(u32, u64)]>,
 }
 
-/// One subtask's samples of one run, folded by distinct stack; see the module docs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One subtask's samples of one run, folded by distinct stack; see the module docs. Serialized
+/// (as part of a stored run) only by [`super::shared`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SubtaskProfile {
     /// Distinct frame names.
     pub names: Vec<String>,

@@ -73,11 +73,26 @@ pub async fn execute(
     ticket: RunTicket,
     targets: Vec<SubtaskTarget>,
     absent: Missing,
-) {
+) -> Arc<Snapshot> {
+    execute_as(fanout, counters, params, ticket, targets, absent, None).await
+}
+
+/// [`execute`], with the run id `run_id` instead of the fan-out's request id when given: the
+/// id a replicated coordinator takes from the shared database, so that run ids are ordered
+/// across replicas (see [`super::shared`]). Returns the snapshot as stored in the cache.
+pub async fn execute_as(
+    fanout: Arc<FanOut>,
+    counters: Arc<RunCounters>,
+    params: SamplingParams,
+    ticket: RunTicket,
+    targets: Vec<SubtaskTarget>,
+    absent: Missing,
+    run_id: Option<u64>,
+) -> Arc<Snapshot> {
     let began = std::time::Instant::now();
     let key = ticket.key().clone();
     let prefix = format!("{}/{}", key.job_id, key.vertex_id);
-    let outcome = if targets.is_empty() {
+    let mut outcome = if targets.is_empty() {
         FanOutOutcome {
             request_id: fanout.new_request_id(),
             start_ms: flamegrid_model::clock::now_ms(),
@@ -89,18 +104,23 @@ pub async fn execute(
             .sample_with(&prefix, &targets, params, fold_subtask)
             .await
     };
-    land(&counters, ticket, outcome, absent);
+    if let Some(id) = run_id {
+        outcome.request_id = id;
+    }
+    let snapshot = land(&counters, ticket, outcome, absent);
     counters.durations.observe(began.elapsed());
+    snapshot
 }
 
 /// Makes the snapshot of a run's `outcome` (plus the subtasks that could not be asked,
 /// `absent`) and stores it through `ticket`: what is left of a run once its last answer is in.
+/// Returns the snapshot as stored.
 pub fn land(
     counters: &RunCounters,
     ticket: RunTicket,
     outcome: FanOutOutcome<Arc<SubtaskProfile>>,
     absent: Missing,
-) {
+) -> Arc<Snapshot> {
     let key = ticket.key().clone();
     let mut missing = absent;
     missing.extend(outcome.missing.iter().map(|(&i, &r)| (i, r)));
@@ -127,7 +147,7 @@ pub fn land(
     let run_id = snapshot.run_id;
     let samples = snapshot.sample_count(flamegrid_model::GraphType::Full);
     let delivered = !snapshot.subtasks.is_empty();
-    ticket.complete(snapshot);
+    let snapshot = ticket.complete(snapshot);
     if delivered {
         counters.completed.fetch_add(1, Ordering::Relaxed);
     }
@@ -146,6 +166,7 @@ pub fn land(
         after_answers_ms = after_answers.as_secs_f64() * 1e3,
         "flame graph run landed"
     );
+    snapshot
 }
 
 #[cfg(test)]

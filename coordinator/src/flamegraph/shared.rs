@@ -1,0 +1,669 @@
+//! Flame graph runs shared by replicated coordinators (`--database-url`, issue 16).
+//!
+//! Several coordinators on one PostgreSQL database answer every flame graph request alike, and
+//! sample each key (`(job, vertex)` or `(job, vertex, subtask)`) once for all of them. Each
+//! replica keeps its own [`super::cache`] (coalescing, history, memos, the memory bound, all as
+//! without a database); what they share lives in two tables (migration
+//! `0002_flamegraph_runs.sql`):
+//!
+//! * **Stored runs** (`flamegraph_runs`): every run that delivered, per key, with its run id,
+//!   `endTimestamp`, the subtasks it holds and the snapshot itself (its folded profiles and
+//!   missing subtasks, as JSON, deflated). The last `--flamegraph-history` runs per key are kept,
+//!   older ones are deleted when a run is stored. A vertex run serves its subtasks too. Runs in
+//!   which nothing delivered are not stored: they stay in the replica that ran them (its
+//!   "why" answers), and the next request anywhere samples again.
+//! * **Leases** (`flamegraph_leases`): one row per key being sampled, naming the replica that
+//!   runs it ([`crate::database::Database::replica_id`]) and until when (`--flamegraph-lease-s`,
+//!   database clock). Taken atomically: inserted, or updated only when expired.
+//!
+//! Run ids come from one database sequence, so they are ordered across replicas (the cache
+//! orders runs, and compares a subtask's own run with its vertex's, by run id).
+//!
+//! ## What each replica does
+//!
+//! When its cache hands out a [`RunTicket`] (nothing cached, stale, or `?refresh=true`), the
+//! replica does not sample straight away ([`execute`]):
+//!
+//! 1. It reads the key's stored runs newer than what it holds (the whole kept history when it
+//!    holds nothing: this is how history and `?at=` survive a restart) into its cache, aged by
+//!    when they were stored, so freshness counts the same on every replica. If one of them is
+//!    fresh (stored within the refresh interval; for `?refresh=true`, stored after the request),
+//!    that is the answer: no run.
+//! 2. Otherwise it tries to take the key's lease. If it gets it, it checks the stored runs once
+//!    more (the previous holder stores its run and drops its lease in one transaction, so a run
+//!    that has just landed is seen here), then takes a run id from the sequence, samples,
+//!    stores the result, and drops the lease in the same transaction.
+//! 3. If another replica holds the lease, it does not sample: the key stays "sampling" (the
+//!    ticket is held, `X-Flamegrid-Sampling: true`) and it polls the database every
+//!    [`POLL`] until the holder's run lands (step 1 answers) or the lease expires (step 2 takes
+//!    it).
+//!
+//! A **follower** task ([`spawn_follower`]) polls every [`POLL`] for runs stored by anyone on the
+//! vertices the replica holds in its cache, and lands them there. So within one dashboard poll
+//! every replica serves the same latest run: the same `endTimestamp` and the same tree.
+//! [`super::FlameGraphService::history`] and [`super::FlameGraphService::kept_run`] read a key's
+//! stored runs when the cache holds none for it.
+//!
+//! ## What a crash costs
+//!
+//! A replica killed mid-run leaves its lease behind: the other replicas wait for it to expire
+//! (at most `--flamegraph-lease-s`, taken at the start of the run), then the next one to be
+//! asked samples: a graph is served again within lease + sampling window + deadline. The dead
+//! replica's run is lost; stored runs are not. A lease shorter than a run (window + grace)
+//! would let a second replica sample while the first still runs: keep it longer than that.
+//!
+//! If the database cannot be reached, no run starts (the ticket is dropped and the next request
+//! tries again): cached graphs are still served, stale.
+
+use super::cache::{GraphCache, GraphKey, RunTicket};
+use super::profile::{Snapshot, SubtaskProfile};
+use super::run::{self, RunCounters};
+use crate::database::{Database, DatabaseError};
+use crate::fanout::FanOut;
+use crate::missing::Missing;
+use crate::sampling::{SamplingParams, SubtaskTarget};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// How often a replica waiting for another one's run, and the follower, look at the database.
+pub const POLL: Duration = Duration::from_millis(400);
+
+/// How far back the follower looks again, so that a run committed late (after a newer one it
+/// has already read) is not missed.
+const FOLLOW_OVERLAP_MS: i64 = 5_000;
+
+/// The largest stored snapshot (JSON, once inflated) a replica reads: a bound on what a
+/// corrupt or hostile row can make it allocate.
+pub const MAX_STORED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// The database clock in ms, in SQL: leases and freshness are judged by one clock.
+const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// The shared database as the flame graph service uses it, with the lease length.
+#[derive(Debug, Clone)]
+pub struct SharedRuns {
+    db: Database,
+    lease: Duration,
+}
+
+/// A run read back from the database.
+#[derive(Debug, Clone)]
+pub struct StoredRun {
+    /// The key it is stored under.
+    pub key: GraphKey,
+    /// The run, for the key asked for (a vertex run read for a subtask is cut to it).
+    pub snapshot: Arc<Snapshot>,
+    /// When it was stored (database clock, ms).
+    pub stored_ms: i64,
+    /// How long ago it was stored.
+    pub age: Duration,
+}
+
+/// What is stored of a run (the body, before deflating).
+#[derive(serde::Serialize)]
+struct BodyRef<'a> {
+    start_ms: i64,
+    end_ms: i64,
+    subtasks: Vec<(u32, &'a SubtaskProfile)>,
+    missing: &'a Missing,
+}
+
+/// A stored run's body as read.
+#[derive(serde::Deserialize)]
+struct Body {
+    start_ms: i64,
+    end_ms: i64,
+    subtasks: Vec<(u32, SubtaskProfile)>,
+    missing: Missing,
+}
+
+/// `snapshot` as stored: JSON, deflated.
+pub fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, String> {
+    let body = BodyRef {
+        start_ms: snapshot.start_ms,
+        end_ms: snapshot.end_ms,
+        subtasks: snapshot
+            .subtasks
+            .iter()
+            .map(|(i, p)| (*i, p.as_ref()))
+            .collect(),
+        missing: &snapshot.missing,
+    };
+    let mut out = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    serde_json::to_writer(&mut out, &body).map_err(|e| e.to_string())?;
+    out.finish().map_err(|e| e.to_string())
+}
+
+/// The run `run_id` from its stored `body`; a clear error (never a panic, never more than
+/// [`MAX_STORED_BYTES`] inflated) for a corrupt one.
+pub fn decode(run_id: u64, body: &[u8]) -> Result<Snapshot, String> {
+    let mut json = Vec::new();
+    flate2::read::DeflateDecoder::new(body)
+        .take(MAX_STORED_BYTES + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| format!("stored run {run_id}: cannot inflate: {e}"))?;
+    if json.len() as u64 > MAX_STORED_BYTES {
+        return Err(format!(
+            "stored run {run_id}: larger than {MAX_STORED_BYTES} bytes once inflated"
+        ));
+    }
+    let body: Body =
+        serde_json::from_slice(&json).map_err(|e| format!("stored run {run_id}: {e}"))?;
+    Ok(Snapshot {
+        run_id,
+        start_ms: body.start_ms,
+        end_ms: body.end_ms,
+        subtasks: body
+            .subtasks
+            .into_iter()
+            .map(|(i, p)| (i, Arc::new(p)))
+            .collect::<BTreeMap<_, _>>(),
+        missing: body.missing,
+    })
+}
+
+/// `key` as stored: `job/vertex` or `job/vertex/subtask`.
+pub fn key_text(key: &GraphKey) -> String {
+    match key.subtask {
+        Some(i) => format!("{}/{}/{i}", key.job_id, key.vertex_id),
+        None => format!("{}/{}", key.job_id, key.vertex_id),
+    }
+}
+
+/// The key [`key_text`] wrote, or `None` for anything else.
+pub fn parse_key(text: &str) -> Option<GraphKey> {
+    let mut parts = text.split('/');
+    let job_id = parts.next()?.to_string();
+    let vertex_id = parts.next()?.to_string();
+    let subtask = match parts.next() {
+        Some(i) => Some(i.parse().ok()?),
+        None => None,
+    };
+    if parts.next().is_some() || job_id.is_empty() || vertex_id.is_empty() {
+        return None;
+    }
+    Some(GraphKey {
+        job_id,
+        vertex_id,
+        subtask,
+    })
+}
+
+fn query_error(e: impl std::fmt::Display) -> DatabaseError {
+    DatabaseError::Query {
+        url: String::new(),
+        message: e.to_string(),
+    }
+}
+
+/// A row of `flamegraph_runs` (run_id, key, stored_ms, age_ms, body) as a [`StoredRun`] for
+/// `wanted` (cut to its subtask when the row is a vertex run); `None`, logged, when it cannot
+/// be read.
+fn stored_run(row: &tokio_postgres::Row, wanted: Option<&GraphKey>) -> Option<StoredRun> {
+    let run_id: i64 = row.get(0);
+    let key_text: String = row.get(1);
+    let stored_ms: i64 = row.get(2);
+    let age_ms: i64 = row.get(3);
+    let body: Vec<u8> = row.get(4);
+    let Some(stored_key) = parse_key(&key_text) else {
+        tracing::warn!(run_id, key = %key_text, "stored flame graph run with a malformed key: skipped");
+        return None;
+    };
+    let snapshot = match decode(run_id.max(0) as u64, &body) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "stored flame graph run unreadable: skipped");
+            return None;
+        }
+    };
+    let (key, snapshot) = match (wanted, stored_key.subtask) {
+        (Some(w), None) if w.subtask.is_some() => {
+            let index = w.subtask?;
+            (w.clone(), snapshot.subtask_part(index)?)
+        }
+        _ => (stored_key, snapshot),
+    };
+    Some(StoredRun {
+        key,
+        snapshot: Arc::new(snapshot),
+        stored_ms,
+        age: Duration::from_millis(age_ms.max(0) as u64),
+    })
+}
+
+/// The stored runs for `wanted` with a run id above `after`, newest first, at most `limit`: its
+/// own and, for a subtask, those of its vertex that hold it (cut to it).
+async fn kept_rows(
+    client: &tokio_postgres::Client,
+    wanted: &GraphKey,
+    limit: usize,
+    after: u64,
+) -> Result<Vec<StoredRun>, DatabaseError> {
+    let own = key_text(wanted);
+    let vertex = key_text(&wanted.vertex());
+    let index = wanted.subtask.map(|i| i as i32).unwrap_or(-1);
+    let limit = limit.max(1) as i64;
+    let after = after.min(i64::MAX as u64) as i64;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT run_id, key, stored_ms, {NOW_MS} - stored_ms, body \
+                 FROM flamegraph_runs \
+                 WHERE run_id > $4 AND (key = $1 OR (key = $2 AND $3 = ANY(delivered))) \
+                 ORDER BY run_id DESC LIMIT $5"
+            ),
+            &[&own, &vertex, &index, &after, &limit],
+        )
+        .await
+        .map_err(query_error)?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| stored_run(r, Some(wanted)))
+        .collect())
+}
+
+impl SharedRuns {
+    /// The flame graph side of `db`, with leases of `lease`.
+    pub fn new(db: Database, lease: Duration) -> SharedRuns {
+        SharedRuns {
+            db,
+            lease: lease.max(Duration::from_secs(1)),
+        }
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// How long a lease lasts.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// The database clock, ms.
+    pub async fn now_ms(&self) -> Result<i64, DatabaseError> {
+        self.db
+            .run(|client| async move {
+                let row = client
+                    .query_one(&format!("SELECT {NOW_MS}"), &[])
+                    .await
+                    .map_err(query_error)?;
+                Ok(row.get::<_, i64>(0))
+            })
+            .await
+    }
+
+    /// The stored runs for `key` with a run id above `after`, newest first, at most `limit`:
+    /// its own and, for a subtask, those of its vertex that hold it (cut to it).
+    pub async fn kept(
+        &self,
+        key: &GraphKey,
+        limit: usize,
+        after: u64,
+    ) -> Result<Vec<StoredRun>, DatabaseError> {
+        let wanted = key.clone();
+        self.db
+            .run(move |client| async move { kept_rows(&client, &wanted, limit, after).await })
+            .await
+    }
+
+    /// Takes `key`'s lease for this replica if nobody holds it or its holder's has expired;
+    /// whether it did.
+    pub async fn try_lease(&self, key: &GraphKey) -> Result<bool, DatabaseError> {
+        let key = key_text(key);
+        let holder = self.db.replica_id().to_string();
+        let lease_ms = self.lease.as_millis().min(i64::MAX as u128) as i64;
+        self.db
+            .run(move |client| async move {
+                let rows = client
+                    .query(
+                        &format!(
+                            "INSERT INTO flamegraph_leases (key, holder, expires_ms) \
+                             VALUES ($1, $2, {NOW_MS} + $3) \
+                             ON CONFLICT (key) DO UPDATE \
+                             SET holder = EXCLUDED.holder, expires_ms = EXCLUDED.expires_ms \
+                             WHERE flamegraph_leases.expires_ms < {NOW_MS} \
+                             RETURNING holder"
+                        ),
+                        &[&key, &holder, &lease_ms],
+                    )
+                    .await
+                    .map_err(query_error)?;
+                Ok(!rows.is_empty())
+            })
+            .await
+    }
+
+    /// Drops `key`'s lease if this replica holds it.
+    pub async fn release(&self, key: &GraphKey) -> Result<(), DatabaseError> {
+        let key = key_text(key);
+        let holder = self.db.replica_id().to_string();
+        self.db
+            .run(move |client| async move {
+                client
+                    .execute(
+                        "DELETE FROM flamegraph_leases WHERE key = $1 AND holder = $2",
+                        &[&key, &holder],
+                    )
+                    .await
+                    .map_err(query_error)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// A new run id, ordered across replicas.
+    pub async fn next_run_id(&self) -> Result<u64, DatabaseError> {
+        self.db
+            .run(|client| async move {
+                let row = client
+                    .query_one("SELECT nextval('flamegraph_run_ids')", &[])
+                    .await
+                    .map_err(query_error)?;
+                Ok(row.get::<_, i64>(0).max(0) as u64)
+            })
+            .await
+    }
+
+    /// Stores `snapshot` (a run that delivered) under `key`, deletes the key's runs beyond the
+    /// newest `history`, and drops this replica's lease on `key`, in one transaction.
+    pub async fn store(
+        &self,
+        key: &GraphKey,
+        snapshot: &Snapshot,
+        history: usize,
+    ) -> Result<(), DatabaseError> {
+        let body = encode(snapshot).map_err(query_error)?;
+        let own = key_text(key);
+        let vertex = key_text(&key.vertex());
+        let job = key.job_id.clone();
+        let delivered: Vec<i32> = snapshot.subtasks.keys().map(|&i| i as i32).collect();
+        let run_id = snapshot.run_id.min(i64::MAX as u64) as i64;
+        let end_ms = snapshot.end_ms;
+        let keep = history.max(1) as i64;
+        let holder = self.db.replica_id().to_string();
+        self.db
+            .run(move |mut client| async move {
+                let tx = client.transaction().await.map_err(query_error)?;
+                tx.execute(
+                    &format!(
+                        "INSERT INTO flamegraph_runs \
+                         (run_id, key, vertex_key, job_id, delivered, end_ms, stored_ms, body) \
+                         VALUES ($1, $2, $3, $4, $5, $6, {NOW_MS}, $7) ON CONFLICT (run_id) DO NOTHING"
+                    ),
+                    &[&run_id, &own, &vertex, &job, &delivered, &end_ms, &body],
+                )
+                .await
+                .map_err(query_error)?;
+                tx.execute(
+                    "DELETE FROM flamegraph_runs WHERE key = $1 AND run_id NOT IN \
+                     (SELECT run_id FROM flamegraph_runs WHERE key = $1 ORDER BY run_id DESC LIMIT $2)",
+                    &[&own, &keep],
+                )
+                .await
+                .map_err(query_error)?;
+                tx.execute(
+                    "DELETE FROM flamegraph_leases WHERE key = $1 AND holder = $2",
+                    &[&own, &holder],
+                )
+                .await
+                .map_err(query_error)?;
+                tx.commit().await.map_err(query_error)
+            })
+            .await
+    }
+
+    /// Runs stored at or after `since_ms` (database clock) on the `vertices` (job, vertex)
+    /// given, other than the run ids in `seen`, oldest first; and the database clock now.
+    pub async fn stored_since(
+        &self,
+        vertices: &[(String, String)],
+        since_ms: i64,
+        seen: Vec<i64>,
+    ) -> Result<(Vec<StoredRun>, i64), DatabaseError> {
+        let vertices: Vec<String> = vertices.iter().map(|(j, v)| format!("{j}/{v}")).collect();
+        self.db
+            .run(move |client| async move {
+                let now: i64 = client
+                    .query_one(&format!("SELECT {NOW_MS}"), &[])
+                    .await
+                    .map_err(query_error)?
+                    .get(0);
+                if vertices.is_empty() {
+                    return Ok((Vec::new(), now));
+                }
+                let rows = client
+                    .query(
+                        &format!(
+                            "SELECT run_id, key, stored_ms, {NOW_MS} - stored_ms, body \
+                             FROM flamegraph_runs \
+                             WHERE vertex_key = ANY($1) AND stored_ms >= $2 AND NOT (run_id = ANY($3)) \
+                             ORDER BY run_id"
+                        ),
+                        &[&vertices, &since_ms, &seen],
+                    )
+                    .await
+                    .map_err(query_error)?;
+                Ok((rows.iter().filter_map(|r| stored_run(r, None)).collect(), now))
+            })
+            .await
+    }
+
+    /// The stored runs of `key` (at most `history`), read into `cache` when it holds nothing
+    /// for `key`: a synchronous read for the history views, blocking the calling thread (in
+    /// place, on a multi-threaded runtime) for one query.
+    pub fn load_if_absent(&self, cache: &GraphCache, key: &GraphKey, history: usize) {
+        if cache.holds(key) {
+            return;
+        }
+        let wanted = key.clone();
+        let read = move || {
+            self.db.blocking(
+                move |client| async move { kept_rows(&client, &wanted, history, 0).await },
+            )
+        };
+        let runs = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(read)
+            }
+            // A single-threaded runtime (tests) or none: the database has a runtime of its own,
+            // so blocking here waits for it without deadlock.
+            _ => read(),
+        };
+        match runs {
+            Ok(runs) => {
+                for r in runs.into_iter().rev() {
+                    cache.land_stored(&r.key, r.snapshot, r.age);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, ?key, "cannot read the stored flame graph runs"),
+        }
+    }
+}
+
+/// What a replicated run needs beside its ticket.
+#[derive(Debug)]
+pub struct RunContext {
+    /// The shared database.
+    pub shared: Arc<SharedRuns>,
+    /// The fan-out to the agents.
+    pub fanout: Arc<FanOut>,
+    /// The service's run counters.
+    pub counters: Arc<RunCounters>,
+    /// Samples, delay, depth.
+    pub params: SamplingParams,
+    /// The refresh interval: a stored run younger than this is fresh.
+    pub refresh: Duration,
+    /// Runs kept per key.
+    pub history: usize,
+    /// The run's deadline (window + grace): with the lease, how long a waiting replica waits.
+    pub deadline: Duration,
+}
+
+/// The run for `ticket` on a replicated coordinator; see the module docs. `forced` is
+/// `?refresh=true`: only a run stored after the request counts as fresh.
+pub async fn execute(
+    ctx: RunContext,
+    ticket: RunTicket,
+    targets: Vec<SubtaskTarget>,
+    absent: Missing,
+    forced: bool,
+) {
+    let key = ticket.key().clone();
+    if let Err(e) = execute_inner(&ctx, ticket, targets, absent, forced).await {
+        // The ticket is gone with the error: the next request tries again.
+        tracing::warn!(error = %e, job = %key.job_id, vertex = %key.vertex_id, subtask = ?key.subtask,
+            "flame graph run not started: the shared database failed");
+        let _ = ctx.shared.release(&key).await;
+    }
+}
+
+async fn execute_inner(
+    ctx: &RunContext,
+    ticket: RunTicket,
+    targets: Vec<SubtaskTarget>,
+    absent: Missing,
+    forced: bool,
+) -> Result<(), DatabaseError> {
+    let key = ticket.key().clone();
+    let cache = Arc::clone(ticket.cache());
+    let shared = &ctx.shared;
+    let asked = shared.now_ms().await?;
+    let min_stored = if forced {
+        asked
+    } else {
+        asked.saturating_sub(ctx.refresh.as_millis().min(i64::MAX as u128) as i64)
+    };
+    // Everything kept when the cache holds nothing for the key, else only what is newer.
+    let mut after = cache.peek(&key).map(|s| s.run_id).unwrap_or(0);
+    let give_up = Instant::now() + 2 * (shared.lease() + ctx.deadline) + Duration::from_secs(5);
+    // Lands the stored runs newer than `after`; whether one is fresh.
+    let catch_up = |after: &mut u64, runs: Vec<StoredRun>| {
+        let mut fresh = false;
+        for r in runs.into_iter().rev() {
+            *after = (*after).max(r.snapshot.run_id);
+            fresh |= r.stored_ms >= min_stored;
+            cache.land_stored(&r.key, r.snapshot, r.age);
+        }
+        fresh
+    };
+    loop {
+        let runs = shared.kept(&key, ctx.history, after).await?;
+        if catch_up(&mut after, runs) {
+            return Ok(()); // someone's fresh run: no sampling (dropping the ticket ends it)
+        }
+        if shared.try_lease(&key).await? {
+            // The last holder stores and drops its lease in one transaction: look once more.
+            let runs = shared.kept(&key, ctx.history, after).await?;
+            if runs.iter().any(|r| r.stored_ms >= min_stored) {
+                shared.release(&key).await?;
+                catch_up(&mut after, runs);
+                return Ok(());
+            }
+            catch_up(&mut after, runs);
+            let run_id = shared.next_run_id().await?;
+            let n = ctx.counters.started.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::info!(
+                runs_started = n, job = %key.job_id, vertex = %key.vertex_id, subtask = ?key.subtask,
+                subtasks = targets.len(), run = run_id, replica = %shared.database().replica_id(),
+                "flamegraph run started"
+            );
+            let snapshot = run::execute_as(
+                Arc::clone(&ctx.fanout),
+                Arc::clone(&ctx.counters),
+                ctx.params,
+                ticket,
+                targets,
+                absent,
+                Some(run_id),
+            )
+            .await;
+            if snapshot.subtasks.is_empty() {
+                shared.release(&key).await?;
+            } else {
+                shared.store(&key, &snapshot, ctx.history).await?;
+            }
+            return Ok(());
+        }
+        if Instant::now() > give_up {
+            tracing::warn!(job = %key.job_id, vertex = %key.vertex_id, subtask = ?key.subtask,
+                "flame graph run: another replica's lease neither ended nor expired in time; giving up for now");
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Starts the follower on the current runtime: every [`POLL`] it lands in `cache` the runs
+/// stored (by any replica) on the vertices the cache holds. It holds the cache weakly and ends
+/// with it; abort the handle to stop it sooner.
+pub fn spawn_follower(
+    shared: Arc<SharedRuns>,
+    cache: Weak<GraphCache>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut since: Option<i64> = None;
+        // Run ids already landed, with when they were stored: not read again.
+        let mut seen: HashMap<i64, i64> = HashMap::new();
+        loop {
+            tokio::time::sleep(POLL).await;
+            let Some(held) = cache.upgrade().map(|c| c.held_vertices()) else {
+                return;
+            };
+            let from = since.unwrap_or(i64::MAX);
+            let ids: Vec<i64> = seen.keys().copied().collect();
+            match shared.stored_since(&held, from, ids).await {
+                Ok((runs, now)) => {
+                    let Some(cache) = cache.upgrade() else { return };
+                    for r in runs {
+                        seen.insert(r.snapshot.run_id as i64, r.stored_ms);
+                        cache.land_stored(&r.key, r.snapshot, r.age);
+                    }
+                    let next = now - FOLLOW_OVERLAP_MS;
+                    seen.retain(|_, stored| *stored >= next);
+                    since = Some(next);
+                }
+                Err(e) => tracing::warn!(error = %e, "flame graph follower: database read failed"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flamegraph::profile::tests::{snapshot, spin_and_sleep};
+
+    #[test]
+    fn a_stored_run_reads_back_equal_and_a_corrupt_one_is_refused() {
+        let s = snapshot(7, &[(0, spin_and_sleep(5)), (3, spin_and_sleep(2))], &[1]);
+        let body = encode(&s).unwrap();
+        let back = decode(7, &body).unwrap();
+        assert_eq!(back, s);
+        assert!(decode(7, b"not deflate at all").is_err());
+        let mut cut = body.clone();
+        cut.truncate(body.len() / 2);
+        assert!(decode(7, &cut).is_err());
+        for key in [
+            GraphKey {
+                job_id: "a".repeat(32),
+                vertex_id: "b".repeat(32),
+                subtask: None,
+            },
+            GraphKey {
+                job_id: "a".repeat(32),
+                vertex_id: "b".repeat(32),
+                subtask: Some(12),
+            },
+        ] {
+            assert_eq!(parse_key(&key_text(&key)), Some(key));
+        }
+        assert_eq!(parse_key("a/b/c"), None);
+        assert_eq!(parse_key("a/b/1/2"), None);
+        assert_eq!(parse_key("a"), None);
+    }
+}
