@@ -695,8 +695,8 @@ impl Registry {
             tls_identity: caller.tls_identity.clone(),
         };
         // A shared store has the registration before it is acknowledged (every replica then
-        // knows the agent); the store's lock serialises registrations.
-        let mut store = self.lock_store();
+        // knows the agent); its lock serialises registrations. SQLite does not keep agents.
+        let mut store = self.shared.then(|| self.lock_store());
         let inner = self.lock();
         if let Some(live) = inner
             .taskmanagers
@@ -715,7 +715,7 @@ impl Registry {
             }
         }
         drop(inner);
-        if self.shared {
+        if let Some(store) = store.as_mut() {
             store.put_taskmanager(&tm)?;
         }
         tracing::info!(agent = %tm.id, address = %tm.address, host = %tm.host.hostname, "task manager registered");

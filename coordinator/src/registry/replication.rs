@@ -219,11 +219,11 @@ impl Registry {
         let mut store = self.lock_store();
         let found = store.load_one(job_id)?;
         let mut inner = self.lock();
-        if let Some(job) = found {
-            if !inner.job_index.contains_key(job_id) {
-                tracing::debug!(job = %job_id, "job read through from the shared database");
-                add_job(&mut inner, job);
-            }
+        if let Some(job) = found
+            && !inner.job_index.contains_key(job_id)
+        {
+            tracing::debug!(job = %job_id, "job read through from the shared database");
+            add_job(&mut inner, job);
         }
         drop(store);
         if inner.job_index.contains_key(job_id) {
