@@ -12,13 +12,21 @@
 //! * `heartbeat/one_change`: one of the agent's subtasks reports a different thread count, so
 //!   one subtask of a 5,000-subtask job changes; the change must reach the store.
 //!
+//! * `heartbeat_postgres/round_then_flush`: the same fleet on the shared PostgreSQL store of
+//!   replicated coordinators (issue 16): every agent heartbeats once with one change, then one
+//!   flush and one sync, as the flusher does every 500 ms. After it, the rows written are
+//!   printed: heartbeat times are written in batches, not one row per heartbeat. Runs only when
+//!   `FLAMEGRID_TEST_POSTGRES_URL` names a server (a scratch database is created and dropped).
+//!
 //! Run with `cargo bench -p flamegrid-coordinator --bench heartbeat`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a bench fails
 mod support;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use flamegrid_coordinator::registry::Registry;
+use flamegrid_coordinator::database::Database;
+use flamegrid_coordinator::registry::postgres::PgStore;
+use flamegrid_coordinator::registry::{JobRetention, Registry};
 use flamegrid_proto::v1;
 use serde_json::json;
 use std::collections::HashMap;
@@ -61,7 +69,13 @@ fn metrics() -> HashMap<String, f64> {
 fn fleet() -> (tempfile::TempDir, Registry, Vec<Agent>) {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(dir.path(), Duration::from_secs(3600)).unwrap();
-    register_agents(&registry, AGENTS);
+    let agents = populate(&registry);
+    (dir, registry, agents)
+}
+
+/// Registers the fleet's agents and jobs with `registry` and takes every subtask to RUNNING.
+fn populate(registry: &Registry) -> Vec<Agent> {
+    register_agents(registry, AGENTS);
     for j in 0..JOBS {
         let vertices: Vec<_> = (0..VERTICES_PER_JOB)
             .map(|v| {
@@ -94,7 +108,7 @@ fn fleet() -> (tempfile::TempDir, Registry, Vec<Agent>) {
         registry.heartbeat(beat(&id, liveness.clone())).unwrap();
         agents.push(Agent { id, liveness });
     }
-    (dir, registry, agents)
+    agents
 }
 
 fn beat(agent: &str, liveness: Vec<v1::SubtaskLiveness>) -> v1::HeartbeatRequest {
@@ -142,5 +156,48 @@ fn heartbeat(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, heartbeat);
+fn heartbeat_postgres(c: &mut Criterion) {
+    let Some(db) = flamegrid_testkit::postgres::scratch_database("bench_heartbeat") else {
+        return;
+    };
+    // The default heartbeat timeout (30 s): a heartbeat time is written again after 7.5 s.
+    let registry = Registry::open_with_store(
+        Box::new(PgStore::new(Database::connect(&db.url).unwrap())),
+        Duration::from_secs(30),
+        JobRetention::default(),
+    )
+    .unwrap();
+    let mut agents = populate(&registry);
+    registry.flush().unwrap();
+    let before = registry.store_writes();
+    let mut group = c.benchmark_group("heartbeat_postgres");
+    group.sample_size(10);
+    let mut rounds = 0u64;
+    group.bench_function("round_then_flush", |b| {
+        b.iter(|| {
+            rounds += 1;
+            for (a, agent) in agents.iter_mut().enumerate() {
+                let report = &mut agent.liveness[a % (JOBS * VERTICES_PER_JOB)];
+                report.threads = 3 - report.threads;
+                black_box(
+                    registry
+                        .heartbeat(beat(&agent.id, agent.liveness.clone()))
+                        .unwrap(),
+                );
+            }
+            black_box(registry.flush().unwrap());
+            black_box(registry.sync().unwrap());
+        })
+    });
+    group.finish();
+    let after = registry.store_writes();
+    println!(
+        "heartbeat_postgres: {} heartbeats ({rounds} rounds of {AGENTS} agents) wrote {} task          manager rows and {} job rows",
+        rounds * AGENTS as u64,
+        after.taskmanager_rows - before.taskmanager_rows,
+        after.job_rows - before.job_rows,
+    );
+}
+
+criterion_group!(benches, heartbeat, heartbeat_postgres);
 criterion_main!(benches);

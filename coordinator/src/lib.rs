@@ -205,9 +205,17 @@ pub async fn start_on(
         }
         None => None,
     };
+    // The registry on the shared database when there is one (replicas, registry/replication.rs),
+    // else on the embedded SQLite file under --data-dir.
+    let shared_store = database.clone();
     let registry = Arc::new(
-        tokio::task::spawn_blocking(move || {
-            Registry::open_with_retention(&data_dir, timeout, retention)
+        tokio::task::spawn_blocking(move || match shared_store {
+            Some(db) => Registry::open_with_store(
+                Box::new(registry::postgres::PgStore::new(db)),
+                timeout,
+                retention,
+            ),
+            None => Registry::open_with_retention(&data_dir, timeout, retention),
         })
         .await
         .map_err(|e| CoordinatorError::Server(format!("opening the registry failed: {e}")))??,

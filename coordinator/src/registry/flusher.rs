@@ -1,6 +1,7 @@
 //! The flusher: writes the state heartbeats changed in memory to the store in batches, every
 //! [`FLUSH_INTERVAL`], and once more when the coordinator stops (see the registry's module docs).
 //! A failed flush is logged and retried at the next tick; the state stays in memory meanwhile.
+//! On a shared database each tick also pulls the other replicas' changes ([`Registry::sync`]).
 
 use super::{FLUSH_INTERVAL, Registry};
 use std::sync::Arc;
@@ -18,7 +19,17 @@ pub async fn run(registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => true,
         };
         let flushing = registry.clone();
-        match tokio::task::spawn_blocking(move || flushing.flush()).await {
+        // Then the other replicas' changes are pulled in (a shared store only; see
+        // `replication.rs`): after the flush, so that what this replica wrote is read back as
+        // it merged.
+        let flushed = tokio::task::spawn_blocking(move || {
+            let flushed = flushing.flush();
+            if let Err(e) = flushing.sync() {
+                tracing::warn!(error = %e, "registry sync with the shared database failed; retried at the next tick");
+            }
+            flushed
+        });
+        match flushed.await {
             Ok(Ok(written)) => {
                 if failing {
                     tracing::info!(jobs = written, "registry flush succeeded again");

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //!   agents ── Register / Heartbeat (gRPC, grpc.rs) ──▶ Registry ◀── POST/PATCH/GET (rest/)
-//!                                                       │  jobs: Vec<Job>   (SQLite: store.rs)
-//!                                                       │  taskmanagers     (memory)
+//!                                                       │  jobs: Vec<Job>   (SQLite: store.rs,
+//!                                                       │                    or PostgreSQL: postgres.rs)
+//!                                                       │  taskmanagers     (memory; and PostgreSQL)
 //!                                                       ▼
 //!                                   vertex_sampling() ──▶ flame graph fan-out
 //! ```
@@ -29,6 +30,16 @@
 //!
 //! The methods are synchronous (REST writes and the flush block on the disk); async callers run
 //! those through `tokio::task::spawn_blocking`.
+//!
+//! ## Replicas on one database (issue 16)
+//!
+//! With `--database-url` the store is [`postgres::PgStore`], shared by every replica: REST
+//! writes and registrations commit there before they are acknowledged, the flush merges only
+//! the subtasks this replica changed into the stored rows, and writes agents' heartbeat times
+//! in batches; after each flush the sync step ([`Registry::sync`]) pulls the other replicas'
+//! changes into memory; a job id memory lacks is read through once before a 404. What is where,
+//! what each replica does, why the change feed misses nothing and what a crash loses:
+//! `replication.rs`. Without it (SQLite) none of this runs and nothing changes.
 //!
 //! Liveness: an agent's heartbeat carries, per watched subtask, whether its process and threads
 //! still exist (see `state.rs` for the transitions). [`Registry::expire`], called periodically,
@@ -66,6 +77,8 @@ pub mod flusher;
 pub mod grpc;
 pub mod ids;
 pub mod job;
+pub mod postgres;
+pub mod replication;
 pub mod state;
 pub mod store;
 pub mod taskmanager;
@@ -85,9 +98,10 @@ use job::{JobRuntime, ProcessRef, SubtaskRuntime, SubtaskSpec, VertexSpec};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use store::{JobStore, SqliteStore};
+use store::{JobStore, RuntimeChange, SqliteStore};
 
 /// Longest agent id or address accepted at registration.
 pub const MAX_AGENT_FIELD: usize = 256;
@@ -159,6 +173,20 @@ pub struct Registry {
     /// When this registry was opened: subtasks whose agent has not (re-)registered since get
     /// one heartbeat timeout of grace before they count as lost.
     opened: Instant,
+    /// Whether other replicas share the store (see `replication.rs`).
+    shared: bool,
+    /// Rows written to the store by flushes: job runtimes, task managers' heartbeat times.
+    written: [AtomicU64; 2],
+}
+
+/// What the flushes of a registry wrote to its store, in rows (see [`Registry::store_writes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreWrites {
+    /// Job runtimes written.
+    pub job_rows: u64,
+    /// Task managers' heartbeat times written (a shared store only; at most one per agent per
+    /// [`replication::HEARTBEAT_WRITE_FRACTION`] of the heartbeat timeout).
+    pub taskmanager_rows: u64,
 }
 
 #[derive(Debug)]
@@ -172,8 +200,12 @@ struct Inner {
     /// `jobs` by every write, rebuilt whole only when jobs are removed (positions shift).
     watched: HashMap<String, BTreeSet<SubtaskPos>>,
     /// Ids of the jobs whose runtime changed in memory since it was last written
-    /// ([`Registry::flush`]).
-    dirty: HashSet<String>,
+    /// ([`Registry::flush`]), each with the (vertex, subtask) positions that changed (a shared
+    /// store merges only those with the other replicas' changes).
+    dirty: HashMap<String, BTreeSet<(usize, usize)>>,
+    /// Task manager id → the last heartbeat time (ms) the store has for it (a shared store
+    /// only): the flusher writes a newer one only when this is old enough.
+    stored_beats: HashMap<String, i64>,
 }
 
 impl Inner {
@@ -208,9 +240,23 @@ impl Inner {
     /// Marks job `j` as changed in memory: the next flush writes it.
     fn mark_dirty(&mut self, j: usize) {
         let id = &self.jobs[j].spec.id;
-        if !self.dirty.contains(id) {
+        if !self.dirty.contains_key(id) {
             let id = id.clone();
-            self.dirty.insert(id);
+            self.dirty.insert(id, BTreeSet::new());
+        }
+    }
+
+    /// Marks subtask `(v, s)` of job `j` as changed in memory: the next flush writes it.
+    fn mark_dirty_at(&mut self, (j, v, s): SubtaskPos) {
+        let id = &self.jobs[j].spec.id;
+        match self.dirty.get_mut(id) {
+            Some(positions) => {
+                positions.insert((v, s));
+            }
+            None => {
+                let id = id.clone();
+                self.dirty.insert(id, BTreeSet::from([(v, s)]));
+            }
         }
     }
 
@@ -268,7 +314,19 @@ impl Registry {
         heartbeat_timeout: Duration,
         retention: JobRetention,
     ) -> Result<Self, RegistryError> {
+        let mut store = store;
         let jobs = store.load_all()?;
+        let shared = store.is_shared();
+        // A shared store also has the agents other replicas (or this one, before a restart)
+        // registered: those still within the timeout are live here too.
+        let mut taskmanagers = BTreeMap::new();
+        let mut stored_beats = HashMap::new();
+        for tm in store.load_taskmanagers()? {
+            stored_beats.insert(tm.id.clone(), tm.last_heartbeat_ms);
+            if tm.last_heartbeat.elapsed() <= heartbeat_timeout {
+                taskmanagers.insert(tm.id.clone(), tm);
+            }
+        }
         let job_index = jobs
             .iter()
             .enumerate()
@@ -280,14 +338,17 @@ impl Registry {
             inner: Mutex::new(Inner {
                 jobs,
                 job_index,
-                taskmanagers: BTreeMap::new(),
+                taskmanagers,
                 watched,
-                dirty: HashSet::new(),
+                dirty: HashMap::new(),
+                stored_beats,
             }),
             store: Mutex::new(store),
             heartbeat_timeout,
             retention,
             opened: Instant::now(),
+            shared,
+            written: Default::default(),
         })
     }
 
@@ -310,31 +371,49 @@ impl Registry {
     /// the next flush retries them; nothing in memory is lost.
     pub fn flush(&self) -> Result<usize, RegistryError> {
         let mut store = self.lock_store();
-        let snapshot: Vec<(String, JobRuntime)> = {
+        if self.shared {
+            self.flush_heartbeats(&mut store)?;
+        }
+        type Snapshot = Vec<(String, JobRuntime, Vec<(usize, usize)>)>;
+        let snapshot: Snapshot = {
             let mut inner = self.lock();
             let dirty = std::mem::take(&mut inner.dirty);
             dirty
                 .into_iter()
-                .filter_map(|id| {
+                .filter_map(|(id, positions)| {
                     let j = *inner.job_index.get(&id)?;
-                    Some((id, inner.jobs[j].runtime.clone()))
+                    Some((
+                        id,
+                        inner.jobs[j].runtime.clone(),
+                        positions.into_iter().collect(),
+                    ))
                 })
                 .collect()
         };
         if snapshot.is_empty() {
             return Ok(0);
         }
-        let runtimes: Vec<(&str, &JobRuntime)> = snapshot
+        let changes: Vec<RuntimeChange<'_>> = snapshot
             .iter()
-            .map(|(id, runtime)| (id.as_str(), runtime))
+            .map(|(id, runtime, positions)| RuntimeChange {
+                id,
+                runtime,
+                changed: Some(positions),
+            })
             .collect();
-        match store.update_runtimes(&runtimes, store::Sync::Normal) {
-            Ok(()) => Ok(snapshot.len()),
+        match store.merge_runtimes(&changes, store::Sync::Normal) {
+            Ok(()) => {
+                self.written[0].fetch_add(snapshot.len() as u64, Ordering::Relaxed);
+                Ok(snapshot.len())
+            }
             Err(e) => {
                 let mut inner = self.lock();
-                for (id, _) in snapshot {
-                    if inner.job_index.contains_key(&id) {
-                        inner.dirty.insert(id);
+                for (id, _, positions) in snapshot {
+                    if let Some(&j) = inner.job_index.get(&id) {
+                        for (v, s) in positions {
+                            inner.mark_dirty_at((j, v, s));
+                        }
+                        inner.mark_dirty(j);
                     }
                 }
                 Err(e)
@@ -342,9 +421,22 @@ impl Registry {
         }
     }
 
+    /// Rows the flushes wrote so far (job runtimes, task managers' heartbeat times).
+    pub fn store_writes(&self) -> StoreWrites {
+        StoreWrites {
+            job_rows: self.written[0].load(Ordering::Relaxed),
+            taskmanager_rows: self.written[1].load(Ordering::Relaxed),
+        }
+    }
+
     /// How many jobs have state in memory that the store does not have yet.
     pub fn dirty_jobs(&self) -> usize {
         self.lock().dirty.len()
+    }
+
+    /// Whether the store is shared with other replicas (`--database-url`).
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// Agents that stay silent this long are dropped.
@@ -367,6 +459,11 @@ impl Registry {
     /// heartbeats must not wait for it); the job is stored holding only the store's lock, and
     /// then added to memory.
     pub fn register_job(&self, body: &[u8]) -> Result<String, RegistryError> {
+        if self.shared {
+            // The agents and jobs other replicas know, a moment ago: a job placed on an agent
+            // that registered with another replica is valid here too.
+            self.sync()?;
+        }
         let endpoints: HashMap<String, String> = self
             .lock()
             .taskmanagers
@@ -413,6 +510,10 @@ impl Registry {
     /// nothing); a job that ended otherwise (FINISHED, FAILED) is
     /// [`RegistryError::AlreadyTerminal`].
     pub fn cancel_job(&self, job_id: &str) -> Result<(), RegistryError> {
+        if self.shared {
+            // A job registered on another replica a moment ago is read through first.
+            drop(self.lock_with_job(job_id)?);
+        }
         let mut store = self.lock_store();
         let mut inner = self.lock();
         let index = *inner
@@ -429,7 +530,14 @@ impl Registry {
         }
         let mut job = inner.jobs[index].clone();
         job.cancel(now_ms());
-        store.update_runtimes(&[(job_id, &job.runtime)], store::Sync::Full)?;
+        store.merge_runtimes(
+            &[RuntimeChange {
+                id: job_id,
+                runtime: &job.runtime,
+                changed: None,
+            }],
+            store::Sync::Full,
+        )?;
         // Written whole, with whatever heartbeats had changed: nothing left to flush.
         inner.dirty.remove(job_id);
         tracing::info!(job = %job_id, "job canceled");
@@ -444,12 +552,7 @@ impl Registry {
 
     /// A copy of one job.
     pub fn job(&self, job_id: &str) -> Result<Job, RegistryError> {
-        let inner = self.lock();
-        let index = inner
-            .job_index
-            .get(job_id)
-            .ok_or_else(|| RegistryError::JobNotFound(job_id.to_string()))?;
-        Ok(inner.jobs[*index].clone())
+        self.with_job(job_id, Job::clone)
     }
 
     /// Copies of every job, in registration order. Copies 100,000 subtasks for a job of that
@@ -467,7 +570,7 @@ impl Registry {
     /// Runs `f` on one job under the registry's lock, without copying it: for answers built
     /// from a summary or a part of a large job. `f` must be quick (heartbeats wait meanwhile).
     pub fn with_job<R>(&self, job_id: &str, f: impl FnOnce(&Job) -> R) -> Result<R, RegistryError> {
-        let inner = self.lock();
+        let inner = self.lock_with_job(job_id)?;
         let index = inner
             .job_index
             .get(job_id)
@@ -591,7 +694,10 @@ impl Registry {
             peer_ip: caller.peer_ip,
             tls_identity: caller.tls_identity.clone(),
         };
-        let mut inner = self.lock();
+        // A shared store has the registration before it is acknowledged (every replica then
+        // knows the agent); its lock serialises registrations. SQLite does not keep agents.
+        let mut store = self.shared.then(|| self.lock_store());
+        let inner = self.lock();
         if let Some(live) = inner
             .taskmanagers
             .get(&tm.id)
@@ -608,7 +714,17 @@ impl Registry {
                 return Err(RegistryError::AgentIdTaken(tm.id));
             }
         }
+        drop(inner);
+        if let Some(store) = store.as_mut() {
+            store.put_taskmanager(&tm)?;
+        }
         tracing::info!(agent = %tm.id, address = %tm.address, host = %tm.host.hostname, "task manager registered");
+        let mut inner = self.lock();
+        if self.shared {
+            inner
+                .stored_beats
+                .insert(tm.id.clone(), tm.last_heartbeat_ms);
+        }
         inner.taskmanagers.insert(tm.id.clone(), tm);
         Ok(v1::RegisterResponse {
             heartbeat_interval_ms: self.heartbeat_interval().as_millis() as u64,
@@ -669,6 +785,7 @@ impl Registry {
         // `changed` maps a job to whether a subtask's state changed (the job's status is then
         // derived again, one pass over its subtasks) or only a pid or thread count did.
         let mut changed: BTreeMap<usize, bool> = BTreeMap::new();
+        let mut touched: Vec<SubtaskPos> = Vec::new();
         let mut ended: Vec<SubtaskPos> = Vec::new();
         for report in &req.liveness {
             let Some(&(j, v, s)) = keys.get(report.subtask_key.as_str()) else {
@@ -710,6 +827,7 @@ impl Registry {
                 tracing::warn!(job = %job_id, vertex = %vertex_id, subtask = s, "subtask failed: nothing to watch");
             }
             *changed.entry(j).or_default() |= transitioned;
+            touched.push((j, v, s));
         }
 
         // Everything not terminal on this agent is (still) watched; newly watched subtasks
@@ -726,7 +844,11 @@ impl Registry {
             if !status.is_sampleable() {
                 job.runtime.subtasks[v][s].transition(ExecutionState::Initializing, now);
                 changed.insert(j, true);
+                touched.push((j, v, s));
             }
+        }
+        for pos in touched {
+            inner.mark_dirty_at(pos);
         }
         for (j, transitioned) in changed {
             let job = &mut inner.jobs[j];
@@ -797,6 +919,7 @@ impl Registry {
                 });
                 subtask.transition(ExecutionState::Failed, now);
                 changed.insert(j);
+                inner.mark_dirty_at((j, v, s));
                 lost.push((tm.clone(), (j, v, s)));
             }
         }
@@ -880,7 +1003,7 @@ impl Registry {
         job_id: &str,
         vertex_id: &str,
     ) -> Result<VertexSampling, RegistryError> {
-        let inner = self.lock();
+        let inner = self.lock_with_job(job_id)?;
         let j = *inner
             .job_index
             .get(job_id)

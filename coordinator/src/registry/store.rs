@@ -26,10 +26,15 @@
 //!   heartbeats re-derive every subtask's state. State changes reach the store at most one flush
 //!   interval after they happen in memory (memory is the truth in between).
 //!
-//! The trait is what another store (PostgreSQL, issue 16) implements beside SQLite.
+//! The trait has a second implementation, [`super::postgres::PgStore`], the database shared by
+//! replicated coordinators (issue 16). Its extra duties (reading one job through, merging
+//! subtask changes with other replicas', the change feed, task managers) are the trait's methods
+//! with defaults: for SQLite, one coordinator owns the file, memory holds everything, and those
+//! defaults say so.
 
 use super::error::RegistryError;
 use super::job::{Job, JobRuntime, JobSpec};
+use super::taskmanager::TaskManager;
 use rusqlite::{Connection, params};
 use std::path::{Path, PathBuf};
 
@@ -64,6 +69,125 @@ pub trait JobStore: Send + std::fmt::Debug {
     fn delete(&mut self, ids: &[String]) -> Result<(), RegistryError>;
     /// Where the store is, for logs and errors.
     fn describe(&self) -> String;
+
+    /// Whether other coordinators share this store (replicas on one database): then the
+    /// registry merges its writes with theirs, pulls their changes ([`JobStore::pull`]) and
+    /// keeps task managers in the store too.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// One stored job, for a look-up that missed memory (a job registered on another replica a
+    /// moment ago). A store nobody else writes has nothing memory lacks.
+    fn load_one(&mut self, _id: &str) -> Result<Option<Job>, RegistryError> {
+        Ok(None)
+    }
+    /// Writes the subtasks that changed in memory (`changed` positions, or the whole runtime
+    /// when `None`) of several jobs in one transaction, merged with what other writers stored
+    /// meanwhile (see [`merge_runtime`]). A store nobody else writes simply rewrites the runtimes.
+    fn merge_runtimes(
+        &mut self,
+        changes: &[RuntimeChange<'_>],
+        sync: Sync,
+    ) -> Result<(), RegistryError> {
+        let runtimes: Vec<(&str, &JobRuntime)> =
+            changes.iter().map(|c| (c.id, c.runtime)).collect();
+        self.update_runtimes(&runtimes, sync)
+    }
+    /// What other writers changed since the last pull (or since [`JobStore::load_all`]); `None`
+    /// when nobody else writes.
+    fn pull(&mut self) -> Result<Option<Pulled>, RegistryError> {
+        Ok(None)
+    }
+    /// Every stored task manager (a shared store only).
+    fn load_taskmanagers(&mut self) -> Result<Vec<TaskManager>, RegistryError> {
+        Ok(Vec::new())
+    }
+    /// Stores a registration (a shared store only); durable when this returns `Ok`.
+    fn put_taskmanager(&mut self, _tm: &TaskManager) -> Result<(), RegistryError> {
+        Ok(())
+    }
+    /// Stores the last heartbeat time of these task managers (a shared store only), in one
+    /// transaction; never moves a stored time backwards. Returns the rows written.
+    fn touch_taskmanagers(&mut self, _beats: &[(&str, i64)]) -> Result<usize, RegistryError> {
+        Ok(0)
+    }
+}
+
+/// The changed part of one job's runtime, for [`JobStore::merge_runtimes`].
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeChange<'a> {
+    /// The job.
+    pub id: &'a str,
+    /// Its runtime in memory.
+    pub runtime: &'a JobRuntime,
+    /// The (vertex, subtask) positions that changed, or `None` for all of them (a cancel).
+    pub changed: Option<&'a [(usize, usize)]>,
+}
+
+/// What other writers of a shared store changed, as [`JobStore::pull`] returns it.
+#[derive(Debug, Default)]
+pub struct Pulled {
+    /// Jobs stored or changed: the spec is there only for jobs this store has not handed out
+    /// before (new to memory).
+    pub jobs: Vec<(Option<JobSpec>, String, JobRuntime)>,
+    /// Jobs deleted.
+    pub deleted: Vec<String>,
+    /// Task managers registered or heartbeating, as stored.
+    pub taskmanagers: Vec<TaskManager>,
+}
+
+/// Merges `local` (memory) into `stored` (the store's row) for the positions that changed
+/// locally: a subtask the store already has terminal stays as stored (an end observed by any
+/// replica is final, as in memory), the others take the local value; then the job's status is
+/// derived again from the merged subtasks (unless the stored job already ended, or the local
+/// change is a cancel), so replicas whose agents report different subtasks of one job never
+/// overwrite each other.
+pub fn merge_runtime(
+    stored: &mut JobRuntime,
+    local: &JobRuntime,
+    changed: Option<&[(usize, usize)]>,
+) {
+    let mut apply = |v: usize, s: usize| {
+        let (Some(into), Some(from)) = (
+            stored.subtasks.get_mut(v).and_then(|vs| vs.get_mut(s)),
+            local.subtasks.get(v).and_then(|vs| vs.get(s)),
+        ) else {
+            return;
+        };
+        if !into.status.is_terminal() {
+            *into = from.clone();
+        }
+    };
+    match changed {
+        Some(positions) => positions.iter().for_each(|&(v, s)| apply(v, s)),
+        None => {
+            for (v, subtasks) in local.subtasks.iter().enumerate() {
+                for s in 0..subtasks.len() {
+                    apply(v, s);
+                }
+            }
+        }
+    }
+    stored.last_modification = stored.last_modification.max(local.last_modification);
+    if stored.status.is_terminal() {
+        return;
+    }
+    if local.status == super::JobStatus::Canceled {
+        stored.status = local.status;
+        stored.timestamps = local.timestamps;
+        return;
+    }
+    let status =
+        super::JobStatus::from_subtask_states(stored.subtasks.iter().flatten().map(|s| s.status));
+    if status != stored.status {
+        stored.status = status;
+        // Stamped when this replica saw it happen, if it did; else at its latest change.
+        stored.timestamps[status.index()] = if local.status == status {
+            local.timestamps[status.index()]
+        } else {
+            local.last_modification
+        };
+    }
 }
 
 /// The SQLite store. The connection is not `Sync`: the registry keeps it behind its store lock.

@@ -1,15 +1,17 @@
 //! A registered agent, which Flink's vocabulary calls a task manager.
 //!
-//! Task managers live in memory only: they are facts about *now* (who is alive, what the host
-//! looks like), and after a coordinator restart each agent's next heartbeat is answered with
-//! `reregister = true`, so the table refills within one heartbeat interval.
+//! With the embedded SQLite store, task managers live in memory only: they are facts about *now*
+//! (who is alive, what the host looks like), and after a coordinator restart each agent's next
+//! heartbeat is answered with `reregister = true`, so the table refills within one heartbeat
+//! interval. With the shared PostgreSQL store (`--database-url`) they are also in the database,
+//! so that every replica knows every agent (see `replication.rs`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// Facts about an agent's host, as the agent reported them at registration (free memory is
 /// refreshed by every heartbeat).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HostFacts {
     /// The host's name.
     pub hostname: String,

@@ -1,0 +1,233 @@
+//! Issue 16, the registry side: two real `flamegrid-coordinator` processes on one PostgreSQL
+//! database (each with its own `--data-dir` and ports) answer alike. A job POSTed on one is read
+//! on the other at once (job, vertex details) and its cancel on the other is seen by the first;
+//! an agent registered with one is listed by both and not declared lost by the one it does not
+//! heartbeat to; it may move to the other without registering again; a replica killed with
+//! SIGKILL and started again has lost nothing. Skipped (saying so) only when no PostgreSQL test
+//! server is configured outside CI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+#[path = "support/rest.rs"]
+mod support;
+
+use flamegrid_testkit::postgres::scratch_database;
+use flamegrid_testkit::{KillOnDrop, executable};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+const TM: &str = "agent-r";
+/// Long enough that a replica sees the heartbeat times the other writes (a quarter of it, plus
+/// two flush intervals) well within it.
+const TIMEOUT_S: &str = "4";
+
+/// One replica: the real binary on port 0 with `--database-url`; its REST and gRPC URLs.
+struct Replica {
+    child: KillOnDrop,
+    rest: String,
+    rpc: String,
+}
+
+fn spawn_replica(data_dir: &Path, database_url: &str) -> Replica {
+    let mut child = Command::new(executable("flamegrid-coordinator"))
+        .args(["--rest-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0"])
+        .args(["--heartbeat-timeout-s", TIMEOUT_S, "--data-dir"])
+        .arg(data_dir)
+        .args(["--database-url", database_url])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = KillOnDrop(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut rest, mut rpc) = (None, None);
+    while rest.is_none() || rpc.is_none() {
+        let line = lines
+            .next()
+            .expect("the coordinator printed its addresses")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("flamegrid dashboard: ") {
+            rest = Some(url.trim_end_matches('/').to_string());
+        } else if let Some(url) = line.strip_prefix("flamegrid registry (gRPC): ") {
+            rpc = Some(url.to_string());
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Replica {
+        child,
+        rest: rest.unwrap(),
+        rpc: rpc.unwrap(),
+    }
+}
+
+async fn get(base: &str, path: &str) -> (u16, Value) {
+    send(reqwest::Client::new().get(format!("{base}{path}"))).await
+}
+
+fn tm_ids(answer: &Value) -> Vec<String> {
+    answer["taskmanagers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tm| tm["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_posted_on_one_replica_is_served_and_canceled_on_the_other() {
+    let Some(db) = scratch_database("replicas_jobs") else {
+        return;
+    };
+    let (dir_a, dir_b) = (
+        flamegrid_testkit::temp_dir("replica-a"),
+        flamegrid_testkit::temp_dir("replica-b"),
+    );
+    let a = spawn_replica(dir_a.path(), &db.url);
+    let b = spawn_replica(dir_b.path(), &db.url);
+    let worker = sleeper();
+    let mut agent = TestAgent::connect(&a.rpc, TM).await;
+    agent.register().await;
+
+    let (status, answer) = send(
+        reqwest::Client::new()
+            .post(format!("{}/jobs", a.rest))
+            .header("content-type", "application/json")
+            .body(two_vertex_job(TM, worker.pid()).to_string()),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["jobid"].as_str().unwrap().to_string();
+
+    // Read on B at once (no wait for a sync): the same job.
+    let (status, on_b) = get(&b.rest, &format!("/jobs/{id}")).await;
+    assert_eq!(status, 200, "{on_b}");
+    let (_, on_a) = get(&a.rest, &format!("/jobs/{id}")).await;
+    for key in ["jid", "name", "start-time", "plan"] {
+        assert_eq!(on_a[key], on_b[key], "{key}");
+    }
+    let vertex = on_b["vertices"][0]["id"].as_str().unwrap().to_string();
+    let (status, details) = get(&b.rest, &format!("/jobs/{id}/vertices/{vertex}")).await;
+    assert_eq!(status, 200, "{details}");
+    assert_eq!(details["subtasks"].as_array().unwrap().len(), 2);
+
+    // The agent heartbeats to A; B shows its subtasks RUNNING within a flush and a sync.
+    agent.heartbeat().await;
+    agent.heartbeat().await;
+    poll("B to show the subtasks A saw running", || async {
+        let (_, details) = get(&b.rest, &format!("/jobs/{id}/vertices/{vertex}")).await;
+        details["subtasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "RUNNING")
+            .then_some(())
+    })
+    .await;
+
+    // Canceled on B, CANCELED on A; and the agent stops watching it (A's watch list).
+    let (status, answer) = send(
+        reqwest::Client::new()
+            .patch(format!("{}/jobs/{id}", b.rest))
+            .header("content-type", "application/json"),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    poll("A to show the job canceled on B", || async {
+        let (_, job) = get(&a.rest, &format!("/jobs/{id}")).await;
+        (job["state"] == "CANCELED").then_some(())
+    })
+    .await;
+    // A applied the cancel: the agent heartbeating to it is told to watch nothing.
+    let stopped_watching = tokio::time::timeout(flamegrid_testkit::HANG_GUARD, async {
+        while !agent.heartbeat().await.watch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    stopped_watching
+        .await
+        .expect("A stops the canceled job's watch list");
+    // An id neither replica knows is still 404 on both.
+    for replica in [&a, &b] {
+        let (status, _) = get(&replica.rest, "/jobs/0123456789abcdef0123456789abcdef").await;
+        assert_eq!(status, 404);
+    }
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_are_shared_and_a_replica_killed_with_sigkill_loses_nothing() {
+    let Some(db) = scratch_database("replicas_agents") else {
+        return;
+    };
+    let (dir_a, dir_b) = (
+        flamegrid_testkit::temp_dir("replica-a"),
+        flamegrid_testkit::temp_dir("replica-b"),
+    );
+    let mut a = spawn_replica(dir_a.path(), &db.url);
+    let b = spawn_replica(dir_b.path(), &db.url);
+    let worker = sleeper();
+    let mut agent = TestAgent::connect(&a.rpc, TM).await;
+    agent.register().await;
+    let id = {
+        let (status, answer) = send(
+            reqwest::Client::new()
+                .post(format!("{}/jobs", b.rest))
+                .header("content-type", "application/json")
+                .body(two_vertex_job(TM, worker.pid()).to_string()),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        answer["jobid"].as_str().unwrap().to_string()
+    };
+    poll("B to list the agent registered with A", || async {
+        let (_, tms) = get(&b.rest, "/taskmanagers").await;
+        (tm_ids(&tms) == [TM]).then_some(())
+    })
+    .await;
+
+    // The agent heartbeats only to A for twice the heartbeat timeout: B keeps it alive (it sees
+    // the heartbeat times A writes) and does not fail its subtasks.
+    let timeout = Duration::from_secs(TIMEOUT_S.parse().unwrap());
+    let until = std::time::Instant::now() + 2 * timeout;
+    while std::time::Instant::now() < until {
+        agent.heartbeat().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, tms) = get(&b.rest, "/taskmanagers").await;
+    assert_eq!(tm_ids(&tms), [TM], "B still lists the agent");
+    let (_, job) = get(&b.rest, &format!("/jobs/{id}")).await;
+    assert_eq!(job["state"], "RUNNING", "{job}");
+
+    // The agent moves to B: B accepts its heartbeats without a new registration.
+    let mut moved = TestAgent::connect(&b.rpc, TM).await;
+    moved.watch = agent.watch.clone();
+    let answer = moved.heartbeat().await;
+    assert!(!answer.reregister, "B knows the agent from the database");
+    assert_eq!(
+        answer.watch.len(),
+        3,
+        "and gives it the job's subtasks to watch"
+    );
+
+    // A is killed with SIGKILL and started again (same database, same data dir): it has the
+    // job and the agent (which heartbeats to B meanwhile).
+    a.child.kill();
+    moved.heartbeat().await;
+    let a = spawn_replica(dir_a.path(), &db.url);
+    moved.heartbeat().await;
+    let (status, job) = get(&a.rest, &format!("/jobs/{id}")).await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["state"], "RUNNING", "{job}");
+    let (_, tms) = get(&a.rest, "/taskmanagers").await;
+    assert_eq!(tm_ids(&tms), [TM], "the restarted replica knows the agent");
+    let (_, overview) = get(&a.rest, "/jobs/overview").await;
+    assert_eq!(overview["jobs"].as_array().unwrap().len(), 1);
+    drop(worker);
+}
