@@ -32,8 +32,13 @@ struct Replica {
 }
 
 fn spawn_replica(data_dir: &Path, database_url: &str) -> Replica {
+    spawn_replica_with(data_dir, database_url, &[])
+}
+
+fn spawn_replica_with(data_dir: &Path, database_url: &str, extra: &[&str]) -> Replica {
     let mut child = Command::new(executable("flamegrid-coordinator"))
         .args(["--rest-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0"])
+        .args(extra)
         .args(["--heartbeat-timeout-s", TIMEOUT_S, "--data-dir"])
         .arg(data_dir)
         .args(["--database-url", database_url])
@@ -229,5 +234,94 @@ async fn agents_are_shared_and_a_replica_killed_with_sigkill_loses_nothing() {
     assert_eq!(tm_ids(&tms), [TM], "the restarted replica knows the agent");
     let (_, overview) = get(&a.rest, "/jobs/overview").await;
     assert_eq!(overview["jobs"].as_array().unwrap().len(), 1);
+    drop(worker);
+}
+
+/// Sampling runs a real agent served, from its `/metrics`.
+async fn agent_runs(metrics: &str) -> u64 {
+    let text = reqwest::get(metrics).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with("flamegrid_agent_sampling_runs_total{outcome=\"ok\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the agent's ok runs counter") as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flame_graph_polled_on_both_replicas_is_one_run_at_the_agent_and_the_same_graph() {
+    let Some(db) = scratch_database("replicas_graphs") else {
+        return;
+    };
+    let (dir_a, dir_b) = (
+        flamegrid_testkit::temp_dir("replica-ga"),
+        flamegrid_testkit::temp_dir("replica-gb"),
+    );
+    let fast = [
+        "--flamegraph-num-samples",
+        "5",
+        "--flamegraph-delay-ms",
+        "20",
+    ];
+    let a = spawn_replica_with(dir_a.path(), &db.url, &fast);
+    let b = spawn_replica_with(dir_b.path(), &db.url, &fast);
+    // A real agent, registered with replica A only.
+    let (port, metrics_port) = (
+        flamegrid_testkit::free_port(),
+        flamegrid_testkit::free_port(),
+    );
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let _agent = KillOnDrop(
+        Command::new(agent_binary())
+            .args(["run", "--coordinator", &a.rpc, "--id", "graph-agent"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    poll("B to list the agent registered with A", || async {
+        (get(&b.rest, "/taskmanagers/graph-agent").await.0 == 200).then_some(())
+    })
+    .await;
+    let worker = sleeper();
+    let (status, answer) = send(
+        reqwest::Client::new()
+            .post(format!("{}/jobs", a.rest))
+            .header("content-type", "application/json")
+            .body(two_vertex_job("graph-agent", worker.pid()).to_string()),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["jobid"].as_str().unwrap().to_string();
+    let (_, job) = get(&b.rest, &format!("/jobs/{id}")).await;
+    let vertex = job["vertices"][0]["id"].as_str().unwrap().to_string();
+    let path = format!("/jobs/{id}/vertices/{vertex}/flamegraph");
+
+    // Both replicas polled at once, like two dashboards, until both serve a graph.
+    let (end_a, end_b, tree_a, tree_b) = poll("both replicas to serve the graph", || async {
+        let ((_, on_a), (_, on_b)) = tokio::join!(get(&a.rest, &path), get(&b.rest, &path));
+        let (ea, eb) = (
+            on_a["endTimestamp"].as_i64().unwrap_or(-3),
+            on_b["endTimestamp"].as_i64().unwrap_or(-3),
+        );
+        (ea > 0 && eb > 0 && ea == eb).then(|| (ea, eb, on_a["data"].clone(), on_b["data"].clone()))
+    })
+    .await;
+    assert_eq!(end_a, end_b);
+    assert_eq!(tree_a, tree_b, "the same tree from both replicas");
+    assert!(tree_a["value"].as_i64().unwrap_or(0) > 0, "{tree_a}");
+    // Polled on both, sampled once: counted at the agent.
+    assert_eq!(
+        agent_runs(&metrics).await,
+        1,
+        "one run at the agent for both replicas"
+    );
+    for _ in 0..3 {
+        let ((_, on_a), (_, on_b)) = tokio::join!(get(&a.rest, &path), get(&b.rest, &path));
+        assert_eq!(on_a["endTimestamp"], on_b["endTimestamp"]);
+    }
+    assert_eq!(agent_runs(&metrics).await, 1, "fresh graphs start no run");
     drop(worker);
 }
