@@ -4,8 +4,9 @@
 //!
 //! * the **sampling server** ([`crate::service::SamplingService`] behind tonic, optionally TLS,
 //!   optionally checking a shared token) on `--listen`;
-//! * the **registration loop** ([`crate::registration`]) that registers with `--coordinator` and
-//!   heartbeats; it never blocks the server, so sampling goes on while the coordinator is away;
+//! * the **registration loop** ([`crate::registration`]) that registers with a coordinator of
+//!   `--coordinator` and heartbeats, failing over to the next one of the list when it stops
+//!   answering; it never blocks the server, so sampling goes on while the coordinators are away;
 //! * a **supervisor** task that waits for the shutdown signal, then (in this order) cancels the
 //!   sampling runs in flight so they return what they have, stops the registration loop and lets
 //!   the server drain its connections.
@@ -17,7 +18,7 @@
 //!
 //! Defaults that need a decision, documented on the flags too:
 //! * `--advertise`: listening on a concrete IP advertises that IP; listening on `0.0.0.0`/`::`
-//!   advertises the local IP of the interface that routes to the coordinator (found by
+//!   advertises the local IP of the interface that routes to the first coordinator (found by
 //!   "connecting" a UDP socket, which sends nothing), so an agent on loopback next to its
 //!   coordinator advertises `127.0.0.1` and one on a LAN its LAN address; if even that fails, the
 //!   host name. The scheme is `https` with `--tls-cert`, else `http`.
@@ -25,7 +26,7 @@
 //!   address, so restarts of the same agent keep their id while two agents on one host (or two
 //!   `:0` ports) never share one.
 
-use crate::registration::{self, RegistrationConfig};
+use crate::registration::{self, CoordinatorLink, RegistrationConfig};
 use crate::service::{BearerTokenCheck, SamplingService, ServiceSettings};
 use anyhow::{Context, bail, ensure};
 use clap::Args;
@@ -66,12 +67,32 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Most concurrent sampling runs `--max-concurrent-runs` accepts.
 pub const MAX_CONCURRENT_RUNS_LIMIT: usize = 256;
 
+/// Most coordinators `--coordinator` accepts (after duplicates are removed).
+pub const MAX_COORDINATORS: usize = 64;
+
 /// Flags of `flamegrid-agent run` (DESIGN.md). Every flag also reads `FLAMEGRID_<FLAG>`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// The coordinator's registry address, e.g. http://coordinator:6123 (https:// with TLS).
-    #[arg(long, env = "FLAMEGRID_COORDINATOR", value_name = "URL")]
-    pub coordinator: String,
+    /// Several coordinators (replicas on one --database-url) may be given, comma-separated
+    /// and/or by repeating the flag (env FLAMEGRID_COORDINATOR: comma-separated); every URL is
+    /// checked at start, duplicates are dropped, at most 64. The agent talks to one at a time:
+    /// the first of the list that answers, and stays with it. After a failed call it moves to
+    /// the next one (round-robin, keeping its id; it registers there only if that coordinator
+    /// does not know it) when that coordinator has not answered since the agent turned to it,
+    /// when two calls to it failed in a row, or when its calls have failed for a heartbeat
+    /// interval (a heartbeat's deadline is its interval, 2 to 10 s). With the coordinator's
+    /// default 30 s heartbeat timeout that is about 5.5 s after a killed coordinator's last
+    /// answer and 10 s after a hung one's. Every move is logged once; with every coordinator
+    /// down, one call per backoff step (0.5 s doubling to 10 s).
+    #[arg(
+        long,
+        env = "FLAMEGRID_COORDINATOR",
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub coordinator: Vec<String>,
 
     /// Where to serve the sampling gRPC service (port 0 picks a free port). An address other
     /// hosts can reach needs --token-file or mutual TLS (--tls-cert, --tls-key, --tls-ca): without,
@@ -85,7 +106,7 @@ pub struct RunArgs {
     pub listen: SocketAddr,
 
     /// The address the coordinator uses to reach this agent, e.g. http://10.0.0.5:6122.
-    /// Default: the listen IP; for 0.0.0.0/:: the local IP that routes to the coordinator
+    /// Default: the listen IP; for 0.0.0.0/:: the local IP that routes to the first coordinator
     /// (127.0.0.1 when the coordinator is on loopback), else the host name; https with TLS.
     #[arg(long, env = "FLAMEGRID_ADVERTISE", value_name = "URL")]
     pub advertise: Option<String>,
@@ -161,8 +182,9 @@ pub struct RunArgs {
 
     /// Serve the agent's own metrics in Prometheus' text format at http://ADDR/metrics (runs
     /// served by outcome, their durations, samples taken, ptrace stops, subtask errors, runs
-    /// in flight); off by default. The endpoint takes no credentials, so an address other
-    /// hosts can reach needs --insecure; port 0 picks a free port (logged at start).
+    /// in flight, the coordinator in use and the failovers between coordinators); off by
+    /// default. The endpoint takes no credentials, so an address other hosts can reach needs
+    /// --insecure; port 0 picks a free port (logged at start).
     #[arg(long, env = "FLAMEGRID_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -177,12 +199,13 @@ fn parse_max_runs(s: &str) -> Result<usize, String> {
 }
 
 impl RunArgs {
-    /// The flags' defaults with `coordinator` set, for callers that start an agent in-process
-    /// (e.g. the coordinator's `--demo`); adjust fields such as `listen` before calling [`serve`].
-    /// `sampler` is read from `FLAMEGRID_SAMPLER` as the flag would be.
+    /// The flags' defaults with `coordinator` set (one URL, or several comma-separated), for
+    /// callers that start an agent in-process (e.g. the coordinator's `--demo`); adjust fields
+    /// such as `listen` before calling [`serve`]. `sampler` is read from `FLAMEGRID_SAMPLER` as
+    /// the flag would be.
     pub fn new(coordinator: impl Into<String>) -> Self {
         RunArgs {
-            coordinator: coordinator.into(),
+            coordinator: vec![coordinator.into()],
             listen: SocketAddr::from(([0, 0, 0, 0], 6122)),
             advertise: None,
             id: None,
@@ -228,7 +251,8 @@ impl RunningAgent {
 /// Everything [`serve`] needs, checked and loaded from the flags before anything starts, so a bad
 /// flag changes nothing.
 struct Checked {
-    coordinator: Endpoint,
+    /// The `--coordinator` list, in order, without duplicates: (URL as given, endpoint).
+    coordinators: Vec<(String, Endpoint)>,
     token: Option<String>,
     server_tls: Option<ServerTlsConfig>,
     policy: AccessPolicy,
@@ -239,7 +263,7 @@ struct Checked {
 }
 
 fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
-    let coordinator = coordinator_endpoint(&args.coordinator)?;
+    let coordinators = coordinator_list(&args.coordinator)?;
     if let Some(id) = &args.id {
         check_id(id)?;
     }
@@ -278,20 +302,28 @@ fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
             None => tls,
         }
     });
-    let coordinator = if args.coordinator.starts_with("https://") {
-        let Some(ca) = &ca else {
-            bail!("an https:// coordinator needs --tls-ca (the CA that signed its certificate)");
-        };
-        let mut tls = ClientTlsConfig::new().ca_certificate(ca.clone());
-        if let Some(id) = identity {
-            tls = tls.identity(id);
-        }
-        coordinator
-            .tls_config(tls)
-            .context("configuring TLS towards the coordinator")?
-    } else {
-        coordinator
-    };
+    let coordinators = coordinators
+        .into_iter()
+        .map(|(url, endpoint)| {
+            if !url.starts_with("https://") {
+                return Ok((url, endpoint));
+            }
+            let Some(ca) = &ca else {
+                bail!(
+                    "--coordinator {url}: an https:// coordinator needs --tls-ca (the CA that \
+                     signed its certificate)"
+                );
+            };
+            let mut tls = ClientTlsConfig::new().ca_certificate(ca.clone());
+            if let Some(id) = &identity {
+                tls = tls.identity(id.clone());
+            }
+            let endpoint = endpoint
+                .tls_config(tls)
+                .with_context(|| format!("configuring TLS towards the coordinator {url}"))?;
+            Ok((url, endpoint))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let policy = if args.allow_user.is_empty() && args.allow_comm.is_empty() {
         AccessPolicy::own_user()
@@ -340,7 +372,7 @@ fn check_args(args: &RunArgs) -> anyhow::Result<Checked> {
         }
     };
     Ok(Checked {
-        coordinator,
+        coordinators,
         token,
         server_tls,
         policy,
@@ -364,11 +396,43 @@ fn check_url(flag: &str, url: &str) -> anyhow::Result<Endpoint> {
 }
 
 fn coordinator_endpoint(url: &str) -> anyhow::Result<Endpoint> {
-    Ok(check_url("--coordinator", url)?
+    let endpoint = check_url("--coordinator", url)?;
+    ensure!(
+        !endpoint
+            .uri()
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@')),
+        "--coordinator {url:?}: a URL with user info is refused (credentials go in --token-file)"
+    );
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
+        .timeout(registration::MAX_CALL_DEADLINE)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10)))
+}
+
+/// The `--coordinator` values (each one URL or several comma-separated) as one list in the
+/// order given: every URL checked (the error names the bad one), blanks around commas trimmed,
+/// duplicates (the same URI) dropped after their first place, at most [`MAX_COORDINATORS`].
+fn coordinator_list(values: &[String]) -> anyhow::Result<Vec<(String, Endpoint)>> {
+    let mut list: Vec<(String, Endpoint)> = Vec::new();
+    for url in values.iter().flat_map(|v| v.split(',')).map(str::trim) {
+        ensure!(
+            !url.is_empty(),
+            "--coordinator has an empty entry (two commas in a row, or one at an end)"
+        );
+        let endpoint = coordinator_endpoint(url)?;
+        if list.iter().any(|(_, e)| e.uri() == endpoint.uri()) {
+            continue;
+        }
+        list.push((url.to_string(), endpoint));
+        ensure!(
+            list.len() <= MAX_COORDINATORS,
+            "--coordinator names more than {MAX_COORDINATORS} coordinators"
+        );
+    }
+    ensure!(!list.is_empty(), "--coordinator needs at least one URL");
+    Ok(list)
 }
 
 /// Checks a user-given agent id: it appears in REST paths and logs, so only a safe alphabet.
@@ -402,12 +466,20 @@ pub fn derive_id(host: &str, addr: &SocketAddr) -> String {
 /// The default advertised address (see the module comment).
 async fn default_advertise(local: SocketAddr, coordinator: &Endpoint, tls: bool) -> String {
     let scheme = if tls { "https" } else { "http" };
-    let ip = local.ip();
-    if !ip.is_unspecified() {
-        return format!("{scheme}://{local}");
-    }
-    if let Some(routed) = route_towards(coordinator).await {
+    if local.ip().is_unspecified()
+        && let Some(routed) = route_towards(coordinator).await
+    {
         return format!("{scheme}://{}", SocketAddr::new(routed, local.port()));
+    }
+    default_advertise_without_route(local, tls)
+}
+
+/// The default advertised address when no route is known: the listen address, or the host name
+/// for 0.0.0.0/::.
+fn default_advertise_without_route(local: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    if !local.ip().is_unspecified() {
+        return format!("{scheme}://{local}");
     }
     format!("{scheme}://{}:{}", host_name(), local.port())
 }
@@ -455,9 +527,10 @@ pub async fn serve(
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let local_addr = listener.local_addr().context("reading the bound address")?;
     let tls = checked.server_tls.is_some();
-    let advertised_address = match &args.advertise {
-        Some(a) => a.clone(),
-        None => default_advertise(local_addr, &checked.coordinator, tls).await,
+    let advertised_address = match (&args.advertise, checked.coordinators.first()) {
+        (Some(a), _) => a.clone(),
+        (None, Some((_, first))) => default_advertise(local_addr, first, tls).await,
+        (None, None) => default_advertise_without_route(local_addr, tls),
     };
     let agent_id = args
         .id
@@ -500,6 +573,13 @@ pub async fn serve(
         BearerTokenCheck::new(checked.token.as_deref()),
     ));
 
+    let coordinator_urls: Vec<String> = checked
+        .coordinators
+        .iter()
+        .map(|(url, _)| url.clone())
+        .collect();
+    let link = CoordinatorLink::new(coordinator_urls.clone());
+
     // --metrics-listen: bound before anything is served, so a taken port fails the start.
     let metrics = match args.metrics_listen {
         None => None,
@@ -510,8 +590,9 @@ pub async fn serve(
             let bound = listener.local_addr().context("reading the bound address")?;
             let telemetry = service.telemetry();
             let runs = service.clone();
+            let link = Arc::clone(&link);
             let render: Arc<dyn Fn() -> String + Send + Sync> =
-                Arc::new(move || telemetry.render(runs.runs_in_flight()));
+                Arc::new(move || telemetry.render(runs.runs_in_flight()) + &link.render());
             tracing::info!("metrics served on http://{bound}/metrics");
             Some((
                 bound,
@@ -538,17 +619,25 @@ pub async fn serve(
         token: checked.token.clone(),
         policy: checked.policy.clone(),
     };
-    let channel = checked.coordinator.connect_lazy();
+    let coordinators = checked
+        .coordinators
+        .iter()
+        .map(|(url, endpoint)| registration::Coordinator {
+            url: url.clone(),
+            channel: endpoint.connect_lazy(),
+        })
+        .collect();
     let registration = tokio::spawn(registration::run(
         registration_config,
-        channel,
+        coordinators,
+        link,
         stopped(stop_rx),
     ));
 
     tracing::info!(
         id = %agent_id,
         advertise = %advertised_address,
-        coordinator = %args.coordinator,
+        coordinators = %coordinator_urls.join(","),
         tls,
         token = checked.token.is_some(),
         max_concurrent_runs = args.max_concurrent_runs,
@@ -717,6 +806,83 @@ mod tests {
             Wrapper::try_parse_from(["x", "--coordinator", "http://c:1", "--tls-cert", "a"])
                 .is_err()
         );
+    }
+
+    fn urls(values: &[String]) -> Vec<String> {
+        coordinator_list(values)
+            .unwrap()
+            .into_iter()
+            .map(|(url, _)| url)
+            .collect()
+    }
+
+    #[test]
+    fn coordinator_lists_comma_separated_or_repeated_are_the_same() {
+        let comma =
+            Wrapper::try_parse_from(["x", "--coordinator", "http://a:6123,http://b:6123"]).unwrap();
+        let repeated = Wrapper::try_parse_from([
+            "x",
+            "--coordinator",
+            "http://a:6123",
+            "--coordinator",
+            "http://b:6123",
+        ])
+        .unwrap();
+        let mixed = Wrapper::try_parse_from([
+            "x",
+            "--coordinator",
+            "http://a:6123",
+            "--coordinator",
+            "http://b:6123,http://a:6123/",
+        ])
+        .unwrap();
+        let want = ["http://a:6123", "http://b:6123"];
+        assert_eq!(comma.run.coordinator, want);
+        assert_eq!(repeated.run.coordinator, want);
+        for args in [&comma, &repeated, &mixed] {
+            assert_eq!(
+                urls(&args.run.coordinator),
+                want,
+                "duplicates dropped, order kept"
+            );
+        }
+        // RunArgs::new takes the comma-separated form too; blanks around commas are trimmed.
+        assert_eq!(
+            urls(&RunArgs::new("http://a:6123, http://b:6123").coordinator),
+            want
+        );
+        assert!(
+            Wrapper::try_parse_from(["x"]).is_err(),
+            "--coordinator is required"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_in_the_coordinator_list_is_named() {
+        for (list, bad) in [
+            ("http://a:6123,ftp://b:1", "ftp://b:1"),
+            ("http://a:6123,not a url", "not a url"),
+            ("http://user:pw@a:6123", "user info"),
+            ("http://a:6123,,http://b:6123", "empty entry"),
+            ("http://a:6123,", "empty entry"),
+        ] {
+            let mut args = RunArgs::new(list);
+            args.listen = "127.0.0.1:0".parse().unwrap();
+            let Err(err) = check_args(&args) else {
+                panic!("{list:?} must be refused");
+            };
+            assert!(format!("{err:#}").contains(bad), "{list:?}: {err:#}");
+        }
+        let many: Vec<String> = (0..=MAX_COORDINATORS)
+            .map(|i| format!("http://c{i}:6123"))
+            .collect();
+        let err = coordinator_list(&many).unwrap_err();
+        assert!(err.to_string().contains("more than"), "{err}");
+        // An https:// coordinator anywhere in the list needs --tls-ca, and the error names it.
+        let mut args = RunArgs::new("http://a:6123,https://b:6123");
+        args.listen = "127.0.0.1:0".parse().unwrap();
+        let err = check_args(&args).err().unwrap();
+        assert!(err.to_string().contains("https://b:6123"), "{err}");
     }
 
     #[test]
