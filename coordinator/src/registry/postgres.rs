@@ -29,6 +29,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio_postgres::Row;
 
+/// A runtime change owned for the database thread: job id, runtime, the changed subtasks
+/// (`None`: all of them).
+type OwnedChange = (String, JobRuntime, Option<Vec<(usize, usize)>>);
+
 /// How long a deleted job's tombstone is kept for the other replicas' pulls.
 const TOMBSTONE_MS: i64 = 24 * 3600 * 1000;
 
@@ -207,7 +211,7 @@ impl JobStore for PgStore {
     ) -> Result<(), RegistryError> {
         // Owned copies for the database thread; only the changed subtasks matter, but the
         // runtime is small next to the spec and merged whole by position.
-        let owned: Vec<(String, JobRuntime, Option<Vec<(usize, usize)>>)> = changes
+        let owned: Vec<OwnedChange> = changes
             .iter()
             .map(|c| {
                 (

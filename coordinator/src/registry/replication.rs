@@ -305,7 +305,7 @@ fn apply_runtime(inner: &mut Inner, j: usize, pulled: super::job::JobRuntime, no
     }
     let (mine, theirs) = (job.runtime.status, pulled.status);
     if dirty.is_empty() {
-        if !(mine.is_terminal() && !theirs.is_terminal()) {
+        if !mine.is_terminal() || theirs.is_terminal() {
             job.runtime.status = theirs;
             job.runtime.timestamps = pulled.timestamps;
         }
