@@ -237,16 +237,6 @@ async fn agents_are_shared_and_a_replica_killed_with_sigkill_loses_nothing() {
     drop(worker);
 }
 
-/// Sampling runs a real agent served, from its `/metrics`.
-async fn agent_runs(metrics: &str) -> u64 {
-    let text = reqwest::get(metrics).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find(|l| l.starts_with("flamegrid_agent_sampling_runs_total{outcome=\"ok\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .expect("the agent's ok runs counter") as u64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flame_graph_polled_on_both_replicas_is_one_run_at_the_agent_and_the_same_graph() {
     let Some(db) = scratch_database("replicas_graphs") else {
@@ -314,7 +304,7 @@ async fn a_flame_graph_polled_on_both_replicas_is_one_run_at_the_agent_and_the_s
     assert!(tree_a["value"].as_i64().unwrap_or(0) > 0, "{tree_a}");
     // Polled on both, sampled once: counted at the agent.
     assert_eq!(
-        agent_runs(&metrics).await,
+        agent_ok_runs(&metrics).await,
         1,
         "one run at the agent for both replicas"
     );
@@ -322,6 +312,10 @@ async fn a_flame_graph_polled_on_both_replicas_is_one_run_at_the_agent_and_the_s
         let ((_, on_a), (_, on_b)) = tokio::join!(get(&a.rest, &path), get(&b.rest, &path));
         assert_eq!(on_a["endTimestamp"], on_b["endTimestamp"]);
     }
-    assert_eq!(agent_runs(&metrics).await, 1, "fresh graphs start no run");
+    assert_eq!(
+        agent_ok_runs(&metrics).await,
+        1,
+        "fresh graphs start no run"
+    );
     drop(worker);
 }

@@ -69,17 +69,7 @@ async fn agent() -> Agent {
 impl Agent {
     /// Sampling runs the agent served (`Sample` calls that delivered).
     async fn runs(&self) -> u64 {
-        let text = reqwest::get(&self.metrics)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("flamegrid_agent_sampling_runs_total{outcome=\"ok\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .expect("the agent's ok runs counter") as u64
+        support::agent_ok_runs(&self.metrics).await
     }
 }
 

@@ -406,3 +406,19 @@ pub fn has_chain(node: &Value, chain: &[&str]) -> bool {
 pub fn children(node: &Value) -> &Vec<Value> {
     node["children"].as_array().unwrap()
 }
+
+/// Sampling runs a real agent served that delivered, read from its `/metrics`
+/// (`flamegrid_agent_sampling_runs_total{outcome="ok"}`): how tests count runs at the agent.
+pub async fn agent_ok_runs(metrics_url: &str) -> u64 {
+    let text = reqwest::get(metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("flamegrid_agent_sampling_runs_total{outcome=\"ok\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the agent's ok runs counter") as u64
+}
