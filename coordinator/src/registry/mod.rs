@@ -227,6 +227,17 @@ impl Inner {
         watched
     }
 
+    /// Rebuilds the id index and the watched index after jobs were removed (positions shift).
+    fn reindex(&mut self) {
+        self.job_index = self
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(j, job)| (job.spec.id.clone(), j))
+            .collect();
+        self.watched = Inner::index_watched(&self.jobs);
+    }
+
     /// Drops `pos` from `tm`'s watched set (it became terminal).
     fn unwatch(&mut self, tm: &str, pos: SubtaskPos) {
         if let Some(set) = self.watched.get_mut(tm) {
@@ -980,13 +991,7 @@ impl Registry {
             .filter(|(j, _)| !remove.contains(j))
             .map(|(_, job)| job)
             .collect();
-        inner.job_index = inner
-            .jobs
-            .iter()
-            .enumerate()
-            .map(|(j, job)| (job.spec.id.clone(), j))
-            .collect();
-        inner.watched = Inner::index_watched(&inner.jobs);
+        inner.reindex();
         tracing::info!(
             removed = ids.len(),
             kept = inner.jobs.len(),

@@ -113,7 +113,7 @@ impl Registry {
                 .into_iter()
                 .filter(|job| !deleted.contains(job.spec.id.as_str()))
                 .collect();
-            reindex(&mut inner);
+            inner.reindex();
         }
 
         for (spec, id, runtime) in pulled.jobs {
@@ -232,17 +232,6 @@ impl Registry {
             Err(RegistryError::JobNotFound(job_id.to_string()))
         }
     }
-}
-
-/// Rebuilds the id index and the watched index after jobs were removed.
-fn reindex(inner: &mut Inner) {
-    inner.job_index = inner
-        .jobs
-        .iter()
-        .enumerate()
-        .map(|(j, job)| (job.spec.id.clone(), j))
-        .collect();
-    inner.watched = Inner::index_watched(&inner.jobs);
 }
 
 /// Appends a job new to memory, watching its subtasks that are not terminal.
