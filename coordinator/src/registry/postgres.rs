@@ -48,6 +48,27 @@ pub struct PgStore {
     known: std::sync::Mutex<HashSet<String>>,
 }
 
+/// A read-only snapshot (repeatable read) and the cursor it starts the change feed at: the
+/// oldest transaction still running (`pg_snapshot_xmin`), as text. Every row the snapshot
+/// cannot see yet is stamped at or above it, so the next pull, reading from it, misses none.
+async fn snapshot_with_cursor(
+    client: &mut deadpool_postgres::Object,
+) -> Result<(deadpool_postgres::Transaction<'_>, String), DatabaseError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(query)?;
+    let cursor: String = tx
+        .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+        .await
+        .map_err(query)?
+        .get(0);
+    Ok((tx, cursor))
+}
+
 fn query(e: tokio_postgres::Error) -> DatabaseError {
     DatabaseError::Query {
         url: String::new(),
@@ -130,19 +151,7 @@ impl JobStore for PgStore {
         let (cursor, rows) = self
             .db
             .blocking(|mut client| async move {
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await
-                    .map_err(query)?;
-                // The same snapshot as the rows below: every later commit is at or above it.
-                let cursor: String = tx
-                    .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
-                    .await
-                    .map_err(query)?
-                    .get(0);
+                let (tx, cursor) = snapshot_with_cursor(&mut client).await?;
                 let rows = tx
                     .query(
                         "SELECT id, spec, runtime FROM registry_jobs ORDER BY seq",
@@ -330,18 +339,7 @@ impl JobStore for PgStore {
         let (next, pulled) = self
             .db
             .blocking(move |mut client| async move {
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await
-                    .map_err(query)?;
-                let next: String = tx
-                    .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
-                    .await
-                    .map_err(query)?
-                    .get(0);
+                let (tx, next) = snapshot_with_cursor(&mut client).await?;
                 let rows = tx
                     .query(
                         "SELECT id, runtime FROM registry_jobs WHERE changed_xid >= $1::text::xid8 ORDER BY seq",
