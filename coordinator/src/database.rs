@@ -120,8 +120,16 @@ impl Database {
     /// names the URL (without its password) and what to do.
     pub fn connect(url: &str) -> Result<Database, DatabaseError> {
         let redacted = redact(url);
-        let config = tokio_postgres::Config::from_str(url)
+        let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| DatabaseError::Url(format!("{redacted}: {e}")))?;
+        // Every statement is bounded by the server too; set once per connection at start-up
+        // (not once per use: that would be a round trip on every piece of work).
+        let options = format!(
+            "{} -c statement_timeout={}",
+            config.get_options().unwrap_or(""),
+            DATABASE_TIMEOUT.as_millis()
+        );
+        config.options(options.trim_start());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("flamegrid-db")
@@ -253,17 +261,6 @@ where
         url: url.clone(),
         message: format!("{e} (is the server running, and do the URL's user and password hold?)"),
     })?;
-    // Every statement of this connection is bounded by the server too.
-    client
-        .batch_execute(&format!(
-            "SET statement_timeout = {}",
-            DATABASE_TIMEOUT.as_millis()
-        ))
-        .await
-        .map_err(|e| DatabaseError::Query {
-            url: url.clone(),
-            message: e.to_string(),
-        })?;
     match tokio::time::timeout(DATABASE_TIMEOUT + Duration::from_secs(1), work(client)).await {
         // Work builds its errors without the URL (it has none); name the database here.
         Ok(result) => result.map_err(|e| match e {
@@ -424,6 +421,21 @@ mod tests {
         };
         let first = Database::connect(&db.url).map_err(|e| e.to_string());
         assert!(first.is_ok(), "{first:?}");
+        // Every connection carries the server-side statement timeout.
+        let timeout = first.as_ref().map(|d| {
+            d.blocking(|client| async move {
+                let row = client
+                    .query_one("SHOW statement_timeout", &[])
+                    .await
+                    .map_err(|e| DatabaseError::Query {
+                        url: String::new(),
+                        message: e.to_string(),
+                    })?;
+                Ok(row.get::<_, String>(0))
+            })
+            .map_err(|e| e.to_string())
+        });
+        assert_eq!(timeout, Ok(Ok("10s".to_string())));
         // A second replica on the same database applies nothing and starts.
         assert!(Database::connect(&db.url).is_ok());
         let applied =
