@@ -55,6 +55,10 @@ fn the_demo_runs_from_a_folder_of_copied_executables() {
             "20",
             "--flamegraph-delay-ms",
             "20",
+            // A first run that finds the subtasks still starting (or, on a loaded machine,
+            // catches no sample in hash_field) is replaced a second later, not after a minute.
+            "--flamegraph-refresh-interval-s",
+            "1",
         ],
     );
     let url = regex::Regex::new(r"flamegrid dashboard: (http://\S+)").unwrap();
@@ -93,15 +97,35 @@ fn the_demo_runs_from_a_folder_of_copied_executables() {
         .unwrap()
         .to_string();
     // The SVG waits for a sampling run; a first one may still find the subtasks starting.
+    // What each answer lacked is printed when it changes, so a failure says why.
+    let mut last = String::new();
     let svg = wait_for("a flame graph SVG with the demo's CPU chain", || {
         let (status, svg) = get(format!(
             "/jobs/{job}/vertices/{source}/flamegraph.svg?type=on_cpu"
         ))?;
-        (status == 200 && svg.contains("hash_field")).then_some(svg)
+        if status == 200 && svg.contains("hash_field") {
+            return Some(svg);
+        }
+        let seen = format!("{status}: {}", svg_frame_names(&svg).join(" "));
+        if seen != last {
+            eprintln!("waiting for hash_field in the on-CPU SVG, got {seen}");
+            last = seen;
+        }
+        None
     });
     for name in ["parse_records", "tokenize", "hash_field"] {
         assert!(svg.contains(name), "{name} missing from the SVG");
     }
+}
+
+/// The frame names an SVG flame graph shows (its `<title>`s, counts cut off), at most 40.
+fn svg_frame_names(svg: &str) -> Vec<&str> {
+    svg.split("<title>")
+        .skip(1)
+        .filter_map(|rest| rest.split(['(', '<']).next())
+        .map(str::trim)
+        .take(40)
+        .collect()
 }
 
 #[test]
