@@ -3,11 +3,12 @@
 //!
 //! * every Kubernetes YAML document parses and has `apiVersion`, `kind` and `metadata.name`;
 //! * the agent DaemonSet sees the host's processes (`hostPID`) and may trace them (`SYS_PTRACE`,
-//!   and `PERFMON` for perf events; every other capability dropped), takes its id from the node name and advertises its pod IP;
+//!   and `PERFMON` and `IPC_LOCK` for perf events and their locked rings; every other
+//!   capability dropped), takes its id from the node name and advertises its pod IP;
 //! * the coordinator Deployment keeps `--data-dir` on a PersistentVolumeClaim and its Service
 //!   exposes the ports the flags bind;
-//! * the systemd units grant the agent `CAP_SYS_PTRACE` and `CAP_PERFMON` and nothing more, the
-//!   coordinator nothing;
+//! * the systemd units grant the agent `CAP_SYS_PTRACE` and `CAP_PERFMON` and nothing more
+//!   (locked memory for perf rings through `LimitMEMLOCK`), the coordinator nothing;
 //! * every `--flag` and every `FLAMEGRID_*` variable used anywhere in `deploy/` appears in the
 //!   `--help` output of the binary it is meant for (the real binary, run as a process);
 //! * the files ship closed (issue 12): every listener they bind to a non-loopback address has
@@ -167,8 +168,8 @@ fn agent_daemonset_sees_and_may_trace_host_processes() {
     let capabilities = &agent["securityContext"]["capabilities"];
     assert_eq!(
         strings(&capabilities["add"]),
-        ["SYS_PTRACE", "PERFMON"],
-        "SYS_PTRACE and PERFMON and nothing more"
+        ["SYS_PTRACE", "PERFMON", "IPC_LOCK"],
+        "SYS_PTRACE, PERFMON and IPC_LOCK (perf rings are locked memory) and nothing more"
     );
     assert_eq!(strings(&capabilities["drop"]), ["ALL"]);
     assert_eq!(
@@ -340,6 +341,9 @@ fn systemd_units_grant_the_agent_ptrace_and_nothing_more() {
         ["CAP_SYS_PTRACE CAP_PERFMON"]
     );
     assert_eq!(setting(&agent, "NoNewPrivileges"), ["yes"]);
+    // perf rings are locked memory: room for the agent's default ring cap (256 MiB) plus the
+    // kernel's default 8 MiB, through the rlimit rather than CAP_IPC_LOCK.
+    assert_eq!(setting(&agent, "LimitMEMLOCK"), ["264M"]);
     assert!(
         setting(&agent, "User").iter().all(|u| *u != "root"),
         "the agent does not run as root"
