@@ -1014,7 +1014,7 @@ fn prepare_round(
     for (tid, _) in threads {
         run.selected_any = true;
         // A thread that vanished since the listing is simply not sampled this round.
-        let Ok(stat) = proc::task_stat(pid, tid) else {
+        let Ok((stat, timed)) = proc::task_stat_and_timed(pid, tid) else {
             continue;
         };
         if matches!(stat.state, 'Z' | 'X' | 'x') {
@@ -1029,7 +1029,6 @@ fn prepare_round(
             tid,
             blocked: stat.state == 'D',
         });
-        let timed = stat.state == 'S' && proc::task_waits_with_timeout(pid, tid);
         states.push(PreState {
             letter: stat.state,
             timed,

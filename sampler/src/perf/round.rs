@@ -211,8 +211,7 @@ impl Sampler {
             // Drained after the state is read: every switch-out before that read is in.
             let read_state = |session: &mut PerfSession| {
                 let at = super::events::monotonic_ns();
-                let stat = proc::task_stat(job.pid, th.tid).ok()?;
-                let timed = stat.state == 'S' && proc::task_waits_with_timeout(job.pid, th.tid);
+                let (stat, timed) = proc::task_stat_and_timed(job.pid, th.tid).ok()?;
                 session.drain_thread(th.tid);
                 Some((stat.state, timed, at))
             };
