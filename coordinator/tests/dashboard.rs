@@ -906,7 +906,11 @@ fn long_tasks_after(user: &mut Browser, path: &str, requests: usize) -> Vec<u64>
 }
 
 /// The most a long task may take in this test: generous (a debug coordinator on a loaded
-/// two-core machine shares the CPU with the browser); the goal, 200 ms, is for benchmarks.
+/// two-core machine shares the CPU with the browser); the goal, 200 ms, is for benchmarks. The
+/// figures in BENCHMARKS.md ("REST and dashboard at Flink's sizes") are this test's output in a
+/// release build: `cargo test --release -p flamegrid-coordinator --test dashboard -- --ignored
+/// vertex_page_of_ten_thousand --nocapture` prints every long task, the JSON sizes and the
+/// frames that reach the page.
 const LONG_TASK_BOUND_MS: u64 = 1000;
 
 #[ignore = "slow tier (browser, load, kill loops): cargo test --workspace -- --ignored"]

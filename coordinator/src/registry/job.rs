@@ -321,6 +321,21 @@ impl Job {
         true
     }
 
+    /// [`Job::refresh_status`] after subtasks of this job moved only to INITIALIZING or RUNNING
+    /// (a heartbeat's watch list or liveness), without a pass over every subtask while the job
+    /// is RUNNING: such moves cannot change a RUNNING job's status (it has no FAILED, CANCELING
+    /// or CANCELED subtask, the moves add none, and a subtask that now runs means not all have
+    /// finished). A job of 100,000 subtasks starting on 1,000 agents otherwise paid that pass,
+    /// under the registry's lock, on each of their first 2,000 heartbeats. Returns whether the
+    /// status changed.
+    pub fn refresh_status_after_start(&mut self, now: i64) -> bool {
+        if self.runtime.status == JobStatus::Running {
+            self.runtime.last_modification = now;
+            return false;
+        }
+        self.refresh_status(now)
+    }
+
     /// Cancels every subtask that is not terminal yet and marks the job CANCELED (from RUNNING
     /// or FAILING alike: Flink's FAILING → CANCELLING → CANCELED; flamegrid passes CANCELLING
     /// in the same instant, so both are stamped with `now`).
@@ -397,6 +412,54 @@ mod tests {
         assert!(job.refresh_status(1300));
         assert_eq!(job.runtime.status, JobStatus::Failed);
         assert_eq!((job.end_time(), job.duration(9999)), (1300, 300));
+    }
+
+    proptest::proptest! {
+        /// What [`Job::refresh_status_after_start`] skips: whatever the states of a RUNNING
+        /// job's subtasks, moving any of them to INITIALIZING or RUNNING leaves it RUNNING.
+        #[test]
+        fn a_running_job_stays_running_when_subtasks_start(
+            states in proptest::collection::vec(0..ExecutionState::ALL.len(), 1..40),
+            moves in proptest::collection::vec((0..40usize, proptest::prelude::any::<bool>()), 1..8),
+        ) {
+            let mut states: Vec<ExecutionState> =
+                states.into_iter().map(|i| ExecutionState::ALL[i]).collect();
+            if JobStatus::from_subtask_states(states.clone()) == JobStatus::Running {
+                for (at, running) in moves {
+                    let n = states.len();
+                    states[at % n] = if running {
+                        ExecutionState::Running
+                    } else {
+                        ExecutionState::Initializing
+                    };
+                }
+                proptest::prop_assert_eq!(
+                    JobStatus::from_subtask_states(states.clone()),
+                    JobStatus::Running,
+                    "{:?}",
+                    states
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refresh_after_start_skips_only_running_jobs() {
+        let mut job = two_vertex_job();
+        job.runtime.subtasks[0][0].transition(ExecutionState::Running, 1100);
+        assert!(!job.refresh_status_after_start(1100));
+        assert_eq!(job.runtime.status, JobStatus::Running);
+        assert_eq!(job.runtime.last_modification, 1100);
+        // A FAILING job is derived again as before: the other subtask's start changes nothing,
+        // and its end makes the job FAILED.
+        job.runtime.subtasks[0][0].transition(ExecutionState::Failed, 1200);
+        assert!(job.refresh_status(1200));
+        job.runtime.subtasks[1][0].transition(ExecutionState::Running, 1300);
+        assert!(!job.refresh_status_after_start(1300));
+        assert_eq!(job.runtime.status, JobStatus::Failing);
+        job.runtime.subtasks[1][0].transition(ExecutionState::Finished, 1400);
+        assert!(job.refresh_status(1400));
+        assert_eq!(job.runtime.status, JobStatus::Failed);
     }
 
     #[test]

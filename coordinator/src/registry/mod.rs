@@ -861,10 +861,15 @@ impl Registry {
         for pos in touched {
             inner.mark_dirty_at(pos);
         }
+        // Only a subtask that ended can change a RUNNING job's status: subtasks that started
+        // spare the pass over all of a job's (up to 100,000) subtasks.
+        let ended_jobs: BTreeSet<usize> = ended.iter().map(|&(j, _, _)| j).collect();
         for (j, transitioned) in changed {
             let job = &mut inner.jobs[j];
-            if transitioned {
+            if transitioned && ended_jobs.contains(&j) {
                 job.refresh_status(now);
+            } else if transitioned {
+                job.refresh_status_after_start(now);
             } else {
                 job.runtime.last_modification = now;
             }
