@@ -13,10 +13,8 @@ mod support;
 use flamegrid_proto::prometheus::parse_line;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
 use support::{
-    KillOnDrop, TestCoordinator, agent_binary, free_port, graph, poll, running_job,
-    spinners_and_sleeper,
+    TestCoordinator, graph, poll, running_job, spawn_metrics_agent, spinners_and_sleeper,
 };
 
 /// Parsed exposition: every sample by `name{labels}` (labels sorted), and the families typed.
@@ -89,23 +87,12 @@ async fn both_metrics_endpoints_parse_and_count_a_real_run() {
         "10",
     ])
     .await;
-    let metrics_port = free_port();
-    let agent = KillOnDrop(
-        Command::new(agent_binary())
-            .args(["run", "--coordinator", &c.rpc, "--listen", "127.0.0.1:0"])
-            .args(["--id", "metrics-agent"])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let agent = spawn_metrics_agent(&c.rpc, "metrics-agent");
     poll("the agent to register", || async {
         (c.get("/taskmanagers/metrics-agent").await.0 == 200).then_some(())
     })
     .await;
-    let agent_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let agent_url = agent.metrics.clone();
 
     // Before any run: nothing counted yet, one agent, no job.
     let before = scrape(&c.url("/metrics")).await;
@@ -189,7 +176,7 @@ async fn both_metrics_endpoints_parse_and_count_a_real_run() {
     // The agent's listener serves only GET /metrics.
     let client = reqwest::Client::new();
     let other = client
-        .get(format!("http://127.0.0.1:{metrics_port}/other"))
+        .get(agent_url.replace("/metrics", "/other"))
         .send()
         .await
         .unwrap();

@@ -10,12 +10,9 @@
 #[path = "support/rest.rs"]
 mod support;
 
-use flamegrid_testkit::postgres::scratch_database;
-use flamegrid_testkit::{KillOnDrop, executable};
+use flamegrid_testkit::postgres::{psql, scratch_database};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::*;
 
@@ -24,52 +21,16 @@ const TM: &str = "agent-r";
 /// two flush intervals) well within it.
 const TIMEOUT_S: &str = "4";
 
-/// One replica: the real binary on port 0 with `--database-url`; its REST and gRPC URLs.
-struct Replica {
-    child: KillOnDrop,
-    rest: String,
-    rpc: String,
+/// One replica: the real binary on port 0 with `--database-url` (and a short heartbeat timeout).
+fn spawn_replica(data_dir: &Path, database_url: &str) -> CoordinatorProcess {
+    spawn_replica_with(data_dir, database_url, &["--heartbeat-timeout-s", TIMEOUT_S])
 }
 
-fn spawn_replica(data_dir: &Path, database_url: &str) -> Replica {
-    spawn_replica_with(data_dir, database_url, &[])
-}
-
-fn spawn_replica_with(data_dir: &Path, database_url: &str, extra: &[&str]) -> Replica {
-    let mut child = Command::new(executable("flamegrid-coordinator"))
-        .args(["--rest-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0"])
-        .args(extra)
-        .args(["--heartbeat-timeout-s", TIMEOUT_S, "--data-dir"])
-        .arg(data_dir)
-        .args(["--database-url", database_url])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = KillOnDrop(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut rest, mut rpc) = (None, None);
-    while rest.is_none() || rpc.is_none() {
-        let line = lines
-            .next()
-            .expect("the coordinator printed its addresses")
-            .unwrap();
-        if let Some(url) = line.strip_prefix("flamegrid dashboard: ") {
-            rest = Some(url.trim_end_matches('/').to_string());
-        } else if let Some(url) = line.strip_prefix("flamegrid registry (gRPC): ") {
-            rpc = Some(url.to_string());
-        }
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Replica {
-        child,
-        rest: rest.unwrap(),
-        rpc: rpc.unwrap(),
-    }
+/// [`spawn_replica`] with these flags instead of the short heartbeat timeout.
+fn spawn_replica_with(data_dir: &Path, database_url: &str, extra: &[&str]) -> CoordinatorProcess {
+    let mut flags = vec!["--database-url", database_url];
+    flags.extend_from_slice(extra);
+    spawn_coordinator(data_dir, &flags)
 }
 
 async fn get(base: &str, path: &str) -> (u16, Value) {
@@ -247,6 +208,8 @@ async fn a_flame_graph_polled_on_both_replicas_is_one_run_at_the_agent_and_the_s
         flamegrid_testkit::temp_dir("replica-gb"),
     );
     let fast = [
+        "--heartbeat-timeout-s",
+        TIMEOUT_S,
         "--flamegraph-num-samples",
         "5",
         "--flamegraph-delay-ms",
@@ -255,22 +218,7 @@ async fn a_flame_graph_polled_on_both_replicas_is_one_run_at_the_agent_and_the_s
     let a = spawn_replica_with(dir_a.path(), &db.url, &fast);
     let b = spawn_replica_with(dir_b.path(), &db.url, &fast);
     // A real agent, registered with replica A only.
-    let (port, metrics_port) = (
-        flamegrid_testkit::free_port(),
-        flamegrid_testkit::free_port(),
-    );
-    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
-    let _agent = KillOnDrop(
-        Command::new(agent_binary())
-            .args(["run", "--coordinator", &a.rpc, "--id", "graph-agent"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let agent = spawn_metrics_agent(&a.rpc, "graph-agent");
     poll("B to list the agent registered with A", || async {
         (get(&b.rest, "/taskmanagers/graph-agent").await.0 == 200).then_some(())
     })
@@ -304,7 +252,7 @@ async fn a_flame_graph_polled_on_both_replicas_is_one_run_at_the_agent_and_the_s
     assert!(tree_a["value"].as_i64().unwrap_or(0) > 0, "{tree_a}");
     // Polled on both, sampled once: counted at the agent.
     assert_eq!(
-        agent_ok_runs(&metrics).await,
+        agent.ok_runs().await,
         1,
         "one run at the agent for both replicas"
     );
@@ -313,9 +261,116 @@ async fn a_flame_graph_polled_on_both_replicas_is_one_run_at_the_agent_and_the_s
         assert_eq!(on_a["endTimestamp"], on_b["endTimestamp"]);
     }
     assert_eq!(
-        agent_ok_runs(&metrics).await,
+        agent.ok_runs().await,
         1,
         "fresh graphs start no run"
     );
     drop(worker);
+}
+
+/// The pid in a lease row's holder (`host/pid/suffix`, [`Database::replica_id`]).
+fn holder_pid(holder: &str) -> Option<u32> {
+    holder.split('/').nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_holding_a_runs_lease_killed_mid_run_and_the_other_serves_a_new_graph() {
+    let Some(db) = scratch_database("replicas_kill") else {
+        return;
+    };
+    let (dir_a, dir_b) = (
+        flamegrid_testkit::temp_dir("replica-ka"),
+        flamegrid_testkit::temp_dir("replica-kb"),
+    );
+    // A window of 3 s (60 samples, 50 ms apart), a lease of 5 s (longer than a run, as the
+    // docs ask), graphs stale after 1 s so that a dashboard's poll starts the next run.
+    let flags = [
+        "--flamegraph-num-samples",
+        "60",
+        "--flamegraph-delay-ms",
+        "50",
+        "--flamegraph-lease-s",
+        "5",
+        "--flamegraph-refresh-interval-s",
+        "1",
+    ];
+    let mut replicas = [
+        spawn_replica_with(dir_a.path(), &db.url, &flags),
+        spawn_replica_with(dir_b.path(), &db.url, &flags),
+    ];
+    // A real agent given both replicas, sampling a real workload.
+    let both = format!("{},{}", replicas[0].rpc, replicas[1].rpc);
+    let _agent = spawn_metrics_agent(&both, "kill-agent");
+    for r in &replicas {
+        poll("both replicas to list the agent", || async {
+            (get(&r.rest, "/taskmanagers/kill-agent").await.0 == 200).then_some(())
+        })
+        .await;
+    }
+    let w = spinners_and_sleeper();
+    let job = serde_json::json!({
+        "name": "kill-the-lease-holder",
+        "vertices": [{"name": "Source: spin", "parallelism": 2, "subtasks": [
+            {"taskmanager": "kill-agent", "pid": w.pid(), "thread_name": "spin-0"},
+            {"taskmanager": "kill-agent", "pid": w.pid(), "thread_name": "spin-1"}]}]
+    });
+    let (status, answer) = send(
+        reqwest::Client::new()
+            .post(format!("{}/jobs", replicas[0].rest))
+            .header("content-type", "application/json")
+            .body(job.to_string()),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["jobid"].as_str().unwrap().to_string();
+    let (_, job) = get(&replicas[0].rest, &format!("/jobs/{id}")).await;
+    let vertex = job["vertices"][0]["id"].as_str().unwrap().to_string();
+    let path = format!("/jobs/{id}/vertices/{vertex}/flamegraph");
+    let chains = flamegrid_workloads::Workload::CFramePointers.chains();
+
+    // A first graph, asked of A.
+    let first = poll("a first graph on A", || async {
+        let (_, graph) = get(&replicas[0].rest, &path).await;
+        let end = graph["endTimestamp"].as_i64().unwrap_or(-3);
+        (end > 0).then_some(end)
+    })
+    .await;
+
+    // A's poll goes on (the graph turns stale) until a run holds the vertex's lease; whichever
+    // replica holds it is killed with SIGKILL mid-run.
+    let lease_sql = format!("SELECT holder FROM flamegraph_leases WHERE key = '{id}/{vertex}'");
+    let holder = poll("a run to hold the vertex's lease", || async {
+        let _ = get(&replicas[0].rest, &path).await;
+        let holder = psql(&db.url, &lease_sql);
+        holder_pid(&holder)
+    })
+    .await;
+    let dead = replicas
+        .iter()
+        .position(|r| r.child.pid() == holder)
+        .expect("the lease names one of the two replicas");
+    replicas[dead].child.kill();
+    let survivor = &replicas[1 - dead];
+
+    // The survivor, polled like a dashboard, serves a newer graph of the workload once the
+    // dead holder's lease has expired and its own run is over (the poll's hang guard is far
+    // beyond lease + window + deadline; nothing is asserted on time).
+    let (end, tree) = poll("the survivor to serve a new graph", || async {
+        let (status, graph) = get(&survivor.rest, &path).await;
+        assert_eq!(status, 200, "{graph}");
+        let end = graph["endTimestamp"].as_i64().unwrap_or(-3);
+        (end > first).then(|| (end, graph["data"].clone()))
+    })
+    .await;
+    assert!(end > first);
+    assert!(
+        has_chain(&tree, chains.spin),
+        "the new graph is the workload's: {tree}"
+    );
+    // The survivor's run stored and dropped its lease; the dead one's is gone with it.
+    poll("the lease to be released", || async {
+        psql(&db.url, &lease_sql).is_empty().then_some(())
+    })
+    .await;
+    drop(w);
 }

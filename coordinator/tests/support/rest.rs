@@ -422,3 +422,89 @@ pub async fn agent_ok_runs(metrics_url: &str) -> u64 {
         .and_then(|v| v.parse::<f64>().ok())
         .expect("the agent's ok runs counter") as u64
 }
+
+// ---- real processes: a coordinator binary, an agent with /metrics ----------------------------
+
+/// A real `flamegrid-coordinator` process (see [`spawn_coordinator`]): its REST and gRPC URLs.
+pub struct CoordinatorProcess {
+    pub child: KillOnDrop,
+    pub rest: String,
+    pub rpc: String,
+}
+
+/// Starts the coordinator binary on loopback port 0 with `--data-dir data_dir` and `extra`
+/// flags, and waits for it to print its addresses; stdout is drained afterwards so the child
+/// never blocks on a full pipe. Killed (SIGKILL) when dropped.
+pub fn spawn_coordinator(data_dir: &Path, extra: &[&str]) -> CoordinatorProcess {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(flamegrid_testkit::executable("flamegrid-coordinator"))
+        .args(["--rest-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = KillOnDrop(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut rest, mut rpc) = (None, None);
+    while rest.is_none() || rpc.is_none() {
+        let line = lines
+            .next()
+            .expect("the coordinator printed its addresses")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("flamegrid dashboard: ") {
+            rest = Some(url.trim_end_matches('/').to_string());
+        } else if let Some(url) = line.strip_prefix("flamegrid registry (gRPC): ") {
+            rpc = Some(url.to_string());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    CoordinatorProcess {
+        child,
+        rest: rest.unwrap(),
+        rpc: rpc.unwrap(),
+    }
+}
+
+/// A real agent with `/metrics` (see [`spawn_metrics_agent`]).
+pub struct MetricsAgent {
+    pub process: KillOnDrop,
+    /// Its Sampling service, `http://127.0.0.1:port`.
+    pub address: String,
+    /// Its `/metrics` URL.
+    pub metrics: String,
+}
+
+impl MetricsAgent {
+    /// Sampling runs it served that delivered ([`agent_ok_runs`]).
+    pub async fn ok_runs(&self) -> u64 {
+        agent_ok_runs(&self.metrics).await
+    }
+}
+
+/// Starts `flamegrid-agent run --coordinator coordinators --id id` on loopback ports with
+/// `--metrics-listen`; does not wait for it to register (the caller polls where it looks).
+pub fn spawn_metrics_agent(coordinators: &str, id: &str) -> MetricsAgent {
+    let (port, metrics_port) = (free_port(), free_port());
+    let process = KillOnDrop(
+        Command::new(agent_binary())
+            .args(["run", "--coordinator", coordinators, "--id", id])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    MetricsAgent {
+        process,
+        address: format!("http://127.0.0.1:{port}"),
+        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+    }
+}
