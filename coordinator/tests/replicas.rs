@@ -23,7 +23,11 @@ const TIMEOUT_S: &str = "4";
 
 /// One replica: the real binary on port 0 with `--database-url` (and a short heartbeat timeout).
 fn spawn_replica(data_dir: &Path, database_url: &str) -> CoordinatorProcess {
-    spawn_replica_with(data_dir, database_url, &["--heartbeat-timeout-s", TIMEOUT_S])
+    spawn_replica_with(
+        data_dir,
+        database_url,
+        &["--heartbeat-timeout-s", TIMEOUT_S],
+    )
 }
 
 /// [`spawn_replica`] with these flags instead of the short heartbeat timeout.
@@ -260,11 +264,7 @@ async fn a_flame_graph_polled_on_both_replicas_is_one_run_at_the_agent_and_the_s
         let ((_, on_a), (_, on_b)) = tokio::join!(get(&a.rest, &path), get(&b.rest, &path));
         assert_eq!(on_a["endTimestamp"], on_b["endTimestamp"]);
     }
-    assert_eq!(
-        agent.ok_runs().await,
-        1,
-        "fresh graphs start no run"
-    );
+    assert_eq!(agent.ok_runs().await, 1, "fresh graphs start no run");
     drop(worker);
 }
 
@@ -373,4 +373,148 @@ async fn the_replica_holding_a_runs_lease_killed_mid_run_and_the_other_serves_a_
     })
     .await;
     drop(w);
+}
+
+/// The value of the sample `name` (no labels) in a Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_expired_on_one_replica_takes_its_flame_graphs_from_the_database_and_every_cache() {
+    let Some(db) = scratch_database("replicas_gone") else {
+        return;
+    };
+    let (dir_a, dir_b) = (
+        flamegrid_testkit::temp_dir("replica-ga"),
+        flamegrid_testkit::temp_dir("replica-gb"),
+    );
+    let fast = [
+        "--flamegraph-num-samples",
+        "5",
+        "--flamegraph-delay-ms",
+        "20",
+    ];
+    // A removes a job one second after it ended; B would keep it for an hour.
+    let mut flags_a = fast.to_vec();
+    flags_a.extend(["--job-retention-s", "1"]);
+    let a = spawn_replica_with(dir_a.path(), &db.url, &flags_a);
+    let b = spawn_replica_with(dir_b.path(), &db.url, &fast);
+    let _agent = spawn_metrics_agent(&a.rpc, "gone-agent");
+    poll("B to list the agent registered with A", || async {
+        (get(&b.rest, "/taskmanagers/gone-agent").await.0 == 200).then_some(())
+    })
+    .await;
+    let worker = sleeper();
+    let (status, answer) = send(
+        reqwest::Client::new()
+            .post(format!("{}/jobs", a.rest))
+            .header("content-type", "application/json")
+            .body(two_vertex_job("gone-agent", worker.pid()).to_string()),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["jobid"].as_str().unwrap().to_string();
+    let (_, job) = get(&b.rest, &format!("/jobs/{id}")).await;
+    let vertex = job["vertices"][0]["id"].as_str().unwrap().to_string();
+    let path = format!("/jobs/{id}/vertices/{vertex}/flamegraph");
+
+    // B graphs the vertex: a run stored in the database, a graph in B's cache.
+    poll("B to serve the graph", || async {
+        let (_, graph) = get(&b.rest, &path).await;
+        (graph["endTimestamp"].as_i64().unwrap_or(-3) > 0).then_some(())
+    })
+    .await;
+    let runs_sql = format!("SELECT count(*) FROM flamegraph_runs WHERE job_id = '{id}'");
+    assert_ne!(psql(&db.url, &runs_sql), "0", "the run is stored");
+    let entries = "flamegrid_coordinator_flamegraph_cache_entries";
+    let metrics_b = format!("{}/metrics", b.rest);
+    let cached = reqwest::get(&metrics_b)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(sample(&cached, entries).unwrap_or(0.0) > 0.0, "{cached}");
+
+    // Canceled on A, then removed by A once its retention is over.
+    let (status, answer) = send(
+        reqwest::Client::new()
+            .patch(format!("{}/jobs/{id}", a.rest))
+            .header("content-type", "application/json"),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    poll("A to remove the canceled job", || async {
+        (get(&a.rest, &format!("/jobs/{id}")).await.0 == 404).then_some(())
+    })
+    .await;
+
+    // Its stored runs and leases are gone with it...
+    assert_eq!(psql(&db.url, &runs_sql), "0", "no stored run is left");
+    let leases = format!("SELECT count(*) FROM flamegraph_leases WHERE key LIKE '{id}/%'");
+    assert_eq!(psql(&db.url, &leases), "0", "no lease is left");
+    // ... and B drops the job and its graphs: 404 like an unknown job, nothing cached.
+    poll("B to drop the job and its graphs", || async {
+        let text = reqwest::get(&metrics_b).await.ok()?.text().await.ok()?;
+        (sample(&text, entries) == Some(0.0)).then_some(())
+    })
+    .await;
+    for p in [format!("/jobs/{id}"), path.clone()] {
+        let (status, body) = get(&b.rest, &p).await;
+        assert_eq!(status, 404, "{p}: {body}");
+    }
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_to_a_replica_that_has_not_pulled_the_agent_yet_needs_no_reregistration() {
+    let Some(db) = scratch_database("replicas_beat") else {
+        return;
+    };
+    let (dir_a, dir_b) = (
+        flamegrid_testkit::temp_dir("replica-ba"),
+        flamegrid_testkit::temp_dir("replica-bb"),
+    );
+    let a = spawn_replica(dir_a.path(), &db.url);
+    let b = spawn_replica(dir_b.path(), &db.url);
+    let worker = sleeper();
+    let mut on_b = TestAgent::connect(&b.rpc, "agent-fresh").await;
+    // Registered on A, and at once a heartbeat to B, before B's next sync.
+    let mut on_a = TestAgent::connect(&a.rpc, "agent-fresh").await;
+    on_a.register().await;
+    let answer = on_b.heartbeat().await;
+    assert!(
+        !answer.reregister,
+        "B reads the agent registered on A from the database"
+    );
+    let (_, tms) = get(&b.rest, "/taskmanagers").await;
+    assert_eq!(tm_ids(&tms), ["agent-fresh"]);
+    // It goes on heartbeating to B only, and is given the subtasks of a job posted on A.
+    let (status, answer) = send(
+        reqwest::Client::new()
+            .post(format!("{}/jobs", a.rest))
+            .header("content-type", "application/json")
+            .body(two_vertex_job("agent-fresh", worker.pid()).to_string()),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let watching = tokio::time::timeout(flamegrid_testkit::HANG_GUARD, async {
+        loop {
+            let answer = on_b.heartbeat().await;
+            assert!(!answer.reregister);
+            if answer.watch.len() == 3 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    watching
+        .await
+        .expect("B gives the agent the job's subtasks");
+    // An agent nobody registered is still asked to register.
+    let mut stranger = TestAgent::connect(&b.rpc, "agent-stranger").await;
+    assert!(stranger.heartbeat().await.reregister);
+    drop(worker);
 }

@@ -40,7 +40,10 @@
 //!
 //! A **follower** task ([`spawn_follower`]) polls every [`POLL`] for runs stored by anyone on the
 //! vertices the replica holds in its cache, and lands them there. So within one dashboard poll
-//! every replica serves the same latest run: the same `endTimestamp` and the same tree.
+//! every replica serves the same latest run: the same `endTimestamp` and the same tree. It also
+//! drops from the cache every job the shared registry no longer has (expired or deleted on any
+//! replica: [`GraphCache::forget_job`]); the replica that removes a job deletes its stored runs
+//! and leases in the same transaction (`registry/postgres.rs`).
 //! [`super::FlameGraphService::history`] and [`super::FlameGraphService::kept_run`] read a key's
 //! stored runs when the cache holds none for it.
 //!
@@ -62,7 +65,7 @@ use crate::database::{Database, DatabaseError};
 use crate::fanout::FanOut;
 use crate::missing::Missing;
 use crate::sampling::{SamplingParams, SubtaskTarget};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -370,7 +373,9 @@ impl SharedRuns {
     }
 
     /// Stores `snapshot` (a run that delivered) under `key`, deletes the key's runs beyond the
-    /// newest `history`, and drops this replica's lease on `key`, in one transaction.
+    /// newest `history`, and drops this replica's lease on `key`, in one transaction. A run of
+    /// a job removed from the registry meanwhile (a tombstone in `registry_deleted_jobs`) is
+    /// not stored: nobody may read it any more.
     pub async fn store(
         &self,
         key: &GraphKey,
@@ -393,7 +398,9 @@ impl SharedRuns {
                     &format!(
                         "INSERT INTO flamegraph_runs \
                          (run_id, key, vertex_key, job_id, delivered, end_ms, stored_ms, body) \
-                         VALUES ($1, $2, $3, $4, $5, $6, {NOW_MS}, $7) ON CONFLICT (run_id) DO NOTHING"
+                         SELECT $1, $2, $3, $4, $5, $6, {NOW_MS}, $7 \
+                         WHERE NOT EXISTS (SELECT 1 FROM registry_deleted_jobs WHERE id = $4) \
+                         ON CONFLICT (run_id) DO NOTHING"
                     ),
                     &[&run_id, &own, &vertex, &job, &delivered, &end_ms, &body],
                 )
@@ -449,6 +456,27 @@ impl SharedRuns {
                     .await
                     .map_err(query_error)?;
                 Ok((rows.iter().filter_map(|r| stored_run(r, None)).collect(), now))
+            })
+            .await
+    }
+
+    /// Of `jobs`, those the shared registry no longer has (expired or deleted by any replica):
+    /// their graphs must go from every replica's cache.
+    pub async fn gone_jobs(&self, jobs: Vec<String>) -> Result<Vec<String>, DatabaseError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db
+            .run(move |client| async move {
+                let rows = client
+                    .query(
+                        "SELECT j FROM unnest($1::text[]) AS j \
+                         WHERE NOT EXISTS (SELECT 1 FROM registry_jobs WHERE id = j)",
+                        &[&jobs],
+                    )
+                    .await
+                    .map_err(query_error)?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
             })
             .await
     }
@@ -626,6 +654,18 @@ pub fn spawn_follower(
                     let next = now - FOLLOW_OVERLAP_MS;
                     seen.retain(|_, stored| *stored >= next);
                     since = Some(next);
+                }
+                Err(e) => tracing::warn!(error = %e, "flame graph follower: database read failed"),
+            }
+            // After landing (a gone job's runs are deleted with it, so none lands again).
+            let jobs: BTreeSet<String> = held.into_iter().map(|(job, _)| job).collect();
+            match shared.gone_jobs(jobs.into_iter().collect()).await {
+                Ok(gone) => {
+                    let Some(cache) = cache.upgrade() else { return };
+                    for job in gone {
+                        let dropped = cache.forget_job(&job);
+                        tracing::debug!(%job, dropped, "flame graphs of a job gone from the shared registry dropped");
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "flame graph follower: database read failed"),
             }
