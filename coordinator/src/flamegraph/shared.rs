@@ -195,11 +195,9 @@ pub fn parse_key(text: &str) -> Option<GraphKey> {
     })
 }
 
-fn query_error(e: impl std::fmt::Display) -> DatabaseError {
-    DatabaseError::Query {
-        url: String::new(),
-        message: e.to_string(),
-    }
+/// A failed query, with the driver's whole cause.
+fn query_error(e: tokio_postgres::Error) -> DatabaseError {
+    crate::database::query_failed(e)
 }
 
 /// A row of `flamegraph_runs` (run_id, key, stored_ms, age_ms, body) as a [`StoredRun`] for
@@ -382,7 +380,10 @@ impl SharedRuns {
         snapshot: &Snapshot,
         history: usize,
     ) -> Result<(), DatabaseError> {
-        let body = encode(snapshot).map_err(query_error)?;
+        let body = encode(snapshot).map_err(|message| DatabaseError::Query {
+            url: String::new(),
+            message,
+        })?;
         let own = key_text(key);
         let vertex = key_text(&key.vertex());
         let job = key.job_id.clone();
@@ -460,8 +461,9 @@ impl SharedRuns {
             .await
     }
 
-    /// Of `jobs`, those the shared registry no longer has (expired or deleted by any replica):
-    /// their graphs must go from every replica's cache.
+    /// Of `jobs`, those the shared registry removed (expired or deleted by any replica: a
+    /// tombstone in `registry_deleted_jobs`, kept a day): their graphs must go from every
+    /// replica's cache.
     pub async fn gone_jobs(&self, jobs: Vec<String>) -> Result<Vec<String>, DatabaseError> {
         if jobs.is_empty() {
             return Ok(Vec::new());
@@ -470,8 +472,7 @@ impl SharedRuns {
             .run(move |client| async move {
                 let rows = client
                     .query(
-                        "SELECT j FROM unnest($1::text[]) AS j \
-                         WHERE NOT EXISTS (SELECT 1 FROM registry_jobs WHERE id = j)",
+                        "SELECT id FROM registry_deleted_jobs WHERE id = ANY($1)",
                         &[&jobs],
                     )
                     .await

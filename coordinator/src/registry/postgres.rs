@@ -72,10 +72,7 @@ async fn snapshot_with_cursor(
 }
 
 fn query(e: tokio_postgres::Error) -> DatabaseError {
-    DatabaseError::Query {
-        url: String::new(),
-        message: e.to_string(),
-    }
+    crate::database::query_failed(e)
 }
 
 fn bad(message: String) -> DatabaseError {
