@@ -186,3 +186,52 @@ async fn both_metrics_endpoints_parse_and_count_a_real_run() {
     drop(agent);
     drop(workload);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_database_store_and_pool_are_on_metrics() {
+    let Some(db) = flamegrid_testkit::postgres::scratch_database("metrics_pool") else {
+        return;
+    };
+    let c = TestCoordinator::start(&["--database-url", &db.url, "--database-pool-size", "4"]).await;
+    // Before any flush: no row written yet, and the pool as configured.
+    let before = scrape(&c.url("/metrics")).await;
+    assert_eq!(
+        before.get("flamegrid_coordinator_store_rows_written_total{table=\"jobs\"}"),
+        0.0
+    );
+    assert_eq!(
+        before.get("flamegrid_coordinator_database_pool_max_connections"),
+        4.0
+    );
+    assert!(before.get("flamegrid_coordinator_database_pool_open_connections") >= 1.0);
+    assert!(before.get("flamegrid_coordinator_database_pool_in_use_connections") <= 4.0);
+    assert!(before.get("flamegrid_coordinator_database_pool_waiting") >= 0.0);
+
+    // An agent's heartbeat makes a job's subtasks RUNNING: the flush writes its row.
+    let worker = support::sleeper();
+    let mut agent = support::TestAgent::connect(&c.rpc, "pool-agent").await;
+    agent.register().await;
+    c.register_job(&support::two_vertex_job("pool-agent", worker.pid()))
+        .await;
+    agent.heartbeat().await;
+    agent.heartbeat().await;
+    poll("a job row written by the flush", || async {
+        let after = scrape(&c.url("/metrics")).await;
+        (after.get("flamegrid_coordinator_store_rows_written_total{table=\"jobs\"}") > 0.0)
+            .then_some(())
+    })
+    .await;
+    let plain = TestCoordinator::start(&[]).await;
+    let without = scrape(&plain.url("/metrics")).await;
+    assert!(
+        !without
+            .typed
+            .contains("flamegrid_coordinator_database_pool_open_connections")
+    );
+    assert!(
+        without
+            .typed
+            .contains("flamegrid_coordinator_store_rows_written_total")
+    );
+    drop(worker);
+}
