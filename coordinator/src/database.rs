@@ -248,7 +248,12 @@ impl Database {
         for attempt in 1.. {
             match db.blocking(|client| async move { migrate(client).await }) {
                 Ok(()) => break,
-                Err(DatabaseError::Connect { url, message }) => {
+                // Unreachable, or reached but no answer in time (a server still starting, or
+                // stalled on I/O): worth another attempt. The migration is one transaction, so
+                // an attempt cut short applied nothing.
+                Err(
+                    DatabaseError::Connect { url, message } | DatabaseError::Query { url, message },
+                ) => {
                     let waited = started.elapsed();
                     if waited + backoff > options.connect_timeout {
                         return Err(DatabaseError::Connect {
