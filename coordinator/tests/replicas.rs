@@ -274,16 +274,13 @@ fn holder_pid(holder: &str) -> Option<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_replica_holding_a_runs_lease_killed_mid_run_and_the_other_serves_a_new_graph() {
+async fn the_replica_holding_a_runs_lease_killed_mid_run_and_the_others_serve_one_new_graph() {
     let Some(db) = scratch_database("replicas_kill") else {
         return;
     };
-    let (dir_a, dir_b) = (
-        flamegrid_testkit::temp_dir("replica-ka"),
-        flamegrid_testkit::temp_dir("replica-kb"),
-    );
-    // A window of 3 s (60 samples, 50 ms apart), a lease of 5 s (longer than a run, as the
-    // docs ask), graphs stale after 1 s so that a dashboard's poll starts the next run.
+    let dirs = ["replica-ka", "replica-kb", "replica-kc"].map(flamegrid_testkit::temp_dir);
+    // A window of 3 s (60 samples, 50 ms apart) and a lease of 5 s (longer than a run, as the
+    // docs ask); graphs stay fresh for the default 60 s, so runs start only when asked.
     let flags = [
         "--flamegraph-num-samples",
         "60",
@@ -291,18 +288,15 @@ async fn the_replica_holding_a_runs_lease_killed_mid_run_and_the_other_serves_a_
         "50",
         "--flamegraph-lease-s",
         "5",
-        "--flamegraph-refresh-interval-s",
-        "1",
     ];
-    let mut replicas = [
-        spawn_replica_with(dir_a.path(), &db.url, &flags),
-        spawn_replica_with(dir_b.path(), &db.url, &flags),
-    ];
-    // A real agent given both replicas, sampling a real workload.
-    let both = format!("{},{}", replicas[0].rpc, replicas[1].rpc);
-    let _agent = spawn_metrics_agent(&both, "kill-agent");
+    let mut replicas = dirs
+        .each_ref()
+        .map(|dir| spawn_replica_with(dir.path(), &db.url, &flags));
+    // A real agent given every replica, sampling a real workload.
+    let all: Vec<&str> = replicas.iter().map(|r| r.rpc.as_str()).collect();
+    let agent = spawn_metrics_agent(&all.join(","), "kill-agent");
     for r in &replicas {
-        poll("both replicas to list the agent", || async {
+        poll("every replica to list the agent", || async {
             (get(&r.rest, "/taskmanagers/kill-agent").await.0 == 200).then_some(())
         })
         .await;
@@ -326,46 +320,69 @@ async fn the_replica_holding_a_runs_lease_killed_mid_run_and_the_other_serves_a_
     let (_, job) = get(&replicas[0].rest, &format!("/jobs/{id}")).await;
     let vertex = job["vertices"][0]["id"].as_str().unwrap().to_string();
     let path = format!("/jobs/{id}/vertices/{vertex}/flamegraph");
+    let forced = format!("{path}?refresh=true");
     let chains = flamegrid_workloads::Workload::CFramePointers.chains();
 
-    // A first graph, asked of A.
-    let first = poll("a first graph on A", || async {
+    // A first graph, asked of the first replica.
+    let first = poll("a first graph", || async {
         let (_, graph) = get(&replicas[0].rest, &path).await;
         let end = graph["endTimestamp"].as_i64().unwrap_or(-3);
         (end > 0).then_some(end)
     })
     .await;
 
-    // A's poll goes on (the graph turns stale) until a run holds the vertex's lease; whichever
+    // A refresh asked of the first replica: a run holds the vertex's lease, and whichever
     // replica holds it is killed with SIGKILL mid-run.
+    let (status, _) = get(&replicas[0].rest, &forced).await;
+    assert_eq!(status, 200);
     let lease_sql = format!("SELECT holder FROM flamegraph_leases WHERE key = '{id}/{vertex}'");
     let holder = poll("a run to hold the vertex's lease", || async {
-        let _ = get(&replicas[0].rest, &path).await;
-        let holder = psql(&db.url, &lease_sql);
-        holder_pid(&holder)
+        holder_pid(&psql(&db.url, &lease_sql))
     })
     .await;
     let dead = replicas
         .iter()
         .position(|r| r.child.pid() == holder)
-        .expect("the lease names one of the two replicas");
+        .expect("the lease names one of the replicas");
     replicas[dead].child.kill();
-    let survivor = &replicas[1 - dead];
+    let survivors: Vec<&CoordinatorProcess> = replicas
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| (i != dead).then_some(r))
+        .collect();
+    // The dead replica's run ends at the agent (answered into a closed connection).
+    poll("the killed run to end at the agent", || async {
+        let in_flight = agent_sample(&agent.metrics, "flamegrid_agent_sampling_runs_in_flight");
+        (in_flight.await == 0.0).then_some(())
+    })
+    .await;
+    let runs_before = agent.ok_runs().await;
 
-    // The survivor, polled like a dashboard, serves a newer graph of the workload once the
-    // dead holder's lease has expired and its own run is over (the poll's hang guard is far
-    // beyond lease + window + deadline; nothing is asserted on time).
-    let (end, tree) = poll("the survivor to serve a new graph", || async {
-        let (status, graph) = get(&survivor.rest, &path).await;
-        assert_eq!(status, 200, "{graph}");
-        let end = graph["endTimestamp"].as_i64().unwrap_or(-3);
-        (end > first).then(|| (end, graph["data"].clone()))
+    // Both survivors asked for a refresh at once (two dashboards), then polled: once the dead
+    // holder's lease has expired one of them samples, and both serve that newer graph of the
+    // workload (the poll's hang guard is far beyond lease + window + deadline; nothing is
+    // asserted on time).
+    let (one, other) = (survivors[0], survivors[1]);
+    let ((s1, _), (s2, _)) = tokio::join!(get(&one.rest, &forced), get(&other.rest, &forced));
+    assert_eq!((s1, s2), (200, 200));
+    let (end, tree) = poll("the survivors to serve one new graph", || async {
+        let ((_, g1), (_, g2)) = tokio::join!(get(&one.rest, &path), get(&other.rest, &path));
+        let (e1, e2) = (
+            g1["endTimestamp"].as_i64().unwrap_or(-3),
+            g2["endTimestamp"].as_i64().unwrap_or(-3),
+        );
+        (e1 > first && e1 == e2).then(|| (e1, g1["data"].clone()))
     })
     .await;
     assert!(end > first);
     assert!(
         has_chain(&tree, chains.spin),
         "the new graph is the workload's: {tree}"
+    );
+    assert_eq!(
+        agent.ok_runs().await - runs_before,
+        1,
+        "one run at the agent for both survivors"
     );
     // The survivor's run stored and dropped its lease; the dead one's is gone with it.
     poll("the lease to be released", || async {

@@ -410,6 +410,15 @@ pub fn children(node: &Value) -> &Vec<Value> {
 /// Sampling runs a real agent served that delivered, read from its `/metrics`
 /// (`flamegrid_agent_sampling_runs_total{outcome="ok"}`): how tests count runs at the agent.
 pub async fn agent_ok_runs(metrics_url: &str) -> u64 {
+    agent_sample(
+        metrics_url,
+        "flamegrid_agent_sampling_runs_total{outcome=\"ok\"}",
+    )
+    .await as u64
+}
+
+/// The value of the sample `series` (name and labels, as written) of a real agent's `/metrics`.
+pub async fn agent_sample(metrics_url: &str, series: &str) -> f64 {
     let text = reqwest::get(metrics_url)
         .await
         .unwrap()
@@ -417,10 +426,9 @@ pub async fn agent_ok_runs(metrics_url: &str) -> u64 {
         .await
         .unwrap();
     text.lines()
-        .find(|l| l.starts_with("flamegrid_agent_sampling_runs_total{outcome=\"ok\"}"))
-        .and_then(|l| l.rsplit(' ').next())
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.parse::<f64>().ok())
-        .expect("the agent's ok runs counter") as u64
+        .unwrap_or_else(|| panic!("no {series} in the agent's metrics:\n{text}"))
 }
 
 // ---- real processes: a coordinator binary, an agent with /metrics ----------------------------
