@@ -65,15 +65,7 @@ async fn a_job_posted_on_one_replica_is_served_and_canceled_on_the_other() {
     let mut agent = TestAgent::connect(&a.rpc, TM).await;
     agent.register().await;
 
-    let (status, answer) = send(
-        reqwest::Client::new()
-            .post(format!("{}/jobs", a.rest))
-            .header("content-type", "application/json")
-            .body(two_vertex_job(TM, worker.pid()).to_string()),
-    )
-    .await;
-    assert_eq!(status, 202, "{answer}");
-    let id = answer["jobid"].as_str().unwrap().to_string();
+    let id = a.register_job(&two_vertex_job(TM, worker.pid())).await;
 
     // Read on B at once (no wait for a sync): the same job.
     let (status, on_b) = get(&b.rest, &format!("/jobs/{id}")).await;
@@ -102,13 +94,7 @@ async fn a_job_posted_on_one_replica_is_served_and_canceled_on_the_other() {
     .await;
 
     // Canceled on B, CANCELED on A; and the agent stops watching it (A's watch list).
-    let (status, answer) = send(
-        reqwest::Client::new()
-            .patch(format!("{}/jobs/{id}", b.rest))
-            .header("content-type", "application/json"),
-    )
-    .await;
-    assert_eq!(status, 202, "{answer}");
+    b.cancel_job(&id).await;
     poll("A to show the job canceled on B", || async {
         let (_, job) = get(&a.rest, &format!("/jobs/{id}")).await;
         (job["state"] == "CANCELED").then_some(())
@@ -145,17 +131,7 @@ async fn agents_are_shared_and_a_replica_killed_with_sigkill_loses_nothing() {
     let worker = sleeper();
     let mut agent = TestAgent::connect(&a.rpc, TM).await;
     agent.register().await;
-    let id = {
-        let (status, answer) = send(
-            reqwest::Client::new()
-                .post(format!("{}/jobs", b.rest))
-                .header("content-type", "application/json")
-                .body(two_vertex_job(TM, worker.pid()).to_string()),
-        )
-        .await;
-        assert_eq!(status, 202, "{answer}");
-        answer["jobid"].as_str().unwrap().to_string()
-    };
+    let id = b.register_job(&two_vertex_job(TM, worker.pid())).await;
     poll("B to list the agent registered with A", || async {
         let (_, tms) = get(&b.rest, "/taskmanagers").await;
         (tm_ids(&tms) == [TM]).then_some(())
@@ -228,17 +204,10 @@ async fn a_flame_graph_polled_on_both_replicas_is_one_run_at_the_agent_and_the_s
     })
     .await;
     let worker = sleeper();
-    let (status, answer) = send(
-        reqwest::Client::new()
-            .post(format!("{}/jobs", a.rest))
-            .header("content-type", "application/json")
-            .body(two_vertex_job("graph-agent", worker.pid()).to_string()),
-    )
-    .await;
-    assert_eq!(status, 202, "{answer}");
-    let id = answer["jobid"].as_str().unwrap().to_string();
-    let (_, job) = get(&b.rest, &format!("/jobs/{id}")).await;
-    let vertex = job["vertices"][0]["id"].as_str().unwrap().to_string();
+    let id = a
+        .register_job(&two_vertex_job("graph-agent", worker.pid()))
+        .await;
+    let vertex = b.first_vertex(&id).await;
     let path = format!("/jobs/{id}/vertices/{vertex}/flamegraph");
 
     // Both replicas polled at once, like two dashboards, until both serve a graph.
@@ -308,17 +277,8 @@ async fn the_replica_holding_a_runs_lease_killed_mid_run_and_the_others_serve_on
             {"taskmanager": "kill-agent", "pid": w.pid(), "thread_name": "spin-0"},
             {"taskmanager": "kill-agent", "pid": w.pid(), "thread_name": "spin-1"}]}]
     });
-    let (status, answer) = send(
-        reqwest::Client::new()
-            .post(format!("{}/jobs", replicas[0].rest))
-            .header("content-type", "application/json")
-            .body(job.to_string()),
-    )
-    .await;
-    assert_eq!(status, 202, "{answer}");
-    let id = answer["jobid"].as_str().unwrap().to_string();
-    let (_, job) = get(&replicas[0].rest, &format!("/jobs/{id}")).await;
-    let vertex = job["vertices"][0]["id"].as_str().unwrap().to_string();
+    let id = replicas[0].register_job(&job).await;
+    let vertex = replicas[0].first_vertex(&id).await;
     let path = format!("/jobs/{id}/vertices/{vertex}/flamegraph");
     let forced = format!("{path}?refresh=true");
     let chains = flamegrid_workloads::Workload::CFramePointers.chains();
@@ -424,17 +384,10 @@ async fn a_job_expired_on_one_replica_takes_its_flame_graphs_from_the_database_a
     })
     .await;
     let worker = sleeper();
-    let (status, answer) = send(
-        reqwest::Client::new()
-            .post(format!("{}/jobs", a.rest))
-            .header("content-type", "application/json")
-            .body(two_vertex_job("gone-agent", worker.pid()).to_string()),
-    )
-    .await;
-    assert_eq!(status, 202, "{answer}");
-    let id = answer["jobid"].as_str().unwrap().to_string();
-    let (_, job) = get(&b.rest, &format!("/jobs/{id}")).await;
-    let vertex = job["vertices"][0]["id"].as_str().unwrap().to_string();
+    let id = a
+        .register_job(&two_vertex_job("gone-agent", worker.pid()))
+        .await;
+    let vertex = b.first_vertex(&id).await;
     let path = format!("/jobs/{id}/vertices/{vertex}/flamegraph");
 
     // B graphs the vertex: a run stored in the database, a graph in B's cache.
@@ -456,13 +409,7 @@ async fn a_job_expired_on_one_replica_takes_its_flame_graphs_from_the_database_a
     assert!(sample(&cached, entries).unwrap_or(0.0) > 0.0, "{cached}");
 
     // Canceled on A, then removed by A once its retention is over.
-    let (status, answer) = send(
-        reqwest::Client::new()
-            .patch(format!("{}/jobs/{id}", a.rest))
-            .header("content-type", "application/json"),
-    )
-    .await;
-    assert_eq!(status, 202, "{answer}");
+    a.cancel_job(&id).await;
     poll("A to remove the canceled job", || async {
         (get(&a.rest, &format!("/jobs/{id}")).await.0 == 404).then_some(())
     })
@@ -509,14 +456,8 @@ async fn a_heartbeat_to_a_replica_that_has_not_pulled_the_agent_yet_needs_no_rer
     let (_, tms) = get(&b.rest, "/taskmanagers").await;
     assert_eq!(tm_ids(&tms), ["agent-fresh"]);
     // It goes on heartbeating to B only, and is given the subtasks of a job posted on A.
-    let (status, answer) = send(
-        reqwest::Client::new()
-            .post(format!("{}/jobs", a.rest))
-            .header("content-type", "application/json")
-            .body(two_vertex_job("agent-fresh", worker.pid()).to_string()),
-    )
-    .await;
-    assert_eq!(status, 202, "{answer}");
+    a.register_job(&two_vertex_job("agent-fresh", worker.pid()))
+        .await;
     let watching = tokio::time::timeout(flamegrid_testkit::HANG_GUARD, async {
         loop {
             let answer = on_b.heartbeat().await;

@@ -479,6 +479,40 @@ pub fn spawn_coordinator(data_dir: &Path, extra: &[&str]) -> CoordinatorProcess 
     }
 }
 
+impl CoordinatorProcess {
+    /// `POST /jobs` of `body` (asserts 202): the new job's id.
+    pub async fn register_job(&self, body: &Value) -> String {
+        let (status, answer) = send(
+            reqwest::Client::new()
+                .post(format!("{}/jobs", self.rest))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        answer["jobid"].as_str().unwrap().to_string()
+    }
+
+    /// The id of job `id`'s first vertex.
+    pub async fn first_vertex(&self, id: &str) -> String {
+        let (status, job) =
+            send(reqwest::Client::new().get(format!("{}/jobs/{id}", self.rest))).await;
+        assert_eq!(status, 200, "{job}");
+        job["vertices"][0]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Cancels job `id` as Flink's client does (`PATCH`, JSON content type, no body; asserts 202).
+    pub async fn cancel_job(&self, id: &str) {
+        let (status, answer) = send(
+            reqwest::Client::new()
+                .patch(format!("{}/jobs/{id}", self.rest))
+                .header("content-type", "application/json"),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+    }
+}
+
 /// A real agent with `/metrics` (see [`spawn_metrics_agent`]).
 pub struct MetricsAgent {
     pub process: KillOnDrop,
