@@ -90,6 +90,10 @@ const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 pub struct SharedRuns {
     db: Database,
     lease: Duration,
+    /// Runs this replica stored since the follower last looked (run id, stored ms): already in
+    /// its cache, so the follower does not read them back (at 10,000 subtasks a run is
+    /// megabytes to inflate and parse).
+    own: Arc<std::sync::Mutex<Vec<(i64, i64)>>>,
 }
 
 /// A run read back from the database.
@@ -271,6 +275,7 @@ impl SharedRuns {
     pub fn new(db: Database, lease: Duration) -> SharedRuns {
         SharedRuns {
             db,
+            own: Arc::default(),
             lease: lease.max(Duration::from_secs(1)),
         }
     }
@@ -392,21 +397,24 @@ impl SharedRuns {
         let end_ms = snapshot.end_ms;
         let keep = history.max(1) as i64;
         let holder = self.db.replica_id().to_string();
-        self.db
+        let stored = self
+            .db
             .run(move |mut client| async move {
                 let tx = client.transaction().await.map_err(query_error)?;
-                tx.execute(
-                    &format!(
-                        "INSERT INTO flamegraph_runs \
-                         (run_id, key, vertex_key, job_id, delivered, end_ms, stored_ms, body) \
-                         SELECT $1, $2, $3, $4, $5, $6, {NOW_MS}, $7 \
-                         WHERE NOT EXISTS (SELECT 1 FROM registry_deleted_jobs WHERE id = $4) \
-                         ON CONFLICT (run_id) DO NOTHING"
-                    ),
-                    &[&run_id, &own, &vertex, &job, &delivered, &end_ms, &body],
-                )
-                .await
-                .map_err(query_error)?;
+                let stored: Option<i64> = tx
+                    .query_opt(
+                        &format!(
+                            "INSERT INTO flamegraph_runs \
+                             (run_id, key, vertex_key, job_id, delivered, end_ms, stored_ms, body) \
+                             SELECT $1, $2, $3, $4, $5, $6, {NOW_MS}, $7 \
+                             WHERE NOT EXISTS (SELECT 1 FROM registry_deleted_jobs WHERE id = $4) \
+                             ON CONFLICT (run_id) DO NOTHING RETURNING stored_ms"
+                        ),
+                        &[&run_id, &own, &vertex, &job, &delivered, &end_ms, &body],
+                    )
+                    .await
+                    .map_err(query_error)?
+                    .map(|row| row.get(0));
                 tx.execute(
                     "DELETE FROM flamegraph_runs WHERE key = $1 AND run_id NOT IN \
                      (SELECT run_id FROM flamegraph_runs WHERE key = $1 ORDER BY run_id DESC LIMIT $2)",
@@ -420,9 +428,22 @@ impl SharedRuns {
                 )
                 .await
                 .map_err(query_error)?;
-                tx.commit().await.map_err(query_error)
+                tx.commit().await.map_err(query_error)?;
+                Ok(stored)
             })
-            .await
+            .await?;
+        if let Some(stored_ms) = stored {
+            self.own
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((run_id, stored_ms));
+        }
+        Ok(())
+    }
+
+    /// The runs this replica stored since the last call (run id, stored ms), for the follower.
+    fn take_own(&self) -> Vec<(i64, i64)> {
+        std::mem::take(&mut *self.own.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Runs stored at or after `since_ms` (database clock) on the `vertices` (job, vertex)
@@ -644,6 +665,7 @@ pub fn spawn_follower(
                 return;
             };
             let from = since.unwrap_or(i64::MAX);
+            seen.extend(shared.take_own()); // this replica's own runs are in its cache already
             let ids: Vec<i64> = seen.keys().copied().collect();
             match shared.stored_since(&held, from, ids).await {
                 Ok((runs, now)) => {
