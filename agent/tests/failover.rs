@@ -148,6 +148,37 @@ fn agent_metrics(port: u16) -> (Vec<(String, f64)>, String) {
     (values, url)
 }
 
+/// A real agent given the `--coordinator` flags `coordinators` (one comma-separated list, or
+/// the flag repeated), with id `id` and `/metrics` on a port of its own, once it listens.
+async fn agent_for(coordinators: &[&str], id: &str) -> (AgentProcess, u16) {
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let mut args = coordinators.to_vec();
+    args.extend([
+        "--listen",
+        "127.0.0.1:0",
+        "--id",
+        id,
+        "--metrics-listen",
+        &metrics,
+    ]);
+    let mut agent = AgentProcess::start(&args);
+    agent.wait_listening().await;
+    (agent, metrics_port)
+}
+
+/// Asserts that the agent's `/metrics` (on `port`) names `url`, the `index`-th of its list, as
+/// the coordinator in use; returns the unlabelled samples.
+fn assert_in_use(port: u16, url: &str, index: usize) -> Vec<(String, f64)> {
+    let (values, in_use) = agent_metrics(port);
+    assert_eq!(in_use, url);
+    assert_eq!(
+        metric(&values, "flamegrid_agent_coordinator_index"),
+        index as f64
+    );
+    values
+}
+
 fn metric(values: &[(String, f64)], name: &str) -> f64 {
     values
         .iter()
@@ -187,25 +218,13 @@ async fn fails_over_and_back(database_url: Option<&str>) {
     let mut a = CoordinatorProcess::start(dir_a.path(), database_url);
     let mut b = CoordinatorProcess::start(dir_b.path(), database_url);
     let (a_url, b_url) = (a.rpc_url(), b.rpc_url());
-    let metrics_port = free_port();
     let agent_id = "failover-agent";
-    let mut agent = AgentProcess::start(&[
-        "--coordinator",
-        &format!("{a_url},{b_url}"),
-        "--listen",
-        "127.0.0.1:0",
-        "--id",
-        agent_id,
-        "--metrics-listen",
-        &format!("127.0.0.1:{metrics_port}"),
-    ]);
-    agent.wait_listening().await;
+    let both = format!("{a_url},{b_url}");
+    let (mut agent, metrics_port) = agent_for(&["--coordinator", &both], agent_id).await;
 
     // The first coordinator of the list, which answers, is the one in use.
     a.wait_heartbeats_after(agent_id, 0);
-    let (values, url) = agent_metrics(metrics_port);
-    assert_eq!(url, a_url);
-    assert_eq!(metric(&values, "flamegrid_agent_coordinator_index"), 0.0);
+    let values = assert_in_use(metrics_port, &a_url, 0);
     assert_eq!(
         metric(&values, "flamegrid_agent_coordinator_failovers_total"),
         0.0
@@ -250,9 +269,7 @@ async fn fails_over_and_back(database_url: Option<&str>) {
         "{}",
         &log[log_before..]
     );
-    let (values, url) = agent_metrics(metrics_port);
-    assert_eq!(url, b_url);
-    assert_eq!(metric(&values, "flamegrid_agent_coordinator_index"), 1.0);
+    let values = assert_in_use(metrics_port, &b_url, 1);
     assert_eq!(
         metric(&values, "flamegrid_agent_coordinator_failovers_total"),
         1.0
@@ -283,9 +300,7 @@ async fn fails_over_and_back(database_url: Option<&str>) {
     let restarted_at = now_ms();
     let a_again = CoordinatorProcess::start_on(a.rest, a.rpc, dir_a.path(), database_url);
     a_again.wait_heartbeats_after(agent_id, restarted_at);
-    let (values, url) = agent_metrics(metrics_port);
-    assert_eq!(url, a_url);
-    assert_eq!(metric(&values, "flamegrid_agent_coordinator_index"), 0.0);
+    let values = assert_in_use(metrics_port, &a_url, 0);
     assert_eq!(metric(&values, "flamegrid_agent_coordinator_up"), 1.0);
     assert!(agent.try_exit().is_none(), "the agent kept running");
 }
@@ -308,25 +323,15 @@ async fn the_first_coordinator_that_answers_is_used() {
     let dir = temp_dir("failover-first");
     let live = CoordinatorProcess::start(dir.path(), None);
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let metrics_port = free_port();
     let agent_id = "first-answering";
-    let mut agent = AgentProcess::start(&[
-        "--coordinator",
-        &dead,
-        "--coordinator",
-        &live.rpc_url(),
-        "--listen",
-        "127.0.0.1:0",
-        "--id",
+    let live_url = live.rpc_url();
+    let (agent, metrics_port) = agent_for(
+        &["--coordinator", &dead, "--coordinator", &live_url],
         agent_id,
-        "--metrics-listen",
-        &format!("127.0.0.1:{metrics_port}"),
-    ]);
-    agent.wait_listening().await;
+    )
+    .await;
     live.wait_heartbeats_after(agent_id, 0);
-    let (values, url) = agent_metrics(metrics_port);
-    assert_eq!(url, live.rpc_url());
-    assert_eq!(metric(&values, "flamegrid_agent_coordinator_index"), 1.0);
+    assert_in_use(metrics_port, &live_url, 1);
     let log = agent.stderr();
     let moved = moves(&log);
     assert_eq!(moved.len(), 1, "{log}");

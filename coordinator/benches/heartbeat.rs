@@ -191,11 +191,15 @@ fn heartbeat_postgres(c: &mut Criterion) {
     });
     group.finish();
     let after = registry.store_writes();
-    println!(
-        "heartbeat_postgres: {} heartbeats ({rounds} rounds of {AGENTS} agents) wrote {} task          manager rows and {} job rows",
-        rounds * AGENTS as u64,
+    let beats = rounds * AGENTS as u64;
+    let (tm_rows, job_rows) = (
         after.taskmanager_rows - before.taskmanager_rows,
         after.job_rows - before.job_rows,
+    );
+    println!(
+        "heartbeat_postgres: {beats} heartbeats ({rounds} rounds of {AGENTS} agents) wrote \
+         {tm_rows} task manager rows and {job_rows} job rows: {:.1} rows per 1,000 heartbeats",
+        (tm_rows + job_rows) as f64 * 1000.0 / beats.max(1) as f64,
     );
 }
 

@@ -201,6 +201,31 @@ pub struct CoordinatorConfig {
     )]
     pub database_url: Option<String>,
 
+    /// Connections to the --database-url database this coordinator keeps open at most (each
+    /// REST read that misses memory, flush, sync and flame graph lease takes one for a moment).
+    /// Replicas times this must stay below the server's max_connections.
+    #[arg(
+        long,
+        env = "FLAMEGRID_DATABASE_POOL_SIZE",
+        default_value_t = 16,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub database_pool_size: u32,
+
+    /// Seconds the first connection to the --database-url database is retried at start (with
+    /// backoff, each attempt logged) before the coordinator gives up, so that one started
+    /// beside its database waits for it; 0 tries once. A wrong password or an unknown database
+    /// fails at once.
+    #[arg(
+        long,
+        env = "FLAMEGRID_DATABASE_CONNECT_TIMEOUT_S",
+        default_value_t = 30,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(0..=3600)
+    )]
+    pub database_connect_timeout_s: u64,
+
     /// Seconds a replica's claim on a flame graph run (its lease in the database) lasts: if the
     /// replica dies mid-run, another one starts the next run once the lease has expired. Only
     /// used with --database-url.

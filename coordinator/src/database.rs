@@ -25,11 +25,21 @@
 //! The table `flamegrid_schema` records what was applied; a database migrated by a newer
 //! coordinator (a version this one does not know) is refused with a message saying so rather
 //! than used with a layout this coordinator does not understand.
+//!
+//! ## Starting beside the database
+//!
+//! The first connection is retried with backoff for `--database-connect-timeout-s` (each
+//! attempt logged), so a coordinator started together with its database (a Kubernetes
+//! Deployment beside a StatefulSet) waits for it instead of crash-looping. What retrying cannot
+//! mend fails at once: a URL that does not parse, TLS asked for (not supported yet), a wrong
+//! user or password, a database that does not exist ([`DatabaseError::Refused`]). Every error
+//! keeps the driver's cause (the server's own message, or the I/O error with the host and
+//! port), never the password.
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::future::Future;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The schema, one script per version, applied in order (see the module docs).
 pub const MIGRATIONS: &[(i64, &str)] = &[
@@ -40,8 +50,46 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
 /// Key of the advisory lock that serialises migrations between replicas starting together.
 const MIGRATION_LOCK: i64 = 0x666c_616d_6567_7269; // "flamegri"
 
-/// Connections kept open by one coordinator.
-const POOL_SIZE: usize = 16;
+/// Connections kept open by one coordinator unless `--database-pool-size` says otherwise.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// How long the first connection is retried unless `--database-connect-timeout-s` says
+/// otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest wait between two attempts at the first connection.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How a coordinator connects (`--database-pool-size`, `--database-connect-timeout-s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Connections kept open at most (at least 1).
+    pub pool_size: usize,
+    /// How long the first connection is retried at start; zero: one attempt.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            pool_size: DEFAULT_POOL_SIZE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// The pool's state now, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections it may open at most (`--database-pool-size`).
+    pub max_size: usize,
+    /// Connections open now.
+    pub open: usize,
+    /// Connections handed out to work now.
+    pub in_use: usize,
+    /// Pieces of work waiting for a connection now.
+    pub waiting: usize,
+}
 
 /// How long a piece of database work may wait for a connection or the server before it fails
 /// (a dead database must not hang a REST request or the flusher forever).
@@ -53,9 +101,18 @@ pub enum DatabaseError {
     /// The URL does not parse, or asks for something this build cannot do.
     #[error("--database-url: {0}")]
     Url(String),
-    /// The server could not be reached or refused us.
+    /// The server could not be reached (retried at start, see the module docs).
     #[error("database {url}: {message}")]
     Connect {
+        /// The URL without its password.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The server answered but refused us: wrong user or password, no such database. Retrying
+    /// does not help.
+    #[error("database {url}: {message}")]
+    Refused {
         /// The URL without its password.
         url: String,
         /// Why.
@@ -115,21 +172,36 @@ impl Drop for DbRuntime {
 }
 
 impl Database {
-    /// Connects to `url` (`postgres://user:password@host:port/dbname`, or the key=value form),
-    /// checks that the server answers, and applies the migrations. Fails with a message that
-    /// names the URL (without its password) and what to do.
+    /// [`Database::connect_with`] the default options.
     pub fn connect(url: &str) -> Result<Database, DatabaseError> {
+        Database::connect_with(url, &ConnectOptions::default())
+    }
+
+    /// Connects to `url` (`postgres://user:password@host:port/dbname`, or the key=value form),
+    /// checks that the server answers, and applies the migrations; retries the first
+    /// connection for `options.connect_timeout` (see the module docs). Fails with a message
+    /// that names the URL (without its password), the driver's cause and what to do.
+    pub fn connect_with(url: &str, options: &ConnectOptions) -> Result<Database, DatabaseError> {
         let redacted = redact(url);
+        if let Some(mode) = tls_asked(url) {
+            return Err(DatabaseError::Url(format!(
+                "{redacted}: TLS to PostgreSQL (sslmode={mode}) is not supported yet. Connect \
+                 without it (sslmode=disable, or prefer, which falls back to plain text) over a \
+                 network you trust (the same host, a private network or a service mesh), or \
+                 through a local TLS proxy to the server"
+            )));
+        }
         let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| DatabaseError::Url(format!("{redacted}: {e}")))?;
+            .map_err(|e| DatabaseError::Url(format!("{redacted}: {}", error_chain(&e))))?;
+        let endpoints = endpoints(&config);
         // Every statement is bounded by the server too; set once per connection at start-up
         // (not once per use: that would be a round trip on every piece of work).
-        let options = format!(
+        let startup = format!(
             "{} -c statement_timeout={}",
             config.get_options().unwrap_or(""),
             DATABASE_TIMEOUT.as_millis()
         );
-        config.options(options.trim_start());
+        config.options(startup.trim_start());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("flamegrid-db")
@@ -149,7 +221,7 @@ impl Database {
         let pool = {
             let _guard = runtime.enter();
             Pool::builder(manager)
-                .max_size(POOL_SIZE)
+                .max_size(options.pool_size.max(1))
                 .runtime(deadpool_postgres::Runtime::Tokio1)
                 .wait_timeout(Some(DATABASE_TIMEOUT))
                 .create_timeout(Some(DATABASE_TIMEOUT))
@@ -171,8 +243,50 @@ impl Database {
                 rand::random::<u32>()
             ),
         };
-        db.blocking(|client| async move { migrate(client).await })?;
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(250);
+        for attempt in 1.. {
+            match db.blocking(|client| async move { migrate(client).await }) {
+                Ok(()) => break,
+                // Unreachable, or reached but no answer in time (a server still starting, or
+                // stalled on I/O): worth another attempt. The migration is one transaction, so
+                // an attempt cut short applied nothing.
+                Err(
+                    DatabaseError::Connect { url, message } | DatabaseError::Query { url, message },
+                ) => {
+                    let waited = started.elapsed();
+                    if waited + backoff > options.connect_timeout {
+                        return Err(DatabaseError::Connect {
+                            url,
+                            message: format!(
+                                "{message}; server {endpoints}, {attempt} attempt(s) in {} s \
+                                 (--database-connect-timeout-s {})",
+                                waited.as_secs(),
+                                options.connect_timeout.as_secs()
+                            ),
+                        });
+                    }
+                    tracing::warn!(attempt, database = %url, server = %endpoints, error = %message,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "database not reachable yet; retrying (--database-connect-timeout-s)");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(db)
+    }
+
+    /// The pool's state now (open connections, in use, waiting), for `/metrics`.
+    pub fn pool_status(&self) -> PoolStatus {
+        let status = self.pool.status();
+        PoolStatus {
+            max_size: status.max_size,
+            open: status.size,
+            in_use: status.size.saturating_sub(status.available),
+            waiting: status.waiting,
+        }
     }
 
     /// The URL without its password, for logs and errors.
@@ -257,10 +371,7 @@ where
     F: FnOnce(Object) -> Fut,
     Fut: Future<Output = Result<T, DatabaseError>>,
 {
-    let client = pool.get().await.map_err(|e| DatabaseError::Connect {
-        url: url.clone(),
-        message: format!("{e} (is the server running, and do the URL's user and password hold?)"),
-    })?;
+    let client = pool.get().await.map_err(|e| connect_error(&url, &e))?;
     match tokio::time::timeout(DATABASE_TIMEOUT + Duration::from_secs(1), work(client)).await {
         // Work builds its errors without the URL (it has none); name the database here.
         Ok(result) => result.map_err(|e| match e {
@@ -278,6 +389,104 @@ where
     }
 }
 
+/// `e` and every cause under it on one line (`a: b: c`), each said once: the driver's own
+/// words ("password authentication failed for user …", "Connection refused"), which its
+/// top-level message ("db error", "error connecting to server") leaves out.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out.replace('\n', " ")
+}
+
+/// A failed query as a [`DatabaseError::Query`] with the driver's whole cause (the URL is
+/// filled in by [`Database::run`]).
+pub fn query_failed(e: tokio_postgres::Error) -> DatabaseError {
+    DatabaseError::Query {
+        url: String::new(),
+        message: error_chain(&e),
+    }
+}
+
+/// Why no connection could be had: [`DatabaseError::Refused`] when the server refused us for
+/// good (authentication, no such database), with what to do; else [`DatabaseError::Connect`].
+fn connect_error(url: &str, e: &deadpool_postgres::PoolError) -> DatabaseError {
+    // The driver's words without the pool's wrapping ("Error occurred while creating a new
+    // object: db error: …"): the server's own message when it sent one.
+    let (message, code) = match e {
+        deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
+            Some(db) => (db.to_string().replace('\n', " "), Some(db.code().code())),
+            None => (error_chain(e), None),
+        },
+        other => (error_chain(other), None),
+    };
+    let fix = match code {
+        Some(c) if c.starts_with("28") => {
+            "check the user and password of --database-url (FLAMEGRID_DATABASE_URL)"
+        }
+        Some("3D000") => {
+            "create the database (CREATE DATABASE …, owned by the URL's user) or fix its name in \
+             --database-url"
+        }
+        _ => {
+            return DatabaseError::Connect {
+                url: url.to_string(),
+                message: format!("{message} (is the server running and reachable?)"),
+            };
+        }
+    };
+    DatabaseError::Refused {
+        url: url.to_string(),
+        message: format!("{message} ({fix})"),
+    }
+}
+
+/// The `sslmode` of `url` when it asks for TLS (`require`, `verify-ca`, `verify-full`), which
+/// this build cannot do; `prefer` (the default) falls back to plain text and `disable` is plain.
+fn tls_asked(url: &str) -> Option<String> {
+    let lower = url.to_ascii_lowercase();
+    let at = lower.find("sslmode")?;
+    let rest = lower[at + "sslmode".len()..]
+        .trim_start()
+        .strip_prefix('=')?;
+    let mode: String = rest
+        .trim_start()
+        .trim_start_matches('\'')
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    matches!(mode.as_str(), "require" | "verify-ca" | "verify-full").then_some(mode)
+}
+
+/// The servers `config` connects to, `host:port` (or the socket directory), for errors.
+fn endpoints(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(h) => format!("{h}:{port}"),
+                tokio_postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            }
+        })
+        .collect();
+    if hosts.is_empty() {
+        "localhost:5432".to_string()
+    } else {
+        hosts.join(",")
+    }
+}
+
 /// Applies the [`MIGRATIONS`] this database lacks, in one transaction under an advisory lock.
 async fn migrate(mut client: Object) -> Result<(), DatabaseError> {
     let schema = |message: String| DatabaseError::Schema {
@@ -287,10 +496,15 @@ async fn migrate(mut client: Object) -> Result<(), DatabaseError> {
     let tx = client
         .transaction()
         .await
-        .map_err(|e| schema(e.to_string()))?;
+        .map_err(|e| schema(error_chain(&e)))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(|e| schema(format!("cannot take the migration lock: {e}")))?;
+        .map_err(|e| {
+            schema(format!(
+                "cannot take the migration lock: {}",
+                error_chain(&e)
+            ))
+        })?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS flamegrid_schema (
              version    BIGINT PRIMARY KEY,
@@ -305,7 +519,7 @@ async fn migrate(mut client: Object) -> Result<(), DatabaseError> {
             &[],
         )
         .await
-        .map_err(|e| schema(e.to_string()))?
+        .map_err(|e| schema(error_chain(&e)))?
         .get(0);
     let known = MIGRATIONS.last().map(|(v, _)| *v).unwrap_or(0);
     if applied > known {
@@ -317,16 +531,16 @@ async fn migrate(mut client: Object) -> Result<(), DatabaseError> {
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
         tx.batch_execute(sql)
             .await
-            .map_err(|e| schema(format!("migration {version}: {e}")))?;
+            .map_err(|e| schema(format!("migration {version}: {}", error_chain(&e))))?;
         tx.execute(
             "INSERT INTO flamegrid_schema (version, applied_ms) VALUES ($1, $2)",
             &[version, &flamegrid_model::clock::now_ms()],
         )
         .await
-        .map_err(|e| schema(format!("migration {version}: {e}")))?;
+        .map_err(|e| schema(format!("migration {version}: {}", error_chain(&e))))?;
         tracing::info!(version, "database schema migrated");
     }
-    tx.commit().await.map_err(|e| schema(e.to_string()))
+    tx.commit().await.map_err(|e| schema(error_chain(&e)))
 }
 
 /// `url` without its password (`postgres://user:***@host/db`), for logs and errors. A URL that
@@ -350,17 +564,56 @@ pub fn redact(url: &str) -> String {
             None => format!("{scheme}://{authority}{}", redact_query(tail)),
         };
     }
-    // The key=value form: hide `password=...`.
-    url.split_whitespace()
-        .map(|kv| {
-            if kv.to_ascii_lowercase().starts_with("password=") {
-                "password=***"
-            } else {
-                kv
+    redact_key_values(url)
+}
+
+/// The key=value form without its password: each `key = value` pair (spaces around `=`
+/// allowed, a value either bare or in single quotes with `\'` and `\\` escapes, as libpq
+/// reads it) written back as `key=value`, with `password=***`. A quoted password with spaces
+/// is hidden whole.
+fn redact_key_values(text: &str) -> String {
+    let mut chars = text.chars().peekable();
+    let mut pairs: Vec<String> = Vec::new();
+    let skip_spaces = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+    };
+    loop {
+        skip_spaces(&mut chars);
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        skip_spaces(&mut chars);
+        if chars.next_if_eq(&'=').is_none() {
+            pairs.push(key); // not a pair: kept as it is (the parser refuses it anyway)
+            continue;
+        }
+        skip_spaces(&mut chars);
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            value.push('\'');
+            while let Some(c) = chars.next() {
+                value.push(c);
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else if c == '\'' {
+                    break;
+                }
             }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                value.push(c);
+            }
+        }
+        if key.eq_ignore_ascii_case("password") {
+            value = "***".to_string();
+        }
+        pairs.push(format!("{key}={value}"));
+    }
+    pairs.join(" ")
 }
 
 /// Hides a `password=` query parameter.
@@ -402,6 +655,127 @@ mod tests {
             "host=db user=fg password=*** dbname=x"
         );
         assert!(!redact("postgresql://a:b:c@h/d").contains("b:c"));
+        // Quoted passwords of the key=value form, with spaces and escapes, are hidden whole.
+        for (url, secret) in [
+            ("host=db password='my s3cret pw' dbname=x", "s3cret"),
+            ("host=db password = 'it\\'s a secret' user=fg", "secret"),
+            ("host=db PASSWORD='a\\\\b c' user=fg", "b c"),
+            ("password=bare user=fg", "bare"),
+        ] {
+            let shown = redact(url);
+            assert!(!shown.contains(secret), "{url} → {shown}");
+            assert!(
+                shown.to_lowercase().contains("password=***"),
+                "{url} → {shown}"
+            );
+            assert!(
+                shown.contains("host=db") || shown.contains("user=fg"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            redact("host=db password='my s3cret pw' dbname=x"),
+            "host=db password=*** dbname=x"
+        );
+    }
+
+    #[test]
+    fn tls_is_refused_with_what_to_do() {
+        for url in [
+            "postgres://fg:pw@db/x?sslmode=require",
+            "postgres://fg:pw@db/x?sslmode=verify-full",
+            "host=db sslmode = 'verify-ca' password=pw",
+        ] {
+            let err = Database::connect(url)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("TLS to PostgreSQL") && err.contains("is not supported yet"),
+                "{err}"
+            );
+            assert!(err.contains("sslmode=disable"), "{err}");
+            assert!(!err.contains("pw"), "{err}");
+        }
+        assert_eq!(tls_asked("postgres://db/x?sslmode=prefer"), None);
+        assert_eq!(tls_asked("host=db sslmode=disable"), None);
+    }
+
+    /// `url` with its user's password (or its database name) replaced.
+    fn with(url: &str, from: &str, to: &str) -> String {
+        assert!(url.contains(from), "{url} has no {from}");
+        url.replacen(from, to, 1)
+    }
+
+    /// The message of connecting to `url` with one attempt.
+    fn connect_once(url: &str) -> String {
+        let once = ConnectOptions {
+            connect_timeout: Duration::ZERO,
+            ..ConnectOptions::default()
+        };
+        Database::connect_with(url, &once)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_wrong_password_says_so_in_the_servers_words() {
+        let Some(db) = flamegrid_testkit::postgres::scratch_database("wrong_password") else {
+            return;
+        };
+        let Some(password) = url_password(&db.url) else {
+            return; // a URL without a password cannot have a wrong one
+        };
+        let url = with(&db.url, &format!(":{password}@"), ":not-the-password@");
+        let err = connect_once(&url);
+        assert!(
+            err.contains("password authentication failed for user"),
+            "{err}"
+        );
+        assert!(err.contains("check the user and password"), "{err}");
+        assert!(!err.contains("not-the-password"), "{err}");
+    }
+
+    /// The password of a `postgres://user:password@…` URL.
+    fn url_password(url: &str) -> Option<String> {
+        let rest = url.split_once("://")?.1;
+        let userinfo = rest.rsplit_once('@')?.0;
+        Some(userinfo.split_once(':')?.1.to_string())
+    }
+
+    #[test]
+    fn an_unknown_database_says_so_in_the_servers_words() {
+        let Some(db) = flamegrid_testkit::postgres::scratch_database("unknown_db") else {
+            return;
+        };
+        let (base, _) = db.url.rsplit_once('/').unwrap_or((&db.url, ""));
+        let err = connect_once(&format!("{base}/no_such_database_here"));
+        assert!(
+            err.contains("database \"no_such_database_here\" does not exist"),
+            "{err}"
+        );
+        assert!(err.contains("create the database"), "{err}");
+    }
+
+    #[test]
+    fn nobody_listening_names_the_server_and_the_attempts() {
+        let port = flamegrid_testkit::free_port();
+        let err = Database::connect_with(
+            &format!("postgres://fg:pw@127.0.0.1:{port}/x"),
+            &ConnectOptions {
+                connect_timeout: Duration::from_secs(1),
+                ..ConnectOptions::default()
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.to_lowercase().contains("connection refused"), "{err}");
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(err.contains("attempt(s)"), "{err}");
+        // Retried (more than one attempt), and gave up (bounded by the hang guard only).
+        assert!(!err.contains(" 1 attempt(s)"), "{err}");
     }
 
     #[test]

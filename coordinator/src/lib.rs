@@ -195,11 +195,17 @@ pub async fn start_on(
     // The shared database of replicas, connected and migrated before anything is served.
     let database = match config.database_url.clone() {
         Some(url) => {
-            let db = tokio::task::spawn_blocking(move || database::Database::connect(&url))
-                .await
-                .map_err(|e| {
-                    CoordinatorError::Server(format!("connecting the database failed: {e}"))
-                })??;
+            let options = database::ConnectOptions {
+                pool_size: config.database_pool_size as usize,
+                connect_timeout: Duration::from_secs(config.database_connect_timeout_s),
+            };
+            let db = tokio::task::spawn_blocking(move || {
+                database::Database::connect_with(&url, &options)
+            })
+            .await
+            .map_err(|e| {
+                CoordinatorError::Server(format!("connecting the database failed: {e}"))
+            })??;
             tracing::info!(database = %db.describe(), replica = %db.replica_id(), "shared database ready");
             Some(db)
         }

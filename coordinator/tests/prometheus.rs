@@ -13,10 +13,8 @@ mod support;
 use flamegrid_proto::prometheus::parse_line;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
 use support::{
-    KillOnDrop, TestCoordinator, agent_binary, free_port, graph, poll, running_job,
-    spinners_and_sleeper,
+    TestCoordinator, graph, poll, running_job, spawn_metrics_agent, spinners_and_sleeper,
 };
 
 /// Parsed exposition: every sample by `name{labels}` (labels sorted), and the families typed.
@@ -89,23 +87,12 @@ async fn both_metrics_endpoints_parse_and_count_a_real_run() {
         "10",
     ])
     .await;
-    let metrics_port = free_port();
-    let agent = KillOnDrop(
-        Command::new(agent_binary())
-            .args(["run", "--coordinator", &c.rpc, "--listen", "127.0.0.1:0"])
-            .args(["--id", "metrics-agent"])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let agent = spawn_metrics_agent(&c.rpc, "metrics-agent");
     poll("the agent to register", || async {
         (c.get("/taskmanagers/metrics-agent").await.0 == 200).then_some(())
     })
     .await;
-    let agent_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let agent_url = agent.metrics.clone();
 
     // Before any run: nothing counted yet, one agent, no job.
     let before = scrape(&c.url("/metrics")).await;
@@ -189,7 +176,7 @@ async fn both_metrics_endpoints_parse_and_count_a_real_run() {
     // The agent's listener serves only GET /metrics.
     let client = reqwest::Client::new();
     let other = client
-        .get(format!("http://127.0.0.1:{metrics_port}/other"))
+        .get(agent_url.replace("/metrics", "/other"))
         .send()
         .await
         .unwrap();
@@ -198,4 +185,53 @@ async fn both_metrics_endpoints_parse_and_count_a_real_run() {
     assert_eq!(post.status(), 405);
     drop(agent);
     drop(workload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_database_store_and_pool_are_on_metrics() {
+    let Some(db) = flamegrid_testkit::postgres::scratch_database("metrics_pool") else {
+        return;
+    };
+    let c = TestCoordinator::start(&["--database-url", &db.url, "--database-pool-size", "4"]).await;
+    // Before any flush: no row written yet, and the pool as configured.
+    let before = scrape(&c.url("/metrics")).await;
+    assert_eq!(
+        before.get("flamegrid_coordinator_store_rows_written_total{table=\"jobs\"}"),
+        0.0
+    );
+    assert_eq!(
+        before.get("flamegrid_coordinator_database_pool_max_connections"),
+        4.0
+    );
+    assert!(before.get("flamegrid_coordinator_database_pool_open_connections") >= 1.0);
+    assert!(before.get("flamegrid_coordinator_database_pool_in_use_connections") <= 4.0);
+    assert!(before.get("flamegrid_coordinator_database_pool_waiting") >= 0.0);
+
+    // An agent's heartbeat makes a job's subtasks RUNNING: the flush writes its row.
+    let worker = support::sleeper();
+    let mut agent = support::TestAgent::connect(&c.rpc, "pool-agent").await;
+    agent.register().await;
+    c.register_job(&support::two_vertex_job("pool-agent", worker.pid()))
+        .await;
+    agent.heartbeat().await;
+    agent.heartbeat().await;
+    poll("a job row written by the flush", || async {
+        let after = scrape(&c.url("/metrics")).await;
+        (after.get("flamegrid_coordinator_store_rows_written_total{table=\"jobs\"}") > 0.0)
+            .then_some(())
+    })
+    .await;
+    let plain = TestCoordinator::start(&[]).await;
+    let without = scrape(&plain.url("/metrics")).await;
+    assert!(
+        !without
+            .typed
+            .contains("flamegrid_coordinator_database_pool_open_connections")
+    );
+    assert!(
+        without
+            .typed
+            .contains("flamegrid_coordinator_store_rows_written_total")
+    );
+    drop(worker);
 }

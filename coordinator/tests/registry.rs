@@ -10,8 +10,6 @@ mod support;
 use flamegrid_coordinator::registry::subtask_key;
 use flamegrid_proto::v1;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use support::*;
 
 const TM: &str = "agent-1";
@@ -438,38 +436,8 @@ async fn jobs_and_states_survive_a_graceful_restart() {
 
 /// The real binary on port 0; reads the bound addresses from its first two stdout lines.
 fn spawn_binary(data_dir: &std::path::Path) -> (KillOnDrop, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flamegrid-coordinator"))
-        .args([
-            "--rest-addr",
-            "127.0.0.1:0",
-            "--rpc-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = KillOnDrop(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let mut rest = None;
-    let mut rpc = None;
-    while rest.is_none() || rpc.is_none() {
-        let line = lines
-            .next()
-            .expect("the coordinator printed its addresses")
-            .unwrap();
-        if let Some(url) = line.strip_prefix("flamegrid dashboard: ") {
-            rest = Some(url.trim_end_matches('/').to_string());
-        } else if let Some(url) = line.strip_prefix("flamegrid registry (gRPC): ") {
-            rpc = Some(url.to_string());
-        }
-    }
-    (child, rest.unwrap(), rpc.unwrap())
+    let CoordinatorProcess { child, rest, rpc } = spawn_coordinator(data_dir, &[]);
+    (child, rest, rpc)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,54 +11,12 @@ mod support;
 use flamegrid_coordinator::registry::store::{JobStore, SqliteStore};
 use flamegrid_coordinator::registry::{ExecutionState, Job, Registry, flusher};
 use flamegrid_proto::v1;
-use fleet::job_body;
+use fleet::{beat, job_body, register_agent, run_all, states};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use support::*;
-
-/// Registers agent `id` directly with the registry.
-fn register_agent(registry: &Registry, id: &str) {
-    registry
-        .register_taskmanager(v1::RegisterRequest {
-            agent_id: id.into(),
-            address: "http://127.0.0.1:7001".into(),
-            host: None,
-            pid: 1,
-        })
-        .unwrap();
-}
-
-fn beat(agent: &str, liveness: Vec<v1::SubtaskLiveness>) -> v1::HeartbeatRequest {
-    v1::HeartbeatRequest {
-        agent_id: agent.into(),
-        liveness,
-        metrics: Default::default(),
-        free_memory: 1,
-    }
-}
-
-/// Takes `agent`'s subtasks to RUNNING (watch list, then an "alive" report for each) and
-/// returns the reports that keep them so.
-fn run_all(registry: &Registry, agent: &str) -> Vec<v1::SubtaskLiveness> {
-    let watch = registry.heartbeat(beat(agent, Vec::new())).unwrap().watch;
-    let liveness: Vec<v1::SubtaskLiveness> = watch
-        .iter()
-        .map(|w| v1::SubtaskLiveness {
-            subtask_key: w.subtask_key.clone(),
-            alive: true,
-            pid: match w.process {
-                Some(v1::thread_selector::Process::Pid(pid)) => pid,
-                _ => 0,
-            },
-            threads: 1,
-            ..Default::default()
-        })
-        .collect();
-    registry.heartbeat(beat(agent, liveness.clone())).unwrap();
-    liveness
-}
 
 /// What the store holds for `job_id` right now, read through a connection of its own.
 fn stored(dir: &Path, job_id: &str) -> Job {
@@ -69,15 +27,6 @@ fn stored(dir: &Path, job_id: &str) -> Job {
         .into_iter()
         .find(|j| j.spec.id == job_id)
         .expect("the job is stored")
-}
-
-fn states(job: &Job) -> Vec<ExecutionState> {
-    job.runtime
-        .subtasks
-        .iter()
-        .flatten()
-        .map(|s| s.status)
-        .collect()
 }
 
 #[test]

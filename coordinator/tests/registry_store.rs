@@ -16,10 +16,9 @@ use flamegrid_coordinator::registry::store::{JobStore, SqliteStore, Sync};
 use flamegrid_coordinator::registry::{
     ExecutionState, Job, JobRetention, JobStatus, Registry, RegistryError,
 };
-use flamegrid_proto::v1;
 use flamegrid_testkit::postgres::{ScratchDatabase, scratch_database};
 use flamegrid_testkit::temp_dir;
-use fleet::job_body;
+use fleet::{beat, job_body, register_agent, run_all, states};
 use std::time::Duration;
 
 /// Opens a store on the same place each time it is called (a reopen sees what was written).
@@ -46,52 +45,6 @@ fn stores(tag: &str) -> Vec<(&'static str, Opener, Box<dyn std::any::Any>)> {
 /// A registry on a store from `open`, with a long heartbeat timeout.
 fn registry_on(open: &Opener) -> Registry {
     Registry::open_with_store(open(), Duration::from_secs(3600), JobRetention::default()).unwrap()
-}
-
-fn register_agent(registry: &Registry, id: &str) {
-    registry
-        .register_taskmanager(v1::RegisterRequest {
-            agent_id: id.into(),
-            address: "http://127.0.0.1:7001".into(),
-            host: None,
-            pid: 1,
-        })
-        .unwrap();
-}
-
-fn beat(agent: &str, liveness: Vec<v1::SubtaskLiveness>) -> v1::HeartbeatRequest {
-    v1::HeartbeatRequest {
-        agent_id: agent.into(),
-        liveness,
-        metrics: Default::default(),
-        free_memory: 1,
-    }
-}
-
-/// Takes `agent`'s subtasks to RUNNING; returns the reports that keep them so.
-fn run_all(registry: &Registry, agent: &str) -> Vec<v1::SubtaskLiveness> {
-    let watch = registry.heartbeat(beat(agent, Vec::new())).unwrap().watch;
-    let liveness: Vec<v1::SubtaskLiveness> = watch
-        .iter()
-        .map(|w| v1::SubtaskLiveness {
-            subtask_key: w.subtask_key.clone(),
-            alive: true,
-            pid: 42,
-            threads: 1,
-            ..Default::default()
-        })
-        .collect();
-    registry.heartbeat(beat(agent, liveness.clone())).unwrap();
-    liveness
-}
-
-fn states(job: &Job) -> Vec<ExecutionState> {
-    job.runtime
-        .subtasks
-        .iter()
-        .flatten()
-        .map(|s| s.status)
-        .collect()
 }
 
 fn stored(open: &Opener, id: &str) -> Option<Job> {

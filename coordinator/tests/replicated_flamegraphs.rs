@@ -24,16 +24,13 @@ use flamegrid_coordinator::sampling::{
 use flamegrid_model::GraphType;
 use flamegrid_proto::v1::{ThreadSelector, thread_selector::Process};
 use flamegrid_testkit::postgres::{psql, scratch_database};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{KillOnDrop, TestCoordinator, agent_binary, free_port, poll, spinners_and_sleeper};
+use support::{TestCoordinator, poll, spinners_and_sleeper};
 
-/// A real agent sampling for the tests: its Sampling address and its `/metrics` URL.
+/// A real agent sampling for the tests, with the coordinator it registers with.
 struct Agent {
-    _process: KillOnDrop,
-    address: String,
-    metrics: String,
+    process: support::MetricsAgent,
     _registry: TestCoordinator,
 }
 
@@ -41,27 +38,13 @@ struct Agent {
 /// its own (which plays no other part: the services under test are asked directly).
 async fn agent() -> Agent {
     let registry = TestCoordinator::start(&[]).await;
-    let (port, metrics_port) = (free_port(), free_port());
-    let process = KillOnDrop(
-        Command::new(agent_binary())
-            .args(["run", "--coordinator", &registry.rpc])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--id", "replicated-agent"])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let process = support::spawn_metrics_agent(&registry.rpc, "replicated-agent");
     poll("the agent to register", || async {
         (registry.get("/taskmanagers/replicated-agent").await.0 == 200).then_some(())
     })
     .await;
     Agent {
-        _process: process,
-        address: format!("http://127.0.0.1:{port}"),
-        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        process,
         _registry: registry,
     }
 }
@@ -69,7 +52,7 @@ async fn agent() -> Agent {
 impl Agent {
     /// Sampling runs the agent served (`Sample` calls that delivered).
     async fn runs(&self) -> u64 {
-        support::agent_ok_runs(&self.metrics).await
+        self.process.ok_runs().await
     }
 }
 
@@ -82,7 +65,7 @@ fn vertex(agent: &Agent, pid: u32) -> VertexSampling {
             target: Some(SubtaskTarget {
                 subtask_index: i,
                 taskmanager_id: "replicated-agent".into(),
-                agent_address: agent.address.clone(),
+                agent_address: agent.process.address.clone(),
                 selector: ThreadSelector {
                     process: Some(Process::Pid(pid)),
                     thread_name: format!("spin-{i}"),

@@ -40,7 +40,10 @@
 //!
 //! A **follower** task ([`spawn_follower`]) polls every [`POLL`] for runs stored by anyone on the
 //! vertices the replica holds in its cache, and lands them there. So within one dashboard poll
-//! every replica serves the same latest run: the same `endTimestamp` and the same tree.
+//! every replica serves the same latest run: the same `endTimestamp` and the same tree. It also
+//! drops from the cache every job the shared registry no longer has (expired or deleted on any
+//! replica: [`GraphCache::forget_job`]); the replica that removes a job deletes its stored runs
+//! and leases in the same transaction (`registry/postgres.rs`).
 //! [`super::FlameGraphService::history`] and [`super::FlameGraphService::kept_run`] read a key's
 //! stored runs when the cache holds none for it.
 //!
@@ -62,7 +65,7 @@ use crate::database::{Database, DatabaseError};
 use crate::fanout::FanOut;
 use crate::missing::Missing;
 use crate::sampling::{SamplingParams, SubtaskTarget};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -87,6 +90,10 @@ const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 pub struct SharedRuns {
     db: Database,
     lease: Duration,
+    /// Runs this replica stored since the follower last looked (run id, stored ms): already in
+    /// its cache, so the follower does not read them back (at 10,000 subtasks a run is
+    /// megabytes to inflate and parse).
+    own: Arc<std::sync::Mutex<Vec<(i64, i64)>>>,
 }
 
 /// A run read back from the database.
@@ -192,11 +199,9 @@ pub fn parse_key(text: &str) -> Option<GraphKey> {
     })
 }
 
-fn query_error(e: impl std::fmt::Display) -> DatabaseError {
-    DatabaseError::Query {
-        url: String::new(),
-        message: e.to_string(),
-    }
+/// A failed query, with the driver's whole cause.
+fn query_error(e: tokio_postgres::Error) -> DatabaseError {
+    crate::database::query_failed(e)
 }
 
 /// A row of `flamegraph_runs` (run_id, key, stored_ms, age_ms, body) as a [`StoredRun`] for
@@ -270,6 +275,7 @@ impl SharedRuns {
     pub fn new(db: Database, lease: Duration) -> SharedRuns {
         SharedRuns {
             db,
+            own: Arc::default(),
             lease: lease.max(Duration::from_secs(1)),
         }
     }
@@ -370,14 +376,19 @@ impl SharedRuns {
     }
 
     /// Stores `snapshot` (a run that delivered) under `key`, deletes the key's runs beyond the
-    /// newest `history`, and drops this replica's lease on `key`, in one transaction.
+    /// newest `history`, and drops this replica's lease on `key`, in one transaction. A run of
+    /// a job removed from the registry meanwhile (a tombstone in `registry_deleted_jobs`) is
+    /// not stored: nobody may read it any more.
     pub async fn store(
         &self,
         key: &GraphKey,
         snapshot: &Snapshot,
         history: usize,
     ) -> Result<(), DatabaseError> {
-        let body = encode(snapshot).map_err(query_error)?;
+        let body = encode(snapshot).map_err(|message| DatabaseError::Query {
+            url: String::new(),
+            message,
+        })?;
         let own = key_text(key);
         let vertex = key_text(&key.vertex());
         let job = key.job_id.clone();
@@ -386,19 +397,24 @@ impl SharedRuns {
         let end_ms = snapshot.end_ms;
         let keep = history.max(1) as i64;
         let holder = self.db.replica_id().to_string();
-        self.db
+        let stored = self
+            .db
             .run(move |mut client| async move {
                 let tx = client.transaction().await.map_err(query_error)?;
-                tx.execute(
-                    &format!(
-                        "INSERT INTO flamegraph_runs \
-                         (run_id, key, vertex_key, job_id, delivered, end_ms, stored_ms, body) \
-                         VALUES ($1, $2, $3, $4, $5, $6, {NOW_MS}, $7) ON CONFLICT (run_id) DO NOTHING"
-                    ),
-                    &[&run_id, &own, &vertex, &job, &delivered, &end_ms, &body],
-                )
-                .await
-                .map_err(query_error)?;
+                let stored: Option<i64> = tx
+                    .query_opt(
+                        &format!(
+                            "INSERT INTO flamegraph_runs \
+                             (run_id, key, vertex_key, job_id, delivered, end_ms, stored_ms, body) \
+                             SELECT $1, $2, $3, $4, $5, $6, {NOW_MS}, $7 \
+                             WHERE NOT EXISTS (SELECT 1 FROM registry_deleted_jobs WHERE id = $4) \
+                             ON CONFLICT (run_id) DO NOTHING RETURNING stored_ms"
+                        ),
+                        &[&run_id, &own, &vertex, &job, &delivered, &end_ms, &body],
+                    )
+                    .await
+                    .map_err(query_error)?
+                    .map(|row| row.get(0));
                 tx.execute(
                     "DELETE FROM flamegraph_runs WHERE key = $1 AND run_id NOT IN \
                      (SELECT run_id FROM flamegraph_runs WHERE key = $1 ORDER BY run_id DESC LIMIT $2)",
@@ -412,9 +428,22 @@ impl SharedRuns {
                 )
                 .await
                 .map_err(query_error)?;
-                tx.commit().await.map_err(query_error)
+                tx.commit().await.map_err(query_error)?;
+                Ok(stored)
             })
-            .await
+            .await?;
+        if let Some(stored_ms) = stored {
+            self.own
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((run_id, stored_ms));
+        }
+        Ok(())
+    }
+
+    /// The runs this replica stored since the last call (run id, stored ms), for the follower.
+    fn take_own(&self) -> Vec<(i64, i64)> {
+        std::mem::take(&mut *self.own.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Runs stored at or after `since_ms` (database clock) on the `vertices` (job, vertex)
@@ -449,6 +478,27 @@ impl SharedRuns {
                     .await
                     .map_err(query_error)?;
                 Ok((rows.iter().filter_map(|r| stored_run(r, None)).collect(), now))
+            })
+            .await
+    }
+
+    /// Of `jobs`, those the shared registry removed (expired or deleted by any replica: a
+    /// tombstone in `registry_deleted_jobs`, kept a day): their graphs must go from every
+    /// replica's cache.
+    pub async fn gone_jobs(&self, jobs: Vec<String>) -> Result<Vec<String>, DatabaseError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db
+            .run(move |client| async move {
+                let rows = client
+                    .query(
+                        "SELECT id FROM registry_deleted_jobs WHERE id = ANY($1)",
+                        &[&jobs],
+                    )
+                    .await
+                    .map_err(query_error)?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
             })
             .await
     }
@@ -615,6 +665,7 @@ pub fn spawn_follower(
                 return;
             };
             let from = since.unwrap_or(i64::MAX);
+            seen.extend(shared.take_own()); // this replica's own runs are in its cache already
             let ids: Vec<i64> = seen.keys().copied().collect();
             match shared.stored_since(&held, from, ids).await {
                 Ok((runs, now)) => {
@@ -626,6 +677,18 @@ pub fn spawn_follower(
                     let next = now - FOLLOW_OVERLAP_MS;
                     seen.retain(|_, stored| *stored >= next);
                     since = Some(next);
+                }
+                Err(e) => tracing::warn!(error = %e, "flame graph follower: database read failed"),
+            }
+            // After landing (a gone job's runs are deleted with it, so none lands again).
+            let jobs: BTreeSet<String> = held.into_iter().map(|(job, _)| job).collect();
+            match shared.gone_jobs(jobs.into_iter().collect()).await {
+                Ok(gone) => {
+                    let Some(cache) = cache.upgrade() else { return };
+                    for job in gone {
+                        let dropped = cache.forget_job(&job);
+                        tracing::debug!(%job, dropped, "flame graphs of a job gone from the shared registry dropped");
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "flame graph follower: database read failed"),
             }

@@ -757,6 +757,7 @@ impl Registry {
                 req.metrics.len()
             )));
         }
+        self.read_through_taskmanager(&req.agent_id);
         let mut inner = self.lock();
         let agent_id = req.agent_id.as_str();
         let Some(tm) = inner.taskmanagers.get_mut(agent_id) else {

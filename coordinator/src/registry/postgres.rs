@@ -13,7 +13,9 @@
 //!   `FOR UPDATE`, merges in only the subtasks this replica changed ([`merge_runtime`]) and
 //!   writes the result, so two replicas whose agents report different subtasks of one job keep
 //!   both changes.
-//! * Deletions leave a row in `registry_deleted_jobs` (a day long) for the other replicas' pulls.
+//! * Deletions leave a row in `registry_deleted_jobs` (a day long) for the other replicas' pulls,
+//!   and delete the job's stored flame graph runs and leases (`flamegraph/shared.rs`) in the
+//!   same transaction.
 //! * Task managers are rows of `registry_taskmanagers`: the registration at once, the last
 //!   heartbeat time in batches (the registry decides how often, see `replication.rs`).
 //! * Every row is stamped with the writing transaction's id (`changed_xid`, `xid8`), which the
@@ -70,10 +72,7 @@ async fn snapshot_with_cursor(
 }
 
 fn query(e: tokio_postgres::Error) -> DatabaseError {
-    DatabaseError::Query {
-        url: String::new(),
-        message: e.to_string(),
-    }
+    crate::database::query_failed(e)
 }
 
 fn bad(message: String) -> DatabaseError {
@@ -269,6 +268,16 @@ impl JobStore for PgStore {
                 tx.execute("DELETE FROM registry_jobs WHERE id = ANY($1)", &[&ids])
                     .await
                     .map_err(query)?;
+                // Their flame graphs go too (flamegraph/shared.rs): stored runs and leases.
+                tx.execute("DELETE FROM flamegraph_runs WHERE job_id = ANY($1)", &[&ids])
+                    .await
+                    .map_err(query)?;
+                tx.execute(
+                    "DELETE FROM flamegraph_leases WHERE split_part(key, '/', 1) = ANY($1)",
+                    &[&ids],
+                )
+                .await
+                .map_err(query)?;
                 tx.execute(
                     "INSERT INTO registry_deleted_jobs (id, deleted_ms) SELECT unnest($1::text[]), $2 \
                      ON CONFLICT (id) DO UPDATE SET deleted_ms = EXCLUDED.deleted_ms, \
@@ -415,6 +424,21 @@ impl JobStore for PgStore {
                     .await
                     .map_err(query)?;
                 rows.iter().map(taskmanager_of).collect()
+            })
+            .map_err(storage)
+    }
+
+    fn load_taskmanager(&mut self, id: &str) -> Result<Option<TaskManager>, RegistryError> {
+        let id = id.to_string();
+        self.db
+            .blocking(move |client| async move {
+                client
+                    .query_opt("SELECT * FROM registry_taskmanagers WHERE id = $1", &[&id])
+                    .await
+                    .map_err(query)?
+                    .as_ref()
+                    .map(taskmanager_of)
+                    .transpose()
             })
             .map_err(storage)
     }

@@ -34,7 +34,8 @@
 //!   A change made on one replica is therefore seen by the others within about one flush
 //!   interval. A look-up of a job id that memory does not have reads through to the database
 //!   once before answering 404, so `POST /jobs` on replica A then `GET` on replica B works at
-//!   once.
+//!   once; likewise a heartbeat from an agent memory does not have, so an agent registered on A
+//!   a moment ago is not told to register again by B.
 //!
 //! ## Why the change feed misses nothing
 //!
@@ -197,6 +198,35 @@ impl Registry {
             *stored = (*stored).max(ms);
         }
         Ok(())
+    }
+
+    /// Before a heartbeat from `agent_id`: on a shared store, an agent memory does not have
+    /// (registered on another replica since the last sync) is read from the database once, and
+    /// taken in if its stored heartbeat is within the timeout (the sync's rule), so it is not
+    /// asked to register again. A failed read is logged: the heartbeat is then answered as for
+    /// an unknown agent (`reregister`), which is always safe.
+    pub(super) fn read_through_taskmanager(&self, agent_id: &str) {
+        if !self.shared || self.lock().taskmanagers.contains_key(agent_id) {
+            return;
+        }
+        let mut store = self.lock_store();
+        let found = match store.load_taskmanager(agent_id) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(agent = %agent_id, error = %e, "cannot read an unknown agent from the shared database");
+                return;
+            }
+        };
+        let mut inner = self.lock();
+        if let Some(tm) = found
+            && tm.last_heartbeat.elapsed() <= self.heartbeat_timeout
+            && !inner.taskmanagers.contains_key(agent_id)
+        {
+            tracing::debug!(agent = %agent_id, "task manager read through from the shared database");
+            let stored = inner.stored_beats.entry(tm.id.clone()).or_insert(0);
+            *stored = (*stored).max(tm.last_heartbeat_ms);
+            inner.taskmanagers.insert(tm.id.clone(), tm);
+        }
     }
 
     /// The registry's lock, with job `job_id` in memory: on a miss, a shared store is read

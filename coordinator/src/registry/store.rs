@@ -102,6 +102,11 @@ pub trait JobStore: Send + std::fmt::Debug {
     fn load_taskmanagers(&mut self) -> Result<Vec<TaskManager>, RegistryError> {
         Ok(Vec::new())
     }
+    /// One stored task manager (a shared store only), for a heartbeat from an agent memory does
+    /// not have yet (registered on another replica a moment ago).
+    fn load_taskmanager(&mut self, _id: &str) -> Result<Option<TaskManager>, RegistryError> {
+        Ok(None)
+    }
     /// Stores a registration (a shared store only); durable when this returns `Ok`.
     fn put_taskmanager(&mut self, _tm: &TaskManager) -> Result<(), RegistryError> {
         Ok(())

@@ -22,6 +22,11 @@
 //! | `flamegrid_coordinator_heartbeat_lag_avg_seconds` | gauge | mean age of the agents' last heartbeats |
 //! | `flamegrid_coordinator_jobs{status}` | gauge | registered jobs by Flink job status |
 //! | `flamegrid_coordinator_subtasks{state}` | gauge | subtasks of registered jobs by execution state |
+//! | `flamegrid_coordinator_store_rows_written_total{table}` | counter | rows the registry's flushes wrote to its store (`jobs`: runtimes; `taskmanagers`: heartbeat times, shared database only) |
+//! | `flamegrid_coordinator_database_pool_max_connections` | gauge | `--database-pool-size` (with `--database-url` only, like the three below) |
+//! | `flamegrid_coordinator_database_pool_open_connections` | gauge | connections to the shared database open now |
+//! | `flamegrid_coordinator_database_pool_in_use_connections` | gauge | of those, handed out to work now |
+//! | `flamegrid_coordinator_database_pool_waiting` | gauge | pieces of work waiting for a connection now |
 
 use super::state::AppState;
 use axum::extract::State;
@@ -160,6 +165,48 @@ pub fn render(state: &AppState) -> String {
             &[("state", state)],
             *n as f64,
         );
+    }
+    let written = state.registry.store_writes();
+    let rows = "flamegrid_coordinator_store_rows_written_total";
+    w.family(
+        rows,
+        Kind::Counter,
+        "Rows the registry's flushes wrote to its store: job runtimes, and agents' heartbeat \
+         times (a shared database only, in batches).",
+    );
+    w.sample(rows, &[("table", "jobs")], written.job_rows as f64);
+    w.sample(
+        rows,
+        &[("table", "taskmanagers")],
+        written.taskmanager_rows as f64,
+    );
+    if let Some(db) = &state.database {
+        let pool = db.pool_status();
+        let p = "flamegrid_coordinator_database_pool";
+        for (name, help, value) in [
+            (
+                "max_connections",
+                "Connections to the shared database this coordinator may open (--database-pool-size).",
+                pool.max_size,
+            ),
+            (
+                "open_connections",
+                "Connections to the shared database open now.",
+                pool.open,
+            ),
+            (
+                "in_use_connections",
+                "Connections to the shared database handed out to work now.",
+                pool.in_use,
+            ),
+            (
+                "waiting",
+                "Pieces of work waiting for a connection to the shared database now.",
+                pool.waiting,
+            ),
+        ] {
+            w.single(&format!("{p}_{name}"), Kind::Gauge, help, value as f64);
+        }
     }
     w.finish()
 }

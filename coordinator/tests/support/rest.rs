@@ -410,6 +410,15 @@ pub fn children(node: &Value) -> &Vec<Value> {
 /// Sampling runs a real agent served that delivered, read from its `/metrics`
 /// (`flamegrid_agent_sampling_runs_total{outcome="ok"}`): how tests count runs at the agent.
 pub async fn agent_ok_runs(metrics_url: &str) -> u64 {
+    agent_sample(
+        metrics_url,
+        "flamegrid_agent_sampling_runs_total{outcome=\"ok\"}",
+    )
+    .await as u64
+}
+
+/// The value of the sample `series` (name and labels, as written) of a real agent's `/metrics`.
+pub async fn agent_sample(metrics_url: &str, series: &str) -> f64 {
     let text = reqwest::get(metrics_url)
         .await
         .unwrap()
@@ -417,8 +426,127 @@ pub async fn agent_ok_runs(metrics_url: &str) -> u64 {
         .await
         .unwrap();
     text.lines()
-        .find(|l| l.starts_with("flamegrid_agent_sampling_runs_total{outcome=\"ok\"}"))
-        .and_then(|l| l.rsplit(' ').next())
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.parse::<f64>().ok())
-        .expect("the agent's ok runs counter") as u64
+        .unwrap_or_else(|| panic!("no {series} in the agent's metrics:\n{text}"))
+}
+
+// ---- real processes: a coordinator binary, an agent with /metrics ----------------------------
+
+/// A real `flamegrid-coordinator` process (see [`spawn_coordinator`]): its REST and gRPC URLs.
+pub struct CoordinatorProcess {
+    pub child: KillOnDrop,
+    pub rest: String,
+    pub rpc: String,
+}
+
+/// Starts the coordinator binary on loopback port 0 with `--data-dir data_dir` and `extra`
+/// flags, and waits for it to print its addresses; stdout is drained afterwards so the child
+/// never blocks on a full pipe. Killed (SIGKILL) when dropped.
+pub fn spawn_coordinator(data_dir: &Path, extra: &[&str]) -> CoordinatorProcess {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(flamegrid_testkit::executable("flamegrid-coordinator"))
+        .args(["--rest-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = KillOnDrop(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut rest, mut rpc) = (None, None);
+    while rest.is_none() || rpc.is_none() {
+        let line = lines
+            .next()
+            .expect("the coordinator printed its addresses")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("flamegrid dashboard: ") {
+            rest = Some(url.trim_end_matches('/').to_string());
+        } else if let Some(url) = line.strip_prefix("flamegrid registry (gRPC): ") {
+            rpc = Some(url.to_string());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    CoordinatorProcess {
+        child,
+        rest: rest.unwrap(),
+        rpc: rpc.unwrap(),
+    }
+}
+
+impl CoordinatorProcess {
+    /// `POST /jobs` of `body` (asserts 202): the new job's id.
+    pub async fn register_job(&self, body: &Value) -> String {
+        let (status, answer) = send(
+            reqwest::Client::new()
+                .post(format!("{}/jobs", self.rest))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        answer["jobid"].as_str().unwrap().to_string()
+    }
+
+    /// The id of job `id`'s first vertex.
+    pub async fn first_vertex(&self, id: &str) -> String {
+        let (status, job) =
+            send(reqwest::Client::new().get(format!("{}/jobs/{id}", self.rest))).await;
+        assert_eq!(status, 200, "{job}");
+        job["vertices"][0]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Cancels job `id` as Flink's client does (`PATCH`, JSON content type, no body; asserts 202).
+    pub async fn cancel_job(&self, id: &str) {
+        let (status, answer) = send(
+            reqwest::Client::new()
+                .patch(format!("{}/jobs/{id}", self.rest))
+                .header("content-type", "application/json"),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+    }
+}
+
+/// A real agent with `/metrics` (see [`spawn_metrics_agent`]).
+pub struct MetricsAgent {
+    pub process: KillOnDrop,
+    /// Its Sampling service, `http://127.0.0.1:port`.
+    pub address: String,
+    /// Its `/metrics` URL.
+    pub metrics: String,
+}
+
+impl MetricsAgent {
+    /// Sampling runs it served that delivered ([`agent_ok_runs`]).
+    pub async fn ok_runs(&self) -> u64 {
+        agent_ok_runs(&self.metrics).await
+    }
+}
+
+/// Starts `flamegrid-agent run --coordinator coordinators --id id` on loopback ports with
+/// `--metrics-listen`; does not wait for it to register (the caller polls where it looks).
+pub fn spawn_metrics_agent(coordinators: &str, id: &str) -> MetricsAgent {
+    let (port, metrics_port) = (free_port(), free_port());
+    let process = KillOnDrop(
+        Command::new(agent_binary())
+            .args(["run", "--coordinator", coordinators, "--id", id])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    MetricsAgent {
+        process,
+        address: format!("http://127.0.0.1:{port}"),
+        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+    }
 }
