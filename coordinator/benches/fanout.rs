@@ -20,7 +20,7 @@
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use flamegrid_coordinator::fanout::{FanOutOutcome, absorb_answer};
 use flamegrid_coordinator::flamegraph::cache::{CacheLimits, GraphCache, GraphKey};
-use flamegrid_coordinator::flamegraph::profile::SubtaskProfile;
+use flamegrid_coordinator::flamegraph::profile::{FoldedSubtask, RunNames};
 use flamegrid_coordinator::flamegraph::run::{RunCounters, fold_subtask, land};
 use flamegrid_model::{Frame, SampleSet, SampleSetBuilder, SampledThread, ThreadState};
 use flamegrid_proto::SampleResponseBuilder;
@@ -76,19 +76,24 @@ fn asked(agent: u32) -> BTreeSet<u32> {
     (agent * PER_AGENT..(agent + 1) * PER_AGENT).collect()
 }
 
-/// Takes in agent `agent`'s answer as the run does, into `outcome`.
+/// Takes in agent `agent`'s answer as the run does (its names interned in the run's
+/// `names`), into `outcome`.
 fn take_in(
-    outcome: &mut FanOutOutcome<Arc<SubtaskProfile>>,
+    outcome: &mut FanOutOutcome<FoldedSubtask>,
+    names: &Arc<RunNames>,
     agent: u32,
     resp: &v1::SampleResponse,
 ) {
+    let names = Arc::clone(names);
     let share = absorb_answer(
         PREFIX,
         format!("http://agent-{agent}"),
         &asked(agent),
         resp,
         WireLimits::with_max_depth(DEPTH + 10),
-        fold_subtask,
+        &move |resp: &v1::SampleResponse, sub: &v1::SubtaskSamples, budget: &mut _| {
+            fold_subtask(&names, resp, sub, budget)
+        },
     );
     assert!(share.missing.is_empty(), "{:?}", share.failures);
     outcome.merge(share);
@@ -120,15 +125,20 @@ fn benches(c: &mut Criterion) {
                     request_id: run_id,
                     ..Default::default()
                 };
+                let names = Arc::new(RunNames::default());
                 for (agent, resp) in first.iter().enumerate() {
-                    take_in(&mut outcome, agent as u32, resp);
+                    take_in(&mut outcome, &names, agent as u32, resp);
                 }
-                (outcome, cache.lookup_with(&key, true).ticket.unwrap())
+                (
+                    outcome,
+                    names,
+                    cache.lookup_with(&key, true).ticket.unwrap(),
+                )
             },
-            |(mut outcome, ticket)| {
-                take_in(&mut outcome, AGENTS - 1, last);
+            |(mut outcome, names, ticket)| {
+                take_in(&mut outcome, &names, AGENTS - 1, last);
                 assert_eq!(outcome.sets.len(), SUBTASKS as usize);
-                land(&counters, ticket, outcome, Default::default());
+                land(&counters, ticket, outcome, &names, Default::default());
             },
             BatchSize::PerIteration,
         )
@@ -136,8 +146,9 @@ fn benches(c: &mut Criterion) {
     g.bench_function("take_in_all_answers/1000_agents_10000_subtasks", |b| {
         b.iter(|| {
             let mut outcome = FanOutOutcome::default();
+            let names = Arc::new(RunNames::default());
             for (agent, resp) in answers.iter().enumerate() {
-                take_in(&mut outcome, agent as u32, resp);
+                take_in(&mut outcome, &names, agent as u32, resp);
             }
             outcome
         })

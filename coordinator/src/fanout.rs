@@ -195,9 +195,27 @@ impl<T> Default for FanOutOutcome<T> {
 /// What a run makes of one subtask's samples while its agent's answer is at hand: called once
 /// per subtask entry of every answer, on the answer's own task, as the answer arrives (the
 /// answer is dropped right after), with the answer's shared [`AnswerBudget`]. An error makes
-/// the subtask missing. [`subtask_sample_set_within`] is the plain conversion.
-pub type SubtaskFold<T> =
-    fn(&v1::SampleResponse, &v1::SubtaskSamples, &mut AnswerBudget) -> Result<T, ConvertError>;
+/// the subtask missing. [`subtask_sample_set_within`] is the plain conversion; a closure may
+/// carry the run's own state (the flame graph run interns every answer's frame names in one
+/// table per run, see [`crate::flamegraph::profile::RunNames`]), so it is cloned into every
+/// agent's call task.
+pub trait SubtaskFold<T>:
+    Fn(&v1::SampleResponse, &v1::SubtaskSamples, &mut AnswerBudget) -> Result<T, ConvertError>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T, F> SubtaskFold<T> for F where
+    F: Fn(&v1::SampleResponse, &v1::SubtaskSamples, &mut AnswerBudget) -> Result<T, ConvertError>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 /// One agent's contribution to a run, made on its call's task (see [`absorb_answer`]).
 #[derive(Debug)]
@@ -312,7 +330,7 @@ impl FanOut {
         key_prefix: &str,
         targets: &[SubtaskTarget],
         params: SamplingParams,
-        fold: SubtaskFold<T>,
+        fold: impl SubtaskFold<T>,
     ) -> FanOutOutcome<T> {
         let request_id = self.new_request_id();
         let deadline_after = self.deadline(params);
@@ -362,6 +380,7 @@ impl FanOut {
             };
             let client = self.client(channel);
             let prefix = Arc::clone(&prefix);
+            let fold = fold.clone();
             let subtasks = call.subtasks.clone();
             let task = tasks.spawn(async move {
                 let AgentCall {
@@ -392,7 +411,7 @@ impl FanOut {
                             "agent answered"
                         );
                         // The answer is taken in here and dropped at the end of this task.
-                        absorb_answer(&prefix, address, &subtasks, &resp, limits, fold)
+                        absorb_answer(&prefix, address, &subtasks, &resp, limits, &fold)
                     }
                 };
                 (share, sent)
@@ -624,7 +643,7 @@ pub fn absorb_answer<T>(
     asked: &BTreeSet<u32>,
     resp: &v1::SampleResponse,
     limits: WireLimits,
-    fold: SubtaskFold<T>,
+    fold: &impl SubtaskFold<T>,
 ) -> AgentShare<T> {
     let mut share = AgentShare {
         address,

@@ -14,6 +14,17 @@
 //! cost of every other view) stays what it is without it, while the fold is still exact per
 //! thread.
 //!
+//! **One names table per run.** A vertex of ten thousand subtasks shares most of its frame
+//! names, so the frame names of a run are kept once, in a [`NameTable`] shared by all its
+//! profiles; each profile keeps its own short list of ids into it ([`ProfileNames`], what its
+//! stacks index), four bytes a name instead of a copy of every name. The answers of a run are
+//! folded on their own tasks as they arrive, each interning its new names in the run's
+//! [`RunNames`] under one short lock per subtask; the table is frozen when the run lands
+//! ([`FoldedSubtask::into_profile`]). A profile folded on its own ([`SubtaskProfile::from_set`],
+//! [`SubtaskProfile::from_wire`], or read back from the shared database) has a table of its own.
+//! Each profile also keeps its sample count per graph type, so the history list of a big vertex
+//! does not add up every row on every poll.
+//!
 //! A [`Snapshot`] is one run's result: the profiles of the subtasks that delivered, the ones that
 //! are missing, and when the run ended. It is immutable and shared (`Arc`) between the cache
 //! entry of the vertex and those of its subtasks. (Its rendered JSON is memoised by the cache,
@@ -29,7 +40,7 @@ use flamegrid_proto::convert::{
 use flamegrid_proto::v1;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// `count` samples that had the same state and stack.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,12 +59,178 @@ pub struct StackCount {
     pub threads: Box<[(u32, u64)]>,
 }
 
+/// The frame names of one run (or of one profile folded on its own), shared by its profiles as
+/// `Arc`; see the module docs. Immutable once made.
+#[derive(Debug, Default)]
+pub struct NameTable {
+    names: Vec<String>,
+}
+
+impl NameTable {
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The name with table id `id`.
+    pub fn get(&self, id: u32) -> Option<&String> {
+        self.names.get(id as usize)
+    }
+
+    /// Rough heap footprint in bytes, for the cache's memory bound (counted once per table,
+    /// however many profiles share it).
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .names
+                .iter()
+                .map(|n| n.capacity() + std::mem::size_of::<String>())
+                .sum::<usize>()
+    }
+}
+
+/// A profile's distinct frame names: ids into a [`NameTable`] that may be shared with the other
+/// profiles of its run. Index `i` is what [`StackCount::frames`] holds; read it with
+/// [`ProfileNames::get`] or [`ProfileNames::iter`], like a list of names. Two are equal when they
+/// list the same names in the same order, whatever their tables.
+#[derive(Debug, Clone)]
+pub struct ProfileNames {
+    table: Arc<NameTable>,
+    ids: Box<[u32]>,
+}
+
+impl ProfileNames {
+    /// Names in a table of their own.
+    pub fn own(names: Vec<String>) -> Self {
+        let ids = (0..names.len() as u32).collect();
+        ProfileNames {
+            table: Arc::new(NameTable { names }),
+            ids,
+        }
+    }
+
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Name `i` of this profile (what a frame index of its stacks names).
+    pub fn get(&self, i: usize) -> Option<&String> {
+        self.table.get(*self.ids.get(i)?)
+    }
+
+    /// The names in profile order.
+    pub fn iter(&self) -> impl Iterator<Item = &String> + '_ {
+        self.ids.iter().filter_map(|&id| self.table.get(id))
+    }
+
+    /// The table the names live in (shared by the profiles of a run).
+    pub fn table(&self) -> &Arc<NameTable> {
+        &self.table
+    }
+
+    /// The table ids of the names, in profile order.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
+impl PartialEq for ProfileNames {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for ProfileNames {}
+
+impl serde::Serialize for ProfileNames {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+/// The names of one run while its answers come in, interned by the answers' tasks as they fold
+/// them (see the module docs); [`RunNames::finish`] freezes them into the run's [`NameTable`].
+#[derive(Debug, Default)]
+pub struct RunNames {
+    inner: Mutex<Interner>,
+}
+
+#[derive(Debug, Default)]
+struct Interner {
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+impl RunNames {
+    /// The table ids of `names`, interning the new ones (one lock for all of them).
+    fn intern<'a>(&self, names: impl Iterator<Item = &'a str>) -> Box<[u32]> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Interner { names: table, ids } = &mut *inner;
+        names
+            .map(|name| match ids.get(name) {
+                Some(&id) => id,
+                None => {
+                    let id = table.len() as u32;
+                    table.push(name.to_owned());
+                    ids.insert(name.to_owned(), id);
+                    id
+                }
+            })
+            .collect()
+    }
+
+    /// The run's names as one shared table; what was interned so far (every answer of the
+    /// run has been folded when it lands). The interner is emptied.
+    pub fn finish(&self) -> Arc<NameTable> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let names = std::mem::take(&mut inner.names);
+        inner.ids = HashMap::new();
+        Arc::new(NameTable { names })
+    }
+}
+
+/// A subtask's samples as folded while its run is in flight: a [`SubtaskProfile`] whose names
+/// are ids into the run's [`RunNames`], not yet frozen into its table.
+#[derive(Debug)]
+pub struct FoldedSubtask {
+    ids: Box<[u32]>,
+    stacks: Vec<StackCount>,
+    threads: Vec<SampledThread>,
+    thread_counts: [usize; 3],
+}
+
+impl FoldedSubtask {
+    /// The profile, its names in `table` (the frozen [`RunNames`] it was folded with).
+    pub fn into_profile(self, table: &Arc<NameTable>) -> SubtaskProfile {
+        SubtaskProfile::assemble(
+            ProfileNames {
+                table: Arc::clone(table),
+                ids: self.ids,
+            },
+            self.stacks,
+            self.threads,
+            self.thread_counts,
+        )
+    }
+}
+
 /// One subtask's samples of one run, folded by distinct stack; see the module docs. Serialized
-/// (as part of a stored run) only by [`super::shared`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// (as part of a stored run) only by [`super::shared`], with its names in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubtaskProfile {
-    /// Distinct frame names.
-    pub names: Vec<String>,
+    /// Distinct frame names (ids into the run's shared table).
+    pub names: ProfileNames,
     /// Distinct stacks with their counts, sorted by frames so that building a tree walks shared
     /// prefixes back to back.
     pub stacks: Vec<StackCount>,
@@ -62,6 +239,50 @@ pub struct SubtaskProfile {
     pub threads: Vec<SampledThread>,
     /// Distinct threads with at least one sample accepted by each type (FULL, ON_CPU, OFF_CPU).
     thread_counts: [usize; 3],
+    /// Samples accepted by each type (FULL, ON_CPU, OFF_CPU): the sums of `stacks`.
+    sample_counts: [u64; 3],
+}
+
+/// A profile as stored (serialized): its names in full.
+#[derive(serde::Serialize)]
+struct StoredProfileRef<'a> {
+    names: &'a ProfileNames,
+    stacks: &'a [StackCount],
+    threads: &'a [SampledThread],
+    thread_counts: [usize; 3],
+}
+
+/// A profile as read back.
+#[derive(serde::Deserialize)]
+struct StoredProfile {
+    names: Vec<String>,
+    stacks: Vec<StackCount>,
+    threads: Vec<SampledThread>,
+    thread_counts: [usize; 3],
+}
+
+impl serde::Serialize for SubtaskProfile {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredProfileRef {
+            names: &self.names,
+            stacks: &self.stacks,
+            threads: &self.threads,
+            thread_counts: self.thread_counts,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SubtaskProfile {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let p = StoredProfile::deserialize(deserializer)?;
+        Ok(SubtaskProfile::assemble(
+            ProfileNames::own(p.names),
+            p.stacks,
+            p.threads,
+            p.thread_counts,
+        ))
+    }
 }
 
 /// What a row of [`SubtaskProfile::stacks`] is folded by: state, truncated, frames.
@@ -76,6 +297,29 @@ fn type_slot(ty: GraphType) -> usize {
 }
 
 impl SubtaskProfile {
+    /// A profile of its parts, its sample counts per type added up once.
+    fn assemble(
+        names: ProfileNames,
+        stacks: Vec<StackCount>,
+        threads: Vec<SampledThread>,
+        thread_counts: [usize; 3],
+    ) -> Self {
+        let sample_counts = GraphType::ALL.map(|ty| {
+            stacks
+                .iter()
+                .filter(|s| ty.accepts(s.state))
+                .map(|s| s.count)
+                .sum()
+        });
+        SubtaskProfile {
+            names,
+            stacks,
+            threads,
+            thread_counts,
+            sample_counts,
+        }
+    }
+
     /// Folds a subtask's sample set.
     pub fn from_set(set: &SampleSet) -> SubtaskProfile {
         let mut names: Vec<String> = Vec::new();
@@ -125,12 +369,12 @@ impl SubtaskProfile {
             (a.truncated, &a.frames, a.state).cmp(&(b.truncated, &b.frames, b.state))
         });
         let thread_counts = GraphType::ALL.map(|ty| set.thread_count(ty));
-        SubtaskProfile {
-            names,
+        SubtaskProfile::assemble(
+            ProfileNames::own(names),
             stacks,
-            threads: set.threads.clone(),
+            set.threads.clone(),
             thread_counts,
-        }
+        )
     }
 
     /// Folds one subtask of an agent's answer straight from the wire: the same profile as
@@ -145,15 +389,29 @@ impl SubtaskProfile {
         sub: &v1::SubtaskSamples,
         budget: &mut AnswerBudget,
     ) -> Result<SubtaskProfile, ConvertError> {
+        let names = RunNames::default();
+        let folded = Self::fold_wire(resp, sub, budget, &names)?;
+        Ok(folded.into_profile(&names.finish()))
+    }
+
+    /// [`SubtaskProfile::from_wire`] within a run: the names interned in the run's `names`
+    /// (see the module docs), the profile made once the run lands.
+    pub fn fold_wire(
+        resp: &v1::SampleResponse,
+        sub: &v1::SubtaskSamples,
+        budget: &mut AnswerBudget,
+        run_names: &RunNames,
+    ) -> Result<FoldedSubtask, ConvertError> {
         // Counts first, before anything is allocated for this subtask.
         budget.charge_subtask(sub)?;
         let max_depth = budget.limits().max_depth;
         let max_name = budget.limits().max_name_bytes;
-        let mut names: Vec<String> = Vec::new();
+        // The subtask's distinct names, in order of first use: interned in the run at the end.
+        let mut names: Vec<Cow<'_, str>> = Vec::new();
         // Names by their text as kept (cut), as `from_set` folds them: frames that differ only
         // in module or inlining share a name.
         let mut name_ids: HashMap<Cow<'_, str>, u32> = HashMap::new();
-        let mut frame_names: HashMap<u32, u32> = HashMap::new();
+        let mut frame_names = FrameNames::for_answer(resp);
         // Every sample's kept stack, as name ids, back to back; rows refer to ranges of it.
         let mut flat: Vec<u32> = Vec::new();
         // (truncated, start, end, state, thread) per sample that shows in some view.
@@ -165,8 +423,8 @@ impl SubtaskProfile {
             let (kept, cut) = kept_stack(&s.stack, max_depth);
             let start = flat.len();
             for &f in kept {
-                let id = match frame_names.get(&f) {
-                    Some(&id) => id,
+                let id = match frame_names.get(f) {
+                    Some(id) => id,
                     None => {
                         let wire = wire_frame(resp, f)?;
                         let raw = wire_string(resp, wire.name)?;
@@ -178,7 +436,7 @@ impl SubtaskProfile {
                             Cow::Owned(cut_name(raw, max_name))
                         };
                         let id = *name_ids.entry(name).or_insert_with_key(|name| {
-                            names.push(name.to_string());
+                            names.push(name.clone());
                             (names.len() - 1) as u32
                         });
                         frame_names.insert(f, id);
@@ -231,8 +489,9 @@ impl SubtaskProfile {
         }
         let thread_counts =
             GraphType::ALL.map(|ty| seen.iter().filter(|s| s[type_slot(ty)]).count());
-        Ok(SubtaskProfile {
-            names,
+        drop(name_ids);
+        Ok(FoldedSubtask {
+            ids: run_names.intern(names.iter().map(|n| n.as_ref())),
             stacks,
             threads,
             thread_counts,
@@ -241,11 +500,7 @@ impl SubtaskProfile {
 
     /// Samples accepted by `ty`.
     pub fn sample_count(&self, ty: GraphType) -> u64 {
-        self.stacks
-            .iter()
-            .filter(|s| ty.accepts(s.state))
-            .map(|s| s.count)
-            .sum()
+        self.sample_counts[type_slot(ty)]
     }
 
     /// Threads with at least one sample accepted by `ty`.
@@ -255,8 +510,10 @@ impl SubtaskProfile {
 
     /// Rough heap footprint in bytes, for the cache's memory bound. Over-estimates rather than
     /// under-estimates.
+    /// The names table is not in it (it may be shared by a whole run): see
+    /// [`NameTable::approx_bytes`].
     pub fn approx_bytes(&self) -> usize {
-        let names: usize = self.names.iter().map(|n| n.capacity() + 24).sum();
+        let names = self.names.len() * 4 + 16;
         let stacks: usize = self
             .stacks
             .iter()
@@ -268,6 +525,48 @@ impl SubtaskProfile {
             .map(|t| t.name.capacity() + std::mem::size_of::<SampledThread>())
             .sum();
         names + stacks + threads + std::mem::size_of::<Self>()
+    }
+}
+
+/// Wire frame index → a subtask's name id while one answer is folded: a plain vector over the
+/// answer's frames when they are few (an agent interns its frames per answer, so they are:
+/// no hashing per frame of every sample), a map otherwise (an answer cannot make the fold
+/// allocate per frame it merely declares).
+enum FrameNames {
+    Dense(Vec<u32>),
+    Sparse(HashMap<u32, u32>),
+}
+
+/// Most frames in an answer for [`FrameNames::Dense`].
+const DENSE_FRAMES: usize = 1 << 14;
+
+impl FrameNames {
+    fn for_answer(resp: &v1::SampleResponse) -> Self {
+        if resp.frames.len() <= DENSE_FRAMES {
+            FrameNames::Dense(vec![u32::MAX; resp.frames.len()])
+        } else {
+            FrameNames::Sparse(HashMap::new())
+        }
+    }
+
+    fn get(&self, frame: u32) -> Option<u32> {
+        match self {
+            FrameNames::Dense(v) => v.get(frame as usize).copied().filter(|&i| i != u32::MAX),
+            FrameNames::Sparse(m) => m.get(&frame).copied(),
+        }
+    }
+
+    fn insert(&mut self, frame: u32, id: u32) {
+        match self {
+            FrameNames::Dense(v) => {
+                if let Some(slot) = v.get_mut(frame as usize) {
+                    *slot = id;
+                }
+            }
+            FrameNames::Sparse(m) => {
+                m.insert(frame, id);
+            }
+        }
     }
 }
 
@@ -294,8 +593,32 @@ impl Snapshot {
     pub fn tree(&self, ty: GraphType) -> FlameNode {
         let mut b = TreeBuilder::new();
         let mut scratch: Vec<u32> = Vec::new();
+        // Builder ids by table id, for the table of the profiles at hand: a run's profiles
+        // share one, so each name is looked up once per tree, not once per subtask.
+        let mut table: Option<&Arc<NameTable>> = None;
+        let mut by_table: Vec<u32> = Vec::new();
+        let mut ids: Vec<u32> = Vec::new();
         for profile in self.subtasks.values() {
-            let ids: Vec<u32> = profile.names.iter().map(|n| b.name_id(n)).collect();
+            let names = &profile.names;
+            if !table.is_some_and(|t| Arc::ptr_eq(t, names.table())) {
+                table = Some(names.table());
+                by_table.clear();
+                by_table.resize(names.table().len(), u32::MAX);
+            }
+            ids.clear();
+            for &id in names.ids() {
+                // Every id is in its table (a run's table is frozen after its last fold).
+                let name = names.table().get(id).map_or("", String::as_str);
+                match by_table.get_mut(id as usize) {
+                    Some(slot) => {
+                        if *slot == u32::MAX {
+                            *slot = b.name_id(name);
+                        }
+                        ids.push(*slot);
+                    }
+                    None => ids.push(b.name_id(name)),
+                }
+            }
             for s in profile.stacks.iter().filter(|s| ty.accepts(s.state)) {
                 scratch.clear();
                 if s.truncated {
@@ -414,8 +737,20 @@ impl Snapshot {
     /// Rough heap footprint in bytes (shared profiles counted in full, so the cache's bound is
     /// conservative).
     pub fn approx_bytes(&self) -> usize {
+        let mut tables: Vec<&Arc<NameTable>> = Vec::new();
+        for p in self.subtasks.values() {
+            if tables
+                .last()
+                .is_none_or(|t| !Arc::ptr_eq(t, p.names.table()))
+            {
+                tables.push(p.names.table());
+            }
+        }
+        tables.sort_unstable_by_key(|t| Arc::as_ptr(t));
+        tables.dedup_by(|a, b| Arc::ptr_eq(a, b));
         std::mem::size_of::<Self>()
             + self.missing.len() * 48
+            + tables.iter().map(|t| t.approx_bytes()).sum::<usize>()
             + self
                 .subtasks
                 .values()
