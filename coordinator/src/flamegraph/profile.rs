@@ -173,21 +173,19 @@ struct Interner {
 }
 
 impl RunNames {
-    /// The table ids of `names`, interning the new ones (one lock for all of them).
-    fn intern<'a>(&self, names: impl Iterator<Item = &'a str>) -> Box<[u32]> {
+    /// The table id of `name`, interned if new.
+    fn intern(&self, name: &str) -> u32 {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Interner { names: table, ids } = &mut *inner;
-        names
-            .map(|name| match ids.get(name) {
-                Some(&id) => id,
-                None => {
-                    let id = table.len() as u32;
-                    table.push(name.to_owned());
-                    ids.insert(name.to_owned(), id);
-                    id
-                }
-            })
-            .collect()
+        match ids.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = table.len() as u32;
+                table.push(name.to_owned());
+                ids.insert(name.to_owned(), id);
+                id
+            }
+        }
     }
 
     /// The run's names as one shared table; what was interned so far (every answer of the
@@ -197,6 +195,45 @@ impl RunNames {
         let names = std::mem::take(&mut inner.names);
         inner.ids = HashMap::new();
         Arc::new(NameTable { names })
+    }
+}
+
+/// What the fold of one answer keeps across its subtasks ([`SubtaskProfile::fold_wire`]): the
+/// run's name id of every wire frame already resolved, so that a name is cut, hashed and
+/// interned once per answer rather than once per subtask. Fresh (default) for every answer.
+#[derive(Default)]
+pub struct AnswerNames {
+    by_frame: Option<FrameNames>,
+}
+
+/// Hashes the name ids this module hands out itself (dense, from 0): a multiply, not SipHash,
+/// which only inputs from outside need.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
@@ -390,27 +427,32 @@ impl SubtaskProfile {
         budget: &mut AnswerBudget,
     ) -> Result<SubtaskProfile, ConvertError> {
         let names = RunNames::default();
-        let folded = Self::fold_wire(resp, sub, budget, &names)?;
+        let folded = Self::fold_wire(resp, sub, budget, &names, &mut AnswerNames::default())?;
         Ok(folded.into_profile(&names.finish()))
     }
 
-    /// [`SubtaskProfile::from_wire`] within a run: the names interned in the run's `names`
-    /// (see the module docs), the profile made once the run lands.
+    /// [`SubtaskProfile::from_wire`] within a run: the names interned in the run's `run_names`
+    /// (see the module docs), the profile made once the run lands. `answer` carries what the
+    /// subtasks of one answer share (each wire frame's name is resolved once per answer).
     pub fn fold_wire(
         resp: &v1::SampleResponse,
         sub: &v1::SubtaskSamples,
         budget: &mut AnswerBudget,
         run_names: &RunNames,
+        answer: &mut AnswerNames,
     ) -> Result<FoldedSubtask, ConvertError> {
         // Counts first, before anything is allocated for this subtask.
         budget.charge_subtask(sub)?;
         let max_depth = budget.limits().max_depth;
         let max_name = budget.limits().max_name_bytes;
-        // The subtask's distinct names, in order of first use: interned in the run at the end.
-        let mut names: Vec<Cow<'_, str>> = Vec::new();
+        let in_run = answer
+            .by_frame
+            .get_or_insert_with(|| FrameNames::for_answer(resp));
+        // The subtask's distinct names (run ids), in order of first use.
+        let mut names: Vec<u32> = Vec::new();
         // Names by their text as kept (cut), as `from_set` folds them: frames that differ only
-        // in module or inlining share a name.
-        let mut name_ids: HashMap<Cow<'_, str>, u32> = HashMap::new();
+        // in module or inlining share a name, and a text has one run id.
+        let mut name_ids: HashMap<u32, u32, IdHash> = HashMap::default();
         let mut frame_names = FrameNames::for_answer(resp);
         // Every sample's kept stack, as name ids, back to back; rows refer to ranges of it.
         let mut flat: Vec<u32> = Vec::new();
@@ -430,13 +472,21 @@ impl SubtaskProfile {
                         let raw = wire_string(resp, wire.name)?;
                         budget.charge_name(raw)?;
                         budget.charge_name(wire_string(resp, wire.module)?)?;
-                        let name = if raw.len() <= max_name {
-                            Cow::Borrowed(raw)
-                        } else {
-                            Cow::Owned(cut_name(raw, max_name))
+                        let run_id = match in_run.get(f) {
+                            Some(run_id) => run_id,
+                            None => {
+                                let name = if raw.len() <= max_name {
+                                    Cow::Borrowed(raw)
+                                } else {
+                                    Cow::Owned(cut_name(raw, max_name))
+                                };
+                                let run_id = run_names.intern(&name);
+                                in_run.insert(f, run_id);
+                                run_id
+                            }
                         };
-                        let id = *name_ids.entry(name).or_insert_with_key(|name| {
-                            names.push(name.clone());
+                        let id = *name_ids.entry(run_id).or_insert_with(|| {
+                            names.push(run_id);
                             (names.len() - 1) as u32
                         });
                         frame_names.insert(f, id);
@@ -489,9 +539,8 @@ impl SubtaskProfile {
         }
         let thread_counts =
             GraphType::ALL.map(|ty| seen.iter().filter(|s| s[type_slot(ty)]).count());
-        drop(name_ids);
         Ok(FoldedSubtask {
-            ids: run_names.intern(names.iter().map(|n| n.as_ref())),
+            ids: names.into_boxed_slice(),
             stacks,
             threads,
             thread_counts,

@@ -13,8 +13,8 @@
 //! run with absent subtasks logs one line naming them all with their reasons.
 
 use super::cache::RunTicket;
-use super::profile::{FoldedSubtask, RunNames, Snapshot};
-use crate::fanout::{FanOut, FanOutOutcome};
+use super::profile::{AnswerNames, FoldedSubtask, RunNames, Snapshot, SubtaskProfile};
+use crate::fanout::{FanOut, FanOutOutcome, SubtaskFold};
 use crate::missing::{self, Missing};
 use crate::sampling::{SamplingParams, SubtaskTarget};
 use flamegrid_proto::convert::{AnswerBudget, ConvertError};
@@ -53,16 +53,27 @@ impl RunCounters {
     }
 }
 
-/// What a run makes of one subtask's samples as its agent's answer arrives: the folded
-/// profile ([`SubtaskProfile::fold_wire`](super::profile::SubtaskProfile::fold_wire)), its
-/// names interned in the run's `names`: the only thing a run keeps of them.
-pub fn fold_subtask(
-    names: &RunNames,
-    resp: &v1::SampleResponse,
-    sub: &v1::SubtaskSamples,
-    budget: &mut AnswerBudget,
-) -> Result<FoldedSubtask, ConvertError> {
-    super::profile::SubtaskProfile::fold_wire(resp, sub, budget, names)
+/// What a run makes of each subtask's samples as its agent's answer arrives: the folded
+/// profile ([`SubtaskProfile::fold_wire`]), its names interned in the run's one table: the
+/// only thing a run keeps of them.
+#[derive(Debug, Clone, Default)]
+pub struct RunFold {
+    /// The run's names, shared by the answers' tasks.
+    pub names: Arc<RunNames>,
+}
+
+impl SubtaskFold<FoldedSubtask> for RunFold {
+    type Answer = AnswerNames;
+
+    fn fold(
+        &self,
+        answer: &mut AnswerNames,
+        resp: &v1::SampleResponse,
+        sub: &v1::SubtaskSamples,
+        budget: &mut AnswerBudget,
+    ) -> Result<FoldedSubtask, ConvertError> {
+        SubtaskProfile::fold_wire(resp, sub, budget, &self.names, answer)
+    }
 }
 
 /// Executes one run for `ticket`'s key over `targets` and stores the result; `absent` are the
@@ -94,13 +105,8 @@ pub async fn execute_as(
     let began = std::time::Instant::now();
     let key = ticket.key().clone();
     let prefix = format!("{}/{}", key.job_id, key.vertex_id);
-    let names = Arc::new(RunNames::default());
-    let fold = {
-        let names = Arc::clone(&names);
-        move |resp: &v1::SampleResponse, sub: &v1::SubtaskSamples, budget: &mut AnswerBudget| {
-            fold_subtask(&names, resp, sub, budget)
-        }
-    };
+    let fold = RunFold::default();
+    let names = Arc::clone(&fold.names);
     let mut outcome = if targets.is_empty() {
         FanOutOutcome {
             request_id: fanout.new_request_id(),
@@ -192,7 +198,6 @@ mod tests {
     use crate::fanout::AgentAuth;
     use crate::fanout::tests::{Behaviour, agent, target};
     use crate::flamegraph::cache::{CacheLimits, GraphCache, GraphKey};
-    use crate::flamegraph::profile::SubtaskProfile;
     use flamegrid_model::GraphType;
     use std::time::Duration;
 

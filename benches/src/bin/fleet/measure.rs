@@ -12,7 +12,10 @@
 //! 3. **runs**, one after the other: `GET .../flamegraph?refresh=true` starts a run and the
 //!    vertex's history (`.../flamegraph/history`, cheap, never starts a run) is polled every
 //!    5 ms until a newer run is kept: that is the **time to the graph**, set against the
-//!    window. From the simulated agents' log: the **dispatch spread** (first to last `Sample`
+//!    window. Until every agent has answered, the history is polled every 50 ms only (no graph
+//!    can land before, and a poll of a 10,000-subtask vertex costs the coordinator about a
+//!    millisecond: a poll every 5 ms through the whole window was a sixth of a core taken from
+//!    the run being measured). From the simulated agents' log: the **dispatch spread** (first to last `Sample`
 //!    received) and the coordinator's **own time after the last answer** (graph seen − last
 //!    answer handed to the agents' gRPC servers). The graph's root `value` (Flink's JSON) is
 //!    compared with the samples the agents sent. After every run: `VmRSS`; at the end `VmHWM`.
@@ -29,8 +32,11 @@ use serde_json::json;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-/// How often the history is polled while a run is in flight.
+/// How often the history is polled once every agent has answered.
 const POLL: Duration = Duration::from_millis(5);
+
+/// How often the history is polled while agents are still sampling.
+const SLOW_POLL: Duration = Duration::from_millis(50);
 
 /// The agents' registrations are spread over this: the coordinator's default heartbeat
 /// interval (a third of the 30 s timeout, at most 5 s), so heartbeats arrive evenly.
@@ -164,6 +170,8 @@ pub fn configuration(
         kept: Vec::new(),
         threads: None,
     };
+    let window =
+        Duration::from_millis(u64::from(opts.delay_ms) * u64::from(opts.samples.saturating_sub(1)));
     for run in 0..opts.runs {
         let previous = latest_run(&coordinator, &base)?;
         shared.take();
@@ -179,7 +187,11 @@ pub fn configuration(
             if t0.elapsed() > crate::HANG_GUARD {
                 bail!("{base}: no new graph after {:?}", crate::HANG_GUARD);
             }
-            std::thread::sleep(POLL);
+            // Fast once every agent answered (or, should some never be asked or answer, once
+            // the window and a second have passed).
+            let fast = shared.answers() >= agents.min(subtasks) as u64
+                || t0.elapsed() > window + Duration::from_secs(1);
+            std::thread::sleep(if fast { POLL } else { SLOW_POLL });
         };
         let seen = Instant::now();
         let run_cpu = 100.0 * (cpu()? - c0) / t0.elapsed().as_secs_f64();
