@@ -43,7 +43,10 @@
 //!
 //! **JSON memo.** Flink's dashboard polls the JSON endpoint every few seconds per open tab,
 //! and a kept run never changes: the cache keeps the rendered JSON text per run and graph type
-//! ([`GraphCache::json`]), rendered on the first request, so a poll is a copy of a pointer. A
+//! ([`GraphCache::json`]), rendered on the first request, so a poll is a copy of a pointer.
+//! Polls read a key's latest run, so a run's memos go when a newer run of its key lands: a
+//! past run (`?at=`, history) is rendered when asked, and ten kept runs of a big vertex do not
+//! keep ten rendered texts of megabytes each. A
 //! text is about 40 bytes per tree node, far more than the folded profile it is drawn from
 //! (about 16 times for 10 k distinct stacks), so memos are counted like everything else, and
 //! they are the first thing to go: they can always be rendered again.
@@ -209,6 +212,8 @@ struct HeldRun {
     memo_bytes: usize,
     /// When a memo of this run was last served: the least recently read memo goes first.
     memo_read: Instant,
+    /// A newer run of its key has landed: its JSON is no longer memoised (see the module docs).
+    superseded: bool,
 }
 
 fn type_slot(ty: GraphType) -> usize {
@@ -260,6 +265,7 @@ impl Inner {
                 memo: Default::default(),
                 memo_bytes: 0,
                 memo_read: Instant::now(),
+                superseded: false,
             })
             .holders += 1;
         self.bytes += run_overhead(snapshot);
@@ -378,6 +384,28 @@ fn release_part(parts: &mut HashMap<usize, (usize, usize)>, address: usize) -> u
     freed
 }
 
+/// Drops `released` runs: on a blocking thread of the current tokio runtime when this takes
+/// the last holder of a big run (a vertex run of thousands of profiles takes milliseconds to
+/// free, which is not the business of the request or run that happened to push it out), else
+/// here.
+fn give_back(released: Vec<Arc<Snapshot>>) {
+    let profiles: usize = released
+        .iter()
+        .filter(|r| Arc::strong_count(r) == 1)
+        .map(|r| r.subtasks.len())
+        .sum();
+    if profiles >= GIVE_BACK_ASIDE
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        drop(runtime.spawn_blocking(move || drop(released)));
+    } else {
+        drop(released);
+    }
+}
+
+/// Profiles freed at once from which [`give_back`] frees them on a blocking thread.
+const GIVE_BACK_ASIDE: usize = 256;
+
 /// A profile's identity while the cache holds it: its address (stable while an `Arc` to it is
 /// alive, and the cache holds one for as long as it counts it).
 fn profile_address(profile: &Arc<SubtaskProfile>) -> usize {
@@ -441,7 +469,7 @@ impl GraphCache {
         let result = f(&mut inner);
         let released = std::mem::take(&mut inner.released);
         drop(inner);
-        drop(released);
+        give_back(released);
         result
     }
 
@@ -578,6 +606,7 @@ impl GraphCache {
         // `snapshot`, no other run can have its address.)
         match inner.held.get(&address) {
             None => return text,
+            Some(run) if run.superseded => return text, // a past run: rendered when asked
             Some(run) => {
                 if let Some(rendered) = &run.memo[slot] {
                     return rendered.clone(); // another request rendered it meanwhile
@@ -818,6 +847,9 @@ impl GraphCache {
             entry.last_read = now;
         }
         let mut released = Vec::new();
+        // The run that was the key's latest until this one: its JSON memos go (see the module
+        // docs: memos are for polls, which read the latest).
+        let mut superseded = None;
         match entry.runs.iter().position(|r| r.run_id <= snapshot.run_id) {
             Some(i) if entry.runs[i].run_id == snapshot.run_id => {
                 released.push(std::mem::replace(&mut entry.runs[i], snapshot));
@@ -829,6 +861,7 @@ impl GraphCache {
                 entry.runs.insert(i, snapshot);
                 if i == 0 {
                     entry.landed = now;
+                    superseded = entry.runs.get(1).map(snapshot_address);
                 }
             }
             None => {
@@ -845,6 +878,12 @@ impl GraphCache {
         }
         for old in released {
             inner.release(&old);
+        }
+        if let Some(address) = superseded {
+            inner.forget_memos(address);
+            if let Some(run) = inner.held.get_mut(&address) {
+                run.superseded = true;
+            }
         }
     }
 
@@ -1253,6 +1292,33 @@ mod tests {
         // A run's memos go with the run: replaced by newer runs beyond the history, all is freed.
         land(&c, [2, 3, 4]);
         assert_eq!(c.memo_bytes(), 0, "run 1 left the history with its memo");
+    }
+
+    #[test]
+    fn a_runs_json_memo_goes_when_a_newer_run_of_its_key_lands() {
+        let c = GraphCache::new(limits_with_history(3));
+        land(&c, [1]);
+        let first = c.peek(&key(None)).unwrap();
+        let text = c.json(&first, GraphType::Full, || "x".repeat(1000));
+        assert!(
+            c.memo_bytes() >= text.len(),
+            "the latest run's JSON is memoised"
+        );
+        land(&c, [2]);
+        assert_eq!(
+            c.memo_bytes(),
+            0,
+            "run 1 is no longer the latest: its memo went"
+        );
+        assert_eq!(
+            run_ids(&c, &key(None)),
+            [2, 1],
+            "the run itself is still kept"
+        );
+        // Asked again (`?at=`), it is rendered and served, not kept.
+        let again = c.json(&first, GraphType::Full, || "y".repeat(10));
+        assert_eq!(&again[..], "y".repeat(10).as_bytes());
+        assert_eq!(c.memo_bytes(), 0);
     }
 
     #[test]

@@ -166,34 +166,49 @@ pub struct RunNames {
     inner: Mutex<Interner>,
 }
 
+/// Names by text, each with its id (ids dense from 0). Each name is kept once, as the map's
+/// key, and moved into the table when the run lands.
 #[derive(Debug, Default)]
 struct Interner {
-    names: Vec<String>,
     ids: HashMap<String, u32>,
 }
 
 impl RunNames {
-    /// The table id of `name`, interned if new.
-    fn intern(&self, name: &str) -> u32 {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Interner { names: table, ids } = &mut *inner;
-        match ids.get(name) {
-            Some(&id) => id,
-            None => {
-                let id = table.len() as u32;
-                table.push(name.to_owned());
-                ids.insert(name.to_owned(), id);
-                id
-            }
+    /// An interner with room for `names` names without growing: a run of a vertex has about
+    /// as many distinct names as the vertex's previous run.
+    pub fn with_capacity(names: usize) -> Self {
+        RunNames {
+            inner: Mutex::new(Interner {
+                ids: HashMap::with_capacity(names),
+            }),
         }
     }
 
-    /// The run's names as one shared table; what was interned so far (every answer of the
-    /// run has been folded when it lands). The interner is emptied.
-    pub fn finish(&self) -> Arc<NameTable> {
+    /// The table id of `name`, interned if new.
+    fn intern(&self, name: &str) -> u32 {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let names = std::mem::take(&mut inner.names);
-        inner.ids = HashMap::new();
+        if let Some(&id) = inner.ids.get(name) {
+            return id;
+        }
+        let id = inner.ids.len() as u32;
+        inner.ids.insert(name.to_owned(), id);
+        id
+    }
+
+    /// The run's names as one shared table; what was interned so far (every answer of the
+    /// run has been folded when it lands). The interner is emptied; its names are moved into
+    /// the table, not copied.
+    pub fn finish(&self) -> Arc<NameTable> {
+        let ids = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut inner.ids)
+        };
+        let mut names = vec![String::new(); ids.len()];
+        for (name, id) in ids {
+            if let Some(slot) = names.get_mut(id as usize) {
+                *slot = name;
+            }
+        }
         Arc::new(NameTable { names })
     }
 }

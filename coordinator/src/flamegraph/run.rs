@@ -105,7 +105,16 @@ pub async fn execute_as(
     let began = std::time::Instant::now();
     let key = ticket.key().clone();
     let prefix = format!("{}/{}", key.job_id, key.vertex_id);
-    let fold = RunFold::default();
+    // The interner sized for the names of the key's latest run, so it does not grow (and
+    // rehash) while the answers come in.
+    let expected = ticket
+        .cache()
+        .peek(&key)
+        .and_then(|s| s.subtasks.values().next().map(|p| p.names.table().len()))
+        .unwrap_or(0);
+    let fold = RunFold {
+        names: Arc::new(RunNames::with_capacity(expected)),
+    };
     let names = Arc::clone(&fold.names);
     let mut outcome = if targets.is_empty() {
         FanOutOutcome {

@@ -214,14 +214,15 @@ pub fn configuration(
         figures.rss.push(Memory::of(pid)?.rss);
         eprintln!(
             "   run {}: graph {:.0} ms, after last answer {:.0} ms, spread {:.0} ms ({} calls), \
-             CPU {run_cpu:.0} %, kept {value}/{}, RSS {:.0} MiB",
+             CPU {run_cpu:.0} %, kept {value}/{}, RSS {:.0} MiB (cache's estimate {:.0} MiB)",
             run + 1,
             ms(seen - t0),
             ms(seen.saturating_duration_since(answered)),
             ms(last - first),
             log.calls,
             log.samples,
-            *figures.rss.last().unwrap_or(&0) as f64 / 1024.0
+            *figures.rss.last().unwrap_or(&0) as f64 / 1024.0,
+            cache_mib(&coordinator).unwrap_or(f64::NAN),
         );
     }
     figures.hwm = Memory::of(pid)?.hwm;
@@ -232,6 +233,17 @@ pub fn configuration(
         subtasks,
         outcome: Outcome::Measured(figures),
     })
+}
+
+/// The flame graph cache's own estimate of the bytes it holds (`/metrics`), MiB; `None` when
+/// the coordinator does not say.
+fn cache_mib(coordinator: &CoordinatorProcess) -> Option<f64> {
+    let answer = coordinator.rest.get("/metrics").ok()?;
+    let text = String::from_utf8(answer.body).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("flamegrid_coordinator_flamegraph_cache_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|bytes| bytes / (1024.0 * 1024.0))
 }
 
 /// The `endTimestamp` of the newest kept run of the vertex, if any.
