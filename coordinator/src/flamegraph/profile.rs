@@ -184,15 +184,20 @@ impl RunNames {
         }
     }
 
-    /// The table id of `name`, interned if new.
-    fn intern(&self, name: &str) -> u32 {
+    /// The table ids of `names`, the new ones interned: one lock for all of them (the
+    /// answers of a run are folded on several threads at once).
+    fn intern_all<'a>(&self, names: impl Iterator<Item = &'a str>) -> Vec<u32> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&id) = inner.ids.get(name) {
-            return id;
-        }
-        let id = inner.ids.len() as u32;
-        inner.ids.insert(name.to_owned(), id);
-        id
+        names
+            .map(|name| {
+                if let Some(&id) = inner.ids.get(name) {
+                    return id;
+                }
+                let id = inner.ids.len() as u32;
+                inner.ids.insert(name.to_owned(), id);
+                id
+            })
+            .collect()
     }
 
     /// The run's names as one shared table; what was interned so far (every answer of the
@@ -463,11 +468,16 @@ impl SubtaskProfile {
         let in_run = answer
             .by_frame
             .get_or_insert_with(|| FrameNames::for_answer(resp));
-        // The subtask's distinct names (run ids), in order of first use.
+        // The subtask's distinct wire frames, in order of first use: their run ids, once known
+        // (`u32::MAX` until then). Frames that differ only in module or inlining have the same
+        // name (text), hence the same run id: they are merged into one name below, as
+        // `from_set` folds them.
         let mut names: Vec<u32> = Vec::new();
-        // Names by their text as kept (cut), as `from_set` folds them: frames that differ only
-        // in module or inlining share a name, and a text has one run id.
-        let mut name_ids: HashMap<u32, u32, IdHash> = HashMap::default();
+        // The names new to the answer, interned together under one lock at the end (the
+        // answers of a run are folded on several threads at once): (index in `names`, text).
+        let mut pending: Vec<(usize, Cow<'_, str>)> = Vec::new();
+        // The wire frame of each entry of `names`.
+        let mut wires: Vec<u32> = Vec::new();
         let mut frame_names = FrameNames::for_answer(resp);
         // Every sample's kept stack, as name ids, back to back; rows refer to ranges of it.
         let mut flat: Vec<u32> = Vec::new();
@@ -487,23 +497,20 @@ impl SubtaskProfile {
                         let raw = wire_string(resp, wire.name)?;
                         budget.charge_name(raw)?;
                         budget.charge_name(wire_string(resp, wire.module)?)?;
-                        let run_id = match in_run.get(f) {
-                            Some(run_id) => run_id,
+                        let id = names.len() as u32;
+                        wires.push(f);
+                        match in_run.get(f) {
+                            Some(run_id) => names.push(run_id),
                             None => {
                                 let name = if raw.len() <= max_name {
                                     Cow::Borrowed(raw)
                                 } else {
                                     Cow::Owned(cut_name(raw, max_name))
                                 };
-                                let run_id = run_names.intern(&name);
-                                in_run.insert(f, run_id);
-                                run_id
+                                pending.push((names.len(), name));
+                                names.push(u32::MAX);
                             }
-                        };
-                        let id = *name_ids.entry(run_id).or_insert_with(|| {
-                            names.push(run_id);
-                            (names.len() - 1) as u32
-                        });
+                        }
                         frame_names.insert(f, id);
                         id
                     }
@@ -528,6 +535,21 @@ impl SubtaskProfile {
             ));
         }
         let threads = wire_threads(resp, sub, budget)?;
+        if !pending.is_empty() {
+            let run_ids = run_names.intern_all(pending.iter().map(|(_, name)| name.as_ref()));
+            for ((index, _), run_id) in pending.iter().zip(run_ids) {
+                if let Some(slot) = names.get_mut(*index) {
+                    *slot = run_id;
+                }
+            }
+        }
+        // The answer's other subtasks find these frames resolved.
+        for (index, _) in &pending {
+            if let (Some(&f), Some(&run_id)) = (wires.get(*index), names.get(*index)) {
+                in_run.insert(f, run_id);
+            }
+        }
+        let names = merge_same_names(names, &mut flat);
         // Rows in the profile's order (truncated, frames, state), then by thread: equal rows
         // are adjacent, and each row's threads ascending.
         let frames_of = |r: &(bool, u32, u32, ThreadState, u32)| &flat[r.1 as usize..r.2 as usize];
@@ -555,7 +577,7 @@ impl SubtaskProfile {
         let thread_counts =
             GraphType::ALL.map(|ty| seen.iter().filter(|s| s[type_slot(ty)]).count());
         Ok(FoldedSubtask {
-            ids: names.into_boxed_slice(),
+            ids: names,
             stacks,
             threads,
             thread_counts,
@@ -590,6 +612,37 @@ impl SubtaskProfile {
             .sum();
         names + stacks + threads + std::mem::size_of::<Self>()
     }
+}
+
+/// Merges the entries of `names` (run ids, one per wire frame of a subtask, in order of first
+/// use) that are the same name, keeping the first, and renumbers `flat` (indexes into `names`)
+/// to match: frames that differ only in module or inlining are one name, as
+/// [`SubtaskProfile::from_set`] folds them. They are rare, so a sorted copy first checks that
+/// there is anything to merge.
+fn merge_same_names(names: Vec<u32>, flat: &mut [u32]) -> Box<[u32]> {
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).all(|w| w[0] != w[1]) {
+        return names.into_boxed_slice();
+    }
+    let mut first: HashMap<u32, u32, IdHash> =
+        HashMap::with_capacity_and_hasher(names.len(), IdHash);
+    let mut merged: Vec<u32> = Vec::with_capacity(names.len());
+    let remap: Vec<u32> = names
+        .iter()
+        .map(|&run_id| {
+            *first.entry(run_id).or_insert_with(|| {
+                merged.push(run_id);
+                (merged.len() - 1) as u32
+            })
+        })
+        .collect();
+    for f in flat.iter_mut() {
+        if let Some(&id) = remap.get(*f as usize) {
+            *f = id;
+        }
+    }
+    merged.into_boxed_slice()
 }
 
 /// Wire frame index → a subtask's name id while one answer is folded: a plain vector over the
