@@ -709,7 +709,7 @@ impl GraphCache {
             });
         }
         // The subtask entries of a vertex run are made when first read
-        // ([`Inner::materialize`]), not here: storing a run costs one entry, not one per subtask.
+        // (`GraphCache::materialize`), not here: storing a run costs one entry, not one per subtask.
         self.insert(inner, key.clone(), snapshot, landed, read);
         self.evict(inner, std::slice::from_ref(key));
     }
