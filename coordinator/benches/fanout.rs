@@ -6,7 +6,7 @@
 //!
 //! * `after_last_answer`: what is left once the last answer is in. The first 999 answers are
 //!   taken in before the clock starts, exactly as the run takes them in (on their own tasks,
-//!   [`absorb_answer`] with the run's [`fold_subtask`]) while it waits for the others; the
+//!   [`absorb_answer`] with the run's [`RunFold`]) while it waits for the others; the
 //!   timed part is taking in the last answer, the snapshot and storing it in the cache
 //!   ([`land`]), which already holds the vertex's earlier runs, so the history and the memory
 //!   bound are in their steady state (older runs' profiles are freed in the timed part too).
@@ -20,14 +20,13 @@
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use flamegrid_coordinator::fanout::{FanOutOutcome, absorb_answer};
 use flamegrid_coordinator::flamegraph::cache::{CacheLimits, GraphCache, GraphKey};
-use flamegrid_coordinator::flamegraph::profile::SubtaskProfile;
-use flamegrid_coordinator::flamegraph::run::{RunCounters, fold_subtask, land};
+use flamegrid_coordinator::flamegraph::profile::FoldedSubtask;
+use flamegrid_coordinator::flamegraph::run::{RunCounters, RunFold, land};
 use flamegrid_model::{Frame, SampleSet, SampleSetBuilder, SampledThread, ThreadState};
 use flamegrid_proto::SampleResponseBuilder;
 use flamegrid_proto::convert::WireLimits;
 use flamegrid_proto::v1;
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 const AGENTS: u32 = 1_000;
@@ -76,9 +75,11 @@ fn asked(agent: u32) -> BTreeSet<u32> {
     (agent * PER_AGENT..(agent + 1) * PER_AGENT).collect()
 }
 
-/// Takes in agent `agent`'s answer as the run does, into `outcome`.
+/// Takes in agent `agent`'s answer as the run does (its names interned in the run's one
+/// table, `fold`), into `outcome`.
 fn take_in(
-    outcome: &mut FanOutOutcome<Arc<SubtaskProfile>>,
+    outcome: &mut FanOutOutcome<FoldedSubtask>,
+    fold: &RunFold,
     agent: u32,
     resp: &v1::SampleResponse,
 ) {
@@ -88,7 +89,7 @@ fn take_in(
         &asked(agent),
         resp,
         WireLimits::with_max_depth(DEPTH + 10),
-        fold_subtask,
+        fold,
     );
     assert!(share.missing.is_empty(), "{:?}", share.failures);
     outcome.merge(share);
@@ -120,15 +121,16 @@ fn benches(c: &mut Criterion) {
                     request_id: run_id,
                     ..Default::default()
                 };
+                let fold = RunFold::default();
                 for (agent, resp) in first.iter().enumerate() {
-                    take_in(&mut outcome, agent as u32, resp);
+                    take_in(&mut outcome, &fold, agent as u32, resp);
                 }
-                (outcome, cache.lookup_with(&key, true).ticket.unwrap())
+                (outcome, fold, cache.lookup_with(&key, true).ticket.unwrap())
             },
-            |(mut outcome, ticket)| {
-                take_in(&mut outcome, AGENTS - 1, last);
+            |(mut outcome, fold, ticket)| {
+                take_in(&mut outcome, &fold, AGENTS - 1, last);
                 assert_eq!(outcome.sets.len(), SUBTASKS as usize);
-                land(&counters, ticket, outcome, Default::default());
+                land(&counters, ticket, outcome, &fold.names, Default::default());
             },
             BatchSize::PerIteration,
         )
@@ -136,8 +138,9 @@ fn benches(c: &mut Criterion) {
     g.bench_function("take_in_all_answers/1000_agents_10000_subtasks", |b| {
         b.iter(|| {
             let mut outcome = FanOutOutcome::default();
+            let fold = RunFold::default();
             for (agent, resp) in answers.iter().enumerate() {
-                take_in(&mut outcome, agent as u32, resp);
+                take_in(&mut outcome, &fold, agent as u32, resp);
             }
             outcome
         })

@@ -194,10 +194,50 @@ impl<T> Default for FanOutOutcome<T> {
 
 /// What a run makes of one subtask's samples while its agent's answer is at hand: called once
 /// per subtask entry of every answer, on the answer's own task, as the answer arrives (the
-/// answer is dropped right after), with the answer's shared [`AnswerBudget`]. An error makes
-/// the subtask missing. [`subtask_sample_set_within`] is the plain conversion.
-pub type SubtaskFold<T> =
-    fn(&v1::SampleResponse, &v1::SubtaskSamples, &mut AnswerBudget) -> Result<T, ConvertError>;
+/// answer is dropped right after), with the answer's shared [`AnswerBudget`] and a scratch
+/// ([`SubtaskFold::Answer`]) the subtasks of one answer share. An error makes the subtask
+/// missing. A fold may carry the run's own state (the flame graph run interns every answer's
+/// frame names in one table per run, see [`crate::flamegraph::profile::RunNames`]), so it is
+/// cloned into every agent's call task. [`EachSubtask`] makes a plain conversion one, e.g.
+/// [`subtask_sample_set_within`].
+pub trait SubtaskFold<T>: Clone + Send + Sync + 'static {
+    /// What the fold keeps across the subtasks of one answer; fresh for every answer.
+    type Answer: Default;
+
+    /// Makes `sub`, an entry of `resp`, into a `T`.
+    fn fold(
+        &self,
+        answer: &mut Self::Answer,
+        resp: &v1::SampleResponse,
+        sub: &v1::SubtaskSamples,
+        budget: &mut AnswerBudget,
+    ) -> Result<T, ConvertError>;
+}
+
+/// A per-subtask conversion as a [`SubtaskFold`] that keeps nothing across subtasks.
+#[derive(Debug, Clone, Copy)]
+pub struct EachSubtask<F>(pub F);
+
+impl<T, F> SubtaskFold<T> for EachSubtask<F>
+where
+    F: Fn(&v1::SampleResponse, &v1::SubtaskSamples, &mut AnswerBudget) -> Result<T, ConvertError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    type Answer = ();
+
+    fn fold(
+        &self,
+        _: &mut (),
+        resp: &v1::SampleResponse,
+        sub: &v1::SubtaskSamples,
+        budget: &mut AnswerBudget,
+    ) -> Result<T, ConvertError> {
+        (self.0)(resp, sub, budget)
+    }
+}
 
 /// One agent's contribution to a run, made on its call's task (see [`absorb_answer`]).
 #[derive(Debug)]
@@ -299,8 +339,13 @@ impl FanOut {
         targets: &[SubtaskTarget],
         params: SamplingParams,
     ) -> FanOutOutcome {
-        self.sample_with(key_prefix, targets, params, subtask_sample_set_within)
-            .await
+        self.sample_with(
+            key_prefix,
+            targets,
+            params,
+            EachSubtask(subtask_sample_set_within),
+        )
+        .await
     }
 
     /// [`FanOut::sample`], with every subtask's samples made into a `T` by `fold` as its
@@ -312,7 +357,7 @@ impl FanOut {
         key_prefix: &str,
         targets: &[SubtaskTarget],
         params: SamplingParams,
-        fold: SubtaskFold<T>,
+        fold: impl SubtaskFold<T>,
     ) -> FanOutOutcome<T> {
         let request_id = self.new_request_id();
         let deadline_after = self.deadline(params);
@@ -362,6 +407,7 @@ impl FanOut {
             };
             let client = self.client(channel);
             let prefix = Arc::clone(&prefix);
+            let fold = fold.clone();
             let subtasks = call.subtasks.clone();
             let task = tasks.spawn(async move {
                 let AgentCall {
@@ -392,7 +438,7 @@ impl FanOut {
                             "agent answered"
                         );
                         // The answer is taken in here and dropped at the end of this task.
-                        absorb_answer(&prefix, address, &subtasks, &resp, limits, fold)
+                        absorb_answer(&prefix, address, &subtasks, &resp, limits, &fold)
                     }
                 };
                 (share, sent)
@@ -618,13 +664,13 @@ fn check_request_id(
 /// (within `limits`, see [`WireLimits`]), and everything else it was asked for as missing.
 /// Entries for subtasks it was not asked for (or a second entry for one) are ignored, with one
 /// log line. Runs on the agent's call task as the answer arrives ([`FanOut::sample_with`]).
-pub fn absorb_answer<T>(
+pub fn absorb_answer<T, F: SubtaskFold<T>>(
     key_prefix: &str,
     address: String,
     asked: &BTreeSet<u32>,
     resp: &v1::SampleResponse,
     limits: WireLimits,
-    fold: SubtaskFold<T>,
+    fold: &F,
 ) -> AgentShare<T> {
     let mut share = AgentShare {
         address,
@@ -636,6 +682,7 @@ pub fn absorb_answer<T>(
     let address = &share.address;
     let mut delivered = BTreeSet::new();
     let mut budget = AnswerBudget::new(limits);
+    let mut scratch = <F as SubtaskFold<T>>::Answer::default();
     let mut ignored = 0usize;
     for sub in &resp.subtasks {
         let index = sub
@@ -659,7 +706,7 @@ pub fn absorb_answer<T>(
                 .push((index, MissingReason::from_wire(sub.failure)));
             continue;
         }
-        match fold(resp, sub, &mut budget) {
+        match fold.fold(&mut scratch, resp, sub, &mut budget) {
             Ok(set) => share.sets.push((index, set)),
             Err(e) => {
                 share

@@ -12,7 +12,11 @@
 //!   no ticket while a run for its whole vertex is in flight, since that run will fill it.
 //! * [`RunTicket::complete`] stores the run's snapshot. A whole-vertex run also fills the entries
 //!   of the subtasks it delivered (unless they hold a newer run), so a later per-subtask request
-//!   is served at once with the same `endTimestamp`. Dropping a ticket without completing it
+//!   is served at once with the same `endTimestamp`. Those subtask entries are made lazily: a
+//!   run is stored as one entry, and a subtask's entry takes the kept vertex runs that hold it
+//!   when it is first read (any read: lookup, peek, history, `at`), sharing their profiles. A
+//!   vertex of ten thousand subtasks thus costs one entry per run to store, and one per
+//!   subtask somebody looks at. Dropping a ticket without completing it
 //!   stores nothing, so the next request retries; the pending mark is cleared either way, even
 //!   if the run task panicked.
 //! * A run in which no subtask delivered (every agent failed, every process refused or gone) is
@@ -39,10 +43,17 @@
 //!
 //! **JSON memo.** Flink's dashboard polls the JSON endpoint every few seconds per open tab,
 //! and a kept run never changes: the cache keeps the rendered JSON text per run and graph type
-//! ([`GraphCache::json`]), rendered on the first request, so a poll is a copy of a pointer. A
+//! ([`GraphCache::json`]), rendered on the first request, so a poll is a copy of a pointer.
+//! Polls read a key's latest run, so a run's memos go when a newer run of its key lands: a
+//! past run (`?at=`, history) is rendered when asked, and ten kept runs of a big vertex do not
+//! keep ten rendered texts of megabytes each. A
 //! text is about 40 bytes per tree node, far more than the folded profile it is drawn from
 //! (about 16 times for 10 k distinct stacks), so memos are counted like everything else, and
 //! they are the first thing to go: they can always be rendered again.
+//!
+//! **Memory given back.** Runs pushed out of history, swept, evicted or forgotten are freed
+//! after the cache's lock is released, not under it: freeing a vertex run of ten thousand
+//! profiles must not hold up every reader of the cache.
 //!
 //! **Memory bound.** The cache counts what it really holds. A vertex run's subtask entries hold
 //! the very profiles of the vertex snapshot (`Arc`s, see [`Snapshot::subtask_part`]), and a
@@ -112,9 +123,10 @@ impl GraphKey {
 pub const MAX_HISTORY: usize = 1000;
 
 /// Default bound of the runs kept ([`CacheLimits::max_entries`]). A vertex run counts once
-/// for the vertex and once per subtask entry it fills, so a vertex of 10,000 subtasks is
-/// 10,001 runs: the bound leaves room for the history of several such vertices (the byte bound
-/// is the one that binds first) while still bounding the cache's bookkeeping.
+/// for the vertex and once per subtask entry made from it (when that subtask is read), so a
+/// vertex of 10,000 subtasks whose every subtask was looked at is 10,001 runs: the bound leaves
+/// room for the history of several such vertices (the byte bound is the one that binds first)
+/// while still bounding the cache's bookkeeping.
 pub const DEFAULT_MAX_ENTRIES: usize = 1 << 18;
 
 /// Timing and size limits of the cache.
@@ -200,6 +212,8 @@ struct HeldRun {
     memo_bytes: usize,
     /// When a memo of this run was last served: the least recently read memo goes first.
     memo_read: Instant,
+    /// A newer run of its key has landed: its JSON is no longer memoised (see the module docs).
+    superseded: bool,
 }
 
 fn type_slot(ty: GraphType) -> usize {
@@ -218,7 +232,7 @@ struct Inner {
     bytes: usize,
     /// Runs kept over all entries.
     runs: usize,
-    /// Distinct profiles held, by address: (holders, bytes).
+    /// Distinct profiles and names tables held, by address: (holders, bytes).
     profiles: HashMap<usize, (usize, usize)>,
     /// Kept runs, by the address of their snapshot (stable while the cache holds an `Arc` to it).
     held: HashMap<usize, HeldRun>,
@@ -228,6 +242,9 @@ struct Inner {
     /// docs); only for keys whose last run failed.
     failures: HashMap<GraphKey, (Instant, Arc<Snapshot>)>,
     last_sweep: Instant,
+    /// Runs let go of under the lock, dropped once it is released ([`GraphCache::locked`]):
+    /// freeing a vertex run of ten thousand subtask profiles must not hold up every reader.
+    released: Vec<Arc<Snapshot>>,
 }
 
 impl Inner {
@@ -248,25 +265,31 @@ impl Inner {
                 memo: Default::default(),
                 memo_bytes: 0,
                 memo_read: Instant::now(),
+                superseded: false,
             })
             .holders += 1;
         self.bytes += run_overhead(snapshot);
         self.runs += 1;
+        let mut last_table = None;
         for profile in snapshot.subtasks.values() {
-            let slot = self
-                .profiles
-                .entry(profile_address(profile))
-                .or_insert((0, 0));
-            if slot.0 == 0 {
-                slot.1 = profile.approx_bytes();
-                self.bytes += slot.1;
+            self.bytes += hold_part(&mut self.profiles, profile_address(profile), || {
+                profile.approx_bytes()
+            });
+            // A run's profiles share one names table: counted once per run held (and once
+            // per profile of another run that shares it, which none does).
+            let table = profile.names.table();
+            if last_table != Some(Arc::as_ptr(table)) {
+                last_table = Some(Arc::as_ptr(table));
+                self.bytes += hold_part(&mut self.profiles, Arc::as_ptr(table) as usize, || {
+                    table.approx_bytes()
+                });
             }
-            slot.0 += 1;
         }
     }
 
     /// Counts one holder of `snapshot` less; the last one takes its memos along.
     fn release(&mut self, snapshot: &Arc<Snapshot>) {
+        self.released.push(Arc::clone(snapshot));
         let address = snapshot_address(snapshot);
         if let Some(run) = self.held.get_mut(&address) {
             run.holders -= 1;
@@ -277,14 +300,15 @@ impl Inner {
         }
         self.bytes = self.bytes.saturating_sub(run_overhead(snapshot));
         self.runs = self.runs.saturating_sub(1);
+        let mut last_table = None;
         for profile in snapshot.subtasks.values() {
-            let address = profile_address(profile);
-            if let Some(slot) = self.profiles.get_mut(&address) {
-                slot.0 -= 1;
-                if slot.0 == 0 {
-                    self.bytes = self.bytes.saturating_sub(slot.1);
-                    self.profiles.remove(&address);
-                }
+            let freed = release_part(&mut self.profiles, profile_address(profile));
+            self.bytes = self.bytes.saturating_sub(freed);
+            let table = Arc::as_ptr(profile.names.table());
+            if last_table != Some(table) {
+                last_table = Some(table);
+                let freed = release_part(&mut self.profiles, table as usize);
+                self.bytes = self.bytes.saturating_sub(freed);
             }
         }
     }
@@ -328,6 +352,60 @@ impl Inner {
     }
 }
 
+/// Counts one more holder of the shared part (a profile or a names table) at `address` in
+/// `parts` (holders, bytes); returns the bytes it adds: its size for the first holder, else 0.
+fn hold_part(
+    parts: &mut HashMap<usize, (usize, usize)>,
+    address: usize,
+    bytes: impl FnOnce() -> usize,
+) -> usize {
+    let slot = parts.entry(address).or_insert((0, 0));
+    slot.0 += 1;
+    if slot.0 == 1 {
+        slot.1 = bytes();
+        slot.1
+    } else {
+        0
+    }
+}
+
+/// Counts one holder of the part at `address` less; returns the bytes freed: its size when it
+/// was the last holder, else 0.
+fn release_part(parts: &mut HashMap<usize, (usize, usize)>, address: usize) -> usize {
+    let Some(slot) = parts.get_mut(&address) else {
+        return 0;
+    };
+    slot.0 -= 1;
+    if slot.0 > 0 {
+        return 0;
+    }
+    let freed = slot.1;
+    parts.remove(&address);
+    freed
+}
+
+/// Drops `released` runs: on a blocking thread of the current tokio runtime when this takes
+/// the last holder of a big run (a vertex run of thousands of profiles takes milliseconds to
+/// free, which is not the business of the request or run that happened to push it out), else
+/// here.
+fn give_back(released: Vec<Arc<Snapshot>>) {
+    let profiles: usize = released
+        .iter()
+        .filter(|r| Arc::strong_count(r) == 1)
+        .map(|r| r.subtasks.len())
+        .sum();
+    if profiles >= GIVE_BACK_ASIDE
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        drop(runtime.spawn_blocking(move || drop(released)));
+    } else {
+        drop(released);
+    }
+}
+
+/// Profiles freed at once from which [`give_back`] frees them on a blocking thread.
+const GIVE_BACK_ASIDE: usize = 256;
+
 /// A profile's identity while the cache holds it: its address (stable while an `Arc` to it is
 /// alive, and the cache holds one for as long as it counts it).
 fn profile_address(profile: &Arc<SubtaskProfile>) -> usize {
@@ -367,6 +445,7 @@ impl GraphCache {
                 memo_bytes: 0,
                 failures: HashMap::new(),
                 last_sweep: Instant::now(),
+                released: Vec::new(),
             }),
         })
     }
@@ -382,6 +461,18 @@ impl GraphCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` on the locked state, then drops the runs it let go of once the lock is
+    /// released: the memory of a run pushed out of history (or swept, evicted, forgotten) is
+    /// given back outside the lock, by the caller.
+    fn locked<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut inner = self.lock();
+        let result = f(&mut inner);
+        let released = std::mem::take(&mut inner.released);
+        drop(inner);
+        give_back(released);
+        result
+    }
+
     /// The cached snapshot for `key` (even stale), and a ticket to start a run when it is
     /// missing or stale and no run that would fill it is in flight. Never waits.
     pub fn lookup(self: &Arc<Self>, key: &GraphKey) -> Lookup {
@@ -393,8 +484,18 @@ impl GraphCache {
     /// one-run-in-flight rule is not. Never waits.
     pub fn lookup_with(self: &Arc<Self>, key: &GraphKey, refresh: bool) -> Lookup {
         let now = Instant::now();
-        let mut inner = self.lock();
-        self.sweep(&mut inner, now);
+        self.locked(|inner| self.lookup_locked(inner, key, refresh, now))
+    }
+
+    fn lookup_locked(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        key: &GraphKey,
+        refresh: bool,
+        now: Instant,
+    ) -> Lookup {
+        self.sweep(inner, now);
+        self.materialize(inner, key);
         let (cached, fresh) = match inner.entries.get_mut(key) {
             Some(e) => {
                 e.last_read = now;
@@ -440,34 +541,41 @@ impl GraphCache {
 
     /// The cached snapshot for `key` without touching freshness or starting anything.
     pub fn peek(&self, key: &GraphKey) -> Option<Arc<Snapshot>> {
-        self.lock().entries.get(key).map(|e| Arc::clone(e.latest()))
+        self.locked(|inner| {
+            self.materialize(inner, key);
+            inner.entries.get(key).map(|e| Arc::clone(e.latest()))
+        })
     }
 
     /// The kept runs of `key`, newest first (empty when nothing is cached). A read: it keeps
     /// the entry from being swept or evicted as unused. Never starts a run.
     pub fn history(&self, key: &GraphKey) -> Vec<Arc<Snapshot>> {
         let now = Instant::now();
-        let mut inner = self.lock();
-        self.sweep(&mut inner, now);
-        match inner.entries.get_mut(key) {
-            Some(e) => {
-                e.last_read = now;
-                e.runs.iter().cloned().collect()
+        self.locked(|inner| {
+            self.sweep(inner, now);
+            self.materialize(inner, key);
+            match inner.entries.get_mut(key) {
+                Some(e) => {
+                    e.last_read = now;
+                    e.runs.iter().cloned().collect()
+                }
+                None => Vec::new(),
             }
-            None => Vec::new(),
-        }
+        })
     }
 
     /// The kept run of `key` that ended at `end_ms` (the newest such, should two share a
     /// millisecond). A read, like [`GraphCache::history`]; never starts a run.
     pub fn at(&self, key: &GraphKey, end_ms: i64) -> Option<Arc<Snapshot>> {
         let now = Instant::now();
-        let mut inner = self.lock();
-        self.sweep(&mut inner, now);
-        let e = inner.entries.get_mut(key)?;
-        let found = e.runs.iter().find(|s| s.end_ms == end_ms).cloned()?;
-        e.last_read = now;
-        Some(found)
+        self.locked(|inner| {
+            self.sweep(inner, now);
+            self.materialize(inner, key);
+            let e = inner.entries.get_mut(key)?;
+            let found = e.runs.iter().find(|s| s.end_ms == end_ms).cloned()?;
+            e.last_read = now;
+            Some(found)
+        })
     }
 
     /// The JSON text of `snapshot` for `ty`: the memoised one when there is one, else
@@ -498,6 +606,7 @@ impl GraphCache {
         // `snapshot`, no other run can have its address.)
         match inner.held.get(&address) {
             None => return text,
+            Some(run) if run.superseded => return text, // a past run: rendered when asked
             Some(run) => {
                 if let Some(rendered) = &run.memo[slot] {
                     return rendered.clone(); // another request rendered it meanwhile
@@ -543,7 +652,16 @@ impl GraphCache {
 
     fn finish_run(&self, key: &GraphKey, snapshot: Option<Arc<Snapshot>>) {
         let now = Instant::now();
-        let mut inner = self.lock();
+        self.locked(|inner| self.finish_run_locked(inner, key, snapshot, now));
+    }
+
+    fn finish_run_locked(
+        &self,
+        inner: &mut Inner,
+        key: &GraphKey,
+        snapshot: Option<Arc<Snapshot>>,
+        now: Instant,
+    ) {
         if let Some(failed) = snapshot.as_ref().filter(|s| s.subtasks.is_empty()) {
             // Nothing delivered: not a graph, only why (see the module docs).
             inner
@@ -562,7 +680,7 @@ impl GraphCache {
             return;
         }
         if let Some(snapshot) = snapshot {
-            self.store(&mut inner, key, snapshot, now, true);
+            self.store(inner, key, snapshot, now, true);
         }
         // Dropping the sender wakes everyone waiting for this run; they find the entry in place.
         inner.pending.remove(key);
@@ -580,24 +698,80 @@ impl GraphCache {
         read: bool,
     ) {
         inner.failures.remove(key);
-        if key.subtask.is_none() {
-            for &index in snapshot.subtasks.keys() {
-                inner.failures.remove(&key.subtask(index));
-            }
+        if key.subtask.is_none() && !inner.failures.is_empty() {
+            // The subtasks it delivered have delivered since their last failure. One pass over
+            // the failures (few), not one key per subtask (ten thousand at fleet scale).
+            inner.failures.retain(|k, _| {
+                k.job_id != key.job_id
+                    || k.vertex_id != key.vertex_id
+                    || k.subtask
+                        .is_none_or(|i| !snapshot.subtasks.contains_key(&i))
+            });
         }
-        // The keys this run writes: eviction spares them.
-        let mut written = vec![key.clone()];
-        if key.subtask.is_none() {
-            for &index in snapshot.subtasks.keys() {
-                if let Some(part) = snapshot.subtask_part(index) {
-                    // Kept in run-id order: a newer run of the subtask stays the latest.
-                    self.insert(inner, key.subtask(index), Arc::new(part), landed, read);
-                    written.push(key.subtask(index));
-                }
-            }
-        }
+        // The subtask entries of a vertex run are made when first read
+        // (`GraphCache::materialize`), not here: storing a run costs one entry, not one per subtask.
         self.insert(inner, key.clone(), snapshot, landed, read);
-        self.evict(inner, &written);
+        self.evict(inner, std::slice::from_ref(key));
+    }
+
+    /// For a subtask `key`, files into its entry the kept runs of its vertex that hold the
+    /// subtask and are not there yet (see the module docs: subtask entries are made lazily).
+    /// Does nothing for a vertex key, or when the vertex holds nothing newer for it.
+    fn materialize(&self, inner: &mut Inner, key: &GraphKey) {
+        let Some(index) = key.subtask else { return };
+        let keep = self.limits.runs_per_key();
+        let (vertex_runs, vertex_landed) = match inner.entries.get(&key.vertex()) {
+            Some(v) => (
+                v.runs
+                    .iter()
+                    .filter(|r| r.subtasks.contains_key(&index))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                v.landed,
+            ),
+            None => return,
+        };
+        let Some(newest) = vertex_runs.first().map(|r| r.run_id) else {
+            return;
+        };
+        let (kept, full_from): (Vec<u64>, u64) = match inner.entries.get(key) {
+            Some(e) => (
+                e.runs.iter().map(|r| r.run_id).collect(),
+                if e.runs.len() >= keep {
+                    e.runs.back().map_or(0, |r| r.run_id)
+                } else {
+                    0
+                },
+            ),
+            None => (Vec::new(), 0),
+        };
+        // Oldest first, so that the vertex's latest (if the subtask has nothing newer) ends up
+        // first with the vertex's landing time, which decides freshness. An older vertex run
+        // counts as landed a refresh interval ago (stale): the vertex entry keeps one landing
+        // time only.
+        let stale = Instant::now()
+            .checked_sub(self.limits.refresh)
+            .unwrap_or(vertex_landed);
+        let mut inserted = false;
+        for run in vertex_runs.into_iter().rev() {
+            if kept.contains(&run.run_id) || run.run_id < full_from {
+                continue;
+            }
+            let Some(part) = run.subtask_part(index) else {
+                continue;
+            };
+            let landed = if run.run_id == newest {
+                vertex_landed
+            } else {
+                stale.min(vertex_landed)
+            };
+            self.insert(inner, key.clone(), Arc::new(part), landed, false);
+            inserted = true;
+        }
+        if inserted {
+            // The subtask's own vertex is spared too: it is what the entry was made from.
+            self.evict(inner, &[key.clone(), key.vertex()]);
+        }
     }
 
     /// Stores a run another replica (or this one, before a restart) made, read from the shared
@@ -611,20 +785,25 @@ impl GraphCache {
         }
         let now = Instant::now();
         let landed = now.checked_sub(age).unwrap_or(now);
-        let mut inner = self.lock();
-        let kept = inner
-            .entries
-            .get(key)
-            .is_some_and(|e| e.runs.iter().any(|r| r.run_id == snapshot.run_id));
-        if kept {
-            return; // already here (this replica's own run, or read before): memos stay
-        }
-        self.store(&mut inner, key, snapshot, landed, false);
+        self.locked(|inner| {
+            self.materialize(inner, key);
+            let kept = inner
+                .entries
+                .get(key)
+                .is_some_and(|e| e.runs.iter().any(|r| r.run_id == snapshot.run_id));
+            if kept {
+                return; // already here (this replica's own run, or read before): memos stay
+            }
+            self.store(inner, key, snapshot, landed, false);
+        })
     }
 
     /// Whether `key` has an entry (a kept run) now; no read, no sweep.
     pub fn holds(&self, key: &GraphKey) -> bool {
-        self.lock().entries.contains_key(key)
+        self.locked(|inner| {
+            self.materialize(inner, key);
+            inner.entries.contains_key(key)
+        })
     }
 
     /// The distinct `(job, vertex)` pairs of the entries held now (vertex and subtask keys
@@ -668,6 +847,9 @@ impl GraphCache {
             entry.last_read = now;
         }
         let mut released = Vec::new();
+        // The run that was the key's latest until this one: its JSON memos go (see the module
+        // docs: memos are for polls, which read the latest).
+        let mut superseded = None;
         match entry.runs.iter().position(|r| r.run_id <= snapshot.run_id) {
             Some(i) if entry.runs[i].run_id == snapshot.run_id => {
                 released.push(std::mem::replace(&mut entry.runs[i], snapshot));
@@ -679,6 +861,7 @@ impl GraphCache {
                 entry.runs.insert(i, snapshot);
                 if i == 0 {
                     entry.landed = now;
+                    superseded = entry.runs.get(1).map(snapshot_address);
                 }
             }
             None => {
@@ -695,6 +878,12 @@ impl GraphCache {
         }
         for old in released {
             inner.release(&old);
+        }
+        if let Some(address) = superseded {
+            inner.forget_memos(address);
+            if let Some(run) = inner.held.get_mut(&address) {
+                run.superseded = true;
+            }
         }
     }
 
@@ -768,8 +957,7 @@ impl GraphCache {
     /// Drops every entry not read for the cleanup interval, now (the periodic sweeper's call;
     /// reads also sweep, at most every tenth of the interval). Returns how many it dropped.
     pub fn sweep_now(&self) -> usize {
-        let mut inner = self.lock();
-        self.sweep_expired(&mut inner, Instant::now())
+        self.locked(|inner| self.sweep_expired(inner, Instant::now()))
     }
 
     /// Starts the periodic sweeper on the current tokio runtime: every
@@ -798,18 +986,19 @@ impl GraphCache {
     /// A run still in flight for it lands into an entry nobody reads, which the sweeper frees.
     /// Returns how many entries it dropped.
     pub fn forget_job(&self, job_id: &str) -> usize {
-        let mut inner = self.lock();
-        let keys: Vec<GraphKey> = inner
-            .entries
-            .keys()
-            .filter(|k| k.job_id == job_id)
-            .cloned()
-            .collect();
-        for key in &keys {
-            inner.drop_entry(key);
-        }
-        inner.failures.retain(|k, _| k.job_id != job_id);
-        keys.len()
+        self.locked(|inner| {
+            let keys: Vec<GraphKey> = inner
+                .entries
+                .keys()
+                .filter(|k| k.job_id == job_id)
+                .cloned()
+                .collect();
+            for key in &keys {
+                inner.drop_entry(key);
+            }
+            inner.failures.retain(|k, _| k.job_id != job_id);
+            keys.len()
+        })
     }
 
     /// Drops entries not read for the cleanup interval; runs at most every tenth of it.
@@ -962,6 +1151,10 @@ mod tests {
             .unwrap()
             .complete(snapshot(3, &[(0, spin_and_sleep(1))], &[1]));
         assert!(c.last_failure(&key(None)).is_none());
+        assert!(
+            c.peek(&key(Some(0))).is_some(),
+            "subtask 0's entry, made when read"
+        );
         assert_eq!(c.forget_job(&"j".repeat(32)), 2);
     }
 
@@ -992,7 +1185,11 @@ mod tests {
             .ticket
             .unwrap()
             .complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
-        assert_eq!(c.usage().0, 2, "vertex entry + subtask 0");
+        assert_eq!(
+            c.usage().0,
+            1,
+            "the vertex entry; subtask 0's is made when read"
+        );
         let l = c.lookup(&key(None));
         assert!(l.cached.is_none(), "expired before the read");
         assert_eq!(c.usage(), (0, 0));
@@ -1036,8 +1233,8 @@ mod tests {
         assert!(c.peek(&key(Some(7))).is_none(), "everything else evicted");
         assert_eq!(
             c.usage().0,
-            2,
-            "the vertex run and the subtask entry it fills"
+            1,
+            "the vertex run (its subtask entries are made when read)"
         );
         let again = c.lookup(&key(None));
         assert_eq!(again.cached.map(|s| s.run_id), Some(2));
@@ -1098,14 +1295,41 @@ mod tests {
     }
 
     #[test]
+    fn a_runs_json_memo_goes_when_a_newer_run_of_its_key_lands() {
+        let c = GraphCache::new(limits_with_history(3));
+        land(&c, [1]);
+        let first = c.peek(&key(None)).unwrap();
+        let text = c.json(&first, GraphType::Full, || "x".repeat(1000));
+        assert!(
+            c.memo_bytes() >= text.len(),
+            "the latest run's JSON is memoised"
+        );
+        land(&c, [2]);
+        assert_eq!(
+            c.memo_bytes(),
+            0,
+            "run 1 is no longer the latest: its memo went"
+        );
+        assert_eq!(
+            run_ids(&c, &key(None)),
+            [2, 1],
+            "the run itself is still kept"
+        );
+        // Asked again (`?at=`), it is rendered and served, not kept.
+        let again = c.json(&first, GraphType::Full, || "y".repeat(10));
+        assert_eq!(&again[..], "y".repeat(10).as_bytes());
+        assert_eq!(c.memo_bytes(), 0);
+    }
+
+    #[test]
     fn sweep_now_drops_expired_entries_without_a_read() {
         let c = GraphCache::new(CacheLimits::new(Duration::from_secs(60), Duration::ZERO));
         c.lookup(&key(None))
             .ticket
             .unwrap()
             .complete(snapshot(1, &[(0, spin_and_sleep(1))], &[]));
-        assert_eq!(c.usage().0, 2);
-        assert_eq!(c.sweep_now(), 2);
+        assert_eq!(c.usage().0, 1);
+        assert_eq!(c.sweep_now(), 1);
         assert_eq!((c.usage(), c.kept_runs(), c.memo_bytes()), ((0, 0), 0, 0));
         let fresh = cache();
         land_fresh(&fresh);
@@ -1187,6 +1411,8 @@ mod tests {
             let c = GraphCache::new(limits_with_history(n));
             land(&c, 1..=3);
             assert_eq!(run_ids(&c, &key(None)), [3], "history {n}");
+            assert_eq!(c.kept_runs(), 1, "subtask 0's entry is made when read");
+            assert_eq!(run_ids(&c, &key(Some(0))), [3], "history {n}");
             assert_eq!(c.kept_runs(), 2);
         }
         let mut huge = limits_with_history(usize::MAX);
@@ -1202,7 +1428,8 @@ mod tests {
         let vertex = c.peek(&key(None)).unwrap();
         let sub = c.peek(&key(Some(0))).unwrap();
         assert!(Arc::ptr_eq(&vertex.subtasks[&0], &sub.subtasks[&0]));
-        let profile = vertex.subtasks[&0].approx_bytes();
+        let profile =
+            vertex.subtasks[&0].approx_bytes() + vertex.subtasks[&0].names.table().approx_bytes();
         let (_, bytes) = c.usage();
         let bookkeeping = run_overhead(&vertex)
             + run_overhead(&sub)
@@ -1233,8 +1460,8 @@ mod tests {
     #[test]
     fn eviction_drops_history_and_counts_every_kept_run() {
         // Runs bound: 4. Subtask 5 (two runs of its own) and the vertex key with its subtask 0
-        // (one run each) fill it; the vertex's next run evicts the least recently read key,
-        // subtask 5, history and all, and spares the keys it writes.
+        // (one run each, subtask 0's made when read) fill it; the vertex's next run evicts the
+        // least recently read key, subtask 5, history and all, and spares the key it writes.
         let mut limits = limits_with_history(10);
         limits.max_entries = 4;
         let c = GraphCache::new(limits);
@@ -1246,16 +1473,20 @@ mod tests {
             ));
         }
         land(&c, [3]);
+        assert!(c.peek(&key(Some(0))).is_some());
         assert_eq!(c.kept_runs(), 4);
         land(&c, [4]);
-        assert_eq!(c.kept_runs(), 4);
+        assert_eq!(c.kept_runs(), 3, "subtask 5 evicted");
         assert_eq!(run_ids(&c, &key(Some(5))), Vec::<u64>::new(), "evicted");
-        assert_eq!(run_ids(&c, &key(None)), [4, 3], "the keys written are kept");
+        assert_eq!(run_ids(&c, &key(None)), [4, 3], "the key written is kept");
         assert_eq!(run_ids(&c, &key(Some(0))), [4, 3]);
-        // Alone over the bound, the keys written lose their oldest runs, evenly.
+        assert_eq!(c.kept_runs(), 4);
+        // Alone over the bound, a subtask entry and the vertex it is made from lose their
+        // oldest runs, evenly (the vertex run first evicted subtask 0, least recently read).
         land(&c, [5]);
-        assert_eq!(run_ids(&c, &key(None)), [5, 4]);
         assert_eq!(run_ids(&c, &key(Some(0))), [5, 4]);
+        assert_eq!(run_ids(&c, &key(None)), [5, 4]);
+        assert_eq!(c.kept_runs(), 4);
         // The byte bound trims the written key's own history when it alone is too big.
         let one = snapshot(1, &[(0, spin_and_sleep(1))], &[]).approx_bytes();
         let mut limits = limits_with_history(10);
@@ -1266,6 +1497,35 @@ mod tests {
         assert!(bytes <= limits.max_bytes, "{bytes}");
         let kept = run_ids(&c, &key(None));
         assert!(kept.len() < 6 && kept[0] == 6, "{kept:?}");
+    }
+
+    #[test]
+    fn a_run_pushed_out_of_history_is_given_back_and_the_cache_stays_flat() {
+        let c = GraphCache::new(limits_with_history(2));
+        land(&c, [1]);
+        assert_eq!(
+            c.kept_runs(),
+            1,
+            "a vertex run is one entry until a subtask is read"
+        );
+        let first = c.peek(&key(None)).unwrap();
+        let part = c.peek(&key(Some(0))).unwrap();
+        assert!(Arc::ptr_eq(&part.subtasks[&0], &first.subtasks[&0]));
+        let run = Arc::downgrade(&first);
+        let profile = Arc::downgrade(&first.subtasks[&0]);
+        let table = Arc::downgrade(first.subtasks[&0].names.table());
+        drop((first, part));
+        let mut usage = Vec::new();
+        for id in 2..=6 {
+            land(&c, [id]);
+            assert!(c.peek(&key(Some(0))).is_some());
+            usage.push((c.usage(), c.kept_runs()));
+        }
+        // Run 1 left the vertex's history and then subtask 0's: nothing holds it any more.
+        assert!(run.upgrade().is_none(), "the run is freed");
+        assert!(profile.upgrade().is_none() && table.upgrade().is_none());
+        assert!(usage.iter().all(|u| *u == usage[0]), "{usage:?}");
+        assert_eq!(usage[0], ((2, usage[0].0.1), 4));
     }
 
     #[tokio::test]

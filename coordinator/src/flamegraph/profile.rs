@@ -14,6 +14,17 @@
 //! cost of every other view) stays what it is without it, while the fold is still exact per
 //! thread.
 //!
+//! **One names table per run.** A vertex of ten thousand subtasks shares most of its frame
+//! names, so the frame names of a run are kept once, in a [`NameTable`] shared by all its
+//! profiles; each profile keeps its own short list of ids into it ([`ProfileNames`], what its
+//! stacks index), four bytes a name instead of a copy of every name. The answers of a run are
+//! folded on their own tasks as they arrive, each interning its new names in the run's
+//! [`RunNames`] under one short lock per subtask; the table is frozen when the run lands
+//! ([`FoldedSubtask::into_profile`]). A profile folded on its own ([`SubtaskProfile::from_set`],
+//! [`SubtaskProfile::from_wire`], or read back from the shared database) has a table of its own.
+//! Each profile also keeps its sample count per graph type, so the history list of a big vertex
+//! does not add up every row on every poll.
+//!
 //! A [`Snapshot`] is one run's result: the profiles of the subtasks that delivered, the ones that
 //! are missing, and when the run ended. It is immutable and shared (`Arc`) between the cache
 //! entry of the vertex and those of its subtasks. (Its rendered JSON is memoised by the cache,
@@ -29,7 +40,7 @@ use flamegrid_proto::convert::{
 use flamegrid_proto::v1;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// `count` samples that had the same state and stack.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,12 +59,235 @@ pub struct StackCount {
     pub threads: Box<[(u32, u64)]>,
 }
 
+/// The frame names of one run (or of one profile folded on its own), shared by its profiles as
+/// `Arc`; see the module docs. Immutable once made.
+#[derive(Debug, Default)]
+pub struct NameTable {
+    names: Vec<String>,
+}
+
+impl NameTable {
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The name with table id `id`.
+    pub fn get(&self, id: u32) -> Option<&String> {
+        self.names.get(id as usize)
+    }
+
+    /// Rough heap footprint in bytes, for the cache's memory bound (counted once per table,
+    /// however many profiles share it).
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .names
+                .iter()
+                .map(|n| n.capacity() + std::mem::size_of::<String>())
+                .sum::<usize>()
+    }
+}
+
+/// A profile's distinct frame names: ids into a [`NameTable`] that may be shared with the other
+/// profiles of its run. Index `i` is what [`StackCount::frames`] holds; read it with
+/// [`ProfileNames::get`] or [`ProfileNames::iter`], like a list of names. Two are equal when they
+/// list the same names in the same order, whatever their tables.
+#[derive(Debug, Clone)]
+pub struct ProfileNames {
+    table: Arc<NameTable>,
+    ids: Box<[u32]>,
+}
+
+impl ProfileNames {
+    /// Names in a table of their own.
+    pub fn own(names: Vec<String>) -> Self {
+        let ids = (0..names.len() as u32).collect();
+        ProfileNames {
+            table: Arc::new(NameTable { names }),
+            ids,
+        }
+    }
+
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Name `i` of this profile (what a frame index of its stacks names).
+    pub fn get(&self, i: usize) -> Option<&String> {
+        self.table.get(*self.ids.get(i)?)
+    }
+
+    /// The names in profile order.
+    pub fn iter(&self) -> impl Iterator<Item = &String> + '_ {
+        self.ids.iter().filter_map(|&id| self.table.get(id))
+    }
+
+    /// The table the names live in (shared by the profiles of a run).
+    pub fn table(&self) -> &Arc<NameTable> {
+        &self.table
+    }
+
+    /// The table ids of the names, in profile order.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
+impl PartialEq for ProfileNames {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for ProfileNames {}
+
+impl serde::Serialize for ProfileNames {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+/// The names of one run while its answers come in, interned by the answers' tasks as they fold
+/// them (see the module docs); [`RunNames::finish`] freezes them into the run's [`NameTable`].
+#[derive(Debug, Default)]
+pub struct RunNames {
+    inner: Mutex<Interner>,
+}
+
+/// Names by text, each with its id (ids dense from 0). Each name is kept once, as the map's
+/// key, and moved into the table when the run lands.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<String, u32>,
+}
+
+impl RunNames {
+    /// An interner with room for `names` names without growing: a run of a vertex has about
+    /// as many distinct names as the vertex's previous run.
+    pub fn with_capacity(names: usize) -> Self {
+        RunNames {
+            inner: Mutex::new(Interner {
+                ids: HashMap::with_capacity(names),
+            }),
+        }
+    }
+
+    /// The table ids of `names`, the new ones interned: one lock for all of them (the
+    /// answers of a run are folded on several threads at once).
+    fn intern_all<'a>(&self, names: impl Iterator<Item = &'a str>) -> Vec<u32> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        names
+            .map(|name| {
+                if let Some(&id) = inner.ids.get(name) {
+                    return id;
+                }
+                let id = inner.ids.len() as u32;
+                inner.ids.insert(name.to_owned(), id);
+                id
+            })
+            .collect()
+    }
+
+    /// The run's names as one shared table; what was interned so far (every answer of the
+    /// run has been folded when it lands). The interner is emptied; its names are moved into
+    /// the table, not copied.
+    pub fn finish(&self) -> Arc<NameTable> {
+        let ids = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut inner.ids)
+        };
+        let mut names = vec![String::new(); ids.len()];
+        for (name, id) in ids {
+            if let Some(slot) = names.get_mut(id as usize) {
+                *slot = name;
+            }
+        }
+        Arc::new(NameTable { names })
+    }
+}
+
+/// What the fold of one answer keeps across its subtasks ([`SubtaskProfile::fold_wire`]): the
+/// run's name id of every wire frame already resolved, so that a name is cut, hashed and
+/// interned once per answer rather than once per subtask. Fresh (default) for every answer.
+#[derive(Default)]
+pub struct AnswerNames {
+    by_frame: Option<FrameNames>,
+}
+
+/// Hashes the name ids this module hands out itself (dense, from 0): a multiply, not SipHash,
+/// which only inputs from outside need.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A subtask's samples as folded while its run is in flight: a [`SubtaskProfile`] whose names
+/// are ids into the run's [`RunNames`], not yet frozen into its table.
+#[derive(Debug)]
+pub struct FoldedSubtask {
+    ids: Box<[u32]>,
+    stacks: Vec<StackCount>,
+    threads: Vec<SampledThread>,
+    thread_counts: [usize; 3],
+}
+
+impl FoldedSubtask {
+    /// The profile, its names in `table` (the frozen [`RunNames`] it was folded with).
+    pub fn into_profile(self, table: &Arc<NameTable>) -> SubtaskProfile {
+        SubtaskProfile::assemble(
+            ProfileNames {
+                table: Arc::clone(table),
+                ids: self.ids,
+            },
+            self.stacks,
+            self.threads,
+            self.thread_counts,
+        )
+    }
+}
+
 /// One subtask's samples of one run, folded by distinct stack; see the module docs. Serialized
-/// (as part of a stored run) only by [`super::shared`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// (as part of a stored run) only by [`super::shared`], with its names in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubtaskProfile {
-    /// Distinct frame names.
-    pub names: Vec<String>,
+    /// Distinct frame names (ids into the run's shared table).
+    pub names: ProfileNames,
     /// Distinct stacks with their counts, sorted by frames so that building a tree walks shared
     /// prefixes back to back.
     pub stacks: Vec<StackCount>,
@@ -62,6 +296,50 @@ pub struct SubtaskProfile {
     pub threads: Vec<SampledThread>,
     /// Distinct threads with at least one sample accepted by each type (FULL, ON_CPU, OFF_CPU).
     thread_counts: [usize; 3],
+    /// Samples accepted by each type (FULL, ON_CPU, OFF_CPU): the sums of `stacks`.
+    sample_counts: [u64; 3],
+}
+
+/// A profile as stored (serialized): its names in full.
+#[derive(serde::Serialize)]
+struct StoredProfileRef<'a> {
+    names: &'a ProfileNames,
+    stacks: &'a [StackCount],
+    threads: &'a [SampledThread],
+    thread_counts: [usize; 3],
+}
+
+/// A profile as read back.
+#[derive(serde::Deserialize)]
+struct StoredProfile {
+    names: Vec<String>,
+    stacks: Vec<StackCount>,
+    threads: Vec<SampledThread>,
+    thread_counts: [usize; 3],
+}
+
+impl serde::Serialize for SubtaskProfile {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredProfileRef {
+            names: &self.names,
+            stacks: &self.stacks,
+            threads: &self.threads,
+            thread_counts: self.thread_counts,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SubtaskProfile {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let p = StoredProfile::deserialize(deserializer)?;
+        Ok(SubtaskProfile::assemble(
+            ProfileNames::own(p.names),
+            p.stacks,
+            p.threads,
+            p.thread_counts,
+        ))
+    }
 }
 
 /// What a row of [`SubtaskProfile::stacks`] is folded by: state, truncated, frames.
@@ -76,6 +354,29 @@ fn type_slot(ty: GraphType) -> usize {
 }
 
 impl SubtaskProfile {
+    /// A profile of its parts, its sample counts per type added up once.
+    fn assemble(
+        names: ProfileNames,
+        stacks: Vec<StackCount>,
+        threads: Vec<SampledThread>,
+        thread_counts: [usize; 3],
+    ) -> Self {
+        let sample_counts = GraphType::ALL.map(|ty| {
+            stacks
+                .iter()
+                .filter(|s| ty.accepts(s.state))
+                .map(|s| s.count)
+                .sum()
+        });
+        SubtaskProfile {
+            names,
+            stacks,
+            threads,
+            thread_counts,
+            sample_counts,
+        }
+    }
+
     /// Folds a subtask's sample set.
     pub fn from_set(set: &SampleSet) -> SubtaskProfile {
         let mut names: Vec<String> = Vec::new();
@@ -125,12 +426,12 @@ impl SubtaskProfile {
             (a.truncated, &a.frames, a.state).cmp(&(b.truncated, &b.frames, b.state))
         });
         let thread_counts = GraphType::ALL.map(|ty| set.thread_count(ty));
-        SubtaskProfile {
-            names,
+        SubtaskProfile::assemble(
+            ProfileNames::own(names),
             stacks,
-            threads: set.threads.clone(),
+            set.threads.clone(),
             thread_counts,
-        }
+        )
     }
 
     /// Folds one subtask of an agent's answer straight from the wire: the same profile as
@@ -145,15 +446,39 @@ impl SubtaskProfile {
         sub: &v1::SubtaskSamples,
         budget: &mut AnswerBudget,
     ) -> Result<SubtaskProfile, ConvertError> {
+        let names = RunNames::default();
+        let folded = Self::fold_wire(resp, sub, budget, &names, &mut AnswerNames::default())?;
+        Ok(folded.into_profile(&names.finish()))
+    }
+
+    /// [`SubtaskProfile::from_wire`] within a run: the names interned in the run's `run_names`
+    /// (see the module docs), the profile made once the run lands. `answer` carries what the
+    /// subtasks of one answer share (each wire frame's name is resolved once per answer).
+    pub fn fold_wire(
+        resp: &v1::SampleResponse,
+        sub: &v1::SubtaskSamples,
+        budget: &mut AnswerBudget,
+        run_names: &RunNames,
+        answer: &mut AnswerNames,
+    ) -> Result<FoldedSubtask, ConvertError> {
         // Counts first, before anything is allocated for this subtask.
         budget.charge_subtask(sub)?;
         let max_depth = budget.limits().max_depth;
         let max_name = budget.limits().max_name_bytes;
-        let mut names: Vec<String> = Vec::new();
-        // Names by their text as kept (cut), as `from_set` folds them: frames that differ only
-        // in module or inlining share a name.
-        let mut name_ids: HashMap<Cow<'_, str>, u32> = HashMap::new();
-        let mut frame_names: HashMap<u32, u32> = HashMap::new();
+        let in_run = answer
+            .by_frame
+            .get_or_insert_with(|| FrameNames::for_answer(resp));
+        // The subtask's distinct wire frames, in order of first use: their run ids, once known
+        // (`u32::MAX` until then). Frames that differ only in module or inlining have the same
+        // name (text), hence the same run id: they are merged into one name below, as
+        // `from_set` folds them.
+        let mut names: Vec<u32> = Vec::new();
+        // The names new to the answer, interned together under one lock at the end (the
+        // answers of a run are folded on several threads at once): (index in `names`, text).
+        let mut pending: Vec<(usize, Cow<'_, str>)> = Vec::new();
+        // The wire frame of each entry of `names`.
+        let mut wires: Vec<u32> = Vec::new();
+        let mut frame_names = FrameNames::for_answer(resp);
         // Every sample's kept stack, as name ids, back to back; rows refer to ranges of it.
         let mut flat: Vec<u32> = Vec::new();
         // (truncated, start, end, state, thread) per sample that shows in some view.
@@ -165,22 +490,27 @@ impl SubtaskProfile {
             let (kept, cut) = kept_stack(&s.stack, max_depth);
             let start = flat.len();
             for &f in kept {
-                let id = match frame_names.get(&f) {
-                    Some(&id) => id,
+                let id = match frame_names.get(f) {
+                    Some(id) => id,
                     None => {
                         let wire = wire_frame(resp, f)?;
                         let raw = wire_string(resp, wire.name)?;
                         budget.charge_name(raw)?;
                         budget.charge_name(wire_string(resp, wire.module)?)?;
-                        let name = if raw.len() <= max_name {
-                            Cow::Borrowed(raw)
-                        } else {
-                            Cow::Owned(cut_name(raw, max_name))
-                        };
-                        let id = *name_ids.entry(name).or_insert_with_key(|name| {
-                            names.push(name.to_string());
-                            (names.len() - 1) as u32
-                        });
+                        let id = names.len() as u32;
+                        wires.push(f);
+                        match in_run.get(f) {
+                            Some(run_id) => names.push(run_id),
+                            None => {
+                                let name = if raw.len() <= max_name {
+                                    Cow::Borrowed(raw)
+                                } else {
+                                    Cow::Owned(cut_name(raw, max_name))
+                                };
+                                pending.push((names.len(), name));
+                                names.push(u32::MAX);
+                            }
+                        }
                         frame_names.insert(f, id);
                         id
                     }
@@ -205,6 +535,21 @@ impl SubtaskProfile {
             ));
         }
         let threads = wire_threads(resp, sub, budget)?;
+        if !pending.is_empty() {
+            let run_ids = run_names.intern_all(pending.iter().map(|(_, name)| name.as_ref()));
+            for ((index, _), run_id) in pending.iter().zip(run_ids) {
+                if let Some(slot) = names.get_mut(*index) {
+                    *slot = run_id;
+                }
+            }
+        }
+        // The answer's other subtasks find these frames resolved.
+        for (index, _) in &pending {
+            if let (Some(&f), Some(&run_id)) = (wires.get(*index), names.get(*index)) {
+                in_run.insert(f, run_id);
+            }
+        }
+        let names = merge_same_names(names, &mut flat);
         // Rows in the profile's order (truncated, frames, state), then by thread: equal rows
         // are adjacent, and each row's threads ascending.
         let frames_of = |r: &(bool, u32, u32, ThreadState, u32)| &flat[r.1 as usize..r.2 as usize];
@@ -231,8 +576,8 @@ impl SubtaskProfile {
         }
         let thread_counts =
             GraphType::ALL.map(|ty| seen.iter().filter(|s| s[type_slot(ty)]).count());
-        Ok(SubtaskProfile {
-            names,
+        Ok(FoldedSubtask {
+            ids: names,
             stacks,
             threads,
             thread_counts,
@@ -241,11 +586,7 @@ impl SubtaskProfile {
 
     /// Samples accepted by `ty`.
     pub fn sample_count(&self, ty: GraphType) -> u64 {
-        self.stacks
-            .iter()
-            .filter(|s| ty.accepts(s.state))
-            .map(|s| s.count)
-            .sum()
+        self.sample_counts[type_slot(ty)]
     }
 
     /// Threads with at least one sample accepted by `ty`.
@@ -255,8 +596,10 @@ impl SubtaskProfile {
 
     /// Rough heap footprint in bytes, for the cache's memory bound. Over-estimates rather than
     /// under-estimates.
+    /// The names table is not in it (it may be shared by a whole run): see
+    /// [`NameTable::approx_bytes`].
     pub fn approx_bytes(&self) -> usize {
-        let names: usize = self.names.iter().map(|n| n.capacity() + 24).sum();
+        let names = self.names.len() * 4 + 16;
         let stacks: usize = self
             .stacks
             .iter()
@@ -268,6 +611,79 @@ impl SubtaskProfile {
             .map(|t| t.name.capacity() + std::mem::size_of::<SampledThread>())
             .sum();
         names + stacks + threads + std::mem::size_of::<Self>()
+    }
+}
+
+/// Merges the entries of `names` (run ids, one per wire frame of a subtask, in order of first
+/// use) that are the same name, keeping the first, and renumbers `flat` (indexes into `names`)
+/// to match: frames that differ only in module or inlining are one name, as
+/// [`SubtaskProfile::from_set`] folds them. They are rare, so a sorted copy first checks that
+/// there is anything to merge.
+fn merge_same_names(names: Vec<u32>, flat: &mut [u32]) -> Box<[u32]> {
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).all(|w| w[0] != w[1]) {
+        return names.into_boxed_slice();
+    }
+    let mut first: HashMap<u32, u32, IdHash> =
+        HashMap::with_capacity_and_hasher(names.len(), IdHash);
+    let mut merged: Vec<u32> = Vec::with_capacity(names.len());
+    let remap: Vec<u32> = names
+        .iter()
+        .map(|&run_id| {
+            *first.entry(run_id).or_insert_with(|| {
+                merged.push(run_id);
+                (merged.len() - 1) as u32
+            })
+        })
+        .collect();
+    for f in flat.iter_mut() {
+        if let Some(&id) = remap.get(*f as usize) {
+            *f = id;
+        }
+    }
+    merged.into_boxed_slice()
+}
+
+/// Wire frame index → a subtask's name id while one answer is folded: a plain vector over the
+/// answer's frames when they are few (an agent interns its frames per answer, so they are:
+/// no hashing per frame of every sample), a map otherwise (an answer cannot make the fold
+/// allocate per frame it merely declares).
+enum FrameNames {
+    Dense(Vec<u32>),
+    Sparse(HashMap<u32, u32>),
+}
+
+/// Most frames in an answer for [`FrameNames::Dense`].
+const DENSE_FRAMES: usize = 1 << 14;
+
+impl FrameNames {
+    fn for_answer(resp: &v1::SampleResponse) -> Self {
+        if resp.frames.len() <= DENSE_FRAMES {
+            FrameNames::Dense(vec![u32::MAX; resp.frames.len()])
+        } else {
+            FrameNames::Sparse(HashMap::new())
+        }
+    }
+
+    fn get(&self, frame: u32) -> Option<u32> {
+        match self {
+            FrameNames::Dense(v) => v.get(frame as usize).copied().filter(|&i| i != u32::MAX),
+            FrameNames::Sparse(m) => m.get(&frame).copied(),
+        }
+    }
+
+    fn insert(&mut self, frame: u32, id: u32) {
+        match self {
+            FrameNames::Dense(v) => {
+                if let Some(slot) = v.get_mut(frame as usize) {
+                    *slot = id;
+                }
+            }
+            FrameNames::Sparse(m) => {
+                m.insert(frame, id);
+            }
+        }
     }
 }
 
@@ -294,8 +710,32 @@ impl Snapshot {
     pub fn tree(&self, ty: GraphType) -> FlameNode {
         let mut b = TreeBuilder::new();
         let mut scratch: Vec<u32> = Vec::new();
+        // Builder ids by table id, for the table of the profiles at hand: a run's profiles
+        // share one, so each name is looked up once per tree, not once per subtask.
+        let mut table: Option<&Arc<NameTable>> = None;
+        let mut by_table: Vec<u32> = Vec::new();
+        let mut ids: Vec<u32> = Vec::new();
         for profile in self.subtasks.values() {
-            let ids: Vec<u32> = profile.names.iter().map(|n| b.name_id(n)).collect();
+            let names = &profile.names;
+            if !table.is_some_and(|t| Arc::ptr_eq(t, names.table())) {
+                table = Some(names.table());
+                by_table.clear();
+                by_table.resize(names.table().len(), u32::MAX);
+            }
+            ids.clear();
+            for &id in names.ids() {
+                // Every id is in its table (a run's table is frozen after its last fold).
+                let name = names.table().get(id).map_or("", String::as_str);
+                match by_table.get_mut(id as usize) {
+                    Some(slot) => {
+                        if *slot == u32::MAX {
+                            *slot = b.name_id(name);
+                        }
+                        ids.push(*slot);
+                    }
+                    None => ids.push(b.name_id(name)),
+                }
+            }
             for s in profile.stacks.iter().filter(|s| ty.accepts(s.state)) {
                 scratch.clear();
                 if s.truncated {
@@ -414,8 +854,20 @@ impl Snapshot {
     /// Rough heap footprint in bytes (shared profiles counted in full, so the cache's bound is
     /// conservative).
     pub fn approx_bytes(&self) -> usize {
+        let mut tables: Vec<&Arc<NameTable>> = Vec::new();
+        for p in self.subtasks.values() {
+            if tables
+                .last()
+                .is_none_or(|t| !Arc::ptr_eq(t, p.names.table()))
+            {
+                tables.push(p.names.table());
+            }
+        }
+        tables.sort_unstable_by_key(|t| Arc::as_ptr(t));
+        tables.dedup_by(|a, b| Arc::ptr_eq(a, b));
         std::mem::size_of::<Self>()
             + self.missing.len() * 48
+            + tables.iter().map(|t| t.approx_bytes()).sum::<usize>()
             + self
                 .subtasks
                 .values()

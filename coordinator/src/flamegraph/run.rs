@@ -13,8 +13,8 @@
 //! run with absent subtasks logs one line naming them all with their reasons.
 
 use super::cache::RunTicket;
-use super::profile::{Snapshot, SubtaskProfile};
-use crate::fanout::{FanOut, FanOutOutcome};
+use super::profile::{AnswerNames, FoldedSubtask, RunNames, Snapshot, SubtaskProfile};
+use crate::fanout::{FanOut, FanOutOutcome, SubtaskFold};
 use crate::missing::{self, Missing};
 use crate::sampling::{SamplingParams, SubtaskTarget};
 use flamegrid_proto::convert::{AnswerBudget, ConvertError};
@@ -53,14 +53,27 @@ impl RunCounters {
     }
 }
 
-/// What a run makes of one subtask's samples as its agent's answer arrives: the folded
-/// profile ([`SubtaskProfile::from_wire`]), the only thing a run keeps of them.
-pub fn fold_subtask(
-    resp: &v1::SampleResponse,
-    sub: &v1::SubtaskSamples,
-    budget: &mut AnswerBudget,
-) -> Result<Arc<SubtaskProfile>, ConvertError> {
-    SubtaskProfile::from_wire(resp, sub, budget).map(Arc::new)
+/// What a run makes of each subtask's samples as its agent's answer arrives: the folded
+/// profile ([`SubtaskProfile::fold_wire`]), its names interned in the run's one table: the
+/// only thing a run keeps of them.
+#[derive(Debug, Clone, Default)]
+pub struct RunFold {
+    /// The run's names, shared by the answers' tasks.
+    pub names: Arc<RunNames>,
+}
+
+impl SubtaskFold<FoldedSubtask> for RunFold {
+    type Answer = AnswerNames;
+
+    fn fold(
+        &self,
+        answer: &mut AnswerNames,
+        resp: &v1::SampleResponse,
+        sub: &v1::SubtaskSamples,
+        budget: &mut AnswerBudget,
+    ) -> Result<FoldedSubtask, ConvertError> {
+        SubtaskProfile::fold_wire(resp, sub, budget, &self.names, answer)
+    }
 }
 
 /// Executes one run for `ticket`'s key over `targets` and stores the result; `absent` are the
@@ -92,6 +105,17 @@ pub async fn execute_as(
     let began = std::time::Instant::now();
     let key = ticket.key().clone();
     let prefix = format!("{}/{}", key.job_id, key.vertex_id);
+    // The interner sized for the names of the key's latest run, so it does not grow (and
+    // rehash) while the answers come in.
+    let expected = ticket
+        .cache()
+        .peek(&key)
+        .and_then(|s| s.subtasks.values().next().map(|p| p.names.table().len()))
+        .unwrap_or(0);
+    let fold = RunFold {
+        names: Arc::new(RunNames::with_capacity(expected)),
+    };
+    let names = Arc::clone(&fold.names);
     let mut outcome = if targets.is_empty() {
         FanOutOutcome {
             request_id: fanout.new_request_id(),
@@ -100,25 +124,25 @@ pub async fn execute_as(
             ..Default::default()
         }
     } else {
-        fanout
-            .sample_with(&prefix, &targets, params, fold_subtask)
-            .await
+        fanout.sample_with(&prefix, &targets, params, fold).await
     };
     if let Some(id) = run_id {
         outcome.request_id = id;
     }
-    let snapshot = land(&counters, ticket, outcome, absent);
+    let snapshot = land(&counters, ticket, outcome, &names, absent);
     counters.durations.observe(began.elapsed());
     snapshot
 }
 
-/// Makes the snapshot of a run's `outcome` (plus the subtasks that could not be asked,
-/// `absent`) and stores it through `ticket`: what is left of a run once its last answer is in.
-/// Returns the snapshot as stored.
+/// Makes the snapshot of a run's `outcome` (its subtasks folded with the run's `names`, whose
+/// table is frozen here, plus the subtasks that could not be asked, `absent`) and stores it
+/// through `ticket`: what is left of a run once its last answer is in. Returns the snapshot as
+/// stored.
 pub fn land(
     counters: &RunCounters,
     ticket: RunTicket,
-    outcome: FanOutOutcome<Arc<SubtaskProfile>>,
+    outcome: FanOutOutcome<FoldedSubtask>,
+    names: &RunNames,
     absent: Missing,
 ) -> Arc<Snapshot> {
     let key = ticket.key().clone();
@@ -137,11 +161,16 @@ pub fn land(
     if outcome.sets.is_empty() {
         counters.failed.fetch_add(1, Ordering::Relaxed);
     }
+    let table = names.finish();
     let snapshot = Snapshot {
         run_id: outcome.request_id,
         start_ms: outcome.start_ms,
         end_ms: outcome.end_ms,
-        subtasks: outcome.sets,
+        subtasks: outcome
+            .sets
+            .into_iter()
+            .map(|(i, folded)| (i, Arc::new(folded.into_profile(&table))))
+            .collect(),
         missing,
     };
     let run_id = snapshot.run_id;
@@ -244,6 +273,14 @@ mod tests {
         assert!(snapshot.missing.is_empty(), "{:?}", snapshot.missing);
         let subtasks = u64::from(agents * per_agent);
         assert_eq!(snapshot.subtasks.len() as u64, subtasks);
+        // One names table for the whole run, shared by every profile.
+        let table = snapshot.subtasks[&0].names.table();
+        assert!(
+            snapshot
+                .subtasks
+                .values()
+                .all(|p| Arc::ptr_eq(p.names.table(), table))
+        );
         // Every sample every agent sent, no more, split by state as sent (every third off CPU).
         let sent = subtasks * u64::from(samples);
         assert_eq!(snapshot.sample_count(GraphType::Full), sent);
@@ -281,6 +318,10 @@ mod tests {
         let mut usage = Vec::new();
         for _ in 0..8 {
             run(&fanout, &cache, &counters, &targets).await;
+            // Every subtask read, so that its entry is made (lazily) and counted.
+            for index in 0..600 {
+                assert!(cache.peek(&key().subtask(index)).is_some());
+            }
             usage.push((cache.usage(), cache.kept_runs()));
         }
         assert_eq!(counters.get(), (0, 8, 0));

@@ -12,7 +12,10 @@
 //! 3. **runs**, one after the other: `GET .../flamegraph?refresh=true` starts a run and the
 //!    vertex's history (`.../flamegraph/history`, cheap, never starts a run) is polled every
 //!    5 ms until a newer run is kept: that is the **time to the graph**, set against the
-//!    window. From the simulated agents' log: the **dispatch spread** (first to last `Sample`
+//!    window. Until every agent has answered, the history is polled every 50 ms only (no graph
+//!    can land before, and a poll of a 10,000-subtask vertex costs the coordinator about a
+//!    millisecond: a poll every 5 ms through the whole window was a sixth of a core taken from
+//!    the run being measured). From the simulated agents' log: the **dispatch spread** (first to last `Sample`
 //!    received) and the coordinator's **own time after the last answer** (graph seen − last
 //!    answer handed to the agents' gRPC servers). The graph's root `value` (Flink's JSON) is
 //!    compared with the samples the agents sent. After every run: `VmRSS`; at the end `VmHWM`.
@@ -29,8 +32,11 @@ use serde_json::json;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-/// How often the history is polled while a run is in flight.
+/// How often the history is polled once every agent has answered.
 const POLL: Duration = Duration::from_millis(5);
+
+/// How often the history is polled while agents are still sampling.
+const SLOW_POLL: Duration = Duration::from_millis(50);
 
 /// The agents' registrations are spread over this: the coordinator's default heartbeat
 /// interval (a third of the 30 s timeout, at most 5 s), so heartbeats arrive evenly.
@@ -164,6 +170,8 @@ pub fn configuration(
         kept: Vec::new(),
         threads: None,
     };
+    let window =
+        Duration::from_millis(u64::from(opts.delay_ms) * u64::from(opts.samples.saturating_sub(1)));
     for run in 0..opts.runs {
         let previous = latest_run(&coordinator, &base)?;
         shared.take();
@@ -179,7 +187,11 @@ pub fn configuration(
             if t0.elapsed() > crate::HANG_GUARD {
                 bail!("{base}: no new graph after {:?}", crate::HANG_GUARD);
             }
-            std::thread::sleep(POLL);
+            // Fast once every agent answered (or, should some never be asked or answer, once
+            // the window and a second have passed).
+            let fast = shared.answers() >= agents.min(subtasks) as u64
+                || t0.elapsed() > window + Duration::from_secs(1);
+            std::thread::sleep(if fast { POLL } else { SLOW_POLL });
         };
         let seen = Instant::now();
         let run_cpu = 100.0 * (cpu()? - c0) / t0.elapsed().as_secs_f64();
@@ -202,14 +214,15 @@ pub fn configuration(
         figures.rss.push(Memory::of(pid)?.rss);
         eprintln!(
             "   run {}: graph {:.0} ms, after last answer {:.0} ms, spread {:.0} ms ({} calls), \
-             CPU {run_cpu:.0} %, kept {value}/{}, RSS {:.0} MiB",
+             CPU {run_cpu:.0} %, kept {value}/{}, RSS {:.0} MiB (cache's estimate {:.0} MiB)",
             run + 1,
             ms(seen - t0),
             ms(seen.saturating_duration_since(answered)),
             ms(last - first),
             log.calls,
             log.samples,
-            *figures.rss.last().unwrap_or(&0) as f64 / 1024.0
+            *figures.rss.last().unwrap_or(&0) as f64 / 1024.0,
+            cache_mib(&coordinator).unwrap_or(f64::NAN),
         );
     }
     figures.hwm = Memory::of(pid)?.hwm;
@@ -220,6 +233,17 @@ pub fn configuration(
         subtasks,
         outcome: Outcome::Measured(figures),
     })
+}
+
+/// The flame graph cache's own estimate of the bytes it holds (`/metrics`), MiB; `None` when
+/// the coordinator does not say.
+fn cache_mib(coordinator: &CoordinatorProcess) -> Option<f64> {
+    let answer = coordinator.rest.get("/metrics").ok()?;
+    let text = String::from_utf8(answer.body).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("flamegrid_coordinator_flamegraph_cache_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|bytes| bytes / (1024.0 * 1024.0))
 }
 
 /// The `endTimestamp` of the newest kept run of the vertex, if any.

@@ -40,6 +40,8 @@ pub struct RunLog {
     pub last_answered: Option<Instant>,
     /// `Sample` calls received.
     pub calls: u64,
+    /// `Sample` calls answered (answers handed to tonic).
+    pub answers: u64,
     /// Selectors (subtasks) asked for.
     pub selectors: u64,
     /// Samples sent in answers.
@@ -65,6 +67,14 @@ impl Shared {
     /// What was logged since the last call, and a fresh log.
     pub fn take(&self) -> RunLog {
         std::mem::take(&mut *self.log.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// `Sample` calls answered since the last [`Shared::take`].
+    pub fn answers(&self) -> u64 {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .answers
     }
 
     fn with_log(&self, f: impl FnOnce(&mut RunLog)) {
@@ -110,6 +120,7 @@ impl sampling_server::Sampling for SimAgent {
         self.shared.with_log(|log| {
             log.last_answered = Some(log.last_answered.map_or(answered, |t| t.max(answered)));
             log.samples += samples;
+            log.answers += 1;
         });
         Ok(Response::new(resp))
     }
