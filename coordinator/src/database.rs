@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_registry.sql")),
     (2, include_str!("../migrations/0002_flamegraph_runs.sql")),
+    (3, include_str!("../migrations/0003_replica_vouching.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations between replicas starting together.

@@ -326,48 +326,96 @@ fn an_expired_job_is_dropped_by_every_replica() {
 }
 
 #[test]
-fn heartbeat_times_are_shared_in_batches_and_keep_agents_alive_on_the_other_replica() {
-    // Timeout 3 s: a heartbeat time is written again once the stored one is 750 ms old.
-    let Some((_db, a, b)) = replicas("beats", Duration::from_secs(3)) else {
+fn replicas_vouch_for_their_agents_instead_of_writing_a_row_per_heartbeat() {
+    // Timeout 4 s: a replica vouches for an agent while its last heartbeat there is within 1 s.
+    let timeout = Duration::from_secs(4);
+    let Some((db, a, b)) = replicas("beats", timeout) else {
         return;
     };
     const AGENTS: usize = 50;
+    const MOVED: usize = 10;
+    let name = |n: usize| format!("agent-{n}");
     for n in 0..AGENTS {
-        register_agent(&a, &format!("agent-{n}"));
+        register_agent(&a, &name(n));
     }
     b.sync().unwrap();
     assert_eq!(b.taskmanagers().len(), AGENTS);
-    // The agents heartbeat to A often for 4 s (longer than the timeout); A flushes and B
-    // syncs all along, as the flusher does.
-    let started = std::time::Instant::now();
-    let mut heartbeats = 0u64;
-    let mut flushes = 0u64;
-    while started.elapsed() < Duration::from_secs(4) {
-        for n in 0..AGENTS {
-            a.heartbeat(beat(&format!("agent-{n}"), Vec::new()))
-                .unwrap();
-            heartbeats += 1;
+    // Heartbeats for longer than the timeout, to A for the agents below `to_b_from` and to B
+    // for the others; both replicas flush and sync all along, as their flushers do.
+    let heartbeat_for = |period: Duration, to_b_from: usize| {
+        let started = std::time::Instant::now();
+        let mut heartbeats = 0u64;
+        while started.elapsed() < period {
+            for n in 0..AGENTS {
+                let to = if n >= to_b_from { &b } else { &a };
+                to.heartbeat(beat(&name(n), Vec::new())).unwrap();
+                heartbeats += 1;
+            }
+            for r in [&a, &b] {
+                r.flush().unwrap();
+                r.sync().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        a.flush().unwrap();
-        b.sync().unwrap();
-        flushes += 1;
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        b.expire().unwrap().is_empty(),
-        "B does not declare lost the agents that heartbeat to A"
+        heartbeats
+    };
+    let all_alive = |r: &Registry, which: &str| {
+        assert!(
+            r.expire().unwrap().is_empty(),
+            "{which} declared agents lost"
+        );
+        assert_eq!(r.taskmanagers().len(), AGENTS, "{which}");
+    };
+
+    // 1. Every agent heartbeats to A, where it registered: A vouches for them with its own row,
+    // and writes no agent row at all, however many heartbeats.
+    let heartbeats = heartbeat_for(timeout + Duration::from_secs(1), AGENTS);
+    all_alive(&b, "B, with every agent heartbeating to A");
+    assert_eq!(
+        a.store_writes().taskmanager_rows,
+        0,
+        "{heartbeats} heartbeats to the replica vouching for them wrote agent rows"
     );
-    assert_eq!(b.taskmanagers().len(), AGENTS);
-    let written = a.store_writes().taskmanager_rows;
-    // At most one row per agent per quarter of the timeout that passed (plus the first), far
-    // fewer than the heartbeats.
-    let quarters = started.elapsed().as_millis() as u64 / 750 + 1;
-    assert!(written > 0, "heartbeat times are written");
-    assert!(
-        written <= AGENTS as u64 * quarters,
-        "{written} rows for {heartbeats} heartbeats in {flushes} flushes"
-    );
+    // A replica started now loads them alive too: their registrations are older than the
+    // timeout, but A vouches for them.
+    let c = Registry::open_with_store(
+        Box::new(PgStore::new(Database::connect(&db.url).unwrap())),
+        timeout,
+        JobRetention::default(),
+    )
+    .unwrap();
+    assert_eq!(c.taskmanagers().len(), AGENTS, "a new replica loads them");
+
+    // 2. Some agents move to B: B claims them (one row each), and A keeps them alive from B's
+    // row; A's release of them writes nothing (they are B's now).
+    let moved_heartbeats = heartbeat_for(timeout + Duration::from_secs(1), AGENTS - MOVED);
     eprintln!(
-        "{written} task manager rows written for {heartbeats} heartbeats ({flushes} flushes)"
+        "agent rows: 0 for {heartbeats} heartbeats to A, then {} for {moved_heartbeats} with \
+         {MOVED} agents moved to B",
+        b.store_writes().taskmanager_rows
+    );
+    all_alive(&a, "A, with some agents moved to B");
+    all_alive(&b, "B, with some agents moved to it");
+    assert_eq!(b.store_writes().taskmanager_rows, MOVED as u64);
+    assert_eq!(a.store_writes().taskmanager_rows, 0);
+
+    // 3. Every agent stops: each replica releases its own with the real last heartbeat time,
+    // and both replicas declare all of them lost once the timeout has passed.
+    flamegrid_testkit::wait_for("every silent agent declared lost on A and B", || {
+        for r in [&a, &b] {
+            r.flush().unwrap();
+            r.sync().unwrap();
+            r.expire().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        (a.taskmanagers().is_empty() && b.taskmanagers().is_empty()).then_some(())
+    });
+    assert_eq!(
+        (
+            a.store_writes().taskmanager_rows,
+            b.store_writes().taskmanager_rows
+        ),
+        ((AGENTS - MOVED) as u64, MOVED as u64 * 2),
+        "one release per agent by the replica vouching for it"
     );
 }

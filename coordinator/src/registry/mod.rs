@@ -177,6 +177,9 @@ pub struct Registry {
     shared: bool,
     /// Rows written to the store by flushes: job runtimes, task managers' heartbeat times.
     written: [AtomicU64; 2],
+    /// This replica's id in a shared store (see `replication.rs`): agents it vouches for carry
+    /// it as their `vouched_by`.
+    replica: Option<String>,
 }
 
 /// What the flushes of a registry wrote to its store, in rows (see [`Registry::store_writes`]).
@@ -184,8 +187,9 @@ pub struct Registry {
 pub struct StoreWrites {
     /// Job runtimes written.
     pub job_rows: u64,
-    /// Task managers' heartbeat times written (a shared store only; at most one per agent per
-    /// [`replication::HEARTBEAT_WRITE_FRACTION`] of the heartbeat timeout).
+    /// Task managers' rows written by flushes (a shared store only): only when the replica
+    /// vouching for an agent changes (it moved here, or stopped heartbeating), not per
+    /// heartbeat (see `replication.rs`).
     pub taskmanager_rows: u64,
 }
 
@@ -203,9 +207,9 @@ struct Inner {
     /// ([`Registry::flush`]), each with the (vertex, subtask) positions that changed (a shared
     /// store merges only those with the other replicas' changes).
     dirty: HashMap<String, BTreeSet<(usize, usize)>>,
-    /// Task manager id → the last heartbeat time (ms) the store has for it (a shared store
-    /// only): the flusher writes a newer one only when this is old enough.
-    stored_beats: HashMap<String, i64>,
+    /// Task manager id → when its last heartbeat to *this* replica arrived (ms; a shared store
+    /// only): the agents this replica vouches for (see `replication.rs`).
+    beats_here: HashMap<String, i64>,
 }
 
 impl Inner {
@@ -331,9 +335,7 @@ impl Registry {
         // A shared store also has the agents other replicas (or this one, before a restart)
         // registered: those still within the timeout are live here too.
         let mut taskmanagers = BTreeMap::new();
-        let mut stored_beats = HashMap::new();
         for tm in store.load_taskmanagers()? {
-            stored_beats.insert(tm.id.clone(), tm.last_heartbeat_ms);
             if tm.last_heartbeat.elapsed() <= heartbeat_timeout {
                 taskmanagers.insert(tm.id.clone(), tm);
             }
@@ -345,6 +347,7 @@ impl Registry {
             .collect();
         tracing::info!(store = %store.describe(), jobs = jobs.len(), "registry opened");
         let watched = Inner::index_watched(&jobs);
+        let replica = store.replica_id().map(str::to_owned);
         Ok(Registry {
             inner: Mutex::new(Inner {
                 jobs,
@@ -352,7 +355,7 @@ impl Registry {
                 taskmanagers,
                 watched,
                 dirty: HashMap::new(),
-                stored_beats,
+                beats_here: HashMap::new(),
             }),
             store: Mutex::new(store),
             heartbeat_timeout,
@@ -360,6 +363,7 @@ impl Registry {
             opened: Instant::now(),
             shared,
             written: Default::default(),
+            replica,
         })
     }
 
@@ -704,6 +708,8 @@ impl Registry {
             metrics: BTreeMap::new(),
             peer_ip: caller.peer_ip,
             tls_identity: caller.tls_identity.clone(),
+            // A shared store records this replica as vouching for it (`put_taskmanager`).
+            vouched_by: self.replica.clone(),
         };
         // A shared store has the registration before it is acknowledged (every replica then
         // knows the agent); its lock serialises registrations. SQLite does not keep agents.
@@ -732,9 +738,7 @@ impl Registry {
         tracing::info!(agent = %tm.id, address = %tm.address, host = %tm.host.hostname, "task manager registered");
         let mut inner = self.lock();
         if self.shared {
-            inner
-                .stored_beats
-                .insert(tm.id.clone(), tm.last_heartbeat_ms);
+            inner.beats_here.insert(tm.id.clone(), tm.last_heartbeat_ms);
         }
         inner.taskmanagers.insert(tm.id.clone(), tm);
         Ok(v1::RegisterResponse {
@@ -776,6 +780,15 @@ impl Registry {
             .into_iter()
             .filter(|(k, v)| k.len() <= MAX_AGENT_FIELD && v.is_finite())
             .collect();
+        if self.shared {
+            // What this replica vouches for (`replication.rs`); no allocation once known.
+            match inner.beats_here.get_mut(agent_id) {
+                Some(at) => *at = now,
+                None => {
+                    inner.beats_here.insert(agent_id.to_owned(), now);
+                }
+            }
+        }
 
         // This agent's subtasks, by the key it echoes: the only ones its reports may change.
         // In registration order (job, vertex, subtask), which is the order of the watch list.

@@ -16,8 +16,11 @@
 //! * Deletions leave a row in `registry_deleted_jobs` (a day long) for the other replicas' pulls,
 //!   and delete the job's stored flame graph runs and leases (`flamegraph/shared.rs`) in the
 //!   same transaction.
-//! * Task managers are rows of `registry_taskmanagers`: the registration at once, the last
-//!   heartbeat time in batches (the registry decides how often, see `replication.rs`).
+//! * Task managers are rows of `registry_taskmanagers`: the registration at once, then only
+//!   when the replica vouching for an agent changes (`vouched_by`, migration 0003): each
+//!   replica refreshes one row of its own in `registry_replicas` instead of a heartbeat time per
+//!   agent ([`PgStore::vouch`], see `replication.rs`). Every read of an agent ([`TM_SELECT`])
+//!   gives it the later of its own heartbeat time and what its replica vouches for.
 //! * Every row is stamped with the writing transaction's id (`changed_xid`, `xid8`), which the
 //!   change feed ([`PgStore::pull`]) reads by.
 
@@ -101,6 +104,13 @@ fn decode<T: serde::de::DeserializeOwned>(
 
 /// A stored task manager; its monotonic heartbeat instant is derived from the stored wall-clock
 /// time (an agent last heard of long ago is as old in memory).
+/// How every query reads agents: the stored row, with `last_heartbeat_ms` the later of the
+/// agent's own and the time until which the replica vouching for it says it heartbeat.
+const TM_SELECT: &str = "SELECT t.id, t.address, t.host, t.agent_pid, t.registered_ms, \
+     GREATEST(t.last_heartbeat_ms, COALESCE(r.seen_ms - r.vouch_ms, 0)) AS last_heartbeat_ms, \
+     t.peer_ip, t.tls_identity, t.vouched_by \
+     FROM registry_taskmanagers AS t LEFT JOIN registry_replicas AS r ON r.id = t.vouched_by";
+
 fn taskmanager_of(row: &Row) -> Result<TaskManager, DatabaseError> {
     let id: String = row.get("id");
     let host: HostFacts = decode("host", &id, row.get("host"))?;
@@ -116,6 +126,7 @@ fn taskmanager_of(row: &Row) -> Result<TaskManager, DatabaseError> {
         metrics: Default::default(),
         peer_ip: peer_ip.and_then(|ip| ip.parse().ok()),
         tls_identity: row.get("tls_identity"),
+        vouched_by: row.get("vouched_by"),
         id,
     })
 }
@@ -391,7 +402,7 @@ impl JobStore for PgStore {
                     .collect();
                 for row in tx
                     .query(
-                        "SELECT * FROM registry_taskmanagers WHERE changed_xid >= $1::text::xid8",
+                        &format!("{TM_SELECT} WHERE t.changed_xid >= $1::text::xid8"),
                         &[&cursor],
                     )
                     .await
@@ -399,6 +410,17 @@ impl JobStore for PgStore {
                 {
                     pulled.taskmanagers.push(taskmanager_of(&row)?);
                 }
+                pulled.replicas = tx
+                    .query(
+                        "SELECT id, seen_ms - vouch_ms FROM registry_replicas \
+                         WHERE changed_xid >= $1::text::xid8",
+                        &[&cursor],
+                    )
+                    .await
+                    .map_err(query)?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
                 tx.commit().await.map_err(query)?;
                 Ok((next, pulled))
             })
@@ -420,7 +442,7 @@ impl JobStore for PgStore {
         self.db
             .blocking(|client| async move {
                 let rows = client
-                    .query("SELECT * FROM registry_taskmanagers ORDER BY id", &[])
+                    .query(&format!("{TM_SELECT} ORDER BY t.id"), &[])
                     .await
                     .map_err(query)?;
                 rows.iter().map(taskmanager_of).collect()
@@ -433,7 +455,7 @@ impl JobStore for PgStore {
         self.db
             .blocking(move |client| async move {
                 client
-                    .query_opt("SELECT * FROM registry_taskmanagers WHERE id = $1", &[&id])
+                    .query_opt(&format!("{TM_SELECT} WHERE t.id = $1"), &[&id])
                     .await
                     .map_err(query)?
                     .as_ref()
@@ -450,19 +472,21 @@ impl JobStore for PgStore {
         let (registered, beat) = (tm.registered_ms, tm.last_heartbeat_ms);
         let peer_ip = tm.peer_ip.map(|ip| ip.to_string());
         let tls = tm.tls_identity.clone();
+        // The registering replica vouches for the agent from here on (it heartbeats here).
+        let replica = self.db.replica_id().to_string();
         self.db
             .blocking(move |client| async move {
                 client
                     .execute(
                         "INSERT INTO registry_taskmanagers \
-                         (id, address, host, agent_pid, registered_ms, last_heartbeat_ms, peer_ip, tls_identity) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         (id, address, host, agent_pid, registered_ms, last_heartbeat_ms, peer_ip, tls_identity, vouched_by) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                          ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, host = EXCLUDED.host, \
                          agent_pid = EXCLUDED.agent_pid, registered_ms = EXCLUDED.registered_ms, \
                          last_heartbeat_ms = GREATEST(registry_taskmanagers.last_heartbeat_ms, EXCLUDED.last_heartbeat_ms), \
                          peer_ip = EXCLUDED.peer_ip, tls_identity = EXCLUDED.tls_identity, \
-                         changed_xid = pg_current_xact_id()",
-                        &[&id, &address, &host, &pid, &registered, &beat, &peer_ip, &tls],
+                         vouched_by = EXCLUDED.vouched_by, changed_xid = pg_current_xact_id()",
+                        &[&id, &address, &host, &pid, &registered, &beat, &peer_ip, &tls, &replica],
                     )
                     .await
                     .map_err(query)?;
@@ -471,24 +495,71 @@ impl JobStore for PgStore {
             .map_err(storage)
     }
 
-    fn touch_taskmanagers(&mut self, beats: &[(&str, i64)]) -> Result<usize, RegistryError> {
-        if beats.is_empty() {
-            return Ok(0);
-        }
-        let ids: Vec<String> = beats.iter().map(|(id, _)| id.to_string()).collect();
-        let times: Vec<i64> = beats.iter().map(|(_, ms)| *ms).collect();
+    fn replica_id(&self) -> Option<&str> {
+        Some(self.db.replica_id())
+    }
+
+    fn vouch(
+        &mut self,
+        seen_ms: i64,
+        vouch_ms: i64,
+        claims: &[(&str, i64)],
+        releases: &[(&str, i64)],
+    ) -> Result<usize, RegistryError> {
+        let replica = self.db.replica_id().to_string();
+        let owned = |list: &[(&str, i64)]| -> (Vec<String>, Vec<i64>) {
+            list.iter().map(|(id, ms)| (id.to_string(), *ms)).unzip()
+        };
+        let (claim_ids, claim_ms) = owned(claims);
+        let (release_ids, release_ms) = owned(releases);
         self.db
-            .blocking(move |client| async move {
-                let written = client
-                    .execute(
-                        "UPDATE registry_taskmanagers AS t SET last_heartbeat_ms = b.ms, \
-                         changed_xid = pg_current_xact_id() \
-                         FROM unnest($1::text[], $2::bigint[]) AS b(id, ms) \
-                         WHERE t.id = b.id AND t.last_heartbeat_ms < b.ms",
-                        &[&ids, &times],
-                    )
-                    .await
-                    .map_err(query)?;
+            .blocking(move |mut client| async move {
+                let tx = client.transaction().await.map_err(query)?;
+                tx.execute(
+                    "INSERT INTO registry_replicas (id, seen_ms, vouch_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET seen_ms = EXCLUDED.seen_ms, \
+                     vouch_ms = EXCLUDED.vouch_ms, changed_xid = pg_current_xact_id()",
+                    &[&replica, &seen_ms, &vouch_ms],
+                )
+                .await
+                .map_err(query)?;
+                let mut written = 0;
+                if !claim_ids.is_empty() {
+                    written += tx
+                        .execute(
+                            "UPDATE registry_taskmanagers AS t SET vouched_by = $1, \
+                             last_heartbeat_ms = GREATEST(t.last_heartbeat_ms, b.ms), \
+                             changed_xid = pg_current_xact_id() \
+                             FROM unnest($2::text[], $3::bigint[]) AS b(id, ms) \
+                             WHERE t.id = b.id AND t.vouched_by IS DISTINCT FROM $1",
+                            &[&replica, &claim_ids, &claim_ms],
+                        )
+                        .await
+                        .map_err(query)?;
+                }
+                if !release_ids.is_empty() {
+                    // Only agents still vouched for here: one that moved is the other
+                    // replica's now.
+                    written += tx
+                        .execute(
+                            "UPDATE registry_taskmanagers AS t SET vouched_by = NULL, \
+                             last_heartbeat_ms = GREATEST(t.last_heartbeat_ms, b.ms), \
+                             changed_xid = pg_current_xact_id() \
+                             FROM unnest($2::text[], $3::bigint[]) AS b(id, ms) \
+                             WHERE t.id = b.id AND t.vouched_by = $1",
+                            &[&replica, &release_ids, &release_ms],
+                        )
+                        .await
+                        .map_err(query)?;
+                }
+                // Rows of replicas gone for a day (each process has an id of its own).
+                tx.execute(
+                    "DELETE FROM registry_replicas WHERE seen_ms < $1",
+                    &[&(seen_ms - TOMBSTONE_MS)],
+                )
+                .await
+                .map_err(query)?;
+                tx.commit().await.map_err(query)?;
                 Ok(usize::try_from(written).unwrap_or(usize::MAX))
             })
             .map_err(storage)

@@ -6,7 +6,8 @@
 //! * **In the database** ([`super::postgres::PgStore`]): every job (spec and runtime), the jobs
 //!   deleted lately (tombstones, for the other replicas), and every registered agent (address,
 //!   host facts, what the takeover rules of [`super::Caller`] need: peer address and TLS
-//!   identity) with the time of its latest heartbeat as of the last batch that wrote it.
+//!   identity), the replica that vouches for its heartbeats (`vouched_by`), and one row per
+//!   replica (`registry_replicas`) saying until when the agents it vouches for heartbeat.
 //! * **In memory, on each replica**: a copy of all of it, which answers every read, and what
 //!   the agents heartbeating to *this* replica changed since the last flush (the dirty subtasks,
 //!   the newer heartbeat times, metrics).
@@ -20,13 +21,20 @@
 //!   ([`super::flusher`], every [`super::FLUSH_INTERVAL`]) writes those subtasks, and only those,
 //!   into each job's row under `SELECT … FOR UPDATE`, then derives the job's status again from
 //!   the merged row: agents heartbeating to different replicas never overwrite each other.
-//! * **Heartbeat times** are written by the same flush, in one statement for all agents, and
-//!   only for agents whose stored time is older than [`HEARTBEAT_WRITE_FRACTION`] of the
-//!   heartbeat timeout: 1,000 agents heartbeating every second to a coordinator with a 30 s
-//!   timeout write about 1,000 rows every 7.5 s, not 1,000 a second
-//!   ([`super::Registry::store_writes`] counts them). Liveness ([`super::Registry::expire`])
-//!   uses the latest time any replica saw, which is at most that fraction plus two flush
-//!   intervals old, so a heartbeat timeout must stay well above that (the default 30 s does).
+//! * **Heartbeats are vouched for, not written.** An agent heartbeats to one replica at a time.
+//!   That replica *vouches* for it while its last heartbeat here is within
+//!   [`VOUCH_FRACTION`] of the heartbeat timeout (7.5 s of the default 30 s; agents beat every
+//!   5 s), and each flush refreshes the replica's one row in `registry_replicas` (`seen_ms`, and
+//!   that window as `vouch_ms`). An agent's own row is written only when the replica vouching
+//!   for it changes: it registers or moves here (*claimed*: `vouched_by` = this replica), or
+//!   stops heartbeating here (*released*, with its real last heartbeat time, only if this
+//!   replica still vouches for it). So 1,000 agents that stay put cost one row per flush, not a
+//!   row per heartbeat ([`super::Registry::store_writes`] counts the agents' rows). Other
+//!   replicas keep each agent's heartbeat time at the later of its own and `seen_ms - vouch_ms`
+//!   of the replica vouching for it: at most that window plus two flush intervals old, so a
+//!   heartbeat timeout must stay well above it (the default 30 s does). A replica that dies
+//!   stops refreshing its row; its agents' times stop with it until they move to another
+//!   replica (within about one heartbeat interval), which claims them.
 //! * **The sync step** ([`super::Registry::sync`], run by the flusher after each flush) pulls
 //!   what changed in the database since the previous pull and applies it to memory without
 //!   marking anything dirty: new jobs, runtimes (keeping the subtasks changed here and not
@@ -64,13 +72,13 @@
 use super::store::JobStore;
 use super::{Inner, Registry, RegistryError, SubtaskPos};
 use crate::registry::postgres::instant_of;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 
-/// A heartbeat time is written again once the stored one is older than this fraction of the
-/// heartbeat timeout (see the module docs).
-pub const HEARTBEAT_WRITE_FRACTION: u32 = 4;
+/// A replica vouches for an agent while the agent's last heartbeat to it is within this
+/// fraction of the heartbeat timeout (see the module docs).
+pub const VOUCH_FRACTION: u32 = 4;
 
 /// What one [`Registry::sync`] applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -131,9 +139,16 @@ impl Registry {
             }
         }
 
+        // Agents whose latest heartbeat went to another replica, which claimed them.
+        let mut gone_elsewhere: Vec<(String, i64)> = Vec::new();
         for tm in pulled.taskmanagers {
-            let stored = inner.stored_beats.entry(tm.id.clone()).or_insert(0);
-            *stored = (*stored).max(tm.last_heartbeat_ms);
+            if tm
+                .vouched_by
+                .as_deref()
+                .is_some_and(|by| Some(by) != self.replica.as_deref())
+            {
+                gone_elsewhere.push((tm.id.clone(), tm.last_heartbeat_ms));
+            }
             match inner.taskmanagers.get_mut(&tm.id) {
                 Some(known) => {
                     let reregistered = tm.registered_ms > known.registered_ms;
@@ -150,7 +165,11 @@ impl Registry {
                         known.last_heartbeat_ms = tm.last_heartbeat_ms;
                         known.last_heartbeat = instant_of(tm.last_heartbeat_ms);
                     }
-                    if reregistered || newer {
+                    let moved = known.vouched_by != tm.vouched_by;
+                    // The database says who vouches for it now (claims and releases commit in
+                    // one order there; memory follows).
+                    known.vouched_by = tm.vouched_by;
+                    if reregistered || newer || moved {
                         synced.taskmanagers += 1;
                     }
                 }
@@ -162,40 +181,89 @@ impl Registry {
                 None => {}
             }
         }
+
+        // An agent claimed elsewhere with a heartbeat newer than its last one here is not this
+        // replica's to vouch for (or release) any more; a later heartbeat here claims it back.
+        for (id, their_beat) in gone_elsewhere {
+            if inner
+                .beats_here
+                .get(&id)
+                .is_some_and(|&here| here <= their_beat)
+            {
+                inner.beats_here.remove(&id);
+            }
+        }
+
+        // The other replicas' refreshed rows: every agent they vouch for heartbeat until then.
+        let vouched: HashMap<&str, i64> = pulled
+            .replicas
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != self.replica.as_deref())
+            .map(|(id, until)| (id.as_str(), *until))
+            .collect();
+        if !vouched.is_empty() {
+            for tm in inner.taskmanagers.values_mut() {
+                let until = tm.vouched_by.as_deref().and_then(|r| vouched.get(r));
+                if let Some(&until) = until
+                    && until > tm.last_heartbeat_ms
+                {
+                    tm.last_heartbeat_ms = until;
+                    tm.last_heartbeat = instant_of(until);
+                }
+            }
+        }
         Ok(synced)
     }
 
-    /// Writes the heartbeat times the store is too far behind on (a shared store only; see
-    /// the module docs). Holds `inner` only to pick them.
+    /// Refreshes this replica's vouching row and writes the agents whose vouching changed:
+    /// those heartbeating here that it does not vouch for yet (claimed), and those it vouches
+    /// for that stopped heartbeating here (released); see the module docs. Holds `inner` only to
+    /// pick them and to take the result in.
     pub(super) fn flush_heartbeats(
         &self,
         store: &mut MutexGuard<'_, Box<dyn JobStore>>,
     ) -> Result<(), RegistryError> {
-        let stale_ms =
-            i64::try_from((self.heartbeat_timeout / HEARTBEAT_WRITE_FRACTION).as_millis())
-                .unwrap_or(i64::MAX);
-        let due: Vec<(String, i64)> = {
+        let window = self.heartbeat_timeout / VOUCH_FRACTION;
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let now = flamegrid_model::clock::now_ms();
+        let fresh_since = now.saturating_sub(window_ms);
+        let me = self.replica.as_deref();
+        let (claims, releases) = {
             let inner = self.lock();
-            inner
-                .taskmanagers
-                .values()
-                .filter(|tm| {
-                    let stored = inner.stored_beats.get(&tm.id).copied().unwrap_or(0);
-                    tm.last_heartbeat_ms.saturating_sub(stored) >= stale_ms
-                })
-                .map(|tm| (tm.id.clone(), tm.last_heartbeat_ms))
-                .collect()
+            let mut claims: Vec<(String, i64)> = Vec::new();
+            let mut releases: Vec<(String, i64)> = Vec::new();
+            for (id, &at) in &inner.beats_here {
+                let vouched_here = inner
+                    .taskmanagers
+                    .get(id)
+                    .is_some_and(|tm| tm.vouched_by.as_deref() == me);
+                if at >= fresh_since && !vouched_here {
+                    claims.push((id.clone(), at));
+                } else if at < fresh_since {
+                    releases.push((id.clone(), at));
+                }
+            }
+            (claims, releases)
         };
-        if due.is_empty() {
-            return Ok(());
-        }
-        let beats: Vec<(&str, i64)> = due.iter().map(|(id, ms)| (id.as_str(), *ms)).collect();
-        let written = store.touch_taskmanagers(&beats)?;
+        let written = store.vouch(now, window_ms, &as_refs(&claims), &as_refs(&releases))?;
         self.written[1].fetch_add(written as u64, Ordering::Relaxed);
         let mut inner = self.lock();
-        for (id, ms) in due {
-            let stored = inner.stored_beats.entry(id).or_insert(0);
-            *stored = (*stored).max(ms);
+        for (id, _) in claims {
+            if let Some(tm) = inner.taskmanagers.get_mut(&id) {
+                tm.vouched_by = self.replica.clone();
+            }
+        }
+        for (id, at) in releases {
+            // The database no longer has this replica vouching for it: a beat that arrived
+            // during the write is claimed again by the next flush.
+            if let Some(tm) = inner.taskmanagers.get_mut(&id)
+                && tm.vouched_by.as_deref() == me
+            {
+                tm.vouched_by = None;
+            }
+            if inner.beats_here.get(&id) == Some(&at) {
+                inner.beats_here.remove(&id);
+            }
         }
         Ok(())
     }
@@ -223,8 +291,6 @@ impl Registry {
             && !inner.taskmanagers.contains_key(agent_id)
         {
             tracing::debug!(agent = %agent_id, "task manager read through from the shared database");
-            let stored = inner.stored_beats.entry(tm.id.clone()).or_insert(0);
-            *stored = (*stored).max(tm.last_heartbeat_ms);
             inner.taskmanagers.insert(tm.id.clone(), tm);
         }
     }
@@ -338,4 +404,9 @@ fn apply_runtime(inner: &mut Inner, j: usize, pulled: super::job::JobRuntime, no
         inner.unwatch(&tm, pos);
     }
     true
+}
+
+/// Borrowed views of owned (id, time) pairs, as [`JobStore::vouch`] takes them.
+fn as_refs(list: &[(String, i64)]) -> Vec<(&str, i64)> {
+    list.iter().map(|(id, ms)| (id.as_str(), *ms)).collect()
 }

@@ -111,9 +111,23 @@ pub trait JobStore: Send + std::fmt::Debug {
     fn put_taskmanager(&mut self, _tm: &TaskManager) -> Result<(), RegistryError> {
         Ok(())
     }
-    /// Stores the last heartbeat time of these task managers (a shared store only), in one
-    /// transaction; never moves a stored time backwards. Returns the rows written.
-    fn touch_taskmanagers(&mut self, _beats: &[(&str, i64)]) -> Result<usize, RegistryError> {
+    /// This replica's id in a shared store (the `vouched_by` of the agents it vouches for);
+    /// `None` for a store nobody else writes.
+    fn replica_id(&self) -> Option<&str> {
+        None
+    }
+    /// Refreshes this replica's vouching row (`seen_ms`, `vouch_ms`), and in the same
+    /// transaction claims the agents in `claims` (they heartbeat here now) and releases those in
+    /// `releases` that it still vouches for (they stopped heartbeating here), each with its last
+    /// heartbeat time here; never moves a stored time backwards (a shared store only). Returns
+    /// the task manager rows written.
+    fn vouch(
+        &mut self,
+        _seen_ms: i64,
+        _vouch_ms: i64,
+        _claims: &[(&str, i64)],
+        _releases: &[(&str, i64)],
+    ) -> Result<usize, RegistryError> {
         Ok(0)
     }
 }
@@ -137,8 +151,12 @@ pub struct Pulled {
     pub jobs: Vec<(Option<JobSpec>, String, JobRuntime)>,
     /// Jobs deleted.
     pub deleted: Vec<String>,
-    /// Task managers registered or heartbeating, as stored.
+    /// Task managers registered, claimed or released, as stored (their heartbeat time already
+    /// the later of their own and their vouching replica's).
     pub taskmanagers: Vec<TaskManager>,
+    /// Replicas whose vouching row changed: id, and the time until which every agent it vouches
+    /// for is known to have heartbeat (`seen_ms - vouch_ms`).
+    pub replicas: Vec<(String, i64)>,
 }
 
 /// Merges `local` (memory) into `stored` (the store's row) for the positions that changed

@@ -53,6 +53,10 @@ pub struct TaskManager {
     pub peer_ip: Option<std::net::IpAddr>,
     /// The DER of the TLS client certificate it registered with (mutual TLS), if any.
     pub tls_identity: Option<Vec<u8>>,
+    /// The replica that vouches for its heartbeats (a shared store only): the one it heartbeats
+    /// to, as the database last said. Other replicas keep it alive from that replica's own
+    /// refreshed row instead of a heartbeat time written per agent (see `replication.rs`).
+    pub vouched_by: Option<String>,
 }
 
 impl TaskManager {

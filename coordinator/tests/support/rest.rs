@@ -538,9 +538,12 @@ pub fn spawn_metrics_agent(coordinators: &str, id: &str) -> MetricsAgent {
             .args(["run", "--coordinator", coordinators, "--id", id])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            // Warnings and errors reach the test's output: an agent that cannot start (a port
+            // taken meanwhile) says so instead of a silent wait for its registration.
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),
     );
