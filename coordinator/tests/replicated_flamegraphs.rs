@@ -109,8 +109,13 @@ fn settings() -> FlameGraphSettings {
 
 /// A replica: its own connection (and so its own replica id) to the database at `url`.
 fn replica(url: &str, lease: Duration) -> FlameGraphService {
+    replica_with(url, lease, settings())
+}
+
+/// [`replica`] with other `settings`.
+fn replica_with(url: &str, lease: Duration, settings: FlameGraphSettings) -> FlameGraphService {
     let db = Database::connect(url).unwrap();
-    FlameGraphService::replicated(settings(), AgentAuth::default(), SharedRuns::new(db, lease))
+    FlameGraphService::replicated(settings, AgentAuth::default(), SharedRuns::new(db, lease))
 }
 
 /// Polls `replica` (as the dashboard does) until it serves a graph.
@@ -284,4 +289,48 @@ async fn replicas_follow_each_others_new_runs_and_history_is_bounded() {
     );
     assert_eq!(kept, "10", "the last --flamegraph-history runs are kept");
     assert_eq!(b.history(&key()).len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_refresh_is_not_answered_by_a_run_that_started_before_it() {
+    let Some(db) = scratch_database("replicated_forced") else {
+        return;
+    };
+    let workload = spinners_and_sleeper();
+    let agent = agent().await;
+    let v = vertex(&agent, workload.pid());
+    let lease = Duration::from_secs(30);
+    // Runs of about 3 s (60 × 50 ms), so that one is still running when the refresh is asked;
+    // graphs fresh for an hour, so that only the forced refresh can start a second run.
+    let mut slow = settings();
+    slow.params.num_samples = 60;
+    slow.params.delay_ms = 50;
+    slow.limits = CacheLimits::new(Duration::from_secs(3600), Duration::from_secs(3600));
+    let (a, b) = (
+        replica_with(&db.url, lease, slow),
+        replica_with(&db.url, lease, slow),
+    );
+    // A starts a run and holds its lease.
+    let _ = a.answer(&key(), &v);
+    poll("A to start its run", || async {
+        (a.runs_started() == 1).then_some(())
+    })
+    .await;
+    // B is asked for a refreshed graph while A's run is under way: A's run, stored after this
+    // request, started before it, so B must sample anew once A's lease is gone.
+    let asked = flamegrid_model::clock::now_ms();
+    let _ = b.answer_with(&key(), &v, true);
+    let refreshed = poll(
+        "B to serve a run started after the refresh was asked",
+        || async {
+            b.answer(&key(), &v)
+                .graph()
+                .filter(|g| g.start_ms >= asked)
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(b.runs_started(), 1, "B sampled for the refresh");
+    assert_eq!(agent.runs().await, 2, "A's run and B's");
+    assert!(refreshed.sample_count(GraphType::Full) > 0);
 }

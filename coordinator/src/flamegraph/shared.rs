@@ -588,6 +588,17 @@ async fn execute_inner(
     } else {
         asked.saturating_sub(ctx.refresh.as_millis().min(i64::MAX as u128) as i64)
     };
+    // A run that answers this request: for a forced refresh (`?refresh=true`) one that started
+    // after it was asked (a run of this or another replica still being stored when the request
+    // came is older than the request, however late it is stored); otherwise one stored within
+    // the refresh interval.
+    let answers = |r: &StoredRun| {
+        if forced {
+            r.snapshot.start_ms >= asked
+        } else {
+            r.stored_ms >= min_stored
+        }
+    };
     // Everything kept when the cache holds nothing for the key, else only what is newer.
     let mut after = cache.peek(&key).map(|s| s.run_id).unwrap_or(0);
     let give_up = Instant::now() + 2 * (shared.lease() + ctx.deadline) + Duration::from_secs(5);
@@ -596,7 +607,7 @@ async fn execute_inner(
         let mut fresh = false;
         for r in runs.into_iter().rev() {
             *after = (*after).max(r.snapshot.run_id);
-            fresh |= r.stored_ms >= min_stored;
+            fresh |= answers(&r);
             cache.land_stored(&r.key, r.snapshot, r.age);
         }
         fresh
@@ -609,7 +620,7 @@ async fn execute_inner(
         if shared.try_lease(&key).await? {
             // The last holder stores and drops its lease in one transaction: look once more.
             let runs = shared.kept(&key, ctx.history, after).await?;
-            if runs.iter().any(|r| r.stored_ms >= min_stored) {
+            if runs.iter().any(answers) {
                 shared.release(&key).await?;
                 catch_up(&mut after, runs);
                 return Ok(());
