@@ -84,12 +84,7 @@ async fn a_job_posted_on_one_replica_is_served_and_canceled_on_the_other() {
     agent.heartbeat().await;
     poll("B to show the subtasks A saw running", || async {
         let (_, details) = get(&b.rest, &format!("/jobs/{id}/vertices/{vertex}")).await;
-        details["subtasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["status"] == "RUNNING")
-            .then_some(())
+        support::all_subtasks_running(&details).then_some(())
     })
     .await;
 

@@ -583,11 +583,7 @@ async fn execute_inner(
     let cache = Arc::clone(ticket.cache());
     let shared = &ctx.shared;
     let asked = shared.now_ms().await?;
-    let min_stored = if forced {
-        asked
-    } else {
-        asked.saturating_sub(ctx.refresh.as_millis().min(i64::MAX as u128) as i64)
-    };
+    let min_stored = asked.saturating_sub(ctx.refresh.as_millis().min(i64::MAX as u128) as i64);
     // A run that answers this request: for a forced refresh (`?refresh=true`) one that started
     // after it was asked (a run of this or another replica still being stored when the request
     // came is older than the request, however late it is stored); otherwise one stored within

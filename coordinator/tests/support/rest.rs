@@ -354,16 +354,21 @@ pub async fn running_job(c: &TestCoordinator, body: &Value) -> (String, Vec<Stri
     for vid in &vertices {
         poll("every subtask RUNNING", || async {
             let v = c.get_ok(&format!("/jobs/{jobid}/vertices/{vid}")).await;
-            v["subtasks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|s| s["status"] == "RUNNING")
-                .then_some(())
+            all_subtasks_running(&v).then_some(())
         })
         .await;
     }
     (jobid, vertices)
+}
+
+/// Whether every subtask of a vertex details body (`/jobs/:jobid/vertices/:vertexid`) is
+/// RUNNING.
+pub fn all_subtasks_running(vertex: &Value) -> bool {
+    vertex["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["status"] == "RUNNING")
 }
 
 /// Polls the JSON endpoint until a graph (not a sentinel) is there.
