@@ -14,6 +14,9 @@
 //!   the whole CPU cost of the answers, and the bound of the time after the last answer should
 //!   every agent answer at the same instant.
 //!
+//! * `store_encode` / `store_decode`: the run as a replicated coordinator stores it in the
+//!   shared database and another replica reads it back ([`stored`], issue 16).
+//!
 //! Run with `cargo bench -p flamegrid-coordinator --bench fanout` (release).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a bench fails
@@ -22,6 +25,7 @@ use flamegrid_coordinator::fanout::{FanOutOutcome, absorb_answer};
 use flamegrid_coordinator::flamegraph::cache::{CacheLimits, GraphCache, GraphKey};
 use flamegrid_coordinator::flamegraph::profile::FoldedSubtask;
 use flamegrid_coordinator::flamegraph::run::{RunCounters, RunFold, land};
+use flamegrid_coordinator::flamegraph::stored;
 use flamegrid_model::{Frame, SampleSet, SampleSetBuilder, SampledThread, ThreadState};
 use flamegrid_proto::SampleResponseBuilder;
 use flamegrid_proto::convert::WireLimits;
@@ -144,6 +148,29 @@ fn benches(c: &mut Criterion) {
             }
             outcome
         })
+    });
+    // What a replica on a shared database does with the run (issue 16): encodes it to store it,
+    // and what every other replica does to serve it: decodes it.
+    let snapshot = {
+        let mut outcome = FanOutOutcome::default();
+        let fold = RunFold::default();
+        for (agent, resp) in answers.iter().enumerate() {
+            take_in(&mut outcome, &fold, agent as u32, resp);
+        }
+        let ticket = cache.lookup_with(&key, true).ticket.unwrap();
+        land(&counters, ticket, outcome, &fold.names, Default::default())
+    };
+    let body = stored::encode(&snapshot).unwrap();
+    eprintln!(
+        "stored run of {} subtasks: {} bytes deflated",
+        snapshot.subtasks.len(),
+        body.len()
+    );
+    g.bench_function("store_encode/10000_subtasks", |b| {
+        b.iter(|| stored::encode(&snapshot).unwrap())
+    });
+    g.bench_function("store_decode/10000_subtasks", |b| {
+        b.iter(|| stored::decode(1, &body).unwrap())
     });
     g.finish();
 }

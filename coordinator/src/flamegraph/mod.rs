@@ -46,6 +46,7 @@ pub mod prune;
 pub mod run;
 pub mod shared;
 pub mod speedscope;
+pub mod stored;
 pub mod svg;
 
 use crate::fanout::{AgentAuth, FanOut, FanOutError};

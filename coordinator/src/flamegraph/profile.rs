@@ -67,6 +67,11 @@ pub struct NameTable {
 }
 
 impl NameTable {
+    /// A table of `names` (a run's, read back from the shared database: [`super::stored`]).
+    pub fn new(names: Vec<String>) -> Self {
+        NameTable { names }
+    }
+
     /// Number of names.
     pub fn len(&self) -> usize {
         self.names.len()
@@ -112,6 +117,15 @@ impl ProfileNames {
             table: Arc::new(NameTable { names }),
             ids,
         }
+    }
+
+    /// The names `ids` of `table` (a table shared by a run read back from the shared database);
+    /// the first id outside the table is an error.
+    pub fn in_table(table: Arc<NameTable>, ids: Box<[u32]>) -> Result<Self, u32> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.len()) {
+            return Err(bad);
+        }
+        Ok(ProfileNames { table, ids })
     }
 
     /// Number of names.
@@ -283,7 +297,8 @@ impl FoldedSubtask {
 }
 
 /// One subtask's samples of one run, folded by distinct stack; see the module docs. Serialized
-/// (as part of a stored run) only by [`super::shared`], with its names in full.
+/// with its names in full: how the first format of a stored run held it ([`super::stored`]
+/// still reads that format).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubtaskProfile {
     /// Distinct frame names (ids into the run's shared table).
@@ -333,12 +348,13 @@ impl serde::Serialize for SubtaskProfile {
 impl<'de> serde::Deserialize<'de> for SubtaskProfile {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let p = StoredProfile::deserialize(deserializer)?;
-        Ok(SubtaskProfile::assemble(
+        SubtaskProfile::from_parts(
             ProfileNames::own(p.names),
             p.stacks,
             p.threads,
             p.thread_counts,
-        ))
+        )
+        .map_err(serde::de::Error::custom)
     }
 }
 
@@ -354,6 +370,37 @@ fn type_slot(ty: GraphType) -> usize {
 }
 
 impl SubtaskProfile {
+    /// A profile of parts read back from the shared database ([`super::stored`]): every frame
+    /// of its stacks must name one of `names` and every thread split one of `threads`, or it is
+    /// refused (a corrupt row is an error, never a wrong graph or a panic later).
+    pub fn from_parts(
+        names: ProfileNames,
+        stacks: Vec<StackCount>,
+        threads: Vec<SampledThread>,
+        thread_counts: [usize; 3],
+    ) -> Result<Self, String> {
+        for s in &stacks {
+            if let Some(&f) = s.frames.iter().find(|&&f| f as usize >= names.len()) {
+                return Err(format!(
+                    "a stack names frame {f} of a profile of {} names",
+                    names.len()
+                ));
+            }
+            if let Some(&(t, _)) = s.threads.iter().find(|(t, _)| *t as usize >= threads.len()) {
+                return Err(format!(
+                    "a stack names thread {t} of a profile of {} threads",
+                    threads.len()
+                ));
+            }
+        }
+        Ok(SubtaskProfile::assemble(
+            names,
+            stacks,
+            threads,
+            thread_counts,
+        ))
+    }
+
     /// A profile of its parts, its sample counts per type added up once.
     fn assemble(
         names: ProfileNames,

@@ -59,14 +59,14 @@
 //! tries again): cached graphs are still served, stale.
 
 use super::cache::{GraphCache, GraphKey, RunTicket};
-use super::profile::{Snapshot, SubtaskProfile};
+use super::profile::Snapshot;
 use super::run::{self, RunCounters};
+use super::stored::{decode, encode};
 use crate::database::{Database, DatabaseError};
 use crate::fanout::FanOut;
 use crate::missing::Missing;
 use crate::sampling::{SamplingParams, SubtaskTarget};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -77,10 +77,6 @@ pub const POLL: Duration = Duration::from_millis(400);
 /// How far back the follower looks again, so that a run committed late (after a newer one it
 /// has already read) is not missed.
 const FOLLOW_OVERLAP_MS: i64 = 5_000;
-
-/// The largest stored snapshot (JSON, once inflated) a replica reads: a bound on what a
-/// corrupt or hostile row can make it allocate.
-pub const MAX_STORED_BYTES: u64 = 512 * 1024 * 1024;
 
 /// The database clock in ms, in SQL: leases and freshness are judged by one clock.
 const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
@@ -94,6 +90,31 @@ pub struct SharedRuns {
     /// its cache, so the follower does not read them back (at 10,000 subtasks a run is
     /// megabytes to inflate and parse).
     own: Arc<std::sync::Mutex<Vec<(i64, i64)>>>,
+    /// Keys whose run this replica is storing now, each with a lock held until the store ends:
+    /// the replica's next run of the key waits for it ([`SharedRuns::own_store_done`]) rather
+    /// than polling for the lease the store is about to drop.
+    storing: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// A store in flight ([`SharedRuns::store`]): its key's entry in [`SharedRuns::storing`],
+/// removed (and its lock released) when dropped, however the store ends.
+struct StoreInFlight {
+    storing: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for StoreInFlight {
+    fn drop(&mut self) {
+        let mut storing = self.storing.lock().unwrap_or_else(|p| p.into_inner());
+        if storing
+            .get(&self.key)
+            .is_some_and(|l| Arc::ptr_eq(l, &self.lock))
+        {
+            storing.remove(&self.key);
+        }
+    }
 }
 
 /// A run read back from the database.
@@ -107,69 +128,6 @@ pub struct StoredRun {
     pub stored_ms: i64,
     /// How long ago it was stored.
     pub age: Duration,
-}
-
-/// What is stored of a run (the body, before deflating).
-#[derive(serde::Serialize)]
-struct BodyRef<'a> {
-    start_ms: i64,
-    end_ms: i64,
-    subtasks: Vec<(u32, &'a SubtaskProfile)>,
-    missing: &'a Missing,
-}
-
-/// A stored run's body as read.
-#[derive(serde::Deserialize)]
-struct Body {
-    start_ms: i64,
-    end_ms: i64,
-    subtasks: Vec<(u32, SubtaskProfile)>,
-    missing: Missing,
-}
-
-/// `snapshot` as stored: JSON, deflated.
-pub fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, String> {
-    let body = BodyRef {
-        start_ms: snapshot.start_ms,
-        end_ms: snapshot.end_ms,
-        subtasks: snapshot
-            .subtasks
-            .iter()
-            .map(|(i, p)| (*i, p.as_ref()))
-            .collect(),
-        missing: &snapshot.missing,
-    };
-    let mut out = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-    serde_json::to_writer(&mut out, &body).map_err(|e| e.to_string())?;
-    out.finish().map_err(|e| e.to_string())
-}
-
-/// The run `run_id` from its stored `body`; a clear error (never a panic, never more than
-/// [`MAX_STORED_BYTES`] inflated) for a corrupt one.
-pub fn decode(run_id: u64, body: &[u8]) -> Result<Snapshot, String> {
-    let mut json = Vec::new();
-    flate2::read::DeflateDecoder::new(body)
-        .take(MAX_STORED_BYTES + 1)
-        .read_to_end(&mut json)
-        .map_err(|e| format!("stored run {run_id}: cannot inflate: {e}"))?;
-    if json.len() as u64 > MAX_STORED_BYTES {
-        return Err(format!(
-            "stored run {run_id}: larger than {MAX_STORED_BYTES} bytes once inflated"
-        ));
-    }
-    let body: Body =
-        serde_json::from_slice(&json).map_err(|e| format!("stored run {run_id}: {e}"))?;
-    Ok(Snapshot {
-        run_id,
-        start_ms: body.start_ms,
-        end_ms: body.end_ms,
-        subtasks: body
-            .subtasks
-            .into_iter()
-            .map(|(i, p)| (i, Arc::new(p)))
-            .collect::<BTreeMap<_, _>>(),
-        missing: body.missing,
-    })
 }
 
 /// `key` as stored: `job/vertex` or `job/vertex/subtask`.
@@ -204,38 +162,80 @@ fn query_error(e: tokio_postgres::Error) -> DatabaseError {
     crate::database::query_failed(e)
 }
 
-/// A row of `flamegraph_runs` (run_id, key, stored_ms, age_ms, body) as a [`StoredRun`] for
-/// `wanted` (cut to its subtask when the row is a vertex run); `None`, logged, when it cannot
-/// be read.
-fn stored_run(row: &tokio_postgres::Row, wanted: Option<&GraphKey>) -> Option<StoredRun> {
-    let run_id: i64 = row.get(0);
-    let key_text: String = row.get(1);
-    let stored_ms: i64 = row.get(2);
-    let age_ms: i64 = row.get(3);
-    let body: Vec<u8> = row.get(4);
-    let Some(stored_key) = parse_key(&key_text) else {
-        tracing::warn!(run_id, key = %key_text, "stored flame graph run with a malformed key: skipped");
-        return None;
-    };
-    let snapshot = match decode(run_id.max(0) as u64, &body) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "stored flame graph run unreadable: skipped");
+/// A row of `flamegraph_runs` as read (run_id, key, stored_ms, age_ms, body), its body not yet
+/// decoded: decoding a big run is CPU work, done off both the database's thread and the async
+/// runtime ([`decode_all`]).
+struct RawRun {
+    run_id: i64,
+    key: String,
+    stored_ms: i64,
+    age_ms: i64,
+    body: Vec<u8>,
+}
+
+impl RawRun {
+    /// The row's columns.
+    fn of(row: &tokio_postgres::Row) -> RawRun {
+        RawRun {
+            run_id: row.get(0),
+            key: row.get(1),
+            stored_ms: row.get(2),
+            age_ms: row.get(3),
+            body: row.get(4),
+        }
+    }
+
+    /// The run as a [`StoredRun`] for `wanted` (cut to its subtask when the row is a vertex
+    /// run); `None`, logged, when it cannot be read.
+    fn decode(self, wanted: Option<&GraphKey>) -> Option<StoredRun> {
+        let RawRun {
+            run_id,
+            key,
+            stored_ms,
+            age_ms,
+            body,
+        } = self;
+        let Some(stored_key) = parse_key(&key) else {
+            tracing::warn!(run_id, %key, "stored flame graph run with a malformed key: skipped");
             return None;
-        }
+        };
+        let snapshot = match decode(run_id.max(0) as u64, &body) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "stored flame graph run unreadable: skipped");
+                return None;
+            }
+        };
+        let (key, snapshot) = match (wanted, stored_key.subtask) {
+            (Some(w), None) if w.subtask.is_some() => {
+                let index = w.subtask?;
+                (w.clone(), snapshot.subtask_part(index)?)
+            }
+            _ => (stored_key, snapshot),
+        };
+        Some(StoredRun {
+            key,
+            snapshot: Arc::new(snapshot),
+            stored_ms,
+            age: Duration::from_millis(age_ms.max(0) as u64),
+        })
+    }
+}
+
+/// `raws` decoded (see [`RawRun::decode`]) on a blocking thread of the current runtime, in
+/// their order; the unreadable ones left out.
+async fn decode_all(raws: Vec<RawRun>, wanted: Option<GraphKey>) -> Vec<StoredRun> {
+    if raws.is_empty() {
+        return Vec::new();
+    }
+    let work = move || {
+        raws.into_iter()
+            .filter_map(|r| r.decode(wanted.as_ref()))
+            .collect()
     };
-    let (key, snapshot) = match (wanted, stored_key.subtask) {
-        (Some(w), None) if w.subtask.is_some() => {
-            let index = w.subtask?;
-            (w.clone(), snapshot.subtask_part(index)?)
-        }
-        _ => (stored_key, snapshot),
-    };
-    Some(StoredRun {
-        key,
-        snapshot: Arc::new(snapshot),
-        stored_ms,
-        age: Duration::from_millis(age_ms.max(0) as u64),
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "decoding stored flame graph runs failed");
+        Vec::new()
     })
 }
 
@@ -246,7 +246,7 @@ async fn kept_rows(
     wanted: &GraphKey,
     limit: usize,
     after: u64,
-) -> Result<Vec<StoredRun>, DatabaseError> {
+) -> Result<Vec<RawRun>, DatabaseError> {
     let own = key_text(wanted);
     let vertex = key_text(&wanted.vertex());
     let index = wanted.subtask.map(|i| i as i32).unwrap_or(-1);
@@ -264,10 +264,7 @@ async fn kept_rows(
         )
         .await
         .map_err(query_error)?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| stored_run(r, Some(wanted)))
-        .collect())
+    Ok(rows.iter().map(RawRun::of).collect())
 }
 
 impl SharedRuns {
@@ -276,6 +273,7 @@ impl SharedRuns {
         SharedRuns {
             db,
             own: Arc::default(),
+            storing: Arc::default(),
             lease: lease.max(Duration::from_secs(1)),
         }
     }
@@ -312,9 +310,11 @@ impl SharedRuns {
         after: u64,
     ) -> Result<Vec<StoredRun>, DatabaseError> {
         let wanted = key.clone();
-        self.db
+        let raws = self
+            .db
             .run(move |client| async move { kept_rows(&client, &wanted, limit, after).await })
-            .await
+            .await?;
+        Ok(decode_all(raws, Some(key.clone())).await)
     }
 
     /// Takes `key`'s lease for this replica if nobody holds it or its holder's has expired;
@@ -375,21 +375,56 @@ impl SharedRuns {
             .await
     }
 
+    /// Marks `key`'s store as in flight until the result is dropped.
+    fn store_in_flight(&self, key: &str) -> StoreInFlight {
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        // A fresh lock: taken at once.
+        let held = Arc::clone(&lock).try_lock_owned().ok();
+        self.storing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), Arc::clone(&lock));
+        StoreInFlight {
+            storing: Arc::clone(&self.storing),
+            key: key.to_string(),
+            lock,
+            _held: held,
+        }
+    }
+
+    /// Waits until this replica's store of `key`, if one is in flight, has ended (its lease
+    /// is then dropped, or, should the store fail, dropped by the run's error path).
+    pub async fn own_store_done(&self, key: &GraphKey) {
+        let lock = self
+            .storing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key_text(key))
+            .cloned();
+        if let Some(lock) = lock {
+            drop(lock.lock().await);
+        }
+    }
+
     /// Stores `snapshot` (a run that delivered) under `key`, deletes the key's runs beyond the
     /// newest `history`, and drops this replica's lease on `key`, in one transaction. A run of
     /// a job removed from the registry meanwhile (a tombstone in `registry_deleted_jobs`) is
-    /// not stored: nobody may read it any more.
+    /// not stored: nobody may read it any more. The run is encoded on a blocking thread (at
+    /// ten thousand subtasks that is tens of milliseconds of CPU).
     pub async fn store(
         &self,
         key: &GraphKey,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         history: usize,
     ) -> Result<(), DatabaseError> {
-        let body = encode(snapshot).map_err(|message| DatabaseError::Query {
-            url: String::new(),
-            message,
-        })?;
         let own = key_text(key);
+        let _in_flight = self.store_in_flight(&own);
+        let run = Arc::clone(snapshot);
+        let body = tokio::task::spawn_blocking(move || encode(&run))
+            .await
+            .map_err(|e| format!("encoding the run failed: {e}"))
+            .and_then(|encoded| encoded)
+            .map_err(|message| self.db.query_error(message))?;
         let vertex = key_text(&key.vertex());
         let job = key.job_id.clone();
         let delivered: Vec<i32> = snapshot.subtasks.keys().map(|&i| i as i32).collect();
@@ -455,7 +490,8 @@ impl SharedRuns {
         seen: Vec<i64>,
     ) -> Result<(Vec<StoredRun>, i64), DatabaseError> {
         let vertices: Vec<String> = vertices.iter().map(|(j, v)| format!("{j}/{v}")).collect();
-        self.db
+        let (raws, now) = self
+            .db
             .run(move |client| async move {
                 let now: i64 = client
                     .query_one(&format!("SELECT {NOW_MS}"), &[])
@@ -477,9 +513,10 @@ impl SharedRuns {
                     )
                     .await
                     .map_err(query_error)?;
-                Ok((rows.iter().filter_map(|r| stored_run(r, None)).collect(), now))
+                Ok((rows.iter().map(RawRun::of).collect::<Vec<_>>(), now))
             })
-            .await
+            .await?;
+        Ok((decode_all(raws, None).await, now))
     }
 
     /// Of `jobs`, those the shared registry removed (expired or deleted by any replica: a
@@ -526,7 +563,7 @@ impl SharedRuns {
         };
         match runs {
             Ok(runs) => {
-                for r in runs.into_iter().rev() {
+                for r in runs.into_iter().rev().filter_map(|r| r.decode(Some(key))) {
                     cache.land_stored(&r.key, r.snapshot, r.age);
                 }
             }
@@ -609,6 +646,8 @@ async fn execute_inner(
         fresh
     };
     loop {
+        // This replica's own last run of the key may still be being stored, holding the lease.
+        shared.own_store_done(&key).await;
         let runs = shared.kept(&key, ctx.history, after).await?;
         if catch_up(&mut after, runs) {
             return Ok(()); // someone's fresh run: no sampling (dropping the ticket ends it)
@@ -706,18 +745,9 @@ pub fn spawn_follower(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flamegraph::profile::tests::{snapshot, spin_and_sleep};
 
     #[test]
-    fn a_stored_run_reads_back_equal_and_a_corrupt_one_is_refused() {
-        let s = snapshot(7, &[(0, spin_and_sleep(5)), (3, spin_and_sleep(2))], &[1]);
-        let body = encode(&s).unwrap();
-        let back = decode(7, &body).unwrap();
-        assert_eq!(back, s);
-        assert!(decode(7, b"not deflate at all").is_err());
-        let mut cut = body.clone();
-        cut.truncate(body.len() / 2);
-        assert!(decode(7, &cut).is_err());
+    fn keys_read_back_and_malformed_ones_are_refused() {
         for key in [
             GraphKey {
                 job_id: "a".repeat(32),
