@@ -166,6 +166,24 @@ fn benches(c: &mut Criterion) {
         snapshot.subtasks.len(),
         body.len()
     );
+    // Format 1, as stored before format 2: every subtask with its names in full.
+    let encode_format_1 = || {
+        let subtasks: Vec<_> = snapshot
+            .subtasks
+            .iter()
+            .map(|(i, p)| (*i, p.as_ref()))
+            .collect();
+        let mut out = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        serde_json::to_writer(&mut out, &(snapshot.start_ms, &subtasks)).unwrap();
+        out.finish().unwrap()
+    };
+    eprintln!(
+        "the same run in format 1 (names in full per subtask): {} bytes deflated",
+        encode_format_1().len()
+    );
+    g.bench_function("store_encode_format_1/10000_subtasks", |b| {
+        b.iter(encode_format_1)
+    });
     g.bench_function("store_encode/10000_subtasks", |b| {
         b.iter(|| stored::encode(&snapshot).unwrap())
     });

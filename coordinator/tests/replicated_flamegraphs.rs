@@ -220,10 +220,10 @@ async fn a_replica_waits_for_the_lease_holder_and_runs_once_its_lease_expires() 
     let lease = Duration::from_secs(3600);
     {
         let dead = SharedRuns::new(Database::connect(&db.url).unwrap(), lease);
-        assert!(dead.try_lease(&key()).await.unwrap());
+        assert!(dead.try_lease(&key()).await.unwrap().is_some());
         let other = SharedRuns::new(Database::connect(&db.url).unwrap(), lease);
         assert!(
-            !other.try_lease(&key()).await.unwrap(),
+            other.try_lease(&key()).await.unwrap().is_none(),
             "a lease is held by one replica"
         );
     }
@@ -252,6 +252,40 @@ async fn a_replica_waits_for_the_lease_holder_and_runs_once_its_lease_expires() 
     assert_eq!(agent.runs().await, 1);
     let holder = psql(&db.url, "SELECT count(*) FROM flamegraph_leases");
     assert_eq!(holder, "0", "released once stored");
+}
+
+/// A replica takes its own lease again for its next run while the previous run is still being
+/// stored (so that run need not wait for the store), and what the earlier run then drops is
+/// only its own taking, never the new one: other replicas stay out until the new run ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_takes_its_own_lease_again_and_an_earlier_run_cannot_drop_the_new_one() {
+    let Some(db) = scratch_database("replicated_retake") else {
+        return;
+    };
+    let lease = Duration::from_secs(3600);
+    let a = SharedRuns::new(Database::connect(&db.url).unwrap(), lease);
+    let b = SharedRuns::new(Database::connect(&db.url).unwrap(), lease);
+    let first = a.try_lease(&key()).await.unwrap().expect("nobody holds it");
+    let second = a
+        .try_lease(&key())
+        .await
+        .unwrap()
+        .expect("its holder takes it again");
+    assert_ne!(first, second, "each taking is told apart");
+    assert!(b.try_lease(&key()).await.unwrap().is_none());
+    // The first run ends (released, as a run that delivered nothing does; a stored run drops
+    // its lease the same way): the second still holds.
+    a.release(&first).await.unwrap();
+    assert!(
+        b.try_lease(&key()).await.unwrap().is_none(),
+        "an earlier run dropped its holder's newer lease"
+    );
+    a.release(&second).await.unwrap();
+    assert!(b.try_lease(&key()).await.unwrap().is_some());
+    assert!(
+        a.try_lease(&key()).await.unwrap().is_none(),
+        "B holds it now"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,12 @@
 //!   "why" answers), and the next request anywhere samples again.
 //! * **Leases** (`flamegraph_leases`): one row per key being sampled, naming the replica that
 //!   runs it ([`crate::database::Database::replica_id`]) and until when (`--flamegraph-lease-s`,
-//!   database clock). Taken atomically: inserted, or updated only when expired.
+//!   database clock). Taken atomically: inserted, or updated only when expired or by its own
+//!   holder. A replica's next run of a key takes the lease again while its previous run is
+//!   still being stored (encoding and writing a run of ten thousand subtasks takes a while),
+//!   so the next run does not wait for that store; every taking moves the expiry forward, and
+//!   a store or release drops the lease only if it still has the expiry its own run took
+//!   ([`Lease`]), so an earlier run never drops the next one's lease.
 //!
 //! Run ids come from one database sequence, so they are ordered across replicas (the cache
 //! orders runs, and compares a subtask's own run with its vertex's, by run id).
@@ -90,31 +95,14 @@ pub struct SharedRuns {
     /// its cache, so the follower does not read them back (at 10,000 subtasks a run is
     /// megabytes to inflate and parse).
     own: Arc<std::sync::Mutex<Vec<(i64, i64)>>>,
-    /// Keys whose run this replica is storing now, each with a lock held until the store ends:
-    /// the replica's next run of the key waits for it ([`SharedRuns::own_store_done`]) rather
-    /// than polling for the lease the store is about to drop.
-    storing: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
-/// A store in flight ([`SharedRuns::store`]): its key's entry in [`SharedRuns::storing`],
-/// removed (and its lock released) when dropped, however the store ends.
-struct StoreInFlight {
-    storing: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+/// A lease this replica took on a key ([`SharedRuns::try_lease`]): the key and the expiry it
+/// was taken with, which tells it from a later taking of the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
     key: String,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    _held: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for StoreInFlight {
-    fn drop(&mut self) {
-        let mut storing = self.storing.lock().unwrap_or_else(|p| p.into_inner());
-        if storing
-            .get(&self.key)
-            .is_some_and(|l| Arc::ptr_eq(l, &self.lock))
-        {
-            storing.remove(&self.key);
-        }
-    }
+    expires_ms: i64,
 }
 
 /// A run read back from the database.
@@ -273,7 +261,6 @@ impl SharedRuns {
         SharedRuns {
             db,
             own: Arc::default(),
-            storing: Arc::default(),
             lease: lease.max(Duration::from_secs(1)),
         }
     }
@@ -317,43 +304,54 @@ impl SharedRuns {
         Ok(decode_all(raws, Some(key.clone())).await)
     }
 
-    /// Takes `key`'s lease for this replica if nobody holds it or its holder's has expired;
-    /// whether it did.
-    pub async fn try_lease(&self, key: &GraphKey) -> Result<bool, DatabaseError> {
+    /// Takes `key`'s lease for this replica if nobody holds it, its holder's has expired, or
+    /// this replica holds it itself (its previous run of the key is still being stored: the
+    /// next run need not wait for that); the lease taken, or `None`.
+    pub async fn try_lease(&self, key: &GraphKey) -> Result<Option<Lease>, DatabaseError> {
         let key = key_text(key);
         let holder = self.db.replica_id().to_string();
         let lease_ms = self.lease.as_millis().min(i64::MAX as u128) as i64;
         self.db
             .run(move |client| async move {
-                let rows = client
-                    .query(
+                // Every take moves the expiry forward, so each lease taken has its own expiry:
+                // what the store or release of an earlier run of this replica names, and
+                // does not match once the lease has been taken again.
+                let row = client
+                    .query_opt(
                         &format!(
                             "INSERT INTO flamegraph_leases (key, holder, expires_ms) \
                              VALUES ($1, $2, {NOW_MS} + $3) \
                              ON CONFLICT (key) DO UPDATE \
-                             SET holder = EXCLUDED.holder, expires_ms = EXCLUDED.expires_ms \
+                             SET holder = EXCLUDED.holder, \
+                                 expires_ms = GREATEST(EXCLUDED.expires_ms, flamegraph_leases.expires_ms + 1) \
                              WHERE flamegraph_leases.expires_ms < {NOW_MS} \
-                             RETURNING holder"
+                                OR flamegraph_leases.holder = EXCLUDED.holder \
+                             RETURNING expires_ms"
                         ),
                         &[&key, &holder, &lease_ms],
                     )
                     .await
                     .map_err(query_error)?;
-                Ok(!rows.is_empty())
+                Ok(row.map(|row| Lease {
+                    key,
+                    expires_ms: row.get(0),
+                }))
             })
             .await
     }
 
-    /// Drops `key`'s lease if this replica holds it.
-    pub async fn release(&self, key: &GraphKey) -> Result<(), DatabaseError> {
-        let key = key_text(key);
+    /// Drops `lease` unless it has been taken again since (by another replica once expired,
+    /// or by this replica's next run of its key).
+    pub async fn release(&self, lease: &Lease) -> Result<(), DatabaseError> {
+        let Lease { key, expires_ms } = lease.clone();
         let holder = self.db.replica_id().to_string();
         self.db
             .run(move |client| async move {
                 client
                     .execute(
-                        "DELETE FROM flamegraph_leases WHERE key = $1 AND holder = $2",
-                        &[&key, &holder],
+                        "DELETE FROM flamegraph_leases \
+                         WHERE key = $1 AND holder = $2 AND expires_ms = $3",
+                        &[&key, &holder, &expires_ms],
                     )
                     .await
                     .map_err(query_error)?;
@@ -375,39 +373,8 @@ impl SharedRuns {
             .await
     }
 
-    /// Marks `key`'s store as in flight until the result is dropped.
-    fn store_in_flight(&self, key: &str) -> StoreInFlight {
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        // A fresh lock: taken at once.
-        let held = Arc::clone(&lock).try_lock_owned().ok();
-        self.storing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_string(), Arc::clone(&lock));
-        StoreInFlight {
-            storing: Arc::clone(&self.storing),
-            key: key.to_string(),
-            lock,
-            _held: held,
-        }
-    }
-
-    /// Waits until this replica's store of `key`, if one is in flight, has ended (its lease
-    /// is then dropped, or, should the store fail, dropped by the run's error path).
-    pub async fn own_store_done(&self, key: &GraphKey) {
-        let lock = self
-            .storing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key_text(key))
-            .cloned();
-        if let Some(lock) = lock {
-            drop(lock.lock().await);
-        }
-    }
-
     /// Stores `snapshot` (a run that delivered) under `key`, deletes the key's runs beyond the
-    /// newest `history`, and drops this replica's lease on `key`, in one transaction. A run of
+    /// newest `history`, and drops `lease` (unless taken again since), in one transaction. A run of
     /// a job removed from the registry meanwhile (a tombstone in `registry_deleted_jobs`) is
     /// not stored: nobody may read it any more. The run is encoded on a blocking thread (at
     /// ten thousand subtasks that is tens of milliseconds of CPU).
@@ -416,9 +383,9 @@ impl SharedRuns {
         key: &GraphKey,
         snapshot: &Arc<Snapshot>,
         history: usize,
+        lease: &Lease,
     ) -> Result<(), DatabaseError> {
         let own = key_text(key);
-        let _in_flight = self.store_in_flight(&own);
         let run = Arc::clone(snapshot);
         let body = tokio::task::spawn_blocking(move || encode(&run))
             .await
@@ -432,6 +399,7 @@ impl SharedRuns {
         let end_ms = snapshot.end_ms;
         let keep = history.max(1) as i64;
         let holder = self.db.replica_id().to_string();
+        let lease_expires_ms = lease.expires_ms;
         let stored = self
             .db
             .run(move |mut client| async move {
@@ -458,8 +426,8 @@ impl SharedRuns {
                 .await
                 .map_err(query_error)?;
                 tx.execute(
-                    "DELETE FROM flamegraph_leases WHERE key = $1 AND holder = $2",
-                    &[&own, &holder],
+                    "DELETE FROM flamegraph_leases WHERE key = $1 AND holder = $2 AND expires_ms = $3",
+                    &[&own, &holder, &lease_expires_ms],
                 )
                 .await
                 .map_err(query_error)?;
@@ -601,11 +569,14 @@ pub async fn execute(
     forced: bool,
 ) {
     let key = ticket.key().clone();
-    if let Err(e) = execute_inner(&ctx, ticket, targets, absent, forced).await {
+    let mut lease = None;
+    if let Err(e) = execute_inner(&ctx, ticket, targets, absent, forced, &mut lease).await {
         // The ticket is gone with the error: the next request tries again.
         tracing::warn!(error = %e, job = %key.job_id, vertex = %key.vertex_id, subtask = ?key.subtask,
-            "flame graph run not started: the shared database failed");
-        let _ = ctx.shared.release(&key).await;
+            "flame graph run not started or not stored: the shared database failed");
+        if let Some(lease) = lease {
+            let _ = ctx.shared.release(&lease).await;
+        }
     }
 }
 
@@ -615,6 +586,7 @@ async fn execute_inner(
     targets: Vec<SubtaskTarget>,
     absent: Missing,
     forced: bool,
+    lease: &mut Option<Lease>,
 ) -> Result<(), DatabaseError> {
     let key = ticket.key().clone();
     let cache = Arc::clone(ticket.cache());
@@ -646,17 +618,16 @@ async fn execute_inner(
         fresh
     };
     loop {
-        // This replica's own last run of the key may still be being stored, holding the lease.
-        shared.own_store_done(&key).await;
         let runs = shared.kept(&key, ctx.history, after).await?;
         if catch_up(&mut after, runs) {
             return Ok(()); // someone's fresh run: no sampling (dropping the ticket ends it)
         }
-        if shared.try_lease(&key).await? {
+        if let Some(taken) = shared.try_lease(&key).await? {
+            let taken = lease.insert(taken);
             // The last holder stores and drops its lease in one transaction: look once more.
             let runs = shared.kept(&key, ctx.history, after).await?;
             if runs.iter().any(answers) {
-                shared.release(&key).await?;
+                shared.release(taken).await?;
                 catch_up(&mut after, runs);
                 return Ok(());
             }
@@ -679,9 +650,9 @@ async fn execute_inner(
             )
             .await;
             if snapshot.subtasks.is_empty() {
-                shared.release(&key).await?;
+                shared.release(taken).await?;
             } else {
-                shared.store(&key, &snapshot, ctx.history).await?;
+                shared.store(&key, &snapshot, ctx.history, taken).await?;
             }
             return Ok(());
         }
