@@ -464,13 +464,14 @@ fn connect_error(url: &str, e: &deadpool_postgres::PoolError) -> DatabaseError {
 }
 
 /// Why TLS failed for good, when it did: a handshake refused (the server's certificate, see
-/// [`tls::TlsFailure`]) or a server that does not offer TLS to a URL that requires it. Neither
-/// mends by retrying.
+/// [`tls::TlsFailure::is_permanent`]) or a server that does not offer TLS to a URL that
+/// requires it. Neither mends by retrying (a connection broken mid-handshake may, and is not
+/// one of them).
 fn tls_refusal(e: &tokio_postgres::Error) -> Option<String> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
         if let Some(failure) = c.downcast_ref::<tls::TlsFailure>() {
-            return Some(failure.to_string());
+            return failure.is_permanent().then(|| failure.to_string());
         }
         cause = c.source();
     }
@@ -615,7 +616,12 @@ fn redact_query(tail: &str) -> String {
     let query = query
         .split('&')
         .map(|kv| match kv.split_once('=') {
-            Some((key, _)) if is_secret(key) => format!("{key}=***"),
+            // The driver percent-decodes keys too: `pass%77ord=` is a password.
+            Some((key, _))
+                if is_secret(&percent_encoding::percent_decode_str(key).decode_utf8_lossy()) =>
+            {
+                format!("{key}=***")
+            }
             _ => kv.to_string(),
         })
         .collect::<Vec<_>>()
@@ -672,6 +678,7 @@ mod tests {
         for url in [
             "postgres://fg:s3cret@db/x?sslmode=verify-full&sslrootcert=/etc/ca.pem",
             "postgres://db/x?sslrootcert=%2Fca.pem&password=s3cret&sslmode=require",
+            "postgres://db/x?sslrootcert=%2Fca.pem&pass%77ord=s3cret",
             "host=db sslrootcert='/my ca.pem' password='s3cret pw' sslmode=verify-ca",
         ] {
             let shown = redact(url);
@@ -938,6 +945,42 @@ mod tests {
             started.elapsed() < Duration::from_secs(4),
             "not retried: {err}"
         );
+    }
+
+    #[test]
+    fn a_connection_broken_mid_handshake_is_retried() {
+        // A server that agrees to TLS ('S') and then goes away, as one restarting might: not a
+        // refusal, so start-up keeps trying until --database-connect-timeout-s.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0");
+        let Ok(listener) = listener else {
+            panic!("{listener:?}");
+        };
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while let Ok((mut peer, _)) = listener.accept() {
+                let mut request = [0u8; 8];
+                if peer.read_exact(&mut request).is_ok() {
+                    let _ = peer.write_all(b"S");
+                }
+            }
+        });
+        let err = Database::connect_with(
+            &format!("postgres://fg:s3cret@127.0.0.1:{port}/x?sslmode=require"),
+            &ConnectOptions {
+                connect_timeout: Duration::from_secs(1),
+                ..ConnectOptions::default()
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("TLS handshake with 127.0.0.1 failed"), "{err}");
+        assert!(
+            err.contains("attempt(s)") && !err.contains(" 1 attempt(s)"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     /// `url` with its user's password (or its database name) replaced.

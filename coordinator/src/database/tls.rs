@@ -33,7 +33,9 @@
 //! [`tokio_postgres_rustls`] over the tree's rustls (ring), which also offers the server
 //! `tls-server-end-point` channel binding (SCRAM-SHA-256-PLUS; `channel_binding=require` in the
 //! URL insists on it). Its failures are explained by [`MakeTls`]: an unknown issuer or a name
-//! the certificate does not hold says which roots or which host, and what to do.
+//! the certificate does not hold says which roots or which host, and what to do. Unlike libpq,
+//! `prefer` does not fall back to plain text when a handshake fails (only when the server
+//! offers no TLS): a certificate refused under `prefer` with `sslrootcert` stays refused.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -631,18 +633,31 @@ impl TlsConnect<Socket> for Connect {
         } = self;
         let handshake = inner.connect(stream);
         Box::pin(async move {
-            handshake
-                .await
-                .map_err(|e| TlsFailure(explain(&e, &host, &settings)))
+            handshake.await.map_err(|e| TlsFailure {
+                permanent: e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()),
+                message: explain(&e, &host, &settings),
+            })
         })
     }
 }
 
-/// A TLS handshake with the server failed; the message says why and what to do. Retrying does
-/// not help (the database code refuses at once rather than retrying).
+/// A TLS handshake with the server failed; the message says why and what to do.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TlsFailure(String);
+#[error("{message}")]
+pub struct TlsFailure {
+    message: String,
+    /// rustls refused (a certificate that does not verify, no protocol or cipher in common):
+    /// retrying does not help, so the database code refuses at once. Otherwise the connection
+    /// broke during the handshake (a server still starting), which is worth another attempt.
+    permanent: bool,
+}
+
+impl TlsFailure {
+    /// Whether retrying cannot help (see the field).
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
 
 /// Why the handshake with `host` failed, in words a user can act on.
 fn explain(e: &std::io::Error, host: &str, settings: &TlsSettings) -> String {
