@@ -197,6 +197,20 @@ impl Database {
             tls::split(url).map_err(|e| DatabaseError::Url(format!("{redacted}: {e}")))?;
         let mut config = tokio_postgres::Config::from_str(&driver_url)
             .map_err(|e| DatabaseError::Url(format!("{redacted}: {}", error_chain(&e))))?;
+        // The driver hands TLS the host's name (for SNI and the name check) and refuses TLS
+        // to a server given by hostaddr alone. libpq takes the address then, and so do we,
+        // except under verify-full, whose name check needs the name the certificate holds.
+        if config.get_hosts().is_empty() && tls_settings.mode != tls::SslMode::Disable {
+            if tls_settings.mode == tls::SslMode::VerifyFull {
+                return Err(DatabaseError::Url(format!(
+                    "{redacted}: sslmode=verify-full needs the server's name (host=, the name \
+                     its certificate holds) besides hostaddr"
+                )));
+            }
+            for addr in config.get_hostaddrs().to_vec() {
+                config.host(&addr.to_string());
+            }
+        }
         // Certificate files are read now, so that a missing one is named before any attempt.
         let tls = tls::connector(&tls_settings)
             .map_err(|e| DatabaseError::Url(format!("{redacted}: {e}")))?;
@@ -865,6 +879,34 @@ mod tests {
             session_ssl(&with_params(&url, "sslmode=verify-ca")),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn a_server_given_by_address_alone_is_encrypted_but_not_checked_by_name() {
+        let Some((db, ca)) = tls_database("tls_hostaddr") else {
+            return;
+        };
+        let config = tokio_postgres::Config::from_str(&db.url).map_err(|e| e.to_string());
+        let Ok(config) = config else {
+            panic!("{config:?}");
+        };
+        let password = String::from_utf8_lossy(config.get_password().unwrap_or_default());
+        let base = format!(
+            "hostaddr=127.0.0.1 port={} user={} password='{}' dbname={}",
+            config.get_ports().first().copied().unwrap_or(5432),
+            config.get_user().unwrap_or_default(),
+            password.replace('\\', "\\\\").replace('\'', "\\'"),
+            config.get_dbname().unwrap_or_default(),
+        );
+        assert_eq!(session_ssl(&base), Ok(true), "prefer");
+        assert_eq!(
+            session_ssl(&format!("{base} sslmode=verify-ca sslrootcert={ca}")),
+            Ok(true)
+        );
+        let err = session_ssl(&format!("{base} sslmode=verify-full sslrootcert={ca}"))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("needs the server's name (host="), "{err}");
     }
 
     #[test]
