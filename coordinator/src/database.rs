@@ -208,7 +208,7 @@ impl Database {
                 )));
             }
             for addr in config.get_hostaddrs().to_vec() {
-                config.host(&addr.to_string());
+                config.host(addr.to_string());
             }
         }
         // Certificate files are read now, so that a missing one is named before any attempt.
