@@ -22,7 +22,8 @@
 //! read from `~/.postgresql/`: every file is named in the URL.
 //!
 //! `sslcert` and `sslkey` (PEM) present a client certificate when the server asks for one
-//! (`clientcert=verify-ca|verify-full` in `pg_hba.conf`). Settings this build cannot honour
+//! (`clientcert=verify-ca|verify-full` in `pg_hba.conf`); `sslsni=0` leaves the server name out
+//! of the handshake (it is sent by default, as libpq does). Settings this build cannot honour
 //! (`sslmode=allow`, `sslpassword`, `sslcrl`, `sslcrldir`) are refused with what to do rather
 //! than ignored: a security setting is never dropped silently.
 //!
