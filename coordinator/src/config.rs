@@ -192,7 +192,14 @@ pub struct CoordinatorConfig {
     /// request the same way, one sampling run per vertex (or subtask) runs across all of them,
     /// and any of them can die (README, "Running replicated"). The schema is created or migrated
     /// at start. Prefer the environment variable (or a Secret) to the command line, where other
-    /// users of the host can read the password; logs show the URL without it.
+    /// users of the host can read the password; logs show the URL without it. TLS as libpq
+    /// reads it: sslmode=disable, prefer (the default: TLS when the server offers it, not
+    /// verified), require (TLS or nothing; verified against sslrootcert if given), verify-ca
+    /// (the certificate chains to sslrootcert, or to the system's roots without it) or
+    /// verify-full (and names the host); sslrootcert=/path/ca.pem (PEM, one or more CAs: a
+    /// managed database's CA bundle), sslcert/sslkey for a client certificate. Use verify-full
+    /// across any network you do not trust:
+    /// `postgres://user:pw@db.example:5432/flamegrid?sslmode=verify-full&sslrootcert=/etc/ca.pem`.
     #[arg(
         long,
         env = "FLAMEGRID_DATABASE_URL",

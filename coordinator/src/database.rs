@@ -31,10 +31,18 @@
 //! The first connection is retried with backoff for `--database-connect-timeout-s` (each
 //! attempt logged), so a coordinator started together with its database (a Kubernetes
 //! Deployment beside a StatefulSet) waits for it instead of crash-looping. What retrying cannot
-//! mend fails at once: a URL that does not parse, TLS asked for (not supported yet), a wrong
-//! user or password, a database that does not exist ([`DatabaseError::Refused`]). Every error
-//! keeps the driver's cause (the server's own message, or the I/O error with the host and
-//! port), never the password.
+//! mend fails at once: a URL that does not parse, a certificate file that cannot be read, a TLS
+//! handshake refused (a server certificate that does not verify, a server without TLS under
+//! `sslmode=require`), a wrong user or password, a database that does not exist
+//! ([`DatabaseError::Refused`]). Every error keeps the driver's cause (the server's own
+//! message, or the I/O error with the host and port), never the password.
+//!
+//! ## TLS
+//!
+//! `sslmode` (`disable`, `prefer` the default, `require`, `verify-ca`, `verify-full`),
+//! `sslrootcert`, `sslcert` and `sslkey` of the URL mean what they mean to libpq; see [`tls`].
+
+pub mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::future::Future;
@@ -178,22 +186,34 @@ impl Database {
         Database::connect_with(url, &ConnectOptions::default())
     }
 
-    /// Connects to `url` (`postgres://user:password@host:port/dbname`, or the key=value form),
-    /// checks that the server answers, and applies the migrations; retries the first
-    /// connection for `options.connect_timeout` (see the module docs). Fails with a message
-    /// that names the URL (without its password), the driver's cause and what to do.
+    /// Connects to `url` (`postgres://user:password@host:port/dbname`, or the key=value form,
+    /// with libpq's TLS settings: see [`tls`]), checks that the server answers, and applies the
+    /// migrations; retries the first connection for `options.connect_timeout` (see the module
+    /// docs). Fails with a message that names the URL (without its password), the driver's
+    /// cause and what to do.
     pub fn connect_with(url: &str, options: &ConnectOptions) -> Result<Database, DatabaseError> {
         let redacted = redact(url);
-        if let Some(mode) = tls_asked(url) {
-            return Err(DatabaseError::Url(format!(
-                "{redacted}: TLS to PostgreSQL (sslmode={mode}) is not supported yet. Connect \
-                 without it (sslmode=disable, or prefer, which falls back to plain text) over a \
-                 network you trust (the same host, a private network or a service mesh), or \
-                 through a local TLS proxy to the server"
-            )));
-        }
-        let mut config = tokio_postgres::Config::from_str(url)
+        let (driver_url, tls_settings) =
+            tls::split(url).map_err(|e| DatabaseError::Url(format!("{redacted}: {e}")))?;
+        let mut config = tokio_postgres::Config::from_str(&driver_url)
             .map_err(|e| DatabaseError::Url(format!("{redacted}: {}", error_chain(&e))))?;
+        // The driver hands TLS the host's name (for SNI and the name check) and refuses TLS
+        // to a server given by hostaddr alone. libpq takes the address then, and so do we,
+        // except under verify-full, whose name check needs the name the certificate holds.
+        if config.get_hosts().is_empty() && tls_settings.mode != tls::SslMode::Disable {
+            if tls_settings.mode == tls::SslMode::VerifyFull {
+                return Err(DatabaseError::Url(format!(
+                    "{redacted}: sslmode=verify-full needs the server's name (host=, the name \
+                     its certificate holds) besides hostaddr"
+                )));
+            }
+            for addr in config.get_hostaddrs().to_vec() {
+                config.host(addr.to_string());
+            }
+        }
+        // Certificate files are read now, so that a missing one is named before any attempt.
+        let tls = tls::connector(&tls_settings)
+            .map_err(|e| DatabaseError::Url(format!("{redacted}: {e}")))?;
         let endpoints = endpoints(&config);
         // Every statement is bounded by the server too; set once per connection at start-up
         // (not once per use: that would be a round trip on every piece of work).
@@ -212,13 +232,13 @@ impl Database {
                 url: redacted.clone(),
                 message: format!("cannot start the database thread: {e}"),
             })?;
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(config, tls, manager_config),
+            None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+        };
         let pool = {
             let _guard = runtime.enter();
             Pool::builder(manager)
@@ -424,7 +444,15 @@ fn connect_error(url: &str, e: &deadpool_postgres::PoolError) -> DatabaseError {
     let (message, code) = match e {
         deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
             Some(db) => (db.to_string().replace('\n', " "), Some(db.code().code())),
-            None => (error_chain(e), None),
+            None => {
+                if let Some(refused) = tls_refusal(e) {
+                    return DatabaseError::Refused {
+                        url: url.to_string(),
+                        message: refused,
+                    };
+                }
+                (error_chain(e), None)
+            }
         },
         other => (error_chain(other), None),
     };
@@ -449,21 +477,27 @@ fn connect_error(url: &str, e: &deadpool_postgres::PoolError) -> DatabaseError {
     }
 }
 
-/// The `sslmode` of `url` when it asks for TLS (`require`, `verify-ca`, `verify-full`), which
-/// this build cannot do; `prefer` (the default) falls back to plain text and `disable` is plain.
-fn tls_asked(url: &str) -> Option<String> {
-    let lower = url.to_ascii_lowercase();
-    let at = lower.find("sslmode")?;
-    let rest = lower[at + "sslmode".len()..]
-        .trim_start()
-        .strip_prefix('=')?;
-    let mode: String = rest
-        .trim_start()
-        .trim_start_matches('\'')
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
-    matches!(mode.as_str(), "require" | "verify-ca" | "verify-full").then_some(mode)
+/// Why TLS failed for good, when it did: a handshake refused (the server's certificate, see
+/// [`tls::TlsFailure::is_permanent`]) or a server that does not offer TLS to a URL that
+/// requires it. Neither mends by retrying (a connection broken mid-handshake may, and is not
+/// one of them).
+fn tls_refusal(e: &tokio_postgres::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(failure) = c.downcast_ref::<tls::TlsFailure>() {
+            return failure.is_permanent().then(|| failure.to_string());
+        }
+        cause = c.source();
+    }
+    error_chain(e)
+        .contains("server does not support TLS")
+        .then(|| {
+            "the server does not offer TLS, and the URL's sslmode (require, verify-ca or \
+         verify-full) requires it: turn TLS on at the server (ssl = on, with ssl_cert_file and \
+         ssl_key_file, in postgresql.conf), or use sslmode=prefer (TLS when offered) or \
+         sslmode=disable"
+                .to_string()
+        })
 }
 
 /// The servers `config` connects to, `host:port` (or the socket directory), for errors.
@@ -568,68 +602,41 @@ pub fn redact(url: &str) -> String {
     redact_key_values(url)
 }
 
-/// The key=value form without its password: each `key = value` pair (spaces around `=`
-/// allowed, a value either bare or in single quotes with `\'` and `\\` escapes, as libpq
-/// reads it) written back as `key=value`, with `password=***`. A quoted password with spaces
-/// is hidden whole.
+/// The key=value form without its password: each `key = value` pair, read as libpq reads it
+/// ([`tls::pairs`]: a value bare or in single quotes, with `\'` and `\\` escapes), written back
+/// as `key=value`, with `password=***`. A quoted password with spaces is hidden whole.
 fn redact_key_values(text: &str) -> String {
-    let mut chars = text.chars().peekable();
-    let mut pairs: Vec<String> = Vec::new();
-    let skip_spaces = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-    };
-    loop {
-        skip_spaces(&mut chars);
-        if chars.peek().is_none() {
-            break;
-        }
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
-            key.push(c);
-        }
-        skip_spaces(&mut chars);
-        if chars.next_if_eq(&'=').is_none() {
-            pairs.push(key); // not a pair: kept as it is (the parser refuses it anyway)
-            continue;
-        }
-        skip_spaces(&mut chars);
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            value.push('\'');
-            while let Some(c) = chars.next() {
-                value.push(c);
-                if c == '\\' {
-                    value.extend(chars.next());
-                } else if c == '\'' {
-                    break;
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                value.push(c);
-            }
-        }
-        if key.eq_ignore_ascii_case("password") {
-            value = "***".to_string();
-        }
-        pairs.push(format!("{key}={value}"));
-    }
-    pairs.join(" ")
+    tls::pairs(text)
+        .into_iter()
+        .map(|pair| match pair.raw_value {
+            None => pair.key, // not a pair: kept as it is (the parser refuses it anyway)
+            Some(_) if is_secret(&pair.key) => format!("{}=***", pair.key),
+            Some(raw) => format!("{}={raw}", pair.key),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
-/// Hides a `password=` query parameter.
+/// Whether the setting `key` holds a secret: the password, or a client key's passphrase.
+fn is_secret(key: &str) -> bool {
+    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
+}
+
+/// Hides `password=` and `sslpassword=` query parameters.
 fn redact_query(tail: &str) -> String {
     let Some((path, query)) = tail.split_once('?') else {
         return tail.to_string();
     };
     let query = query
         .split('&')
-        .map(|kv| {
-            if kv.to_ascii_lowercase().starts_with("password=") {
-                "password=***"
-            } else {
-                kv
+        .map(|kv| match kv.split_once('=') {
+            // The driver percent-decodes keys too: `pass%77ord=` is a password.
+            Some((key, _))
+                if is_secret(&percent_encoding::percent_decode_str(key).decode_utf8_lossy()) =>
+            {
+                format!("{key}=***")
             }
+            _ => kv.to_string(),
         })
         .collect::<Vec<_>>()
         .join("&");
@@ -681,25 +688,342 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_with_what_to_do() {
+    fn passwords_never_reach_logs_with_tls_settings() {
         for url in [
-            "postgres://fg:pw@db/x?sslmode=require",
-            "postgres://fg:pw@db/x?sslmode=verify-full",
-            "host=db sslmode = 'verify-ca' password=pw",
+            "postgres://fg:s3cret@db/x?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+            "postgres://db/x?sslrootcert=%2Fca.pem&password=s3cret&sslmode=require",
+            "postgres://db/x?sslrootcert=%2Fca.pem&pass%77ord=s3cret",
+            "host=db sslrootcert='/my ca.pem' password='s3cret pw' sslmode=verify-ca",
         ] {
-            let err = Database::connect(url)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(
-                err.contains("TLS to PostgreSQL") && err.contains("is not supported yet"),
-                "{err}"
-            );
-            assert!(err.contains("sslmode=disable"), "{err}");
-            assert!(!err.contains("pw"), "{err}");
+            let shown = redact(url);
+            assert!(!shown.contains("s3cret"), "{url} → {shown}");
+            assert!(shown.contains("ca.pem"), "{url} → {shown}");
         }
-        assert_eq!(tls_asked("postgres://db/x?sslmode=prefer"), None);
-        assert_eq!(tls_asked("host=db sslmode=disable"), None);
+        // Nor the passphrase of a client key (refused, but shown in the refusal's URL).
+        for url in [
+            "postgres://fg:s3cret@db/x?sslpassword=s3cret",
+            "postgres://db/x?sslPassword=s3cret",
+            "host=db sslpassword='s3cret' password=s3cret",
+        ] {
+            let err = connect_once(url);
+            assert!(err.to_lowercase().contains("sslpassword"), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        let err =
+            connect_once("postgres://fg:s3cret@db/x?sslmode=verify-full&sslrootcert=/no/ca.pem");
+        assert!(
+            err.contains("/no/ca.pem") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+
+    /// `url` with `params` (`k=v&…`) added to its query.
+    fn with_params(url: &str, params: &str) -> String {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{params}")
+    }
+
+    /// Whether the session of a connection to `url` is encrypted (pg_stat_ssl), or the
+    /// connection's error.
+    fn session_ssl(url: &str) -> Result<bool, String> {
+        let once = ConnectOptions {
+            connect_timeout: Duration::ZERO,
+            pool_size: 1,
+        };
+        let db = Database::connect_with(url, &once).map_err(|e| e.to_string())?;
+        db.blocking(|client| async move {
+            let row = client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(query_failed)?;
+            Ok(row.get::<_, bool>(0))
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// The test server's scratch database and its CA, or `None` when either is missing outside
+    /// CI.
+    fn tls_database(tag: &str) -> Option<(flamegrid_testkit::postgres::ScratchDatabase, String)> {
+        let db = flamegrid_testkit::postgres::scratch_database(tag)?;
+        let ca = flamegrid_testkit::postgres::test_ca()?;
+        Some((db, ca.display().to_string()))
+    }
+
+    /// A CA of the test's own, which signed nothing the server shows.
+    fn another_ca(dir: &std::path::Path) -> String {
+        let (key, cert) = (dir.join("other-ca.key"), dir.join("other-ca.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-new", "-nodes", "-newkey", "ec", "-pkeyopt",
+            ])
+            .args([
+                "ec_paramgen_curve:prime256v1",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=not the CA",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output();
+        assert!(
+            made.as_ref().is_ok_and(|o| o.status.success()),
+            "openssl: {made:?}"
+        );
+        cert.display().to_string()
+    }
+
+    #[test]
+    fn prefer_and_require_encrypt_and_disable_does_not() {
+        // The CA says the server was set up for TLS (.ci/run); this test does not use it.
+        let Some((db, _)) = tls_database("tls_modes") else {
+            return;
+        };
+        // The server offers TLS (ssl = on): prefer, the default, takes it; require insists.
+        for (params, encrypted) in [
+            ("sslmode=require", true),
+            ("sslmode=prefer", true),
+            ("application_name=default", true),
+            ("sslmode=disable", false),
+        ] {
+            let url = with_params(&db.url, params);
+            assert_eq!(session_ssl(&url), Ok(encrypted), "{params}");
+        }
+    }
+
+    #[test]
+    fn verify_full_with_the_right_root_and_name_connects() {
+        let Some((db, ca)) = tls_database("tls_verify_full") else {
+            return;
+        };
+        // By the IP address (the certificate names 127.0.0.1) and by the name localhost, with
+        // channel binding required (SCRAM-SHA-256-PLUS over the session's certificate).
+        let by_ip = with_params(
+            &db.url,
+            &format!("sslmode=verify-full&sslrootcert={ca}&channel_binding=require"),
+        );
+        assert!(by_ip.contains("@127.0.0.1:"), "{by_ip}");
+        assert_eq!(session_ssl(&by_ip), Ok(true));
+        let by_name = by_ip.replacen("@127.0.0.1:", "@localhost:", 1);
+        assert_eq!(session_ssl(&by_name), Ok(true));
+        // The key=value form, its root in quotes.
+        let config = tokio_postgres::Config::from_str(&db.url).map_err(|e| e.to_string());
+        let Ok(config) = config else {
+            panic!("{config:?}");
+        };
+        let password = String::from_utf8_lossy(config.get_password().unwrap_or_default());
+        let key_values = format!(
+            "host=localhost port={} user={} password='{}' dbname={} sslmode = verify-full \
+             sslrootcert='{ca}'",
+            config.get_ports().first().copied().unwrap_or(5432),
+            config.get_user().unwrap_or_default(),
+            password.replace('\\', "\\\\").replace('\'', "\\'"),
+            config.get_dbname().unwrap_or_default(),
+        );
+        assert_eq!(session_ssl(&key_values), Ok(true));
+        // require with a root checks the chain as verify-ca does, and is satisfied.
+        let require = with_params(&db.url, &format!("sslmode=require&sslrootcert={ca}"));
+        assert_eq!(session_ssl(&require), Ok(true));
+    }
+
+    #[test]
+    fn verify_full_with_a_wrong_root_is_refused_as_unknown_issuer() {
+        let Some((db, _)) = tls_database("tls_wrong_root") else {
+            return;
+        };
+        let dir = flamegrid_testkit::temp_dir("pg-tls-wrong-root");
+        let other = another_ca(dir.path());
+        for mode in ["verify-full", "verify-ca", "require"] {
+            let url = with_params(&db.url, &format!("sslmode={mode}&sslrootcert={other}"));
+            let started = Instant::now();
+            let err = session_ssl(&url).err().unwrap_or_default();
+            assert!(err.contains("unknown issuer"), "{mode}: {err}");
+            assert!(
+                err.contains(&format!("not signed by a CA in sslrootcert {other}")),
+                "{mode}: {err}"
+            );
+            assert!(err.contains("set sslrootcert"), "{mode}: {err}");
+            assert!(!err.contains(":flamegrid@"), "{mode}: {err}");
+            // Refused at once, not retried as if the server were down.
+            assert!(started.elapsed() < Duration::from_secs(5), "{mode}: {err}");
+        }
+    }
+
+    #[test]
+    fn verify_full_names_the_host_the_certificate_does_not_hold() {
+        let Some((db, ca)) = tls_database("tls_wrong_name") else {
+            return;
+        };
+        // The right server (hostaddr) under a name its certificate does not hold.
+        let url = with_params(
+            &db.url
+                .replacen("@127.0.0.1:", "@flamegrid-wrong.invalid:", 1),
+            &format!("hostaddr=127.0.0.1&sslrootcert={ca}"),
+        );
+        assert!(url.contains("@flamegrid-wrong.invalid:"), "{url}");
+        let err = session_ssl(&with_params(&url, "sslmode=verify-full"))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("does not name the host asked for, \"flamegrid-wrong.invalid\""),
+            "{err}"
+        );
+        assert!(err.contains("localhost"), "what it does name: {err}");
+        assert!(err.contains("sslmode=verify-ca"), "{err}");
+        // verify-ca checks the chain only, and lets it in.
+        assert_eq!(
+            session_ssl(&with_params(&url, "sslmode=verify-ca")),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn a_server_given_by_address_alone_is_encrypted_but_not_checked_by_name() {
+        let Some((db, ca)) = tls_database("tls_hostaddr") else {
+            return;
+        };
+        let config = tokio_postgres::Config::from_str(&db.url).map_err(|e| e.to_string());
+        let Ok(config) = config else {
+            panic!("{config:?}");
+        };
+        let password = String::from_utf8_lossy(config.get_password().unwrap_or_default());
+        let base = format!(
+            "hostaddr=127.0.0.1 port={} user={} password='{}' dbname={}",
+            config.get_ports().first().copied().unwrap_or(5432),
+            config.get_user().unwrap_or_default(),
+            password.replace('\\', "\\\\").replace('\'', "\\'"),
+            config.get_dbname().unwrap_or_default(),
+        );
+        assert_eq!(session_ssl(&base), Ok(true), "prefer");
+        assert_eq!(
+            session_ssl(&format!("{base} sslmode=verify-ca sslrootcert={ca}")),
+            Ok(true)
+        );
+        let err = session_ssl(&format!("{base} sslmode=verify-full sslrootcert={ca}"))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("needs the server's name (host="), "{err}");
+    }
+
+    #[test]
+    fn a_client_certificate_is_shown_when_asked_for() {
+        let Some((db, ca)) = tls_database("tls_client_cert") else {
+            return;
+        };
+        let dir = std::path::Path::new(&ca)
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        let url = with_params(
+            &db.url,
+            &format!(
+                "sslmode=verify-full&sslrootcert={ca}&sslcert={dir}/client.pem&sslkey={dir}/client.key"
+            ),
+        );
+        let once = ConnectOptions {
+            connect_timeout: Duration::ZERO,
+            pool_size: 1,
+        };
+        let client_dn = Database::connect_with(&url, &once)
+            .and_then(|db| {
+                db.blocking(|client| async move {
+                    let row = client
+                        .query_one(
+                            "SELECT client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                            &[],
+                        )
+                        .await
+                        .map_err(query_failed)?;
+                    Ok(row.get::<_, Option<String>>(0))
+                })
+            })
+            .map_err(|e| e.to_string());
+        // The server asks (ssl_ca_file, .ci/run) and knows the certificate's subject.
+        assert_eq!(client_dn, Ok(Some("/CN=flamegrid".to_string())));
+    }
+
+    #[test]
+    fn a_server_without_tls_is_refused_under_require() {
+        // What a server with ssl = off answers to the SSLRequest that opens every connection
+        // asking for TLS: one byte, 'N'. (The shared test cluster keeps TLS on.)
+        let listener = std::net::TcpListener::bind("127.0.0.1:0");
+        let Ok(listener) = listener else {
+            panic!("{listener:?}");
+        };
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while let Ok((mut peer, _)) = listener.accept() {
+                let mut request = [0u8; 8];
+                if peer.read_exact(&mut request).is_ok() {
+                    let _ = peer.write_all(b"N");
+                }
+            }
+        });
+        let started = Instant::now();
+        let err = connect_once(&format!(
+            "postgres://fg:s3cret@127.0.0.1:{port}/x?sslmode=verify-full&sslrootcert=/dev/null"
+        ));
+        // The root file is read first: /dev/null has no certificate.
+        assert!(err.contains("sslrootcert /dev/null"), "{err}");
+        let err = Database::connect_with(
+            &format!("postgres://fg:s3cret@127.0.0.1:{port}/x?sslmode=require"),
+            &ConnectOptions {
+                connect_timeout: Duration::from_secs(5),
+                ..ConnectOptions::default()
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("the server does not offer TLS"), "{err}");
+        assert!(err.contains("sslmode=prefer"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "not retried: {err}"
+        );
+    }
+
+    #[test]
+    fn a_connection_broken_mid_handshake_is_retried() {
+        // A server that agrees to TLS ('S') and then goes away, as one restarting might: not a
+        // refusal, so start-up keeps trying until --database-connect-timeout-s.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0");
+        let Ok(listener) = listener else {
+            panic!("{listener:?}");
+        };
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while let Ok((mut peer, _)) = listener.accept() {
+                let mut request = [0u8; 8];
+                if peer.read_exact(&mut request).is_ok() {
+                    let _ = peer.write_all(b"S");
+                }
+            }
+        });
+        let err = Database::connect_with(
+            &format!("postgres://fg:s3cret@127.0.0.1:{port}/x?sslmode=require"),
+            &ConnectOptions {
+                connect_timeout: Duration::from_secs(1),
+                ..ConnectOptions::default()
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("TLS handshake with 127.0.0.1 failed"), "{err}");
+        assert!(
+            err.contains("attempt(s)") && !err.contains(" 1 attempt(s)"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     /// `url` with its user's password (or its database name) replaced.

@@ -477,3 +477,63 @@ async fn a_heartbeat_to_a_replica_that_has_not_pulled_the_agent_yet_needs_no_rer
     assert!(stranger.heartbeat().await.reregister);
     drop(worker);
 }
+
+/// `url` with `params` (`k=v&…`) added to its query.
+fn with_params(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_over_verify_full_tls_serve_the_same_job() {
+    let Some(db) = scratch_database("replicas_tls") else {
+        return;
+    };
+    let Some(ca) = flamegrid_testkit::postgres::test_ca() else {
+        return;
+    };
+    // The server's certificate names localhost (.ci/run): checked, chain and name.
+    let url = with_params(
+        &db.url.replacen("@127.0.0.1:", "@localhost:", 1),
+        &format!("sslmode=verify-full&sslrootcert={}", ca.display()),
+    );
+    assert!(url.contains("@localhost:"), "{url}");
+    let (dir_a, dir_b) = (
+        flamegrid_testkit::temp_dir("replica-tls-a"),
+        flamegrid_testkit::temp_dir("replica-tls-b"),
+    );
+    let a = spawn_replica(dir_a.path(), &url);
+    let b = spawn_replica(dir_b.path(), &url);
+    let worker = sleeper();
+    let mut agent = TestAgent::connect(&a.rpc, TM).await;
+    agent.register().await;
+    let id = a.register_job(&two_vertex_job(TM, worker.pid())).await;
+    let (status, on_b) = get(&b.rest, &format!("/jobs/{id}")).await;
+    assert_eq!(status, 200, "{on_b}");
+    let (_, on_a) = get(&a.rest, &format!("/jobs/{id}")).await;
+    assert_eq!(on_a["jid"], on_b["jid"]);
+    // Every session of the replicas on their database is encrypted.
+    let name = db
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    let sessions = psql(
+        &db.url,
+        &format!(
+            "SELECT count(*) FILTER (WHERE s.ssl) || '/' || count(*) FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{name}' \
+             AND a.pid <> pg_backend_pid()"
+        ),
+    );
+    let (encrypted, all) = sessions.split_once('/').unwrap();
+    assert_eq!(encrypted, all, "encrypted/all sessions: {sessions}");
+    assert!(
+        all.parse::<u32>().unwrap() >= 2,
+        "both replicas connected: {sessions}"
+    );
+    drop(worker);
+}

@@ -16,6 +16,32 @@ use std::process::Command;
 /// `postgres://user:password@host:port/dbname`, the role having `CREATEDB`.
 pub const TEST_POSTGRES_URL_ENV: &str = "FLAMEGRID_TEST_POSTGRES_URL";
 
+/// The environment variable naming the CA certificate (PEM) that signed the test server's
+/// certificate, for the TLS tests (`sslmode=verify-full`). `.ci/run` makes that CA, a server
+/// certificate for `localhost` and `127.0.0.1`, and a client certificate (CN `flamegrid`,
+/// `client.pem` and `client.key` beside the CA) signed by it, and has the server use them.
+pub const TEST_POSTGRES_CA_ENV: &str = "FLAMEGRID_TEST_POSTGRES_CA";
+
+/// The test server's CA certificate ([`TEST_POSTGRES_CA_ENV`]), or `None` (after printing why)
+/// when it is not set outside CI. Panics in CI without it: the TLS tests must run there.
+pub fn test_ca() -> Option<std::path::PathBuf> {
+    match std::env::var_os(TEST_POSTGRES_CA_ENV) {
+        Some(path) => Some(path.into()),
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{TEST_POSTGRES_CA_ENV} is not set: CI must give the PostgreSQL server a \
+                 certificate of a test CA (see .ci/run)"
+            );
+            eprintln!(
+                "skipped: {TEST_POSTGRES_CA_ENV} is not set (no test CA for the server's \
+                 certificate)"
+            );
+            None
+        }
+    }
+}
+
 /// A database created for one test, dropped (with its connections) when this is dropped.
 #[derive(Debug)]
 pub struct ScratchDatabase {
