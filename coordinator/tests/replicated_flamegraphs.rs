@@ -365,6 +365,17 @@ async fn a_forced_refresh_is_not_answered_by_a_run_that_started_before_it() {
     )
     .await;
     assert_eq!(b.runs_started(), 1, "B sampled for the refresh");
-    assert_eq!(agent.runs().await, 2, "A's run and B's");
+    // A's run reached the agent too, unless it failed as a whole (on a loaded machine its 3 s
+    // run can miss the deadline): then it delivered nothing, was not stored, and the agent
+    // counts B's run alone.
+    let a_delivered = a
+        .history(&key())
+        .iter()
+        .any(|s| s.start_ms < asked && !s.subtasks.is_empty());
+    assert_eq!(
+        agent.runs().await,
+        1 + u64::from(a_delivered),
+        "B's run, and A's if it delivered ({a_delivered})"
+    );
     assert!(refreshed.sample_count(GraphType::Full) > 0);
 }
