@@ -10,9 +10,9 @@
 //!   answer's `watch` list (all alive: the simulated subtasks never exit) and a few host
 //!   metrics; `reregister` registers again at once, and a failed call is retried after the same
 //!   backoff as the real agent's (0.5 s doubling to 10 s).
-//! * **Sample**: the answer ([`crate::stacks`]) is built while the requested window
-//!   (`(num_samples − 1) × delay`) passes, and sent when it has passed, as a real agent sends
-//!   its last sample. Every call is written down in the shared [`RunLog`]: when the first and
+//! * **Sample**: the answer ([`crate::stacks`]) is built in the second half of the requested
+//!   window (`(num_samples − 1) × delay`), and sent when the window has passed, as a real agent
+//!   sends its last sample. Every call is written down in the shared [`RunLog`]: when the first and
 //!   the last request of a run arrived (the coordinator's dispatch spread), when the last answer
 //!   left (after which the graph is the coordinator's own time), and how many samples went out.
 
@@ -111,6 +111,12 @@ impl sampling_server::Sampling for SimAgent {
         );
         let shape = self.shared.shape;
         let start_ms = now_ms();
+        // The answer is built from the middle of the window on, not as the request arrives: a
+        // real agent spends the window sampling on its own host (microseconds a sample), while
+        // building a thousand answers here at once would take this machine's CPU from the
+        // coordinator exactly while it sends the run's requests, which is what the dispatch
+        // spread measures (it is late only if building takes more than half the window).
+        tokio::time::sleep_until((received + window / 2).into()).await;
         let (resp, samples) =
             tokio::task::spawn_blocking(move || stacks::answer(&req, shape, start_ms))
                 .await
