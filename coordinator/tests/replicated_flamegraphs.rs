@@ -194,14 +194,14 @@ async fn replicas_polled_at_once_cause_one_run_and_serve_the_same_graph_which_su
         history.iter().map(|s| s.end_ms).collect::<Vec<_>>(),
         [graphs[0].end_ms]
     );
-    assert_eq!(
-        history[0].tree(GraphType::Full),
-        graphs[0].tree(GraphType::Full)
-    );
-    assert!(restarted.kept_run(&key(), graphs[0].end_ms).is_some());
+    let kept = restarted.kept_run(&key(), graphs[0].end_ms).unwrap();
+    assert_eq!(kept.tree(GraphType::Full), graphs[0].tree(GraphType::Full));
     let sub = restarted.history(&key().subtask(0));
     assert_eq!(sub.len(), 1, "the vertex run serves its subtasks");
-    assert_eq!(sub[0].subtasks.keys().copied().collect::<Vec<_>>(), [0]);
+    let sub = restarted
+        .kept_run(&key().subtask(0), sub[0].end_ms)
+        .unwrap();
+    assert_eq!(sub.subtasks.keys().copied().collect::<Vec<_>>(), [0]);
     let latest = graph_of(&restarted, &v, &key()).await;
     assert_eq!(latest.end_ms, graphs[0].end_ms);
     assert_eq!(restarted.runs_started(), 0);
