@@ -14,9 +14,9 @@
 //!   of the subtasks it delivered (unless they hold a newer run), so a later per-subtask request
 //!   is served at once with the same `endTimestamp`. Those subtask entries are made lazily: a
 //!   run is stored as one entry, and a subtask's entry takes the kept vertex runs that hold it
-//!   when it is first read (any read: lookup, peek, history, `at`), sharing their profiles. A
-//!   vertex of ten thousand subtasks thus costs one entry per run to store, and one per
-//!   subtask somebody looks at. Dropping a ticket without completing it
+//!   when it is first read (any read: lookup, peek, history, `at`), sharing their profiles
+//!   (or, for a packed run, the packed run). A vertex of ten thousand subtasks thus costs one
+//!   entry per run to store, and one per subtask somebody looks at. Dropping a ticket without completing it
 //!   stores nothing, so the next request retries; the pending mark is cleared either way, even
 //!   if the run task panicked.
 //! * A run in which no subtask delivered (every agent failed, every process refused or gone) is
@@ -41,6 +41,30 @@
 //! oldest run beyond the limit is dropped; when an entry is evicted or swept, its whole history
 //! goes with it.
 //!
+//! **Only the latest run is decoded.** A vertex run of ten thousand subtasks is tens of MB of
+//! profiles, so ten of them cannot be kept as they are. When a newer run lands and pushes a
+//! run down into history (or a late run is filed behind a newer one), that run is kept
+//! **packed** ([`super::packed::PackedRun`]): the body of the shared database's format
+//! ([`super::stored`], about a tenth of the decoded size) and a summary read without decoding
+//! (run id, times, which subtasks delivered, samples and threads per type over the run and per
+//! subtask). Packing is CPU work of a fraction of a second at that size, so it is never done
+//! under the lock nor on an async worker: runs to pack are queued under the lock and packed,
+//! one at a time, on a blocking thread once it is released (on the caller's thread outside a
+//! tokio runtime), then swapped in under the lock. Until then the run stays decoded (and counted
+//! so); a run dropped meanwhile is skipped (the queue holds it weakly), and the run's subtask
+//! entries that shared its profiles are swapped to the packed run too, so no subtask entry
+//! keeps a packed run's profiles alive. Runs smaller than [`CacheLimits::pack_from_bytes`]
+//! (256 KiB: a vertex of a few subtasks, a subtask's own run) stay decoded.
+//!
+//! The history list ([`GraphCache::history`], [`RunInfo`]) reads the summaries, decoding
+//! nothing. A read that needs the graph of a packed run (`at`, the `base` of a diff, an
+//! export of a past run, the latest of a subtask entry made from a packed vertex run) decodes
+//! it on demand, off the lock (with the async worker handed over, `block_in_place`); the
+//! decoding is kept for the next read of the same run (polls of one `?at=` or `base`), one run
+//! at most, counted in the bound, dropped first when the bound is reached, when nobody read it
+//! for a sweep period, or with its run. A subtask entry made from a packed vertex run shares
+//! the packed run itself, so the vertex's history does not get decoded to list a subtask's.
+//!
 //! **JSON memo.** Flink's dashboard polls the JSON endpoint every few seconds per open tab,
 //! and a kept run never changes: the cache keeps the rendered JSON text per run and graph type
 //! ([`GraphCache::json`]), rendered on the first request, so a poll is a copy of a pointer.
@@ -53,22 +77,30 @@
 //!
 //! **Memory given back.** Runs pushed out of history, swept, evicted or forgotten are freed
 //! after the cache's lock is released, not under it: freeing a vertex run of ten thousand
-//! profiles must not hold up every reader of the cache.
+//! profiles must not hold up every reader of the cache. A decoded run swapped for its packing
+//! is freed on the packer's thread. Freeing a big run is followed by `malloc_trim(0)` ([`trim`],
+//! at most every two seconds, off the lock): glibc would otherwise keep the freed profiles'
+//! pages, and the process's RSS would stay at its high-water mark.
 //!
 //! **Memory bound.** The cache counts what it really holds. A vertex run's subtask entries hold
 //! the very profiles of the vertex snapshot (`Arc`s, see [`Snapshot::subtask_part`]), and a
 //! profile kept by several entries or runs is counted once: the cache keeps a reference count
 //! per distinct profile (by address) and adds its [`SubtaskProfile::approx_bytes`] when the first
-//! holder arrives and subtracts it when the last one goes. Each kept run adds its own small
-//! wrapper, each entry its bookkeeping, and each memoised JSON text its length (capacity) plus a
-//! little. The bound, [`CacheLimits::max_bytes`] (default 256 MiB), holds after every operation:
+//! holder arrives and subtracts it when the last one goes. A packed run counts its body and
+//! summary ([`super::packed::PackedRun::approx_bytes`]) the same way, once however many
+//! entries (its vertex's, its subtasks') hold it; swapping a decoded run for its packing takes
+//! the decoded run's bytes off and puts the packed ones on. Each kept run adds its own small
+//! wrapper, each entry its bookkeeping, each memoised JSON text its length (capacity) plus a
+//! little, and the one packed run kept decoded for reads its decoded size. The bound,
+//! [`CacheLimits::max_bytes`] (default 256 MiB), holds after every operation:
 //!
 //! * a memo is stored only if it fits, after dropping other memos (least recently read first);
 //!   otherwise the text is served without being kept (runs are never evicted for a memo);
+//!   likewise the decoding of a packed run is kept only if it fits;
 //! * when a run lands and the total (memos included) exceeds `max_bytes`, or the number of kept
 //!   runs (over all keys and their history) exceeds [`CacheLimits::max_entries`] (default [`DEFAULT_MAX_ENTRIES`]),
-//!   memos go first, then the least recently read entries, history and all, then the oldest
-//!   runs of the keys just written (never their latest). Each step costs one pass (a sort, a
+//!   the decoding kept for reads and memos go first, then the least recently read entries,
+//!   history and all, then the oldest runs of the keys just written (never their latest). Each step costs one pass (a sort, a
 //!   heap), not one pass per run dropped: a vertex run writes one key per subtask, ten
 //!   thousand of them at fleet scale.
 //!
@@ -638,9 +670,14 @@ fn give_back(released: Vec<Kept>) {
 /// its arenas (a decoded vertex run is tens of thousands of them), so the coordinator's RSS
 /// would stay at its high-water mark. `malloc_trim(0)` returns the free pages of every arena;
 /// it walks them, so it runs off the cache's lock (callers: [`give_back`]'s blocking thread,
-/// a packing), at most every [`TRIM_EVERY`]. Does nothing on other allocators.
+/// a packing), at most every [`TRIM_EVERY`]. Does nothing on other allocators, nor with
+/// `FLAMEGRID_MALLOC_TRIM=0` in the environment (to measure what it gives back).
 pub fn trim() {
     static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var("FLAMEGRID_MALLOC_TRIM").is_ok_and(|v| v == "0")) {
+        return;
+    }
     {
         let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_some_and(|at| at.elapsed() < TRIM_EVERY) {
