@@ -49,9 +49,9 @@
 //! (run id, times, which subtasks delivered, samples and threads per type over the run and per
 //! subtask). Packing is CPU work of a fraction of a second at that size, so it is never done
 //! under the lock nor on an async worker: runs to pack are queued under the lock and packed,
-//! one at a time, on a blocking thread once it is released (on the caller's thread outside a
-//! tokio runtime), then swapped in under the lock. Until then the run stays decoded (and counted
-//! so); a run dropped meanwhile is skipped (the queue holds it weakly), and the run's subtask
+//! one at a time, on a thread of their own at a low priority once it is released (on the
+//! caller's thread outside a tokio runtime), then swapped in under the lock. Until then the
+//! run stays decoded (and counted so); a run dropped meanwhile is skipped (the queue holds it weakly), and the run's subtask
 //! entries that shared its profiles are swapped to the packed run too, so no subtask entry
 //! keeps a packed run's profiles alive. Runs smaller than [`CacheLimits::pack_from_bytes`]
 //! (256 KiB: a vertex of a few subtasks, a subtask's own run) stay decoded.
@@ -693,6 +693,18 @@ pub fn trim() {
     }
 }
 
+/// Lowers the calling thread's scheduling priority (nice 10, Linux): for the packer, whose
+/// work can wait. Best effort: nothing happens elsewhere or when it is refused.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `gettid` has no preconditions; `setpriority` on this thread's own id changes only
+    // its nice value (on Linux, `PRIO_PROCESS` with a thread id applies to that thread).
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
 /// The shortest time between two [`trim`]s.
 const TRIM_EVERY: Duration = Duration::from_secs(2);
 
@@ -734,7 +746,7 @@ fn run_overhead(snapshot: &Snapshot) -> usize {
 pub struct GraphCache {
     limits: CacheLimits,
     inner: Mutex<Inner>,
-    /// The cache itself, for the packings it hands to blocking threads.
+    /// The cache itself, for the packer thread.
     me: Weak<GraphCache>,
     /// Packings handed out and not finished yet ([`GraphCache::packing`]).
     packing: AtomicUsize,
@@ -797,10 +809,10 @@ impl GraphCache {
     }
 
     /// Packs `runs` (decoded runs pushed down into history) and swaps each for its packing in
-    /// its key's entry, one run at a time in landing order: on a blocking thread of the current
-    /// tokio runtime (packing a vertex run of ten thousand subtasks is CPU work of a fraction
-    /// of a second), or here, on the caller's thread, outside one (tests, benches). A run
-    /// dropped from the cache before its turn is skipped.
+    /// its key's entry, one run at a time in landing order: within a tokio runtime on a thread
+    /// of its own at a low priority (packing a vertex run of ten thousand subtasks is CPU work
+    /// of a fraction of a second), outside one here, on the caller's thread (tests, benches).
+    /// A run dropped from the cache before its turn is skipped.
     fn pack(&self, runs: Vec<PackJob>) {
         if runs.is_empty() {
             return;
@@ -834,9 +846,23 @@ impl GraphCache {
                 cache.packing.fetch_sub(1, Ordering::SeqCst);
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(work)),
-            Err(_) => work(),
+        if tokio::runtime::Handle::try_current().is_err() {
+            return work();
+        }
+        // Its own thread, at a low priority: packing must not slow down the next run's answers
+        // (a run's own CPU is what the time to graph is made of), only use what they leave.
+        let spawned = std::thread::Builder::new()
+            .name("flamegrid-packer".into())
+            .spawn(move || {
+                lower_priority();
+                work();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no thread to pack flame graph runs: kept decoded");
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            self.packing.fetch_sub(queue.0.len(), Ordering::SeqCst);
+            queue.0.clear();
+            queue.1 = false;
         }
     }
 
@@ -870,7 +896,7 @@ impl GraphCache {
         }
     }
 
-    /// Packings handed to blocking threads and not finished yet: runs pushed down into history
+    /// Packings handed to the packer thread and not finished yet: runs pushed down into history
     /// are still decoded until this is 0 (tests and measurements wait for it).
     pub fn packing(&self) -> usize {
         self.packing.load(Ordering::SeqCst)
@@ -2386,7 +2412,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn on_a_runtime_runs_are_packed_on_a_blocking_thread_after_landing() {
+    async fn on_a_runtime_runs_are_packed_on_a_thread_of_their_own_after_landing() {
         let runs: Vec<Snapshot> = (1..=3).map(vertex_run).collect();
         let c = GraphCache::new(packing_limits(10, true));
         land_runs(&c, &runs);
