@@ -16,9 +16,9 @@
 //!   run is stored as one entry, and a subtask's entry takes the kept vertex runs that hold it
 //!   when it is first read (any read: lookup, peek, history, `at`), sharing their profiles
 //!   (or, for a packed run, the packed run). A vertex of ten thousand subtasks thus costs one
-//!   entry per run to store, and one per subtask somebody looks at. Dropping a ticket without completing it
-//!   stores nothing, so the next request retries; the pending mark is cleared either way, even
-//!   if the run task panicked.
+//!   entry per run to store, and one per subtask somebody looks at. Dropping a ticket without
+//!   completing it stores nothing, so the next request retries; the pending mark is cleared
+//!   either way, even if the run task panicked.
 //! * A run in which no subtask delivered (every agent failed, every process refused or gone) is
 //!   not a graph: it is kept aside as the key's last failure ([`GraphCache::last_failure`]), so
 //!   the views can say why there is nothing, or why the graph they still serve is older (see
@@ -47,14 +47,15 @@
 //! **packed** ([`super::packed::PackedRun`]): the body of the shared database's format
 //! ([`super::stored`], about a tenth of the decoded size) and a summary read without decoding
 //! (run id, times, which subtasks delivered, samples and threads per type over the run and per
-//! subtask). Packing is CPU work of a fraction of a second at that size, so it is never done
+//! subtask). Packing is CPU work of up to a second at that size, so it is never done
 //! under the lock nor on an async worker: runs to pack are queued under the lock and packed,
 //! one at a time, on a thread of their own at a low priority once it is released (on the
 //! caller's thread outside a tokio runtime), then swapped in under the lock. Until then the
-//! run stays decoded (and counted so); a run dropped meanwhile is skipped (the queue holds it weakly), and the run's subtask
-//! entries that shared its profiles are swapped to the packed run too, so no subtask entry
-//! keeps a packed run's profiles alive. Runs smaller than [`CacheLimits::pack_from_bytes`]
-//! (256 KiB: a vertex of a few subtasks, a subtask's own run) stay decoded.
+//! run stays decoded (and counted so); a run dropped meanwhile is skipped (the queue holds it
+//! weakly), and the run's subtask entries that shared its profiles are swapped to the packed
+//! run too, so no subtask entry keeps a packed run's profiles alive. Runs smaller than
+//! [`CacheLimits::pack_from_bytes`] (`--flamegraph-pack-from-kib`, 256 KiB: a vertex of a few
+//! subtasks, a subtask's own run) stay decoded.
 //!
 //! The history list ([`GraphCache::history`], [`RunInfo`]) reads the summaries, decoding
 //! nothing. A read that needs the graph of a packed run (`at`, the `base` of a diff, an
@@ -100,9 +101,9 @@
 //! * when a run lands and the total (memos included) exceeds `max_bytes`, or the number of kept
 //!   runs (over all keys and their history) exceeds [`CacheLimits::max_entries`] (default [`DEFAULT_MAX_ENTRIES`]),
 //!   the decoding kept for reads and memos go first, then the least recently read entries,
-//!   history and all, then the oldest runs of the keys just written (never their latest). Each step costs one pass (a sort, a
-//!   heap), not one pass per run dropped: a vertex run writes one key per subtask, ten
-//!   thousand of them at fleet scale.
+//!   history and all, then the oldest runs of the keys just written (never their latest).
+//!   Each step costs one pass (a sort, a heap), not one pass per run dropped: a vertex run
+//!   writes one key per subtask, ten thousand of them at fleet scale.
 //!
 //! One exception: a single run that is by itself larger than `max_bytes` (a vertex run with the
 //! subtask entries it fills) is still cached, alone, after everything else is evicted, with a
@@ -669,8 +670,8 @@ fn give_back(released: Vec<Kept>) {
 /// Gives the memory freed by a big run back to the system: glibc keeps freed small blocks in
 /// its arenas (a decoded vertex run is tens of thousands of them), so the coordinator's RSS
 /// would stay at its high-water mark. `malloc_trim(0)` returns the free pages of every arena;
-/// it walks them, so it runs off the cache's lock (callers: [`give_back`]'s blocking thread,
-/// a packing), at most every [`TRIM_EVERY`]. Does nothing on other allocators, nor with
+/// it walks them, so it runs off the cache's lock (callers: the thread that frees a big run,
+/// the packer), at most every two seconds. Does nothing on other allocators, nor with
 /// `FLAMEGRID_MALLOC_TRIM=0` in the environment (to measure what it gives back).
 pub fn trim() {
     static LAST: Mutex<Option<Instant>> = Mutex::new(None);
