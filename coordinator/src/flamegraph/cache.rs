@@ -1055,6 +1055,19 @@ impl GraphCache {
         self.unpack(kept?)
     }
 
+    /// The latest run of `key` when it is kept decoded, without decoding anything (`None`
+    /// also when it is packed: the latest of a subtask entry made from a packed vertex run):
+    /// for hints that are not worth a decoding, like the names a new run will meet.
+    pub fn peek_decoded(&self, key: &GraphKey) -> Option<Arc<Snapshot>> {
+        self.locked(|inner| {
+            self.materialize(inner, key);
+            match inner.entries.get(key).map(Entry::latest) {
+                Some(Kept::Decoded(s)) => Some(Arc::clone(s)),
+                _ => None,
+            }
+        })
+    }
+
     /// What the history list shows of the kept runs of `key`, newest first (empty when nothing
     /// is cached): read from every run as kept, packed or not, without decoding any. A read:
     /// it keeps the entry from being swept or evicted as unused. Never starts a run.
@@ -2245,6 +2258,10 @@ mod tests {
             }
             assert_eq!(packed.peek(&k), decoded.peek(&k));
         }
+        assert!(
+            packed.peek_decoded(&key(Some(1))).is_some(),
+            "the latest is decoded"
+        );
         // Subtask 1's part of run 1, decoded when it was read, went packed with the vertex
         // run: no subtask entry keeps a packed run's profiles alive.
         assert_eq!(kinds(&packed, &key(Some(1))), "Dpp");

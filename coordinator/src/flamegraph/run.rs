@@ -106,10 +106,10 @@ pub async fn execute_as(
     let key = ticket.key().clone();
     let prefix = format!("{}/{}", key.job_id, key.vertex_id);
     // The interner sized for the names of the key's latest run, so it does not grow (and
-    // rehash) while the answers come in.
+    // rehash) while the answers come in (not worth decoding a packed one for).
     let expected = ticket
         .cache()
-        .peek(&key)
+        .peek_decoded(&key)
         .and_then(|s| s.subtasks.values().next().map(|p| p.names.table().len()))
         .unwrap_or(0);
     let fold = RunFold {
