@@ -95,6 +95,18 @@ pub struct CoordinatorConfig {
     )]
     pub flamegraph_history: usize,
 
+    /// A flame graph run pushed down into history is kept packed (the shared database's
+    /// format, about a tenth of its decoded size, decoded again for `?at=` and diffs) when it
+    /// holds at least this many KiB decoded; smaller runs stay decoded. A huge value keeps
+    /// every run decoded (the behaviour before packing).
+    #[arg(
+        long,
+        env = "FLAMEGRID_FLAMEGRAPH_PACK_FROM_KIB",
+        default_value_t = 256,
+        value_name = "KIB"
+    )]
+    pub flamegraph_pack_from_kib: usize,
+
     /// The dashboard's polling period in ms (/config's refresh-interval, Flink's
     /// web.refresh-interval).
     #[arg(long, env = "FLAMEGRID_REFRESH_INTERVAL_MS", default_value_t = 3000)]

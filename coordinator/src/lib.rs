@@ -414,6 +414,7 @@ pub fn flamegraph_settings(config: &CoordinatorConfig) -> flamegraph::FlameGraph
         },
         limits: CacheLimits {
             history: config.flamegraph_history,
+            pack_from_bytes: config.flamegraph_pack_from_kib.saturating_mul(1024),
             ..CacheLimits::new(
                 Duration::from_secs(config.flamegraph_refresh_interval_s),
                 Duration::from_secs(config.flamegraph_cleanup_interval_s),

@@ -102,7 +102,12 @@ fn settings() -> FlameGraphSettings {
             delay_ms: 10,
             max_depth: 100,
         },
-        limits: CacheLimits::new(Duration::from_secs(60), Duration::from_secs(600)),
+        // Every run pushed down into history packed, however small: runs landed from the
+        // database (`land_stored`) follow the same rule as a replica's own.
+        limits: CacheLimits {
+            pack_from_bytes: 0,
+            ..CacheLimits::new(Duration::from_secs(60), Duration::from_secs(600))
+        },
         rpc_grace: Duration::from_secs(5),
     }
 }
@@ -194,14 +199,14 @@ async fn replicas_polled_at_once_cause_one_run_and_serve_the_same_graph_which_su
         history.iter().map(|s| s.end_ms).collect::<Vec<_>>(),
         [graphs[0].end_ms]
     );
-    assert_eq!(
-        history[0].tree(GraphType::Full),
-        graphs[0].tree(GraphType::Full)
-    );
-    assert!(restarted.kept_run(&key(), graphs[0].end_ms).is_some());
+    let kept = restarted.kept_run(&key(), graphs[0].end_ms).unwrap();
+    assert_eq!(kept.tree(GraphType::Full), graphs[0].tree(GraphType::Full));
     let sub = restarted.history(&key().subtask(0));
     assert_eq!(sub.len(), 1, "the vertex run serves its subtasks");
-    assert_eq!(sub[0].subtasks.keys().copied().collect::<Vec<_>>(), [0]);
+    let sub = restarted
+        .kept_run(&key().subtask(0), sub[0].end_ms)
+        .unwrap();
+    assert_eq!(sub.subtasks.keys().copied().collect::<Vec<_>>(), [0]);
     let latest = graph_of(&restarted, &v, &key()).await;
     assert_eq!(latest.end_ms, graphs[0].end_ms);
     assert_eq!(restarted.runs_started(), 0);
@@ -322,7 +327,23 @@ async fn replicas_follow_each_others_new_runs_and_history_is_bounded() {
         "SELECT count(*) FROM flamegraph_runs WHERE key NOT LIKE '%/%/%'",
     );
     assert_eq!(kept, "10", "the last --flamegraph-history runs are kept");
-    assert_eq!(b.history(&key()).len(), 10);
+    let history = b.history(&key());
+    assert_eq!(history.len(), 10);
+    // B's older runs, landed from the database, are kept packed, and read back on demand.
+    for _ in 0..400 {
+        if b.cache().packing() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let history = b.history(&key());
+    assert!(!history[0].packed && history[1..].iter().all(|r| r.packed));
+    let oldest = b.kept_run(&key(), history[9].end_ms).unwrap();
+    assert_eq!(oldest.end_ms, history[9].end_ms);
+    assert_eq!(
+        oldest.sample_count(GraphType::Full),
+        history[9].sample_count(GraphType::Full)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,11 +14,11 @@
 //!   of the subtasks it delivered (unless they hold a newer run), so a later per-subtask request
 //!   is served at once with the same `endTimestamp`. Those subtask entries are made lazily: a
 //!   run is stored as one entry, and a subtask's entry takes the kept vertex runs that hold it
-//!   when it is first read (any read: lookup, peek, history, `at`), sharing their profiles. A
-//!   vertex of ten thousand subtasks thus costs one entry per run to store, and one per
-//!   subtask somebody looks at. Dropping a ticket without completing it
-//!   stores nothing, so the next request retries; the pending mark is cleared either way, even
-//!   if the run task panicked.
+//!   when it is first read (any read: lookup, peek, history, `at`), sharing their profiles
+//!   (or, for a packed run, the packed run). A vertex of ten thousand subtasks thus costs one
+//!   entry per run to store, and one per subtask somebody looks at. Dropping a ticket without
+//!   completing it stores nothing, so the next request retries; the pending mark is cleared
+//!   either way, even if the run task panicked.
 //! * A run in which no subtask delivered (every agent failed, every process refused or gone) is
 //!   not a graph: it is kept aside as the key's last failure ([`GraphCache::last_failure`]), so
 //!   the views can say why there is nothing, or why the graph they still serve is older (see
@@ -41,6 +41,31 @@
 //! oldest run beyond the limit is dropped; when an entry is evicted or swept, its whole history
 //! goes with it.
 //!
+//! **Only the latest run is decoded.** A vertex run of ten thousand subtasks is tens of MB of
+//! profiles, so ten of them cannot be kept as they are. When a newer run lands and pushes a
+//! run down into history (or a late run is filed behind a newer one), that run is kept
+//! **packed** ([`super::packed::PackedRun`]): the body of the shared database's format
+//! ([`super::stored`], about a tenth of the decoded size) and a summary read without decoding
+//! (run id, times, which subtasks delivered, samples and threads per type over the run and per
+//! subtask). Packing is CPU work of up to a second at that size, so it is never done
+//! under the lock nor on an async worker: runs to pack are queued under the lock and packed,
+//! one at a time, on a thread of their own at a low priority once it is released (on the
+//! caller's thread outside a tokio runtime), then swapped in under the lock. Until then the
+//! run stays decoded (and counted so); a run dropped meanwhile is skipped (the queue holds it
+//! weakly), and the run's subtask entries that shared its profiles are swapped to the packed
+//! run too, so no subtask entry keeps a packed run's profiles alive. Runs smaller than
+//! [`CacheLimits::pack_from_bytes`] (`--flamegraph-pack-from-kib`, 256 KiB: a vertex of a few
+//! subtasks, a subtask's own run) stay decoded.
+//!
+//! The history list ([`GraphCache::history`], [`RunInfo`]) reads the summaries, decoding
+//! nothing. A read that needs the graph of a packed run (`at`, the `base` of a diff, an
+//! export of a past run, the latest of a subtask entry made from a packed vertex run) decodes
+//! it on demand, off the lock (with the async worker handed over, `block_in_place`); the
+//! decoding is kept for the next read of the same run (polls of one `?at=` or `base`), one run
+//! at most, counted in the bound, dropped first when the bound is reached, when nobody read it
+//! for a sweep period, or with its run. A subtask entry made from a packed vertex run shares
+//! the packed run itself, so the vertex's history does not get decoded to list a subtask's.
+//!
 //! **JSON memo.** Flink's dashboard polls the JSON endpoint every few seconds per open tab,
 //! and a kept run never changes: the cache keeps the rendered JSON text per run and graph type
 //! ([`GraphCache::json`]), rendered on the first request, so a poll is a copy of a pointer.
@@ -53,24 +78,32 @@
 //!
 //! **Memory given back.** Runs pushed out of history, swept, evicted or forgotten are freed
 //! after the cache's lock is released, not under it: freeing a vertex run of ten thousand
-//! profiles must not hold up every reader of the cache.
+//! profiles must not hold up every reader of the cache. A decoded run swapped for its packing
+//! is freed on the packer's thread. Freeing a big run is followed by `malloc_trim(0)` ([`trim`],
+//! at most every two seconds, off the lock): glibc would otherwise keep the freed profiles'
+//! pages, and the process's RSS would stay at its high-water mark.
 //!
 //! **Memory bound.** The cache counts what it really holds. A vertex run's subtask entries hold
 //! the very profiles of the vertex snapshot (`Arc`s, see [`Snapshot::subtask_part`]), and a
 //! profile kept by several entries or runs is counted once: the cache keeps a reference count
 //! per distinct profile (by address) and adds its [`SubtaskProfile::approx_bytes`] when the first
-//! holder arrives and subtracts it when the last one goes. Each kept run adds its own small
-//! wrapper, each entry its bookkeeping, and each memoised JSON text its length (capacity) plus a
-//! little. The bound, [`CacheLimits::max_bytes`] (default 256 MiB), holds after every operation:
+//! holder arrives and subtracts it when the last one goes. A packed run counts its body and
+//! summary ([`super::packed::PackedRun::approx_bytes`]) the same way, once however many
+//! entries (its vertex's, its subtasks') hold it; swapping a decoded run for its packing takes
+//! the decoded run's bytes off and puts the packed ones on. Each kept run adds its own small
+//! wrapper, each entry its bookkeeping, each memoised JSON text its length (capacity) plus a
+//! little, and the one packed run kept decoded for reads its decoded size. The bound,
+//! [`CacheLimits::max_bytes`] (default 256 MiB), holds after every operation:
 //!
 //! * a memo is stored only if it fits, after dropping other memos (least recently read first);
 //!   otherwise the text is served without being kept (runs are never evicted for a memo);
+//!   likewise the decoding of a packed run is kept only if it fits;
 //! * when a run lands and the total (memos included) exceeds `max_bytes`, or the number of kept
 //!   runs (over all keys and their history) exceeds [`CacheLimits::max_entries`] (default [`DEFAULT_MAX_ENTRIES`]),
-//!   memos go first, then the least recently read entries, history and all, then the oldest
-//!   runs of the keys just written (never their latest). Each step costs one pass (a sort, a
-//!   heap), not one pass per run dropped: a vertex run writes one key per subtask, ten
-//!   thousand of them at fleet scale.
+//!   the decoding kept for reads and memos go first, then the least recently read entries,
+//!   history and all, then the oldest runs of the keys just written (never their latest).
+//!   Each step costs one pass (a sort, a heap), not one pass per run dropped: a vertex run
+//!   writes one key per subtask, ten thousand of them at fleet scale.
 //!
 //! One exception: a single run that is by itself larger than `max_bytes` (a vertex run with the
 //! subtask entries it fills) is still cached, alone, after everything else is evicted, with a
@@ -79,10 +112,12 @@
 //! `max(max_bytes, the largest single run)`, memos included. Folding by distinct stack (see
 //! [`super::profile`]) keeps real entries small: tens of kilobytes for a typical vertex.
 
+use super::packed::{PackedRun, RunInfo};
 use super::profile::{Snapshot, SubtaskProfile};
 use axum::body::Bytes;
 use flamegrid_model::GraphType;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -144,7 +179,15 @@ pub struct CacheLimits {
     /// Runs kept per key, the latest included (`--flamegraph-history`); 0 and 1 both mean
     /// "only the latest".
     pub history: usize,
+    /// A run pushed down into history is kept packed (see the module docs) when it holds at
+    /// least this many bytes decoded; smaller ones (a vertex of a few subtasks, a subtask's
+    /// own run) stay decoded, where packing would save little. 0 packs every run.
+    pub pack_from_bytes: usize,
 }
+
+/// Default [`CacheLimits::pack_from_bytes`]: ten decoded runs of a smaller key hold at most a
+/// few MB, and packing one costs about what it saves in memory in CPU time.
+pub const DEFAULT_PACK_FROM_BYTES: usize = 256 * 1024;
 
 impl CacheLimits {
     /// Default size bounds (and a history of 10 runs) with the given refresh and cleanup
@@ -156,6 +199,7 @@ impl CacheLimits {
             max_bytes: 256 * 1024 * 1024,
             max_entries: DEFAULT_MAX_ENTRIES,
             history: 10,
+            pack_from_bytes: DEFAULT_PACK_FROM_BYTES,
         }
     }
 
@@ -180,10 +224,76 @@ pub struct Lookup {
     pub ticket: Option<RunTicket>,
 }
 
+/// A kept run, as an entry holds it (see the module docs, "History").
+#[derive(Debug, Clone)]
+enum Kept {
+    /// Decoded: every key's latest run, runs smaller than [`CacheLimits::pack_from_bytes`],
+    /// and a run pushed down into history until it is packed.
+    Decoded(Arc<Snapshot>),
+    /// An older run of the key, packed.
+    Packed(Arc<PackedRun>),
+    /// Subtask `.1`'s part of a packed vertex run (an entry made from it, or whose part of
+    /// the run was decoded until the vertex run was packed): shares the vertex's packed run.
+    Part(Arc<PackedRun>, u32),
+}
+
+impl Kept {
+    fn run_id(&self) -> u64 {
+        match self {
+            Kept::Decoded(s) => s.run_id,
+            Kept::Packed(p) | Kept::Part(p, _) => p.info().run_id,
+        }
+    }
+
+    fn end_ms(&self) -> i64 {
+        match self {
+            Kept::Decoded(s) => s.end_ms,
+            Kept::Packed(p) | Kept::Part(p, _) => p.info().end_ms,
+        }
+    }
+
+    /// Whether subtask `index` delivered in this run.
+    fn holds(&self, index: u32) -> bool {
+        match self {
+            Kept::Decoded(s) => s.subtasks.contains_key(&index),
+            Kept::Packed(p) => p.holds(index),
+            Kept::Part(_, i) => *i == index,
+        }
+    }
+
+    /// Subtask `index`'s part of this run, as its subtask entry keeps it: sharing the
+    /// profile of a decoded run ([`Snapshot::subtask_part`]) or the packed run itself.
+    fn part(&self, index: u32) -> Option<Kept> {
+        match self {
+            Kept::Decoded(s) => s.subtask_part(index).map(|p| Kept::Decoded(Arc::new(p))),
+            Kept::Packed(p) => p.holds(index).then(|| Kept::Part(Arc::clone(p), index)),
+            Kept::Part(_, i) => (*i == index).then(|| self.clone()),
+        }
+    }
+
+    /// What the history list shows of it.
+    fn info(&self) -> RunInfo {
+        match self {
+            Kept::Decoded(s) => RunInfo::of(s),
+            Kept::Packed(p) => p.info().clone(),
+            Kept::Part(p, index) => p.part_info(*index).unwrap_or_else(|| p.info().clone()),
+        }
+    }
+}
+
+/// A packed run's identity while the cache holds it, like [`profile_address`].
+fn packed_address(packed: &Arc<PackedRun>) -> usize {
+    Arc::as_ptr(packed) as usize
+}
+
+/// Bytes counted per packed run or part an entry holds, beside the packed run itself (counted
+/// once, however many entries share it).
+const PACKED_REF_BYTES: usize = 32;
+
 #[derive(Debug)]
 struct Entry {
     /// Kept runs, newest (highest run id) first; never empty.
-    runs: VecDeque<Arc<Snapshot>>,
+    runs: VecDeque<Kept>,
     /// When the newest run landed: decides freshness.
     landed: Instant,
     last_read: Instant,
@@ -192,7 +302,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn latest(&self) -> &Arc<Snapshot> {
+    fn latest(&self) -> &Kept {
         // `runs` is never empty: an entry is created with its first run and dropped with its
         // last. Index 0 exists.
         &self.runs[0]
@@ -214,6 +324,24 @@ struct HeldRun {
     memo_read: Instant,
     /// A newer run of its key has landed: its JSON is no longer memoised (see the module docs).
     superseded: bool,
+    /// The bytes its first holder added (its profiles, names and wrapper): whether it is big
+    /// enough to be packed once it is history.
+    bytes: usize,
+}
+
+/// A run to pack: its key, and the run, held weakly: a run dropped from the cache before its
+/// turn (pushed out, evicted, swept, forgotten) is freed at once, not kept alive by the queue.
+type PackJob = (GraphKey, Weak<Snapshot>);
+
+/// The one packed run kept decoded for the `?at=` and `base` polls that read it (see the
+/// module docs, "Memory bound").
+#[derive(Debug)]
+struct Recent {
+    /// The packed run it is the decoding of ([`packed_address`]).
+    packed: usize,
+    snapshot: Arc<Snapshot>,
+    bytes: usize,
+    read: Instant,
 }
 
 fn type_slot(ty: GraphType) -> usize {
@@ -244,7 +372,12 @@ struct Inner {
     last_sweep: Instant,
     /// Runs let go of under the lock, dropped once it is released ([`GraphCache::locked`]):
     /// freeing a vertex run of ten thousand subtask profiles must not hold up every reader.
-    released: Vec<Arc<Snapshot>>,
+    released: Vec<Kept>,
+    /// Decoded runs pushed down into history under the lock, packed once it is released
+    /// ([`GraphCache::locked`], [`GraphCache::pack`]): (key, run).
+    to_pack: Vec<PackJob>,
+    /// The packed run last decoded for a read, if it is still kept and fits the bound.
+    recent: Option<Recent>,
 }
 
 impl Inner {
@@ -256,23 +389,22 @@ impl Inner {
             .or_else(|| key.subtask.and_then(|_| self.pending.get(&key.vertex())))
     }
 
-    /// Counts one more holder of `snapshot` (a kept run of some entry).
-    fn hold(&mut self, snapshot: &Arc<Snapshot>) {
-        self.held
-            .entry(snapshot_address(snapshot))
-            .or_insert_with(|| HeldRun {
-                holders: 0,
-                memo: Default::default(),
-                memo_bytes: 0,
-                memo_read: Instant::now(),
-                superseded: false,
-            })
-            .holders += 1;
-        self.bytes += run_overhead(snapshot);
+    /// Counts one more holder of `run` (a kept run of some entry).
+    fn hold(&mut self, run: &Kept) {
         self.runs += 1;
+        let snapshot = match run {
+            Kept::Decoded(s) => s,
+            Kept::Packed(p) | Kept::Part(p, _) => {
+                // The packed run once, however many entries (its vertex's, its subtasks') hold it.
+                self.bytes += PACKED_REF_BYTES
+                    + hold_part(&mut self.profiles, packed_address(p), || p.approx_bytes());
+                return;
+            }
+        };
+        let mut added = run_overhead(snapshot);
         let mut last_table = None;
         for profile in snapshot.subtasks.values() {
-            self.bytes += hold_part(&mut self.profiles, profile_address(profile), || {
+            added += hold_part(&mut self.profiles, profile_address(profile), || {
                 profile.approx_bytes()
             });
             // A run's profiles share one names table: counted once per run held (and once
@@ -280,16 +412,45 @@ impl Inner {
             let table = profile.names.table();
             if last_table != Some(Arc::as_ptr(table)) {
                 last_table = Some(Arc::as_ptr(table));
-                self.bytes += hold_part(&mut self.profiles, Arc::as_ptr(table) as usize, || {
+                added += hold_part(&mut self.profiles, Arc::as_ptr(table) as usize, || {
                     table.approx_bytes()
                 });
             }
         }
+        self.bytes += added;
+        let held = self
+            .held
+            .entry(snapshot_address(snapshot))
+            .or_insert_with(|| HeldRun {
+                holders: 0,
+                memo: Default::default(),
+                memo_bytes: 0,
+                memo_read: Instant::now(),
+                superseded: false,
+                bytes: added,
+            });
+        held.holders += 1;
     }
 
-    /// Counts one holder of `snapshot` less; the last one takes its memos along.
-    fn release(&mut self, snapshot: &Arc<Snapshot>) {
-        self.released.push(Arc::clone(snapshot));
+    /// Counts one holder of `run` less; the last one takes its memos along (and, for a packed
+    /// run, its decoding kept for reads).
+    fn release(&mut self, run: &Kept) {
+        self.released.push(run.clone());
+        self.runs = self.runs.saturating_sub(1);
+        let snapshot = match run {
+            Kept::Decoded(s) => s,
+            Kept::Packed(p) | Kept::Part(p, _) => {
+                let address = packed_address(p);
+                let freed = release_part(&mut self.profiles, address);
+                self.bytes = self.bytes.saturating_sub(PACKED_REF_BYTES + freed);
+                if !self.profiles.contains_key(&address)
+                    && self.recent.as_ref().is_some_and(|r| r.packed == address)
+                {
+                    self.drop_recent();
+                }
+                return;
+            }
+        };
         let address = snapshot_address(snapshot);
         if let Some(run) = self.held.get_mut(&address) {
             run.holders -= 1;
@@ -299,7 +460,6 @@ impl Inner {
             }
         }
         self.bytes = self.bytes.saturating_sub(run_overhead(snapshot));
-        self.runs = self.runs.saturating_sub(1);
         let mut last_table = None;
         for profile in snapshot.subtasks.values() {
             let freed = release_part(&mut self.profiles, profile_address(profile));
@@ -311,6 +471,98 @@ impl Inner {
                 self.bytes = self.bytes.saturating_sub(freed);
             }
         }
+    }
+
+    /// Lets go of the decoding kept for reads, if any (freed once the lock is released).
+    fn drop_recent(&mut self) -> bool {
+        match self.recent.take() {
+            Some(recent) => {
+                self.bytes = self.bytes.saturating_sub(recent.bytes);
+                self.released.push(Kept::Decoded(recent.snapshot));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Swaps `key`'s run `decoded` for `packed`, its packing, if `key` still keeps it and not
+    /// as its latest; and so the subtask entries' parts of it (which share its profiles), so
+    /// that no subtask entry keeps the run's profiles alive. Returns whether it swapped.
+    fn swap_packed(
+        &mut self,
+        key: &GraphKey,
+        decoded: &Arc<Snapshot>,
+        packed: &Arc<PackedRun>,
+    ) -> bool {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return false;
+        };
+        let Some(i) = entry
+            .runs
+            .iter()
+            .position(|r| matches!(r, Kept::Decoded(s) if Arc::ptr_eq(s, decoded)))
+        else {
+            return false; // dropped meanwhile (pushed out, evicted, swept, forgotten)
+        };
+        if i == 0 {
+            return false; // the latest stays decoded
+        }
+        let new = Kept::Packed(Arc::clone(packed));
+        let old = std::mem::replace(&mut entry.runs[i], new.clone());
+        // Held before the old one is released: nothing shared is counted out and in again.
+        self.hold(&new);
+        self.release(&old);
+        if key.subtask.is_some() {
+            return true;
+        }
+        // The subtask entries of the vertex holding a part of this run: a pass over the fewer
+        // of the entries and the run's subtasks (ten thousand lookups at most, one key reused).
+        let parts: Vec<GraphKey> = if self.entries.len() <= decoded.subtasks.len() {
+            self.entries
+                .keys()
+                .filter(|k| {
+                    k.subtask.is_some_and(|i| decoded.subtasks.contains_key(&i))
+                        && k.job_id == key.job_id
+                        && k.vertex_id == key.vertex_id
+                })
+                .cloned()
+                .collect()
+        } else {
+            let mut probe = key.clone();
+            let mut found = Vec::new();
+            for &index in decoded.subtasks.keys() {
+                probe.subtask = Some(index);
+                if self.entries.contains_key(&probe) {
+                    found.push(probe.clone());
+                }
+            }
+            found
+        };
+        for part_key in parts {
+            let Some(index) = part_key.subtask else {
+                continue;
+            };
+            let Some(profile) = decoded.subtasks.get(&index) else {
+                continue;
+            };
+            let Some(entry) = self.entries.get_mut(&part_key) else {
+                continue;
+            };
+            let mut swapped = Vec::new();
+            for run in entry.runs.iter_mut() {
+                let shares = matches!(run, Kept::Decoded(s) if s.run_id == decoded.run_id
+                    && s.subtasks.get(&index).is_some_and(|p| Arc::ptr_eq(p, profile)));
+                if shares {
+                    let part = Kept::Part(Arc::clone(packed), index);
+                    swapped.push((std::mem::replace(run, part.clone()), part));
+                }
+            }
+            for (old, new) in swapped {
+                self.hold(&new);
+                self.release(&old);
+            }
+        }
+        true
     }
 
     /// Drops the memos of the run at `address` (it stays kept).
@@ -387,19 +639,86 @@ fn release_part(parts: &mut HashMap<usize, (usize, usize)>, address: usize) -> u
 /// Drops `released` runs: on a blocking thread of the current tokio runtime when this takes
 /// the last holder of a big run (a vertex run of thousands of profiles takes milliseconds to
 /// free, which is not the business of the request or run that happened to push it out), else
-/// here.
-fn give_back(released: Vec<Arc<Snapshot>>) {
+/// here. Either way, freeing that much gives memory back to the system ([`trim`]).
+fn give_back(released: Vec<Kept>) {
+    let last = |r: &Kept| match r {
+        Kept::Decoded(s) => Arc::strong_count(s) == 1,
+        Kept::Packed(p) | Kept::Part(p, _) => Arc::strong_count(p) == 1,
+    };
     let profiles: usize = released
         .iter()
-        .filter(|r| Arc::strong_count(r) == 1)
-        .map(|r| r.subtasks.len())
+        .filter(|r| last(r))
+        .map(|r| match r {
+            Kept::Decoded(s) => s.subtasks.len(),
+            Kept::Packed(_) | Kept::Part(..) => 0,
+        })
         .sum();
-    if profiles >= GIVE_BACK_ASIDE
-        && let Ok(runtime) = tokio::runtime::Handle::try_current()
-    {
-        drop(runtime.spawn_blocking(move || drop(released)));
-    } else {
+    if profiles < GIVE_BACK_ASIDE {
         drop(released);
+        return;
+    }
+    let free = move || {
+        drop(released);
+        trim();
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(free)),
+        Err(_) => free(),
+    }
+}
+
+/// Gives the memory freed by a big run back to the system: glibc keeps freed small blocks in
+/// its arenas (a decoded vertex run is tens of thousands of them), so the coordinator's RSS
+/// would stay at its high-water mark. `malloc_trim(0)` returns the free pages of every arena;
+/// it walks them, so it runs off the cache's lock (callers: the thread that frees a big run,
+/// the packer), at most every two seconds. Does nothing on other allocators, nor with
+/// `FLAMEGRID_MALLOC_TRIM=0` in the environment (to measure what it gives back).
+pub fn trim() {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var("FLAMEGRID_MALLOC_TRIM").is_ok_and(|v| v == "0")) {
+        return;
+    }
+    {
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() < TRIM_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases free memory of glibc's own arenas; it takes their
+    // locks and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10, Linux): for the packer, whose
+/// work can wait. Best effort: nothing happens elsewhere or when it is refused.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `gettid` has no preconditions; `setpriority` on this thread's own id changes only
+    // its nice value (on Linux, `PRIO_PROCESS` with a thread id applies to that thread).
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
+/// The shortest time between two [`trim`]s.
+const TRIM_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs `f`, CPU work of milliseconds, without holding up an async worker: on a worker of a
+/// multi-threaded tokio runtime, the worker's other tasks move to another thread meanwhile
+/// ([`tokio::task::block_in_place`]); anywhere else (a current-thread runtime, a blocking
+/// thread, no runtime), it just runs.
+fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -428,12 +747,23 @@ fn run_overhead(snapshot: &Snapshot) -> usize {
 pub struct GraphCache {
     limits: CacheLimits,
     inner: Mutex<Inner>,
+    /// The cache itself, for the packer thread.
+    me: Weak<GraphCache>,
+    /// Packings handed out and not finished yet ([`GraphCache::packing`]).
+    packing: AtomicUsize,
+    /// Runs waiting to be packed, oldest first, and whether a packer is taking them: one at a
+    /// time, so that runs landing faster than they are packed queue up instead of packing in
+    /// parallel on every core.
+    queue: Mutex<(VecDeque<PackJob>, bool)>,
 }
 
 impl GraphCache {
     /// An empty cache.
     pub fn new(limits: CacheLimits) -> Arc<Self> {
-        Arc::new(GraphCache {
+        Arc::new_cyclic(|me| GraphCache {
+            me: Weak::clone(me),
+            packing: AtomicUsize::new(0),
+            queue: Mutex::new((VecDeque::new(), false)),
             limits,
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
@@ -446,6 +776,8 @@ impl GraphCache {
                 failures: HashMap::new(),
                 last_sweep: Instant::now(),
                 released: Vec::new(),
+                to_pack: Vec::new(),
+                recent: None,
             }),
         })
     }
@@ -464,13 +796,184 @@ impl GraphCache {
     /// Runs `f` on the locked state, then drops the runs it let go of once the lock is
     /// released: the memory of a run pushed out of history (or swept, evicted, forgotten) is
     /// given back outside the lock, by the caller.
+    /// Runs pushed down into history are packed the same way, after the lock is released
+    /// ([`GraphCache::pack`]).
     fn locked<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         let mut inner = self.lock();
         let result = f(&mut inner);
         let released = std::mem::take(&mut inner.released);
+        let to_pack = std::mem::take(&mut inner.to_pack);
         drop(inner);
         give_back(released);
+        self.pack(to_pack);
         result
+    }
+
+    /// Packs `runs` (decoded runs pushed down into history) and swaps each for its packing in
+    /// its key's entry, one run at a time in landing order: within a tokio runtime on a thread
+    /// of its own at a low priority (packing a vertex run of ten thousand subtasks is CPU work
+    /// of a fraction of a second), outside one here, on the caller's thread (tests, benches).
+    /// A run dropped from the cache before its turn is skipped.
+    fn pack(&self, runs: Vec<PackJob>) {
+        if runs.is_empty() {
+            return;
+        }
+        let Some(cache) = self.me.upgrade() else {
+            return;
+        };
+        self.packing.fetch_add(runs.len(), Ordering::SeqCst);
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.0.extend(runs);
+            if queue.1 {
+                return; // the packer at work takes them
+            }
+            queue.1 = true;
+        }
+        let work = move || {
+            loop {
+                let next = {
+                    let mut queue = cache.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    let next = queue.0.pop_front();
+                    if next.is_none() {
+                        queue.1 = false;
+                    }
+                    next
+                };
+                let Some((key, run)) = next else { break };
+                if let Some(run) = run.upgrade() {
+                    cache.pack_one(&key, run);
+                }
+                cache.packing.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return work();
+        }
+        // Its own thread, at a low priority: packing must not slow down the next run's answers
+        // (a run's own CPU is what the time to graph is made of), only use what they leave.
+        let spawned = std::thread::Builder::new()
+            .name("flamegrid-packer".into())
+            .spawn(move || {
+                lower_priority();
+                work();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no thread to pack flame graph runs: kept decoded");
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            self.packing.fetch_sub(queue.0.len(), Ordering::SeqCst);
+            queue.0.clear();
+            queue.1 = false;
+        }
+    }
+
+    /// Packs one run of `key` and swaps it in ([`Inner::swap_packed`]); then frees the decoded
+    /// run, here (off the lock), and gives the memory back ([`trim`]).
+    fn pack_one(&self, key: &GraphKey, run: Arc<Snapshot>) {
+        let packed = match PackedRun::pack(&run) {
+            Ok(packed) => Arc::new(packed),
+            Err(e) => {
+                tracing::warn!(?key, run = run.run_id, error = %e, "flame graph run not packed: kept decoded");
+                return;
+            }
+        };
+        if packed.approx_bytes() >= run.approx_bytes() {
+            return; // nothing to save (a run of a few tiny profiles)
+        }
+        let swapped = self.locked(|inner| inner.swap_packed(key, &run, &packed));
+        if swapped {
+            tracing::debug!(
+                ?key,
+                run = run.run_id,
+                subtasks = run.subtasks.len(),
+                packed_bytes = packed.approx_bytes(),
+                "flame graph run packed"
+            );
+        }
+        let big = run.subtasks.len() >= GIVE_BACK_ASIDE;
+        drop(run);
+        if swapped && big {
+            trim();
+        }
+    }
+
+    /// Packings handed to the packer thread and not finished yet: runs pushed down into history
+    /// are still decoded until this is 0 (tests and measurements wait for it).
+    pub fn packing(&self) -> usize {
+        self.packing.load(Ordering::SeqCst)
+    }
+
+    /// `kept` decoded: as it is, or its packed run decoded off the lock (on a multi-threaded
+    /// runtime, with the worker handed over to the other tasks meanwhile), from the decoding
+    /// kept for reads when it is that run's. `None` (logged) when a packed body does not read
+    /// back, which one this process packed cannot do.
+    fn unpack(&self, kept: Kept) -> Option<Arc<Snapshot>> {
+        let (packed, part) = match kept {
+            Kept::Decoded(s) => return Some(s),
+            Kept::Packed(p) => (p, None),
+            Kept::Part(p, index) => (p, Some(index)),
+        };
+        let address = packed_address(&packed);
+        let kept = {
+            let mut inner = self.lock();
+            inner
+                .recent
+                .as_mut()
+                .filter(|r| r.packed == address)
+                .map(|r| {
+                    r.read = Instant::now();
+                    Arc::clone(&r.snapshot)
+                })
+        };
+        let whole = match kept {
+            Some(whole) => whole,
+            None => {
+                let decoded = off_the_workers(|| {
+                    packed.unpack().map(|s| {
+                        let bytes = s.approx_bytes();
+                        (Arc::new(s), bytes)
+                    })
+                });
+                let (whole, bytes) = match decoded {
+                    Ok(decoded) => decoded,
+                    Err(e) => {
+                        tracing::error!(run = packed.info().run_id, error = %e, "a packed flame graph run does not read back");
+                        return None;
+                    }
+                };
+                self.locked(|inner| self.keep_recent(inner, address, &whole, bytes));
+                whole
+            }
+        };
+        match part {
+            None => Some(whole),
+            Some(index) => whole.subtask_part(index).map(Arc::new),
+        }
+    }
+
+    /// Keeps `decoded`, the decoding of the packed run at `address`, for the next reads of it,
+    /// in place of the one kept before, if that run is still kept and it fits the bound.
+    fn keep_recent(
+        &self,
+        inner: &mut Inner,
+        address: usize,
+        decoded: &Arc<Snapshot>,
+        bytes: usize,
+    ) {
+        if !inner.profiles.contains_key(&address) {
+            return; // dropped from the cache meanwhile
+        }
+        inner.drop_recent();
+        if inner.bytes + bytes > self.limits.max_bytes {
+            return;
+        }
+        inner.bytes += bytes;
+        inner.recent = Some(Recent {
+            packed: address,
+            snapshot: Arc::clone(decoded),
+            bytes,
+            read: Instant::now(),
+        });
     }
 
     /// The cached snapshot for `key` (even stale), and a ticket to start a run when it is
@@ -484,7 +987,11 @@ impl GraphCache {
     /// one-run-in-flight rule is not. Never waits.
     pub fn lookup_with(self: &Arc<Self>, key: &GraphKey, refresh: bool) -> Lookup {
         let now = Instant::now();
-        self.locked(|inner| self.lookup_locked(inner, key, refresh, now))
+        let (cached, ticket) = self.locked(|inner| self.lookup_locked(inner, key, refresh, now));
+        Lookup {
+            cached: cached.and_then(|kept| self.unpack(kept)),
+            ticket,
+        }
     }
 
     fn lookup_locked(
@@ -493,14 +1000,14 @@ impl GraphCache {
         key: &GraphKey,
         refresh: bool,
         now: Instant,
-    ) -> Lookup {
+    ) -> (Option<Kept>, Option<RunTicket>) {
         self.sweep(inner, now);
         self.materialize(inner, key);
         let (cached, fresh) = match inner.entries.get_mut(key) {
             Some(e) => {
                 e.last_read = now;
                 (
-                    Some(Arc::clone(e.latest())),
+                    Some(e.latest().clone()),
                     now.duration_since(e.landed) < self.limits.refresh,
                 )
             }
@@ -518,7 +1025,7 @@ impl GraphCache {
                 done: false,
             })
         };
-        Lookup { cached, ticket }
+        (cached, ticket)
     }
 
     /// A receiver that wakes (with an error from `changed()`) when the run that will fill `key`
@@ -541,15 +1048,30 @@ impl GraphCache {
 
     /// The cached snapshot for `key` without touching freshness or starting anything.
     pub fn peek(&self, key: &GraphKey) -> Option<Arc<Snapshot>> {
+        let kept = self.locked(|inner| {
+            self.materialize(inner, key);
+            inner.entries.get(key).map(|e| e.latest().clone())
+        });
+        self.unpack(kept?)
+    }
+
+    /// The latest run of `key` when it is kept decoded, without decoding anything (`None`
+    /// also when it is packed: the latest of a subtask entry made from a packed vertex run):
+    /// for hints that are not worth a decoding, like the names a new run will meet.
+    pub fn peek_decoded(&self, key: &GraphKey) -> Option<Arc<Snapshot>> {
         self.locked(|inner| {
             self.materialize(inner, key);
-            inner.entries.get(key).map(|e| Arc::clone(e.latest()))
+            match inner.entries.get(key).map(Entry::latest) {
+                Some(Kept::Decoded(s)) => Some(Arc::clone(s)),
+                _ => None,
+            }
         })
     }
 
-    /// The kept runs of `key`, newest first (empty when nothing is cached). A read: it keeps
-    /// the entry from being swept or evicted as unused. Never starts a run.
-    pub fn history(&self, key: &GraphKey) -> Vec<Arc<Snapshot>> {
+    /// What the history list shows of the kept runs of `key`, newest first (empty when nothing
+    /// is cached): read from every run as kept, packed or not, without decoding any. A read:
+    /// it keeps the entry from being swept or evicted as unused. Never starts a run.
+    pub fn history(&self, key: &GraphKey) -> Vec<RunInfo> {
         let now = Instant::now();
         self.locked(|inner| {
             self.sweep(inner, now);
@@ -557,7 +1079,7 @@ impl GraphCache {
             match inner.entries.get_mut(key) {
                 Some(e) => {
                     e.last_read = now;
-                    e.runs.iter().cloned().collect()
+                    e.runs.iter().map(Kept::info).collect()
                 }
                 None => Vec::new(),
             }
@@ -565,17 +1087,19 @@ impl GraphCache {
     }
 
     /// The kept run of `key` that ended at `end_ms` (the newest such, should two share a
-    /// millisecond). A read, like [`GraphCache::history`]; never starts a run.
+    /// millisecond), decoded if it is kept packed (off the lock; see the module docs). A read,
+    /// like [`GraphCache::history`]; never starts a run.
     pub fn at(&self, key: &GraphKey, end_ms: i64) -> Option<Arc<Snapshot>> {
         let now = Instant::now();
-        self.locked(|inner| {
+        let found = self.locked(|inner| {
             self.sweep(inner, now);
             self.materialize(inner, key);
             let e = inner.entries.get_mut(key)?;
-            let found = e.runs.iter().find(|s| s.end_ms == end_ms).cloned()?;
+            let found = e.runs.iter().find(|r| r.end_ms() == end_ms).cloned()?;
             e.last_read = now;
             Some(found)
-        })
+        });
+        self.unpack(found?)
     }
 
     /// The JSON text of `snapshot` for `ty`: the memoised one when there is one, else
@@ -710,7 +1234,7 @@ impl GraphCache {
         }
         // The subtask entries of a vertex run are made when first read
         // (`GraphCache::materialize`), not here: storing a run costs one entry, not one per subtask.
-        self.insert(inner, key.clone(), snapshot, landed, read);
+        self.insert(inner, key.clone(), Kept::Decoded(snapshot), landed, read);
         self.evict(inner, std::slice::from_ref(key));
     }
 
@@ -724,21 +1248,21 @@ impl GraphCache {
             Some(v) => (
                 v.runs
                     .iter()
-                    .filter(|r| r.subtasks.contains_key(&index))
+                    .filter(|r| r.holds(index))
                     .cloned()
                     .collect::<Vec<_>>(),
                 v.landed,
             ),
             None => return,
         };
-        let Some(newest) = vertex_runs.first().map(|r| r.run_id) else {
+        let Some(newest) = vertex_runs.first().map(Kept::run_id) else {
             return;
         };
         let (kept, full_from): (Vec<u64>, u64) = match inner.entries.get(key) {
             Some(e) => (
-                e.runs.iter().map(|r| r.run_id).collect(),
+                e.runs.iter().map(Kept::run_id).collect(),
                 if e.runs.len() >= keep {
-                    e.runs.back().map_or(0, |r| r.run_id)
+                    e.runs.back().map_or(0, Kept::run_id)
                 } else {
                     0
                 },
@@ -754,18 +1278,20 @@ impl GraphCache {
             .unwrap_or(vertex_landed);
         let mut inserted = false;
         for run in vertex_runs.into_iter().rev() {
-            if kept.contains(&run.run_id) || run.run_id < full_from {
+            let run_id = run.run_id();
+            if kept.contains(&run_id) || run_id < full_from {
                 continue;
             }
-            let Some(part) = run.subtask_part(index) else {
+            // A packed vertex run gives a part sharing the packed run: nothing is decoded.
+            let Some(part) = run.part(index) else {
                 continue;
             };
-            let landed = if run.run_id == newest {
+            let landed = if run_id == newest {
                 vertex_landed
             } else {
                 stale.min(vertex_landed)
             };
-            self.insert(inner, key.clone(), Arc::new(part), landed, false);
+            self.insert(inner, key.clone(), part, landed, false);
             inserted = true;
         }
         if inserted {
@@ -790,7 +1316,7 @@ impl GraphCache {
             let kept = inner
                 .entries
                 .get(key)
-                .is_some_and(|e| e.runs.iter().any(|r| r.run_id == snapshot.run_id));
+                .is_some_and(|e| e.runs.iter().any(|r| r.run_id() == snapshot.run_id));
             if kept {
                 return; // already here (this replica's own run, or read before): memos stay
             }
@@ -820,24 +1346,19 @@ impl GraphCache {
             .collect()
     }
 
-    /// Adds `snapshot` to `key`'s runs in run-id order (replacing a run with the same id) and
-    /// drops the oldest runs beyond the history limit.
-    fn insert(
-        &self,
-        inner: &mut Inner,
-        key: GraphKey,
-        snapshot: Arc<Snapshot>,
-        now: Instant,
-        read: bool,
-    ) {
-        inner.hold(&snapshot);
+    /// Adds `run` to `key`'s runs in run-id order (replacing a run with the same id) and
+    /// drops the oldest runs beyond the history limit. A decoded run that ends up below the
+    /// latest (the latest it pushed down, or itself, filed behind a newer one) is handed to
+    /// [`GraphCache::pack`] when it is big enough ([`CacheLimits::pack_from_bytes`]).
+    fn insert(&self, inner: &mut Inner, key: GraphKey, run: Kept, now: Instant, read: bool) {
+        inner.hold(&run);
         let keep = self.limits.runs_per_key();
         let overhead = std::mem::size_of::<Entry>() + 3 * key.job_id.len();
         if !inner.entries.contains_key(&key) {
             inner.bytes += overhead;
         }
         let created = Instant::now();
-        let entry = inner.entries.entry(key).or_insert_with(|| Entry {
+        let entry = inner.entries.entry(key.clone()).or_insert_with(|| Entry {
             runs: VecDeque::new(),
             landed: now,
             last_read: created,
@@ -850,27 +1371,39 @@ impl GraphCache {
         // The run that was the key's latest until this one: its JSON memos go (see the module
         // docs: memos are for polls, which read the latest).
         let mut superseded = None;
-        match entry.runs.iter().position(|r| r.run_id <= snapshot.run_id) {
-            Some(i) if entry.runs[i].run_id == snapshot.run_id => {
-                released.push(std::mem::replace(&mut entry.runs[i], snapshot));
+        // Where the run that is now history, if any, sits.
+        let history_at = match entry.runs.iter().position(|r| r.run_id() <= run.run_id()) {
+            Some(i) if entry.runs[i].run_id() == run.run_id() => {
+                released.push(std::mem::replace(&mut entry.runs[i], run));
                 if i == 0 {
                     entry.landed = now;
                 }
+                (i > 0).then_some(i)
             }
             Some(i) => {
-                entry.runs.insert(i, snapshot);
+                entry.runs.insert(i, run);
                 if i == 0 {
                     entry.landed = now;
-                    superseded = entry.runs.get(1).map(snapshot_address);
+                    superseded = entry.runs.get(1).cloned();
+                    Some(1)
+                } else {
+                    Some(i)
                 }
             }
             None => {
                 if entry.runs.is_empty() {
                     entry.landed = now;
                 }
-                entry.runs.push_back(snapshot);
+                entry.runs.push_back(run);
+                Some(entry.runs.len() - 1).filter(|&i| i > 0)
             }
-        }
+        };
+        let history = history_at
+            .filter(|&i| i < keep)
+            .and_then(|i| match entry.runs.get(i) {
+                Some(Kept::Decoded(s)) => Some(Arc::clone(s)),
+                _ => None,
+            });
         while entry.runs.len() > keep {
             if let Some(old) = entry.runs.pop_back() {
                 released.push(old);
@@ -879,10 +1412,21 @@ impl GraphCache {
         for old in released {
             inner.release(&old);
         }
-        if let Some(address) = superseded {
+        if let Some(Kept::Decoded(s)) = superseded {
+            let address = snapshot_address(&s);
             inner.forget_memos(address);
             if let Some(run) = inner.held.get_mut(&address) {
                 run.superseded = true;
+            }
+        }
+        if let Some(run) = history {
+            // Big enough, and holding profiles of its own: a subtask's part of a decoded vertex
+            // run (which adds nothing but its wrapper) goes packed with the vertex run.
+            let big = inner.held.get(&snapshot_address(&run)).is_some_and(|h| {
+                h.bytes >= self.limits.pack_from_bytes && h.bytes > run_overhead(&run)
+            });
+            if big {
+                inner.to_pack.push((key, Arc::downgrade(&run)));
             }
         }
     }
@@ -898,6 +1442,10 @@ impl GraphCache {
         };
         if !over(inner) {
             return;
+        }
+        // The decoding kept for reads first, then memos: all can be made again.
+        if over(inner) {
+            inner.drop_recent();
         }
         while over(inner) && inner.forget_lru_memos(None) {}
         if over(inner) {
@@ -1023,6 +1571,14 @@ impl GraphCache {
         inner
             .failures
             .retain(|_, (at, _)| now.duration_since(*at) < cleanup);
+        // The decoding kept for reads goes once nobody polled it for a sweep period.
+        if inner
+            .recent
+            .as_ref()
+            .is_some_and(|r| now.duration_since(r.read) >= self.limits.sweep_period())
+        {
+            inner.drop_recent();
+        }
         for key in expired {
             inner.drop_entry(&key);
         }
@@ -1071,6 +1627,8 @@ impl Drop for RunTicket {
 #[cfg(test)]
 mod tests {
     use super::super::profile::tests::{snapshot, spin_and_sleep};
+    use super::super::profile::{NameTable, ProfileNames};
+    use super::super::stored;
     use super::*;
 
     fn key(subtask: Option<u32>) -> GraphKey {
@@ -1269,7 +1827,8 @@ mod tests {
                     &[],
                 ));
             }
-            for s in c.history(&k) {
+            for run in c.history(&k) {
+                let s = c.at(&k, run.end_ms).unwrap();
                 for ty in GraphType::ALL {
                     // Big texts: a tree's JSON is many times its folded profile.
                     let text = c.json(&s, ty, || render(&s, ty).repeat(40));
@@ -1560,5 +2119,341 @@ mod tests {
         assert!(c.peek(&other).is_some(), "another job's graph stays");
         assert!(c.usage().1 < before, "its bytes are released");
         assert_eq!(c.forget_job("unknown"), 0);
+    }
+
+    /// History `n`, every run pushed down packed (whatever its size) when `pack`, none when not.
+    fn packing_limits(n: usize, pack: bool) -> CacheLimits {
+        let mut limits = limits_with_history(n);
+        limits.pack_from_bytes = if pack { 0 } else { usize::MAX };
+        limits
+    }
+
+    /// A vertex run of subtasks 0, 1 and 4 (2 and 3 missing), `id` samples deep.
+    fn vertex_run(id: u64) -> Snapshot {
+        let n = id as u32;
+        snapshot(
+            id,
+            &[
+                (0, spin_and_sleep(n + 2)),
+                (1, spin_and_sleep(n)),
+                (4, spin_and_sleep(1)),
+            ],
+            &[2, 3],
+        )
+    }
+
+    /// Lands `runs` for the whole vertex, one after the other.
+    fn land_runs(c: &Arc<GraphCache>, runs: &[Snapshot]) {
+        for run in runs {
+            c.lookup_with(&key(None), true)
+                .ticket
+                .expect("a refresh starts")
+                .complete(run.clone());
+        }
+    }
+
+    /// How `k`'s runs are kept, newest first: `D`ecoded, `P`acked, or a packed `p`art.
+    fn kinds(c: &GraphCache, k: &GraphKey) -> String {
+        c.lock().entries.get(k).map_or(String::new(), |e| {
+            e.runs
+                .iter()
+                .map(|r| match r {
+                    Kept::Decoded(_) => 'D',
+                    Kept::Packed(_) => 'P',
+                    Kept::Part(..) => 'p',
+                })
+                .collect()
+        })
+    }
+
+    #[test]
+    fn older_runs_are_kept_packed_and_read_back_as_they_were() {
+        let runs: Vec<Snapshot> = (1..=3).map(vertex_run).collect();
+        let c = GraphCache::new(packing_limits(10, true));
+        land_runs(&c, &runs);
+        assert_eq!(
+            c.packing(),
+            0,
+            "outside a runtime, packed on the landing thread"
+        );
+        assert_eq!(
+            kinds(&c, &key(None)),
+            "DPP",
+            "the latest decoded, two packed"
+        );
+        // The history lists all three with the figures they had decoded.
+        let history = c.history(&key(None));
+        let expected: Vec<RunInfo> = runs.iter().rev().map(RunInfo::of).collect();
+        assert_eq!(
+            history
+                .iter()
+                .map(|r| RunInfo::clone(r).into_decoded())
+                .collect::<Vec<_>>(),
+            expected
+        );
+        assert_eq!(
+            history.iter().map(|r| r.packed).collect::<Vec<_>>(),
+            [false, true, true]
+        );
+        for ty in GraphType::ALL {
+            assert_eq!(history[2].sample_count(ty), runs[0].sample_count(ty));
+            assert_eq!(history[2].thread_count(ty), runs[0].thread_count(ty));
+        }
+        // `at` of a packed run decodes it: equal to the run that landed, names shared again.
+        for (i, run) in runs.iter().enumerate() {
+            let back = c.at(&key(None), run.end_ms).unwrap();
+            assert_eq!(*back, *run);
+            let tables: Vec<_> = back.subtasks.values().map(|p| p.names.table()).collect();
+            assert!(i == 2 || tables.windows(2).all(|t| Arc::ptr_eq(t[0], t[1])));
+        }
+        // The latest is what polls get, decoded and memoised as before.
+        let latest = c.peek(&key(None)).unwrap();
+        assert_eq!(*latest, runs[2]);
+        c.json(&latest, GraphType::Full, || "x".repeat(100));
+        assert!(c.memo_bytes() > 0);
+        // The decoding kept for the next `at` of the same run is counted, and goes with it.
+        let before = c.usage().1;
+        let again = c.at(&key(None), runs[0].end_ms).unwrap();
+        assert_eq!(c.usage().1, before, "served from the decoding kept");
+        assert!(c.lock().recent.is_some());
+        land_runs(&c, &(4..=13).map(vertex_run).collect::<Vec<_>>());
+        assert!(
+            c.lock().recent.is_none(),
+            "run 1 left the history, its decoding too"
+        );
+        drop(again);
+        assert_eq!(kinds(&c, &key(None)), "DPPPPPPPPP");
+    }
+
+    #[test]
+    fn a_subtask_entry_made_from_a_packed_vertex_run_equals_the_decoded_one() {
+        let runs: Vec<Snapshot> = (1..=3).map(vertex_run).collect();
+        let packed = GraphCache::new(packing_limits(10, true));
+        let decoded = GraphCache::new(packing_limits(10, false));
+        // Subtask 1 read after run 1 (its part shares run 1's profile), then runs 2 and 3.
+        for c in [&packed, &decoded] {
+            land_runs(c, &runs[..1]);
+            assert!(c.peek(&key(Some(1))).is_some());
+            land_runs(c, &runs[1..]);
+        }
+        assert_eq!(kinds(&decoded, &key(None)), "DDD");
+        assert_eq!(kinds(&packed, &key(None)), "DPP");
+        for index in [0, 1, 4] {
+            let k = key(Some(index));
+            let plain =
+                |h: Vec<RunInfo>| h.into_iter().map(RunInfo::into_decoded).collect::<Vec<_>>();
+            assert_eq!(
+                plain(packed.history(&k)),
+                plain(decoded.history(&k)),
+                "{index}"
+            );
+            assert_eq!(packed.history(&k).len(), 3);
+            for run in &runs {
+                let (a, b) = (packed.at(&k, run.end_ms), decoded.at(&k, run.end_ms));
+                assert_eq!(a, b, "subtask {index}, run {}", run.run_id);
+                assert_eq!(
+                    a.unwrap().subtasks.keys().copied().collect::<Vec<_>>(),
+                    [index]
+                );
+            }
+            assert_eq!(packed.peek(&k), decoded.peek(&k));
+        }
+        assert!(
+            packed.peek_decoded(&key(Some(1))).is_some(),
+            "the latest is decoded"
+        );
+        // Subtask 1's part of run 1, decoded when it was read, went packed with the vertex
+        // run: no subtask entry keeps a packed run's profiles alive.
+        assert_eq!(kinds(&packed, &key(Some(1))), "Dpp");
+        assert_eq!(
+            kinds(&packed, &key(Some(0))),
+            "Dpp",
+            "made from the packed runs"
+        );
+        let (_, unpacked) = decoded.usage();
+        let (_, bytes) = packed.usage();
+        assert!(bytes < unpacked, "{bytes} >= {unpacked}");
+        // Every byte is given back once the entries go.
+        assert_eq!(packed.forget_job(&key(None).job_id), 4);
+        assert_eq!((packed.usage(), packed.kept_runs()), ((0, 0), 0));
+        assert!(packed.lock().profiles.is_empty() && packed.lock().held.is_empty());
+    }
+
+    #[test]
+    fn a_packed_run_frees_the_decoded_one_and_small_runs_stay_decoded() {
+        let c = GraphCache::new(packing_limits(10, true));
+        land_runs(&c, &[vertex_run(1)]);
+        let first = c.peek(&key(None)).unwrap();
+        assert!(c.peek(&key(Some(0))).is_some());
+        let profile = Arc::downgrade(&first.subtasks[&0]);
+        let run = Arc::downgrade(&first);
+        drop(first);
+        land_runs(&c, &[vertex_run(2)]);
+        assert!(run.upgrade().is_none() && profile.upgrade().is_none());
+        // The default threshold leaves small runs decoded.
+        let c = GraphCache::new(limits_with_history(10));
+        land_runs(&c, &[vertex_run(1), vertex_run(2)]);
+        assert_eq!(kinds(&c, &key(None)), "DD");
+    }
+
+    #[test]
+    fn a_corrupt_packed_run_reads_as_none_not_a_panic() {
+        let c = GraphCache::new(packing_limits(10, true));
+        land_runs(&c, &[vertex_run(1), vertex_run(2)]);
+        {
+            let mut inner = c.lock();
+            let entry = inner.entries.get_mut(&key(None)).unwrap();
+            let Kept::Packed(p) = &entry.runs[1] else {
+                panic!("run 1 is packed")
+            };
+            let mut cut = PackedRun::pack(&vertex_run(1)).unwrap();
+            let body = stored::encode(&vertex_run(1)).unwrap();
+            cut = cut.with_body(body[..body.len() / 2].to_vec());
+            assert_eq!(p.info().run_id, 1);
+            // Same figures, so the accounting is the same; a body that does not inflate.
+            let corrupt = Kept::Packed(Arc::new(cut));
+            let old = std::mem::replace(&mut entry.runs[1], corrupt.clone());
+            inner.hold(&corrupt);
+            inner.release(&old);
+        }
+        assert!(c.at(&key(None), 1001).is_none());
+        assert_eq!(c.history(&key(None)).len(), 2, "still listed");
+        assert!(
+            c.at(&key(Some(0)), 1001).is_none(),
+            "nor its subtask's part"
+        );
+        assert!(c.at(&key(None), 1002).is_some());
+    }
+
+    #[test]
+    fn the_estimate_of_ten_runs_of_ten_thousand_subtasks_falls_when_packed() {
+        // The fanout bench's runs: 10,000 subtasks, 20 samples of 30 frames each, names shared
+        // per run. Each run its own profiles and table (deep copies of one run).
+        let base = fleet_run(10_000);
+        let runs: Vec<Snapshot> = (1..=10)
+            .map(|id| Snapshot {
+                run_id: id,
+                end_ms: 1000 + id as i64,
+                subtasks: base
+                    .subtasks
+                    .iter()
+                    .map(|(&i, p)| (i, Arc::new(SubtaskProfile::clone(p))))
+                    .collect(),
+                ..base.clone()
+            })
+            .collect();
+        let mut estimates = Vec::new();
+        for pack in [false, true] {
+            let mut limits = limits_with_history(10);
+            limits.max_bytes = usize::MAX;
+            if !pack {
+                limits.pack_from_bytes = usize::MAX;
+            }
+            let c = GraphCache::new(limits);
+            land_runs(&c, &runs);
+            assert_eq!(c.history(&key(None)).len(), 10);
+            assert_eq!(
+                kinds(&c, &key(None)).matches('P').count(),
+                if pack { 9 } else { 0 }
+            );
+            estimates.push(c.usage().1);
+        }
+        let (decoded, packed) = (estimates[0], estimates[1]);
+        eprintln!(
+            "10 runs of 10,000 subtasks: {decoded} bytes decoded, {packed} packed ({:.2} x less); one run {} bytes decoded",
+            decoded as f64 / packed as f64,
+            base.approx_bytes()
+        );
+        // Measured: 4.96 x (44 MB a run decoded; one decoded, nine packed at about a ninth).
+        assert!(packed * 3 < decoded, "{packed} vs {decoded}");
+    }
+
+    /// A vertex run of `subtasks` like the fanout bench's (see `benches/fanout.rs`).
+    fn fleet_run(subtasks: u32) -> Snapshot {
+        use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};
+        let set = |index: u32| {
+            let thread = SampledThread {
+                pid: 1000 + index / 10,
+                tid: 20_000 + index,
+                name: format!("worker-{index}"),
+            };
+            let mut b = SampleSetBuilder::new();
+            for s in 0..20u32 {
+                let leaf = (index * 7 + s * 17) % 500;
+                let stack = (0..25)
+                    .map(|d| Frame::named(format!("base_{}_{d}", index % 8)))
+                    .chain((0..5).map(|d| Frame::named(format!("leaf_{leaf}_{d}"))));
+                let state = if s % 5 == 0 {
+                    ThreadState::Waiting
+                } else {
+                    ThreadState::Runnable
+                };
+                b.push(&thread, i64::from(s), state, stack, false);
+            }
+            b.finish()
+        };
+        let sets: Vec<(u32, _)> = (0..subtasks).map(|i| (i, set(i))).collect();
+        let s = snapshot(1, &sets, &[]);
+        // One names table for the run, as a run folds its answers into.
+        let mut names: Vec<String> = Vec::new();
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        let ids: Vec<Box<[u32]>> = s
+            .subtasks
+            .values()
+            .map(|p| {
+                p.names
+                    .iter()
+                    .map(|n| {
+                        *ids.entry(n.clone()).or_insert_with(|| {
+                            names.push(n.clone());
+                            names.len() as u32 - 1
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let table = Arc::new(NameTable::new(names));
+        let subtasks = s
+            .subtasks
+            .iter()
+            .zip(ids)
+            .map(|((&i, p), ids)| {
+                let names = ProfileNames::in_table(Arc::clone(&table), ids).unwrap();
+                let counts = GraphType::ALL.map(|ty| p.thread_count(ty));
+                let profile =
+                    SubtaskProfile::from_parts(names, p.stacks.clone(), p.threads.clone(), counts)
+                        .unwrap();
+                (i, Arc::new(profile))
+            })
+            .collect();
+        Snapshot { subtasks, ..s }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_a_runtime_runs_are_packed_on_a_thread_of_their_own_after_landing() {
+        let runs: Vec<Snapshot> = (1..=3).map(vertex_run).collect();
+        let c = GraphCache::new(packing_limits(10, true));
+        land_runs(&c, &runs);
+        for _ in 0..1000 {
+            if c.packing() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(c.packing(), 0);
+        assert_eq!(kinds(&c, &key(None)), "DPP");
+        // Read on a worker: decoded with the worker handed over (`block_in_place`).
+        assert_eq!(*c.at(&key(None), runs[0].end_ms).unwrap(), runs[0]);
+        // A run dropped before its packing is done is not put back.
+        let c = GraphCache::new(packing_limits(1, true));
+        land_runs(&c, &runs);
+        assert_eq!(c.kept_runs(), 1);
+        for _ in 0..1000 {
+            if c.packing() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!((kinds(&c, &key(None)).as_str(), c.kept_runs()), ("D", 1));
     }
 }

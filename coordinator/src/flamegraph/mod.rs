@@ -40,6 +40,7 @@ pub mod diff;
 pub mod dump;
 pub mod folded;
 pub mod json;
+pub mod packed;
 pub mod pprof;
 pub mod profile;
 pub mod prune;
@@ -448,9 +449,10 @@ impl FlameGraphService {
         self.settings.enabled && self.cache.sampling(key)
     }
 
-    /// The kept runs of `key`, newest first; empty when none is kept (or flame graphs are
-    /// off). Never starts a run.
-    pub fn history(&self, key: &GraphKey) -> Vec<Arc<Snapshot>> {
+    /// What the history list shows of the kept runs of `key`, newest first; empty when none is
+    /// kept (or flame graphs are off). Decodes nothing (older runs are kept packed, see
+    /// [`cache`]); [`FlameGraphService::kept_run`] gives a run's graph. Never starts a run.
+    pub fn history(&self, key: &GraphKey) -> Vec<packed::RunInfo> {
         self.load_stored(key);
         self.cache.history(key)
     }
@@ -465,8 +467,9 @@ impl FlameGraphService {
         }
     }
 
-    /// The kept run of `key` whose `endTimestamp` is `end_ms`, if it is still kept. Never
-    /// starts a run: a past run cannot be sampled again.
+    /// The kept run of `key` whose `endTimestamp` is `end_ms`, if it is still kept: decoded
+    /// when it is kept packed (tens of ms for a vertex of ten thousand subtasks, off the
+    /// cache's lock). Never starts a run: a past run cannot be sampled again.
     pub fn kept_run(&self, key: &GraphKey, end_ms: i64) -> Option<Arc<Snapshot>> {
         self.load_stored(key);
         self.cache.at(key, end_ms)
