@@ -540,17 +540,15 @@ impl SubtaskProfile {
                 let id = match frame_names.get(f) {
                     Some(id) => id,
                     None => {
+                        let wire = wire_frame(resp, f)?;
+                        let raw = wire_string(resp, wire.name)?;
+                        budget.charge_name(raw)?;
+                        budget.charge_name(wire_string(resp, wire.module)?)?;
                         let id = names.len() as u32;
                         wires.push(f);
                         match in_run.get(f) {
-                            // Checked, charged and interned by an earlier subtask of this
-                            // answer: nothing new to read or to keep.
                             Some(run_id) => names.push(run_id),
                             None => {
-                                let wire = wire_frame(resp, f)?;
-                                let raw = wire_string(resp, wire.name)?;
-                                budget.charge_name(raw)?;
-                                budget.charge_name(wire_string(resp, wire.module)?)?;
                                 let name = if raw.len() <= max_name {
                                     Cow::Borrowed(raw)
                                 } else {
