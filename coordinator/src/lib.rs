@@ -274,33 +274,39 @@ pub async fn start_on(
             .map_err(|e| CoordinatorError::Server(format!("REST server: {e}")))
     }));
 
-    // gRPC registry, in plain text or behind our own TLS accept loop (which logs refusals).
+    // gRPC registry, in plain text or behind our own TLS accept loop (which logs refusals), on
+    // a runtime of its own: one thread. A thousand agents heartbeat some 200 times a second,
+    // each a few microseconds of work; on the shared multi-threaded runtime every one of them
+    // also woke a parked worker thread (context switches were most of the coordinator's idle
+    // CPU). One thread takes them in turn, and the flame graph runs and REST keep the rest.
     let service = RegistryService::new(registry.clone()).into_server(token);
-    let mut stop = stopped.clone();
+    let stop = stopped.clone();
+    let rpc = rpc
+        .into_std()
+        .map_err(|e| CoordinatorError::Server(format!("registry gRPC listener: {e}")))?;
+    let (served_tx, served_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("flamegrid-registry".into())
+        .spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the registry's runtime: {e}"))
+                .and_then(|rt| {
+                    rt.block_on(serve_registry(service, rpc, tls, stop))
+                        .map_err(|e| format!("registry gRPC server: {e}"))
+                });
+            let _ = served_tx.send(served);
+        })
+        .map_err(|e| CoordinatorError::Server(format!("cannot start the registry thread: {e}")))?;
     tasks.push(tokio::spawn(async move {
-        let server = tonic::transport::Server::builder().add_service(service);
-        let until_stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        let served = match tls {
-            Some(acceptor) => {
-                server
-                    .serve_with_incoming_shutdown(
-                        registry::tls::incoming(rpc, acceptor),
-                        until_stopped,
-                    )
-                    .await
-            }
-            None => {
-                server
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(rpc),
-                        until_stopped,
-                    )
-                    .await
-            }
-        };
-        served.map_err(|e| CoordinatorError::Server(format!("registry gRPC server: {e}")))
+        match served_rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(CoordinatorError::Server(message)),
+            Err(_) => Err(CoordinatorError::Server(
+                "the registry thread ended without a word".into(),
+            )),
+        }
     }));
 
     // Heartbeat state reaches the store in batches (registry/flusher.rs), and once more on stop.
@@ -427,6 +433,40 @@ pub fn flamegraph_settings(config: &CoordinatorConfig) -> flamegraph::FlameGraph
 /// Prints a line for the user on stdout, ignoring a closed stdout (`println!` would panic
 /// there, e.g. under `| head -1` or a supervisor that stopped reading): these lines are
 /// information, and the coordinator keeps serving without them.
+/// Serves the registry's gRPC `service` on `rpc` (in plain text, or behind `tls`) until `stop`
+/// says so; on the registry's own runtime (see [`start`]).
+async fn serve_registry(
+    service: tonic::service::interceptor::InterceptedService<
+        flamegrid_proto::v1::registry_server::RegistryServer<RegistryService>,
+        TokenCheck,
+    >,
+    rpc: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let rpc = tokio::net::TcpListener::from_std(rpc).map_err(|e| e.to_string())?;
+    let server = tonic::transport::Server::builder().add_service(service);
+    let until_stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let served = match tls {
+        Some(acceptor) => {
+            server
+                .serve_with_incoming_shutdown(registry::tls::incoming(rpc, acceptor), until_stopped)
+                .await
+        }
+        None => {
+            server
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(rpc),
+                    until_stopped,
+                )
+                .await
+        }
+    };
+    served.map_err(|e| e.to_string())
+}
+
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
