@@ -163,7 +163,15 @@ async fn both_metrics_endpoints_parse_and_count_a_real_run() {
     assert!(ok >= 1.0, "{ok}");
     let samples = agent_after.get("flamegrid_agent_samples_total");
     assert!(samples >= sampled as f64, "{samples} < {sampled}");
-    assert!(agent_after.get("flamegrid_agent_ptrace_stops_total") > 0.0);
+    // Counted, but how many depends on the backend: every sample with ptrace; with perf
+    // events only a thread asleep since before the run, once, and none when the sleeper
+    // wakes during the run (its stack then comes from the perf ring).
+    assert!(agent_after.get("flamegrid_agent_ptrace_stops_total") >= 0.0);
+    assert!(
+        agent_after
+            .typed
+            .contains("flamegrid_agent_ptrace_stops_total")
+    );
     assert_eq!(
         agent_after.get("flamegrid_agent_sampling_run_duration_seconds_count"),
         ok
