@@ -978,16 +978,10 @@ mod tests {
         ));
         // The root file is read first: /dev/null has no certificate.
         assert!(err.contains("sslrootcert /dev/null"), "{err}");
-        let err = Database::connect_with(
+        let err = connect_within(
             &format!("postgres://fg:s3cret@127.0.0.1:{port}/x?sslmode=require"),
-            &ConnectOptions {
-                connect_timeout: Duration::from_secs(60),
-                ..ConnectOptions::default()
-            },
-        )
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+            Duration::from_secs(60),
+        );
         assert!(err.contains("the server does not offer TLS"), "{err}");
         assert!(err.contains("sslmode=prefer"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
@@ -1003,16 +997,10 @@ mod tests {
         // A server that agrees to TLS ('S') and then goes away, as one restarting might: not a
         // refusal, so start-up keeps trying until --database-connect-timeout-s.
         let port = answers_ssl_request(b"S");
-        let err = Database::connect_with(
+        let err = connect_within(
             &format!("postgres://fg:s3cret@127.0.0.1:{port}/x?sslmode=require"),
-            &ConnectOptions {
-                connect_timeout: Duration::from_secs(1),
-                ..ConnectOptions::default()
-            },
-        )
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+            Duration::from_secs(1),
+        );
         assert!(err.contains("TLS handshake with 127.0.0.1 failed"), "{err}");
         assert!(
             err.contains("attempt(s)") && !err.contains(" 1 attempt(s)"),
@@ -1029,11 +1017,16 @@ mod tests {
 
     /// The message of connecting to `url` with one attempt.
     fn connect_once(url: &str) -> String {
-        let once = ConnectOptions {
-            connect_timeout: Duration::ZERO,
+        connect_within(url, Duration::ZERO)
+    }
+
+    /// The message of connecting to `url`, retrying for `timeout` (empty if it connects).
+    fn connect_within(url: &str, timeout: Duration) -> String {
+        let options = ConnectOptions {
+            connect_timeout: timeout,
             ..ConnectOptions::default()
         };
-        Database::connect_with(url, &once)
+        Database::connect_with(url, &options)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
