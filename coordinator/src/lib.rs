@@ -430,11 +430,8 @@ pub fn flamegraph_settings(config: &CoordinatorConfig) -> flamegraph::FlameGraph
     }
 }
 
-/// Prints a line for the user on stdout, ignoring a closed stdout (`println!` would panic
-/// there, e.g. under `| head -1` or a supervisor that stopped reading): these lines are
-/// information, and the coordinator keeps serving without them.
 /// Serves the registry's gRPC `service` on `rpc` (in plain text, or behind `tls`) until `stop`
-/// says so; on the registry's own runtime (see [`start`]).
+/// says so; on the registry's own runtime (see [`start_on`]).
 async fn serve_registry(
     service: tonic::service::interceptor::InterceptedService<
         flamegrid_proto::v1::registry_server::RegistryServer<RegistryService>,
@@ -467,6 +464,9 @@ async fn serve_registry(
     served.map_err(|e| e.to_string())
 }
 
+/// Prints a line for the user on stdout, ignoring a closed stdout (`println!` would panic
+/// there, e.g. under `| head -1` or a supervisor that stopped reading): these lines are
+/// information, and the coordinator keeps serving without them.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;

@@ -468,8 +468,8 @@ impl FlameGraphService {
     }
 
     /// The kept run of `key` whose `endTimestamp` is `end_ms`, if it is still kept: decoded
-    /// when it is kept packed (tens of ms for a vertex of ten thousand subtasks, off the
-    /// cache's lock). Never starts a run: a past run cannot be sampled again.
+    /// when it is kept packed (a few hundred ms for a vertex of ten thousand subtasks, off
+    /// the cache's lock). Never starts a run: a past run cannot be sampled again.
     pub fn kept_run(&self, key: &GraphKey, end_ms: i64) -> Option<Arc<Snapshot>> {
         self.load_stored(key);
         self.cache.at(key, end_ms)

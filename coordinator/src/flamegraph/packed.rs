@@ -127,8 +127,8 @@ impl std::fmt::Debug for PackedRun {
 }
 
 impl PackedRun {
-    /// Packs `snapshot`: CPU work proportional to the run (tens of ms at ten thousand
-    /// subtasks), to be done off the cache's lock and off the async workers.
+    /// Packs `snapshot`: CPU work proportional to the run (about a tenth of a second at
+    /// ten thousand subtasks), to be done off the cache's lock and off the async workers.
     pub fn pack(snapshot: &Snapshot) -> Result<PackedRun, String> {
         let body = stored::encode(snapshot)?.into_boxed_slice();
         let mut delivered: Vec<IndexRange> = Vec::new();

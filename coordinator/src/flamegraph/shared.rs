@@ -377,7 +377,7 @@ impl SharedRuns {
     /// newest `history`, and drops `lease` (unless taken again since), in one transaction. A run of
     /// a job removed from the registry meanwhile (a tombstone in `registry_deleted_jobs`) is
     /// not stored: nobody may read it any more. The run is encoded on a blocking thread (at
-    /// ten thousand subtasks that is tens of milliseconds of CPU).
+    /// ten thousand subtasks that is about a tenth of a second of CPU).
     pub async fn store(
         &self,
         key: &GraphKey,

@@ -142,7 +142,7 @@ pub fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, String> {
     // its own), in the order first met.
     let mut tables: Vec<(&Arc<NameTable>, u32)> = Vec::new();
     let mut names: Vec<&str> = Vec::new();
-    let mut stacks: Vec<Box<[u32]>> = Vec::new();
+    // The run's distinct stacks with their ids (dense, from 0), listed in id order at the end.
     let mut stack_ids: HashMap<Box<[u32]>, u32> = HashMap::new();
     let mut scratch: Vec<u32> = Vec::new();
     let mut subtasks = Vec::with_capacity(snapshot.subtasks.len());
@@ -173,10 +173,8 @@ pub fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, String> {
             let stack = match stack_ids.get(scratch.as_slice()) {
                 Some(&id) => id,
                 None => {
-                    let id = stacks.len() as u32;
-                    let frames: Box<[u32]> = scratch.as_slice().into();
-                    stacks.push(frames.clone());
-                    stack_ids.insert(frames, id);
+                    let id = stack_ids.len() as u32;
+                    stack_ids.insert(scratch.as_slice().into(), id);
                     id
                 }
             };
@@ -196,7 +194,12 @@ pub fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, String> {
             thread_counts: GraphType::ALL.map(|ty| profile.thread_count(ty)),
         });
     }
-    drop(stack_ids);
+    let mut stacks: Vec<Box<[u32]>> = vec![Box::default(); stack_ids.len()];
+    for (frames, id) in stack_ids {
+        if let Some(slot) = stacks.get_mut(id as usize) {
+            *slot = frames;
+        }
+    }
     let body = BodyRef {
         format: FORMAT,
         start_ms: snapshot.start_ms,
