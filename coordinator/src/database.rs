@@ -717,29 +717,34 @@ mod tests {
         );
     }
 
-    /// `url` with `params` (`k=v&…`) added to its query.
-    fn with_params(url: &str, params: &str) -> String {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{sep}{params}")
-    }
+    use flamegrid_testkit::postgres::with_params;
 
     /// Whether the session of a connection to `url` is encrypted (pg_stat_ssl), or the
     /// connection's error.
     fn session_ssl(url: &str) -> Result<bool, String> {
+        session_ssl_column(url, "ssl")
+    }
+
+    /// `column` of pg_stat_ssl for the session of a connection to `url`, or the connection's
+    /// error.
+    fn session_ssl_column<T>(url: &str, column: &'static str) -> Result<T, String>
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a> + Send + 'static,
+    {
         let once = ConnectOptions {
             connect_timeout: Duration::ZERO,
             pool_size: 1,
         };
         let db = Database::connect_with(url, &once).map_err(|e| e.to_string())?;
-        db.blocking(|client| async move {
+        db.blocking(move |client| async move {
             let row = client
                 .query_one(
-                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &format!("SELECT {column} FROM pg_stat_ssl WHERE pid = pg_backend_pid()"),
                     &[],
                 )
                 .await
                 .map_err(query_failed)?;
-            Ok(row.get::<_, bool>(0))
+            Ok(row.get::<_, T>(0))
         })
         .map_err(|e| e.to_string())
     }
@@ -925,24 +930,7 @@ mod tests {
                 "sslmode=verify-full&sslrootcert={ca}&sslcert={dir}/client.pem&sslkey={dir}/client.key"
             ),
         );
-        let once = ConnectOptions {
-            connect_timeout: Duration::ZERO,
-            pool_size: 1,
-        };
-        let client_dn = Database::connect_with(&url, &once)
-            .and_then(|db| {
-                db.blocking(|client| async move {
-                    let row = client
-                        .query_one(
-                            "SELECT client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-                            &[],
-                        )
-                        .await
-                        .map_err(query_failed)?;
-                    Ok(row.get::<_, Option<String>>(0))
-                })
-            })
-            .map_err(|e| e.to_string());
+        let client_dn = session_ssl_column::<Option<String>>(&url, "client_dn");
         // The server asks (ssl_ca_file, .ci/run) and knows the certificate's subject.
         assert_eq!(client_dn, Ok(Some("/CN=flamegrid".to_string())));
     }

@@ -478,12 +478,6 @@ async fn a_heartbeat_to_a_replica_that_has_not_pulled_the_agent_yet_needs_no_rer
     drop(worker);
 }
 
-/// `url` with `params` (`k=v&…`) added to its query.
-fn with_params(url: &str, params: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{params}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_over_verify_full_tls_serve_the_same_job() {
     let Some(db) = scratch_database("replicas_tls") else {
@@ -493,7 +487,7 @@ async fn replicas_over_verify_full_tls_serve_the_same_job() {
         return;
     };
     // The server's certificate names localhost (.ci/run): checked, chain and name.
-    let url = with_params(
+    let url = flamegrid_testkit::postgres::with_params(
         &db.url.replacen("@127.0.0.1:", "@localhost:", 1),
         &format!("sslmode=verify-full&sslrootcert={}", ca.display()),
     );
