@@ -709,11 +709,11 @@ fn lower_priority() {
 /// The shortest time between two [`trim`]s.
 const TRIM_EVERY: Duration = Duration::from_secs(2);
 
-/// Runs `f`, CPU work of milliseconds, without holding up an async worker: on a worker of a
-/// multi-threaded tokio runtime, the worker's other tasks move to another thread meanwhile
-/// ([`tokio::task::block_in_place`]); anywhere else (a current-thread runtime, a blocking
-/// thread, no runtime), it just runs.
-fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
+/// Runs `f`, CPU work of milliseconds or a blocking wait, without holding up an async worker:
+/// on a worker of a multi-threaded tokio runtime, the worker's other tasks move to another
+/// thread meanwhile ([`tokio::task::block_in_place`]); anywhere else (a current-thread runtime,
+/// a blocking thread, no runtime), it just runs.
+pub(crate) fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

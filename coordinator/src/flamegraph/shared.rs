@@ -521,14 +521,9 @@ impl SharedRuns {
                 move |client| async move { kept_rows(&client, &wanted, history, 0).await },
             )
         };
-        let runs = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(read)
-            }
-            // A single-threaded runtime (tests) or none: the database has a runtime of its own,
-            // so blocking here waits for it without deadlock.
-            _ => read(),
-        };
+        // On a single-threaded runtime (tests) or none, this blocks in place: the database has
+        // a runtime of its own, so waiting for it here cannot deadlock.
+        let runs = super::cache::off_the_workers(read);
         match runs {
             Ok(runs) => {
                 for r in runs.into_iter().rev().filter_map(|r| r.decode(Some(key))) {
