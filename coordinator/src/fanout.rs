@@ -637,11 +637,49 @@ fn is_timeout(status: &tonic::Status) -> bool {
 }
 
 fn status_error(address: &str, status: tonic::Status) -> FanOutError {
+    let lost = connection_lost(&status);
     FanOutError::Status {
         address: address.to_string(),
-        code: status.code(),
-        message: status.message().to_string(),
+        // A call cut off with its connection comes back from tonic as UNKNOWN ("transport
+        // error"), which would read "agent failed"; it is the agent going away (killed,
+        // restarted, its host gone) while the channel was connected: unreachable.
+        code: match lost {
+            Some(_) => tonic::Code::Unavailable,
+            None => status.code(),
+        },
+        message: match lost {
+            Some(why) => format!("{}: {why}", status.message()),
+            None => status.message().to_string(),
+        },
     }
+}
+
+/// The reason, if `status` is a call whose connection was lost under it: a reset, an abort,
+/// a broken pipe or an end of stream anywhere in its chain of causes.
+fn connection_lost(status: &tonic::Status) -> Option<String> {
+    use std::io::ErrorKind;
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::UnexpectedEof
+                    | ErrorKind::NotConnected
+            )
+        {
+            return Some(io.to_string());
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && (hyper.is_closed() || hyper.is_incomplete_message())
+        {
+            return Some(hyper.to_string());
+        }
+        source = e.source();
+    }
+    None
 }
 
 fn check_request_id(
@@ -988,6 +1026,55 @@ pub(crate) mod tests {
             .sample("j/v", &[target(0, "not a uri \u{7f}", 1)], PARAMS)
             .await;
         assert_eq!(bad.missing.keys().copied().collect::<Vec<_>>(), [0]);
+    }
+
+    /// An "agent" whose connection drops under a call: it accepts, reads what the client
+    /// sends (the HTTP/2 preface, then the call) and closes without a word. That is what a
+    /// killed agent looks like to a channel that was already connected.
+    async fn vanishing_agent(reset: bool) -> String {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = 0;
+                // The preface is 24 bytes and SETTINGS follow; a call's HEADERS make it more.
+                while seen < 100 {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen += n,
+                    }
+                }
+                // A reset (SO_LINGER 0: unread data at exit) or a plain close.
+                if reset {
+                    let _ = socket.set_zero_linger();
+                }
+                drop(socket);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_agent_whose_connection_drops_under_the_call_is_unreachable() {
+        for reset in [true, false] {
+            let gone = vanishing_agent(reset).await;
+            let out = fanout().sample("j/v", &[target(0, &gone, 1)], PARAMS).await;
+            assert_eq!(out.missing.keys().copied().collect::<Vec<_>>(), [0]);
+            assert_eq!(
+                out.missing[&0],
+                MissingReason::AgentUnreachable,
+                "reset {reset}: {:?}",
+                out.failures
+            );
+            // The failure keeps what the transport said.
+            assert!(
+                out.failures[0].contains("transport error: "),
+                "{:?}",
+                out.failures
+            );
+        }
     }
 
     #[tokio::test]
