@@ -33,6 +33,11 @@ use flamegrid_proto::v1;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// The coordinator's allocator (see its `main.rs`): what allocation costs in the run is what
+/// the binary pays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const AGENTS: u32 = 1_000;
 const SUBTASKS: u32 = 10_000;
 const PER_AGENT: u32 = SUBTASKS / AGENTS;

@@ -79,9 +79,9 @@
 //! **Memory given back.** Runs pushed out of history, swept, evicted or forgotten are freed
 //! after the cache's lock is released, not under it: freeing a vertex run of ten thousand
 //! profiles must not hold up every reader of the cache. A decoded run swapped for its packing
-//! is freed on the packer's thread. Freeing a big run is followed by `malloc_trim(0)` ([`trim`],
-//! at most every two seconds, off the lock): glibc would otherwise keep the freed profiles'
-//! pages, and the process's RSS would stay at its high-water mark.
+//! is freed on the packer's thread. Freeing a big run is followed by [`trim`] (at most every
+//! two seconds, off the lock): the allocator is asked to give free pages back, or the
+//! process's RSS would stay at its high-water mark.
 //!
 //! **Memory bound.** The cache counts what it really holds. A vertex run's subtask entries hold
 //! the very profiles of the vertex snapshot (`Arc`s, see [`Snapshot::subtask_part`]), and a
@@ -667,12 +667,14 @@ fn give_back(released: Vec<Kept>) {
     }
 }
 
-/// Gives the memory freed by a big run back to the system: glibc keeps freed small blocks in
-/// its arenas (a decoded vertex run is tens of thousands of them), so the coordinator's RSS
-/// would stay at its high-water mark. `malloc_trim(0)` returns the free pages of every arena;
-/// it walks them, so it runs off the cache's lock (callers: the thread that frees a big run,
-/// the packer), at most every two seconds. Does nothing on other allocators, nor with
-/// `FLAMEGRID_MALLOC_TRIM=0` in the environment (to measure what it gives back).
+/// Gives the memory freed by a big run back to the system. The coordinator's binary allocates
+/// with mimalloc (see its `main.rs`), which purges freed pages by itself; `mi_collect` also
+/// hands back what the calling thread's heap and abandoned heaps hold free. glibc's malloc
+/// (SQLite's and other C code's allocations; every allocation of a test or bench binary)
+/// keeps freed small blocks in its arenas: `malloc_trim(0)` returns their free pages. Both
+/// walk their heaps, so this runs off the cache's lock (callers: the thread that frees a big
+/// run, the packer), at most every two seconds. Does nothing with `FLAMEGRID_MALLOC_TRIM=0`
+/// in the environment (to measure what it gives back).
 pub fn trim() {
     static LAST: Mutex<Option<Instant>> = Mutex::new(None);
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -685,6 +687,10 @@ pub fn trim() {
             return;
         }
         *last = Some(Instant::now());
+    }
+    // SAFETY: `mi_collect` frees only what mimalloc's heaps hold free, from any thread.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` only releases free memory of glibc's own arenas; it takes their
