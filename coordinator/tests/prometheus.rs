@@ -105,6 +105,14 @@ async fn both_metrics_endpoints_parse_and_count_a_real_run() {
         0.0
     );
     assert_eq!(before.get("flamegrid_coordinator_agents"), 1.0);
+    for timing in ["dispatch_spread", "after_answers"] {
+        assert_eq!(
+            before.get(&format!(
+                "flamegrid_coordinator_flamegraph_last_run_{timing}_seconds"
+            )),
+            0.0
+        );
+    }
     assert!(before.get("flamegrid_coordinator_heartbeat_lag_max_seconds") >= 0.0);
     let agent_before = scrape(&agent_url).await;
     assert_eq!(agent_before.get("flamegrid_agent_samples_total"), 0.0);
@@ -131,7 +139,13 @@ async fn both_metrics_endpoints_parse_and_count_a_real_run() {
     let sampled = graph["data"]["value"].as_u64().unwrap();
     assert!(sampled > 0);
 
-    let after = scrape(&c.url("/metrics")).await;
+    // The graph is served as soon as it is stored; the run's counters are set just after.
+    let after = poll("the run's counters", || async {
+        let m = scrape(&c.url("/metrics")).await;
+        (m.get("flamegrid_coordinator_flamegraph_last_run_after_answers_seconds") > 0.0)
+            .then_some(m)
+    })
+    .await;
     assert!(after.get("flamegrid_coordinator_flamegraph_runs_started_total") >= 1.0);
     assert!(after.get("flamegrid_coordinator_flamegraph_runs_completed_total") >= 1.0);
     assert!(after.get("flamegrid_coordinator_flamegraph_run_duration_seconds_count") >= 1.0);
@@ -141,6 +155,16 @@ async fn both_metrics_endpoints_parse_and_count_a_real_run() {
             >= 1.0
     );
     assert!(after.get("flamegrid_coordinator_flamegraph_cache_bytes") > 0.0);
+    // The last run's own timing: taking in the last answer and storing the graph took some
+    // time, less than the whole run; one agent, so one request: no spread.
+    let run_total = after.get("flamegrid_coordinator_flamegraph_run_duration_seconds_sum");
+    let after_answers =
+        after.get("flamegrid_coordinator_flamegraph_last_run_after_answers_seconds");
+    assert!(after_answers < run_total, "{after_answers} of {run_total}");
+    assert_eq!(
+        after.get("flamegrid_coordinator_flamegraph_last_run_dispatch_spread_seconds"),
+        0.0
+    );
     assert_eq!(
         after.get("flamegrid_coordinator_jobs{status=\"RUNNING\"}"),
         1.0

@@ -15,6 +15,8 @@
 //! | `flamegrid_coordinator_flamegraph_runs_failed_total` | counter | runs in which no subtask delivered |
 //! | `flamegrid_coordinator_flamegraph_run_duration_seconds` | histogram | fan-out to stored graph |
 //! | `flamegrid_coordinator_flamegraph_runs_in_flight` | gauge | started − completed − failed |
+//! | `flamegrid_coordinator_flamegraph_last_run_dispatch_spread_seconds` | gauge | the last finished run's first to last request sent |
+//! | `flamegrid_coordinator_flamegraph_last_run_after_answers_seconds` | gauge | the last finished run's time from its last answer taken in to its stored graph |
 //! | `flamegrid_coordinator_flamegraph_cache_bytes` | gauge | estimated bytes the cache holds |
 //! | `flamegrid_coordinator_flamegraph_cache_entries` | gauge | cached keys (vertices, subtasks) |
 //! | `flamegrid_coordinator_agents` | gauge | live agents (task managers) |
@@ -84,6 +86,19 @@ pub fn render(state: &AppState) -> String {
         &format!("{p}_run_duration_seconds"),
         "Duration of finished flame graph runs, from the fan-out to the stored graph.",
         flamegraphs.run_durations(),
+    );
+    let (spread, after_answers) = flamegraphs.last_run_timing();
+    w.single(
+        &format!("{p}_last_run_dispatch_spread_seconds"),
+        Kind::Gauge,
+        "The last finished flame graph run: from its first request sent to an agent to its last.",
+        spread.as_secs_f64(),
+    );
+    w.single(
+        &format!("{p}_last_run_after_answers_seconds"),
+        Kind::Gauge,
+        "The last finished flame graph run: from its last agent's answer taken in to its graph stored.",
+        after_answers.as_secs_f64(),
     );
     let (entries, bytes) = flamegraphs.cache().usage();
     w.single(

@@ -59,6 +59,9 @@ pub struct Figures {
     /// Per run, ms.
     pub to_graph: Vec<f64>,
     pub after_last_answer: Vec<f64>,
+    /// Per run, ms: the coordinator's own count of the same (`/metrics`), `None` from a
+    /// coordinator that does not export it.
+    pub own_after_last_answer: Vec<Option<f64>>,
     pub dispatch_spread: Vec<f64>,
     /// Coordinator CPU over each run, % of one core.
     pub run_cpu: Vec<f64>,
@@ -161,6 +164,7 @@ pub fn configuration(
     let mut figures = Figures {
         to_graph: Vec::new(),
         after_last_answer: Vec::new(),
+        own_after_last_answer: Vec::new(),
         dispatch_spread: Vec::new(),
         run_cpu: Vec::new(),
         idle_cpu,
@@ -208,21 +212,30 @@ pub fn configuration(
         figures
             .after_last_answer
             .push(ms(seen.saturating_duration_since(answered)));
+        let own = metric(
+            &coordinator,
+            "flamegrid_coordinator_flamegraph_last_run_after_answers_seconds",
+        )
+        .map(|s| s * 1e3);
+        figures.own_after_last_answer.push(own);
         figures.dispatch_spread.push(ms(last - first));
         figures.run_cpu.push(run_cpu);
         figures.kept.push((value, log.samples));
         figures.rss.push(Memory::of(pid)?.rss);
         eprintln!(
-            "   run {}: graph {:.0} ms, after last answer {:.0} ms, spread {:.0} ms ({} calls), \
-             CPU {run_cpu:.0} %, kept {value}/{}, RSS {:.0} MiB (cache's estimate {:.0} MiB)",
+            "   run {}: graph {:.0} ms, after last answer {:.0} ms (coordinator's own {:.0}), \
+             spread {:.0} ms ({} calls), CPU {run_cpu:.0} %, kept {value}/{}, RSS {:.0} MiB \
+             (cache's estimate {:.0} MiB)",
             run + 1,
             ms(seen - t0),
             ms(seen.saturating_duration_since(answered)),
+            own.unwrap_or(f64::NAN),
             ms(last - first),
             log.calls,
             log.samples,
             *figures.rss.last().unwrap_or(&0) as f64 / 1024.0,
-            cache_mib(&coordinator).unwrap_or(f64::NAN),
+            metric(&coordinator, "flamegrid_coordinator_flamegraph_cache_bytes")
+                .map_or(f64::NAN, |bytes| bytes / (1024.0 * 1024.0)),
         );
     }
     figures.hwm = Memory::of(pid)?.hwm;
@@ -235,15 +248,14 @@ pub fn configuration(
     })
 }
 
-/// The flame graph cache's own estimate of the bytes it holds (`/metrics`), MiB; `None` when
-/// the coordinator does not say.
-fn cache_mib(coordinator: &CoordinatorProcess) -> Option<f64> {
+/// The value of the unlabelled sample `name` of the coordinator's `/metrics`; `None` when the
+/// coordinator does not export it (an older build measured side by side).
+fn metric(coordinator: &CoordinatorProcess, name: &str) -> Option<f64> {
     let answer = coordinator.rest.get("/metrics").ok()?;
     let text = String::from_utf8(answer.body).ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("flamegrid_coordinator_flamegraph_cache_bytes "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|bytes| bytes / (1024.0 * 1024.0))
 }
 
 /// The `endTimestamp` of the newest kept run of the vertex, if any.
@@ -286,20 +298,21 @@ pub fn table(opts: &Options, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         out,
-        "| agents | subtasks | time to graph, ms | after last answer, ms | dispatch spread, ms \
+        "| agents | subtasks | time to graph, ms | after last answer, ms \
+         | coordinator's own after last answer, ms | dispatch spread, ms \
          | CPU per run, % core | CPU idle (heartbeats), % core | RSS idle → after each run, MiB \
          | peak RSS, MiB | threads | samples kept |"
     );
     let _ = writeln!(
         out,
-        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"
     );
     for row in rows {
         match &row.outcome {
             Outcome::OverTheCap => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | over the cap (`POST /jobs` → 400) | | | | | | | | |",
+                    "| {} | {} | over the cap (`POST /jobs` → 400) | | | | | | | | | |",
                     row.agents, row.subtasks
                 );
             }
@@ -316,9 +329,11 @@ pub fn table(opts: &Options, rows: &[Row]) -> String {
                     .map(mib)
                     .collect::<Vec<_>>()
                     .join(" → ");
+                let own: Option<Vec<f64>> = f.own_after_last_answer.iter().copied().collect();
+                let own = own.map_or_else(|| "?".to_owned(), |own| med_range(&own));
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {:.1} | {rss} | {} | {} | {kept_text} |",
+                    "| {} | {} | {} | {} | {own} | {} | {} | {:.1} | {rss} | {} | {} | {kept_text} |",
                     row.agents,
                     row.subtasks,
                     med_range(&f.to_graph),
