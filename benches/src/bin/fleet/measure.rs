@@ -52,7 +52,7 @@ pub struct Row {
 pub enum Outcome {
     /// `POST /jobs` refused the vertex (its message went to stderr).
     OverTheCap,
-    Measured(Figures),
+    Measured(Box<Figures>),
 }
 
 pub struct Figures {
@@ -244,7 +244,7 @@ pub fn configuration(
     Ok(Row {
         agents,
         subtasks,
-        outcome: Outcome::Measured(figures),
+        outcome: Outcome::Measured(Box::new(figures)),
     })
 }
 
