@@ -28,7 +28,9 @@ use crate::stacks::StackShape;
 use anyhow::{Result, bail};
 use flamegrid_benches::procfs::{self, Machine, Memory};
 use flamegrid_benches::stats::{median, spread};
+use flamegrid_proto::prometheus::parse_line;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -212,11 +214,10 @@ pub fn configuration(
         figures
             .after_last_answer
             .push(ms(seen.saturating_duration_since(answered)));
-        let own = metric(
-            &coordinator,
-            "flamegrid_coordinator_flamegraph_last_run_after_answers_seconds",
-        )
-        .map(|s| s * 1e3);
+        let metrics = scrape_metrics(&coordinator);
+        let own = metrics
+            .get("flamegrid_coordinator_flamegraph_last_run_after_answers_seconds")
+            .map(|s| s * 1e3);
         figures.own_after_last_answer.push(own);
         figures.dispatch_spread.push(ms(last - first));
         figures.run_cpu.push(run_cpu);
@@ -234,7 +235,8 @@ pub fn configuration(
             log.calls,
             log.samples,
             *figures.rss.last().unwrap_or(&0) as f64 / 1024.0,
-            metric(&coordinator, "flamegrid_coordinator_flamegraph_cache_bytes")
+            metrics
+                .get("flamegrid_coordinator_flamegraph_cache_bytes")
                 .map_or(f64::NAN, |bytes| bytes / (1024.0 * 1024.0)),
         );
     }
@@ -248,14 +250,23 @@ pub fn configuration(
     })
 }
 
-/// The value of the unlabelled sample `name` of the coordinator's `/metrics`; `None` when the
-/// coordinator does not export it (an older build measured side by side).
-fn metric(coordinator: &CoordinatorProcess, name: &str) -> Option<f64> {
-    let answer = coordinator.rest.get("/metrics").ok()?;
-    let text = String::from_utf8(answer.body).ok()?;
+/// The unlabelled samples of the coordinator's `/metrics`, by name (read with the project's
+/// own parser of the text format); empty when it cannot be read. A metric an older build does
+/// not export (measured side by side) is simply absent.
+fn scrape_metrics(coordinator: &CoordinatorProcess) -> BTreeMap<String, f64> {
+    let Some(text) = coordinator
+        .rest
+        .get("/metrics")
+        .ok()
+        .and_then(|answer| String::from_utf8(answer.body).ok())
+    else {
+        return BTreeMap::new();
+    };
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter_map(|line| parse_line(line).ok().flatten())
+        .filter(|(_, labels, _)| labels.is_empty())
+        .map(|(name, _, value)| (name, value))
+        .collect()
 }
 
 /// The `endTimestamp` of the newest kept run of the vertex, if any.
