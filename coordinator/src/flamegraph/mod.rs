@@ -306,14 +306,7 @@ impl FlameGraphService {
     /// How the last finished run went (`/metrics`): its dispatch spread and the coordinator's
     /// own time after its last agent's answer was taken in, both 0 before any run.
     pub fn last_run_timing(&self) -> (std::time::Duration, std::time::Duration) {
-        use std::sync::atomic::Ordering;
-        let us = |a: &std::sync::atomic::AtomicU64| {
-            std::time::Duration::from_micros(a.load(Ordering::Relaxed))
-        };
-        (
-            us(&self.counters.last_dispatch_spread_us),
-            us(&self.counters.last_after_answers_us),
-        )
+        self.counters.last_run()
     }
 
     /// The cache (for inspection).

@@ -21,6 +21,7 @@ use flamegrid_proto::convert::{AnswerBudget, ConvertError};
 use flamegrid_proto::v1;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Counters of runs, readable by tests and metrics: how many started, landed, failed, and how
 /// the last run went (dispatch spread, the coordinator's own time after the last answer).
@@ -49,6 +50,16 @@ impl RunCounters {
             self.started.load(Ordering::Relaxed),
             self.completed.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How the last finished run went: its dispatch spread and the coordinator's own time
+    /// after its last answer was taken in, both 0 before any run.
+    pub fn last_run(&self) -> (Duration, Duration) {
+        let us = |a: &AtomicU64| Duration::from_micros(a.load(Ordering::Relaxed));
+        (
+            us(&self.last_dispatch_spread_us),
+            us(&self.last_after_answers_us),
         )
     }
 }
