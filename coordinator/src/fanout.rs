@@ -637,20 +637,20 @@ fn is_timeout(status: &tonic::Status) -> bool {
 }
 
 fn status_error(address: &str, status: tonic::Status) -> FanOutError {
-    let lost = connection_lost(&status);
+    // A call cut off with its connection comes back from tonic as UNKNOWN ("transport
+    // error"), which would read "agent failed"; it is the agent going away (killed,
+    // restarted, its host gone) while the channel was connected: unreachable.
+    let (code, message) = match connection_lost(&status) {
+        Some(why) => (
+            tonic::Code::Unavailable,
+            format!("{}: {why}", status.message()),
+        ),
+        None => (status.code(), status.message().to_string()),
+    };
     FanOutError::Status {
         address: address.to_string(),
-        // A call cut off with its connection comes back from tonic as UNKNOWN ("transport
-        // error"), which would read "agent failed"; it is the agent going away (killed,
-        // restarted, its host gone) while the channel was connected: unreachable.
-        code: match lost {
-            Some(_) => tonic::Code::Unavailable,
-            None => status.code(),
-        },
-        message: match lost {
-            Some(why) => format!("{}: {why}", status.message()),
-            None => status.message().to_string(),
-        },
+        code,
+        message,
     }
 }
 
