@@ -45,7 +45,7 @@
 //! profiles, so ten of them cannot be kept as they are. When a newer run lands and pushes a
 //! run down into history (or a late run is filed behind a newer one), that run is kept
 //! **packed** ([`super::packed::PackedRun`]): the body of the shared database's format
-//! ([`super::stored`], about a tenth of the decoded size) and a summary read without decoding
+//! ([`super::stored`], a tenth of the decoded size or less) and a summary read without decoding
 //! (run id, times, which subtasks delivered, samples and threads per type over the run and per
 //! subtask). Packing is CPU work of up to a second at that size, so it is never done
 //! under the lock nor on an async worker: runs to pack are queued under the lock and packed,

@@ -2,9 +2,9 @@
 //!
 //! The cache ([`super::cache`]) keeps the last `--flamegraph-history` runs per key, but only
 //! the latest of each key is read often (polls, freshness, JSON memos). A vertex run of ten
-//! thousand subtasks is some 20 MB decoded and a few MB packed, so once a newer run of its key
+//! thousand subtasks is some 20 MB decoded and one or two MB packed, so once a newer run of its key
 //! lands, the cache keeps it as a [`PackedRun`]: the body [`super::stored::encode`] writes
-//! (format 2, the one the shared database holds) and a summary read without decoding: run id,
+//! (format 3, the one the shared database holds) and a summary read without decoding: run id,
 //! start and end, which subtasks delivered (as ranges, usually one), samples and threads per
 //! graph type over the run and per subtask (what `.../flamegraph/history` lists for a vertex and
 //! for each of its subtasks), and how many subtasks are missing (their reasons are in the body).
