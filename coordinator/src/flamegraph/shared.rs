@@ -71,6 +71,7 @@ use crate::database::{Database, DatabaseError};
 use crate::fanout::FanOut;
 use crate::missing::Missing;
 use crate::sampling::{SamplingParams, SubtaskTarget};
+use deadpool_postgres::Object;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -227,10 +228,27 @@ async fn decode_all(raws: Vec<RawRun>, wanted: Option<GraphKey>) -> Vec<StoredRu
     })
 }
 
+/// How many bytes of run bodies a pooled connection may carry (send or receive) and still go
+/// back to the pool; see [`done_with`].
+const BULKY_BYTES: usize = 256 * 1024;
+
+/// Gives `client` back to the pool, or closes its connection when it has just carried `bytes`
+/// of run bodies. A connection keeps the buffers it grew to the largest message it sent or
+/// received for as long as it lives: measured at a vertex of 10,000 subtasks (bodies of about
+/// 1.5 MB), some 4.5 MB per connection that stored or read a run, and a pool of 16 whose
+/// connections take turns would keep them all. A new connection for the next run costs a few
+/// milliseconds, once per run at most.
+fn done_with(client: Object, bytes: usize) {
+    if bytes >= BULKY_BYTES {
+        drop(Object::take(client));
+    }
+}
+
 /// The stored runs for `wanted` with a run id above `after`, newest first, at most `limit`: its
-/// own and, for a subtask, those of its vertex that hold it (cut to it).
+/// own and, for a subtask, those of its vertex that hold it (cut to it). `client` is done with
+/// afterwards ([`done_with`]).
 async fn kept_rows(
-    client: &tokio_postgres::Client,
+    client: Object,
     wanted: &GraphKey,
     limit: usize,
     after: u64,
@@ -252,7 +270,10 @@ async fn kept_rows(
         )
         .await
         .map_err(query_error)?;
-    Ok(rows.iter().map(RawRun::of).collect())
+    let raws: Vec<RawRun> = rows.iter().map(RawRun::of).collect();
+    drop(rows);
+    done_with(client, raws.iter().map(|r| r.body.len()).sum());
+    Ok(raws)
 }
 
 impl SharedRuns {
@@ -299,7 +320,7 @@ impl SharedRuns {
         let wanted = key.clone();
         let raws = self
             .db
-            .run(move |client| async move { kept_rows(&client, &wanted, limit, after).await })
+            .run(move |client| async move { kept_rows(client, &wanted, limit, after).await })
             .await?;
         Ok(decode_all(raws, Some(key.clone())).await)
     }
@@ -394,6 +415,7 @@ impl SharedRuns {
             .map_err(|message| self.db.query_error(message))?;
         let vertex = key_text(&key.vertex());
         let job = key.job_id.clone();
+        let body_bytes = body.len();
         let delivered: Vec<i32> = snapshot.subtasks.keys().map(|&i| i as i32).collect();
         let run_id = snapshot.run_id.min(i64::MAX as u64) as i64;
         let end_ms = snapshot.end_ms;
@@ -432,6 +454,7 @@ impl SharedRuns {
                 .await
                 .map_err(query_error)?;
                 tx.commit().await.map_err(query_error)?;
+                done_with(client, body_bytes);
                 Ok(stored)
             })
             .await?;
@@ -481,7 +504,10 @@ impl SharedRuns {
                     )
                     .await
                     .map_err(query_error)?;
-                Ok((rows.iter().map(RawRun::of).collect::<Vec<_>>(), now))
+                let raws: Vec<RawRun> = rows.iter().map(RawRun::of).collect();
+                drop(rows);
+                done_with(client, raws.iter().map(|r| r.body.len()).sum());
+                Ok((raws, now))
             })
             .await?;
         Ok((decode_all(raws, None).await, now))
@@ -517,9 +543,8 @@ impl SharedRuns {
         }
         let wanted = key.clone();
         let read = move || {
-            self.db.blocking(
-                move |client| async move { kept_rows(&client, &wanted, history, 0).await },
-            )
+            self.db
+                .blocking(move |client| async move { kept_rows(client, &wanted, history, 0).await })
         };
         // On a single-threaded runtime (tests) or none, this blocks in place: the database has
         // a runtime of its own, so waiting for it here cannot deadlock.
@@ -731,5 +756,81 @@ mod tests {
         assert_eq!(parse_key("a/b/c"), None);
         assert_eq!(parse_key("a/b/1/2"), None);
         assert_eq!(parse_key("a"), None);
+    }
+
+    /// `stacks` samples of one thread, each stack `main` over two names nobody else has (they
+    /// deflate poorly): a profile whose stored body is hundreds of KB.
+    fn bulky_set(stacks: u32) -> flamegrid_model::SampleSet {
+        use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};
+        let thread = SampledThread {
+            pid: 1,
+            tid: 1,
+            name: "bulky".into(),
+        };
+        let mut b = SampleSetBuilder::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut name = || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            Frame::named(format!("op_{x:016x}"))
+        };
+        for i in 0..stacks {
+            let frames = vec![Frame::named("main"), name(), name()];
+            b.push(&thread, i64::from(i), ThreadState::Runnable, frames, false);
+        }
+        b.finish()
+    }
+
+    /// A connection that stored or read a big run is closed instead of going back to the pool
+    /// (it would keep buffers of the run's size); a small run's goes back. Needs PostgreSQL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_carried_a_big_run_is_closed_not_pooled() {
+        use super::super::profile::tests::{snapshot, spin_and_sleep};
+        let Some(db) = flamegrid_testkit::postgres::scratch_database("shared_bulky") else {
+            return;
+        };
+        let shared = SharedRuns::new(
+            Database::connect(&db.url).unwrap(),
+            Duration::from_secs(3600),
+        );
+        let key = GraphKey {
+            job_id: "a".repeat(32),
+            vertex_id: "b".repeat(32),
+            subtask: None,
+        };
+        let open = || shared.database().pool_status().open;
+        let small = Arc::new(snapshot(1, &[(0, spin_and_sleep(3))], &[]));
+        let lease = shared.try_lease(&key).await.unwrap().unwrap();
+        shared.store(&key, &small, 10, &lease).await.unwrap();
+        let pooled = open();
+        assert!(
+            pooled >= 1,
+            "the small run's connection went back to the pool"
+        );
+
+        let big = Arc::new(snapshot(2, &[(0, bulky_set(30_000))], &[]));
+        let body = encode(&big).unwrap().len();
+        assert!(
+            body >= BULKY_BYTES,
+            "the test's run is not big: {body} bytes"
+        );
+        let lease = shared.try_lease(&key).await.unwrap().unwrap();
+        assert_eq!(open(), pooled);
+        shared.store(&key, &big, 10, &lease).await.unwrap();
+        assert_eq!(
+            open(),
+            pooled - 1,
+            "the connection that stored {body} bytes was pooled"
+        );
+
+        // Reading it back takes a connection and closes it too; what is read is the run.
+        let kept = shared.kept(&key, 10, 0).await.unwrap();
+        let ids: Vec<u64> = kept.iter().map(|r| r.snapshot.run_id).collect();
+        assert_eq!(ids, [2, 1]);
+        assert_eq!(*kept[0].snapshot, *big);
+        assert_eq!(
+            open(),
+            pooled - 1,
+            "the connection that read the big run was pooled"
+        );
     }
 }
