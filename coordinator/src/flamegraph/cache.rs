@@ -68,7 +68,8 @@
 //!
 //! **JSON memo.** Flink's dashboard polls the JSON endpoint every few seconds per open tab,
 //! and a kept run never changes: the cache keeps the rendered JSON text per run and graph type
-//! ([`GraphCache::json`]), rendered on the first request, so a poll is a copy of a pointer.
+//! ([`GraphCache::json`]), rendered on the first request, so a poll is a copy of a pointer (a
+//! big text is kept gzipped: see [`super::json::render_cached`]).
 //! Polls read a key's latest run, so a run's memos go when a newer run of its key lands: a
 //! past run (`?at=`, history) is rendered when asked, and ten kept runs of a big vertex do not
 //! keep ten rendered texts of megabytes each. A
@@ -1108,14 +1109,15 @@ impl GraphCache {
         self.unpack(found?)
     }
 
-    /// The JSON text of `snapshot` for `ty`: the memoised one when there is one, else
-    /// `render()`'s, memoised when `snapshot` is a run the cache keeps and the text fits the
-    /// budget (see the module docs). Rendering happens outside the lock.
-    pub fn json(
+    /// The JSON answer of `snapshot` for `ty` as kept (the text, or the text gzipped: see
+    /// [`super::json::render_cached`]): the memoised one when there is one, else `render()`'s,
+    /// memoised when `snapshot` is a run the cache keeps and it fits the budget (see the module
+    /// docs). Rendering happens outside the lock.
+    pub fn json<T: Into<Vec<u8>>>(
         &self,
         snapshot: &Arc<Snapshot>,
         ty: GraphType,
-        render: impl FnOnce() -> String,
+        render: impl FnOnce() -> T,
     ) -> Bytes {
         let address = snapshot_address(snapshot);
         let slot = type_slot(ty);
@@ -1128,7 +1130,7 @@ impl GraphCache {
                 return text.clone();
             }
         }
-        let text = render();
+        let text: Vec<u8> = render().into();
         let cost = text.capacity() + MEMO_OVERHEAD;
         let text = Bytes::from(text);
         let mut inner = self.lock();

@@ -122,13 +122,81 @@ pub fn write(graph: &VertexFlameGraph) -> String {
     out
 }
 
-/// [`render`], memoised per kept run and type in `cache` (which counts the text in its memory
-/// bound): what the endpoint serves, since a cached graph is polled far more often than it
-/// changes.
-pub fn render_cached(cache: &GraphCache, answer: &GraphAnswer, ty: GraphType) -> Bytes {
+/// A JSON answer as the endpoint has it: the text, or the text gzipped (a big memo, see
+/// [`render_cached`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonBody {
+    /// The JSON text.
+    Plain(Bytes),
+    /// The JSON text, gzipped.
+    Gzipped(Bytes),
+}
+
+/// JSON texts at least this long are memoised gzipped ([`render_cached`]). Below it a graph is
+/// a few thousand nodes at most, and every client gets the text as it always did.
+pub const GZIP_FROM_BYTES: usize = 256 * 1024;
+
+impl JsonBody {
+    /// What to send a client that accepts gzip (`accepts_gzip`) or does not: the body, and
+    /// whether it is gzipped (the `Content-Encoding` to say). A gzipped memo is inflated for a
+    /// client that does not accept it; an error only if it does not inflate, which a memo this
+    /// process made cannot fail to.
+    pub fn for_client(self, accepts_gzip: bool) -> Result<(Bytes, bool), String> {
+        match self {
+            JsonBody::Plain(text) => Ok((text, false)),
+            JsonBody::Gzipped(gz) if accepts_gzip => Ok((gz, true)),
+            JsonBody::Gzipped(gz) => {
+                use std::io::Read as _;
+                let mut text = Vec::with_capacity(gz.len().saturating_mul(8));
+                flate2::read::GzDecoder::new(gz.as_ref())
+                    .read_to_end(&mut text)
+                    .map_err(|e| format!("a memoised flame graph does not inflate: {e}"))?;
+                Ok((Bytes::from(text), false))
+            }
+        }
+    }
+}
+
+/// The first two bytes of a gzip stream (RFC 1952); a JSON text starts with `{`.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// What the cache keeps of `text`: the text, or, from [`GZIP_FROM_BYTES`] on, the text gzipped
+/// at the fastest level (the text as it is should that fail, which writing to memory cannot).
+fn memo_of(text: String) -> Vec<u8> {
+    use std::io::Write as _;
+    if text.len() < GZIP_FROM_BYTES {
+        return text.into_bytes();
+    }
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(text.len() / 8),
+        flate2::Compression::fast(),
+    );
+    match gz.write_all(text.as_bytes()).and_then(|()| gz.finish()) {
+        Ok(mut zipped) => {
+            zipped.shrink_to_fit();
+            zipped
+        }
+        Err(_) => text.into_bytes(),
+    }
+}
+
+/// [`render`], memoised per kept run and type in `cache` (which counts what it keeps in its
+/// memory bound): what the endpoint serves, since a cached graph is polled far more often than
+/// it changes. A text of [`GZIP_FROM_BYTES`] or more is kept gzipped: the graph of a vertex of
+/// ten thousand subtasks with ten thousand distinct stacks is some 12 MB of JSON and about a
+/// tenth of that gzipped, kept for as long as the run is the latest, and sent as it is to
+/// every client that accepts gzip (browsers, Flink's dashboard) instead of 12 MB per poll.
+pub fn render_cached(cache: &GraphCache, answer: &GraphAnswer, ty: GraphType) -> JsonBody {
     match answer {
-        GraphAnswer::Ready(s) => cache.json(s, ty, || render(answer, ty)),
-        other => Bytes::from(render(other, ty)),
+        GraphAnswer::Ready(s) => {
+            let kept = cache.json(s, ty, || memo_of(render(answer, ty)));
+            if kept.starts_with(&GZIP_MAGIC) {
+                JsonBody::Gzipped(kept)
+            } else {
+                JsonBody::Plain(kept)
+            }
+        }
+        other => JsonBody::Plain(Bytes::from(render(other, ty))),
     }
 }
 
@@ -224,6 +292,12 @@ mod tests {
         let ticket = cache.lookup(&key).ticket.unwrap();
         ticket.complete(snapshot(3, &[(0, spin_and_sleep(2))], &[]));
         let answer = GraphAnswer::Ready(cache.peek(&key).unwrap());
+        let plain = |body: JsonBody| match body {
+            JsonBody::Plain(text) => text,
+            JsonBody::Gzipped(_) => panic!("a small graph's memo is gzipped"),
+        };
+        let render_cached =
+            |cache: &GraphCache, answer: &GraphAnswer, ty| plain(render_cached(cache, answer, ty));
         for ty in GraphType::ALL {
             let first = render_cached(&cache, &answer, ty);
             assert_eq!(first, render(&answer, ty).as_bytes());
@@ -251,5 +325,64 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a.as_ptr(), b.as_ptr());
         assert_eq!(cache.memo_bytes(), before);
+    }
+
+    #[test]
+    fn a_big_graph_is_memoised_gzipped_and_inflated_for_a_client_without_gzip() {
+        use super::super::cache::{CacheLimits, GraphKey};
+        use super::super::profile::tests::bulky_set;
+        use std::time::Duration;
+        let cache = GraphCache::new(CacheLimits::new(
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        ));
+        let key = GraphKey {
+            job_id: "j".repeat(32),
+            vertex_id: "v".repeat(32),
+            subtask: None,
+        };
+        let ticket = cache.lookup(&key).ticket.unwrap();
+        ticket.complete(snapshot(
+            3,
+            &[(0, bulky_set(20_000)), (1, spin_and_sleep(2))],
+            &[],
+        ));
+        let answer = GraphAnswer::Ready(cache.peek(&key).unwrap());
+        let text = render(&answer, GraphType::Full);
+        assert!(text.len() >= GZIP_FROM_BYTES, "{} bytes", text.len());
+        let body = render_cached(&cache, &answer, GraphType::Full);
+        let JsonBody::Gzipped(gz) = body.clone() else {
+            panic!("a big graph's memo is not gzipped");
+        };
+        assert!(
+            cache.memo_bytes() < text.len() / 2,
+            "the memo keeps {} bytes of a {}-byte text",
+            cache.memo_bytes(),
+            text.len()
+        );
+        // Served as it is to a client that accepts gzip: the same memo, every poll.
+        let (sent, gzipped) = body.clone().for_client(true).unwrap();
+        assert!(gzipped);
+        assert_eq!(sent.as_ptr(), gz.as_ptr());
+        let again = render_cached(&cache, &answer, GraphType::Full);
+        assert_eq!(again, body);
+        let mut inflated = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(sent.as_ref()),
+            &mut inflated,
+        )
+        .unwrap();
+        assert_eq!(inflated, text);
+        // Inflated for one that does not.
+        let (sent, gzipped) = body.for_client(false).unwrap();
+        assert!(!gzipped);
+        assert_eq!(sent, text.as_bytes());
+        // What does not inflate is an error, not a panic or a wrong body.
+        let broken = JsonBody::Gzipped(Bytes::from_static(&[0x1f, 0x8b, 8, 0, 1, 2, 3]));
+        assert!(broken.clone().for_client(false).is_err());
+        assert!(
+            broken.for_client(true).is_ok(),
+            "a gzip client gets it as it is"
+        );
     }
 }

@@ -967,6 +967,28 @@ pub(crate) mod tests {
         b.finish()
     }
 
+    /// `stacks` samples of one thread, each stack `main` over two names nobody else has (they
+    /// deflate poorly): a profile whose stored body is hundreds of KB.
+    pub(crate) fn bulky_set(stacks: u32) -> SampleSet {
+        use flamegrid_model::ThreadState;
+        let thread = SampledThread {
+            pid: 1,
+            tid: 1,
+            name: "bulky".into(),
+        };
+        let mut b = SampleSetBuilder::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut name = || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            Frame::named(format!("op_{x:016x}"))
+        };
+        for i in 0..stacks {
+            let frames = vec![Frame::named("main"), name(), name()];
+            b.push(&thread, i64::from(i), ThreadState::Runnable, frames, false);
+        }
+        b.finish()
+    }
+
     pub(crate) fn snapshot(run_id: u64, sets: &[(u32, SampleSet)], missing: &[u32]) -> Snapshot {
         Snapshot {
             run_id,

@@ -758,33 +758,11 @@ mod tests {
         assert_eq!(parse_key("a"), None);
     }
 
-    /// `stacks` samples of one thread, each stack `main` over two names nobody else has (they
-    /// deflate poorly): a profile whose stored body is hundreds of KB.
-    fn bulky_set(stacks: u32) -> flamegrid_model::SampleSet {
-        use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};
-        let thread = SampledThread {
-            pid: 1,
-            tid: 1,
-            name: "bulky".into(),
-        };
-        let mut b = SampleSetBuilder::new();
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut name = || {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            Frame::named(format!("op_{x:016x}"))
-        };
-        for i in 0..stacks {
-            let frames = vec![Frame::named("main"), name(), name()];
-            b.push(&thread, i64::from(i), ThreadState::Runnable, frames, false);
-        }
-        b.finish()
-    }
-
     /// A connection that stored or read a big run is closed instead of going back to the pool
     /// (it would keep buffers of the run's size); a small run's goes back. Needs PostgreSQL.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_connection_that_carried_a_big_run_is_closed_not_pooled() {
-        use super::super::profile::tests::{snapshot, spin_and_sleep};
+        use super::super::profile::tests::{bulky_set, snapshot, spin_and_sleep};
         let Some(db) = flamegrid_testkit::postgres::scratch_database("shared_bulky") else {
             return;
         };

@@ -40,6 +40,11 @@
 //!   are any. Every body says why as well: the JSON in `"missing"` and `"missingReasons"`, the
 //!   SVG in its subtitle, the folded text in a `#` header line that flame graph tools skip (see
 //!   [`crate::missing`] for the words).
+//!
+//! The JSON view sends a big graph (256 KiB of text or more: a vertex of thousands of distinct
+//! stacks) gzipped, `Content-Encoding: gzip`, to a client whose `Accept-Encoding` takes gzip
+//! (browsers do; `curl --compressed`), since the cache keeps it so (see
+//! [`crate::flamegraph::json::render_cached`]); any other client gets the text.
 
 use super::error::{ApiError, TaskManagerErrors};
 use super::params;
@@ -280,7 +285,10 @@ pub(super) fn resolve(
     })
 }
 
-/// `GET .../flamegraph`: Flink's JSON; always 200 once the request is valid; never waits.
+/// `GET .../flamegraph`: Flink's JSON; always 200 once the request is valid; never waits. A big
+/// graph (from [`json::GZIP_FROM_BYTES`] of text) is sent gzipped to a client that accepts
+/// gzip (`Content-Encoding: gzip`), as the cache keeps it; every answer says `Vary:
+/// accept-encoding`.
 #[utoipa::path(get, path = "/jobs/{jobid}/vertices/{vertexid}/flamegraph", tag = "flamegraphs",
     params(params::VertexPath, super::params::FlameGraphParams, prune::PruneParams),
     responses(
@@ -292,6 +300,7 @@ pub async fn flamegraph_json(
     State(state): State<AppState>,
     Path((jobid, vertexid)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
+    request_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let min_width =
         prune::min_width(&query).map_err(|raw| ApiError::bad_query_param(prune::PARAM, &raw))?;
@@ -299,14 +308,51 @@ pub async fn flamegraph_json(
     let answer = r.answer_now(&state);
     let body = match min_width {
         None => json::render_cached(state.flamegraphs.cache(), &answer, r.query.ty),
-        Some(w) => prune::render(&answer, r.query.ty, w).into(),
+        Some(w) => json::JsonBody::Plain(prune::render(&answer, r.query.ty, w).into()),
     };
+    let (body, gzipped) = body
+        .for_client(accepts_gzip(&request_headers))
+        .map_err(ApiError::internal)?;
+    let mut headers = r.headers(&state, &answer);
+    // The body depends on Accept-Encoding (a big graph is sent gzipped to who accepts it).
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if gzipped {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     Ok((
-        r.headers(&state, &answer),
+        headers,
         [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
         body,
     )
         .into_response())
+}
+
+/// Whether the client accepts a gzipped body: `gzip` (or `x-gzip`, or `*`) in one of its
+/// `Accept-Encoding` headers with a nonzero weight (RFC 9110 §12.5.3; `gzip;q=0` refuses it).
+pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or_default().trim();
+            let wanted = ["gzip", "x-gzip", "*"]
+                .iter()
+                .any(|c| coding.eq_ignore_ascii_case(c));
+            let weight = parts
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("q")
+                        .then(|| v.trim().parse::<f32>().ok())
+                        .flatten()
+                })
+                .next()
+                .unwrap_or(1.0);
+            wanted && weight > 0.0
+        })
 }
 
 /// What the waiting views (`.svg`, `.folded`, the exports) show: the request resolved, and the
@@ -519,6 +565,39 @@ mod tests {
             let e = q(&[bad]).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.errors[0].contains(&format!("({})", bad.0)), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn gzip_is_accepted_only_when_the_client_says_so_with_a_nonzero_weight() {
+        let accepts = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            }
+            accepts_gzip(&headers)
+        };
+        assert!(!accepts(&[]));
+        for yes in [
+            &["gzip"][..],
+            &["gzip, deflate, br, zstd"],
+            &["br;q=1.0, GZIP;q=0.5"],
+            &["x-gzip"],
+            &["identity", "gzip"],
+            &["*"],
+            &["deflate, *;q=0.1"],
+        ] {
+            assert!(accepts(yes), "{yes:?}");
+        }
+        for no in [
+            &["identity"][..],
+            &["deflate, br"],
+            &["gzip;q=0"],
+            &["gzip; q=0.000"],
+            &["*;q=0"],
+            &["gzipped"],
+        ] {
+            assert!(!accepts(no), "{no:?}");
         }
     }
 }
