@@ -323,7 +323,7 @@ impl FanOut {
     /// bounds opening a connection to an agent (TCP and TLS).
     pub fn new(grace: Duration, auth: AgentAuth) -> Self {
         FanOut {
-            transport: transport::client(grace, auth.tls.clone()),
+            transport: transport::client(grace, auth.tls.clone(), transport::IDLE_TIMEOUT),
             auth,
             grace,
             next_request_id: AtomicU64::new(1),
@@ -1183,10 +1183,10 @@ pub(crate) mod tests {
                 held.push(socket);
             }
         });
-        // The run's deadline is the window (300 ms) plus the grace (100 ms); the connection
-        // gives up after the grace, well before.
+        // The run's deadline is the window (2 s) plus the grace (100 ms); the connection gives
+        // up after the grace, long before: the agent is unreachable, not late.
         let params = SamplingParams {
-            num_samples: 3,
+            num_samples: 20,
             delay_ms: 100,
             max_depth: 10,
         };
@@ -1207,10 +1207,68 @@ pub(crate) mod tests {
             out.failures
         );
         assert!(
-            started.elapsed() < Duration::from_millis(390),
+            started.elapsed() < Duration::from_secs(2),
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// A TCP proxy in front of `agent` that counts the connections it accepted and those the
+    /// client closed.
+    async fn counting_proxy(agent: &str) -> (String, Arc<(AtomicU64, AtomicU64)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = agent.trim_start_matches("http://").to_string();
+        let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let counted = Arc::clone(&counts);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                counted.0.fetch_add(1, Ordering::SeqCst);
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    counted.1.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (format!("http://{addr}"), counts)
+    }
+
+    #[tokio::test]
+    async fn one_connection_per_agent_is_reused_and_closed_when_idle() {
+        let (agent_address, _) = agent(Behaviour::Answer).await;
+        let (proxy, counts) = counting_proxy(&agent_address).await;
+        let grace = Duration::from_millis(500);
+        let fanout = FanOut {
+            transport: transport::client(grace, None, Duration::from_millis(300)),
+            ..FanOut::new(grace, AgentAuth::default())
+        };
+        // Three runs, two of them at once: one connection.
+        let targets = [target(0, &proxy, 1)];
+        let (a, b) = tokio::join!(
+            fanout.sample("j/v", &targets, PARAMS),
+            fanout.sample("j/v", &targets, PARAMS)
+        );
+        let c = fanout.sample("j/v", &targets, PARAMS).await;
+        for out in [a, b, c] {
+            assert!(out.missing.is_empty(), "{:?}", out.failures);
+        }
+        assert_eq!(counts.0.load(Ordering::SeqCst), 1, "one connection");
+        assert_eq!(counts.1.load(Ordering::SeqCst), 0, "still open");
+        // Unused past the idle timeout, the connection is closed without another call.
+        let closed = async {
+            while counts.1.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .expect("the idle connection was never closed");
+        // The next call opens a new one.
+        let out = fanout.sample("j/v", &targets, PARAMS).await;
+        assert!(out.missing.is_empty(), "{:?}", out.failures);
+        assert_eq!(counts.0.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

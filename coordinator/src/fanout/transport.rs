@@ -52,8 +52,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type AgentTransport = Client<AgentConnector, tonic::body::Body>;
 
 /// The shared client: connections opened by [`AgentConnector`] (bounded by `connect_timeout`,
-/// TLS with `tls` for `https://` agents), kept while used, closed after [`IDLE_TIMEOUT`].
-pub fn client(connect_timeout: Duration, tls: Option<Arc<rustls::ClientConfig>>) -> AgentTransport {
+/// TLS with `tls` for `https://` agents), kept while used, closed after `idle_timeout` without
+/// a call ([`IDLE_TIMEOUT`] in the coordinator).
+pub fn client(
+    connect_timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    idle_timeout: Duration,
+) -> AgentTransport {
     let mut http = HttpConnector::new();
     // https:// is ours to handle (below), not a reason for the TCP connector to refuse.
     http.enforce_http(false);
@@ -68,8 +73,10 @@ pub fn client(connect_timeout: Duration, tls: Option<Arc<rustls::ClientConfig>>)
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .timer(TokioTimer::new())
+        // Without a timer the pool would close idle connections only when their address is
+        // called again: an address never called again would keep its connection for good.
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_idle_timeout(idle_timeout)
         .build(connector)
 }
 
