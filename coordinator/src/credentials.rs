@@ -16,6 +16,10 @@ use crate::config::CoordinatorConfig;
 use crate::fanout::AgentAuth;
 use flamegrid_proto::credential_flags::read_token_file;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A PEM file as read at start, with its path for messages.
 #[derive(Clone)]
@@ -108,9 +112,9 @@ impl Credentials {
     /// How to authenticate to agents: the shared token as a bearer header, and with any TLS
     /// settings, TLS towards `https://` agents verified against `--tls-ca` (with this
     /// coordinator's certificate as the client's). A token that cannot travel in a header and
-    /// TLS material tonic refuses are errors here, at start, rather than on every later run.
+    /// TLS material that cannot be used are errors here, at start, naming the file, rather than
+    /// on every later run.
     pub fn agent_auth(&self) -> Result<AgentAuth, CoordinatorError> {
-        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
         let unusable = |e: &dyn std::fmt::Display| {
             CoordinatorError::Credentials(format!("credentials for calling agents: {e}"))
         };
@@ -119,22 +123,70 @@ impl Credentials {
             auth = auth.with_token(token).map_err(|e| unusable(&e))?;
         }
         if self.tls_ca.is_some() || self.tls_identity.is_some() {
-            let mut tls = ClientTlsConfig::new();
-            // Agents present certificates of the cluster's own CA (`--tls-ca`); there are no
-            // public roots to fall back on.
-            if let Some(ca) = &self.tls_ca {
-                tls = tls.ca_certificate(Certificate::from_pem(&ca.pem));
-            }
-            if let Some(identity) = &self.tls_identity {
-                tls = tls.identity(Identity::from_pem(&identity.cert.pem, &identity.key.pem));
-            }
-            // tonic only parses PEM when it connects: try it now, so a bad file fails the start
-            // instead of every later run.
-            Endpoint::from_static("https://agent.invalid")
-                .tls_config(tls.clone())
+            let tls = self
+                .agent_tls()
                 .map_err(|e| unusable(&format!("TLS settings for agent connections: {e}")))?;
-            auth.tls = Some(tls);
+            auth.tls = Some(Arc::new(tls));
         }
         Ok(auth)
     }
+
+    /// The TLS client configuration for calling agents: their certificates must chain to
+    /// `--tls-ca` and name the host (or IP) of their address; `--tls-cert`/`--tls-key`, when
+    /// given, are presented for mutual TLS; ALPN `h2`, as gRPC needs.
+    fn agent_tls(&self) -> Result<rustls::ClientConfig, String> {
+        // The same crypto provider as the registry's acceptor (ring), named explicitly so that
+        // no process-wide default has to be installed first.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // Agents present certificates of the cluster's own CA (`--tls-ca`); there are no public
+        // roots to fall back on: without a CA, no agent's certificate is trusted.
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &self.tls_ca {
+            let certs = pem_certificates(ca, "CA")?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("CA {}: unusable certificate: {e}", ca.path.display()))?;
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let mut config = match &self.tls_identity {
+            None => builder.with_no_client_auth(),
+            Some(identity) => {
+                let chain = pem_certificates(&identity.cert, "certificate")?;
+                let key = PrivateKeyDer::from_pem_slice(&identity.key.pem).map_err(|e| {
+                    format!(
+                        "private key {}: no usable PEM private key in it: {e}",
+                        identity.key.path.display()
+                    )
+                })?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    format!(
+                        "certificate {} and private key {} do not fit together: {e}",
+                        identity.cert.path.display(),
+                        identity.key.path.display()
+                    )
+                })?
+            }
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+}
+
+/// The certificates of a PEM file: at least one, or a message naming the file (as `what`).
+fn pem_certificates(file: &PemFile, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&file.pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{what} {}: not PEM: {e}", file.path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{what} {}: no certificate in it (expected PEM, \"-----BEGIN CERTIFICATE-----\")",
+            file.path.display()
+        ));
+    }
+    Ok(certs)
 }

@@ -36,11 +36,19 @@
 //! registration naming a plain `http://` address would otherwise receive the shared token in
 //! clear text.
 //!
-//! Channels to agents are created lazily and kept per address, so a run does not pay a TCP (or
-//! TLS) handshake to an agent it talked to before; past `MAX_CHANNELS` (4,096) addresses, the least
-//! recently used quarter is closed (agents that moved to another port), never the fleet's. The shared token (`--token-file`) travels as
-//! `authorization: Bearer <token>` metadata, as the agent expects, added to every call by the
-//! client's interceptor ([`crate::bearer`]).
+//! Every agent is called through one shared HTTP/2 client ([`transport`]): one connection per
+//! agent, opened on its first call and kept, so a run does not pay a TCP (or TLS) handshake to an
+//! agent it talked to before; a connection that broke is opened again on the next call, and one
+//! unused for [`transport::IDLE_TIMEOUT`] is closed (an agent that moved to another port). There
+//! is no per-agent queue or worker in front of those connections: a tonic `Channel` per agent had
+//! one (a tower `Buffer`), over 10 MiB of the coordinator's heap with 1,000 agents. The shared
+//! token (`--token-file`) travels as `authorization: Bearer <token>` metadata, as the agent
+//! expects, added to every call by the client's interceptor ([`crate::bearer`]).
+//!
+//! A call that fails for want of the agent (refused, connect timeout, TLS handshake refused, the
+//! connection reset or closed under the call) is "agent unreachable" (UNAVAILABLE), with the
+//! transport's own words kept in the message ([`status_error`]); anything else the agent answers
+//! keeps its gRPC code.
 
 use crate::bearer::BearerToken;
 use crate::missing::{Missing, MissingReason};
@@ -50,34 +58,36 @@ use flamegrid_model::clock::now_ms;
 use flamegrid_proto::convert::{AnswerBudget, ConvertError, WireLimits, subtask_sample_set_within};
 use flamegrid_proto::v1::{self, ThreadSelector, sampling_client::SamplingClient};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_rustls::rustls;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-/// A sampling client of one agent, every call carrying the shared token ([`BearerToken`]).
-type AgentClient = SamplingClient<InterceptedService<Channel, BearerToken>>;
+pub mod transport;
+
+/// A sampling client of one agent over the shared transport, every call carrying the shared
+/// token ([`BearerToken`]).
+type AgentClient = SamplingClient<InterceptedService<transport::AgentTransport, BearerToken>>;
 
 /// Largest sampling answer accepted from an agent. 1000 samples × 64 threads × 100 frames is about
 /// 10 MB of varints; tonic's default of 4 MiB would reject big but legitimate runs. This bounds
 /// the bytes only: what they expand into (depth, names, number of samples) is bounded again
 /// when the answer is converted ([`WireLimits`], with the run's own `max_depth`), so a hostile
 /// agent's 64 MiB can never become a stack deeper than `--flamegraph-max-depth` or gigabytes of
-/// copied names. At most [`MAX_CHANNELS`] answers are in flight per run, each decoded once.
+/// copied names. At most one answer per agent of the run is in flight, each decoded once.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
-
-/// Most agent channels kept open at once (see [`FanOut::channel`]): four times the fleet of
-/// 1,000 agents a coordinator is sized for.
-const MAX_CHANNELS: usize = 4096;
 
 /// How the coordinator authenticates to agents; mirrors the agent's `--token-file` and `--tls-*`.
 #[derive(Debug, Clone, Default)]
 pub struct AgentAuth {
     /// Sends `authorization: Bearer <token>` on every call (an interceptor of the client).
     pub bearer: BearerToken,
-    /// TLS settings for `https://` agent addresses.
-    pub tls: Option<ClientTlsConfig>,
+    /// TLS settings for `https://` agent addresses: the CA agents' certificates must chain to,
+    /// this coordinator's certificate for mutual TLS, ALPN `h2` (built by
+    /// [`crate::credentials::Credentials::agent_auth`]). With them, agents are only called over
+    /// `https://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl AgentAuth {
@@ -91,7 +101,8 @@ impl AgentAuth {
 /// Why one agent contributed nothing to a run, or why a thread dump failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FanOutError {
-    /// The registered address is not a URI tonic can connect to.
+    /// The registered address is not an `http://` or `https://` URI with a host (or it is
+    /// `http://` while the coordinator has TLS settings).
     #[error("bad agent address {address:?}: {reason}")]
     BadAddress {
         /// The address as registered.
@@ -283,10 +294,14 @@ impl<T> FanOutOutcome<T> {
 }
 
 /// Sends sampling and thread-dump RPCs to agents; see the module docs. Shared by all runs.
+///
+/// It keeps no state per agent: the connections live in the shared client's pool, which closes
+/// those unused for [`transport::IDLE_TIMEOUT`], so agents that left (or moved to another
+/// port) cost nothing after that, however many there were, and no bound of its own is needed.
 #[derive(Debug)]
 pub struct FanOut {
-    /// Channels by agent address, with when each was last used.
-    channels: Mutex<HashMap<String, (Channel, std::time::Instant)>>,
+    /// The shared client of all agents (one pooled HTTP/2 connection per agent).
+    transport: transport::AgentTransport,
     auth: AgentAuth,
     grace: Duration,
     next_request_id: AtomicU64,
@@ -300,14 +315,15 @@ struct AgentCall {
 }
 
 /// What one agent's call task hands back: the agent's share, and when its request was handed
-/// to the channel (`None` when it never was: the deadline had passed).
+/// to the client (`None` when it never was: the deadline had passed).
 type CallResult<T> = (AgentShare<T>, Option<std::time::Instant>);
 
 impl FanOut {
-    /// A fan-out whose agents get `grace` beyond the sampling window to answer.
+    /// A fan-out whose agents get `grace` beyond the sampling window to answer; `grace` also
+    /// bounds opening a connection to an agent (TCP and TLS).
     pub fn new(grace: Duration, auth: AgentAuth) -> Self {
         FanOut {
-            channels: Mutex::new(HashMap::new()),
+            transport: transport::client(grace, auth.tls.clone(), transport::IDLE_TIMEOUT),
             auth,
             grace,
             next_request_id: AtomicU64::new(1),
@@ -398,14 +414,13 @@ impl FanOut {
         let mut tasks = tokio::task::JoinSet::new();
         let mut asked: HashMap<tokio::task::Id, BTreeSet<u32>> = HashMap::new();
         for (_, call) in calls {
-            let channel = match self.channel(&call.address) {
+            let client = match self.client(&call.address) {
                 Ok(c) => c,
                 Err(e) => {
                     outcome.merge(AgentShare::failed(call.address, &call.subtasks, &e));
                     continue;
                 }
             };
-            let client = self.client(channel);
             let prefix = Arc::clone(&prefix);
             let fold = fold.clone();
             let subtasks = call.subtasks.clone();
@@ -494,13 +509,12 @@ impl FanOut {
         max_depth: u32,
         timeout: Duration,
     ) -> Result<v1::SampleResponse, FanOutError> {
-        let channel = self.channel(address)?;
+        let mut client = self.client(address)?;
         let mut request = tonic::Request::new(v1::ThreadDumpRequest {
             selectors,
             max_depth,
         });
         request.set_timeout(timeout);
-        let mut client = self.client(channel);
         match tokio::time::timeout(timeout, client.thread_dump(request)).await {
             Err(_) => Err(FanOutError::DeadlineExceeded {
                 address: address.to_string(),
@@ -511,60 +525,58 @@ impl FanOut {
         }
     }
 
-    /// A client of the agent behind `channel`: the bearer header added by the interceptor,
-    /// answers bounded by [`MAX_ANSWER_BYTES`].
-    fn client(&self, channel: Channel) -> AgentClient {
-        SamplingClient::with_interceptor(channel, self.auth.bearer.clone())
-            .max_decoding_message_size(MAX_ANSWER_BYTES)
+    /// A client of the agent at `address` over the shared transport: the bearer header added by
+    /// the interceptor, answers bounded by [`MAX_ANSWER_BYTES`]. Cheap (the transport is shared
+    /// and connects on the first call that needs it); fails for an address that is not a URI
+    /// to call, and for `http://` when the coordinator has TLS settings.
+    fn client(&self, address: &str) -> Result<AgentClient, FanOutError> {
+        let origin = self.origin(address)?;
+        let service = InterceptedService::new(self.transport.clone(), self.auth.bearer.clone());
+        Ok(
+            SamplingClient::with_origin(service, origin)
+                .max_decoding_message_size(MAX_ANSWER_BYTES),
+        )
     }
 
-    /// The (lazily connecting) channel to `address`, created on first use and kept: a run
-    /// reuses the connections of the runs before it.
-    fn channel(&self, address: &str) -> Result<Channel, FanOutError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        if let Some((c, used)) = channels.get_mut(address) {
-            *used = now;
-            return Ok(c.clone());
-        }
-        let uri = if address.contains("://") {
-            address.to_string()
-        } else {
-            format!("http://{address}")
-        };
+    /// Scheme and authority of the agent at `address` (`host:port` alone means `http://`),
+    /// which every request's URI carries: it is what the shared client's pool keys its
+    /// connections by.
+    fn origin(&self, address: &str) -> Result<hyper::Uri, FanOutError> {
         let bad = |e: &dyn std::fmt::Display| FanOutError::BadAddress {
             address: address.to_string(),
             reason: e.to_string(),
         };
-        if self.auth.tls.is_some() && !uri.starts_with("https://") {
+        let uri = if address.contains("://") {
+            address.parse::<hyper::Uri>()
+        } else {
+            format!("http://{address}").parse::<hyper::Uri>()
+        }
+        .map_err(|e| bad(&e))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad(&"only http:// and https:// agents can be called")),
+        };
+        if self.auth.tls.is_some() && !https {
             return Err(bad(
                 &"the coordinator has TLS settings (--tls-*), so agents are only called over \
                   https://; refusing to send credentials over plain text",
             ));
         }
-        let mut endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|e| bad(&e))?
-            .connect_timeout(self.grace);
-        if let (Some(tls), true) = (&self.auth.tls, uri.starts_with("https://")) {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(&e))?;
+        if https && self.auth.tls.is_none() {
+            return Err(bad(
+                &"an https:// agent, but the coordinator has no TLS settings (--tls-ca) to check \
+                  its certificate with",
+            ));
         }
-        let channel = endpoint.connect_lazy();
-        // One channel per agent address. Agents are long-lived, but one that restarts on a new
-        // port leaves its old channel behind: past a bound, the least recently used quarter
-        // goes (sorted once per quarter of the bound, so this stays cheap), and the live
-        // fleet keeps its connections.
-        if channels.len() >= MAX_CHANNELS {
-            let mut by_use: Vec<(std::time::Instant, String)> = channels
-                .iter()
-                .map(|(a, (_, used))| (*used, a.clone()))
-                .collect();
-            by_use.sort_unstable();
-            for (_, stale) in by_use.into_iter().take(MAX_CHANNELS / 4) {
-                channels.remove(&stale);
-            }
+        let mut parts = uri.into_parts();
+        if parts.authority.is_none() {
+            return Err(bad(&"no host"));
         }
-        channels.insert(address.to_string(), (channel.clone(), now));
-        Ok(channel)
+        // tonic puts each method's path after the origin's: the origin's own is left out, as
+        // a tonic Channel did.
+        parts.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static("/"));
+        hyper::Uri::from_parts(parts).map_err(|e| bad(&e))
     }
 }
 
@@ -636,16 +648,33 @@ fn is_timeout(status: &tonic::Status) -> bool {
         || (status.code() == tonic::Code::Cancelled && status.message().contains("Timeout"))
 }
 
+/// What a failed call comes to: the agent's own gRPC status as it is, or, for a call the
+/// transport failed, UNAVAILABLE ("agent unreachable") when the agent could not be reached or
+/// its connection was lost under the call ([`connection_lost`]), with the transport's whole
+/// chain of causes in the message.
 fn status_error(address: &str, status: tonic::Status) -> FanOutError {
-    // A call cut off with its connection comes back from tonic as UNKNOWN ("transport
-    // error"), which would read "agent failed"; it is the agent going away (killed,
-    // restarted, its host gone) while the channel was connected: unreachable.
-    let (code, message) = match connection_lost(&status) {
-        Some(why) => (
-            tonic::Code::Unavailable,
-            format!("{}: {why}", status.message()),
-        ),
-        None => (status.code(), status.message().to_string()),
+    // A status tonic made of a transport error carries that error as its source, and only the
+    // outermost layer's words as its message ("client error (SendRequest)"): the cause
+    // ("connection reset", "Connection refused") is further down the chain.
+    let said = match std::error::Error::source(&status) {
+        None => status.message().to_string(),
+        Some(source) => {
+            let chain = transport::causes(source);
+            if chain.contains(status.message()) {
+                chain
+            } else {
+                format!("{}: {chain}", status.message())
+            }
+        }
+    };
+    // A call cut off with its connection comes back from tonic as UNKNOWN, which would read
+    // "agent failed"; it is the agent going away (killed, restarted, its host gone) while the
+    // connection was open: unreachable. (A connection that could not be opened at all is
+    // UNAVAILABLE already: tonic maps the connector's `ConnectError` so.)
+    let (code, message) = if connection_lost(&status) {
+        (tonic::Code::Unavailable, format!("connection lost: {said}"))
+    } else {
+        (status.code(), said)
     };
     FanOutError::Status {
         address: address.to_string(),
@@ -654,9 +683,10 @@ fn status_error(address: &str, status: tonic::Status) -> FanOutError {
     }
 }
 
-/// The reason, if `status` is a call whose connection was lost under it: a reset, an abort,
-/// a broken pipe or an end of stream anywhere in its chain of causes.
-fn connection_lost(status: &tonic::Status) -> Option<String> {
+/// Whether `status` is a call whose connection was lost under it: a reset, an abort, a broken
+/// pipe or an end of stream anywhere in its chain of causes (as io errors, or hyper's own
+/// "connection closed" and "incomplete message").
+fn connection_lost(status: &tonic::Status) -> bool {
     use std::io::ErrorKind;
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
@@ -670,16 +700,16 @@ fn connection_lost(status: &tonic::Status) -> Option<String> {
                     | ErrorKind::NotConnected
             )
         {
-            return Some(io.to_string());
+            return true;
         }
         if let Some(hyper) = e.downcast_ref::<hyper::Error>()
             && (hyper.is_closed() || hyper.is_incomplete_message())
         {
-            return Some(hyper.to_string());
+            return true;
         }
         source = e.source();
     }
-    None
+    false
 }
 
 fn check_request_id(
@@ -775,7 +805,7 @@ pub(crate) mod tests {
     use flamegrid_model::{Frame, SampleSetBuilder, SampledThread, ThreadState};
     use flamegrid_proto::SampleResponseBuilder;
     use flamegrid_proto::v1::sampling_server::{Sampling, SamplingServer};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     /// Per request an agent received: the selectors' keys and the authorization header.
     pub(crate) type Seen = Arc<Mutex<Vec<(Vec<String>, Option<String>)>>>;
@@ -1022,6 +1052,11 @@ pub(crate) mod tests {
         let failures = out.failures.join("\n");
         assert!(failures.contains("process 999 is gone"), "{failures}");
         assert!(failures.contains("expected"), "{failures}");
+        // The dead agent's failure says why, down to the socket's own words.
+        assert!(
+            failures.contains("cannot connect to 127.0.0.1:1") && failures.contains("refused"),
+            "{failures}"
+        );
         let bad = fanout()
             .sample("j/v", &[target(0, "not a uri \u{7f}", 1)], PARAMS)
             .await;
@@ -1068,13 +1103,172 @@ pub(crate) mod tests {
                 "reset {reset}: {:?}",
                 out.failures
             );
-            // The failure keeps what the transport said.
+            // The failure keeps what the transport said, down to the cause.
+            let failure = &out.failures[0];
             assert!(
-                out.failures[0].contains("transport error: "),
-                "{:?}",
-                out.failures
+                failure.contains("connection lost: ")
+                    && ["reset", "closed", "broken pipe", "incomplete"]
+                        .iter()
+                        .any(|cause| failure.to_lowercase().contains(cause)),
+                "{failure}"
             );
         }
+    }
+
+    /// TLS settings that trust no agent (no CA): enough to call `https://` addresses.
+    fn tls_fanout(grace: Duration) -> FanOut {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let auth = AgentAuth {
+            tls: Some(Arc::new(tls)),
+            ..AgentAuth::default()
+        };
+        FanOut::new(grace, auth)
+    }
+
+    #[tokio::test]
+    async fn with_tls_settings_only_https_agents_are_called_and_a_failed_handshake_is_unreachable()
+    {
+        let (plain, seen) = agent(Behaviour::Answer).await;
+        let tls = tls_fanout(Duration::from_millis(500));
+        // http:// is refused without a call: the token would travel in clear text.
+        let out = tls.sample("j/v", &[target(0, &plain, 1)], PARAMS).await;
+        assert_eq!(out.missing[&0], MissingReason::AgentUnreachable);
+        assert!(
+            out.failures[0].contains("only called over"),
+            "{:?}",
+            out.failures
+        );
+        assert!(seen.lock().unwrap().is_empty());
+        // https:// to a server that does not speak TLS: the handshake fails, the agent is
+        // unreachable, and the failure says what TLS said.
+        let https = plain.replace("http://", "https://");
+        let out = tls.sample("j/v", &[target(0, &https, 1)], PARAMS).await;
+        assert_eq!(
+            out.missing[&0],
+            MissingReason::AgentUnreachable,
+            "{:?}",
+            out.failures
+        );
+        assert!(
+            out.failures[0].contains("cannot connect to"),
+            "{:?}",
+            out.failures
+        );
+        assert!(seen.lock().unwrap().is_empty());
+        // Without TLS settings, https:// cannot be checked: refused too.
+        let out = fanout()
+            .sample("j/v", &[target(0, &https, 1)], PARAMS)
+            .await;
+        assert_eq!(out.missing[&0], MissingReason::AgentUnreachable);
+        assert!(
+            out.failures[0].contains("no TLS settings"),
+            "{:?}",
+            out.failures
+        );
+    }
+
+    #[tokio::test]
+    async fn an_agent_silent_in_the_handshake_is_unreachable_after_the_connect_timeout() {
+        // Accepts TCP connections and never says a word: the TLS handshake waits.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        // The run's deadline is the window (2 s) plus the grace (100 ms); the connection gives
+        // up after the grace, long before: the agent is unreachable, not late.
+        let params = SamplingParams {
+            num_samples: 20,
+            delay_ms: 100,
+            max_depth: 10,
+        };
+        let tls = tls_fanout(Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let out = tls
+            .sample("j/v", &[target(0, &format!("https://{addr}"), 1)], params)
+            .await;
+        assert_eq!(
+            out.missing[&0],
+            MissingReason::AgentUnreachable,
+            "{:?}",
+            out.failures
+        );
+        assert!(
+            out.failures[0].contains("not connected within 100 ms"),
+            "{:?}",
+            out.failures
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A TCP proxy in front of `agent` that counts the connections it accepted and those the
+    /// client closed.
+    async fn counting_proxy(agent: &str) -> (String, Arc<(AtomicU64, AtomicU64)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = agent.trim_start_matches("http://").to_string();
+        let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let counted = Arc::clone(&counts);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                counted.0.fetch_add(1, Ordering::SeqCst);
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    counted.1.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (format!("http://{addr}"), counts)
+    }
+
+    #[tokio::test]
+    async fn one_connection_per_agent_is_reused_and_closed_when_idle() {
+        let (agent_address, _) = agent(Behaviour::Answer).await;
+        let (proxy, counts) = counting_proxy(&agent_address).await;
+        let grace = Duration::from_millis(500);
+        let fanout = FanOut {
+            transport: transport::client(grace, None, Duration::from_millis(300)),
+            ..FanOut::new(grace, AgentAuth::default())
+        };
+        // Three runs, two of them at once: one connection.
+        let targets = [target(0, &proxy, 1)];
+        let (a, b) = tokio::join!(
+            fanout.sample("j/v", &targets, PARAMS),
+            fanout.sample("j/v", &targets, PARAMS)
+        );
+        let c = fanout.sample("j/v", &targets, PARAMS).await;
+        for out in [a, b, c] {
+            assert!(out.missing.is_empty(), "{:?}", out.failures);
+        }
+        assert_eq!(counts.0.load(Ordering::SeqCst), 1, "one connection");
+        assert_eq!(counts.1.load(Ordering::SeqCst), 0, "still open");
+        // Unused past the idle timeout, the connection is closed without another call.
+        let closed = async {
+            while counts.1.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .expect("the idle connection was never closed");
+        // The next call opens a new one.
+        let out = fanout.sample("j/v", &targets, PARAMS).await;
+        assert!(out.missing.is_empty(), "{:?}", out.failures);
+        assert_eq!(counts.0.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
