@@ -107,6 +107,15 @@ impl v1::registry_server::Registry for RegistryService {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let registry = self.registry.clone();
         let req = request.into_inner();
+        // The registry's gRPC server has a thread of its own (`lib.rs`): a heartbeat answered
+        // from memory runs right here; one that may read the shared store goes to the
+        // blocking pool like every other call.
+        if registry.heartbeat_stays_in_memory(&req.agent_id) {
+            return registry
+                .heartbeat(req)
+                .map(Response::new)
+                .map_err(to_status);
+        }
         blocking(move || registry.heartbeat(req))
             .await
             .map(Response::new)
