@@ -1130,6 +1130,18 @@ pub(crate) mod tests {
         FanOut::new(grace, auth)
     }
 
+    /// Asserts that `out`'s subtask 0 is missing as "agent unreachable" and that its failure
+    /// says `says`.
+    fn assert_unreachable_saying(out: &FanOutOutcome<SampleSet>, says: &str) {
+        assert_eq!(
+            out.missing[&0],
+            MissingReason::AgentUnreachable,
+            "{:?}",
+            out.failures
+        );
+        assert!(out.failures[0].contains(says), "{:?}", out.failures);
+    }
+
     #[tokio::test]
     async fn with_tls_settings_only_https_agents_are_called_and_a_failed_handshake_is_unreachable()
     {
@@ -1137,39 +1149,19 @@ pub(crate) mod tests {
         let tls = tls_fanout(Duration::from_millis(500));
         // http:// is refused without a call: the token would travel in clear text.
         let out = tls.sample("j/v", &[target(0, &plain, 1)], PARAMS).await;
-        assert_eq!(out.missing[&0], MissingReason::AgentUnreachable);
-        assert!(
-            out.failures[0].contains("only called over"),
-            "{:?}",
-            out.failures
-        );
+        assert_unreachable_saying(&out, "only called over");
         assert!(seen.lock().unwrap().is_empty());
         // https:// to a server that does not speak TLS: the handshake fails, the agent is
         // unreachable, and the failure says what TLS said.
         let https = plain.replace("http://", "https://");
         let out = tls.sample("j/v", &[target(0, &https, 1)], PARAMS).await;
-        assert_eq!(
-            out.missing[&0],
-            MissingReason::AgentUnreachable,
-            "{:?}",
-            out.failures
-        );
-        assert!(
-            out.failures[0].contains("cannot connect to"),
-            "{:?}",
-            out.failures
-        );
+        assert_unreachable_saying(&out, "cannot connect to");
         assert!(seen.lock().unwrap().is_empty());
         // Without TLS settings, https:// cannot be checked: refused too.
         let out = fanout()
             .sample("j/v", &[target(0, &https, 1)], PARAMS)
             .await;
-        assert_eq!(out.missing[&0], MissingReason::AgentUnreachable);
-        assert!(
-            out.failures[0].contains("no TLS settings"),
-            "{:?}",
-            out.failures
-        );
+        assert_unreachable_saying(&out, "no TLS settings");
     }
 
     #[tokio::test]
@@ -1195,17 +1187,7 @@ pub(crate) mod tests {
         let out = tls
             .sample("j/v", &[target(0, &format!("https://{addr}"), 1)], params)
             .await;
-        assert_eq!(
-            out.missing[&0],
-            MissingReason::AgentUnreachable,
-            "{:?}",
-            out.failures
-        );
-        assert!(
-            out.failures[0].contains("not connected within 100 ms"),
-            "{:?}",
-            out.failures
-        );
+        assert_unreachable_saying(&out, "not connected within 100 ms");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{:?}",

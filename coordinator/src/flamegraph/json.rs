@@ -276,8 +276,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn cached_render_is_the_same_text_once_per_type() {
+    /// A cache holding `run` as its vertex's latest run, and the answer serving it.
+    fn cache_holding(run: super::super::profile::Snapshot) -> (Arc<GraphCache>, GraphAnswer) {
         use super::super::cache::{CacheLimits, GraphKey};
         use std::time::Duration;
         let cache = GraphCache::new(CacheLimits::new(
@@ -289,9 +289,14 @@ mod tests {
             vertex_id: "v".repeat(32),
             subtask: None,
         };
-        let ticket = cache.lookup(&key).ticket.unwrap();
-        ticket.complete(snapshot(3, &[(0, spin_and_sleep(2))], &[]));
+        cache.lookup(&key).ticket.unwrap().complete(run);
         let answer = GraphAnswer::Ready(cache.peek(&key).unwrap());
+        (cache, answer)
+    }
+
+    #[test]
+    fn cached_render_is_the_same_text_once_per_type() {
+        let (cache, answer) = cache_holding(snapshot(3, &[(0, spin_and_sleep(2))], &[]));
         let plain = |body: JsonBody| match body {
             JsonBody::Plain(text) => text,
             JsonBody::Gzipped(_) => panic!("a small graph's memo is gzipped"),
@@ -329,25 +334,12 @@ mod tests {
 
     #[test]
     fn a_big_graph_is_memoised_gzipped_and_inflated_for_a_client_without_gzip() {
-        use super::super::cache::{CacheLimits, GraphKey};
         use super::super::profile::tests::bulky_set;
-        use std::time::Duration;
-        let cache = GraphCache::new(CacheLimits::new(
-            Duration::from_secs(60),
-            Duration::from_secs(600),
-        ));
-        let key = GraphKey {
-            job_id: "j".repeat(32),
-            vertex_id: "v".repeat(32),
-            subtask: None,
-        };
-        let ticket = cache.lookup(&key).ticket.unwrap();
-        ticket.complete(snapshot(
+        let (cache, answer) = cache_holding(snapshot(
             3,
             &[(0, bulky_set(20_000)), (1, spin_and_sleep(2))],
             &[],
         ));
-        let answer = GraphAnswer::Ready(cache.peek(&key).unwrap());
         let text = render(&answer, GraphType::Full);
         assert!(text.len() >= GZIP_FROM_BYTES, "{} bytes", text.len());
         let body = render_cached(&cache, &answer, GraphType::Full);
