@@ -12,18 +12,18 @@
 //!   profile only the stack's id, the state, whether it was cut, the count and its split over
 //!   the subtask's threads.
 //!
-//! **Format 3** (what [`encode`] writes) writes every list of ids (a stack's
-//! frames, a subtask's names) as differences from the id before it: ids of neighbouring
-//! frames are close (names are interned as the stacks come in, so a stack's names were
-//! interned together), and a column of small, repeated differences deflates several times
-//! better than the ids themselves; it is deflated at level [`DEFLATE_LEVEL`] rather than the
-//! fastest. Measured on a run of the fleet simulator (10,000 subtasks, 30-frame stacks, 10,000
-//! distinct): format 2 5.77 MB, format 3 at the fastest level 2.56 MB, at level 4 1.50 MB,
-//! encoding in about 100 ms instead of 56, decoding in 65. The cache keeps up to ten such
-//! bodies per vertex ([`super::packed`]), the database one per run. **Format 2** (the same lists as plain ids) and
-//! **format 1** (every profile with its names in full) are still read: a database keeps runs
-//! across upgrades. A replica of an older release cannot read format 3 and skips such a run
-//! (it logs why) until it is upgraded too.
+//! **Format 3** (what [`encode`] writes) writes every list of ids (a stack's frames, a
+//! subtask's names) as differences from the id before it: ids of neighbouring frames are close
+//! (names are interned as the stacks come in, so a stack's names were interned together), and
+//! a column of small, repeated differences deflates several times better than the ids
+//! themselves; it is deflated at level [`DEFLATE_LEVEL`] rather than the fastest. Measured on a
+//! run of the fleet simulator (10,000 subtasks, 30-frame stacks, 10,000 distinct): format 2
+//! 5.77 MB, format 3 at the fastest level 2.56 MB, at level 4 1.50 MB, encoding in about 100 ms
+//! instead of 56, decoding in 65. The cache keeps up to ten such bodies per vertex
+//! ([`super::packed`]), the database one per run. **Format 2** (the same lists as plain ids)
+//! and **format 1** (every profile with its names in full) are still read: a database keeps
+//! runs across upgrades. A replica of an older release cannot read format 3 and skips such a
+//! run (it logs why) until it is upgraded too.
 //!
 //! Encoding and decoding are still CPU work of tens to hundreds of milliseconds at that size:
 //! callers on the async runtime run them on a blocking thread
