@@ -44,6 +44,7 @@
 
 pub mod tls;
 
+use crate::error_chain::error_chain;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::future::Future;
 use std::str::FromStr;
@@ -408,23 +409,6 @@ where
             ),
         }),
     }
-}
-
-/// `e` and every cause under it on one line (`a: b: c`), each said once: the driver's own
-/// words ("password authentication failed for user …", "Connection refused"), which its
-/// top-level message ("db error", "error connecting to server") leaves out.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out.replace('\n', " ")
 }
 
 /// A failed query as a [`DatabaseError::Query`] with the driver's whole cause (the URL is

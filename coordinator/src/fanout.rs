@@ -659,7 +659,7 @@ fn status_error(address: &str, status: tonic::Status) -> FanOutError {
     let said = match std::error::Error::source(&status) {
         None => status.message().to_string(),
         Some(source) => {
-            let chain = transport::causes(source);
+            let chain = crate::error_chain::error_chain(source);
             if chain.contains(status.message()) {
                 chain
             } else {

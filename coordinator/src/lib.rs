@@ -37,6 +37,7 @@ pub mod credentials;
 pub mod dashboard;
 pub mod database;
 pub mod demo;
+pub mod error_chain;
 pub mod fanout;
 pub mod flamegraph;
 pub mod missing;

@@ -24,6 +24,7 @@
 //!   ("agent unreachable"), with the cause (refused, timed out, certificate refused) in the
 //!   message; see [`ConnectFailed`].
 
+use crate::error_chain::error_chain;
 use hyper::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::Client;
@@ -161,7 +162,7 @@ impl std::fmt::Display for ConnectFailed {
             f,
             "cannot connect to {}: {}",
             self.authority,
-            causes(&*self.cause)
+            error_chain(&*self.cause)
         )
     }
 }
@@ -170,22 +171,6 @@ impl std::error::Error for ConnectFailed {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&*self.cause)
     }
-}
-
-/// `error` and every source under it, `: `-separated, leaving out a source whose text is
-/// already there (an error that prints its own causes, like [`ConnectFailed`]).
-pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let line = e.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = e.source();
-    }
-    text
 }
 
 /// A connection to an agent, in plain text or TLS.
