@@ -1110,27 +1110,37 @@ impl GraphCache {
     }
 
     /// The JSON answer of `snapshot` for `ty` as kept (the text, or the text gzipped: see
-    /// [`super::json::render_cached`]): the memoised one when there is one, else `render()`'s,
-    /// memoised when `snapshot` is a run the cache keeps and it fits the budget (see the module
-    /// docs). Rendering happens outside the lock.
+    /// [`super::json::render_cached`]): the memoised one when there is one, else `render`'s,
+    /// memoised when `snapshot` is the latest run of a key the cache keeps and it fits the
+    /// budget (see the module docs). `render` is told whether its text is meant to be kept.
+    /// Rendering happens outside the lock.
     pub fn json<T: Into<Vec<u8>>>(
         &self,
         snapshot: &Arc<Snapshot>,
         ty: GraphType,
-        render: impl FnOnce() -> T,
+        render: impl FnOnce(bool) -> T,
     ) -> Bytes {
         let address = snapshot_address(snapshot);
         let slot = type_slot(ty);
-        {
+        // Whether the text is for keeping (`render` is told, so it makes what is worth
+        // keeping, or just what is asked).
+        let memoisable = {
             let mut inner = self.lock();
-            if let Some(run) = inner.held.get_mut(&address)
-                && let Some(text) = &run.memo[slot]
-            {
-                run.memo_read = Instant::now();
-                return text.clone();
+            match inner.held.get_mut(&address) {
+                Some(run) => {
+                    if let Some(text) = &run.memo[slot] {
+                        run.memo_read = Instant::now();
+                        return text.clone();
+                    }
+                    !run.superseded
+                }
+                None => false,
             }
+        };
+        let text: Vec<u8> = render(memoisable).into();
+        if !memoisable {
+            return Bytes::from(text); // not kept, or a past run: rendered when asked
         }
-        let text: Vec<u8> = render().into();
         let cost = text.capacity() + MEMO_OVERHEAD;
         let text = Bytes::from(text);
         let mut inner = self.lock();
@@ -1810,7 +1820,7 @@ mod tests {
         );
         // Its JSON is served, but not memoised over the budget.
         let s = c.peek(&key(None)).unwrap();
-        let text = c.json(&s, GraphType::Full, || "x".repeat(100));
+        let text = c.json(&s, GraphType::Full, |_| "x".repeat(100));
         assert_eq!(text.len(), 100);
         assert_eq!(c.memo_bytes(), 0);
     }
@@ -1839,7 +1849,7 @@ mod tests {
                 let s = c.at(&k, run.end_ms).unwrap();
                 for ty in GraphType::ALL {
                     // Big texts: a tree's JSON is many times its folded profile.
-                    let text = c.json(&s, ty, || render(&s, ty).repeat(40));
+                    let text = c.json(&s, ty, |_| render(&s, ty).repeat(40));
                     assert_eq!(text, render(&s, ty).repeat(40).as_bytes());
                     let (_, bytes) = c.usage();
                     assert!(bytes <= limits.max_bytes, "{bytes} > {}", limits.max_bytes);
@@ -1853,7 +1863,7 @@ mod tests {
         land(&c, [1]);
         let s = c.peek(&key(None)).unwrap();
         let before = c.usage().1;
-        let text = c.json(&s, GraphType::Full, || render(&s, GraphType::Full));
+        let text = c.json(&s, GraphType::Full, |_| render(&s, GraphType::Full));
         assert!(c.memo_bytes() >= text.len());
         assert_eq!(c.usage().1, before + c.memo_bytes());
         // A run's memos go with the run: replaced by newer runs beyond the history, all is freed.
@@ -1866,7 +1876,7 @@ mod tests {
         let c = GraphCache::new(limits_with_history(3));
         land(&c, [1]);
         let first = c.peek(&key(None)).unwrap();
-        let text = c.json(&first, GraphType::Full, || "x".repeat(1000));
+        let text = c.json(&first, GraphType::Full, |_| "x".repeat(1000));
         assert!(
             c.memo_bytes() >= text.len(),
             "the latest run's JSON is memoised"
@@ -1883,7 +1893,7 @@ mod tests {
             "the run itself is still kept"
         );
         // Asked again (`?at=`), it is rendered and served, not kept.
-        let again = c.json(&first, GraphType::Full, || "y".repeat(10));
+        let again = c.json(&first, GraphType::Full, |_| "y".repeat(10));
         assert_eq!(&again[..], "y".repeat(10).as_bytes());
         assert_eq!(c.memo_bytes(), 0);
     }
@@ -2217,7 +2227,7 @@ mod tests {
         // The latest is what polls get, decoded and memoised as before.
         let latest = c.peek(&key(None)).unwrap();
         assert_eq!(*latest, runs[2]);
-        c.json(&latest, GraphType::Full, || "x".repeat(100));
+        c.json(&latest, GraphType::Full, |_| "x".repeat(100));
         assert!(c.memo_bytes() > 0);
         // The decoding kept for the next `at` of the same run is counted, and goes with it.
         let before = c.usage().1;

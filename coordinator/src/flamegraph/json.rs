@@ -185,11 +185,19 @@ fn memo_of(text: String) -> Vec<u8> {
 /// it changes. A text of [`GZIP_FROM_BYTES`] or more is kept gzipped: the graph of a vertex of
 /// ten thousand subtasks with ten thousand distinct stacks is some 12 MB of JSON and about a
 /// tenth of that gzipped, kept for as long as the run is the latest, and sent as it is to
-/// every client that accepts gzip (browsers, Flink's dashboard) instead of 12 MB per poll.
+/// every client that accepts gzip (browsers, Flink's dashboard) instead of 12 MB per poll. A
+/// text that is not kept (a past run's) is not gzipped only to be inflated again.
 pub fn render_cached(cache: &GraphCache, answer: &GraphAnswer, ty: GraphType) -> JsonBody {
     match answer {
         GraphAnswer::Ready(s) => {
-            let kept = cache.json(s, ty, || memo_of(render(answer, ty)));
+            let kept = cache.json(s, ty, |kept| {
+                let text = render(answer, ty);
+                if kept {
+                    memo_of(text)
+                } else {
+                    text.into_bytes()
+                }
+            });
             if kept.starts_with(&GZIP_MAGIC) {
                 JsonBody::Gzipped(kept)
             } else {
@@ -369,6 +377,12 @@ mod tests {
         let (sent, gzipped) = body.for_client(false).unwrap();
         assert!(!gzipped);
         assert_eq!(sent, text.as_bytes());
+        // A big run the cache does not keep is rendered as the text, not gzipped.
+        let loose = GraphAnswer::Ready(Arc::new(snapshot(4, &[(0, bulky_set(20_000))], &[])));
+        assert!(matches!(
+            render_cached(&cache, &loose, GraphType::Full),
+            JsonBody::Plain(text) if text == render(&loose, GraphType::Full).as_bytes()
+        ));
         // What does not inflate is an error, not a panic or a wrong body.
         let broken = JsonBody::Gzipped(Bytes::from_static(&[0x1f, 0x8b, 8, 0, 1, 2, 3]));
         assert!(broken.clone().for_client(false).is_err());
